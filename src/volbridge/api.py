@@ -1,0 +1,72 @@
+"""The public entry points: ``array`` and ``create``."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from .array import AXIS_ORDERS, VolumeArray
+from .errors import MetadataError
+from .geometry import Box
+from .remotes import create_volume, open_volume
+
+
+def array(url: str, mip: int = 0, axis_order: str = "zyx", mode: str = "r") -> VolumeArray:
+    """Open the volume at ``url`` as a numpy-like array at scale ``mip``."""
+    return VolumeArray(open_volume(url, mode), mip, axis_order, mode)
+
+
+def create(
+    url: str,
+    *,
+    shape: Sequence[int] | None = None,
+    bounds: tuple[Sequence[int], Sequence[int]] | None = None,
+    dtype="uint8",
+    chunk_shape: Sequence[int] = (64, 64, 64),
+    resolution: Sequence[float] = (1, 1, 1),
+    encoding: str = "raw",
+    compression: str | None = None,
+    layer_type: str = "image",
+    num_channels: int = 1,
+    num_scales: int = 1,
+    factor: Sequence[int] = (1, 2, 2),
+    axis_order: str = "zyx",
+    compressed_segmentation_block_size: Sequence[int] = (8, 8, 8),
+    jpeg_quality: int | None = None,
+    overwrite: bool = False,
+) -> VolumeArray:
+    """Create a volume and return a writable handle. Every tuple is in ``axis_order``."""
+    if axis_order not in AXIS_ORDERS:
+        raise ValueError(f"axis_order must be 'zyx' or 'xyz', got {axis_order!r}")
+
+    def xyz(t, what):
+        t = tuple(t)
+        if len(t) != 3:
+            raise MetadataError(f"{what} must have 3 entries ({axis_order}), got {t!r}")
+        return t[::-1] if axis_order == "zyx" else t
+
+    if (shape is None) == (bounds is None):
+        raise MetadataError("give exactly one of shape= or bounds=")
+    if bounds is not None:
+        start, stop = xyz(bounds[0], "bounds start"), xyz(bounds[1], "bounds stop")
+    else:
+        start, stop = (0, 0, 0), xyz(shape, "shape")
+    box = Box.of(start, stop)
+    if any(s <= 0 for s in box.shape) or any(b <= a for a, b in zip(box.start, box.stop)):
+        raise MetadataError(f"bounds must be non-empty, got start {start} stop {stop}")
+    vol = create_volume(
+        url,
+        bounds=box,
+        dtype=dtype,
+        chunk_shape=xyz(chunk_shape, "chunk_shape"),
+        resolution=xyz(resolution, "resolution"),
+        encoding=encoding,
+        compression=compression,
+        layer_type=layer_type,
+        num_channels=num_channels,
+        num_scales=num_scales,
+        factor=xyz(factor, "factor"),
+        compressed_segmentation_block_size=xyz(compressed_segmentation_block_size, "compressed_segmentation_block_size"),
+        jpeg_quality=jpeg_quality,
+        overwrite=overwrite,
+    )
+    return VolumeArray(vol, 0, axis_order, "r+")

@@ -1,0 +1,259 @@
+"""``VolumeArray``: the numpy-like handle on one volume at one scale.
+
+Storage is x-fastest everywhere below this layer. ``axis_order="zyx"`` presents it as a
+C-contiguous ``(c, z, y, x)`` array and ``"xyz"`` as an F-contiguous ``(x, y, z, c)`` one; both are
+views of the same buffer, so neither costs a transposing copy. Every tuple the handle takes or
+returns (shape, bounds, resolution, chunk_shape) is in its axis order.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .engine import Volume
+from .errors import DTypeError, ReadOnlyError, ShapeError, UnsupportedError
+from .geometry import Box
+from .geometry.index import AxisSpec, IndexPlan, normalize_index
+
+AXIS_ORDERS = ("zyx", "xyz")
+
+
+@dataclass(frozen=True)
+class Scale:
+    """One scale of a volume, tuples in the handle's axis order."""
+
+    index: int
+    key: str
+    bounds: tuple[tuple[int, ...], tuple[int, ...]]
+    shape: tuple[int, ...]
+    resolution: tuple[float, ...]
+    chunk_shape: tuple[int, ...]
+    encoding: str
+
+
+class VolumeArray:
+    def __init__(self, volume: Volume, mip: int = 0, axis_order: str = "zyx", mode: str = "r", channel_axis: bool | None = None):
+        if axis_order not in AXIS_ORDERS:
+            raise ValueError(f"axis_order must be 'zyx' or 'xyz', got {axis_order!r}")
+        n = len(volume.meta.scales)
+        if not isinstance(mip, numbers.Integral) or not 0 <= mip < n:
+            raise IndexError(f"mip {mip!r} does not exist: {volume.url} has scales 0..{n - 1}")
+        if mode not in ("r", "r+"):
+            raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
+        self.volume = volume
+        self._mip = int(mip)
+        self.axis_order = axis_order
+        self.mode = mode
+        self.has_channel_axis = volume.meta.num_channels > 1 if channel_axis is None else bool(channel_axis)
+
+    # -- metadata -----------------------------------------------------------------------------
+    def _o(self, xyz: tuple) -> tuple:
+        """A spatial (x, y, z) tuple in this handle's axis order."""
+        return tuple(xyz[::-1]) if self.axis_order == "zyx" else tuple(xyz)
+
+    @property
+    def _scale(self):
+        return self.volume.meta.scales[self._mip]
+
+    @property
+    def url(self) -> str:
+        return self.volume.url
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.volume.meta.dtype
+
+    @property
+    def num_channels(self) -> int:
+        return self.volume.meta.num_channels
+
+    @property
+    def layer_type(self) -> str:
+        return self.volume.meta.layer_type
+
+    @property
+    def mip_level(self) -> int:
+        return self._mip
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        spatial = self._o(self._scale.shape)
+        if not self.has_channel_axis:
+            return spatial
+        return (self.num_channels, *spatial) if self.axis_order == "zyx" else (*spatial, self.num_channels)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    @property
+    def bounds(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        b = self._scale.bounds
+        return self._o(b.start), self._o(b.stop)
+
+    @property
+    def resolution(self) -> tuple[float, ...]:
+        return self._o(self._scale.resolution)
+
+    @property
+    def chunk_shape(self) -> tuple[int, ...]:
+        return self._o(self._scale.chunk_shape)
+
+    @property
+    def scales(self) -> tuple[Scale, ...]:
+        return tuple(
+            Scale(i, s.key, (self._o(s.bounds.start), self._o(s.bounds.stop)), self._o(s.shape),
+                  self._o(s.resolution), self._o(s.chunk_shape), s.encoding)
+            for i, s in enumerate(self.volume.meta.scales)
+        )
+
+    @property
+    def metadata(self) -> dict:
+        """The format's own metadata document (e.g. the precomputed ``info``)."""
+        return self.volume.metadata_json()
+
+    def mip(self, n: int) -> "VolumeArray":
+        """The same volume at scale ``n``."""
+        return VolumeArray(self.volume, n, self.axis_order, self.mode, self.has_channel_axis)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        lo, hi = self.bounds
+        return (
+            f"VolumeArray({self.url!r}, mip={self._mip}, shape={self.shape}, dtype={self.dtype}, "
+            f"bounds={lo}..{hi} ({self.axis_order}), mode={self.mode!r})"
+        )
+
+    # -- indexing -----------------------------------------------------------------------------
+    def _axes(self) -> list[AxisSpec]:
+        b = self._scale.bounds
+        spatial = [AxisSpec(lo, hi) for lo, hi in zip(self._o(b.start), self._o(b.stop))]
+        if not self.has_channel_axis:
+            return spatial
+        ch = AxisSpec(0, self.num_channels, is_channel=True)
+        return [ch, *spatial] if self.axis_order == "zyx" else [*spatial, ch]
+
+    def _split(self, plan: IndexPlan):
+        """(x, y, z) box, channel selection, from a plan in user order."""
+        axes = list(plan.axes)
+        if self.has_channel_axis:
+            ch = axes.pop(0) if self.axis_order == "zyx" else axes.pop()
+        else:
+            ch = None
+        if self.axis_order == "zyx":
+            axes = axes[::-1]
+        return Box(tuple(a.start for a in axes), tuple(a.stop for a in axes)), ch
+
+    def _to_user(self, data: np.ndarray) -> np.ndarray:
+        """(x, y, z, c) -> the user's layout, as a view."""
+        if not self.has_channel_axis:
+            data = data[..., 0]
+        return data.T if self.axis_order == "zyx" else data
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        plan = normalize_index(index, self._axes())
+        box, ch = self._split(plan)
+        data = self.volume.read(box, self._mip)
+        if ch is not None:
+            data = data[..., ch.start : ch.stop]
+        out = self._to_user(data)
+        if plan.needs_stride or any(a.drop for a in plan.axes):
+            out = out[plan.post_slices()]
+        return out
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        if self.mode != "r+":
+            raise ReadOnlyError(f"{self.url} is open read-only; use volbridge.array(url, mode='r+') to write")
+        plan = normalize_index(index, self._axes())
+        if plan.needs_stride:
+            raise UnsupportedError("strided writes (a slice step other than 1) are not supported")
+        box, ch = self._split(plan)
+        value = self._checked_value(value)
+        kept = tuple(a.length for a in plan.axes if not a.drop)
+        try:
+            value = np.broadcast_to(value, kept)
+        except ValueError:
+            raise ShapeError(
+                f"value of shape {np.shape(value)} cannot be written to a selection of shape {kept} "
+                f"({self.axis_order} order{', channel axis included' if self.has_channel_axis else ''})"
+            ) from None
+        value = value.reshape(tuple(a.length for a in plan.axes))  # dropped axes back as length 1
+        if not self.has_channel_axis:
+            value = value[None] if self.axis_order == "zyx" else value[..., None]
+        data = value.T if self.axis_order == "zyx" else value
+        channels = slice(ch.start, ch.stop) if ch is not None else None
+        self.volume.write(box, data, self._mip, channels)
+
+    def _checked_value(self, value: Any) -> np.ndarray:
+        if isinstance(value, np.ndarray):
+            if value.dtype != self.dtype:
+                raise DTypeError(f"cannot write {value.dtype} data into a {self.dtype} volume ({self.url}); convert it first")
+            return value
+        if isinstance(value, (numbers.Number, np.generic)):
+            arr = np.asarray(value)
+            if arr.dtype == self.dtype:
+                return arr
+            converted = arr.astype(self.dtype)
+            if converted != arr or (isinstance(value, float) and self.dtype.kind in "iu"):
+                raise DTypeError(f"{value!r} is not representable as {self.dtype} ({self.url})")
+            return converted
+        raise DTypeError(f"cannot write a {type(value).__name__}; give a numpy array of dtype {self.dtype} or a scalar")
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[...]
+        return out if dtype is None else out.astype(dtype)
+
+    # -- dask ---------------------------------------------------------------------------------
+    def to_dask(self):
+        """A dask array of the whole scale, one block per storage chunk (absolute -> 0-based)."""
+        import dask.array as da
+        from dask.base import tokenize
+
+        s = self._scale
+        spatial_chunks = []
+        for lo, hi, c, o in zip(s.bounds.start, s.bounds.stop, s.chunk_shape, self.volume.meta.scales[self._mip].bounds.start):
+            edges = list(range(lo, hi, c)) + [hi]
+            spatial_chunks.append(tuple(b - a for a, b in zip(edges[:-1], edges[1:])))
+        chunks = self._o(tuple(spatial_chunks))
+        if self.has_channel_axis:
+            chunks = ((self.num_channels,), *chunks) if self.axis_order == "zyx" else (*chunks, (self.num_channels,))
+        name = "volbridge-" + tokenize(self.url, self._mip, self.axis_order, self.has_channel_axis)
+        return da.from_array(
+            _ZeroBased(self), chunks=chunks, name=name, asarray=False, fancy=False, lock=False,
+            meta=np.empty((0,) * self.ndim, dtype=self.dtype),
+        )
+
+
+class _ZeroBased:
+    """Adapter giving dask 0-based indexing over a handle with absolute coordinates."""
+
+    def __init__(self, arr: VolumeArray):
+        self.arr = arr
+        self.shape, self.dtype, self.ndim = arr.shape, arr.dtype, arr.ndim
+        self.offsets = [0 if a.is_channel else a.lo for a in arr._axes()]
+
+    def __getitem__(self, index):
+        index = index if isinstance(index, tuple) else (index,)
+        shifted = []
+        for item, off in zip(index, self.offsets):
+            if isinstance(item, slice):
+                start = (item.start or 0) + off
+                stop = (item.stop if item.stop is not None else None)
+                shifted.append(slice(start, None if stop is None else stop + off, item.step))
+            else:
+                shifted.append(item + off)
+        return self.arr[tuple(shifted)]

@@ -1,0 +1,49 @@
+"""``raw``: the chunk's little-endian Fortran-order bytes, optionally under a compressor.
+
+Decoding checks the byte count against the chunk shape; a count that does not match but starts
+with a known compressor's header is decompressed first (BigArrays.jl's "raw" holds gzip bytes,
+and its "gzip"/"zstd"/"blosclz" encodings are raw under that compressor).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ChunkDecodeError
+from .base import ChunkCodec, Compressor, Shape4, expected_nbytes, little_endian
+from .compression import sniff
+
+
+def decompress_to_size(data: bytes, nbytes: int, what: str) -> bytes:
+    """``data`` itself when it has ``nbytes`` bytes, else its decompressed form, checked."""
+    if len(data) == nbytes:
+        return data
+    comp = sniff(data)
+    if comp is None:
+        raise ChunkDecodeError(f"{what}: {len(data)} bytes, expected {nbytes} (truncated or corrupt)")
+    out = comp.decompress(data)
+    if len(out) != nbytes:
+        raise ChunkDecodeError(
+            f"{what}: {comp.name} stream decompressed to {len(out)} bytes, expected {nbytes}"
+        )
+    return out
+
+
+class RawCodec(ChunkCodec):
+    name = "raw"
+
+    def __init__(self, compressor: Compressor | None = None):
+        self.compressor = compressor
+
+    def decode(self, data: bytes, shape: Shape4, dtype: np.dtype) -> np.ndarray:
+        dt = little_endian(dtype)
+        data = decompress_to_size(data, expected_nbytes(shape, dt), f"raw {shape[:3]} {dt.name} chunk")
+        return np.frombuffer(data, dtype=dt).reshape(shape, order="F")
+
+    def encode(self, chunk: np.ndarray) -> bytes:
+        dt = little_endian(chunk.dtype)
+        if chunk.dtype != dt:
+            chunk = chunk.astype(dt)
+        # tobytes('F') of an F-contiguous array is a straight memcpy; other layouts are gathered.
+        data = chunk.tobytes(order="F")
+        return self.compressor.compress(data) if self.compressor else data

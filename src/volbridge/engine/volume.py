@@ -1,0 +1,46 @@
+"""The seam every remote implements: metadata, read a box, write a box.
+
+Arrays crossing this seam are 4-D ``(x, y, z, channel)``, x fastest (Fortran order on the way
+out). Boxes are (x, y, z) absolute voxel coordinates at the given scale. The array layer above
+turns these into the user's axis order as zero-copy views.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from ..errors import BoundsError, DTypeError, ShapeError
+from ..formats.base import VolumeMeta
+from ..geometry import Box
+
+
+class Volume(ABC):
+    url: str
+    meta: VolumeMeta
+    #: e.g. {"write"}; later {"versions", "native_downsample", "native_mesh", ...}
+    capabilities: frozenset[str] = frozenset()
+
+    @abstractmethod
+    def read(self, box: Box, scale: int = 0) -> np.ndarray:
+        """Voxels of ``box`` as ``(x, y, z, c)`` in Fortran order; the fill value outside bounds."""
+
+    @abstractmethod
+    def write(self, box: Box, data: np.ndarray, scale: int = 0, channels: slice | None = None) -> None:
+        """Write ``data`` ``(x, y, z, c_selected)`` into ``box`` (and the ``channels`` selected)."""
+
+    def metadata_json(self) -> dict:
+        return {}
+
+    def check_write(self, box: Box, data: np.ndarray, scale: int, channels: slice | None) -> None:
+        """Raise before any byte is written if the write cannot be honoured as given."""
+        bounds = self.meta.scales[scale].bounds
+        if not bounds.contains(box):
+            raise BoundsError(f"write box {box} (x, y, z) is outside the bounds {bounds} of scale {scale} of {self.url}")
+        if data.dtype != self.meta.dtype:
+            raise DTypeError(f"data has dtype {data.dtype}, but {self.url} holds {self.meta.dtype}; convert it first")
+        nch = len(range(self.meta.num_channels)[channels or slice(None)])
+        want = (*box.shape, nch)
+        if data.shape != want:
+            raise ShapeError(f"data of shape {data.shape} does not fit box {box} with {nch} channel(s) (x, y, z, c: {want})")

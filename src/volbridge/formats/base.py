@@ -1,0 +1,89 @@
+"""What a chunked format tells the engine, in one shape for every format.
+
+Coordinates here are the storage order, x fastest (``(x, y, z)``), as in every format's own
+metadata. The array layer turns them into the user's axis order.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..geometry import Box, Cell, ChunkGrid
+
+
+@dataclass(frozen=True)
+class ScaleMeta:
+    """One scale (mip level) of a volume."""
+
+    key: str
+    bounds: Box  # (x, y, z) voxels
+    resolution: tuple[float, float, float]  # nm per voxel, (x, y, z)
+    chunk_shape: tuple[int, int, int]  # (x, y, z)
+    encoding: str
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.bounds.shape  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class VolumeMeta:
+    dtype: np.dtype
+    num_channels: int
+    layer_type: str  # "image" | "segmentation"
+    scales: tuple[ScaleMeta, ...]
+    fill_value: Any = 0
+    extra: dict = field(default_factory=dict)
+
+
+class ScaleLayout(ABC):
+    """How one scale of a chunked format maps grid cells to keys and bytes to arrays.
+
+    The engine calls nothing else: it plans boxes into :class:`~volbridge.geometry.Cell`s on
+    :attr:`grid`, fetches the keys, and converts bytes with :meth:`decode` / :meth:`encode`. Arrays
+    passed in and out cover the cell's bounds-clipped box, as 4-D ``(x, y, z, c)``.
+    """
+
+    meta: ScaleMeta
+    grid: ChunkGrid
+    dtype: np.dtype
+    num_channels: int
+    fill_value: Any
+
+    @abstractmethod
+    def read_keys(self, cell: Cell) -> list[str]:
+        """Keys that may hold the cell, in the order to try them."""
+
+    @abstractmethod
+    def write_key(self, cell: Cell) -> str:
+        """The key a write of the cell goes to."""
+
+    def stale_keys(self, cell: Cell) -> list[str]:
+        """Other keys that may hold an older copy of the cell and must go once it is written."""
+        return [k for k in self.read_keys(cell) if k != self.write_key(cell)]
+
+    @abstractmethod
+    def decode(self, data: bytes, cell: Cell, key: str) -> np.ndarray:
+        """The cell's voxels (bounds-clipped box) from stored bytes."""
+
+    @abstractmethod
+    def encode(self, chunk: np.ndarray, cell: Cell) -> bytes:
+        """Stored bytes for the cell's voxels."""
+
+
+class ChunkedDataset(ABC):
+    """An opened dataset of a chunked format: its metadata and a layout per scale."""
+
+    meta: VolumeMeta
+
+    @abstractmethod
+    def layout(self, scale: int) -> ScaleLayout:
+        """The layout of scale ``scale`` (raises UnsupportedError for layouts not handled)."""
+
+    @abstractmethod
+    def metadata_json(self) -> dict:
+        """The format's own metadata document, as stored."""

@@ -1,0 +1,333 @@
+"""Neuroglancer precomputed volumes (unsharded): the ``info`` file, chunk keys and codecs.
+
+Facts follow ``shared/specs/formats.md`` section 1 and are checked against cloud-volume and
+tensorstore in the tests. All tuples here are in the format's own (x, y, z) order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import posixpath
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..codecs import (
+    ChunkCodec,
+    CompressedSegmentationCodec,
+    JpegCodec,
+    PngCodec,
+    RawCodec,
+    get_compressor,
+)
+from ..errors import ChunkDecodeError, MetadataError, UnsupportedError
+from ..geometry import Box, Cell, ChunkGrid
+from ..kv import KVStore
+from .base import ChunkedDataset, ScaleLayout, ScaleMeta, VolumeMeta
+
+INFO_KEY = "info"
+#: The spec's data types, plus float64/int64 and bool that other writers (BigArrays.jl) use.
+DATA_TYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float32", "float64")
+#: Spec encodings plus BigArrays.jl's compressed raw encodings.
+ENCODINGS = ("raw", "jpeg", "png", "compressed_segmentation", "gzip", "zstd", "blosclz")
+UNSUPPORTED_ENCODINGS = ("compresso", "jxl", "crackle", "fpzip", "kempressed", "zfpc")
+#: Transport compression written as a key suffix, CloudVolume's convention (``<key>.gz``).
+COMPRESSION_SUFFIX = {"gzip": ".gz", "zstd": ".zstd", "br": ".br"}
+_READ_SUFFIXES = ("", ".gz", ".zstd", ".br")
+
+
+# -- info parsing and validation ------------------------------------------------------------------
+def _vec(obj: dict, name: str, where: str, kind=int, positive=False, default=None) -> tuple:
+    v = obj.get(name, default)
+    if v is None:
+        raise MetadataError(f"{where}: missing required field {name!r}")
+    ok = isinstance(v, (list, tuple)) and len(v) == 3 and all(
+        isinstance(e, (int, float)) and not isinstance(e, bool) and (kind is float or float(e).is_integer())
+        for e in v
+    )
+    if not ok:
+        raise MetadataError(f"{where}: {name!r} must be 3 {'numbers' if kind is float else 'integers'}, got {v!r}")
+    v = tuple(kind(e) for e in v)
+    if positive and any(e <= 0 for e in v):
+        raise MetadataError(f"{where}: {name!r} must be positive, got {list(v)}")
+    return v
+
+
+@dataclass(frozen=True)
+class PrecomputedScale:
+    key: str
+    size: tuple[int, int, int]
+    resolution: tuple[float, float, float]
+    voxel_offset: tuple[int, int, int]
+    chunk_size: tuple[int, int, int]
+    encoding: str
+    cseg_block_size: tuple[int, int, int] | None
+    sharding: dict | None
+    raw: dict
+
+    @property
+    def bounds(self) -> Box:
+        return Box.from_shape(self.size, self.voxel_offset)
+
+
+def parse_info(data: bytes | str | dict, where: str = "info") -> dict:
+    """Validate an ``info`` document; returns the parsed JSON with scales as PrecomputedScale."""
+    if isinstance(data, dict):
+        info = data
+    else:
+        try:
+            info = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise MetadataError(f"{where}: not valid JSON ({e})") from e
+    if not isinstance(info, dict):
+        raise MetadataError(f"{where}: expected a JSON object, got {type(info).__name__}")
+    t = info.get("@type", "neuroglancer_multiscale_volume")
+    if t != "neuroglancer_multiscale_volume":
+        raise MetadataError(f"{where}: @type is {t!r}, expected 'neuroglancer_multiscale_volume'")
+    if info.get("type") not in ("image", "segmentation"):
+        raise MetadataError(f"{where}: 'type' must be 'image' or 'segmentation', got {info.get('type')!r}")
+    if info.get("data_type") not in DATA_TYPES:
+        raise MetadataError(f"{where}: 'data_type' {info.get('data_type')!r} is not one of {', '.join(DATA_TYPES)}")
+    nc = info.get("num_channels")
+    if not isinstance(nc, int) or isinstance(nc, bool) or nc < 1:
+        raise MetadataError(f"{where}: 'num_channels' must be an integer >= 1, got {nc!r}")
+    scales = info.get("scales")
+    if not isinstance(scales, list) or not scales:
+        raise MetadataError(f"{where}: 'scales' must be a non-empty list")
+    parsed = []
+    for i, s in enumerate(scales):
+        sw = f"{where}: scales[{i}]"
+        if not isinstance(s, dict):
+            raise MetadataError(f"{sw} must be an object")
+        key = s.get("key")
+        if not isinstance(key, str) or not key:
+            raise MetadataError(f"{sw}: 'key' must be a non-empty string")
+        chunk_sizes = s.get("chunk_sizes")
+        if not isinstance(chunk_sizes, list) or not chunk_sizes:
+            raise MetadataError(f"{sw}: 'chunk_sizes' must be a non-empty list of [x, y, z]")
+        enc = s.get("encoding")
+        if enc in UNSUPPORTED_ENCODINGS:
+            pass  # parsed, refused when the scale is read or written
+        elif enc not in ENCODINGS:
+            raise MetadataError(f"{sw}: unknown encoding {enc!r}; expected one of {', '.join(ENCODINGS)}")
+        block = None
+        if enc == "compressed_segmentation":
+            block = _vec(s, "compressed_segmentation_block_size", sw, positive=True)
+            if info["data_type"] not in ("uint32", "uint64"):
+                raise MetadataError(f"{sw}: compressed_segmentation needs uint32 or uint64, not {info['data_type']}")
+        sharding = s.get("sharding")
+        if sharding is not None and not isinstance(sharding, dict):
+            raise MetadataError(f"{sw}: 'sharding' must be an object")
+        parsed.append(
+            PrecomputedScale(
+                key=key,
+                size=_vec(s, "size", sw, positive=True),
+                resolution=_vec(s, "resolution", sw, kind=float, positive=True),
+                voxel_offset=_vec(s, "voxel_offset", sw, default=[0, 0, 0]),
+                chunk_size=_vec({"chunk_sizes[0]": chunk_sizes[0]}, "chunk_sizes[0]", sw, positive=True),
+                encoding=enc,
+                cseg_block_size=block,
+                sharding=sharding,
+                raw=s,
+            )
+        )
+    return {**info, "scales": parsed}
+
+
+def format_resolution(r: float) -> str:
+    return str(int(r)) if float(r).is_integer() else repr(float(r))
+
+
+def scale_key(resolution: Sequence[float]) -> str:
+    """Tensorstore's and CloudVolume's default scale key: ``<xres>_<yres>_<zres>``."""
+    return "_".join(format_resolution(r) for r in resolution)
+
+
+def build_info(
+    *,
+    bounds: Box,
+    dtype: str,
+    chunk_shape: Sequence[int],
+    resolution: Sequence[float],
+    encoding: str = "raw",
+    layer_type: str = "image",
+    num_channels: int = 1,
+    num_scales: int = 1,
+    factor: Sequence[int] = (2, 2, 1),
+    compressed_segmentation_block_size: Sequence[int] = (8, 8, 8),
+    jpeg_quality: int | None = None,
+    compression: str | None = None,
+) -> dict:
+    """A validated ``info`` for a new volume, all tuples (x, y, z)."""
+    dtype = np.dtype(dtype).name
+    if dtype not in DATA_TYPES:
+        raise MetadataError(f"precomputed cannot store {dtype}; use one of {', '.join(DATA_TYPES)}")
+    if layer_type not in ("image", "segmentation"):
+        raise MetadataError(f"layer_type must be 'image' or 'segmentation', got {layer_type!r}")
+    if layer_type == "segmentation" and num_channels != 1:
+        raise MetadataError("a segmentation layer has exactly 1 channel")
+    if encoding not in ENCODINGS:
+        raise UnsupportedError(f"cannot write encoding {encoding!r}; expected one of {', '.join(ENCODINGS)}")
+    _codec_for(encoding, np.dtype(dtype), num_channels, compressed_segmentation_block_size, jpeg_quality)
+    if compression is not None:
+        if compression not in COMPRESSION_SUFFIX:
+            raise UnsupportedError(f"compression {compression!r} not available; use one of {', '.join(COMPRESSION_SUFFIX)}")
+        if encoding not in ("raw", "compressed_segmentation"):
+            raise UnsupportedError(f"compression applies to raw and compressed_segmentation chunks, not {encoding}")
+    if num_scales < 1:
+        raise MetadataError(f"num_scales must be >= 1, got {num_scales}")
+    scales = []
+    for level in range(num_scales):
+        f = [fi**level for fi in factor]
+        start = [math.floor(a / fi) for a, fi in zip(bounds.start, f)]
+        stop = [math.ceil(b / fi) for b, fi in zip(bounds.stop, f)]
+        res = [r * fi for r, fi in zip(resolution, f)]
+        res = [int(r) if float(r).is_integer() else float(r) for r in res]
+        s: dict[str, Any] = {
+            "key": scale_key(res),
+            "size": [b - a for a, b in zip(start, stop)],
+            "resolution": res,
+            "voxel_offset": start,
+            "chunk_sizes": [[int(c) for c in chunk_shape]],
+            "encoding": encoding,
+        }
+        if encoding == "compressed_segmentation":
+            s["compressed_segmentation_block_size"] = [int(b) for b in compressed_segmentation_block_size]
+        if encoding == "jpeg" and jpeg_quality is not None:
+            s["jpeg_quality"] = int(jpeg_quality)
+        if compression:
+            s["volbridge"] = {"compression": compression}
+        scales.append(s)
+    info = {
+        "@type": "neuroglancer_multiscale_volume",
+        "type": layer_type,
+        "data_type": dtype,
+        "num_channels": int(num_channels),
+        "scales": scales,
+    }
+    parse_info(info, "new info")
+    return info
+
+
+def _codec_for(encoding, dtype, num_channels, block_size, jpeg_quality) -> ChunkCodec:
+    if encoding == "raw":
+        return RawCodec()
+    if encoding in ("gzip", "zstd", "blosclz"):
+        opts = {"typesize": dtype.itemsize} if encoding == "blosclz" else {}
+        return RawCodec(get_compressor(encoding, **opts))
+    if encoding in ("jpeg", "png"):
+        codec = JpegCodec(jpeg_quality if jpeg_quality is not None else 85) if encoding == "jpeg" else PngCodec()
+        codec.check(dtype, num_channels)
+        return codec
+    if encoding == "compressed_segmentation":
+        if dtype.name not in ("uint32", "uint64"):
+            raise UnsupportedError(f"compressed_segmentation needs uint32 or uint64, not {dtype.name}")
+        return CompressedSegmentationCodec(tuple(block_size))
+    raise UnsupportedError(f"precomputed encoding {encoding!r} is not supported")
+
+
+# -- one scale ------------------------------------------------------------------------------------
+class PrecomputedLayout(ScaleLayout):
+    def __init__(self, scale: PrecomputedScale, dtype: np.dtype, num_channels: int, key_prefix: str):
+        if scale.sharding is not None:
+            raise UnsupportedError(
+                f"scale {scale.key!r} is sharded (neuroglancer_uint64_sharded_v1); sharded precomputed is not supported yet"
+            )
+        if scale.encoding in UNSUPPORTED_ENCODINGS:
+            raise UnsupportedError(f"scale {scale.key!r} uses encoding {scale.encoding!r}, which volbridge cannot decode yet")
+        self.scale = scale
+        self.dtype = np.dtype(dtype)
+        self.num_channels = num_channels
+        self.fill_value = 0
+        self.prefix = key_prefix
+        self.grid = ChunkGrid(scale.bounds, scale.chunk_size, scale.voxel_offset)
+        self.meta = ScaleMeta(scale.key, scale.bounds, scale.resolution, scale.chunk_size, scale.encoding)
+        self.codec = _codec_for(
+            scale.encoding, self.dtype, num_channels, scale.cseg_block_size or (8, 8, 8), scale.raw.get("jpeg_quality")
+        )
+        compression = (scale.raw.get("volbridge") or {}).get("compression")
+        self.write_suffix = COMPRESSION_SUFFIX.get(compression, "") if scale.encoding in ("raw", "compressed_segmentation") else ""
+        self.compressor = get_compressor(compression) if self.write_suffix else None
+
+    def _name(self, cell: Cell) -> str:
+        b = cell.box
+        return f"{b.start[0]}-{b.stop[0]}_{b.start[1]}-{b.stop[1]}_{b.start[2]}-{b.stop[2]}"
+
+    def read_keys(self, cell: Cell) -> list[str]:
+        name = self._name(cell)
+        flat = [f"{self.prefix}/{name}{s}" for s in _READ_SUFFIXES]
+        # neuroglancer-scripts' "deep" layout: <x0-x1>/<y0-y1>/<z0-z1>.
+        deep = f"{self.prefix}/{name.replace('_', '/')}"
+        return flat + [deep, deep + ".gz"]
+
+    def write_key(self, cell: Cell) -> str:
+        return f"{self.prefix}/{self._name(cell)}{self.write_suffix}"
+
+    def chunk_shape4(self, cell: Cell) -> tuple[int, int, int, int]:
+        return (*cell.box.shape, self.num_channels)  # type: ignore[return-value]
+
+    def decode(self, data: bytes, cell: Cell, key: str) -> np.ndarray:
+        for suffix in (".gz", ".zstd", ".br"):
+            if key.endswith(suffix):
+                data = get_compressor(suffix[1:]).decompress(data)
+                break
+        return self.codec.decode(data, self.chunk_shape4(cell), self.dtype)
+
+    def encode(self, chunk: np.ndarray, cell: Cell) -> bytes:
+        if chunk.shape != self.chunk_shape4(cell):
+            raise ChunkDecodeError(f"chunk of shape {chunk.shape} given for cell {cell.box}")
+        data = self.codec.encode(chunk)
+        return self.compressor.compress(data) if self.compressor else data
+
+
+# -- the dataset ----------------------------------------------------------------------------------
+class PrecomputedDataset(ChunkedDataset):
+    def __init__(self, store: KVStore, info: dict | None = None):
+        self.store = store
+        if info is None:
+            raw = store.get(INFO_KEY)
+            if raw is None:
+                raise MetadataError(f"no precomputed 'info' at {store.url}")
+            info = parse_info(raw, f"{store.url}/info")
+        elif not isinstance(info.get("scales", [None])[0], PrecomputedScale):
+            info = parse_info(info, f"{store.url}/info")
+        self.info = info
+        dtype = np.dtype(info["data_type"])
+        scales = []
+        for s in info["scales"]:
+            scales.append(ScaleMeta(s.key, s.bounds, s.resolution, s.chunk_size, s.encoding))
+        self.meta = VolumeMeta(
+            dtype=dtype,
+            num_channels=info["num_channels"],
+            layer_type=info["type"],
+            scales=tuple(scales),
+            fill_value=0,
+        )
+        self._layouts: dict[int, PrecomputedLayout] = {}
+
+    def layout(self, scale: int) -> PrecomputedLayout:
+        lay = self._layouts.get(scale)
+        if lay is None:
+            s = self.info["scales"][scale]
+            prefix = posixpath.normpath(s.key)
+            if prefix.startswith("..") or prefix.startswith("/"):
+                raise UnsupportedError(f"scale key {s.key!r} points outside the volume's directory")
+            lay = self._layouts[scale] = PrecomputedLayout(s, self.meta.dtype, self.meta.num_channels, prefix)
+        return lay
+
+    def metadata_json(self) -> dict:
+        return {**self.info, "scales": [s.raw for s in self.info["scales"]]}
+
+    @classmethod
+    def create(cls, store: KVStore, info: dict, *, overwrite: bool = False) -> "PrecomputedDataset":
+        if not overwrite and store.get(INFO_KEY) is not None:
+            raise MetadataError(f"a precomputed volume already exists at {store.url} (pass overwrite=True to replace its info)")
+        parsed = parse_info(info, "new info")
+        store.put(INFO_KEY, json.dumps(info, indent=2).encode())
+        return cls(store, parsed)
+
+
+def detect(store: KVStore) -> bool:
+    return store.exists(INFO_KEY)

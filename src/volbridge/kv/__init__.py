@@ -1,0 +1,9 @@
+"""Layer 2: bytes by key. File and memory stores, behind one interface with atomic updates."""
+
+from .base import KVStore, Updater
+from .file import FileStore
+from .memory import MemoryStore
+from .prefixed import PrefixedStore
+from .url import open_store
+
+__all__ = ["KVStore", "Updater", "FileStore", "MemoryStore", "PrefixedStore", "open_store"]

@@ -1,0 +1,67 @@
+"""The key-value store interface every backend implements.
+
+Stores move bytes by key and know nothing of volumes or codecs. Besides get/put they offer
+``update``: an atomic read-modify-write of one key. It is the one primitive the engine needs for
+partial-chunk writes, and each backend implements it the way its medium allows (a lock on local
+files, a conditional PUT on object stores), so concurrent writers never lose each other's updates.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Callable, Iterable, Iterator, Optional
+
+#: ``update`` callback: receives the current value (None when absent) and returns the new one.
+Updater = Callable[[Optional[bytes]], bytes]
+
+
+class KVStore(ABC):
+    """Bytes by ``/``-separated key, relative to the store's root."""
+
+    #: A URL that reopens this store (``file:///...``, ``mem://name``).
+    url: str
+
+    @abstractmethod
+    def get(self, key: str) -> bytes | None:
+        """The value, or None when the key is absent. Any other failure raises StoreError."""
+
+    @abstractmethod
+    def put(self, key: str, value: bytes) -> None:
+        """Store ``value`` under ``key``, replacing any previous value atomically."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove ``key``; removing an absent key is not an error."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Keys that start with ``prefix`` (in no particular order)."""
+
+    @abstractmethod
+    def update(self, key: str, fn: Updater, *, needs_old: bool = True) -> bytes:
+        """Atomically replace the value of ``key`` by ``fn(old)`` and return the new value.
+
+        ``needs_old=False`` tells the store that ``fn`` ignores its argument (a whole-object
+        overwrite), so it may skip the read, but the write is still serialised against other
+        updates of the same key.
+        """
+
+    def exists(self, key: str) -> bool:
+        return self.get(key) is not None
+
+    def get_first(self, keys: Iterable[str]) -> tuple[str, bytes] | None:
+        """The first of ``keys`` that exists, with its value; None when none does."""
+        for key in keys:
+            value = self.get(key)
+            if value is not None:
+                return key, value
+        return None
+
+    def child(self, prefix: str) -> "KVStore":
+        """A view of this store rooted at ``prefix``."""
+        from .prefixed import PrefixedStore
+
+        return PrefixedStore(self, prefix)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"

@@ -1,0 +1,53 @@
+"""An in-process store: a dict of bytes, shared by name.
+
+``mem://name`` opens the same store from anywhere in the process, which makes it the scratch
+space for tests and for volumes that never need to touch disk.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from typing import Iterator
+
+from .base import KVStore, Updater
+
+_named: dict[str, "MemoryStore"] = {}
+_named_lock = threading.Lock()
+
+
+class MemoryStore(KVStore):
+    def __init__(self, name: str | None = None):
+        self.name = name or f"anon-{id(self):x}"
+        self.url = f"mem://{self.name}"
+        self._data: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+        self._key_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+
+    @classmethod
+    def named(cls, name: str) -> "MemoryStore":
+        with _named_lock:
+            store = _named.get(name)
+            if store is None:
+                store = _named[name] = cls(name)
+            return store
+
+    def get(self, key: str) -> bytes | None:
+        return self._data.get(key)
+
+    def put(self, key: str, value: bytes) -> None:
+        self._data[key] = bytes(value)
+
+    def delete(self, key: str) -> None:
+        self._data.pop(key, None)
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        return iter([k for k in list(self._data) if k.startswith(prefix)])
+
+    def update(self, key: str, fn: Updater, *, needs_old: bool = True) -> bytes:
+        with self._lock:
+            key_lock = self._key_locks[key]
+        with key_lock:
+            new = bytes(fn(self._data.get(key) if needs_old else None))
+            self._data[key] = new
+            return new

@@ -1,0 +1,43 @@
+"""A store that sees another store from a sub-prefix (a zarr array inside a group, say)."""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+from .base import KVStore, Updater
+
+
+class PrefixedStore(KVStore):
+    def __init__(self, base: KVStore, prefix: str):
+        self.base = base
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.url = base.url.rstrip("/") + "/" + self.prefix.rstrip("/")
+
+    def _k(self, key: str) -> str:
+        return self.prefix + key
+
+    def get(self, key: str) -> bytes | None:
+        return self.base.get(self._k(key))
+
+    def put(self, key: str, value: bytes) -> None:
+        self.base.put(self._k(key), value)
+
+    def delete(self, key: str) -> None:
+        self.base.delete(self._k(key))
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        n = len(self.prefix)
+        for key in self.base.list(self._k(prefix)):
+            yield key[n:]
+
+    def update(self, key: str, fn: Updater, *, needs_old: bool = True) -> bytes:
+        return self.base.update(self._k(key), fn, needs_old=needs_old)
+
+    def exists(self, key: str) -> bool:
+        return self.base.exists(self._k(key))
+
+    def get_first(self, keys: Iterable[str]):
+        found = self.base.get_first(self._k(k) for k in keys)
+        if found is None:
+            return None
+        return found[0][len(self.prefix) :], found[1]

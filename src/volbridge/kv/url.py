@@ -1,0 +1,33 @@
+"""Open a store from a URL or a path."""
+
+from __future__ import annotations
+
+from urllib.parse import unquote, urlparse
+
+from ..errors import URLError
+from .base import KVStore
+from .file import FileStore
+from .memory import MemoryStore
+
+
+def open_store(url: str) -> KVStore:
+    """``file:///path``, a bare path, or ``mem://name``. Object stores arrive with their issue."""
+    if "://" not in url:
+        if not url:
+            raise URLError("empty path")
+        return FileStore(url)
+    scheme, rest = url.split("://", 1)
+    if scheme == "file":
+        parsed = urlparse(url)
+        if parsed.netloc not in ("", "localhost"):
+            raise URLError(f"file URL {url!r} names host {parsed.netloc!r}; use file:///absolute/path")
+        return FileStore(unquote(parsed.path))
+    if scheme == "mem":
+        if not rest.strip("/"):
+            raise URLError(f"memory URL {url!r} needs a name: mem://name")
+        name, _, sub = rest.strip("/").partition("/")
+        store = MemoryStore.named(name)
+        return store.child(sub) if sub else store
+    raise URLError(
+        f"unsupported storage scheme {scheme!r} in {url!r}; supported here: file://, mem://, bare paths"
+    )

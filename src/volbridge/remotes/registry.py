@@ -1,0 +1,79 @@
+"""``open_volume(url)`` and ``create_volume(url, ...)``: from a URL to a :class:`Volume`.
+
+A URL is ``<format>://<storage URL or path>`` (``precomputed:///data/em``,
+``precomputed://file:///data/em``, ``precomputed://mem://name``) or a bare storage URL or path,
+whose format is found from its metadata files. A new format registers one :class:`FormatEntry`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ..engine import ChunkedVolume, Volume
+from ..errors import URLError
+from ..formats import precomputed
+from ..kv import KVStore, open_store
+
+
+@dataclass(frozen=True)
+class FormatEntry:
+    name: str
+    #: metadata file names that identify the format (for messages)
+    markers: tuple[str, ...]
+    detect: Callable[[KVStore], bool]
+    open: Callable[[KVStore, str, bool], Volume]
+    create: Callable[..., Volume] | None = None
+
+
+def _open_precomputed(store: KVStore, url: str, writable: bool) -> Volume:
+    return ChunkedVolume(store, precomputed.PrecomputedDataset(store), url=url, writable=writable)
+
+
+def _create_precomputed(store: KVStore, url: str, *, overwrite: bool = False, **kw) -> Volume:
+    info = precomputed.build_info(**kw)
+    dataset = precomputed.PrecomputedDataset.create(store, info, overwrite=overwrite)
+    return ChunkedVolume(store, dataset, url=url, writable=True)
+
+
+FORMATS: dict[str, FormatEntry] = {
+    "precomputed": FormatEntry("precomputed", ("info",), precomputed.detect, _open_precomputed, _create_precomputed),
+}
+
+
+def split_url(url: str) -> tuple[str | None, str]:
+    """``("precomputed", "/data/em")`` for ``precomputed:///data/em``; ``(None, url)`` when bare."""
+    if not isinstance(url, str):
+        raise URLError(f"a volume URL must be a string, got {type(url).__name__}")
+    if "://" in url:
+        scheme, rest = url.split("://", 1)
+        if scheme in FORMATS:
+            if not rest:
+                raise URLError(f"{url!r} names no location after '{scheme}://'")
+            return scheme, rest
+    return None, url
+
+
+def open_volume(url: str, mode: str = "r") -> Volume:
+    if mode not in ("r", "r+"):
+        raise URLError(f"mode must be 'r' or 'r+', got {mode!r} (use volbridge.create to make a volume)")
+    fmt, location = split_url(url)
+    store = open_store(location)
+    if fmt is None:
+        for entry in FORMATS.values():
+            if entry.detect(store):
+                fmt = entry.name
+                break
+        else:
+            markers = ", ".join(m for e in FORMATS.values() for m in e.markers)
+            raise URLError(f"no volume found at {url!r}: none of the metadata files {markers} is there")
+    return FORMATS[fmt].open(store, url, mode == "r+")
+
+
+def create_volume(url: str, **kw) -> Volume:
+    fmt, location = split_url(url)
+    fmt = fmt or "precomputed"
+    entry = FORMATS[fmt]
+    if entry.create is None:
+        raise URLError(f"volbridge cannot create {fmt} volumes")
+    return entry.create(open_store(location), url, **kw)
