@@ -1,0 +1,195 @@
+"""Random creates, writes and reads on precomputed volumes, checked against a numpy model.
+
+Covers random bounds (negative offsets), chunk shapes, channels, dtypes, every lossless
+encoding, several scales, both axis orders, file and memory stores, aligned and unaligned
+writes, reads sticking out of the bounds, integer indices, and reopening the volume.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import uuid
+
+import numpy as np
+from hypothesis import settings, strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+import volbridge as vb
+from volbridge.geometry import Box
+
+from volume_model import VolumeModel, to_user, user_index
+
+DTYPES = ["uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float32", "float64"]
+
+
+@st.composite
+def volume_spec(draw):
+    enc = draw(st.sampled_from(["raw", "raw+gzip", "raw+zstd", "compressed_segmentation", "png", "gzip", "zstd", "blosclz"]))
+    if enc == "compressed_segmentation":
+        dtype = draw(st.sampled_from(["uint32", "uint64"]))
+    elif enc == "png":
+        dtype = draw(st.sampled_from(["uint8", "uint16"]))
+    else:
+        dtype = draw(st.sampled_from(DTYPES))
+    layer = "segmentation" if enc == "compressed_segmentation" and draw(st.booleans()) else "image"
+    nc = 1 if layer == "segmentation" else draw(st.integers(1, 3))
+    if enc == "png":
+        nc = draw(st.integers(1, 4))
+    shape = tuple(draw(st.integers(1, 40)) for _ in range(3))
+    offset = tuple(draw(st.integers(-60, 60)) for _ in range(3))
+    chunk = tuple(draw(st.integers(1, 17)) for _ in range(3))
+    block = tuple(draw(st.integers(1, 9)) for _ in range(3))
+    return dict(
+        enc=enc, dtype=dtype, layer=layer, nc=nc, shape=shape, offset=offset, chunk=chunk, block=block,
+        num_scales=draw(st.integers(1, 3)), axis_order=draw(st.sampled_from(["zyx", "xyz"])),
+        store=draw(st.sampled_from(["file", "mem"])),
+    )
+
+
+def random_values(rng, shape, dtype):
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return rng.standard_normal(shape).astype(dtype) * 1000
+    info = np.iinfo(dtype)
+    # A few distinct labels for segmentation-like compressibility, sometimes full range.
+    if rng.random() < 0.5:
+        return rng.choice(np.array([info.min, 0, 1, 7, info.max], dtype=dtype), size=shape)
+    return rng.integers(info.min, info.max, size=shape, dtype=dtype, endpoint=True)
+
+
+class PrecomputedMachine(RuleBasedStateMachine):
+    def __init__(self):
+        super().__init__()
+        self.tmp = tempfile.mkdtemp(prefix="vb-sm-")
+
+    def teardown(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    @initialize(spec=volume_spec(), seed=st.integers(0, 2**32 - 1))
+    def create(self, spec, seed):
+        self.rng = np.random.default_rng(seed)
+        self.spec = spec
+        base = f"{self.tmp}/vol" if spec["store"] == "file" else f"mem://{uuid.uuid4().hex}"
+        self.url = "precomputed://" + base
+        enc, compression = spec["enc"], None
+        if enc.startswith("raw+"):
+            enc, compression = "raw", enc[4:]
+        ao = spec["axis_order"]
+        o = (lambda t: t[::-1]) if ao == "zyx" else (lambda t: t)
+        start, shape = spec["offset"], spec["shape"]
+        stop = tuple(a + s for a, s in zip(start, shape))
+        self.vol = vb.create(
+            self.url, bounds=(o(start), o(stop)), dtype=spec["dtype"], chunk_shape=o(spec["chunk"]),
+            resolution=o((4, 4, 40)), encoding=enc, compression=compression, layer_type=spec["layer"],
+            num_channels=spec["nc"], num_scales=spec["num_scales"], axis_order=ao,
+            compressed_segmentation_block_size=o(spec["block"]),
+        )
+        self.scale_boxes = [Box.of(o(s.bounds[0]), o(s.bounds[1])) for s in self.vol.scales]
+        self.model = VolumeModel(self.scale_boxes, np.dtype(spec["dtype"]), spec["nc"])
+
+    def _box(self, data, scale, inside: bool) -> Box:
+        b = self.scale_boxes[scale]
+        start, stop = [], []
+        for lo, hi in zip(b.start, b.stop):
+            if inside:
+                a = data.draw(st.integers(lo, hi - 1))
+                z = data.draw(st.integers(a + 1, hi))
+            else:
+                a = data.draw(st.integers(lo - 20, hi + 5))
+                z = data.draw(st.integers(a, hi + 20))
+            start.append(a)
+            stop.append(z)
+        return Box(tuple(start), tuple(stop))
+
+    @property
+    def has_c(self):
+        return self.vol.has_channel_axis
+
+    @rule(data=st.data())
+    def write_box(self, data):
+        scale = data.draw(st.integers(0, len(self.scale_boxes) - 1))
+        box = self._box(data, scale, inside=True)
+        values = random_values(self.rng, (*box.shape, self.spec["nc"]), self.spec["dtype"])
+        ao = self.spec["axis_order"]
+        self.vol.mip(scale)[user_index(box, ao, has_channel_axis=self.has_c)] = to_user(values, ao, self.has_c)
+        self.model.write(scale, box, values)
+
+    @precondition(lambda self: self.spec["nc"] > 1)
+    @rule(data=st.data())
+    def write_one_channel(self, data):
+        scale = data.draw(st.integers(0, len(self.scale_boxes) - 1))
+        box = self._box(data, scale, inside=True)
+        c = data.draw(st.integers(0, self.spec["nc"] - 1))
+        values = random_values(self.rng, box.shape, self.spec["dtype"])
+        ao = self.spec["axis_order"]
+        self.vol.mip(scale)[user_index(box, ao, channel=c)] = values.T if ao == "zyx" else values
+        self.model.write(scale, box, values, c)
+
+    @rule(data=st.data())
+    def write_aligned_chunks(self, data):
+        # Whole chunks (the fast path that skips the read), clipped at the bounds.
+        scale = data.draw(st.integers(0, len(self.scale_boxes) - 1))
+        b = self.scale_boxes[scale]
+        chunk = self.vol.mip(scale).chunk_shape
+        chunk = chunk[::-1] if self.spec["axis_order"] == "zyx" else chunk
+        start, stop = [], []
+        for lo, hi, c in zip(b.start, b.stop, chunk):
+            n = -(-(hi - lo) // c)
+            i = data.draw(st.integers(0, n - 1))
+            j = data.draw(st.integers(i + 1, n))
+            start.append(lo + i * c)
+            stop.append(min(hi, lo + j * c))
+        box = Box(tuple(start), tuple(stop))
+        values = random_values(self.rng, (*box.shape, self.spec["nc"]), self.spec["dtype"])
+        ao = self.spec["axis_order"]
+        self.vol.mip(scale)[user_index(box, ao, has_channel_axis=self.has_c)] = to_user(values, ao, self.has_c)
+        self.model.write(scale, box, values)
+
+    @rule(data=st.data())
+    def read_box(self, data):
+        scale = data.draw(st.integers(0, len(self.scale_boxes) - 1))
+        box = self._box(data, scale, inside=False)
+        ao = self.spec["axis_order"]
+        got = self.vol.mip(scale)[user_index(box, ao, has_channel_axis=self.has_c)]
+        want = to_user(self.model.read(scale, box), ao, self.has_c)
+        assert got.dtype == want.dtype
+        assert got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+        if ao == "zyx":
+            assert got.flags.c_contiguous
+        else:
+            assert got.flags.f_contiguous
+
+    @rule(data=st.data())
+    def read_with_integer(self, data):
+        scale = data.draw(st.integers(0, len(self.scale_boxes) - 1))
+        b = self.scale_boxes[scale]
+        axis = data.draw(st.integers(0, 2))
+        pos = data.draw(st.integers(b.start[axis] - 3, b.stop[axis] + 2))
+        box = Box(
+            tuple(pos if i == axis else b.start[i] for i in range(3)),
+            tuple(pos + 1 if i == axis else b.stop[i] for i in range(3)),
+        )
+        ao = self.spec["axis_order"]
+        idx = list(user_index(box, ao, has_channel_axis=self.has_c))
+        user_axis = (2 - axis) + (1 if self.has_c else 0) if ao == "zyx" else axis
+        idx[user_axis] = pos
+        got = self.vol.mip(scale)[tuple(idx)]
+        want = to_user(self.model.read(scale, box), ao, self.has_c)
+        want = np.take(want, 0, axis=user_axis)
+        np.testing.assert_array_equal(got, want)
+
+    @rule()
+    def reopen(self):
+        self.vol = vb.array(self.url, axis_order=self.spec["axis_order"], mode="r+")
+
+    @invariant()
+    def metadata_is_stable(self):
+        if hasattr(self, "vol"):
+            assert self.vol.dtype == np.dtype(self.spec["dtype"])
+            assert len(self.vol.scales) == self.spec["num_scales"]
+
+
+TestPrecomputedStateMachine = PrecomputedMachine.TestCase
+TestPrecomputedStateMachine.settings = settings(stateful_step_count=12)

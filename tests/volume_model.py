@@ -1,0 +1,48 @@
+"""A numpy model of a volume, for comparing against any volbridge remote in tests.
+
+Holds each scale as a full (x, y, z, c) array over its bounds; reads outside are zeros.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from volbridge.geometry import Box
+
+
+class VolumeModel:
+    def __init__(self, scales: list[Box], dtype, num_channels: int):
+        self.scales = scales
+        self.data = [np.zeros((*b.shape, num_channels), dtype=dtype) for b in scales]
+
+    def read(self, scale: int, box: Box) -> np.ndarray:
+        bounds = self.scales[scale]
+        out = np.zeros((*box.shape, self.data[scale].shape[3]), dtype=self.data[scale].dtype)
+        inter = box.intersect(bounds)
+        if not inter.empty:
+            out[inter.slices(box.start)] = self.data[scale][inter.slices(bounds.start)]
+        return out
+
+    def write(self, scale: int, box: Box, values: np.ndarray, channels=slice(None)) -> None:
+        self.data[scale][box.slices(self.scales[scale].start) + (channels,)] = values
+
+
+def user_index(box: Box, axis_order: str, channel=None, has_channel_axis: bool = False):
+    """The index tuple selecting an (x, y, z) box in a handle of the given axis order.
+
+    ``channel`` selects one channel (an int); otherwise all channels are kept when the handle
+    has a channel axis.
+    """
+    if channel is None and has_channel_axis:
+        channel = slice(None)
+    sl = [slice(a, b) for a, b in zip(box.start, box.stop)]
+    if axis_order == "zyx":
+        sl = sl[::-1]
+        return tuple(([channel] if channel is not None else []) + sl)
+    return tuple(sl + ([channel] if channel is not None else []))
+
+
+def to_user(xyzc: np.ndarray, axis_order: str, has_channel_axis: bool) -> np.ndarray:
+    """An (x, y, z, c) array in the layout a handle returns."""
+    a = xyzc if has_channel_axis else xyzc[..., 0]
+    return a.T if axis_order == "zyx" else a
