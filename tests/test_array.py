@@ -1,0 +1,137 @@
+"""VolumeArray semantics: axis orders as views, channels, integer indices, scales, dask."""
+
+import json
+
+import deflate
+import numpy as np
+import pytest
+
+import volbridge as vb
+
+
+@pytest.fixture
+def em(tmp_path):
+    vol = vb.create(f"precomputed://{tmp_path}/em", bounds=((-8, -20, 5), (24, 44, 69)), chunk_shape=(8, 16, 16),
+                    resolution=(40, 8, 8), dtype="uint16", num_scales=3)
+    data = np.random.default_rng(0).integers(0, 60000, (32, 64, 64), dtype=np.uint16)
+    vol[...] = data
+    return str(tmp_path / "em"), data
+
+
+def test_tuples_follow_axis_order(em):
+    path, data = em
+    zyx, xyz = vb.array(path), vb.array(path, axis_order="xyz")
+    assert zyx.shape == (32, 64, 64) and zyx.bounds == ((-8, -20, 5), (24, 44, 69))
+    assert zyx.resolution == (40, 8, 8) and zyx.chunk_shape == (8, 16, 16)
+    assert xyz.bounds == ((5, -20, -8), (69, 44, 24)) and xyz.resolution == (8, 8, 40)
+    assert [s.resolution for s in zyx.scales] == [(40, 8, 8), (40, 16, 16), (40, 32, 32)]
+    assert zyx.mip(2).bounds == ((-8, -5, 1), (24, 11, 18))
+    assert zyx.metadata["scales"][0]["voxel_offset"] == [5, -20, -8]
+
+
+def test_reads_are_views_of_one_layout(em):
+    path, data = em
+    a = vb.array(path)[0:10, -5:30, 7:60]
+    b = vb.array(path, axis_order="xyz")[7:60, -5:30, 0:10]
+    assert a.flags.c_contiguous and b.flags.f_contiguous
+    np.testing.assert_array_equal(a, data[8:18, 15:50, 2:55])
+    np.testing.assert_array_equal(b, a.T)
+    assert a.flags.writeable
+
+
+def test_outside_reads_are_zero_and_integers_drop_axes(em):
+    path, data = em
+    v = vb.array(path)
+    cut = v[-20:0, -30:-10, 0:10]
+    assert cut.shape == (20, 20, 10)
+    np.testing.assert_array_equal(cut[12:, 10:, 5:], data[:8, :10, :5])
+    assert (cut[:12] == 0).all() and (cut[:, :10] == 0).all() and (cut[:, :, :5] == 0).all()
+    assert v[3, -20, 5] == data[11, 0, 0]
+    np.testing.assert_array_equal(v[3], data[11])
+    np.testing.assert_array_equal(v[..., 68], data[..., 63])
+    np.testing.assert_array_equal(v[-8:24:3, ::5, 10], data[::3, ::5, 5])
+    assert v[100, 100, 100] == 0
+    np.testing.assert_array_equal(np.asarray(v), data)
+
+
+def test_scalar_and_broadcast_writes(em):
+    path, data = em
+    v = vb.array(path, mode="r+")
+    v[0:4, 0:3, 10:20] = 7
+    v[5, 0:3, 10:20] = np.arange(10, dtype=np.uint16)  # broadcast over y, numpy style
+    got = v[...]
+    want = data.copy()
+    want[8:12, 20:23, 5:15] = 7
+    want[13, 20:23, 5:15] = np.arange(10)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_channels(tmp_path):
+    vol = vb.create(f"precomputed://{tmp_path}/rgb", shape=(4, 10, 12), chunk_shape=(2, 4, 5), num_channels=3)
+    data = np.random.default_rng(1).integers(0, 255, (3, 4, 10, 12), dtype=np.uint8)
+    assert vol.shape == (3, 4, 10, 12)
+    vol[...] = data
+    xyz = vb.array(f"{tmp_path}/rgb", axis_order="xyz")
+    assert xyz.shape == (12, 10, 4, 3)
+    np.testing.assert_array_equal(xyz[...], data.T)
+    np.testing.assert_array_equal(vol[1], data[1])
+    np.testing.assert_array_equal(vol[-1, 2, 3:7], data[2, 2, 3:7])
+    vol[2, 1:3, 2:9, 0:5] = np.zeros((2, 7, 5), np.uint8)  # one channel: read-modify-write
+    data[2, 1:3, 2:9, 0:5] = 0
+    np.testing.assert_array_equal(vb.array(f"{tmp_path}/rgb")[...], data)
+    assert vb.array(f"{tmp_path}/rgb")[0:2].flags.c_contiguous
+
+
+def test_scales_are_independent(em):
+    path, data = em
+    v = vb.array(path, mode="r+")
+    m1 = v.mip(1)
+    m1[...] = np.full(m1.shape, 3, np.uint16)
+    assert (v.mip(1)[...] == 3).all() and (v.mip(2)[...] == 0).all()
+    np.testing.assert_array_equal(v[...], data)
+
+
+def test_to_dask(em):
+    path, data = em
+    d = vb.array(path).to_dask()
+    assert d.shape == data.shape and d.chunksize == (8, 16, 16)
+    np.testing.assert_array_equal(d.compute(), data)
+    np.testing.assert_array_equal(d[3:20, 10:50, 1:2].compute(), data[3:20, 10:50, 1:2])
+    assert int(d.sum().compute()) == int(data.sum(dtype=np.int64))
+
+
+def test_bigarrays_layout(tmp_path):
+    """BigArrays.jl: gzip bytes under 'raw', double hyphens for negative keys, no resolution field."""
+    root = tmp_path / "ba"
+    (root / "4_4_40").mkdir(parents=True)
+    info = {"data_type": "uint8", "num_channels": 1, "type": "image", "scales": [
+        {"key": "4_4_40", "size": [10, 10, 5], "voxel_offset": [-10, -10, -5], "resolution": [4, 4, 40],
+         "chunk_sizes": [[10, 10, 5]], "encoding": "raw"}]}
+    (root / "info").write_text(json.dumps(info))
+    chunk = np.arange(500, dtype=np.uint8).reshape(10, 10, 5, order="F")
+    (root / "4_4_40" / "-10-0_-10-0_-5-0").write_bytes(deflate.gzip_compress(chunk.tobytes(order="F"), 6))
+    np.testing.assert_array_equal(vb.array(str(root), axis_order="xyz")[-10:0, -10:0, -5:0], chunk)
+
+
+def test_deep_layout_and_cloudvolume_suffixes(tmp_path):
+    vol = vb.create(f"precomputed://{tmp_path}/v", shape=(4, 4, 8), chunk_shape=(4, 4, 4))
+    data = np.arange(128, dtype=np.uint8).reshape(4, 4, 8)
+    vol[...] = data
+    d = tmp_path / "v" / "1_1_1"
+    # Move one chunk to neuroglancer-scripts' deep layout, the other to CloudVolume's .gz.
+    (d / "0-4" / "0-4").mkdir(parents=True)
+    (d / "0-4_0-4_0-4").rename(d / "0-4" / "0-4" / "0-4")
+    (d / "4-8_0-4_0-4.gz").write_bytes(deflate.gzip_compress((d / "4-8_0-4_0-4").read_bytes(), 6))
+    (d / "4-8_0-4_0-4").unlink()
+    np.testing.assert_array_equal(vb.array(str(tmp_path / "v"))[...], data)
+    # A write replaces the variant with the canonical name and removes the stale copy.
+    vb.array(str(tmp_path / "v"), mode="r+")[0:2, 0:2, 6:8] = np.zeros((2, 2, 2), np.uint8)
+    data[0:2, 0:2, 6:8] = 0
+    assert not (d / "4-8_0-4_0-4.gz").exists() and (d / "4-8_0-4_0-4").exists()
+    np.testing.assert_array_equal(vb.array(str(tmp_path / "v"))[...], data)
+
+
+def test_memory_urls():
+    v = vb.create("precomputed://mem://arr-test", shape=(3, 3, 3), chunk_shape=(2, 2, 2), overwrite=True)
+    v[...] = np.ones((3, 3, 3), np.uint8)
+    assert vb.array("mem://arr-test")[...].sum() == 27

@@ -1,0 +1,247 @@
+"""Bad input raises a clear error that names the problem, and loses no data.
+
+Never zeros for a failure: corrupt, truncated or unreadable chunks raise with the key named.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import volbridge as vb
+from volbridge.errors import (
+    BoundsError,
+    ChunkDecodeError,
+    DTypeError,
+    MetadataError,
+    ReadOnlyError,
+    ShapeError,
+    StoreError,
+    UnsupportedError,
+    URLError,
+)
+
+
+def make(tmp_path, **kw):
+    args = dict(shape=(8, 16, 16), chunk_shape=(4, 8, 8), dtype="uint8")
+    args.update(kw)
+    vol = vb.create(f"precomputed://{tmp_path}/v", **args)
+    data = (np.arange(np.prod(args["shape"])) % 251 + 1).astype(args["dtype"]).reshape(args["shape"])
+    vol[...] = data
+    return vol, data
+
+
+def chunk_file(tmp_path, name="0-8_0-8_0-4"):
+    return tmp_path / "v" / "1_1_1" / name
+
+
+def snapshot(root):
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            if ".volbridge-locks" not in p:
+                out[p] = open(p, "rb").read()
+    return out
+
+
+# -- corrupt stored data --------------------------------------------------------------------------
+def test_truncated_raw_chunk_names_key(tmp_path):
+    make(tmp_path)
+    f = chunk_file(tmp_path)
+    f.write_bytes(f.read_bytes()[:-10])
+    with pytest.raises(ChunkDecodeError, match=r"0-8_0-8_0-4.*246 bytes, expected 256"):
+        vb.array(f"{tmp_path}/v")[...]
+
+
+def test_corrupt_gzip_chunk_names_key(tmp_path):
+    make(tmp_path, compression="gzip")
+    f = chunk_file(tmp_path, "0-8_0-8_0-4.gz")
+    data = bytearray(f.read_bytes())
+    data[12:40] = b"\xff" * 28
+    f.write_bytes(bytes(data))
+    with pytest.raises(ChunkDecodeError, match=r"0-8_0-8_0-4\.gz"):
+        vb.array(f"{tmp_path}/v")[...]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage_header", "offsets_past_end"])
+def test_corrupt_compressed_segmentation_raises_not_crashes(tmp_path, damage):
+    make(tmp_path, dtype="uint32", encoding="compressed_segmentation")
+    f = chunk_file(tmp_path)
+    data = bytearray(f.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    elif damage == "garbage_header":
+        data[4:40] = b"\xff" * 36
+    else:
+        data[4:8] = (0x00FFFFFF | (4 << 24)).to_bytes(4, "little")
+    f.write_bytes(bytes(data))
+    with pytest.raises(ChunkDecodeError, match="0-8_0-8_0-4"):
+        vb.array(f"{tmp_path}/v")[...]
+
+
+def test_corrupt_png_and_jpeg(tmp_path):
+    for enc in ("png", "jpeg"):
+        d = tmp_path / enc
+        d.mkdir()
+        make(d, encoding=enc)
+        f = chunk_file(d)
+        f.write_bytes(f.read_bytes()[:20])
+        with pytest.raises(ChunkDecodeError, match="0-8_0-8_0-4"):
+            vb.array(f"{d}/v")[...]
+
+
+def test_unreadable_chunk_is_an_error_not_zeros(tmp_path):
+    make(tmp_path)
+    f = chunk_file(tmp_path)
+    f.unlink()
+    f.mkdir()  # a directory where a chunk file should be: reading it fails with EISDIR
+    with pytest.raises(StoreError, match="0-8_0-8_0-4"):
+        vb.array(f"{tmp_path}/v")[...]
+
+
+def test_absent_chunk_reads_as_fill(tmp_path):
+    _, data = make(tmp_path)
+    chunk_file(tmp_path).unlink()
+    got = vb.array(f"{tmp_path}/v")[...]
+    assert (got[0:4, 0:8, 0:8] == 0).all()
+    np.testing.assert_array_equal(got[4:], data[4:])
+
+
+def test_partial_write_onto_corrupt_chunk_leaves_it_untouched(tmp_path):
+    vol, _ = make(tmp_path)
+    f = chunk_file(tmp_path)
+    f.write_bytes(b"garbage")
+    with pytest.raises(ChunkDecodeError, match="corrupt"):
+        vol[0:2, 0:2, 0:2] = np.ones((2, 2, 2), np.uint8)
+    assert f.read_bytes() == b"garbage"
+
+
+# -- malformed metadata ---------------------------------------------------------------------------
+def write_info(tmp_path, info):
+    d = tmp_path / "v"
+    d.mkdir(exist_ok=True)
+    (d / "info").write_text(info if isinstance(info, str) else json.dumps(info))
+    return str(d)
+
+
+GOOD = {
+    "type": "image", "data_type": "uint8", "num_channels": 1,
+    "scales": [{"key": "a", "size": [4, 4, 4], "resolution": [1, 1, 1], "voxel_offset": [0, 0, 0],
+                "chunk_sizes": [[4, 4, 4]], "encoding": "raw"}],
+}
+
+
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (lambda i: "{not json", "not valid JSON"),
+        (lambda i: [], "expected a JSON object"),
+        (lambda i: {**i, "type": "mesh"}, "'type' must be 'image' or 'segmentation'"),
+        (lambda i: {**i, "data_type": "complex64"}, "'data_type' 'complex64'"),
+        (lambda i: {**i, "num_channels": 0}, "num_channels"),
+        (lambda i: {**i, "scales": []}, "'scales' must be a non-empty list"),
+        (lambda i: {**i, "scales": [{**i["scales"][0], "size": [4, 4]}]}, "'size' must be 3 integers"),
+        (lambda i: {**i, "scales": [{**i["scales"][0], "size": [4, 0, 4]}]}, "'size' must be positive"),
+        (lambda i: {**i, "scales": [{**i["scales"][0], "voxel_offset": [0.5, 0, 0]}]}, "'voxel_offset' must be 3 integers"),
+        (lambda i: {**i, "scales": [{**i["scales"][0], "encoding": "webp"}]}, "unknown encoding 'webp'"),
+        (lambda i: {**i, "scales": [{k: v for k, v in i["scales"][0].items() if k != "chunk_sizes"}]}, "chunk_sizes"),
+        (lambda i: {**i, "data_type": "uint32", "scales": [{**i["scales"][0], "encoding": "compressed_segmentation"}]},
+         "compressed_segmentation_block_size"),
+    ],
+)
+def test_malformed_info(tmp_path, mutate, message):
+    path = write_info(tmp_path, mutate(GOOD))
+    with pytest.raises(MetadataError, match=message):
+        vb.array(path)
+
+
+def test_unsupported_encoding_and_sharding_are_clear(tmp_path):
+    path = write_info(tmp_path, {**GOOD, "scales": [{**GOOD["scales"][0], "encoding": "compresso"}]})
+    with pytest.raises(UnsupportedError, match="compresso"):
+        vb.array(path)[...]
+    sharded = {**GOOD["scales"][0], "sharding": {"@type": "neuroglancer_uint64_sharded_v1"}}
+    path = write_info(tmp_path, {**GOOD, "scales": [sharded]})
+    with pytest.raises(UnsupportedError, match="sharded"):
+        vb.array(path)[...]
+
+
+# -- writes that must be refused before any byte is written ---------------------------------------
+@pytest.mark.parametrize(
+    "index,value,error,message",
+    [
+        ((slice(0, 4), slice(0, 8), slice(0, 8)), np.ones((4, 8, 8), np.uint16), DTypeError, "uint16"),
+        ((slice(0, 4), slice(0, 8), slice(0, 8)), np.ones((4, 8, 9), np.uint8), ShapeError, r"\(4, 8, 9\)"),
+        ((slice(0, 4), slice(0, 8), slice(10, 20)), np.ones((4, 8, 10), np.uint8), BoundsError, "outside the bounds"),
+        ((slice(-1, 4), slice(0, 8), slice(0, 8)), np.ones((5, 8, 8), np.uint8), BoundsError, "outside the bounds"),
+        ((slice(0, 4), slice(0, 8), slice(0, 8)), 300, DTypeError, "not representable"),
+        ((slice(0, 4), slice(0, 8), slice(0, 8)), 1.5, DTypeError, "not representable"),
+        ((slice(0, 4), slice(0, 8), slice(0, 8)), [[1]], DTypeError, "numpy array"),
+    ],
+)
+def test_refused_writes_write_nothing(tmp_path, index, value, error, message):
+    vol, _ = make(tmp_path)
+    before = snapshot(tmp_path)
+    with pytest.raises(error, match=message):
+        vol[index] = value
+    assert snapshot(tmp_path) == before
+
+
+def test_read_only_handle(tmp_path):
+    make(tmp_path)
+    ro = vb.array(f"{tmp_path}/v")
+    with pytest.raises(ReadOnlyError, match="mode='r\\+'"):
+        ro[0:1, 0:1, 0:1] = np.zeros((1, 1, 1), np.uint8)
+
+
+def test_create_refuses_to_clobber(tmp_path):
+    make(tmp_path)
+    with pytest.raises(MetadataError, match="already exists"):
+        vb.create(f"precomputed://{tmp_path}/v", shape=(1, 1, 1))
+
+
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        (dict(encoding="jpeg", dtype="uint16"), "jpeg"),
+        (dict(encoding="compressed_segmentation", dtype="uint8"), "uint32 or uint64"),
+        (dict(layer_type="segmentation", num_channels=2, dtype="uint32"), "exactly 1 channel"),
+        (dict(compression="lz77"), "compression 'lz77'"),
+        (dict(encoding="png", compression="gzip"), "raw and compressed_segmentation"),
+        (dict(dtype="complex64"), "cannot store complex64"),
+        (dict(chunk_shape=(0, 8, 8)), "positive"),
+    ],
+)
+def test_create_validation(tmp_path, kw, message):
+    args = dict(shape=(8, 16, 16), chunk_shape=(4, 8, 8), dtype="uint8")
+    args.update(kw)
+    with pytest.raises(vb.VolbridgeError, match=message):
+        vb.create(f"precomputed://{tmp_path}/v", **args)
+    assert not (tmp_path / "v" / "info").exists()
+
+
+# -- URLs and indices -----------------------------------------------------------------------------
+def test_bad_urls(tmp_path):
+    with pytest.raises(URLError, match="no volume found"):
+        vb.array(str(tmp_path))
+    with pytest.raises(URLError, match="unsupported storage scheme 'ftp'"):
+        vb.array("ftp://host/x")
+    with pytest.raises(URLError, match="names no location"):
+        vb.array("precomputed://")
+    with pytest.raises(MetadataError, match="no precomputed 'info'"):
+        vb.array(f"precomputed://{tmp_path}/nothing-here")
+
+
+def test_bad_indices(tmp_path):
+    vol, _ = make(tmp_path)
+    with pytest.raises(IndexError, match="too many indices"):
+        vol[0, 0, 0, 0]
+    with pytest.raises(IndexError, match="step"):
+        vol[::-1]
+    with pytest.raises(IndexError, match="unsupported index"):
+        vol[[1, 2]]
+    with pytest.raises(IndexError, match="mip 7 does not exist"):
+        vol.mip(7)
