@@ -32,6 +32,10 @@ class ChunkDecodeError(VolbridgeError, ValueError):
     """Stored bytes that cannot be decoded into the chunk they should hold (corrupt, truncated)."""
 
 
+class ChunkEncodeError(VolbridgeError, ValueError):
+    """Voxels that the chunk's codec cannot encode (the message names the key)."""
+
+
 class BoundsError(VolbridgeError, IndexError):
     """A write (or a required region) outside the volume's bounds."""
 

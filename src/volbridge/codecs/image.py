@@ -78,4 +78,7 @@ class PngCodec(_ImageCodec):
         return imagecodecs.png_decode(data)
 
     def _encode_image(self, image):
-        return imagecodecs.png_encode(image, level=self.level)
+        # imagecodecs' default output estimate is too small for incompressible images a few
+        # pixels wide (narrow edge chunks): give an explicit worst-case bound.
+        raw = image.size * image.itemsize + image.shape[0]
+        return imagecodecs.png_encode(image, level=self.level, out=raw + raw // 8 + 4096)

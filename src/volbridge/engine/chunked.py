@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ChunkDecodeError, ReadOnlyError
+from ..errors import ChunkDecodeError, ChunkEncodeError, ReadOnlyError, VolbridgeError
 from ..formats.base import ChunkedDataset, ScaleLayout
 from ..geometry import Box, Cell
 from ..kv import KVStore
@@ -67,6 +67,14 @@ class ChunkedVolume(Volume):
         return out
 
     # -- writing ----------------------------------------------------------------------------------
+    def _encode(self, layout: ScaleLayout, chunk: np.ndarray, cell: Cell, key: str) -> bytes:
+        try:
+            return layout.encode(chunk, cell)
+        except VolbridgeError:
+            raise
+        except Exception as e:  # a codec library's own exception type
+            raise ChunkEncodeError(f"cannot encode chunk {key!r} for {self.store.url}: {e}") from e
+
     def write(self, box: Box, data: np.ndarray, scale: int = 0, channels: slice | None = None) -> None:
         if "write" not in self.capabilities:
             raise ReadOnlyError(f"{self.url} is open read-only; open it with mode='r+' to write")
@@ -80,7 +88,7 @@ class ChunkedVolume(Volume):
             src = data[region.slices(box.start)]
             wkey = layout.write_key(cell)
             if region == cell.box and all_channels:
-                encoded = layout.encode(src, cell)
+                encoded = self._encode(layout, src, cell, wkey)
                 self.store.update(wkey, lambda _old: encoded, needs_old=False)
             else:
 
@@ -94,7 +102,7 @@ class ChunkedVolume(Volume):
                     else:
                         chunk = np.array(chunk, order="F", copy=True)
                     chunk[region.slices(cell.box.start) + (ch,)] = src
-                    return layout.encode(chunk, cell)
+                    return self._encode(layout, chunk, cell, wkey)
 
                 try:
                     self.store.update(wkey, merge)

@@ -35,7 +35,8 @@ ENCODINGS = ("raw", "jpeg", "png", "compressed_segmentation", "gzip", "zstd", "b
 UNSUPPORTED_ENCODINGS = ("compresso", "jxl", "crackle", "fpzip", "kempressed", "zfpc")
 #: Transport compression written as a key suffix, CloudVolume's convention (``<key>.gz``).
 COMPRESSION_SUFFIX = {"gzip": ".gz", "zstd": ".zstd", "br": ".br"}
-_READ_SUFFIXES = ("", ".gz", ".zstd", ".br")
+#: Suffixes CloudFiles may give a compressed object; tried after the plain name when reading.
+_READ_SUFFIXES = ("", ".gz", ".zstd", ".br", ".xz", ".bz2")
 
 
 # -- info parsing and validation ------------------------------------------------------------------
@@ -269,7 +270,7 @@ class PrecomputedLayout(ScaleLayout):
         return (*cell.box.shape, self.num_channels)  # type: ignore[return-value]
 
     def decode(self, data: bytes, cell: Cell, key: str) -> np.ndarray:
-        for suffix in (".gz", ".zstd", ".br"):
+        for suffix in _READ_SUFFIXES[1:]:
             if key.endswith(suffix):
                 data = get_compressor(suffix[1:]).decompress(data)
                 break
