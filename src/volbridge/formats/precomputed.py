@@ -212,14 +212,17 @@ def build_info(
     return info
 
 
-def _codec_for(encoding, dtype, num_channels, block_size, jpeg_quality) -> ChunkCodec:
+def _codec_for(encoding, dtype, num_channels, block_size, jpeg_quality, png_level=None) -> ChunkCodec:
     if encoding == "raw":
         return RawCodec()
     if encoding in ("gzip", "zstd", "blosclz"):
         opts = {"typesize": dtype.itemsize} if encoding == "blosclz" else {}
         return RawCodec(get_compressor(encoding, **opts))
     if encoding in ("jpeg", "png"):
-        codec = JpegCodec(jpeg_quality if jpeg_quality is not None else 85) if encoding == "jpeg" else PngCodec()
+        if encoding == "jpeg":
+            codec: ChunkCodec = JpegCodec(jpeg_quality if jpeg_quality is not None else 85)
+        else:
+            codec = PngCodec(png_level if png_level is not None else 6)
         codec.check(dtype, num_channels)
         return codec
     if encoding == "compressed_segmentation":
@@ -246,7 +249,8 @@ class PrecomputedLayout(ScaleLayout):
         self.grid = ChunkGrid(scale.bounds, scale.chunk_size, scale.voxel_offset)
         self.meta = ScaleMeta(scale.key, scale.bounds, scale.resolution, scale.chunk_size, scale.encoding)
         self.codec = _codec_for(
-            scale.encoding, self.dtype, num_channels, scale.cseg_block_size or (8, 8, 8), scale.raw.get("jpeg_quality")
+            scale.encoding, self.dtype, num_channels, scale.cseg_block_size or (8, 8, 8),
+            scale.raw.get("jpeg_quality"), scale.raw.get("png_level"),
         )
         compression = (scale.raw.get("volbridge") or {}).get("compression")
         self.write_suffix = COMPRESSION_SUFFIX.get(compression, "") if scale.encoding in ("raw", "compressed_segmentation") else ""
