@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from .array import AXIS_ORDERS, VolumeArray
-from .errors import MetadataError
+from .errors import InvalidArgumentError, MetadataError
 from .geometry import Box
 from .remotes import create_volume, open_volume
 
@@ -36,7 +36,7 @@ def create(
 ) -> VolumeArray:
     """Create a volume and return a writable handle. Every tuple is in ``axis_order``."""
     if axis_order not in AXIS_ORDERS:
-        raise ValueError(f"axis_order must be 'zyx' or 'xyz', got {axis_order!r}")
+        raise InvalidArgumentError(f"axis_order must be 'zyx' or 'xyz', got {axis_order!r}")
 
     def xyz(t, what):
         t = tuple(t)

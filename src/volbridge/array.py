@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .engine import Volume
-from .errors import DTypeError, ReadOnlyError, ShapeError, UnsupportedError
+from .errors import DTypeError, InvalidArgumentError, InvalidIndexError, ReadOnlyError, ShapeError, UnsupportedError
 from .geometry import Box
 from .geometry.index import AxisSpec, IndexPlan, normalize_index
 
@@ -38,12 +38,12 @@ class Scale:
 class VolumeArray:
     def __init__(self, volume: Volume, mip: int = 0, axis_order: str = "zyx", mode: str = "r", channel_axis: bool | None = None):
         if axis_order not in AXIS_ORDERS:
-            raise ValueError(f"axis_order must be 'zyx' or 'xyz', got {axis_order!r}")
+            raise InvalidArgumentError(f"axis_order must be 'zyx' or 'xyz', got {axis_order!r}")
         n = len(volume.meta.scales)
         if not isinstance(mip, numbers.Integral) or not 0 <= mip < n:
-            raise IndexError(f"mip {mip!r} does not exist: {volume.url} has scales 0..{n - 1}")
+            raise InvalidIndexError(f"mip {mip!r} does not exist: {volume.url} has scales 0..{n - 1}")
         if mode not in ("r", "r+"):
-            raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
+            raise InvalidArgumentError(f"mode must be 'r' or 'r+', got {mode!r}")
         self.volume = volume
         self._mip = int(mip)
         self.axis_order = axis_order
@@ -62,6 +62,16 @@ class VolumeArray:
     @property
     def url(self) -> str:
         return self.volume.url
+
+    @property
+    def format(self) -> str:
+        """The storage format or remote ("precomputed", ...)."""
+        return self.volume.format_name
+
+    @property
+    def fill_value(self):
+        """What reads return outside the bounds and where chunks are absent."""
+        return self.volume.meta.fill_value
 
     @property
     def dtype(self) -> np.dtype:

@@ -48,5 +48,13 @@ class ShapeError(VolbridgeError, ValueError):
     """Data whose shape does not match the region it is written to."""
 
 
+class InvalidIndexError(VolbridgeError, IndexError):
+    """An index (or a scale number) that does not select anything valid."""
+
+
+class InvalidArgumentError(VolbridgeError, ValueError):
+    """An argument outside its allowed values (an axis order, a mode)."""
+
+
 class ReadOnlyError(VolbridgeError, PermissionError):
     """A write through a handle opened read-only."""

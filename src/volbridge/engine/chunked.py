@@ -23,6 +23,7 @@ class ChunkedVolume(Volume):
         self.store = store
         self.dataset = dataset
         self.meta = dataset.meta
+        self.format_name = dataset.format_name
         self.url = url or store.url
         self.capabilities = frozenset({"write"} if writable else ())
 

@@ -19,6 +19,8 @@ from ..geometry import Box
 class Volume(ABC):
     url: str
     meta: VolumeMeta
+    #: The format or remote's name as in URLs ("precomputed", "bossdb", ...).
+    format_name: str
     #: e.g. {"write"}; later {"versions", "native_downsample", "native_mesh", ...}
     capabilities: frozenset[str] = frozenset()
 

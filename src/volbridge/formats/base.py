@@ -79,6 +79,8 @@ class ChunkedDataset(ABC):
     """An opened dataset of a chunked format: its metadata and a layout per scale."""
 
     meta: VolumeMeta
+    #: The format's name as in URLs ("precomputed", "zarr", ...).
+    format_name: str
 
     @abstractmethod
     def layout(self, scale: int) -> ScaleLayout:

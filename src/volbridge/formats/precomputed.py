@@ -289,6 +289,8 @@ class PrecomputedLayout(ScaleLayout):
 
 # -- the dataset ----------------------------------------------------------------------------------
 class PrecomputedDataset(ChunkedDataset):
+    format_name = "precomputed"
+
     def __init__(self, store: KVStore, info: dict | None = None):
         self.store = store
         if info is None:

@@ -12,6 +12,8 @@ import numbers
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from ..errors import InvalidIndexError
+
 
 @dataclass(frozen=True, slots=True)
 class AxisSpec:
@@ -51,7 +53,7 @@ class IndexPlan:
 
 def _as_int(v: Any, what: str) -> int:
     if isinstance(v, (bool,)) or not isinstance(v, numbers.Integral):
-        raise IndexError(f"{what} must be an integer, got {v!r}")
+        raise InvalidIndexError(f"{what} must be an integer, got {v!r}")
     return int(v)
 
 
@@ -60,10 +62,10 @@ def normalize_index(index: Any, axes: Sequence[AxisSpec]) -> IndexPlan:
         index = (index,)
     n_ellipsis = sum(1 for i in index if i is Ellipsis)
     if n_ellipsis > 1:
-        raise IndexError("an index can only have a single ellipsis ('...')")
+        raise InvalidIndexError("an index can only have a single ellipsis ('...')")
     explicit = len(index) - n_ellipsis
     if explicit > len(axes):
-        raise IndexError(f"too many indices: {explicit} given for {len(axes)} axes")
+        raise InvalidIndexError(f"too many indices: {explicit} given for {len(axes)} axes")
     if n_ellipsis:
         pos = index.index(Ellipsis)
         index = index[:pos] + (slice(None),) * (len(axes) - explicit) + index[pos + 1 :]
@@ -74,11 +76,11 @@ def normalize_index(index: Any, axes: Sequence[AxisSpec]) -> IndexPlan:
     for i, (item, axis) in enumerate(zip(index, axes)):
         name = "channel axis" if axis.is_channel else f"axis {i}"
         if item is None:
-            raise IndexError("np.newaxis (None) is not supported in volume indices")
+            raise InvalidIndexError("np.newaxis (None) is not supported in volume indices")
         if isinstance(item, slice):
             step = 1 if item.step is None else _as_int(item.step, f"step on {name}")
             if step <= 0:
-                raise IndexError(f"step on {name} must be positive, got {step}")
+                raise InvalidIndexError(f"step on {name} must be positive, got {step}")
             if axis.is_channel:
                 start, stop, step = item.indices(axis.hi - axis.lo)
                 out.append(AxisSelection(start, max(start, stop), step, False))
@@ -91,11 +93,11 @@ def normalize_index(index: Any, axes: Sequence[AxisSpec]) -> IndexPlan:
             if axis.is_channel:
                 n = axis.hi - axis.lo
                 if not -n <= v < n:
-                    raise IndexError(f"channel index {v} is out of range for {n} channels")
+                    raise InvalidIndexError(f"channel index {v} is out of range for {n} channels")
                 v %= n
             out.append(AxisSelection(v, v + 1, 1, True))
         else:
-            raise IndexError(
+            raise InvalidIndexError(
                 f"unsupported index {item!r} on {name}: use integers, slices or '...' "
                 "(absolute voxel coordinates)"
             )

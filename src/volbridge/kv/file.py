@@ -23,7 +23,7 @@ from ..errors import StoreError, URLError
 from .base import KVStore, Updater
 
 LOCK_DIR = ".volbridge-locks"
-LOCK_STRIPES = 4096
+LOCK_STRIPES = 256
 _TMP_MARK = ".vbtmp-"
 
 
@@ -103,7 +103,7 @@ class FileStore(KVStore):
     def _lock_path(self, key: str) -> Path:
         self._path(key)  # validates the key
         stripe = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest(), "little") % LOCK_STRIPES
-        return self.root / LOCK_DIR / f"{stripe:04x}.lock"
+        return self.root / LOCK_DIR / f"{stripe:02x}.lock"
 
     def update(self, key: str, fn: Updater, *, needs_old: bool = True) -> bytes:
         lock_path = self._lock_path(key)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..engine import ChunkedVolume, Volume
-from ..errors import URLError
+from ..errors import InvalidArgumentError, URLError
 from ..formats import precomputed
 from ..kv import KVStore, open_store
 
@@ -56,7 +56,7 @@ def split_url(url: str) -> tuple[str | None, str]:
 
 def open_volume(url: str, mode: str = "r") -> Volume:
     if mode not in ("r", "r+"):
-        raise URLError(f"mode must be 'r' or 'r+', got {mode!r} (use volbridge.create to make a volume)")
+        raise InvalidArgumentError(f"mode must be 'r' or 'r+', got {mode!r} (use volbridge.create to make a volume)")
     fmt, location = split_url(url)
     store = open_store(location)
     if fmt is None:

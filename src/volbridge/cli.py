@@ -1,0 +1,354 @@
+"""The ``volbridge`` command line: thin commands over the public API.
+
+Every command does its work through ``volbridge.array`` / ``volbridge.create`` and
+``VolumeArray``, exactly as a Python user would, so the command line never knows more than the
+library's public face. Tuples are z, y, x by default (``--axis-order xyz`` flips them), the same
+rule as everywhere else in volbridge.
+
+``main`` runs the commands outside click's standalone mode so that every failure a user can cause
+(a bad argument, a missing volume, an unreadable chunk) ends as one ``error: <message>`` line on
+stderr and exit status 1, never a traceback. Tracebacks are left for genuine bugs.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from .api import array
+from .array import VolumeArray
+from .errors import VolbridgeError
+
+try:  # recent typer vendors click as ``typer._click``; its exceptions are not the click package's
+    from typer import _click as click
+except ImportError:  # pragma: no cover - typer that runs on the click package
+    import click
+
+_NoArgsIsHelpError = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+class _BadValue(typer.BadParameter):
+    """An argument that parses but cannot work; its message already says what to do instead."""
+
+
+app = typer.Typer(
+    name="volbridge",
+    help="One numpy-like array over every connectomics volume format and server.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class AxisOrder(str, Enum):
+    zyx = "zyx"
+    xyz = "xyz"
+
+
+class DemoSize(str, Enum):
+    tiny = "tiny"
+    small = "small"
+    medium = "medium"
+
+
+class ImageEncoding(str, Enum):
+    raw = "raw"
+    jpeg = "jpeg"
+
+
+AXIS_ORDER_OPTION = typer.Option(AxisOrder.zyx, "--axis-order", help="Order of every tuple given and shown.")
+OUTPUT_FORMATS = {".npy": "npy", ".tif": "tif", ".tiff": "tif", ".png": "png"}
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+def _console(stderr: bool = False) -> Console:
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal:
+        console.width = max(console.width, 160)  # a pipe or a file: keep table rows on one line
+    return console
+
+
+def _open(url: str, mip: int = 0, axis_order: str = "zyx") -> VolumeArray:
+    arr = array(url, axis_order=axis_order)
+    n = len(arr.scales)
+    if not 0 <= mip < n:
+        raise _BadValue(f"scale {mip} does not exist: {url} has scales 0..{n - 1}", param_hint="'--mip'")
+    return arr.mip(mip) if mip else arr
+
+
+def _axes(axis_order: str) -> str:
+    return ", ".join(axis_order)
+
+
+def _dims(t: Sequence) -> str:
+    return " × ".join(_num(v) for v in t)
+
+
+def _num(v) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{float(v):g}"
+
+
+def _ranges(lo: Sequence[int], hi: Sequence[int]) -> str:
+    return ", ".join(f"{a}:{b}" for a, b in zip(lo, hi))
+
+
+def _human_bytes(n: float) -> str:
+    if n < 1024:
+        return f"{n:.0f} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        n /= 1024
+        if n < 1024 or unit == "TiB":
+            break
+    return f"{n:.1f} {unit}"
+
+
+def _parse_bbox(text: str, axis_order: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) != 6:
+        raise _BadValue(
+            f"expected 6 integers {','.join(a + '0' for a in axis_order)},{','.join(a + '1' for a in axis_order)} "
+            f"(start corner, then stop corner), got {text!r}",
+            param_hint="'--bbox'",
+        )
+    start, stop = tuple(values[:3]), tuple(values[3:])
+    if any(b <= a for a, b in zip(start, stop)):
+        raise _BadValue(f"every stop must be greater than its start, got start {start} stop {stop}", param_hint="'--bbox'")
+    return start, stop
+
+
+# -- info -------------------------------------------------------------------------------------------
+@app.command()
+def info(
+    url: str = typer.Argument(..., help="Volume URL or path, e.g. precomputed://file:///data/em or ./em"),
+    as_json: bool = typer.Option(False, "--json", help="Print the format's metadata and a volbridge summary as JSON."),
+    axis_order: AxisOrder = AXIS_ORDER_OPTION,
+) -> None:
+    """Describe a volume: format, layer type, dtype and every scale."""
+    arr = _open(url, axis_order=axis_order.value)
+    order = axis_order.value
+    summary = {
+        "url": arr.url,
+        "format": arr.format,
+        "layer_type": arr.layer_type,
+        "dtype": str(arr.dtype),
+        "num_channels": arr.num_channels,
+        "axis_order": order,
+        "scales": [
+            {
+                "index": s.index,
+                "key": s.key,
+                "shape": list(s.shape),
+                "bounds": {"start": list(s.bounds[0]), "stop": list(s.bounds[1])},
+                "resolution": list(s.resolution),
+                "chunk_shape": list(s.chunk_shape),
+                "encoding": s.encoding,
+            }
+            for s in arr.scales
+        ],
+    }
+    if as_json:
+        typer.echo(json.dumps({"metadata": arr.metadata, "volbridge": summary}, indent=2, default=str))
+        return
+
+    console = _console()
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+    for k, v in (("url", arr.url), ("format", summary["format"]), ("layer type", arr.layer_type),
+                 ("dtype", str(arr.dtype)), ("channels", str(arr.num_channels))):
+        head.add_row(k, Text(v))
+    console.print(head)
+    axes = _axes(order)
+    table = Table(title=Text(f"scales ({axes}; bounds are [start:stop) in voxels)"), title_justify="left")
+    for name, justify in (("mip", "right"), ("key", "left"), (f"shape ({axes})", "right"),
+                          (f"bounds ({axes})", "left"), (f"resolution nm ({axes})", "right"),
+                          (f"chunk ({axes})", "right"), ("encoding", "left")):
+        table.add_column(name, justify=justify, no_wrap=True)
+    for s in arr.scales:
+        table.add_row(str(s.index), Text(s.key), _dims(s.shape), Text(_ranges(*s.bounds)),
+                      _dims(s.resolution), _dims(s.chunk_shape), Text(s.encoding))
+    console.print(table)
+
+
+# -- cutout -----------------------------------------------------------------------------------------
+@app.command()
+def cutout(
+    url: str = typer.Argument(..., help="Volume URL or path."),
+    bbox: str = typer.Option(
+        ..., "--bbox",
+        help="z0,y0,x0,z1,y1,x1: absolute voxel coordinates, stop exclusive; write --bbox=-5,... for negatives.",
+    ),
+    output: Path = typer.Option(..., "-o", "--output", help="Output file: .npy, .tif/.tiff or .png (one z slice)."),
+    mip: int = typer.Option(0, "--mip", help="Scale to read; coordinates are in that scale's voxels."),
+    axis_order: AxisOrder = AXIS_ORDER_OPTION,
+) -> None:
+    """Read a box of a volume into a .npy, .tif or .png file. Voxels outside the bounds read as 0."""
+    order = axis_order.value
+    start, stop = _parse_bbox(bbox, order)
+    kind = OUTPUT_FORMATS.get(output.suffix.lower())
+    if kind is None:
+        raise _BadValue(
+            f"cannot write {output.name!r}: the extension must be one of {', '.join(OUTPUT_FORMATS)}", param_hint="'-o'"
+        )
+    if not output.parent.is_dir():
+        raise _BadValue(f"directory {str(output.parent)!r} does not exist", param_hint="'-o'")
+    arr = _open(url, mip, order)
+    zaxis = order.index("z")
+    if kind == "png":
+        if stop[zaxis] - start[zaxis] != 1:
+            raise _BadValue(
+                f"a .png holds one z slice, but the box spans z {start[zaxis]}:{stop[zaxis]} "
+                f"({stop[zaxis] - start[zaxis]} slices); use .tif or .npy for a stack",
+                param_hint="'--bbox'",
+            )
+        if arr.dtype not in (np.uint8, np.uint16) or arr.num_channels > 4:
+            raise _BadValue(
+                f"a .png holds uint8 or uint16 with 1-4 channels; this volume is {arr.dtype} with "
+                f"{arr.num_channels} channel(s): use .npy or .tif",
+                param_hint="'-o'",
+            )
+
+    spatial = tuple(slice(a, b) for a, b in zip(start, stop))
+    channel_first = order == "zyx"
+    index = spatial if arr.ndim == 3 else ((slice(None), *spatial) if channel_first else (*spatial, slice(None)))
+    data = arr[index]
+    _save(output, kind, data, data if channel_first else data.T)
+
+    shown = "(" + ", ".join(str(n) for n in data.shape) + ")"
+    axes_shown = _axes(order) if data.ndim == 3 else (("c, " + _axes(order)) if channel_first else (_axes(order) + ", c"))
+    typer.echo(f"wrote {output}: {data.dtype} array of shape {shown} ({axes_shown}), {_human_bytes(data.nbytes)}, "
+               f"box {_ranges(start, stop)} at mip {arr.mip_level}")
+    lo, hi = arr.bounds
+    if any(a < l or b > h for a, b, l, h in zip(start, stop, lo, hi)):
+        typer.echo(f"note: the box reaches outside the volume's bounds {_ranges(lo, hi)} ({_axes(order)}); "
+                   f"voxels there hold the fill value {arr.fill_value}")
+
+
+def _save(output: Path, kind: str, data: np.ndarray, zyx: np.ndarray) -> None:
+    """Write a cutout: ``.npy`` keeps the array as read; image files always hold z pages of (y, x).
+
+    ``zyx`` is ``data`` in (c,) z, y, x order: the same buffer, transposed as a view for xyz reads.
+    """
+    if kind == "npy":
+        np.save(output, data)
+    elif kind == "tif":
+        import tifffile
+
+        # minisblack: never take a last axis of 3 or 4 for RGB(A) samples
+        tifffile.imwrite(output, zyx, photometric="minisblack", metadata={"axes": "CZYX" if zyx.ndim == 4 else "ZYX"})
+    else:
+        import imagecodecs
+
+        img = np.moveaxis(zyx[:, 0], 0, -1) if zyx.ndim == 4 else zyx[0]  # (y, x, c) or (y, x)
+        output.write_bytes(imagecodecs.png_encode(np.ascontiguousarray(img)))
+
+
+# -- demo -------------------------------------------------------------------------------------------
+@app.command()
+def demo(
+    directory: Path = typer.Option(Path("volbridge-demo"), "--dir", help="Where to write the dataset."),
+    size: DemoSize = typer.Option(DemoSize.small, "--size", help="tiny 32x128x128 (a second), small 128x512x512 (seconds), medium 256x1024x1024 (minutes); z, y, x."),
+    image_encoding: ImageEncoding = typer.Option(ImageEncoding.raw, "--image-encoding", help="raw (exact) or jpeg (lossy, smaller)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same data."),
+) -> None:
+    """Build a synthetic EM image and its segmentation (precomputed, several scales) to try volbridge on."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from . import demo as demo_data
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=_console(stderr=True))
+    tasks: dict[str, int] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if not tasks:
+            bar.start()  # only once there is work to show: a refused --dir prints just the error
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total)
+        bar.update(tasks[stage], completed=done, total=total)
+
+    try:
+        result = demo_data.build_demo(directory, size.value, image_encoding=image_encoding.value, seed=seed,
+                                      progress=progress)
+    finally:
+        if tasks:
+            bar.stop()
+
+    out = _console()
+    out.print(Text(f"Built the {result.size} demo in {result.seconds:.1f} s: {result.num_cells} touching cells "
+                   f"(seed {result.seed}), voxel {_dims(result.resolution)} nm (z, y, x), in {result.directory}"))
+    for v in result.volumes:
+        out.print(Text(f"{v.name}: {v.path}", style="bold"))
+        for line in (
+            f"{v.layer_type}, {v.dtype}, {v.encoding}; shape {_dims(v.shape)} (z, y, x), bounds {_ranges(*v.bounds)}",
+            f"{len(v.scale_shapes)} scales, y × x: " + ", ".join(_dims(s[1:]) for s in v.scale_shapes),
+            f"{_human_bytes(v.bytes_on_disk)} on disk in {v.num_files} files",
+        ):
+            out.print(Text("  " + line))
+    out.print("Read back and compared:")
+    for c in result.checks:
+        out.print(Text(f"  {'ok  ' if c.ok else 'FAIL'} {c.what}: {c.detail}"))
+    image, seg = result.volumes[0], result.volumes[1]
+    (z0, y0, x0), (_, y1, x1) = image.bounds
+    out.print("Next:")
+    img_path, seg_path = shlex.quote(image.path), shlex.quote(seg.path)
+    for line in (
+        f"  volbridge info {img_path}",
+        f"  volbridge cutout {seg_path} --bbox={z0},{y0},{x0},{z0 + 1},{y1},{x1} -o labels.npy",
+        f"  volbridge cutout {img_path} --bbox={z0 + 10},{y0},{x0},{z0 + 11},{y1},{x1} -o slice.png",
+        f"  python -c \"import volbridge as vb; print(vb.array({image.path!r})[{z0 + 10}, {y0}:{y0 + 4}, {x0}:{x0 + 4}])\"",
+        "Neuroglancer-style sources:",
+        f"  {image.url}",
+        f"  {seg.url}",
+    ):
+        out.print(Text(line))
+
+
+# -- entry point ------------------------------------------------------------------------------------
+def _fail(message: str) -> int:
+    typer.echo(f"error: {message}", err=True)
+    return 1
+
+
+def run(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``) and return the exit status."""
+    command = typer.main.get_command(app)
+    try:
+        rv = command.main(args=list(argv) if argv is not None else None, prog_name="volbridge", standalone_mode=False)
+    except _NoArgsIsHelpError:
+        return 0  # the help was already shown
+    except click.exceptions.UsageError as e:
+        hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None and not isinstance(e, _BadValue) else ""
+        return _fail(e.format_message() + hint)
+    except click.exceptions.ClickException as e:
+        return _fail(e.format_message())
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        return 130
+    except VolbridgeError as e:
+        return _fail(str(e))
+    except MemoryError:
+        return _fail("not enough memory for this request; ask for a smaller box")
+    except OSError as e:  # e.g. writing the output file: a user's problem, not a bug
+        where = f"{e.filename}: " if e.filename else ""
+        return _fail(f"{where}{e.strerror or e}")
+    return rv if isinstance(rv, int) else 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Console entry point (``volbridge``): exit with the status of :func:`run`."""
+    sys.exit(run(argv))
