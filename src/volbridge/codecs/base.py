@@ -14,6 +14,7 @@ Codecs raise :class:`~volbridge.errors.ChunkDecodeError` on bad input; the engin
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from functools import lru_cache
 
 import numpy as np
 
@@ -46,9 +47,7 @@ class Compressor(ABC):
         return False
 
 
-def expected_nbytes(shape: Shape4, dtype: np.dtype) -> int:
-    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-
-
-def little_endian(dtype: np.dtype) -> np.dtype:
+@lru_cache(maxsize=None)
+def little_endian(dtype) -> np.dtype:
+    """The little-endian form of ``dtype`` (cached: this runs once per chunk)."""
     return np.dtype(dtype).newbyteorder("<")

@@ -7,25 +7,30 @@ and its "gzip"/"zstd"/"blosclz" encodings are raw under that compressor).
 
 from __future__ import annotations
 
+import math
+from typing import Callable
+
 import numpy as np
 
 from ..errors import ChunkDecodeError
-from .base import ChunkCodec, Compressor, Shape4, expected_nbytes, little_endian
+from .base import ChunkCodec, Compressor, Shape4, little_endian
 from .compression import sniff
 
 
-def decompress_to_size(data: bytes, nbytes: int, what: str) -> bytes:
-    """``data`` itself when it has ``nbytes`` bytes, else its decompressed form, checked."""
+def decompress_to_size(data: bytes, nbytes: int, what: Callable[[], str]) -> bytes:
+    """``data`` itself when it has ``nbytes`` bytes, else its decompressed form, checked.
+
+    ``what`` describes the chunk for error messages; it is only called on failure (this runs
+    once per chunk, so nothing is formatted on the happy path).
+    """
     if len(data) == nbytes:
         return data
     comp = sniff(data)
     if comp is None:
-        raise ChunkDecodeError(f"{what}: {len(data)} bytes, expected {nbytes} (truncated or corrupt)")
+        raise ChunkDecodeError(f"{what()}: {len(data)} bytes, expected {nbytes} (truncated or corrupt)")
     out = comp.decompress(data)
     if len(out) != nbytes:
-        raise ChunkDecodeError(
-            f"{what}: {comp.name} stream decompressed to {len(out)} bytes, expected {nbytes}"
-        )
+        raise ChunkDecodeError(f"{what()}: {comp.name} stream decompressed to {len(out)} bytes, expected {nbytes}")
     return out
 
 
@@ -37,7 +42,8 @@ class RawCodec(ChunkCodec):
 
     def decode(self, data: bytes, shape: Shape4, dtype: np.dtype) -> np.ndarray:
         dt = little_endian(dtype)
-        data = decompress_to_size(data, expected_nbytes(shape, dt), f"raw {shape[:3]} {dt.name} chunk")
+        nbytes = math.prod(shape) * dt.itemsize
+        data = decompress_to_size(data, nbytes, lambda: f"raw {shape[:3]} {dt.name} chunk")
         return np.frombuffer(data, dtype=dt).reshape(shape, order="F")
 
     def encode(self, chunk: np.ndarray) -> bytes:

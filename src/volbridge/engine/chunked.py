@@ -39,7 +39,9 @@ class ChunkedVolume(Volume):
 
     # -- reading ----------------------------------------------------------------------------------
     def _fetch_decode(self, layout: ScaleLayout, cell: Cell) -> np.ndarray | None:
-        found = self.store.get_first(layout.read_keys(cell))
+        """The cell's voxels, or None when absent. The result may view a per-thread buffer: copy
+        it before this thread fetches again."""
+        found = self.store.get_first(layout.read_keys(cell), transient=True)
         if found is None:
             return None
         key, data = found
@@ -111,8 +113,7 @@ class ChunkedVolume(Volume):
                     raise ChunkDecodeError(
                         f"cannot update chunk {wkey!r} in {self.store.url}: its stored bytes are corrupt ({e}); nothing was written to it"
                     ) from e
-            for key in layout.stale_keys(cell):
-                self.store.delete(key)
+            self.store.delete_many(layout.stale_keys(cell))
 
         run_bounded(task, layout.grid.cells(box), self._chunk_nbytes(layout))
 

@@ -1,16 +1,19 @@
-"""A shared thread pool and a runner that bounds the bytes in flight.
+"""Run per-chunk work on a few long-lived loops, with the bytes in flight bounded.
 
-Chunk work (fetch, decode, copy into the output) runs in threads: file reads, libdeflate,
-imagecodecs and numpy copies release the GIL. At most ``window`` tasks are submitted at once, where
-``window`` is the pool size cut down so that ``window * bytes_per_task`` stays under the budget:
-a huge cutout or copy never holds more than that many decoded chunks at a time.
+Each call starts ``n`` loops that take chunks from one shared list until it is empty; the calling
+thread is one of them. Compared with a future per chunk this removes the submit/wait round trip
+that dominated small-chunk reads (44% of GIL-holding samples when profiled). Chunk work releases the
+GIL (file I/O, libdeflate, imagecodecs, numpy copies), so loops sized to the cores keep them busy;
+network stores will want more loops than cores, hence the ``loops`` argument. At most ``n`` chunks
+are in flight at once, with ``n * bytes_per_item`` kept under :data:`MAX_BYTES_IN_FLIGHT`.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Callable, Iterable, TypeVar
 
 T = TypeVar("T")
@@ -21,10 +24,11 @@ _pool_pid = 0
 
 
 def default_threads() -> int:
+    """Loops per call for local work: the core count (``VOLBRIDGE_THREADS`` overrides)."""
     env = os.environ.get("VOLBRIDGE_THREADS")
     if env:
         return max(1, int(env))
-    return max(4, 2 * (os.cpu_count() or 1))
+    return max(1, os.cpu_count() or 1)
 
 
 #: Upper bound on bytes held by in-flight chunk tasks (decoded chunk plus its stored bytes).
@@ -36,34 +40,37 @@ def pool() -> ThreadPoolExecutor:
     with _pool_lock:
         # A forked child inherits a pool object whose threads do not exist: make a new one.
         if _pool is None or _pool_pid != os.getpid():
-            _pool = ThreadPoolExecutor(default_threads(), thread_name_prefix="volbridge")
+            _pool = ThreadPoolExecutor(max(32, default_threads()), thread_name_prefix="volbridge")
             _pool_pid = os.getpid()
         return _pool
 
 
-def run_bounded(fn: Callable[[T], None], items: Iterable[T], bytes_per_item: int) -> None:
-    """Run ``fn`` over ``items`` in the pool; the first exception cancels the rest and is raised."""
+def run_bounded(fn: Callable[[T], None], items: Iterable[T], bytes_per_item: int, loops: int | None = None) -> None:
+    """Run ``fn`` over ``items``; the first exception stops the other loops and is raised."""
     items = list(items)
-    if not items:
+    n = min(len(items), loops or default_threads(), max(1, MAX_BYTES_IN_FLIGHT // max(1, bytes_per_item)))
+    if n <= 1:
+        for item in items:
+            fn(item)
         return
-    if len(items) == 1:
-        fn(items[0])
-        return
-    ex = pool()
-    window = max(1, min(ex._max_workers, MAX_BYTES_IN_FLIGHT // max(1, bytes_per_item)))
-    it = iter(items)
-    running: set[Future] = set()
-    try:
-        for item in it:
-            running.add(ex.submit(fn, item))
-            if len(running) >= window:
-                done, running = wait(running, return_when=FIRST_COMPLETED)
-                for f in done:
-                    f.result()
-        for f in running:
-            f.result()
-    except BaseException:
-        for f in running:
-            f.cancel()
-        wait(running)
-        raise
+    counter = itertools.count()  # next() on a count is atomic under the GIL
+    errors: list[BaseException] = []
+
+    def loop() -> None:
+        while not errors:
+            i = next(counter)
+            if i >= len(items):
+                return
+            try:
+                fn(items[i])
+            except BaseException as e:
+                errors.append(e)
+                return
+
+    helpers = [pool().submit(loop) for _ in range(n - 1)]
+    loop()
+    for f in helpers:
+        f.cancel()  # not started yet: the caller's loop already did its share
+    wait(helpers)
+    if errors:
+        raise errors[0]

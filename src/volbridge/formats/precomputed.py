@@ -255,17 +255,18 @@ class PrecomputedLayout(ScaleLayout):
         compression = (scale.raw.get("volbridge") or {}).get("compression")
         self.write_suffix = COMPRESSION_SUFFIX.get(compression, "") if scale.encoding in ("raw", "compressed_segmentation") else ""
         self.compressor = get_compressor(compression) if self.write_suffix else None
+        self._suffix_order = (self.write_suffix,) + tuple(x for x in _READ_SUFFIXES if x != self.write_suffix)
 
     def _name(self, cell: Cell) -> str:
         b = cell.box
         return f"{b.start[0]}-{b.stop[0]}_{b.start[1]}-{b.stop[1]}_{b.start[2]}-{b.stop[2]}"
 
     def read_keys(self, cell: Cell) -> list[str]:
-        name = self._name(cell)
-        flat = [f"{self.prefix}/{name}{s}" for s in _READ_SUFFIXES]
-        # neuroglancer-scripts' "deep" layout: <x0-x1>/<y0-y1>/<z0-z1>.
-        deep = f"{self.prefix}/{name.replace('_', '/')}"
-        return flat + [deep, deep + ".gz"]
+        base = f"{self.prefix}/{self._name(cell)}"
+        # The scale's own write name first (the usual hit), then CloudFiles' suffixes, then
+        # neuroglancer-scripts' "deep" layout <x0-x1>/<y0-y1>/<z0-z1>.
+        deep = f"{self.prefix}/{self._name(cell).replace('_', '/')}"
+        return [base + s for s in self._suffix_order] + [deep, deep + ".gz"]
 
     def write_key(self, cell: Cell) -> str:
         return f"{self.prefix}/{self._name(cell)}{self.write_suffix}"

@@ -48,10 +48,7 @@ class Box:
         return any(b <= a for a, b in zip(self.start, self.stop))
 
     def intersect(self, other: "Box") -> "Box":
-        return Box(
-            tuple(max(a, b) for a, b in zip(self.start, other.start)),
-            tuple(min(a, b) for a, b in zip(self.stop, other.stop)),
-        )
+        return Box(tuple(map(max, self.start, other.start)), tuple(map(min, self.stop, other.stop)))
 
     def contains(self, other: "Box") -> bool:
         """True when ``other`` lies wholly inside this box (an empty box lies inside any box)."""
@@ -67,7 +64,8 @@ class Box:
 
     def slices(self, origin: Sequence[int] | None = None) -> tuple[slice, ...]:
         """Slices that select this box from an array whose element 0 sits at ``origin``."""
-        origin = origin if origin is not None else (0,) * self.ndim
+        if origin is None:
+            return tuple(map(slice, self.start, self.stop))
         return tuple(slice(a - o, b - o) for a, b, o in zip(self.start, self.stop, origin))
 
     def __repr__(self) -> str:

@@ -46,13 +46,27 @@ class KVStore(ABC):
         updates of the same key.
         """
 
+    def delete_many(self, keys: Iterable[str]) -> None:
+        """Remove each of ``keys`` (absent ones are fine)."""
+        for key in keys:
+            self.delete(key)
+
     def exists(self, key: str) -> bool:
         return self.get(key) is not None
 
-    def get_first(self, keys: Iterable[str]) -> tuple[str, bytes] | None:
+    def get_transient(self, key: str) -> bytes | memoryview | None:
+        """Like :meth:`get`, but the result may be a view of a buffer that this thread reuses.
+
+        It stays valid only until this thread's next ``get_transient``: for callers that decode or
+        copy the value at once (the engine's chunk reads), it saves an allocation per object.
+        """
+        return self.get(key)
+
+    def get_first(self, keys: Iterable[str], *, transient: bool = False) -> tuple[str, bytes | memoryview] | None:
         """The first of ``keys`` that exists, with its value; None when none does."""
+        get = self.get_transient if transient else self.get
         for key in keys:
-            value = self.get(key)
+            value = get(key)
             if value is not None:
                 return key, value
         return None

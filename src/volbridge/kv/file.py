@@ -12,10 +12,12 @@ to the same lock, and two keys share one rarely (and then only wait for each oth
 from __future__ import annotations
 
 import errno
-import hashlib
 import fcntl
+import hashlib
+import itertools
 import os
 import secrets
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -25,26 +27,39 @@ from .base import KVStore, Updater
 LOCK_DIR = ".volbridge-locks"
 LOCK_STRIPES = 256
 _TMP_MARK = ".vbtmp-"
+_O_BINARY = getattr(os, "O_BINARY", 0)
+_tmp_counter = itertools.count()
+_scratch = threading.local()  # per-thread read buffer for get_transient
+_tmp_token = (0, "")
+
+
+def _tmp_suffix() -> str:
+    """Unique per write across threads, processes and hosts, without a syscall per call."""
+    global _tmp_token
+    pid = os.getpid()
+    if _tmp_token[0] != pid:  # new process (or forked child): new random token
+        _tmp_token = (pid, f"{pid}.{secrets.token_hex(4)}")
+    return f"{_tmp_token[1]}.{threading.get_ident():x}.{next(_tmp_counter)}"
 
 
 class FileStore(KVStore):
     def __init__(self, root: str | os.PathLike, *, fsync: bool = False):
         self.root = Path(root).expanduser().absolute()
-        self.url = "file://" + str(self.root)
+        self._root = str(self.root)
+        self.url = "file://" + self._root
         #: fsync each object before the rename: durable across power loss, slower.
         self.fsync = fsync
 
-    def _path(self, key: str) -> Path:
-        parts = key.split("/")
-        if key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+    def _path(self, key: str) -> str:
+        if not key or key[0] == "/" or key[-1] == "/" or "//" in key or ("." in key and _has_dot_part(key)):
             raise URLError(f"invalid key {key!r} for {self.url}: keys are relative '/'-paths")
-        return self.root.joinpath(*parts)
+        return self._root + "/" + key if os.sep == "/" else os.path.join(self._root, *key.split("/"))
 
     def get(self, key: str) -> bytes | None:
         path = self._path(key)
         try:
-            with open(path, "rb") as f:
-                return f.read()
+            with open(path, "rb", buffering=0) as f:
+                return f.readall()
         except FileNotFoundError:
             return None
         except NotADirectoryError:
@@ -52,35 +67,65 @@ class FileStore(KVStore):
         except OSError as e:
             raise StoreError(f"cannot read {key!r} from {self.url}: {e}") from e
 
+    def get_transient(self, key: str) -> memoryview | None:
+        path = self._path(key)
+        try:
+            with open(path, "rb", buffering=0) as f:
+                size = os.fstat(f.fileno()).st_size
+                buf = getattr(_scratch, "buf", None)
+                if buf is None or len(buf) < size + 1:
+                    buf = _scratch.buf = bytearray(max(size + 1, 2 * len(buf) if buf else 0))
+                view = memoryview(buf)
+                n = 0
+                while True:  # read to EOF: one byte of slack shows a file that grew meanwhile
+                    got = f.readinto(view[n:])
+                    if not got:
+                        break
+                    n += got
+                    if n == len(buf):
+                        return self.get(key)  # grew past the buffer: fall back to a plain read
+                return view[:n]
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as e:
+            raise StoreError(f"cannot read {key!r} from {self.url}: {e}") from e
+
     def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
+        return os.path.isfile(self._path(key))
 
     def put(self, key: str, value: bytes) -> None:
         path = self._path(key)
-        tmp = path.with_name(f"{_TMP_MARK}{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        head, name = os.path.split(path)
+        tmp = os.path.join(head, f"{_TMP_MARK}{name}.{_tmp_suffix()}")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY
         try:
             try:
-                f = open(tmp, "wb")
+                fd = os.open(tmp, flags, 0o644)
             except FileNotFoundError:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                f = open(tmp, "wb")
-            with f:
-                f.write(value)
+                os.makedirs(head, exist_ok=True)
+                fd = os.open(tmp, flags, 0o644)
+            try:
+                view = memoryview(value)
+                while view:
+                    view = view[os.write(fd, view):]
                 if self.fsync:
-                    f.flush()
-                    os.fsync(f.fileno())
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(tmp, path)
         except OSError as e:
             try:
-                tmp.unlink()
+                os.unlink(tmp)
             except OSError:
                 pass
             raise StoreError(f"cannot write {key!r} to {self.url}: {e}") from e
 
     def delete(self, key: str) -> None:
         try:
-            self._path(key).unlink()
+            os.unlink(self._path(key))
         except FileNotFoundError:
+            pass
+        except NotADirectoryError:
             pass
         except OSError as e:
             raise StoreError(f"cannot delete {key!r} from {self.url}: {e}") from e
@@ -100,17 +145,17 @@ class FileStore(KVStore):
                 if key.startswith(prefix) and not name.startswith(_TMP_MARK):
                     yield key
 
-    def _lock_path(self, key: str) -> Path:
+    def _lock_path(self, key: str) -> str:
         self._path(key)  # validates the key
         stripe = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest(), "little") % LOCK_STRIPES
-        return self.root / LOCK_DIR / f"{stripe:02x}.lock"
+        return os.path.join(self._root, LOCK_DIR, f"{stripe:02x}.lock")
 
     def update(self, key: str, fn: Updater, *, needs_old: bool = True) -> bytes:
         lock_path = self._lock_path(key)
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
         except FileNotFoundError:
-            lock_path.parent.mkdir(parents=True, exist_ok=True)
+            os.makedirs(os.path.dirname(lock_path), exist_ok=True)
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as e:
             raise StoreError(f"cannot lock {key!r} in {self.url}: {e}") from e
@@ -127,6 +172,10 @@ class FileStore(KVStore):
             return new
         finally:
             os.close(fd)  # closing the descriptor releases the lock
+
+
+def _has_dot_part(key: str) -> bool:
+    return any(p in (".", "..") for p in key.split("/"))
 
 
 def _could_match(dir_prefix: str, prefix: str) -> bool:

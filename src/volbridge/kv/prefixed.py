@@ -33,11 +33,17 @@ class PrefixedStore(KVStore):
     def update(self, key: str, fn: Updater, *, needs_old: bool = True) -> bytes:
         return self.base.update(self._k(key), fn, needs_old=needs_old)
 
+    def delete_many(self, keys: Iterable[str]) -> None:
+        self.base.delete_many(self._k(k) for k in keys)
+
     def exists(self, key: str) -> bool:
         return self.base.exists(self._k(key))
 
-    def get_first(self, keys: Iterable[str]):
-        found = self.base.get_first(self._k(k) for k in keys)
+    def get_transient(self, key: str):
+        return self.base.get_transient(self._k(key))
+
+    def get_first(self, keys: Iterable[str], *, transient: bool = False):
+        found = self.base.get_first((self._k(k) for k in keys), transient=transient)
         if found is None:
             return None
         return found[0][len(self.prefix) :], found[1]
