@@ -6,18 +6,28 @@ ints in tuples (3 or 4 dimensions), which keeps per-chunk arithmetic cheap and h
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 
-@dataclass(frozen=True, slots=True)
 class Box:
+    """Immutable by convention; a plain slotted class because the engine builds several per chunk
+    and a frozen dataclass costs 4x more to construct."""
+
+    __slots__ = ("start", "stop")
     start: tuple[int, ...]
     stop: tuple[int, ...]
 
-    def __post_init__(self) -> None:
-        if len(self.start) != len(self.stop):
-            raise ValueError(f"box start {self.start} and stop {self.stop} differ in length")
+    def __init__(self, start: tuple[int, ...], stop: tuple[int, ...]):
+        if len(start) != len(stop):
+            raise ValueError(f"box start {start} and stop {stop} differ in length")
+        self.start = start
+        self.stop = stop
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Box) and self.start == other.start and self.stop == other.stop
+
+    def __hash__(self) -> int:
+        return hash((self.start, self.stop))
 
     @classmethod
     def from_shape(cls, shape: Sequence[int], offset: Sequence[int] | None = None) -> "Box":

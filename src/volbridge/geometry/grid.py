@@ -14,12 +14,23 @@ from typing import Iterator
 from .box import Box
 
 
-@dataclass(frozen=True, slots=True)
 class Cell:
     """One grid cell: its integer grid index and the part of the bounds it covers."""
 
-    index: tuple[int, ...]
-    box: Box
+    __slots__ = ("index", "box")
+
+    def __init__(self, index: tuple[int, ...], box: Box):
+        self.index = index
+        self.box = box
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Cell) and self.index == other.index and self.box == other.box
+
+    def __hash__(self) -> int:
+        return hash(self.index)
+
+    def __repr__(self) -> str:
+        return f"Cell(index={self.index}, box={self.box})"
 
 
 @dataclass(frozen=True, slots=True)
