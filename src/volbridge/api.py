@@ -51,7 +51,7 @@ def create(
     else:
         start, stop = (0, 0, 0), xyz(shape, "shape")
     box = Box.of(start, stop)
-    if any(s <= 0 for s in box.shape) or any(b <= a for a, b in zip(box.start, box.stop)):
+    if box.empty:
         raise MetadataError(f"bounds must be non-empty, got start {start} stop {stop}")
     vol = create_volume(
         url,
