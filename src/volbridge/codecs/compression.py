@@ -1,63 +1,60 @@
-"""Byte compressors: gzip, zstd, blosc, brotli, xz, bz2, and magic-number sniffing.
+"""Compressor objects over the byte primitives, plus magic-number sniffing.
 
-gzip uses libdeflate (the ``deflate`` package): about 1.7x zlib to decode and 2x to encode here,
-and it releases the GIL. zstd, blosc and brotli use imagecodecs, which also releases the GIL.
 Sniffing exists because stored bytes do not always say how they were compressed: BigArrays.jl
-writes gzip under "raw" layers, and CloudVolume's transport compression shows only in key suffixes.
+writes gzip under "raw" layers, and a server may hand back gzip bytes it did not label.
 """
 
 from __future__ import annotations
 
-import bz2
-import lzma
 import struct
 
-import deflate
 import imagecodecs
 
+from .. import compression as prim
 from ..errors import ChunkDecodeError, UnsupportedError
 from .base import Compressor
 
 
-class Gzip(Compressor):
+class _Primitive(Compressor):
+    """A compressor backed by :mod:`volbridge.compression` (gzip, zstd, br, xz, bz2)."""
+
+    magic = b""
+
+    def __init__(self, level: int | None = None):
+        self.level = level
+
+    def compress(self, data: bytes) -> bytes:
+        return prim.compress(self.name, data, self.level)
+
+    def decompress(self, data: bytes) -> bytes:
+        return prim.decompress(self.name, data)
+
+    def matches(self, data: bytes) -> bool:
+        return bool(self.magic) and data[: len(self.magic)] == self.magic
+
+
+class Gzip(_Primitive):
     name = "gzip"
-
-    def __init__(self, level: int = 6):
-        self.level = level
-
-    def compress(self, data: bytes) -> bytes:
-        return deflate.gzip_compress(data, self.level)
-
-    def decompress(self, data: bytes) -> bytes:
-        try:
-            out = deflate.gzip_decompress(data)
-        except Exception as e:  # deflate.DeflateError and friends
-            raise ChunkDecodeError(f"corrupt gzip stream ({len(data)} bytes): {e}") from e
-        # libdeflate reads one member; concatenated members are legal gzip (rare in practice).
-        return out
-
-    def matches(self, data: bytes) -> bool:
-        return data[:3] == b"\x1f\x8b\x08"
+    magic = b"\x1f\x8b\x08"
 
 
-class Zstd(Compressor):
+class Zstd(_Primitive):
     name = "zstd"
-    MAGIC = b"\x28\xb5\x2f\xfd"
+    magic = b"\x28\xb5\x2f\xfd"
 
-    def __init__(self, level: int = 3):
-        self.level = level
 
-    def compress(self, data: bytes) -> bytes:
-        return imagecodecs.zstd_encode(data, level=self.level)
+class Brotli(_Primitive):
+    name = "br"  # no magic number: never sniffed
 
-    def decompress(self, data: bytes) -> bytes:
-        try:
-            return imagecodecs.zstd_decode(data)
-        except Exception as e:
-            raise ChunkDecodeError(f"corrupt zstd stream ({len(data)} bytes): {e}") from e
 
-    def matches(self, data: bytes) -> bool:
-        return data[:4] == self.MAGIC
+class Xz(_Primitive):
+    name = "xz"
+    magic = b"\xfd7zXZ\x00"
+
+
+class Bz2(_Primitive):
+    name = "bz2"
+    magic = b"BZh"
 
 
 class Blosc(Compressor):
@@ -89,36 +86,6 @@ class Blosc(Compressor):
         return cbytes == len(data)
 
 
-class Brotli(Compressor):
-    name = "br"
-
-    def compress(self, data: bytes) -> bytes:
-        return imagecodecs.brotli_encode(data)
-
-    def decompress(self, data: bytes) -> bytes:
-        try:
-            return imagecodecs.brotli_decode(data)
-        except Exception as e:
-            raise ChunkDecodeError(f"corrupt brotli stream ({len(data)} bytes): {e}") from e
-
-
-class _Stdlib(Compressor):
-    def __init__(self, name, module, magic):
-        self.name, self._m, self._magic = name, module, magic
-
-    def compress(self, data: bytes) -> bytes:
-        return self._m.compress(data)
-
-    def decompress(self, data: bytes) -> bytes:
-        try:
-            return self._m.decompress(data)
-        except Exception as e:
-            raise ChunkDecodeError(f"corrupt {self.name} stream ({len(data)} bytes): {e}") from e
-
-    def matches(self, data: bytes) -> bool:
-        return data[: len(self._magic)] == self._magic
-
-
 def get_compressor(name: str, **options) -> Compressor:
     factories = {
         "gzip": Gzip,
@@ -129,8 +96,8 @@ def get_compressor(name: str, **options) -> Compressor:
         "blosclz": Blosc,
         "br": Brotli,
         "brotli": Brotli,
-        "xz": lambda **o: _Stdlib("xz", lzma, b"\xfd7zXZ\x00"),
-        "bz2": lambda **o: _Stdlib("bz2", bz2, b"BZh"),
+        "xz": Xz,
+        "bz2": Bz2,
     }
     try:
         return factories[name](**options)
@@ -141,7 +108,7 @@ def get_compressor(name: str, **options) -> Compressor:
 
 
 #: Compressors whose streams announce themselves; tried in this order.
-_SNIFFABLE = (Gzip(), Zstd(), _Stdlib("xz", lzma, b"\xfd7zXZ\x00"), _Stdlib("bz2", bz2, b"BZh"), Blosc())
+_SNIFFABLE = (Gzip(), Zstd(), Xz(), Bz2(), Blosc())
 
 
 def sniff(data: bytes) -> Compressor | None:

@@ -38,15 +38,15 @@ class ChunkedVolume(Volume):
         return 3 * n * layout.num_channels * layout.dtype.itemsize
 
     # -- reading ----------------------------------------------------------------------------------
-    def _fetch_decode(self, layout: ScaleLayout, cell: Cell) -> np.ndarray | None:
-        """The cell's voxels, or None when absent. The result may view a per-thread buffer: copy
-        it before this thread fetches again."""
+    def _fetch_decode(self, layout: ScaleLayout, cell: Cell) -> tuple[str, np.ndarray] | None:
+        """(key, voxels) of the cell, or None when absent. The voxels may view a per-thread
+        buffer: copy them before this thread fetches again."""
         found = self.store.get_first(layout.read_keys(cell), transient=True)
         if found is None:
             return None
         key, data = found
         try:
-            return layout.decode(data, cell, key)
+            return key, layout.decode(data, cell, key)
         except ChunkDecodeError as e:
             raise ChunkDecodeError(f"chunk {key!r} in {self.store.url}: {e}") from e
 
@@ -60,11 +60,11 @@ class ChunkedVolume(Volume):
             out = np.full(shape, fill, dtype=layout.dtype, order="F")
 
         def task(cell: Cell) -> None:
-            chunk = self._fetch_decode(layout, cell)
-            if chunk is None:
+            found = self._fetch_decode(layout, cell)
+            if found is None:
                 return  # absent chunk inside the bounds: sparse data, already the fill value
             region = cell.box.intersect(box)
-            out[region.slices(box.start)] = chunk[region.slices(cell.box.start)]
+            out[region.slices(box.start)] = found[1][region.slices(cell.box.start)]
 
         run_bounded(task, layout.grid.cells(box), self._chunk_nbytes(layout))
         return out
@@ -86,34 +86,43 @@ class ChunkedVolume(Volume):
         ch = channels if channels is not None else slice(None)
         all_channels = len(range(layout.num_channels)[ch]) == layout.num_channels
 
+        enc = layout.content_encoding
+
         def task(cell: Cell) -> None:
             region = cell.box.intersect(box)
             src = data[region.slices(box.start)]
             wkey = layout.write_key(cell)
             if region == cell.box and all_channels:
                 encoded = self._encode(layout, src, cell, wkey)
-                self.store.update(wkey, lambda _old: encoded, needs_old=False)
-            else:
+                self.store.update(wkey, lambda _old: encoded, needs_old=False, content_encoding=enc)
+                return
+            moved_from: list[str] = []
 
-                def merge(old: bytes | None) -> bytes:
-                    if old is not None:
-                        chunk = layout.decode(old, cell, wkey)
-                    else:  # maybe stored under another name (e.g. CloudVolume's .gz)
-                        chunk = self._fetch_decode(layout, cell)
-                    if chunk is None:
-                        chunk = np.full(layout_shape(layout, cell), layout.fill_value or 0, layout.dtype, order="F")
-                    else:
-                        chunk = np.array(chunk, order="F", copy=True)
-                    chunk[region.slices(cell.box.start) + (ch,)] = src
-                    return self._encode(layout, chunk, cell, wkey)
+            def merge(old: bytes | None) -> bytes:
+                chunk = None
+                if old is not None:
+                    chunk = layout.decode(old, cell, wkey)
+                else:  # maybe under another of the format's names (e.g. a deep-layout path)
+                    found = self._fetch_decode(layout, cell)
+                    if found is not None:
+                        moved_from.append(found[0])
+                        chunk = found[1]
+                if chunk is None:
+                    chunk = np.full(layout_shape(layout, cell), layout.fill_value or 0, layout.dtype, order="F")
+                else:
+                    chunk = np.array(chunk, order="F", copy=True)
+                chunk[region.slices(cell.box.start) + (ch,)] = src
+                return self._encode(layout, chunk, cell, wkey)
 
-                try:
-                    self.store.update(wkey, merge)
-                except ChunkDecodeError as e:
-                    raise ChunkDecodeError(
-                        f"cannot update chunk {wkey!r} in {self.store.url}: its stored bytes are corrupt ({e}); nothing was written to it"
-                    ) from e
-            self.store.delete_many(layout.stale_keys(cell))
+            try:
+                self.store.update(wkey, merge, content_encoding=enc)
+            except ChunkDecodeError as e:
+                raise ChunkDecodeError(
+                    f"cannot update chunk {wkey!r} in {self.store.url}: its stored bytes are corrupt ({e}); nothing was written to it"
+                ) from e
+            # The old copy under another name is superseded now; a blind whole-chunk overwrite
+            # skips this, since the write key is always read first and shadows it.
+            self.store.delete_many(k for k in moved_from if k != wkey)
 
         run_bounded(task, layout.grid.cells(box), self._chunk_nbytes(layout))
 

@@ -53,18 +53,16 @@ class ScaleLayout(ABC):
     dtype: np.dtype
     num_channels: int
     fill_value: Any
+    #: Transport compression the store should apply to written chunks (e.g. "gzip"), or None.
+    content_encoding: str | None = None
 
     @abstractmethod
     def read_keys(self, cell: Cell) -> list[str]:
-        """Keys that may hold the cell, in the order to try them."""
+        """Keys that may hold the cell, in the order to try them; the write key comes first."""
 
     @abstractmethod
     def write_key(self, cell: Cell) -> str:
         """The key a write of the cell goes to."""
-
-    def stale_keys(self, cell: Cell) -> list[str]:
-        """Other keys that may hold an older copy of the cell and must go once it is written."""
-        return [k for k in self.read_keys(cell) if k != self.write_key(cell)]
 
     @abstractmethod
     def decode(self, data: bytes, cell: Cell, key: str) -> np.ndarray:

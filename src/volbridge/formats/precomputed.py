@@ -33,10 +33,9 @@ DATA_TYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "
 #: Spec encodings plus BigArrays.jl's compressed raw encodings.
 ENCODINGS = ("raw", "jpeg", "png", "compressed_segmentation", "gzip", "zstd", "blosclz")
 UNSUPPORTED_ENCODINGS = ("compresso", "jxl", "crackle", "fpzip", "kempressed", "zfpc")
-#: Transport compression written as a key suffix, CloudVolume's convention (``<key>.gz``).
-COMPRESSION_SUFFIX = {"gzip": ".gz", "zstd": ".zstd", "br": ".br"}
-#: Suffixes CloudFiles may give a compressed object; tried after the plain name when reading.
-_READ_SUFFIXES = ("", ".gz", ".zstd", ".br", ".xz", ".bz2")
+#: Transport compression of raw and compressed_segmentation chunks. The store applies it in its
+#: own convention: CloudVolume's ``<key>.gz`` files on disk, ``Content-Encoding`` on object stores.
+TRANSPORT_COMPRESSIONS = ("gzip", "zstd", "br")
 
 
 # -- info parsing and validation ------------------------------------------------------------------
@@ -173,8 +172,8 @@ def build_info(
         raise UnsupportedError(f"cannot write encoding {encoding!r}; expected one of {', '.join(ENCODINGS)}")
     _codec_for(encoding, np.dtype(dtype), num_channels, compressed_segmentation_block_size, jpeg_quality)
     if compression is not None:
-        if compression not in COMPRESSION_SUFFIX:
-            raise UnsupportedError(f"compression {compression!r} not available; use one of {', '.join(COMPRESSION_SUFFIX)}")
+        if compression not in TRANSPORT_COMPRESSIONS:
+            raise UnsupportedError(f"compression {compression!r} not available; use one of {', '.join(TRANSPORT_COMPRESSIONS)}")
         if encoding not in ("raw", "compressed_segmentation"):
             raise UnsupportedError(f"compression applies to raw and compressed_segmentation chunks, not {encoding}")
     if num_scales < 1:
@@ -253,39 +252,31 @@ class PrecomputedLayout(ScaleLayout):
             scale.raw.get("jpeg_quality"), scale.raw.get("png_level"),
         )
         compression = (scale.raw.get("volbridge") or {}).get("compression")
-        self.write_suffix = COMPRESSION_SUFFIX.get(compression, "") if scale.encoding in ("raw", "compressed_segmentation") else ""
-        self.compressor = get_compressor(compression) if self.write_suffix else None
-        self._suffix_order = (self.write_suffix,) + tuple(x for x in _READ_SUFFIXES if x != self.write_suffix)
+        if compression in TRANSPORT_COMPRESSIONS and scale.encoding in ("raw", "compressed_segmentation"):
+            self.content_encoding = compression
 
     def _name(self, cell: Cell) -> str:
         b = cell.box
         return f"{b.start[0]}-{b.stop[0]}_{b.start[1]}-{b.stop[1]}_{b.start[2]}-{b.stop[2]}"
 
     def read_keys(self, cell: Cell) -> list[str]:
-        base = f"{self.prefix}/{self._name(cell)}"
-        # The scale's own write name first (the usual hit), then CloudFiles' suffixes, then
-        # neuroglancer-scripts' "deep" layout <x0-x1>/<y0-y1>/<z0-z1>.
-        deep = f"{self.prefix}/{self._name(cell).replace('_', '/')}"
-        return [base + s for s in self._suffix_order] + [deep, deep + ".gz"]
+        # The standard name, then neuroglancer-scripts' "deep" layout <x0-x1>/<y0-y1>/<z0-z1>.
+        name = self._name(cell)
+        return [f"{self.prefix}/{name}", f"{self.prefix}/{name.replace('_', '/')}"]
 
     def write_key(self, cell: Cell) -> str:
-        return f"{self.prefix}/{self._name(cell)}{self.write_suffix}"
+        return f"{self.prefix}/{self._name(cell)}"
 
     def chunk_shape4(self, cell: Cell) -> tuple[int, int, int, int]:
         return (*cell.box.shape, self.num_channels)  # type: ignore[return-value]
 
     def decode(self, data: bytes, cell: Cell, key: str) -> np.ndarray:
-        for suffix in _READ_SUFFIXES[1:]:
-            if key.endswith(suffix):
-                data = get_compressor(suffix[1:]).decompress(data)
-                break
         return self.codec.decode(data, self.chunk_shape4(cell), self.dtype)
 
     def encode(self, chunk: np.ndarray, cell: Cell) -> bytes:
         if chunk.shape != self.chunk_shape4(cell):
             raise ChunkDecodeError(f"chunk of shape {chunk.shape} given for cell {cell.box}")
-        data = self.codec.encode(chunk)
-        return self.compressor.compress(data) if self.compressor else data
+        return self.codec.encode(chunk)
 
 
 # -- the dataset ----------------------------------------------------------------------------------

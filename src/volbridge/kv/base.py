@@ -8,25 +8,55 @@ files, a conditional PUT on object stores), so concurrent writers never lose eac
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, fields
 from typing import Callable, Iterable, Iterator, Optional
 
 #: ``update`` callback: receives the current value (None when absent) and returns the new one.
 Updater = Callable[[Optional[bytes]], bytes]
 
 
+@dataclass
+class StoreStats:
+    """Counters a user can read (``store.stats``). Increments are thread-safe."""
+
+    requests: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    retries: int = 0
+    conflicts: int = 0  # conditional writes that lost a race and were retried
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **counts: int) -> None:
+        with self._lock:
+            for name, n in counts.items():
+                setattr(self, name, getattr(self, name) + n)
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+
+
 class KVStore(ABC):
-    """Bytes by ``/``-separated key, relative to the store's root."""
+    """Bytes by ``/``-separated key, relative to the store's root.
+
+    Values go in and come out as the caller's bytes. ``content_encoding`` on a write asks the store
+    to keep the object compressed for transport in its medium's own convention (CloudFiles'
+    ``<key>.gz`` on disk, the ``Content-Encoding`` header on object stores); reads undo it, so the
+    caller never sees the transport compression.
+    """
 
     #: A URL that reopens this store (``file:///...``, ``mem://name``).
     url: str
+    #: Counters for this store (requests, bytes, retries, conflicts).
+    stats: StoreStats
 
     @abstractmethod
     def get(self, key: str) -> bytes | None:
         """The value, or None when the key is absent. Any other failure raises StoreError."""
 
     @abstractmethod
-    def put(self, key: str, value: bytes) -> None:
+    def put(self, key: str, value: bytes, *, content_encoding: str | None = None) -> None:
         """Store ``value`` under ``key``, replacing any previous value atomically."""
 
     @abstractmethod
@@ -38,7 +68,7 @@ class KVStore(ABC):
         """Keys that start with ``prefix`` (in no particular order)."""
 
     @abstractmethod
-    def update(self, key: str, fn: Updater, *, needs_old: bool = True) -> bytes:
+    def update(self, key: str, fn: Updater, *, needs_old: bool = True, content_encoding: str | None = None) -> bytes:
         """Atomically replace the value of ``key`` by ``fn(old)`` and return the new value.
 
         ``needs_old=False`` tells the store that ``fn`` ignores its argument (a whole-object

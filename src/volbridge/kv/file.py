@@ -7,6 +7,11 @@ serialises writers in threads of one process and across processes alike: flock l
 open file descriptions, and every update opens its own. Keys are hashed onto a fixed set of lock
 files, so a volume of millions of chunks does not grow millions of lock files; a key always maps
 to the same lock, and two keys share one rarely (and then only wait for each other).
+
+Transport compression follows CloudFiles' local convention: the object for ``key`` compressed
+with gzip is the file ``key.gz`` (``.br``, ``.zstd``, ``.xz``, ``.bz2`` likewise). Reads try the
+plain name first, then the suffixed ones, and decompress. A write removes the key's other
+variants, so no older copy can shadow it or linger beside it.
 """
 
 from __future__ import annotations
@@ -21,16 +26,20 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import StoreError, URLError
-from .base import KVStore, Updater
+from .. import compression
+from ..errors import ChunkDecodeError, StoreError, URLError
+from .base import KVStore, StoreStats, Updater
 
 LOCK_DIR = ".volbridge-locks"
 LOCK_STRIPES = 256
 _TMP_MARK = ".vbtmp-"
 _O_BINARY = getattr(os, "O_BINARY", 0)
+#: (suffix, content encoding) in lookup order after the plain name.
+_VARIANTS = tuple((suffix, name) for name, suffix in compression.SUFFIXES.items())
+_ALL_SUFFIXES = ("",) + tuple(s for s, _ in _VARIANTS)
 _tmp_counter = itertools.count()
-_scratch = threading.local()  # per-thread read buffer for get_transient
 _tmp_token = (0, "")
+_scratch = threading.local()  # per-thread read buffer for get_transient
 
 
 def _tmp_suffix() -> str:
@@ -47,6 +56,7 @@ class FileStore(KVStore):
         self.root = Path(root).expanduser().absolute()
         self._root = str(self.root)
         self.url = "file://" + self._root
+        self.stats = StoreStats()
         #: fsync each object before the rename: durable across power loss, slower.
         self.fsync = fsync
 
@@ -55,19 +65,35 @@ class FileStore(KVStore):
             raise URLError(f"invalid key {key!r} for {self.url}: keys are relative '/'-paths")
         return self._root + "/" + key if os.sep == "/" else os.path.join(self._root, *key.split("/"))
 
-    def get(self, key: str) -> bytes | None:
-        path = self._path(key)
+    # -- reading ------------------------------------------------------------------------------
+    def _read_file(self, path: str, key: str) -> bytes | None:
         try:
             with open(path, "rb", buffering=0) as f:
-                return f.readall()
-        except FileNotFoundError:
-            return None
-        except NotADirectoryError:
+                data = f.readall()
+        except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as e:
             raise StoreError(f"cannot read {key!r} from {self.url}: {e}") from e
+        self.stats.add(requests=1, bytes_read=len(data))
+        return data
 
-    def get_transient(self, key: str) -> memoryview | None:
+    def _read_variant(self, path: str, key: str) -> bytes | None:
+        """The decompressed value of the first compressed variant of ``key`` that exists."""
+        for suffix, encoding in _VARIANTS:
+            data = self._read_file(path + suffix, key + suffix)
+            if data is not None:
+                try:
+                    return compression.decompress(encoding, data)
+                except ChunkDecodeError as e:
+                    raise ChunkDecodeError(f"{key + suffix!r} in {self.url}: {e}") from e
+        return None
+
+    def get(self, key: str) -> bytes | None:
+        path = self._path(key)
+        data = self._read_file(path, key)
+        return data if data is not None else self._read_variant(path, key)
+
+    def get_transient(self, key: str) -> bytes | memoryview | None:
         # Three syscalls per object (open, readv, close): each releases the GIL, and with several
         # threads every release can cost a hand-off, so fstat and the EOF probe are avoided. The
         # buffer has a byte of slack beyond the largest object seen; a read that fills it means a
@@ -76,7 +102,7 @@ class FileStore(KVStore):
         try:
             fd = os.open(path, os.O_RDONLY | _O_BINARY)
         except (FileNotFoundError, NotADirectoryError):
-            return None
+            return self._read_variant(path, key)
         except OSError as e:
             raise StoreError(f"cannot read {key!r} from {self.url}: {e}") from e
         try:
@@ -89,17 +115,31 @@ class FileStore(KVStore):
                 grown[:n] = buf
                 buf = _scratch.buf = grown
                 n += os.readv(fd, [memoryview(buf)[n:]])
-            return memoryview(buf)[:n]
         except OSError as e:
             raise StoreError(f"cannot read {key!r} from {self.url}: {e}") from e
         finally:
             os.close(fd)
+        self.stats.add(requests=1, bytes_read=n)
+        return memoryview(buf)[:n]
 
     def exists(self, key: str) -> bool:
-        return os.path.isfile(self._path(key))
-
-    def put(self, key: str, value: bytes) -> None:
         path = self._path(key)
+        return os.path.isfile(path) or any(os.path.isfile(path + s) for s, _ in _VARIANTS)
+
+    # -- writing ------------------------------------------------------------------------------
+    def put(self, key: str, value: bytes, *, content_encoding: str | None = None) -> None:
+        path = self._path(key)
+        suffix = ""
+        if content_encoding:
+            encoding = compression.canonical(content_encoding)
+            suffix = compression.SUFFIXES[encoding]
+            value = compression.compress(encoding, value)
+        self._write_file(path + suffix, key + suffix, value)
+        # Each key lives under one name: another variant would shadow this one (the plain name) or
+        # linger stale beside it. Five unlinks of absent files cost ~8 us against ~150 us a chunk.
+        self._unlink_all([path + s for s in _ALL_SUFFIXES if s != suffix])
+
+    def _write_file(self, path: str, key: str, value: bytes) -> None:
         head, name = os.path.split(path)
         tmp = os.path.join(head, f"{_TMP_MARK}{name}.{_tmp_suffix()}")
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY
@@ -112,7 +152,7 @@ class FileStore(KVStore):
             try:
                 view = memoryview(value)
                 while view:
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(fd, view) :]
                 if self.fsync:
                     os.fsync(fd)
             finally:
@@ -124,16 +164,20 @@ class FileStore(KVStore):
             except OSError:
                 pass
             raise StoreError(f"cannot write {key!r} to {self.url}: {e}") from e
+        self.stats.add(requests=1, bytes_written=len(value))
+
+    def _unlink_all(self, paths: list[str]) -> None:
+        for p in paths:
+            try:
+                os.unlink(p)
+            except (FileNotFoundError, NotADirectoryError):
+                pass
+            except OSError as e:
+                raise StoreError(f"cannot delete {p!r} in {self.url}: {e}") from e
 
     def delete(self, key: str) -> None:
-        try:
-            os.unlink(self._path(key))
-        except FileNotFoundError:
-            pass
-        except NotADirectoryError:
-            pass
-        except OSError as e:
-            raise StoreError(f"cannot delete {key!r} from {self.url}: {e}") from e
+        path = self._path(key)
+        self._unlink_all([path + s for s in _ALL_SUFFIXES])
 
     def list(self, prefix: str = "") -> Iterator[str]:
         if not self.root.is_dir():
@@ -145,9 +189,17 @@ class FileStore(KVStore):
                 dirnames[:] = [d for d in dirnames if d != LOCK_DIR]
             # Prune directories that cannot hold keys with this prefix.
             dirnames[:] = [d for d in dirnames if _could_match(rel + d + "/", prefix)]
+            seen = set()
             for name in filenames:
+                if name.startswith(_TMP_MARK):
+                    continue
+                for suffix, _ in _VARIANTS:  # a compressed variant lists under its logical key
+                    if name.endswith(suffix):
+                        name = name[: -len(suffix)]
+                        break
                 key = rel + name
-                if key.startswith(prefix) and not name.startswith(_TMP_MARK):
+                if key.startswith(prefix) and key not in seen:
+                    seen.add(key)
                     yield key
 
     def _lock_path(self, key: str) -> str:
@@ -155,7 +207,7 @@ class FileStore(KVStore):
         stripe = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest(), "little") % LOCK_STRIPES
         return os.path.join(self._root, LOCK_DIR, f"{stripe:02x}.lock")
 
-    def update(self, key: str, fn: Updater, *, needs_old: bool = True) -> bytes:
+    def update(self, key: str, fn: Updater, *, needs_old: bool = True, content_encoding: str | None = None) -> bytes:
         lock_path = self._lock_path(key)
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -173,7 +225,7 @@ class FileStore(KVStore):
                     if e.errno != errno.EINTR:
                         raise StoreError(f"cannot lock {key!r} in {self.url}: {e}") from e
             new = fn(self.get(key) if needs_old else None)
-            self.put(key, new)
+            self.put(key, new, content_encoding=content_encoding)
             return new
         finally:
             os.close(fd)  # closing the descriptor releases the lock

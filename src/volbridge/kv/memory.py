@@ -10,7 +10,7 @@ import threading
 from collections import defaultdict
 from typing import Iterator
 
-from .base import KVStore, Updater
+from .base import KVStore, StoreStats, Updater
 
 _named: dict[str, "MemoryStore"] = {}
 _named_lock = threading.Lock()
@@ -20,6 +20,7 @@ class MemoryStore(KVStore):
     def __init__(self, name: str | None = None):
         self.name = name or f"anon-{id(self):x}"
         self.url = f"mem://{self.name}"
+        self.stats = StoreStats()
         self._data: dict[str, bytes] = {}
         self._lock = threading.Lock()
         self._key_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
@@ -35,7 +36,8 @@ class MemoryStore(KVStore):
     def get(self, key: str) -> bytes | None:
         return self._data.get(key)
 
-    def put(self, key: str, value: bytes) -> None:
+    def put(self, key: str, value: bytes, *, content_encoding: str | None = None) -> None:
+        # Memory holds values as given: transport compression has no medium to save here.
         self._data[key] = bytes(value)
 
     def delete(self, key: str) -> None:
@@ -44,7 +46,7 @@ class MemoryStore(KVStore):
     def list(self, prefix: str = "") -> Iterator[str]:
         return iter([k for k in list(self._data) if k.startswith(prefix)])
 
-    def update(self, key: str, fn: Updater, *, needs_old: bool = True) -> bytes:
+    def update(self, key: str, fn: Updater, *, needs_old: bool = True, content_encoding: str | None = None) -> bytes:
         with self._lock:
             key_lock = self._key_locks[key]
         with key_lock:

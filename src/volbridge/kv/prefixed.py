@@ -12,6 +12,7 @@ class PrefixedStore(KVStore):
         self.base = base
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.url = base.url.rstrip("/") + "/" + self.prefix.rstrip("/")
+        self.stats = base.stats
 
     def _k(self, key: str) -> str:
         return self.prefix + key
@@ -19,8 +20,8 @@ class PrefixedStore(KVStore):
     def get(self, key: str) -> bytes | None:
         return self.base.get(self._k(key))
 
-    def put(self, key: str, value: bytes) -> None:
-        self.base.put(self._k(key), value)
+    def put(self, key: str, value: bytes, *, content_encoding: str | None = None) -> None:
+        self.base.put(self._k(key), value, content_encoding=content_encoding)
 
     def delete(self, key: str) -> None:
         self.base.delete(self._k(key))
@@ -30,8 +31,8 @@ class PrefixedStore(KVStore):
         for key in self.base.list(self._k(prefix)):
             yield key[n:]
 
-    def update(self, key: str, fn: Updater, *, needs_old: bool = True) -> bytes:
-        return self.base.update(self._k(key), fn, needs_old=needs_old)
+    def update(self, key: str, fn: Updater, *, needs_old: bool = True, content_encoding: str | None = None) -> bytes:
+        return self.base.update(self._k(key), fn, needs_old=needs_old, content_encoding=content_encoding)
 
     def delete_many(self, keys: Iterable[str]) -> None:
         self.base.delete_many(self._k(k) for k in keys)
