@@ -233,7 +233,7 @@ def _codec_for(encoding, dtype, num_channels, block_size, jpeg_quality, png_leve
 
 # -- one scale ------------------------------------------------------------------------------------
 class PrecomputedLayout(ScaleLayout):
-    def __init__(self, scale: PrecomputedScale, dtype: np.dtype, num_channels: int, key_prefix: str):
+    def __init__(self, scale: PrecomputedScale, dtype: np.dtype, num_channels: int, key_prefix: str, probe_deep: bool = True):
         if scale.sharding is not None:
             raise UnsupportedError(
                 f"scale {scale.key!r} is sharded (neuroglancer_uint64_sharded_v1); sharded precomputed is not supported yet"
@@ -245,6 +245,8 @@ class PrecomputedLayout(ScaleLayout):
         self.num_channels = num_channels
         self.fill_value = 0
         self.prefix = key_prefix
+        #: neuroglancer-scripts writes its deep layout to disks; probing it costs a round trip elsewhere.
+        self.probe_deep = probe_deep
         self.grid = ChunkGrid(scale.bounds, scale.chunk_size, scale.voxel_offset)
         self.meta = ScaleMeta(scale.key, scale.bounds, scale.resolution, scale.chunk_size, scale.encoding)
         self.codec = _codec_for(
@@ -262,6 +264,8 @@ class PrecomputedLayout(ScaleLayout):
     def read_keys(self, cell: Cell) -> list[str]:
         # The standard name, then neuroglancer-scripts' "deep" layout <x0-x1>/<y0-y1>/<z0-z1>.
         name = self._name(cell)
+        if not self.probe_deep:
+            return [f"{self.prefix}/{name}"]
         return [f"{self.prefix}/{name}", f"{self.prefix}/{name.replace('_', '/')}"]
 
     def write_key(self, cell: Cell) -> str:
@@ -313,7 +317,9 @@ class PrecomputedDataset(ChunkedDataset):
             prefix = posixpath.normpath(s.key)
             if prefix.startswith("..") or prefix.startswith("/"):
                 raise UnsupportedError(f"scale key {s.key!r} points outside the volume's directory")
-            lay = self._layouts[scale] = PrecomputedLayout(s, self.meta.dtype, self.meta.num_channels, prefix)
+            lay = self._layouts[scale] = PrecomputedLayout(
+                s, self.meta.dtype, self.meta.num_channels, prefix, probe_deep=self.store.cheap_misses
+            )
         return lay
 
     def metadata_json(self) -> dict:

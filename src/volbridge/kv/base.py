@@ -50,6 +50,9 @@ class KVStore(ABC):
     url: str
     #: Counters for this store (requests, bytes, retries, conflicts).
     stats: StoreStats
+    #: True where a lookup of an absent key costs microseconds (disk, memory), not a round trip:
+    #: formats then may probe fallback names, such as other layouts of the same chunk.
+    cheap_misses: bool = True
 
     @abstractmethod
     def get(self, key: str) -> bytes | None:

@@ -13,6 +13,7 @@ class PrefixedStore(KVStore):
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.url = base.url.rstrip("/") + "/" + self.prefix.rstrip("/")
         self.stats = base.stats
+        self.cheap_misses = base.cheap_misses
 
     def _k(self, key: str) -> str:
         return self.prefix + key

@@ -11,7 +11,7 @@ from .memory import MemoryStore
 
 
 def open_store(url: str) -> KVStore:
-    """``file:///path``, a bare path, or ``mem://name``. Object stores arrive with their issue."""
+    """``file:///path``, a bare path, ``mem://name``, or an object store / HTTP URL."""
     if "://" not in url:
         if not url:
             raise URLError("empty path")
@@ -28,6 +28,11 @@ def open_store(url: str) -> KVStore:
         name, _, sub = rest.strip("/").partition("/")
         store = MemoryStore.named(name)
         return store.child(sub) if sub else store
+    from .cloud import SCHEMES, open_object_store  # obstore loads only when a URL needs it
+
+    if scheme.lower() in SCHEMES:
+        return open_object_store(url)
     raise URLError(
-        f"unsupported storage scheme {scheme!r} in {url!r}; supported here: file://, mem://, bare paths"
+        f"unsupported storage scheme {scheme!r} in {url!r}; supported: file://, mem://, s3://, gs://, "
+        "az://, http(s)://, bare paths"
     )

@@ -1,0 +1,103 @@
+"""Build object stores from URLs, with each cloud's standard environment and config files.
+
+* ``s3://bucket/prefix``: ``AWS_ENDPOINT_URL`` (or ``AWS_ENDPOINT_URL_S3``) for S3-compatible
+  servers, ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``, ``AWS_REGION``
+  (or ``AWS_DEFAULT_REGION``), else the ``AWS_PROFILE`` (or default) profile of
+  ``~/.aws/credentials`` and ``~/.aws/config``. With no credentials at all, requests go unsigned
+  (public buckets).
+* ``gs://bucket/prefix``: ``GOOGLE_APPLICATION_CREDENTIALS`` / ``GOOGLE_SERVICE_ACCOUNT``; without
+  them, unsigned (public buckets).
+* ``az://container/prefix`` (also ``azure://``): ``AZURE_STORAGE_ACCOUNT_NAME`` with
+  ``AZURE_STORAGE_ACCOUNT_KEY`` or a SAS/token, and ``AZURE_STORAGE_USE_EMULATOR`` for Azurite.
+* ``http://`` and ``https://``: read-only.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+from urllib.parse import urlparse
+
+from obstore.store import AzureStore, GCSStore, HTTPStore, S3Store
+
+from ..errors import URLError
+from .object_store import ObjectStore, obstore_options
+from .retry import RetryPolicy
+
+SCHEMES = ("s3", "gs", "gcs", "az", "azure", "http", "https")
+
+
+def _aws_profile() -> dict:
+    """Credentials and region of the active profile in ~/.aws (the files boto3 reads)."""
+    profile = os.environ.get("AWS_PROFILE", "default")
+    out: dict = {}
+    creds = configparser.ConfigParser()
+    creds.read(os.environ.get("AWS_SHARED_CREDENTIALS_FILE", os.path.expanduser("~/.aws/credentials")))
+    if creds.has_section(profile):
+        sec = creds[profile]
+        for ini, key in (("aws_access_key_id", "access_key_id"), ("aws_secret_access_key", "secret_access_key"),
+                         ("aws_session_token", "token")):
+            if sec.get(ini):
+                out[key] = sec[ini]
+    conf = configparser.ConfigParser()
+    conf.read(os.environ.get("AWS_CONFIG_FILE", os.path.expanduser("~/.aws/config")))
+    section = "default" if profile == "default" else f"profile {profile}"
+    if conf.has_section(section):
+        if conf[section].get("region"):
+            out["region"] = conf[section]["region"]
+        if conf[section].get("endpoint_url"):
+            out["endpoint"] = conf[section]["endpoint_url"]
+    return out
+
+
+def s3_config(env: dict | None = None) -> dict:
+    env = os.environ if env is None else env
+    cfg = _aws_profile()
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or cfg.get("endpoint")
+    if endpoint:
+        cfg["endpoint"] = endpoint
+        cfg["virtual_hosted_style_request"] = False
+    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+        cfg["access_key_id"] = env["AWS_ACCESS_KEY_ID"]
+        cfg["secret_access_key"] = env["AWS_SECRET_ACCESS_KEY"]
+        cfg.pop("token", None)
+        if env.get("AWS_SESSION_TOKEN"):
+            cfg["token"] = env["AWS_SESSION_TOKEN"]
+    cfg["region"] = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or cfg.get("region") or "us-east-1"
+    if "access_key_id" not in cfg:
+        cfg["skip_signature"] = True  # anonymous: public buckets
+    return cfg
+
+
+def open_object_store(url: str, retry: RetryPolicy | None = None) -> ObjectStore:
+    retry = retry or RetryPolicy()
+    parsed = urlparse(url)
+    scheme = parsed.scheme.lower()
+    opts = obstore_options(retry)
+    if scheme in ("http", "https"):
+        if not parsed.netloc:
+            raise URLError(f"{url!r} names no host")
+        opts["client_options"]["allow_http"] = True
+        return ObjectStore(HTTPStore.from_url(url, **opts), url, retry=retry, read_only=True)
+    bucket, prefix = parsed.netloc, parsed.path.strip("/")
+    if not bucket:
+        raise URLError(f"{url!r} names no bucket: expected {scheme}://bucket/path")
+    kw = {"prefix": prefix or None, **opts}
+    if scheme == "s3":
+        cfg = s3_config()
+        if str(cfg.get("endpoint", "")).startswith("http://"):
+            kw["client_options"]["allow_http"] = True
+        store = S3Store(bucket, **cfg, **kw)
+    elif scheme in ("gs", "gcs"):
+        cfg = {}
+        if not (os.environ.get("GOOGLE_APPLICATION_CREDENTIALS") or os.environ.get("GOOGLE_SERVICE_ACCOUNT")
+                or os.environ.get("GOOGLE_SERVICE_ACCOUNT_KEY")):
+            cfg["skip_signature"] = True
+        store = GCSStore(bucket, **cfg, **kw)
+    elif scheme in ("az", "azure"):
+        if os.environ.get("AZURE_STORAGE_USE_EMULATOR", "").lower() in ("1", "true"):
+            kw["client_options"]["allow_http"] = True
+        store = AzureStore(bucket, **kw)
+    else:
+        raise URLError(f"unsupported object store scheme {scheme!r} in {url!r}")
+    return ObjectStore(store, url, retry=retry)

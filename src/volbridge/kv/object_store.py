@@ -1,0 +1,234 @@
+"""Object stores (S3 and S3-compatible, GCS, Azure Blob) and read-only HTTP(S), over obstore.
+
+obstore wraps Rust's object_store: one client per store with connection pooling, and conditional
+PUTs (``If-None-Match: *`` to create, ``If-Match: <etag>`` to replace), which make ``update`` a
+compare-and-swap loop: read the object and its ETag, compute the new value, put it only if the
+ETag is unchanged, and otherwise read again and recompute. Writers on different machines therefore
+never lose each other's updates. obstore's own retries are off so that this module counts each
+retry and applies :class:`RetryPolicy`; transport compression uses the ``Content-Encoding`` header
+(what CloudVolume writes and neuroglancer reads).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Any, Callable, Iterator, TypeVar
+
+import obstore
+from obstore import exceptions as oe
+
+from .. import compression
+from ..errors import ChunkDecodeError, ReadOnlyError, StoreError
+from .base import KVStore, StoreStats, Updater
+from .retry import RetryPolicy
+
+T = TypeVar("T")
+
+#: obstore raises the builtin FileNotFoundError for a 404 on some paths, NotFoundError on others.
+_NOT_FOUND = (oe.NotFoundError, FileNotFoundError)
+#: Errors that no retry can fix; everything else (5xx, 429, timeouts, resets) is retried.
+_FINAL = (
+    *_NOT_FOUND,
+    PermissionError,
+    oe.PermissionDeniedError,
+    oe.UnauthenticatedError,
+    oe.PreconditionError,
+    oe.AlreadyExistsError,
+    oe.InvalidPathError,
+    oe.NotSupportedError,
+    oe.UnknownConfigurationKeyError,
+)
+_STATUS = re.compile(r"status code: (\d{3})")
+
+
+def _retryable(e: BaseException) -> bool:
+    if isinstance(e, _FINAL):
+        return False
+    m = _STATUS.search(str(e))
+    if m:
+        status = int(m.group(1))
+        return status >= 500 or status in (408, 429)
+    return True  # connection errors, timeouts, truncated bodies
+
+
+def obstore_options(policy: RetryPolicy) -> dict:
+    return {
+        "retry_config": {"max_retries": 0, "retry_timeout": timedelta(seconds=policy.timeout),
+                         "backoff": {"init_backoff": timedelta(milliseconds=10), "max_backoff": timedelta(seconds=1), "base": 2}},
+        "client_options": {"timeout": f"{policy.timeout}s", "connect_timeout": f"{policy.connect_timeout}s"},
+    }
+
+
+class ObjectStore(KVStore):
+    """A KVStore over an obstore store (``obstore.store.S3Store``, ``GCSStore``, ``AzureStore``, ``HTTPStore``)."""
+
+    cheap_misses = False
+
+    def __init__(self, store: Any, url: str, *, retry: RetryPolicy | None = None, read_only: bool = False):
+        self.store = store
+        self.url = url.rstrip("/")
+        self.retry = retry or RetryPolicy()
+        self.read_only = read_only
+        self.stats = StoreStats()
+
+    # -- plumbing -----------------------------------------------------------------------------
+    def _where(self, key: str) -> str:
+        return f"{self.url}/{key}"
+
+    def _call(self, what: str, key: str, fn: Callable[[], T]) -> T:
+        """Run one request with retries; final errors pass through for the caller to classify."""
+        attempt = 1
+        while True:
+            self.stats.add(requests=1)
+            try:
+                return fn()
+            except BaseException as e:
+                if not isinstance(e, Exception) or not _retryable(e):
+                    raise
+                if attempt >= self.retry.max_attempts:
+                    raise StoreError(
+                        f"{what} {self._where(key)} failed after {attempt} attempts: {_short(e)}"
+                    ) from e
+                self.stats.add(retries=1)
+                self.retry.sleep(attempt)
+                attempt += 1
+
+    def _check_writable(self, key: str) -> None:
+        if self.read_only:
+            raise ReadOnlyError(f"cannot write {self._where(key)}: {self.url} is read-only (HTTP)")
+
+    # -- reading ------------------------------------------------------------------------------
+    def _get_with_etag(self, key: str) -> tuple[bytes | None, str | None]:
+        def fetch():
+            result = obstore.get(self.store, key)
+            meta = result.meta
+            data = result.bytes()
+            size = meta.get("size")
+            if size is not None and len(data) != size:  # a short body is a transport failure
+                raise ConnectionError(f"short body: {len(data)} of {size} bytes")
+            return bytes(data), meta.get("e_tag"), result.attributes
+
+        try:
+            data, etag, attributes = self._call("GET", key, fetch)
+        except _NOT_FOUND:
+            return None, None
+        except StoreError:
+            raise
+        except Exception as e:
+            raise StoreError(f"GET {self._where(key)} failed: {_short(e)}") from e
+        self.stats.add(bytes_read=len(data))
+        encoding = (attributes or {}).get("Content-Encoding") or (attributes or {}).get("content_encoding")
+        if encoding and encoding.lower() not in ("identity", ""):
+            data = self._decode_content(key, encoding, data)
+        return data, etag
+
+    def _decode_content(self, key: str, encoding: str, data: bytes) -> bytes:
+        name = compression.ALIASES.get(encoding.lower(), encoding.lower())
+        if name == "gzip" and data[:2] != b"\x1f\x8b":
+            return data  # the HTTP client already decoded it
+        try:
+            return compression.decompress(name, data)
+        except ChunkDecodeError as e:
+            raise ChunkDecodeError(f"{self._where(key)} (Content-Encoding: {encoding}): {e}") from e
+
+    def get(self, key: str) -> bytes | None:
+        return self._get_with_etag(key)[0]
+
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of an object (no transport decoding: ranges are of stored bytes)."""
+        try:
+            data = bytes(self._call("GET range", key, lambda: obstore.get_range(self.store, key, start=start, end=end)))
+        except StoreError:
+            raise
+        except _NOT_FOUND as e:
+            raise StoreError(f"GET {self._where(key)} bytes {start}-{end}: not found") from e
+        except Exception as e:
+            raise StoreError(f"GET {self._where(key)} bytes {start}-{end} failed: {_short(e)}") from e
+        if len(data) != end - start:
+            raise StoreError(f"GET {self._where(key)} bytes {start}-{end}: got {len(data)} bytes")
+        self.stats.add(bytes_read=len(data))
+        return data
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._call("HEAD", key, lambda: obstore.head(self.store, key))
+            return True
+        except _NOT_FOUND:
+            return False
+        except StoreError:
+            raise
+        except Exception as e:
+            raise StoreError(f"HEAD {self._where(key)} failed: {_short(e)}") from e
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        try:
+            batches = self._call("LIST", prefix, lambda: list(obstore.list(self.store, prefix=prefix or None, chunk_size=1000)))
+        except StoreError:
+            raise
+        except Exception as e:
+            raise StoreError(f"LIST {self._where(prefix)} failed: {_short(e)}") from e
+        for batch in batches:
+            for meta in batch:
+                yield meta["path"]
+
+    # -- writing ------------------------------------------------------------------------------
+    def _put(self, key: str, value: bytes, content_encoding: str | None, mode: Any = None) -> None:
+        self._check_writable(key)
+        attributes = None
+        if content_encoding:
+            name = compression.canonical(content_encoding)
+            value = compression.compress(name, value)
+            attributes = {"Content-Encoding": name}
+        kwargs = {"attributes": attributes, "mode": mode, "use_multipart": False}
+        self._call("PUT", key, lambda: obstore.put(self.store, key, value, **kwargs))
+        self.stats.add(bytes_written=len(value))
+
+    def put(self, key: str, value: bytes, *, content_encoding: str | None = None) -> None:
+        try:
+            self._put(key, value, content_encoding)
+        except (StoreError, ReadOnlyError):
+            raise
+        except Exception as e:
+            raise StoreError(f"PUT {self._where(key)} failed: {_short(e)}") from e
+
+    def delete(self, key: str) -> None:
+        self._check_writable(key)
+        try:
+            self._call("DELETE", key, lambda: obstore.delete(self.store, key))
+        except _NOT_FOUND:
+            pass
+        except StoreError:
+            raise
+        except Exception as e:
+            raise StoreError(f"DELETE {self._where(key)} failed: {_short(e)}") from e
+
+    def update(self, key: str, fn: Updater, *, needs_old: bool = True, content_encoding: str | None = None) -> bytes:
+        self._check_writable(key)
+        if not needs_old:
+            # A blind overwrite needs no condition: a racing read-modify-write sees the ETag change
+            # and re-merges on top of it, so the result is still a serial order of the two.
+            new = fn(None)
+            self.put(key, new, content_encoding=content_encoding)
+            return new
+        for _ in range(self.retry.max_conflicts):
+            old, etag = self._get_with_etag(key)
+            new = fn(old)
+            mode = {"e_tag": etag} if etag is not None else "create"
+            try:
+                self._put(key, new, content_encoding, mode)
+                return new
+            except (oe.PreconditionError, oe.AlreadyExistsError):
+                self.stats.add(conflicts=1)
+                self.retry.sleep(1)
+            except (StoreError, ReadOnlyError):
+                raise
+            except Exception as e:
+                raise StoreError(f"conditional PUT {self._where(key)} failed: {_short(e)}") from e
+        raise StoreError(f"{self._where(key)}: lost {self.retry.max_conflicts} write races in a row; giving up")
+
+
+def _short(e: BaseException) -> str:
+    """obstore messages carry a long debug dump after the first line: keep the useful part."""
+    text = str(e).strip().split("\n\nDebug source:")[0]
+    return text if len(text) < 400 else text[:400] + "..."

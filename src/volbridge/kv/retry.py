@@ -1,0 +1,33 @@
+"""Retry policy for network stores: exponential backoff with full jitter, limits the user sets.
+
+Transient failures (5xx, 429, timeouts, dropped connections, short bodies) are retried; a
+failure after the last attempt raises, naming the URL. Nothing is ever turned into an absent key.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    #: Attempts per request, the first included.
+    max_attempts: int = int(os.environ.get("VOLBRIDGE_MAX_ATTEMPTS", 8))
+    #: First backoff; each further one doubles, up to ``max_delay``; the sleep is uniform in [0, backoff].
+    base_delay: float = 0.05
+    max_delay: float = 5.0
+    #: Per-request timeout, seconds (connect and total).
+    timeout: float = float(os.environ.get("VOLBRIDGE_TIMEOUT", 60))
+    connect_timeout: float = 10.0
+    #: Rounds of a conditional read-modify-write that may lose a race before giving up.
+    max_conflicts: int = 200
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to sleep before retry number ``attempt`` (1-based)."""
+        return random.uniform(0, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
+
+    def sleep(self, attempt: int) -> None:
+        time.sleep(self.backoff(attempt))
