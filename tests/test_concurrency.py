@@ -41,6 +41,20 @@ def _write(url, box, value, barrier):
     vol[z0:z1, y0:y1, x0:x1] = data
 
 
+def run_writers(url: str, boxes, dtype: str) -> list[dict]:
+    """Four spawned processes write their boxes at once; returns each one's store counters."""
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(len(boxes))
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_write_any, args=(url, boxes[i], i + 1, barrier, dtype, results)) for i in range(len(boxes))]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(180)
+        assert p.exitcode == 0, f"writer process failed with exit code {p.exitcode}"
+    return [results.get(timeout=10) for _ in procs]
+
+
 def check_serial_replay(url: str, boxes) -> None:
     got = vb.array(url)[...].astype(np.int64)  # raises if any chunk is torn
     grid = ChunkGrid(Box((0, 0, 0), SHAPE), CHUNK, (0, 0, 0))
@@ -66,24 +80,19 @@ def test_four_processes_overlapping_unaligned(tmp_path, encoding, compression):
     vb.create(url, shape=SHAPE, chunk_shape=CHUNK, dtype=dtype, encoding=encoding, compression=compression)
     for seed in range(3):
         boxes = writer_boxes(seed, 4)
-        ctx = mp.get_context("spawn")
-        barrier = ctx.Barrier(4)
-        procs = [ctx.Process(target=_write_any, args=(url, boxes[i], i + 1, barrier, dtype)) for i in range(4)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(120)
-            assert p.exitcode == 0, f"writer process failed with exit code {p.exitcode}"
+        run_writers(url, boxes, dtype)
         check_serial_replay(url, boxes)
         vb.array(url, mode="r+")[...] = 0
 
 
-def _write_any(url, box, value, barrier, dtype):
+def _write_any(url, box, value, barrier, dtype, results=None):
     vol = vb.array(url, mode="r+")
     (z0, y0, x0), (z1, y1, x1) = box
     data = np.full((z1 - z0, y1 - y0, x1 - x0), value, dtype=dtype)
     barrier.wait()
     vol[z0:z1, y0:y1, x0:x1] = data
+    if results is not None:
+        results.put(vol.volume.store.stats.as_dict())
 
 
 def test_threads_overlapping_unaligned(tmp_path):

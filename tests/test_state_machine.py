@@ -59,6 +59,9 @@ def random_values(rng, shape, dtype):
 
 
 class PrecomputedMachine(RuleBasedStateMachine):
+    #: Set by subclasses to run every volume under another store (e.g. "s3://bucket").
+    base_url: str | None = None
+
     def __init__(self):
         super().__init__()
         self.tmp = tempfile.mkdtemp(prefix="vb-sm-")
@@ -70,7 +73,10 @@ class PrecomputedMachine(RuleBasedStateMachine):
     def create(self, spec, seed):
         self.rng = np.random.default_rng(seed)
         self.spec = spec
-        base = f"{self.tmp}/vol" if spec["store"] == "file" else f"mem://{uuid.uuid4().hex}"
+        if self.base_url:
+            base = f"{self.base_url}/{uuid.uuid4().hex}"
+        else:
+            base = f"{self.tmp}/vol" if spec["store"] == "file" else f"mem://{uuid.uuid4().hex}"
         self.url = "precomputed://" + base
         enc, compression = spec["enc"], None
         if enc.startswith("raw+"):

@@ -69,6 +69,10 @@ def s3_config(env: dict | None = None) -> dict:
     return cfg
 
 
+def _true(v: str | None) -> bool:
+    return (v or "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def open_object_store(url: str, retry: RetryPolicy | None = None) -> ObjectStore:
     retry = retry or RetryPolicy()
     parsed = urlparse(url)
@@ -85,7 +89,7 @@ def open_object_store(url: str, retry: RetryPolicy | None = None) -> ObjectStore
     kw = {"prefix": prefix or None, **opts}
     if scheme == "s3":
         cfg = s3_config()
-        if str(cfg.get("endpoint", "")).startswith("http://"):
+        if str(cfg.get("endpoint", "")).startswith("http://") or _true(os.environ.get("AWS_ALLOW_HTTP")):
             kw["client_options"]["allow_http"] = True
         store = S3Store(bucket, **cfg, **kw)
     elif scheme in ("gs", "gcs"):
@@ -95,7 +99,9 @@ def open_object_store(url: str, retry: RetryPolicy | None = None) -> ObjectStore
             cfg["skip_signature"] = True
         store = GCSStore(bucket, **cfg, **kw)
     elif scheme in ("az", "azure"):
-        if os.environ.get("AZURE_STORAGE_USE_EMULATOR", "").lower() in ("1", "true"):
+        env = os.environ
+        if (_true(env.get("AZURE_STORAGE_USE_EMULATOR")) or _true(env.get("AZURE_ALLOW_HTTP"))
+                or env.get("AZURE_STORAGE_ENDPOINT", "").startswith("http://")):
             kw["client_options"]["allow_http"] = True
         store = AzureStore(bucket, **kw)
     else:

@@ -9,18 +9,24 @@ from __future__ import annotations
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+
+def _env(name: str, default: float, kind=float):
+    return kind(os.environ.get(name, default))
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
+    """Defaults come from ``VOLBRIDGE_MAX_ATTEMPTS`` and ``VOLBRIDGE_TIMEOUT`` when set."""
+
     #: Attempts per request, the first included.
-    max_attempts: int = int(os.environ.get("VOLBRIDGE_MAX_ATTEMPTS", 8))
+    max_attempts: int = field(default_factory=lambda: _env("VOLBRIDGE_MAX_ATTEMPTS", 8, int))
     #: First backoff; each further one doubles, up to ``max_delay``; the sleep is uniform in [0, backoff].
     base_delay: float = 0.05
     max_delay: float = 5.0
     #: Per-request timeout, seconds (connect and total).
-    timeout: float = float(os.environ.get("VOLBRIDGE_TIMEOUT", 60))
+    timeout: float = field(default_factory=lambda: _env("VOLBRIDGE_TIMEOUT", 60.0))
     connect_timeout: float = 10.0
     #: Rounds of a conditional read-modify-write that may lose a race before giving up.
     max_conflicts: int = 200
