@@ -136,3 +136,23 @@ def test_azure_store_and_volume(azenv):
     vol[0:3, 1:19, 2:5] = np.zeros((3, 18, 3), np.uint32)
     data[3:6, 1:19, 2:5] = 0
     np.testing.assert_array_equal(vb.array(f"az://{container}/vol")[...], data)
+
+
+# -- HTTP (read-only) ----------------------------------------------------------------------------
+def test_http_serves_cloudvolume_gzip_volume(serve_dir, tmp_path):
+    """cloud-volume writes <key>.gz files; the server sends them as <key> with Content-Encoding."""
+    from cloudvolume import CloudVolume
+
+    data = np.random.default_rng(4).integers(0, 60000, (40, 30, 20, 1), dtype=np.uint16)  # x, y, z, c
+    info = CloudVolume.create_new_info(
+        num_channels=1, layer_type="image", data_type="uint16", encoding="raw", resolution=[8, 8, 40],
+        voxel_offset=[-10, 5, 0], chunk_size=[16, 16, 8], volume_size=[40, 30, 20],
+    )
+    cv = CloudVolume(f"file://{tmp_path}/cv", info=info, compress="gzip", progress=False)
+    cv.commit_info()
+    cv[-10:30, 5:35, 0:20] = data
+    assert any(p.name.endswith(".gz") for p in (tmp_path / "cv").rglob("*"))
+    base = serve_dir(tmp_path, gzip_as_content_encoding=True)
+    vol = vb.array(f"precomputed://{base}/cv", axis_order="xyz")
+    np.testing.assert_array_equal(vol[-10:30, 5:35, 0:20], data[..., 0])
+    np.testing.assert_array_equal(vol[-20:0, 0:10, 5:6][10:, 5:, 0], data[:10, :5, 5, 0])
