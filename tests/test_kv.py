@@ -15,6 +15,11 @@ def store(request, tmp_path):
 
 
 def test_contract(store):
+    check_contract(store)
+
+
+def check_contract(store):
+    """The KVStore contract; also run through the caches (tests/test_kv_cache.py)."""
     assert store.get("a/b") is None
     store.put("a/b", b"1")
     store.put("a/c", b"22")
@@ -30,6 +35,7 @@ def test_contract(store):
     assert store.update("n", lambda old: old + b"y") == b"xy"
     child = store.child("a")
     assert child.get("c") == b"22" and list(child.list()) == ["c"]
+    assert store.get_range("a/c", 1, 2) == b"2"
 
 
 def test_update_is_atomic_under_threads(store):

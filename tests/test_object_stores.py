@@ -156,3 +156,21 @@ def test_http_serves_cloudvolume_gzip_volume(serve_dir, tmp_path):
     vol = vb.array(f"precomputed://{base}/cv", axis_order="xyz")
     np.testing.assert_array_equal(vol[-10:30, 5:35, 0:20], data[..., 0])
     np.testing.assert_array_equal(vol[-20:0, 0:10, 5:6][10:, 5:, 0], data[:10, :5, 5, 0])
+
+
+# -- caches under volumes ------------------------------------------------------------------------
+def test_array_with_disk_and_memory_cache_over_s3(s3env, s3_bucket, tmp_path):
+    url = f"precomputed://s3://{s3_bucket}/cached"
+    data = np.random.default_rng(6).integers(0, 255, (16, 32, 32), dtype=np.uint8)
+    vb.create(url, shape=data.shape, chunk_shape=(8, 16, 16))[...] = data
+    for cache in (str(tmp_path / "cache"), 2**24):
+        vol = vb.array(url, cache=cache, mode="r+")
+        store = vol.volume.store
+        np.testing.assert_array_equal(vol[...], data)
+        misses = store.stats.misses
+        np.testing.assert_array_equal(vol[...], data)  # served from the cache
+        assert store.stats.misses == misses and store.stats.hits >= 8
+        vol[0:3, 0:5, 0:7] = np.full((3, 5, 7), 9, np.uint8)  # writes go through and update it
+        data[0:3, 0:5, 0:7] = 9
+        np.testing.assert_array_equal(vol[...], data)
+        np.testing.assert_array_equal(vb.array(url)[...], data)  # and reached S3

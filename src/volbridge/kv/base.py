@@ -95,6 +95,17 @@ class KVStore(ABC):
         """
         return self.get(key)
 
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of the value of ``key``. A missing key or a short value raises."""
+        from ..errors import StoreError
+
+        value = self.get(key)
+        if value is None:
+            raise StoreError(f"{self.url}/{key} does not exist (reading bytes {start}-{end})")
+        if end > len(value):
+            raise StoreError(f"{self.url}/{key} has {len(value)} bytes; bytes {start}-{end} were asked for")
+        return bytes(value[start:end])
+
     def get_first(self, keys: Iterable[str], *, transient: bool = False) -> tuple[str, bytes | memoryview] | None:
         """The first of ``keys`` that exists, with its value; None when none does."""
         get = self.get_transient if transient else self.get

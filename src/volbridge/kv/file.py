@@ -29,6 +29,7 @@ from typing import Iterator
 from .. import compression
 from ..errors import ChunkDecodeError, StoreError, URLError
 from .base import KVStore, StoreStats, Updater
+from .scratch import scratch
 
 LOCK_DIR = ".volbridge-locks"
 LOCK_STRIPES = 256
@@ -39,7 +40,6 @@ _VARIANTS = tuple((suffix, name) for name, suffix in compression.SUFFIXES.items(
 _ALL_SUFFIXES = ("",) + tuple(s for s, _ in _VARIANTS)
 _tmp_counter = itertools.count()
 _tmp_token = (0, "")
-_scratch = threading.local()  # per-thread read buffer for get_transient
 
 
 def _tmp_suffix() -> str:
@@ -106,21 +106,17 @@ class FileStore(KVStore):
         except OSError as e:
             raise StoreError(f"cannot read {key!r} from {self.url}: {e}") from e
         try:
-            buf = getattr(_scratch, "buf", None)
-            if buf is None:
-                buf = _scratch.buf = bytearray(1 << 20)
+            buf = scratch("file", 1 << 20)
             n = os.readv(fd, [buf])
-            while n == len(buf):
-                grown = bytearray(2 * len(buf))
-                grown[:n] = buf
-                buf = _scratch.buf = grown
-                n += os.readv(fd, [memoryview(buf)[n:]])
+            while n == len(buf):  # bigger than any object before: grow, keep what was read
+                buf = scratch("file", 2 * len(buf))
+                n += os.readv(fd, [buf[n:]])
         except OSError as e:
             raise StoreError(f"cannot read {key!r} from {self.url}: {e}") from e
         finally:
             os.close(fd)
         self.stats.add(requests=1, bytes_read=n)
-        return memoryview(buf)[:n]
+        return buf[:n]
 
     def exists(self, key: str) -> bool:
         path = self._path(key)

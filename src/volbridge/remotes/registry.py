@@ -14,6 +14,7 @@ from ..engine import ChunkedVolume, Volume
 from ..errors import InvalidArgumentError, URLError
 from ..formats import precomputed
 from ..kv import KVStore, open_store
+from ..kv.caching import with_cache
 
 
 @dataclass(frozen=True)
@@ -54,11 +55,11 @@ def split_url(url: str) -> tuple[str | None, str]:
     return None, url
 
 
-def open_volume(url: str, mode: str = "r") -> Volume:
+def open_volume(url: str, mode: str = "r", cache=None) -> Volume:
     if mode not in ("r", "r+"):
         raise InvalidArgumentError(f"mode must be 'r' or 'r+', got {mode!r} (use volbridge.create to make a volume)")
     fmt, location = split_url(url)
-    store = open_store(location)
+    store = with_cache(open_store(location), cache)
     if fmt is None:
         for entry in FORMATS.values():
             if entry.detect(store):

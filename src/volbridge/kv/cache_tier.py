@@ -1,0 +1,275 @@
+"""What every cache tier shares: the read and write paths, and the counters.
+
+A cache tier is a :class:`KVStore` in front of another one (the *backing* store). Reads look in
+the cache, then in the backing store, and fill the cache on a miss. Writes go to the backing store
+first and then replace or drop the cached copy, so a reader through the same cache never sees a
+stale value once a write through it has returned. ``update`` calls the backing store's own
+``update`` (its lock or conditional PUT keeps the read-modify-write atomic) and caches the value it
+returns. ``list`` passes through. A write that bypasses the cache (made directly to the backing
+store, by another machine or another tool) is not seen until the cached copy is evicted: a cache
+suits data that changes only through it, or not at all.
+
+The hard part is the race between a fill and a write. A reader that misses fetches the old value
+from the backing store; a writer replaces it and updates the cache; then the reader's fill lands
+and the cache holds the old value for good. The protocol below closes every such window, for
+threads of one process (:mod:`.cache_memory`) and for processes sharing a directory
+(:mod:`.cache_disk`) alike. Keys hash onto a fixed set of *buckets*, each with a generation
+number and a count of writes in flight:
+
+- a reader takes a *ticket* (the generations of its keys' buckets) before it asks the backing
+  store, and its fill is installed only if the generation is unchanged and no write is in flight
+  in that bucket, checked atomically with the install;
+- a writer, before it touches the backing store, bumps the generation, registers itself as in
+  flight and drops the cached copy; after the backing write it unregisters, installs its value
+  only if no other write began or ended in the bucket meanwhile (same generation, none other in
+  flight), and bumps the generation again, so that any reader whose backing read may predate the
+  write is refused.
+
+So a fill is installed only when no write overlapped the reader's backing read, and a written
+value only when no other write overlapped its own; anything doubtful is dropped and refetched. Two
+keys in one bucket only ever cost each other a fill, never correctness. Failures of the cache
+itself (a full disk, say) on the read path degrade to passing through (counted in
+``stats.errors``); a cache that cannot drop a copy before a write raises instead, since writing on
+would leave the stale copy behind.
+
+Tiers implement five hooks: ``_lookup``, ``_ticket``, ``_fill``, ``_begin_write`` and
+``_end_write``.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+from ..errors import InvalidArgumentError
+from .base import KVStore, StoreStats, Updater
+
+#: Buckets of the fill/write protocol. More buckets mean fewer fills refused because a
+#: different key of the same bucket was written meanwhile.
+BUCKETS = 4096
+#: What a cached "this key is absent" marker counts against ``max_bytes`` (with ``cache_absent``).
+ABSENT_CHARGE = 64
+
+
+class _Absent:
+    """The cached marker of a key known to be absent (only with ``cache_absent=True``)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+ABSENT: Any = _Absent()
+
+
+@dataclass
+class CacheStats(StoreStats):
+    """Counters of a cache tier (``cache.stats``). Increments are thread-safe.
+
+    The inherited ``requests``, ``bytes_read`` and ``bytes_written`` count what the cache passed
+    to its backing store (the backing store's own ``stats`` count its retries and conflicts).
+    """
+
+    hits: int = 0  # lookups answered by the cache (a cached absence counts too)
+    misses: int = 0  # lookups the cache could not answer
+    evictions: int = 0  # entries evicted to stay within max_bytes (by this process)
+    bytes_cached: int = 0  # bytes held now (a disk cache: by every process sharing it)
+    entries: int = 0  # entries held now
+    reads: int = 0  # reads passed through to the backing store (get, get_first, exists, list)
+    writes: int = 0  # writes passed through (put, delete, delete_many, update)
+    corrupt: int = 0  # cached entries that failed verification, dropped and refetched
+    errors: int = 0  # failures of the cache itself that degraded to passing through
+
+
+class CacheTier(KVStore):
+    """Base of :class:`MemoryCache` and :class:`DiskCache`: the read and write paths."""
+
+    #: Whether a miss may read the backing store with ``get_transient`` (the tier copies the
+    #: bytes out at once, as a file write does) instead of ``get``.
+    _fill_from_transient = False
+
+    def __init__(self, backing: KVStore, max_bytes: int, *, cache_absent: bool = False, cache_writes: bool = True):
+        if not isinstance(backing, KVStore):
+            raise InvalidArgumentError(f"a cache needs a KVStore to wrap, got {type(backing).__name__}")
+        if max_bytes is None or int(max_bytes) < 0:
+            raise InvalidArgumentError(f"max_bytes must be a byte count >= 0, got {max_bytes!r}")
+        self.backing = backing
+        self.cheap_misses = backing.cheap_misses
+        #: The backing store's URL, so error messages name the real location.
+        self.url = backing.url
+        self.max_bytes = int(max_bytes)
+        #: Cache "absent" answers too (invalidated by writes like any entry). Saves a round trip
+        #: per absent chunk of a sparse volume, but a key created behind the cache's back stays
+        #: absent to it until evicted.
+        self.cache_absent = bool(cache_absent)
+        #: Keep the values written through the cache (True) or only drop the old copy (False,
+        #: for bulk writes that would otherwise evict what readers use).
+        self.cache_writes = bool(cache_writes)
+        self._stats = CacheStats()
+
+    @property
+    def stats(self) -> CacheStats:
+        return self._stats
+
+    # -- hooks ------------------------------------------------------------------------------------
+    @abstractmethod
+    def _lookup(self, key: str, transient: bool) -> bytes | memoryview | _Absent | None:
+        """The cached value (marked most recently used), ABSENT, or None on a miss."""
+
+    @abstractmethod
+    def _ticket(self, keys: list[str]) -> Any:
+        """Taken before a backing read of ``keys``; later passed to :meth:`_fill`."""
+
+    @abstractmethod
+    def _fill(self, ticket: Any, items: Mapping[str, bytes | memoryview | _Absent]) -> None:
+        """Cache what a backing read returned, unless a write overlapped the read."""
+
+    @abstractmethod
+    def _begin_write(self, keys: list[str]) -> Any:
+        """Drop the cached copies of ``keys`` and register a write in flight. Raises on failure."""
+
+    @abstractmethod
+    def _end_write(self, ticket: Any, values: Mapping[str, bytes | memoryview | _Absent]) -> None:
+        """Unregister the write and cache ``values`` (those written) where no other write overlapped."""
+
+    def _charge(self, value: bytes | memoryview | _Absent) -> int:
+        return ABSENT_CHARGE if value is ABSENT else len(value)
+
+    def _cacheable(self, value: bytes | memoryview | _Absent) -> bool:
+        if value is ABSENT and not self.cache_absent:
+            return False
+        return self._charge(value) <= self.max_bytes
+
+    # -- reads ------------------------------------------------------------------------------------
+    def _backing_get(self, key: str, transient: bool) -> bytes | memoryview | None:
+        if transient and self._fill_from_transient:
+            value = self.backing.get_transient(key)
+        else:
+            value = self.backing.get(key)
+        self._stats.add(misses=1, reads=1, requests=1, bytes_read=0 if value is None else len(value))
+        return value
+
+    def _read(self, key: str, transient: bool) -> bytes | memoryview | None:
+        cached = self._lookup(key, transient)
+        if cached is not None:
+            self._stats.add(hits=1)
+            return None if cached is ABSENT else cached
+        ticket = self._ticket([key])
+        value = self._backing_get(key, transient)
+        self._fill(ticket, {key: ABSENT if value is None else value})
+        return value
+
+    def get(self, key: str) -> bytes | None:
+        return self._read(key, False)  # type: ignore[return-value]
+
+    def get_transient(self, key: str) -> bytes | memoryview | None:
+        return self._read(key, True)
+
+    def get_first(self, keys: Iterable[str], *, transient: bool = False) -> tuple[str, bytes | memoryview] | None:
+        keys = list(keys)
+        for i, key in enumerate(keys):
+            cached = self._lookup(key, transient)
+            if cached is None:
+                break
+            self._stats.add(hits=1)
+            if cached is not ABSENT:
+                return key, cached
+        else:
+            return None  # every key is cached as absent
+        # keys[i] is not cached: ask the backing store about it and every later key, in one call
+        # (an object store may probe them concurrently).
+        rest = keys[i:]
+        ticket = self._ticket(rest)
+        get_first = self.backing.get_first
+        found = get_first(rest, transient=True) if transient and self._fill_from_transient else get_first(rest)
+        self._stats.add(misses=1, reads=1, requests=1, bytes_read=0 if found is None else len(found[1]))
+        fills: dict[str, bytes | memoryview | _Absent] = {}
+        for key in rest:
+            if found is not None and key == found[0]:
+                fills[key] = found[1]
+                break
+            fills[key] = ABSENT
+        self._fill(ticket, fills)
+        return found
+
+    def exists(self, key: str) -> bool:
+        cached = self._lookup(key, True)
+        if cached is not None:
+            self._stats.add(hits=1)
+            return cached is not ABSENT
+        self._stats.add(misses=1, reads=1, requests=1)
+        return self.backing.exists(key)
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        self._stats.add(reads=1, requests=1)
+        return self.backing.list(prefix)
+
+    # -- writes -----------------------------------------------------------------------------------
+    def _write(self, keys: list[str], op: Callable[[], dict], nbytes: Callable[[dict], int]) -> dict:
+        """Run the backing write ``op`` between :meth:`_begin_write` and :meth:`_end_write`.
+
+        ``op`` returns {key: value now stored (ABSENT once deleted)}; what of it is cacheable is
+        cached. A failed write caches nothing (the copies are already dropped)."""
+        ticket = self._begin_write(list(dict.fromkeys(keys)))
+        written: dict = {}
+        try:
+            written = op()
+        finally:
+            keep = {k: v for k, v in written.items() if (v is ABSENT or self.cache_writes) and self._cacheable(v)}
+            self._end_write(ticket, keep)
+        self._stats.add(writes=1, requests=1, bytes_written=nbytes(written))
+        return written
+
+    def put(self, key: str, value: bytes, *, content_encoding: str | None = None) -> None:
+        kw = {"content_encoding": content_encoding} if content_encoding else {}
+
+        def op() -> dict:
+            self.backing.put(key, value, **kw)
+            return {key: value}
+
+        self._write([key], op, lambda w: len(value))
+
+    def update(self, key: str, fn: Updater, *, needs_old: bool = True, content_encoding: str | None = None) -> bytes:
+        kw = {"content_encoding": content_encoding} if content_encoding else {}
+
+        def op() -> dict:
+            return {key: self.backing.update(key, fn, needs_old=needs_old, **kw)}
+
+        return self._write([key], op, lambda w: len(w.get(key, b"")))[key]
+
+    def delete(self, key: str) -> None:
+        def op() -> dict:
+            self.backing.delete(key)
+            return {key: ABSENT}
+
+        self._write([key], op, lambda w: 0)
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        keys = list(keys)
+        if not keys:
+            return
+
+        def op() -> dict:
+            self.backing.delete_many(keys)
+            return dict.fromkeys(keys, ABSENT)
+
+        self._write(keys, op, lambda w: 0)
+
+    # -- the rest ---------------------------------------------------------------------------------
+    def clear(self) -> None:
+        """Drop every cached entry (the backing store is untouched)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the cache holds open; the object must not be used afterwards."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.backing!r}, max_bytes={self.max_bytes})"

@@ -1,0 +1,742 @@
+"""Cache tiers (memory LRU, shared disk LRU) in front of any store: the store contract, LRU order
+and the byte bound against a model, coherence of writes through the cache (also when a write races
+a fill), corrupt entries, restarts, and processes sharing one cache directory."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import random
+import tempfile
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import volbridge as vb
+from volbridge.array import VolumeArray
+from volbridge.engine.chunked import ChunkedVolume
+from volbridge.errors import URLError
+from volbridge.formats.precomputed import PrecomputedDataset
+from volbridge.kv import DiskCache, FileStore, KVStore, MemoryCache, MemoryStore, PrefixedStore, open_store
+from volbridge.kv.cache_disk import HEADER
+from test_kv import check_contract as check_store_contract
+
+
+def make_cache(kind: str, backing: KVStore, directory: Path, max_bytes: int, **kw):
+    if kind == "memory":
+        return MemoryCache(backing, max_bytes, **kw)
+    return DiskCache(backing, directory, max_bytes, **kw)
+
+
+@pytest.fixture(params=["memory", "disk"])
+def kind(request):
+    return request.param
+
+
+@pytest.fixture(params=["file", "mem"])
+def backing(request, tmp_path):
+    return FileStore(tmp_path / "s") if request.param == "file" else MemoryStore()
+
+
+@pytest.fixture
+def cache(kind, backing, tmp_path):
+    c = make_cache(kind, backing, tmp_path / "cache", 1 << 20)
+    yield c
+    c.close()
+
+
+# -- the KVStore contract, through the cache ----------------------------------------------------
+
+
+def test_contract(cache):
+    check_contract(cache)
+
+
+def check_contract(store):
+    check_store_contract(store)
+    # ... and the backing store holds exactly what went through the cache
+    assert sorted(store.backing.list()) == ["a/c", "n", "z"]
+    assert store.backing.get("n") == b"xy"
+
+
+def test_update_is_atomic_under_threads(cache):
+    n, per = 8, 40
+
+    def bump():
+        for _ in range(per):
+            cache.update("ctr", lambda old: str(int(old or b"0") + 1).encode())
+
+    threads = [threading.Thread(target=bump) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert int(cache.get("ctr")) == n * per == int(cache.backing.get("ctr"))
+
+
+def test_reads_hit_after_the_first(cache):
+    cache.backing.put("k", b"value")
+    for get in (cache.get, cache.get_transient, cache.get, cache.get_transient):
+        assert bytes(get("k")) == b"value"
+    assert cache.get_first(["k", "other"], transient=True)[0] == "k"
+    s = cache.stats
+    assert (s.misses, s.hits, s.reads) == (1, 4, 1)
+    assert s.bytes_cached == 5 and s.entries == 1
+    assert cache.get("absent") is None and cache.get("absent") is None  # absences are not cached
+    assert cache.stats.misses == 3
+
+
+def test_child_still_caches(cache):
+    cache.backing.put("vol/0/chunk", b"abc")
+    child = cache.child("vol/0")
+    assert isinstance(child, PrefixedStore) and child.base is cache
+    assert child.get("chunk") == b"abc" and child.get_transient("chunk") == b"abc"
+    assert cache.stats.hits == 1 and cache.stats.misses == 1
+    child.put("chunk", b"new")
+    assert cache.get("vol/0/chunk") == b"new" and cache.stats.misses == 1
+
+
+def test_url_and_errors_name_the_backing_store(kind, tmp_path):
+    back = FileStore(tmp_path / "data")
+    c = make_cache(kind, back, tmp_path / "cache", 1000)
+    assert c.url == back.url
+    with pytest.raises(URLError, match=str(tmp_path / "data")):
+        c.get("../escape")
+    with pytest.raises(URLError, match=str(tmp_path / "data")):
+        c.put("a//b", b"x")
+    c.close()
+
+
+@pytest.fixture
+def s3env(seaweedfs, monkeypatch):
+    for k, v in seaweedfs.env.items():
+        monkeypatch.setenv(k, v)
+    return seaweedfs
+
+
+def test_contract_over_s3(kind, s3env, s3_bucket, tmp_path):
+    backing = open_store(f"s3://{s3_bucket}/cached-{kind}")
+    c = make_cache(kind, backing, tmp_path / "cache", 1 << 20)
+    assert c.url == backing.url
+    check_contract(c)
+    # Transport compression passes through; the cache holds (and returns) the caller's bytes.
+    c.put("gz", b"x" * 1000, content_encoding="gzip")
+    assert c.update("gz", lambda old: old + b"y", content_encoding="gzip") == b"x" * 1000 + b"y"
+    requests = backing.stats.requests
+    assert c.get("gz") == b"x" * 1000 + b"y" == bytes(c.get_transient("gz"))
+    assert backing.stats.requests == requests  # served from the cache
+    assert backing.get("gz") == b"x" * 1000 + b"y"
+    c.close()
+
+
+def test_a_volume_reads_and_writes_through_a_cache(kind, tmp_path):
+    url = f"precomputed://file://{tmp_path}/vol"
+    vb.create(url, shape=(40, 32, 32), chunk_shape=(16, 16, 16), dtype="uint16", compression="gzip")
+    data = np.random.default_rng(0).integers(0, 1000, (40, 32, 32), dtype=np.uint16)
+    data[:16] = 0
+    vb.array(url, mode="r+")[16:] = data[16:]  # the first 16 z-slices stay absent chunks
+    cache = make_cache(kind, FileStore(tmp_path / "vol"), tmp_path / "cache", 1 << 20)
+    vol = VolumeArray(ChunkedVolume(cache, PrecomputedDataset(cache), writable=True), 0, "zyx", "r+")
+    np.testing.assert_array_equal(vol[...], data)
+    hits, reads = cache.stats.hits, cache.stats.reads
+    np.testing.assert_array_equal(vol[...], data)
+    # 12 chunks: 8 from the cache, the 4 absent ones asked of the backing store again
+    assert cache.stats.hits == hits + 8 and cache.stats.reads == reads + 4
+    vol[3:20, 5:9, 0:30] = 7  # partial chunks: read-modify-write through the backing's update
+    data[3:20, 5:9, 0:30] = 7
+    reads = cache.stats.reads
+    np.testing.assert_array_equal(vol[...], data)
+    assert cache.stats.reads == reads + 2  # every chunk written is cached; 2 remain absent
+    np.testing.assert_array_equal(vb.array(url)[...], data)  # and on disk, gzip and all
+    cache.close()
+
+
+def test_values_larger_than_the_bound_are_not_cached(kind, tmp_path):
+    c = make_cache(kind, MemoryStore(), tmp_path / "c", 10)
+    c.put("big", b"x" * 11)
+    c.put("fits", b"y" * 10)
+    assert c.stats.bytes_cached == 10
+    assert c.get("big") == b"x" * 11 and c.stats.misses == 1
+    assert c.get("fits") == b"y" * 10 and c.stats.hits == 1
+    c.close()
+
+
+# -- LRU order and the byte bound against a model -------------------------------------------------
+
+KEYS = ["a", "b", "c", "d", "e/f"]
+MAX_BYTES = 100
+
+
+class LRUModel:
+    """What a byte-bounded LRU write-through cache must do, in the simplest terms."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.backing: dict[str, bytes] = {}
+        self.lru: OrderedDict[str, bytes] = OrderedDict()
+        self.hits = self.misses = self.evictions = 0
+
+    def _lookup(self, key):
+        if key in self.lru:
+            self.lru.move_to_end(key)
+            self.hits += 1
+            return True
+        return False
+
+    def _install(self, key, value):
+        self.lru.pop(key, None)
+        if len(value) > self.max_bytes:
+            return
+        while self.lru and sum(map(len, self.lru.values())) + len(value) > self.max_bytes:
+            self.lru.popitem(last=False)
+            self.evictions += 1
+        self.lru[key] = value
+
+    def get(self, key):
+        if self._lookup(key):
+            return self.lru[key]
+        self.misses += 1
+        value = self.backing.get(key)
+        if value is not None:
+            self._install(key, value)
+        return value
+
+    def get_first(self, keys):
+        i = 0
+        for i, key in enumerate(keys):
+            if not self._lookup(key):
+                break
+            return key, self.lru[key]
+        self.misses += 1
+        for key in keys[i:]:
+            if key in self.backing:
+                self._install(key, self.backing[key])
+                return key, self.backing[key]
+        return None
+
+    def exists(self, key):
+        if self._lookup(key):
+            return True
+        self.misses += 1
+        return key in self.backing
+
+    def put(self, key, value):
+        self.lru.pop(key, None)
+        self.backing[key] = value
+        self._install(key, value)
+
+    def delete(self, *keys):
+        for key in keys:
+            self.lru.pop(key, None)
+            self.backing.pop(key, None)
+
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.sampled_from(["get", "get_transient", "exists", "delete"]), st.sampled_from(KEYS)),
+        st.tuples(st.sampled_from(["put", "update"]), st.sampled_from(KEYS), st.integers(0, 60)),
+        st.tuples(st.sampled_from(["get_first", "delete_many"]), st.sampled_from(KEYS), st.sampled_from(KEYS)),
+    ),
+    max_size=40,
+)
+
+
+@pytest.mark.parametrize("tier", ["memory", "disk"])
+@settings(deadline=None)
+@given(ops=ops, seed_backing=st.dictionaries(st.sampled_from(KEYS), st.integers(0, 60)))
+def test_lru_order_and_byte_bound_match_a_model(tier, ops, seed_backing):
+    with tempfile.TemporaryDirectory() as tmp:
+        backing = MemoryStore()
+        model = LRUModel(MAX_BYTES)
+        for key, size in seed_backing.items():
+            backing.put(key, bytes([size]) * size)
+            model.backing[key] = bytes([size]) * size
+        cache = make_cache(tier, backing, Path(tmp) / "cache", MAX_BYTES)
+        for step, op in enumerate(ops):
+            name, key = op[0], op[1]
+            value = bytes([step % 256]) * op[2] if name in ("put", "update") else None
+            if name in ("get", "get_transient"):
+                got = getattr(cache, name)(key)
+                assert (None if got is None else bytes(got)) == model.get(key)
+            elif name == "get_first":
+                got = cache.get_first([key, op[2]], transient=step % 2 == 1)
+                want = model.get_first([key, op[2]])
+                assert (None if got is None else (got[0], bytes(got[1]))) == want
+            elif name == "exists":
+                assert cache.exists(key) == model.exists(key)
+            elif name == "put":
+                cache.put(key, value)
+                model.put(key, value)
+            elif name == "update":
+                assert cache.update(key, lambda old, v=value: v + (old or b"")[:0]) == value
+                model.put(key, value)
+            elif name == "delete":
+                cache.delete(key)
+                model.delete(key)
+            else:
+                cache.delete_many([key, op[2]])
+                model.delete(key, op[2])
+            s = cache.stats
+            assert (s.hits, s.misses, s.evictions) == (model.hits, model.misses, model.evictions), (step, op)
+            assert s.bytes_cached == sum(map(len, model.lru.values())) <= MAX_BYTES
+            assert s.entries == len(model.lru)
+            if tier == "memory":
+                assert cache.cached_keys() == list(model.lru)
+            else:
+                assert {k for k in KEYS if cache.entry_path(k).exists()} == set(model.lru)
+        assert {k: backing.get(k) for k in KEYS} == {k: model.backing.get(k) for k in KEYS}
+        if tier == "disk":
+            cache.check()
+        cache.close()
+
+
+@pytest.mark.parametrize("tier", ["memory", "disk"])
+def test_lru_evicts_the_least_recently_used(tier, tmp_path):
+    back = MemoryStore()
+    for k, n in (("a", 40), ("b", 30), ("c", 20), ("d", 30)):
+        back.put(k, k.encode() * n)
+    c = make_cache(tier, back, tmp_path / "c", 100)
+    c.get("a"), c.get("b"), c.get("c")  # 90 bytes, a is the least recently used
+    assert c.get("a") and c.exists("b")  # now c is
+    c.get("d")  # 30 more: c (20) goes, which makes room
+    assert c.stats.evictions == 1 and c.stats.bytes_cached == 100
+    c.get_transient("b")  # the order is a, d, b now
+    c.put("e", b"e" * 50)  # a goes, then d
+    assert c.stats.evictions == 3 and c.stats.bytes_cached == 80
+    hits = c.stats.hits
+    assert c.get("e") == b"e" * 50 and c.get("b") == b"b" * 30 and c.stats.hits == hits + 2
+    misses = c.stats.misses
+    for k in "acd":
+        assert c.get(k) == back.get(k)
+    assert c.stats.misses == misses + 3  # every other key was evicted
+    c.close()
+
+
+# -- writes through the cache keep it coherent ---------------------------------------------------
+
+
+def test_writes_update_or_invalidate_the_cached_copy(cache):
+    cache.put("k", b"v1")
+    assert cache.get("k") == b"v1"
+    cache.put("k", b"v2")
+    assert cache.get("k") == b"v2" and cache.get_transient("k") == b"v2"
+    assert cache.update("k", lambda old: old + b"+") == b"v2+"
+    assert cache.get("k") == b"v2+"
+    cache.delete("k")
+    assert cache.get("k") is None and not cache.exists("k")
+    cache.put("x", b"1")
+    cache.put("y", b"2")
+    cache.delete_many(["x", "y", "never"])
+    assert cache.get("x") is None and cache.get("y") is None
+    assert cache.stats.misses == 4  # every read after a write was served from the cache
+    assert cache.stats.writes == 7
+
+
+def test_update_uses_the_backing_value_not_the_cached_one(cache):
+    cache.put("k", b"cached")
+    cache.backing.put("k", b"behind the cache's back")
+    # update must read through the backing store's own atomic update, not the cached copy
+    assert cache.update("k", lambda old: old + b"!") == b"behind the cache's back!"
+    assert cache.get("k") == b"behind the cache's back!"
+
+
+def test_cache_writes_false_drops_instead_of_caching(kind, tmp_path):
+    c = make_cache(kind, MemoryStore(), tmp_path / "c", 1000, cache_writes=False)
+    c.put("k", b"v1")
+    assert c.stats.bytes_cached == 0
+    assert c.get("k") == b"v1" and c.stats.misses == 1
+    c.put("k", b"v2")
+    assert c.get("k") == b"v2" and c.stats.misses == 2
+    c.close()
+
+
+def test_cache_absent_option_is_invalidated_by_writes(kind, tmp_path):
+    back = MemoryStore()
+    c = make_cache(kind, back, tmp_path / "c", 1000, cache_absent=True)
+    assert c.get("k") is None and c.get("k") is None and not c.exists("k")
+    assert (c.stats.misses, c.stats.hits, c.stats.reads) == (1, 2, 1)
+    assert c.get_first(["k", "k.gz"]) is None and c.stats.reads == 2
+    assert c.get_first(["k", "k.gz"]) is None and c.stats.reads == 2  # both known absent
+    c.put("k.gz", b"z")
+    assert c.get_first(["k", "k.gz"]) == ("k.gz", b"z") and c.stats.reads == 2
+    c.put("k", b"v")  # a write through the cache replaces the absence
+    assert c.get("k") == b"v" and c.stats.reads == 2
+    c.delete("k")
+    assert c.get("k") is None and c.stats.reads == 2
+    c.close()
+
+
+class GatedStore(MemoryStore):
+    """A memory store whose reads and writes can be held at a gate, to force interleavings."""
+
+    def __init__(self):
+        super().__init__()
+        self.hold_get = self.hold_put = self.hold_put_after = None  # (arrived, release) events
+
+    def _wait(self, gate):
+        if gate is not None:
+            arrived, release = gate
+            arrived.set()
+            assert release.wait(10)
+
+    def get(self, key):
+        value = super().get(key)
+        self._wait(self.hold_get)  # after the read: what it returns may be stale by now
+        return value
+
+    def put(self, key, value, **kw):
+        self._wait(self.hold_put)  # before the write
+        super().put(key, value)
+        self._wait(self.hold_put_after)  # after it
+
+
+def _gate():
+    return threading.Event(), threading.Event()
+
+
+def test_a_fill_that_raced_a_write_is_not_cached(kind, tmp_path):
+    back = GatedStore()
+    c = make_cache(kind, back, tmp_path / "c", 1000)
+    back.put("k", b"old")
+    back.hold_get = gate = _gate()
+    reader = threading.Thread(target=c.get, args=("k",))
+    reader.start()
+    assert gate[0].wait(10)  # the reader has read b"old" from the backing store
+    back.hold_get = None
+    c.put("k", b"new")
+    gate[1].set()
+    reader.join()
+    assert c.get("k") == b"new"
+    c.close()
+
+
+def test_a_fill_that_read_during_a_write_is_not_cached(kind, tmp_path):
+    back = GatedStore()
+    c = make_cache(kind, back, tmp_path / "c", 1000, cache_writes=False)
+    back.put("k", b"old")
+    back.hold_put = wgate = _gate()
+    writer = threading.Thread(target=c.put, args=("k", b"new"))
+    writer.start()
+    assert wgate[0].wait(10)  # the write has begun, the backing store still holds b"old"
+    back.hold_put = None
+    assert c.get("k") == b"old"  # a read during a write may see the old value...
+    assert c.stats.entries == 0  # ...but does not cache it (a writer that died here would leave it)
+    wgate[1].set()
+    writer.join()
+    assert c.get("k") == b"new"  # ...but it was not cached
+    c.close()
+
+
+def test_overlapping_writes_never_leave_the_loser_cached(kind, tmp_path):
+    back = GatedStore()
+    c = make_cache(kind, back, tmp_path / "c", 1000)
+    back.hold_put = gate = _gate()
+    first = threading.Thread(target=c.put, args=("k", b"first"))
+    first.start()
+    assert gate[0].wait(10)  # the first write has begun but not reached the backing store
+    back.hold_put = None
+    c.put("k", b"second")  # begins and ends inside the first one
+    gate[1].set()
+    first.join()  # the backing store now holds b"first": the last write to land
+    assert back.get("k") == b"first"
+    assert c.get("k") == b"first"
+    c.close()
+
+
+def test_a_write_that_lands_first_but_ends_last_is_not_cached(kind, tmp_path):
+    back = GatedStore()
+    c = make_cache(kind, back, tmp_path / "c", 1000)
+    back.hold_put_after = gate = _gate()
+    first = threading.Thread(target=c.put, args=("k", b"first"))
+    first.start()
+    assert gate[0].wait(10)  # b"first" is in the backing store; the write has not returned
+    back.hold_put_after = None
+    c.put("k", b"second")  # lands after it and returns first
+    gate[1].set()
+    first.join()
+    assert back.get("k") == b"second"
+    assert c.get("k") == b"second"
+    c.close()
+
+
+def test_a_writer_that_dies_mid_write_leaves_nothing_stale(kind, tmp_path):
+    # A process that died between its backing write and telling the cache (simulated with the
+    # protocol's hooks): another write meanwhile must not be cached, since the dead writer's
+    # value may land after it, and nothing may be filled until the dead write expires.
+    back = MemoryStore()
+    c = make_cache(kind, back, tmp_path / "c", 1000)
+    c._begin_write(["k"])  # the writer that will die
+    c.put("k", b"second")
+    back.put("k", b"first")  # the dead writer's value lands last
+    assert c.get("k") == b"first" and c.get("k") == b"first"
+    assert c.stats.entries == 0 and c.stats.hits == 0
+    c.close()
+
+
+def test_threads_never_read_older_than_they_already_saw(kind, tmp_path):
+    back = FileStore(tmp_path / "s")
+    c = make_cache(kind, back, tmp_path / "c", 3000)
+    keys = [f"k{i}" for i in range(6)]
+    for k in keys:
+        c.put(k, _value(k, 0))
+    stop = threading.Event()
+    problems = []
+
+    def read():
+        seen = dict.fromkeys(keys, 0)
+        rnd = random.Random()
+        while not stop.is_set():
+            k = rnd.choice(keys)
+            v = c.get_transient(k) if rnd.random() < 0.5 else c.get(k)
+            version = _check_value(k, v)
+            if version < seen[k]:
+                problems.append((k, version, seen[k]))
+            seen[k] = version
+
+    readers = [threading.Thread(target=read) for _ in range(3)]
+    for t in readers:
+        t.start()
+    try:
+        for version in range(1, 60):
+            for k in keys:
+                if version % 2:
+                    c.put(k, _value(k, version))
+                else:
+                    c.update(k, lambda old, k=k, v=version: _value(k, v))
+    finally:
+        stop.set()
+        for t in readers:
+            t.join()
+    assert problems == []
+    assert all(c.get(k) == _value(k, 59) for k in keys)
+    assert c.stats.bytes_cached <= 3000
+    if kind == "disk":
+        c.check()
+    c.close()
+
+
+# -- the disk cache: integrity, restarts, sharing --------------------------------------------------
+
+
+def test_disk_cache_keys_are_safe_names_per_store(tmp_path):
+    a, b = MemoryStore("a"), MemoryStore("b")
+    ca, cb = DiskCache(a, tmp_path / "c", 1000), DiskCache(b, tmp_path / "c", 1000)
+    for store in (a, b):
+        store.put("../../etc/passwd", store.name.encode())
+        store.put("x" * 300, store.name.encode())
+    for key in ("../../etc/passwd", "x" * 300):
+        assert ca.get(key) == b"a" and cb.get(key) == b"b"
+        assert ca.get(key) == b"a" and cb.get(key) == b"b"
+        assert ca.entry_path(key) != cb.entry_path(key)
+        assert ca.entry_path(key).is_relative_to(tmp_path / "c")
+    assert ca.stats.hits == 2 and cb.stats.hits == 2
+    ca.close()
+    cb.close()
+
+
+def test_disk_cache_entries_are_shared_between_a_store_and_its_sub_store(tmp_path):
+    root, sub = FileStore(tmp_path / "s"), FileStore(tmp_path / "s" / "vol")
+    c_root, c_sub = DiskCache(root, tmp_path / "c", 1000), DiskCache(sub, tmp_path / "c", 1000)
+    c_root.put("vol/k", b"1")
+    assert c_sub.get("k") == b"1" and c_sub.stats.hits == 1
+    c_sub.put("k", b"2")  # a write through either one is seen by the other
+    assert c_root.get("vol/k") == b"2" and c_root.stats.misses == 0
+    c_root.close()
+    c_sub.close()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["flip a value byte", "truncate", "extend", "garbage header", "empty file"],
+)
+@pytest.mark.parametrize("transient", [False, True])
+def test_corrupt_disk_entry_is_refetched_not_returned(tmp_path, damage, transient):
+    back = FileStore(tmp_path / "s")
+    back.put("k", b"the real value" * 10)
+    c = DiskCache(back, tmp_path / "c", 10_000)
+    assert c.get("k") == b"the real value" * 10
+    path = c.entry_path("k")
+    raw = bytearray(path.read_bytes())
+    if damage == "flip a value byte":
+        raw[-3] ^= 0x40
+    elif damage == "truncate":
+        raw = raw[:-5]
+    elif damage == "extend":
+        raw += b"??"
+    elif damage == "garbage header":
+        raw[:8] = b"garbage!"
+    else:
+        raw = bytearray()
+    path.write_bytes(raw)
+    get = c.get_transient if transient else c.get
+    assert bytes(get("k")) == b"the real value" * 10
+    assert c.stats.corrupt == 1 and c.stats.misses == 2 and c.stats.reads == 2
+    assert bytes(get("k")) == b"the real value" * 10 and c.stats.hits == 1  # refilled, intact
+    c.check()
+    c.close()
+
+
+def test_disk_cache_survives_a_restart(tmp_path):
+    back = FileStore(tmp_path / "s")
+    for i in range(10):
+        back.put(f"k{i}", bytes([i]) * 100)
+    c = DiskCache(back, tmp_path / "c", 1000)
+    for i in range(10):
+        c.get(f"k{i}")
+    c.get("k0")  # k0 is now the most recently used; k1 the least
+    c.close()
+
+    c = DiskCache(back, tmp_path / "c", 1000)
+    assert c.stats.bytes_cached == 1000 and c.stats.entries == 10
+    assert all(c.get(f"k{i}") == bytes([i]) * 100 for i in reversed(range(10)))
+    assert c.stats.hits == 10 and c.stats.misses == 0 and c.stats.reads == 0
+    c.close()
+
+    # Reopened with a smaller bound, it evicts down to it at once, least recently used first:
+    # the hits just above (k9 first, k0 last) were recorded, so k9..k5 go.
+    c = DiskCache(back, tmp_path / "c", 550)
+    assert c.stats.bytes_cached == 500
+    assert {i for i in range(10) if c.entry_path(f"k{i}").exists()} == {0, 1, 2, 3, 4}
+    c.check()
+    c.close()
+
+
+def test_disk_cache_reconciles_after_a_crash(tmp_path):
+    back = FileStore(tmp_path / "s")
+    back.put("a", b"1" * 100)
+    c = DiskCache(back, tmp_path / "c", 1000)
+    c.get("a")
+    c._finalizer.detach()
+    c._handles.close(graceful=False)  # a crash: no clean close
+    # What a crash between the rename and the commit leaves: a file the index does not count,
+    # a temporary file, and a write registered in flight.
+    orphan = tmp_path / "c" / "entries" / "ab" / ("cd" * 19)
+    orphan.parent.mkdir(exist_ok=True)
+    orphan.write_bytes(b"x" * 5000)
+    (tmp_path / "c" / "tmp" / "half-written").write_bytes(b"x" * 10)
+    c = DiskCache(back, tmp_path / "c", 1000)
+    assert not orphan.exists() and os.listdir(tmp_path / "c" / "tmp") == []
+    assert c.get("a") == b"1" * 100 and c.stats.hits == 1
+    c.check()
+    c.close()
+
+
+def test_a_crash_while_others_have_the_cache_open_is_still_reconciled(tmp_path):
+    back = MemoryStore()
+    survivor = DiskCache(back, tmp_path / "c", 1000)
+    crashed = DiskCache(back, tmp_path / "c", 1000)
+    crashed._finalizer.detach()
+    crashed._handles.close(graceful=False)
+    orphan = tmp_path / "c" / "entries" / "ab" / ("cd" * 19)
+    orphan.parent.mkdir(exist_ok=True)
+    orphan.write_bytes(b"x" * 5000)
+    survivor.close()  # the last one out, but it cannot vouch for the crashed one
+    DiskCache(back, tmp_path / "c", 1000).close()
+    assert not orphan.exists()
+    # ... and after that clean close, a lone opener skips the scan
+    orphan.write_bytes(b"x" * 5000)
+    DiskCache(back, tmp_path / "c", 1000).close()
+    assert orphan.exists()
+
+
+def _value(key: str, version: int) -> bytes:
+    """A value whose every byte depends on (key, version), of a size that varies with version."""
+    body = random.Random(f"{key}:{version}").randbytes(200 + (version * 397) % 1800)
+    return f"{key}:{version}:".encode() + body
+
+
+def _check_value(key: str, value) -> int:
+    """The version of a well-formed value of ``key``; raises for anything else (torn, mixed)."""
+    assert value is not None, f"{key} read as absent"
+    value = bytes(value)
+    k, version, _ = value.split(b":", 2)
+    assert k.decode() == key, (key, value[:40])
+    version = int(version)
+    assert value == _value(key, version), f"{key} version {version}: torn or corrupt value"
+    return version
+
+
+def _share_worker(role, root, cache_dir, keys, rounds, max_bytes, start, done, results):
+    cache = DiskCache(FileStore(root), cache_dir, max_bytes)
+    seen = dict.fromkeys(keys, 0)
+    problems = []
+    reads = 0
+    rnd = random.Random(role)
+
+    def read_one():
+        nonlocal reads
+        k = rnd.choice(keys)
+        try:
+            version = _check_value(k, cache.get_transient(k) if rnd.random() < 0.5 else cache.get(k))
+        except Exception as e:  # report, do not die: the parent asserts
+            problems.append(f"{k}: {e!r}")
+            return
+        if version < seen[k]:
+            problems.append(f"{k}: read version {version} after {seen[k]}")
+        seen[k] = version
+        reads += 1
+
+    start.wait()
+    try:
+        if role == "writer":
+            for version in range(1, rounds + 1):
+                for k in keys:
+                    if version % 3:
+                        cache.put(k, _value(k, version))
+                    else:
+                        cache.update(k, lambda old, k=k, v=version: _value(k, v))
+                    read_one()
+            done.set()
+        else:
+            while not done.is_set():
+                read_one()
+    except Exception as e:
+        problems.append(f"{role} failed: {e!r}")
+        done.set()
+    results.put((role, reads, problems, cache.stats.as_dict()))
+    cache.close()
+
+
+def test_two_processes_share_a_disk_cache_while_one_writes(tmp_path):
+    root, cache_dir = tmp_path / "s", tmp_path / "c"
+    keys = [f"chunk/{i}" for i in range(12)]
+    max_bytes = 8000  # well under the keys' ~13 KB: eviction is constant
+    store = FileStore(root)
+    for k in keys:
+        store.put(k, _value(k, 0))
+    ctx = mp.get_context("spawn")
+    start, done, results = ctx.Event(), ctx.Event(), ctx.Queue()
+    rounds = 60
+    procs = [
+        ctx.Process(target=_share_worker, args=(role, root, cache_dir, keys, rounds, max_bytes, start, done, results))
+        for role in ("writer", "reader")
+    ]
+    for p in procs:
+        p.start()
+    start.set()
+    got = {}
+    for _ in procs:
+        role, reads, problems, stats = results.get(timeout=60)
+        got[role] = (reads, problems, stats)
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    for role, (reads, problems, stats) in got.items():
+        assert problems == [], role
+    assert got["writer"][0] == rounds * len(keys)
+    reader_stats = got["reader"][2]
+    assert got["reader"][0] > 100 and reader_stats["hits"] > 0 and reader_stats["misses"] > 0
+
+    cache = DiskCache(FileStore(root), cache_dir, max_bytes)
+    cache.check()  # index intact, its totals match its rows, within the bound
+    on_disk = sum(f.stat().st_size - HEADER.size for f in (cache_dir / "entries").rglob("*") if f.is_file())
+    assert on_disk == cache.stats.bytes_cached <= max_bytes
+    assert os.listdir(cache_dir / "tmp") == []
+    for k in keys:
+        assert cache.get(k) == _value(k, rounds) == store.get(k)
+    cache.close()
