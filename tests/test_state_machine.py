@@ -58,9 +58,23 @@ def random_values(rng, shape, dtype):
     return rng.integers(info.min, info.max, size=shape, dtype=dtype, endpoint=True)
 
 
+@st.composite
+def zarr_spec(draw):
+    """Zarr arrays: no offset, one scale, chunk-level compressors instead of encodings."""
+    dtype = draw(st.sampled_from(DTYPES))
+    return dict(
+        format=draw(st.sampled_from(["zarr2", "zarr3"])), enc=draw(st.sampled_from([None, "zstd", "gzip", "blosc"])),
+        dtype=dtype, layer="image", nc=draw(st.integers(1, 3)), shape=tuple(draw(st.integers(1, 40)) for _ in range(3)),
+        offset=(0, 0, 0), chunk=tuple(draw(st.integers(1, 17)) for _ in range(3)), num_scales=1,
+        axis_order=draw(st.sampled_from(["zyx", "xyz"])), store=draw(st.sampled_from(["file", "mem"])),
+    )
+
+
 class PrecomputedMachine(RuleBasedStateMachine):
     #: Set by subclasses to run every volume under another store (e.g. "s3://bucket").
     base_url: str | None = None
+    #: The volumes this machine creates.
+    SPEC = volume_spec()
 
     def __init__(self):
         super().__init__()
@@ -69,28 +83,34 @@ class PrecomputedMachine(RuleBasedStateMachine):
     def teardown(self):
         shutil.rmtree(self.tmp, ignore_errors=True)
 
-    @initialize(spec=volume_spec(), seed=st.integers(0, 2**32 - 1))
-    def create(self, spec, seed):
+    @initialize(data=st.data(), seed=st.integers(0, 2**32 - 1))
+    def create(self, data, seed):
+        spec = data.draw(self.SPEC, label="spec")
         self.rng = np.random.default_rng(seed)
         self.spec = spec
         if self.base_url:
             base = f"{self.base_url}/{uuid.uuid4().hex}"
         else:
             base = f"{self.tmp}/vol" if spec["store"] == "file" else f"mem://{uuid.uuid4().hex}"
-        self.url = "precomputed://" + base
-        enc, compression = spec["enc"], None
-        if enc.startswith("raw+"):
-            enc, compression = "raw", enc[4:]
         ao = spec["axis_order"]
         o = (lambda t: t[::-1]) if ao == "zyx" else (lambda t: t)
         start, shape = spec["offset"], spec["shape"]
         stop = tuple(a + s for a, s in zip(start, shape))
-        self.vol = vb.create(
-            self.url, bounds=(o(start), o(stop)), dtype=spec["dtype"], chunk_shape=o(spec["chunk"]),
-            resolution=o((4, 4, 40)), encoding=enc, compression=compression, layer_type=spec["layer"],
-            num_channels=spec["nc"], num_scales=spec["num_scales"], axis_order=ao,
-            compressed_segmentation_block_size=o(spec["block"]),
-        )
+        if "format" in spec:  # zarr
+            self.url = f"{spec['format']}://{base}"
+            self.vol = vb.create(self.url, shape=o(shape), dtype=spec["dtype"], chunk_shape=o(spec["chunk"]),
+                                 compression=spec["enc"], num_channels=spec["nc"], axis_order=ao)
+        else:
+            self.url = "precomputed://" + base
+            enc, compression = spec["enc"], None
+            if enc.startswith("raw+"):
+                enc, compression = "raw", enc[4:]
+            self.vol = vb.create(
+                self.url, bounds=(o(start), o(stop)), dtype=spec["dtype"], chunk_shape=o(spec["chunk"]),
+                resolution=o((4, 4, 40)), encoding=enc, compression=compression, layer_type=spec["layer"],
+                num_channels=spec["nc"], num_scales=spec["num_scales"], axis_order=ao,
+                compressed_segmentation_block_size=o(spec["block"]),
+            )
         self.scale_boxes = [Box.of(o(s.bounds[0]), o(s.bounds[1])) for s in self.vol.scales]
         self.model = VolumeModel(self.scale_boxes, np.dtype(spec["dtype"]), spec["nc"])
 
@@ -199,3 +219,11 @@ class PrecomputedMachine(RuleBasedStateMachine):
 
 TestPrecomputedStateMachine = PrecomputedMachine.TestCase
 TestPrecomputedStateMachine.settings = settings(stateful_step_count=12)
+
+
+class ZarrMachine(PrecomputedMachine):
+    SPEC = zarr_spec()
+
+
+TestZarrStateMachine = ZarrMachine.TestCase
+TestZarrStateMachine.settings = settings(stateful_step_count=12)

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..engine import ChunkedVolume, Volume
-from ..errors import InvalidArgumentError, URLError
-from ..formats import precomputed
+from ..errors import InvalidArgumentError, UnsupportedError, URLError
+from ..formats import precomputed, zarr
 from ..kv import KVStore, open_store
 from ..kv.caching import with_cache
 
@@ -37,8 +37,28 @@ def _create_precomputed(store: KVStore, url: str, *, overwrite: bool = False, **
     return ChunkedVolume(store, dataset, url=url, writable=True)
 
 
+def _open_zarr(store: KVStore, url: str, writable: bool) -> Volume:
+    return ChunkedVolume(store, zarr.ZarrDataset(store), url=url, writable=writable)
+
+
+def _zarr_creator(zarr_format: int):
+    def create(store: KVStore, url: str, *, compression=None, encoding="raw", num_scales=1, layer_type="image", **kw) -> Volume:
+        if num_scales != 1:
+            raise UnsupportedError("a plain zarr array has one scale; multiscale pyramids are OME-Zarr")
+        if encoding not in ("raw", "zstd", "gzip", "blosc"):
+            raise UnsupportedError(f"zarr stores chunks raw under a compressor, not as {encoding!r}")
+        comp = compression or (encoding if encoding != "raw" else None)
+        return ChunkedVolume(store, zarr.ZarrDataset.create(store, zarr_format=zarr_format, compression=comp, **kw),
+                             url=url, writable=True)
+
+    return create
+
+
 FORMATS: dict[str, FormatEntry] = {
     "precomputed": FormatEntry("precomputed", ("info",), precomputed.detect, _open_precomputed, _create_precomputed),
+    "zarr": FormatEntry("zarr", ("zarr.json", ".zarray"), zarr.detect, _open_zarr, _zarr_creator(3)),
+    "zarr3": FormatEntry("zarr3", (), zarr.detect, _open_zarr, _zarr_creator(3)),
+    "zarr2": FormatEntry("zarr2", (), zarr.detect, _open_zarr, _zarr_creator(2)),
 }
 
 
@@ -66,7 +86,7 @@ def open_volume(url: str, mode: str = "r", cache=None) -> Volume:
                 fmt = entry.name
                 break
         else:
-            markers = ", ".join(m for e in FORMATS.values() for m in e.markers)
+            markers = ", ".join(m for e in FORMATS.values() for m in e.markers if m)
             raise URLError(f"no volume found at {url!r}: none of the metadata files {markers} is there")
     return FORMATS[fmt].open(store, url, mode == "r+")
 

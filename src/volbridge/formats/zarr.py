@@ -1,0 +1,303 @@
+"""Zarr v2 (``.zarray``) and v3 (``zarr.json``) arrays, unsharded.
+
+A volume is a 3-D ``(z, y, x)`` array or a 4-D ``(c, z, y, x)`` one (C order, x fastest, as
+zarr-python and OME-Zarr lay out images), seen by the engine as ``(x, y, z, c)``. The grid is
+anchored at 0 and edge chunks are stored full-size, padded with the fill value. Keys follow the
+array's dimension order: ``z.y.x`` (v2, ``.`` or ``/``) or ``c/z/y/x`` (v3 default encoding).
+Facts are from ``shared/specs/formats.md`` sections 2-3, checked against zarr-python and
+tensorstore in the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..codecs.zarr_pipeline import ZarrPipeline, v2_compressor, v3_pipeline
+from ..errors import ChunkDecodeError, MetadataError, UnsupportedError
+from ..geometry import Box, Cell, ChunkGrid
+from ..kv import KVStore
+from .base import ChunkedDataset, ScaleLayout, ScaleMeta, VolumeMeta
+
+V2_META, V3_META = ".zarray", "zarr.json"
+
+_V3_TYPES = {
+    "bool": "?", "int8": "i1", "int16": "i2", "int32": "i4", "int64": "i8", "uint8": "u1", "uint16": "u2",
+    "uint32": "u4", "uint64": "u8", "float16": "f2", "float32": "f4", "float64": "f8",
+    "complex64": "c8", "complex128": "c16",
+}
+
+
+def _json(raw: bytes, where: str) -> dict:
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise MetadataError(f"{where}: not valid JSON ({e})") from e
+    if not isinstance(doc, dict):
+        raise MetadataError(f"{where}: expected a JSON object")
+    return doc
+
+
+def _ints(doc: dict, name: str, where: str) -> tuple[int, ...]:
+    v = doc.get(name)
+    if not isinstance(v, list) or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v):
+        raise MetadataError(f"{where}: {name!r} must be a list of non-negative integers, got {v!r}")
+    return tuple(v)
+
+
+def parse_fill(value: Any, dtype: np.dtype, where: str) -> Any:
+    """A zarr fill value as a numpy scalar of ``dtype`` (None in v2 means "undefined": use 0)."""
+    if value is None:
+        return dtype.type(0)
+    if isinstance(value, str):
+        special = {"NaN": np.nan, "Infinity": np.inf, "-Infinity": -np.inf}
+        if value in special and dtype.kind in "fc":
+            return dtype.type(special[value])
+        if value.startswith("0x") and dtype.kind == "f":
+            bits = int(value, 16)
+            return np.frombuffer(bits.to_bytes(dtype.itemsize, "little"), dtype=dtype.newbyteorder("<"))[0]
+        raise MetadataError(f"{where}: fill_value {value!r} is not valid for {dtype}")
+    if isinstance(value, list) and dtype.kind == "c" and len(value) == 2:
+        return dtype.type(complex(*[parse_fill(v, np.dtype("f8"), where) for v in value]))
+    try:
+        return dtype.type(value)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise MetadataError(f"{where}: fill_value {value!r} is not valid for {dtype}") from e
+
+
+def fill_json(value: Any, dtype: np.dtype) -> Any:
+    if dtype.kind == "f":
+        if np.isnan(value):
+            return "NaN"
+        if np.isinf(value):
+            return "Infinity" if value > 0 else "-Infinity"
+        return float(value)
+    if dtype.kind == "b":
+        return bool(value)
+    return int(value)
+
+
+@dataclass
+class ZarrArray:
+    """What volbridge needs of one zarr array's metadata."""
+
+    zarr_format: int
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...]
+    dtype: np.dtype  # native byte order: what reads return
+    fill_value: Any
+    pipeline: ZarrPipeline
+    separator: str
+    key_prefix: str  # "" (v2, v3 "v2" encoding) or "c" (v3 default encoding)
+    doc: dict
+
+    def chunk_key(self, index: tuple[int, ...]) -> str:
+        parts = [str(i) for i in index]
+        if self.key_prefix:
+            return self.separator.join([self.key_prefix, *parts])
+        return self.separator.join(parts) if parts else "0"
+
+
+def parse_v2(raw: bytes, where: str) -> ZarrArray:
+    doc = _json(raw, where)
+    if doc.get("zarr_format") != 2:
+        raise MetadataError(f"{where}: zarr_format must be 2, got {doc.get('zarr_format')!r}")
+    shape, chunks = _ints(doc, "shape", where), _ints(doc, "chunks", where)
+    if len(shape) != len(chunks) or any(c == 0 for c in chunks):
+        raise MetadataError(f"{where}: chunks {list(chunks)} do not fit shape {list(shape)}")
+    typestr = doc.get("dtype")
+    if not isinstance(typestr, str):
+        raise UnsupportedError(f"{where}: structured dtype {typestr!r} is not supported")
+    try:
+        stored = np.dtype(typestr)
+    except TypeError as e:
+        raise MetadataError(f"{where}: dtype {typestr!r} is not a numpy type string") from e
+    if stored.kind not in "biufc":
+        raise UnsupportedError(f"{where}: dtype {typestr!r} is not a numeric type")
+    order = doc.get("order", "C")
+    if order not in ("C", "F"):
+        raise MetadataError(f"{where}: order must be 'C' or 'F', got {order!r}")
+    filters = doc.get("filters")
+    if filters:
+        ids = [f.get("id") if isinstance(f, dict) else f for f in filters]
+        raise UnsupportedError(f"{where}: zarr v2 filters {ids} are not supported")
+    steps = []
+    comp = v2_compressor(doc.get("compressor"), stored.itemsize)
+    if comp is not None:
+        steps.append(comp)
+    sep = doc.get("dimension_separator", ".")
+    if sep not in (".", "/"):
+        raise MetadataError(f"{where}: dimension_separator must be '.' or '/', got {sep!r}")
+    native = stored.newbyteorder("=")
+    return ZarrArray(2, shape, chunks, native, parse_fill(doc.get("fill_value"), native, where),
+                     ZarrPipeline(chunks, stored, order, None, tuple(steps)), sep, "", doc)
+
+
+def parse_v3(raw: bytes, where: str) -> ZarrArray:
+    doc = _json(raw, where)
+    if doc.get("zarr_format") != 3 or doc.get("node_type") != "array":
+        raise MetadataError(f"{where}: not a zarr v3 array (zarr_format 3, node_type 'array')")
+    shape = _ints(doc, "shape", where)
+    grid = doc.get("chunk_grid") or {}
+    if grid.get("name") != "regular":
+        raise UnsupportedError(f"{where}: chunk grid {grid.get('name')!r} is not supported (only 'regular')")
+    chunks = _ints(grid.get("configuration") or {}, "chunk_shape", where)
+    if len(chunks) != len(shape) or any(c == 0 for c in chunks):
+        raise MetadataError(f"{where}: chunk_shape {list(chunks)} does not fit shape {list(shape)}")
+    dt = doc.get("data_type")
+    if dt not in _V3_TYPES:
+        raise UnsupportedError(f"{where}: data_type {dt!r} is not supported")
+    native = np.dtype(_V3_TYPES[dt])
+    for ext in doc.get("storage_transformers") or []:
+        raise UnsupportedError(f"{where}: storage transformer {ext!r} is not supported")
+    codecs = doc.get("codecs")
+    if not isinstance(codecs, list) or not codecs:
+        raise MetadataError(f"{where}: 'codecs' must be a non-empty list")
+    pipeline = v3_pipeline(codecs, chunks, native)
+    enc = doc.get("chunk_key_encoding") or {"name": "default"}
+    cfg = enc.get("configuration") or {}
+    if enc.get("name") == "default":
+        sep, prefix = cfg.get("separator", "/"), "c"
+    elif enc.get("name") == "v2":
+        sep, prefix = cfg.get("separator", "."), ""
+    else:
+        raise UnsupportedError(f"{where}: chunk_key_encoding {enc.get('name')!r} is not supported")
+    if sep not in (".", "/"):
+        raise MetadataError(f"{where}: chunk key separator must be '.' or '/', got {sep!r}")
+    if "fill_value" not in doc:
+        raise MetadataError(f"{where}: missing required field 'fill_value'")
+    return ZarrArray(3, shape, chunks, native, parse_fill(doc["fill_value"], native, where), pipeline, sep, prefix, doc)
+
+
+class ZarrLayout(ScaleLayout):
+    def __init__(self, arr: ZarrArray, resolution=(1.0, 1.0, 1.0)):
+        if len(arr.shape) not in (3, 4):
+            raise UnsupportedError(
+                f"zarr array of {len(arr.shape)} dimensions: volbridge reads (z, y, x) or (c, z, y, x) arrays"
+            )
+        self.arr = arr
+        self.has_channels = len(arr.shape) == 4
+        self.num_channels = arr.shape[0] if self.has_channels else 1
+        if self.has_channels and arr.chunks[0] != arr.shape[0]:
+            raise UnsupportedError(
+                f"zarr channel axis chunked by {arr.chunks[0]} of {arr.shape[0]}: volbridge needs every channel in one chunk"
+            )
+        self.dtype = arr.dtype
+        self.fill_value = arr.fill_value
+        spatial, chunk = arr.shape[-3:][::-1], arr.chunks[-3:][::-1]  # (x, y, z)
+        bounds = Box((0, 0, 0), tuple(spatial))
+        self.grid = ChunkGrid(bounds, tuple(chunk), (0, 0, 0))
+        self.meta = ScaleMeta("", bounds, tuple(resolution), tuple(chunk), f"zarr v{arr.zarr_format}")
+
+    def _index(self, cell: Cell) -> tuple[int, ...]:
+        zyx = cell.index[::-1]
+        return (0, *zyx) if self.has_channels else zyx
+
+    def read_keys(self, cell: Cell) -> list[str]:
+        return [self.arr.chunk_key(self._index(cell))]
+
+    def write_key(self, cell: Cell) -> str:
+        return self.arr.chunk_key(self._index(cell))
+
+    def decode(self, data: bytes, cell: Cell, key: str) -> np.ndarray:
+        full = self.arr.pipeline.decode(data)
+        sx, sy, sz = cell.box.shape
+        if self.has_channels:
+            return full[:, :sz, :sy, :sx].transpose(3, 2, 1, 0)
+        return full[:sz, :sy, :sx].T[..., None]
+
+    def encode(self, chunk: np.ndarray, cell: Cell) -> bytes:
+        shape = self.arr.chunks
+        full = np.full(shape, self.fill_value, dtype=self.dtype)
+        sx, sy, sz = cell.box.shape
+        if self.has_channels:
+            full[:, :sz, :sy, :sx] = chunk.transpose(3, 2, 1, 0)
+        else:
+            full[:sz, :sy, :sx] = chunk[..., 0].T
+        return self.arr.pipeline.encode(full)
+
+
+class ZarrDataset(ChunkedDataset):
+    format_name = "zarr"
+
+    def __init__(self, store: KVStore, arr: ZarrArray | None = None):
+        self.store = store
+        if arr is None:
+            raw = store.get(V3_META)
+            if raw is not None:
+                arr = parse_v3(raw, f"{store.url}/{V3_META}")
+            else:
+                raw = store.get(V2_META)
+                if raw is None:
+                    raise MetadataError(f"no zarr array at {store.url} (neither {V3_META} nor {V2_META})")
+                arr = parse_v2(raw, f"{store.url}/{V2_META}")
+        self.arr = arr
+        self._layout = ZarrLayout(arr)
+        self.meta = VolumeMeta(arr.dtype, self._layout.num_channels, "image", (self._layout.meta,), arr.fill_value)
+
+    def layout(self, scale: int) -> ZarrLayout:
+        if scale != 0:
+            raise UnsupportedError("a plain zarr array has one scale (OME-Zarr multiscales hold several)")
+        return self._layout
+
+    def metadata_json(self) -> dict:
+        return self.arr.doc
+
+    @classmethod
+    def create(cls, store: KVStore, *, bounds: Box, dtype, chunk_shape, num_channels: int = 1, zarr_format: int = 3,
+               compression: str | None = "zstd", fill_value=0, overwrite: bool = False, **ignored) -> "ZarrDataset":
+        if any(bounds.start):
+            raise UnsupportedError("a zarr array starts at 0: give shape=, or bounds starting at (0, 0, 0)")
+        for key in (V2_META, V3_META):
+            if store.get(key) is not None and not overwrite:
+                raise MetadataError(f"a zarr array already exists at {store.url} (pass overwrite=True to replace it)")
+        dtype = np.dtype(dtype)
+        shape = tuple(bounds.stop[::-1])
+        chunks = tuple(chunk_shape[::-1])
+        if num_channels > 1:
+            shape, chunks = (num_channels, *shape), (num_channels, *chunks)
+        fill = parse_fill(fill_value, dtype, "create")
+        if zarr_format == 2:
+            comp = {None: None, "zstd": {"id": "zstd", "level": 3}, "gzip": {"id": "gzip", "level": 5},
+                    "blosc": {"id": "blosc", "cname": "zstd", "clevel": 5, "shuffle": 1, "blocksize": 0}}
+            if compression not in comp:
+                raise UnsupportedError(f"zarr v2 compression {compression!r}: use one of zstd, gzip, blosc or None")
+            doc = {"zarr_format": 2, "shape": list(shape), "chunks": list(chunks), "dtype": dtype.newbyteorder("<").str if dtype.itemsize > 1 else dtype.str,
+                   "compressor": comp[compression], "fill_value": fill_json(fill, dtype), "order": "C", "filters": None,
+                   "dimension_separator": "/"}
+            store.put(V2_META, json.dumps(doc, indent=2).encode())
+            store.delete(V3_META)
+            return cls(store, parse_v2(json.dumps(doc).encode(), f"{store.url}/{V2_META}"))
+        comp3 = {None: [], "zstd": [{"name": "zstd", "configuration": {"level": 3, "checksum": False}}],
+                 "gzip": [{"name": "gzip", "configuration": {"level": 5}}],
+                 "blosc": [{"name": "blosc", "configuration": {"cname": "zstd", "clevel": 5, "shuffle": "shuffle",
+                                                              "typesize": dtype.itemsize, "blocksize": 0}}]}
+        if compression not in comp3:
+            raise UnsupportedError(f"zarr v3 compression {compression!r}: use one of zstd, gzip, blosc or None")
+        names = ["z", "y", "x"] if num_channels == 1 else ["c", "z", "y", "x"]
+        dtname = {v: k for k, v in _V3_TYPES.items()}.get(dtype.newbyteorder("=").str[1:] if dtype.itemsize > 1 or dtype.kind != "b" else "?")
+        dtname = dtype.name if dtype.name in _V3_TYPES else dtname
+        doc = {"zarr_format": 3, "node_type": "array", "shape": list(shape), "data_type": dtname,
+               "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunks)}},
+               "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+               "fill_value": fill_json(fill, dtype),
+               "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, *comp3[compression]],
+               "attributes": {}, "dimension_names": names}
+        store.put(V3_META, json.dumps(doc, indent=2).encode())
+        store.delete(V2_META)
+        return cls(store, parse_v3(json.dumps(doc).encode(), f"{store.url}/{V3_META}"))
+
+
+def detect(store: KVStore) -> bool:
+    raw = store.get(V3_META)
+    if raw is not None:
+        try:
+            return json.loads(raw).get("node_type") == "array"
+        except ValueError:
+            return True  # a broken zarr.json is still zarr: opening it reports the problem
+    return store.exists(V2_META)
