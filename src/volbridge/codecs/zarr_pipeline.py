@@ -19,6 +19,7 @@ import imagecodecs
 import numpy as np
 
 from .. import compression
+from .compression import Blosc as _BloscFrame
 from ..errors import ChunkDecodeError, MetadataError, UnsupportedError
 
 _SHUFFLE_V3 = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
@@ -50,7 +51,7 @@ def _blosc(cname: str, clevel: int, shuffle: int, typesize: int, blocksize: int)
         return imagecodecs.blosc_encode(b, level=clevel, compressor=cname, shuffle=shuffle, typesize=typesize,
                                         blocksize=blocksize or None)
 
-    return BytesStep("blosc", enc, _guard("blosc", imagecodecs.blosc_decode))
+    return BytesStep("blosc", enc, _BloscFrame().decompress)
 
 
 def _crc32c_step() -> BytesStep:

@@ -54,7 +54,7 @@ class ChunkedVolume(Volume):
         layout = self.dataset.layout(scale)
         shape = (*box.shape, layout.num_channels)
         fill = layout.fill_value
-        if fill == 0 or fill is None:
+        if fill is None or not any(np.asarray(fill, layout.dtype).tobytes()):  # all-zero bits (not -0.0)
             out = np.zeros(shape, dtype=layout.dtype, order="F")
         else:
             out = np.full(shape, fill, dtype=layout.dtype, order="F")
@@ -108,7 +108,7 @@ class ChunkedVolume(Volume):
                         moved_from.append(found[0])
                         chunk = found[1]
                 if chunk is None:
-                    chunk = np.full(layout_shape(layout, cell), layout.fill_value or 0, layout.dtype, order="F")
+                    chunk = np.full(layout_shape(layout, cell), 0 if layout.fill_value is None else layout.fill_value, layout.dtype, order="F")
                 else:
                     chunk = np.array(chunk, order="F", copy=True)
                 chunk[region.slices(cell.box.start) + (ch,)] = src

@@ -71,6 +71,9 @@ def parse_fill(value: Any, dtype: np.dtype, where: str) -> Any:
 
 
 def fill_json(value: Any, dtype: np.dtype) -> Any:
+    if dtype.kind == "c":
+        part = np.dtype(f"f{dtype.itemsize // 2}")
+        return [fill_json(value.real, part), fill_json(value.imag, part)]
     if dtype.kind == "f":
         if np.isnan(value):
             return "NaN"
@@ -169,6 +172,11 @@ def parse_v3(raw: bytes, where: str) -> ZarrArray:
         raise UnsupportedError(f"{where}: chunk_key_encoding {enc.get('name')!r} is not supported")
     if sep not in (".", "/"):
         raise MetadataError(f"{where}: chunk key separator must be '.' or '/', got {sep!r}")
+    known = {"zarr_format", "node_type", "shape", "data_type", "chunk_grid", "chunk_key_encoding", "fill_value",
+             "codecs", "attributes", "storage_transformers", "dimension_names"}
+    for k, v in doc.items():
+        if k not in known and not (isinstance(v, dict) and v.get("must_understand") is False):
+            raise UnsupportedError(f"{where}: unknown member {k!r} must be understood (it lacks \"must_understand\": false)")
     if "fill_value" not in doc:
         raise MetadataError(f"{where}: missing required field 'fill_value'")
     return ZarrArray(3, shape, chunks, native, parse_fill(doc["fill_value"], native, where), pipeline, sep, prefix, doc)
@@ -297,7 +305,8 @@ def detect(store: KVStore) -> bool:
     raw = store.get(V3_META)
     if raw is not None:
         try:
-            return json.loads(raw).get("node_type") == "array"
+            doc = json.loads(raw)
+            return not (isinstance(doc, dict) and doc.get("node_type") == "group")
         except ValueError:
             return True  # a broken zarr.json is still zarr: opening it reports the problem
     return store.exists(V2_META)
