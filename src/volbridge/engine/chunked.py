@@ -66,7 +66,7 @@ class ChunkedVolume(Volume):
             region = cell.box.intersect(box)
             out[region.slices(box.start)] = found[1][region.slices(cell.box.start)]
 
-        run_bounded(task, layout.grid.cells(box), self._chunk_nbytes(layout))
+        run_bounded(task, layout.grid.cells(box), self._chunk_nbytes(layout), self.store.io_concurrency)
         return out
 
     # -- writing ----------------------------------------------------------------------------------
@@ -124,7 +124,7 @@ class ChunkedVolume(Volume):
             # skips this, since the write key is always read first and shadows it.
             self.store.delete_many(k for k in moved_from if k != wkey)
 
-        run_bounded(task, layout.grid.cells(box), self._chunk_nbytes(layout))
+        run_bounded(task, layout.grid.cells(box), self._chunk_nbytes(layout), self.store.io_concurrency)
 
 
 def layout_shape(layout: ScaleLayout, cell: Cell) -> tuple[int, ...]:

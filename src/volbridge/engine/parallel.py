@@ -44,7 +44,7 @@ def pool() -> ThreadPoolExecutor:
     with _pool_lock:
         # A forked child inherits a pool object whose threads do not exist: make a new one.
         if _pool is None or _pool_pid != os.getpid():
-            _pool = ThreadPoolExecutor(max(32, default_threads()), thread_name_prefix="volbridge")
+            _pool = ThreadPoolExecutor(max(64, default_threads()), thread_name_prefix="volbridge")
             _pool_pid = os.getpid()
         return _pool
 

