@@ -7,6 +7,8 @@ interleaved per pixel in the image and planar in the chunk.
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import imagecodecs
 import numpy as np
 
@@ -25,11 +27,13 @@ class _ImageCodec(ChunkCodec):
                 f"not {np.dtype(dtype).name} with {num_channels}"
             )
 
+    @abstractmethod
     def _decode_image(self, data: bytes) -> np.ndarray:
-        raise NotImplementedError
+        """The 2-D (or 2-D + channels) image in ``data``."""
 
+    @abstractmethod
     def _encode_image(self, image: np.ndarray) -> bytes:
-        raise NotImplementedError
+        """Bytes for an (h, w) or (h, w, c) image."""
 
     def decode(self, data: bytes, shape: Shape4, dtype: np.dtype) -> np.ndarray:
         sx, sy, sz, nc = shape

@@ -259,9 +259,9 @@ class CacheTier(KVStore):
         self._write(keys, op, lambda w: 0)
 
     # -- the rest ---------------------------------------------------------------------------------
+    @abstractmethod
     def clear(self) -> None:
         """Drop every cached entry (the backing store is untouched)."""
-        raise NotImplementedError
 
     def close(self) -> None:
         """Release what the cache holds open; the object must not be used afterwards."""
