@@ -59,11 +59,11 @@ def random_values(rng, shape, dtype):
 
 
 @st.composite
-def zarr_spec(draw):
-    """Zarr arrays: no offset, one scale, chunk-level compressors instead of encodings."""
+def zarr_spec(draw, formats=("zarr2", "zarr3")):
+    """Zarr (and N5) arrays: no offset, one scale, chunk-level compressors instead of encodings."""
     dtype = draw(st.sampled_from(DTYPES))
     return dict(
-        format=draw(st.sampled_from(["zarr2", "zarr3"])), enc=draw(st.sampled_from([None, "zstd", "gzip", "blosc"])),
+        format=draw(st.sampled_from(formats)), enc=draw(st.sampled_from([None, "zstd", "gzip", "blosc"])),
         dtype=dtype, layer="image", nc=draw(st.integers(1, 3)), shape=tuple(draw(st.integers(1, 40)) for _ in range(3)),
         offset=(0, 0, 0), chunk=tuple(draw(st.integers(1, 17)) for _ in range(3)), num_scales=1,
         axis_order=draw(st.sampled_from(["zyx", "xyz"])), store=draw(st.sampled_from(["file", "mem"])),
@@ -227,3 +227,11 @@ class ZarrMachine(PrecomputedMachine):
 
 TestZarrStateMachine = ZarrMachine.TestCase
 TestZarrStateMachine.settings = settings(stateful_step_count=12)
+
+
+class N5Machine(PrecomputedMachine):
+    SPEC = zarr_spec(formats=("n5",))
+
+
+TestN5StateMachine = N5Machine.TestCase
+TestN5StateMachine.settings = settings(stateful_step_count=12)

@@ -12,7 +12,7 @@ from typing import Callable
 
 from ..engine import ChunkedVolume, Volume
 from ..errors import InvalidArgumentError, UnsupportedError, URLError
-from ..formats import precomputed, zarr
+from ..formats import n5, precomputed, zarr
 from ..kv import KVStore, open_store
 from ..kv.caching import with_cache
 
@@ -54,11 +54,23 @@ def _zarr_creator(zarr_format: int):
     return create
 
 
+def _open_n5(store: KVStore, url: str, writable: bool) -> Volume:
+    return ChunkedVolume(store, n5.N5Dataset(store), url=url, writable=writable)
+
+
+def _create_n5(store: KVStore, url: str, *, compression=None, encoding="raw", layer_type="image", **kw) -> Volume:
+    if encoding not in ("raw", "gzip", "zstd", "blosc"):
+        raise UnsupportedError(f"N5 stores blocks raw under a compression, not as {encoding!r}")
+    comp = compression or (encoding if encoding != "raw" else None)
+    return ChunkedVolume(store, n5.N5Dataset.create(store, compression=comp, **kw), url=url, writable=True)
+
+
 FORMATS: dict[str, FormatEntry] = {
     "precomputed": FormatEntry("precomputed", ("info",), precomputed.detect, _open_precomputed, _create_precomputed),
     "zarr": FormatEntry("zarr", ("zarr.json", ".zarray"), zarr.detect, _open_zarr, _zarr_creator(3)),
     "zarr3": FormatEntry("zarr3", (), zarr.detect, _open_zarr, _zarr_creator(3)),
     "zarr2": FormatEntry("zarr2", (), zarr.detect, _open_zarr, _zarr_creator(2)),
+    "n5": FormatEntry("n5", ("attributes.json",), n5.detect, _open_n5, _create_n5),
 }
 
 

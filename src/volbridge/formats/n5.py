@@ -1,0 +1,203 @@
+"""N5 datasets and N5 multiscale groups (``s0``, ``s1``, ...).
+
+An N5 dataset's ``attributes.json`` lists ``dimensions`` and ``blockSize`` fastest-first, so
+``(x, y, z)`` (and a trailing channel dimension for 4-D data) maps straight onto the engine's
+order. Each block file starts with a big-endian header (mode, ndim, the block's actual size;
+edge blocks are smaller, not padded), then the compressed big-endian elements in that order.
+Facts are from ``shared/specs/formats.md`` section 5, checked against tensorstore's n5 driver.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from typing import Any
+
+import numpy as np
+
+from ..codecs.zarr_pipeline import BytesStep, v2_compressor
+from ..errors import ChunkDecodeError, MetadataError, UnsupportedError
+from ..geometry import Box, Cell, ChunkGrid
+from ..kv import KVStore
+from .base import ChunkedDataset, ScaleLayout, ScaleMeta, VolumeMeta
+
+ATTRS = "attributes.json"
+_TYPES = ("uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "float32", "float64")
+
+
+def _read_json(store: KVStore, key: str) -> dict | None:
+    raw = store.get(key)
+    if raw is None:
+        return None
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise MetadataError(f"{store.url}/{key}: not valid JSON ({e})") from e
+    if not isinstance(doc, dict):
+        raise MetadataError(f"{store.url}/{key}: expected a JSON object")
+    return doc
+
+
+def _compressor(cfg: Any, itemsize: int, where: str) -> BytesStep | None:
+    if isinstance(cfg, str):  # legacy "compressionType"
+        cfg = {"type": cfg}
+    if not isinstance(cfg, dict):
+        raise MetadataError(f"{where}: 'compression' must be an object, got {cfg!r}")
+    kind = cfg.get("type")
+    if kind == "raw":
+        return None
+    if kind == "gzip":
+        level = cfg.get("level", -1)
+        level = 6 if level is None or level < 0 else level
+        return v2_compressor({"id": "zlib" if cfg.get("useZlib") else "gzip", "level": level}, itemsize)
+    if kind == "bzip2":
+        return v2_compressor({"id": "bz2", "level": cfg.get("blockSize", 9)}, itemsize)
+    if kind == "xz":
+        return v2_compressor({"id": "lzma", "preset": cfg.get("preset", 6)}, itemsize)
+    if kind == "zstd":
+        return v2_compressor({"id": "zstd", "level": cfg.get("level", 3)}, itemsize)
+    if kind == "blosc":
+        return v2_compressor({"id": "blosc", "cname": cfg.get("cname", "lz4"), "clevel": cfg.get("clevel", 5),
+                              "shuffle": cfg.get("shuffle", 1), "blocksize": cfg.get("blocksize", 0)}, itemsize)
+    raise UnsupportedError(f"{where}: N5 compression {kind!r} is not supported (raw, gzip, bzip2, xz, zstd, blosc are)")
+
+
+class N5Layout(ScaleLayout):
+    def __init__(self, attrs: dict, where: str, prefix: str, resolution: tuple[float, float, float]):
+        dims, block = attrs.get("dimensions"), attrs.get("blockSize")
+        ok = lambda v: isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
+        if not ok(dims) or not ok(block) or len(dims) != len(block) or any(b == 0 for b in block):
+            raise MetadataError(f"{where}: 'dimensions' {dims!r} and 'blockSize' {block!r} must be lists of integers of equal length")
+        if len(dims) not in (3, 4):
+            raise UnsupportedError(f"{where}: N5 dataset of {len(dims)} dimensions: volbridge reads (x, y, z) or (x, y, z, c)")
+        if len(dims) == 4 and block[3] != dims[3]:
+            raise UnsupportedError(f"{where}: channel dimension blocked by {block[3]} of {dims[3]}: every channel must be in one block")
+        dtype = attrs.get("dataType")
+        if dtype not in _TYPES:
+            raise UnsupportedError(f"{where}: dataType {dtype!r} is not supported (one of {', '.join(_TYPES)})")
+        self.dtype = np.dtype(dtype)
+        self.stored = self.dtype.newbyteorder(">")
+        self.num_channels = dims[3] if len(dims) == 4 else 1
+        self.ndim = len(dims)
+        self.fill_value = self.dtype.type(0)
+        self.compressor = _compressor(attrs.get("compression", attrs.get("compressionType", "raw")), self.dtype.itemsize, where)
+        self.prefix = prefix
+        bounds = Box((0, 0, 0), tuple(dims[:3]))
+        self.grid = ChunkGrid(bounds, tuple(block[:3]), (0, 0, 0))
+        self.meta = ScaleMeta(prefix, bounds, resolution, tuple(block[:3]), "n5")
+
+    def _key(self, cell: Cell) -> str:
+        parts = [str(i) for i in cell.index] + (["0"] if self.ndim == 4 else [])
+        return "/".join([self.prefix, *parts] if self.prefix else parts)
+
+    def read_keys(self, cell: Cell) -> list[str]:
+        return [self._key(cell)]
+
+    def write_key(self, cell: Cell) -> str:
+        return self._key(cell)
+
+    def decode(self, data: bytes, cell: Cell, key: str) -> np.ndarray:
+        if len(data) < 4:
+            raise ChunkDecodeError(f"N5 block of {len(data)} bytes has no header")
+        mode, ndim = struct.unpack_from(">HH", data, 0)
+        if mode not in (0, 1) or ndim != self.ndim or len(data) < 4 + 4 * ndim + (4 if mode == 1 else 0):
+            raise ChunkDecodeError(f"N5 block header is invalid (mode {mode}, {ndim} dimensions, {self.ndim} expected)")
+        shape = struct.unpack_from(f">{ndim}I", data, 4)
+        offset = 4 + 4 * ndim + (4 if mode == 1 else 0)
+        payload = bytes(data[offset:])
+        if self.compressor is not None:
+            payload = self.compressor.decode(payload)
+        n = math.prod(shape) * self.dtype.itemsize
+        if len(payload) != n:
+            raise ChunkDecodeError(f"N5 block of shape {list(shape)} holds {len(payload)} bytes, expected {n}")
+        arr = np.frombuffer(payload, dtype=self.stored).reshape(shape, order="F")
+        sx, sy, sz = cell.box.shape
+        if any(a < b for a, b in zip(shape, (sx, sy, sz))):
+            raise ChunkDecodeError(f"N5 block of shape {list(shape)} is smaller than its cell {cell.box.shape}")
+        arr = arr[:sx, :sy, :sz]
+        return arr[..., None] if self.ndim == 3 else arr
+
+    def encode(self, chunk: np.ndarray, cell: Cell) -> bytes:
+        shape = chunk.shape if self.ndim == 4 else chunk.shape[:3]
+        header = struct.pack(f">HH{self.ndim}I", 0, self.ndim, *shape)
+        payload = np.asarray(chunk, dtype=self.stored).tobytes(order="F")
+        if self.compressor is not None:
+            payload = self.compressor.encode(payload)
+        return header + payload
+
+
+class N5Dataset(ChunkedDataset):
+    format_name = "n5"
+
+    def __init__(self, store: KVStore):
+        self.store = store
+        root = _read_json(store, ATTRS) or {}
+        self.root = root
+        if "dimensions" in root:
+            prefixes = [""]
+        else:
+            prefixes = []
+            while _read_json(store, f"s{len(prefixes)}/{ATTRS}") is not None:
+                prefixes.append(f"s{len(prefixes)}")
+            if not prefixes:
+                raise MetadataError(f"no N5 dataset at {store.url} (no 'dimensions' in {ATTRS}, no s0/{ATTRS})")
+        base_res = root.get("resolution") or root.get("pixelResolution", {}).get("dimensions") or [1, 1, 1]
+        self.layouts = []
+        for i, p in enumerate(prefixes):
+            attrs = root if not p else _read_json(store, f"{p}/{ATTRS}")
+            factors = attrs.get("downsamplingFactors") or (root.get("downsamplingFactors") or root.get("scales") or [[1, 1, 1]] * len(prefixes))[i] if p else [1, 1, 1]
+            res = tuple(float(r) * float(f) for r, f in zip(base_res[:3], list(factors)[:3]))
+            self.layouts.append(N5Layout(attrs, f"{store.url}/{p + '/' if p else ''}{ATTRS}", p, res))
+        first = self.layouts[0]
+        for lay in self.layouts[1:]:
+            if lay.dtype != first.dtype or lay.num_channels != first.num_channels:
+                raise MetadataError(f"{store.url}: N5 scales differ in data type or channels")
+        self.meta = VolumeMeta(first.dtype, first.num_channels, "image", tuple(l.meta for l in self.layouts), first.fill_value)
+
+    def layout(self, scale: int) -> N5Layout:
+        return self.layouts[scale]
+
+    def metadata_json(self) -> dict:
+        return self.root
+
+    @classmethod
+    def create(cls, store: KVStore, *, bounds: Box, dtype, chunk_shape, resolution=(1, 1, 1), num_channels: int = 1,
+               num_scales: int = 1, factor=(2, 2, 1), compression: str | None = "gzip", overwrite: bool = False,
+               **ignored) -> "N5Dataset":
+        if any(bounds.start):
+            raise UnsupportedError("an N5 dataset starts at 0: give shape=, or bounds starting at (0, 0, 0)")
+        if not overwrite and (store.get(ATTRS) is not None or store.get(f"s0/{ATTRS}") is not None):
+            raise MetadataError(f"an N5 dataset already exists at {store.url} (pass overwrite=True to replace it)")
+        dtype = np.dtype(dtype)
+        if dtype.name not in _TYPES:
+            raise UnsupportedError(f"N5 cannot store {dtype}")
+        comp = {None: {"type": "raw"}, "raw": {"type": "raw"}, "gzip": {"type": "gzip", "level": -1, "useZlib": False},
+                "zstd": {"type": "zstd", "level": 3}, "blosc": {"type": "blosc", "cname": "zstd", "clevel": 5, "shuffle": 1, "blocksize": 0}}
+        if compression not in comp:
+            raise UnsupportedError(f"N5 compression {compression!r}: use one of gzip, zstd, blosc or None")
+        extra = [num_channels] if num_channels > 1 else []
+        def attrs(level: int) -> dict:
+            f = [fi**level for fi in factor]
+            dims = [math.ceil(s / fi) for s, fi in zip(bounds.stop, f)]
+            return {"dimensions": dims + extra, "blockSize": list(chunk_shape) + extra, "dataType": dtype.name,
+                    "compression": comp[compression], "downsamplingFactors": f}
+        if num_scales == 1:
+            store.put(ATTRS, json.dumps({"n5": "4.0.0", **attrs(0), "resolution": list(resolution), "units": ["nm"] * 3}).encode())
+        else:
+            store.put(ATTRS, json.dumps({"n5": "4.0.0", "resolution": list(resolution), "units": ["nm"] * 3,
+                                         "downsamplingFactors": [attrs(i)["downsamplingFactors"] for i in range(num_scales)]}).encode())
+            for i in range(num_scales):
+                store.put(f"s{i}/{ATTRS}", json.dumps(attrs(i)).encode())
+        return cls(store)
+
+
+def detect(store: KVStore) -> bool:
+    doc = store.get(ATTRS)
+    if doc is None:
+        return False
+    try:
+        d = json.loads(doc)
+    except ValueError:
+        return True
+    return isinstance(d, dict) and ("dimensions" in d or "n5" in d)
