@@ -96,7 +96,11 @@ class PrecomputedMachine(RuleBasedStateMachine):
         o = (lambda t: t[::-1]) if ao == "zyx" else (lambda t: t)
         start, shape = spec["offset"], spec["shape"]
         stop = tuple(a + s for a, s in zip(start, shape))
-        if "format" in spec:  # zarr
+        if spec.get("format") == "h5":  # a dataset inside a local file
+            self.url = f"h5://{self.tmp}/vol.h5#/group/data"
+            self.vol = vb.create(self.url, shape=o(shape), dtype=spec["dtype"], chunk_shape=o(spec["chunk"]),
+                                 num_channels=spec["nc"], axis_order=ao)
+        elif "format" in spec:  # zarr, n5
             self.url = f"{spec['format']}://{base}"
             self.vol = vb.create(self.url, shape=o(shape), dtype=spec["dtype"], chunk_shape=o(spec["chunk"]),
                                  compression=spec["enc"], num_channels=spec["nc"], axis_order=ao)
@@ -235,3 +239,11 @@ class N5Machine(PrecomputedMachine):
 
 TestN5StateMachine = N5Machine.TestCase
 TestN5StateMachine.settings = settings(stateful_step_count=12)
+
+
+class HDF5Machine(PrecomputedMachine):
+    SPEC = zarr_spec(formats=("h5",))
+
+
+TestHDF5StateMachine = HDF5Machine.TestCase
+TestHDF5StateMachine.settings = settings(stateful_step_count=10, max_examples=40)

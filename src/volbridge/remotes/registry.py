@@ -7,6 +7,7 @@ whose format is found from its metadata files. A new format registers one :class
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -74,6 +75,34 @@ FORMATS: dict[str, FormatEntry] = {
 }
 
 
+def _single_file_remotes():
+    from . import hdf5, tiff
+
+    return {"h5": hdf5.open_hdf5, "hdf5": hdf5.open_hdf5, "tiff": tiff.open_tiff, "tif": tiff.open_tiff}
+
+
+def _file_remote_scheme(url: str) -> str | None:
+    """The single-file remote a URL or bare path names: by scheme, or by file extension."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else None
+    if scheme in ("h5", "hdf5", "tiff", "tif"):
+        return scheme
+    if scheme in (None, "file"):
+        path = url.split("#", 1)[0].split("?", 1)[0].lower()
+        for ext, kind in ((".h5", "h5"), (".hdf5", "h5"), (".hdf", "h5"), (".tif", "tiff"), (".tiff", "tiff")):
+            if path.endswith(ext):
+                return kind
+    return None
+
+
+def _as_remote_url(url: str, remote: str) -> str:
+    """``/a/x.h5#/raw`` or ``file:///a/x.h5#/raw`` -> ``h5:///a/x.h5#/raw``."""
+    if "://" in url and not url.startswith("file://"):
+        return url
+    path = url[len("file://"):] if url.startswith("file://") else url
+    head, sep, fragment = path.partition("#")
+    return f"{remote}://{os.path.abspath(head)}{sep}{fragment}"
+
+
 def split_url(url: str) -> tuple[str | None, str]:
     """``("precomputed", "/data/em")`` for ``precomputed:///data/em``; ``(None, url)`` when bare."""
     if not isinstance(url, str):
@@ -90,6 +119,9 @@ def split_url(url: str) -> tuple[str | None, str]:
 def open_volume(url: str, mode: str = "r", cache=None) -> Volume:
     if mode not in ("r", "r+"):
         raise InvalidArgumentError(f"mode must be 'r' or 'r+', got {mode!r} (use volbridge.create to make a volume)")
+    remote = _file_remote_scheme(url)
+    if remote is not None:
+        return _single_file_remotes()[remote](_as_remote_url(url, remote), mode == "r+")
     fmt, location = split_url(url)
     store = with_cache(open_store(location), cache)
     if fmt is None:
@@ -104,6 +136,10 @@ def open_volume(url: str, mode: str = "r", cache=None) -> Volume:
 
 
 def create_volume(url: str, **kw) -> Volume:
+    if _file_remote_scheme(url) in ("h5", "hdf5"):
+        from .hdf5 import HDF5Volume
+
+        return HDF5Volume.create(_as_remote_url(url, "h5"), **kw)
     fmt, location = split_url(url)
     fmt = fmt or "precomputed"
     entry = FORMATS[fmt]

@@ -1,0 +1,155 @@
+"""HDF5 datasets as volumes: ``h5:///data/x.h5#/volumes/raw`` (via h5py).
+
+Datasets are (z, y, x) or (c, z, y, x) in C order, so the engine's (x, y, z, c) Fortran-order
+buffer transposed *is* the dataset's layout: reads land in the output with h5py's ``read_direct``
+(no intermediate array). The file is opened per call under an flock on ``<file>.volbridge-lock``
+(shared to read, exclusive to write), so writers in threads or processes serialise and readers
+never see a half-written hyperslab. Resolution: the dataset's ``resolution`` attribute (z, y, x,
+nm, as CREMI writes it), else ``?resolution=z,y,x`` in the URL, else 1.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from contextlib import contextmanager
+
+import numpy as np
+
+from ..engine import Volume
+from ..errors import MetadataError, StoreError, UnsupportedError, URLError
+from ..formats.base import ScaleMeta, VolumeMeta
+from ..geometry import Box
+from .single_file import parse_file_url, triple
+
+
+def _h5py():
+    try:
+        import h5py
+    except ImportError as e:  # pragma: no cover - the extra is installed in tests
+        raise UnsupportedError("HDF5 volumes need h5py: pip install 'volbridge[hdf5]'") from e
+    return h5py
+
+
+class HDF5Volume(Volume):
+    format_name = "hdf5"
+
+    def __init__(self, url: str, path: str, dataset: str, writable: bool, resolution=None):
+        self.url, self.path, self.dataset, self.writable = url, path, dataset, writable
+        self.capabilities = frozenset({"write"} if writable else ())
+        with self._open("r") as f:
+            if not dataset:
+                names = []
+                f.visititems(lambda n, o: names.append(n) if isinstance(o, _h5py().Dataset) else None)
+                if len(names) != 1:
+                    raise URLError(f"{url!r}: name the dataset after '#' (datasets here: {', '.join(names[:10]) or 'none'})")
+                self.dataset = dataset = "/" + names[0]
+            if dataset not in f or not isinstance(f[dataset], _h5py().Dataset):
+                raise MetadataError(f"{url!r}: no dataset {dataset!r} in {path}")
+            d = f[dataset]
+            if d.ndim not in (3, 4):
+                raise UnsupportedError(f"{url!r}: dataset of {d.ndim} dimensions; volbridge reads (z, y, x) or (c, z, y, x)")
+            if d.dtype.kind not in "biuf":
+                raise UnsupportedError(f"{url!r}: dtype {d.dtype} is not numeric")
+            attr_res = d.attrs.get("resolution")
+            res = resolution or (tuple(float(r) for r in attr_res)[::-1] if attr_res is not None and len(attr_res) == 3 else (1.0, 1.0, 1.0))
+            self.channels = d.shape[0] if d.ndim == 4 else 1
+            self.ndim = d.ndim
+            bounds = Box((0, 0, 0), tuple(d.shape[-3:][::-1]))
+            chunks = tuple(min(64, s) for s in bounds.shape) if d.chunks is None else tuple(d.chunks[-3:][::-1])
+            self.meta = VolumeMeta(np.dtype(d.dtype), self.channels, "segmentation" if d.attrs.get("layer_type") == "segmentation" else "image",
+                                   (ScaleMeta(dataset, bounds, res, chunks, "hdf5"),), 0)
+
+    @contextmanager
+    def _open(self, mode: str):
+        h5py = _h5py()
+        lock_path = self.path + ".volbridge-lock"
+        fd = None
+        try:
+            try:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+                fcntl.flock(fd, fcntl.LOCK_EX if mode != "r" else fcntl.LOCK_SH)
+            except OSError:
+                if mode != "r":
+                    raise
+                fd = None  # a read-only directory: read without the lock
+            try:
+                f = h5py.File(self.path, mode, locking=False)
+            except FileNotFoundError as e:
+                raise StoreError(f"{self.url}: file {self.path} does not exist") from e
+            except OSError as e:
+                raise StoreError(f"{self.url}: cannot open {self.path}: {e}") from e
+            with f:
+                yield f
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def metadata_json(self) -> dict:
+        with self._open("r") as f:
+            d = f[self.dataset]
+            return {"path": self.path, "dataset": self.dataset, "shape": list(d.shape), "dtype": str(d.dtype),
+                    "chunks": list(d.chunks) if d.chunks else None, "compression": d.compression,
+                    "attrs": {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in d.attrs.items()}}
+
+    def _sel(self, box: Box):
+        (x0, y0, z0), (x1, y1, z1) = box.start, box.stop
+        sp = (slice(z0, z1), slice(y0, y1), slice(x0, x1))
+        return sp if self.ndim == 3 else (slice(None), *sp)
+
+    def read(self, box: Box, scale: int = 0) -> np.ndarray:
+        out = np.zeros((*box.shape, self.channels), dtype=self.meta.dtype, order="F")
+        inter = box.intersect(self.meta.scales[0].bounds)
+        if inter.empty:
+            return out
+        dest = (out[..., 0] if self.ndim == 3 else out).T  # C-ordered view in the dataset's order
+        dest_sel = self._sel(inter.translate([-a for a in box.start]))
+        with self._open("r") as f:
+            try:
+                f[self.dataset].read_direct(dest, source_sel=self._sel(inter), dest_sel=dest_sel)
+            except OSError as e:
+                raise StoreError(f"{self.url}: reading {inter} failed: {e}") from e
+        return out
+
+    def write(self, box: Box, data: np.ndarray, scale: int = 0, channels: slice | None = None) -> None:
+        if not self.writable:
+            from ..errors import ReadOnlyError
+
+            raise ReadOnlyError(f"{self.url} is open read-only; open it with mode='r+' to write")
+        self.check_write(box, data, scale, channels)
+        sel = self._sel(box)
+        if self.ndim == 4 and channels is not None:
+            sel = (channels, *sel[1:])
+        with self._open("r+") as f:
+            f[self.dataset][sel] = (data[..., 0] if self.ndim == 3 else data).T
+
+    @classmethod
+    def create(cls, url: str, *, bounds: Box, dtype, chunk_shape, resolution=(1, 1, 1), num_channels: int = 1,
+               compression: str | None = "gzip", overwrite: bool = False, num_scales: int = 1, layer_type="image", **ignored):
+        path, dataset, _ = parse_file_url(url)
+        if not dataset:
+            raise URLError(f"{url!r}: name the dataset to create after '#', e.g. h5:///x.h5#/raw")
+        if any(bounds.start):
+            raise UnsupportedError("an HDF5 dataset starts at 0: give shape=, or bounds starting at (0, 0, 0)")
+        if num_scales != 1:
+            raise UnsupportedError("an HDF5 dataset has one scale")
+        shape = tuple(bounds.stop[::-1])
+        chunks = tuple(min(c, s) for c, s in zip(chunk_shape[::-1], shape))  # HDF5 chunks fit the dataset
+        if num_channels > 1:
+            shape, chunks = (num_channels, *shape), (num_channels, *chunks)
+        h5py = _h5py()
+        with h5py.File(path, "a", locking=False) as f:
+            if dataset in f:
+                if not overwrite:
+                    raise MetadataError(f"dataset {dataset!r} already exists in {path} (pass overwrite=True)")
+                del f[dataset]
+            d = f.create_dataset(dataset, shape=shape, dtype=np.dtype(dtype), chunks=chunks,
+                                 compression={"gzip": "gzip", None: None, "lzf": "lzf"}.get(compression, "gzip"))
+            d.attrs["resolution"] = list(resolution)[::-1]
+            d.attrs["layer_type"] = layer_type
+        return cls(url, path, dataset, True)
+
+
+def open_hdf5(url: str, writable: bool) -> HDF5Volume:
+    path, dataset, options = parse_file_url(url)
+    return HDF5Volume(url, path, dataset, writable, triple(options.get("resolution"), "resolution", url))

@@ -1,0 +1,80 @@
+"""HDF5 (read/write) and TIFF (read-only) volumes, against h5py and tifffile."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import tifffile
+
+import volbridge as vb
+from volbridge.errors import MetadataError, ReadOnlyError, StoreError, UnsupportedError, URLError
+
+from test_concurrency import CHUNK, SHAPE, check_serial_replay, run_writers, writer_boxes
+
+
+def test_hdf5_written_by_h5py_with_channels_and_resolution(tmp_path):
+    data = np.random.default_rng(0).integers(0, 2**31, (2, 6, 10, 12), dtype=np.int32)
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        d = f.create_dataset("volumes/raw", data=data, chunks=(2, 3, 5, 6), compression="gzip")
+        d.attrs["resolution"] = [40.0, 4.0, 4.0]  # z, y, x as CREMI writes it
+        f.create_dataset("other", data=np.zeros(3))
+    vol = vb.array(f"h5://{tmp_path}/a.h5#/volumes/raw")
+    assert vol.shape == data.shape and vol.resolution == (40.0, 4.0, 4.0) and vol.chunk_shape == (3, 5, 6)
+    np.testing.assert_array_equal(vol[...], data)
+    np.testing.assert_array_equal(vol[1, -2:3, 4, 10:20][2:, :2], data[1, 0:3, 4, 10:12])
+    np.testing.assert_array_equal(vb.array(f"{tmp_path}/a.h5#/volumes/raw", axis_order="xyz")[...], data.transpose(3, 2, 1, 0))
+    with pytest.raises(URLError, match="name the dataset"):
+        vb.array(f"{tmp_path}/a.h5")  # two datasets: which one?
+    with pytest.raises(MetadataError, match="no dataset '/nope'"):
+        vb.array(f"h5://{tmp_path}/a.h5#/nope")
+    with pytest.raises(ReadOnlyError):
+        vol[0, 0, 0, 0] = np.int32(1)
+
+
+def test_hdf5_create_write_and_resolution_from_url(tmp_path):
+    url = f"h5://{tmp_path}/b.h5#/raw"
+    v = vb.create(url, shape=(5, 7, 9), chunk_shape=(2, 4, 4), dtype="float32", compression="gzip")
+    data = np.random.default_rng(1).standard_normal((5, 7, 9)).astype(np.float32)
+    v[...] = data
+    v[1:4, 2:6, 0:3] = np.zeros((3, 4, 3), np.float32)
+    data[1:4, 2:6, 0:3] = 0
+    with h5py.File(tmp_path / "b.h5") as f:
+        np.testing.assert_array_equal(f["raw"][...], data)
+        assert f["raw"].compression == "gzip" and f["raw"].chunks == (2, 4, 4)
+    assert vb.array(f"h5://{tmp_path}/b.h5?resolution=30,5,5#/raw").resolution == (30.0, 5.0, 5.0)
+    with pytest.raises(MetadataError, match="already exists"):
+        vb.create(url, shape=(1, 1, 1))
+    with pytest.raises(StoreError, match="does not exist"):
+        vb.array(f"h5://{tmp_path}/missing.h5#/raw")
+
+
+def test_four_processes_write_one_hdf5_dataset(tmp_path):
+    url = f"h5://{tmp_path}/c.h5#/vol"
+    vb.create(url, shape=SHAPE, chunk_shape=CHUNK, dtype="uint16")
+    boxes = writer_boxes(21, 4)
+    run_writers(url, boxes, "uint16")
+    check_serial_replay(url, boxes)
+
+
+def test_tiff_multipage_and_stack(tmp_path):
+    data = np.random.default_rng(2).integers(0, 65535, (7, 11, 13), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "m.tif", data)
+    vol = vb.array(f"tiff://{tmp_path}/m.tif?resolution=40,8,8")
+    assert vol.shape == (7, 11, 13) and vol.resolution == (40.0, 8.0, 8.0)
+    np.testing.assert_array_equal(vol[...], data)
+    np.testing.assert_array_equal(vol[2:4, -3:5, 10:20][:, 3:, :3], data[2:4, 0:5, 10:13])
+    (tmp_path / "st").mkdir()
+    rgb = np.random.default_rng(3).integers(0, 255, (4, 6, 8, 3), dtype=np.uint8)
+    for z in range(4):
+        tifffile.imwrite(tmp_path / "st" / f"{z:03d}.tif", rgb[z], photometric="rgb")
+    stack = vb.array(f"tiff://{tmp_path}/st/*.tif")
+    assert stack.shape == (3, 4, 6, 8)  # RGB pages become channels
+    np.testing.assert_array_equal(stack[...], rgb.transpose(3, 0, 1, 2))
+    with pytest.raises(ReadOnlyError):
+        vb.array(f"tiff://{tmp_path}/m.tif", mode="r+")
+    with pytest.raises(URLError, match="no TIFF file matches"):
+        vb.array(f"tiff://{tmp_path}/none/*.tif")
+    (tmp_path / "bad.tif").write_bytes(b"II*\x00garbage")
+    with pytest.raises(StoreError, match="bad.tif"):
+        vb.array(f"tiff://{tmp_path}/bad.tif")
