@@ -70,6 +70,15 @@ def zarr_spec(draw, formats=("zarr2", "zarr3")):
     )
 
 
+@st.composite
+def ome_spec(draw):
+    """OME-Zarr pyramids: offsets (as translations) and several scales."""
+    spec = draw(zarr_spec(formats=("ome-zarr",)))
+    spec["offset"] = tuple(draw(st.integers(-60, 60)) for _ in range(3))
+    spec["num_scales"] = draw(st.integers(1, 3))
+    return spec
+
+
 class PrecomputedMachine(RuleBasedStateMachine):
     #: Set by subclasses to run every volume under another store (e.g. "s3://bucket").
     base_url: str | None = None
@@ -100,6 +109,11 @@ class PrecomputedMachine(RuleBasedStateMachine):
             self.url = f"h5://{self.tmp}/vol.h5#/group/data"
             self.vol = vb.create(self.url, shape=o(shape), dtype=spec["dtype"], chunk_shape=o(spec["chunk"]),
                                  num_channels=spec["nc"], axis_order=ao)
+        elif spec.get("format") == "ome-zarr":
+            self.url = f"ome-zarr://{base}"
+            self.vol = vb.create(self.url, bounds=(o(start), o(stop)), dtype=spec["dtype"], chunk_shape=o(spec["chunk"]),
+                                 compression=spec["enc"], num_channels=spec["nc"], num_scales=spec["num_scales"],
+                                 resolution=o((4, 4, 40)), axis_order=ao)
         elif "format" in spec:  # zarr, n5
             self.url = f"{spec['format']}://{base}"
             self.vol = vb.create(self.url, shape=o(shape), dtype=spec["dtype"], chunk_shape=o(spec["chunk"]),
@@ -239,6 +253,14 @@ class N5Machine(PrecomputedMachine):
 
 TestN5StateMachine = N5Machine.TestCase
 TestN5StateMachine.settings = settings(stateful_step_count=12)
+
+
+class OmeZarrMachine(PrecomputedMachine):
+    SPEC = ome_spec()
+
+
+TestOmeZarrStateMachine = OmeZarrMachine.TestCase
+TestOmeZarrStateMachine.settings = settings(stateful_step_count=10, max_examples=60)
 
 
 class HDF5Machine(PrecomputedMachine):

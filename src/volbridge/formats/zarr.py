@@ -183,50 +183,64 @@ def parse_v3(raw: bytes, where: str) -> ZarrArray:
 
 
 class ZarrLayout(ScaleLayout):
-    def __init__(self, arr: ZarrArray, resolution=(1.0, 1.0, 1.0)):
-        if len(arr.shape) not in (3, 4):
-            raise UnsupportedError(
-                f"zarr array of {len(arr.shape)} dimensions: volbridge reads (z, y, x) or (c, z, y, x) arrays"
-            )
+    """``channel_axis``: which leading axis holds channels (None: none). Other leading axes (an
+    OME ``t`` axis, say) must have length 1. ``offset`` (x, y, z) places voxel 0 of the array."""
+
+    def __init__(self, arr: ZarrArray, resolution=(1.0, 1.0, 1.0), offset=(0, 0, 0), channel_axis: int | None = -1,
+                 key_prefix: str = ""):
+        nd = len(arr.shape)
+        if nd < 3:
+            raise UnsupportedError(f"zarr array of {nd} dimensions: volbridge reads (z, y, x) or (c, z, y, x) arrays")
+        if channel_axis == -1:  # plain zarr: a 4-D array is (c, z, y, x)
+            channel_axis = 0 if nd == 4 else None
+            if nd > 4:
+                raise UnsupportedError(f"zarr array of {nd} dimensions: volbridge reads (z, y, x) or (c, z, y, x) arrays")
+        for axis in range(nd - 3):
+            if axis != channel_axis and arr.shape[axis] != 1:
+                raise UnsupportedError(f"zarr axis {axis} has length {arr.shape[axis]}: only a channel axis may exceed 1 before (z, y, x)")
         self.arr = arr
-        self.has_channels = len(arr.shape) == 4
-        self.num_channels = arr.shape[0] if self.has_channels else 1
-        if self.has_channels and arr.chunks[0] != arr.shape[0]:
+        self.lead = nd - 3
+        self.channel_axis = channel_axis
+        self.has_channels = channel_axis is not None
+        self.num_channels = arr.shape[channel_axis] if self.has_channels else 1
+        if self.has_channels and arr.chunks[channel_axis] != arr.shape[channel_axis]:
             raise UnsupportedError(
-                f"zarr channel axis chunked by {arr.chunks[0]} of {arr.shape[0]}: volbridge needs every channel in one chunk"
+                f"zarr channel axis chunked by {arr.chunks[channel_axis]} of {arr.shape[channel_axis]}: volbridge needs every channel in one chunk"
             )
         self.dtype = arr.dtype
         self.fill_value = arr.fill_value
+        self.key_prefix = key_prefix
         spatial, chunk = arr.shape[-3:][::-1], arr.chunks[-3:][::-1]  # (x, y, z)
-        bounds = Box((0, 0, 0), tuple(spatial))
-        self.grid = ChunkGrid(bounds, tuple(chunk), (0, 0, 0))
-        self.meta = ScaleMeta("", bounds, tuple(resolution), tuple(chunk), f"zarr v{arr.zarr_format}")
+        bounds = Box.from_shape(spatial, tuple(offset))
+        self.grid = ChunkGrid(bounds, tuple(chunk), tuple(offset))
+        self.meta = ScaleMeta(key_prefix, bounds, tuple(resolution), tuple(chunk), f"zarr v{arr.zarr_format}")
 
     def _index(self, cell: Cell) -> tuple[int, ...]:
-        zyx = cell.index[::-1]
-        return (0, *zyx) if self.has_channels else zyx
-
-    def read_keys(self, cell: Cell) -> list[str]:
-        return [self.arr.chunk_key(self._index(cell))]
+        return (0,) * self.lead + cell.index[::-1]
 
     def write_key(self, cell: Cell) -> str:
-        return self.arr.chunk_key(self._index(cell))
+        key = self.arr.chunk_key(self._index(cell))
+        return f"{self.key_prefix}/{key}" if self.key_prefix else key
+
+    def read_keys(self, cell: Cell) -> list[str]:
+        return [self.write_key(cell)]
+
+    def _squeeze(self, full: np.ndarray) -> np.ndarray:
+        """(lead..., z, y, x) -> (c, z, y, x), dropping the length-1 leading axes."""
+        if not self.has_channels:
+            return full.reshape(full.shape[-3:])[None]
+        index = tuple(slice(None) if a == self.channel_axis else 0 for a in range(self.lead))
+        return full[index]
 
     def decode(self, data: bytes, cell: Cell, key: str) -> np.ndarray:
-        full = self.arr.pipeline.decode(data)
+        czyx = self._squeeze(self.arr.pipeline.decode(data))
         sx, sy, sz = cell.box.shape
-        if self.has_channels:
-            return full[:, :sz, :sy, :sx].transpose(3, 2, 1, 0)
-        return full[:sz, :sy, :sx].T[..., None]
+        return czyx[:, :sz, :sy, :sx].transpose(3, 2, 1, 0)
 
     def encode(self, chunk: np.ndarray, cell: Cell) -> bytes:
-        shape = self.arr.chunks
-        full = np.full(shape, self.fill_value, dtype=self.dtype)
+        full = np.full(self.arr.chunks, self.fill_value, dtype=self.dtype)
         sx, sy, sz = cell.box.shape
-        if self.has_channels:
-            full[:, :sz, :sy, :sx] = chunk.transpose(3, 2, 1, 0)
-        else:
-            full[:sz, :sy, :sx] = chunk[..., 0].T
+        self._squeeze(full)[:, :sz, :sy, :sx] = chunk.transpose(3, 2, 1, 0)
         return self.arr.pipeline.encode(full)
 
 
@@ -258,7 +272,8 @@ class ZarrDataset(ChunkedDataset):
 
     @classmethod
     def create(cls, store: KVStore, *, bounds: Box, dtype, chunk_shape, num_channels: int = 1, zarr_format: int = 3,
-               compression: str | None = "zstd", fill_value=0, overwrite: bool = False, **ignored) -> "ZarrDataset":
+               compression: str | None = "zstd", fill_value=0, overwrite: bool = False,
+               dimension_names: list[str] | None = None, **ignored) -> "ZarrDataset":
         if any(bounds.start):
             raise UnsupportedError("a zarr array starts at 0: give shape=, or bounds starting at (0, 0, 0)")
         for key in (V2_META, V3_META):
@@ -287,7 +302,7 @@ class ZarrDataset(ChunkedDataset):
                                                               "typesize": dtype.itemsize, "blocksize": 0}}]}
         if compression not in comp3:
             raise UnsupportedError(f"zarr v3 compression {compression!r}: use one of zstd, gzip, blosc or None")
-        names = ["z", "y", "x"] if num_channels == 1 else ["c", "z", "y", "x"]
+        names = dimension_names or (["z", "y", "x"] if num_channels == 1 else ["c", "z", "y", "x"])
         dtname = {v: k for k, v in _V3_TYPES.items()}.get(dtype.newbyteorder("=").str[1:] if dtype.itemsize > 1 or dtype.kind != "b" else "?")
         dtname = dtype.name if dtype.name in _V3_TYPES else dtname
         doc = {"zarr_format": 3, "node_type": "array", "shape": list(shape), "data_type": dtname,

@@ -13,7 +13,7 @@ from typing import Callable
 
 from ..engine import ChunkedVolume, Volume
 from ..errors import InvalidArgumentError, UnsupportedError, URLError
-from ..formats import n5, precomputed, zarr
+from ..formats import n5, ome_zarr, precomputed, zarr
 from ..kv import KVStore, open_store
 from ..kv.caching import with_cache
 
@@ -66,8 +66,18 @@ def _create_n5(store: KVStore, url: str, *, compression=None, encoding="raw", la
     return ChunkedVolume(store, n5.N5Dataset.create(store, compression=comp, **kw), url=url, writable=True)
 
 
+def _open_ome(store: KVStore, url: str, writable: bool) -> Volume:
+    return ChunkedVolume(store, ome_zarr.OmeZarrDataset(store), url=url, writable=writable)
+
+
+def _create_ome(store: KVStore, url: str, *, compression=None, encoding="raw", **kw) -> Volume:
+    comp = compression or (encoding if encoding not in ("raw",) else None)
+    return ChunkedVolume(store, ome_zarr.OmeZarrDataset.create(store, compression=comp, **kw), url=url, writable=True)
+
+
 FORMATS: dict[str, FormatEntry] = {
     "precomputed": FormatEntry("precomputed", ("info",), precomputed.detect, _open_precomputed, _create_precomputed),
+    "ome-zarr": FormatEntry("ome-zarr", (".zattrs",), ome_zarr.detect, _open_ome, _create_ome),
     "zarr": FormatEntry("zarr", ("zarr.json", ".zarray"), zarr.detect, _open_zarr, _zarr_creator(3)),
     "zarr3": FormatEntry("zarr3", (), zarr.detect, _open_zarr, _zarr_creator(3)),
     "zarr2": FormatEntry("zarr2", (), zarr.detect, _open_zarr, _zarr_creator(2)),

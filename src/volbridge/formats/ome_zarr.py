@@ -1,0 +1,160 @@
+"""OME-Zarr multiscale images (NGFF 0.4 on zarr v2, 0.5 on zarr v3) as one volume.
+
+The group's ``multiscales[0]`` becomes the volume: each dataset is a scale (``mip(n)``), its
+``scale`` transform (times the multiscale-level one) gives the resolution, converted to nm from
+the axes' units, and its ``translation`` divided by the scale gives the voxel offset, so a
+pyramid whose levels are offset for centring keeps its voxels in register. Axes are
+``[t] [c] z y x``; a time axis must have length 1. Facts from ``shared/specs/formats.md`` section 4.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+from ..errors import MetadataError, UnsupportedError
+from ..geometry import Box
+from ..kv import KVStore
+from . import zarr
+from .base import ChunkedDataset, VolumeMeta
+
+#: UDUNITS length names -> nanometres.
+UNITS_NM = {"angstrom": 0.1, "picometer": 1e-3, "nanometer": 1.0, "micrometer": 1e3, "micron": 1e3,
+            "millimeter": 1e6, "centimeter": 1e7, "meter": 1e9, None: 1.0}
+
+
+def _group_attrs(store: KVStore) -> tuple[dict, int] | None:
+    """(the ``ome``-level attributes, zarr format) of an OME-Zarr group, or None."""
+    raw = store.get(zarr.V3_META)
+    if raw is not None:
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            return None
+        if isinstance(doc, dict) and doc.get("node_type") == "group":
+            ome = (doc.get("attributes") or {}).get("ome")
+            if isinstance(ome, dict) and "multiscales" in ome:
+                return ome, 3
+        return None
+    raw = store.get(".zattrs")
+    if raw is not None:
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            return None
+        if isinstance(doc, dict) and "multiscales" in doc:
+            return doc, 2
+    return None
+
+
+def _transforms(items, where: str, n: int) -> tuple[list[float], list[float]]:
+    scale, translation = [1.0] * n, [0.0] * n
+    for t in items or []:
+        kind = t.get("type")
+        if kind == "scale":
+            scale = [float(v) for v in t.get("scale", [])]
+        elif kind == "translation":
+            translation = [float(v) for v in t.get("translation", [])]
+        elif kind == "identity":
+            continue
+        else:
+            raise UnsupportedError(f"{where}: coordinate transformation {kind!r} is not supported (scale, translation)")
+        if len(scale) != n or len(translation) != n:
+            raise MetadataError(f"{where}: transformations must have one value per axis ({n})")
+    return scale, translation
+
+
+class OmeZarrDataset(ChunkedDataset):
+    format_name = "ome-zarr"
+
+    def __init__(self, store: KVStore):
+        self.store = store
+        found = _group_attrs(store)
+        if found is None:
+            raise MetadataError(f"no OME-Zarr multiscales group at {store.url}")
+        self.attrs, self.zarr_format = found
+        where = f"{store.url} (multiscales)"
+        ms = self.attrs["multiscales"]
+        if not isinstance(ms, list) or not ms or not isinstance(ms[0], dict):
+            raise MetadataError(f"{where}: 'multiscales' must be a non-empty list of objects")
+        m = ms[0]
+        axes = [a if isinstance(a, dict) else {"name": a} for a in m.get("axes", [{"name": n} for n in "zyx"])]
+        names = [a.get("name") for a in axes]
+        if len(axes) < 3 or any(a.get("type", "space") != "space" for a in axes[-3:]):
+            raise UnsupportedError(f"{where}: the last three axes must be spatial (z, y, x); got {names}")
+        channel_axis = next((i for i, a in enumerate(axes[:-3]) if a.get("type") == "channel" or a.get("name") == "c"), None)
+        units = [a.get("unit") for a in axes[-3:]][::-1]  # x, y, z
+        for u in units:
+            if u not in UNITS_NM:
+                raise UnsupportedError(f"{where}: spatial unit {u!r} is not a length unit volbridge knows")
+        top_scale, top_trans = _transforms(m.get("coordinateTransformations"), where, len(axes))
+        datasets = m.get("datasets")
+        if not isinstance(datasets, list) or not datasets:
+            raise MetadataError(f"{where}: 'datasets' must be a non-empty list")
+        self.layouts = []
+        for i, ds in enumerate(datasets):
+            path = ds.get("path")
+            if not isinstance(path, str) or not path:
+                raise MetadataError(f"{where}: datasets[{i}] has no 'path'")
+            scale, trans = _transforms(ds.get("coordinateTransformations"), f"{where} datasets[{i}]", len(axes))
+            scale = [s * t for s, t in zip(scale, top_scale)]
+            trans = [tr * t + tt for tr, t, tt in zip(trans, top_scale, top_trans)]
+            arr = self._array(path)
+            if len(arr.shape) != len(axes):
+                raise MetadataError(f"{where}: dataset {path!r} has {len(arr.shape)} dimensions for {len(axes)} axes")
+            res = tuple(s * UNITS_NM[u] for s, u in zip(scale[-3:][::-1], units))
+            offset = tuple(int(round(t / s)) if s else 0 for t, s in zip(trans[-3:][::-1], scale[-3:][::-1]))
+            self.layouts.append(zarr.ZarrLayout(arr, res, offset, channel_axis=channel_axis, key_prefix=path))
+        first = self.layouts[0]
+        layer = "segmentation" if "image-label" in self.attrs else "image"
+        self.meta = VolumeMeta(first.dtype, first.num_channels, layer, tuple(l.meta for l in self.layouts), first.fill_value)
+
+    def _array(self, path: str) -> zarr.ZarrArray:
+        raw = self.store.get(f"{path}/{zarr.V3_META}")
+        if raw is not None:
+            return zarr.parse_v3(raw, f"{self.store.url}/{path}/{zarr.V3_META}")
+        raw = self.store.get(f"{path}/{zarr.V2_META}")
+        if raw is None:
+            raise MetadataError(f"{self.store.url}: multiscales dataset {path!r} has no zarr array")
+        return zarr.parse_v2(raw, f"{self.store.url}/{path}/{zarr.V2_META}")
+
+    def layout(self, scale: int):
+        return self.layouts[scale]
+
+    def metadata_json(self) -> dict:
+        return self.attrs
+
+    @classmethod
+    def create(cls, store: KVStore, *, bounds: Box, dtype, chunk_shape, resolution=(1, 1, 1), num_channels: int = 1,
+               num_scales: int = 1, factor=(2, 2, 1), compression: str | None = "zstd", overwrite: bool = False,
+               layer_type: str = "image", **ignored) -> "OmeZarrDataset":
+        """An OME-Zarr 0.5 pyramid on zarr v3; every tuple (x, y, z); resolution in nm."""
+        if not overwrite and _group_attrs(store) is not None:
+            raise MetadataError(f"an OME-Zarr image already exists at {store.url} (pass overwrite=True)")
+        axes = ([{"name": "c", "type": "channel"}] if num_channels > 1 else []) + [
+            {"name": n, "type": "space", "unit": "nanometer"} for n in "zyx"]
+        lead = [1.0] if num_channels > 1 else []
+        datasets = []
+        for level in range(num_scales):
+            f = [fi**level for fi in factor]
+            start = [math.floor(a / fi) for a, fi in zip(bounds.start, f)]
+            stop = [math.ceil(b / fi) for b, fi in zip(bounds.stop, f)]
+            res = [r * fi for r, fi in zip(resolution, f)]
+            zarr.ZarrDataset.create(store.child(str(level)), bounds=Box((0, 0, 0), tuple(b - a for a, b in zip(start, stop))),
+                                    dtype=dtype, chunk_shape=chunk_shape, num_channels=num_channels, zarr_format=3,
+                                    compression=compression, overwrite=overwrite, dimension_names=[a["name"] for a in axes])
+            datasets.append({"path": str(level), "coordinateTransformations": [
+                {"type": "scale", "scale": lead + [float(r) for r in res[::-1]]},
+                {"type": "translation", "translation": lead and [0.0] + [float(a * r) for a, r in zip(start[::-1], res[::-1])]
+                 or [float(a * r) for a, r in zip(start[::-1], res[::-1])]}]})
+        ome = {"version": "0.5", "multiscales": [{"name": "image", "axes": axes, "datasets": datasets}]}
+        if layer_type == "segmentation":
+            ome["image-label"] = {"version": "0.5"}
+        store.put(zarr.V3_META, json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {"ome": ome}}, indent=2).encode())
+        return cls(store)
+
+
+def detect(store: KVStore) -> bool:
+    return _group_attrs(store) is not None

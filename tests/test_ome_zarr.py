@@ -1,0 +1,93 @@
+"""OME-Zarr multiscales (0.4 on zarr v2, 0.5 on zarr v3) as one volume with mips."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tensorstore as ts
+import zarr
+
+import volbridge as vb
+from volbridge.errors import MetadataError, UnsupportedError
+
+
+def write_v04(path, axes, datasets, arrays):
+    zarr.open_group(str(path), mode="w", zarr_format=2)
+    for name, data in arrays.items():
+        a = zarr.create_array(f"{path}/{name}", shape=data.shape, chunks=tuple(min(s, 8) for s in data.shape),
+                              dtype=data.dtype, zarr_format=2)
+        a[...] = data
+    (path / ".zattrs").write_text(json.dumps({"multiscales": [{"version": "0.4", "axes": axes, "datasets": datasets}]}))
+
+
+AXES5 = [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"}] + [
+    {"name": n, "type": "space", "unit": "micrometer"} for n in "zyx"]
+
+
+def test_v04_tczyx_micrometers_and_translation(tmp_path):
+    rng = np.random.default_rng(0)
+    s0 = rng.integers(0, 255, (1, 2, 6, 16, 20), dtype=np.uint8)
+    s1 = rng.integers(0, 255, (1, 2, 6, 8, 10), dtype=np.uint8)
+    datasets = [
+        {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1, 1, 0.04, 0.008, 0.008]},
+                                                    {"type": "translation", "translation": [0, 0, 0.08, -0.016, 0.8]}]},
+        {"path": "1", "coordinateTransformations": [{"type": "scale", "scale": [1, 1, 0.04, 0.016, 0.016]}]},
+    ]
+    write_v04(tmp_path / "img.zarr", AXES5, datasets, {"0": s0, "1": s1})
+    vol = vb.array(str(tmp_path / "img.zarr"))
+    assert vol.format == "ome-zarr" and vol.shape == (2, 6, 16, 20)
+    assert vol.resolution == pytest.approx((40, 8, 8)) and vol.bounds == ((2, -2, 100), (8, 14, 120))
+    assert vol.mip(1).resolution == pytest.approx((40, 16, 16)) and vol.mip(1).bounds == ((0, 0, 0), (6, 8, 10))
+    np.testing.assert_array_equal(vol[...], s0[0])
+    np.testing.assert_array_equal(vol.mip(1)[...], s1[0])
+    np.testing.assert_array_equal(vol[1, 2:4, -2:0, 100:103], s0[0, 1, 0:2, 0:2, 0:3])
+
+
+def test_v05_pyramid_created_by_volbridge(tmp_path):
+    url = f"ome-zarr://{tmp_path}/p.zarr"
+    vol = vb.create(url, bounds=((-4, -16, 8), (12, 48, 72)), chunk_shape=(4, 16, 16), dtype="uint16",
+                    resolution=(40, 8, 8), num_scales=3, num_channels=2)
+    data = np.random.default_rng(1).integers(0, 60000, (2, 16, 64, 64), dtype=np.uint16)
+    vol[...] = data
+    ome = json.loads((tmp_path / "p.zarr" / "zarr.json").read_text())["attributes"]["ome"]
+    assert ome["version"] == "0.5"
+    ms = ome["multiscales"][0]
+    assert [a["name"] for a in ms["axes"]] == ["c", "z", "y", "x"]
+    assert ms["datasets"][1]["coordinateTransformations"] == [
+        {"type": "scale", "scale": [1.0, 40.0, 16.0, 16.0]},
+        {"type": "translation", "translation": [0.0, -160.0, -128.0, 64.0]}]
+    for level in range(3):  # each level is a zarr v3 array with dimension_names, as 0.5 requires
+        meta = json.loads((tmp_path / "p.zarr" / str(level) / "zarr.json").read_text())
+        assert meta["dimension_names"] == ["c", "z", "y", "x"]
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "p.zarr" / "0"), mode="r")[...], data)
+    t = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(tmp_path / "p.zarr" / "0")}}).result()
+    np.testing.assert_array_equal(t.read().result(), data)
+    again = vb.array(str(tmp_path / "p.zarr"))
+    assert again.bounds == ((-4, -16, 8), (12, 48, 72)) and again.mip(2).bounds == ((-4, -4, 2), (12, 12, 18))
+    np.testing.assert_array_equal(again[...], data)
+
+
+@pytest.mark.parametrize("mutate,error,message", [
+    (lambda m: m.update(axes=[{"name": "x", "type": "space"}, {"name": "c", "type": "channel"}] + AXES5[2:4]), UnsupportedError, "spatial"),
+    (lambda m: m["axes"][2].update(unit="parsec"), UnsupportedError, "'parsec'"),
+    (lambda m: m["datasets"][0].update(path="9"), MetadataError, "'9' has no zarr array"),
+    (lambda m: m["datasets"][0]["coordinateTransformations"].append({"type": "affine"}), UnsupportedError, "'affine'"),
+    (lambda m: m["datasets"][0]["coordinateTransformations"][0].update(scale=[1, 1]), MetadataError, "one value per axis"),
+])
+def test_malformed_multiscales(tmp_path, mutate, error, message):
+    datasets = [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1, 1, 1, 1, 1]}]}]
+    write_v04(tmp_path / "x.zarr", AXES5, datasets, {"0": np.zeros((1, 1, 2, 2, 2), np.uint8)})
+    doc = json.loads((tmp_path / "x.zarr" / ".zattrs").read_text())
+    mutate(doc["multiscales"][0])
+    (tmp_path / "x.zarr" / ".zattrs").write_text(json.dumps(doc))
+    with pytest.raises(error, match=message):
+        vb.array(str(tmp_path / "x.zarr"))
+
+
+def test_time_axis_longer_than_one_is_refused(tmp_path):
+    datasets = [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1, 1, 1, 1, 1]}]}]
+    write_v04(tmp_path / "t.zarr", AXES5, datasets, {"0": np.zeros((3, 1, 2, 2, 2), np.uint8)})
+    with pytest.raises(UnsupportedError, match="length 3"):
+        vb.array(str(tmp_path / "t.zarr"))
