@@ -199,9 +199,13 @@ class Tensorstore:
         # A fresh context per repetition, with no cache pool: every read goes to the kvstore.
         return self.ts.Context({"cache_pool": {"total_bytes_limit": 0}})
 
+    def kvstore(self, path) -> dict:
+        """Where the volume lives, as a tensorstore kvstore spec (the S3 benchmark overrides it)."""
+        return {"driver": "file", "path": str(path)}
+
     def prepare_read(self, path, box, encoding):
         t = self.ts.open(
-            {"driver": "neuroglancer_precomputed", "kvstore": {"driver": "file", "path": str(path)}},
+            {"driver": "neuroglancer_precomputed", "kvstore": self.kvstore(path)},
             context=self._ctx(), read=True,
         ).result()
         (x0, y0, z0), (x1, y1, z1) = box
@@ -217,7 +221,7 @@ class Tensorstore:
         t = self.ts.open(
             {
                 "driver": "neuroglancer_precomputed",
-                "kvstore": {"driver": "file", "path": str(path)},
+                "kvstore": self.kvstore(path),
                 "multiscale_metadata": {"data_type": "uint8", "num_channels": 1, "type": "image"},
                 "scale_metadata": {
                     "size": [nx, ny, nz], "resolution": [1, 1, 1], "encoding": "raw",

@@ -208,37 +208,10 @@ class S3Tensorstore(Tensorstore):
             "aws_credentials": {"type": "environment"},
         }
 
-    def prepare_read(self, prefix, box, encoding):
-        t = self.ts.open(
-            {"driver": "neuroglancer_precomputed", "kvstore": self.kvstore(prefix)},
-            context=self._ctx(), read=True,
-        ).result()
-        (x0, y0, z0), (x1, y1, z1) = box
-        view = t[x0:x1, y0:y1, z0:z1]
-        return lambda: view.read(order="F").result()
-
     def prepare_write(self, prefix, vol, encoding, size):
         if encoding == "gzip":
             raise NotImplementedError(TS_GZIP_WRITE_REASON)
-        nz, ny, nx = vol.shape
-        t = self.ts.open(
-            {
-                "driver": "neuroglancer_precomputed",
-                "kvstore": self.kvstore(prefix),
-                "multiscale_metadata": {"data_type": "uint8", "num_channels": 1, "type": "image"},
-                "scale_metadata": {
-                    "size": [nx, ny, nz], "resolution": [1, 1, 1], "encoding": "raw",
-                    "chunk_size": [64, 64, 64], "voxel_offset": [0, 0, 0],
-                },
-            },
-            context=self._ctx(), create=True,
-        ).result()
-        data = vol.T[..., None]  # (x, y, z, c), F-contiguous view: no copy
-
-        def go():
-            t.write(data).result()
-
-        return go
+        return super().prepare_write(prefix, vol, encoding, size)
 
 
 class S3Cloudvolume(Cloudvolume):
