@@ -86,3 +86,17 @@ def test_open_store_urls(tmp_path):
     for bad in ("", "file://host/x", "mem://", "s4://b/k"):
         with pytest.raises(URLError):
             open_store(bad)
+
+
+@pytest.mark.parametrize("suffix,encoding", [(".gz", "gzip"), (".br", "br"), (".zstd", "zstd"), (".zst", "zstd"),
+                                             (".xz", "xz"), (".bz2", "bz2")])
+def test_file_store_reads_cloudfiles_compressed_objects(tmp_path, suffix, encoding):
+    from volbridge import compression
+
+    (tmp_path / "k").mkdir()
+    (tmp_path / "k" / ("v" + suffix)).write_bytes(compression.compress(encoding, b"payload"))
+    s = FileStore(tmp_path)
+    assert s.get("k/v") == b"payload" and bytes(s.get_transient("k/v")) == b"payload"
+    assert list(s.list()) == ["k/v"] and s.exists("k/v")
+    s.put("k/v", b"new", content_encoding="gzip")  # one name per key afterwards
+    assert sorted(os.listdir(tmp_path / "k")) == ["v.gz"] and s.get("k/v") == b"new"

@@ -36,7 +36,7 @@ LOCK_STRIPES = 256
 _TMP_MARK = ".vbtmp-"
 _O_BINARY = getattr(os, "O_BINARY", 0)
 #: (suffix, content encoding) in lookup order after the plain name.
-_VARIANTS = tuple((suffix, name) for name, suffix in compression.SUFFIXES.items())
+_VARIANTS = tuple((suffix, name) for name, suffix in compression.SUFFIXES.items()) + ((".zst", "zstd"),)
 _ALL_SUFFIXES = ("",) + tuple(s for s, _ in _VARIANTS)
 _tmp_counter = itertools.count()
 _tmp_token = (0, "")
