@@ -7,7 +7,9 @@ writes gzip under "raw" layers, and a server may hand back gzip bytes it did not
 from __future__ import annotations
 
 import struct
+import zlib
 
+import crc32c as _crc32c
 import imagecodecs
 
 from .. import compression as prim
@@ -62,12 +64,13 @@ class Blosc(Compressor):
 
     name = "blosc"
 
-    def __init__(self, cname: str = "blosclz", level: int = 5, shuffle: int = 1, typesize: int = 1):
-        self.cname, self.level, self.shuffle, self.typesize = cname, level, shuffle, typesize
+    def __init__(self, cname: str = "blosclz", level: int = 5, shuffle: int = 1, typesize: int = 1, blocksize: int = 0):
+        self.cname, self.level, self.shuffle, self.typesize, self.blocksize = cname, level, shuffle, typesize, blocksize
 
     def compress(self, data: bytes) -> bytes:
         return imagecodecs.blosc_encode(
-            data, level=self.level, compressor=self.cname, shuffle=self.shuffle, typesize=self.typesize
+            data, level=self.level, compressor=self.cname, shuffle=self.shuffle, typesize=self.typesize,
+            blocksize=self.blocksize or None,
         )
 
     def decompress(self, data: bytes) -> bytes:
@@ -86,6 +89,57 @@ class Blosc(Compressor):
         return cbytes == len(data)
 
 
+class Zlib(Compressor):
+    """A zlib container (numcodecs' "zlib", N5's gzip with useZlib)."""
+
+    name = "zlib"
+
+    def __init__(self, level: int | None = None):
+        self.level = 1 if level is None else level
+
+    def compress(self, data: bytes) -> bytes:
+        return zlib.compress(data, self.level)
+
+    def decompress(self, data: bytes) -> bytes:
+        try:
+            return zlib.decompress(data)
+        except zlib.error as e:
+            raise ChunkDecodeError(f"corrupt zlib stream ({len(data)} bytes): {e}") from e
+
+
+class Lz4(Compressor):
+    """numcodecs' LZ4: a 4-byte little-endian uncompressed size, then one LZ4 block."""
+
+    name = "lz4"
+
+    def compress(self, data: bytes) -> bytes:
+        return imagecodecs.lz4_encode(data, header=True)
+
+    def decompress(self, data: bytes) -> bytes:
+        try:
+            return imagecodecs.lz4_decode(data, header=True)
+        except Exception as e:
+            raise ChunkDecodeError(f"corrupt lz4 block ({len(data)} bytes): {e}") from e
+
+
+class Crc32c(Compressor):
+    """Zarr v3's crc32c codec: appends the CRC32C of the data; decoding verifies and strips it."""
+
+    name = "crc32c"
+
+    def compress(self, data: bytes) -> bytes:
+        return bytes(data) + _crc32c.crc32c(data).to_bytes(4, "little")
+
+    def decompress(self, data: bytes) -> bytes:
+        if len(data) < 4:
+            raise ChunkDecodeError("crc32c: chunk shorter than its 4-byte checksum")
+        body, want = memoryview(data)[:-4], int.from_bytes(data[-4:], "little")
+        got = _crc32c.crc32c(body)
+        if got != want:
+            raise ChunkDecodeError(f"crc32c mismatch: stored {want:#010x}, computed {got:#010x}")
+        return bytes(body)
+
+
 def get_compressor(name: str, **options) -> Compressor:
     factories = {
         "gzip": Gzip,
@@ -97,13 +151,17 @@ def get_compressor(name: str, **options) -> Compressor:
         "br": Brotli,
         "brotli": Brotli,
         "xz": Xz,
+        "lzma": Xz,
         "bz2": Bz2,
+        "zlib": Zlib,
+        "lz4": Lz4,
+        "crc32c": Crc32c,
     }
     try:
         return factories[name](**options)
     except KeyError:
         raise UnsupportedError(
-            f"unknown compression {name!r}; expected one of gzip, zstd, blosc, br, xz, bz2"
+            f"unknown compression {name!r}; expected one of gzip, zstd, blosc, br, xz, bz2, zlib, lz4, crc32c"
         ) from None
 
 

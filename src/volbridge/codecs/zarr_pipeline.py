@@ -1,117 +1,62 @@
 """Zarr codec pipelines (v2 filters + compressor, v3 codec chains) by their metadata names.
 
 A pipeline turns one stored chunk into the full (padded) chunk array in the array's own dimension
-order and back. The byte transforms reuse imagecodecs and libdeflate (blosc with every cname and
-shuffle, zstd, gzip, zlib, lz4 with numcodecs' 4-byte size header, bz2, lzma); crc32c uses the
-``crc32c`` package. Unknown codecs raise UnsupportedError naming them.
+order and back. Its bytes -> bytes steps are the codec layer's :class:`Compressor` objects (blosc
+with every cname and shuffle, zstd, gzip, zlib, numcodecs-framed lz4, bz2, lzma, crc32c), so every
+format decodes through the same checked code. Unknown codecs raise UnsupportedError naming them.
 """
 
 from __future__ import annotations
 
-import bz2
-import lzma
-import zlib
 from dataclasses import dataclass
-from typing import Any, Callable
 
-import crc32c as _crc32c
-import imagecodecs
 import numpy as np
 
-from .. import compression
-from .compression import Blosc as _BloscFrame
 from ..errors import ChunkDecodeError, MetadataError, UnsupportedError
+from .base import Compressor
+from .compression import Blosc, get_compressor
 
 _SHUFFLE_V3 = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
 
 
-@dataclass(frozen=True)
-class BytesStep:
-    """A bytes -> bytes codec: ``encode`` on the way in, ``decode`` on the way out."""
-
-    name: str
-    encode: Callable[[bytes], bytes]
-    decode: Callable[[bytes], bytes]
+def _blosc(cfg: dict, shuffle: int, itemsize: int, default_cname: str) -> Blosc:
+    return Blosc(cfg.get("cname", default_cname), cfg.get("clevel", 5), shuffle, cfg.get("typesize") or itemsize,
+                 cfg.get("blocksize", 0))
 
 
-def _guard(name: str, fn: Callable[[bytes], bytes]) -> Callable[[bytes], bytes]:
-    def run(data: bytes) -> bytes:
-        try:
-            return fn(data)
-        except ChunkDecodeError:
-            raise
-        except Exception as e:
-            raise ChunkDecodeError(f"corrupt {name} data ({len(data)} bytes): {e}") from e
-
-    return run
-
-
-def _blosc(cname: str, clevel: int, shuffle: int, typesize: int, blocksize: int) -> BytesStep:
-    def enc(b: bytes) -> bytes:
-        return imagecodecs.blosc_encode(b, level=clevel, compressor=cname, shuffle=shuffle, typesize=typesize,
-                                        blocksize=blocksize or None)
-
-    return BytesStep("blosc", enc, _BloscFrame().decompress)
-
-
-def _crc32c_step() -> BytesStep:
-    def enc(b: bytes) -> bytes:
-        return bytes(b) + _crc32c.crc32c(b).to_bytes(4, "little")
-
-    def dec(b: bytes) -> bytes:
-        if len(b) < 4:
-            raise ChunkDecodeError("crc32c: chunk shorter than its 4-byte checksum")
-        body, want = memoryview(b)[:-4], int.from_bytes(b[-4:], "little")
-        got = _crc32c.crc32c(body)
-        if got != want:
-            raise ChunkDecodeError(f"crc32c mismatch: stored {want:#010x}, computed {got:#010x}")
-        return bytes(body)
-
-    return BytesStep("crc32c", enc, dec)
-
-
-def v2_compressor(cfg: dict | None, itemsize: int) -> BytesStep | None:
+def v2_compressor(cfg: dict | None, itemsize: int) -> Compressor | None:
     """A numcodecs compressor config (``.zarray``'s ``compressor``)."""
     if cfg is None:
         return None
     cid = cfg.get("id")
-    level = cfg.get("level", cfg.get("clevel"))
     if cid == "blosc":
         shuffle = cfg.get("shuffle", 1)
         if shuffle == -1:  # AUTOSHUFFLE: bit shuffle for 1-byte items, byte shuffle otherwise
             shuffle = 2 if itemsize == 1 else 1
-        return _blosc(cfg.get("cname", "lz4"), cfg.get("clevel", 5), shuffle, itemsize, cfg.get("blocksize", 0))
-    if cid == "zstd":
-        return BytesStep("zstd", lambda b: imagecodecs.zstd_encode(b, level=level or 0), _guard("zstd", imagecodecs.zstd_decode))
-    if cid == "gzip":
-        return BytesStep("gzip", lambda b: compression.compress("gzip", b, level if level is not None else 1),
-                         _guard("gzip", lambda b: compression.decompress("gzip", b)))
-    if cid == "zlib":
-        return BytesStep("zlib", lambda b: zlib.compress(b, level if level is not None else 1), _guard("zlib", zlib.decompress))
+        return _blosc(cfg, shuffle, itemsize, "lz4")
+    defaults = {"zstd": 0, "gzip": 1, "zlib": 1, "bz2": 1, "lzma": 6}
+    if cid in defaults:
+        level = cfg.get("preset" if cid == "lzma" else "level")
+        return get_compressor(cid, level=defaults[cid] if level is None else level)
     if cid == "lz4":
-        return BytesStep("lz4", lambda b: imagecodecs.lz4_encode(b, header=True),
-                         _guard("lz4", lambda b: imagecodecs.lz4_decode(b, header=True)))
-    if cid == "bz2":
-        return BytesStep("bz2", lambda b: bz2.compress(b, level or 1), _guard("bz2", bz2.decompress))
-    if cid == "lzma":
-        return BytesStep("lzma", lambda b: lzma.compress(b, preset=cfg.get("preset")), _guard("lzma", lzma.decompress))
+        return get_compressor("lz4")
     raise UnsupportedError(f"zarr v2 compressor {cid!r} is not supported (blosc, zstd, gzip, zlib, lz4, bz2, lzma are)")
 
 
-def v3_bytes_codec(codec: dict, itemsize: int) -> BytesStep:
+def v3_bytes_codec(codec: dict, itemsize: int) -> Compressor:
     name, cfg = codec.get("name"), codec.get("configuration") or {}
     if name == "blosc":
         shuffle = cfg.get("shuffle", "noshuffle")
         shuffle = _SHUFFLE_V3.get(shuffle) if isinstance(shuffle, str) else shuffle
         if shuffle is None:
             raise MetadataError(f"blosc shuffle {cfg.get('shuffle')!r} is not one of {list(_SHUFFLE_V3)}")
-        return _blosc(cfg.get("cname", "zstd"), cfg.get("clevel", 5), shuffle, cfg.get("typesize") or itemsize, cfg.get("blocksize", 0))
+        return _blosc(cfg, shuffle, itemsize, "zstd")
     if name == "gzip":
-        return v2_compressor({"id": "gzip", "level": cfg.get("level", 5)}, itemsize)  # type: ignore[return-value]
+        return get_compressor("gzip", level=cfg.get("level", 5))
     if name == "zstd":
-        return v2_compressor({"id": "zstd", "level": cfg.get("level", 0)}, itemsize)  # type: ignore[return-value]
+        return get_compressor("zstd", level=cfg.get("level", 0))
     if name == "crc32c":
-        return _crc32c_step()
+        return get_compressor("crc32c")
     raise UnsupportedError(f"zarr v3 codec {name!r} is not supported (bytes, transpose, blosc, gzip, zstd, crc32c are)")
 
 
@@ -123,11 +68,11 @@ class ZarrPipeline:
     dtype: np.dtype  # the stored dtype, with its byte order
     order: str = "C"  # memory order of the stored elements (v2 "order"; v3 after transposes)
     permutation: tuple[int, ...] | None = None  # v3 transpose: encoded[i] = decoded[perm[i]]
-    steps: tuple[BytesStep, ...] = ()  # bytes -> bytes, in encode order
+    steps: tuple[Compressor, ...] = ()  # bytes -> bytes, in encode order
 
     def decode(self, data: bytes) -> np.ndarray:
         for step in reversed(self.steps):
-            data = step.decode(data)
+            data = step.decompress(data)
         shape = self.chunk_shape if self.permutation is None else tuple(self.chunk_shape[p] for p in self.permutation)
         n = int(np.prod(shape)) * self.dtype.itemsize
         if len(data) != n:
@@ -142,7 +87,7 @@ class ZarrPipeline:
             arr = arr.transpose(self.permutation)
         data = np.asarray(arr, dtype=self.dtype).tobytes(order=self.order)
         for step in self.steps:
-            data = step.encode(data)
+            data = step.compress(data)
         return data
 
 

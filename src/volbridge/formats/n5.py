@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ..codecs.zarr_pipeline import BytesStep, v2_compressor
+from ..codecs import Compressor
+from ..codecs.zarr_pipeline import v2_compressor
 from ..errors import ChunkDecodeError, MetadataError, UnsupportedError
 from ..geometry import Box, Cell, ChunkGrid
 from ..kv import KVStore
@@ -39,7 +40,7 @@ def _read_json(store: KVStore, key: str) -> dict | None:
     return doc
 
 
-def _compressor(cfg: Any, itemsize: int, where: str) -> BytesStep | None:
+def _compressor(cfg: Any, itemsize: int, where: str) -> Compressor | None:
     if isinstance(cfg, str):  # legacy "compressionType"
         cfg = {"type": cfg}
     if not isinstance(cfg, dict):
@@ -107,7 +108,7 @@ class N5Layout(ScaleLayout):
         offset = 4 + 4 * ndim + (4 if mode == 1 else 0)
         payload = bytes(data[offset:])
         if self.compressor is not None:
-            payload = self.compressor.decode(payload)
+            payload = self.compressor.decompress(payload)
         n = math.prod(shape) * self.dtype.itemsize
         if len(payload) != n:
             raise ChunkDecodeError(f"N5 block of shape {list(shape)} holds {len(payload)} bytes, expected {n}")
@@ -123,7 +124,7 @@ class N5Layout(ScaleLayout):
         header = struct.pack(f">HH{self.ndim}I", 0, self.ndim, *shape)
         payload = np.asarray(chunk, dtype=self.stored).tobytes(order="F")
         if self.compressor is not None:
-            payload = self.compressor.encode(payload)
+            payload = self.compressor.compress(payload)
         return header + payload
 
 
