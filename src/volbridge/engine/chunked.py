@@ -38,10 +38,11 @@ class ChunkedVolume(Volume):
         return 3 * n * layout.num_channels * layout.dtype.itemsize
 
     # -- reading ----------------------------------------------------------------------------------
-    def _fetch_decode(self, layout: ScaleLayout, cell: Cell) -> tuple[str, np.ndarray] | None:
-        """(key, voxels) of the cell, or None when absent. The voxels may view a per-thread
-        buffer: copy them before this thread fetches again."""
-        found = self.store.get_first(layout.read_keys(cell), transient=True)
+    def _fetch_decode(self, layout: ScaleLayout, cell: Cell, skip: str | None = None) -> tuple[str, np.ndarray] | None:
+        """(key, voxels) of the cell, or None when absent; ``skip`` is a key known to be absent.
+        The voxels may view a per-thread buffer: copy them before this thread fetches again."""
+        keys = layout.read_keys(cell)
+        found = self.store.get_first([k for k in keys if k != skip] if skip else keys, transient=True)
         if found is None:
             return None
         key, data = found
@@ -98,17 +99,19 @@ class ChunkedVolume(Volume):
                 return
             moved_from: list[str] = []
 
-            def merge(old: bytes | None) -> bytes:
+            def merge(old: bytes | None) -> bytes:  # runs again when a conditional write loses a race
+                moved_from.clear()
                 chunk = None
                 if old is not None:
                     chunk = layout.decode(old, cell, wkey)
                 else:  # maybe under another of the format's names (e.g. a deep-layout path)
-                    found = self._fetch_decode(layout, cell)
+                    found = self._fetch_decode(layout, cell, skip=wkey)
                     if found is not None:
                         moved_from.append(found[0])
                         chunk = found[1]
                 if chunk is None:
-                    chunk = np.full(layout_shape(layout, cell), 0 if layout.fill_value is None else layout.fill_value, layout.dtype, order="F")
+                    fill = 0 if layout.fill_value is None else layout.fill_value
+                    chunk = np.full((*cell.box.shape, layout.num_channels), fill, layout.dtype, order="F")
                 else:
                     chunk = np.array(chunk, order="F", copy=True)
                 chunk[region.slices(cell.box.start) + (ch,)] = src
@@ -122,10 +125,6 @@ class ChunkedVolume(Volume):
                 ) from e
             # The old copy under another name is superseded now; a blind whole-chunk overwrite
             # skips this, since the write key is always read first and shadows it.
-            self.store.delete_many(k for k in moved_from if k != wkey)
+            self.store.delete_many(moved_from)
 
         run_bounded(task, layout.grid.cells(box), self._chunk_nbytes(layout), self.store.io_concurrency)
-
-
-def layout_shape(layout: ScaleLayout, cell: Cell) -> tuple[int, ...]:
-    return (*cell.box.shape, layout.num_channels)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 
 from ..errors import MetadataError, UnsupportedError
 from ..geometry import Box

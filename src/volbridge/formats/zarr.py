@@ -11,15 +11,13 @@ tensorstore in the tests.
 from __future__ import annotations
 
 import json
-import math
-import struct
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..codecs.zarr_pipeline import ZarrPipeline, v2_compressor, v3_pipeline
-from ..errors import ChunkDecodeError, MetadataError, UnsupportedError
+from ..errors import MetadataError, UnsupportedError
 from ..geometry import Box, Cell, ChunkGrid
 from ..kv import KVStore
 from .base import ChunkedDataset, ScaleLayout, ScaleMeta, VolumeMeta

@@ -13,6 +13,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields
 from typing import Callable, Iterable, Iterator, Optional
 
+from ..errors import StoreError
+
 #: ``update`` callback: receives the current value (None when absent) and returns the new one.
 Updater = Callable[[Optional[bytes]], bytes]
 
@@ -100,8 +102,6 @@ class KVStore(ABC):
 
     def get_range(self, key: str, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` of the value of ``key``. A missing key or a short value raises."""
-        from ..errors import StoreError
-
         value = self.get(key)
         if value is None:
             raise StoreError(f"{self.url}/{key} does not exist (reading bytes {start}-{end})")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import InvalidArgumentError
 from .base import KVStore
@@ -12,9 +12,6 @@ from .cache_memory import MemoryCache
 
 #: Bound of a disk cache given only as a directory (``VOLBRIDGE_DISK_CACHE_BYTES`` overrides).
 DEFAULT_DISK_CACHE_BYTES = int(os.environ.get("VOLBRIDGE_DISK_CACHE_BYTES", 16 * 2**30))
-
-CacheSpec = "str | os.PathLike | int | Callable[[KVStore], KVStore] | None"
-
 
 def with_cache(store: KVStore, cache: Any) -> KVStore:
     """``store`` under the cache ``cache`` names.
