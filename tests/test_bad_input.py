@@ -245,3 +245,11 @@ def test_bad_indices(tmp_path):
         vol[[1, 2]]
     with pytest.raises(IndexError, match="mip 7 does not exist"):
         vol.mip(7)
+
+
+@pytest.mark.parametrize("scheme", ["zarr2", "zarr3"])
+@pytest.mark.parametrize("kw", [dict(resolution=(40, 8, 8)), dict(layer_type="segmentation", dtype="uint32"), dict(num_scales=2)])
+def test_plain_zarr_refuses_what_it_cannot_keep(tmp_path, scheme, kw):
+    with pytest.raises(UnsupportedError, match="ome-zarr"):
+        vb.create(f"{scheme}://{tmp_path}/z", shape=(4, 4, 4), chunk_shape=(2, 2, 2), **kw)
+    assert not any(tmp_path.iterdir())  # refused before anything was written

@@ -144,10 +144,10 @@ class OmeZarrDataset(ChunkedDataset):
             zarr.ZarrDataset.create(store.child(str(level)), bounds=Box((0, 0, 0), tuple(b - a for a, b in zip(start, stop))),
                                     dtype=dtype, chunk_shape=chunk_shape, num_channels=num_channels, zarr_format=3,
                                     compression=compression, overwrite=overwrite, dimension_names=[a["name"] for a in axes])
+            origin_nm = [float(a * r) for a, r in zip(start[::-1], res[::-1])]  # z, y, x
             datasets.append({"path": str(level), "coordinateTransformations": [
                 {"type": "scale", "scale": lead + [float(r) for r in res[::-1]]},
-                {"type": "translation", "translation": lead and [0.0] + [float(a * r) for a, r in zip(start[::-1], res[::-1])]
-                 or [float(a * r) for a, r in zip(start[::-1], res[::-1])]}]})
+                {"type": "translation", "translation": [0.0] * len(lead) + origin_nm}]})
         ome = {"version": "0.5", "multiscales": [{"name": "image", "axes": axes, "datasets": datasets}]}
         if layer_type == "segmentation":
             ome["image-label"] = {"version": "0.5"}

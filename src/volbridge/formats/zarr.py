@@ -301,9 +301,9 @@ class ZarrDataset(ChunkedDataset):
         if compression not in comp3:
             raise UnsupportedError(f"zarr v3 compression {compression!r}: use one of zstd, gzip, blosc or None")
         names = dimension_names or (["z", "y", "x"] if num_channels == 1 else ["c", "z", "y", "x"])
-        dtname = {v: k for k, v in _V3_TYPES.items()}.get(dtype.newbyteorder("=").str[1:] if dtype.itemsize > 1 or dtype.kind != "b" else "?")
-        dtname = dtype.name if dtype.name in _V3_TYPES else dtname
-        doc = {"zarr_format": 3, "node_type": "array", "shape": list(shape), "data_type": dtname,
+        if dtype.name not in _V3_TYPES:
+            raise UnsupportedError(f"zarr v3 cannot store {dtype}; use one of {', '.join(_V3_TYPES)}")
+        doc = {"zarr_format": 3, "node_type": "array", "shape": list(shape), "data_type": dtype.name,
                "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunks)}},
                "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
                "fill_value": fill_json(fill, dtype),

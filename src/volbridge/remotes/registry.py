@@ -43,9 +43,13 @@ def _open_zarr(store: KVStore, url: str, writable: bool) -> Volume:
 
 
 def _zarr_creator(zarr_format: int):
-    def create(store: KVStore, url: str, *, compression=None, encoding="raw", num_scales=1, layer_type="image", **kw) -> Volume:
-        if num_scales != 1:
-            raise UnsupportedError("a plain zarr array has one scale; multiscale pyramids are OME-Zarr")
+    def create(store: KVStore, url: str, *, compression=None, encoding="raw", num_scales=1, layer_type="image",
+               resolution=(1, 1, 1), **kw) -> Volume:
+        # A plain zarr array has nowhere to keep these; dropping them would change what the user meant.
+        if num_scales != 1 or tuple(resolution) != (1, 1, 1) or layer_type != "image":
+            raise UnsupportedError(
+                "a plain zarr array has one scale, no resolution and no layer type: use ome-zarr:// for those"
+            )
         if encoding not in ("raw", "zstd", "gzip", "blosc"):
             raise UnsupportedError(f"zarr stores chunks raw under a compressor, not as {encoding!r}")
         comp = compression or (encoding if encoding != "raw" else None)
@@ -60,6 +64,8 @@ def _open_n5(store: KVStore, url: str, writable: bool) -> Volume:
 
 
 def _create_n5(store: KVStore, url: str, *, compression=None, encoding="raw", layer_type="image", **kw) -> Volume:
+    if layer_type != "image":
+        raise UnsupportedError("N5 has no layer type: a segmentation would read back as an image")
     if encoding not in ("raw", "gzip", "zstd", "blosc"):
         raise UnsupportedError(f"N5 stores blocks raw under a compression, not as {encoding!r}")
     comp = compression or (encoding if encoding != "raw" else None)
