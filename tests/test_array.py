@@ -135,3 +135,22 @@ def test_memory_urls():
     v = vb.create("precomputed://mem://arr-test", shape=(3, 3, 3), chunk_shape=(2, 2, 2), overwrite=True)
     v[...] = np.ones((3, 3, 3), np.uint8)
     assert vb.array("mem://arr-test")[...].sum() == 27
+
+
+def test_scalar_writes_follow_the_volume_dtype(tmp_path):
+    f = vb.create(f"precomputed://{tmp_path}/f", shape=(2, 2, 2), chunk_shape=(2, 2, 2), dtype="float32")
+    f[0] = 0.1  # rounds to float32, as numpy would
+    f[1] = float("nan")
+    got = f[...]
+    assert (got[0] == np.float32(0.1)).all() and np.isnan(got[1]).all()
+    with pytest.raises(vb.errors.DTypeError, match="not representable"):
+        f[0] = 1e300  # overflows float32
+    with pytest.raises(vb.errors.DTypeError, match="not representable"):
+        f[0] = 1 + 2j
+    i = vb.create(f"precomputed://{tmp_path}/i", shape=(2, 2, 2), chunk_shape=(2, 2, 2), dtype="int16")
+    i[0] = -7
+    i[1] = np.uint8(3)
+    assert i[0, 0, 0] == -7 and i[1, 0, 0] == 3
+    for bad in (2.0, 40000, True + 0.5):
+        with pytest.raises(vb.errors.DTypeError, match="not representable"):
+            i[0] = bad

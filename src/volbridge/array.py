@@ -217,8 +217,14 @@ class VolumeArray:
             arr = np.asarray(value)
             if arr.dtype == self.dtype:
                 return arr
-            converted = arr.astype(self.dtype)
-            if converted != arr or (isinstance(value, float) and self.dtype.kind in "iu"):
+            with np.errstate(all="ignore"):
+                converted = arr.astype(self.dtype) if arr.dtype.kind != "c" or self.dtype.kind == "c" else None
+            if self.dtype.kind in "fc":
+                # Rounding to the volume's precision is fine (0.1 into float32); overflow is not.
+                ok = converted is not None and bool(np.all(np.isfinite(converted) | ~np.isfinite(arr)))
+            else:  # integers and bool: the exact value must survive
+                ok = converted is not None and arr.dtype.kind in "biu" and bool(converted == arr)
+            if not ok:
                 raise DTypeError(f"{value!r} is not representable as {self.dtype} ({self.url})")
             return converted
         raise DTypeError(f"cannot write a {type(value).__name__}; give a numpy array of dtype {self.dtype} or a scalar")
@@ -235,7 +241,7 @@ class VolumeArray:
 
         s = self._scale
         spatial_chunks = []
-        for lo, hi, c, o in zip(s.bounds.start, s.bounds.stop, s.chunk_shape, self.volume.meta.scales[self._mip].bounds.start):
+        for lo, hi, c in zip(s.bounds.start, s.bounds.stop, s.chunk_shape):
             edges = list(range(lo, hi, c)) + [hi]
             spatial_chunks.append(tuple(b - a for a, b in zip(edges[:-1], edges[1:])))
         chunks = self._o(tuple(spatial_chunks))
