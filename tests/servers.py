@@ -733,7 +733,25 @@ class _StaticHandler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(body)
 
 
-class StaticHTTPServer:
+class _BackgroundServer:
+    """A stdlib HTTP server (``self._httpd``) run by a thread (``self._thread``): stop and context."""
+
+    _httpd: http.server.ThreadingHTTPServer
+    _thread: threading.Thread
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(5)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class StaticHTTPServer(_BackgroundServer):
     """Serves ``root`` read-only over HTTP on 127.0.0.1 from a thread.
 
     GET and HEAD; a single ``Range`` (``bytes=a-b``, ``bytes=a-``, ``bytes=-n``) answers 206 with
@@ -763,16 +781,6 @@ class StaticHTTPServer:
         with self._lock:
             self.requests.append((method, path, range_header, status))
 
-    def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(5)
-
-    def __enter__(self) -> "StaticHTTPServer":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 @dataclass
@@ -947,7 +955,7 @@ class FaultSettings:
     methods: frozenset[str] | None = None  # only these HTTP methods get faults (None: all)
 
 
-class FaultProxy:
+class FaultProxy(_BackgroundServer):
     """A threaded reverse proxy on 127.0.0.1 that injects faults on a fixed seed.
 
     Each request draws one number from ``random.Random(seed)`` (in arrival order) and, by the
@@ -1080,16 +1088,6 @@ class FaultProxy:
                     raise
         raise AssertionError("unreachable")
 
-    def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(5)
-
-    def __enter__(self) -> "FaultProxy":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 @dataclass
