@@ -10,14 +10,14 @@ from .geometry import Box
 from .remotes import create_volume, open_volume
 
 
-def array(url: str, mip: int = 0, axis_order: str = "zyx", mode: str = "r", cache=None) -> VolumeArray:
+def array(url: str, mip: int = 0, axis_order: str = "zyx", mode: str = "r", cache=None, token: str | None = None) -> VolumeArray:
     """Open the volume at ``url`` as a numpy-like array at scale ``mip``.
 
     ``cache``: a directory for a disk cache (``"~/.cache/volbridge"``), a byte count for a memory
     cache, or a callable that wraps the store (see :func:`volbridge.kv.caching.with_cache`). Writes
-    through the handle update the cache.
+    through the handle update the cache. ``token``: the credentials of a server remote (bossdb://).
     """
-    return VolumeArray(open_volume(url, mode, cache), mip, axis_order, mode)
+    return VolumeArray(open_volume(url, mode, cache, token=token), mip, axis_order, mode)
 
 
 def create(

@@ -28,6 +28,14 @@ class StoreError(VolbridgeError, OSError):
     """An I/O failure in a key-value store. The message names the key and the store."""
 
 
+class StoreTimeoutError(StoreError, TimeoutError):
+    """A store or server that did not answer in time (after the retries)."""
+
+
+class AuthError(VolbridgeError, PermissionError):
+    """A server refused the credentials (missing, wrong, or without the rights asked for)."""
+
+
 class ChunkDecodeError(VolbridgeError, ValueError):
     """Stored bytes that cannot be decoded into the chunk they should hold (corrupt, truncated)."""
 

@@ -118,6 +118,16 @@ class KVStore(ABC):
                 return key, value
         return None
 
+    def write_through(self, keys: Iterable[str], op: Callable[[], dict]) -> dict:
+        """Run ``op``, a write made to the data behind ``keys`` by other means than this store.
+
+        A relay, say, writes a box straight to its upstream volume, which changes the values that
+        ``keys`` would now read. A plain store holds no copies, so this just runs ``op``; a cache
+        tier drops its copies of ``keys`` before and refuses fills during ``op``, then caches what
+        ``op`` returns ({key: the value it now reads}) where no other write overlapped.
+        """
+        return op()
+
     def child(self, prefix: str) -> "KVStore":
         """A view of this store rooted at ``prefix``."""
         from .prefixed import PrefixedStore

@@ -258,6 +258,11 @@ class CacheTier(KVStore):
 
         self._write(keys, op, lambda w: 0)
 
+    def write_through(self, keys: Iterable[str], op: Callable[[], dict]) -> dict:
+        """See :meth:`KVStore.write_through`; the backing store (another tier, maybe) runs ``op``."""
+        keys = list(dict.fromkeys(keys))
+        return self._write(keys, lambda: self.backing.write_through(keys, op), lambda w: 0)
+
     # -- the rest ---------------------------------------------------------------------------------
     @abstractmethod
     def clear(self) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from .base import KVStore, Updater
 
@@ -53,3 +53,8 @@ class PrefixedStore(KVStore):
         if found is None:
             return None
         return found[0][len(self.prefix) :], found[1]
+
+    def write_through(self, keys: Iterable[str], op: Callable[[], dict]) -> dict:
+        n = len(self.prefix)
+        done = self.base.write_through([self._k(k) for k in keys], lambda: {self._k(k): v for k, v in op().items()})
+        return {k[n:]: v for k, v in done.items()}

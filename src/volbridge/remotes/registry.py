@@ -132,9 +132,23 @@ def split_url(url: str) -> tuple[str | None, str]:
     return None, url
 
 
-def open_volume(url: str, mode: str = "r", cache=None) -> Volume:
+def _server_remotes():
+    from . import bossdb
+
+    return {"bossdb": bossdb.open_bossdb}
+
+
+def open_volume(url: str, mode: str = "r", cache=None, *, token: str | None = None) -> Volume:
+    """The volume at ``url``. ``token``: a server remote's credentials (bossdb://)."""
     if mode not in ("r", "r+"):
         raise InvalidArgumentError(f"mode must be 'r' or 'r+', got {mode!r} (use volbridge.create to make a volume)")
+    server = url.split("://", 1)[0].lower() if isinstance(url, str) and "://" in url else None
+    if server in _server_remotes():
+        if cache is not None:
+            raise InvalidArgumentError(f"cache= is for chunked stores; a {server}:// volume is cached by a relay (volbridge serve)")
+        return _server_remotes()[server](url, mode == "r+", token)
+    if token is not None:
+        raise InvalidArgumentError(f"token= is for server remotes (bossdb://), not {url!r}")
     remote = _file_remote_scheme(url)
     if remote is not None:
         return _single_file_remotes()[remote](_as_remote_url(url, remote), mode == "r+")

@@ -1,0 +1,461 @@
+"""The BossDB REST dialect (v1), served from any source (``shared/specs/bossdb.md`` section 6).
+
+Resources (collection, experiment, coordinate frame, channel) are built from each source's own
+metadata; they are read-only here, since the relay's channels come from its config. Cutouts are
+read through the relay's cache tiers and written through to the upstream. Coordinates are the
+source's own absolute voxel coordinates at the requested resolution; ranges are checked against
+the base-resolution frame as BossDB does, and parts of a range beyond a coarser scale's bounds
+read as zeros (intern never shrinks z, whatever the pyramid does).
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..codecs import cutout
+from ..errors import ChunkDecodeError, UnsupportedError
+from ..geometry import Box
+from .errors import BAD_REQUEST, TOO_LARGE, UNSUPPORTED_MEDIA, RelayError
+from .source import RelaySource
+from .state import Relay
+
+RANGE = re.compile(r"^(-?\d{1,12}):(-?\d{1,12})$")
+#: A cutout larger than this is refused before its body is read, whatever the config says.
+ABSOLUTE_BODY_LIMIT = 2**31
+
+
+def token_of(request: Request) -> str | None:
+    """The token of ``Authorization: Token <t>`` (intern) or ``Bearer <t>`` (neuroglancer)."""
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() in ("token", "bearer") and value.strip():
+        return value.strip()
+    return None
+
+
+def parse_range(text: str, axis: str) -> tuple[int, int]:
+    m = RANGE.match(text)
+    if m is None:
+        raise RelayError(400, BAD_REQUEST, f"{axis} range {text!r} must be start:stop (integers)")
+    a, b = int(m.group(1)), int(m.group(2))
+    if a >= b:
+        raise RelayError(400, BAD_REQUEST, f"{axis} range {text!r}: start must be less than stop")
+    return a, b
+
+
+def parse_resolution(text: str, src: RelaySource) -> int:
+    if not re.fullmatch(r"\d", text):
+        raise RelayError(400, BAD_REQUEST, f"resolution {text!r} must be a single digit")
+    res = int(text)
+    if res >= src.scale_count():
+        raise RelayError(400, BAD_REQUEST, f"resolution {res} is not available; {src.name} has 0..{src.scale_count() - 1}")
+    return res
+
+
+def frame_box(src: RelaySource) -> Box:
+    return src.meta.scales[0].bounds
+
+
+def check_ranges(src: RelaySource, res: int, xs, ys, zs) -> Box:
+    """The requested box at ``res``, after BossDB's check against the base-resolution frame."""
+    frame = frame_box(src)
+    for (a, b), lo, hi, axis in zip((xs, ys, zs), frame.start, frame.stop, "xyz"):
+        if a < lo or b > hi:
+            raise RelayError(400, BAD_REQUEST, f"{axis} range {a}:{b} is outside the coordinate frame [{lo}, {hi}) of {src.name}")
+    return Box((xs[0], ys[0], zs[0]), (xs[1], ys[1], zs[1]))
+
+
+def check_time(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    t = parse_range(text, "t")
+    if t[0] < 0 or t[1] > 1:
+        raise RelayError(400, BAD_REQUEST, f"t range {t[0]}:{t[1]} is outside the 1 time sample [0, 1) of this channel")
+    return t
+
+
+def check_size(relay: Relay, box: Box, dtype: np.dtype, t: tuple[int, int] | None) -> int:
+    """Uncompressed bytes of the cutout; 413 above the limit (uint64 counted at a quarter, as BossDB)."""
+    nbytes = box.size * np.dtype(dtype).itemsize * ((t[1] - t[0]) if t else 1)
+    counted = nbytes // 4 if np.dtype(dtype) == np.uint64 else nbytes
+    if counted > relay.config.max_cutout_bytes:
+        raise RelayError(413, TOO_LARGE, f"the cutout is {nbytes} bytes uncompressed; this relay serves at most {relay.config.max_cutout_bytes} per request")
+    return nbytes
+
+
+def negotiate(accept: str) -> str:
+    """The media type of a GET response from its Accept header (blosc for */* or none)."""
+    if not accept.strip():
+        return cutout.BLOSC
+    for part in accept.split(","):
+        kind = part.split(";")[0].strip().lower()
+        if kind in ("*/*", "application/*"):
+            return cutout.BLOSC
+        if kind in cutout.GET_TYPES:
+            return kind
+    raise RelayError(406, UNSUPPORTED_MEDIA, f"cannot send {accept!r}; ask for one of {', '.join(cutout.GET_TYPES)}")
+
+
+# -- resources --------------------------------------------------------------------------------------
+def _visible_tree(relay: Relay, token: str | None) -> dict[str, dict[str, list[str]]]:
+    tree: dict[str, dict[str, list[str]]] = {}
+    for name in relay.visible(token):
+        c, e, ch = name.split("/")
+        tree.setdefault(c, {}).setdefault(e, []).append(ch)
+    return tree
+
+
+def _experiment_sources(relay: Relay, token, c: str, e: str) -> list[RelaySource]:
+    tree = _visible_tree(relay, token)
+    if c not in tree:
+        raise RelayError(404, 4000, f"no collection {c} on this relay")
+    if e not in tree[c]:
+        raise RelayError(404, 4000, f"no experiment {e} in collection {c}")
+    return [relay.sources[f"{c}/{e}/{ch}"] for ch in tree[c][e]]
+
+
+def _hierarchy(src: RelaySource) -> str:
+    scales = src.meta.scales
+    if len(scales) > 1 and scales[1].resolution[2] != scales[0].resolution[2]:
+        return "isotropic"
+    return "anisotropic"
+
+
+def collection_json(relay: Relay, token, c: str) -> dict:
+    tree = _visible_tree(relay, token)
+    if c not in tree:
+        raise RelayError(404, 4000, f"no collection {c} on this relay")
+    public = any(relay.config.sources[n].public for n in relay.sources if n.startswith(c + "/"))
+    return {"name": c, "description": "", "experiments": sorted(tree[c]), "creator": "volbridge", "public": public}
+
+
+def experiment_json(relay: Relay, token, c: str, e: str) -> dict:
+    srcs = _experiment_sources(relay, token, c, e)
+    first = srcs[0]
+    return {
+        "name": e, "description": "", "collection": c, "coord_frame": f"{c}_{e}",
+        "num_hierarchy_levels": max(s.scale_count() for s in srcs), "hierarchy_method": _hierarchy(first),
+        "num_time_samples": 1, "time_step": 0, "time_step_unit": "nanoseconds",
+        "creator": "volbridge", "public": all(relay.config.sources[s.name].public for s in srcs),
+        "channels": [s.name.split("/")[2] for s in srcs],
+    }
+
+
+def coord_json(relay: Relay, token, frame: str) -> dict:
+    for c, exps in _visible_tree(relay, token).items():
+        for e in exps:
+            if f"{c}_{e}" == frame:
+                srcs = _experiment_sources(relay, token, c, e)
+                lo = [min(frame_box(s).start[i] for s in srcs) for i in range(3)]
+                hi = [max(frame_box(s).stop[i] for s in srcs) for i in range(3)]
+                vx = srcs[0].meta.scales[0].resolution
+                return {
+                    "name": frame, "description": f"frame of {c}/{e}",
+                    "x_start": lo[0], "x_stop": hi[0], "y_start": lo[1], "y_stop": hi[1], "z_start": lo[2], "z_stop": hi[2],
+                    "x_voxel_size": vx[0], "y_voxel_size": vx[1], "z_voxel_size": vx[2], "voxel_unit": "nanometers",
+                }
+    raise RelayError(404, 4000, f"no coordinate frame {frame} on this relay")
+
+
+def channel_json(relay: Relay, token, c: str, e: str, ch: str) -> dict:
+    src = relay.source(c, e, ch)
+    relay.authorize(token, "read", src.name)
+    segmentation = src.meta.layer_type == "segmentation"
+    return {
+        "name": ch, "description": relay.config.sources[src.name].description, "experiment": e,
+        "default_time_sample": 0, "type": "annotation" if segmentation else "image", "base_resolution": 0,
+        "datatype": np.dtype(src.meta.dtype).name, "creator": "volbridge", "sources": [], "related": [],
+        "downsample_status": "DOWNSAMPLED" if src.scale_count() > 1 else "NOT_DOWNSAMPLED",
+        "public": relay.config.sources[src.name].public,
+        # "spdb": intern reads through this server; "cloudvol" would send it to S3 directly.
+        "storage_type": "spdb", "bucket": None, "cv_path": None,
+    }
+
+
+def downsample_json(relay: Relay, src: RelaySource) -> dict:
+    levels = range(src.scale_count())
+    return {
+        "status": "DOWNSAMPLED" if src.scale_count() > 1 else "NOT_DOWNSAMPLED",
+        "num_hierarchy_levels": src.scale_count(),
+        "voxel_size": {str(i): list(src.meta.scales[i].resolution) for i in levels},
+        "extent": {str(i): list(src.meta.scales[i].bounds.shape) for i in levels},
+        "cuboid_size": {str(i): list(src.upstream.grids[i].chunk_shape) for i in levels},
+    }
+
+
+# -- handlers ---------------------------------------------------------------------------------------
+def _relay(request: Request) -> Relay:
+    return request.app.state.relay
+
+
+async def list_collections(request: Request):
+    return JSONResponse({"collections": sorted(_visible_tree(_relay(request), token_of(request)))})
+
+
+async def get_collection(request: Request):
+    return JSONResponse(collection_json(_relay(request), token_of(request), request.path_params["c"]))
+
+
+async def list_experiments(request: Request):
+    return JSONResponse({"experiments": collection_json(_relay(request), token_of(request), request.path_params["c"])["experiments"]})
+
+
+async def get_experiment(request: Request):
+    p = request.path_params
+    return JSONResponse(experiment_json(_relay(request), token_of(request), p["c"], p["e"]))
+
+
+async def list_channels(request: Request):
+    p = request.path_params
+    return JSONResponse({"channels": experiment_json(_relay(request), token_of(request), p["c"], p["e"])["channels"]})
+
+
+async def get_channel(request: Request):
+    p = request.path_params
+    return JSONResponse(channel_json(_relay(request), token_of(request), p["c"], p["e"], p["ch"]))
+
+
+async def list_coords(request: Request):
+    tree = _visible_tree(_relay(request), token_of(request))
+    return JSONResponse({"coords": sorted(f"{c}_{e}" for c, exps in tree.items() for e in exps)})
+
+
+async def get_coord(request: Request):
+    return JSONResponse(coord_json(_relay(request), token_of(request), request.path_params["cf"]))
+
+
+async def read_only_resource(request: Request):
+    raise RelayError(403, 4003, "the relay's collections, experiments, frames and channels come from its config and cannot be changed over HTTP")
+
+
+async def get_metadata(request: Request):
+    """Key-value metadata: the relay keeps none (an empty key list, 404 for a key)."""
+    relay, token = _relay(request), token_of(request)
+    parts = [p for p in request.path_params["path"].split("/") if p]
+    if not 1 <= len(parts) <= 3:
+        raise RelayError(400, BAD_REQUEST, "metadata paths are /meta/collection[/experiment[/channel]]")
+    if len(parts) == 1:
+        collection_json(relay, token, parts[0])
+    elif len(parts) == 2:
+        experiment_json(relay, token, *parts)
+    else:
+        channel_json(relay, token, *parts)
+    key = request.query_params.get("key")
+    if key is None:
+        return JSONResponse({"keys": []})
+    raise RelayError(404, 4000, f"no metadata key {key!r} on {'/'.join(parts)}")
+
+
+def _cutout_source(request: Request, action: str) -> tuple[Relay, RelaySource, int, Box, tuple | None]:
+    relay = _relay(request)
+    p = request.path_params
+    src = relay.source(p["c"], p["e"], p["ch"])
+    relay.authorize(token_of(request), action, src.name)
+    res = parse_resolution(p["res"], src)
+    box = check_ranges(src, res, parse_range(p["x"], "x"), parse_range(p["y"], "y"), parse_range(p["z"], "z"))
+    t = check_time(p.get("t"))
+    return relay, src, res, box, t
+
+
+def _read_zyx(src: RelaySource, box: Box, res: int, raw: bool) -> np.ndarray:
+    """The cutout as C-ordered (z, y, x): the x-fastest read, transposed as a view."""
+    data = src.volume.read(box, res) if raw else src.read(box, res)
+    return data[..., src.channel].T
+
+
+async def cutout_get(request: Request):
+    relay, src, res, box, t = _cutout_source(request, "read")
+    q = request.query_params
+    if "no-cache" in q and "access-mode" in q:
+        raise RelayError(400, BAD_REQUEST, "give access-mode or the deprecated no-cache, not both")
+    mode = q.get("access-mode", "cache")
+    if mode not in ("cache", "no-cache", "raw"):
+        raise RelayError(400, BAD_REQUEST, f"access-mode must be cache, no-cache or raw, not {mode!r}")
+    ids = None
+    if "filter" in q:
+        if src.meta.layer_type != "segmentation":
+            raise RelayError(400, BAD_REQUEST, "filter= applies to annotation channels only")
+        try:
+            ids = np.array([int(i) for i in q["filter"].split(",") if i.strip()], dtype=np.uint64)
+        except ValueError:
+            raise RelayError(400, BAD_REQUEST, f"filter must be comma-separated ids, got {q['filter']!r}") from None
+    media = negotiate(request.headers.get("accept", ""))
+    check_size(relay, box, src.meta.dtype, t)
+
+    def work() -> bytes:
+        zyx = _read_zyx(src, box, res, raw=mode == "raw")
+        if ids is not None:
+            zyx = np.where(np.isin(zyx, ids.astype(zyx.dtype)), zyx, 0)
+        if t is not None:
+            zyx = zyx[None]
+        try:
+            return cutout.encode(zyx, media)
+        except UnsupportedError as e:
+            raise RelayError(406, UNSUPPORTED_MEDIA, str(e)) from e
+
+    body = await run_in_threadpool(work)
+    return Response(body, media_type=media)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > limit):
+        raise RelayError(413, TOO_LARGE, f"the request body ({length} bytes) exceeds the {limit} bytes this cutout can need")
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise RelayError(413, TOO_LARGE, f"the request body exceeds the {limit} bytes this cutout can need")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def cutout_post(request: Request):
+    relay, src, res, box, t = _cutout_source(request, "write")
+    if set(request.query_params) - {"iso"}:
+        raise RelayError(400, BAD_REQUEST, f"unknown query parameter(s) {', '.join(sorted(set(request.query_params) - {'iso'}))}")
+    nbytes = check_size(relay, box, src.meta.dtype, t)
+    media = request.headers.get("content-type", cutout.BLOSC).split(";")[0].strip().lower()
+    if media not in cutout.POST_TYPES:
+        reason = " (a pickle, never loaded by this server)" if media == cutout.BLOSC_PYTHON else ""
+        raise RelayError(415, UNSUPPORTED_MEDIA, f"cannot accept {media!r}{reason}; send {' or '.join(cutout.POST_TYPES)}")
+    # A compressed body is never much larger than the data; blosc adds 16 bytes a block at worst.
+    body = await _read_body(request, min(ABSOLUTE_BODY_LIMIT, nbytes + nbytes // 8 + 65536))
+    shape = ((t[1] - t[0],) if t else ()) + box.shape[::-1]
+    dtype = src.meta.dtype
+
+    def work() -> None:
+        try:
+            arr = cutout.decode(body, media, shape, dtype)
+        except (ChunkDecodeError, UnsupportedError) as e:
+            raise RelayError(400, BAD_REQUEST, f"cutout body: {e}") from e
+        zyx = arr[0] if t else arr
+        src.write(box, zyx.T[..., None], res)
+
+    await run_in_threadpool(work)
+    return Response(status_code=201)
+
+
+async def cutout_to_black(request: Request):
+    relay, src, res, box, t = _cutout_source(request, "write")
+    check_size(relay, box, src.meta.dtype, t)
+    zeros = np.zeros((*box.shape, 1), dtype=src.meta.dtype, order="F")
+    await run_in_threadpool(src.write, box, zeros, res)
+    return Response(status_code=200)
+
+
+async def downsample(request: Request):
+    relay = _relay(request)
+    p = request.path_params
+    src = relay.source(p["c"], p["e"], p["ch"])
+    relay.authorize(token_of(request), "read", src.name)
+    return JSONResponse(downsample_json(relay, src))
+
+
+def _annotation(request: Request) -> tuple[Relay, RelaySource]:
+    relay = _relay(request)
+    p = request.path_params
+    src = relay.source(p["c"], p["e"], p["ch"])
+    relay.authorize(token_of(request), "read", src.name)
+    if src.meta.layer_type != "segmentation":
+        raise RelayError(400, BAD_REQUEST, f"{src.name} is an image channel; ids exist only in annotation channels")
+    return relay, src
+
+
+async def ids_in_region(request: Request):
+    relay, src = _annotation(request)
+    p = request.path_params
+    res = parse_resolution(p["res"], src)
+    box = check_ranges(src, res, parse_range(p["x"], "x"), parse_range(p["y"], "y"), parse_range(p["z"], "z"))
+    t = check_time(p.get("t"))
+    check_size(relay, box, src.meta.dtype, t)
+
+    def work() -> list[str]:
+        ids = np.unique(_read_zyx(src, box, res, raw=False))
+        return [str(int(i)) for i in ids if i != 0]
+
+    return JSONResponse({"ids": await run_in_threadpool(work)})
+
+
+async def bounding_box(request: Request):
+    _, src = _annotation(request)
+    p = request.path_params
+    res = parse_resolution(p["res"], src)
+    kind = request.query_params.get("type", "loose")
+    if kind not in ("loose", "tight"):
+        raise RelayError(400, BAD_REQUEST, f"type must be loose or tight, not {kind!r}")
+    try:
+        label = int(p["id"])
+        if not 0 < label < 2**64:
+            raise ValueError
+    except ValueError:
+        raise RelayError(400, BAD_REQUEST, f"id {p['id']!r} must be a positive 64-bit integer") from None
+
+    def work() -> dict:
+        found = src.find_label(label, res)
+        if found is None:
+            raise RelayError(404, 4000, f"id {label} does not occur in {src.name} at resolution {res}")
+        lo, hi = found
+        if kind == "loose":  # widened to whole cuboids (clipped to the frame)
+            grid = src.upstream.grids[res]
+            cells = list(grid.cells(Box(lo, hi)))
+            lo = tuple(min(c.box.start[i] for c in cells) for i in range(3))
+            hi = tuple(max(c.box.stop[i] for c in cells) for i in range(3))
+        return {"x_range": [lo[0], hi[0]], "y_range": [lo[1], hi[1]], "z_range": [lo[2], hi[2]], "t_range": [0, 1]}
+
+    return JSONResponse(await run_in_threadpool(work))
+
+
+async def reserve(request: Request):
+    relay, src = _annotation(request)
+    relay.authorize(token_of(request), "write", src.name)
+    try:
+        n = int(request.path_params["num"])
+        if not 0 < n <= 2**40:
+            raise ValueError
+    except ValueError:
+        raise RelayError(400, BAD_REQUEST, f"the number of ids must be a positive integer, not {request.path_params['num']!r}") from None
+    start = await run_in_threadpool(src.reserve_ids, n)
+    return JSONResponse({"start_id": start, "count": n})
+
+
+def routes(prefix: str) -> list[Route]:
+    """The dialect's routes under ``prefix`` (``/v1``; neuroglancer's ``/latest`` too)."""
+    cut = "/{c}/{e}/{ch}/{res}/{x}/{y}/{z}"
+    ro = ["POST", "PUT", "DELETE"]
+    out = []
+    for slash in ("", "/"):
+        out += [
+            Route(f"{prefix}/collection{slash}", list_collections),
+            Route(f"{prefix}/collection//", list_collections),  # intern sends the double slash
+            Route(f"{prefix}/collection/{{c}}{slash}", get_collection),
+            Route(f"{prefix}/collection/{{c}}/experiment{slash}", list_experiments),
+            Route(f"{prefix}/collection/{{c}}/experiment/{{e}}{slash}", get_experiment),
+            Route(f"{prefix}/collection/{{c}}/experiment/{{e}}/channel{slash}", list_channels),
+            Route(f"{prefix}/collection/{{c}}/experiment/{{e}}/channel/{{ch}}{slash}", get_channel),
+            Route(f"{prefix}/coord{slash}", list_coords),
+            Route(f"{prefix}/coord/{{cf}}{slash}", get_coord),
+            Route(f"{prefix}/cutout/to_black{cut}{slash}", cutout_to_black, methods=["PUT"]),
+            Route(f"{prefix}/cutout/to_black{cut}/{{t}}{slash}", cutout_to_black, methods=["PUT"]),
+            Route(f"{prefix}/cutout{cut}{slash}", cutout_get, methods=["GET"]),
+            Route(f"{prefix}/cutout{cut}{slash}", cutout_post, methods=["POST"]),
+            Route(f"{prefix}/cutout{cut}/{{t}}{slash}", cutout_get, methods=["GET"]),
+            Route(f"{prefix}/cutout{cut}/{{t}}{slash}", cutout_post, methods=["POST"]),
+            Route(f"{prefix}/downsample/{{c}}/{{e}}/{{ch}}{slash}", downsample),
+            Route(f"{prefix}/reserve/{{c}}/{{e}}/{{ch}}/{{num}}{slash}", reserve),
+            Route(f"{prefix}/ids/{{c}}/{{e}}/{{ch}}/{{res}}/{{x}}/{{y}}/{{z}}{slash}", ids_in_region),
+            Route(f"{prefix}/ids/{{c}}/{{e}}/{{ch}}/{{res}}/{{x}}/{{y}}/{{z}}/{{t}}{slash}", ids_in_region),
+            Route(f"{prefix}/boundingbox/{{c}}/{{e}}/{{ch}}/{{res}}/{{id}}{slash}", bounding_box),
+        ]
+    out += [
+        Route(f"{prefix}/meta/{{path:path}}", get_metadata, methods=["GET"]),
+        Route(f"{prefix}/collection/{{rest:path}}", read_only_resource, methods=ro),
+        Route(f"{prefix}/coord/{{rest:path}}", read_only_resource, methods=ro),
+    ]
+    return out
+

@@ -1,0 +1,336 @@
+"""One relayed source: any volume, seen as a raw precomputed volume whose chunks are cached.
+
+The relay does not cache boxes; it caches *cuboids*, cells of a grid aligned with the upstream's
+own chunks (or BossDB's 512x512x16 cuboids), so every upstream fetch is chunk-aligned and the stop
+of the last cell is rounded up to the bound rather than dropped (Bossphorus lost it). The cuboids
+are the chunks of a synthetic raw precomputed volume:
+
+- :class:`CuboidStore` answers that volume's keys (``info``, ``<scale>/<x0>-<x1>_<y0>-<y1>_<z0>-<z1>``)
+  by reading the upstream volume, so the relay's cache tiers (ordinary ``kv`` caches) stack on top
+  of it, and precomputed over HTTP serves the cached chunks as they are.
+- :class:`RelaySource` reads any box through those tiers with the ordinary chunked engine, and
+  writes boxes straight to the upstream while the tiers drop (or replace) the cuboids it touches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+from collections.abc import Callable, Iterable, Iterator
+
+import numpy as np
+
+from ..engine.chunked import ChunkedVolume
+from ..engine.parallel import run_bounded
+from ..engine.volume import Volume
+from ..errors import InvalidIndexError, ReadOnlyError
+from ..formats.precomputed import PrecomputedDataset
+from ..geometry import Box, ChunkGrid
+from ..kv import KVStore
+from ..kv.base import StoreStats, Updater
+from ..kv.cache_tier import ABSENT
+
+#: A cuboid is the upstream chunk, doubled along x, y, z in turn until it holds at least this many
+#: voxels: small zarr chunks (32^3) would otherwise cost more in bookkeeping than in bytes.
+CUBOID_MIN_VOXELS = 2**18
+
+_KEY = re.compile(r"^(\d+)/(-?\d+)-(-?\d+)_(-?\d+)-(-?\d+)_(-?\d+)-(-?\d+)$")
+
+
+def cuboid_shape(chunk: tuple[int, int, int], extent: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The relay's cuboid for an upstream ``chunk`` shape: a multiple of it, so still aligned."""
+    shape = [max(1, int(c)) for c in chunk]
+    axis = 0
+    stuck = 0
+    while shape[0] * shape[1] * shape[2] < CUBOID_MIN_VOXELS and stuck < 3:
+        if shape[axis] < extent[axis]:
+            shape[axis] *= 2
+            stuck = 0
+        else:
+            stuck += 1
+        axis = (axis + 1) % 3
+    return tuple(shape)  # type: ignore[return-value]
+
+
+def relay_info(volume: Volume) -> dict:
+    """The ``info`` of the raw precomputed volume that stands for ``volume`` (scale keys "0", "1"...)."""
+    meta = volume.meta
+    scales = []
+    for i, s in enumerate(meta.scales):
+        scales.append({
+            "key": str(i),
+            "size": list(s.bounds.shape),
+            "voxel_offset": list(s.bounds.start),
+            "resolution": [float(r) if not float(r).is_integer() else int(r) for r in s.resolution],
+            "chunk_sizes": [list(cuboid_shape(s.chunk_shape, s.bounds.shape))],
+            "encoding": "raw",
+        })
+    return {
+        "@type": "neuroglancer_multiscale_volume",
+        "type": meta.layer_type,
+        "data_type": np.dtype(meta.dtype).name,
+        "num_channels": int(meta.num_channels),
+        "scales": scales,
+    }
+
+
+class CuboidStore(KVStore):
+    """The keys of :func:`relay_info`'s volume, each read from the upstream ``volume``.
+
+    Read-only: the relay writes boxes to the upstream itself (see :meth:`RelaySource.write`), since
+    writing whole cuboids would turn every unaligned write into a read-modify-write here, racing
+    other writers of the upstream. A cuboid that is all zeros reads as absent, so a cache that
+    keeps absences holds a sparse volume's empty space for a few bytes a cuboid.
+    """
+
+    cheap_misses = False
+
+    def __init__(self, volume: Volume, info: dict, url: str):
+        self.volume = volume
+        self.info = info
+        self.url = url
+        self.stats = StoreStats()
+        self.io_concurrency = 16
+        self._info_bytes = json.dumps(info).encode()
+        self.grids = []
+        for s in volume.meta.scales:
+            chunk = cuboid_shape(s.chunk_shape, s.bounds.shape)
+            self.grids.append(ChunkGrid(s.bounds, chunk, s.bounds.start))
+
+    def parse_key(self, key: str) -> tuple[int, Box] | None:
+        """(scale, box) of a cuboid key, or None if the key is not exactly one cuboid of the grid."""
+        m = _KEY.match(key)
+        if m is None:
+            return None
+        scale = int(m.group(1))
+        if scale >= len(self.grids):
+            return None
+        v = [int(g) for g in m.groups()[1:]]
+        box = Box((v[0], v[2], v[4]), (v[1], v[3], v[5]))
+        grid = self.grids[scale]
+        cells = list(grid.cells(box)) if not box.empty else []
+        if len(cells) != 1 or cells[0].box != box:
+            return None
+        return scale, box
+
+    def get(self, key: str) -> bytes | None:
+        if key == "info":
+            return self._info_bytes
+        parsed = self.parse_key(key)
+        if parsed is None:
+            return None
+        scale, box = parsed
+        data = self.volume.read(box, scale)
+        self.stats.add(requests=1, bytes_read=data.nbytes)
+        if not data.any():
+            return None
+        return data.tobytes(order="F")
+
+    def exists(self, key: str) -> bool:
+        return key == "info" or self.parse_key(key) is not None
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        return iter(["info"] if "info".startswith(prefix) else [])
+
+    def _read_only(self, *_a, **_k):
+        raise ReadOnlyError(f"{self.url}: the relay writes boxes to its upstream, not cuboids")
+
+    def put(self, key: str, value: bytes, *, content_encoding: str | None = None) -> None:
+        self._read_only()
+
+    def delete(self, key: str) -> None:
+        self._read_only()
+
+    def update(self, key: str, fn: Updater, *, needs_old: bool = True, content_encoding: str | None = None) -> bytes:
+        self._read_only()
+        raise AssertionError  # unreachable
+
+
+def source_key(name: str, url: str) -> str:
+    """The cache key prefix of a source: its name plus a digest of its upstream URL, so a
+    persistent disk cache never serves one upstream's cuboids for another after a config change.
+    One path segment (names hold no dots), which :class:`SourceRouter` routes on."""
+    return f"{name.replace('/', '.')}@{hashlib.sha1(url.encode()).hexdigest()[:10]}"
+
+
+class SourceRouter(KVStore):
+    """Every source's :class:`CuboidStore` under one key space (``<source key>/<cuboid key>``), so
+    the relay's cache tiers, bounded in bytes, are shared by all sources."""
+
+    cheap_misses = False
+    io_concurrency = 16
+
+    def __init__(self) -> None:
+        self.url = "relay:"
+        self.stats = StoreStats()
+        self._stores: dict[str, CuboidStore] = {}
+        self._lock = threading.Lock()
+
+    def add(self, prefix: str, store: CuboidStore) -> None:
+        with self._lock:
+            self._stores[prefix] = store
+
+    def _route(self, key: str) -> tuple[CuboidStore | None, str]:
+        head, _, rest = key.partition("/")
+        return self._stores.get(head), rest
+
+    def get(self, key: str) -> bytes | None:
+        store, rest = self._route(key)
+        if store is None:
+            return None
+        value = store.get(rest)
+        self.stats.add(requests=1, bytes_read=0 if value is None else len(value))
+        return value
+
+    def exists(self, key: str) -> bool:
+        store, rest = self._route(key)
+        return store is not None and store.exists(rest)
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        return iter(())
+
+    def put(self, key: str, value: bytes, *, content_encoding: str | None = None) -> None:
+        raise ReadOnlyError("the relay's cuboids are written through their sources")
+
+    def delete(self, key: str) -> None:
+        raise ReadOnlyError("the relay's cuboids are written through their sources")
+
+    def update(self, key: str, fn: Updater, *, needs_old: bool = True, content_encoding: str | None = None) -> bytes:
+        raise ReadOnlyError("the relay's cuboids are written through their sources")
+
+
+class RelaySource:
+    """A configured channel: its upstream volume and the cached view the relay reads."""
+
+    def __init__(self, name: str, url: str, volume: Volume, cache: KVStore, router: SourceRouter, channel: int = 0):
+        self.name = name
+        self.url = url
+        self.volume = volume
+        self.meta = volume.meta
+        self.info = relay_info(volume)
+        self.prefix = source_key(name, url)
+        self.upstream = CuboidStore(volume, self.info, url)
+        router.add(self.prefix, self.upstream)
+        #: The relay's cache tiers, seen from this source's prefix.
+        self.store = cache.child(self.prefix)
+        self.dataset = PrecomputedDataset(self.store, self.info)
+        self.reader = ChunkedVolume(self.store, self.dataset, url=url)
+        #: The channel of a multi-channel source that the BossDB dialect serves.
+        self.channel = channel
+        self._next_id: int | None = None
+        self._reserve_lock = threading.Lock()
+        self._reserve_lock_scan = threading.Lock()
+
+    @property
+    def writable(self) -> bool:
+        return "write" in self.volume.capabilities
+
+    def scale_count(self) -> int:
+        return len(self.meta.scales)
+
+    def check_scale(self, scale: int) -> None:
+        if not 0 <= scale < len(self.meta.scales):
+            raise InvalidIndexError(f"{self.name} has resolutions 0..{len(self.meta.scales) - 1}, not {scale}")
+
+    def read(self, box: Box, scale: int) -> np.ndarray:
+        """``(x, y, z, c)`` Fortran-ordered voxels of ``box``, through the cache tiers."""
+        self.check_scale(scale)
+        return self.reader.read(box, scale)
+
+    def cuboid(self, scale: int, name: str) -> tuple[Box, bytes | None] | None:
+        """(box, raw bytes or None when all zeros) of one cuboid by its precomputed chunk name;
+        None when the name is not a cuboid of this source."""
+        key = f"{scale}/{name}"
+        parsed = self.upstream.parse_key(key)
+        if parsed is None:
+            return None
+        return parsed[1], self.store.get(key)
+
+    def cuboid_keys(self, box: Box, scale: int) -> list[tuple[str, Box]]:
+        grid = self.upstream.grids[scale]
+        out = []
+        for cell in grid.cells(box):
+            b = cell.box
+            out.append((f"{scale}/{b.start[0]}-{b.stop[0]}_{b.start[1]}-{b.stop[1]}_{b.start[2]}-{b.stop[2]}", b))
+        return out
+
+    def write(self, box: Box, data: np.ndarray, scale: int) -> None:
+        """Write ``data`` ``(x, y, z, c)`` to the upstream; the tiers drop the cuboids it touches
+        and keep the new bytes of those it covers whole."""
+        self.check_scale(scale)
+        self.volume.check_write(box, data, scale, None)
+        cuboids = self.cuboid_keys(box, scale)
+
+        def op() -> dict:
+            self.volume.write(box, data, scale)
+            fresh: dict = {}
+            for key, b in cuboids:
+                if box.contains(b):
+                    part = data[b.slices(box.start)]
+                    fresh[key] = part.tobytes(order="F") if part.any() else ABSENT
+            return fresh
+
+        self.store.write_through([k for k, _ in cuboids], op)
+
+    def scan(self, scale: int, fn: Callable[[Box, np.ndarray], None]) -> None:
+        """Call ``fn(cuboid box, (x, y, z) voxels)`` for every non-empty cuboid of ``scale``,
+        in parallel, through the cache tiers."""
+        grid = self.upstream.grids[scale]
+        ch = self.channel
+
+        def task(cell) -> None:
+            key = f"{scale}/{cell.box.start[0]}-{cell.box.stop[0]}_{cell.box.start[1]}-{cell.box.stop[1]}_{cell.box.start[2]}-{cell.box.stop[2]}"
+            raw = self.store.get(key)
+            if raw is not None:
+                vox = np.frombuffer(raw, self.meta.dtype).reshape((*cell.box.shape, self.meta.num_channels), order="F")
+                fn(cell.box, vox[..., ch])
+
+        n = max(1, int(np.prod(grid.chunk_shape)) * self.meta.num_channels * np.dtype(self.meta.dtype).itemsize)
+        run_bounded(task, grid.cells(grid.bounds), 2 * n, 8)
+
+    def find_label(self, label: int, scale: int) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+        """The tight (start, stop) of voxels holding ``label`` at ``scale``, or None."""
+        lo: list[int] = []
+        hi: list[int] = []
+        lock = threading.Lock()
+
+        def fn(box: Box, vox: np.ndarray) -> None:
+            hits = np.nonzero(vox == label)
+            if hits[0].size == 0:
+                return
+            a = [int(h.min()) + s for h, s in zip(hits, box.start)]
+            b = [int(h.max()) + 1 + s for h, s in zip(hits, box.start)]
+            with lock:
+                lo[:] = a if not lo else [min(x, y) for x, y in zip(lo, a)]
+                hi[:] = b if not hi else [max(x, y) for x, y in zip(hi, b)]
+
+        self.scan(scale, fn)
+        return (tuple(lo), tuple(hi)) if lo else None
+
+    def reserve_ids(self, count: int) -> int:
+        """The first of ``count`` new ids, above every id in scale 0 and every id reserved before.
+        The first call scans scale 0 (once; the counter then lives in this process)."""
+        with self._reserve_lock:
+            if self._next_id is None:
+                top = [0]
+
+                def fn(box: Box, vox: np.ndarray) -> None:
+                    m = int(vox.max())
+                    with self._reserve_lock_scan:
+                        top[0] = max(top[0], m)
+
+                self.scan(0, fn)
+                self._next_id = top[0] + 1
+            start = self._next_id
+            self._next_id += count
+            return start
+
+
+def open_sources(entries: Iterable[tuple[str, str, Callable[[], Volume], int]], cache_factory: Callable[[KVStore], KVStore]):
+    """(router, cache, {name: RelaySource}) for ``(name, url, opener, channel)`` entries."""
+    router = SourceRouter()
+    cache = cache_factory(router)
+    sources = {name: RelaySource(name, url, opener(), cache, router, ch) for name, url, opener, ch in entries}
+    return router, cache, sources

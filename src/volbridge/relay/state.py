@@ -1,0 +1,102 @@
+"""The running relay: its sources, cache tiers, access rules and counters."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from ..errors import VolbridgeError
+from ..kv import DiskCache, KVStore, MemoryCache
+from ..kv.cache_tier import CacheTier
+from ..remotes import open_volume
+from .config import RelayConfig, SourceConfig
+from .errors import RelayError
+from .source import RelaySource, open_sources
+
+
+def _cache_factory(cfg: RelayConfig) -> Callable[[KVStore], KVStore]:
+    def build(router: KVStore) -> KVStore:
+        store = router
+        if cfg.disk_dir and cfg.disk_bytes > 0:
+            store = DiskCache(store, cfg.disk_dir, cfg.disk_bytes, cache_absent=True)
+        if cfg.memory_bytes > 0:
+            store = MemoryCache(store, cfg.memory_bytes, cache_absent=True)
+        return store
+
+    return build
+
+
+def _opener(src: SourceConfig) -> Callable:
+    def open_it():
+        try:
+            return open_volume(src.url, "r+" if src.writable else "r", token=src.token)
+        except VolbridgeError as e:
+            raise VolbridgeError(f"source {src.name}: {e}") from e
+
+    return open_it
+
+
+class Relay:
+    def __init__(self, config: RelayConfig):
+        config.validate()
+        self.config = config
+        self.started = time.time()
+        self.router, self.cache, self.sources = open_sources(
+            ((s.name, s.url, _opener(s), s.channel or 0) for s in config.sources.values()), _cache_factory(config)
+        )
+        for name, src in self.sources.items():
+            nch = src.meta.num_channels
+            chosen = config.sources[name].channel
+            if chosen is None and nch > 1:
+                raise VolbridgeError(f"source {name} has {nch} channels; say which one it serves with channel = N")
+            if not 0 <= src.channel < nch:
+                raise VolbridgeError(f"source {name}: channel = {chosen}, but the source has channels 0..{nch - 1}")
+        self.requests: Counter = Counter()  # (kind, status) -> count
+        self.bytes_served = 0
+        self._lock = threading.Lock()
+
+    # -- tiers ------------------------------------------------------------------------------------
+    def tiers(self) -> list[tuple[str, CacheTier]]:
+        out = []
+        store = self.cache
+        while isinstance(store, CacheTier):
+            out.append(("memory" if isinstance(store, MemoryCache) else "disk", store))
+            store = store.backing
+        return out
+
+    def count(self, kind: str, status: int, nbytes: int = 0) -> None:
+        with self._lock:
+            self.requests[(kind, status)] += 1
+            self.bytes_served += nbytes
+
+    # -- lookup and access ------------------------------------------------------------------------
+    def source(self, c: str, e: str, ch: str) -> RelaySource:
+        name = f"{c}/{e}/{ch}"
+        src = self.sources.get(name)
+        if src is None:
+            raise RelayError(404, 4000, f"no channel {name} on this relay")
+        return src
+
+    def allowed(self, token: str | None, action: str, name: str) -> bool:
+        if action == "read" and self.config.sources[name].public:
+            return True
+        t = self.config.token(token)
+        return t is not None and t.may(action, name)
+
+    def authorize(self, token: str | None, action: str, name: str) -> None:
+        """401 without a valid token, 403 with one that does not grant ``action`` on ``name``."""
+        if self.allowed(token, action, name):
+            if action == "write" and not self.config.sources[name].writable:
+                raise RelayError(403, 4003, f"channel {name} is read-only on this relay")
+            return
+        if self.config.token(token) is None:
+            if token and token != "public":
+                raise RelayError(401, 4001, "the token is not valid on this relay")
+            raise RelayError(401, 4001, f"channel {name} needs a token (Authorization: Token <token>)")
+        raise RelayError(403, 4002, f"the token does not allow {action} on {name}")
+
+    def visible(self, token: str | None) -> list[str]:
+        """Channels the token may read, in config order."""
+        return [n for n in self.sources if self.allowed(token, "read", n)]

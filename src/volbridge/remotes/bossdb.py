@@ -1,0 +1,265 @@
+"""BossDB, or any server that speaks its REST dialect (a volbridge relay too), as a Volume.
+
+``bossdb://collection/experiment/channel`` uses the host of intern's settings (``INTERN_PROTOCOL``,
+``INTERN_HOST``, ``INTERN_TOKEN``, else ``~/.intern/intern.cfg``, else https://api.bossdb.io with
+the anonymous token ``public``). ``bossdb://https://host:port/collection/experiment/channel`` names
+the server; intern's configured token is sent there only when it is the configured host, so a token
+never leaks to another server (pass ``token=`` for that).
+
+Metadata comes from the channel, experiment, coordinate frame and downsample endpoints: bounds with
+the frame's offsets, the voxel size of every level (in nm), dtype and image/annotation type.
+Cutouts are split on BossDB's 512x512x16 cuboid grid into blocks well under the server's request
+limit, fetched in parallel with retries, and assembled in one preallocated array (intern's
+reassembly is serial). Writes send every block, zeros included (intern skips all-zero uploads).
+"""
+
+from __future__ import annotations
+
+import configparser
+import math
+import os
+from urllib.parse import quote
+
+import numpy as np
+
+from ..codecs import cutout
+from ..engine import Volume
+from ..engine.parallel import run_bounded
+from ..errors import (
+    AuthError,
+    ChunkDecodeError,
+    InvalidArgumentError,
+    MetadataError,
+    StoreError,
+    StoreTimeoutError,
+    URLError,
+)
+from ..formats.base import ScaleMeta, VolumeMeta
+from ..geometry import Box, ChunkGrid
+from ..kv.retry import RetryPolicy
+
+DEFAULT_PROTOCOL, DEFAULT_HOST = "https", "api.bossdb.io"
+#: BossDB's storage cuboid (x, y, z).
+CUBOID = (512, 512, 16)
+#: One request covers at most this block (x, y, z), aligned to the cuboids: 16 Mi voxels keeps
+#: even uint64 far under the 520 MiB limit and leaves many requests to run in parallel.
+BLOCK = (512, 512, 64)
+#: Requests in flight per cutout: latency, not CPU, bounds a server.
+CONCURRENCY = 16
+UNIT_NM = {"nanometers": 1.0, "micrometers": 1e3, "millimeters": 1e6, "centimeters": 1e7}
+
+
+def intern_settings() -> dict:
+    """intern's own settings: its environment variables, else its config file's [Default]."""
+    env = {k: os.environ.get(f"INTERN_{k.upper()}") for k in ("protocol", "host", "token")}
+    if all(env.values()):
+        return env
+    path = os.path.expanduser(os.environ.get("INTERN_CONFIG", "~/.intern/intern.cfg"))
+    cfg = configparser.ConfigParser()
+    try:
+        cfg.read(path)
+    except configparser.Error as e:
+        raise URLError(f"cannot parse intern's config {path}: {e}") from e
+    section = dict(cfg["Default"]) if cfg.has_section("Default") else {}
+    return {k: env.get(k) or section.get(k) for k in ("protocol", "host", "token")}
+
+
+def parse_url(url: str, token: str | None = None) -> tuple[str, str, tuple[str, str, str]]:
+    """(base URL ``proto://host/v1``, token, (collection, experiment, channel))."""
+    if not url.startswith("bossdb://"):
+        raise URLError(f"{url!r} is not a bossdb:// URL")
+    rest = url[len("bossdb://"):]
+    settings = intern_settings()
+    conf_proto = settings.get("protocol") or DEFAULT_PROTOCOL
+    conf_host = settings.get("host") or DEFAULT_HOST
+    if rest.startswith(("http://", "https://")):
+        proto, _, rest = rest.partition("://")
+        host, _, path = rest.partition("/")
+        same = host == conf_host and proto == conf_proto
+    else:
+        proto, host, path, same = conf_proto, conf_host, rest, True
+    parts = [p for p in path.split("/") if p]
+    if len(parts) != 3 or not host:
+        raise URLError(f"{url!r} must be bossdb://[http(s)://host/]collection/experiment/channel")
+    if token is None:
+        token = (settings.get("token") if same else None) or "public"
+    return f"{proto}://{host}/v1", token, (parts[0], parts[1], parts[2])
+
+
+class BossClient:
+    """JSON and cutout requests to one BossDB-dialect server, with retries (urllib3)."""
+
+    def __init__(self, base: str, token: str, policy: RetryPolicy | None = None):
+        import urllib3
+
+        self.base = base
+        self.policy = policy or RetryPolicy()
+        self.headers = {"Authorization": f"Token {token}", "User-Agent": "volbridge"}
+        self.http = urllib3.PoolManager(
+            num_pools=4, maxsize=CONCURRENCY * 2, retries=False,
+            timeout=urllib3.Timeout(connect=self.policy.connect_timeout, read=self.policy.timeout),
+        )
+        self.requests = 0
+        self.retries = 0
+
+    def request(self, method: str, path: str, *, body: bytes | None = None, headers: dict | None = None,
+                ok=(200,), what: str = "") -> bytes:
+        import urllib3
+
+        url = f"{self.base}/{path}"
+        hdrs = {**self.headers, **(headers or {})}
+        last: Exception | None = None
+        for attempt in range(1, self.policy.max_attempts + 1):
+            if attempt > 1:
+                self.retries += 1
+                self.policy.sleep(attempt - 1)
+            self.requests += 1
+            try:
+                r = self.http.request(method, url, body=body, headers=hdrs, preload_content=True, decode_content=True)
+            except urllib3.exceptions.TimeoutError as e:
+                last = StoreTimeoutError(f"{method} {url} timed out after {attempt} attempt(s): {e}")
+                continue
+            except urllib3.exceptions.HTTPError as e:  # refused, reset, truncated body
+                last = StoreError(f"{method} {url} failed after {attempt} attempt(s): {e}")
+                continue
+            if r.status in ok:
+                return r.data
+            message = _message(r.data) or r.reason or ""
+            if r.status in (429,) or r.status >= 500:
+                if r.status == 504:
+                    last = StoreTimeoutError(f"{method} {url}: HTTP 504 after {attempt} attempt(s): {message}")
+                else:
+                    last = StoreError(f"{method} {url}: HTTP {r.status} after {attempt} attempt(s): {message}")
+                continue
+            if r.status in (401, 403):
+                raise AuthError(f"{url}: HTTP {r.status}: {message or 'not authorised'} (check the token)")
+            if r.status == 404:
+                raise URLError(f"{what or url} not found on {self.base}: {message}")
+            raise InvalidArgumentError(f"{method} {url}: HTTP {r.status}: {message}")
+        assert last is not None
+        raise last
+
+    def json(self, path: str, what: str = "") -> dict:
+        import json
+
+        data = self.request("GET", path, headers={"Accept": "application/json"}, what=what)
+        try:
+            return json.loads(data)
+        except ValueError as e:
+            raise MetadataError(f"{self.base}/{path} did not return JSON: {e}") from e
+
+
+def _message(data: bytes) -> str:
+    import json
+
+    try:
+        return str(json.loads(data).get("message", ""))
+    except (ValueError, AttributeError):  # not JSON, or JSON without a message
+        return data[:200].decode("utf-8", "replace")
+
+
+def _field(obj: dict, name: str, where: str):
+    if name not in obj:
+        raise MetadataError(f"{where} has no {name!r}")
+    return obj[name]
+
+
+class BossVolume(Volume):
+    format_name = "bossdb"
+
+    def __init__(self, url: str, writable: bool = False, token: str | None = None, client: BossClient | None = None):
+        self.url = url
+        base, token, (c, e, ch) = parse_url(url, token)
+        self.collection, self.experiment, self.channel = c, e, ch
+        self.client = client or BossClient(base, token)
+        self.capabilities = frozenset({"write"} if writable else ())
+        self.meta, self.base_resolution, self.raw = self._load_meta()
+
+    def _load_meta(self):
+        c, e, ch = (quote(p) for p in (self.collection, self.experiment, self.channel))
+        where = f"channel {self.collection}/{self.experiment}/{self.channel}"
+        chan = self.client.json(f"collection/{c}/experiment/{e}/channel/{ch}/", where)
+        exp = self.client.json(f"collection/{c}/experiment/{e}/", f"experiment {self.collection}/{self.experiment}")
+        frame_name = _field(exp, "coord_frame", "the experiment")
+        frame = self.client.json(f"coord/{quote(str(frame_name))}/", f"coordinate frame {frame_name}")
+        dtype = np.dtype(_field(chan, "datatype", where))
+        unit = UNIT_NM.get(frame.get("voxel_unit", "nanometers"))
+        if unit is None:
+            raise MetadataError(f"coordinate frame {frame_name} has an unknown voxel_unit {frame.get('voxel_unit')!r}")
+        start0 = [int(_field(frame, f"{a}_start", "the frame")) for a in "xyz"]
+        stop0 = [int(_field(frame, f"{a}_stop", "the frame")) for a in "xyz"]
+        vox0 = [float(_field(frame, f"{a}_voxel_size", "the frame")) * unit for a in "xyz"]
+        base_res = int(chan.get("base_resolution", 0))
+        levels = int(exp.get("num_hierarchy_levels", 1))
+        try:
+            ds = self.client.json(f"downsample/{c}/{e}/{ch}/", f"downsample status of {where}")
+        except (URLError, AuthError, InvalidArgumentError):
+            ds = None  # an older server: derive the levels as BossDB does
+        scales = []
+        for r in range(base_res, levels):
+            key = str(r)
+            if ds and key in ds.get("voxel_size", {}) and key in ds.get("extent", {}):
+                res = [float(v) * unit for v in ds["voxel_size"][key]]
+                extent = [int(v) for v in ds["extent"][key]]
+            else:
+                iso = exp.get("hierarchy_method") == "isotropic"
+                f = [2**r, 2**r, 2**r if iso else 1]
+                res = [v * fi for v, fi in zip(vox0, f)]
+                extent = [math.ceil((b - a) / fi) for a, b, fi in zip(start0, stop0, f)]
+            factor = [max(1, round(rv / v0)) for rv, v0 in zip(res, vox0)]
+            start = [a // fi for a, fi in zip(start0, factor)]
+            bounds = Box(tuple(start), tuple(s + n for s, n in zip(start, extent)))
+            res_t = tuple(int(v) if float(v).is_integer() else v for v in res)
+            scales.append(ScaleMeta(key, bounds, res_t, CUBOID, "blosc"))
+        layer = "segmentation" if chan.get("type") == "annotation" else "image"
+        meta = VolumeMeta(dtype=dtype, num_channels=1, layer_type=layer, scales=tuple(scales), fill_value=0)
+        return meta, base_res, {"channel": chan, "experiment": exp, "coord_frame": frame, "downsample": ds}
+
+    def metadata_json(self) -> dict:
+        return self.raw
+
+    def _blocks(self, box: Box, scale: int) -> list[Box]:
+        bounds = self.meta.scales[scale].bounds
+        grid = ChunkGrid(bounds, BLOCK, (0, 0, 0))
+        return [c.box.intersect(box) for c in grid.cells(box)]
+
+    def _cutout_path(self, b: Box, scale: int) -> str:
+        c, e, ch = (quote(p) for p in (self.collection, self.experiment, self.channel))
+        rng = "/".join(f"{a}:{z}" for a, z in zip(b.start, b.stop))
+        return f"cutout/{c}/{e}/{ch}/{self.base_resolution + scale}/{rng}/"
+
+    def read(self, box: Box, scale: int = 0) -> np.ndarray:
+        out = np.zeros((*box.shape, 1), dtype=self.meta.dtype, order="F")
+        dtype = self.meta.dtype
+
+        def task(b: Box) -> None:
+            path = self._cutout_path(b, scale)
+            body = self.client.request("GET", path + "?access-mode=cache", headers={"Accept": cutout.BLOSC})
+            try:
+                arr = cutout.decode(body, cutout.BLOSC, b.shape[::-1], dtype)
+            except ChunkDecodeError as e:
+                raise ChunkDecodeError(f"{self.client.base}/{path}: {e}") from e
+            out[b.slices(box.start) + (0,)] = arr.T
+
+        n = BLOCK[0] * BLOCK[1] * BLOCK[2] * dtype.itemsize * 3
+        run_bounded(task, self._blocks(box, scale), n, CONCURRENCY)
+        return out
+
+    def write(self, box: Box, data: np.ndarray, scale: int = 0, channels: slice | None = None) -> None:
+        from ..errors import ReadOnlyError
+
+        if "write" not in self.capabilities:
+            raise ReadOnlyError(f"{self.url} is open read-only; open it with mode='r+' to write")
+        self.check_write(box, data, scale, channels)
+
+        def task(b: Box) -> None:
+            body = cutout.encode(data[b.slices(box.start) + (0,)].T, cutout.BLOSC)
+            self.client.request("POST", self._cutout_path(b, scale), body=body,
+                                headers={"Content-Type": cutout.BLOSC}, ok=(200, 201))
+
+        n = BLOCK[0] * BLOCK[1] * BLOCK[2] * self.meta.dtype.itemsize * 2
+        run_bounded(task, self._blocks(box, scale), n, CONCURRENCY)
+
+
+def open_bossdb(url: str, writable: bool, token: str | None = None) -> BossVolume:
+    return BossVolume(url, writable, token)
