@@ -2,7 +2,7 @@ import os
 
 from hypothesis import HealthCheck, settings
 
-pytest_plugins = ["servers"]
+pytest_plugins = ["servers", "relay_fixtures"]
 
 # "ci" runs more examples; "dev" keeps local iterations quick. Both are deterministic-seeded per test.
 settings.register_profile(

@@ -318,6 +318,64 @@ def demo(
         out.print(Text(line))
 
 
+# -- serve and view ---------------------------------------------------------------------------------
+def _relay_config(urls: list[str], config: Optional[Path], host: Optional[str], port: Optional[int], writable: bool):
+    from .relay import RelayConfig
+
+    if config is not None and urls:
+        raise _BadValue("give either URLs or --config, not both", param_hint="'--config'")
+    if config is None and not urls:
+        raise _BadValue("give volume URLs to serve, or --config relay.toml", param_hint="'URLS'")
+    if config is not None and config.suffix == "" and not config.exists():
+        raise _BadValue(f"{config} does not exist", param_hint="'--config'")
+    cfg = RelayConfig.load(config) if config is not None else RelayConfig.from_urls(urls, writable=writable)
+    if host is not None:
+        cfg.host = host
+    if port is not None:
+        cfg.port = port
+    return cfg
+
+
+@app.command()
+def serve(
+    urls: list[str] = typer.Argument(None, help="Volumes to serve (each public, as volbridge/<name>/<name>); or a relay.toml."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Relay config (TOML): sources, tokens, caches."),
+    host: Optional[str] = typer.Option(None, "--host", help="Address to listen on (default 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, "--port", help="Port (default 8080; 0 picks a free one)."),
+    writable: bool = typer.Option(False, "--writable", help="Quick start only: let anyone write the volumes."),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level (info shows every request)."),
+) -> None:
+    """Serve volumes in the BossDB REST dialect and as precomputed over HTTP, through cache tiers."""
+    from .relay.serve import serve as run_relay
+
+    urls = list(urls or [])
+    if config is None and len(urls) == 1 and urls[0].endswith(".toml"):
+        config, urls = Path(urls[0]), []
+    run_relay(_relay_config(urls, config, host, port, writable), log_level=log_level,
+              announce=lambda line: print(line, flush=True))
+
+
+@app.command()
+def view(
+    urls: list[str] = typer.Argument(..., help="Volumes to show (images and segmentations)."),
+    port: int = typer.Option(0, "--port", help="Relay port (0 picks a free one)."),
+    viewer_port: int = typer.Option(0, "--viewer-port", help="Port of the local neuroglancer client (0: free)."),
+    open_browser: bool = typer.Option(False, "--open", help="Also open the link in a web browser."),
+) -> None:
+    """Serve volumes through a relay and open them in neuroglancer (served locally); prints the link."""
+    from .relay.view import start_viewer
+
+    cfg = _relay_config(list(urls), None, "127.0.0.1", port, False)
+    session = start_viewer(cfg, viewer_port=viewer_port)
+    print(f"relay: {session.relay.url}", flush=True)
+    print(f"neuroglancer: {session.link}", flush=True)
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(session.link)
+    session.wait()
+
+
 # -- entry point ------------------------------------------------------------------------------------
 def _fail(message: str) -> int:
     typer.echo(f"error: {message}", err=True)

@@ -1,0 +1,5 @@
+"""``python -m volbridge``: the command line."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,53 @@
+"""``volbridge view``: a relay for the volumes plus the neuroglancer client, served locally.
+
+The ``neuroglancer`` package serves its own build of the client, so nothing is fetched from the
+internet; each volume becomes a layer whose source is the relay's precomputed-over-HTTP view of
+it, whatever its real format.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from ..errors import UnsupportedError
+from .config import RelayConfig
+from .serve import RelayServer
+
+
+@dataclass
+class ViewSession:
+    relay: RelayServer
+    viewer: object
+    link: str
+
+    def wait(self) -> None:
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.relay.stop()
+
+
+def layer_sources(relay: RelayServer) -> list[tuple[str, str, str]]:
+    """(layer name, layer type, neuroglancer source) of every channel."""
+    out = []
+    for name, src in relay.relay.sources.items():
+        out.append((name.rsplit("/", 1)[-1], src.meta.layer_type, f"precomputed://{relay.url}/{name}"))
+    return out
+
+
+def start_viewer(config: RelayConfig, *, viewer_port: int = 0, bind: str = "127.0.0.1") -> ViewSession:
+    try:
+        import neuroglancer
+    except ImportError as e:  # pragma: no cover - the extra is installed in tests
+        raise UnsupportedError("volbridge view needs neuroglancer: pip install 'volbridge[view]'") from e
+    relay = RelayServer(config, log_level="warning").start()
+    neuroglancer.set_server_bind_address(bind, bind_port=viewer_port)
+    viewer = neuroglancer.Viewer()
+    with viewer.txn() as state:
+        for name, kind, source in layer_sources(relay):
+            layer = neuroglancer.SegmentationLayer if kind == "segmentation" else neuroglancer.ImageLayer
+            state.layers[name] = layer(source=source)
+    return ViewSession(relay, viewer, viewer.get_viewer_url())
