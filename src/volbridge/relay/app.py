@@ -121,7 +121,9 @@ async def metrics(request: Request):
 
 
 async def openapi_json(request: Request):
-    return JSONResponse(openapi.document())
+    relay: Relay = request.app.state.relay
+    visible = relay.visible(boss.token_of(request))
+    return JSONResponse(openapi.document(visible[0] if visible else None))
 
 
 async def ping(request: Request):
