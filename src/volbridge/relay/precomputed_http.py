@@ -61,7 +61,7 @@ async def chunk(request: Request):
     raw = await run_in_threadpool(work)
     headers = {}
     if "gzip" in request.headers.get("accept-encoding", ""):
-        raw = await run_in_threadpool(deflate.gzip_compress, raw, GZIP_LEVEL)
+        raw = bytes(await run_in_threadpool(deflate.gzip_compress, raw, GZIP_LEVEL))
         headers["Content-Encoding"] = "gzip"
     return Response(raw, media_type="application/octet-stream", headers=headers)
 
