@@ -43,7 +43,16 @@ class RawCodec(ChunkCodec):
     def decode(self, data: bytes, shape: Shape4, dtype: np.dtype) -> np.ndarray:
         dt = little_endian(dtype)
         nbytes = math.prod(shape) * dt.itemsize
-        data = decompress_to_size(data, nbytes, lambda: f"raw {shape[:3]} {dt.name} chunk")
+        what = lambda: f"raw {shape[:3]} {dt.name} chunk"  # noqa: E731
+        if self.compressor is not None and self.compressor.matches(data):
+            # Decompress whenever the stream says it is ours: a small chunk's compressed size can
+            # equal its raw size, and the size test alone would then take the stream for voxels.
+            out = self.compressor.decompress(data)
+            if len(out) != nbytes:
+                raise ChunkDecodeError(f"{what()}: {self.compressor.name} stream decompressed to {len(out)} bytes, expected {nbytes}")
+            data = out
+        else:
+            data = decompress_to_size(data, nbytes, what)
         return np.frombuffer(data, dtype=dt).reshape(shape, order="F")
 
     def encode(self, chunk: np.ndarray) -> bytes:
