@@ -16,7 +16,9 @@ from .state import Relay
 def _bind(host: str, port: int) -> socket.socket:
     """The listening socket, bound before uvicorn starts, so ``port=0`` yields a known free port."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted sockets only when the
+    # protocol says TCP, and without it every keep-alive response waits 40 ms for a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
