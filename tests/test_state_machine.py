@@ -269,3 +269,41 @@ class HDF5Machine(PrecomputedMachine):
 
 TestHDF5StateMachine = HDF5Machine.TestCase
 TestHDF5StateMachine.settings = settings(stateful_step_count=10, max_examples=40)
+
+
+class BossRelayMachine(PrecomputedMachine):
+    """The same rules through the BossDB dialect: volbridge's bossdb:// client, a relay (with its
+    cache tiers) in between, the precomputed volume behind it. One channel (a BossDB channel has
+    one), every encoding, dtype, offset and scale count of the precomputed machine."""
+
+    SPEC = volume_spec().filter(lambda s: s["nc"] == 1 and s["store"] == "file")
+
+    @initialize(data=st.data(), seed=st.integers(0, 2**32 - 1))
+    def create(self, data, seed):
+        from volbridge.relay import RelayConfig
+        from volbridge.relay.serve import RelayServer
+
+        super().create(data, seed)
+        source = self.url
+        self.relay = RelayServer(RelayConfig.from_dict({
+            "server": {"host": "127.0.0.1", "port": 0},
+            "sources": {"sm/vol/ch": {"url": source, "writable": True}},
+            "tokens": [{"token": "sm-token", "write": ["sm/*"]}],
+            "cache": {"memory_bytes": 2**20},
+        }), log_level="warning", access_log=False).start()
+        self.url = f"bossdb://{self.relay.url}/sm/vol/ch"
+        self.vol = vb.array(self.url, axis_order=self.spec["axis_order"], mode="r+", token="sm-token")
+        assert [Box.of(*map(lambda t: t[::-1] if self.spec["axis_order"] == "zyx" else t, s.bounds)) for s in self.vol.scales] == self.scale_boxes
+
+    @rule()
+    def reopen(self):
+        self.vol = vb.array(self.url, axis_order=self.spec["axis_order"], mode="r+", token="sm-token")
+
+    def teardown(self):
+        if hasattr(self, "relay"):
+            self.relay.stop()
+        super().teardown()
+
+
+TestBossRelayStateMachine = BossRelayMachine.TestCase
+TestBossRelayStateMachine.settings = settings(stateful_step_count=10, max_examples=40)

@@ -62,11 +62,16 @@ def frame_box(src: RelaySource) -> Box:
 
 
 def check_ranges(src: RelaySource, res: int, xs, ys, zs) -> Box:
-    """The requested box at ``res``, after BossDB's check against the base-resolution frame."""
+    """The requested box at ``res``. BossDB checks ranges against the base-resolution frame (so
+    intern, which never shrinks z, can read coarse isotropic scales); a frame whose start is not 0
+    moves at coarser scales, so the scale's own bounds are allowed too. Outside the scale's bounds
+    reads are zeros, and writes are refused."""
     frame = frame_box(src)
-    for (a, b), lo, hi, axis in zip((xs, ys, zs), frame.start, frame.stop, "xyz"):
+    scale = src.meta.scales[res].bounds
+    for (a, b), f0, f1, s0, s1, axis in zip((xs, ys, zs), frame.start, frame.stop, scale.start, scale.stop, "xyz"):
+        lo, hi = min(f0, s0), max(f1, s1)
         if a < lo or b > hi:
-            raise RelayError(400, BAD_REQUEST, f"{axis} range {a}:{b} is outside the coordinate frame [{lo}, {hi}) of {src.name}")
+            raise RelayError(400, BAD_REQUEST, f"{axis} range {a}:{b} is outside the coordinate frame [{lo}, {hi}) of {src.name} at resolution {res}")
     return Box((xs[0], ys[0], zs[0]), (xs[1], ys[1], zs[1]))
 
 
