@@ -74,3 +74,38 @@ def test_status_page_and_metrics(served):
     text = http("GET", served.url + "/metrics")[1].decode()
     assert "# TYPE volbridge_relay_cache_hits_total counter" in text
     assert 'volbridge_relay_requests_total{kind="precomputed_info",status="200"}' in text
+
+
+def test_any_source_format_behind_the_relay(start_relay, relay_volumes, tmp_path, seaweedfs, s3_bucket, monkeypatch):
+    """HDF5, N5 and precomputed on S3 (a relay process with the S3 credentials in its environment
+    only): each read back through the BossDB dialect by intern and as precomputed by tensorstore."""
+    import h5py
+    import tensorstore as ts
+    from intern import array as intern_array
+    from intern.convenience.array import _BossDBVolumeProvider
+    from intern.remote.boss import BossRemote
+
+    model = relay_volumes["image"][0]
+    with h5py.File(tmp_path / "img.h5", "w") as f:
+        f.create_dataset("em/raw", data=model, chunks=(8, 64, 64))
+        f["em/raw"].attrs["resolution"] = (40, 4, 4)
+    n5 = vb.create(f"n5://{tmp_path / 'img.n5'}", shape=model.shape, dtype="uint8", chunk_shape=(8, 64, 64), compression="gzip")
+    n5[...] = model
+    with monkeypatch.context() as m:  # the credentials only while writing, and in the relay's environment
+        for k, v in seaweedfs.env.items():
+            m.setenv(k, v)
+        s3 = vb.create(f"precomputed://s3://{s3_bucket}/img", shape=model.shape, dtype="uint8", chunk_shape=(16, 64, 64),
+                       resolution=(40, 4, 4), compression="gzip")
+        s3[...] = model
+    relay = start_relay({"sources": {
+        "fmt/h5/image": {"url": f"h5://{tmp_path / 'img.h5'}#/em/raw", "public": True},
+        "fmt/n5/image": {"url": f"n5://{tmp_path / 'img.n5'}", "public": True},
+        "fmt/s3/image": {"url": f"precomputed://s3://{s3_bucket}/img", "public": True},
+    }}, process=True, env=seaweedfs.env)
+    boss = BossRemote({"protocol": "http", "host": relay.url.split("://")[1], "token": "public"})
+    for exp in ("h5", "n5", "s3"):
+        a = intern_array(f"bossdb://fmt/{exp}/image", volume_provider=_BossDBVolumeProvider(boss))
+        np.testing.assert_array_equal(a[0:40, 0:300, 0:520], model, err_msg=exp)
+        np.testing.assert_array_equal(a[3:7, 100:211, 17:301], model[3:7, 100:211, 17:301], err_msg=exp)
+        store = ts.open({"driver": "neuroglancer_precomputed", "kvstore": f"{relay.url}/fmt/{exp}/image/"}, read=True).result()
+        np.testing.assert_array_equal(np.asarray(store[ts.d["channel"][0]].read().result()).T, model, err_msg=exp)
