@@ -118,7 +118,9 @@ class RelayConfig:
         """Quick start: every URL public, named ``volbridge/<basename>/<basename>``."""
         sources: dict[str, SourceConfig] = {}
         for url in urls:
-            base = re.sub(r"[^\w-]+", "_", url.rstrip("/").split("#")[0].rsplit("/", 1)[-1]).strip("_") or "volume"
+            leaf = url.split("#")[0].split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+            leaf = re.sub(r"\.(zarr|n5|h5|hdf5|hdf|tiff?)$", "", leaf, flags=re.IGNORECASE)
+            base = re.sub(r"[^\w-]+", "_", leaf).strip("_") or "volume"
             name, n = f"volbridge/{base}/{base}", 1
             while name in sources:
                 n += 1
