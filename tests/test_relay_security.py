@@ -8,11 +8,11 @@ import os
 import shutil
 import subprocess
 import sys
+from http.client import HTTPConnection
 
 import imagecodecs
 import numpy as np
 import pytest
-from http.client import HTTPConnection
 from relay_fixtures import error_body, http
 
 import volbridge as vb

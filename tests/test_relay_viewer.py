@@ -119,7 +119,7 @@ def screenshot(viewer, size=(400, 400), timeout=60.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         done, box = threading.Event(), []
-        viewer.async_screenshot(lambda r: (box.append(r), done.set()))
+        viewer.async_screenshot(lambda r, box=box, done=done: (box.append(r), done.set()))  # a late reply fills its own box
         if not done.wait(min(5.0, max(0.0, deadline - time.monotonic()))):
             continue  # ask again with a new request id
         shot = box[0].screenshot

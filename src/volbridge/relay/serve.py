@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from .app import create_app
 from .config import RelayConfig
@@ -56,7 +56,7 @@ class RelayServer:
     def run(self) -> None:
         self.server.run(sockets=[self.sock])
 
-    def start(self, timeout: float = 30.0) -> "RelayServer":
+    def start(self, timeout: float = 30.0) -> RelayServer:
         self._thread = threading.Thread(target=self.run, name="volbridge-relay", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout
