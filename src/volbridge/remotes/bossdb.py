@@ -30,13 +30,11 @@ from ..errors import (
     ChunkDecodeError,
     InvalidArgumentError,
     MetadataError,
-    StoreError,
-    StoreTimeoutError,
     URLError,
 )
 from ..formats.base import ScaleMeta, VolumeMeta
 from ..geometry import Box, ChunkGrid
-from ..kv.retry import RetryPolicy
+from .http_client import HTTPClient
 
 DEFAULT_PROTOCOL, DEFAULT_HOST = "https", "api.bossdb.io"
 #: BossDB's storage cuboid (x, y, z).
@@ -86,78 +84,6 @@ def parse_url(url: str, token: str | None = None) -> tuple[str, str, tuple[str, 
     return f"{proto}://{host}/v1", token, (parts[0], parts[1], parts[2])
 
 
-class BossClient:
-    """JSON and cutout requests to one BossDB-dialect server, with retries (urllib3)."""
-
-    def __init__(self, base: str, token: str, policy: RetryPolicy | None = None):
-        import urllib3
-
-        self.base = base
-        self.policy = policy or RetryPolicy()
-        self.headers = {"Authorization": f"Token {token}", "User-Agent": "volbridge"}
-        self.http = urllib3.PoolManager(
-            num_pools=4, maxsize=CONCURRENCY * 2, retries=False,
-            timeout=urllib3.Timeout(connect=self.policy.connect_timeout, read=self.policy.timeout),
-        )
-        self.requests = 0
-        self.retries = 0
-
-    def request(self, method: str, path: str, *, body: bytes | None = None, headers: dict | None = None,
-                ok=(200,), what: str = "") -> bytes:
-        import urllib3
-
-        url = f"{self.base}/{path}"
-        hdrs = {**self.headers, **(headers or {})}
-        last: Exception | None = None
-        for attempt in range(1, self.policy.max_attempts + 1):
-            if attempt > 1:
-                self.retries += 1
-                self.policy.sleep(attempt - 1)
-            self.requests += 1
-            try:
-                r = self.http.request(method, url, body=body, headers=hdrs, preload_content=True, decode_content=True)
-            except urllib3.exceptions.TimeoutError as e:
-                last = StoreTimeoutError(f"{method} {url} timed out after {attempt} attempt(s): {e}")
-                continue
-            except urllib3.exceptions.HTTPError as e:  # refused, reset, truncated body
-                last = StoreError(f"{method} {url} failed after {attempt} attempt(s): {e}")
-                continue
-            if r.status in ok:
-                return r.data
-            message = _message(r.data) or r.reason or ""
-            if r.status in (429,) or r.status >= 500:
-                if r.status == 504:
-                    last = StoreTimeoutError(f"{method} {url}: HTTP 504 after {attempt} attempt(s): {message}")
-                else:
-                    last = StoreError(f"{method} {url}: HTTP {r.status} after {attempt} attempt(s): {message}")
-                continue
-            if r.status in (401, 403):
-                raise AuthError(f"{url}: HTTP {r.status}: {message or 'not authorised'} (check the token)")
-            if r.status == 404:
-                raise URLError(f"{what or url} not found on {self.base}: {message}")
-            raise InvalidArgumentError(f"{method} {url}: HTTP {r.status}: {message}")
-        assert last is not None
-        raise last
-
-    def json(self, path: str, what: str = "") -> dict:
-        import json
-
-        data = self.request("GET", path, headers={"Accept": "application/json"}, what=what)
-        try:
-            return json.loads(data)
-        except ValueError as e:
-            raise MetadataError(f"{self.base}/{path} did not return JSON: {e}") from e
-
-
-def _message(data: bytes) -> str:
-    import json
-
-    try:
-        return str(json.loads(data).get("message", ""))
-    except (ValueError, AttributeError):  # not JSON, or JSON without a message
-        return data[:200].decode("utf-8", "replace")
-
-
 def _field(obj: dict, name: str, where: str):
     if name not in obj:
         raise MetadataError(f"{where} has no {name!r}")
@@ -167,11 +93,11 @@ def _field(obj: dict, name: str, where: str):
 class BossVolume(Volume):
     format_name = "bossdb"
 
-    def __init__(self, url: str, writable: bool = False, token: str | None = None, client: BossClient | None = None):
+    def __init__(self, url: str, writable: bool = False, token: str | None = None, client: HTTPClient | None = None):
         self.url = url
         base, token, (c, e, ch) = parse_url(url, token)
         self.collection, self.experiment, self.channel = c, e, ch
-        self.client = client or BossClient(base, token)
+        self.client = client or HTTPClient(base, {"Authorization": f"Token {token}"}, concurrency=CONCURRENCY)
         self.capabilities = frozenset({"write"} if writable else ())
         self.meta, self.base_resolution, self.raw = self._load_meta()
 

@@ -1,0 +1,81 @@
+"""Requests to a server remote (BossDB, DVID, a relay), with the kv layer's retry policy.
+
+One pooled, thread-safe urllib3 client per volume. Transient failures (connection refused or reset,
+timeouts, truncated bodies, 5xx, 429) are retried with backoff and jitter; what remains after the
+last attempt raises a StoreError (StoreTimeoutError for timeouts and 504) naming the URL. A 401/403
+is an AuthError, a 404 a URLError naming what was looked for, any other 4xx an
+InvalidArgumentError carrying the server's own message. Nothing turns into an empty answer.
+"""
+
+from __future__ import annotations
+
+import json as _json
+
+from ..errors import AuthError, InvalidArgumentError, MetadataError, StoreError, StoreTimeoutError, URLError
+from ..kv.retry import RetryPolicy
+
+
+def server_message(data: bytes) -> str:
+    """The ``message`` of a JSON error body (BossDB's shape), else the body's start as text."""
+    try:
+        return str(_json.loads(data).get("message", ""))
+    except (ValueError, AttributeError):  # not JSON, or JSON without a message
+        return data[:200].decode("utf-8", "replace").strip()
+
+
+class HTTPClient:
+    def __init__(self, base: str, headers: dict | None = None, *, concurrency: int = 16, policy: RetryPolicy | None = None):
+        import urllib3
+
+        self.base = base.rstrip("/")
+        self.policy = policy or RetryPolicy()
+        self.headers = {"User-Agent": "volbridge", **(headers or {})}
+        self.http = urllib3.PoolManager(
+            num_pools=4, maxsize=concurrency * 2, retries=False,
+            timeout=urllib3.Timeout(connect=self.policy.connect_timeout, read=self.policy.timeout),
+        )
+        self.requests = 0
+        self.retries = 0
+
+    def request(self, method: str, path: str, *, body: bytes | None = None, headers: dict | None = None,
+                ok=(200,), what: str = "") -> bytes:
+        import urllib3
+
+        url = f"{self.base}/{path}"
+        hdrs = {**self.headers, **(headers or {})}
+        last: Exception | None = None
+        for attempt in range(1, self.policy.max_attempts + 1):
+            if attempt > 1:
+                self.retries += 1
+                self.policy.sleep(attempt - 1)
+            self.requests += 1
+            try:
+                r = self.http.request(method, url, body=body, headers=hdrs, preload_content=True, decode_content=True)
+            except urllib3.exceptions.TimeoutError as e:
+                last = StoreTimeoutError(f"{method} {url} timed out after {attempt} attempt(s): {e}")
+                continue
+            except urllib3.exceptions.HTTPError as e:  # refused, reset, truncated body
+                last = StoreError(f"{method} {url} failed after {attempt} attempt(s): {e}")
+                continue
+            if r.status in ok:
+                return r.data
+            message = server_message(r.data) or r.reason or ""
+            if r.status == 429 or r.status >= 500:
+                kind = StoreTimeoutError if r.status == 504 else StoreError
+                last = kind(f"{method} {url}: HTTP {r.status} after {attempt} attempt(s): {message}")
+                continue
+            if r.status in (401, 403):
+                raise AuthError(f"{url}: HTTP {r.status}: {message or 'not authorised'} (check the token)")
+            if r.status == 404:
+                raise URLError(f"{what or url} not found on {self.base}: {message}")
+            raise InvalidArgumentError(f"{method} {url}: HTTP {r.status}: {message}")
+        assert last is not None
+        raise last
+
+    def json(self, path: str, what: str = "", *, method: str = "GET", body=None, ok=(200,)):
+        data = self.request(method, path, headers={"Accept": "application/json"},
+                            body=None if body is None else _json.dumps(body).encode(), ok=ok, what=what)
+        try:
+            return _json.loads(data)
+        except ValueError as e:
+            raise MetadataError(f"{self.base}/{path} did not return JSON: {e}") from e
