@@ -276,7 +276,7 @@ class BossRelayMachine(PrecomputedMachine):
     cache tiers) in between, the precomputed volume behind it. One channel (a BossDB channel has
     one), every encoding, dtype, offset and scale count of the precomputed machine."""
 
-    SPEC = volume_spec().filter(lambda s: s["nc"] == 1 and s["store"] == "file")
+    SPEC = volume_spec().map(lambda s: {**s, "nc": 1, "store": "file"})
 
     @initialize(data=st.data(), seed=st.integers(0, 2**32 - 1))
     def create(self, data, seed):
@@ -291,9 +291,12 @@ class BossRelayMachine(PrecomputedMachine):
             "tokens": [{"token": "sm-token", "write": ["sm/*"]}],
             "cache": {"memory_bytes": 2**20},
         }), log_level="warning", access_log=False).start()
-        self.url = f"bossdb://{self.relay.url}/sm/vol/ch"
+        self.url = self.remote_url(self.relay.url)
         self.vol = vb.array(self.url, axis_order=self.spec["axis_order"], mode="r+", token="sm-token")
         assert [Box.of(*map(lambda t: t[::-1] if self.spec["axis_order"] == "zyx" else t, s.bounds)) for s in self.vol.scales] == self.scale_boxes
+
+    def remote_url(self, relay_url: str) -> str:
+        return f"bossdb://{relay_url}/sm/vol/ch"
 
     @rule()
     def reopen(self):
@@ -307,3 +310,23 @@ class BossRelayMachine(PrecomputedMachine):
 
 TestBossRelayStateMachine = BossRelayMachine.TestCase
 TestBossRelayStateMachine.settings = settings(stateful_step_count=10, max_examples=40)
+
+
+class DVIDRelayMachine(BossRelayMachine):
+    """The same rules through the DVID dialect: volbridge's dvid:// client (whose writes are widened
+    to whole DVID blocks and read-modify-written), a relay, the precomputed volume behind it. One
+    scale: a DVID instance is one."""
+
+    SPEC = volume_spec().map(lambda s: {
+        **s, "nc": 1, "store": "file", "num_scales": 1,
+        "dtype": {"int8": "uint8", "int16": "uint16", "int32": "uint32", "int64": "uint64", "float64": "float32"}.get(s["dtype"], s["dtype"]),
+    })
+
+    def remote_url(self, relay_url: str) -> str:
+        from volbridge.relay.dvid import repo_uuid
+
+        return f"dvid://{relay_url}/{repo_uuid('sm', 'vol')[:10]}/ch"
+
+
+TestDVIDRelayStateMachine = DVIDRelayMachine.TestCase
+TestDVIDRelayStateMachine.settings = settings(stateful_step_count=10, max_examples=30)

@@ -16,9 +16,10 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from ..errors import VolbridgeError
-from . import boss, openapi, precomputed_http
+from . import boss, dvid, openapi, precomputed_http
 from .config import RelayConfig
 from .errors import INTERNAL, RelayError, error_response, from_library
+from .requests import token_of
 from .state import Relay
 
 log = logging.getLogger("volbridge.relay")
@@ -34,6 +35,8 @@ def _kind(path: str) -> str:
     parts = path.strip("/").split("/")
     if parts[0] in ("v1", "latest") and len(parts) > 1:
         return parts[1]
+    if parts[0] == "api":
+        return "dvid_" + (parts[4] if parts[1] == "node" and len(parts) > 4 else parts[1] if len(parts) > 1 else "api")
     if len(parts) == 4 and parts[3] == "info":
         return "precomputed_info"
     if len(parts) == 5:
@@ -73,7 +76,7 @@ async def status_page(request: Request):
         f"<td>{t['hits']}</td><td>{t['misses']}</td><td>{_percent(t['hit_rate'])}</td></tr>"
         for t in s["tiers"]
     )
-    visible = set(relay.visible(boss.token_of(request)))
+    visible = set(relay.visible(token_of(request)))
     rows_s = "".join(
         f"<tr><td>{esc(x['name'])}</td><td>{esc(x['upstream'])}</td><td>{esc(x['format'])}</td><td>{esc(x['dtype'])}</td>"
         f"<td>{x['scales']}</td><td>{x['upstream_requests']}</td><td>{x['upstream_bytes']:,}</td></tr>"
@@ -122,7 +125,7 @@ async def metrics(request: Request):
 
 async def openapi_json(request: Request):
     relay: Relay = request.app.state.relay
-    visible = relay.visible(boss.token_of(request))
+    visible = relay.visible(token_of(request))
     return JSONResponse(openapi.document(visible[0] if visible else None))
 
 
@@ -182,6 +185,7 @@ def create_app(config: RelayConfig | Relay) -> Starlette:
         Route("/v1/ping/", ping),
         *boss.routes("/v1"),
         *boss.routes("/latest"),
+        *dvid.routes(),
         *precomputed_http.routes(),
     ]
     middleware = [

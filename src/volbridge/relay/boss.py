@@ -22,20 +22,13 @@ from ..codecs import cutout
 from ..errors import ChunkDecodeError, UnsupportedError
 from ..geometry import Box
 from .errors import BAD_REQUEST, TOO_LARGE, UNSUPPORTED_MEDIA, RelayError
+from .requests import read_body, token_of
 from .source import RelaySource
 from .state import Relay
 
 RANGE = re.compile(r"^(-?\d{1,12}):(-?\d{1,12})$")
 #: A cutout larger than this is refused before its body is read, whatever the config says.
 ABSOLUTE_BODY_LIMIT = 2**31
-
-
-def token_of(request: Request) -> str | None:
-    """The token of ``Authorization: Token <t>`` (intern) or ``Bearer <t>`` (neuroglancer)."""
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() in ("token", "bearer") and value.strip():
-        return value.strip()
-    return None
 
 
 def parse_range(text: str, axis: str) -> tuple[int, int]:
@@ -307,19 +300,6 @@ async def cutout_get(request: Request):
     return Response(body, media_type=media)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > limit):
-        raise RelayError(413, TOO_LARGE, f"the request body ({length} bytes) exceeds the {limit} bytes this cutout can need")
-    chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise RelayError(413, TOO_LARGE, f"the request body exceeds the {limit} bytes this cutout can need")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def cutout_post(request: Request):
     relay, src, res, box, t = _cutout_source(request, "write")
     if set(request.query_params) - {"iso"}:
@@ -330,7 +310,7 @@ async def cutout_post(request: Request):
         reason = " (a pickle, never loaded by this server)" if media == cutout.BLOSC_PYTHON else ""
         raise RelayError(415, UNSUPPORTED_MEDIA, f"cannot accept {media!r}{reason}; send {' or '.join(cutout.POST_TYPES)}")
     # A compressed body is never much larger than the data; blosc adds 16 bytes a block at worst.
-    body = await _read_body(request, min(ABSOLUTE_BODY_LIMIT, nbytes + nbytes // 8 + 65536))
+    body = await read_body(request, min(ABSOLUTE_BODY_LIMIT, nbytes + nbytes // 8 + 65536))
     shape = ((t[1] - t[0],) if t else ()) + box.shape[::-1]
     dtype = src.meta.dtype
 

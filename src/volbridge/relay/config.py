@@ -16,6 +16,7 @@ disk_bytes = "20 GiB"
 url = "precomputed://s3://bucket/em"
 public = true                     # anyone may read
 writable = false                  # open the upstream for writing
+public_write = false              # anyone may write (with writable; trusted networks only)
 token = "..."                     # the upstream's own token (bossdb://); never sent downstream
 channel = 0                       # which channel of a multi-channel source
 
@@ -45,7 +46,7 @@ else:  # pragma: no cover
 #: BossDB's name segments.
 NAME = re.compile(r"^[\w-]+$")
 #: First path segments the relay's own routes use; a collection may not shadow them.
-RESERVED = {"v1", "latest", "metrics", "openapi.json", "ping", "docs", "favicon.ico"}
+RESERVED = {"v1", "latest", "api", "metrics", "openapi.json", "ping", "docs", "favicon.ico"}
 MIB = 2**20
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "t": 10**12, "tb": 10**12}
@@ -73,6 +74,8 @@ class SourceConfig:
     url: str
     public: bool = False
     writable: bool = False
+    #: Anyone may write, without a token (the quick start's --writable; for trusted networks).
+    public_write: bool = False
     token: str | None = None
     channel: int | None = None
     description: str = ""
@@ -125,7 +128,7 @@ class RelayConfig:
             while name in sources:
                 n += 1
                 name = f"volbridge/{base}_{n}/{base}_{n}"
-            sources[name] = SourceConfig(name, url, public=True, writable=writable)
+            sources[name] = SourceConfig(name, url, public=True, writable=writable, public_write=writable)
         return cls(sources=sources, **server)
 
     @classmethod
@@ -167,12 +170,13 @@ class RelayConfig:
         for name, entry in (doc.get("sources") or {}).items():
             if not isinstance(entry, dict) or "url" not in entry:
                 raise InvalidArgumentError(f"{where}: source {name!r} needs a url")
-            extra = set(entry) - {"url", "public", "writable", "token", "channel", "description"}
+            extra = set(entry) - {"url", "public", "writable", "public_write", "token", "channel", "description"}
             if extra:
                 raise InvalidArgumentError(f"{where}: source {name!r} has unknown key(s) {', '.join(sorted(extra))}")
             sources[name] = SourceConfig(
                 name, str(entry["url"]), bool(entry.get("public", False)), bool(entry.get("writable", False)),
-                entry.get("token"), entry.get("channel"), str(entry.get("description", "")),
+                bool(entry.get("public_write", False)), entry.get("token"), entry.get("channel"),
+                str(entry.get("description", "")),
             )
         tokens = []
         for i, t in enumerate(doc.get("tokens") or []):

@@ -20,13 +20,16 @@ AUTH = [{"token": []}, {}]
 
 
 EXAMPLES = {"res": "0", "x": "0:64", "y": "0:64", "z": "0:4", "t": "0:1", "num": "3", "id": "1", "scale": "0",
-            "name": "0-64_0-64_0-16"}
+            "name": "0-64_0-64_0-16", "size": "64_64_64", "offset": "0_0_0", "point": "1_1_1", "label": "1"}
 
 
 def _params(path: str, example: dict, **query) -> list[dict]:
     kinds = {"c": NAME, "e": NAME, "ch": NAME, "cf": NAME, "res": RES, "x": RANGE, "y": RANGE, "z": RANGE, "t": RANGE,
              "num": {"type": "string", "pattern": r"^\d+$"}, "id": {"type": "string", "pattern": r"^\d+$"},
-             "scale": {"type": "string", "pattern": r"^\d+$"}, "name": {"type": "string"}, "path": {"type": "string"}}
+             "scale": {"type": "string", "pattern": r"^\d+$"}, "name": {"type": "string"}, "path": {"type": "string"},
+             "uuid": {"type": "string", "pattern": r"^[0-9a-f]{1,32}$"}, "data": NAME, "label": {"type": "string", "pattern": r"^\d+$"},
+             "size": {"type": "string", "pattern": r"^\d+_\d+_\d+$"}, "offset": {"type": "string", "pattern": r"^-?\d+_-?\d+_-?\d+$"},
+             "point": {"type": "string", "pattern": r"^-?\d+_-?\d+_-?\d+$"}}
     out = []
     for part in path.split("/"):
         if part.startswith("{"):
@@ -58,7 +61,9 @@ def document(channel: str | None = None) -> dict:
     example = dict(EXAMPLES)
     if channel:
         c, e, ch = channel.split("/")
-        example.update({"c": c, "e": e, "ch": ch, "cf": f"{c}_{e}", "path": channel})
+        from .dvid import repo_uuid
+
+        example.update({"c": c, "e": e, "ch": ch, "cf": f"{c}_{e}", "path": channel, "uuid": repo_uuid(c, e), "data": ch})
     op = functools.partial(_op, example)
     cut = "/v1/cutout/{c}/{e}/{ch}/{res}/{x}/{y}/{z}/"
     media = {k: BINARY for k in ("application/blosc", "application/npygz")}
@@ -97,6 +102,20 @@ def document(channel: str | None = None) -> dict:
         "/{c}/{e}/{ch}/info": {"get": op("precomputed info", "/{c}/{e}/{ch}", _json("scales", "data_type"))},
         "/{c}/{e}/{ch}/{scale}/{name}": {"get": op("a precomputed chunk (raw)", "/{c}/{e}/{ch}/{scale}/{name}",
                                                    {"200": {"description": "chunk bytes", "content": {"application/octet-stream": BINARY}}, "502": ERROR})},
+        "/api/repos/info": {"get": op("DVID: repos", "/", _json())},
+        "/api/repo/{uuid}/info": {"get": op("DVID: a repo", "/{uuid}", _json("Root", "DataInstances"))},
+        "/api/node/{uuid}/{data}/info": {"get": op("DVID: a data instance", "/{uuid}/{data}", _json("Base", "Extended"))},
+        "/api/node/{uuid}/{data}/raw/0_1_2/{size}/{offset}": {
+            "get": op("DVID: a raw 3-D cutout (z, y, x bytes)", "/{uuid}/{data}/{size}/{offset}",
+                      {"200": {"description": "voxels", "content": {"application/octet-stream": BINARY}}, "413": ERROR, "502": ERROR},
+                      {"compression": {"type": "string", "enum": ["lz4", "gzip"]}}),
+            "post": op("DVID: write block-aligned voxels", "/{uuid}/{data}/{size}/{offset}",
+                       {"200": {"description": "written"}, "413": ERROR, "502": ERROR},
+                       body={"required": True, "content": {"application/octet-stream": BINARY}}),
+        },
+        "/api/node/{uuid}/{data}/label/{point}": {"get": op("DVID: the label at a point", "/{uuid}/{data}/{point}", _json("Label"))},
+        "/api/node/{uuid}/{data}/sparsevol/{label}": {"get": op("DVID: a label's sparse volume (rles)", "/{uuid}/{data}/{label}",
+                                                                {"200": {"description": "rles", "content": {"application/octet-stream": BINARY}}})},
         "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
     }
     return {

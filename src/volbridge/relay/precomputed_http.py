@@ -14,8 +14,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .boss import token_of
 from .errors import RelayError
+from .requests import token_of
 from .state import Relay
 
 #: libdeflate level for chunks on the wire: level 1 compresses EM data about as well as 6 at a

@@ -80,7 +80,8 @@ class Relay:
         return src
 
     def allowed(self, token: str | None, action: str, name: str) -> bool:
-        if action == "read" and self.config.sources[name].public:
+        src = self.config.sources[name]
+        if (action == "read" and src.public) or (action == "write" and src.public_write):
             return True
         t = self.config.token(token)
         return t is not None and t.may(action, name)

@@ -133,13 +133,13 @@ def split_url(url: str) -> tuple[str | None, str]:
 
 
 def _server_remotes():
-    from . import bossdb
+    from . import bossdb, dvid
 
-    return {"bossdb": bossdb.open_bossdb}
+    return {"bossdb": bossdb.open_bossdb, "dvid": dvid.open_dvid}
 
 
 def open_volume(url: str, mode: str = "r", cache=None, *, token: str | None = None) -> Volume:
-    """The volume at ``url``. ``token``: a server remote's credentials (bossdb://)."""
+    """The volume at ``url``. ``token``: a server remote's credentials (bossdb://, dvid:// behind a relay)."""
     if mode not in ("r", "r+"):
         raise InvalidArgumentError(f"mode must be 'r' or 'r+', got {mode!r} (use volbridge.create to make a volume)")
     server = url.split("://", 1)[0].lower() if isinstance(url, str) and "://" in url else None

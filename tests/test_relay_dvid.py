@@ -1,0 +1,127 @@
+"""The relay's DVID dialect and volbridge's dvid:// client, against each other and the sources:
+labels at points, sparse volumes, block-aligned writes, a relay whose upstream is DVID, and a
+transfer BossDB -> DVID -> precomputed through the array API, data identical."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from relay_fixtures import error_body, http
+
+import volbridge as vb
+from volbridge.errors import URLError
+from volbridge.relay.dvid import repo_uuid
+
+TOKEN = "dvid-test-token"
+UUID = repo_uuid("lab", "em")
+
+
+@pytest.fixture
+def dvid_relay(start_relay, relay_volumes, tmp_path):
+    for name in ("image", "seg"):
+        shutil.copytree(relay_volumes[f"{name}_path"], tmp_path / name)
+    blank = vb.create(f"precomputed://{tmp_path / 'blank'}", shape=relay_volumes["image"][0].shape, dtype="uint8",
+                      chunk_shape=(16, 64, 64), resolution=(40, 4, 4))
+    assert not blank[...].any()
+    relay = start_relay({
+        "sources": {
+            "lab/em/image": {"url": f"precomputed://{tmp_path / 'image'}", "writable": True},
+            "lab/em/seg": {"url": f"precomputed://{tmp_path / 'seg'}", "writable": True},
+            "lab/em/blank": {"url": f"precomputed://{tmp_path / 'blank'}", "writable": True},
+        },
+        "tokens": [{"token": TOKEN, "write": ["lab/*"]}],
+    })
+    relay.root = tmp_path
+    return relay
+
+
+def test_instance_info_and_repo(dvid_relay, relay_volumes):
+    status, body, _ = http("GET", f"{dvid_relay.url}/api/node/{UUID[:6]}/seg/info", token=TOKEN)
+    info = json.loads(body)
+    assert info["Base"]["TypeName"] == "labelmap" and info["Extended"]["BlockSize"] == [64, 64, 64]
+    assert info["Extents"]["MaxPoint"] == [259, 199, 19]  # inclusive
+    assert json.loads(http("GET", f"{dvid_relay.url}/api/node/{UUID}/image/info", token=TOKEN)[1])["Base"]["TypeName"] == "uint8blk"
+    repo = json.loads(http("GET", f"{dvid_relay.url}/api/repo/{UUID}/info", token=TOKEN)[1])
+    assert set(repo["DataInstances"]) == {"image", "seg", "blank"} and repo["Root"] == UUID
+    assert http("HEAD", f"{dvid_relay.url}/api/repo/{UUID[:5]}", token=TOKEN)[0] == 200
+    assert json.loads(http("GET", f"{dvid_relay.url}/api/repo/{UUID}/branch-versions/master", token=TOKEN)[1]) == [UUID]
+
+
+def test_dvid_client_reads_and_writes_through_the_relay(dvid_relay, relay_volumes):
+    model = relay_volumes["image"][0].copy()
+    d = vb.array(f"dvid://{dvid_relay.url}/{UUID[:8]}:master/image", mode="r+", token=TOKEN)
+    assert d.shape == model.shape and d.resolution == (40, 4, 4) and d.format == "dvid"
+    np.testing.assert_array_equal(d[...], model)
+    d[3:21, 40:77, 500:520] = 9  # unaligned: widened to whole 32^3 blocks, read-modify-written
+    model[3:21, 40:77, 500:520] = 9
+    np.testing.assert_array_equal(d[...], model)
+    np.testing.assert_array_equal(vb.array(str(dvid_relay.root / "image"))[...], model)
+    seg = relay_volumes["seg"]
+    ds = vb.array(f"dvid://{dvid_relay.url}/{UUID}/seg", token=TOKEN)
+    assert ds.layer_type == "segmentation"
+    np.testing.assert_array_equal(ds[...], seg)
+
+
+def test_labels_at_points_and_sparse_volumes(dvid_relay, relay_volumes):
+    seg = relay_volumes["seg"]
+    label = int(np.unique(seg[seg > 0])[1])
+    z, y, x = (int(v[0]) for v in np.nonzero(seg == label))
+    status, body, _ = http("GET", f"{dvid_relay.url}/api/node/{UUID}/seg/label/{x}_{y}_{z}", token=TOKEN)
+    assert json.loads(body) == {"Label": label}
+    pts = [[x, y, z], [0, 0, 0], [259, 199, 19]]
+    status, body, _ = http("POST", f"{dvid_relay.url}/api/node/{UUID}/seg/labels", token=TOKEN, body=json.dumps(pts).encode())
+    assert json.loads(body) == [label, int(seg[0, 0, 0]), int(seg[19, 199, 259])]
+    status, body, _ = http("GET", f"{dvid_relay.url}/api/node/{UUID}/seg/sparsevol/{label}", token=TOKEN)
+    assert status == 200 and body[:4] == bytes([0, 3, 0, 0])
+    n = int.from_bytes(body[8:12], "little")
+    spans = np.frombuffer(body[12:], "<i4").reshape(n, 4)
+    mask = np.zeros_like(seg, dtype=bool)
+    for sx, sy, sz, length in spans:
+        assert not mask[sz, sy, sx:sx + length].any()  # no voxel twice
+        mask[sz, sy, sx:sx + length] = True
+    np.testing.assert_array_equal(mask, seg == label)
+    assert http("HEAD", f"{dvid_relay.url}/api/node/{UUID}/seg/sparsevol/12345", token=TOKEN)[0] == 204
+    status, body, _ = http("GET", f"{dvid_relay.url}/api/node/{UUID}/seg/sparsevol/12345", token=TOKEN)
+    assert status == 404 and "12345" in error_body(body)["message"]
+
+
+def test_bad_dvid_requests(dvid_relay):
+    base = f"{dvid_relay.url}/api/node/{UUID}/image"
+    status, body, _ = http("POST", f"{base}/raw/0_1_2/32_32_32/16_0_0", token=TOKEN, body=bytes(32**3))
+    assert status == 400 and "block-aligned" in error_body(body)["message"]
+    status, body, _ = http("POST", f"{base}/raw/0_1_2/32_32_32/0_0_0", token=TOKEN, body=bytes(10))
+    assert status == 400 and "needs" in error_body(body)["message"]
+    status, body, _ = http("POST", f"{base}/raw/0_1_2/32_32_32/0_0_0", body=bytes(32**3))
+    assert status == 401
+    status, body, _ = http("POST", f"{base}/raw/0_1_2/32_32_32/512_0_0", token=TOKEN, body=b"\1" * 32**3)
+    assert status == 400 and "beyond the bounds" in error_body(body)["message"]
+    status, body, _ = http("POST", f"{dvid_relay.url}/api/node/{UUID}/branch", token=TOKEN, body=b"{}")
+    assert status == 400 and "not versioned" in error_body(body)["message"]
+    status, body, _ = http("GET", f"{dvid_relay.url}/api/node/ffff/image/info", token=TOKEN)
+    assert status == 404
+    with pytest.raises(URLError, match="nosuch"):
+        vb.array(f"dvid://{dvid_relay.url}/{UUID}/nosuch", token=TOKEN)
+    with pytest.raises(URLError, match="dvid://"):
+        vb.array(f"dvid://{dvid_relay.url}/not-a-uuid/image")
+
+
+def test_transfer_boss_to_dvid_to_precomputed(dvid_relay, relay_volumes, tmp_path):
+    """BossDB -> DVID -> precomputed through the array API alone; the bytes survive every hop."""
+    boss = vb.array(f"bossdb://{dvid_relay.url}/lab/em/image", token=TOKEN)
+    dvid = vb.array(f"dvid://{dvid_relay.url}/{UUID}/blank", mode="r+", token=TOKEN)
+    dvid[...] = boss[...]
+    out = vb.create(f"precomputed://{tmp_path / 'copy'}", bounds=dvid.bounds, dtype=dvid.dtype, chunk_shape=(16, 64, 64),
+                    resolution=dvid.resolution)
+    out[...] = dvid[...]
+    np.testing.assert_array_equal(vb.array(str(tmp_path / "copy"))[...], relay_volumes["image"][0])
+
+
+def test_a_relay_over_a_dvid_upstream(dvid_relay, start_relay, relay_volumes):
+    """A DVID server as a relay's source: BossDB clients of the second relay see its data."""
+    second = start_relay({"sources": {"far/em/seg": {"url": f"dvid://{dvid_relay.url}/{UUID}/seg", "token": TOKEN, "public": True}}})
+    via = vb.array(f"bossdb://{second.url}/far/em/seg")
+    assert via.layer_type == "segmentation"
+    np.testing.assert_array_equal(via[...], relay_volumes["seg"])
