@@ -125,3 +125,71 @@ def test_a_relay_over_a_dvid_upstream(dvid_relay, start_relay, relay_volumes):
     via = vb.array(f"bossdb://{second.url}/far/em/seg")
     assert via.layer_type == "segmentation"
     np.testing.assert_array_equal(via[...], relay_volumes["seg"])
+
+
+@pytest.fixture
+def versioned(start_relay, tmp_path):
+    relay = start_relay({"dvid": {"data_dir": str(tmp_path / "dvid")}, "tokens": [{"token": TOKEN, "write": ["dvid/*"]}]})
+    return relay
+
+
+def test_versions_branch_and_read_any_version(versioned):
+    """A write after a commit and a branch is visible on the child and not on the parent; every
+    version reads as it was."""
+    from volbridge.remotes import dvid
+
+    root = dvid.create_repo(versioned.url, "versions", "test repo", token=TOKEN)
+    url = dvid.create_instance(versioned.url, root, "grey", "uint8blk", bounds=((0, 0, 0), (40, 70, 100)),
+                               voxel_size=(40, 4, 4), token=TOKEN)
+    v0 = vb.array(url, mode="r+", token=TOKEN)
+    assert v0.shape == (40, 70, 100) and v0.resolution == (40, 4, 4) and not v0[...].any()
+    first = np.random.default_rng(0).integers(1, 255, v0.shape, dtype=np.uint8)
+    v0[...] = first
+    node = v0.volume
+    assert node.commit("first data", ["wrote everything"]) == root
+    assert node.locked()
+    with pytest.raises(Exception, match="committed"):
+        v0[0:1, 0:1, 0:1] = 7  # a committed version never changes
+    child = node.branch("edits", "second pass")
+    v1 = vb.array(f"dvid://{versioned.url}/{child[:12]}/grey", mode="r+", token=TOKEN)
+    v1[10:20, 5:50, 33:77] = 0  # zeros are written (and shadow the parent's data)
+    second = first.copy()
+    second[10:20, 5:50, 33:77] = 0
+    np.testing.assert_array_equal(v1[...], second)
+    np.testing.assert_array_equal(vb.array(url, token=TOKEN)[...], first)  # the parent is untouched
+    np.testing.assert_array_equal(vb.array(f"dvid://{versioned.url}/{root[:8]}:edits/grey", token=TOKEN)[...], second)
+    np.testing.assert_array_equal(vb.array(f"dvid://{versioned.url}/{root[:8]}:master/grey", token=TOKEN)[...], first)
+    # a further version on the branch, after committing the child
+    v1.volume.commit("edits done")
+    grandchild = v1.volume.newversion("more")
+    v2 = v1.volume.at(grandchild)
+    assert v2.uuid == grandchild
+    status, body, _ = http("GET", f"{versioned.url}/api/repo/{root}/branch-versions/edits", token=TOKEN)
+    assert json.loads(body) == [grandchild, child, root]
+    status, body, _ = http("GET", f"{versioned.url}/api/repo/{root}/info", token=TOKEN)
+    dag = json.loads(body)["DAG"]["Nodes"]
+    assert dag[child]["Parents"] == [root] and dag[root]["Locked"] and dag[child]["Locked"] and not dag[grandchild]["Locked"]
+    assert node.log() == ["wrote everything"]
+
+
+def test_versioning_rules(versioned):
+    from volbridge.remotes import dvid
+
+    root = dvid.create_repo(versioned.url, "rules", token=TOKEN)
+    dvid.create_instance(versioned.url, root, "seg", "labelmap", bounds=((0, 0, 0), (64, 64, 64)), token=TOKEN)
+    s = vb.array(f"dvid://{versioned.url}/{root}/seg", mode="r+", token=TOKEN)
+    assert s.layer_type == "segmentation" and s.dtype == np.uint64
+    s[1:3, 2:5, 3:9] = 2**50 + 1
+    status, body, _ = http("GET", f"{versioned.url}/api/node/{root}/seg/label/3_2_1", token=TOKEN)
+    assert json.loads(body) == {"Label": 2**50 + 1}
+    with pytest.raises(Exception, match="not committed"):
+        s.volume.branch("too-early")
+    s.volume.commit()
+    s.volume.branch("b1")
+    with pytest.raises(Exception, match="already exists"):
+        s.volume.branch("b1")
+    status, body, _ = http("POST", f"{versioned.url}/api/repos", body=b'{"alias": "x"}')
+    assert status == 401  # creating repos needs a token with dvid/* write rights
+    status, body, _ = http("POST", f"{versioned.url}/api/repo/{root}/instance", token=TOKEN,
+                           body=b'{"typename": "nosuchtype", "dataname": "x"}')
+    assert status == 400 and "nosuchtype" in error_body(body)["message"]

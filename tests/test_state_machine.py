@@ -330,3 +330,60 @@ class DVIDRelayMachine(BossRelayMachine):
 
 TestDVIDRelayStateMachine = DVIDRelayMachine.TestCase
 TestDVIDRelayStateMachine.settings = settings(stateful_step_count=10, max_examples=30)
+
+
+class VersionedDVIDMachine(PrecomputedMachine):
+    """The rules on an instance of a versioned repo that the relay keeps itself, plus a rule that
+    commits the version and moves on to a new one (a branch or the next version): the new version
+    reads exactly as its parent did, and takes the later writes. Labels and images, offsets."""
+
+    SPEC = volume_spec().map(lambda s: {
+        **s, "nc": 1, "num_scales": 1, "enc": "raw",
+        "dtype": "uint64" if s["layer"] == "segmentation" else {"int8": "uint8", "int16": "uint16", "int32": "uint32",
+                                                               "int64": "uint64", "float64": "float32"}.get(s["dtype"], s["dtype"]),
+    })
+    TYPES = {"uint8": "uint8blk", "uint16": "uint16blk", "uint32": "uint32blk", "uint64": "uint64blk", "float32": "float32blk"}
+
+    @initialize(data=st.data(), seed=st.integers(0, 2**32 - 1))
+    def create(self, data, seed):
+        from volbridge.relay import RelayConfig
+        from volbridge.relay.serve import RelayServer
+        from volbridge.remotes import dvid
+
+        spec = data.draw(self.SPEC, label="spec")
+        self.spec, self.rng = spec, np.random.default_rng(seed)
+        self.relay = RelayServer(RelayConfig.from_dict({
+            "server": {"host": "127.0.0.1", "port": 0}, "dvid": {"data_dir": f"{self.tmp}/dvid"},
+            "tokens": [{"token": "sm-token", "write": ["dvid/*"]}],
+        }), log_level="warning", access_log=False).start()
+        kind = "labelmap" if spec["layer"] == "segmentation" else self.TYPES[spec["dtype"]]
+        start, shape = spec["offset"], spec["shape"]
+        stop = tuple(a + n for a, n in zip(start, shape))
+        root = dvid.create_repo(self.relay.url, "sm", token="sm-token")
+        block = tuple(data.draw(st.sampled_from([4, 8, 16]), label="block") for _ in range(3))
+        self.url = dvid.create_instance(self.relay.url, root, "vol", kind, bounds=(start, stop), block_size=block,
+                                        axis_order="xyz", token="sm-token")
+        self.vol = vb.array(self.url, axis_order=spec["axis_order"], mode="r+", token="sm-token")
+        self.scale_boxes = [Box(tuple(start), stop)]
+        self.model = VolumeModel(self.scale_boxes, np.dtype(spec["dtype"]), 1)
+
+    @rule(on_branch=st.booleans())
+    def commit_and_move_on(self, on_branch):
+        node = self.vol.volume
+        node.commit("state machine")
+        child = node.branch(f"b{uuid.uuid4().hex[:8]}") if on_branch else node.newversion()
+        self.url = self.url.rsplit("/", 2)[0] + f"/{child}/vol"
+        self.vol = vb.array(self.url, axis_order=self.spec["axis_order"], mode="r+", token="sm-token")
+
+    @rule()
+    def reopen(self):
+        self.vol = vb.array(self.url, axis_order=self.spec["axis_order"], mode="r+", token="sm-token")
+
+    def teardown(self):
+        if hasattr(self, "relay"):
+            self.relay.stop()
+        super().teardown()
+
+
+TestVersionedDVIDStateMachine = VersionedDVIDMachine.TestCase
+TestVersionedDVIDStateMachine.settings = settings(stateful_step_count=10, max_examples=30)

@@ -20,6 +20,11 @@ public_write = false              # anyone may write (with writable; trusted net
 token = "..."                     # the upstream's own token (bossdb://); never sent downstream
 channel = 0                       # which channel of a multi-channel source
 
+[dvid]                            # versioned DVID repos created over HTTP (POST /api/repos)
+data_dir = "/data/relay-dvid"     # token patterns name their instances dvid/<repo root uuid>/<instance>
+public = false
+public_write = false
+
 [[tokens]]
 token = "s3cret"
 read = ["lab/*"]                  # glob patterns over collection/experiment/channel
@@ -107,6 +112,10 @@ class RelayConfig:
     memory_bytes: int = 1 << 30
     disk_dir: str | None = None
     disk_bytes: int = 20 << 30
+    #: Where the DVID dialect keeps the versioned repos created over HTTP (None: no such repos).
+    dvid_dir: str | None = None
+    dvid_public: bool = False
+    dvid_public_write: bool = False
 
     def token(self, value: str | None) -> TokenConfig | None:
         if not value:
@@ -144,7 +153,7 @@ class RelayConfig:
 
     @classmethod
     def from_dict(cls, doc: dict, where: str = "relay config") -> RelayConfig:
-        unknown = set(doc) - {"server", "cache", "sources", "tokens"}
+        unknown = set(doc) - {"server", "cache", "sources", "tokens", "dvid"}
         if unknown:
             raise InvalidArgumentError(f"{where}: unknown section(s) {', '.join(sorted(unknown))}")
         server = dict(doc.get("server", {}))
@@ -166,6 +175,13 @@ class RelayConfig:
             kw["disk_bytes"] = parse_bytes(cache.pop("disk_bytes"), "cache.disk_bytes")
         if cache:
             raise InvalidArgumentError(f"{where}: unknown [cache] key(s) {', '.join(sorted(cache))}")
+        dvid = dict(doc.get("dvid", {}))
+        if "data_dir" in dvid:
+            kw["dvid_dir"] = os.path.expanduser(str(dvid.pop("data_dir")))
+        kw["dvid_public"] = bool(dvid.pop("public", False))
+        kw["dvid_public_write"] = bool(dvid.pop("public_write", False))
+        if dvid:
+            raise InvalidArgumentError(f"{where}: unknown [dvid] key(s) {', '.join(sorted(dvid))}")
         sources = {}
         for name, entry in (doc.get("sources") or {}).items():
             if not isinstance(entry, dict) or "url" not in entry:
@@ -190,8 +206,8 @@ class RelayConfig:
         return cfg
 
     def validate(self, where: str = "relay config") -> None:
-        if not self.sources:
-            raise InvalidArgumentError(f"{where}: no sources configured")
+        if not self.sources and not self.dvid_dir:
+            raise InvalidArgumentError(f"{where}: no sources configured (and no [dvid] data_dir)")
         for name in self.sources:
             parts = name.split("/")
             if len(parts) != 3 or not all(NAME.match(p) for p in parts):

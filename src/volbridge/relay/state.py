@@ -53,6 +53,12 @@ class Relay:
                 raise VolbridgeError(f"source {name} has {nch} channels; say which one it serves with channel = N")
             if not 0 <= src.channel < nch:
                 raise VolbridgeError(f"source {name}: channel = {chosen}, but the source has channels 0..{nch - 1}")
+        #: Versioned DVID repos created over HTTP, when the config gives them a directory.
+        self.repos = None
+        if config.dvid_dir:
+            from .dvid_repos import RepoStore
+
+            self.repos = RepoStore(config.dvid_dir)
         self.requests: Counter = Counter()  # (kind, status) -> count
         self.bytes_served = 0
         self._lock = threading.Lock()
@@ -79,9 +85,16 @@ class Relay:
             raise RelayError(404, 4000, f"no channel {name} on this relay")
         return src
 
-    def allowed(self, token: str | None, action: str, name: str) -> bool:
+    def _public(self, name: str) -> tuple[bool, bool, bool]:
+        """(public read, public write, writable) of a channel or a managed DVID instance."""
+        if name.startswith("dvid/") and name not in self.config.sources:
+            return self.config.dvid_public, self.config.dvid_public_write, True
         src = self.config.sources[name]
-        if (action == "read" and src.public) or (action == "write" and src.public_write):
+        return src.public, src.public_write, src.writable
+
+    def allowed(self, token: str | None, action: str, name: str) -> bool:
+        public, public_write, _ = self._public(name)
+        if (action == "read" and public) or (action == "write" and public_write):
             return True
         t = self.config.token(token)
         return t is not None and t.may(action, name)
@@ -89,7 +102,7 @@ class Relay:
     def authorize(self, token: str | None, action: str, name: str) -> None:
         """401 without a valid token, 403 with one that does not grant ``action`` on ``name``."""
         if self.allowed(token, action, name):
-            if action == "write" and not self.config.sources[name].writable:
+            if action == "write" and not self._public(name)[2]:
                 raise RelayError(403, 4003, f"channel {name} is read-only on this relay")
             return
         if self.config.token(token) is None:

@@ -11,6 +11,7 @@ overwrite each other, as with any DVID client).
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -46,6 +47,7 @@ class DVIDVolume(Volume):
     def __init__(self, url: str, writable: bool = False, token: str | None = None):
         self.url = url
         server, spec, self.instance = parse_url(url)
+        self._token = token
         headers = {"Authorization": f"Token {token}"} if token else {}
         self.client = HTTPClient(f"{server}/api", headers, concurrency=CONCURRENCY)
         self.uuid = self._resolve(spec)
@@ -146,6 +148,78 @@ class DVIDVolume(Volume):
             self.client.request("POST", self._path(b), body=zyx.tobytes(), headers={"Content-Type": "application/octet-stream"})
 
         run_bounded(task, self._blocks(box, wide), 3 * math.prod(REQUEST) * self.meta.dtype.itemsize, CONCURRENCY)
+
+
+    # -- versions -------------------------------------------------------------------------------
+    def _node(self, op: str, body: dict) -> dict:
+        return self.client.json(f"node/{self.uuid}/{op}", f"node {self.uuid}", method="POST", body=body)
+
+    def commit(self, note: str = "", log: list[str] | None = None) -> str:
+        """Lock this version (DVID: a version must be committed before it can have children)."""
+        return str(self._node("commit", {"note": note, "log": list(log or [])})["committed"])
+
+    def branch(self, name: str, note: str = "") -> str:
+        """A new version on a new branch under this (committed) one; its UUID."""
+        return str(self._node("branch", {"branch": name, "note": note})["child"])
+
+    def newversion(self, note: str = "") -> str:
+        """A new version on this one's branch, under this (committed) one; its UUID."""
+        return str(self._node("newversion", {"note": note})["child"])
+
+    def log(self) -> list[str]:
+        return list(self.client.json(f"node/{self.uuid}/log", f"node {self.uuid}").get("log", []))
+
+    def add_log(self, lines: list[str]) -> None:
+        self.client.request("POST", f"node/{self.uuid}/log", body=json.dumps({"log": list(lines)}).encode(),
+                            headers={"Content-Type": "application/json"})
+
+    def locked(self) -> bool:
+        return bool(self.client.json(f"node/{self.uuid}/commit", f"node {self.uuid}").get("Locked"))
+
+    def at(self, uuid: str, *, writable: bool | None = None) -> "DVIDVolume":
+        """The same instance at another version (a UUID, a unique prefix, or ``prefix:branch``)."""
+        server = self.client.base[: -len("/api")]
+        w = ("write" in self.capabilities) if writable is None else writable
+        return DVIDVolume(f"dvid://{server}/{uuid}/{self.instance}", w, self._token)
+
+
+# -- repos and instances ----------------------------------------------------------------------------
+def _server_client(server: str, token: str | None) -> HTTPClient:
+    if not re.fullmatch(r"https?://[^/]+", server.rstrip("/")):
+        raise URLError(f"{server!r} must be a DVID server's http(s)://host:port")
+    return HTTPClient(f"{server.rstrip('/')}/api", {"Authorization": f"Token {token}"} if token else {})
+
+
+def create_repo(server: str, alias: str, description: str = "", *, token: str | None = None) -> str:
+    """A new repo on ``server``; the UUID of its root version."""
+    return str(_server_client(server, token).json("repos", "repos", method="POST",
+                                                  body={"alias": alias, "description": description})["root"])
+
+
+def create_instance(server: str, uuid: str, name: str, typename: str = "uint8blk", *,
+                    bounds: tuple | None = None, block_size: tuple | None = None, voxel_size: tuple | None = None,
+                    axis_order: str = "zyx", token: str | None = None) -> str:
+    """A new data instance in the repo of version ``uuid``; its ``dvid://`` URL.
+
+    Tuples follow ``axis_order`` like every volbridge tuple (z, y, x by default). ``bounds``
+    (start, stop corners, half-open) become the instance's extents (DVID's MinPoint/MaxPoint), and
+    so the bounds of the volume a ``dvid://`` URL opens; DVID itself is unbounded.
+    """
+    if axis_order not in ("zyx", "xyz"):
+        raise URLError(f"axis_order must be 'zyx' or 'xyz', got {axis_order!r}")
+    xyz = (lambda t: tuple(t)[::-1]) if axis_order == "zyx" else tuple
+    client = _server_client(server, token)
+    spec = {"typename": typename, "dataname": name, "versioned": "true"}
+    if block_size is not None:
+        spec["BlockSize"] = ",".join(str(int(v)) for v in xyz(block_size))
+    if voxel_size is not None:
+        spec["VoxelSize"] = ",".join(str(v) for v in xyz(voxel_size))
+    client.json(f"repo/{uuid}/instance", f"repo {uuid}", method="POST", body=spec)
+    if bounds is not None:
+        lo, hi = xyz(bounds[0]), xyz(bounds[1])
+        client.request("POST", f"node/{uuid}/{name}/extents", headers={"Content-Type": "application/json"},
+                       body=json.dumps({"MinPoint": [int(v) for v in lo], "MaxPoint": [int(v) - 1 for v in hi]}).encode())
+    return f"dvid://{server.rstrip('/')}/{uuid}/{name}"
 
 
 def open_dvid(url: str, writable: bool, token: str | None = None) -> DVIDVolume:
