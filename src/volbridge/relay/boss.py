@@ -101,11 +101,29 @@ def negotiate(accept: str) -> str:
 
 # -- resources --------------------------------------------------------------------------------------
 def _visible_tree(relay: Relay, token: str | None) -> dict[str, dict[str, list[str]]]:
+    """{collection: {experiment: [channels]}} the token may see: configured channels it may read,
+    and resources created over HTTP (public ones to anyone, the rest to any valid token)."""
     tree: dict[str, dict[str, list[str]]] = {}
+    if relay.boss is not None:
+        member = relay.config.token(token) is not None
+        for c, col in relay.boss.doc()["collections"].items():
+            if member or col["public"] or any(x["public"] for x in col["experiments"].values()):
+                exps = tree.setdefault(c, {})
+                for e, exp in col["experiments"].items():
+                    if member or exp["public"] or col["public"]:
+                        exps.setdefault(e, [])
     for name in relay.visible(token):
         c, e, ch = name.split("/")
         tree.setdefault(c, {}).setdefault(e, []).append(ch)
     return tree
+
+
+def _managed(relay: Relay, *path: str) -> dict | None:
+    """The document of a resource created over HTTP, or None (a configured one, or none)."""
+    if relay.boss is None:
+        return None
+    getter = (relay.boss.collection, relay.boss.experiment, relay.boss.channel)[len(path) - 1]
+    return getter(*path)
 
 
 def _experiment_sources(relay: Relay, token, c: str, e: str) -> list[RelaySource]:
@@ -128,11 +146,18 @@ def collection_json(relay: Relay, token, c: str) -> dict:
     tree = _visible_tree(relay, token)
     if c not in tree:
         raise RelayError(404, 4000, f"no collection {c} on this relay")
+    doc = _managed(relay, c)
+    if doc is not None:
+        return {**{k: v for k, v in doc.items() if k != "experiments"}, "experiments": sorted(tree[c])}
     public = any(relay.config.sources[n].public for n in relay.sources if n.startswith(c + "/"))
     return {"name": c, "description": "", "experiments": sorted(tree[c]), "creator": "volbridge", "public": public}
 
 
 def experiment_json(relay: Relay, token, c: str, e: str) -> dict:
+    tree = _visible_tree(relay, token)
+    doc = _managed(relay, c, e)
+    if doc is not None and e in tree.get(c, {}):
+        return {**{k: v for k, v in doc.items() if k != "channels"}, "channels": sorted(tree[c][e])}
     srcs = _experiment_sources(relay, token, c, e)
     first = srcs[0]
     return {
@@ -145,6 +170,8 @@ def experiment_json(relay: Relay, token, c: str, e: str) -> dict:
 
 
 def coord_json(relay: Relay, token, frame: str) -> dict:
+    if relay.boss is not None and relay.boss.coord(frame) is not None:
+        return relay.boss.coord(frame)
     for c, exps in _visible_tree(relay, token).items():
         for e in exps:
             if f"{c}_{e}" == frame:
@@ -163,6 +190,9 @@ def coord_json(relay: Relay, token, frame: str) -> dict:
 def channel_json(relay: Relay, token, c: str, e: str, ch: str) -> dict:
     src = relay.source(c, e, ch)
     relay.authorize(token, "read", src.name)
+    doc = _managed(relay, c, e, ch)
+    if doc is not None:
+        return {k: v for k, v in doc.items() if k != "url"}
     segmentation = src.meta.layer_type == "segmentation"
     return {
         "name": ch, "description": relay.config.sources[src.name].description, "experiment": e,
@@ -219,34 +249,16 @@ async def get_channel(request: Request):
 
 
 async def list_coords(request: Request):
-    tree = _visible_tree(_relay(request), token_of(request))
-    return JSONResponse({"coords": sorted(f"{c}_{e}" for c, exps in tree.items() for e in exps)})
+    relay = _relay(request)
+    tree = _visible_tree(relay, token_of(request))
+    names = {f"{c}_{e}" for c, exps in tree.items() for e, chans in exps.items() if chans and _managed(relay, c, e) is None}
+    if relay.boss is not None:
+        names |= set(relay.boss.doc()["coords"])
+    return JSONResponse({"coords": sorted(names)})
 
 
 async def get_coord(request: Request):
     return JSONResponse(coord_json(_relay(request), token_of(request), request.path_params["cf"]))
-
-
-async def read_only_resource(request: Request):
-    raise RelayError(403, 4003, "the relay's collections, experiments, frames and channels come from its config and cannot be changed over HTTP")
-
-
-async def get_metadata(request: Request):
-    """Key-value metadata: the relay keeps none (an empty key list, 404 for a key)."""
-    relay, token = _relay(request), token_of(request)
-    parts = [p for p in request.path_params["path"].split("/") if p]
-    if not 1 <= len(parts) <= 3:
-        raise RelayError(400, BAD_REQUEST, "metadata paths are /meta/collection[/experiment[/channel]]")
-    if len(parts) == 1:
-        collection_json(relay, token, parts[0])
-    elif len(parts) == 2:
-        experiment_json(relay, token, *parts)
-    else:
-        channel_json(relay, token, *parts)
-    key = request.query_params.get("key")
-    if key is None:
-        return JSONResponse({"keys": []})
-    raise RelayError(404, 4000, f"no metadata key {key!r} on {'/'.join(parts)}")
 
 
 def _cutout_source(request: Request, action: str) -> tuple[Relay, RelaySource, int, Box, tuple | None]:
@@ -412,7 +424,6 @@ async def reserve(request: Request):
 def routes(prefix: str) -> list[Route]:
     """The dialect's routes under ``prefix`` (``/v1``; neuroglancer's ``/latest`` too)."""
     cut = "/{c}/{e}/{ch}/{res}/{x}/{y}/{z}"
-    ro = ["POST", "PUT", "DELETE"]
     out = []
     for slash in ("", "/"):
         out += [
@@ -437,10 +448,7 @@ def routes(prefix: str) -> list[Route]:
             Route(f"{prefix}/ids/{{c}}/{{e}}/{{ch}}/{{res}}/{{x}}/{{y}}/{{z}}/{{t}}{slash}", ids_in_region),
             Route(f"{prefix}/boundingbox/{{c}}/{{e}}/{{ch}}/{{res}}/{{id}}{slash}", bounding_box),
         ]
-    out += [
-        Route(f"{prefix}/meta/{{path:path}}", get_metadata, methods=["GET"]),
-        Route(f"{prefix}/collection/{{rest:path}}", read_only_resource, methods=ro),
-        Route(f"{prefix}/coord/{{rest:path}}", read_only_resource, methods=ro),
-    ]
-    return out
+    from . import boss_manage
+
+    return out + boss_manage.routes(prefix)
 

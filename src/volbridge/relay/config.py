@@ -20,6 +20,9 @@ public_write = false              # anyone may write (with writable; trusted net
 token = "..."                     # the upstream's own token (bossdb://); never sent downstream
 channel = 0                       # which channel of a multi-channel source
 
+[boss]                            # collections, frames, experiments, channels created over HTTP
+data_dir = "/data/relay-boss"     # (a token's write patterns say where it may create: "lab/*")
+
 [dvid]                            # versioned DVID repos created over HTTP (POST /api/repos)
 data_dir = "/data/relay-dvid"     # token patterns name their instances dvid/<repo root uuid>/<instance>
 public = false
@@ -116,6 +119,19 @@ class RelayConfig:
     dvid_dir: str | None = None
     dvid_public: bool = False
     dvid_public_write: bool = False
+    #: Where the BossDB dialect keeps collections, frames, experiments and channels created over HTTP.
+    boss_dir: str | None = None
+
+    def may_manage(self, value: str | None, path: tuple[str, ...]) -> bool:
+        """Whether the token may create, change or delete the resource at ``path`` (c[, e[, ch]]);
+        ``()`` for coordinate frames, which any token with some write right may manage."""
+        t = self.token(value)
+        if t is None or not t.write:
+            return False
+        if not path:
+            return True
+        name = "/".join((*path, "_", "_")[:3])
+        return t.may("write", name)
 
     def token(self, value: str | None) -> TokenConfig | None:
         if not value:
@@ -153,7 +169,7 @@ class RelayConfig:
 
     @classmethod
     def from_dict(cls, doc: dict, where: str = "relay config") -> RelayConfig:
-        unknown = set(doc) - {"server", "cache", "sources", "tokens", "dvid"}
+        unknown = set(doc) - {"server", "cache", "sources", "tokens", "dvid", "boss"}
         if unknown:
             raise InvalidArgumentError(f"{where}: unknown section(s) {', '.join(sorted(unknown))}")
         server = dict(doc.get("server", {}))
@@ -182,6 +198,11 @@ class RelayConfig:
         kw["dvid_public_write"] = bool(dvid.pop("public_write", False))
         if dvid:
             raise InvalidArgumentError(f"{where}: unknown [dvid] key(s) {', '.join(sorted(dvid))}")
+        boss = dict(doc.get("boss", {}))
+        if "data_dir" in boss:
+            kw["boss_dir"] = os.path.expanduser(str(boss.pop("data_dir")))
+        if boss:
+            raise InvalidArgumentError(f"{where}: unknown [boss] key(s) {', '.join(sorted(boss))}")
         sources = {}
         for name, entry in (doc.get("sources") or {}).items():
             if not isinstance(entry, dict) or "url" not in entry:
@@ -206,8 +227,8 @@ class RelayConfig:
         return cfg
 
     def validate(self, where: str = "relay config") -> None:
-        if not self.sources and not self.dvid_dir:
-            raise InvalidArgumentError(f"{where}: no sources configured (and no [dvid] data_dir)")
+        if not self.sources and not self.dvid_dir and not self.boss_dir:
+            raise InvalidArgumentError(f"{where}: no sources configured (and no [dvid] or [boss] data_dir)")
         for name in self.sources:
             parts = name.split("/")
             if len(parts) != 3 or not all(NAME.match(p) for p in parts):

@@ -42,6 +42,7 @@ class Relay:
     def __init__(self, config: RelayConfig):
         config.validate()
         self.config = config
+        self._lock = threading.Lock()
         self.started = time.time()
         self.router, self.cache, self.sources = open_sources(
             ((s.name, s.url, _opener(s), s.channel or 0) for s in config.sources.values()), _cache_factory(config)
@@ -59,9 +60,32 @@ class Relay:
             from .dvid_repos import RepoStore
 
             self.repos = RepoStore(config.dvid_dir)
+        #: BossDB resources created over HTTP, when the config gives them a directory.
+        self.boss = None
+        if config.boss_dir:
+            from .boss_resources import BossResources
+
+            self.boss = BossResources(config.boss_dir)
+            for name, chan in self.boss.channels():
+                self.add_source(name, chan["url"], public=chan.get("public", False))
         self.requests: Counter = Counter()  # (kind, status) -> count
         self.bytes_served = 0
-        self._lock = threading.Lock()
+
+    def add_source(self, name: str, url: str, *, public: bool = False) -> RelaySource:
+        """Serve a channel created over HTTP (writable, tokens as configured)."""
+        from .source import RelaySource
+
+        cfg = SourceConfig(name, url, public=public, writable=True)
+        volume = _opener(cfg)()
+        with self._lock:
+            self.config.sources[name] = cfg
+            self.sources[name] = src = RelaySource(name, url, volume, self.cache, self.router)
+        return src
+
+    def remove_source(self, name: str) -> None:
+        with self._lock:
+            self.sources.pop(name, None)
+            self.config.sources.pop(name, None)
 
     # -- tiers ------------------------------------------------------------------------------------
     def tiers(self) -> list[tuple[str, CacheTier]]:
@@ -113,4 +137,4 @@ class Relay:
 
     def visible(self, token: str | None) -> list[str]:
         """Channels the token may read, in config order."""
-        return [n for n in self.sources if self.allowed(token, "read", n)]
+        return [n for n in list(self.sources) if self.allowed(token, "read", n)]

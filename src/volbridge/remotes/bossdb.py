@@ -27,9 +27,11 @@ from ..engine import Volume
 from ..engine.parallel import run_bounded
 from ..errors import (
     AuthError,
+    BoundsError,
     ChunkDecodeError,
     InvalidArgumentError,
     MetadataError,
+    ReadOnlyError,
     URLError,
 )
 from ..formats.base import ScaleMeta, VolumeMeta
@@ -62,11 +64,9 @@ def intern_settings() -> dict:
     return {k: env.get(k) or section.get(k) for k in ("protocol", "host", "token")}
 
 
-def parse_url(url: str, token: str | None = None) -> tuple[str, str, tuple[str, str, str]]:
-    """(base URL ``proto://host/v1``, token, (collection, experiment, channel))."""
-    if not url.startswith("bossdb://"):
-        raise URLError(f"{url!r} is not a bossdb:// URL")
-    rest = url[len("bossdb://"):]
+def _server(rest: str, token: str | None) -> tuple[str, str, str]:
+    """(base URL ``proto://host/v1``, token, the path after the host) of ``[http(s)://host/]path``.
+    intern's configured token goes only to intern's configured host."""
     settings = intern_settings()
     conf_proto = settings.get("protocol") or DEFAULT_PROTOCOL
     conf_host = settings.get("host") or DEFAULT_HOST
@@ -76,12 +76,22 @@ def parse_url(url: str, token: str | None = None) -> tuple[str, str, tuple[str, 
         same = host == conf_host and proto == conf_proto
     else:
         proto, host, path, same = conf_proto, conf_host, rest, True
-    parts = [p for p in path.split("/") if p]
-    if len(parts) != 3 or not host:
-        raise URLError(f"{url!r} must be bossdb://[http(s)://host/]collection/experiment/channel")
+    if not host:
+        raise URLError(f"no host in {rest!r}")
     if token is None:
         token = (settings.get("token") if same else None) or "public"
-    return f"{proto}://{host}/v1", token, (parts[0], parts[1], parts[2])
+    return f"{proto}://{host}/v1", token, path
+
+
+def parse_url(url: str, token: str | None = None) -> tuple[str, str, tuple[str, str, str]]:
+    """(base URL ``proto://host/v1``, token, (collection, experiment, channel))."""
+    if not url.startswith("bossdb://"):
+        raise URLError(f"{url!r} is not a bossdb:// URL")
+    base, token, path = _server(url[len("bossdb://"):], token)
+    parts = [p for p in path.split("/") if p]
+    if len(parts) != 3:
+        raise URLError(f"{url!r} must be bossdb://[http(s)://host/]collection/experiment/channel")
+    return base, token, (parts[0], parts[1], parts[2])
 
 
 def _field(obj: dict, name: str, where: str):
@@ -172,8 +182,6 @@ class BossVolume(Volume):
         return out
 
     def write(self, box: Box, data: np.ndarray, scale: int = 0, channels: slice | None = None) -> None:
-        from ..errors import ReadOnlyError
-
         if "write" not in self.capabilities:
             raise ReadOnlyError(f"{self.url} is open read-only; open it with mode='r+' to write")
         self.check_write(box, data, scale, channels)
@@ -185,6 +193,158 @@ class BossVolume(Volume):
 
         n = BLOCK[0] * BLOCK[1] * BLOCK[2] * self.meta.dtype.itemsize * 2
         run_bounded(task, self._blocks(box, scale), n, CONCURRENCY)
+
+
+    # -- the channel's server-side features -----------------------------------------------------
+    def _chan_path(self) -> str:
+        return "/".join(quote(p) for p in (self.collection, self.experiment, self.channel))
+
+    def to_black(self, box: Box, scale: int = 0) -> None:
+        """Zero ``box`` (x, y, z) on the server (``PUT /cutout/to_black``), block by block."""
+        if "write" not in self.capabilities:
+            raise ReadOnlyError(f"{self.url} is open read-only; open it with mode='r+' to write")
+        region = box.intersect(self.meta.scales[scale].bounds)
+        if region != box:
+            raise BoundsError(f"to_black box {box} is outside the bounds {self.meta.scales[scale].bounds} of scale {scale}")
+        run_bounded(lambda b: self.client.request("PUT", self._cutout_path(b, scale).replace("cutout/", "cutout/to_black/", 1)),
+                    self._blocks(box, scale), 1, CONCURRENCY)
+
+    def reserve_ids(self, count: int) -> int:
+        """The first of ``count`` new ids reserved on the server (annotation channels)."""
+        return int(self.client.json(f"reserve/{self._chan_path()}/{int(count)}/", f"{self.url}")["start_id"])
+
+    def ids_in_region(self, box: Box, scale: int = 0) -> np.ndarray:
+        """The non-zero ids in ``box`` (x, y, z), sorted, as uint64."""
+        rng = "/".join(f"{a}:{z}" for a, z in zip(box.start, box.stop))
+        ids = self.client.json(f"ids/{self._chan_path()}/{self.base_resolution + scale}/{rng}/", self.url)["ids"]
+        return np.array(sorted(int(i) for i in ids), dtype=np.uint64)
+
+    def bounding_box(self, label: int, scale: int = 0, *, tight: bool = True) -> Box:
+        """``label``'s bounding box (x, y, z); ``tight=False`` widens it to whole cuboids."""
+        doc = self.client.json(f"boundingbox/{self._chan_path()}/{self.base_resolution + scale}/{int(label)}/"
+                               f"?type={'tight' if tight else 'loose'}", f"id {label} in {self.url}")
+        return Box(*zip(*(tuple(doc[f"{a}_range"]) for a in "xyz")))  # type: ignore[arg-type]
+
+    def downsample_status(self) -> dict:
+        return self.client.json(f"downsample/{self._chan_path()}/", self.url)
+
+    def start_downsample(self) -> None:
+        """Ask the server to build the channel's pyramid (BossDB's own downsampling service)."""
+        self.client.request("POST", f"downsample/{self._chan_path()}/", ok=(200, 201))
+
+    def metadata(self) -> "BossMetadata":
+        """The channel's key-value metadata, dict-like."""
+        return BossMetadata(self.client, f"{self.collection}/{self.experiment}/{self.channel}")
+
+
+class BossMetadata:
+    """Key-value metadata of a collection, experiment or channel (``/meta/...``), URL-encoded
+    (intern sends keys and values unencoded, so ``&`` or ``=`` in them break)."""
+
+    def __init__(self, client: HTTPClient, path: str):
+        self.client, self.path = client, "/".join(quote(p) for p in path.split("/"))
+
+    def keys(self) -> list[str]:
+        return list(self.client.json(f"meta/{self.path}/", self.path)["keys"])
+
+    def __getitem__(self, key: str) -> str:
+        try:
+            return str(self.client.json(f"meta/{self.path}/?key={quote(key, safe='')}", f"metadata key {key!r}")["value"])
+        except URLError as e:
+            raise KeyError(key) from e
+
+    def __setitem__(self, key: str, value: str) -> None:
+        q = f"?key={quote(key, safe='')}&value={quote(str(value), safe='')}"
+        method = "PUT" if key in self.keys() else "POST"
+        self.client.request(method, f"meta/{self.path}/{q}", ok=(200, 201))
+
+    def __delitem__(self, key: str) -> None:
+        try:
+            self.client.request("DELETE", f"meta/{self.path}/?key={quote(key, safe='')}", ok=(200, 204))
+        except URLError as e:
+            raise KeyError(key) from e
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.keys()
+
+    def to_dict(self) -> dict[str, str]:
+        return {k: self[k] for k in self.keys()}
+
+
+class BossProject:
+    """Resource management on a BossDB-dialect server: collections, coordinate frames,
+    experiments and channels (create, list, delete) and their metadata.
+
+    ``server`` is ``https://host`` (or a relay's ``http://127.0.0.1:8080``); without it, intern's
+    configured host. Tuples follow ``axis_order`` like every volbridge tuple (z, y, x by default).
+    """
+
+    def __init__(self, server: str | None = None, *, token: str | None = None):
+        base, token, _ = _server((server.rstrip("/") + "/") if server else "", token)
+        self.base, self.token = base, token
+        self.client = HTTPClient(base, {"Authorization": f"Token {token}"}, concurrency=4)
+
+    def _post(self, path: str, body: dict) -> dict:
+        return self.client.json(path, path, method="POST", body=body, ok=(200, 201))
+
+    def _delete(self, path: str) -> None:
+        self.client.request("DELETE", path, ok=(200, 204))
+
+    def collections(self) -> list[str]:
+        return list(self.client.json("collection/", "collections")["collections"])
+
+    def experiments(self, collection: str) -> list[str]:
+        return list(self.client.json(f"collection/{quote(collection)}/experiment/", f"collection {collection}")["experiments"])
+
+    def channels(self, collection: str, experiment: str) -> list[str]:
+        path = f"collection/{quote(collection)}/experiment/{quote(experiment)}/channel/"
+        return list(self.client.json(path, f"experiment {collection}/{experiment}")["channels"])
+
+    def create_collection(self, name: str, description: str = "") -> dict:
+        return self._post(f"collection/{quote(name)}/", {"name": name, "description": description})
+
+    def create_coord_frame(self, name: str, bounds, voxel_size, *, voxel_unit: str = "nanometers",
+                           description: str = "", axis_order: str = "zyx") -> dict:
+        if axis_order not in ("zyx", "xyz"):
+            raise InvalidArgumentError(f"axis_order must be 'zyx' or 'xyz', got {axis_order!r}")
+        xyz = (lambda t: tuple(t)[::-1]) if axis_order == "zyx" else tuple
+        lo, hi, vox = xyz(bounds[0]), xyz(bounds[1]), xyz(voxel_size)
+        body = {"name": name, "description": description, "voxel_unit": voxel_unit}
+        for i, a in enumerate("xyz"):
+            body.update({f"{a}_start": int(lo[i]), f"{a}_stop": int(hi[i]), f"{a}_voxel_size": vox[i]})
+        return self._post(f"coord/{quote(name)}/", body)
+
+    def create_experiment(self, collection: str, name: str, coord_frame: str, *, num_hierarchy_levels: int = 1,
+                          hierarchy_method: str = "anisotropic", description: str = "") -> dict:
+        return self._post(f"collection/{quote(collection)}/experiment/{quote(name)}/", {
+            "name": name, "description": description, "coord_frame": coord_frame, "num_hierarchy_levels": num_hierarchy_levels,
+            "hierarchy_method": hierarchy_method, "num_time_samples": 1, "time_step": 0, "time_step_unit": "nanoseconds"})
+
+    def create_channel(self, collection: str, experiment: str, name: str, *, datatype: str = "uint8",
+                       type: str = "image", description: str = "", sources: list[str] | None = None) -> str:
+        """Create the channel; its ``bossdb://`` URL."""
+        self._post(f"collection/{quote(collection)}/experiment/{quote(experiment)}/channel/{quote(name)}/", {
+            "name": name, "description": description, "datatype": datatype, "type": type, "base_resolution": 0,
+            "default_time_sample": 0, "sources": list(sources or []), "related": []})
+        return f"bossdb://{self.base[: -len('/v1')]}/{collection}/{experiment}/{name}"
+
+    def delete_channel(self, collection: str, experiment: str, name: str) -> None:
+        self._delete(f"collection/{quote(collection)}/experiment/{quote(experiment)}/channel/{quote(name)}/")
+
+    def delete_experiment(self, collection: str, name: str) -> None:
+        self._delete(f"collection/{quote(collection)}/experiment/{quote(name)}/")
+
+    def delete_collection(self, name: str) -> None:
+        self._delete(f"collection/{quote(name)}/")
+
+    def delete_coord_frame(self, name: str) -> None:
+        self._delete(f"coord/{quote(name)}/")
+
+    def metadata(self, *path: str) -> BossMetadata:
+        """Key-value metadata of a collection, experiment or channel: ``metadata("lab", "em")``."""
+        if not 1 <= len(path) <= 3:
+            raise InvalidArgumentError("metadata(collection[, experiment[, channel]])")
+        return BossMetadata(self.client, "/".join(path))
 
 
 def open_bossdb(url: str, writable: bool, token: str | None = None) -> BossVolume:

@@ -1,0 +1,138 @@
+"""volbridge's BossDB client beyond cutouts: resource management (also through intern's
+create_new), key-value metadata, ids, bounding boxes, to_black, and its failures: an unknown
+channel, a wrong token, a server that fails or truncates (retried, then a clear error), a write of
+the wrong dtype. All against the relay's BossDB dialect with resources it keeps itself."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from intern import array as intern_array
+from intern.convenience.array import _BossDBVolumeProvider
+from intern.remote.boss import BossRemote
+from relay_fixtures import http
+
+import volbridge as vb
+from volbridge.errors import AuthError, BoundsError, DTypeError, StoreError, URLError
+from volbridge.remotes.bossdb import BossProject
+
+TOKEN = "manager-token"
+
+
+@pytest.fixture
+def managed(start_relay, relay_volumes, tmp_path):
+    shutil.copytree(relay_volumes["seg_path"], tmp_path / "seg")
+    relay = start_relay({
+        "boss": {"data_dir": str(tmp_path / "boss")},
+        "sources": {"cfg/em/seg": {"url": f"precomputed://{tmp_path / 'seg'}", "writable": True}},
+        "tokens": [{"token": TOKEN, "write": ["*"]}, {"token": "lab-only", "write": ["lab/*"]}],
+    })
+    relay.data = tmp_path / "boss"
+    return relay
+
+
+def test_intern_create_new_then_read_and_write(managed):
+    """intern's own create_new path: collection, frame, experiment, channel, then data."""
+    boss = BossRemote({"protocol": "http", "host": managed.url.split("://")[1], "token": TOKEN})
+    a = intern_array("bossdb://newcol/newexp/img", create_new=True, dtype="uint8", extents=(20, 300, 400),
+                     voxel_size=(40, 4, 4), downsample_levels=3, volume_provider=_BossDBVolumeProvider(boss))
+    assert a.shape == (20, 300, 400)
+    data = np.random.default_rng(0).integers(1, 255, (20, 300, 400), dtype=np.uint8)
+    a[0:20, 0:300, 0:400] = data
+    np.testing.assert_array_equal(a[0:20, 0:300, 0:400], data)
+    v = vb.array(f"bossdb://{managed.url}/newcol/newexp/img", token=TOKEN)
+    assert v.resolution == (40, 4, 4) and len(v.scales) == 3 and v.mip(2).shape == (20, 75, 100)
+    np.testing.assert_array_equal(v[...], data)
+    assert boss.get_coordinate_frame("CF_newcol_newexp").x_stop == 400
+
+
+def test_resources_metadata_and_restart(managed, start_relay):
+    p = BossProject(managed.url, token=TOKEN)
+    p.create_collection("lab", "a lab")
+    p.create_coord_frame("lab_frame", bounds=((0, -64, 0), (16, 64, 256)), voxel_size=(30, 8, 8))
+    p.create_experiment("lab", "em", "lab_frame", num_hierarchy_levels=2, hierarchy_method="isotropic")
+    url = p.create_channel("lab", "em", "seg", datatype="uint64", type="annotation")
+    assert set(p.collections()) == {"cfg", "lab"} and p.experiments("lab") == ["em"] and p.channels("lab", "em") == ["seg"]
+    seg = vb.array(url, mode="r+", token=TOKEN)
+    assert seg.bounds == ((0, -64, 0), (16, 64, 256)) and seg.layer_type == "segmentation"
+    assert seg.mip(1).resolution == (60, 16, 16)  # isotropic: z halves too
+    seg[2:9, -30:40, 10:200] = 77
+    # metadata, with characters intern would not encode
+    meta = p.metadata("lab", "em", "seg")
+    meta["a key & more"] = "x=1&y=2 / z"
+    meta["other"] = "1"
+    meta["other"] = "2"
+    assert meta.to_dict() == {"a key & more": "x=1&y=2 / z", "other": "2"}
+    del meta["other"]
+    assert meta.keys() == ["a key & more"]
+    with pytest.raises(KeyError):
+        meta["other"]
+    # rules
+    with pytest.raises(Exception, match="not empty"):
+        p.delete_experiment("lab", "em")
+    with pytest.raises(Exception, match="used by"):
+        p.delete_coord_frame("lab_frame")
+    with pytest.raises(AuthError):
+        BossProject(managed.url, token="lab-only").create_collection("other")
+    BossProject(managed.url, token="lab-only").metadata("lab").__setitem__("k", "v")  # within its patterns
+    status, body, _ = http("DELETE", f"{managed.url}/v1/collection/cfg/experiment/em/channel/seg/", token=TOKEN)
+    assert status == 403  # configured resources never change over HTTP
+    # a relay started again over the same directory serves the same resources and data
+    again = start_relay({"boss": {"data_dir": str(managed.data)}, "tokens": [{"token": TOKEN, "write": ["*"]}]})
+    seg2 = vb.array(f"bossdb://{again.url}/lab/em/seg", token=TOKEN)
+    assert (seg2[2:9, -30:40, 10:200] == 77).all() and not seg2[0:2].any()
+    assert BossProject(again.url, token=TOKEN).metadata("lab", "em", "seg")["a key & more"] == "x=1&y=2 / z"
+    # deleting the channel removes it and its data
+    p.delete_channel("lab", "em", "seg")
+    with pytest.raises(URLError, match="seg"):
+        vb.array(url, token=TOKEN)
+    p.delete_experiment("lab", "em")
+    p.delete_coord_frame("lab_frame")
+    p.delete_collection("lab")
+    assert p.collections() == ["cfg"]
+
+
+def test_ids_boxes_and_to_black(managed, relay_volumes):
+    model = relay_volumes["seg"].copy()
+    v = vb.array(f"bossdb://{managed.url}/cfg/em/seg", token=TOKEN, mode="r+").volume
+    region = vb.geometry.Box((10, 20, 3), (150, 120, 12))
+    np.testing.assert_array_equal(v.ids_in_region(region), np.unique(model[3:12, 20:120, 10:150][model[3:12, 20:120, 10:150] > 0]))
+    label = int(np.unique(model[model > 0])[0])
+    z, y, x = np.nonzero(model == label)
+    tight = v.bounding_box(label)
+    assert tight == vb.geometry.Box((int(x.min()), int(y.min()), int(z.min())), (int(x.max()) + 1, int(y.max()) + 1, int(z.max()) + 1))
+    assert v.bounding_box(label, tight=False).contains(tight)
+    first = v.reserve_ids(10)
+    assert first > model.max() and v.reserve_ids(1) == first + 10
+    assert v.downsample_status()["num_hierarchy_levels"] == 2
+    v.to_black(vb.geometry.Box((0, 0, 0), (50, 40, 5)))
+    model[0:5, 0:40, 0:50] = 0
+    np.testing.assert_array_equal(vb.array(f"bossdb://{managed.url}/cfg/em/seg", token=TOKEN)[...], model)
+    with pytest.raises(BoundsError):
+        v.to_black(vb.geometry.Box((0, 0, 0), (50, 40, 500)))
+
+
+def test_client_failures_are_clear(managed, make_fault_proxy, monkeypatch):
+    with pytest.raises(URLError, match="nosuch"):
+        vb.array(f"bossdb://{managed.url}/nosuch/em/seg", token=TOKEN)
+    with pytest.raises(AuthError, match="token"):
+        vb.array(f"bossdb://{managed.url}/cfg/em/seg", token="wrong-token")
+    v = vb.array(f"bossdb://{managed.url}/cfg/em/seg", token=TOKEN, mode="r+")
+    with pytest.raises(DTypeError, match="uint64"):
+        v[0:1, 0:1, 0:1] = np.zeros((1, 1, 1), np.uint8)
+    # a flaky server: 500s and truncated bodies are retried and the data comes through intact...
+    proxy = make_fault_proxy(managed.url, seed=3)
+    flaky = vb.array(f"bossdb://{proxy.url}/cfg/em/seg", token=TOKEN)
+    proxy.set(error_rate=0.3, truncate_rate=0.2, methods=frozenset({"GET"}))
+    want = vb.array(f"bossdb://{managed.url}/cfg/em/seg", token=TOKEN)[...]
+    for z in range(0, 20, 2):  # many requests, so both kinds of fault happen
+        np.testing.assert_array_equal(flaky[z:z + 2], want[z:z + 2])
+    assert proxy.counts["error"] > 0 and proxy.counts["truncate"] > 0
+    # ...and a server that always fails ends in an error naming the URL, never zeros
+    monkeypatch.setenv("VOLBRIDGE_MAX_ATTEMPTS", "3")
+    broken = vb.array(f"bossdb://{proxy.url}/cfg/em/seg", token=TOKEN)
+    proxy.set(error_rate=1.0, methods=frozenset({"GET"}))
+    with pytest.raises(StoreError, match=r"HTTP 50\d after 3 attempt"):
+        broken[0:5, 0:50, 0:50]
