@@ -136,3 +136,13 @@ def test_client_failures_are_clear(managed, make_fault_proxy, monkeypatch):
     proxy.set(error_rate=1.0, methods=frozenset({"GET"}))
     with pytest.raises(StoreError, match=r"HTTP 50\d after 3 attempt"):
         broken[0:5, 0:50, 0:50]
+
+
+def test_time_cutouts(managed, relay_volumes):
+    v = vb.array(f"bossdb://{managed.url}/cfg/em/seg", token=TOKEN).volume
+    box = vb.geometry.Box((5, 7, 2), (250, 190, 19))
+    got = v.read_times(box, (0, 1))
+    assert got.shape == (1, 17, 183, 245)
+    np.testing.assert_array_equal(got[0], relay_volumes["seg"][2:19, 7:190, 5:250])
+    with pytest.raises(Exception, match="time"):
+        v.read_times(box, (0, 2))  # the relay keeps one time sample: a clear 400
