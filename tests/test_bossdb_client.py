@@ -146,3 +146,30 @@ def test_time_cutouts(managed, relay_volumes):
     np.testing.assert_array_equal(got[0], relay_volumes["seg"][2:19, 7:190, 5:250])
     with pytest.raises(Exception, match="time"):
         v.read_times(box, (0, 2))  # the relay keeps one time sample: a clear 400
+
+
+def test_downsample_runs_on_the_server(managed):
+    """The downsample service on a BossDB channel asks the server (the relay's own service), which
+    builds the pyramid through its caches; the levels equal the reference mean."""
+    from test_downsample import reference
+
+    from volbridge.services import downsample
+
+    p = BossProject(managed.url, token=TOKEN)
+    p.create_collection("ds")
+    p.create_coord_frame("ds_frame", bounds=((0, 0, 0), (9, 150, 301)), voxel_size=(40, 4, 4))
+    p.create_experiment("ds", "em", "ds_frame", num_hierarchy_levels=3)
+    url = p.create_channel("ds", "em", "img")
+    v = vb.array(url, mode="r+", token=TOKEN)
+    data = np.random.default_rng(4).integers(0, 256, v.shape, dtype=np.uint8)
+    v[...] = data
+    assert v.mip(1)[...].max() == 0  # read (and cached) before the pyramid exists
+    assert v.volume.downsample_status()["status"] == "NOT_DOWNSAMPLED"
+    downsample(v)
+    assert v.volume.downsample_status()["status"] == "DOWNSAMPLED"
+    ref = data.T
+    for m in (1, 2):
+        ref = reference(ref, (2, 2, 1), "mean")
+        np.testing.assert_array_equal(v.mip(m)[...], ref.T)  # not the stale zeros cached before
+    v[0:1, 0:1, 0:1] = 1
+    assert v.volume.downsample_status()["status"] == "NOT_DOWNSAMPLED"  # a write at res 0, as BossDB

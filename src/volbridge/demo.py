@@ -34,6 +34,7 @@ from scipy.spatial import cKDTree
 
 from .api import array, create
 from .errors import VolbridgeError
+from .services.downsample import downsample_array
 
 #: Demo volume shapes (z, y, x). ``small`` is the default and takes seconds on two cores.
 SIZES: dict[str, tuple[int, int, int]] = {
@@ -63,40 +64,15 @@ class DemoError(VolbridgeError):
 
 
 # -- downsampling (2x2 in y, x) ---------------------------------------------------------------------
-def _pad_even_yx(a: np.ndarray) -> np.ndarray:
-    """Repeat the last row / column where y or x is odd, so 2x2 blocks tile the array."""
-    pad = [(0, 0)] * (a.ndim - 2) + [(0, a.shape[-2] % 2), (0, a.shape[-1] % 2)]
-    return np.pad(a, pad, mode="edge") if any(p[1] for p in pad) else a
-
-
 def downsample_mean(a: np.ndarray) -> np.ndarray:
-    """Average 2x2 blocks over the last two axes (y, x), rounding to the input's integer dtype.
-
-    An odd edge is padded by repetition, so the result has ``ceil(n / 2)`` rows and columns,
-    matching how precomputed scale bounds are rounded.
-    """
-    a = _pad_even_yx(a)
-    small_int = a.dtype.kind in "iu" and a.dtype.itemsize <= 2  # exact integer sums
-    s = a[..., 0::2, 0::2].astype(np.int32 if small_int else np.float64)
-    s += a[..., 1::2, 0::2]
-    s += a[..., 0::2, 1::2]
-    s += a[..., 1::2, 1::2]
-    if small_int:
-        return ((s + 2) // 4).astype(a.dtype)  # round half up
-    return (s / 4 if a.dtype.kind == "f" else np.rint(s / 4)).astype(a.dtype)
+    """Average 2x2 blocks over the last two axes (y, x) of a (z, y, x) array, rounding half up;
+    an odd edge is repeated, so ``ceil(n / 2)`` rows and columns come out (the service's kernel)."""
+    return downsample_array(a.T, (2, 2, 1), "mean").T
 
 
 def downsample_mode(a: np.ndarray) -> np.ndarray:
-    """The most frequent label of each 2x2 block over the last two axes (y, x).
-
-    Averaging labels would invent ids that exist nowhere, so segmentations take the mode. With
-    four values ``a b / c d`` the mode is ``a`` if it appears twice, else ``b`` if ``b == c``,
-    else ``d`` (which is the mode if it matches anything, and as good as any when all differ).
-    """
-    a = _pad_even_yx(a)
-    p, q = a[..., 0::2, 0::2], a[..., 0::2, 1::2]
-    r, s = a[..., 1::2, 0::2], a[..., 1::2, 1::2]
-    return np.where((p == q) | (p == r), p, np.where(q == r, q, s))
+    """The most frequent label of each 2x2 block over (y, x): averaging labels would invent ids."""
+    return downsample_array(a.T, (2, 2, 1), "mode").T
 
 
 # -- smooth random fields ---------------------------------------------------------------------------

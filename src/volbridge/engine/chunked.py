@@ -30,6 +30,9 @@ class ChunkedVolume(Volume):
     def metadata_json(self) -> dict:
         return self.dataset.metadata_json()
 
+    def grid(self, scale: int = 0):
+        return self.dataset.layout(scale).grid
+
     def _chunk_nbytes(self, layout: ScaleLayout) -> int:
         n = 1
         for c in layout.grid.chunk_shape:

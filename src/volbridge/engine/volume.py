@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import BoundsError, DTypeError, ShapeError
 from ..formats.base import VolumeMeta
-from ..geometry import Box
+from ..geometry import Box, ChunkGrid
 
 
 class Volume(ABC):
@@ -34,6 +34,11 @@ class Volume(ABC):
 
     def metadata_json(self) -> dict:
         return {}
+
+    def grid(self, scale: int = 0) -> ChunkGrid:
+        """The storage chunk grid of ``scale``: work split on it never shares an object."""
+        s = self.meta.scales[scale]
+        return ChunkGrid(s.bounds, s.chunk_shape, s.bounds.start)
 
     def check_write(self, box: Box, data: np.ndarray, scale: int, channels: slice | None) -> None:
         """Raise before any byte is written if the write cannot be honoured as given."""

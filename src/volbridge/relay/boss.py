@@ -198,7 +198,7 @@ def channel_json(relay: Relay, token, c: str, e: str, ch: str) -> dict:
         "name": ch, "description": relay.config.sources[src.name].description, "experiment": e,
         "default_time_sample": 0, "type": "annotation" if segmentation else "image", "base_resolution": 0,
         "datatype": np.dtype(src.meta.dtype).name, "creator": "volbridge", "sources": [], "related": [],
-        "downsample_status": "DOWNSAMPLED" if src.scale_count() > 1 else "NOT_DOWNSAMPLED",
+        "downsample_status": src.downsample_status,
         "public": relay.config.sources[src.name].public,
         # "spdb": intern reads through this server; "cloudvol" would send it to S3 directly.
         "storage_type": "spdb", "bucket": None, "cv_path": None,
@@ -208,7 +208,7 @@ def channel_json(relay: Relay, token, c: str, e: str, ch: str) -> dict:
 def downsample_json(relay: Relay, src: RelaySource) -> dict:
     levels = range(src.scale_count())
     return {
-        "status": "DOWNSAMPLED" if src.scale_count() > 1 else "NOT_DOWNSAMPLED",
+        "status": src.downsample_status,
         "num_hierarchy_levels": src.scale_count(),
         "voxel_size": {str(i): list(src.meta.scales[i].resolution) for i in levels},
         "extent": {str(i): list(src.meta.scales[i].bounds.shape) for i in levels},
@@ -350,8 +350,15 @@ async def downsample(request: Request):
     relay = _relay(request)
     p = request.path_params
     src = relay.source(p["c"], p["e"], p["ch"])
-    relay.authorize(token_of(request), "read", src.name)
-    return JSONResponse(downsample_json(relay, src))
+    if request.method == "GET":
+        relay.authorize(token_of(request), "read", src.name)
+        return JSONResponse(downsample_json(relay, src))
+    relay.authorize(token_of(request), "write", src.name)
+    if request.method == "DELETE":
+        relay.downsampling.cancel(src)
+        return Response(status_code=204)
+    relay.downsampling.start(src, on_done=relay.save_status)
+    return Response(status_code=201)
 
 
 def _annotation(request: Request) -> tuple[Relay, RelaySource]:
@@ -442,7 +449,7 @@ def routes(prefix: str) -> list[Route]:
             Route(f"{prefix}/cutout{cut}{slash}", cutout_post, methods=["POST"]),
             Route(f"{prefix}/cutout{cut}/{{t}}{slash}", cutout_get, methods=["GET"]),
             Route(f"{prefix}/cutout{cut}/{{t}}{slash}", cutout_post, methods=["POST"]),
-            Route(f"{prefix}/downsample/{{c}}/{{e}}/{{ch}}{slash}", downsample),
+            Route(f"{prefix}/downsample/{{c}}/{{e}}/{{ch}}{slash}", downsample, methods=["GET", "POST", "DELETE"]),
             Route(f"{prefix}/reserve/{{c}}/{{e}}/{{ch}}/{{num}}{slash}", reserve),
             Route(f"{prefix}/ids/{{c}}/{{e}}/{{ch}}/{{res}}/{{x}}/{{y}}/{{z}}{slash}", ids_in_region),
             Route(f"{prefix}/ids/{{c}}/{{e}}/{{ch}}/{{res}}/{{x}}/{{y}}/{{z}}/{{t}}{slash}", ids_in_region),

@@ -81,6 +81,7 @@ async def resource(request: Request):
         await run_in_threadpool(lambda: relay.add_source("/".join(path), chan["url"], public=False))
         return JSONResponse({k: v for k, v in chan.items() if k != "url"}, status_code=201)
     if request.method == "PUT":
+        body.pop("downsample_status", None)  # the relay's own downsample service keeps that
         doc = await run_in_threadpool(store.update, path, body)
         if len(path) == 3 and "public" in body:
             relay.config.sources["/".join(path)].public = bool(body["public"])

@@ -217,6 +217,8 @@ class BossResources:
             for key in ("sources", "related"):
                 if key in body and len(path) == 3:
                     node[key] = list(body[key] or [])
+            if "downsample_status" in body and len(path) == 3:
+                node["downsample_status"] = str(body["downsample_status"])
             return dict(node)
 
     @staticmethod

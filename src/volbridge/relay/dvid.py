@@ -26,9 +26,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..geometry import Box
-from .errors import BAD_REQUEST, TOO_LARGE, RelayError
 from .dvid_instances import ConfiguredInstance, Instance, ManagedInstance, repo_uuid
 from .dvid_repos import TYPES, RepoStore
+from .errors import BAD_REQUEST, TOO_LARGE, RelayError
 from .requests import read_body, token_of
 from .state import Relay
 

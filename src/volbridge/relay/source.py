@@ -220,6 +220,8 @@ class RelaySource:
         #: The channel of a multi-channel source that the BossDB dialect serves.
         self.channel = channel
         self._next_id: int | None = None
+        #: BossDB's downsample status of this channel (see :mod:`.downsampling`).
+        self.downsample_status = "DOWNSAMPLED" if len(volume.meta.scales) > 1 else "NOT_DOWNSAMPLED"
         self._reserve_lock = threading.Lock()
         self._reserve_lock_scan = threading.Lock()
 
@@ -273,6 +275,8 @@ class RelaySource:
             return fresh
 
         self.store.write_through([k for k, _ in cuboids], op)
+        if scale == 0 and self.downsample_status == "DOWNSAMPLED" and len(self.meta.scales) > 1:
+            self.downsample_status = "NOT_DOWNSAMPLED"  # as BossDB: the pyramid no longer matches
 
     def scan(self, scale: int, fn: Callable[[Box, np.ndarray], None]) -> None:
         """Call ``fn(cuboid box, (x, y, z) voxels)`` for every non-empty cuboid of ``scale``,
@@ -334,3 +338,24 @@ def open_sources(entries: Iterable[tuple[str, str, Callable[[], Volume], int]], 
     cache = cache_factory(router)
     sources = {name: RelaySource(name, url, opener(), cache, router, ch) for name, url, opener, ch in entries}
     return router, cache, sources
+
+
+class RelayVolume(Volume):
+    """A source as a :class:`Volume` whose reads and writes go through the relay's cache tiers
+    (for services the relay runs on it, such as downsampling), chunked like its upstream."""
+
+    def __init__(self, src: RelaySource):
+        self.src = src
+        self.url = src.url
+        self.meta = src.meta
+        self.format_name = src.volume.format_name
+        self.capabilities = frozenset({"write"}) if src.writable else frozenset()
+
+    def read(self, box: Box, scale: int = 0) -> np.ndarray:
+        return self.src.read(box, scale)
+
+    def write(self, box: Box, data: np.ndarray, scale: int = 0, channels: slice | None = None) -> None:
+        self.src.write(box, data, scale)
+
+    def grid(self, scale: int = 0) -> ChunkGrid:
+        return self.src.volume.grid(scale)

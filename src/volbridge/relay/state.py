@@ -67,7 +67,12 @@ class Relay:
 
             self.boss = BossResources(config.boss_dir)
             for name, chan in self.boss.channels():
-                self.add_source(name, chan["url"], public=chan.get("public", False))
+                src = self.add_source(name, chan["url"], public=chan.get("public", False))
+                status = chan.get("downsample_status", "NOT_DOWNSAMPLED")
+                src.downsample_status = "NOT_DOWNSAMPLED" if status in ("QUEUED", "IN_PROGRESS") else status
+        from .downsampling import Jobs
+
+        self.downsampling = Jobs()
         self.requests: Counter = Counter()  # (kind, status) -> count
         self.bytes_served = 0
 
@@ -80,7 +85,13 @@ class Relay:
         with self._lock:
             self.config.sources[name] = cfg
             self.sources[name] = src = RelaySource(name, url, volume, self.cache, self.router)
+        src.downsample_status = "NOT_DOWNSAMPLED"
         return src
+
+    def save_status(self, src: RelaySource) -> None:
+        """Keep a created channel's downsample status in its resource document."""
+        if self.boss is not None and self.boss.channel(*src.name.split("/")) is not None:
+            self.boss.update(tuple(src.name.split("/")), {"downsample_status": src.downsample_status})
 
     def remove_source(self, name: str) -> None:
         with self._lock:

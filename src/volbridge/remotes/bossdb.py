@@ -108,7 +108,8 @@ class BossVolume(Volume):
         base, token, (c, e, ch) = parse_url(url, token)
         self.collection, self.experiment, self.channel = c, e, ch
         self.client = client or HTTPClient(base, {"Authorization": f"Token {token}"}, concurrency=CONCURRENCY)
-        self.capabilities = frozenset({"write"} if writable else ())
+        # BossDB builds pyramids itself: the downsample service asks it to (when writable).
+        self.capabilities = frozenset({"write", "native_downsample"} if writable else ())
         self.meta, self.base_resolution, self.raw = self._load_meta()
 
     def _load_meta(self):
@@ -252,6 +253,13 @@ class BossVolume(Volume):
     def start_downsample(self) -> None:
         """Ask the server to build the channel's pyramid (BossDB's own downsampling service)."""
         self.client.request("POST", f"downsample/{self._chan_path()}/", ok=(200, 201))
+
+    def downsample(self, timeout: float = 3600) -> dict:
+        """Run the server's downsample service and wait for it: the final status."""
+        from ..services.downsample import wait_for
+
+        self.start_downsample()
+        return wait_for(self.downsample_status, timeout)
 
     def metadata(self) -> "BossMetadata":
         """The channel's key-value metadata, dict-like."""
