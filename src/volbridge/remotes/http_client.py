@@ -11,7 +11,14 @@ from __future__ import annotations
 
 import json as _json
 
-from ..errors import AuthError, InvalidArgumentError, MetadataError, StoreError, StoreTimeoutError, URLError
+from ..errors import (
+    AuthError,
+    InvalidArgumentError,
+    MetadataError,
+    StoreError,
+    StoreTimeoutError,
+    URLError,
+)
 from ..kv.retry import RetryPolicy
 
 
