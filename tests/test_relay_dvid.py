@@ -193,3 +193,17 @@ def test_versioning_rules(versioned):
     status, body, _ = http("POST", f"{versioned.url}/api/repo/{root}/instance", token=TOKEN,
                            body=b'{"typename": "nosuchtype", "dataname": "x"}')
     assert status == 400 and "nosuchtype" in error_body(body)["message"]
+
+
+def test_client_labels_and_sparse_volumes(dvid_relay, relay_volumes):
+    seg = relay_volumes["seg"]
+    v = vb.array(f"dvid://{dvid_relay.url}/{UUID}/seg", token=TOKEN).volume
+    pts = np.array([[0, 0, 0], [259, 199, 19], [100, 50, 10], [3, 150, 7]])
+    np.testing.assert_array_equal(v.labels_at(pts), seg[pts[:, 2], pts[:, 1], pts[:, 0]])
+    label = int(np.unique(seg[seg > 0])[-1])
+    spans = v.sparse_volume(label)
+    mask = np.zeros(seg.shape, bool)
+    for x, y, z, n in spans:
+        mask[z, y, x:x + n] = True
+    np.testing.assert_array_equal(mask, seg == label)
+    assert v.sparse_volume(99999).shape == (0, 4)

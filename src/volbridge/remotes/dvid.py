@@ -150,6 +150,28 @@ class DVIDVolume(Volume):
         run_bounded(task, self._blocks(box, wide), 3 * math.prod(REQUEST) * self.meta.dtype.itemsize, CONCURRENCY)
 
 
+    # -- labels ---------------------------------------------------------------------------------
+    def labels_at(self, points) -> np.ndarray:
+        """The voxel values at ``points`` (N x 3, x, y, z), as DVID's ``/labels`` returns them."""
+        pts = [[int(v) for v in p] for p in points]
+        data = self.client.request("GET", f"node/{self.uuid}/{self.instance}/labels", body=json.dumps(pts).encode(),
+                                   headers={"Content-Type": "application/json"})
+        return np.array(json.loads(data), dtype=self.meta.dtype)
+
+    def sparse_volume(self, label: int) -> np.ndarray:
+        """``label``'s voxels as runs along x: an (N, 4) int32 array of x, y, z, length (DVID's
+        ``sparsevol`` rles). Empty when the label is absent."""
+        try:
+            body = self.client.request("GET", f"node/{self.uuid}/{self.instance}/sparsevol/{int(label)}?format=rles")
+        except URLError:
+            return np.zeros((0, 4), np.int32)
+        if len(body) < 12 or body[1] != 3:
+            raise ChunkDecodeError(f"{self.url}: sparsevol of {label} is not a 3-D rles stream")
+        n = int.from_bytes(body[8:12], "little")
+        if len(body) != 12 + 16 * n:
+            raise ChunkDecodeError(f"{self.url}: sparsevol of {label} has {len(body)} bytes for {n} spans (truncated?)")
+        return np.frombuffer(body, "<i4", offset=12).reshape(n, 4).astype(np.int32)
+
     # -- versions -------------------------------------------------------------------------------
     def _node(self, op: str, body: dict) -> dict:
         return self.client.json(f"node/{self.uuid}/{op}", f"node {self.uuid}", method="POST", body=body)
