@@ -173,3 +173,26 @@ def test_downsample_runs_on_the_server(managed):
         np.testing.assert_array_equal(v.mip(m)[...], ref.T)  # not the stale zeros cached before
     v[0:1, 0:1, 0:1] = 1
     assert v.volume.downsample_status()["status"] == "NOT_DOWNSAMPLED"  # a write at res 0, as BossDB
+
+
+def test_token_and_host_come_from_intern_settings(tmp_path, monkeypatch):
+    """intern's settings: INTERN_* variables, else ~/.intern/intern.cfg; the configured token is
+    sent only to the configured host, never to another server named in the URL."""
+    from volbridge.remotes.bossdb import parse_url
+
+    for k in ("INTERN_PROTOCOL", "INTERN_HOST", "INTERN_TOKEN", "INTERN_CONFIG"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert parse_url("bossdb://c/e/ch") == ("https://api.bossdb.io/v1", "public", ("c", "e", "ch"))
+    (tmp_path / ".intern").mkdir()
+    (tmp_path / ".intern" / "intern.cfg").write_text("[Default]\nprotocol = http\nhost = lab:8080\ntoken = from-file\n")
+    assert parse_url("bossdb://c/e/ch") == ("http://lab:8080/v1", "from-file", ("c", "e", "ch"))
+    assert parse_url("bossdb://http://lab:8080/c/e/ch")[1] == "from-file"
+    assert parse_url("bossdb://https://elsewhere/c/e/ch")[1] == "public"  # not leaked
+    assert parse_url("bossdb://https://elsewhere/c/e/ch", token="given")[1] == "given"
+    monkeypatch.setenv("INTERN_PROTOCOL", "https")
+    monkeypatch.setenv("INTERN_HOST", "env-host")
+    monkeypatch.setenv("INTERN_TOKEN", "from-env")
+    assert parse_url("bossdb://c/e/ch") == ("https://env-host/v1", "from-env", ("c", "e", "ch"))
+    with pytest.raises(URLError, match="collection/experiment/channel"):
+        parse_url("bossdb://c/e")
