@@ -399,3 +399,27 @@ def test_script_error_has_no_traceback(tmp_path):
     assert p.returncode == 1
     assert p.stderr.startswith("error: no volume found")
     assert "Traceback" not in p.stderr + p.stdout
+
+
+def test_cp_and_downsample_commands(tmp_path, capsys):
+    import volbridge as vb
+
+    a = vb.create(f"precomputed://{tmp_path / 'src'}", bounds=((-3, 0, 4), (13, 40, 70)), dtype="uint8",
+                  chunk_shape=(8, 16, 16), resolution=(40, 4, 4), num_scales=3)
+    data = np.random.default_rng(0).integers(0, 255, a.shape, dtype=np.uint8)
+    a[...] = data
+    assert run(["downsample", str(tmp_path / "src"), "--method", "mean"]) == 0
+    from volbridge.services.downsample import downsample_array
+
+    np.testing.assert_array_equal(a.mip(1)[...], downsample_array(data.T, (2, 2, 1), "mean").T)
+    assert run(["cp", str(tmp_path / "src"), f"ome-zarr://{tmp_path / 'out.zarr'}", "--chunk-shape", "4,8,8", "--verify"]) == 0
+    assert "verified" in capsys.readouterr().out
+    out = vb.array(f"ome-zarr://{tmp_path / 'out.zarr'}")
+    assert out.bounds == a.bounds and out.chunk_shape == (4, 8, 8)
+    np.testing.assert_array_equal(out[...], data)
+    assert run(["cp", str(tmp_path / "src"), str(tmp_path / "box"), "--bbox=0,10,10,5,30,60", "--mip", "1"]) == 0
+    np.testing.assert_array_equal(vb.array(str(tmp_path / "box"))[...], a.mip(1)[0:5, 10:30, 10:60])
+    assert run(["cp", str(tmp_path / "src"), str(tmp_path / "x"), "--mip", "7"]) == 1
+    assert "scale 7 does not exist" in capsys.readouterr().err
+    assert run(["downsample", str(tmp_path / "src"), "--method", "median"]) == 1
+    assert "method" in capsys.readouterr().err

@@ -266,7 +266,13 @@ def demo(
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same data."),
 ) -> None:
     """Build a synthetic EM image and its segmentation (precomputed, several scales) to try volbridge on."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     from . import demo as demo_data
 
@@ -316,6 +322,62 @@ def demo(
         f"  {seg.url}",
     ):
         out.print(Text(line))
+
+
+# -- services ---------------------------------------------------------------------------------------
+def _triple_option(text: Optional[str], what: str, axis_order: str) -> Optional[tuple[int, int, int]]:
+    if text is None:
+        return None
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or any(v <= 0 for v in values):
+        raise _BadValue(f"expected 3 positive integers {','.join(axis_order)}, got {text!r}", param_hint=f"'{what}'")
+    return values if axis_order == "zyx" else values[::-1]
+
+
+@app.command()
+def cp(
+    source: str = typer.Argument(..., help="Source volume URL or path."),
+    destination: str = typer.Argument(..., help="Destination URL or path; created from the source's metadata when absent."),
+    bbox: Optional[str] = typer.Option(None, "--bbox", help="z0,y0,x0,z1,y1,x1 to copy (default: the whole scale)."),
+    mip: int = typer.Option(0, "--mip", help="Source scale to copy."),
+    chunk_shape: Optional[str] = typer.Option(None, "--chunk-shape", help="Chunks of a new destination, z,y,x."),
+    encoding: Optional[str] = typer.Option(None, "--encoding", help="Encoding of a new destination (raw, gzip, jpeg, ...)."),
+    compression: Optional[str] = typer.Option(None, "--compression", help="Compression of a new destination (gzip, zstd)."),
+    verify: bool = typer.Option(False, "--verify", help="Read both back and compare after the copy."),
+    axis_order: AxisOrder = AXIS_ORDER_OPTION,
+) -> None:
+    """Copy a volume (or a box of one scale) to any destination, in its format."""
+    from .services import transfer
+
+    box = _parse_bbox(bbox, axis_order.value) if bbox else None
+    if box is not None and axis_order.value == "xyz":
+        box = (box[0][::-1], box[1][::-1])
+    _open(source, mip)  # the scale must exist: a clear error before anything is created
+    out = transfer(array(source), destination, bbox=box, mip=mip,
+                   chunk_shape=_triple_option(chunk_shape, "--chunk-shape", axis_order.value),
+                   encoding=encoding, compression=compression, verify=verify)
+    note = ", verified" if verify else ""
+    typer.echo(f"copied {source} (mip {mip}) to {out.url}: shape {_dims(out.shape)} (z, y, x){note}")
+
+
+@app.command()
+def downsample(
+    url: str = typer.Argument(..., help="Volume URL or path (opened for writing)."),
+    method: str = typer.Option("auto", "--method", help="auto (mean for images, mode for segmentations), mean, mode, min, max, nearest."),
+    mips: Optional[str] = typer.Option(None, "--mips", help="Scales to fill, e.g. 1,2,3 (default: every scale above 0)."),
+) -> None:
+    """Fill a volume's coarser scales from its finer ones (BossDB: the server's own service)."""
+    from .services import downsample as run_downsample
+
+    try:
+        levels = [int(v) for v in mips.split(",")] if mips else None
+    except ValueError:
+        raise _BadValue(f"expected comma-separated scale numbers, got {mips!r}", param_hint="'--mips'") from None
+    run_downsample(array(url, mode="r+"), mips=levels, method=method)
+    typer.echo(f"downsampled {url}: scales {', '.join(map(str, levels or range(1, len(array(url).scales))))} ({method})")
 
 
 # -- serve and view ---------------------------------------------------------------------------------

@@ -165,6 +165,21 @@ def open_volume(url: str, mode: str = "r", cache=None, *, token: str | None = No
     return FORMATS[fmt].open(store, url, mode == "r+")
 
 
+def volume_exists(url: str) -> bool:
+    """Whether ``url`` names a volume already (its metadata is there); servers' are assumed to."""
+    server = url.split("://", 1)[0].lower() if "://" in url else None
+    if server in _server_remotes():
+        return True
+    remote = _file_remote_scheme(url)
+    if remote is not None:
+        path = _as_remote_url(url, remote).split("://", 1)[1].split("#", 1)[0].split("?", 1)[0]
+        return os.path.exists(path) if "*" not in path else bool(__import__("glob").glob(path))
+    fmt, location = split_url(url)
+    store = open_store(location)
+    entries = [FORMATS[fmt]] if fmt else list(FORMATS.values())
+    return any(e.detect(store) for e in entries)
+
+
 def create_volume(url: str, **kw) -> Volume:
     if _file_remote_scheme(url) in ("h5", "hdf5"):
         from .hdf5 import HDF5Volume

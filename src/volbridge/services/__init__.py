@@ -1,5 +1,6 @@
-"""Layer 8: services on any source (downsampling so far), built on the public array API."""
+"""Layer 8: services on any source (downsampling and transfers so far), built on the public array API."""
 
 from .downsample import downsample
+from .transfer import transfer
 
-__all__ = ["downsample"]
+__all__ = ["downsample", "transfer"]

@@ -1,0 +1,67 @@
+"""Transfers between any two remotes through the services API: the bytes arrive, boxes and scales
+are honoured, destinations are created from the source's metadata, and wrong targets fail first."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import volbridge as vb
+from volbridge.services import transfer
+
+
+@pytest.fixture
+def source(tmp_path):
+    a = vb.create(f"precomputed://{tmp_path / 'src'}", bounds=((-5, -40, 7), (27, 90, 140)), dtype="uint16",
+                  chunk_shape=(8, 32, 32), resolution=(40, 8, 8), num_scales=2, compression="gzip")
+    data = np.random.default_rng(0).integers(0, 60000, a.shape).astype(np.uint16)
+    a[...] = data
+    a.mip(1)[...] = data[:, ::2, ::2][:, : a.mip(1).shape[1], : a.mip(1).shape[2]]
+    return a, data
+
+
+@pytest.mark.parametrize("dst_fmt", ["precomputed", "zarr3", "n5", "ome-zarr", "h5"])
+def test_whole_volume_to_every_format(tmp_path, source, dst_fmt):
+    a, data = source
+    url = f"h5://{tmp_path / 'dst.h5'}#/em" if dst_fmt == "h5" else f"{dst_fmt}://{tmp_path / 'dst'}"
+    if dst_fmt in ("zarr3", "n5", "h5"):  # no offsets or resolution there: copy a box from 0
+        bbox = ((0, 0, 0), (27, 90, 140))  # x 0:7 lies outside the source: zeros arrive
+        if dst_fmt != "zarr3":  # N5 and HDF5 keep a resolution
+            out = transfer(a, url, bbox=bbox, chunk_shape=(4, 16, 16), verify=True)
+            assert out.resolution == (40, 8, 8)
+        else:
+            with pytest.warns(UserWarning, match="keeps no resolution"):
+                transfer(a, url, bbox=bbox, chunk_shape=(4, 16, 16), verify=True)
+        want = np.zeros((27, 90, 140), np.uint16)
+        want[:, :, 7:] = data[5:, 40:, :]
+        np.testing.assert_array_equal(vb.array(url)[...], want)
+        return
+    out = transfer(a.url, url, chunk_shape=(4, 16, 16), verify=True)
+    assert out.bounds == a.bounds and out.resolution == a.resolution and out.chunk_shape == (4, 16, 16)
+    np.testing.assert_array_equal(vb.array(url)[...], data)
+
+
+def test_a_box_of_a_coarser_scale_into_an_existing_volume(tmp_path, source):
+    a, data = source
+    m1 = a.mip(1)[...]
+    dst = vb.create(f"precomputed://{tmp_path / 'dst'}", bounds=a.mip(1).bounds, dtype="uint16", chunk_shape=(8, 16, 16),
+                    resolution=a.mip(1).resolution)
+    box = ((0, -10, 10), (9, 20, 60))
+    transfer(a, dst, bbox=box, mip=1, verify=True)
+    got = dst[...]
+    (z0, y0, x0), _ = a.mip(1).bounds
+    sl = tuple(slice(lo - o, hi - o) for lo, hi, o in zip(box[0], box[1], (z0, y0, x0)))
+    np.testing.assert_array_equal(got[sl], m1[sl])
+    got[sl] = 0
+    assert not got.any()  # nothing outside the box
+
+
+def test_refusals_before_any_work(tmp_path, source):
+    a, _ = source
+    small = vb.create(f"precomputed://{tmp_path / 'small'}", shape=(4, 4, 4), dtype="uint16")
+    with pytest.raises(vb.errors.BoundsError):
+        transfer(a, small)
+    wrong = vb.create(f"precomputed://{tmp_path / 'wrong'}", bounds=a.bounds, dtype="uint8")
+    with pytest.raises(vb.errors.DTypeError, match="uint16"):
+        transfer(a, wrong)
+    assert not small[...].any() and not wrong[...].any()
