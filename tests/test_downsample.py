@@ -90,3 +90,29 @@ def test_refusals(tmp_path):
         downsample(img, method="median")
     with pytest.raises(vb.errors.InvalidArgumentError, match="1..1"):
         downsample(img, mips=[2])
+
+
+def test_extend_a_pyramid_that_peers_read(tmp_path):
+    """num_mips adds precomputed scales (CloudVolume's floor/ceil bounds); CloudVolume and
+    tensorstore read the levels volbridge wrote."""
+    import tensorstore as ts
+    from cloudvolume import CloudVolume
+
+    img = vb.create(f"precomputed://{tmp_path / 'img'}", bounds=((3, -21, 9), (20, 70, 100)), dtype="uint8",
+                    chunk_shape=(8, 16, 16), resolution=(40, 4, 4))
+    data = np.random.default_rng(5).integers(0, 256, img.shape, dtype=np.uint8)
+    img[...] = data
+    downsample(img, num_mips=3, factor=(2, 2, 2))
+    img = vb.array(f"precomputed://{tmp_path / 'img'}")
+    assert len(img.scales) == 4 and img.mip(3).resolution == (320, 32, 32)
+    ref = data.T
+    for m in range(1, 4):
+        ref = reference(ref, (2, 2, 2), "mean", img.mip(m - 1).bounds[0][::-1])
+        np.testing.assert_array_equal(img.mip(m)[...], ref.T)
+        cv = CloudVolume(f"file://{tmp_path / 'img'}", mip=m, progress=False)
+        assert tuple(cv.bounds.minpt) == img.mip(m).bounds[0][::-1]
+        np.testing.assert_array_equal(np.asarray(cv[cv.bounds])[..., 0], ref)
+        t = ts.open({"driver": "neuroglancer_precomputed", "kvstore": f"file://{tmp_path / 'img'}", "scale_index": m}).result()
+        np.testing.assert_array_equal(np.asarray(t[ts.d["channel"][0]].read().result()), ref)
+    with pytest.raises(vb.errors.UnsupportedError, match="add scales"):
+        downsample(vb.create(f"zarr3://{tmp_path / 'z'}", shape=(4, 8, 8), dtype="uint8"), num_mips=1)

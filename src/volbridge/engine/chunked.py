@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ChunkDecodeError, ChunkEncodeError, ReadOnlyError, VolbridgeError
+from ..errors import ChunkDecodeError, ChunkEncodeError, ReadOnlyError, UnsupportedError, VolbridgeError
 from ..formats.base import ChunkedDataset, ScaleLayout
 from ..geometry import Box, Cell
 from ..kv import KVStore
@@ -32,6 +32,16 @@ class ChunkedVolume(Volume):
 
     def grid(self, scale: int = 0):
         return self.dataset.layout(scale).grid
+
+    def add_scale(self, factor) -> None:
+        """Append a scale ``factor`` (x, y, z) coarser than the last, where the format has scales."""
+        add = getattr(self.dataset, "add_scale", None)
+        if add is None:
+            raise UnsupportedError(f"volbridge cannot add scales to a {self.format_name} volume ({self.url}) yet")
+        if "write" not in self.capabilities:
+            raise ReadOnlyError(f"{self.url} is open read-only; adding a scale writes its metadata (mode='r+')")
+        add(factor)
+        self.meta = self.dataset.meta
 
     def _chunk_nbytes(self, layout: ScaleLayout) -> int:
         n = 1

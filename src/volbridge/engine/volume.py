@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from ..errors import BoundsError, DTypeError, ShapeError
+from ..errors import BoundsError, DTypeError, ShapeError, UnsupportedError
 from ..formats.base import VolumeMeta
 from ..geometry import Box, ChunkGrid
 
@@ -34,6 +34,10 @@ class Volume(ABC):
 
     def metadata_json(self) -> dict:
         return {}
+
+    def add_scale(self, factor) -> None:
+        """Append a scale ``factor`` (x, y, z) coarser than the last (formats with scales)."""
+        raise UnsupportedError(f"volbridge cannot add scales to a {self.format_name} volume ({self.url}) yet")
 
     def grid(self, scale: int = 0) -> ChunkGrid:
         """The storage chunk grid of ``scale``: work split on it never shares an object."""

@@ -325,6 +325,28 @@ class PrecomputedDataset(ChunkedDataset):
     def metadata_json(self) -> dict:
         return {**self.info, "scales": [s.raw for s in self.info["scales"]]}
 
+    def add_scale(self, factor: Sequence[int]) -> None:
+        """Append a scale ``factor`` (x, y, z) coarser than the last: bounds ``floor(start / f)`` to
+        ``ceil(stop / f)`` (as CloudVolume rounds), the same chunks and encoding; the info is
+        rewritten and this dataset reloaded."""
+        last = self.info["scales"][-1]
+        f = [int(v) for v in factor]
+        if len(f) != 3 or any(v < 1 for v in f):
+            raise MetadataError(f"a downsampling factor is 3 integers >= 1, got {tuple(factor)}")
+        start = [math.floor(a / k) for a, k in zip(last.voxel_offset, f)]
+        stop = [math.ceil((a + n) / k) for a, n, k in zip(last.voxel_offset, last.size, f)]
+        res = [r * k for r, k in zip(last.resolution, f)]
+        res = [int(r) if float(r).is_integer() else float(r) for r in res]
+        new = {k: v for k, v in last.raw.items() if k not in ("key", "size", "voxel_offset", "resolution", "sharding")}
+        new.update(key=scale_key(res), size=[b - a for a, b in zip(start, stop)], voxel_offset=start, resolution=res)
+        if any(s.key == new["key"] for s in self.info["scales"]):
+            raise MetadataError(f"a scale with key {new['key']!r} exists already")
+        doc = {**self.metadata_json()}
+        doc["scales"] = [*doc["scales"], new]
+        parse_info(doc, "new info")
+        self.store.put(INFO_KEY, json.dumps(doc, indent=2).encode())
+        self.__init__(self.store)  # type: ignore[misc]
+
     @classmethod
     def create(cls, store: KVStore, info: dict, *, overwrite: bool = False) -> "PrecomputedDataset":
         if not overwrite and store.get(INFO_KEY) is not None:

@@ -118,16 +118,26 @@ def factor_between(fine: tuple, coarse: tuple) -> tuple[int, int, int]:
     return tuple(f)  # type: ignore[return-value]
 
 
-def downsample(source: Any, *, mips: range | list[int] | None = None, method: str = "auto",
+def downsample(source: Any, *, num_mips: int | None = None, factor: tuple[int, int, int] = (1, 2, 2),
+               mips: range | list[int] | None = None, method: str = "auto",
                progress: Callable[[int, int, int], None] | None = None) -> None:
     """Fill scales ``mips`` (default: every scale above 0) of ``source`` (a URL or a writable
-    VolumeArray), each from the one below it."""
+    VolumeArray), each from the one below it. ``num_mips``: first extend the pyramid to that many
+    scales above 0, each ``factor`` (z, y, x) coarser than the last (precomputed)."""
     from ..api import array
 
     vol: VolumeArray = array(source, mode="r+") if isinstance(source, str) else source
     if method not in METHODS:
         raise InvalidArgumentError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     volume = vol.volume
+    if num_mips is not None:
+        if "native_downsample" in volume.capabilities:
+            raise UnsupportedError(f"{volume.url} builds its pyramid on the server, with the levels its experiment has")
+        added = range(len(volume.meta.scales), num_mips + 1)
+        for _ in added:
+            volume.add_scale(tuple(factor)[::-1])
+        if mips is None:
+            mips = range(1, num_mips + 1)
     n = len(volume.meta.scales)
     mips = list(range(1, n) if mips is None else mips)
     if any(not 1 <= m < n for m in mips):
