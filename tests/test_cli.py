@@ -421,5 +421,7 @@ def test_cp_and_downsample_commands(tmp_path, capsys):
     np.testing.assert_array_equal(vb.array(str(tmp_path / "box"))[...], a.mip(1)[0:5, 10:30, 10:60])
     assert run(["cp", str(tmp_path / "src"), str(tmp_path / "x"), "--mip", "7"]) == 1
     assert "scale 7 does not exist" in capsys.readouterr().err
+    assert run(["downsample", str(tmp_path / "src"), "--num-mips", "4", "--factor", "1,2,2"]) == 0
+    assert len(vb.array(str(tmp_path / "src")).scales) == 5
     assert run(["downsample", str(tmp_path / "src"), "--method", "median"]) == 1
     assert "method" in capsys.readouterr().err

@@ -368,16 +368,20 @@ def downsample(
     url: str = typer.Argument(..., help="Volume URL or path (opened for writing)."),
     method: str = typer.Option("auto", "--method", help="auto (mean for images, mode for segmentations), mean, mode, min, max, nearest."),
     mips: Optional[str] = typer.Option(None, "--mips", help="Scales to fill, e.g. 1,2,3 (default: every scale above 0)."),
+    num_mips: Optional[int] = typer.Option(None, "--num-mips", help="First extend the pyramid to this many scales above 0."),
+    factor: str = typer.Option("1,2,2", "--factor", help="z,y,x factor of each added scale."),
 ) -> None:
-    """Fill a volume's coarser scales from its finer ones (BossDB: the server's own service)."""
+    """Fill (or extend, then fill) a volume's pyramid (BossDB: the server's own service)."""
     from .services import downsample as run_downsample
 
     try:
         levels = [int(v) for v in mips.split(",")] if mips else None
     except ValueError:
         raise _BadValue(f"expected comma-separated scale numbers, got {mips!r}", param_hint="'--mips'") from None
-    run_downsample(array(url, mode="r+"), mips=levels, method=method)
-    typer.echo(f"downsampled {url}: scales {', '.join(map(str, levels or range(1, len(array(url).scales))))} ({method})")
+    run_downsample(array(url, mode="r+"), mips=levels, method=method, num_mips=num_mips,
+                   factor=_triple_option(factor, "--factor", "zyx"))
+    n = len(array(url).scales)
+    typer.echo(f"downsampled {url}: scales {', '.join(map(str, levels or range(1, n)))} of {n} ({method})")
 
 
 # -- serve and view ---------------------------------------------------------------------------------
