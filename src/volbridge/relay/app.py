@@ -31,20 +31,33 @@ def _redact(url: str) -> str:
     return url.split("?", 1)[0]
 
 
+#: Request kinds counted in /metrics; anything else is "other", so a client cannot add labels.
+BOSS_KINDS = {"collection", "coord", "cutout", "downsample", "reserve", "ids", "boundingbox", "meta", "ping"}
+DVID_KINDS = {"server", "repos", "repo", "info", "raw", "label", "labels", "sparsevol", "extents", "commit", "status",
+              "branch", "newversion", "log"}
+
+
 def _kind(path: str) -> str:
     parts = path.strip("/").split("/")
     if parts[0] in ("v1", "latest") and len(parts) > 1:
-        return parts[1]
+        return parts[1] if parts[1] in BOSS_KINDS else "other"
     if parts[0] == "api":
-        return "dvid_" + (parts[4] if parts[1] == "node" and len(parts) > 4 else parts[1] if len(parts) > 1 else "api")
+        name = parts[4] if len(parts) > 4 and parts[1] == "node" else parts[3] if len(parts) == 4 and parts[1] == "node" else parts[1] if len(parts) > 1 else ""
+        return "dvid_" + name if name in DVID_KINDS else "other"
     if len(parts) == 4 and parts[3] == "info":
         return "precomputed_info"
     if len(parts) == 5:
         return "precomputed_chunk"
-    return parts[0] or "status"
+    return {"": "status", "metrics": "metrics", "openapi.json": "openapi", "ping": "ping"}.get(parts[0], "other")
 
 
-def status_json(relay: Relay) -> dict:
+def _label(value) -> str:
+    """A Prometheus label value, escaped as the text format says."""
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def status_json(relay: Relay, token: str | None) -> dict:
+    """Cache tiers, counters, and the channels ``token`` may read."""
     tiers = []
     for kind, tier in relay.tiers():
         s = tier.stats
@@ -52,10 +65,13 @@ def status_json(relay: Relay) -> dict:
         tiers.append({"tier": kind, "bytes_cached": s.bytes_cached, "max_bytes": tier.max_bytes, "entries": s.entries,
                       "hits": s.hits, "misses": s.misses, "hit_rate": (s.hits / looked) if looked else None, "evictions": s.evictions})
     sources = []
-    for name, src in relay.sources.items():
+    visible = set(relay.visible(token))
+    for name, src in relay.snapshot().items():
+        if name not in visible:
+            continue
         st = src.upstream.stats
         sources.append({"name": name, "upstream": _redact(src.url), "format": src.volume.format_name, "dtype": str(src.meta.dtype),
-                        "scales": src.scale_count(), "public": relay.config.sources[name].public, "writable": src.writable,
+                        "scales": src.scale_count(), "public": relay.allowed(None, "read", name), "writable": src.writable,
                         "upstream_requests": st.requests, "upstream_bytes": st.bytes_read})
     return {"uptime_s": round(time.time() - relay.started, 1), "tiers": tiers, "sources": sources,
             "requests": sum(relay.requests.values()), "bytes_served": relay.bytes_served}
@@ -67,7 +83,7 @@ def _percent(rate: float | None) -> str:
 
 async def status_page(request: Request):
     relay: Relay = request.app.state.relay
-    s = status_json(relay)
+    s = status_json(relay, token_of(request))
     if "application/json" in request.headers.get("accept", ""):
         return JSONResponse(s)
     esc = html.escape
@@ -76,11 +92,10 @@ async def status_page(request: Request):
         f"<td>{t['hits']}</td><td>{t['misses']}</td><td>{_percent(t['hit_rate'])}</td></tr>"
         for t in s["tiers"]
     )
-    visible = set(relay.visible(token_of(request)))
     rows_s = "".join(
         f"<tr><td>{esc(x['name'])}</td><td>{esc(x['upstream'])}</td><td>{esc(x['format'])}</td><td>{esc(x['dtype'])}</td>"
         f"<td>{x['scales']}</td><td>{x['upstream_requests']}</td><td>{x['upstream_bytes']:,}</td></tr>"
-        for x in s["sources"] if x["name"] in visible
+        for x in s["sources"]
     )
     page = (
         "<!doctype html><title>volbridge relay</title><h1>volbridge relay</h1>"
@@ -99,7 +114,7 @@ def metrics_text(relay: Relay) -> str:
         lines.append(f"# HELP volbridge_relay_{name} {help_}")
         lines.append(f"# TYPE volbridge_relay_{name} {kind}")
         for labels, value in samples:
-            lab = ",".join(f'{k}="{str(v).replace(chr(34), "")}"' for k, v in labels.items())
+            lab = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
             lines.append(f"volbridge_relay_{name}{{{lab}}} {value}" if lab else f"volbridge_relay_{name} {value}")
 
     with relay._lock:
@@ -114,8 +129,8 @@ def metrics_text(relay: Relay) -> str:
         metric(f"cache_{field}" + ("_total" if kind == "counter" else ""), kind, help_,
                [({"tier": t}, getattr(c.stats, field)) for t, c in tiers])
     metric("cache_max_bytes", "gauge", "byte bound of the tier", [({"tier": t}, c.max_bytes) for t, c in tiers])
-    metric("upstream_requests_total", "counter", "cuboid reads from upstreams", [({"channel": n}, s.upstream.stats.requests) for n, s in relay.sources.items()])
-    metric("upstream_bytes_total", "counter", "bytes read from upstreams", [({"channel": n}, s.upstream.stats.bytes_read) for n, s in relay.sources.items()])
+    metric("upstream_requests_total", "counter", "cuboid reads from upstreams", [({"channel": n}, s.upstream.stats.requests) for n, s in relay.snapshot().items()])
+    metric("upstream_bytes_total", "counter", "bytes read from upstreams", [({"channel": n}, s.upstream.stats.bytes_read) for n, s in relay.snapshot().items()])
     return "\n".join(lines) + "\n"
 
 

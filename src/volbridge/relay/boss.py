@@ -86,6 +86,15 @@ def check_size(relay: Relay, box: Box, dtype: np.dtype, t: tuple[int, int] | Non
     return nbytes
 
 
+def check_scan(relay: Relay, src: RelaySource, res: int) -> None:
+    """A request that reads a whole scale (bounding boxes, sparse volumes, the first reserve) may
+    read at most ``max_scan_bytes`` (413 above): BossDB answers these from an index it keeps."""
+    n = src.scan_bytes(res)
+    if n > relay.config.max_scan_bytes:
+        raise RelayError(413, TOO_LARGE, f"this needs a scan of {n} bytes of {src.name} at resolution {res}; "
+                         f"the relay scans at most {relay.config.max_scan_bytes} (try a coarser resolution)")
+
+
 def negotiate(accept: str) -> str:
     """The media type of a GET response from its Accept header (blosc for */* or none)."""
     if not accept.strip():
@@ -132,7 +141,11 @@ def _experiment_sources(relay: Relay, token, c: str, e: str) -> list[RelaySource
         raise RelayError(404, 4000, f"no collection {c} on this relay")
     if e not in tree[c]:
         raise RelayError(404, 4000, f"no experiment {e} in collection {c}")
-    return [relay.sources[f"{c}/{e}/{ch}"] for ch in tree[c][e]]
+    snap = relay.snapshot()
+    srcs = [snap[f"{c}/{e}/{ch}"] for ch in tree[c][e] if f"{c}/{e}/{ch}" in snap]
+    if not srcs:
+        raise RelayError(404, 4000, f"experiment {c}/{e} has no channels")
+    return srcs
 
 
 def _hierarchy(src: RelaySource) -> str:
@@ -149,7 +162,7 @@ def collection_json(relay: Relay, token, c: str) -> dict:
     doc = _managed(relay, c)
     if doc is not None:
         return {**{k: v for k, v in doc.items() if k != "experiments"}, "experiments": sorted(tree[c])}
-    public = any(relay.config.sources[n].public for n in relay.sources if n.startswith(c + "/"))
+    public = any(relay.allowed(None, "read", n) for n in relay.snapshot() if n.startswith(c + "/"))
     return {"name": c, "description": "", "experiments": sorted(tree[c]), "creator": "volbridge", "public": public}
 
 
@@ -164,7 +177,7 @@ def experiment_json(relay: Relay, token, c: str, e: str) -> dict:
         "name": e, "description": "", "collection": c, "coord_frame": f"{c}_{e}",
         "num_hierarchy_levels": max(s.scale_count() for s in srcs), "hierarchy_method": _hierarchy(first),
         "num_time_samples": 1, "time_step": 0, "time_step_unit": "nanoseconds",
-        "creator": "volbridge", "public": all(relay.config.sources[s.name].public for s in srcs),
+        "creator": "volbridge", "public": all(relay.allowed(None, "read", s.name) for s in srcs),
         "channels": [s.name.split("/")[2] for s in srcs],
     }
 
@@ -192,14 +205,14 @@ def channel_json(relay: Relay, token, c: str, e: str, ch: str) -> dict:
     relay.authorize(token, "read", src.name)
     doc = _managed(relay, c, e, ch)
     if doc is not None:
-        return {k: v for k, v in doc.items() if k != "url"}
+        return {**{k: v for k, v in doc.items() if k not in ("url", "next_id")}, "downsample_status": src.downsample_status}
     segmentation = src.meta.layer_type == "segmentation"
     return {
-        "name": ch, "description": relay.config.sources[src.name].description, "experiment": e,
+        "name": ch, "description": getattr(relay.config.sources.get(src.name), "description", ""), "experiment": e,
         "default_time_sample": 0, "type": "annotation" if segmentation else "image", "base_resolution": 0,
         "datatype": np.dtype(src.meta.dtype).name, "creator": "volbridge", "sources": [], "related": [],
         "downsample_status": src.downsample_status,
-        "public": relay.config.sources[src.name].public,
+        "public": relay.allowed(None, "read", src.name),
         # "spdb": intern reads through this server; "cloudvol" would send it to S3 directly.
         "storage_type": "spdb", "bucket": None, "cv_path": None,
     }
@@ -292,9 +305,11 @@ async def cutout_get(request: Request):
             raise RelayError(400, BAD_REQUEST, "filter= applies to annotation channels only")
         try:
             ids = np.array([int(i) for i in q["filter"].split(",") if i.strip()], dtype=np.uint64)
-        except ValueError:
-            raise RelayError(400, BAD_REQUEST, f"filter must be comma-separated ids, got {q['filter']!r}") from None
+        except (ValueError, OverflowError):
+            raise RelayError(400, BAD_REQUEST, f"filter must be comma-separated ids from 0 to 2^64-1, got {q['filter']!r}") from None
     media = negotiate(request.headers.get("accept", ""))
+    if media == cutout.JPEG and (box.shape[0] > 65500 or box.shape[1] * box.shape[2] * ((t[1] - t[0]) if t else 1) > 65500):
+        raise RelayError(413, TOO_LARGE, "a JPEG cutout stacks z along y and holds at most 65500 rows; ask for fewer z or y")
     check_size(relay, box, src.meta.dtype, t)
 
     def work() -> bytes:
@@ -332,7 +347,7 @@ async def cutout_post(request: Request):
         except (ChunkDecodeError, UnsupportedError) as e:
             raise RelayError(400, BAD_REQUEST, f"cutout body: {e}") from e
         zyx = arr[0] if t else arr
-        src.write(box, zyx.T[..., None], res)
+        src.write(box, zyx.T[..., None], res, slice(src.channel, src.channel + 1))
 
     await run_in_threadpool(work)
     return Response(status_code=201)
@@ -342,7 +357,7 @@ async def cutout_to_black(request: Request):
     relay, src, res, box, t = _cutout_source(request, "write")
     check_size(relay, box, src.meta.dtype, t)
     zeros = np.zeros((*box.shape, 1), dtype=src.meta.dtype, order="F")
-    await run_in_threadpool(src.write, box, zeros, res)
+    await run_in_threadpool(src.write, box, zeros, res, slice(src.channel, src.channel + 1))
     return Response(status_code=200)
 
 
@@ -387,7 +402,7 @@ async def ids_in_region(request: Request):
 
 
 async def bounding_box(request: Request):
-    _, src = _annotation(request)
+    relay, src = _annotation(request)
     p = request.path_params
     res = parse_resolution(p["res"], src)
     kind = request.query_params.get("type", "loose")
@@ -399,6 +414,8 @@ async def bounding_box(request: Request):
             raise ValueError
     except ValueError:
         raise RelayError(400, BAD_REQUEST, f"id {p['id']!r} must be a positive 64-bit integer") from None
+
+    check_scan(relay, src, res)
 
     def work() -> dict:
         found = src.find_label(label, res)
@@ -424,7 +441,11 @@ async def reserve(request: Request):
             raise ValueError
     except ValueError:
         raise RelayError(400, BAD_REQUEST, f"the number of ids must be a positive integer, not {request.path_params['num']!r}") from None
-    start = await run_in_threadpool(src.reserve_ids, n)
+    check_scan(relay, src, 0)
+    if _managed(relay, *src.name.split("/")) is not None:
+        start = await run_in_threadpool(relay.boss.reserve, tuple(src.name.split("/")), n, lambda floor: src.reserve_ids(n, floor))
+    else:  # a configured channel: the counter lives in this process (documented)
+        start = await run_in_threadpool(src.reserve_ids, n)
     return JSONResponse({"start_id": start, "count": n})
 
 

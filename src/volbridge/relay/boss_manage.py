@@ -7,8 +7,6 @@ its write patterns cover (creating collection ``lab`` needs a pattern matching `
 
 from __future__ import annotations
 
-import json
-
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -16,7 +14,7 @@ from starlette.routing import Route
 
 from .boss import channel_json, collection_json, experiment_json
 from .errors import BAD_REQUEST, RelayError
-from .requests import read_body, token_of
+from .requests import json_object, token_of
 from .state import Relay
 
 
@@ -44,19 +42,6 @@ def _configured(relay: Relay, path: tuple[str, ...]) -> bool:
                if relay.boss is None or relay.boss.channel(*n.split("/")) is None)
 
 
-async def _body(request: Request) -> dict:
-    raw = await read_body(request, 1 << 20)
-    if not raw.strip():
-        return {}
-    try:
-        doc = json.loads(raw)
-    except ValueError:
-        raise RelayError(400, BAD_REQUEST, "the body must be JSON") from None
-    if not isinstance(doc, dict):
-        raise RelayError(400, BAD_REQUEST, "the body must be a JSON object")
-    return doc
-
-
 async def resource(request: Request):
     relay, token = _relay(request), token_of(request)
     p = request.path_params
@@ -66,7 +51,7 @@ async def resource(request: Request):
         raise RelayError(403, 4003, f"{what} comes from the relay's config and cannot be changed over HTTP")
     store = _store(relay, what)
     _check(relay, token, path, what)
-    body = await _body(request) if request.method != "DELETE" else {}
+    body = await json_object(request) if request.method != "DELETE" else {}
     creator = "volbridge"
     if request.method == "POST":
         if len(path) == 1:
@@ -98,11 +83,11 @@ async def coord(request: Request):
     store = _store(relay, f"coordinate frame {name}")
     _check(relay, token, (), f"coordinate frame {name}")
     if request.method == "POST":
-        return JSONResponse(await run_in_threadpool(store.create_coord, name, await _body(request), "volbridge"), status_code=201)
+        return JSONResponse(await run_in_threadpool(store.create_coord, name, await json_object(request), "volbridge"), status_code=201)
     if request.method == "PUT":
         if store.coord(name) is None:
             raise RelayError(404, 4000, f"no coordinate frame {name}")
-        body = await _body(request)
+        body = await json_object(request)
         if set(body) - {"name", "description"}:
             raise RelayError(400, BAD_REQUEST, "only a coordinate frame's description can change")
         with store._locked() as doc:  # noqa: SLF001 - one field, under the store's own lock

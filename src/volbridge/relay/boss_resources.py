@@ -22,8 +22,11 @@ from pathlib import Path
 
 from ..api import create
 from .errors import BAD_REQUEST, RelayError
+from .requests import string_list
 
-NAME = re.compile(r"^[\w-]+$")
+NAME = re.compile(r"[\w-]{1,128}")
+#: Largest frame extent per axis: 2^31 voxels (DVID's and most formats' limit).
+MAX_EXTENT = 2**31
 DTYPES = ("uint8", "uint16", "uint32", "uint64")
 UNITS = ("nanometers", "micrometers", "millimeters", "centimeters")
 UNIT_NM = {"nanometers": 1, "micrometers": 1e3, "millimeters": 1e6, "centimeters": 1e7}
@@ -35,8 +38,12 @@ CHUNK = (128, 128, 16)
 def _int(doc: dict, key: str, where: str, default=None, minimum=None) -> int:
     value = doc.get(key, default)
     try:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError
         value = int(value)
-    except (TypeError, ValueError):
+        if abs(value) > 2**50:
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
         raise RelayError(400, BAD_REQUEST, f"{where}: {key} must be an integer, got {doc.get(key)!r}") from None
     if minimum is not None and value < minimum:
         raise RelayError(400, BAD_REQUEST, f"{where}: {key} must be >= {minimum}, got {value}")
@@ -46,10 +53,10 @@ def _int(doc: dict, key: str, where: str, default=None, minimum=None) -> int:
 def _float(doc: dict, key: str, where: str) -> float:
     try:
         value = float(doc[key])
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
         raise RelayError(400, BAD_REQUEST, f"{where}: {key} must be a number") from None
-    if not value > 0:
-        raise RelayError(400, BAD_REQUEST, f"{where}: {key} must be positive")
+    if not (0 < value < 1e12):
+        raise RelayError(400, BAD_REQUEST, f"{where}: {key} must be a positive finite number")
     return value
 
 
@@ -105,8 +112,12 @@ class BossResources:
     # -- creation ---------------------------------------------------------------------------------
     @staticmethod
     def _name(name: str, what: str) -> None:
-        if not NAME.match(name or ""):
-            raise RelayError(400, BAD_REQUEST, f"{what} name {name!r} must be letters, digits, _ and -")
+        from .config import RESERVED
+
+        if not isinstance(name, str) or not NAME.fullmatch(name):
+            raise RelayError(400, BAD_REQUEST, f"{what} name {name!r} must be 1 to 128 letters, digits, _ and -")
+        if what == "collection" and (name in RESERVED or name == "dvid"):
+            raise RelayError(400, BAD_REQUEST, f"collection name {name!r} is reserved for the relay's own routes")
 
     def create_collection(self, c: str, body: dict, creator: str) -> dict:
         self._name(c, "collection")
@@ -126,6 +137,8 @@ class BossResources:
             frame[f"{axis}_stop"] = _int(body, f"{axis}_stop", where)
             if frame[f"{axis}_stop"] <= frame[f"{axis}_start"]:
                 raise RelayError(400, BAD_REQUEST, f"{where}: {axis}_stop must exceed {axis}_start")
+            if frame[f"{axis}_stop"] - frame[f"{axis}_start"] > MAX_EXTENT:
+                raise RelayError(400, BAD_REQUEST, f"{where}: {axis} spans more than {MAX_EXTENT} voxels")
             frame[f"{axis}_voxel_size"] = _float(body, f"{axis}_voxel_size", where)
         frame["voxel_unit"] = body.get("voxel_unit", "nanometers")
         if frame["voxel_unit"] not in UNITS:
@@ -193,7 +206,7 @@ class BossResources:
             "name": ch, "description": str(body.get("description", "")), "experiment": e,
             "default_time_sample": _int(body, "default_time_sample", where, 0), "type": kind,
             "base_resolution": _int(body, "base_resolution", where, 0, minimum=0), "datatype": dtype, "creator": creator,
-            "sources": list(body.get("sources") or []), "related": list(body.get("related") or []),
+            "sources": string_list(body.get("sources"), "sources"), "related": string_list(body.get("related"), "related"),
             "downsample_status": "NOT_DOWNSAMPLED", "public": False, "storage_type": "spdb", "bucket": None, "cv_path": None,
             "url": f"precomputed://{path}",
         }
@@ -216,7 +229,7 @@ class BossResources:
                 node["public"] = bool(body["public"])
             for key in ("sources", "related"):
                 if key in body and len(path) == 3:
-                    node[key] = list(body[key] or [])
+                    node[key] = string_list(body[key], key)
             if "downsample_status" in body and len(path) == 3:
                 node["downsample_status"] = str(body["downsample_status"])
             return dict(node)
@@ -254,6 +267,16 @@ class BossResources:
             if users:
                 raise RelayError(400, BAD_REQUEST, f"coordinate frame {name} is used by {', '.join(users)}")
             del doc["coords"][name]
+
+    def reserve(self, path: tuple[str, str, str], count: int, allocate) -> int:
+        """Reserve ``count`` ids of a channel: ``allocate(floor)`` picks the first (above the
+        data's largest id and ``floor``); the next free id is kept in the document, so a restart
+        never hands the same ids out again."""
+        with self._locked() as doc:
+            chan = self._node(doc, path)
+            start = allocate(int(chan.get("next_id", 0)))
+            chan["next_id"] = start + count
+            return start
 
     # -- key-value metadata -----------------------------------------------------------------------
     def meta(self, path: str) -> dict:

@@ -6,6 +6,7 @@ and how big its caches are. Read from a TOML file, or built from URLs for a quic
 host = "127.0.0.1"
 port = 8080
 max_cutout_bytes = "520 MiB"      # BossDB's uncompressed limit per request (413 above it)
+max_scan_bytes = "8 GiB"          # bounding boxes, sparse volumes: whole-scale scans (413 above)
 
 [cache]
 memory_bytes = "1 GiB"            # 0 turns the tier off
@@ -112,6 +113,8 @@ class RelayConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     max_cutout_bytes: int = 520 * MIB
+    #: Bytes a request may scan (bounding boxes, sparse volumes, the first id reservation).
+    max_scan_bytes: int = 8 << 30
     memory_bytes: int = 1 << 30
     disk_dir: str | None = None
     disk_bytes: int = 20 << 30
@@ -181,6 +184,8 @@ class RelayConfig:
             kw["port"] = int(server.pop("port"))
         if "max_cutout_bytes" in server:
             kw["max_cutout_bytes"] = parse_bytes(server.pop("max_cutout_bytes"), "server.max_cutout_bytes")
+        if "max_scan_bytes" in server:
+            kw["max_scan_bytes"] = parse_bytes(server.pop("max_scan_bytes"), "server.max_scan_bytes")
         if server:
             raise InvalidArgumentError(f"{where}: unknown [server] key(s) {', '.join(sorted(server))}")
         if "memory_bytes" in cache:

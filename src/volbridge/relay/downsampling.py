@@ -33,8 +33,10 @@ class Jobs:
         with self._lock:
             if src.downsample_status in ("QUEUED", "IN_PROGRESS"):
                 raise RelayError(409, 1002, f"{src.name} is already being downsampled")
-            cancel = self._cancel[src.name] = threading.Event()
+            cancel = self._cancel[id(src)] = threading.Event()
             src.downsample_status = "QUEUED"
+        if on_done is not None:
+            on_done(src)
 
         def progress(m: int, done: int, total: int) -> None:
             if cancel.is_set():
@@ -42,9 +44,11 @@ class Jobs:
 
         def run() -> None:
             src.downsample_status = "IN_PROGRESS"
+            writes = src.writes.get(0, 0)
             try:
                 downsample(VolumeArray(RelayVolume(src), mode="r+"), progress=progress)
-                src.downsample_status = "DOWNSAMPLED"
+                # a write to scale 0 while the job ran may not be in the pyramid it built
+                src.downsample_status = "DOWNSAMPLED" if src.writes.get(0, 0) == writes else "NOT_DOWNSAMPLED"
             except Cancelled:
                 src.downsample_status = "NOT_DOWNSAMPLED"
             except Exception:  # noqa: BLE001 - reported as FAILED, logged with its traceback
@@ -52,7 +56,7 @@ class Jobs:
                 src.downsample_status = "FAILED"
             finally:
                 with self._lock:
-                    self._cancel.pop(src.name, None)
+                    self._cancel.pop(id(src), None)
                 if on_done is not None:
                     on_done(src)
 
@@ -60,7 +64,7 @@ class Jobs:
 
     def cancel(self, src: RelaySource) -> None:
         with self._lock:
-            ev = self._cancel.get(src.name)
+            ev = self._cancel.get(id(src))
         if ev is None:
             raise RelayError(400, BAD_REQUEST, f"no downsample of {src.name} is queued or in progress")
         ev.set()

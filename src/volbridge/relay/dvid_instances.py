@@ -118,7 +118,8 @@ class ConfiguredInstance(Instance):
         if outside.any():
             raise RelayError(400, BAD_REQUEST, f"the write reaches beyond the bounds {bounds} (x, y, z) of {self.access_name} with non-zero voxels")
         if not inside.empty:
-            self.src.write(inside, xyz[inside.slices(box.start)][..., None], 0)
+            ch = self.src.channel
+            self.src.write(inside, xyz[inside.slices(box.start)][..., None], 0, slice(ch, ch + 1))
 
     def scan(self, fn: Callable[[Box, np.ndarray], None]) -> None:
         self.src.scan(0, fn)

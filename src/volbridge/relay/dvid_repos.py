@@ -13,9 +13,11 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import threading
 import time
 import uuid as uuidlib
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -35,22 +37,24 @@ LABELS = ("labelblk", "labelarray", "labelmap")
 #: An instance's volume spans this many voxels each way from 0: DVID data is unbounded, its
 #: extents grow with what is written (and are kept apart, in the repo metadata).
 REACH = 2**30
+DATANAME = re.compile(r"[\w-][\w.-]{0,127}")
 
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def _triple(value, what: str, default) -> list:
+def _triple(value, what: str, default, *, integer: bool = False) -> list:
     if value in (None, ""):
         return list(default)
-    parts = value.split(",") if isinstance(value, str) else list(value)
     try:
+        parts = value.split(",") if isinstance(value, str) else list(value)
         out = [float(p) for p in parts]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise RelayError(400, BAD_REQUEST, f"{what} must be three numbers like \"64,64,64\", got {value!r}") from None
-    if len(out) != 3 or any(v <= 0 for v in out):
-        raise RelayError(400, BAD_REQUEST, f"{what} must be three positive numbers, got {value!r}")
+    if len(out) != 3 or not all(0 < v < 1e9 for v in out) or (integer and not all(v.is_integer() for v in out)):
+        kind = "positive integers" if integer else "positive numbers"
+        raise RelayError(400, BAD_REQUEST, f"{what} must be three {kind}, got {value!r}")
     return [int(v) if v.is_integer() else v for v in out]
 
 
@@ -61,6 +65,9 @@ class RepoStore:
         self.path = self.dir / "repos.json"
         self._lock = threading.RLock()
         self._volumes: dict[tuple[str, str], ChunkedVolume] = {}
+        #: Writes in flight per node: a commit waits for them, so a committed node never changes.
+        self._writers: Counter = Counter()
+        self._idle = threading.Condition(self._lock)
 
     # -- the metadata file ------------------------------------------------------------------------
     @contextmanager
@@ -148,6 +155,11 @@ class RepoStore:
 
     def commit(self, node: str, note: str, log: list) -> str:
         root, node = self._mutate(node)
+        with self._idle:
+            self._idle.wait_for(lambda: self._writers[node] == 0)
+            return self._commit_locked(root, node, note, log)
+
+    def _commit_locked(self, root: str, node: str, note: str, log: list) -> str:
         with self._locked() as doc:
             n = doc[root]["DAG"]["Nodes"][node]
             if n["Locked"]:
@@ -168,6 +180,8 @@ class RepoStore:
                 branch = parent["Branch"]
                 if any(nodes[c]["Branch"] == branch for c in parent["Children"]):
                     raise RelayError(400, BAD_REQUEST, f"node {node} already has a child on its branch; name a new branch")
+            elif branch in ("", "master"):
+                raise RelayError(400, BAD_REQUEST, "master is the root's line; name a new branch")
             elif any(n["Branch"] == branch for n in nodes.values()):
                 raise RelayError(400, BAD_REQUEST, f"branch {branch!r} already exists in repo {root}")
             u = uuidlib.uuid4().hex
@@ -188,11 +202,24 @@ class RepoStore:
         name = spec.get("dataname")
         if typename not in TYPES:
             raise RelayError(400, BAD_REQUEST, f"typename {typename!r} is not one the relay stores ({', '.join(TYPES)})")
-        if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
-            raise RelayError(400, BAD_REQUEST, f"dataname {name!r} must be a plain name")
+        if not isinstance(name, str) or not DATANAME.fullmatch(name):
+            raise RelayError(400, BAD_REQUEST, f"dataname {name!r} must be 1 to 128 letters, digits, _, - and . (not first)")
         default_block = (64, 64, 64) if typename in ("labelarray", "labelmap") else (32, 32, 32)
-        block = [int(v) for v in _triple(spec.get("BlockSize"), "BlockSize", default_block)]
+        block = [int(v) for v in _triple(spec.get("BlockSize"), "BlockSize", default_block, integer=True)]
+        if any(b > 1024 for b in block):
+            raise RelayError(400, BAD_REQUEST, f"BlockSize {block} is over 1024 a side")
         voxel = _triple(spec.get("VoxelSize"), "VoxelSize", (8, 8, 8))
+        if name in self.repos()[root]["DataInstances"]:
+            raise RelayError(400, BAD_REQUEST, f"data instance {name!r} already exists in repo {root}")
+        info = {
+            "@type": "neuroglancer_multiscale_volume", "type": "segmentation" if typename in LABELS else "image",
+            "data_type": TYPES[typename], "num_channels": 1,
+            "scales": [{"key": "blocks", "size": [2 * REACH] * 3, "voxel_offset": [-REACH] * 3, "resolution": voxel,
+                        "chunk_sizes": [block], "encoding": "raw", "volbridge": {"compression": "gzip"}}],
+        }
+        # the volume first, then the registration: a failure leaves no half-made instance listed
+        base = FileStore(str(self.dir / root / name))
+        VersionedStore(base, [root]).put("info", json.dumps(info).encode())
         with self._locked() as doc:
             repo = doc[root]
             if name in repo["DataInstances"]:
@@ -200,14 +227,6 @@ class RepoStore:
             repo["DataInstances"][name] = {"TypeName": typename, "BlockSize": block, "VoxelSize": voxel,
                                            "Versioned": str(spec.get("versioned", "true")).lower() != "false",
                                            "MinPoint": None, "MaxPoint": None, "Created": _now()}
-        info = {
-            "@type": "neuroglancer_multiscale_volume", "type": "segmentation" if typename in LABELS else "image",
-            "data_type": TYPES[typename], "num_channels": 1,
-            "scales": [{"key": "blocks", "size": [2 * REACH] * 3, "voxel_offset": [-REACH] * 3, "resolution": voxel,
-                        "chunk_sizes": [block], "encoding": "raw", "volbridge": {"compression": "gzip"}}],
-        }
-        base = FileStore(str(self.dir / root / name))
-        VersionedStore(base, [root]).put("info", json.dumps(info).encode())
 
     # -- data -------------------------------------------------------------------------------------
     def instance(self, repo: dict, name: str) -> dict:
@@ -250,12 +269,20 @@ class RepoStore:
             inst["MinPoint"], inst["MaxPoint"] = lo, hi
 
     def write(self, repo: dict, node: str, name: str, box: Box, xyz: np.ndarray) -> None:
-        if repo["DAG"]["Nodes"][node]["Locked"]:
-            raise RelayError(400, BAD_REQUEST, f"node {node} is committed (locked); write to an uncommitted child version")
-        vol = self.volume(repo, node, name)
         if any(abs(v) > REACH for v in (*box.start, *box.stop)):
             raise InvalidArgumentError(f"the write reaches beyond +-{REACH} voxels")
-        vol.write(box, xyz[..., None] if xyz.ndim == 3 else xyz, 0)
+        with self._lock:  # checked now, not when the request began: a commit may have come between
+            repo = self._read()[repo["Root"]]
+            if repo["DAG"]["Nodes"][node]["Locked"]:
+                raise RelayError(400, BAD_REQUEST, f"node {node} is committed (locked); write to an uncommitted child version")
+            self._writers[node] += 1
+        try:
+            vol = self.volume(repo, node, name)
+            vol.write(box, xyz[..., None] if xyz.ndim == 3 else xyz, 0)
+        finally:
+            with self._idle:
+                self._writers[node] -= 1
+                self._idle.notify_all()
         # Extents grow to hold the non-zero voxels written: the zeros that pad a write out to whole
         # blocks (DVID takes block-aligned writes only) do not move the bounds a client set.
         nz = np.nonzero(xyz)

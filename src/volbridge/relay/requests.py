@@ -2,9 +2,42 @@
 
 from __future__ import annotations
 
+import json
+
 from starlette.requests import Request
 
-from .errors import TOO_LARGE, RelayError
+from .errors import BAD_REQUEST, TOO_LARGE, RelayError
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_json(raw: bytes, what: str = "the body"):
+    """JSON from a request body; NaN and Infinity (which Python's parser accepts) are refused."""
+    try:
+        return json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as e:
+        raise RelayError(400, BAD_REQUEST, f"{what} must be JSON: {e}") from None
+
+
+async def json_object(request: Request) -> dict:
+    """The body as a JSON object (an empty body is ``{}``), bounded to 1 MiB."""
+    raw = await read_body(request, 1 << 20)
+    if not raw.strip():
+        return {}
+    doc = parse_json(raw)
+    if not isinstance(doc, dict):
+        raise RelayError(400, BAD_REQUEST, "the body must be a JSON object")
+    return doc
+
+
+def string_list(value, what: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, (str, int)) for v in value):
+        raise RelayError(400, BAD_REQUEST, f"{what} must be a list of strings")
+    return [str(v) for v in value]
 
 
 def token_of(request: Request) -> str | None:

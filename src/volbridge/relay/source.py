@@ -148,11 +148,12 @@ class CuboidStore(KVStore):
         raise AssertionError  # unreachable
 
 
-def source_key(name: str, url: str) -> str:
-    """The cache key prefix of a source: its name plus a digest of its upstream URL, so a
-    persistent disk cache never serves one upstream's cuboids for another after a config change.
-    One path segment (names hold no dots), which :class:`SourceRouter` routes on."""
-    return f"{name.replace('/', '.')}@{hashlib.sha1(url.encode()).hexdigest()[:10]}"
+def source_key(url: str) -> str:
+    """The cache key prefix of an upstream: a digest of its URL. Keyed on the URL, not the
+    channel name, so two channels over one upstream share (and invalidate) the same cuboids, and
+    a persistent disk cache never serves one upstream's cuboids for another's. One path segment,
+    which :class:`SourceRouter` routes on."""
+    return "u" + hashlib.sha1(url.encode()).hexdigest()[:16]
 
 
 class SourceRouter(KVStore):
@@ -210,7 +211,7 @@ class RelaySource:
         self.volume = volume
         self.meta = volume.meta
         self.info = relay_info(volume)
-        self.prefix = source_key(name, url)
+        self.prefix = source_key(url)
         self.upstream = CuboidStore(volume, self.info, url)
         router.add(self.prefix, self.upstream)
         #: The relay's cache tiers, seen from this source's prefix.
@@ -222,6 +223,10 @@ class RelaySource:
         self._next_id: int | None = None
         #: BossDB's downsample status of this channel (see :mod:`.downsampling`).
         self.downsample_status = "DOWNSAMPLED" if len(volume.meta.scales) > 1 else "NOT_DOWNSAMPLED"
+        #: Called when the status changes by a write (to keep it in a resource document).
+        self.on_status: Callable[["RelaySource"], None] | None = None
+        #: Writes per scale so far (a downsample job checks that none came in while it ran).
+        self.writes: dict[int, int] = {}
         self._reserve_lock = threading.Lock()
         self._reserve_lock_scan = threading.Lock()
 
@@ -258,25 +263,35 @@ class RelaySource:
             out.append((f"{scale}/{b.start[0]}-{b.stop[0]}_{b.start[1]}-{b.stop[1]}_{b.start[2]}-{b.stop[2]}", b))
         return out
 
-    def write(self, box: Box, data: np.ndarray, scale: int) -> None:
-        """Write ``data`` ``(x, y, z, c)`` to the upstream; the tiers drop the cuboids it touches
-        and keep the new bytes of those it covers whole."""
+    def write(self, box: Box, data: np.ndarray, scale: int, channels: slice | None = None) -> None:
+        """Write ``data`` ``(x, y, z, c)`` (the ``channels`` given, default all) to the upstream;
+        the tiers drop the cuboids it touches, and keep the new bytes of those it covers whole
+        when they are exactly what the upstream now holds (all channels, a lossless encoding)."""
         self.check_scale(scale)
-        self.volume.check_write(box, data, scale, None)
+        self.volume.check_write(box, data, scale, channels)
         cuboids = self.cuboid_keys(box, scale)
+        exact = (channels is None or data.shape[3] == self.meta.num_channels) and self.meta.scales[scale].encoding != "jpeg"
 
         def op() -> dict:
-            self.volume.write(box, data, scale)
+            self.volume.write(box, data, scale, channels)
             fresh: dict = {}
             for key, b in cuboids:
-                if box.contains(b):
+                if exact and box.contains(b):
                     part = data[b.slices(box.start)]
                     fresh[key] = part.tobytes(order="F") if part.any() else ABSENT
             return fresh
 
         self.store.write_through([k for k, _ in cuboids], op)
-        if scale == 0 and self.downsample_status == "DOWNSAMPLED" and len(self.meta.scales) > 1:
+        with self._reserve_lock:
+            self.writes[scale] = self.writes.get(scale, 0) + 1
+        if scale == 0 and len(self.meta.scales) > 1 and self.downsample_status != "NOT_DOWNSAMPLED":
             self.downsample_status = "NOT_DOWNSAMPLED"  # as BossDB: the pyramid no longer matches
+            if self.on_status is not None:
+                self.on_status(self)
+
+    def scan_bytes(self, scale: int) -> int:
+        s = self.meta.scales[scale]
+        return s.bounds.size * self.meta.num_channels * np.dtype(self.meta.dtype).itemsize
 
     def scan(self, scale: int, fn: Callable[[Box, np.ndarray], None]) -> None:
         """Call ``fn(cuboid box, (x, y, z) voxels)`` for every non-empty cuboid of ``scale``,
@@ -313,9 +328,8 @@ class RelaySource:
         self.scan(scale, fn)
         return (tuple(lo), tuple(hi)) if lo else None
 
-    def reserve_ids(self, count: int) -> int:
-        """The first of ``count`` new ids, above every id in scale 0 and every id reserved before.
-        The first call scans scale 0 (once; the counter then lives in this process)."""
+    def max_id(self) -> int:
+        """The largest id in scale 0 (scanned once per process, then raised by reservations)."""
         with self._reserve_lock:
             if self._next_id is None:
                 top = [0]
@@ -327,8 +341,15 @@ class RelaySource:
 
                 self.scan(0, fn)
                 self._next_id = top[0] + 1
-            start = self._next_id
-            self._next_id += count
+            return self._next_id - 1
+
+    def reserve_ids(self, count: int, floor: int = 0) -> int:
+        """The first of ``count`` new ids, above every id in scale 0, every id reserved before in
+        this process, and ``floor`` (the next id a resource document kept across restarts)."""
+        self.max_id()
+        with self._reserve_lock:
+            start = max(self._next_id, floor)
+            self._next_id = start + count
             return start
 
 
@@ -355,7 +376,7 @@ class RelayVolume(Volume):
         return self.src.read(box, scale)
 
     def write(self, box: Box, data: np.ndarray, scale: int = 0, channels: slice | None = None) -> None:
-        self.src.write(box, data, scale)
+        self.src.write(box, data, scale, channels)
 
     def grid(self, scale: int = 0) -> ChunkGrid:
         return self.src.volume.grid(scale)

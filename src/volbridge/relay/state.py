@@ -86,6 +86,7 @@ class Relay:
             self.config.sources[name] = cfg
             self.sources[name] = src = RelaySource(name, url, volume, self.cache, self.router)
         src.downsample_status = "NOT_DOWNSAMPLED"
+        src.on_status = self.save_status
         return src
 
     def save_status(self, src: RelaySource) -> None:
@@ -113,6 +114,11 @@ class Relay:
             self.bytes_served += nbytes
 
     # -- lookup and access ------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, RelaySource]:
+        """The channels now (channels created or deleted over HTTP change the live dict)."""
+        with self._lock:
+            return dict(self.sources)
+
     def source(self, c: str, e: str, ch: str) -> RelaySource:
         name = f"{c}/{e}/{ch}"
         src = self.sources.get(name)
@@ -122,9 +128,11 @@ class Relay:
 
     def _public(self, name: str) -> tuple[bool, bool, bool]:
         """(public read, public write, writable) of a channel or a managed DVID instance."""
-        if name.startswith("dvid/") and name not in self.config.sources:
-            return self.config.dvid_public, self.config.dvid_public_write, True
-        src = self.config.sources[name]
+        src = self.config.sources.get(name)
+        if src is None:
+            if name.startswith("dvid/"):
+                return self.config.dvid_public, self.config.dvid_public_write, True
+            return False, False, False  # deleted meanwhile: nothing is allowed
         return src.public, src.public_write, src.writable
 
     def allowed(self, token: str | None, action: str, name: str) -> bool:
@@ -148,4 +156,4 @@ class Relay:
 
     def visible(self, token: str | None) -> list[str]:
         """Channels the token may read, in config order."""
-        return [n for n in list(self.sources) if self.allowed(token, "read", n)]
+        return [n for n in self.snapshot() if self.allowed(token, "read", n)]

@@ -1,0 +1,170 @@
+"""Regressions from a review of the relay: each test failed before its fix."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import zlib
+from http.client import HTTPConnection
+
+import numpy as np
+import pytest
+from relay_fixtures import error_body, http
+
+import volbridge as vb
+from volbridge.codecs import cutout
+from volbridge.remotes import dvid
+from volbridge.remotes.bossdb import BossProject
+
+T = "hardening-token"
+
+
+@pytest.fixture
+def relay(start_relay, relay_volumes, tmp_path):
+    for n in ("image", "seg"):
+        shutil.copytree(relay_volumes[f"{n}_path"], tmp_path / n)
+    rgb = vb.create(f"precomputed://{tmp_path / 'rgb'}", shape=(8, 64, 64), dtype="uint8", num_channels=3, chunk_shape=(8, 32, 32))
+    rgb[...] = np.arange(3, dtype=np.uint8)[:, None, None, None] + 1
+    jpg = vb.create(f"precomputed://{tmp_path / 'jpg'}", shape=(8, 64, 64), dtype="uint8", encoding="jpeg", chunk_shape=(8, 64, 64))
+    r = start_relay({
+        "server": {"max_scan_bytes": "1 MiB"},
+        "boss": {"data_dir": str(tmp_path / "boss")}, "dvid": {"data_dir": str(tmp_path / "dvid")},
+        "sources": {
+            "lab/em/image": {"url": f"precomputed://{tmp_path / 'image'}", "writable": True},
+            "pub/em/image": {"url": f"precomputed://{tmp_path / 'image'}", "public": True},
+            "lab/em/seg": {"url": f"precomputed://{tmp_path / 'seg'}", "writable": True},
+            "lab/em/green": {"url": f"precomputed://{tmp_path / 'rgb'}", "writable": True, "channel": 1},
+            "lab/em/jpg": {"url": f"precomputed://{tmp_path / 'jpg'}", "writable": True},
+        },
+        "tokens": [{"token": T, "write": ["*"]}],
+    })
+    r.root = tmp_path
+    return r
+
+
+def blosc_post(relay, path, arr, token=T):
+    return http("POST", f"{relay.url}/v1/cutout/{path}", token=token, body=cutout.encode(arr, cutout.BLOSC),
+                headers={"Content-Type": cutout.BLOSC})
+
+
+def test_two_channels_over_one_upstream_share_their_cache(relay):
+    pub = vb.array(f"bossdb://{relay.url}/pub/em/image")
+    before = pub[0:4, 0:64, 0:64].copy()  # cached through pub
+    assert blosc_post(relay, "lab/em/image/0/0:64/0:64/0:4/", np.full((4, 64, 64), 200, np.uint8))[0] == 201
+    assert (pub[0:4, 0:64, 0:64] == 200).all() and not (before == 200).all()
+
+
+def test_a_lossy_upstream_is_not_cached_as_posted(relay):
+    data = np.random.default_rng(0).integers(0, 255, (8, 64, 64), dtype=np.uint8)
+    assert blosc_post(relay, "lab/em/jpg/0/0:64/0:64/0:8/", data)[0] == 201
+    via = vb.array(f"bossdb://{relay.url}/lab/em/jpg", token=T)[...]
+    np.testing.assert_array_equal(via, vb.array(str(relay.root / "jpg"))[...])  # what JPEG kept, not what was sent
+
+
+def test_a_multichannel_source_writes_its_one_channel(relay):
+    assert blosc_post(relay, "lab/em/green/0/0:10/0:10/0:2/", np.full((2, 10, 10), 9, np.uint8))[0] == 201
+    got = vb.array(str(relay.root / "rgb"))[...]  # (c, z, y, x)
+    assert (got[1, 0:2, 0:10, 0:10] == 9).all() and (got[0] == 1).all() and (got[2] == 3).all()
+    assert vb.array(f"bossdb://{relay.url}/lab/em/green", token=T)[0, 0, 0] == 9
+
+
+def test_crafted_inputs_are_400s_not_500s(relay):
+    base = f"{relay.url}/v1/cutout/lab/em/seg/0/0:8/0:8/0:1/"
+    assert http("GET", base + "?filter=-1", token=T)[0] == 400
+    assert http("GET", base + f"?filter={2**70}", token=T)[0] == 400
+    p = BossProject(relay.url, token=T)
+    for path, body in [("coord/f1/", b'{"x_stop": Infinity, "y_stop": 1, "z_stop": 1, "x_voxel_size": 1, "y_voxel_size": 1, "z_voxel_size": 1}'),
+                       ("coord/f2/", b'{"x_stop": 1e400, "y_stop": 1, "z_stop": 1, "x_voxel_size": 1, "y_voxel_size": 1, "z_voxel_size": 1}'),
+                       ("coord/f3/", b'{"x_stop": 9, "y_stop": 9, "z_stop": 9, "x_voxel_size": 1e300, "y_voxel_size": 1, "z_voxel_size": 1}'),
+                       ("coord/f4/", b'{"x_stop": 9999999999999, "y_stop": 9, "z_stop": 9, "x_voxel_size": 1, "y_voxel_size": 1, "z_voxel_size": 1}'),
+                       ("collection/dvid/", b"{}"), ("collection/lab%0A/", b"{}")]:
+        status, resp, _ = http("POST", f"{relay.url}/v1/{path}", token=T, body=body, headers={"Content-Type": "application/json"})
+        assert status == 400, (path, resp)
+        error_body(resp)
+    p.create_collection("c")
+    p.create_coord_frame("f", bounds=((0, 0, 0), (4, 8, 8)), voxel_size=(1, 1, 1))
+    p.create_experiment("c", "e", "f")
+    status, resp, _ = http("POST", f"{relay.url}/v1/collection/c/experiment/e/channel/x/", token=T,
+                           body=b'{"datatype": "uint8", "sources": 5}', headers={"Content-Type": "application/json"})
+    assert status == 400 and "sources" in error_body(resp)["message"]
+    root = dvid.create_repo(relay.url, "r", token=T)
+    status, resp, _ = http("POST", f"{relay.url}/api/node/{root}/commit", token=T, body=b'{"log": 5}')
+    assert status == 400
+    for spec in ({"typename": "uint8blk", "dataname": "a\u0000b"}, {"typename": "uint8blk", "dataname": "x" * 200},
+                 {"typename": "uint8blk", "dataname": "b1", "BlockSize": "0.5,32,32"},
+                 {"typename": "uint8blk", "dataname": "b2", "BlockSize": 5}):
+        status, resp, _ = http("POST", f"{relay.url}/api/repo/{root}/instance", token=T, body=json.dumps(spec).encode())
+        assert status == 400, spec
+    assert http("GET", f"{relay.url}/api/repo/{root}/info", token=T)[0] == 200  # nothing half-made was kept
+    assert http("GET", f"{relay.url}/api/repos/info", token=T)[0] == 200
+
+
+def test_a_gzip_body_cannot_inflate_past_its_size(relay):
+    root = dvid.create_repo(relay.url, "bomb", token=T)
+    dvid.create_instance(relay.url, root, "seg", "labelmap", bounds=((0, 0, 0), (64, 64, 64)), token=T)
+    bomb = zlib.compress(bytes(2**28), 9)
+    gz = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03" + bomb[2:-4] + zlib.crc32(bytes(2**28)).to_bytes(4, "little") + (2**28).to_bytes(4, "little")
+    t0 = time.monotonic()
+    status, resp, _ = http("POST", f"{relay.url}/api/node/{root}/seg/raw/0_1_2/64_64_64/0_0_0?compression=gzip", token=T, body=gz)
+    assert status == 400 and "needs" in error_body(resp)["message"]
+    assert time.monotonic() - t0 < 5  # stopped after the expected size, not after 256 MiB
+
+
+def test_a_commit_during_a_write_refuses_the_write(relay):
+    root = dvid.create_repo(relay.url, "race", token=T)
+    dvid.create_instance(relay.url, root, "img", "uint8blk", bounds=((0, 0, 0), (32, 32, 32)), token=T)
+    conn = HTTPConnection(relay.url.split("://")[1])
+    conn.putrequest("POST", f"/api/node/{root}/img/raw/0_1_2/32_32_32/0_0_0")
+    conn.putheader("Authorization", f"Token {T}")
+    conn.putheader("Content-Length", str(32**3))
+    conn.endheaders()
+    conn.send(b"\x07" * 1000)
+    assert http("POST", f"{relay.url}/api/node/{root}/commit", token=T, body=b"{}")[0] == 200
+    conn.send(b"\x07" * (32**3 - 1000))
+    r = conn.getresponse()
+    assert r.status == 400 and "committed" in error_body(r.read())["message"]
+    assert not vb.array(f"dvid://{relay.url}/{root}/img", token=T)[...].any()
+
+
+def test_status_page_json_and_metrics_show_nothing_private(relay):
+    s = json.loads(http("GET", relay.url + "/", headers={"Accept": "application/json"})[1])
+    assert [x["name"] for x in s["sources"]] == ["pub/em/image"]
+    http("GET", relay.url + "/v1/x%0Avolbridge_relay_fake_total%2042%0A/")
+    text = http("GET", relay.url + "/metrics")[1].decode()
+    assert "fake_total" not in text
+
+
+def test_whole_scale_scans_are_bounded(relay):
+    status, body, _ = http("GET", f"{relay.url}/v1/boundingbox/lab/em/seg/0/1/", token=T)
+    assert status == 413 and "scan" in error_body(body)["message"]  # 8 MB of uint64 > 1 MiB
+
+
+def test_reserved_ids_and_downsample_status_survive_a_restart(relay, start_relay):
+    p = BossProject(relay.url, token=T)
+    p.create_collection("k")
+    p.create_coord_frame("kf", bounds=((0, 0, 0), (4, 16, 16)), voxel_size=(1, 1, 1))
+    p.create_experiment("k", "e", "kf", num_hierarchy_levels=2)
+    url = p.create_channel("k", "e", "s", datatype="uint64", type="annotation")
+    v = vb.array(url, mode="r+", token=T)
+    first = v.volume.reserve_ids(5)
+    v.volume.downsample()
+    assert v.volume.downsample_status()["status"] == "DOWNSAMPLED"
+    v[0:1, 0:1, 0:1] = 3
+    chan = json.loads(http("GET", f"{relay.url}/v1/collection/k/experiment/e/channel/s/", token=T)[1])
+    assert chan["downsample_status"] == "NOT_DOWNSAMPLED"
+    again = start_relay({"boss": {"data_dir": str(relay.root / "boss")}, "tokens": [{"token": T, "write": ["*"]}]})
+    w = vb.array(f"bossdb://{again.url}/k/e/s", token=T, mode="r+").volume
+    assert w.reserve_ids(1) == first + 5
+    assert w.downsample_status()["status"] == "NOT_DOWNSAMPLED"
+
+
+def test_dvid_rights_per_instance_and_no_uuid_leak(start_relay, tmp_path):
+    r = start_relay({"dvid": {"data_dir": str(tmp_path / "d")}, "tokens": [{"token": T, "write": ["dvid/*"]}]})
+    root = dvid.create_repo(r.url, "x", token=T)
+    dvid.create_instance(r.url, root, "seg", "uint8blk", bounds=((0, 0, 0), (8, 8, 8)), token=T)
+    narrow = start_relay({"dvid": {"data_dir": str(tmp_path / "d")},
+                          "tokens": [{"token": "only-seg", "read": [f"dvid/{root}/seg"]}]})
+    assert vb.array(f"dvid://{narrow.url}/{root}/seg", token="only-seg").shape == (8, 8, 8)
+    status, body, _ = http("GET", f"{narrow.url}/api/node/{root[0]}/seg/info")
+    assert status == 401 and root not in body.decode()
