@@ -271,7 +271,33 @@ TestHDF5StateMachine = HDF5Machine.TestCase
 TestHDF5StateMachine.settings = settings(stateful_step_count=10, max_examples=40)
 
 
-class BossRelayMachine(PrecomputedMachine):
+class _ThroughRelay(PrecomputedMachine):
+    """Machines whose volume is reached through a relay (started per example, stopped after)."""
+
+    TOKEN = "sm-token"
+
+    def start_relay(self, doc: dict):
+        from volbridge.relay import RelayConfig
+        from volbridge.relay.serve import RelayServer
+
+        doc = {"server": {"host": "127.0.0.1", "port": 0}, **doc}
+        self.relay = RelayServer(RelayConfig.from_dict(doc), log_level="warning", access_log=False).start()
+        return self.relay
+
+    def open(self):
+        return vb.array(self.url, axis_order=self.spec["axis_order"], mode="r+", token=self.TOKEN)
+
+    @rule()
+    def reopen(self):
+        self.vol = self.open()
+
+    def teardown(self):
+        if hasattr(self, "relay"):
+            self.relay.stop()
+        super().teardown()
+
+
+class BossRelayMachine(_ThroughRelay):
     """The same rules through the BossDB dialect: volbridge's bossdb:// client, a relay (with its
     cache tiers) in between, the precomputed volume behind it. One channel (a BossDB channel has
     one), every encoding, dtype, offset and scale count of the precomputed machine."""
@@ -280,32 +306,18 @@ class BossRelayMachine(PrecomputedMachine):
 
     @initialize(data=st.data(), seed=st.integers(0, 2**32 - 1))
     def create(self, data, seed):
-        from volbridge.relay import RelayConfig
-        from volbridge.relay.serve import RelayServer
-
         super().create(data, seed)
-        source = self.url
-        self.relay = RelayServer(RelayConfig.from_dict({
-            "server": {"host": "127.0.0.1", "port": 0},
-            "sources": {"sm/vol/ch": {"url": source, "writable": True}},
-            "tokens": [{"token": "sm-token", "write": ["sm/*"]}],
+        self.start_relay({
+            "sources": {"sm/vol/ch": {"url": self.url, "writable": True}},
+            "tokens": [{"token": self.TOKEN, "write": ["sm/*"]}],
             "cache": {"memory_bytes": 2**20},
-        }), log_level="warning", access_log=False).start()
+        })
         self.url = self.remote_url(self.relay.url)
-        self.vol = vb.array(self.url, axis_order=self.spec["axis_order"], mode="r+", token="sm-token")
+        self.vol = self.open()
         assert [Box.of(*map(lambda t: t[::-1] if self.spec["axis_order"] == "zyx" else t, s.bounds)) for s in self.vol.scales] == self.scale_boxes
 
     def remote_url(self, relay_url: str) -> str:
         return f"bossdb://{relay_url}/sm/vol/ch"
-
-    @rule()
-    def reopen(self):
-        self.vol = vb.array(self.url, axis_order=self.spec["axis_order"], mode="r+", token="sm-token")
-
-    def teardown(self):
-        if hasattr(self, "relay"):
-            self.relay.stop()
-        super().teardown()
 
 
 TestBossRelayStateMachine = BossRelayMachine.TestCase
@@ -332,7 +344,7 @@ TestDVIDRelayStateMachine = DVIDRelayMachine.TestCase
 TestDVIDRelayStateMachine.settings = settings(stateful_step_count=10, max_examples=30)
 
 
-class VersionedDVIDMachine(PrecomputedMachine):
+class VersionedDVIDMachine(_ThroughRelay):
     """The rules on an instance of a versioned repo that the relay keeps itself, plus a rule that
     commits the version and moves on to a new one (a branch or the next version): the new version
     reads exactly as its parent did, and takes the later writes. Labels and images, offsets."""
@@ -346,24 +358,19 @@ class VersionedDVIDMachine(PrecomputedMachine):
 
     @initialize(data=st.data(), seed=st.integers(0, 2**32 - 1))
     def create(self, data, seed):
-        from volbridge.relay import RelayConfig
-        from volbridge.relay.serve import RelayServer
         from volbridge.remotes import dvid
 
         spec = data.draw(self.SPEC, label="spec")
         self.spec, self.rng = spec, np.random.default_rng(seed)
-        self.relay = RelayServer(RelayConfig.from_dict({
-            "server": {"host": "127.0.0.1", "port": 0}, "dvid": {"data_dir": f"{self.tmp}/dvid"},
-            "tokens": [{"token": "sm-token", "write": ["dvid/*"]}],
-        }), log_level="warning", access_log=False).start()
+        self.start_relay({"dvid": {"data_dir": f"{self.tmp}/dvid"}, "tokens": [{"token": self.TOKEN, "write": ["dvid/*"]}]})
         kind = "labelmap" if spec["layer"] == "segmentation" else self.TYPES[spec["dtype"]]
         start, shape = spec["offset"], spec["shape"]
         stop = tuple(a + n for a, n in zip(start, shape))
-        root = dvid.create_repo(self.relay.url, "sm", token="sm-token")
+        root = dvid.create_repo(self.relay.url, "sm", token=self.TOKEN)
         block = tuple(data.draw(st.sampled_from([4, 8, 16]), label="block") for _ in range(3))
         self.url = dvid.create_instance(self.relay.url, root, "vol", kind, bounds=(start, stop), block_size=block,
-                                        axis_order="xyz", token="sm-token")
-        self.vol = vb.array(self.url, axis_order=spec["axis_order"], mode="r+", token="sm-token")
+                                        axis_order="xyz", token=self.TOKEN)
+        self.vol = self.open()
         self.scale_boxes = [Box(tuple(start), stop)]
         self.model = VolumeModel(self.scale_boxes, np.dtype(spec["dtype"]), 1)
 
@@ -373,16 +380,7 @@ class VersionedDVIDMachine(PrecomputedMachine):
         node.commit("state machine")
         child = node.branch(f"b{uuid.uuid4().hex[:8]}") if on_branch else node.newversion()
         self.url = self.url.rsplit("/", 2)[0] + f"/{child}/vol"
-        self.vol = vb.array(self.url, axis_order=self.spec["axis_order"], mode="r+", token="sm-token")
-
-    @rule()
-    def reopen(self):
-        self.vol = vb.array(self.url, axis_order=self.spec["axis_order"], mode="r+", token="sm-token")
-
-    def teardown(self):
-        if hasattr(self, "relay"):
-            self.relay.stop()
-        super().teardown()
+        self.vol = self.open()
 
 
 TestVersionedDVIDStateMachine = VersionedDVIDMachine.TestCase

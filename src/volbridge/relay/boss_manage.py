@@ -90,7 +90,7 @@ async def coord(request: Request):
         body = await json_object(request)
         if set(body) - {"name", "description"}:
             raise RelayError(400, BAD_REQUEST, "only a coordinate frame's description can change")
-        with store._locked() as doc:  # noqa: SLF001 - one field, under the store's own lock
+        with store.document.changing() as doc:
             doc["coords"][name]["description"] = str(body.get("description", ""))
             return JSONResponse(dict(doc["coords"][name]))
     await run_in_threadpool(store.delete_coord, name)

@@ -10,18 +10,15 @@ resource documents live in one JSON file, rewritten atomically under a lock on e
 
 from __future__ import annotations
 
-import fcntl
-import json
 import os
 import re
 import shutil
-import threading
 import uuid as uuidlib
-from contextlib import contextmanager
 from pathlib import Path
 
 from ..api import create
 from .errors import BAD_REQUEST, RelayError
+from .json_document import JSONDocument
 from .requests import string_list
 
 NAME = re.compile(r"[\w-]{1,128}")
@@ -64,27 +61,10 @@ class BossResources:
     def __init__(self, data_dir: str | os.PathLike):
         self.dir = Path(data_dir).expanduser().absolute()
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.path = self.dir / "resources.json"
-        self._lock = threading.RLock()
-
-    @contextmanager
-    def _locked(self):
-        with self._lock, open(self.dir / ".resources.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            doc = self.doc()
-            before = json.dumps(doc, sort_keys=True)
-            yield doc
-            if json.dumps(doc, sort_keys=True) != before:
-                tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-                tmp.write_text(json.dumps(doc, indent=1))
-                os.replace(tmp, self.path)
+        self.document = JSONDocument(self.dir / "resources.json", {"collections": {}, "coords": {}, "meta": {}})
 
     def doc(self) -> dict:
-        with self._lock:
-            try:
-                return json.loads(self.path.read_text())
-            except FileNotFoundError:
-                return {"collections": {}, "coords": {}, "meta": {}}
+        return self.document.read()
 
     # -- lookups ----------------------------------------------------------------------------------
     def collection(self, c: str) -> dict | None:
@@ -121,7 +101,7 @@ class BossResources:
 
     def create_collection(self, c: str, body: dict, creator: str) -> dict:
         self._name(c, "collection")
-        with self._locked() as doc:
+        with self.document.changing() as doc:
             if c in doc["collections"]:
                 raise RelayError(400, BAD_REQUEST, f"collection {c} already exists")
             doc["collections"][c] = {"name": c, "description": str(body.get("description", "")), "creator": creator,
@@ -144,7 +124,7 @@ class BossResources:
         if frame["voxel_unit"] not in UNITS:
             raise RelayError(400, BAD_REQUEST, f"{where}: voxel_unit must be one of {', '.join(UNITS)}")
         frame["creator"] = creator
-        with self._locked() as doc:
+        with self.document.changing() as doc:
             if name in doc["coords"]:
                 raise RelayError(400, BAD_REQUEST, f"coordinate frame {name} already exists")
             doc["coords"][name] = frame
@@ -168,7 +148,7 @@ class BossResources:
             raise RelayError(400, BAD_REQUEST, f"{where}: num_hierarchy_levels must be at most 10 (resolution is one digit)")
         if exp["num_time_samples"] != 1:
             raise RelayError(400, BAD_REQUEST, f"{where}: this relay stores one time sample per channel")
-        with self._locked() as doc:
+        with self.document.changing() as doc:
             col = doc["collections"].get(c)
             if col is None:
                 raise RelayError(404, 4000, f"no collection {c}")
@@ -210,7 +190,7 @@ class BossResources:
             "downsample_status": "NOT_DOWNSAMPLED", "public": False, "storage_type": "spdb", "bucket": None, "cv_path": None,
             "url": f"precomputed://{path}",
         }
-        with self._locked() as doc:
+        with self.document.changing() as doc:
             chans = doc["collections"][c]["experiments"][e]["channels"]
             if ch in chans:
                 shutil.rmtree(path, ignore_errors=True)
@@ -221,7 +201,7 @@ class BossResources:
     # -- updates and deletes ----------------------------------------------------------------------
     def update(self, path: tuple[str, ...], body: dict) -> dict:
         """PUT: description, public, and (channels) sources/related; names stay."""
-        with self._locked() as doc:
+        with self.document.changing() as doc:
             node = self._node(doc, path)
             if "description" in body:
                 node["description"] = str(body["description"])
@@ -246,7 +226,7 @@ class BossResources:
     def delete(self, path: tuple[str, ...]) -> str | None:
         """Remove a resource (an empty collection or experiment, or a channel and its data);
         the channel's volume URL, for the relay to forget."""
-        with self._locked() as doc:
+        with self.document.changing() as doc:
             node = self._node(doc, path)
             kids = node.get("experiments") or node.get("channels")
             if len(path) < 3 and kids:
@@ -260,7 +240,7 @@ class BossResources:
         return None
 
     def delete_coord(self, name: str) -> None:
-        with self._locked() as doc:
+        with self.document.changing() as doc:
             if name not in doc["coords"]:
                 raise RelayError(404, 4000, f"no coordinate frame {name}")
             users = [f"{c}/{e}" for c, col in doc["collections"].items() for e, x in col["experiments"].items() if x["coord_frame"] == name]
@@ -272,7 +252,7 @@ class BossResources:
         """Reserve ``count`` ids of a channel: ``allocate(floor)`` picks the first (above the
         data's largest id and ``floor``); the next free id is kept in the document, so a restart
         never hands the same ids out again."""
-        with self._locked() as doc:
+        with self.document.changing() as doc:
             chan = self._node(doc, path)
             start = allocate(int(chan.get("next_id", 0)))
             chan["next_id"] = start + count
@@ -283,7 +263,7 @@ class BossResources:
         return dict(self.doc()["meta"].get(path, {}))
 
     def set_meta(self, path: str, key: str, value: str, *, create: bool) -> None:
-        with self._locked() as doc:
+        with self.document.changing() as doc:
             entries = doc["meta"].setdefault(path, {})
             if create and key in entries:
                 raise RelayError(400, BAD_REQUEST, f"metadata key {key!r} already exists on {path}; update it with PUT")
@@ -292,7 +272,7 @@ class BossResources:
             entries[key] = value
 
     def delete_meta(self, path: str, key: str) -> None:
-        with self._locked() as doc:
+        with self.document.changing() as doc:
             entries = doc["meta"].get(path, {})
             if key not in entries:
                 raise RelayError(404, 4000, f"no metadata key {key!r} on {path}")

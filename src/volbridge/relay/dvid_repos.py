@@ -10,7 +10,6 @@ file, rewritten atomically under a lock on every change.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -18,7 +17,6 @@ import threading
 import time
 import uuid as uuidlib
 from collections import Counter
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +28,7 @@ from ..geometry import Box
 from ..kv import FileStore
 from ..kv.versioned import VersionedStore
 from .errors import BAD_REQUEST, RelayError
+from .json_document import JSONDocument
 
 TYPES = {"uint8blk": "uint8", "uint16blk": "uint16", "uint32blk": "uint32", "uint64blk": "uint64",
          "float32blk": "float32", "labelblk": "uint64", "labelarray": "uint64", "labelmap": "uint64"}
@@ -62,36 +61,15 @@ class RepoStore:
     def __init__(self, data_dir: str | os.PathLike):
         self.dir = Path(data_dir).expanduser().absolute()
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.path = self.dir / "repos.json"
-        self._lock = threading.RLock()
+        self.document = JSONDocument(self.dir / "repos.json", {})
+        self._lock = self.document.lock
         self._volumes: dict[tuple[str, str], ChunkedVolume] = {}
         #: Writes in flight per node: a commit waits for them, so a committed node never changes.
         self._writers: Counter = Counter()
         self._idle = threading.Condition(self._lock)
 
-    # -- the metadata file ------------------------------------------------------------------------
-    @contextmanager
-    def _locked(self):
-        """The repos document under an exclusive lock (threads and processes); saved on exit."""
-        with self._lock, open(self.dir / ".repos.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            doc = self._read()
-            before = json.dumps(doc, sort_keys=True)
-            yield doc
-            if json.dumps(doc, sort_keys=True) != before:
-                tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-                tmp.write_text(json.dumps(doc, indent=1))
-                os.replace(tmp, self.path)
-
-    def _read(self) -> dict:
-        try:
-            return json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return {}
-
     def repos(self) -> dict:
-        with self._lock:
-            return self._read()
+        return self.document.read()
 
     # -- lookups ----------------------------------------------------------------------------------
     @staticmethod
@@ -132,7 +110,7 @@ class RepoStore:
     def create_repo(self, alias: str, description: str) -> str:
         root = uuidlib.uuid4().hex
         stamp = _now()
-        with self._locked() as doc:
+        with self.document.changing() as doc:
             doc[root] = {
                 "Root": root, "Alias": alias, "Description": description, "Log": [], "Properties": {},
                 "DataInstances": {}, "MutationID": 0, "SavedMutationID": 0, "Created": stamp, "Updated": stamp,
@@ -160,7 +138,7 @@ class RepoStore:
             return self._commit_locked(root, node, note, log)
 
     def _commit_locked(self, root: str, node: str, note: str, log: list) -> str:
-        with self._locked() as doc:
+        with self.document.changing() as doc:
             n = doc[root]["DAG"]["Nodes"][node]
             if n["Locked"]:
                 raise RelayError(400, BAD_REQUEST, f"node {node} is already committed")
@@ -170,7 +148,7 @@ class RepoStore:
     def child(self, node: str, branch: str | None, note: str) -> str:
         """A new node under ``node`` (which must be committed): on ``branch``, or on its parent's."""
         root, node = self._mutate(node)
-        with self._locked() as doc:
+        with self.document.changing() as doc:
             repo = doc[root]
             nodes = repo["DAG"]["Nodes"]
             parent = nodes[node]
@@ -192,7 +170,7 @@ class RepoStore:
 
     def add_log(self, node: str, lines: list) -> None:
         root, node = self._mutate(node)
-        with self._locked() as doc:
+        with self.document.changing() as doc:
             n = doc[root]["DAG"]["Nodes"][node]
             n["Log"] = n["Log"] + [str(x) for x in lines]
 
@@ -220,7 +198,7 @@ class RepoStore:
         # the volume first, then the registration: a failure leaves no half-made instance listed
         base = FileStore(str(self.dir / root / name))
         VersionedStore(base, [root]).put("info", json.dumps(info).encode())
-        with self._locked() as doc:
+        with self.document.changing() as doc:
             repo = doc[root]
             if name in repo["DataInstances"]:
                 raise RelayError(400, BAD_REQUEST, f"data instance {name!r} already exists in repo {root}")
@@ -250,7 +228,7 @@ class RepoStore:
             return vol
 
     def grow_extents(self, root: str, name: str, box: Box) -> None:
-        with self._locked() as doc:
+        with self.document.changing() as doc:
             inst = doc[root]["DataInstances"][name]
             lo, hi = box.start, tuple(v - 1 for v in box.stop)
             inst["MinPoint"] = list(lo) if inst["MinPoint"] is None else [min(a, b) for a, b in zip(inst["MinPoint"], lo)]
@@ -264,7 +242,7 @@ class RepoStore:
             raise RelayError(400, BAD_REQUEST, "extents need MinPoint and MaxPoint, each [x, y, z] integers") from None
         if len(lo) != 3 or len(hi) != 3 or any(a > b for a, b in zip(lo, hi)):
             raise RelayError(400, BAD_REQUEST, f"extents MinPoint {lo} and MaxPoint {hi} must be 3 integers each, MinPoint <= MaxPoint")
-        with self._locked() as doc:
+        with self.document.changing() as doc:
             inst = doc[root]["DataInstances"][name]
             inst["MinPoint"], inst["MaxPoint"] = lo, hi
 
@@ -272,7 +250,7 @@ class RepoStore:
         if any(abs(v) > REACH for v in (*box.start, *box.stop)):
             raise InvalidArgumentError(f"the write reaches beyond +-{REACH} voxels")
         with self._lock:  # checked now, not when the request began: a commit may have come between
-            repo = self._read()[repo["Root"]]
+            repo = self.document.read()[repo["Root"]]
             if repo["DAG"]["Nodes"][node]["Locked"]:
                 raise RelayError(400, BAD_REQUEST, f"node {node} is committed (locked); write to an uncommitted child version")
             self._writers[node] += 1
