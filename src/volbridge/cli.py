@@ -13,6 +13,7 @@ stderr and exit status 1, never a traceback. Tracebacks are left for genuine bug
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from enum import Enum
@@ -325,6 +326,22 @@ def demo(
 
 
 # -- services ---------------------------------------------------------------------------------------
+DASK_OPTION = typer.Option(None, "--dask", help="Run on a Dask cluster: its scheduler address (tcp://host:8786).")
+
+
+def _executor(address: Optional[str]):
+    if address is None:
+        return None
+    try:
+        from distributed import Client
+    except ImportError as e:
+        raise _BadValue("--dask needs the distributed package: pip install 'volbridge[dask]'", param_hint="'--dask'") from e
+    try:
+        return Client(address, timeout=float(os.environ.get("VOLBRIDGE_DASK_TIMEOUT", 30)))
+    except OSError as e:
+        raise _BadValue(f"cannot reach the Dask scheduler at {address}: {e}", param_hint="'--dask'") from e
+
+
 def _triple_option(text: Optional[str], what: str, axis_order: str) -> Optional[tuple[int, int, int]]:
     if text is None:
         return None
@@ -347,6 +364,7 @@ def cp(
     encoding: Optional[str] = typer.Option(None, "--encoding", help="Encoding of a new destination (raw, gzip, jpeg, ...)."),
     compression: Optional[str] = typer.Option(None, "--compression", help="Compression of a new destination (gzip, zstd)."),
     verify: bool = typer.Option(False, "--verify", help="Read both back and compare after the copy."),
+    dask: Optional[str] = DASK_OPTION,
     axis_order: AxisOrder = AXIS_ORDER_OPTION,
 ) -> None:
     """Copy a volume (or a box of one scale) to any destination, in its format."""
@@ -356,9 +374,9 @@ def cp(
     if box is not None and axis_order.value == "xyz":
         box = (box[0][::-1], box[1][::-1])
     _open(source, mip)  # the scale must exist: a clear error before anything is created
-    out = transfer(array(source), destination, bbox=box, mip=mip,
+    out = transfer(source, destination, bbox=box, mip=mip,
                    chunk_shape=_triple_option(chunk_shape, "--chunk-shape", axis_order.value),
-                   encoding=encoding, compression=compression, verify=verify)
+                   encoding=encoding, compression=compression, verify=verify, executor=_executor(dask))
     note = ", verified" if verify else ""
     typer.echo(f"copied {source} (mip {mip}) to {out.url}: shape {_dims(out.shape)} (z, y, x){note}")
 
@@ -370,6 +388,7 @@ def downsample(
     mips: Optional[str] = typer.Option(None, "--mips", help="Scales to fill, e.g. 1,2,3 (default: every scale above 0)."),
     num_mips: Optional[int] = typer.Option(None, "--num-mips", help="First extend the pyramid to this many scales above 0."),
     factor: str = typer.Option("1,2,2", "--factor", help="z,y,x factor of each added scale."),
+    dask: Optional[str] = DASK_OPTION,
 ) -> None:
     """Fill (or extend, then fill) a volume's pyramid (BossDB: the server's own service)."""
     from .services import downsample as run_downsample
@@ -378,8 +397,8 @@ def downsample(
         levels = [int(v) for v in mips.split(",")] if mips else None
     except ValueError:
         raise _BadValue(f"expected comma-separated scale numbers, got {mips!r}", param_hint="'--mips'") from None
-    run_downsample(array(url, mode="r+"), mips=levels, method=method, num_mips=num_mips,
-                   factor=_triple_option(factor, "--factor", "zyx"))
+    run_downsample(url, mips=levels, method=method, num_mips=num_mips, factor=_triple_option(factor, "--factor", "zyx"),
+                   executor=_executor(dask))
     n = len(array(url).scales)
     typer.echo(f"downsampled {url}: scales {', '.join(map(str, levels or range(1, n)))} of {n} ({method})")
 

@@ -23,7 +23,6 @@ from typing import Any, Callable
 import numpy as np
 
 from ..array import VolumeArray
-from ..engine.parallel import run_bounded
 from ..errors import (
     InvalidArgumentError,
     ReadOnlyError,
@@ -118,17 +117,40 @@ def factor_between(fine: tuple, coarse: tuple) -> tuple[int, int, int]:
     return tuple(f)  # type: ignore[return-value]
 
 
+def _target(target):
+    """The Volume a unit works on: the object itself (local threads), or opened from its URL
+    once per worker process (a cluster)."""
+    from .units import open_cached
+
+    return open_cached(target, "r+").volume if isinstance(target, str) else target
+
+
+def downsample_unit(target, m: int, f: tuple[int, int, int], method: str, box: Box) -> None:
+    """One unit: the destination chunk ``box`` of scale ``m``, from scale ``m - 1``."""
+    volume = _target(target)
+    fine = volume.meta.scales[m - 1]
+    volume.write(box, reduce_box(lambda b: volume.read(b, m - 1), fine.bounds, box, f, KERNELS[method]), m)
+
+
 def downsample(source: Any, *, num_mips: int | None = None, factor: tuple[int, int, int] = (1, 2, 2),
-               mips: range | list[int] | None = None, method: str = "auto",
+               mips: range | list[int] | None = None, method: str = "auto", executor=None, resume: bool = True,
                progress: Callable[[int, int, int], None] | None = None) -> None:
     """Fill scales ``mips`` (default: every scale above 0) of ``source`` (a URL or a writable
     VolumeArray), each from the one below it. ``num_mips``: first extend the pyramid to that many
-    scales above 0, each ``factor`` (z, y, x) coarser than the last (precomputed)."""
+    scales above 0, each ``factor`` (z, y, x) coarser than the last (precomputed).
+
+    ``executor``: None (local threads) or a ``dask.distributed.Client`` (then ``source`` must be a
+    URL the workers can open). ``resume``: finished units are journaled, so running the same call
+    again after a failure does only what is left (change nothing in between).
+    """
     from ..api import array
+    from .units import Journal, run_units
 
     vol: VolumeArray = array(source, mode="r+") if isinstance(source, str) else source
     if method not in METHODS:
         raise InvalidArgumentError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if executor is not None and not isinstance(source, str):
+        raise InvalidArgumentError("on a cluster, give the source as a URL: the workers open it themselves")
     volume = vol.volume
     if num_mips is not None:
         if "native_downsample" in volume.capabilities:
@@ -149,22 +171,18 @@ def downsample(source: Any, *, num_mips: int | None = None, factor: tuple[int, i
         raise ReadOnlyError(f"{volume.url} is open read-only; downsampling writes its scales (mode='r+')")
     if method == "auto":
         method = "mode" if volume.meta.layer_type == "segmentation" else "mean"
-    kernel = KERNELS[method]
+    target = source if executor is not None else volume
     for m in sorted(mips):
         fine, coarse = volume.meta.scales[m - 1], volume.meta.scales[m]
         f = factor_between(fine.resolution, coarse.resolution)
-        units = list(volume.grid(m).cells(coarse.bounds))
-        per_unit = math.prod(volume.grid(m).chunk_shape) * math.prod(f) * volume.meta.num_channels * np.dtype(volume.meta.dtype).itemsize * 3
-        done = [0]
-
-        def unit(cell, m=m, f=f, fine=fine) -> None:
-            out = reduce_box(lambda b: volume.read(b, m - 1), fine.bounds, cell.box, f, kernel)
-            volume.write(cell.box, out, m)
-            done[0] += 1
-            if progress is not None:
-                progress(m, done[0], len(units))
-
-        run_bounded(unit, units, per_unit)
+        grid = volume.grid(m)
+        units = [c.box for c in grid.cells(coarse.bounds)]
+        per_unit = math.prod(grid.chunk_shape) * math.prod(f) * volume.meta.num_channels * np.dtype(volume.meta.dtype).itemsize * 3
+        journal = Journal({"service": "downsample", "url": volume.url, "mip": m, "method": method, "factor": f,
+                           "units": len(units)}) if resume else None
+        tick = (lambda done, total, m=m: progress(m, done, total)) if progress is not None else None
+        run_units(units, downsample_unit, (target, m, f, method), executor=executor, journal=journal,
+                  bytes_per_unit=per_unit, progress=tick)
 
 
 def wait_for(status: Callable[[], dict], timeout: float = 3600, poll: float = 0.5) -> dict:

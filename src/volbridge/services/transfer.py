@@ -18,8 +18,15 @@ import numpy as np
 
 from ..array import VolumeArray
 from ..engine.parallel import run_bounded
-from ..errors import DTypeError, ShapeError, UnsupportedError, VolbridgeError
+from ..errors import (
+    DTypeError,
+    InvalidArgumentError,
+    ShapeError,
+    UnsupportedError,
+    VolbridgeError,
+)
 from ..geometry import Box, ChunkGrid
+from .units import Journal, run_units
 
 
 def _open_source(source: Any, mip: int) -> VolumeArray:
@@ -62,9 +69,11 @@ def _destination(dst: Any, src: VolumeArray, box: Box, chunk_shape, encoding, co
 
 def transfer(source: Any, destination: Any, *, bbox: tuple[Sequence[int], Sequence[int]] | None = None, mip: int = 0,
              chunk_shape: Sequence[int] | None = None, encoding: str | None = None, compression: str | None = None,
-             verify: bool = False, progress: Callable[[int, int], None] | None = None) -> VolumeArray:
+             verify: bool = False, executor=None, resume: bool = True,
+             progress: Callable[[int, int], None] | None = None) -> VolumeArray:
     """Copy ``bbox`` (z, y, x start and stop corners; default: the whole scale) of scale ``mip`` of
-    ``source`` into ``destination`` (a URL or a writable VolumeArray); the destination handle."""
+    ``source`` into ``destination`` (a URL or a writable VolumeArray); the destination handle.
+    ``executor`` and ``resume`` as for :func:`~volbridge.services.downsample.downsample`."""
     src = _open_source(source, mip)
     sv = src.volume
     bounds = sv.meta.scales[src.mip_level].bounds
@@ -81,18 +90,28 @@ def transfer(source: Any, destination: Any, *, bbox: tuple[Sequence[int], Sequen
     grid: ChunkGrid = dv.grid(dscale)
     units = [c.box.intersect(box) for c in grid.cells(box)]
     per_unit = math.prod(grid.chunk_shape) * sv.meta.num_channels * np.dtype(sv.meta.dtype).itemsize * 3
-    done = [0]
-
-    def unit(b: Box) -> None:
-        dv.write(b, sv.read(b, src.mip_level), dscale)
-        done[0] += 1
-        if progress is not None:
-            progress(done[0], len(units))
-
-    run_bounded(unit, units, per_unit)
+    if executor is not None:
+        if not isinstance(source, str) or not isinstance(destination, str):
+            raise InvalidArgumentError("on a cluster, give source and destination as URLs: the workers open them")
+        targets = (source, src.mip_level, destination if not isinstance(destination, VolumeArray) else destination.url, dscale)
+    else:
+        targets = (sv, src.mip_level, dv, dscale)
+    journal = Journal({"service": "transfer", "src": sv.url, "mip": src.mip_level, "dst": dv.url, "scale": dscale,
+                       "box": [box.start, box.stop], "units": len(units)}) if resume else None
+    run_units(units, transfer_unit, targets, executor=executor, journal=journal, bytes_per_unit=per_unit, progress=progress)
     if verify:
         _verify(sv, src.mip_level, dv, dscale, units)
     return dst
+
+
+def transfer_unit(src, smip: int, dst, dscale: int, box: Box) -> None:
+    """One unit: ``box`` read from the source, written to the destination (volumes, or URLs a
+    cluster worker opens once)."""
+    from .units import open_cached
+
+    sv = open_cached(src, "r", 0).volume if isinstance(src, str) else src
+    dv = open_cached(dst, "r+", 0).volume if isinstance(dst, str) else dst
+    dv.write(box, sv.read(box, smip), dscale)
 
 
 def _probe(box: Box, dv) -> np.ndarray:

@@ -1,0 +1,93 @@
+"""Running a service's units of work: on local threads or a Dask cluster, resumable.
+
+A service splits its work into units that never write the same object (they follow the
+destination's chunks), so units may run in any order, anywhere. Each unit is a picklable call
+``fn(*args, unit)``; on a cluster the workers open volumes from their URLs (once per worker
+process, :func:`open_cached`). Finished units are appended to a journal (one line each), so a run
+that is killed or fails part-way, started again with the same parameters, does only what is left;
+the journal is removed when the job completes.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..engine.parallel import run_bounded
+from ..errors import InvalidArgumentError
+
+#: Where journals live (``VOLBRIDGE_JOBS_DIR`` overrides).
+JOBS_DIR = Path(os.environ.get("VOLBRIDGE_JOBS_DIR", "~/.cache/volbridge/jobs")).expanduser()
+
+
+@functools.lru_cache(maxsize=64)
+def open_cached(url: str, mode: str, mip: int = 0):
+    """A volume handle by URL, kept for this process: workers reuse their open stores."""
+    from ..api import array
+
+    return array(url, mode=mode, mip=mip)
+
+
+class Journal:
+    """The units of job ``key`` that have finished, in ``JOBS_DIR/<digest of key>``."""
+
+    def __init__(self, key: dict, directory: Path | None = None):
+        digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+        self.path = (directory or JOBS_DIR) / f"{key.get('service', 'job')}-{digest}.done"
+        self._lock = threading.Lock()
+        self.done: set[int] = set()
+        if self.path.exists():
+            for line in self.path.read_text().split():
+                if line.isdigit():
+                    self.done.add(int(line))
+
+    def mark(self, index: int) -> None:
+        with self._lock:
+            self.done.add(index)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as f:  # one short line per append: whole or absent
+                f.write(f"{index}\n")
+
+    def finish(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def run_units(units: Sequence[Any], fn: Callable, args: tuple, *, executor=None, journal: Journal | None = None,
+              bytes_per_unit: int = 1 << 20, progress: Callable[[int, int], None] | None = None) -> None:
+    """``fn(*args, unit)`` for every unit not yet in ``journal``, locally or on ``executor``
+    (a ``dask.distributed.Client``); the journal is finished once every unit has run."""
+    todo = [i for i in range(len(units)) if journal is None or i not in journal.done]
+    total, count = len(units), [len(units) - len(todo)]
+    lock = threading.Lock()
+
+    def finished(i: int) -> None:
+        if journal is not None:
+            journal.mark(i)
+        with lock:
+            count[0] += 1
+            n = count[0]
+        if progress is not None:
+            progress(n, total)
+
+    if executor is None:
+        def one(i: int) -> None:
+            fn(*args, units[i])
+            finished(i)
+
+        run_bounded(one, todo, bytes_per_unit)
+    else:
+        if not hasattr(executor, "map") or not hasattr(executor, "gather"):
+            raise InvalidArgumentError(f"executor must be None or a dask.distributed.Client, not {type(executor).__name__}")
+        from distributed import as_completed
+
+        futures = {executor.submit(fn, *args, units[i], pure=False): i for i in todo}
+        for fut in as_completed(list(futures)):
+            fut.result()  # raises the unit's own error here, naming it
+            finished(futures[fut])
+    if journal is not None:
+        journal.finish()

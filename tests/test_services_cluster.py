@@ -1,0 +1,91 @@
+"""Services on a Dask cluster (a LocalCluster of 2 worker processes) write byte-identical outputs
+to the local run; a run killed half-way resumes from its journal and completes."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import volbridge as vb
+from volbridge.services import downsample, transfer
+
+
+@pytest.fixture(scope="module")
+def client():
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                       host="127.0.0.1", silence_logs=40)
+    c = distributed.Client(cluster)
+    yield c
+    c.close()
+    cluster.close()
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and ".volbridge-locks" not in p.parts}
+
+
+@pytest.fixture
+def pyramid(tmp_path, monkeypatch):
+    monkeypatch.setattr("volbridge.services.units.JOBS_DIR", tmp_path / "jobs")
+    a = vb.create(f"precomputed://{tmp_path / 'a'}", bounds=((-4, -30, 3), (29, 100, 131)), dtype="uint16",
+                  chunk_shape=(8, 16, 16), resolution=(40, 4, 4), num_scales=3, compression="gzip")
+    a[...] = np.random.default_rng(0).integers(0, 60000, a.shape).astype(np.uint16)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    return tmp_path
+
+
+def test_downsample_and_transfer_on_a_cluster_equal_the_local_run(client, pyramid):
+    downsample(f"precomputed://{pyramid / 'a'}")
+    downsample(f"precomputed://{pyramid / 'b'}", executor=client)
+    assert files(pyramid / "a") == files(pyramid / "b")
+    transfer(f"precomputed://{pyramid / 'a'}", f"ome-zarr://{pyramid / 'local.zarr'}", mip=1, chunk_shape=(4, 8, 8))
+    transfer(f"precomputed://{pyramid / 'a'}", f"ome-zarr://{pyramid / 'cluster.zarr'}", mip=1, chunk_shape=(4, 8, 8),
+             executor=client)
+    assert files(pyramid / "local.zarr") == files(pyramid / "cluster.zarr")
+    np.testing.assert_array_equal(vb.array(f"ome-zarr://{pyramid / 'cluster.zarr'}")[...], vb.array(str(pyramid / "a")).mip(1)[...])
+
+
+def test_a_killed_run_resumes(pyramid):
+    class Killed(Exception):
+        pass
+
+    def kill_after(n):
+        def progress(m, done, total):
+            if done >= n:
+                raise Killed()
+        return progress
+
+    url = f"precomputed://{pyramid / 'b'}"
+    with pytest.raises(Killed):
+        downsample(url, mips=[1], progress=kill_after(7))
+    journals = list((pyramid / "jobs").glob("downsample-*.done"))
+    assert len(journals) == 1 and len(journals[0].read_text().split()) >= 7
+    seen = []
+    downsample(url, mips=[1], progress=lambda m, done, total: seen.append((done, total)))
+    first_done, total = seen[0]
+    assert first_done > 7 and seen[-1] == (total, total) and len(seen) <= total - 7  # only what was left ran
+    assert not list((pyramid / "jobs").glob("*.done"))  # finished: the journal is gone
+    downsample(f"precomputed://{pyramid / 'a'}", mips=[1])
+    np.testing.assert_array_equal(vb.array(url).mip(1)[...], vb.array(str(pyramid / "a")).mip(1)[...])
+
+
+def test_a_cluster_needs_urls(client, pyramid):
+    with pytest.raises(vb.errors.InvalidArgumentError, match="URL"):
+        downsample(vb.array(str(pyramid / "a"), mode="r+"), executor=client)
+
+
+def test_command_line_runs_on_the_cluster(client, pyramid, capsys, monkeypatch):
+    from volbridge.cli import run
+
+    monkeypatch.setenv("VOLBRIDGE_DASK_TIMEOUT", "2")
+    assert run(["downsample", str(pyramid / "b"), "--dask", client.scheduler.address]) == 0
+    assert run(["cp", str(pyramid / "b"), str(pyramid / "copy"), "--mip", "2", "--dask", client.scheduler.address, "--verify"]) == 0
+    downsample(f"precomputed://{pyramid / 'a'}")
+    np.testing.assert_array_equal(vb.array(str(pyramid / "copy"))[...], vb.array(str(pyramid / "a")).mip(2)[...])
+    assert run(["downsample", str(pyramid / "b"), "--dask", "tcp://127.0.0.1:9"]) == 1
+    assert "Dask scheduler" in capsys.readouterr().err
