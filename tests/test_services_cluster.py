@@ -25,8 +25,21 @@ def client():
 
 
 def files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and ".volbridge-locks" not in p.parts}
+    """Every file's bytes; provenance (with its times and host) aside, the two runs must agree."""
+    import json
+
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if not p.is_file() or ".volbridge-locks" in p.parts or p.name == "provenance":
+            continue
+        data = p.read_bytes()
+        if p.name in ("zarr.json", ".zattrs", "attributes.json"):
+            doc = json.loads(data)
+            doc.pop("volbridge_provenance", None)
+            (doc.get("attributes") or {}).pop("volbridge_provenance", None)
+            data = json.dumps(doc, sort_keys=True).encode()
+        out[str(p.relative_to(root))] = data
+    return out
 
 
 @pytest.fixture

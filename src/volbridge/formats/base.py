@@ -87,3 +87,7 @@ class ChunkedDataset(ABC):
     @abstractmethod
     def metadata_json(self) -> dict:
         """The format's own metadata document, as stored."""
+
+    #: Where user attributes (provenance) live: (key of a JSON document, key inside it of the
+    #: attributes object, or None for the document itself).
+    attributes_location: tuple[str, str | None] = ("attributes.json", None)

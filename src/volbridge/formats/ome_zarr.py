@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 
-
 from ..errors import MetadataError, UnsupportedError
 from ..geometry import Box
 from ..kv import KVStore
@@ -124,6 +123,10 @@ class OmeZarrDataset(ChunkedDataset):
 
     def metadata_json(self) -> dict:
         return self.attrs
+
+    @property
+    def attributes_location(self) -> tuple[str, str | None]:  # type: ignore[override]
+        return (zarr.V3_META, "attributes") if self.zarr_format == 3 else (".zattrs", None)
 
     @classmethod
     def create(cls, store: KVStore, *, bounds: Box, dtype, chunk_shape, resolution=(1, 1, 1), num_channels: int = 1,

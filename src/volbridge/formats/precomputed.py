@@ -286,6 +286,8 @@ class PrecomputedLayout(ScaleLayout):
 # -- the dataset ----------------------------------------------------------------------------------
 class PrecomputedDataset(ChunkedDataset):
     format_name = "precomputed"
+    #: CloudVolume's ``provenance`` file beside ``info``.
+    attributes_location = ("provenance", None)
 
     def __init__(self, store: KVStore, info: dict | None = None):
         self.store = store

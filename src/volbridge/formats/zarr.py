@@ -268,6 +268,10 @@ class ZarrDataset(ChunkedDataset):
     def metadata_json(self) -> dict:
         return self.arr.doc
 
+    @property
+    def attributes_location(self) -> tuple[str, str | None]:  # type: ignore[override]
+        return (V3_META, "attributes") if self.store.get(V3_META) is not None else (".zattrs", None)
+
     @classmethod
     def create(cls, store: KVStore, *, bounds: Box, dtype, chunk_shape, num_channels: int = 1, zarr_format: int = 3,
                compression: str | None = "zstd", fill_value=0, overwrite: bool = False,

@@ -30,6 +30,7 @@ from ..errors import (
     VolbridgeError,
 )
 from ..geometry import Box
+from . import provenance
 
 METHODS = ("auto", "mean", "mode", "min", "max", "nearest")
 
@@ -172,6 +173,7 @@ def downsample(source: Any, *, num_mips: int | None = None, factor: tuple[int, i
     if method == "auto":
         method = "mode" if volume.meta.layer_type == "segmentation" else "mean"
     target = source if executor is not None else volume
+    started = time.time()
     for m in sorted(mips):
         fine, coarse = volume.meta.scales[m - 1], volume.meta.scales[m]
         f = factor_between(fine.resolution, coarse.resolution)
@@ -183,6 +185,9 @@ def downsample(source: Any, *, num_mips: int | None = None, factor: tuple[int, i
         tick = (lambda done, total, m=m: progress(m, done, total)) if progress is not None else None
         run_units(units, downsample_unit, (target, m, f, method), executor=executor, journal=journal,
                   bytes_per_unit=per_unit, progress=tick)
+    provenance.append(volume, provenance.record(
+        "downsample", {"mips": sorted(mips), "method": method, "num_mips": num_mips}, volume.url,
+        scale=min(mips) - 1 if mips else None, started=started, ended=time.time()))
 
 
 def wait_for(status: Callable[[], dict], timeout: float = 3600, poll: float = 0.5) -> dict:

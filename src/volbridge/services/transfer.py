@@ -11,6 +11,7 @@ back and compares them, block by block.
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from typing import Any, Callable, Sequence
 
@@ -26,6 +27,7 @@ from ..errors import (
     VolbridgeError,
 )
 from ..geometry import Box, ChunkGrid
+from . import provenance
 from .units import Journal, run_units
 
 
@@ -98,9 +100,14 @@ def transfer(source: Any, destination: Any, *, bbox: tuple[Sequence[int], Sequen
         targets = (sv, src.mip_level, dv, dscale)
     journal = Journal({"service": "transfer", "src": sv.url, "mip": src.mip_level, "dst": dv.url, "scale": dscale,
                        "box": [box.start, box.stop], "units": len(units)}) if resume else None
+    started = time.time()
     run_units(units, transfer_unit, targets, executor=executor, journal=journal, bytes_per_unit=per_unit, progress=progress)
     if verify:
         _verify(sv, src.mip_level, dv, dscale, units)
+    provenance.append(dv, provenance.record(
+        "transfer", {"chunk_shape": chunk_shape and list(chunk_shape), "encoding": encoding, "compression": compression,
+                     "verify": verify}, sv.url, box=(box.start[::-1], box.stop[::-1]), scale=src.mip_level,
+        started=started, ended=time.time()))
     return dst
 
 

@@ -1,0 +1,98 @@
+"""Provenance: every output of a service gets a record beside it (service, volbridge version,
+parameters, source URL, box, scale, start and end times, host, user), readable back with
+:func:`read`.
+
+Where it goes is the format's (``attributes_location`` of its dataset): precomputed, CloudVolume's
+``provenance`` file beside ``info`` (records appended to its ``processing`` list, so CloudVolume
+shows them); zarr and OME-Zarr, the attributes (``volbridge_provenance``) of ``.zattrs`` or
+``zarr.json``; N5, ``attributes.json``. Appended with the store's atomic read-modify-write, so
+concurrent services lose no record. Remotes without such a place (HDF5, TIFF, BossDB, DVID) get none.
+"""
+
+from __future__ import annotations
+
+import datetime
+import getpass
+import json
+import socket
+from typing import Any
+
+from ..errors import MetadataError
+
+KEY = "volbridge_provenance"
+
+
+def record(service: str, parameters: dict, source: str | None, *, box=None, scale: int | None = None,
+           started: float, ended: float) -> dict:
+    from .. import __version__
+
+    def stamp(t: float) -> str:
+        return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat(timespec="seconds")
+
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        user = None
+    return {
+        "method": {"service": service, "volbridge": __version__, "parameters": parameters},
+        "source": source, "box": None if box is None else {"start": list(box[0]), "stop": list(box[1]), "order": "zyx"},
+        "scale": scale, "started": stamp(started), "ended": stamp(ended), "host": socket.gethostname(), "by": user,
+        "date": stamp(ended),
+    }
+
+
+def _location(volume) -> tuple[Any, str, str | None] | None:
+    dataset = getattr(volume, "dataset", None)
+    store = getattr(volume, "store", None)
+    if dataset is None or store is None:
+        return None
+    key, inner = dataset.attributes_location
+    return store, key, inner
+
+
+def append(volume, rec: dict) -> bool:
+    """Add ``rec`` to ``volume``'s provenance; False where the volume has no place for it."""
+    found = _location(volume)
+    if found is None:
+        return False
+    store, key, inner = found
+    cloudvolume = key == "provenance"
+
+    def merge(old: bytes | None) -> bytes:
+        try:
+            doc = json.loads(old) if old else {}
+        except ValueError as e:
+            raise MetadataError(f"{store.url}/{key} is not JSON; provenance not added: {e}") from e
+        if cloudvolume:
+            doc.setdefault("description", "")
+            doc.setdefault("owners", [])
+            doc.setdefault("sources", [])
+            doc.setdefault("processing", []).append(rec)
+            if rec.get("source") and rec["source"] not in doc["sources"]:
+                doc["sources"].append(rec["source"])
+        else:
+            attrs = doc.setdefault(inner, {}) if inner else doc
+            attrs.setdefault(KEY, []).append(rec)
+        return json.dumps(doc, indent=2).encode()
+
+    store.update(key, merge)
+    return True
+
+
+def read(source: Any) -> list[dict]:
+    """The provenance records of a volume (URL or VolumeArray), oldest first."""
+    from ..api import array
+
+    volume = (array(source) if isinstance(source, str) else source).volume
+    found = _location(volume)
+    if found is None:
+        return []
+    store, key, inner = found
+    raw = store.get(key)
+    if raw is None:
+        return []
+    doc = json.loads(raw)
+    if key == "provenance":
+        return [r for r in doc.get("processing", []) if isinstance(r, dict) and "method" in r]
+    attrs = doc.get(inner, {}) if inner else doc
+    return list(attrs.get(KEY, []))
