@@ -102,3 +102,20 @@ def test_command_line_runs_on_the_cluster(client, pyramid, capsys, monkeypatch):
     np.testing.assert_array_equal(vb.array(str(pyramid / "copy"))[...], vb.array(str(pyramid / "a")).mip(2)[...])
     assert run(["downsample", str(pyramid / "b"), "--dask", "tcp://127.0.0.1:9"]) == 1
     assert "Dask scheduler" in capsys.readouterr().err
+
+
+def test_meshes_on_a_cluster_equal_the_local_ones(client, tmp_path):
+    pytest.importorskip("zmesh")
+    from volbridge.services.mesh import mesh
+
+    z, y, x = np.meshgrid(np.arange(30), np.arange(70), np.arange(90), indexing="ij")
+    labels = np.where((z - 15) ** 2 + (y - 35) ** 2 + (x - 45) ** 2 < 144, 5, 0).astype(np.uint32)
+    labels[(x > 70) & (y > 50)] = 9
+    url = f"precomputed://{tmp_path / 'seg'}"
+    a = vb.create(url, shape=labels.shape, dtype="uint32", chunk_shape=(8, 16, 16), layer_type="segmentation", resolution=(8, 4, 4))
+    a[...] = labels
+    local, remote = mesh(url), mesh(url, executor=client)
+    assert set(local) == set(remote) == {5, 9}
+    for i in local:
+        np.testing.assert_array_equal(local[i].faces, remote[i].faces)
+        np.testing.assert_array_equal(local[i].vertices, remote[i].vertices)

@@ -403,6 +403,28 @@ def downsample(
     typer.echo(f"downsampled {url}: scales {', '.join(map(str, levels or range(1, n)))} of {n} ({method})")
 
 
+@app.command()
+def mesh(
+    url: str = typer.Argument(..., help="Segmentation volume URL or path."),
+    output: str = typer.Argument(..., help="Output directory (inside a precomputed volume, its info names it)."),
+    ids: Optional[str] = typer.Option(None, "--ids", help="Comma-separated labels (default: every label)."),
+    mip: int = typer.Option(0, "--mip", help="Scale to mesh."),
+    format: str = typer.Option("precomputed", "--format", help="precomputed (neuroglancer legacy), obj or ply."),
+    smoothing: int = typer.Option(40, "--smoothing", help="Taubin smoothing iterations (0: raw marching cubes)."),
+    dask: Optional[str] = DASK_OPTION,
+) -> None:
+    """Mesh segmentation labels (marching cubes per chunk, welded, smoothed) in nm."""
+    from .services.mesh import mesh as run_mesh
+
+    try:
+        labels = [int(v) for v in ids.split(",")] if ids else None
+    except ValueError:
+        raise _BadValue(f"expected comma-separated labels, got {ids!r}", param_hint="'--ids'") from None
+    _open(url, mip)
+    run_mesh(url, labels, mip=mip, output=output, format=format, smoothing=smoothing, executor=_executor(dask))
+    typer.echo(f"meshed {url} (mip {mip}) into {output} ({format})")
+
+
 # -- serve and view ---------------------------------------------------------------------------------
 def _relay_config(urls: list[str], config: Optional[Path], host: Optional[str], port: Optional[int], writable: bool):
     from .relay import RelayConfig
