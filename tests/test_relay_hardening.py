@@ -26,7 +26,7 @@ def relay(start_relay, relay_volumes, tmp_path):
         shutil.copytree(relay_volumes[f"{n}_path"], tmp_path / n)
     rgb = vb.create(f"precomputed://{tmp_path / 'rgb'}", shape=(8, 64, 64), dtype="uint8", num_channels=3, chunk_shape=(8, 32, 32))
     rgb[...] = np.arange(3, dtype=np.uint8)[:, None, None, None] + 1
-    jpg = vb.create(f"precomputed://{tmp_path / 'jpg'}", shape=(8, 64, 64), dtype="uint8", encoding="jpeg", chunk_shape=(8, 64, 64))
+    vb.create(f"precomputed://{tmp_path / 'jpg'}", shape=(8, 64, 64), dtype="uint8", encoding="jpeg", chunk_shape=(8, 64, 64))
     r = start_relay({
         "server": {"max_scan_bytes": "1 MiB"},
         "boss": {"data_dir": str(tmp_path / "boss")}, "dvid": {"data_dir": str(tmp_path / "dvid")},

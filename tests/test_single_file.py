@@ -8,7 +8,7 @@ import pytest
 import tifffile
 
 import volbridge as vb
-from volbridge.errors import MetadataError, ReadOnlyError, StoreError, UnsupportedError, URLError
+from volbridge.errors import MetadataError, ReadOnlyError, StoreError, URLError
 
 from test_concurrency import CHUNK, SHAPE, check_serial_replay, run_writers, writer_boxes
 

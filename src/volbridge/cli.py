@@ -342,6 +342,15 @@ def _executor(address: Optional[str]):
         raise _BadValue(f"cannot reach the Dask scheduler at {address}: {e}", param_hint="'--dask'") from e
 
 
+def _int_list(text: Optional[str], option: str, what: str) -> Optional[list[int]]:
+    if not text:
+        return None
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise _BadValue(f"expected comma-separated {what}, got {text!r}", param_hint=f"'{option}'") from None
+
+
 def _triple_option(text: Optional[str], what: str, axis_order: str) -> Optional[tuple[int, int, int]]:
     if text is None:
         return None
@@ -393,10 +402,7 @@ def downsample(
     """Fill (or extend, then fill) a volume's pyramid (BossDB: the server's own service)."""
     from .services import downsample as run_downsample
 
-    try:
-        levels = [int(v) for v in mips.split(",")] if mips else None
-    except ValueError:
-        raise _BadValue(f"expected comma-separated scale numbers, got {mips!r}", param_hint="'--mips'") from None
+    levels = _int_list(mips, "--mips", "scale numbers")
     run_downsample(url, mips=levels, method=method, num_mips=num_mips, factor=_triple_option(factor, "--factor", "zyx"),
                    executor=_executor(dask))
     n = len(array(url).scales)
@@ -416,10 +422,7 @@ def mesh(
     """Mesh segmentation labels (marching cubes per chunk, welded, smoothed) in nm."""
     from .services.mesh import mesh as run_mesh
 
-    try:
-        labels = [int(v) for v in ids.split(",")] if ids else None
-    except ValueError:
-        raise _BadValue(f"expected comma-separated labels, got {ids!r}", param_hint="'--ids'") from None
+    labels = _int_list(ids, "--ids", "labels")
     _open(url, mip)
     run_mesh(url, labels, mip=mip, output=output, format=format, smoothing=smoothing, executor=_executor(dask))
     typer.echo(f"meshed {url} (mip {mip}) into {output} ({format})")
