@@ -16,7 +16,7 @@ from volbridge.services import downsample, transfer
 @pytest.fixture(scope="module")
 def client():
     distributed = pytest.importorskip("distributed")
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
                                        host="127.0.0.1", silence_logs=40)
     c = distributed.Client(cluster)
     yield c
