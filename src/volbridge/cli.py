@@ -428,6 +428,25 @@ def mesh(
     typer.echo(f"meshed {url} (mip {mip}) into {output} ({format})")
 
 
+@app.command()
+def skeleton(
+    url: str = typer.Argument(..., help="Segmentation volume URL or path."),
+    output: str = typer.Argument(..., help="Output directory (inside a precomputed volume, its info names it)."),
+    ids: Optional[str] = typer.Option(None, "--ids", help="Comma-separated labels (default: every label)."),
+    mip: int = typer.Option(0, "--mip", help="Scale to skeletonize."),
+    format: str = typer.Option("precomputed", "--format", help="precomputed (with radii) or swc."),
+    dust: int = typer.Option(1000, "--dust", help="Skip objects smaller than this many voxels."),
+    dask: Optional[str] = DASK_OPTION,
+) -> None:
+    """TEASAR skeletons of segmentation labels (per chunk, stitched) in nm."""
+    from .services.skeleton import skeleton as run_skeleton
+
+    labels = _int_list(ids, "--ids", "labels")
+    _open(url, mip)
+    run_skeleton(url, labels, mip=mip, output=output, format=format, dust_threshold=dust, executor=_executor(dask))
+    typer.echo(f"skeletonized {url} (mip {mip}) into {output} ({format})")
+
+
 # -- serve and view ---------------------------------------------------------------------------------
 def _relay_config(urls: list[str], config: Optional[Path], host: Optional[str], port: Optional[int], writable: bool):
     from .relay import RelayConfig

@@ -1,0 +1,88 @@
+"""The skeleton service on a known tube: cable length within 5 %, one connected piece whether
+skeletonized in one block or across chunks, radii near the tube's, and SWC and precomputed
+outputs that read back (precomputed also by CloudVolume)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import volbridge as vb
+
+pytest.importorskip("kimimaro")
+from volbridge.services.skeleton import Skeleton, skeleton  # noqa: E402
+
+RES = (8, 4, 4)  # z, y, x nm
+LENGTH_VOX, RADIUS_NM = 400, 24.0  # a tube along x: 1600 nm long
+
+
+@pytest.fixture(scope="module")
+def tube(tmp_path_factory):
+    root = tmp_path_factory.mktemp("skel")
+    shape = (24, 40, 440)
+    z, y = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    disc = ((z - 12) * RES[0]) ** 2 + ((y - 20) * RES[1]) ** 2 <= RADIUS_NM**2
+    labels = np.zeros(shape, np.uint32)
+    labels[:, :, 20:20 + LENGTH_VOX][disc] = 3
+    a = vb.create(f"precomputed://{root / 'seg'}", bounds=((-12, 0, -200), (12, 40, 240)), dtype="uint32",
+                  chunk_shape=(12, 40, 64), resolution=RES, layer_type="segmentation")
+    a[...] = labels
+    return a, labels, root
+
+
+def test_tube_length_and_radius(tube):
+    a, labels, _ = tube
+    (s,) = skeleton(a, dust_threshold=0).values()
+    assert s.cable_length() == pytest.approx(LENGTH_VOX * RES[2], rel=0.05)
+    assert s.components() == 1
+    assert np.median(s.radii) == pytest.approx(RADIUS_NM, rel=0.35)
+    assert s.vertices[:, 0].min() >= (-200 + 20) * RES[2] - 1  # in nm, at the volume's offset
+
+
+def test_chunked_stitching_matches_one_block(tube, monkeypatch):
+    a, labels, _ = tube
+    monkeypatch.setattr("volbridge.services.skeleton.UNIT", (1024, 1024, 1024))  # one block
+    whole = skeleton(a, dust_threshold=0)[3]
+    monkeypatch.setattr("volbridge.services.skeleton.UNIT", (64, 40, 12))  # 7 chunks along the tube
+    chunked = skeleton(a, dust_threshold=0)[3]
+    assert whole.components() == chunked.components() == 1
+    assert chunked.cable_length() == pytest.approx(whole.cable_length(), rel=0.05)
+    assert chunked.cable_length() == pytest.approx(LENGTH_VOX * RES[2], rel=0.05)
+    span = chunked.vertices[:, 0].max() - chunked.vertices[:, 0].min()
+    assert span >= 0.9 * LENGTH_VOX * RES[2]  # end to end, across every chunk
+    # an ndarray works too (1 nm voxels)
+    assert skeleton(labels, dust_threshold=0)[3].components() == 1
+
+
+def test_outputs_read_back(tube, tmp_path):
+    a, labels, root = tube
+    (s,) = skeleton(a, dust_threshold=0).values()
+    skeleton(a, dust_threshold=0, output=str(root / "seg" / "skeletons"))
+    back = Skeleton.from_precomputed((root / "seg" / "skeletons" / "3").read_bytes(), 3)
+    np.testing.assert_array_equal(back.vertices, s.vertices)
+    np.testing.assert_array_equal(back.edges, s.edges)
+    from cloudvolume import CloudVolume
+
+    cv = CloudVolume(f"file://{root / 'seg'}", progress=False)
+    cs = cv.skeleton.get(3)
+    np.testing.assert_allclose(cs.vertices, s.vertices)
+    np.testing.assert_allclose(cs.radius, s.radii)
+    skeleton(a, dust_threshold=0, output=str(tmp_path / "swc"), format="swc")
+    rows = [r.split() for r in (tmp_path / "swc" / "3.swc").read_text().splitlines() if not r.startswith("#")]
+    assert len(rows) == len(s.vertices) and sum(1 for r in rows if r[6] == "-1") == 1  # one tree, one root
+    xyz = np.array([[float(v) for v in r[2:5]] for r in rows])
+    np.testing.assert_allclose(np.sort(xyz, axis=0), np.sort(s.vertices, axis=0), atol=1e-3)
+
+
+def test_image_layers_are_refused(tmp_path):
+    img = vb.create(f"precomputed://{tmp_path / 'img'}", shape=(4, 8, 8), dtype="uint8")
+    with pytest.raises(vb.errors.InvalidArgumentError, match="image layer"):
+        skeleton(img)
+
+
+def test_skeleton_command(tube, tmp_path):
+    from volbridge.cli import run
+
+    a, labels, root = tube
+    assert run(["skeleton", str(root / "seg"), str(tmp_path / "s"), "--format", "swc", "--dust", "0"]) == 0
+    assert (tmp_path / "s" / "3.swc").read_text().startswith("# volbridge skeleton")
