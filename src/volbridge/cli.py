@@ -409,6 +409,14 @@ def downsample(
     typer.echo(f"downsampled {url}: scales {', '.join(map(str, levels or range(1, n)))} of {n} ({method})")
 
 
+def _label_service(run, verb: str, url: str, output: str, ids, mip: int, format: str, dask, **options) -> None:
+    """The mesh and skeleton commands: labels parsed, the scale checked, the service run, a line said."""
+    labels = _int_list(ids, "--ids", "labels")
+    _open(url, mip)
+    run(url, labels, mip=mip, output=output, format=format, executor=_executor(dask), **options)
+    typer.echo(f"{verb} {url} (mip {mip}) into {output} ({format})")
+
+
 @app.command()
 def mesh(
     url: str = typer.Argument(..., help="Segmentation volume URL or path."),
@@ -422,10 +430,7 @@ def mesh(
     """Mesh segmentation labels (marching cubes per chunk, welded, smoothed) in nm."""
     from .services.mesh import mesh as run_mesh
 
-    labels = _int_list(ids, "--ids", "labels")
-    _open(url, mip)
-    run_mesh(url, labels, mip=mip, output=output, format=format, smoothing=smoothing, executor=_executor(dask))
-    typer.echo(f"meshed {url} (mip {mip}) into {output} ({format})")
+    _label_service(run_mesh, "meshed", url, output, ids, mip, format, dask, smoothing=smoothing)
 
 
 @app.command()
@@ -441,10 +446,7 @@ def skeleton(
     """TEASAR skeletons of segmentation labels (per chunk, stitched) in nm."""
     from .services.skeleton import skeleton as run_skeleton
 
-    labels = _int_list(ids, "--ids", "labels")
-    _open(url, mip)
-    run_skeleton(url, labels, mip=mip, output=output, format=format, dust_threshold=dust, executor=_executor(dask))
-    typer.echo(f"skeletonized {url} (mip {mip}) into {output} ({format})")
+    _label_service(run_skeleton, "skeletonized", url, output, ids, mip, format, dask, dust_threshold=dust)
 
 
 # -- serve and view ---------------------------------------------------------------------------------
