@@ -161,10 +161,11 @@ class DVIDVolume(Volume):
     def sparse_volume(self, label: int) -> np.ndarray:
         """``label``'s voxels as runs along x: an (N, 4) int32 array of x, y, z, length (DVID's
         ``sparsevol`` rles). Empty when the label is absent."""
-        try:
-            body = self.client.request("GET", f"node/{self.uuid}/{self.instance}/sparsevol/{int(label)}?format=rles")
-        except URLError:
+        path = f"node/{self.uuid}/{self.instance}/sparsevol/{int(label)}"
+        # DVID's HEAD says whether the label is there (200) or not (204); any other answer raises
+        if self.client.status("HEAD", path, ok=(200, 204), what=f"sparsevol of {label}") == 204:
             return np.zeros((0, 4), np.int32)
+        body = self.client.request("GET", path + "?format=rles", what=f"sparsevol of {label}")
         if len(body) < 12 or body[1] != 3:
             raise ChunkDecodeError(f"{self.url}: sparsevol of {label} is not a 3-D rles stream")
         n = int.from_bytes(body[8:12], "little")

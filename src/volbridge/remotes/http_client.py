@@ -46,6 +46,13 @@ class HTTPClient:
 
     def request(self, method: str, path: str, *, body: bytes | None = None, headers: dict | None = None,
                 ok=(200,), what: str = "") -> bytes:
+        return self._send(method, path, body, headers, ok, what)[1]
+
+    def status(self, method: str, path: str, *, ok=(200,), what: str = "") -> int:
+        """The status of a request whose answer is its status (``HEAD``), one of ``ok``."""
+        return self._send(method, path, None, None, ok, what)[0]
+
+    def _send(self, method: str, path: str, body, headers, ok, what: str) -> tuple[int, bytes]:
         import urllib3
 
         url = f"{self.base}/{path}"
@@ -65,7 +72,7 @@ class HTTPClient:
                 last = StoreError(f"{method} {url} failed after {attempt} attempt(s): {e}")
                 continue
             if r.status in ok:
-                return r.data
+                return r.status, r.data
             message = server_message(r.data) or r.reason or ""
             if r.status == 429 or r.status >= 500:
                 kind = StoreTimeoutError if r.status == 504 else StoreError
