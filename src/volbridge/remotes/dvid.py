@@ -20,7 +20,7 @@ import numpy as np
 
 from ..engine import Volume
 from ..engine.parallel import run_bounded
-from ..errors import ChunkDecodeError, MetadataError, ReadOnlyError, URLError
+from ..errors import ChunkDecodeError, InvalidArgumentError, MetadataError, ReadOnlyError, URLError
 from ..formats.base import ScaleMeta, VolumeMeta
 from ..geometry import Box, ChunkGrid
 from .http_client import HTTPClient
@@ -229,7 +229,7 @@ def create_instance(server: str, uuid: str, name: str, typename: str = "uint8blk
     so the bounds of the volume a ``dvid://`` URL opens; DVID itself is unbounded.
     """
     if axis_order not in ("zyx", "xyz"):
-        raise URLError(f"axis_order must be 'zyx' or 'xyz', got {axis_order!r}")
+        raise InvalidArgumentError(f"axis_order must be 'zyx' or 'xyz', got {axis_order!r}")
     xyz = (lambda t: tuple(t)[::-1]) if axis_order == "zyx" else tuple
     client = _server_client(server, token)
     spec = {"typename": typename, "dataname": name, "versioned": "true"}
