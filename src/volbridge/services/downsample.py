@@ -43,8 +43,24 @@ def _blocks(a: np.ndarray, f: tuple[int, int, int]) -> np.ndarray:
     return b.transpose(0, 2, 4, 1, 3, 5).reshape(X // f[0], Y // f[1], Z // f[2], -1)
 
 
+def _views(a: np.ndarray, f: tuple[int, int, int]):
+    """The ``prod(f)`` strided views whose voxel ``i`` is the ``k``-th voxel of block ``i``: adding
+    or comparing them costs one pass each, with no transpose or copy of the source."""
+    for i in range(f[0]):
+        for j in range(f[1]):
+            for k in range(f[2]):
+                yield a[i:: f[0], j:: f[1], k:: f[2]]
+
+
 def mean(a: np.ndarray, f: tuple[int, int, int]) -> np.ndarray:
     n = math.prod(f)
+    if a.dtype.kind in "iu" and a.dtype.itemsize <= 2:  # exact sums in 32 bits, rounded half up
+        acc = np.zeros(tuple(s // k for s, k in zip(a.shape, f)), np.int32 if a.dtype.kind == "i" else np.uint32)
+        for v in _views(a, f):
+            acc += v
+        acc += n // 2
+        acc //= n
+        return acc.astype(a.dtype)
     b = _blocks(a, f)
     if a.dtype.kind in "iu" and a.dtype.itemsize <= 4:  # exact integer sums, rounded half up
         s = b.sum(axis=-1, dtype=np.int64)
@@ -70,11 +86,19 @@ def mode(a: np.ndarray, f: tuple[int, int, int]) -> np.ndarray:
 
 
 def minimum(a: np.ndarray, f: tuple[int, int, int]) -> np.ndarray:
-    return _blocks(a, f).min(axis=-1)
+    views = _views(a, f)
+    out = next(views).copy()
+    for v in views:
+        np.minimum(out, v, out=out)
+    return out
 
 
 def maximum(a: np.ndarray, f: tuple[int, int, int]) -> np.ndarray:
-    return _blocks(a, f).max(axis=-1)
+    views = _views(a, f)
+    out = next(views).copy()
+    for v in views:
+        np.maximum(out, v, out=out)
+    return out
 
 
 def nearest(a: np.ndarray, f: tuple[int, int, int]) -> np.ndarray:

@@ -191,7 +191,7 @@ def mesh(source: Any, ids: Iterable[int] | None = None, *, mip: int = 0, bbox=No
             for i, frag in fut.result().items():
                 parts.setdefault(i, []).append((b.start, frag))
     # fragments in unit order, whatever order they finished in: the same mesh, byte for byte
-    meshes = {i: _weld(i, [f for _, f in sorted(frags, key=lambda t: t[0])], smoothing) for i, frags in sorted(parts.items())}
+    meshes = {i: _weld(i, [f for _, f in sorted(frags, key=lambda t: t[0])], smoothing, res) for i, frags in sorted(parts.items())}
     if output is None:
         return meshes
     write_meshes(meshes, output, format, source_url=None if isinstance(source, np.ndarray) else volume.url)
@@ -224,12 +224,22 @@ def _mesh_unit_url(url: str, scale: int, region: Box, ids, res, box: Box):
     return mesh_unit(open_cached(url, "r").volume, scale, region, ids, res, box)
 
 
-def _weld(segid: int, frags: list, smoothing: int) -> Mesh:
-    """One mesh from its fragments: shared vertices merged (they coincide exactly), then smoothed."""
+def _weld(segid: int, frags: list, smoothing: int, res=(1.0, 1.0, 1.0)) -> Mesh:
+    """One mesh from its fragments: shared vertices merged (they coincide exactly), then smoothed.
+
+    Marching-cubes vertices sit on a half-voxel lattice, so each is keyed by one int64 (its
+    lattice x, y, z packed x-major): ``np.unique`` on those keys orders vertices exactly as on the
+    float rows, at a fraction of the cost."""
     verts = np.concatenate([v for v, _ in frags])
     offsets = np.cumsum([0] + [len(v) for v, _ in frags[:-1]])
     faces = np.concatenate([f + o for (_, f), o in zip(frags, offsets)])
-    uniq, inverse = np.unique(verts, axis=0, return_inverse=True)
+    half = np.asarray(res, dtype=np.float64) / 2
+    q = np.round(verts / half).astype(np.int64)
+    q -= q.min(axis=0)
+    span = q.max(axis=0) + 1
+    key = (q[:, 0] * span[1] + q[:, 1]) * span[2] + q[:, 2]
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    uniq = verts[first]
     faces = inverse.reshape(-1)[faces].astype(np.uint32)
     # fragments meet on shared planes only: no face appears twice, but drop degenerate ones
     keep = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])
