@@ -54,12 +54,19 @@ def _views(a: np.ndarray, f: tuple[int, int, int]):
 
 def mean(a: np.ndarray, f: tuple[int, int, int]) -> np.ndarray:
     n = math.prod(f)
-    if a.dtype.kind in "iu" and a.dtype.itemsize <= 2:  # exact sums in 32 bits, rounded half up
-        acc = np.zeros(tuple(s // k for s, k in zip(a.shape, f)), np.int32 if a.dtype.kind == "i" else np.uint32)
-        for v in _views(a, f):
+    if a.dtype.kind in "iu" and a.dtype.itemsize <= 2:  # exact sums, rounded half up
+        # the narrowest accumulator that cannot overflow: uint16 for up to 256 uint8 voxels
+        wide = a.dtype == np.uint8 and n <= 256
+        acc_t = np.uint16 if wide else (np.int32 if a.dtype.kind == "i" else np.uint32)
+        views = _views(a, f)
+        acc = next(views).astype(acc_t)
+        for v in views:
             acc += v
         acc += n // 2
-        acc //= n
+        if n & (n - 1) == 0 and a.dtype.kind == "u":
+            acc >>= n.bit_length() - 1  # a power of two: a shift, several times faster than //
+        else:
+            acc //= n
         return acc.astype(a.dtype)
     b = _blocks(a, f)
     if a.dtype.kind in "iu" and a.dtype.itemsize <= 4:  # exact integer sums, rounded half up
