@@ -425,3 +425,12 @@ def test_cp_and_downsample_commands(tmp_path, capsys):
     assert len(vb.array(str(tmp_path / "src")).scales) == 5
     assert run(["downsample", str(tmp_path / "src"), "--method", "median"]) == 1
     assert "method" in capsys.readouterr().err
+
+
+def test_serve_without_the_relay_extra_says_what_to_install(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "starlette" else real(name, *a))
+    assert run(["serve", str(tmp_path)]) == 1
+    assert "pip install 'volbridge[relay]'" in capsys.readouterr().err

@@ -28,7 +28,7 @@ from rich.text import Text
 
 from .api import array
 from .array import VolumeArray
-from .errors import VolbridgeError
+from .errors import UnsupportedError, VolbridgeError
 
 try:  # recent typer vendors click as ``typer._click``; its exceptions are not the click package's
     from typer import _click as click
@@ -450,6 +450,15 @@ def skeleton(
 
 
 # -- serve and view ---------------------------------------------------------------------------------
+def _require(extra: str, *modules: str) -> None:
+    """A clear error, not a traceback, when an optional dependency is missing."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UnsupportedError(f"this command needs {', '.join(missing)}: pip install 'volbridge[{extra}]'")
+
+
 def _relay_config(urls: list[str], config: Optional[Path], host: Optional[str], port: Optional[int], writable: bool):
     from .relay import RelayConfig
 
@@ -477,6 +486,7 @@ def serve(
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level (info shows every request)."),
 ) -> None:
     """Serve volumes in the BossDB REST dialect and as precomputed over HTTP, through cache tiers."""
+    _require("relay", "starlette", "uvicorn")
     from .relay.serve import serve as run_relay
 
     urls = list(urls or [])
@@ -494,6 +504,7 @@ def view(
     open_browser: bool = typer.Option(False, "--open", help="Also open the link in a web browser."),
 ) -> None:
     """Serve volumes through a relay and open them in neuroglancer (served locally); prints the link."""
+    _require("view", "starlette", "uvicorn", "neuroglancer")
     from .relay.view import start_viewer
 
     cfg = _relay_config(list(urls), None, "127.0.0.1", port, False)
