@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from abc import ABC, abstractmethod
 from typing import Callable
 
 import numpy as np
@@ -29,7 +30,7 @@ def repo_uuid(c: str, e: str) -> str:
     return hashlib.md5(f"{c}/{e}".encode()).hexdigest()
 
 
-class Instance:
+class Instance(ABC):
     name: str
     typename: str
     block: tuple[int, int, int]
@@ -45,19 +46,21 @@ class Instance:
     def is_label(self) -> bool:
         return self.typename in LABELS
 
+    @abstractmethod
     def extents(self) -> Box | None:
-        raise NotImplementedError
+        """The written or source bounds (x, y, z), or None before anything is written."""
 
+    @abstractmethod
     def read(self, box: Box) -> np.ndarray:
         """(x, y, z) voxels of ``box``; zeros where nothing was written."""
-        raise NotImplementedError
 
+    @abstractmethod
     def write(self, box: Box, xyz: np.ndarray) -> None:
-        raise NotImplementedError
+        """Store (x, y, z) voxels of ``box`` (block-aligned, checked by the caller)."""
 
+    @abstractmethod
     def scan(self, fn: Callable[[Box, np.ndarray], None]) -> None:
         """``fn(box, (x, y, z) voxels)`` over everything written, in pieces."""
-        raise NotImplementedError
 
     def info(self) -> dict:
         ext = self.extents()

@@ -25,7 +25,7 @@ import numpy as np
 from ..engine.chunked import ChunkedVolume
 from ..engine.parallel import run_bounded
 from ..engine.volume import Volume
-from ..errors import InvalidIndexError, ReadOnlyError
+from ..errors import InvalidIndexError, ReadOnlyError, StoreError
 from ..formats.precomputed import PrecomputedDataset
 from ..geometry import Box, ChunkGrid
 from ..kv import KVStore
@@ -119,8 +119,8 @@ class CuboidStore(KVStore):
         if key == "info":
             return self._info_bytes
         parsed = self.parse_key(key)
-        if parsed is None:
-            return None
+        if parsed is None:  # never "absent": an absent cuboid would read as zeros
+            raise StoreError(f"{self.url}: {key!r} is not a cuboid of the relay's grid")
         scale, box = parsed
         data = self.volume.read(box, scale)
         self.stats.add(requests=1, bytes_read=data.nbytes)
@@ -179,8 +179,8 @@ class SourceRouter(KVStore):
 
     def get(self, key: str) -> bytes | None:
         store, rest = self._route(key)
-        if store is None:
-            return None
+        if store is None:  # a source removed meanwhile: an error, not zeros
+            raise StoreError(f"relay: no source serves {key!r} (was its channel deleted?)")
         value = store.get(rest)
         self.stats.add(requests=1, bytes_read=0 if value is None else len(value))
         return value
@@ -255,13 +255,13 @@ class RelaySource:
             return None
         return parsed[1], self.store.get(key)
 
+    @staticmethod
+    def cuboid_key(scale: int, b: Box) -> str:
+        """The precomputed chunk key of cuboid ``b`` of ``scale``."""
+        return f"{scale}/{b.start[0]}-{b.stop[0]}_{b.start[1]}-{b.stop[1]}_{b.start[2]}-{b.stop[2]}"
+
     def cuboid_keys(self, box: Box, scale: int) -> list[tuple[str, Box]]:
-        grid = self.upstream.grids[scale]
-        out = []
-        for cell in grid.cells(box):
-            b = cell.box
-            out.append((f"{scale}/{b.start[0]}-{b.stop[0]}_{b.start[1]}-{b.stop[1]}_{b.start[2]}-{b.stop[2]}", b))
-        return out
+        return [(self.cuboid_key(scale, c.box), c.box) for c in self.upstream.grids[scale].cells(box)]
 
     def write(self, box: Box, data: np.ndarray, scale: int, channels: slice | None = None) -> None:
         """Write ``data`` ``(x, y, z, c)`` (the ``channels`` given, default all) to the upstream;
@@ -300,8 +300,7 @@ class RelaySource:
         ch = self.channel
 
         def task(cell) -> None:
-            key = f"{scale}/{cell.box.start[0]}-{cell.box.stop[0]}_{cell.box.start[1]}-{cell.box.stop[1]}_{cell.box.start[2]}-{cell.box.stop[2]}"
-            raw = self.store.get(key)
+            raw = self.store.get(self.cuboid_key(scale, cell.box))
             if raw is not None:
                 vox = np.frombuffer(raw, self.meta.dtype).reshape((*cell.box.shape, self.meta.num_channels), order="F")
                 fn(cell.box, vox[..., ch])

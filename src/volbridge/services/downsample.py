@@ -92,20 +92,20 @@ def mode(a: np.ndarray, f: tuple[int, int, int]) -> np.ndarray:
     return np.take_along_axis(s, best[..., None], axis=-1)[..., 0]
 
 
-def minimum(a: np.ndarray, f: tuple[int, int, int]) -> np.ndarray:
+def _fold(ufunc, a: np.ndarray, f: tuple[int, int, int]) -> np.ndarray:
     views = _views(a, f)
     out = next(views).copy()
     for v in views:
-        np.minimum(out, v, out=out)
+        ufunc(out, v, out=out)
     return out
+
+
+def minimum(a: np.ndarray, f: tuple[int, int, int]) -> np.ndarray:
+    return _fold(np.minimum, a, f)
 
 
 def maximum(a: np.ndarray, f: tuple[int, int, int]) -> np.ndarray:
-    views = _views(a, f)
-    out = next(views).copy()
-    for v in views:
-        np.maximum(out, v, out=out)
-    return out
+    return _fold(np.maximum, a, f)
 
 
 def nearest(a: np.ndarray, f: tuple[int, int, int]) -> np.ndarray:
