@@ -16,20 +16,22 @@ Outputs: ``{id: Mesh}``; OBJ or PLY files; neuroglancer legacy meshes (one fragm
 from __future__ import annotations
 
 import json
-import math
 import os
-import threading
 from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
 
-from ..array import VolumeArray
-from ..engine.volume import Volume
 from ..errors import InvalidArgumentError, UnsupportedError
-from ..formats.base import ScaleMeta, VolumeMeta
-from ..geometry import Box, ChunkGrid
-from .units import run_units
+from ..geometry import Box
+from .labels import (
+    label_job,
+    label_units,
+    name_in_volume_info,
+    output_dir,
+    pieces_by_label,
+    write_file,
+)
 
 #: Meshing units: at least this many voxels a side (source chunks are grouped up to it).
 UNIT = (128, 128, 64)
@@ -117,12 +119,6 @@ def taubin(vertices: np.ndarray, faces: np.ndarray, iterations: int, lam: float 
     return v.astype(np.float32)
 
 
-def _units(volume, scale: int, region: Box) -> list[Box]:
-    grid = volume.grid(scale)
-    chunk = tuple(max(c, -(-u // c) * c) for c, u in zip(grid.chunk_shape, UNIT))  # whole chunks, >= UNIT
-    return [c.box for c in ChunkGrid(region, chunk, grid.origin).cells(region)]
-
-
 def mesh_unit(volume, scale: int, region: Box, ids, res, box: Box) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """The raw marching-cubes fragments of ``box`` (plus one voxel on its high sides), in nm."""
     zmesh = _zmesh()
@@ -151,77 +147,15 @@ def mesh(source: Any, ids: Iterable[int] | None = None, *, mip: int = 0, bbox=No
 
     Returns ``{id: Mesh}``, or writes them to ``output`` (a directory) as ``format``: ``obj``,
     ``ply`` or ``precomputed`` (neuroglancer legacy) and returns None."""
-    from ..api import array
-
     if format not in ("obj", "ply", "precomputed"):
         raise InvalidArgumentError(f"format must be obj, ply or precomputed, got {format!r} (draco is not written yet)")
-    if isinstance(source, np.ndarray):
-        arr = VolumeArray(_ArrayVolume(source))
-    else:
-        arr = array(source) if isinstance(source, str) else source
-    arr = arr.mip(mip) if mip and arr.mip_level != mip else arr
-    volume = arr.volume
-    if volume.meta.layer_type != "segmentation" and not isinstance(source, np.ndarray):
-        raise InvalidArgumentError(f"{volume.url} is an image layer: meshes are made of segmentation labels")
-    if np.dtype(volume.meta.dtype).kind not in "ui":
-        raise InvalidArgumentError(f"labels must be integers, not {volume.meta.dtype}")
-    scale = arr.mip_level
-    bounds = volume.meta.scales[scale].bounds
-    region = bounds if bbox is None else Box.of(tuple(bbox[0])[::-1], tuple(bbox[1])[::-1]).intersect(bounds)
-    res = volume.meta.scales[scale].resolution
-    idset = None if ids is None else frozenset(int(i) for i in ids)
-    units = _units(volume, scale, region)
-    parts: dict[int, list] = {}
-    lock = threading.Lock()
-
-    def collect(*args) -> None:
-        found = mesh_unit(*args)
-        with lock:
-            for i, frag in found.items():
-                parts.setdefault(i, []).append((args[-1].start, frag))
-
-    per_unit = math.prod(UNIT) * np.dtype(volume.meta.dtype).itemsize * 6
-    if executor is None:
-        run_units(units, collect, (volume, scale, region, idset, res), bytes_per_unit=per_unit)
-    else:  # fragments come back to the client; the workers open the source themselves
-        if not isinstance(source, str):
-            raise InvalidArgumentError("on a cluster, give the source as a URL: the workers open it themselves")
-        futures = [executor.submit(_mesh_unit_url, source, scale, region, idset, res, b) for b in units]
-        for b, fut in zip(units, futures):
-            for i, frag in fut.result().items():
-                parts.setdefault(i, []).append((b.start, frag))
-    # fragments in unit order, whatever order they finished in: the same mesh, byte for byte
-    meshes = {i: _weld(i, [f for _, f in sorted(frags, key=lambda t: t[0])], smoothing, res) for i, frags in sorted(parts.items())}
+    job = label_job(source, ids, mip, bbox, "meshes")
+    parts = pieces_by_label(job, label_units(job, UNIT), mesh_unit, (), executor)
+    meshes = {i: _weld(i, frags, smoothing, job.res) for i, frags in parts.items()}
     if output is None:
         return meshes
-    write_meshes(meshes, output, format, source_url=None if isinstance(source, np.ndarray) else volume.url)
+    write_meshes(meshes, output, format)
     return None
-
-
-class _ArrayVolume(Volume):
-    """An in-memory (z, y, x) label array as a read-only volume with 1 nm voxels."""
-
-    format_name = "ndarray"
-
-    def __init__(self, labels: np.ndarray):
-        if labels.ndim != 3:
-            raise InvalidArgumentError(f"a label array is (z, y, x), got shape {labels.shape}")
-        self.data = labels.T  # (x, y, z) view
-        self.url = "ndarray"
-        bounds = Box.from_shape(self.data.shape)
-        self.meta = VolumeMeta(labels.dtype, 1, "segmentation", (ScaleMeta("0", bounds, (1, 1, 1), (64, 64, 64), "raw"),))
-
-    def read(self, box: Box, scale: int = 0) -> np.ndarray:
-        return np.asfortranarray(self.data[box.slices()])[..., None]
-
-    def write(self, box: Box, data: np.ndarray, scale: int = 0, channels=None) -> None:
-        raise InvalidArgumentError("a label array given to a service is read-only")
-
-
-def _mesh_unit_url(url: str, scale: int, region: Box, ids, res, box: Box):
-    from .units import open_cached
-
-    return mesh_unit(open_cached(url, "r").volume, scale, region, ids, res, box)
 
 
 def _weld(segid: int, frags: list, smoothing: int, res=(1.0, 1.0, 1.0)) -> Mesh:
@@ -247,44 +181,20 @@ def _weld(segid: int, frags: list, smoothing: int, res=(1.0, 1.0, 1.0)) -> Mesh:
     return Mesh(taubin(uniq.astype(np.float32), faces, smoothing), faces, segid)
 
 
-def write_meshes(meshes: dict[int, Mesh], output: str, format: str, source_url: str | None = None) -> None:
+def write_meshes(meshes: dict[int, Mesh], output: str, format: str) -> None:
     """Write ``meshes`` into the directory ``output`` (local path or ``file://``)."""
-    path = output[len("file://"):] if output.startswith("file://") else output
-    if "://" in path:
-        raise UnsupportedError("meshes are written to local directories for now")
-    os.makedirs(path, exist_ok=True)
+    path = output_dir(output, "meshes")
     for i, m in meshes.items():
         if format == "obj":
-            _write(os.path.join(path, f"{i}.obj"), m.to_obj())
+            write_file(os.path.join(path, f"{i}.obj"), m.to_obj())
         elif format == "ply":
-            _write(os.path.join(path, f"{i}.ply"), m.to_ply())
+            write_file(os.path.join(path, f"{i}.ply"), m.to_ply())
         else:
-            _write(os.path.join(path, f"{i}:0:mesh"), m.to_precomputed())
-            _write(os.path.join(path, f"{i}:0"), json.dumps({"fragments": [f"{i}:0:mesh"]}).encode())
+            write_file(os.path.join(path, f"{i}:0:mesh"), m.to_precomputed())
+            write_file(os.path.join(path, f"{i}:0"), json.dumps({"fragments": [f"{i}:0:mesh"]}).encode())
     if format == "precomputed":
-        _write(os.path.join(path, "info"), json.dumps({"@type": "neuroglancer_legacy_mesh"}).encode())
-        _link_from_volume(path)
-
-
-def _link_from_volume(path: str) -> None:
-    """A mesh directory inside a precomputed volume is named by the volume's ``info`` (``mesh``)."""
-    parent = os.path.dirname(os.path.abspath(path))
-    info = os.path.join(parent, "info")
-    if not os.path.exists(info):
-        return
-    with open(info) as f:
-        doc = json.load(f)
-    name = os.path.basename(os.path.abspath(path))
-    if doc.get("mesh") != name and doc.get("type") == "segmentation":
-        doc["mesh"] = name
-        _write(info, json.dumps(doc, indent=2).encode())
-
-
-def _write(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}.{threading.get_ident()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+        write_file(os.path.join(path, "info"), json.dumps({"@type": "neuroglancer_legacy_mesh"}).encode())
+        name_in_volume_info(path, "mesh")
 
 
 def read_legacy(directory: str, segid: int) -> Mesh:

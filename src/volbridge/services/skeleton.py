@@ -14,20 +14,23 @@ directory when the output sits inside it).
 from __future__ import annotations
 
 import json
-import math
 import os
 import struct
-import threading
 from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
 
-from ..array import VolumeArray
 from ..errors import InvalidArgumentError, UnsupportedError
-from ..geometry import Box, ChunkGrid
-from .mesh import _ArrayVolume, _write
-from .units import run_units
+from ..geometry import Box
+from .labels import (
+    label_job,
+    label_units,
+    name_in_volume_info,
+    output_dir,
+    pieces_by_label,
+    write_file,
+)
 
 UNIT = (192, 192, 96)
 TEASAR = {"scale": 1.5, "const": 300, "pdrf_scale": 100000, "pdrf_exponent": 4}
@@ -144,75 +147,27 @@ def skeleton(source: Any, ids: Iterable[int] | None = None, *, mip: int = 0, bbo
     """TEASAR skeletons of ``ids`` (default: every label) of a segmentation (URL, VolumeArray or
     (z, y, x) ndarray with 1 nm voxels) within ``bbox`` of scale ``mip``; ``{id: Skeleton}``, or
     written to the directory ``output`` as ``precomputed`` or ``swc``."""
-    from ..api import array
-
     if format not in ("precomputed", "swc"):
         raise InvalidArgumentError(f"format must be precomputed or swc, got {format!r}")
-    arr = VolumeArray(_ArrayVolume(source)) if isinstance(source, np.ndarray) else (array(source) if isinstance(source, str) else source)
-    arr = arr.mip(mip) if mip and arr.mip_level != mip else arr
-    volume = arr.volume
-    if volume.meta.layer_type != "segmentation":
-        raise InvalidArgumentError(f"{volume.url} is an image layer: skeletons are made of segmentation labels")
-    scale = arr.mip_level
-    bounds = volume.meta.scales[scale].bounds
-    region = bounds if bbox is None else Box.of(tuple(bbox[0])[::-1], tuple(bbox[1])[::-1]).intersect(bounds)
-    res = volume.meta.scales[scale].resolution
-    idset = None if ids is None else frozenset(int(i) for i in ids)
-    grid = volume.grid(scale)
-    chunk = tuple(max(c, -(-u // c) * c) for c, u in zip(grid.chunk_shape, UNIT))
-    units = [c.box for c in ChunkGrid(region, chunk, grid.origin).cells(region)]
+    job = label_job(source, ids, mip, bbox, "skeletons")
     params = {**TEASAR, **(teasar or {})}
-    parts: dict[int, list] = {}
-    lock = threading.Lock()
-
-    def collect(*args) -> None:
-        found = skeleton_unit(*args)
-        with lock:
-            for i, piece in found.items():
-                parts.setdefault(i, []).append((args[-1].start, piece))
-
-    args = (volume, scale, region, idset, res, params, dust_threshold)
-    if executor is None:
-        run_units(units, collect, args, bytes_per_unit=math.prod(chunk) * 16)
-    else:
-        if not isinstance(source, str):
-            raise InvalidArgumentError("on a cluster, give the source as a URL: the workers open it themselves")
-        futures = [executor.submit(_skeleton_unit_url, source, *args[1:], b) for b in units]
-        for b, fut in zip(units, futures):
-            for i, piece in fut.result().items():
-                parts.setdefault(i, []).append((b.start, piece))
-    skels = {i: _join(i, [p for _, p in sorted(ps, key=lambda t: t[0])]) for i, ps in sorted(parts.items())}
+    parts = pieces_by_label(job, label_units(job, UNIT), skeleton_unit, (params, dust_threshold), executor)
+    skels = {i: _join(i, pieces) for i, pieces in parts.items()}
     if output is None:
         return skels
     write_skeletons(skels, output, format)
     return None
 
 
-def _skeleton_unit_url(url: str, *args):
-    from .units import open_cached
-
-    return skeleton_unit(open_cached(url, "r").volume, *args)
-
-
 def write_skeletons(skels: dict[int, Skeleton], output: str, format: str) -> None:
-    path = output[len("file://"):] if output.startswith("file://") else output
-    if "://" in path:
-        raise UnsupportedError("skeletons are written to local directories for now")
-    os.makedirs(path, exist_ok=True)
+    path = output_dir(output, "skeletons")
     for i, s in skels.items():
         if format == "swc":
-            _write(os.path.join(path, f"{i}.swc"), s.to_swc().encode())
+            write_file(os.path.join(path, f"{i}.swc"), s.to_swc().encode())
         else:
-            _write(os.path.join(path, str(i)), s.to_precomputed())
+            write_file(os.path.join(path, str(i)), s.to_precomputed())
     if format == "precomputed":
         info = {"@type": "neuroglancer_skeletons", "transform": [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0],
                 "vertex_attributes": [{"id": "radius", "data_type": "float32", "num_components": 1}]}
-        _write(os.path.join(path, "info"), json.dumps(info).encode())
-        parent = os.path.dirname(os.path.abspath(path))
-        vinfo = os.path.join(parent, "info")
-        if os.path.exists(vinfo):
-            with open(vinfo) as f:
-                doc = json.load(f)
-            if doc.get("type") == "segmentation" and doc.get("skeletons") != os.path.basename(os.path.abspath(path)):
-                doc["skeletons"] = os.path.basename(os.path.abspath(path))
-                _write(vinfo, json.dumps(doc, indent=2).encode())
+        write_file(os.path.join(path, "info"), json.dumps(info).encode())
+        name_in_volume_info(path, "skeletons")

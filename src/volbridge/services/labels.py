@@ -1,0 +1,140 @@
+"""What the label services (mesh, skeleton) share: opening the segmentation, splitting it into
+units of whole chunks, running a per-unit function locally or on a cluster and gathering its
+pieces per label in unit order, and writing files beside a precomputed volume."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from ..array import VolumeArray
+from ..engine.volume import Volume
+from ..errors import InvalidArgumentError, UnsupportedError
+from ..formats.base import ScaleMeta, VolumeMeta
+from ..geometry import Box, ChunkGrid
+from .units import open_cached, run_units
+
+
+class ArrayVolume(Volume):
+    """An in-memory (z, y, x) label array as a read-only volume with 1 nm voxels."""
+
+    format_name = "ndarray"
+
+    def __init__(self, labels: np.ndarray):
+        if labels.ndim != 3:
+            raise InvalidArgumentError(f"a label array is (z, y, x), got shape {labels.shape}")
+        self.data = labels.T  # (x, y, z) view
+        self.url = "ndarray"
+        bounds = Box.from_shape(self.data.shape)
+        self.meta = VolumeMeta(labels.dtype, 1, "segmentation", (ScaleMeta("0", bounds, (1, 1, 1), (64, 64, 64), "raw"),))
+
+    def read(self, box: Box, scale: int = 0) -> np.ndarray:
+        return np.asfortranarray(self.data[box.slices()])[..., None]
+
+    def write(self, box: Box, data: np.ndarray, scale: int = 0, channels=None) -> None:
+        raise InvalidArgumentError("a label array given to a service is read-only")
+
+
+@dataclass
+class LabelJob:
+    source: Any  # as given: a URL is what cluster workers open
+    volume: Volume
+    scale: int
+    region: Box  # (x, y, z)
+    res: tuple
+    ids: frozenset | None
+
+
+def label_job(source: Any, ids: Iterable[int] | None, mip: int, bbox, what: str) -> LabelJob:
+    """The segmentation a label service works on, checked before any work starts."""
+    from ..api import array
+
+    if isinstance(source, np.ndarray):
+        arr = VolumeArray(ArrayVolume(source))
+    else:
+        arr = array(source) if isinstance(source, str) else source
+    arr = arr.mip(mip) if mip and arr.mip_level != mip else arr
+    volume = arr.volume
+    if volume.meta.layer_type != "segmentation":
+        raise InvalidArgumentError(f"{volume.url} is an image layer: {what} are made of segmentation labels")
+    if np.dtype(volume.meta.dtype).kind not in "ui":
+        raise InvalidArgumentError(f"labels must be integers, not {volume.meta.dtype}")
+    scale = arr.mip_level
+    bounds = volume.meta.scales[scale].bounds
+    region = bounds if bbox is None else Box.of(tuple(bbox[0])[::-1], tuple(bbox[1])[::-1]).intersect(bounds)
+    return LabelJob(source, volume, scale, region, volume.meta.scales[scale].resolution,
+                    None if ids is None else frozenset(int(i) for i in ids))
+
+
+def label_units(job: LabelJob, unit: tuple[int, int, int]) -> list[Box]:
+    """The job's region in units of whole storage chunks, at least ``unit`` voxels a side."""
+    grid = job.volume.grid(job.scale)
+    chunk = tuple(max(c, -(-u // c) * c) for c, u in zip(grid.chunk_shape, unit))
+    return [c.box for c in ChunkGrid(job.region, chunk, grid.origin).cells(job.region)]
+
+
+def _by_url(fn: Callable, url: str, *args):
+    return fn(open_cached(url, "r").volume, *args)
+
+
+def pieces_by_label(job: LabelJob, units: list[Box], fn: Callable, extra: tuple, executor=None) -> dict[int, list]:
+    """``fn(volume, scale, region, ids, res, *extra, unit)`` -> {label: piece} for every unit,
+    locally or on ``executor``; each label's pieces in unit order, whatever order units finished
+    in, so the result is the same byte for byte."""
+    args = (job.scale, job.region, job.ids, job.res, *extra)
+    found: list[tuple[tuple, dict]] = []
+    lock = threading.Lock()
+    if executor is None:
+        def collect(*a) -> None:
+            out = fn(*a)
+            with lock:
+                found.append((a[-1].start, out))
+
+        per_unit = math.prod(units[0].shape) * np.dtype(job.volume.meta.dtype).itemsize * 6 if units else 1
+        run_units(units, collect, (job.volume, *args), bytes_per_unit=per_unit)
+    else:  # the pieces come back to the client; the workers open the source themselves
+        if not isinstance(job.source, str):
+            raise InvalidArgumentError("on a cluster, give the source as a URL: the workers open it themselves")
+        futures = [executor.submit(_by_url, fn, job.source, *args, b) for b in units]
+        found = [(b.start, fut.result()) for b, fut in zip(units, futures)]
+    parts: dict[int, list] = {}
+    for _, out in sorted(found, key=lambda t: t[0]):
+        for label, piece in out.items():
+            parts.setdefault(label, []).append(piece)
+    return dict(sorted(parts.items()))
+
+
+def output_dir(output: str, what: str) -> str:
+    path = output[len("file://"):] if output.startswith("file://") else output
+    if "://" in path:
+        raise UnsupportedError(f"{what} are written to local directories for now")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def write_file(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp{os.getpid()}.{threading.get_ident()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def name_in_volume_info(path: str, key: str) -> None:
+    """A directory inside a precomputed segmentation is named in its ``info`` (``mesh``,
+    ``skeletons``), so neuroglancer and CloudVolume find it."""
+    parent = os.path.dirname(os.path.abspath(path))
+    info = os.path.join(parent, "info")
+    if not os.path.exists(info):
+        return
+    with open(info) as f:
+        doc = json.load(f)
+    name = os.path.basename(os.path.abspath(path))
+    if doc.get("type") == "segmentation" and doc.get(key) != name:
+        doc[key] = name
+        write_file(info, json.dumps(doc, indent=2).encode())
