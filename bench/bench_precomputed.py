@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 
 # BLAS is only used to generate the data; OpenBLAS's helper threads busy-wait after each call and
@@ -68,6 +67,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import common  # noqa: E402  (bench/common.py)
 
 HERE = Path(__file__).resolve().parent
 OPS = ("read_full", "read_cutout", "write_full")
@@ -518,18 +518,8 @@ def main(argv=None) -> int:
     import cloudvolume
     import tensorstore
 
-    try:
-        from importlib.metadata import version
-        versions = {p: version(p) for p in ("volbridge", "tensorstore", "cloud-volume", "numpy", "deflate")}
-    except Exception:  # pragma: no cover
-        versions = {}
-    try:
-        import subprocess
-
-        src_commit = subprocess.run(["git", "-C", str(HERE.parent), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-        src_dirty = bool(subprocess.run(["git", "-C", str(HERE.parent), "status", "--porcelain", "src"], capture_output=True, text=True).stdout.strip())
-    except Exception:  # pragma: no cover
-        src_commit, src_dirty = None, None
+    versions = common.versions(("volbridge", "tensorstore", "cloud-volume", "numpy", "deflate"))
+    src_commit, src_dirty = common.source_state()
     result = {
         "benchmark": "precomputed",
         "volbridge_commit": src_commit,
@@ -549,13 +539,7 @@ def main(argv=None) -> int:
         "rows": rows,
         "failures": failures,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nJSON: {args.out}")
-
-    if args.dir is None and not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
-    return 1 if failures else 0
+    return common.finish(args, result, work, failures)
 
 
 if __name__ == "__main__":

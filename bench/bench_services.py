@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 
 # BLAS is only used to generate the data; OpenBLAS's helper threads busy-wait after each call and
@@ -61,7 +60,6 @@ for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_v, "1")
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -72,6 +70,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_precomputed import em_like  # noqa: E402
+import common  # noqa: E402  (bench/common.py)
 
 DS_TARGET_GBS = 1.0
 MESH_TARGET_RATIO = 0.8
@@ -482,19 +481,9 @@ def main(argv=None) -> int:
         for f in failures:
             print("  " + f)
 
-    from importlib.metadata import PackageNotFoundError, version
 
-    versions = {}
-    for p in ("volbridge", "numpy", "zmesh", "tinybrain", "scipy"):
-        try:
-            versions[p] = version(p)
-        except PackageNotFoundError:
-            versions[p] = None
-    try:
-        src_commit = subprocess.run(["git", "-C", str(HERE.parent), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-        src_dirty = bool(subprocess.run(["git", "-C", str(HERE.parent), "status", "--porcelain", "src"], capture_output=True, text=True).stdout.strip())
-    except Exception:  # pragma: no cover
-        src_commit, src_dirty = None, None
+    versions = common.versions(("volbridge", "numpy", "zmesh", "tinybrain", "scipy"))
+    src_commit, src_dirty = common.source_state()
     result = {
         "benchmark": "services",
         "volbridge_commit": src_commit,
@@ -514,12 +503,7 @@ def main(argv=None) -> int:
         "rows": rows,
         "failures": failures,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nJSON: {args.out}")
-    if args.dir is None and not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
-    return 1 if failures else 0
+    return common.finish(args, result, work, failures)
 
 
 if __name__ == "__main__":
