@@ -28,6 +28,11 @@ class StoreError(VolbridgeError, OSError):
     """An I/O failure in a key-value store. The message names the key and the store."""
 
 
+class VersionChangedError(StoreError):
+    """An object changed between the requests of one consistent read (a shard's index and its
+    chunks); reading again sees the new version."""
+
+
 class StoreTimeoutError(StoreError, TimeoutError):
     """A store or server that did not answer in time (after the retries)."""
 

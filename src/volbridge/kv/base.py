@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Callable, Iterable, Iterator, Optional
 
 from ..errors import StoreError
+from .ranges import RangeReader
 
 #: ``update`` callback: receives the current value (None when absent) and returns the new one.
 Updater = Callable[[Optional[bytes]], bytes]
@@ -102,12 +103,21 @@ class KVStore(ABC):
 
     def get_range(self, key: str, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` of the value of ``key``. A missing key or a short value raises."""
-        value = self.get(key)
+        value = self.get_part(key, start, end)
         if value is None:
             raise StoreError(f"{self.url}/{key} does not exist (reading bytes {start}-{end})")
-        if end > len(value):
-            raise StoreError(f"{self.url}/{key} has {len(value)} bytes; bytes {start}-{end} were asked for")
-        return bytes(value[start:end])
+        return value
+
+    def range_reader(self, key: str) -> RangeReader:
+        """Byte ranges of one version of ``key`` (see :mod:`volbridge.kv.ranges`). Stores that can
+        read a range without the whole object (files, object stores) override it."""
+        return RangeReader(self.get(key), f"{self.url}/{key}")
+
+    def get_part(self, key: str, start: int, end: int | None = None) -> bytes | None:
+        """Bytes ``[start, end)`` of the value of ``key``, or with ``start < 0`` and no ``end`` its
+        last ``-start`` bytes; None when the key is absent. A value shorter than asked raises."""
+        with self.range_reader(key) as reader:
+            return reader.read(start, end)
 
     def get_first(self, keys: Iterable[str], *, transient: bool = False) -> tuple[str, bytes | memoryview] | None:
         """The first of ``keys`` that exists, with its value; None when none does."""
@@ -136,3 +146,4 @@ class KVStore(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
+

@@ -22,6 +22,7 @@ import hashlib
 import itertools
 import os
 import secrets
+import stat
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -29,6 +30,7 @@ from typing import Iterator
 from .. import compression
 from ..errors import ChunkDecodeError, StoreError, URLError
 from .base import KVStore, StoreStats, Updater
+from .ranges import RangeReader, part_bounds
 from .scratch import scratch
 
 LOCK_DIR = ".volbridge-locks"
@@ -70,8 +72,8 @@ class FileStore(KVStore):
         try:
             with open(path, "rb", buffering=0) as f:
                 data = f.readall()
-        except (FileNotFoundError, NotADirectoryError):
-            return None
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None  # a directory is no object: the key is absent, as exists() says
         except OSError as e:
             raise StoreError(f"cannot read {key!r} from {self.url}: {e}") from e
         self.stats.add(requests=1, bytes_read=len(data))
@@ -93,6 +95,19 @@ class FileStore(KVStore):
         data = self._read_file(path, key)
         return data if data is not None else self._read_variant(path, key)
 
+    def range_reader(self, key: str) -> RangeReader:
+        path = self._path(key)
+        try:
+            fd = os.open(path, os.O_RDONLY | _O_BINARY)
+        except (FileNotFoundError, NotADirectoryError):
+            return super().range_reader(key)  # absent, or a compressed variant read whole
+        except OSError as e:
+            raise StoreError(f"cannot read {key!r} from {self.url}: {e}") from e
+        if stat.S_ISDIR(os.fstat(fd).st_mode):  # a prefix of other keys, not an object
+            os.close(fd)
+            return RangeReader(None, f"{self.url}/{key}")
+        return _FileRangeReader(fd, self, key)
+
     def get_transient(self, key: str) -> bytes | memoryview | None:
         # Three syscalls per object (open, readv, close): each releases the GIL, and with several
         # threads every release can cost a hand-off, so fstat and the EOF probe are avoided. The
@@ -111,6 +126,8 @@ class FileStore(KVStore):
             while n == len(buf):  # bigger than any object before: grow, keep what was read
                 buf = scratch("file", 2 * len(buf))
                 n += os.readv(fd, [buf[n:]])
+        except IsADirectoryError:  # open() succeeds on a directory; absent, as in get()
+            return self._read_variant(path, key)
         except OSError as e:
             raise StoreError(f"cannot read {key!r} from {self.url}: {e}") from e
         finally:
@@ -233,3 +250,30 @@ def _has_dot_part(key: str) -> bool:
 
 def _could_match(dir_prefix: str, prefix: str) -> bool:
     return dir_prefix.startswith(prefix) or prefix.startswith(dir_prefix)
+
+
+class _FileRangeReader(RangeReader):
+    """Ranges by ``pread`` on one open descriptor: writers rename new files over the name, so
+    the open file is one version for as long as it is held."""
+
+    def __init__(self, fd: int, store: FileStore, key: str):
+        super().__init__(None, f"{store.url}/{key}")
+        self.fd, self.store, self.key = fd, store, key
+        self.size = os.fstat(fd).st_size
+
+    def read(self, start: int, end: int | None = None) -> bytes:
+        a, b = part_bounds(start, end, self.size, self.where)
+        try:
+            data = os.pread(self.fd, b - a, a)
+        except OSError as e:
+            raise StoreError(f"cannot read {self.key!r} from {self.store.url}: {e}") from e
+        if len(data) != b - a:
+            raise StoreError(f"{self.where}: read {len(data)} of bytes {a}-{b}")
+        self.store.stats.add(requests=1, bytes_read=len(data))
+        return data
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+

@@ -20,8 +20,9 @@ import obstore
 from obstore import exceptions as oe
 
 from .. import compression
-from ..errors import ChunkDecodeError, ReadOnlyError, StoreError
+from ..errors import ChunkDecodeError, ReadOnlyError, StoreError, VersionChangedError
 from .base import KVStore, StoreStats, Updater
+from .ranges import RangeReader
 from .retry import RetryPolicy
 
 T = TypeVar("T")
@@ -144,20 +145,8 @@ class ObjectStore(KVStore):
     def get(self, key: str) -> bytes | None:
         return self._get_with_etag(key)[0]
 
-    def get_range(self, key: str, start: int, end: int) -> bytes:
-        """Bytes ``[start, end)`` of an object (no transport decoding: ranges are of stored bytes)."""
-        try:
-            data = bytes(self._call("GET range", key, lambda: obstore.get_range(self.store, self.prefix + key, start=start, end=end)))
-        except StoreError:
-            raise
-        except _NOT_FOUND as e:
-            raise StoreError(f"GET {self._where(key)} bytes {start}-{end}: not found") from e
-        except Exception as e:
-            raise StoreError(f"GET {self._where(key)} bytes {start}-{end} failed: {_short(e)}") from e
-        if len(data) != end - start:
-            raise StoreError(f"GET {self._where(key)} bytes {start}-{end}: got {len(data)} bytes")
-        self.stats.add(bytes_read=len(data))
-        return data
+    def range_reader(self, key: str) -> RangeReader:
+        return _ObjectRangeReader(self, key)
 
     def exists(self, key: str) -> bool:
         try:
@@ -245,3 +234,56 @@ def _short(e: BaseException) -> str:
     """obstore messages carry a long debug dump after the first line: keep the useful part."""
     text = str(e).strip().split("\n\nDebug source:")[0]
     return text if len(text) < 400 else text[:400] + "..."
+
+
+class _ObjectRangeReader(RangeReader):
+    """Ranged GETs of one version: the first response's ETag makes later requests conditional
+    (``If-Match``), so a replaced object raises VersionChangedError instead of mixing versions.
+    Ranges are of the stored bytes (no transport decoding)."""
+
+    def __init__(self, store: ObjectStore, key: str):
+        super().__init__(None, store._where(key))
+        self.store, self.key = store, key
+        self.etag: str | None = None
+        self.absent = False
+
+    def read(self, start: int, end: int | None = None) -> bytes | None:
+        if self.absent:
+            return None
+        if end is None and start >= 0:
+            raise ValueError("a range needs an end, or a negative start for a suffix")
+        where = f"{self.where} bytes {start}-{'' if end is None else end}"
+        if end is not None and end == start:
+            if self.store.exists(self.key):
+                return b""
+            self.absent = True
+            return None
+        options: dict = {"range": {"suffix": -start} if end is None else (start, end)}
+        if self.etag is not None:
+            options["if_match"] = self.etag
+
+        def fetch():
+            result = obstore.get(self.store.store, self.store.prefix + self.key, options=options)
+            return bytes(result.bytes()), result.meta.get("e_tag")
+
+        try:
+            data, etag = self.store._call("GET range", self.key, fetch)
+        except StoreError:
+            raise
+        except _NOT_FOUND:
+            if self.etag is not None:
+                raise VersionChangedError(f"{self.where} was deleted while it was being read") from None
+            self.absent = True
+            return None
+        except oe.PreconditionError as e:
+            raise VersionChangedError(f"{self.where} changed while it was being read") from e
+        except Exception as e:
+            raise StoreError(f"GET {where} failed: {_short(e)}") from e
+        want = -start if end is None else end - start
+        if len(data) != want:
+            raise StoreError(f"GET {where}: got {len(data)} bytes")
+        if self.etag is None:
+            self.etag = etag
+        self.store.stats.add(bytes_read=len(data))
+        return data
+

@@ -42,8 +42,8 @@ class PrefixedStore(KVStore):
     def exists(self, key: str) -> bool:
         return self.base.exists(self._k(key))
 
-    def get_range(self, key: str, start: int, end: int) -> bytes:
-        return self.base.get_range(self._k(key), start, end)
+    def range_reader(self, key: str):
+        return self.base.range_reader(self._k(key))
 
     def get_transient(self, key: str):
         return self.base.get_transient(self._k(key))
