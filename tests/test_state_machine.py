@@ -79,6 +79,20 @@ def ome_spec(draw):
     return spec
 
 
+@st.composite
+def sharded_spec(draw):
+    """Sharded volumes: zarr v3 ``sharding_indexed`` shards of 1-3 inner chunks per axis, and
+    precomputed shards of ``2**b`` chunks per axis (identity hash, offsets, several scales)."""
+    if draw(st.booleans()):
+        spec = draw(zarr_spec(formats=("zarr3",)))
+        spec["shard"] = tuple(c * draw(st.integers(1, 3)) for c in spec["chunk"])
+    else:
+        spec = draw(volume_spec().filter(lambda s: not s["enc"].startswith("raw+")))
+        b = draw(st.integers(0, 2))
+        spec["shard"] = tuple(c * 2**b for c in spec["chunk"])
+    return spec
+
+
 class PrecomputedMachine(RuleBasedStateMachine):
     #: Set by subclasses to run every volume under another store (e.g. "s3://bucket").
     base_url: str | None = None
@@ -105,6 +119,7 @@ class PrecomputedMachine(RuleBasedStateMachine):
         o = (lambda t: t[::-1]) if ao == "zyx" else (lambda t: t)
         start, shape = spec["offset"], spec["shape"]
         stop = tuple(a + s for a, s in zip(start, shape))
+        shard = o(spec["shard"]) if spec.get("shard") else None
         if spec.get("format") == "h5":  # a dataset inside a local file
             self.url = f"h5://{self.tmp}/vol.h5#/group/data"
             self.vol = vb.create(self.url, shape=o(shape), dtype=spec["dtype"], chunk_shape=o(spec["chunk"]),
@@ -117,7 +132,7 @@ class PrecomputedMachine(RuleBasedStateMachine):
         elif "format" in spec:  # zarr, n5
             self.url = f"{spec['format']}://{base}"
             self.vol = vb.create(self.url, shape=o(shape), dtype=spec["dtype"], chunk_shape=o(spec["chunk"]),
-                                 compression=spec["enc"], num_channels=spec["nc"], axis_order=ao)
+                                 compression=spec["enc"], num_channels=spec["nc"], axis_order=ao, shard_shape=shard)
         else:
             self.url = "precomputed://" + base
             enc, compression = spec["enc"], None
@@ -127,7 +142,7 @@ class PrecomputedMachine(RuleBasedStateMachine):
                 self.url, bounds=(o(start), o(stop)), dtype=spec["dtype"], chunk_shape=o(spec["chunk"]),
                 resolution=o((4, 4, 40)), encoding=enc, compression=compression, layer_type=spec["layer"],
                 num_channels=spec["nc"], num_scales=spec["num_scales"], axis_order=ao,
-                compressed_segmentation_block_size=o(spec["block"]),
+                compressed_segmentation_block_size=o(spec["block"]), shard_shape=shard,
             )
         self.scale_boxes = [Box.of(o(s.bounds[0]), o(s.bounds[1])) for s in self.vol.scales]
         self.model = VolumeModel(self.scale_boxes, np.dtype(spec["dtype"]), spec["nc"])
@@ -261,6 +276,14 @@ class OmeZarrMachine(PrecomputedMachine):
 
 TestOmeZarrStateMachine = OmeZarrMachine.TestCase
 TestOmeZarrStateMachine.settings = settings(stateful_step_count=10, max_examples=60)
+
+
+class ShardedMachine(PrecomputedMachine):
+    SPEC = sharded_spec()
+
+
+TestShardedStateMachine = ShardedMachine.TestCase
+TestShardedStateMachine.settings = settings(stateful_step_count=12, max_examples=80)
 
 
 class HDF5Machine(PrecomputedMachine):

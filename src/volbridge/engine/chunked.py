@@ -15,6 +15,7 @@ from ..formats.base import ChunkedDataset, ScaleLayout
 from ..geometry import Box, Cell
 from ..kv import KVStore
 from .parallel import run_bounded
+from .sharded import read_sharded, write_sharded
 from .volume import Volume
 
 
@@ -73,6 +74,10 @@ class ChunkedVolume(Volume):
         else:
             out = np.full(shape, fill, dtype=layout.dtype, order="F")
 
+        if layout.sharding is not None:
+            read_sharded(self, layout, box, out)
+            return out
+
         def task(cell: Cell) -> None:
             found = self._fetch_decode(layout, cell)
             if found is None:
@@ -100,6 +105,9 @@ class ChunkedVolume(Volume):
         ch = channels if channels is not None else slice(None)
         all_channels = len(range(layout.num_channels)[ch]) == layout.num_channels
 
+        if layout.sharding is not None:
+            write_sharded(self, layout, box, data, ch, all_channels)
+            return
         enc = layout.content_encoding
 
         def task(cell: Cell) -> None:

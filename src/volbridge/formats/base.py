@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..geometry import Box, Cell, ChunkGrid
+
+if TYPE_CHECKING:
+    from .sharding import ShardFormat
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,9 @@ class ScaleLayout(ABC):
     fill_value: Any
     #: Transport compression the store should apply to written chunks (e.g. "gzip"), or None.
     content_encoding: str | None = None
+    #: How chunks are packed into shard objects, or None when each chunk is its own object
+    #: (then the engine uses read_keys/write_key; with shards, sharding.locate).
+    sharding: "ShardFormat | None" = None
 
     @abstractmethod
     def read_keys(self, cell: Cell) -> list[str]:

@@ -1,4 +1,5 @@
-"""Neuroglancer precomputed volumes (unsharded): the ``info`` file, chunk keys and codecs.
+"""Neuroglancer precomputed volumes: the ``info`` file, chunk keys and codecs (shards in
+``precomputed_sharding``).
 
 Facts follow ``shared/specs/formats.md`` section 1 and are checked against cloud-volume and
 tensorstore in the tests. All tuples here are in the format's own (x, y, z) order.
@@ -26,6 +27,7 @@ from ..errors import ChunkDecodeError, MetadataError, UnsupportedError
 from ..geometry import Box, Cell, ChunkGrid
 from ..kv import KVStore
 from .base import ChunkedDataset, ScaleLayout, ScaleMeta, VolumeMeta
+from .precomputed_sharding import PrecomputedVolumeSharding, ShardingSpec
 
 INFO_KEY = "info"
 #: The spec's data types, plus float64/int64 and bool that other writers (BigArrays.jl) use.
@@ -118,8 +120,12 @@ def parse_info(data: bytes | str | dict, where: str = "info") -> dict:
             if info["data_type"] not in ("uint32", "uint64"):
                 raise MetadataError(f"{sw}: compressed_segmentation needs uint32 or uint64, not {info['data_type']}")
         sharding = s.get("sharding")
-        if sharding is not None and not isinstance(sharding, dict):
-            raise MetadataError(f"{sw}: 'sharding' must be an object")
+        if sharding is not None:
+            if not isinstance(sharding, dict):
+                raise MetadataError(f"{sw}: 'sharding' must be an object")
+            ShardingSpec(sharding, sw)
+            if len(chunk_sizes) != 1:
+                raise MetadataError(f"{sw}: a sharded scale has exactly one chunk size, got {len(chunk_sizes)}")
         parsed.append(
             PrecomputedScale(
                 key=key,
@@ -159,8 +165,10 @@ def build_info(
     compressed_segmentation_block_size: Sequence[int] = (8, 8, 8),
     jpeg_quality: int | None = None,
     compression: str | None = None,
+    shard_shape: Sequence[int] | None = None,
 ) -> dict:
-    """A validated ``info`` for a new volume, all tuples (x, y, z)."""
+    """A validated ``info`` for a new volume, all tuples (x, y, z). ``shard_shape``: see
+    :func:`sharding_for`."""
     dtype = np.dtype(dtype).name
     if dtype not in DATA_TYPES:
         raise MetadataError(f"precomputed cannot store {dtype}; use one of {', '.join(DATA_TYPES)}")
@@ -197,6 +205,10 @@ def build_info(
             s["compressed_segmentation_block_size"] = [int(b) for b in compressed_segmentation_block_size]
         if encoding == "jpeg" and jpeg_quality is not None:
             s["jpeg_quality"] = int(jpeg_quality)
+        if shard_shape is not None:
+            if compression:
+                raise UnsupportedError("shard files are read by range and never transport-compressed: leave compression unset")
+            s["sharding"] = sharding_for(s["size"], chunk_shape, shard_shape)
         if compression:
             s["volbridge"] = {"compression": compression}
         scales.append(s)
@@ -209,6 +221,29 @@ def build_info(
     }
     parse_info(info, "new info")
     return info
+
+
+def sharding_for(size: Sequence[int], chunk_shape: Sequence[int], shard_shape: Sequence[int]) -> dict:
+    """A sharding spec whose shards are aligned blocks of ``shard_shape`` voxels (x, y, z).
+
+    With the identity hash, a shard holds the chunks whose compressed Morton codes agree above
+    the low ``K`` bits; when ``shard_shape`` is the chunk shape times ``2**b`` on every axis,
+    those low bits are exactly the ``b`` low bits of each grid coordinate (fewer on an axis the
+    grid does not span), so shards are spatial blocks, as CloudVolume and igneous lay them out.
+    Half of those bits pick the minishard, so a ranged read fetches a small minishard index.
+    """
+    ratios = [s / c for s, c in zip(shard_shape, chunk_shape)]
+    b = math.log2(ratios[0]) if ratios[0] > 0 else -1
+    if len(set(ratios)) != 1 or not float(b).is_integer() or b < 0:
+        raise MetadataError(
+            f"precomputed shard_shape {tuple(shard_shape)} must be chunk_shape {tuple(chunk_shape)} times the same power of two on every axis"
+        )
+    grid_bits = [max(0, math.ceil(math.log2(math.ceil(n / c)))) for n, c in zip(size, chunk_shape)]
+    low = sum(min(int(b), g) for g in grid_bits)
+    minishard = low // 2
+    return {"@type": "neuroglancer_uint64_sharded_v1", "hash": "identity", "preshift_bits": low - minishard,
+            "minishard_bits": minishard, "shard_bits": sum(grid_bits) - low,
+            "minishard_index_encoding": "gzip", "data_encoding": "raw"}
 
 
 def _codec_for(encoding, dtype, num_channels, block_size, jpeg_quality, png_level=None) -> ChunkCodec:
@@ -234,10 +269,6 @@ def _codec_for(encoding, dtype, num_channels, block_size, jpeg_quality, png_leve
 # -- one scale ------------------------------------------------------------------------------------
 class PrecomputedLayout(ScaleLayout):
     def __init__(self, scale: PrecomputedScale, dtype: np.dtype, num_channels: int, key_prefix: str, probe_deep: bool = True):
-        if scale.sharding is not None:
-            raise UnsupportedError(
-                f"scale {scale.key!r} is sharded (neuroglancer_uint64_sharded_v1); sharded precomputed is not supported yet"
-            )
         if scale.encoding in UNSUPPORTED_ENCODINGS:
             raise UnsupportedError(f"scale {scale.key!r} uses encoding {scale.encoding!r}, which volbridge cannot decode yet")
         self.scale = scale
@@ -254,7 +285,12 @@ class PrecomputedLayout(ScaleLayout):
             scale.raw.get("jpeg_quality"), scale.raw.get("png_level"),
         )
         compression = (scale.raw.get("volbridge") or {}).get("compression")
-        if compression in TRANSPORT_COMPRESSIONS and scale.encoding in ("raw", "compressed_segmentation"):
+        if scale.sharding is not None:
+            # Shard files are read by range: they are never transport-compressed (data_encoding is
+            # the shard's own compression of each chunk).
+            spec = ShardingSpec(scale.sharding, f"scale {scale.key!r}")
+            self.sharding = PrecomputedVolumeSharding(spec, key_prefix, self.grid.grid_shape())
+        elif compression in TRANSPORT_COMPRESSIONS and scale.encoding in ("raw", "compressed_segmentation"):
             self.content_encoding = compression
 
     def _name(self, cell: Cell) -> str:

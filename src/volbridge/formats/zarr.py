@@ -1,4 +1,4 @@
-"""Zarr v2 (``.zarray``) and v3 (``zarr.json``) arrays, unsharded.
+"""Zarr v2 (``.zarray``) and v3 (``zarr.json``) arrays, plain or sharded (``sharding_indexed``).
 
 A volume is a 3-D ``(z, y, x)`` array or a 4-D ``(c, z, y, x)`` one (C order, x fastest, as
 zarr-python and OME-Zarr lay out images), seen by the engine as ``(x, y, z, c)``. The grid is
@@ -21,6 +21,7 @@ from ..errors import MetadataError, UnsupportedError
 from ..geometry import Box, Cell, ChunkGrid
 from ..kv import KVStore
 from .base import ChunkedDataset, ScaleLayout, ScaleMeta, VolumeMeta
+from .zarr_sharding import ZarrShardIndexCodec, ZarrSharding
 
 V2_META, V3_META = ".zarray", "zarr.json"
 
@@ -96,6 +97,11 @@ class ZarrArray:
     separator: str
     key_prefix: str  # "" (v2, v3 "v2" encoding) or "c" (v3 default encoding)
     doc: dict
+    #: Sharded arrays (v3 ``sharding_indexed``): ``chunks`` is the inner chunk shape and this
+    #: the shard shape (the outer chunk grid); the objects are shards named by outer-grid index.
+    shard_shape: tuple[int, ...] | None = None
+    shard_index: ZarrShardIndexCodec | None = None
+    index_at_end: bool = True
 
     def chunk_key(self, index: tuple[int, ...]) -> str:
         parts = [str(i) for i in index]
@@ -159,6 +165,25 @@ def parse_v3(raw: bytes, where: str) -> ZarrArray:
     codecs = doc.get("codecs")
     if not isinstance(codecs, list) or not codecs:
         raise MetadataError(f"{where}: 'codecs' must be a non-empty list")
+    shard_shape = index = None
+    at_end = True
+    if any(isinstance(c, dict) and c.get("name") == "sharding_indexed" for c in codecs):
+        if len(codecs) != 1:
+            raise UnsupportedError(f"{where}: sharding_indexed must be the only outer codec, got {[c.get('name') for c in codecs]}")
+        cfg = codecs[0].get("configuration") or {}
+        shard_shape, chunks = chunks, _ints(cfg, "chunk_shape", f"{where} sharding_indexed")
+        if len(chunks) != len(shard_shape) or any(c == 0 or s % c for s, c in zip(shard_shape, chunks)):
+            raise MetadataError(f"{where}: inner chunk_shape {list(chunks)} does not divide the shard shape {list(shard_shape)}")
+        location = cfg.get("index_location", "end")
+        if location not in ("start", "end"):
+            raise MetadataError(f"{where}: index_location must be 'start' or 'end', got {location!r}")
+        at_end = location == "end"
+        index = ZarrShardIndexCodec(cfg.get("index_codecs"), where)
+        codecs = cfg.get("codecs")
+        if not isinstance(codecs, list) or not codecs:
+            raise MetadataError(f"{where}: sharding_indexed 'codecs' must be a non-empty list")
+        if any(isinstance(c, dict) and c.get("name") == "sharding_indexed" for c in codecs):
+            raise UnsupportedError(f"{where}: nested sharding is not supported")
     pipeline = v3_pipeline(codecs, chunks, native)
     enc = doc.get("chunk_key_encoding") or {"name": "default"}
     cfg = enc.get("configuration") or {}
@@ -177,7 +202,8 @@ def parse_v3(raw: bytes, where: str) -> ZarrArray:
             raise UnsupportedError(f"{where}: unknown member {k!r} must be understood (it lacks \"must_understand\": false)")
     if "fill_value" not in doc:
         raise MetadataError(f"{where}: missing required field 'fill_value'")
-    return ZarrArray(3, shape, chunks, native, parse_fill(doc["fill_value"], native, where), pipeline, sep, prefix, doc)
+    return ZarrArray(3, shape, chunks, native, parse_fill(doc["fill_value"], native, where), pipeline, sep, prefix, doc,
+                     shard_shape, index, at_end)
 
 
 class ZarrLayout(ScaleLayout):
@@ -212,13 +238,20 @@ class ZarrLayout(ScaleLayout):
         bounds = Box.from_shape(spatial, tuple(offset))
         self.grid = ChunkGrid(bounds, tuple(chunk), tuple(offset))
         self.meta = ScaleMeta(key_prefix, bounds, tuple(resolution), tuple(chunk), f"zarr v{arr.zarr_format}")
+        if arr.shard_shape is not None:
+            grid_shape = tuple(-(-n // c) for n, c in zip(arr.shape, arr.chunks))
+            cps = tuple(s // c for s, c in zip(arr.shard_shape, arr.chunks))
+            self.sharding = ZarrSharding(cps, grid_shape, arr.shard_index, arr.index_at_end, self._key, self._index)
 
     def _index(self, cell: Cell) -> tuple[int, ...]:
         return (0,) * self.lead + cell.index[::-1]
 
-    def write_key(self, cell: Cell) -> str:
-        key = self.arr.chunk_key(self._index(cell))
+    def _key(self, index: tuple[int, ...]) -> str:
+        key = self.arr.chunk_key(index)
         return f"{self.key_prefix}/{key}" if self.key_prefix else key
+
+    def write_key(self, cell: Cell) -> str:
+        return self._key(self._index(cell))
 
     def read_keys(self, cell: Cell) -> list[str]:
         return [self.write_key(cell)]
@@ -275,7 +308,7 @@ class ZarrDataset(ChunkedDataset):
     @classmethod
     def create(cls, store: KVStore, *, bounds: Box, dtype, chunk_shape, num_channels: int = 1, zarr_format: int = 3,
                compression: str | None = "zstd", fill_value=0, overwrite: bool = False,
-               dimension_names: list[str] | None = None, **ignored) -> "ZarrDataset":
+               dimension_names: list[str] | None = None, shard_shape=None, **ignored) -> "ZarrDataset":
         if any(bounds.start):
             raise UnsupportedError("a zarr array starts at 0: give shape=, or bounds starting at (0, 0, 0)")
         for key in (V2_META, V3_META):
@@ -288,6 +321,8 @@ class ZarrDataset(ChunkedDataset):
             shape, chunks = (num_channels, *shape), (num_channels, *chunks)
         fill = parse_fill(fill_value, dtype, "create")
         if zarr_format == 2:
+            if shard_shape is not None:
+                raise UnsupportedError("zarr v2 has no shards: use zarr v3 (zarr3://) for shard_shape")
             comp = {None: None, "zstd": {"id": "zstd", "level": 3}, "gzip": {"id": "gzip", "level": 5},
                     "blosc": {"id": "blosc", "cname": "zstd", "clevel": 5, "shuffle": 1, "blocksize": 0}}
             if compression not in comp:
@@ -307,11 +342,20 @@ class ZarrDataset(ChunkedDataset):
         names = dimension_names or (["z", "y", "x"] if num_channels == 1 else ["c", "z", "y", "x"])
         if dtype.name not in _V3_TYPES:
             raise UnsupportedError(f"zarr v3 cannot store {dtype}; use one of {', '.join(_V3_TYPES)}")
+        codecs = [{"name": "bytes", "configuration": {"endian": "little"}}, *comp3[compression]]
+        grid_chunks = chunks
+        if shard_shape is not None:
+            outer = tuple(shard_shape[::-1]) if num_channels == 1 else (num_channels, *shard_shape[::-1])
+            if len(outer) != len(chunks) or any(o <= 0 or o % c for o, c in zip(outer, chunks)):
+                raise MetadataError(f"shard_shape {tuple(shard_shape)} must be a positive multiple of chunk_shape {tuple(chunk_shape)}")
+            codecs = [{"name": "sharding_indexed", "configuration": {
+                "chunk_shape": list(chunks), "codecs": codecs, "index_location": "end",
+                "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]}}]
+            grid_chunks = outer
         doc = {"zarr_format": 3, "node_type": "array", "shape": list(shape), "data_type": dtype.name,
-               "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunks)}},
+               "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(grid_chunks)}},
                "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
-               "fill_value": fill_json(fill, dtype),
-               "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, *comp3[compression]],
+               "fill_value": fill_json(fill, dtype), "codecs": codecs,
                "attributes": {}, "dimension_names": names}
         store.put(V3_META, json.dumps(doc, indent=2).encode())
         store.delete(V2_META)

@@ -1,0 +1,271 @@
+"""Neuroglancer's ``neuroglancer_uint64_sharded_v1``: chunks by hashed id in shard files.
+
+A chunk's id is the compressed Morton code of its grid position; ``hash(id >> preshift_bits)``
+picks the minishard (low ``minishard_bits``) and the shard (the next ``shard_bits``). A shard file
+is a fixed index of ``[start, end)`` per minishard, then (as CloudVolume writes them) the chunk
+data grouped by minishard, then the minishard indexes: delta-coded ``[ids, offsets, sizes]``
+tables. Facts: ``shared/specs/formats.md`` sections 1.6-1.7, checked against tensorstore and
+CloudVolume in the tests. The same shard files hold meshes and skeletons keyed by segment id,
+so the shard codec here knows nothing of volumes; :class:`PrecomputedVolumeSharding` adds the
+chunk grid.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..compression import compress, decompress
+from ..errors import ChunkDecodeError, MetadataError, UnsupportedError
+from ..kv.ranges import RangeReader
+from .sharding import ShardFormat, check_span, shard_error
+
+HASHES = ("identity", "murmurhash3_x86_128")
+ENCODINGS = ("raw", "gzip")
+#: Grids up to this many chunks are enumerated once to know how many chunks each shard holds
+#: (so writes covering a whole shard skip reading it); larger ones always read-modify-write.
+_CAPACITY_LIMIT = 1 << 22
+
+
+def _rotl32(x: np.ndarray, r: int) -> np.ndarray:
+    return (x << np.uint32(r)) | (x >> np.uint32(32 - r))
+
+
+def _fmix32(h: np.ndarray) -> np.ndarray:
+    h = h ^ (h >> np.uint32(16))
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> np.uint32(13))
+    h = h * np.uint32(0xC2B2AE35)
+    return h ^ (h >> np.uint32(16))
+
+
+def murmurhash3_x86_128_low64(keys: np.ndarray) -> np.ndarray:
+    """Low 64 bits of MurmurHash3_x86_128 (seed 0) of each uint64 key's 8 little-endian bytes.
+
+    Vectorised: an 8-byte key has no 16-byte body block, only the tail (two 32-bit lanes) and
+    the finalisation, so the whole hash is a handful of uint32 array operations.
+    """
+    keys = np.asarray(keys, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        k1 = (keys & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+        k2 = (keys >> np.uint64(32)).astype(np.uint32)
+        c1, c2, c3, c4 = (np.uint32(c) for c in (0x239B961B, 0xAB0E9789, 0x38B34AE5, 0xA1E38B93))
+        del c4  # the third and fourth lanes get no tail bytes from an 8-byte key
+        zero = np.zeros_like(k1)
+        h1, h2, h3, h4 = zero.copy(), zero.copy(), zero.copy(), zero.copy()
+        k2 = _rotl32(k2 * c2, 16) * c3
+        h2 ^= k2
+        k1 = _rotl32(k1 * c1, 15) * c2
+        h1 ^= k1
+        n = np.uint32(8)
+        h1 ^= n
+        h2 ^= n
+        h3 ^= n
+        h4 ^= n
+        h1 = h1 + h2 + h3 + h4
+        h2, h3, h4 = h2 + h1, h3 + h1, h4 + h1
+        h1, h2, h3, h4 = _fmix32(h1), _fmix32(h2), _fmix32(h3), _fmix32(h4)
+        h1 = h1 + h2 + h3 + h4
+        h2 = h2 + h1
+    return h1.astype(np.uint64) | (h2.astype(np.uint64) << np.uint64(32))
+
+
+def compressed_morton(grid_index: np.ndarray, grid_shape) -> np.ndarray:
+    """Compressed Morton codes of ``grid_index`` rows ``(x, y, z)`` on a grid of ``grid_shape``:
+    bits interleaved x, y, z, skipping a dimension once its own bits run out."""
+    g = np.asarray(grid_index, dtype=np.uint64).reshape(-1, 3)
+    bits = [max(0, math.ceil(math.log2(n))) if n > 0 else 0 for n in grid_shape]
+    out = np.zeros(len(g), dtype=np.uint64)
+    j = 0
+    for i in range(max(bits, default=0)):
+        for d in range(3):
+            if i < bits[d]:
+                out |= ((g[:, d] >> np.uint64(i)) & np.uint64(1)) << np.uint64(j)
+                j += 1
+    return out
+
+
+class ShardingSpec:
+    """A parsed ``sharding`` object: which shard and minishard an id belongs to."""
+
+    def __init__(self, spec: dict, where: str):
+        if spec.get("@type") != "neuroglancer_uint64_sharded_v1":
+            raise UnsupportedError(f"{where}: sharding @type {spec.get('@type')!r} is not neuroglancer_uint64_sharded_v1")
+        for name in ("preshift_bits", "minishard_bits", "shard_bits"):
+            v = spec.get(name)
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 64:
+                raise MetadataError(f"{where}: sharding {name!r} must be an integer in 0..64, got {v!r}")
+        if spec["minishard_bits"] + spec["shard_bits"] > 64:
+            raise MetadataError(f"{where}: minishard_bits + shard_bits exceed 64")
+        if spec.get("hash") not in HASHES:
+            raise MetadataError(f"{where}: sharding hash {spec.get('hash')!r} is not one of {', '.join(HASHES)}")
+        for name in ("minishard_index_encoding", "data_encoding"):
+            if spec.get(name, "raw") not in ENCODINGS:
+                raise MetadataError(f"{where}: sharding {name} {spec.get(name)!r} is not one of {', '.join(ENCODINGS)}")
+        self.spec = spec
+        self.preshift = spec["preshift_bits"]
+        self.minishard_bits = spec["minishard_bits"]
+        self.shard_bits = spec["shard_bits"]
+        self.hash = spec["hash"]
+        self.index_gzip = spec.get("minishard_index_encoding", "raw") == "gzip"
+        self.data_gzip = spec.get("data_encoding", "raw") == "gzip"
+        self.index_bytes = 16 << self.minishard_bits
+        self.digits = math.ceil(self.shard_bits / 4)
+
+    def hashed(self, ids: np.ndarray) -> np.ndarray:
+        shifted = np.asarray(ids, dtype=np.uint64) >> np.uint64(self.preshift)
+        return shifted if self.hash == "identity" else murmurhash3_x86_128_low64(shifted)
+
+    def shard_and_minishard(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        h = self.hashed(ids)
+        minishard = h & np.uint64((1 << self.minishard_bits) - 1)
+        shard = (h >> np.uint64(self.minishard_bits)) & np.uint64((1 << self.shard_bits) - 1)
+        return shard, minishard
+
+    def shard_name(self, shard: int) -> str:
+        return f"{shard:0{self.digits}x}.shard" if self.digits else f"{shard:x}.shard"
+
+
+class PrecomputedShardCodec(ShardFormat):
+    """Shard files of one ``sharding`` spec under ``prefix`` (a scale key, a mesh directory),
+    keyed by any uint64 ids."""
+
+    def __init__(self, spec: ShardingSpec, prefix: str = ""):
+        self.spec = spec
+        self.prefix = f"{prefix}/" if prefix else ""
+
+    def key_of_id(self, cid: int) -> str:
+        shard, _ = self.spec.shard_and_minishard(np.array([cid], dtype=np.uint64))
+        return self.prefix + self.spec.shard_name(int(shard[0]))
+
+    def locate(self, cell) -> tuple[str, int]:
+        raise NotImplementedError("shards of ids without a grid have no cells")
+
+    def capacity(self, key: str) -> int | None:
+        return None
+
+    # -- decoding -----------------------------------------------------------------------------
+    def _shard_index(self, raw: bytes, key: str) -> np.ndarray:
+        if len(raw) < self.spec.index_bytes:
+            raise shard_error(key, f"{len(raw)} bytes cannot hold its {self.spec.index_bytes}-byte shard index (truncated?)")
+        return np.frombuffer(raw, "<u8", count=2 << self.spec.minishard_bits).reshape(-1, 2)
+
+    def _minishard(self, raw: bytes, key: str, minishard: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, absolute starts, sizes) from a minishard index's stored bytes."""
+        if self.spec.index_gzip:
+            try:
+                raw = decompress("gzip", raw)
+            except ChunkDecodeError as e:
+                raise shard_error(key, f"minishard {minishard} index: {e}") from e
+        if len(raw) % 24:
+            raise shard_error(key, f"minishard {minishard} index has {len(raw)} bytes, not a multiple of 24")
+        table = np.frombuffer(raw, "<u8").reshape(3, -1)
+        with np.errstate(over="ignore"):
+            ids = np.cumsum(table[0], dtype=np.uint64)
+            sizes = table[2]
+            # start_i = end_{i-1} + delta_i, with end_{-1} = the end of the shard index
+            starts = np.cumsum(table[1] + np.concatenate(([np.uint64(0)], sizes[:-1])), dtype=np.uint64)
+            starts = starts + np.uint64(self.spec.index_bytes)
+        return ids, starts, sizes
+
+    def _chunk(self, data: bytes, key: str, cid: int) -> bytes:
+        if not self.spec.data_gzip:
+            return data
+        try:
+            return decompress("gzip", data)
+        except ChunkDecodeError as e:
+            raise shard_error(key, f"chunk {cid}: {e}") from e
+
+    def unpack(self, data: bytes, key: str) -> dict[int, bytes]:
+        size = len(data)
+        table = self._shard_index(data, key)
+        out: dict[int, bytes] = {}
+        view = memoryview(data)
+        base = self.spec.index_bytes
+        for m, (a, b) in enumerate(table):
+            if a == b:
+                continue
+            check_span(key, f"minishard {m} index", base + int(a), base + int(b), size)
+            ids, starts, sizes = self._minishard(bytes(view[base + int(a):base + int(b)]), key, m)
+            for cid, start, n in zip(ids.tolist(), starts.tolist(), sizes.tolist()):
+                check_span(key, f"chunk {cid}", start, start + n, size)
+                out[cid] = self._chunk(bytes(view[start:start + n]), key, cid)
+        return out
+
+    def read_ids(self, reader: RangeReader, key: str, ids: set[int]) -> dict[int, bytes] | None:
+        head = reader.read(0, self.spec.index_bytes)
+        if head is None:
+            return None
+        table = self._shard_index(head, key)
+        wanted = np.array(sorted(ids), dtype=np.uint64)
+        _, minis = self.spec.shard_and_minishard(wanted)
+        out: dict[int, bytes] = {}
+        base = self.spec.index_bytes
+        for m in np.unique(minis).tolist():
+            a, b = (int(v) for v in table[m])
+            if a == b:
+                continue
+            if b < a:
+                raise shard_error(key, f"minishard {m} index spans bytes {base + a}-{base + b}")
+            got, starts, sizes = self._minishard(reader.read(base + a, base + b), key, m)
+            where = {cid: i for i, cid in enumerate(got.tolist())}
+            for cid in wanted[minis == m].tolist():
+                i = where.get(cid)
+                if i is not None:
+                    start, n = int(starts[i]), int(sizes[i])
+                    out[cid] = self._chunk(reader.read(start, start + n), key, cid)
+        return out
+
+    # -- encoding -----------------------------------------------------------------------------
+    def pack(self, chunks: dict[int, bytes]) -> bytes:
+        ids = np.array(sorted(chunks), dtype=np.uint64)
+        _, minis = self.spec.shard_and_minishard(ids)
+        data_parts: list[bytes] = []
+        index_parts: list[bytes] = []
+        spans = np.zeros((1 << self.spec.minishard_bits, 2), dtype="<u8")
+        pos = 0  # relative to the end of the shard index
+        minishard_tables = []
+        for m in np.unique(minis).tolist():
+            members = ids[minis == m]
+            stored = [chunks[int(c)] for c in members.tolist()]
+            if self.spec.data_gzip:
+                stored = [compress("gzip", c) for c in stored]
+            sizes = np.array([len(c) for c in stored], dtype=np.uint64)
+            offsets = np.zeros(len(stored), dtype=np.uint64)
+            offsets[0] = pos  # then each chunk starts where the previous ends
+            deltas = np.diff(members, prepend=np.uint64(0))
+            minishard_tables.append((m, np.stack([deltas, offsets, sizes]).astype("<u8").tobytes()))
+            data_parts.extend(stored)
+            pos += int(sizes.sum())
+        for m, table in minishard_tables:
+            if self.spec.index_gzip:
+                table = compress("gzip", table)
+            spans[m] = (pos, pos + len(table))
+            index_parts.append(table)
+            pos += len(table)
+        return spans.tobytes() + b"".join(data_parts) + b"".join(index_parts)
+
+
+class PrecomputedVolumeSharding(PrecomputedShardCodec):
+    """The shard codec of one sharded volume scale: cells by compressed Morton code."""
+
+    def __init__(self, spec: ShardingSpec, prefix: str, grid_shape: tuple[int, int, int]):
+        super().__init__(spec, prefix)
+        self.grid_shape = grid_shape
+        self._capacity: dict[str, int] | None = None
+
+    def locate(self, cell) -> tuple[str, int]:
+        cid = int(compressed_morton(np.array(cell.index), self.grid_shape)[0])
+        return self.key_of_id(cid), cid
+
+    def capacity(self, key: str) -> int | None:
+        if self._capacity is None:
+            n = int(np.prod(self.grid_shape))
+            if n > _CAPACITY_LIMIT:
+                return None
+            grid = np.stack(np.meshgrid(*[np.arange(s, dtype=np.uint64) for s in self.grid_shape], indexing="ij"), -1)
+            shards, _ = self.spec.shard_and_minishard(compressed_morton(grid.reshape(-1, 3), self.grid_shape))
+            counts = np.bincount(shards.astype(np.int64))
+            self._capacity = {self.prefix + self.spec.shard_name(s): int(c) for s, c in enumerate(counts) if c}
+        return self._capacity.get(key, 0)

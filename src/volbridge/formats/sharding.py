@@ -1,0 +1,70 @@
+"""Shards: many chunks in one stored object, found through an index inside it.
+
+Zarr v3's ``sharding_indexed`` and neuroglancer's ``neuroglancer_uint64_sharded_v1`` differ only
+in how a chunk finds its shard and how the index is laid out, so the engine sees one shape: a
+:class:`ShardFormat` says which shard and which id a grid cell has, reads the bytes of some ids
+from one version of a shard, and packs or unpacks a whole shard. The chunks' own codecs stay in
+the layout (``decode``/``encode`` of one chunk), exactly as for unsharded chunks.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+
+from ..errors import ChunkDecodeError
+from ..geometry import Cell
+from ..kv import KVStore
+from ..kv.ranges import RangeReader
+
+#: Reading at least this share of a shard's chunks fetches the whole object in one request
+#: instead of its index and then each chunk: fewer round trips, and no index request at all.
+WHOLE_SHARD_READ_FRACTION = 0.5
+
+
+class ShardFormat(ABC):
+    """How one scale packs its chunks into shard objects."""
+
+    @abstractmethod
+    def locate(self, cell: Cell) -> tuple[str, int]:
+        """(key of the shard holding ``cell``, the cell's id inside it)."""
+
+    @abstractmethod
+    def capacity(self, key: str) -> int | None:
+        """How many chunks inside the bounds belong to shard ``key``, or None when that is too
+        costly to know (a write then always reads the shard before replacing it)."""
+
+    @abstractmethod
+    def unpack(self, data: bytes, key: str) -> dict[int, bytes]:
+        """Every chunk of a whole stored shard, by id, with the shard's own data encoding undone."""
+
+    @abstractmethod
+    def pack(self, chunks: dict[int, bytes]) -> bytes:
+        """A whole shard holding ``chunks`` (id -> a chunk's encoded bytes)."""
+
+    @abstractmethod
+    def read_ids(self, reader: RangeReader, key: str, ids: set[int]) -> dict[int, bytes] | None:
+        """The chunks of ``ids`` that the shard holds, through index lookups and ranged reads of
+        one version of it; None when the shard is absent."""
+
+    def read(self, store: KVStore, key: str, ids: Iterable[int]) -> dict[int, bytes]:
+        """The chunks of ``ids`` present in shard ``key`` ({} for an absent shard)."""
+        ids = set(ids)
+        cap = self.capacity(key)
+        if cap is not None and len(ids) >= WHOLE_SHARD_READ_FRACTION * cap:
+            data = store.get(key)
+            if data is None:
+                return {}
+            return {i: c for i, c in self.unpack(data, key).items() if i in ids}
+        with store.range_reader(key) as reader:
+            return self.read_ids(reader, key, ids) or {}
+
+
+def shard_error(key: str, problem: str) -> ChunkDecodeError:
+    return ChunkDecodeError(f"shard {key!r}: {problem}")
+
+
+def check_span(key: str, what: str, start: int, end: int, size: int) -> None:
+    """A byte span an index gives must lie inside the shard."""
+    if not 0 <= start <= end <= size:
+        raise shard_error(key, f"{what} spans bytes {start}-{end}, outside the shard's {size} bytes")
