@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 
 import numpy as np
 import pytest
@@ -87,3 +88,113 @@ def test_bad_n5(tmp_path):
     block.write_bytes(b"\x00\x00\x00\x07garbage")
     with pytest.raises(ChunkDecodeError, match="header"):
         vb.array(str(tmp_path / "c"))[...]
+
+
+# --- lz4 --------------------------------------------------------------------------------------
+# N5's "lz4" is lz4-java's LZ4BlockOutputStream framing (n5-java's Lz4Compression). No Python peer
+# writes it (tensorstore's n5 driver answers '"lz4" is not registered'; numcodecs' LZ4 is another
+# framing), so the oracles are streams lz4-java 1.8.0 wrote, as published in public test suites:
+# `new LZ4BlockOutputStream(out)` (64 KiB blocks) over bytes (i * 7 % 13 + 'a') for i < n, and the
+# 3-byte vector of the lz4-java-wrc crate (src/lz4_block_header.rs), plus liblz4's own XXH32.
+LZ4_JAVA_RAW_13 = "TFo0QmxvY2sWDQAAAA0AAAC/fyACYWhiaWNqZGtlbGZtZ0xaNEJsb2NrFgAAAAAAAAAAAAAAAA=="
+LZ4_JAVA_70000 = (
+    "TFo0QmxvY2smFwEAAAAAAQDsARQA32FoYmljamRrZWxmbWcNAP" + "/" * 341
+    + "bUG1nYWhiTFo0QmxvY2smKAAAAHARAAAu3TMG32ljamRrZWxmbWdhaGINAP" + "/" * 22
+    + "XFBpY2pka0xaNEJsb2NrFgAAAAAAAAAAAAAAAA=="
+)
+LZ4_JAVA_WRC_DOTS = b"LZ4Block\x10\x03\x00\x00\x00\x03\x00\x00\x00\x52\xe4\x77\x06..."
+
+
+def lz4_java_payload(n):
+    return bytes(i * 7 % 13 + ord("a") for i in range(n))
+
+
+def test_lz4_java_reference_streams():
+    import base64
+
+    import imagecodecs
+
+    from volbridge.codecs.compression import Lz4JavaBlocks, xxh32_many
+
+    c = Lz4JavaBlocks()
+    raw13 = base64.b64decode(LZ4_JAVA_RAW_13)
+    assert c.decompress(raw13) == lz4_java_payload(13)
+    assert c.compress(lz4_java_payload(13)) == raw13  # a raw block leaves the encoder no freedom
+    two_blocks = base64.b64decode(LZ4_JAVA_70000)
+    assert two_blocks[8] == 0x26 and two_blocks.count(b"LZ4Block") == 3  # two lz4 blocks + the end marker
+    assert c.decompress(two_blocks) == lz4_java_payload(70000)
+    assert Lz4JavaBlocks(128).decompress(LZ4_JAVA_WRC_DOTS + b"LZ4Block\x10" + bytes(12)) == b"..."
+    # XXH32 itself, against liblz4's frame content checksum (seed 0), short and long paths
+    data = np.random.default_rng(5).integers(0, 256, 70001, dtype=np.uint8).tobytes()
+    lengths = [0, 1, 3, 15, 16, 17, 33, 4096, 65536, 70001]
+    sums = xxh32_many([data[:n] for n in lengths])
+    for n, got in zip(lengths, sums):
+        frame = imagecodecs.lz4f_encode(data[:n], contentchecksum=True)
+        assert got == int.from_bytes(frame[-4:], "little"), n
+
+
+def test_n5_lz4_block_written_by_n5_java_framing(tmp_path):
+    import base64
+
+    shape = (100, 70, 10)  # x, y, z: 70000 uint8 voxels, the payload of the lz4-java reference stream
+    (tmp_path / "j" / "0" / "0").mkdir(parents=True)
+    (tmp_path / "j" / "attributes.json").write_text(json.dumps(
+        {"dimensions": list(shape), "blockSize": list(shape), "dataType": "uint8", "compression": {"type": "lz4", "blockSize": 65536}}))
+    header = bytes.fromhex("0000 0003") + np.array(shape, ">u4").tobytes()
+    (tmp_path / "j" / "0" / "0" / "0").write_bytes(header + base64.b64decode(LZ4_JAVA_70000))
+    want = np.frombuffer(lz4_java_payload(70000), np.uint8).reshape(shape, order="F")
+    np.testing.assert_array_equal(vb.array(str(tmp_path / "j"), axis_order="xyz")[...], want)
+
+
+def test_volbridge_writes_n5_lz4(tmp_path):
+    import imagecodecs
+
+    v = vb.create(f"n5://{tmp_path}/l", shape=(20, 64, 80), chunk_shape=(16, 64, 64), dtype="uint16", compression="lz4")
+    rng = np.random.default_rng(6)
+    data = np.zeros((20, 64, 80), np.uint16)
+    data[:8] = rng.integers(0, 60000, (8, 64, 80))  # incompressible: the first 64 KiB of a block is stored raw
+    data[8:] = np.arange(80, dtype=np.uint16)  # compressible: lz4
+    v[...] = data
+    np.testing.assert_array_equal(vb.array(f"n5://{tmp_path}/l")[...], data)
+    attrs = json.loads((tmp_path / "l" / "attributes.json").read_text())
+    assert attrs["compression"] == {"type": "lz4", "blockSize": 65536}
+    # A full block (64 x 64 x 16 uint16 = 128 KiB) is two 64 KiB lz4-java blocks and the end marker.
+    raw = (tmp_path / "l" / "0" / "0" / "0").read_bytes()
+    stream, expected = raw[16:], data[:16, :, :64].T.astype(">u2").tobytes(order="F")
+    pos, tokens, parts = 0, [], []
+    while True:
+        magic, token, clen, olen, check = struct.unpack_from("<8sBIII", stream, pos)
+        assert magic == b"LZ4Block" and token & 0x0F == 6  # ceil(log2(65536)) - 10
+        tokens.append(token)
+        if olen == 0:
+            assert (token, clen, check, len(stream)) == (0x16, 0, 0, pos + 21)
+            break
+        assert check < 1 << 28  # lz4-java's Checksum view masks XXH32 to 28 bits
+        payload = stream[pos + 21: pos + 21 + clen]
+        parts.append(payload if token == 0x16 else imagecodecs.lz4_decode(payload, header=False, out=olen))
+        pos += 21 + clen
+    assert tokens == [0x16, 0x26, 0x16] and b"".join(parts) == expected
+
+
+def test_bad_n5_lz4(tmp_path):
+    v = vb.create(f"n5://{tmp_path}/c", shape=(4, 40, 40), chunk_shape=(2, 20, 20), dtype="uint8", compression="lz4")
+    v[...] = np.random.default_rng(7).integers(0, 255, (4, 40, 40), dtype=np.uint8)
+    block = tmp_path / "c" / "1" / "0" / "1"
+    good = block.read_bytes()
+    for cut, message in [(5, "without the end-of-stream block"), (30, r"needs \d+ bytes, \d+ remain")]:
+        block.write_bytes(good[:-cut])
+        with pytest.raises(ChunkDecodeError, match=f"1/0/1.*{message}"):
+            vb.array(str(tmp_path / "c"))[...]
+    flipped = bytearray(good)
+    flipped[16 + 21 + 100] ^= 1  # a voxel of the raw (random) lz4-java block: only the checksum sees it
+    block.write_bytes(bytes(flipped))
+    with pytest.raises(ChunkDecodeError, match="1/0/1.*checksum mismatch"):
+        vb.array(str(tmp_path / "c"))[...]
+    block.write_bytes(good[:16] + b"LZ4Blocc" + good[24:])
+    with pytest.raises(ChunkDecodeError, match="corrupt block header"):
+        vb.array(str(tmp_path / "c"))[...]
+    attrs = json.loads((tmp_path / "c" / "attributes.json").read_text())
+    attrs["compression"]["blockSize"] = 32
+    (tmp_path / "c" / "attributes.json").write_text(json.dumps(attrs))
+    with pytest.raises(MetadataError, match="blockSize"):
+        vb.array(str(tmp_path / "c"))

@@ -91,3 +91,73 @@ def test_time_axis_longer_than_one_is_refused(tmp_path):
     write_v04(tmp_path / "t.zarr", AXES5, datasets, {"0": np.zeros((3, 1, 2, 2, 2), np.uint8)})
     with pytest.raises(UnsupportedError, match="length 3"):
         vb.array(str(tmp_path / "t.zarr"))
+
+
+def test_v04_pyramid_created_by_volbridge(tmp_path):
+    """``ome_version="0.4"``: NGFF 0.4 on zarr v2, read back by volbridge, zarr-python and tensorstore."""
+    from volbridge.formats.ome_zarr import OmeZarrDataset
+    from volbridge.geometry import Box
+    from volbridge.kv import open_store
+
+    path = tmp_path / "p4.zarr"
+    OmeZarrDataset.create(open_store(str(path)), bounds=Box((8, -16, -4), (72, 48, 12)), chunk_shape=(16, 16, 4),
+                          dtype="uint16", resolution=(8, 8, 40), num_scales=3, num_channels=2, factor=(2, 2, 1),
+                          compression="zstd", ome_version="0.4")
+    vol = vb.array(str(path), mode="r+")
+    rng = np.random.default_rng(2)
+    levels = [rng.integers(0, 60000, vol.mip(i).shape, dtype=np.uint16) for i in range(3)]
+    for i, data in enumerate(levels):
+        vol.mip(i)[...] = data
+    # the JSON, against the 0.4 spec
+    assert json.loads((path / ".zgroup").read_text()) == {"zarr_format": 2} and not (path / "zarr.json").exists()
+    ms = json.loads((path / ".zattrs").read_text())["multiscales"]
+    assert len(ms) == 1 and ms[0]["version"] == "0.4"
+    assert ms[0]["axes"] == [{"name": "c", "type": "channel"}] + [
+        {"name": n, "type": "space", "unit": "nanometer"} for n in "zyx"]
+    assert [d["path"] for d in ms[0]["datasets"]] == ["0", "1", "2"]
+    for d in ms[0]["datasets"]:  # exactly one scale, then at most one translation, one value per axis
+        kinds = [t["type"] for t in d["coordinateTransformations"]]
+        assert kinds == ["scale", "translation"]
+        assert all(len(t[t["type"]]) == 4 for t in d["coordinateTransformations"])
+    assert ms[0]["datasets"][1]["coordinateTransformations"] == [
+        {"type": "scale", "scale": [1.0, 40.0, 16.0, 16.0]},
+        {"type": "translation", "translation": [0.0, -160.0, -128.0, 64.0]}]
+    # volbridge
+    again = vb.array(str(path))
+    assert again.format == "ome-zarr" and len(again.scales) == 3
+    assert [again.mip(i).resolution for i in range(3)] == [(40, 8, 8), (40, 16, 16), (40, 32, 32)]
+    assert again.bounds == ((-4, -16, 8), (12, 48, 72)) and again.mip(2).bounds == ((-4, -4, 2), (12, 12, 18))
+    # zarr-python and tensorstore, level by level
+    group = zarr.open_group(str(path), mode="r", zarr_format=2)
+    assert group.attrs["multiscales"][0]["version"] == "0.4"
+    for i, data in enumerate(levels):
+        np.testing.assert_array_equal(again.mip(i)[...], data)
+        meta = json.loads((path / str(i) / ".zarray").read_text())
+        assert meta["zarr_format"] == 2 and meta["dimension_separator"] == "/"
+        np.testing.assert_array_equal(group[str(i)][...], data)
+        t = ts.open({"driver": "zarr", "kvstore": {"driver": "file", "path": str(path / str(i))}}).result()
+        np.testing.assert_array_equal(t.read().result(), data)
+
+
+def test_v04_segmentation_and_version_switch(tmp_path):
+    url = f"ome-zarr://{tmp_path}/s.zarr"
+    vb.create(url, shape=(4, 8, 8), chunk_shape=(4, 8, 8), dtype="uint32", layer_type="segmentation")
+    from volbridge.formats.ome_zarr import OmeZarrDataset
+    from volbridge.geometry import Box
+    from volbridge.kv import open_store
+
+    store = open_store(str(tmp_path / "s.zarr"))
+    with pytest.raises(MetadataError, match="already exists"):
+        OmeZarrDataset.create(store, bounds=Box((0, 0, 0), (8, 8, 4)), chunk_shape=(8, 8, 4), dtype="uint32", ome_version="0.4")
+    with pytest.raises(UnsupportedError, match="'0.3'"):
+        OmeZarrDataset.create(store, bounds=Box((0, 0, 0), (8, 8, 4)), chunk_shape=(8, 8, 4), dtype="uint32",
+                              ome_version="0.3", overwrite=True)
+    OmeZarrDataset.create(store, bounds=Box((0, 0, 0), (8, 8, 4)), chunk_shape=(8, 8, 4), dtype="uint32",
+                          layer_type="segmentation", ome_version="0.4", overwrite=True)
+    assert not (tmp_path / "s.zarr" / "zarr.json").exists()  # else the 0.5 group would still win
+    assert json.loads((tmp_path / "s.zarr" / ".zattrs").read_text())["image-label"] == {"version": "0.4"}
+    vol = vb.array(url, mode="r+")
+    assert vol.layer_type == "segmentation" and (tmp_path / "s.zarr" / "0" / ".zarray").exists()
+    vol[...] = np.arange(256, dtype=np.uint32).reshape(4, 8, 8)
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "s.zarr" / "0"), mode="r")[...],
+                                  np.arange(256, dtype=np.uint32).reshape(4, 8, 8))

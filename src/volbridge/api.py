@@ -37,9 +37,17 @@ def create(
     axis_order: str = "zyx",
     compressed_segmentation_block_size: Sequence[int] = (8, 8, 8),
     jpeg_quality: int | None = None,
+    shard_shape: Sequence[int] | None = None,
+    ome_version: str | None = None,
     overwrite: bool = False,
 ) -> VolumeArray:
-    """Create a volume and return a writable handle. Every tuple is in ``axis_order``."""
+    """Create a volume and return a writable handle. Every tuple is in ``axis_order``.
+
+    ``shard_shape`` (voxels, a multiple of ``chunk_shape``) stores chunks in shards: zarr v3
+    ``sharding_indexed``, or precomputed ``neuroglancer_uint64_sharded_v1`` (where it must be
+    the chunk shape times the same power of two on every axis). ``ome_version`` ("0.5", the
+    default, on zarr v3; or "0.4" on zarr v2) selects the NGFF version of an ``ome-zarr://`` image.
+    """
     if axis_order not in AXIS_ORDERS:
         raise InvalidArgumentError(f"axis_order must be 'zyx' or 'xyz', got {axis_order!r}")
 
@@ -72,6 +80,8 @@ def create(
         factor=xyz(factor, "factor"),
         compressed_segmentation_block_size=xyz(compressed_segmentation_block_size, "compressed_segmentation_block_size"),
         jpeg_quality=jpeg_quality,
+        shard_shape=None if shard_shape is None else xyz(shard_shape, "shard_shape"),
+        ome_version=ome_version,
         overwrite=overwrite,
     )
     return VolumeArray(vol, 0, axis_order, "r+")

@@ -11,6 +11,7 @@ import zlib
 
 import crc32c as _crc32c
 import imagecodecs
+import numpy as np
 
 from .. import compression as prim
 from ..errors import ChunkDecodeError, UnsupportedError
@@ -120,6 +121,144 @@ class Lz4(Compressor):
             return imagecodecs.lz4_decode(data, header=True)
         except Exception as e:
             raise ChunkDecodeError(f"corrupt lz4 block ({len(data)} bytes): {e}") from e
+
+
+_XXH_P1, _XXH_P2, _XXH_P3, _XXH_P4, _XXH_P5 = 0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F, 0x165667B1
+_U32 = 0xFFFFFFFF
+
+
+def _rotl32(x: int, r: int) -> int:
+    return ((x << r) | (x >> (32 - r))) & _U32
+
+
+def xxh32_many(buffers: list[bytes], seed: int = 0) -> list[int]:
+    """XXH32 of each buffer (the xxHash spec, checked against liblz4's frame checksums in tests).
+
+    No installed package exposes XXH32 with a seed, so this is Python. Its cost is the 16-byte
+    stripe loop, whose four lanes are sequential; it runs once for all buffers of a stripe count,
+    every lane of every buffer packed into one big integer in 64-bit slots (a product of two u32s
+    fits a slot, and masking drops what a shift carries into the next), so a chunk of many
+    equal-size lz4 blocks costs one loop, not one per block.
+    """
+    lanes: dict[int, list[int]] = {}
+    groups: dict[int, list[int]] = {}
+    for i, b in enumerate(buffers):
+        if len(b) >= 16:
+            groups.setdefault(len(b) // 16, []).append(i)
+    init = [(seed + _XXH_P1 + _XXH_P2) & _U32, (seed + _XXH_P2) & _U32, seed & _U32, (seed - _XXH_P1) & _U32]
+    for stripes, members in groups.items():
+        slots = 4 * len(members)
+        words = np.stack([np.frombuffer(buffers[i], "<u4", stripes * 4).reshape(stripes, 4) for i in members], axis=1)
+        rows = (words.astype("<u8") * np.uint64(_XXH_P2)).reshape(stripes, slots)
+        mask = int.from_bytes(b"\xff\xff\xff\xff\x00\x00\x00\x00" * slots, "little")
+        v = int.from_bytes(np.array(init * len(members), "<u8").tobytes(), "little")
+        for row in rows:  # v = rotl(v + word * P2, 13) * P1 in every slot
+            v = (v + int.from_bytes(row.tobytes(), "little")) & mask
+            v = ((((v << 13) | (v >> 19)) & mask) * _XXH_P1) & mask
+        flat = np.frombuffer(v.to_bytes(slots * 8, "little"), "<u8").tolist()
+        for k, i in enumerate(members):
+            lanes[i] = flat[4 * k: 4 * k + 4]
+    out = []
+    for i, b in enumerate(buffers):
+        n = len(b)
+        if i in lanes:
+            v1, v2, v3, v4 = lanes[i]
+            h = (_rotl32(v1, 1) + _rotl32(v2, 7) + _rotl32(v3, 12) + _rotl32(v4, 18)) & _U32
+        else:
+            h = (seed + _XXH_P5) & _U32
+        h = (h + n) & _U32
+        p = n - n % 16
+        while p + 4 <= n:
+            h = _rotl32((h + int.from_bytes(b[p:p + 4], "little") * _XXH_P3) & _U32, 17) * _XXH_P4 & _U32
+            p += 4
+        for byte in b[p:]:
+            h = _rotl32((h + byte * _XXH_P5) & _U32, 11) * _XXH_P1 & _U32
+        h ^= h >> 15
+        h = h * _XXH_P2 & _U32
+        h ^= h >> 13
+        h = h * _XXH_P3 & _U32
+        out.append(h ^ (h >> 16))
+    return out
+
+
+class Lz4JavaBlocks(Compressor):
+    """lz4-java's ``LZ4BlockOutputStream`` framing, which N5's ``"lz4"`` compression writes.
+
+    Each block of up to ``block_size`` input bytes is a 21-byte header (magic ``LZ4Block``; a token
+    of method 0x10 raw or 0x20 lz4 OR'd with ``ceil(log2(block_size)) - 10``, floored at 0; the
+    compressed and decompressed lengths, u32 LE; the XXH32 of the decompressed bytes with seed
+    0x9747b28c, masked to 28 bits by ``StreamingXXHash32.asChecksum``) and its payload, a bare LZ4
+    block or the bytes themselves when LZ4 would not shrink them. ``finish()`` appends an empty raw
+    block with zero lengths and checksum. The reader, like ``LZ4BlockInputStream``'s default, needs
+    that end marker, ignores bytes after it, and checks every length and checksum. Source:
+    lz4-java ``src/java/net/jpountz/lz4/LZ4Block{Output,Input}Stream.java``,
+    ``xxhash/StreamingXXHash32.java``; N5's ``Lz4Compression`` (default blockSize 65536).
+    """
+
+    name = "lz4-java"
+    MAGIC = b"LZ4Block"
+    SEED = 0x9747B28C
+    RAW, LZ4 = 0x10, 0x20
+    _HEADER = struct.Struct("<8sBIII")  # 21 bytes, no padding
+
+    def __init__(self, block_size: int = 1 << 16):
+        if not isinstance(block_size, int) or not 64 <= block_size <= 1 << 25:
+            raise UnsupportedError(f"lz4 blockSize must be an integer from 64 to {1 << 25} (lz4-java's limits), got {block_size!r}")
+        self.block_size = block_size
+        self.level = max(0, (block_size - 1).bit_length() - 10)
+
+    def compress(self, data: bytes) -> bytes:
+        data = bytes(data)
+        blocks = [data[i: i + self.block_size] for i in range(0, len(data), self.block_size)]
+        out = []
+        for block, check in zip(blocks, xxh32_many(blocks, self.SEED)):
+            packed = imagecodecs.lz4_encode(block, header=False)
+            method = self.LZ4 if len(packed) < len(block) else self.RAW
+            payload = packed if method == self.LZ4 else block
+            out += [self._HEADER.pack(self.MAGIC, method | self.level, len(payload), len(block), check & 0x0FFFFFFF), payload]
+        out.append(self._HEADER.pack(self.MAGIC, self.RAW | self.level, 0, 0, 0))
+        return b"".join(out)
+
+    def decompress(self, data: bytes) -> bytes:
+        data = bytes(data)
+        pos, blocks, checks = 0, [], []
+        while True:
+            if len(data) - pos < self._HEADER.size:
+                raise ChunkDecodeError(f"lz4 (lz4-java) stream of {len(data)} bytes is truncated: it ends at byte {pos} "
+                                       "without the end-of-stream block")
+            magic, token, clen, olen, check = self._HEADER.unpack_from(data, pos)
+            method = token & 0xF0
+            if (magic != self.MAGIC or method not in (self.RAW, self.LZ4) or olen > 1 << (10 + (token & 0x0F))
+                    or clen > 0x7FFFFFFF or (olen == 0) != (clen == 0) or (method == self.RAW and clen != olen)):
+                raise ChunkDecodeError(f"lz4 (lz4-java) stream: corrupt block header at byte {pos} "
+                                       f"(magic {magic!r}, token {token:#04x}, lengths {clen}/{olen})")
+            if olen == 0:
+                if check != 0:
+                    raise ChunkDecodeError(f"lz4 (lz4-java) stream: end-of-stream block at byte {pos} has a checksum")
+                break
+            pos += self._HEADER.size
+            if len(data) - pos < clen:
+                raise ChunkDecodeError(f"lz4 (lz4-java) stream is truncated: the block at byte {pos - self._HEADER.size} "
+                                       f"needs {clen} bytes, {len(data) - pos} remain")
+            payload = data[pos: pos + clen]
+            pos += clen
+            if method == self.LZ4:
+                try:
+                    payload = imagecodecs.lz4_decode(payload, header=False, out=olen)
+                except Exception as e:
+                    raise ChunkDecodeError(f"lz4 (lz4-java) stream: corrupt lz4 block at byte {pos - clen}: {e}") from e
+                if len(payload) != olen:
+                    raise ChunkDecodeError(f"lz4 (lz4-java) stream: block decodes to {len(payload)} bytes, header says {olen}")
+            blocks.append(payload)
+            checks.append(check)
+        for i, (got, want) in enumerate(zip(xxh32_many(blocks, self.SEED), checks)):
+            if got & 0x0FFFFFFF != want:
+                raise ChunkDecodeError(f"lz4 (lz4-java) stream: checksum mismatch in block {i} "
+                                       f"(stored {want:#09x}, computed {got & 0x0FFFFFFF:#09x})")
+        return b"".join(blocks)
+
+    def matches(self, data: bytes) -> bool:
+        return data[: len(self.MAGIC)] == self.MAGIC
 
 
 class Crc32c(Compressor):

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..codecs import Compressor
+from ..codecs.compression import Lz4JavaBlocks
 from ..codecs.zarr_pipeline import v2_compressor
 from ..errors import ChunkDecodeError, MetadataError, UnsupportedError
 from ..geometry import Box, Cell, ChunkGrid
@@ -58,10 +59,15 @@ def _compressor(cfg: Any, itemsize: int, where: str) -> Compressor | None:
         return v2_compressor({"id": "lzma", "preset": cfg.get("preset", 6)}, itemsize)
     if kind == "zstd":
         return v2_compressor({"id": "zstd", "level": cfg.get("level", 3)}, itemsize)
+    if kind == "lz4":  # lz4-java's block stream (n5-java's writer), not numcodecs' size-prefixed block
+        try:
+            return Lz4JavaBlocks(cfg.get("blockSize", 1 << 16))
+        except UnsupportedError as e:
+            raise MetadataError(f"{where}: {e}") from None
     if kind == "blosc":
         return v2_compressor({"id": "blosc", "cname": cfg.get("cname", "lz4"), "clevel": cfg.get("clevel", 5),
                               "shuffle": cfg.get("shuffle", 1), "blocksize": cfg.get("blocksize", 0)}, itemsize)
-    raise UnsupportedError(f"{where}: N5 compression {kind!r} is not supported (raw, gzip, bzip2, xz, zstd, blosc are)")
+    raise UnsupportedError(f"{where}: N5 compression {kind!r} is not supported (raw, gzip, bzip2, xz, zstd, blosc, lz4 are)")
 
 
 class N5Layout(ScaleLayout):
@@ -165,7 +171,7 @@ class N5Dataset(ChunkedDataset):
     @classmethod
     def create(cls, store: KVStore, *, bounds: Box, dtype, chunk_shape, resolution=(1, 1, 1), num_channels: int = 1,
                num_scales: int = 1, factor=(2, 2, 1), compression: str | None = "gzip", overwrite: bool = False,
-               **ignored) -> "N5Dataset":
+               **ignored) -> N5Dataset:
         if any(bounds.start):
             raise UnsupportedError("an N5 dataset starts at 0: give shape=, or bounds starting at (0, 0, 0)")
         if not overwrite and (store.get(ATTRS) is not None or store.get(f"s0/{ATTRS}") is not None):
@@ -174,9 +180,10 @@ class N5Dataset(ChunkedDataset):
         if dtype.name not in _TYPES:
             raise UnsupportedError(f"N5 cannot store {dtype}")
         comp = {None: {"type": "raw"}, "raw": {"type": "raw"}, "gzip": {"type": "gzip", "level": -1, "useZlib": False},
-                "zstd": {"type": "zstd", "level": 3}, "blosc": {"type": "blosc", "cname": "zstd", "clevel": 5, "shuffle": 1, "blocksize": 0}}
+                "zstd": {"type": "zstd", "level": 3}, "lz4": {"type": "lz4", "blockSize": 1 << 16},
+                "blosc": {"type": "blosc", "cname": "zstd", "clevel": 5, "shuffle": 1, "blocksize": 0}}
         if compression not in comp:
-            raise UnsupportedError(f"N5 compression {compression!r}: use one of gzip, zstd, blosc or None")
+            raise UnsupportedError(f"N5 compression {compression!r}: use one of gzip, zstd, lz4, blosc or None")
         extra = [num_channels] if num_channels > 1 else []
         def attrs(level: int) -> dict:
             f = [fi**level for fi in factor]

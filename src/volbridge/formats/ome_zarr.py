@@ -103,7 +103,7 @@ class OmeZarrDataset(ChunkedDataset):
             if len(arr.shape) != len(axes):
                 raise MetadataError(f"{where}: dataset {path!r} has {len(arr.shape)} dimensions for {len(axes)} axes")
             res = tuple(s * UNITS_NM[u] for s, u in zip(scale[-3:][::-1], units))
-            offset = tuple(int(round(t / s)) if s else 0 for t, s in zip(trans[-3:][::-1], scale[-3:][::-1]))
+            offset = tuple(round(t / s) if s else 0 for t, s in zip(trans[-3:][::-1], scale[-3:][::-1]))
             self.layouts.append(zarr.ZarrLayout(arr, res, offset, channel_axis=channel_axis, key_prefix=path))
         first = self.layouts[0]
         layer = "segmentation" if "image-label" in self.attrs else "image"
@@ -131,8 +131,15 @@ class OmeZarrDataset(ChunkedDataset):
     @classmethod
     def create(cls, store: KVStore, *, bounds: Box, dtype, chunk_shape, resolution=(1, 1, 1), num_channels: int = 1,
                num_scales: int = 1, factor=(2, 2, 1), compression: str | None = "zstd", overwrite: bool = False,
-               layer_type: str = "image", **ignored) -> "OmeZarrDataset":
-        """An OME-Zarr 0.5 pyramid on zarr v3; every tuple (x, y, z); resolution in nm."""
+               layer_type: str = "image", ome_version: str = "0.5", shard_shape=None, **ignored) -> OmeZarrDataset:
+        """An OME-Zarr pyramid; every tuple (x, y, z); resolution in nm.
+
+        ``ome_version="0.5"`` (the default) writes NGFF 0.5 on zarr v3: the group's ``zarr.json``
+        holds ``attributes.ome``. ``"0.4"`` writes NGFF 0.4 on zarr v2 (``.zgroup``, ``.zattrs``
+        with a per-multiscale ``version``, nested ``/`` chunk keys), for readers that predate 0.5.
+        """
+        if ome_version not in ("0.4", "0.5"):
+            raise UnsupportedError(f"OME-Zarr version {ome_version!r}: volbridge writes '0.4' (zarr v2) or '0.5' (zarr v3)")
         if not overwrite and _group_attrs(store) is not None:
             raise MetadataError(f"an OME-Zarr image already exists at {store.url} (pass overwrite=True)")
         axes = ([{"name": "c", "type": "channel"}] if num_channels > 1 else []) + [
@@ -145,16 +152,29 @@ class OmeZarrDataset(ChunkedDataset):
             stop = [math.ceil(b / fi) for b, fi in zip(bounds.stop, f)]
             res = [r * fi for r, fi in zip(resolution, f)]
             zarr.ZarrDataset.create(store.child(str(level)), bounds=Box((0, 0, 0), tuple(b - a for a, b in zip(start, stop))),
-                                    dtype=dtype, chunk_shape=chunk_shape, num_channels=num_channels, zarr_format=3,
-                                    compression=compression, overwrite=overwrite, dimension_names=[a["name"] for a in axes])
+                                    dtype=dtype, chunk_shape=chunk_shape, num_channels=num_channels,
+                                    zarr_format=2 if ome_version == "0.4" else 3, compression=compression,
+                                    overwrite=overwrite, dimension_names=[a["name"] for a in axes],
+                                    shard_shape=shard_shape)
             origin_nm = [float(a * r) for a, r in zip(start[::-1], res[::-1])]  # z, y, x
             datasets.append({"path": str(level), "coordinateTransformations": [
                 {"type": "scale", "scale": lead + [float(r) for r in res[::-1]]},
                 {"type": "translation", "translation": [0.0] * len(lead) + origin_nm}]})
-        ome = {"version": "0.5", "multiscales": [{"name": "image", "axes": axes, "datasets": datasets}]}
-        if layer_type == "segmentation":
-            ome["image-label"] = {"version": "0.5"}
-        store.put(zarr.V3_META, json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {"ome": ome}}, indent=2).encode())
+        multiscale = {"name": "image", "axes": axes, "datasets": datasets}
+        label = {"image-label": {"version": ome_version}} if layer_type == "segmentation" else {}
+        # The group metadata goes last, so a half-written pyramid is never found; the other
+        # version's group files go first, or a reader would still find the old image (zarr.json wins).
+        if ome_version == "0.4":
+            store.delete(zarr.V3_META)
+            store.put(".zgroup", json.dumps({"zarr_format": 2}).encode())
+            attrs = {"multiscales": [{"version": "0.4", **multiscale}], **label}
+            store.put(".zattrs", json.dumps(attrs, indent=2).encode())
+        else:
+            store.delete(".zgroup")
+            store.delete(".zattrs")
+            ome = {"version": "0.5", "multiscales": [multiscale], **label}
+            doc = {"zarr_format": 3, "node_type": "group", "attributes": {"ome": ome}}
+            store.put(zarr.V3_META, json.dumps(doc, indent=2).encode())
         return cls(store)
 
 

@@ -180,13 +180,26 @@ def volume_exists(url: str) -> bool:
     return any(e.detect(store) for e in entries)
 
 
+#: Formats whose ``create`` writes shards (``shard_shape=``).
+SHARDED_FORMATS = ("precomputed", "zarr", "zarr3", "ome-zarr")
+
+
 def create_volume(url: str, **kw) -> Volume:
+    sharded = kw.get("shard_shape") is not None
     if _file_remote_scheme(url) in ("h5", "hdf5"):
         from .hdf5 import HDF5Volume
 
+        if sharded or kw.pop("ome_version", None) is not None:
+            raise UnsupportedError("an HDF5 dataset has no shards and no OME version: leave shard_shape and ome_version unset")
         return HDF5Volume.create(_as_remote_url(url, "h5"), **kw)
     fmt, location = split_url(url)
     fmt = fmt or "precomputed"
+    if sharded and fmt not in SHARDED_FORMATS:
+        raise UnsupportedError(f"volbridge writes shards in {', '.join(SHARDED_FORMATS)} volumes, not {fmt}")
+    if kw.get("ome_version") is not None and fmt != "ome-zarr":
+        raise UnsupportedError(f"ome_version applies to ome-zarr:// volumes, not {fmt}")
+    if kw.get("ome_version") is None:
+        kw.pop("ome_version", None)
     entry = FORMATS[fmt]
     if entry.create is None:
         raise URLError(f"volbridge cannot create {fmt} volumes")
