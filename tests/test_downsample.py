@@ -116,3 +116,43 @@ def test_extend_a_pyramid_that_peers_read(tmp_path):
         np.testing.assert_array_equal(np.asarray(t[ts.d["channel"][0]].read().result()), ref)
     with pytest.raises(vb.errors.UnsupportedError, match="add scales"):
         downsample(vb.create(f"zarr3://{tmp_path / 'z'}", shape=(4, 8, 8), dtype="uint8"), num_mips=1)
+
+
+@pytest.mark.parametrize("url,kw", [
+    ("ome-zarr://{p}/o5", dict(bounds=((3, -21, 9), (20, 70, 100)), shard_shape=(16, 32, 32))),  # offsets, shards
+    ("ome-zarr://{p}/o4", dict(shape=(17, 91, 91), ome_version="0.4")),
+    ("n5://{p}/n5", dict(shape=(17, 91, 91), num_scales=2)),
+])
+def test_extend_ome_zarr_and_n5_pyramids_that_peers_read(tmp_path, url, kw):
+    """num_mips adds OME-Zarr datasets (the last array's codecs and shards, scale x factor, a
+    translation at floor(start / factor)) and N5 s<n> groups; zarr-python and tensorstore read them."""
+    import tensorstore as ts
+    import zarr
+
+    url = url.format(p=tmp_path)
+    img = vb.create(url, dtype="uint8", chunk_shape=(8, 16, 16), resolution=(40, 4, 4), **kw)
+    data = np.random.default_rng(6).integers(0, 256, img.shape, dtype=np.uint8)
+    img[...] = data
+    downsample(url, num_mips=3, factor=(1, 2, 2))
+    img = vb.array(url)
+    assert len(img.scales) == 4
+    assert img.mip(3).resolution == (40, 32, 32)
+    ref = data.T
+    root = url.split("://", 1)[1]
+    for m in range(1, 4):
+        ref = reference(ref, (2, 2, 1), "mean", img.mip(m - 1).bounds[0][::-1])
+        np.testing.assert_array_equal(img.mip(m)[...], ref.T, err_msg=f"mip {m}")
+        if "ome-zarr" in url:
+            path = img.volume.dataset.attrs["multiscales"][0]["datasets"][m]["path"]
+            np.testing.assert_array_equal(zarr.open_array(f"{root}/{path}", mode="r")[...], ref.T)
+        else:
+            t = ts.open({"driver": "n5", "kvstore": {"driver": "file", "path": f"{root}/s{m}"}}).result()
+            np.testing.assert_array_equal(np.asarray(t.read().result()), ref)
+    if "o5" in url:  # translations keep the levels in register: mip 3 starts at floor(start / 8)
+        assert img.mip(3).bounds[0] == (3, -3, 1)
+
+
+def test_single_scale_n5_cannot_grow_scales(tmp_path):
+    n5 = vb.create(f"n5://{tmp_path}/n", shape=(4, 8, 8), dtype="uint8")
+    with pytest.raises(vb.errors.UnsupportedError, match="single-scale N5"):
+        downsample(n5, num_mips=1)

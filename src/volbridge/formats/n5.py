@@ -168,6 +168,29 @@ class N5Dataset(ChunkedDataset):
     def metadata_json(self) -> dict:
         return self.root
 
+    def add_scale(self, factor) -> None:
+        """Append ``s<n>`` ``factor`` (x, y, z) coarser than the last scale: its blocks, type and
+        compression, ``ceil`` dimensions, cumulative ``downsamplingFactors`` (also in the root's list)."""
+        f = [int(v) for v in factor]
+        if len(f) != 3 or any(v < 1 for v in f):
+            raise MetadataError(f"a downsampling factor is 3 integers >= 1, got {tuple(factor)}")
+        if not self.layouts[-1].prefix:
+            raise UnsupportedError(
+                f"{self.store.url} is a single-scale N5 dataset at the root: it has no s0, s1, ... groups to add to "
+                "(create it with num_scales >= 2, or write the pyramid beside it)"
+            )
+        n = len(self.layouts)
+        last = _read_json(self.store, f"s{n - 1}/{ATTRS}")
+        prev = last.get("downsamplingFactors") or (self.root.get("downsamplingFactors") or [[1, 1, 1]] * n)[n - 1]
+        dims = list(last["dimensions"])
+        dims[:3] = [math.ceil(d / k) for d, k in zip(dims[:3], f)]
+        new = {**last, "dimensions": dims, "downsamplingFactors": [int(a * k) for a, k in zip(prev[:3], f)]}
+        self.store.put(f"s{n}/{ATTRS}", json.dumps(new).encode())
+        if isinstance(self.root.get("downsamplingFactors"), list):
+            root = {**self.root, "downsamplingFactors": [*self.root["downsamplingFactors"], new["downsamplingFactors"]]}
+            self.store.put(ATTRS, json.dumps(root).encode())
+        self.__init__(self.store)  # type: ignore[misc]
+
     @classmethod
     def create(cls, store: KVStore, *, bounds: Box, dtype, chunk_shape, resolution=(1, 1, 1), num_channels: int = 1,
                num_scales: int = 1, factor=(2, 2, 1), compression: str | None = "gzip", overwrite: bool = False,

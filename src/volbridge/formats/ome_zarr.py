@@ -124,6 +124,44 @@ class OmeZarrDataset(ChunkedDataset):
     def metadata_json(self) -> dict:
         return self.attrs
 
+    def add_scale(self, factor) -> None:
+        """Append a dataset ``factor`` (x, y, z) coarser than the last: the last array's metadata
+        (codecs, shards, chunks, fill) with ``ceil`` shape, its scale transform times ``factor``
+        and a translation placing voxel 0 at ``floor(start / factor)``, as precomputed does."""
+        f = [int(v) for v in factor]
+        if len(f) != 3 or any(v < 1 for v in f):
+            raise MetadataError(f"a downsampling factor is 3 integers >= 1, got {tuple(factor)}")
+        m = self.attrs["multiscales"][0]
+        n_axes = len(self.layouts[0].arr.shape)
+        last_ds = m["datasets"][-1]
+        last = self.layouts[-1]
+        scale, _ = _transforms(last_ds.get("coordinateTransformations"), "last dataset", n_axes)
+        top_scale, top_trans = _transforms(m.get("coordinateTransformations"), "multiscale", n_axes)
+        spatial = [1] * (n_axes - 3) + f[::-1]  # array order: [t] [c] z y x
+        new_scale = [s * k for s, k in zip(scale, spatial)]
+        start = [math.floor(a / k) for a, k in zip(last.meta.bounds.start, f)]  # x, y, z voxels
+        stop = [math.ceil(b / k) for b, k in zip(last.meta.bounds.stop, f)]
+        start_arr = [0] * (n_axes - 3) + start[::-1]
+        # the final translation (dataset * top + top) must equal start * final scale
+        new_trans = [a * s - tt / ts if ts else 0.0 for a, s, tt, ts in zip(start_arr, new_scale, top_trans, top_scale)]
+        path = str(len(m["datasets"]))
+        while any(d.get("path") == path for d in m["datasets"]):
+            path += "_"
+        doc = dict(last.arr.doc)
+        doc["shape"] = list(last.arr.shape[:-3]) + [b - a for a, b in zip(start, stop)][::-1]
+        meta_key = zarr.V3_META if last.arr.zarr_format == 3 else zarr.V2_META
+        self.store.put(f"{path}/{meta_key}", json.dumps(doc, indent=2).encode())
+        m = {**m, "datasets": [*m["datasets"], {"path": path, "coordinateTransformations": [
+            {"type": "scale", "scale": new_scale}, {"type": "translation", "translation": new_trans}]}]}
+        attrs = {**self.attrs, "multiscales": [m, *self.attrs["multiscales"][1:]]}
+        if self.zarr_format == 3:
+            group = json.loads(self.store.get(zarr.V3_META))
+            group["attributes"]["ome"] = attrs
+            self.store.put(zarr.V3_META, json.dumps(group, indent=2).encode())
+        else:
+            self.store.put(".zattrs", json.dumps(attrs, indent=2).encode())
+        self.__init__(self.store)  # type: ignore[misc]
+
     @property
     def attributes_location(self) -> tuple[str, str | None]:  # type: ignore[override]
         return (zarr.V3_META, "attributes") if self.zarr_format == 3 else (".zattrs", None)
