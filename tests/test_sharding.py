@@ -379,3 +379,33 @@ def test_ome_zarr_pyramid_with_shards_and_ome_version(tmp_path):
     np.testing.assert_array_equal(vb.array(f"{tmp_path}/o4")[...], a)
     with pytest.raises(UnsupportedError, match="ome_version"):
         vb.create(f"zarr3://{tmp_path}/z", shape=a.shape, ome_version="0.4")
+
+
+def test_objects_by_segment_id_many_shards_reruns_and_prefixes(tmp_path):
+    """Skeleton and mesh shards: thousands of ids over several shard files; a rerun for some ids
+    keeps the others; unindexed prefixes (multi-resolution mesh fragment data) survive merges and
+    sit right before their object, where neuroglancer looks for them."""
+    from volbridge.formats.precomputed_sharding import (PrecomputedShardCodec, ShardingSpec, label_sharding,
+                                                        read_sharded_object, write_sharded_objects)
+
+    rng = np.random.default_rng(9)
+    ids = [int(i) for i in rng.choice(2**40, 9000, replace=False)]
+    spec = label_sharding(len(ids))
+    assert spec["shard_bits"] >= 1
+    store = open_store(str(tmp_path))
+    objects = {i: rng.bytes(int(rng.integers(0, 50))) for i in ids}
+    prefixes = {i: rng.bytes(int(rng.integers(1, 30))) for i in ids[:100]}
+    write_sharded_objects(store, spec, objects, prefixes)
+    assert len(list(tmp_path.glob("*.shard"))) == 2 ** spec["shard_bits"]
+    again = {i: b"new" + bytes([k % 256]) for k, i in enumerate(ids[:50])}
+    write_sharded_objects(store, spec, again)  # a rerun for 50 ids drops their prefixes
+    for i in ids[::97] + ids[:120]:
+        assert read_sharded_object(store, spec, i) == again.get(i, objects[i])
+    assert read_sharded_object(store, spec, 2**41) is None
+    codec = PrecomputedShardCodec(ShardingSpec(spec, "t"))
+    for key in {codec.key_of_id(i) for i in ids[50:100]}:
+        chunks, before = codec.unpack_prefixed(store.get(key), key)
+        for i in ids[50:100]:
+            if codec.key_of_id(i) == key:
+                assert before[i] == prefixes[i]
+        assert not set(before) & set(ids[:50])

@@ -86,3 +86,32 @@ def test_skeleton_command(tube, tmp_path):
     a, labels, root = tube
     assert run(["skeleton", str(root / "seg"), str(tmp_path / "s"), "--format", "swc", "--dust", "0"]) == 0
     assert (tmp_path / "s" / "3.swc").read_text().startswith("# volbridge skeleton")
+    assert run(["skeleton", str(root / "seg"), str(tmp_path / "sh"), "--dust", "0", "--sharded"]) == 0
+    assert list((tmp_path / "sh").glob("*.shard"))
+    assert run(["skeleton", str(root / "seg"), str(tmp_path / "x"), "--format", "swc", "--sharded"]) != 0
+
+
+def test_sharded_skeletons_read_back_by_volbridge_and_cloudvolume(tube, tmp_path):
+    import json
+    import shutil
+
+    from cloudvolume import CloudVolume
+
+    from volbridge.formats.precomputed_sharding import read_sharded_object
+    from volbridge.kv import open_store
+
+    a, labels, root = tube
+    seg = tmp_path / "seg"
+    shutil.copytree(root / "seg", seg, ignore=shutil.ignore_patterns("skeletons"))
+    (s,) = skeleton(a, dust_threshold=0).values()
+    skeleton(f"precomputed://{seg}", dust_threshold=0, output=str(seg / "skeletons"), sharded=True)
+    info = json.loads((seg / "skeletons" / "info").read_text())
+    assert info["sharding"]["hash"] == "murmurhash3_x86_128"
+    assert not (seg / "skeletons" / "3").exists() and list((seg / "skeletons").glob("*.shard"))
+    back = Skeleton.from_precomputed(read_sharded_object(open_store(str(seg / "skeletons")), info["sharding"], 3), 3)
+    np.testing.assert_array_equal(back.vertices, s.vertices)
+    cs = CloudVolume(f"file://{seg}", progress=False).skeleton.get(3)
+    np.testing.assert_allclose(cs.vertices, s.vertices)
+    np.testing.assert_allclose(cs.radius, s.radii)
+    with pytest.raises(vb.errors.InvalidArgumentError, match="sharded"):
+        skeleton(a, output=str(tmp_path / "x"), format="swc", sharded=True)

@@ -423,14 +423,18 @@ def mesh(
     output: str = typer.Argument(..., help="Output directory (inside a precomputed volume, its info names it)."),
     ids: Optional[str] = typer.Option(None, "--ids", help="Comma-separated labels (default: every label)."),
     mip: int = typer.Option(0, "--mip", help="Scale to mesh."),
-    format: str = typer.Option("precomputed", "--format", help="precomputed (neuroglancer legacy), obj or ply."),
+    format: str = typer.Option("precomputed", "--format", help="precomputed (neuroglancer legacy), multires (neuroglancer multi-resolution Draco), obj or ply."),
     smoothing: int = typer.Option(40, "--smoothing", help="Taubin smoothing iterations (0: raw marching cubes)."),
+    sharded: bool = typer.Option(False, "--sharded", help="multires only: store segments in shard files."),
     dask: Optional[str] = DASK_OPTION,
 ) -> None:
     """Mesh segmentation labels (marching cubes per chunk, welded, smoothed) in nm."""
     from .services.mesh import mesh as run_mesh
 
-    _label_service(run_mesh, "meshed", url, output, ids, mip, format, dask, smoothing=smoothing)
+    if sharded and format != "multires":
+        raise typer.BadParameter("--sharded applies to --format multires (legacy meshes have no sharded form)")
+    extra = {"multires": {"sharded": True}} if sharded else {}
+    _label_service(run_mesh, "meshed", url, output, ids, mip, format, dask, smoothing=smoothing, **extra)
 
 
 @app.command()
@@ -441,12 +445,13 @@ def skeleton(
     mip: int = typer.Option(0, "--mip", help="Scale to skeletonize."),
     format: str = typer.Option("precomputed", "--format", help="precomputed (with radii) or swc."),
     dust: int = typer.Option(1000, "--dust", help="Skip objects smaller than this many voxels."),
+    sharded: bool = typer.Option(False, "--sharded", help="precomputed only: store skeletons in shard files."),
     dask: Optional[str] = DASK_OPTION,
 ) -> None:
     """TEASAR skeletons of segmentation labels (per chunk, stitched) in nm."""
     from .services.skeleton import skeleton as run_skeleton
 
-    _label_service(run_skeleton, "skeletonized", url, output, ids, mip, format, dask, dust_threshold=dust)
+    _label_service(run_skeleton, "skeletonized", url, output, ids, mip, format, dask, dust_threshold=dust, sharded=sharded)
 
 
 # -- serve and view ---------------------------------------------------------------------------------

@@ -217,8 +217,28 @@ class PrecomputedShardCodec(ShardFormat):
                     out[cid] = self._chunk(reader.read(start, start + n), key, cid)
         return out
 
+    def unpack_prefixed(self, data: bytes, key: str) -> tuple[dict[int, bytes], dict[int, bytes]]:
+        """(chunks, prefixes): with each chunk the bytes between the end of the one before it and
+        its start. A sharded multi-resolution mesh keeps its fragment data there, unindexed."""
+        chunks = self.unpack(data, key)
+        spans = []
+        base = self.spec.index_bytes
+        for m, (a, b) in enumerate(self._shard_index(data, key)):
+            if a != b:
+                ids, starts, sizes = self._minishard(bytes(data[base + int(a):base + int(b)]), key, m)
+                spans.extend(zip(starts.tolist(), sizes.tolist(), ids.tolist()))
+        prefixes, end = {}, base
+        for start, n, cid in sorted(spans):
+            if start > end:
+                prefixes[cid] = bytes(data[end:start])
+            end = start + n
+        return chunks, prefixes
+
     # -- encoding -----------------------------------------------------------------------------
-    def pack(self, chunks: dict[int, bytes]) -> bytes:
+    def pack(self, chunks: dict[int, bytes], prefixes: dict[int, bytes] | None = None) -> bytes:
+        """A shard of ``chunks`` (id -> bytes before the data encoding); ``prefixes`` (id ->
+        bytes) go uncompressed right before their chunk and in no index (mesh fragment data)."""
+        prefixes = prefixes or {}
         ids = np.array(sorted(chunks), dtype=np.uint64)
         _, minis = self.spec.shard_and_minishard(ids)
         data_parts: list[bytes] = []
@@ -232,12 +252,15 @@ class PrecomputedShardCodec(ShardFormat):
             if self.spec.data_gzip:
                 stored = [compress("gzip", c) for c in stored]
             sizes = np.array([len(c) for c in stored], dtype=np.uint64)
-            offsets = np.zeros(len(stored), dtype=np.uint64)
-            offsets[0] = pos  # then each chunk starts where the previous ends
+            before = [prefixes.get(int(c), b"") for c in members.tolist()]
+            # each chunk starts where the previous ends (the first at pos), after its prefix
+            offsets = np.array([len(b) for b in before], dtype=np.uint64)
+            offsets[0] += pos
             deltas = np.diff(members, prepend=np.uint64(0))
             minishard_tables.append((m, np.stack([deltas, offsets, sizes]).astype("<u8").tobytes()))
-            data_parts.extend(stored)
-            pos += int(sizes.sum())
+            for b, c in zip(before, stored):
+                data_parts.extend((b, c))
+            pos += int(sizes.sum()) + sum(len(b) for b in before)
         for m, table in minishard_tables:
             if self.spec.index_gzip:
                 table = compress("gzip", table)
@@ -245,6 +268,49 @@ class PrecomputedShardCodec(ShardFormat):
             index_parts.append(table)
             pos += len(table)
         return spans.tobytes() + b"".join(data_parts) + b"".join(index_parts)
+
+
+def label_sharding(num_labels: int, data_encoding: str = "gzip") -> dict:
+    """A sharding spec for objects keyed by segment id (skeletons, meshes): murmurhash spreads
+    ids evenly; about 4096 labels a shard and 64 a minishard keep each minishard index small
+    enough for one ranged read, and the shard count grows with the labels."""
+    n = max(1, int(num_labels))
+    shard_bits = max(0, math.ceil(math.log2(n / 4096))) if n > 4096 else 0
+    per_shard = n / 2**shard_bits
+    minishard_bits = max(0, math.ceil(math.log2(per_shard / 64))) if per_shard > 64 else 0
+    return {"@type": "neuroglancer_uint64_sharded_v1", "hash": "murmurhash3_x86_128", "preshift_bits": 0,
+            "minishard_bits": minishard_bits, "shard_bits": shard_bits,
+            "minishard_index_encoding": "gzip", "data_encoding": data_encoding}
+
+
+def write_sharded_objects(store, spec: dict, objects: dict[int, bytes], prefixes: dict[int, bytes] | None = None) -> None:
+    """Put ``objects`` (segment id -> bytes) into the shard files of ``spec`` in ``store``, one
+    atomic update per shard that keeps the ids already there (a rerun for some labels)."""
+    codec = PrecomputedShardCodec(ShardingSpec(spec, "sharding"))
+    prefixes = prefixes or {}
+    by_key: dict[str, list[int]] = {}
+    for i in objects:
+        by_key.setdefault(codec.key_of_id(int(i)), []).append(int(i))
+    for key, ids in sorted(by_key.items()):
+        def merge(old: bytes | None, ids=ids, key=key) -> bytes:
+            chunks, before = ({}, {}) if old is None else codec.unpack_prefixed(old, key)
+            for i in ids:
+                chunks[i] = objects[i]
+                before.pop(i, None)
+                if i in prefixes:
+                    before[i] = prefixes[i]
+            return codec.pack(chunks, before)
+
+        store.update(key, merge)
+
+
+def read_sharded_object(store, spec: dict, segid: int) -> bytes | None:
+    """The object of ``segid`` in the shard files of ``spec`` (None when absent): the shard
+    index, one minishard index and the object, by ranged reads of one version of the shard."""
+    codec = PrecomputedShardCodec(ShardingSpec(spec, "sharding"))
+    key = codec.key_of_id(int(segid))
+    with store.range_reader(key) as reader:
+        return (codec.read_ids(reader, key, {int(segid)}) or {}).get(int(segid))
 
 
 class PrecomputedVolumeSharding(PrecomputedShardCodec):

@@ -125,16 +125,36 @@ def write_file(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def name_in_volume_info(path: str, key: str) -> None:
-    """A directory inside a precomputed segmentation is named in its ``info`` (``mesh``,
-    ``skeletons``), so neuroglancer and CloudVolume find it."""
-    parent = os.path.dirname(os.path.abspath(path))
-    info = os.path.join(parent, "info")
-    if not os.path.exists(info):
+def name_in_volume_info(output: str, key: str) -> None:
+    """A directory (a path or a store URL) inside a precomputed segmentation is named in its
+    ``info`` (``mesh``, ``skeletons``), so neuroglancer and CloudVolume find it."""
+    from ..kv import open_store
+
+    if "://" in output:
+        scheme, rest = output.split("://", 1)
+        rest = rest.rstrip("/")
+        if "/" not in rest.lstrip("/"):
+            return
+        parent, name = f"{scheme}://{rest.rsplit('/', 1)[0]}", rest.rsplit("/", 1)[1]
+    else:
+        path = os.path.abspath(output)
+        parent, name = os.path.dirname(path), os.path.basename(path)
+        if parent == path:
+            return
+    store = open_store(parent)
+    raw = store.get("info")
+    if raw is None:
         return
-    with open(info) as f:
-        doc = json.load(f)
-    name = os.path.basename(os.path.abspath(path))
-    if doc.get("type") == "segmentation" and doc.get(key) != name:
-        doc[key] = name
-        write_file(info, json.dumps(doc, indent=2).encode())
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return  # not a volume's info: nothing to name
+    if not isinstance(doc, dict) or doc.get("type") != "segmentation" or doc.get(key) == name:
+        return
+
+    def named(old: bytes | None) -> bytes:
+        current = json.loads(old) if old else doc
+        current[key] = name
+        return json.dumps(current, indent=2).encode()
+
+    store.update("info", named)

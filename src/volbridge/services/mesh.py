@@ -10,7 +10,8 @@ alternating steps keep the enclosed volume.
 
 Outputs: ``{id: Mesh}``; OBJ or PLY files; neuroglancer legacy meshes (one fragment per id, the
 ``<id>:0`` manifest and the mesh directory's ``info``, referenced from a precomputed volume's
-``info`` when the output sits beside it).
+``info`` when the output sits beside it); neuroglancer multi-resolution Draco meshes
+(``format="multires"``, see :mod:`.mesh_multires`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from .labels import (
 
 #: Meshing units: at least this many voxels a side (source chunks are grouped up to it).
 UNIT = (128, 128, 64)
+#: What ``mesh(..., output=...)`` writes.
+FORMATS = ("obj", "ply", "precomputed", "multires")
 
 
 def _zmesh():
@@ -141,20 +144,28 @@ def mesh_unit(volume, scale: int, region: Box, ids, res, box: Box) -> dict[int, 
 
 
 def mesh(source: Any, ids: Iterable[int] | None = None, *, mip: int = 0, bbox=None, output: str | None = None,
-         format: str = "precomputed", smoothing: int = 40, executor=None) -> dict[int, Mesh] | None:
+         format: str = "precomputed", smoothing: int = 40, multires=None, executor=None) -> dict[int, Mesh] | None:
     """Meshes of ``ids`` (default: every label) of a segmentation (a URL, a VolumeArray or an
     ndarray (z, y, x), 1 nm voxels), within ``bbox`` (z, y, x corners) of scale ``mip``.
 
     Returns ``{id: Mesh}``, or writes them to ``output`` (a directory) as ``format``: ``obj``,
-    ``ply`` or ``precomputed`` (neuroglancer legacy) and returns None."""
-    if format not in ("obj", "ply", "precomputed"):
-        raise InvalidArgumentError(f"format must be obj, ply or precomputed, got {format!r} (draco is not written yet)")
+    ``ply``, ``precomputed`` (neuroglancer legacy) or ``multires`` (neuroglancer multi-resolution
+    Draco; ``multires`` takes its :class:`~.mesh_multires.MultiresOptions`) and returns None."""
+    if format not in FORMATS:
+        raise InvalidArgumentError(f"format must be {', '.join(FORMATS[:-1])} or {FORMATS[-1]}, got {format!r}")
+    if multires is not None and format != "multires":
+        raise InvalidArgumentError(f"multires options are for format='multires', not {format!r}")
     job = label_job(source, ids, mip, bbox, "meshes")
     parts = pieces_by_label(job, label_units(job, UNIT), mesh_unit, (), executor)
     meshes = {i: _weld(i, frags, smoothing, job.res) for i, frags in parts.items()}
     if output is None:
         return meshes
-    write_meshes(meshes, output, format)
+    if format == "multires":
+        from .mesh_multires import write_multires
+
+        write_multires(meshes, output, resolution=job.res, origin=job.region.start, options=multires)
+    else:
+        write_meshes(meshes, output, format)
     return None
 
 

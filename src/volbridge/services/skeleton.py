@@ -22,7 +22,9 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..errors import InvalidArgumentError, UnsupportedError
+from ..formats.precomputed_sharding import label_sharding, write_sharded_objects
 from ..geometry import Box
+from ..kv.file import FileStore
 from .labels import (
     label_job,
     label_units,
@@ -143,10 +145,13 @@ def _join(segid: int, parts: list) -> Skeleton:
 
 def skeleton(source: Any, ids: Iterable[int] | None = None, *, mip: int = 0, bbox=None, output: str | None = None,
              format: str = "precomputed", teasar: dict | None = None, dust_threshold: int = 1000,
-             executor=None) -> dict[int, Skeleton] | None:
+             executor=None, sharded: bool = False) -> dict[int, Skeleton] | None:
     """TEASAR skeletons of ``ids`` (default: every label) of a segmentation (URL, VolumeArray or
     (z, y, x) ndarray with 1 nm voxels) within ``bbox`` of scale ``mip``; ``{id: Skeleton}``, or
-    written to the directory ``output`` as ``precomputed`` or ``swc``."""
+    written to the directory ``output`` as ``precomputed`` (``sharded``: in
+    ``neuroglancer_uint64_sharded_v1`` shard files keyed by segment id) or ``swc``."""
+    if sharded and format != "precomputed":
+        raise InvalidArgumentError("only precomputed skeletons can be sharded, not swc")
     if format not in ("precomputed", "swc"):
         raise InvalidArgumentError(f"format must be precomputed or swc, got {format!r}")
     job = label_job(source, ids, mip, bbox, "skeletons")
@@ -155,19 +160,24 @@ def skeleton(source: Any, ids: Iterable[int] | None = None, *, mip: int = 0, bbo
     skels = {i: _join(i, pieces) for i, pieces in parts.items()}
     if output is None:
         return skels
-    write_skeletons(skels, output, format)
+    write_skeletons(skels, output, format, sharded)
     return None
 
 
-def write_skeletons(skels: dict[int, Skeleton], output: str, format: str) -> None:
+def write_skeletons(skels: dict[int, Skeleton], output: str, format: str, sharded: bool = False) -> None:
     path = output_dir(output, "skeletons")
+    info = {"@type": "neuroglancer_skeletons", "transform": [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0],
+            "vertex_attributes": [{"id": "radius", "data_type": "float32", "num_components": 1}]}
+    if sharded:
+        old = os.path.join(path, "info")
+        spec = (json.load(open(old)).get("sharding") if os.path.exists(old) else None) or label_sharding(len(skels))
+        info["sharding"] = spec
+        write_sharded_objects(FileStore(path), spec, {i: s.to_precomputed() for i, s in skels.items()})
     for i, s in skels.items():
         if format == "swc":
             write_file(os.path.join(path, f"{i}.swc"), s.to_swc().encode())
-        else:
+        elif not sharded:
             write_file(os.path.join(path, str(i)), s.to_precomputed())
     if format == "precomputed":
-        info = {"@type": "neuroglancer_skeletons", "transform": [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0],
-                "vertex_attributes": [{"id": "radius", "data_type": "float32", "num_components": 1}]}
         write_file(os.path.join(path, "info"), json.dumps(info).encode())
         name_in_volume_info(path, "skeletons")
