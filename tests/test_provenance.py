@@ -49,3 +49,25 @@ def test_downsample_and_transfer_record_what_they_did(tmp_path, src):
     transfer(src, f"precomputed://{tmp_path / 'dst-precomputed'}", bbox=((0, 0, 0), (4, 40, 40)))
     assert [r["method"]["service"] for r in provenance.read(f"precomputed://{tmp_path / 'dst-precomputed'}")] == ["transfer"] * 2
     assert json.loads((tmp_path / "dst-precomputed" / "provenance").read_text())["sources"] == [src.url]
+
+
+def test_mesh_and_skeleton_outputs_get_provenance(tmp_path):
+    pytest.importorskip("zmesh")
+    from volbridge.services import provenance
+    from volbridge.services.mesh import mesh
+    from volbridge.services.skeleton import skeleton
+
+    seg = vb.create(f"precomputed://{tmp_path}/seg", shape=(16, 32, 32), dtype="uint32", chunk_shape=(8, 16, 16),
+                    layer_type="segmentation", resolution=(40, 4, 4))
+    labels = np.zeros(seg.shape, np.uint32)
+    labels[4:12, 8:24, 2:30] = 5
+    seg[...] = labels
+    ticks = []
+    mesh(f"precomputed://{tmp_path}/seg", output=str(tmp_path / "seg" / "mesh"), progress=lambda d, t: ticks.append((d, t)))
+    assert ticks and ticks[-1][0] == ticks[-1][1]
+    (rec,) = provenance.read_beside(str(tmp_path / "seg" / "mesh"))
+    assert rec["method"]["service"] == "mesh" and rec["method"]["parameters"]["smoothing"] == 40
+    assert rec["source"] == f"precomputed://{tmp_path}/seg" and rec["box"]["stop"] == [16, 32, 32]
+    skeleton(seg, output=str(tmp_path / "seg" / "skeletons"), dust_threshold=0, sharded=True)
+    (rec,) = provenance.read_beside(str(tmp_path / "seg" / "skeletons"))
+    assert rec["method"]["service"] == "skeleton" and rec["method"]["parameters"]["sharded"] is True

@@ -12,6 +12,8 @@ stderr and exit status 1, never a traceback. Tracebacks are left for genuine bug
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import os
 import shlex
@@ -258,6 +260,29 @@ def _save(output: Path, kind: str, data: np.ndarray, zyx: np.ndarray) -> None:
         output.write_bytes(imagecodecs.png_encode(np.ascontiguousarray(img)))
 
 
+@contextlib.contextmanager
+def _progress_bar():
+    """A progress bar on stderr, shown once there is work: yields ``progress(stage, done, total)``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=_console(stderr=True))
+    tasks: dict[str, int] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if not tasks:
+            bar.start()  # only once there is work to show: a refused argument prints just the error
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total)
+        bar.update(tasks[stage], completed=done, total=total)
+
+    try:
+        yield progress
+    finally:
+        if tasks:
+            bar.stop()
+
+
 # -- demo -------------------------------------------------------------------------------------------
 @app.command()
 def demo(
@@ -267,33 +292,11 @@ def demo(
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same data."),
 ) -> None:
     """Build a synthetic EM image and its segmentation (precomputed, several scales) to try volbridge on."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
     from . import demo as demo_data
 
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   console=_console(stderr=True))
-    tasks: dict[str, int] = {}
-
-    def progress(stage: str, done: int, total: int) -> None:
-        if not tasks:
-            bar.start()  # only once there is work to show: a refused --dir prints just the error
-        if stage not in tasks:
-            tasks[stage] = bar.add_task(stage, total=total)
-        bar.update(tasks[stage], completed=done, total=total)
-
-    try:
+    with _progress_bar() as progress:
         result = demo_data.build_demo(directory, size.value, image_encoding=image_encoding.value, seed=seed,
                                       progress=progress)
-    finally:
-        if tasks:
-            bar.stop()
 
     out = _console()
     out.print(Text(f"Built the {result.size} demo in {result.seconds:.1f} s: {result.num_cells} touching cells "
@@ -383,9 +386,11 @@ def cp(
     if box is not None and axis_order.value == "xyz":
         box = (box[0][::-1], box[1][::-1])
     _open(source, mip)  # the scale must exist: a clear error before anything is created
-    out = transfer(source, destination, bbox=box, mip=mip,
-                   chunk_shape=_triple_option(chunk_shape, "--chunk-shape", axis_order.value),
-                   encoding=encoding, compression=compression, verify=verify, executor=_executor(dask))
+    with _progress_bar() as progress:
+        out = transfer(source, destination, bbox=box, mip=mip,
+                       chunk_shape=_triple_option(chunk_shape, "--chunk-shape", axis_order.value),
+                       encoding=encoding, compression=compression, verify=verify, executor=_executor(dask),
+                       progress=lambda done, total: progress("copy", done, total))
     note = ", verified" if verify else ""
     typer.echo(f"copied {source} (mip {mip}) to {out.url}: shape {_dims(out.shape)} (z, y, x){note}")
 
@@ -403,8 +408,9 @@ def downsample(
     from .services import downsample as run_downsample
 
     levels = _int_list(mips, "--mips", "scale numbers")
-    run_downsample(url, mips=levels, method=method, num_mips=num_mips, factor=_triple_option(factor, "--factor", "zyx"),
-                   executor=_executor(dask))
+    with _progress_bar() as progress:
+        run_downsample(url, mips=levels, method=method, num_mips=num_mips, factor=_triple_option(factor, "--factor", "zyx"),
+                       executor=_executor(dask), progress=lambda m, done, total: progress(f"mip {m}", done, total))
     n = len(array(url).scales)
     typer.echo(f"downsampled {url}: scales {', '.join(map(str, levels or range(1, n)))} of {n} ({method})")
 
@@ -413,7 +419,9 @@ def _label_service(run, verb: str, url: str, output: str, ids, mip: int, format:
     """The mesh and skeleton commands: labels parsed, the scale checked, the service run, a line said."""
     labels = _int_list(ids, "--ids", "labels")
     _open(url, mip)
-    run(url, labels, mip=mip, output=output, format=format, executor=_executor(dask), **options)
+    with _progress_bar() as progress:
+        run(url, labels, mip=mip, output=output, format=format, executor=_executor(dask),
+            progress=lambda done, total: progress(verb, done, total), **options)
     typer.echo(f"{verb} {url} (mip {mip}) into {output} ({format})")
 
 

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -83,10 +84,11 @@ def _by_url(fn: Callable, url: str, *args):
     return fn(open_cached(url, "r").volume, *args)
 
 
-def pieces_by_label(job: LabelJob, units: list[Box], fn: Callable, extra: tuple, executor=None) -> dict[int, list]:
+def pieces_by_label(job: LabelJob, units: list[Box], fn: Callable, extra: tuple, executor=None,
+                    progress: Callable[[int, int], None] | None = None) -> dict[int, list]:
     """``fn(volume, scale, region, ids, res, *extra, unit)`` -> {label: piece} for every unit,
     locally or on ``executor``; each label's pieces in unit order, whatever order units finished
-    in, so the result is the same byte for byte."""
+    in, so the result is the same byte for byte. ``progress(done, total)`` after each unit."""
     args = (job.scale, job.region, job.ids, job.res, *extra)
     found: list[tuple[tuple, dict]] = []
     lock = threading.Lock()
@@ -97,17 +99,34 @@ def pieces_by_label(job: LabelJob, units: list[Box], fn: Callable, extra: tuple,
                 found.append((a[-1].start, out))
 
         per_unit = math.prod(units[0].shape) * np.dtype(job.volume.meta.dtype).itemsize * 6 if units else 1
-        run_units(units, collect, (job.volume, *args), bytes_per_unit=per_unit)
+        run_units(units, collect, (job.volume, *args), bytes_per_unit=per_unit, progress=progress)
     else:  # the pieces come back to the client; the workers open the source themselves
         if not isinstance(job.source, str):
             raise InvalidArgumentError("on a cluster, give the source as a URL: the workers open it themselves")
-        futures = [executor.submit(_by_url, fn, job.source, *args, b) for b in units]
-        found = [(b.start, fut.result()) for b, fut in zip(units, futures)]
+        from distributed import as_completed
+
+        futures = {executor.submit(_by_url, fn, job.source, *args, b): b for b in units}
+        for n, fut in enumerate(as_completed(list(futures)), 1):
+            found.append((futures[fut].start, fut.result()))
+            if progress is not None:
+                progress(n, len(units))
     parts: dict[int, list] = {}
     for _, out in sorted(found, key=lambda t: t[0]):
         for label, piece in out.items():
             parts.setdefault(label, []).append(piece)
     return dict(sorted(parts.items()))
+
+
+def record_output(job: LabelJob, output: str, service: str, parameters: dict, started: float) -> None:
+    """The provenance record of a label service's output directory (``provenance`` beside its
+    ``info``): service, parameters, source, box (z, y, x), scale, times, host."""
+    from . import provenance
+
+    source = job.source if isinstance(job.source, str) else job.volume.url
+    box = (job.region.start[::-1], job.region.stop[::-1])
+    params = {"ids": None if job.ids is None else sorted(job.ids), **parameters}
+    provenance.append_beside(output, provenance.record(service, params, source, box=box, scale=job.scale,
+                                                       started=started, ended=time.time()))
 
 
 def output_dir(output: str, what: str) -> str:

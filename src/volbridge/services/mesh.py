@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -31,6 +32,7 @@ from .labels import (
     name_in_volume_info,
     output_dir,
     pieces_by_label,
+    record_output,
     write_file,
 )
 
@@ -144,19 +146,22 @@ def mesh_unit(volume, scale: int, region: Box, ids, res, box: Box) -> dict[int, 
 
 
 def mesh(source: Any, ids: Iterable[int] | None = None, *, mip: int = 0, bbox=None, output: str | None = None,
-         format: str = "precomputed", smoothing: int = 40, multires=None, executor=None) -> dict[int, Mesh] | None:
+         format: str = "precomputed", smoothing: int = 40, multires=None, executor=None,
+         progress: Callable[[int, int], None] | None = None) -> dict[int, Mesh] | None:
     """Meshes of ``ids`` (default: every label) of a segmentation (a URL, a VolumeArray or an
     ndarray (z, y, x), 1 nm voxels), within ``bbox`` (z, y, x corners) of scale ``mip``.
 
     Returns ``{id: Mesh}``, or writes them to ``output`` (a directory) as ``format``: ``obj``,
     ``ply``, ``precomputed`` (neuroglancer legacy) or ``multires`` (neuroglancer multi-resolution
-    Draco; ``multires`` takes its :class:`~.mesh_multires.MultiresOptions`) and returns None."""
+    Draco; ``multires`` takes its :class:`~.mesh_multires.MultiresOptions`) with a provenance
+    record beside them, and returns None. ``progress(done, total)`` after each unit."""
     if format not in FORMATS:
         raise InvalidArgumentError(f"format must be {', '.join(FORMATS[:-1])} or {FORMATS[-1]}, got {format!r}")
     if multires is not None and format != "multires":
         raise InvalidArgumentError(f"multires options are for format='multires', not {format!r}")
+    started = time.time()
     job = label_job(source, ids, mip, bbox, "meshes")
-    parts = pieces_by_label(job, label_units(job, UNIT), mesh_unit, (), executor)
+    parts = pieces_by_label(job, label_units(job, UNIT), mesh_unit, (), executor, progress)
     meshes = {i: _weld(i, frags, smoothing, job.res) for i, frags in parts.items()}
     if output is None:
         return meshes
@@ -166,6 +171,8 @@ def mesh(source: Any, ids: Iterable[int] | None = None, *, mip: int = 0, bbox=No
         write_multires(meshes, output, resolution=job.res, origin=job.region.start, options=multires)
     else:
         write_meshes(meshes, output, format)
+    opts = dict(vars(multires)) if hasattr(multires, "__dict__") else multires
+    record_output(job, output, "mesh", {"format": format, "smoothing": smoothing, "multires": opts}, started)
     return None
 
 

@@ -55,7 +55,29 @@ def append(volume, rec: dict) -> bool:
     found = _location(volume)
     if found is None:
         return False
-    store, key, inner = found
+    append_at(*found, rec)
+    return True
+
+
+def append_beside(output: str, rec: dict) -> None:
+    """Add ``rec`` to the CloudVolume-style ``provenance`` file of an output directory (a path or
+    store URL) holding objects rather than a volume: meshes, skeletons."""
+    from ..kv import open_store
+
+    append_at(open_store(output), "provenance", None, rec)
+
+
+def read_beside(output: str) -> list[dict]:
+    """The records :func:`append_beside` left in an output directory, oldest first."""
+    from ..kv import open_store
+
+    raw = open_store(output).get("provenance")
+    return [] if raw is None else [r for r in json.loads(raw).get("processing", []) if isinstance(r, dict) and "method" in r]
+
+
+def append_at(store, key: str, inner: str | None, rec: dict) -> None:
+    """Add ``rec`` to the JSON document ``key`` of ``store`` (``inner``: under that member),
+    atomically; a ``provenance`` key holds CloudVolume's layout."""
     cloudvolume = key == "provenance"
 
     def merge(old: bytes | None) -> bytes:
@@ -76,7 +98,6 @@ def append(volume, rec: dict) -> bool:
         return json.dumps(doc, indent=2).encode()
 
     store.update(key, merge)
-    return True
 
 
 def read(source: Any) -> list[dict]:

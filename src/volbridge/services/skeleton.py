@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import os
 import struct
+import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -31,6 +32,7 @@ from .labels import (
     name_in_volume_info,
     output_dir,
     pieces_by_label,
+    record_output,
     write_file,
 )
 
@@ -145,7 +147,8 @@ def _join(segid: int, parts: list) -> Skeleton:
 
 def skeleton(source: Any, ids: Iterable[int] | None = None, *, mip: int = 0, bbox=None, output: str | None = None,
              format: str = "precomputed", teasar: dict | None = None, dust_threshold: int = 1000,
-             executor=None, sharded: bool = False) -> dict[int, Skeleton] | None:
+             executor=None, sharded: bool = False,
+             progress: Callable[[int, int], None] | None = None) -> dict[int, Skeleton] | None:
     """TEASAR skeletons of ``ids`` (default: every label) of a segmentation (URL, VolumeArray or
     (z, y, x) ndarray with 1 nm voxels) within ``bbox`` of scale ``mip``; ``{id: Skeleton}``, or
     written to the directory ``output`` as ``precomputed`` (``sharded``: in
@@ -154,13 +157,16 @@ def skeleton(source: Any, ids: Iterable[int] | None = None, *, mip: int = 0, bbo
         raise InvalidArgumentError("only precomputed skeletons can be sharded, not swc")
     if format not in ("precomputed", "swc"):
         raise InvalidArgumentError(f"format must be precomputed or swc, got {format!r}")
+    started = time.time()
     job = label_job(source, ids, mip, bbox, "skeletons")
     params = {**TEASAR, **(teasar or {})}
-    parts = pieces_by_label(job, label_units(job, UNIT), skeleton_unit, (params, dust_threshold), executor)
+    parts = pieces_by_label(job, label_units(job, UNIT), skeleton_unit, (params, dust_threshold), executor, progress)
     skels = {i: _join(i, pieces) for i, pieces in parts.items()}
     if output is None:
         return skels
     write_skeletons(skels, output, format, sharded)
+    record_output(job, output, "skeleton", {"format": format, "sharded": sharded, "teasar": params,
+                                            "dust_threshold": dust_threshold}, started)
     return None
 
 
