@@ -718,12 +718,26 @@ def test_sharded_array_written_by_zarr_python_reads(tmp_path):
     assert_same(vb.array(path)[...], a[...], "sharded zarr v3")
 
 
-@pytest.mark.parametrize("fmt", [2, 3])
-def test_channel_axis_chunked_smaller_than_channels(tmp_path, fmt):
+@pytest.mark.parametrize("fmt,chunk_c,shard_c", [(2, 1, None), (3, 1, None), (3, 2, None), (3, 2, 4), (3, 1, 5)])
+def test_channel_axis_chunked_smaller_than_channels(tmp_path, fmt, chunk_c, shard_c):
+    """OME-Zarr's usual (1, z, y, x) chunks: each channel chunk is read and written on its own;
+    unaligned writes of some channels leave the others' chunks as they were."""
     path = str(tmp_path / "c.zarr")
-    zarr.create_array(path, shape=(3, 4, 6, 8), chunks=(1, 2, 3, 4), dtype="uint8", zarr_format=fmt, fill_value=0)[...] = 1
-    with pytest.raises(UnsupportedError, match=r"channel axis chunked by 1 of 3"):
-        vb.array(path)
+    shards = None if shard_c is None else (shard_c, 4, 6, 8)
+    z = zarr.create_array(path, shape=(5, 7, 9, 11), chunks=(chunk_c, 2, 3, 4), shards=shards, dtype="int16",
+                          zarr_format=fmt, fill_value=-3)
+    a = np.random.default_rng(10).integers(-999, 999, z.shape, dtype=np.int16)
+    z[...] = a
+    v = vb.array(path, mode="r+")
+    assert_same(v[...], a, "all channels")
+    assert_same(v[1:4, 2:6, 1:8, 3:10], a[1:4, 2:6, 1:8, 3:10], "a box of some channels")
+    assert_same(vb.array(path, axis_order="xyz")[3:10, 1:8, 2:6, 4], a[4, 2:6, 1:8, 3:10].T, "one channel, xyz")
+    v[3, 1:6, 2:7, 3:9] = 7
+    a[3, 1:6, 2:7, 3:9] = 7
+    v[1:5, 0:7, 0:9, 0:11] = a[1:5] + 1
+    a[1:5] += 1
+    assert_same(zarr.open_array(path, mode="r")[...], a, "zarr-python reads the writes")
+    assert_same(vb.array(path)[...], a, "volbridge reads the writes")
 
 
 # -- corrupt chunks -------------------------------------------------------------------------------------

@@ -73,10 +73,15 @@ class ChunkedVolume(Volume):
             out = np.zeros(shape, dtype=layout.dtype, order="F")
         else:
             out = np.full(shape, fill, dtype=layout.dtype, order="F")
+        for sl, part in layout.channel_parts or [(slice(None), layout)]:
+            self._read_into(part, box, out[..., sl])
+        return out
 
+    def _read_into(self, layout: ScaleLayout, box: Box, out: np.ndarray) -> None:
+        """Fill ``out`` (the box's voxels, already the fill value) from the layout's chunks."""
         if layout.sharding is not None:
             read_sharded(self, layout, box, out)
-            return out
+            return
 
         def task(cell: Cell) -> None:
             found = self._fetch_decode(layout, cell)
@@ -86,7 +91,6 @@ class ChunkedVolume(Volume):
             out[region.slices(box.start)] = found[1][region.slices(cell.box.start)]
 
         run_bounded(task, layout.grid.cells(box), self._chunk_nbytes(layout), self.store.io_concurrency)
-        return out
 
     # -- writing ----------------------------------------------------------------------------------
     def _encode(self, layout: ScaleLayout, chunk: np.ndarray, cell: Cell, key: str) -> bytes:
@@ -103,6 +107,20 @@ class ChunkedVolume(Volume):
         self.check_write(box, data, scale, channels)
         layout = self.dataset.layout(scale)
         ch = channels if channels is not None else slice(None)
+        if layout.channel_parts:
+            selected = range(layout.num_channels)[ch]
+            for sl, part in layout.channel_parts:
+                # the selected channels inside this part, and where they sit in ``data``
+                pos = [i for i, c in enumerate(selected) if sl.start <= c < sl.stop]
+                if pos:
+                    first, last, step = selected[pos[0]] - sl.start, selected[pos[-1]] - sl.start, selected.step
+                    stop = last + (1 if step > 0 else -1)
+                    local = slice(first, None if stop < 0 else stop, step)
+                    self._write_layout(part, box, data[..., pos[0]:pos[-1] + 1], local)
+            return
+        self._write_layout(layout, box, data, ch)
+
+    def _write_layout(self, layout: ScaleLayout, box: Box, data: np.ndarray, ch: slice) -> None:
         all_channels = len(range(layout.num_channels)[ch]) == layout.num_channels
 
         if layout.sharding is not None:

@@ -61,6 +61,9 @@ class ScaleLayout(ABC):
     #: How chunks are packed into shard objects, or None when each chunk is its own object
     #: (then the engine uses read_keys/write_key; with shards, sharding.locate).
     sharding: "ShardFormat | None" = None
+    #: Channels stored in separate chunks: ``[(channel slice, layout of those channels)]``, each
+    #: read and written as its own layout; None when every chunk holds all channels.
+    channel_parts: "list[tuple[slice, ScaleLayout]] | None" = None
 
     @abstractmethod
     def read_keys(self, cell: Cell) -> list[str]:

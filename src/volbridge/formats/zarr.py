@@ -208,10 +208,15 @@ def parse_v3(raw: bytes, where: str) -> ZarrArray:
 
 class ZarrLayout(ScaleLayout):
     """``channel_axis``: which leading axis holds channels (None: none). Other leading axes (an
-    OME ``t`` axis, say) must have length 1. ``offset`` (x, y, z) places voxel 0 of the array."""
+    OME ``t`` axis, say) must have length 1. ``offset`` (x, y, z) places voxel 0 of the array.
+
+    A channel axis chunked smaller than the channel count (OME-Zarr's usual ``(1, z, y, x)``
+    chunks) becomes :attr:`channel_parts`: one layout per channel chunk, each an ordinary layout
+    of that chunk's channels, which the engine reads and writes side by side (``channel_chunk``
+    makes such a part)."""
 
     def __init__(self, arr: ZarrArray, resolution=(1.0, 1.0, 1.0), offset=(0, 0, 0), channel_axis: int | None = -1,
-                 key_prefix: str = ""):
+                 key_prefix: str = "", channel_chunk: int | None = None):
         nd = len(arr.shape)
         if nd < 3:
             raise UnsupportedError(f"zarr array of {nd} dimensions: volbridge reads (z, y, x) or (c, z, y, x) arrays")
@@ -227,10 +232,16 @@ class ZarrLayout(ScaleLayout):
         self.channel_axis = channel_axis
         self.has_channels = channel_axis is not None
         self.num_channels = arr.shape[channel_axis] if self.has_channels else 1
-        if self.has_channels and arr.chunks[channel_axis] != arr.shape[channel_axis]:
-            raise UnsupportedError(
-                f"zarr channel axis chunked by {arr.chunks[channel_axis]} of {arr.shape[channel_axis]}: volbridge needs every channel in one chunk"
-            )
+        self.channel_chunk = channel_chunk or 0
+        per_chunk = arr.chunks[channel_axis] if self.has_channels else 1
+        if channel_chunk is not None:  # a part: the channels of one channel chunk
+            self.num_channels = min(per_chunk, self.num_channels - channel_chunk * per_chunk)
+        elif self.has_channels and per_chunk < self.num_channels:
+            self.channel_parts = [
+                (slice(g * per_chunk, min((g + 1) * per_chunk, self.num_channels)),
+                 ZarrLayout(arr, resolution, offset, channel_axis, key_prefix, channel_chunk=g))
+                for g in range(-(-self.num_channels // per_chunk))
+            ]
         self.dtype = arr.dtype
         self.fill_value = arr.fill_value
         self.key_prefix = key_prefix
@@ -244,7 +255,8 @@ class ZarrLayout(ScaleLayout):
             self.sharding = ZarrSharding(cps, grid_shape, arr.shard_index, arr.index_at_end, self._key, self._index)
 
     def _index(self, cell: Cell) -> tuple[int, ...]:
-        return (0,) * self.lead + cell.index[::-1]
+        lead = tuple(self.channel_chunk if a == self.channel_axis else 0 for a in range(self.lead))
+        return lead + cell.index[::-1]
 
     def _key(self, index: tuple[int, ...]) -> str:
         key = self.arr.chunk_key(index)
@@ -266,12 +278,12 @@ class ZarrLayout(ScaleLayout):
     def decode(self, data: bytes, cell: Cell, key: str) -> np.ndarray:
         czyx = self._squeeze(self.arr.pipeline.decode(data))
         sx, sy, sz = cell.box.shape
-        return czyx[:, :sz, :sy, :sx].transpose(3, 2, 1, 0)
+        return czyx[: self.num_channels, :sz, :sy, :sx].transpose(3, 2, 1, 0)
 
     def encode(self, chunk: np.ndarray, cell: Cell) -> bytes:
         full = np.full(self.arr.chunks, self.fill_value, dtype=self.dtype)
         sx, sy, sz = cell.box.shape
-        self._squeeze(full)[:, :sz, :sy, :sx] = chunk.transpose(3, 2, 1, 0)
+        self._squeeze(full)[: self.num_channels, :sz, :sy, :sx] = chunk.transpose(3, 2, 1, 0)
         return self.arr.pipeline.encode(full)
 
 
