@@ -33,11 +33,12 @@ def source_state() -> tuple[str | None, bool | None]:
     return commit or None, dirty
 
 
-def finish(args, result: dict, work: Path, failures) -> int:
-    """Write ``result`` to ``args.out``, drop the scratch directory unless kept; the exit status."""
+def finish(args, result: dict, work: Path, failures, text: str | None = None) -> int:
+    """Write ``result`` to ``args.out`` as JSON (or ``text`` instead, when given: a Markdown report
+    that embeds it), drop the scratch directory unless kept; the exit status."""
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nJSON: {args.out}")
+    args.out.write_text(json.dumps(result, indent=2) + "\n" if text is None else text)
+    print(f"\n{'JSON' if text is None else 'Report'}: {args.out}")
     if args.dir is None and not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     return 1 if failures else 0
