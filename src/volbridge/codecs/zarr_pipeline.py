@@ -70,11 +70,15 @@ class ZarrPipeline:
     permutation: tuple[int, ...] | None = None  # v3 transpose: encoded[i] = decoded[perm[i]]
     steps: tuple[Compressor, ...] = ()  # bytes -> bytes, in encode order
 
+    def __post_init__(self) -> None:
+        # the stored shape and size, once: decode runs per chunk, thousands of times a read
+        self._shape = self.chunk_shape if self.permutation is None else tuple(self.chunk_shape[p] for p in self.permutation)
+        self._nbytes = int(np.prod(self._shape)) * self.dtype.itemsize
+
     def decode(self, data: bytes) -> np.ndarray:
         for step in reversed(self.steps):
             data = step.decompress(data)
-        shape = self.chunk_shape if self.permutation is None else tuple(self.chunk_shape[p] for p in self.permutation)
-        n = int(np.prod(shape)) * self.dtype.itemsize
+        shape, n = self._shape, self._nbytes
         if len(data) != n:
             raise ChunkDecodeError(f"chunk holds {len(data)} bytes after decoding, expected {n} for {shape} {self.dtype}")
         arr = np.frombuffer(data, dtype=self.dtype).reshape(shape, order=self.order)

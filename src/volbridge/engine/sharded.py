@@ -1,24 +1,29 @@
 """Reads and writes of any box over a sharded layout: the unit of I/O is the shard.
 
-Reads group the box's cells by shard; each shard is fetched once (whole, or its index and the
-chunks asked for, from one version of it) and its chunks decode in parallel into the output.
-Writes group the same way and replace each shard through the store's atomic ``update``: a shard
-whose every chunk the write covers is built from the new data alone without reading it; any other
-shard is read, patched chunk by chunk and written back with a conditional put (a lock on files),
-so concurrent writers of one shard never lose each other's chunks. Whole chunks are encoded
-before the update, so a lost race re-runs only the merge of partly covered ones.
+A box is planned in a few array operations: every chunk's grid index, its shard and its id
+inside the shard (:meth:`ShardFormat.locate_many`), grouped by shard. Reads fetch each shard once
+(whole, or its index and the chunks asked for, from one version of it) and decode its chunks
+straight into the output. Writes replace each shard through the store's atomic ``update``: a
+shard whose every chunk the write covers is built from the new data alone without reading it;
+any other shard is read, patched chunk by chunk and written back with a conditional put (a lock
+on files), so concurrent writers of one shard never lose each other's chunks. Whole chunks are
+encoded before the update, so a lost race re-runs only the merge of partly covered ones.
+
+Threads: one loop per shard while there are at least as many shards as loops; a box inside
+fewer shards spreads each shard's chunks over the loops instead (nesting both only made
+threads fight over two cores).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import ChunkDecodeError, VersionChangedError
 from ..geometry import Box, Cell
-from .parallel import run_bounded
+from .parallel import default_threads, run_bounded
 
 if TYPE_CHECKING:
     from ..formats.base import ScaleLayout
@@ -28,81 +33,113 @@ if TYPE_CHECKING:
 _VERSION_RETRIES = 5
 
 
-def _by_shard(layout: ScaleLayout, cells) -> list[tuple[str, list[tuple[Cell, int]]]]:
-    groups: dict[str, list[tuple[Cell, int]]] = defaultdict(list)
-    for cell in cells:
-        key, cid = layout.sharding.locate(cell)
-        groups[key].append((cell, cid))
-    return list(groups.items())
+@dataclass
+class _Shard:
+    key: str
+    number: int
+    cells: list[Cell]
+    ids: list[int]
 
 
-def _shard_nbytes(shards, chunk_nbytes: int) -> int:
-    """Memory a shard task holds: its stored chunks, decoded ones and their copies."""
-    return chunk_nbytes * max((len(members) for _, members in shards), default=1)
+def _plan(layout: ScaleLayout, box: Box) -> list[_Shard]:
+    """The chunks of ``box`` grouped by shard, each with its bounds-clipped cell and its id."""
+    grid = layout.grid
+    region = box.intersect(grid.bounds)
+    if region.empty:
+        return []
+    ranges = [np.arange((a - o) // c, (b - 1 - o) // c + 1, dtype=np.int64)
+              for a, b, o, c in zip(region.start, region.stop, grid.origin, grid.chunk_shape)]
+    index = np.stack(np.meshgrid(*ranges, indexing="ij"), -1).reshape(-1, 3)
+    shard, ids = layout.sharding.locate_many(index)
+    order = np.argsort(shard, kind="stable")
+    shard, ids, index = shard[order], ids[order], index[order]
+    origin, chunk = np.array(grid.origin), np.array(grid.chunk_shape)
+    starts = np.maximum(origin + index * chunk, np.array(grid.bounds.start)).tolist()
+    stops = np.minimum(origin + (index + 1) * chunk, np.array(grid.bounds.stop)).tolist()
+    cells = [Cell(tuple(i), Box(tuple(a), tuple(b))) for i, a, b in zip(index.tolist(), starts, stops)]
+    ids_list = ids.tolist()
+    bounds = np.flatnonzero(np.diff(shard)) + 1
+    out = []
+    for lo, hi in zip([0, *bounds.tolist()], [*bounds.tolist(), len(shard)]):
+        number = int(shard[lo])
+        out.append(_Shard(layout.sharding.shard_key(number), number, cells[lo:hi], ids_list[lo:hi]))
+    return out
 
 
-def _decode(layout: ScaleLayout, data: bytes, cell: Cell, key: str, cid: int) -> np.ndarray:
+def _over_members(fn, members: list, nested: bool, chunk_nbytes: int) -> None:
+    if nested:
+        run_bounded(fn, members, chunk_nbytes)
+    else:
+        for m in members:
+            fn(m)
+
+
+def _decode(layout: ScaleLayout, data, cell: Cell, key: str, cid: int) -> np.ndarray:
     try:
         return layout.decode(data, cell, key)
     except ChunkDecodeError as e:
         raise ChunkDecodeError(f"chunk {cid} of shard {key!r}: {e}") from e
 
 
-def read_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, out: np.ndarray) -> None:
-    shards = _by_shard(layout, layout.grid.cells(box))
-    chunk_nbytes = vol._chunk_nbytes(layout)
-
-    def shard_task(item) -> None:
-        key, members = item
-        found = _read_shard(vol, layout, key, [cid for _, cid in members])
-
-        def chunk_task(member) -> None:
-            cell, cid = member
-            data = found.get(cid)
-            if data is None:
-                return  # absent chunk: already the fill value
-            region = cell.box.intersect(box)
-            out[region.slices(box.start)] = _decode(layout, data, cell, key, cid)[region.slices(cell.box.start)]
-
-        run_bounded(chunk_task, members, chunk_nbytes)
-
-    run_bounded(shard_task, shards, _shard_nbytes(shards, chunk_nbytes), vol.store.io_concurrency)
-
-
-def _read_shard(vol: ChunkedVolume, layout: ScaleLayout, key: str, ids: list[int]) -> dict[int, bytes]:
+def _read_shard(vol: ChunkedVolume, layout: ScaleLayout, shard: _Shard) -> dict:
+    capacity = layout.sharding.capacity(shard.number)
     for attempt in range(_VERSION_RETRIES):
         try:
-            return layout.sharding.read(vol.store, key, ids)
+            return layout.sharding.read(vol.store, shard.key, shard.ids, capacity)
         except VersionChangedError:
             if attempt == _VERSION_RETRIES - 1:
                 raise
     raise AssertionError("unreachable")
 
 
+def _shard_nbytes(shards: list[_Shard], chunk_nbytes: int) -> int:
+    """Memory a shard task holds: its stored chunks, decoded ones and their copies."""
+    return chunk_nbytes * max((len(s.ids) for s in shards), default=1)
+
+
+def read_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, out: np.ndarray) -> None:
+    shards = _plan(layout, box)
+    chunk_nbytes = vol._chunk_nbytes(layout)
+    nested = len(shards) < (vol.store.io_concurrency or default_threads())
+
+    def shard_task(shard: _Shard) -> None:
+        found = _read_shard(vol, layout, shard)
+
+        def place(member) -> None:
+            cell, cid, data = member
+            region = cell.box.intersect(box)
+            out[region.slices(box.start)] = _decode(layout, data, cell, shard.key, cid)[region.slices(cell.box.start)]
+
+        # absent chunks are already the fill value
+        present = [(c, i, found[i]) for c, i in zip(shard.cells, shard.ids) if i in found]
+        _over_members(place, present, nested, chunk_nbytes)
+
+    run_bounded(shard_task, shards, _shard_nbytes(shards, chunk_nbytes), vol.store.io_concurrency)
+
+
 def write_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, data: np.ndarray, ch: slice,
                   all_channels: bool) -> None:
-    shards = _by_shard(layout, layout.grid.cells(box))
+    shards = _plan(layout, box)
     chunk_nbytes = vol._chunk_nbytes(layout)
+    nested = len(shards) < (vol.store.io_concurrency or default_threads())
 
-    def shard_task(item) -> None:
-        key, members = item
+    def shard_task(shard: _Shard) -> None:
         whole, partial = [], []
-        for cell, cid in members:
-            covered = cell.box.intersect(box) == cell.box and all_channels
+        for cell, cid in zip(shard.cells, shard.ids):
+            covered = all_channels and all(a <= c and d <= b for a, b, c, d in zip(box.start, box.stop, cell.box.start, cell.box.stop))
             (whole if covered else partial).append((cell, cid))
         encoded: dict[int, bytes] = {}
 
         def encode_task(member) -> None:
             cell, cid = member
-            region = cell.box.intersect(box)
-            encoded[cid] = vol._encode(layout, data[region.slices(box.start)], cell, key)
+            encoded[cid] = vol._encode(layout, data[cell.box.slices(box.start)], cell, shard.key)
 
-        run_bounded(encode_task, whole, chunk_nbytes)
-        capacity = layout.sharding.capacity(key)
+        _over_members(encode_task, whole, nested, chunk_nbytes)
+        capacity = layout.sharding.capacity(shard.number)
         replaces_all = not partial and capacity is not None and len(whole) == capacity
 
         def merge(old: bytes | None) -> bytes:  # runs again when a conditional write loses a race
-            chunks = {} if old is None else layout.sharding.unpack(old, key)
+            chunks = {} if old is None else layout.sharding.unpack(old, shard.key)
             for cell, cid in partial:
                 region = cell.box.intersect(box)
                 stored = chunks.get(cid)
@@ -110,17 +147,17 @@ def write_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, data: np.nd
                     fill = 0 if layout.fill_value is None else layout.fill_value
                     chunk = np.full((*cell.box.shape, layout.num_channels), fill, layout.dtype, order="F")
                 else:
-                    chunk = np.array(_decode(layout, stored, cell, key, cid), order="F", copy=True)
+                    chunk = np.array(_decode(layout, stored, cell, shard.key, cid), order="F", copy=True)
                 chunk[region.slices(cell.box.start) + (ch,)] = data[region.slices(box.start)]
-                chunks[cid] = vol._encode(layout, chunk, cell, key)
+                chunks[cid] = vol._encode(layout, chunk, cell, shard.key)
             chunks.update(encoded)
             return layout.sharding.pack(chunks)
 
         try:
-            vol.store.update(key, merge, needs_old=not replaces_all)
+            vol.store.update(shard.key, merge, needs_old=not replaces_all)
         except ChunkDecodeError as e:
             raise ChunkDecodeError(
-                f"cannot update shard {key!r} in {vol.store.url}: its stored bytes are corrupt ({e}); nothing was written to it"
+                f"cannot update shard {shard.key!r} in {vol.store.url}: its stored bytes are corrupt ({e}); nothing was written to it"
             ) from e
 
     run_bounded(shard_task, shards, _shard_nbytes(shards, chunk_nbytes), vol.store.io_concurrency)

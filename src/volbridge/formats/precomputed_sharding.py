@@ -137,12 +137,12 @@ class PrecomputedShardCodec(ShardFormat):
 
     def key_of_id(self, cid: int) -> str:
         shard, _ = self.spec.shard_and_minishard(np.array([cid], dtype=np.uint64))
-        return self.prefix + self.spec.shard_name(int(shard[0]))
+        return self.shard_key(int(shard[0]))
 
-    def locate(self, cell) -> tuple[str, int]:
-        raise NotImplementedError("shards of ids without a grid have no cells")
+    def shard_key(self, shard: int) -> str:
+        return self.prefix + self.spec.shard_name(shard)
 
-    def capacity(self, key: str) -> int | None:
+    def capacity(self, shard: int) -> int | None:
         return None
 
     # -- decoding -----------------------------------------------------------------------------
@@ -177,20 +177,23 @@ class PrecomputedShardCodec(ShardFormat):
         except ChunkDecodeError as e:
             raise shard_error(key, f"chunk {cid}: {e}") from e
 
-    def unpack(self, data: bytes, key: str) -> dict[int, bytes]:
+    def unpack(self, data, key: str, ids: set[int] | None = None) -> dict[int, bytes | memoryview]:
         size = len(data)
         table = self._shard_index(data, key)
-        out: dict[int, bytes] = {}
+        out: dict[int, bytes | memoryview] = {}
         view = memoryview(data)
         base = self.spec.index_bytes
-        for m, (a, b) in enumerate(table):
-            if a == b:
-                continue
-            check_span(key, f"minishard {m} index", base + int(a), base + int(b), size)
-            ids, starts, sizes = self._minishard(bytes(view[base + int(a):base + int(b)]), key, m)
-            for cid, start, n in zip(ids.tolist(), starts.tolist(), sizes.tolist()):
-                check_span(key, f"chunk {cid}", start, start + n, size)
-                out[cid] = self._chunk(bytes(view[start:start + n]), key, cid)
+        for m in np.flatnonzero(table[:, 0] != table[:, 1]).tolist():
+            a, b = int(table[m, 0]), int(table[m, 1])
+            check_span(key, f"minishard {m} index", base + a, base + b, size)
+            cids, starts, sizes = self._minishard(bytes(view[base + a:base + b]), key, m)
+            bad = (starts > size) | (sizes > size - np.minimum(starts, size))
+            if bad.any():
+                i = int(np.argmax(bad))
+                check_span(key, f"chunk {int(cids[i])}", int(starts[i]), int(starts[i]) + int(sizes[i]), size)
+            for cid, start, n in zip(cids.tolist(), starts.tolist(), sizes.tolist()):
+                if ids is None or cid in ids:
+                    out[cid] = self._chunk(view[start:start + n], key, cid)
         return out
 
     def read_ids(self, reader: RangeReader, key: str, ids: set[int]) -> dict[int, bytes] | None:
@@ -319,19 +322,19 @@ class PrecomputedVolumeSharding(PrecomputedShardCodec):
     def __init__(self, spec: ShardingSpec, prefix: str, grid_shape: tuple[int, int, int]):
         super().__init__(spec, prefix)
         self.grid_shape = grid_shape
-        self._capacity: dict[str, int] | None = None
+        self._capacity: np.ndarray | None = None
 
-    def locate(self, cell) -> tuple[str, int]:
-        cid = int(compressed_morton(np.array(cell.index), self.grid_shape)[0])
-        return self.key_of_id(cid), cid
+    def locate_many(self, grid_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        cids = compressed_morton(grid_index, self.grid_shape)
+        shard, _ = self.spec.shard_and_minishard(cids)
+        return shard.astype(np.int64), cids
 
-    def capacity(self, key: str) -> int | None:
+    def capacity(self, shard: int) -> int | None:
         if self._capacity is None:
             n = int(np.prod(self.grid_shape))
             if n > _CAPACITY_LIMIT:
                 return None
             grid = np.stack(np.meshgrid(*[np.arange(s, dtype=np.uint64) for s in self.grid_shape], indexing="ij"), -1)
-            shards, _ = self.spec.shard_and_minishard(compressed_morton(grid.reshape(-1, 3), self.grid_shape))
-            counts = np.bincount(shards.astype(np.int64))
-            self._capacity = {self.prefix + self.spec.shard_name(s): int(c) for s, c in enumerate(counts) if c}
-        return self._capacity.get(key, 0)
+            shards, _ = self.locate_many(grid.reshape(-1, 3))
+            self._capacity = np.bincount(shards)
+        return int(self._capacity[shard]) if shard < len(self._capacity) else 0

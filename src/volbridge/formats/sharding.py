@@ -23,20 +23,27 @@ WHOLE_SHARD_READ_FRACTION = 0.5
 
 
 class ShardFormat(ABC):
-    """How one scale packs its chunks into shard objects."""
+    """How one scale packs its chunks into shard objects. Chunks are given as grid indices
+    ``(x, y, z)`` in numpy arrays: a read of thousands of chunks is planned in a few array
+    operations rather than a Python call per chunk."""
+
+    def locate_many(self, grid_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(shard number, id inside the shard) of each row of ``grid_index`` (n, 3)."""
+        raise NotImplementedError(f"{type(self).__name__} holds objects by id, not grid chunks")
+
+    def shard_key(self, shard: int) -> str:
+        """The key of shard number ``shard``."""
+        raise NotImplementedError(f"{type(self).__name__} holds objects by id, not grid chunks")
 
     @abstractmethod
-    def locate(self, cell: Cell) -> tuple[str, int]:
-        """(key of the shard holding ``cell``, the cell's id inside it)."""
+    def capacity(self, shard: int) -> int | None:
+        """How many chunks inside the bounds belong to shard number ``shard``, or None when that
+        is too costly to know (a write then always reads the shard before replacing it)."""
 
     @abstractmethod
-    def capacity(self, key: str) -> int | None:
-        """How many chunks inside the bounds belong to shard ``key``, or None when that is too
-        costly to know (a write then always reads the shard before replacing it)."""
-
-    @abstractmethod
-    def unpack(self, data: bytes, key: str) -> dict[int, bytes]:
-        """Every chunk of a whole stored shard, by id, with the shard's own data encoding undone."""
+    def unpack(self, data, key: str, ids: set[int] | None = None) -> dict[int, bytes | memoryview]:
+        """The chunks of a whole stored shard (those of ``ids``, or all), by id, with the shard's
+        own data encoding undone (views of ``data`` where no decoding was needed)."""
 
     @abstractmethod
     def pack(self, chunks: dict[int, bytes]) -> bytes:
@@ -47,15 +54,14 @@ class ShardFormat(ABC):
         """The chunks of ``ids`` that the shard holds, through index lookups and ranged reads of
         one version of it; None when the shard is absent."""
 
-    def read(self, store: KVStore, key: str, ids: Iterable[int]) -> dict[int, bytes]:
+    def read(self, store: KVStore, key: str, ids: Iterable[int], capacity: int | None) -> dict[int, bytes | memoryview]:
         """The chunks of ``ids`` present in shard ``key`` ({} for an absent shard)."""
         ids = set(ids)
-        cap = self.capacity(key)
-        if cap is not None and len(ids) >= WHOLE_SHARD_READ_FRACTION * cap:
+        if capacity is not None and len(ids) >= WHOLE_SHARD_READ_FRACTION * capacity:
             data = store.get(key)
             if data is None:
                 return {}
-            return {i: c for i, c in self.unpack(data, key).items() if i in ids}
+            return self.unpack(data, key, ids)
         with store.range_reader(key) as reader:
             return self.read_ids(reader, key, ids) or {}
 

@@ -252,7 +252,8 @@ class ZarrLayout(ScaleLayout):
         if arr.shard_shape is not None:
             grid_shape = tuple(-(-n // c) for n, c in zip(arr.shape, arr.chunks))
             cps = tuple(s // c for s, c in zip(arr.shard_shape, arr.chunks))
-            self.sharding = ZarrSharding(cps, grid_shape, arr.shard_index, arr.index_at_end, self._key, self._index)
+            lead = tuple(self.channel_chunk if a == self.channel_axis else 0 for a in range(self.lead))
+            self.sharding = ZarrSharding(cps, grid_shape, arr.shard_index, arr.index_at_end, self._key, lead)
 
     def _index(self, cell: Cell) -> tuple[int, ...]:
         lead = tuple(self.channel_chunk if a == self.channel_axis else 0 for a in range(self.lead))

@@ -48,37 +48,36 @@ class ZarrShardIndexCodec:
 
 
 class ZarrSharding(ShardFormat):
-    """``chunks_per_shard`` and ``grid_shape`` are in the array's dimension order; ``key_of``
-    names the shard at an outer-grid index (the array's chunk key encoding)."""
+    """``chunks_per_shard`` and ``grid_shape`` are in the array's dimension order (leading axes
+    first, then z, y, x); ``key_of`` names the shard at an outer-grid index (the array's chunk
+    key encoding); ``lead`` is the inner-chunk index on the leading axes (a channel chunk)."""
 
     def __init__(self, chunks_per_shard: tuple[int, ...], grid_shape: tuple[int, ...], index: ZarrShardIndexCodec,
-                 index_at_end: bool, key_of, to_array_index):
+                 index_at_end: bool, key_of, lead: tuple[int, ...] = ()):
         self.cps = chunks_per_shard
         self.n = int(np.prod(chunks_per_shard))
         self.grid_shape = grid_shape  # inner chunks per dimension over the whole array
+        self.shard_grid = tuple(-(-g // c) for g, c in zip(grid_shape, chunks_per_shard))
         self.index = index
         self.at_end = index_at_end
         self.key_of = key_of
-        self.to_array_index = to_array_index  # a Cell -> its inner-chunk index in array order
-        self._shards: dict[str, tuple[int, ...]] = {}
+        self.lead = lead
 
-    def locate(self, cell) -> tuple[str, int]:
-        idx = self.to_array_index(cell)
-        shard = tuple(i // c for i, c in zip(idx, self.cps))
-        key = self.key_of(shard)
-        self._shards[key] = shard
-        inner = 0
-        for i, c in zip(idx, self.cps):
-            inner = inner * c + i % c
-        return key, inner
+    def locate_many(self, grid_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        idx = np.asarray(grid_index, dtype=np.int64).reshape(-1, 3)[:, ::-1]  # z, y, x
+        idx = np.concatenate([np.tile(np.array(self.lead, dtype=np.int64), (len(idx), 1)), idx], axis=1)
+        cps = np.array(self.cps, dtype=np.int64)
+        shard = np.ravel_multi_index(tuple((idx // cps).T), self.shard_grid)
+        inner = np.ravel_multi_index(tuple((idx % cps).T), self.cps)
+        return shard.astype(np.int64), inner.astype(np.uint64)
 
-    def capacity(self, key: str) -> int | None:
-        shard = self._shards.get(key)
-        if shard is None:
-            return None
+    def shard_key(self, shard: int) -> str:
+        return self.key_of(tuple(int(i) for i in np.unravel_index(shard, self.shard_grid)))
+
+    def capacity(self, shard: int) -> int | None:
         n = 1
-        for s, c, g in zip(shard, self.cps, self.grid_shape):
-            n *= max(0, min(c, g - s * c))
+        for s, c, g in zip(np.unravel_index(shard, self.shard_grid), self.cps, self.grid_shape):
+            n *= max(0, min(c, g - int(s) * c))
         return n
 
     # -- the index ----------------------------------------------------------------------------
@@ -92,19 +91,21 @@ class ZarrSharding(ShardFormat):
         isize = self.index.size(self.n)
         return (size - isize, size) if self.at_end else (0, isize)
 
-    def unpack(self, data: bytes, key: str) -> dict[int, bytes]:
+    def unpack(self, data, key: str, ids: set[int] | None = None) -> dict[int, memoryview]:
         isize = self.index.size(self.n)
         if len(data) < isize:
             raise shard_error(key, f"{len(data)} bytes cannot hold its {isize}-byte index (truncated?)")
         a, b = self._index_span(len(data))
         table = self._table(data[a:b], key)
+        present = np.flatnonzero(table[:, 0] != EMPTY)
+        offs, sizes = table[present, 0], table[present, 1]
+        bad = (offs > len(data)) | (sizes > len(data) - np.minimum(offs, len(data)))
+        if bad.any():
+            i = int(np.argmax(bad))
+            check_span(key, f"inner chunk {int(present[i])}", int(offs[i]), int(offs[i]) + int(sizes[i]), len(data))
         view = memoryview(data)
-        out = {}
-        for i in np.flatnonzero(table[:, 0] != EMPTY):
-            off, nbytes = int(table[i, 0]), int(table[i, 1])
-            check_span(key, f"inner chunk {int(i)}", off, off + nbytes, len(data))
-            out[int(i)] = bytes(view[off:off + nbytes])
-        return out
+        return {i: view[o:o + n] for i, o, n in zip(present.tolist(), offs.tolist(), sizes.tolist())
+                if ids is None or i in ids}
 
     def read_ids(self, reader: RangeReader, key: str, ids: set[int]) -> dict[int, bytes] | None:
         isize = self.index.size(self.n)
