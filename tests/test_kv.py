@@ -2,11 +2,13 @@
 
 import os
 import threading
+import time
 
 import pytest
 
-from volbridge.errors import StoreError, URLError
-from volbridge.kv import FileStore, MemoryStore, open_store
+from volbridge.errors import ChunkDecodeError, StoreError, URLError
+from volbridge.kv import FileStore, KVStore, MemoryStore, open_store
+from volbridge.kv.base import ObjectStat
 
 
 @pytest.fixture(params=["file", "mem"])
@@ -31,10 +33,16 @@ def check_contract(store):
     store.delete("a/b")
     store.delete("a/b")  # absent: fine
     assert not store.exists("a/b") and store.exists("a/c")
+    # batched get: absent keys left out, duplicates once, in the order asked
+    assert store.get_many(["z", "a/b", "a/c", "z"]) == {"z": b"", "a/c": b"22"}
+    assert list(store.get_many(["a/c", "z"])) == ["a/c", "z"] and store.get_many([]) == {}
+    assert store.stat("a/c").size == 2 and store.stat("z").size == 0 and store.stat("a/b") is None
     assert store.update("n", lambda old: (old or b"") + b"x") == b"x"
     assert store.update("n", lambda old: old + b"y") == b"xy"
     child = store.child("a")
     assert child.get("c") == b"22" and list(child.list()) == ["c"]
+    assert child.get_many(["c", "b"]) == {"c": b"22"}  # prefixed keys map back
+    assert child.stat("c").size == 2 and child.stat("b") is None
     assert store.get_range("a/c", 1, 2) == b"2"
 
 
@@ -100,3 +108,102 @@ def test_file_store_reads_cloudfiles_compressed_objects(tmp_path, suffix, encodi
     assert list(s.list()) == ["k/v"] and s.exists("k/v")
     s.put("k/v", b"new", content_encoding="gzip")  # one name per key afterwards
     assert sorted(os.listdir(tmp_path / "k")) == ["v.gz"] and s.get("k/v") == b"new"
+
+
+# -- batched get and stat --------------------------------------------------------------------------
+class SlowStore(KVStore):
+    """A network-like store: each get takes a while; some keys fail in chosen ways."""
+
+    io_concurrency = 8
+    cheap_misses = False
+
+    def __init__(self, failures=None):
+        from volbridge.kv.base import StoreStats
+
+        self.url = "slow://x"
+        self.stats = StoreStats()
+        self.data = {f"k{i}": str(i).encode() for i in range(16)}
+        self.failures = failures or {}
+        self.in_flight = self.max_in_flight = 0
+        self.lock = threading.Lock()
+
+    def get(self, key):
+        with self.lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            time.sleep(0.02)
+            self.stats.add(requests=1)
+            if key in self.failures:
+                raise self.failures[key]
+            return self.data.get(key)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    def put(self, key, value, *, content_encoding=None):
+        self.data[key] = value
+
+    def delete(self, key):
+        self.data.pop(key, None)
+
+    def list(self, prefix=""):
+        return iter([k for k in self.data if k.startswith(prefix)])
+
+    def update(self, key, fn, *, needs_old=True, content_encoding=None):
+        raise NotImplementedError
+
+
+def test_get_many_runs_concurrently_up_to_io_concurrency():
+    s = SlowStore()
+    keys = [f"k{i}" for i in range(16)] + ["absent"]
+    t0 = time.perf_counter()
+    got = s.get_many(keys)
+    elapsed = time.perf_counter() - t0
+    assert got == {f"k{i}": str(i).encode() for i in range(16)}
+    assert 1 < s.max_in_flight <= 8 and s.stats.requests == 17
+    assert elapsed < 17 * 0.02  # not one after another
+
+
+def test_get_many_failures_raise_naming_the_key():
+    s = SlowStore({"k3": RuntimeError("connection reset")})
+    with pytest.raises(StoreError, match=r"GET slow://x/k3 failed: connection reset"):
+        s.get_many(["k1", "k2", "k3", "k4"])
+    corrupt = ChunkDecodeError("slow://x/k5: not gzip")
+    s = SlowStore({"k5": corrupt})
+    with pytest.raises(ChunkDecodeError) as info:  # the library's own errors pass unchanged
+        s.get_many(["k5", "k6"])
+    assert info.value is corrupt
+
+
+def test_get_many_counts_what_it_reads(store):
+    for i in range(5):
+        store.put(f"v/{i}", b"x" * (i + 1))
+    before = store.stats.bytes_read
+    assert len(store.get_many([f"v/{i}" for i in range(7)])) == 5
+    if isinstance(store, FileStore):  # memory keeps no byte counts
+        assert store.stats.bytes_read - before == 1 + 2 + 3 + 4 + 5
+
+
+def test_memory_get_many_sees_subclass_gets():
+    class Upper(MemoryStore):
+        def get(self, key):
+            value = super().get(key)
+            return None if value is None else value.upper()
+
+    s = Upper()
+    s.put("a", b"abc")
+    assert s.get_many(["a", "b"]) == {"a": b"ABC"} and s.stat("a") == ObjectStat(3)
+
+
+def test_file_store_stat(tmp_path):
+    s = FileStore(tmp_path)
+    s.put("k", b"12345")
+    first = s.stat("k")
+    assert first.size == 5 and first.etag and first.version is None
+    s.put("k", b"123")
+    assert s.stat("k").size == 3 and s.stat("k").etag != first.etag
+    s.put("g", b"payload" * 10, content_encoding="gzip")  # read whole, as its ranges are
+    assert s.stat("g") == ObjectStat(70)
+    (tmp_path / "dir").mkdir()
+    assert s.stat("dir") is None and s.stat("nope") is None

@@ -91,6 +91,57 @@ def test_reads_hit_after_the_first(cache):
     assert cache.stats.misses == 3
 
 
+def test_get_many_serves_hits_and_batches_the_misses(cache, monkeypatch):
+    for i in range(4):
+        cache.backing.put(f"k{i}", b"v%d" % i)
+    assert cache.get("k0") == b"v0" and cache.get("k1") == b"v1"  # now cached
+    calls = []
+    real = cache.backing.get_many
+    monkeypatch.setattr(cache.backing, "get_many", lambda keys: calls.append(list(keys)) or real(keys))
+    s0 = cache.stats.as_dict()
+    got = cache.get_many(["k0", "k1", "k2", "k3", "absent", "k0"])
+    assert got == {"k0": b"v0", "k1": b"v1", "k2": b"v2", "k3": b"v3"} and list(got) == ["k0", "k1", "k2", "k3"]
+    assert calls == [["k2", "k3", "absent"]]  # one backing call, for the misses only
+    s1 = cache.stats.as_dict()
+    assert (s1["hits"] - s0["hits"], s1["misses"] - s0["misses"], s1["reads"] - s0["reads"]) == (2, 3, 1)
+    assert s1["bytes_read"] - s0["bytes_read"] == 4
+    assert cache.get_many(["k2", "k3", "absent"]) == {"k2": b"v2", "k3": b"v3"}
+    assert calls[1:] == [["absent"]]  # the misses were filled; absence is not cached by default
+    assert cache.get_many(["k2"]) == {"k2": b"v2"} and len(calls) == 2  # all hits: no backing call
+    assert cache.stat("k2").size == 2 and cache.stat("absent") is None
+
+
+def test_get_many_caches_absence_when_asked(kind, tmp_path):
+    back = MemoryStore()
+    back.put("k", b"v")
+    c = make_cache(kind, back, tmp_path / "c", 1000, cache_absent=True)
+    assert c.get_many(["k", "gone"]) == {"k": b"v"}
+    misses = c.stats.misses
+    assert c.get_many(["k", "gone"]) == {"k": b"v"} and c.stats.misses == misses
+    back.put("gone", b"now")  # behind the cache's back: still absent to it, as documented
+    assert c.get_many(["gone"]) == {}
+    c.put("gone", b"through")  # a write through the cache invalidates the absence
+    assert c.get_many(["gone"]) == {"gone": b"through"}
+    c.close()
+
+
+def test_get_many_fill_that_raced_a_write_is_not_cached(kind, tmp_path):
+    back = GatedStore()
+    c = make_cache(kind, back, tmp_path / "c", 1000)
+    back.put("k", b"old")
+    back.put("j", b"j")
+    back.hold_get = gate = _gate()
+    reader = threading.Thread(target=c.get_many, args=(["k", "j"],))
+    reader.start()
+    assert gate[0].wait(10)  # the batch has read b"old" from the backing store
+    back.hold_get = None
+    c.put("k", b"new")
+    gate[1].set()
+    reader.join()
+    assert c.get("k") == b"new" and c.get_many(["k", "j"]) == {"k": b"new", "j": b"j"}
+    c.close()
+
+
 def test_child_still_caches(cache):
     cache.backing.put("vol/0/chunk", b"abc")
     child = cache.child("vol/0")

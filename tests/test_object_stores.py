@@ -65,6 +65,17 @@ def test_store_contract_over_s3(s3env, s3_bucket):
     assert s.get_range("a", 0, 1) == b"1"
     assert s.update("n", lambda old: (old or b"") + b"x") == b"x"
     assert s.update("n", lambda old: old + b"y") == b"xy"
+    # stat: one HEAD; the stored (compressed) size and the ETag boto3 sees
+    head = s3env.boto3_client().head_object(Bucket=s3_bucket, Key="kv/d/b")
+    st = s.stat("d/b")
+    assert st.size == head["ContentLength"] and st.etag == head["ETag"] and s.stat("nope") is None
+    # batched get: concurrent GETs, absent keys left out, each counted
+    for i in range(20):
+        s.put(f"m/{i}", b"%d" % i)
+    requests, read = s.stats.requests, s.stats.bytes_read
+    got = s.get_many([f"m/{i}" for i in range(20)] + ["m/absent", "d/b"])
+    assert got == {**{f"m/{i}": b"%d" % i for i in range(20)}, "d/b": b"22"}
+    assert s.stats.requests - requests == 22 and s.stats.bytes_read - read == 30 + st.size  # stored bytes
     s.delete("a")
     s.delete("a")
     assert s.get("a") is None
@@ -78,6 +89,10 @@ def test_errors_name_the_url(s3env, s3_bucket, monkeypatch):
         bad.put("x", b"1")
     with pytest.raises(StoreError, match=rf"GET s3://{s3_bucket}/auth/x failed"):
         bad.get("x")
+    with pytest.raises(StoreError, match=rf"GET s3://{s3_bucket}/auth/[xy] failed"):
+        bad.get_many(["x", "y"])  # a failed read is never an absent key
+    with pytest.raises(StoreError, match=rf"HEAD s3://{s3_bucket}/auth/x failed"):
+        bad.stat("x")
     assert bad.stats.retries == 0  # an auth failure is final: no retries
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")
@@ -129,6 +144,8 @@ def test_azure_store_and_volume(azenv):
     for t in threads:
         t.join()
     assert s.get("ctr") == b"30"  # conditional puts on Azure: no lost increments
+    assert s.get_many(["ctr", "a", "zz"]) == {"ctr": b"30", "a": b"1"}
+    assert s.stat("ctr").size == 2 and s.stat("ctr").etag and s.stat("zz") is None
     vol = vb.create(f"precomputed://az://{container}/vol", bounds=((-3, 0, 0), (9, 20, 20)), chunk_shape=(4, 8, 8),
                     dtype="uint32", encoding="compressed_segmentation")
     data = np.random.default_rng(3).integers(0, 9, (12, 20, 20), dtype=np.uint32)

@@ -4,6 +4,8 @@ Stores move bytes by key and know nothing of volumes or codecs. Besides get/put 
 ``update``: an atomic read-modify-write of one key. It is the one primitive the engine needs for
 partial-chunk writes, and each backend implements it the way its medium allows (a lock on local
 files, a conditional PUT on object stores), so concurrent writers never lose each other's updates.
+``get_many`` fetches a batch of keys at once (concurrently where each lookup is a round trip) and
+``stat`` answers size and version without the value.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields
 from typing import Callable, Iterable, Iterator, Optional
 
-from ..errors import StoreError
+from ..errors import StoreError, VolbridgeError
 from .ranges import RangeReader
 
 #: ``update`` callback: receives the current value (None when absent) and returns the new one.
@@ -38,6 +40,22 @@ class StoreStats:
 
     def as_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+
+
+@dataclass(frozen=True)
+class ObjectStat:
+    """What :meth:`KVStore.stat` says about a key that exists.
+
+    ``size`` counts the bytes that ranged reads (``get_part``, ``range_reader``) address: the
+    stored bytes, so for a value an object store keeps transport-compressed (``Content-Encoding``)
+    it is the compressed size. ``etag`` and ``version`` identify this version of the object where
+    the medium has such a thing (an object store's ETag and generation/version id, a file's
+    modification time and size); None where it has not.
+    """
+
+    size: int
+    etag: str | None = None
+    version: str | None = None
 
 
 class KVStore(ABC):
@@ -92,6 +110,41 @@ class KVStore(ABC):
 
     def exists(self, key: str) -> bool:
         return self.get(key) is not None
+
+    def stat(self, key: str) -> ObjectStat | None:
+        """Size and version of ``key`` (see :class:`ObjectStat`), or None when it is absent.
+        This default reads the value; stores that can ask for metadata alone override it."""
+        value = self.get(key)
+        return None if value is None else ObjectStat(len(value))
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
+        """The values of those of ``keys`` that exist, by key (absent keys are left out).
+
+        A failure to read any key raises, naming it: a key is never left out because its read
+        failed. This default fetches the keys concurrently on the engine's shared thread pool,
+        ``io_concurrency`` requests at a time (cores + 1 for local stores), since each lookup of a
+        network store is a round trip; stores where a lookup costs next to nothing (memory)
+        override it with a plain loop, and wrappers (prefixes, caches) with their own batching.
+        """
+        keys = list(dict.fromkeys(keys))
+        found: dict[str, bytes] = {}
+
+        def fetch(key: str) -> None:
+            try:
+                value = self.get(key)
+            except VolbridgeError:
+                raise  # the library's own errors name the key already
+            except Exception as e:
+                raise StoreError(f"GET {self.url}/{key} failed: {e}") from e
+            if value is not None:
+                found[key] = value  # one dict store per key: atomic under the GIL
+
+        # engine.parallel is plain threading with no dependency on the engine's own layers: the
+        # one pool keeps a batched get from adding threads beside the chunk loops that call it.
+        from ..engine.parallel import default_threads, run_bounded
+
+        run_bounded(fetch, keys, 1, loops=self.io_concurrency or default_threads())
+        return {key: found[key] for key in keys if key in found}
 
     def get_transient(self, key: str) -> bytes | memoryview | None:
         """Like :meth:`get`, but the result may be a view of a buffer that this thread reuses.

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from ..errors import InvalidArgumentError
-from .base import KVStore, StoreStats, Updater
+from .base import KVStore, ObjectStat, StoreStats, Updater
 
 #: Buckets of the fill/write protocol. More buckets mean fewer fills refused because a
 #: different key of the same bucket was written meanwhile.
@@ -77,7 +77,7 @@ class CacheStats(StoreStats):
     evictions: int = 0  # entries evicted to stay within max_bytes (by this process)
     bytes_cached: int = 0  # bytes held now (a disk cache: by every process sharing it)
     entries: int = 0  # entries held now
-    reads: int = 0  # reads passed through to the backing store (get, get_first, exists, list)
+    reads: int = 0  # reads passed through to the backing store (get, get_first, get_many, exists, stat, list)
     writes: int = 0  # writes passed through (put, delete, delete_many, update)
     corrupt: int = 0  # cached entries that failed verification, dropped and refetched
     errors: int = 0  # failures of the cache itself that degraded to passing through
@@ -194,6 +194,32 @@ class CacheTier(KVStore):
             fills[key] = ABSENT
         self._fill(ticket, fills)
         return found
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
+        """Hits from the cache; the misses in one ``get_many`` of the backing store (which an object
+        store runs concurrently), filled under one ticket like any other read."""
+        keys = list(dict.fromkeys(keys))
+        found: dict[str, bytes] = {}
+        missed: list[str] = []
+        for key in keys:
+            cached = self._lookup(key, False)
+            if cached is None:
+                missed.append(key)
+            elif cached is not ABSENT:
+                found[key] = cached if type(cached) is bytes else bytes(cached)
+        self._stats.add(hits=len(keys) - len(missed))
+        if missed:
+            ticket = self._ticket(missed)
+            fetched = self.backing.get_many(missed)
+            self._stats.add(misses=len(missed), reads=1, requests=1, bytes_read=sum(map(len, fetched.values())))
+            self._fill(ticket, {key: fetched.get(key, ABSENT) for key in missed})
+            found.update(fetched)
+        return {key: found[key] for key in keys if key in found}
+
+    def stat(self, key: str) -> ObjectStat | None:
+        """Passed through: a cached copy knows its size but not the backing store's version."""
+        self._stats.add(reads=1, requests=1)
+        return self.backing.stat(key)
 
     def exists(self, key: str) -> bool:
         cached = self._lookup(key, True)

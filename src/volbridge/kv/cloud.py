@@ -5,8 +5,16 @@
   (or ``AWS_DEFAULT_REGION``), else the ``AWS_PROFILE`` (or default) profile of
   ``~/.aws/credentials`` and ``~/.aws/config``. With no credentials at all, requests go unsigned
   (public buckets).
-* ``gs://bucket/prefix``: ``GOOGLE_APPLICATION_CREDENTIALS`` / ``GOOGLE_SERVICE_ACCOUNT``; without
-  them, unsigned (public buckets).
+* ``gs://bucket/prefix``: ``GOOGLE_APPLICATION_CREDENTIALS``, ``GOOGLE_SERVICE_ACCOUNT`` (a key
+  file), ``GOOGLE_SERVICE_ACCOUNT_KEY`` (the key itself), ``GOOGLE_BEARER_TOKEN``, or gcloud's
+  application-default credentials file; without any, reads go unsigned (public buckets).
+  ``GOOGLE_BASE_URL`` points the client at another endpoint; ``STORAGE_EMULATOR_HOST`` (the
+  variable Google's own client libraries read, ``host:port`` or a URL) does too and, without
+  credentials, sends writes with an empty bearer token, as emulators expect, instead of asking
+  the GCE metadata server for one. Requests carry ``Accept-Encoding: gzip``, so an object stored
+  with ``Content-Encoding: gzip`` comes as stored (ranges address its stored bytes, as on S3) rather
+  than decompressed by GCS's decompressive transcoding, whose responses lack the Content-Length
+  and ETag that object_store requires.
 * ``az://container/prefix`` (also ``azure://``): ``AZURE_STORAGE_ACCOUNT_NAME`` with
   ``AZURE_STORAGE_ACCOUNT_KEY`` or a SAS/token, and ``AZURE_STORAGE_USE_EMULATOR`` for Azurite.
 * ``http://`` and ``https://``: read-only.
@@ -71,6 +79,37 @@ def s3_config(env: dict | None = None) -> dict:
     return cfg
 
 
+#: Environment variables that give GCS credentials (object_store reads them itself).
+_GCS_CREDENTIAL_VARS = ("GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_SERVICE_ACCOUNT", "GOOGLE_SERVICE_ACCOUNT_PATH",
+                        "GOOGLE_SERVICE_ACCOUNT_KEY", "GOOGLE_BEARER_TOKEN", "SERVICE_ACCOUNT")
+
+
+#: gcloud's application-default credentials, which object_store reads when no other are given.
+_GCLOUD_ADC = os.path.join("~", ".config", "gcloud", "application_default_credentials.json")
+
+
+def gcs_config(env: dict | None = None) -> dict:
+    """GCSStore settings beyond what object_store reads from ``GOOGLE_*`` itself (see the module doc)."""
+    env = os.environ if env is None else env
+    cfg: dict = {}
+    base = env.get("GOOGLE_BASE_URL")
+    emulator = (env.get("STORAGE_EMULATOR_HOST") or "").strip().rstrip("/")
+    if emulator and not base:
+        base = emulator if "://" in emulator else f"http://{emulator}"
+    if base:
+        cfg["base_url"] = base
+    explicit = any(env.get(k) for k in _GCS_CREDENTIAL_VARS)
+    if emulator and not explicit:
+        # Anonymous, as Google's libraries are with an emulator. object_store signs every write,
+        # and with no credentials would ask the GCE metadata server for a token: give it an
+        # empty one (which also keeps gcloud's own credentials away from the emulator).
+        cfg["skip_signature"] = True
+        cfg["bearer_token"] = ""
+    elif not explicit and not os.path.isfile(os.path.expanduser(_GCLOUD_ADC)):
+        cfg["skip_signature"] = True  # anonymous reads: public buckets
+    return cfg
+
+
 def _true(v: str | None) -> bool:
     return (v or "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -112,12 +151,12 @@ def open_object_store(url: str, retry: RetryPolicy | None = None) -> ObjectStore
             kw["client_options"]["allow_http"] = True
         store = _shared("s3", (bucket, cfg, repr(retry), kw["client_options"]), lambda: S3Store(bucket, **cfg, **kw))
     elif scheme in ("gs", "gcs"):
-        cfg = {}
-        if not (os.environ.get("GOOGLE_APPLICATION_CREDENTIALS") or os.environ.get("GOOGLE_SERVICE_ACCOUNT")
-                or os.environ.get("GOOGLE_SERVICE_ACCOUNT_KEY")):
-            cfg["skip_signature"] = True
+        cfg = gcs_config()
+        if str(cfg.get("base_url", "")).startswith("http://"):
+            kw["client_options"]["allow_http"] = True
+        kw["client_options"]["default_headers"] = {"Accept-Encoding": "gzip"}
         env = {k: v for k, v in os.environ.items() if k.startswith("GOOGLE_")}
-        store = _shared("gs", (bucket, cfg, env, repr(retry)), lambda: GCSStore(bucket, **cfg, **kw))
+        store = _shared("gs", (bucket, cfg, env, repr(retry), kw["client_options"]), lambda: GCSStore(bucket, **cfg, **kw))
     elif scheme in ("az", "azure"):
         env = os.environ
         if (_true(env.get("AZURE_STORAGE_USE_EMULATOR")) or _true(env.get("AZURE_ALLOW_HTTP"))

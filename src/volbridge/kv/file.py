@@ -29,7 +29,7 @@ from typing import Iterator
 
 from .. import compression
 from ..errors import ChunkDecodeError, StoreError, URLError
-from .base import KVStore, StoreStats, Updater
+from .base import KVStore, ObjectStat, StoreStats, Updater
 from .ranges import RangeReader, part_bounds
 from .scratch import scratch
 
@@ -138,6 +138,21 @@ class FileStore(KVStore):
     def exists(self, key: str) -> bool:
         path = self._path(key)
         return os.path.isfile(path) or any(os.path.isfile(path + s) for s, _ in _VARIANTS)
+
+    def stat(self, key: str) -> ObjectStat | None:
+        """A plain file's size, with its modification time and size as the ETag; a compressed
+        variant (``key.gz``) is read whole, as ranged reads of it are, and has no ETag."""
+        path = self._path(key)
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            st = None
+        except OSError as e:
+            raise StoreError(f"cannot stat {key!r} in {self.url}: {e}") from e
+        if st is not None and not stat.S_ISDIR(st.st_mode):
+            return ObjectStat(st.st_size, etag=f'"{st.st_mtime_ns:x}-{st.st_size:x}"')
+        value = self._read_variant(path, key)
+        return None if value is None else ObjectStat(len(value))
 
     # -- writing ------------------------------------------------------------------------------
     def put(self, key: str, value: bytes, *, content_encoding: str | None = None) -> None:

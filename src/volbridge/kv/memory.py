@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from typing import Iterator
+from typing import Iterable, Iterator
 
-from .base import KVStore, StoreStats, Updater
+from .base import KVStore, ObjectStat, StoreStats, Updater
 
 _named: dict[str, "MemoryStore"] = {}
 _named_lock = threading.Lock()
@@ -35,6 +35,19 @@ class MemoryStore(KVStore):
 
     def get(self, key: str) -> bytes | None:
         return self._data.get(key)
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
+        # A dict lookup is cheaper than handing it to another thread: a plain loop.
+        found = {}
+        for key in dict.fromkeys(keys):
+            value = self.get(key)
+            if value is not None:
+                found[key] = value
+        return found
+
+    def stat(self, key: str) -> ObjectStat | None:
+        value = self.get(key)
+        return None if value is None else ObjectStat(len(value))
 
     def put(self, key: str, value: bytes, *, content_encoding: str | None = None) -> None:
         # Memory holds values as given: transport compression has no medium to save here.

@@ -1,9 +1,10 @@
 """Object stores (S3 and S3-compatible, GCS, Azure Blob) and read-only HTTP(S), over obstore.
 
 obstore wraps Rust's object_store: one client per store with connection pooling, and conditional
-PUTs (``If-None-Match: *`` to create, ``If-Match: <etag>`` to replace), which make ``update`` a
-compare-and-swap loop: read the object and its ETag, compute the new value, put it only if the
-ETag is unchanged, and otherwise read again and recompute. Writers on different machines therefore
+PUTs (``If-None-Match: *`` to create, ``If-Match: <etag>`` to replace; on GCS
+``x-goog-if-generation-match: 0`` or ``<generation>``), which make ``update`` a compare-and-swap
+loop: read the object and its version, compute the new value, put it only if the version is
+unchanged, and otherwise read again and recompute. Writers on different machines therefore
 never lose each other's updates. obstore's own retries are off so that this module counts each
 retry and applies :class:`RetryPolicy`; transport compression uses the ``Content-Encoding`` header
 (what CloudVolume writes and neuroglancer reads).
@@ -21,7 +22,7 @@ from obstore import exceptions as oe
 
 from .. import compression
 from ..errors import ChunkDecodeError, ReadOnlyError, StoreError, VersionChangedError
-from .base import KVStore, StoreStats, Updater
+from .base import KVStore, ObjectStat, StoreStats, Updater
 from .ranges import RangeReader
 from .retry import RetryPolicy
 
@@ -40,6 +41,7 @@ _FINAL = (
     oe.InvalidPathError,
     oe.NotSupportedError,
     oe.UnknownConfigurationKeyError,
+    TypeError,  # a malformed call (bad options), not a transport failure
 )
 _STATUS = re.compile(r"status code: (\d{3})")
 
@@ -109,7 +111,9 @@ class ObjectStore(KVStore):
             raise ReadOnlyError(f"cannot write {self._where(key)}: {self.url} is read-only (HTTP)")
 
     # -- reading ------------------------------------------------------------------------------
-    def _get_with_etag(self, key: str) -> tuple[bytes | None, str | None]:
+    def _get_versioned(self, key: str) -> tuple[bytes | None, str | None, str | None]:
+        """The value with its ETag and version (GCS's generation; None where the store has none)."""
+
         def fetch():
             result = obstore.get(self.store, self.prefix + key)
             meta = result.meta
@@ -117,12 +121,12 @@ class ObjectStore(KVStore):
             size = meta.get("size")
             if size is not None and len(data) != size:  # a short body is a transport failure
                 raise ConnectionError(f"short body: {len(data)} of {size} bytes")
-            return bytes(data), meta.get("e_tag"), result.attributes
+            return bytes(data), meta.get("e_tag"), meta.get("version"), result.attributes
 
         try:
-            data, etag, attributes = self._call("GET", key, fetch)
+            data, etag, version, attributes = self._call("GET", key, fetch)
         except _NOT_FOUND:
-            return None, None
+            return None, None, None
         except StoreError:
             raise
         except Exception as e:
@@ -131,7 +135,7 @@ class ObjectStore(KVStore):
         encoding = (attributes or {}).get("Content-Encoding") or (attributes or {}).get("content_encoding")
         if encoding and encoding.lower() not in ("identity", ""):
             data = self._decode_content(key, encoding, data)
-        return data, etag
+        return data, etag, version
 
     def _decode_content(self, key: str, encoding: str, data: bytes) -> bytes:
         name = compression.ALIASES.get(encoding.lower(), encoding.lower())
@@ -143,21 +147,25 @@ class ObjectStore(KVStore):
             raise ChunkDecodeError(f"{self._where(key)} (Content-Encoding: {encoding}): {e}") from e
 
     def get(self, key: str) -> bytes | None:
-        return self._get_with_etag(key)[0]
+        return self._get_versioned(key)[0]
 
     def range_reader(self, key: str) -> RangeReader:
         return _ObjectRangeReader(self, key)
 
-    def exists(self, key: str) -> bool:
+    def stat(self, key: str) -> ObjectStat | None:
+        """One HEAD: the stored size (compressed, for a transport-compressed object), ETag and version."""
         try:
-            self._call("HEAD", key, lambda: obstore.head(self.store, self.prefix + key))
-            return True
+            meta = self._call("HEAD", key, lambda: obstore.head(self.store, self.prefix + key))
         except _NOT_FOUND:
-            return False
+            return None
         except StoreError:
             raise
         except Exception as e:
             raise StoreError(f"HEAD {self._where(key)} failed: {_short(e)}") from e
+        return ObjectStat(int(meta["size"]), etag=meta.get("e_tag"), version=meta.get("version"))
+
+    def exists(self, key: str) -> bool:
+        return self.stat(key) is not None
 
     def list(self, prefix: str = "") -> Iterator[str]:
         try:
@@ -214,9 +222,12 @@ class ObjectStore(KVStore):
             self.put(key, new, content_encoding=content_encoding)
             return new
         for _ in range(self.retry.max_conflicts):
-            old, etag = self._get_with_etag(key)
+            old, etag, version = self._get_versioned(key)
             new = fn(old)
-            mode = {"e_tag": etag} if etag is not None else "create"
+            # S3 and Azure condition on the ETag, GCS on the generation (the version): pass both.
+            mode: Any = "create"
+            if old is not None:
+                mode = {k: v for k, v in (("e_tag", etag), ("version", version)) if v is not None}
             try:
                 self._put(key, new, content_encoding, mode)
                 return new

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Iterator
 
-from .base import KVStore, Updater
+from .base import KVStore, ObjectStat, Updater
 
 
 class PrefixedStore(KVStore):
@@ -41,6 +41,13 @@ class PrefixedStore(KVStore):
 
     def exists(self, key: str) -> bool:
         return self.base.exists(self._k(key))
+
+    def stat(self, key: str) -> ObjectStat | None:
+        return self.base.stat(self._k(key))
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
+        n = len(self.prefix)
+        return {k[n:]: v for k, v in self.base.get_many([self._k(k) for k in keys]).items()}
 
     def range_reader(self, key: str):
         return self.base.range_reader(self._k(key))
