@@ -207,3 +207,28 @@ def test_client_labels_and_sparse_volumes(dvid_relay, relay_volumes):
         mask[z, y, x:x + n] = True
     np.testing.assert_array_equal(mask, seg == label)
     assert v.sparse_volume(99999).shape == (0, 4)
+
+
+def test_a_service_is_the_same_line_of_code_on_every_remote(dvid_relay, relay_volumes):
+    """The intern paper's promise: BossDB, DVID and a local precomputed volume mesh with one call,
+    and give the same meshes; an image layer is refused before any work starts."""
+    pytest.importorskip("zmesh")
+    from volbridge.services import SERVICES
+
+    labels = relay_volumes["seg"][0]
+    ids = [int(i) for i in np.unique(labels)[1:3]]
+    remotes = [vb.array(f"bossdb://{dvid_relay.url}/lab/em/seg", token=TOKEN),
+               vb.array(f"dvid://{dvid_relay.url}/{UUID}/seg", token=TOKEN),
+               vb.array(str(dvid_relay.root / "seg"))]
+    meshes = [remote.mesh(ids, smoothing=0) for remote in remotes]
+    for other in meshes[1:]:
+        assert sorted(other) == sorted(meshes[0]) == ids
+        for i in ids:
+            np.testing.assert_array_equal(np.sort(other[i].vertices, axis=0), np.sort(meshes[0][i].vertices, axis=0))
+            assert len(other[i].faces) == len(meshes[0][i].faces)
+    image = vb.array(f"dvid://{dvid_relay.url}/{UUID}/image", token=TOKEN)
+    with pytest.raises(vb.errors.InvalidArgumentError, match="mesh needs a segmentation layer .* image layer"):
+        image.mesh([1])
+    with pytest.raises(vb.errors.ReadOnlyError, match="downsample needs a volume open for writing"):
+        vb.array(str(dvid_relay.root / "seg")).downsample()
+    assert set(SERVICES) == {"mesh", "skeleton", "downsample", "transfer"}

@@ -233,6 +233,30 @@ class VolumeArray:
         out = self[...]
         return out if dtype is None else out.astype(dtype)
 
+    # -- services: the same call on every remote (bossdb://, dvid://, precomputed, zarr, ...) -----
+    def _service_source(self, kwargs: dict):
+        # on a cluster the workers open the volume themselves, from its URL
+        return self.url if kwargs.get("executor") is not None else self
+
+    def mesh(self, ids=None, **kwargs):
+        """:func:`volbridge.services.mesh.mesh` of this scale: ``{id: Mesh}``, or files with ``output=``."""
+        from .services.mesh import MESH
+
+        return MESH.run(self._service_source(kwargs), ids, mip=self.mip_level, **kwargs)
+
+    def skeleton(self, ids=None, **kwargs):
+        """:func:`volbridge.services.skeleton.skeleton` of this scale."""
+        from .services.skeleton import SKELETON
+
+        return SKELETON.run(self._service_source(kwargs), ids, mip=self.mip_level, **kwargs)
+
+    def downsample(self, **kwargs) -> None:
+        """:func:`volbridge.services.downsample`: fill (or extend) this volume's pyramid, on the
+        remote's own compute where it has some (BossDB)."""
+        from .services import DOWNSAMPLE
+
+        DOWNSAMPLE.run(self._service_source(kwargs), **kwargs)
+
     # -- dask ---------------------------------------------------------------------------------
     def to_dask(self):
         """A dask array of the whole scale, one block per storage chunk (absolute -> 0-based)."""

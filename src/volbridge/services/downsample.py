@@ -25,12 +25,12 @@ import numpy as np
 from ..array import VolumeArray
 from ..errors import (
     InvalidArgumentError,
-    ReadOnlyError,
     UnsupportedError,
     VolbridgeError,
 )
 from ..geometry import Box
 from . import provenance
+from .base import Service, Writable
 
 METHODS = ("auto", "mean", "mode", "min", "max", "nearest")
 
@@ -185,7 +185,7 @@ def downsample(source: Any, *, num_mips: int | None = None, factor: tuple[int, i
         raise InvalidArgumentError("on a cluster, give the source as a URL: the workers open it themselves")
     volume = vol.volume
     if num_mips is not None:
-        if "native_downsample" in volume.capabilities:
+        if DOWNSAMPLE.native(volume):
             raise UnsupportedError(f"{volume.url} builds its pyramid on the server, with the levels its experiment has")
         added = range(len(volume.meta.scales), num_mips + 1)
         for _ in added:
@@ -196,11 +196,10 @@ def downsample(source: Any, *, num_mips: int | None = None, factor: tuple[int, i
     mips = list(range(1, n) if mips is None else mips)
     if any(not 1 <= m < n for m in mips):
         raise InvalidArgumentError(f"mips must lie in 1..{n - 1} (the volume's scales; add scales first), got {mips}")
-    if "native_downsample" in volume.capabilities:
+    DOWNSAMPLE.check(volume)
+    if DOWNSAMPLE.native(volume):
         volume.downsample()  # the server's own service (BossDB)
         return
-    if "write" not in volume.capabilities:
-        raise ReadOnlyError(f"{volume.url} is open read-only; downsampling writes its scales (mode='r+')")
     if method == "auto":
         method = "mode" if volume.meta.layer_type == "segmentation" else "mean"
     target = source if executor is not None else volume
@@ -233,3 +232,18 @@ def wait_for(status: Callable[[], dict], timeout: float = 3600, poll: float = 0.
         if time.monotonic() > deadline:
             raise VolbridgeError(f"the server's downsample did not finish in {timeout} s (last status {s.get('status')})")
         time.sleep(poll)
+
+
+class DownsampleService(Service):
+    """Pyramids in place: :func:`downsample`, or the remote's own service where it has one."""
+
+    name = "downsample"
+    requires = (Writable(),)
+    native_capability = "native_downsample"
+
+    def run(self, source: Any, *, executor=None, **kwargs) -> None:
+        return downsample(source, executor=executor, **kwargs)
+
+
+DOWNSAMPLE = DownsampleService()
+

@@ -19,6 +19,7 @@ from ..engine.volume import Volume
 from ..errors import InvalidArgumentError, UnsupportedError
 from ..formats.base import ScaleMeta, VolumeMeta
 from ..geometry import Box, ChunkGrid
+from .base import Service
 from .units import open_cached, run_units
 
 
@@ -52,8 +53,9 @@ class LabelJob:
     ids: frozenset | None
 
 
-def label_job(source: Any, ids: Iterable[int] | None, mip: int, bbox, what: str) -> LabelJob:
-    """The segmentation a label service works on, checked before any work starts."""
+def label_job(source: Any, ids: Iterable[int] | None, mip: int, bbox, service: Service) -> LabelJob:
+    """The segmentation a label service works on, checked against ``service``'s requirements
+    before any work starts."""
     from ..api import array
 
     if isinstance(source, np.ndarray):
@@ -62,10 +64,7 @@ def label_job(source: Any, ids: Iterable[int] | None, mip: int, bbox, what: str)
         arr = array(source) if isinstance(source, str) else source
     arr = arr.mip(mip) if mip and arr.mip_level != mip else arr
     volume = arr.volume
-    if volume.meta.layer_type != "segmentation":
-        raise InvalidArgumentError(f"{volume.url} is an image layer: {what} are made of segmentation labels")
-    if np.dtype(volume.meta.dtype).kind not in "ui":
-        raise InvalidArgumentError(f"labels must be integers, not {volume.meta.dtype}")
+    service.check(volume)
     scale = arr.mip_level
     bounds = volume.meta.scales[scale].bounds
     region = bounds if bbox is None else Box.of(tuple(bbox[0])[::-1], tuple(bbox[1])[::-1]).intersect(bounds)

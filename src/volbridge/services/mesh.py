@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import InvalidArgumentError, UnsupportedError
 from ..geometry import Box
+from .base import Segmentation, Service
 from .labels import (
     label_job,
     label_units,
@@ -160,7 +161,7 @@ def mesh(source: Any, ids: Iterable[int] | None = None, *, mip: int = 0, bbox=No
     if multires is not None and format != "multires":
         raise InvalidArgumentError(f"multires options are for format='multires', not {format!r}")
     started = time.time()
-    job = label_job(source, ids, mip, bbox, "meshes")
+    job = label_job(source, ids, mip, bbox, MESH)
     parts = pieces_by_label(job, label_units(job, UNIT), mesh_unit, (), executor, progress)
     meshes = {i: _weld(i, frags, smoothing, job.res) for i, frags in parts.items()}
     if output is None:
@@ -226,3 +227,17 @@ def read_legacy(directory: str, segid: int) -> Mesh:
             parts.append(zmesh.Mesh.from_precomputed(f.read()))
     m = zmesh.Mesh.concatenate(*parts) if len(parts) > 1 else parts[0]
     return Mesh(m.vertices.astype(np.float32), m.faces.astype(np.uint32), segid)
+
+
+class MeshService(Service):
+    """Meshes of segmentation labels: :func:`mesh` (no remote meshes on its own compute yet)."""
+
+    name = "mesh"
+    requires = (Segmentation(),)
+
+    def run(self, source: Any, ids: Iterable[int] | None = None, *, executor=None, **kwargs):
+        return mesh(source, ids, executor=executor, **kwargs)
+
+
+MESH = MeshService()
+

@@ -26,6 +26,7 @@ from ..errors import InvalidArgumentError, UnsupportedError
 from ..formats.precomputed_sharding import label_sharding, write_sharded_objects
 from ..geometry import Box
 from ..kv.file import FileStore
+from .base import Segmentation, Service
 from .labels import (
     label_job,
     label_units,
@@ -158,7 +159,7 @@ def skeleton(source: Any, ids: Iterable[int] | None = None, *, mip: int = 0, bbo
     if format not in ("precomputed", "swc"):
         raise InvalidArgumentError(f"format must be precomputed or swc, got {format!r}")
     started = time.time()
-    job = label_job(source, ids, mip, bbox, "skeletons")
+    job = label_job(source, ids, mip, bbox, SKELETON)
     params = {**TEASAR, **(teasar or {})}
     parts = pieces_by_label(job, label_units(job, UNIT), skeleton_unit, (params, dust_threshold), executor, progress)
     skels = {i: _join(i, pieces) for i, pieces in parts.items()}
@@ -187,3 +188,17 @@ def write_skeletons(skels: dict[int, Skeleton], output: str, format: str, sharde
     if format == "precomputed":
         write_file(os.path.join(path, "info"), json.dumps(info).encode())
         name_in_volume_info(path, "skeletons")
+
+
+class SkeletonService(Service):
+    """TEASAR skeletons of segmentation labels: :func:`skeleton`."""
+
+    name = "skeleton"
+    requires = (Segmentation(),)
+
+    def run(self, source: Any, ids: Iterable[int] | None = None, *, executor=None, **kwargs):
+        return skeleton(source, ids, executor=executor, **kwargs)
+
+
+SKELETON = SkeletonService()
+

@@ -28,6 +28,7 @@ from ..errors import (
 )
 from ..geometry import Box, ChunkGrid
 from . import provenance
+from .base import Service, Writable
 from .units import Journal, run_units
 
 
@@ -84,6 +85,7 @@ def transfer(source: Any, destination: Any, *, bbox: tuple[Sequence[int], Sequen
         raise ShapeError(f"the box {bbox} is empty")
     dst, dscale = _destination(destination, src, box, chunk_shape, encoding, compression)
     dv = dst.volume
+    TRANSFER.check(sv, dv)
     if dv.meta.dtype != sv.meta.dtype:
         raise DTypeError(f"{dv.url} holds {dv.meta.dtype}, the source {sv.url} holds {sv.meta.dtype}; transfer does not convert")
     if dv.meta.num_channels != sv.meta.num_channels:
@@ -136,3 +138,17 @@ def _verify(sv, sscale: int, dv, dscale: int, units: list[Box]) -> None:
     run_bounded(check, units, 1)
     if bad:
         raise VolbridgeError(f"verify: {len(bad)} of {len(units)} blocks differ after the copy to {dv.url}, first {bad[0]} (x, y, z)")
+
+
+class TransferService(Service):
+    """Copies between any two remotes: :func:`transfer`."""
+
+    name = "transfer"
+    destination_requires = (Writable(),)
+
+    def run(self, source: Any, destination: Any = None, *, executor=None, **kwargs) -> VolumeArray:
+        return transfer(source, destination, executor=executor, **kwargs)
+
+
+TRANSFER = TransferService()
+
