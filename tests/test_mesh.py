@@ -106,3 +106,45 @@ def test_mesh_command(seg, tmp_path, capsys):
     assert (tmp_path / "ply" / "7.ply").read_bytes().startswith(b"ply")
     assert run(["mesh", str(root / "seg"), str(tmp_path / "x"), "--ids", "seven"]) == 1
     assert "labels" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("service", ["mesh", "skeleton"])
+def test_a_failed_run_resumes_with_only_the_missing_units(seg, tmp_path, monkeypatch, service):
+    """Finished units' pieces are journaled: after a failure, the rerun computes only the units
+    that did not finish, gives the same result as a clean run, and removes its journal."""
+    import importlib
+
+    if service == "skeleton":
+        pytest.importorskip("kimimaro")
+    module = importlib.import_module(f"volbridge.services.{service}")
+    unit_fn = {"mesh": "mesh_unit", "skeleton": "skeleton_unit"}[service]
+    run = getattr(module, service)
+    a, labels, _ = seg
+    monkeypatch.setattr("volbridge.services.units.JOBS_DIR", tmp_path / "jobs")
+    monkeypatch.setattr(module, "UNIT", (32, 32, 16))
+    kw = {"smoothing": 0} if service == "mesh" else {"dust_threshold": 0}
+    clean = run(a, resume=False, **kw)
+    real, calls = getattr(module, unit_fn), []
+
+    def failing(*args):
+        calls.append(args[-1])
+        if len(calls) == 4:
+            raise RuntimeError("killed")
+        return real(*args)
+
+    monkeypatch.setattr(module, unit_fn, failing)
+    with pytest.raises(RuntimeError, match="killed"):
+        run(a, **kw)
+    saved = list((tmp_path / "jobs").glob(f"{service}-*/*.pkl"))
+    assert 1 <= len(saved)
+    calls.clear()
+    monkeypatch.setattr(module, unit_fn, lambda *args: (calls.append(args[-1]), real(*args))[1])
+    again = run(a, **kw)
+    from volbridge.services.labels import label_job, label_units
+
+    total = len(label_units(label_job(a, None, 0, None, getattr(module, service.upper())), module.UNIT))
+    assert len(calls) == total - len(saved) and total > len(saved)
+    assert sorted(again) == sorted(clean)
+    for i in clean:
+        np.testing.assert_array_equal(again[i].vertices, clean[i].vertices)
+    assert not list((tmp_path / "jobs").iterdir())

@@ -20,7 +20,7 @@ from ..errors import InvalidArgumentError, UnsupportedError
 from ..formats.base import ScaleMeta, VolumeMeta
 from ..geometry import Box, ChunkGrid
 from .base import Service
-from .units import open_cached, run_units
+from .units import PieceJournal, open_cached, run_units
 
 
 class ArrayVolume(Volume):
@@ -84,36 +84,56 @@ def _by_url(fn: Callable, url: str, *args):
 
 
 def pieces_by_label(job: LabelJob, units: list[Box], fn: Callable, extra: tuple, executor=None,
-                    progress: Callable[[int, int], None] | None = None) -> dict[int, list]:
+                    progress: Callable[[int, int], None] | None = None,
+                    journal: PieceJournal | None = None) -> dict[int, list]:
     """``fn(volume, scale, region, ids, res, *extra, unit)`` -> {label: piece} for every unit,
     locally or on ``executor``; each label's pieces in unit order, whatever order units finished
-    in, so the result is the same byte for byte. ``progress(done, total)`` after each unit."""
+    in, so the result is the same byte for byte. ``progress(done, total)`` after each unit.
+    ``journal`` keeps finished units' pieces, so a rerun after a failure computes only the rest."""
     args = (job.scale, job.region, job.ids, job.res, *extra)
-    found: list[tuple[tuple, dict]] = []
+    found: dict[int, dict] = journal.load() if journal is not None else {}
+    todo = [i for i in range(len(units)) if i not in found]
     lock = threading.Lock()
+    done = [len(found)]
+
+    def finished(i: int, out: dict) -> None:
+        if journal is not None:
+            journal.save(i, out)
+        with lock:
+            found[i] = out
+            done[0] += 1
+            n = done[0]
+        if progress is not None:
+            progress(n, len(units))
+
     if executor is None:
-        def collect(*a) -> None:
-            out = fn(*a)
-            with lock:
-                found.append((a[-1].start, out))
+        def one(i: int) -> None:
+            finished(i, fn(job.volume, *args, units[i]))
 
         per_unit = math.prod(units[0].shape) * np.dtype(job.volume.meta.dtype).itemsize * 6 if units else 1
-        run_units(units, collect, (job.volume, *args), bytes_per_unit=per_unit, progress=progress)
+        run_units(todo, one, (), bytes_per_unit=per_unit)
     else:  # the pieces come back to the client; the workers open the source themselves
         if not isinstance(job.source, str):
             raise InvalidArgumentError("on a cluster, give the source as a URL: the workers open it themselves")
         from distributed import as_completed
 
-        futures = {executor.submit(_by_url, fn, job.source, *args, b): b for b in units}
-        for n, fut in enumerate(as_completed(list(futures)), 1):
-            found.append((futures[fut].start, fut.result()))
-            if progress is not None:
-                progress(n, len(units))
+        futures = {executor.submit(_by_url, fn, job.source, *args, units[i]): i for i in todo}
+        for fut in as_completed(list(futures)):
+            finished(futures[fut], fut.result())
     parts: dict[int, list] = {}
-    for _, out in sorted(found, key=lambda t: t[0]):
-        for label, piece in out.items():
+    for i in range(len(units)):
+        for label, piece in found[i].items():
             parts.setdefault(label, []).append(piece)
     return dict(sorted(parts.items()))
+
+
+def label_journal(job: LabelJob, service: str, units: list[Box], parameters: dict, resume: bool) -> PieceJournal | None:
+    """The journal of a label job, or None where its source cannot be named (an ndarray)."""
+    if not resume or isinstance(job.source, np.ndarray) or job.volume.url == "ndarray":
+        return None
+    return PieceJournal({"service": service, "url": job.volume.url, "scale": job.scale,
+                         "region": [job.region.start, job.region.stop], "ids": None if job.ids is None else sorted(job.ids),
+                         "units": len(units), **parameters})
 
 
 def record_output(job: LabelJob, output: str, service: str, parameters: dict, started: float) -> None:

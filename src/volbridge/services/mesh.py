@@ -32,6 +32,7 @@ from .labels import (
     label_units,
     name_in_volume_info,
     output_dir,
+    label_journal,
     pieces_by_label,
     record_output,
     write_file,
@@ -148,23 +149,29 @@ def mesh_unit(volume, scale: int, region: Box, ids, res, box: Box) -> dict[int, 
 
 def mesh(source: Any, ids: Iterable[int] | None = None, *, mip: int = 0, bbox=None, output: str | None = None,
          format: str = "precomputed", smoothing: int = 40, multires=None, executor=None,
-         progress: Callable[[int, int], None] | None = None) -> dict[int, Mesh] | None:
+         progress: Callable[[int, int], None] | None = None, resume: bool = True) -> dict[int, Mesh] | None:
     """Meshes of ``ids`` (default: every label) of a segmentation (a URL, a VolumeArray or an
     ndarray (z, y, x), 1 nm voxels), within ``bbox`` (z, y, x corners) of scale ``mip``.
 
     Returns ``{id: Mesh}``, or writes them to ``output`` (a directory) as ``format``: ``obj``,
     ``ply``, ``precomputed`` (neuroglancer legacy) or ``multires`` (neuroglancer multi-resolution
     Draco; ``multires`` takes its :class:`~.mesh_multires.MultiresOptions`) with a provenance
-    record beside them, and returns None. ``progress(done, total)`` after each unit."""
+    record beside them, and returns None. ``progress(done, total)`` after each unit. ``resume``:
+    finished units are journaled until the job completes, so rerunning the same call after a
+    failure meshes only what is left (change nothing in between)."""
     if format not in FORMATS:
         raise InvalidArgumentError(f"format must be {', '.join(FORMATS[:-1])} or {FORMATS[-1]}, got {format!r}")
     if multires is not None and format != "multires":
         raise InvalidArgumentError(f"multires options are for format='multires', not {format!r}")
     started = time.time()
     job = label_job(source, ids, mip, bbox, MESH)
-    parts = pieces_by_label(job, label_units(job, UNIT), mesh_unit, (), executor, progress)
+    units = label_units(job, UNIT)
+    journal = label_journal(job, "mesh", units, {}, resume)
+    parts = pieces_by_label(job, units, mesh_unit, (), executor, progress, journal)
     meshes = {i: _weld(i, frags, smoothing, job.res) for i, frags in parts.items()}
     if output is None:
+        if journal is not None:
+            journal.finish()
         return meshes
     if format == "multires":
         from .mesh_multires import write_multires
@@ -174,6 +181,8 @@ def mesh(source: Any, ids: Iterable[int] | None = None, *, mip: int = 0, bbox=No
         write_meshes(meshes, output, format)
     opts = dict(vars(multires)) if hasattr(multires, "__dict__") else multires
     record_output(job, output, "mesh", {"format": format, "smoothing": smoothing, "multires": opts}, started)
+    if journal is not None:
+        journal.finish()
     return None
 
 

@@ -32,6 +32,7 @@ from .labels import (
     label_units,
     name_in_volume_info,
     output_dir,
+    label_journal,
     pieces_by_label,
     record_output,
     write_file,
@@ -149,7 +150,7 @@ def _join(segid: int, parts: list) -> Skeleton:
 def skeleton(source: Any, ids: Iterable[int] | None = None, *, mip: int = 0, bbox=None, output: str | None = None,
              format: str = "precomputed", teasar: dict | None = None, dust_threshold: int = 1000,
              executor=None, sharded: bool = False,
-             progress: Callable[[int, int], None] | None = None) -> dict[int, Skeleton] | None:
+             progress: Callable[[int, int], None] | None = None, resume: bool = True) -> dict[int, Skeleton] | None:
     """TEASAR skeletons of ``ids`` (default: every label) of a segmentation (URL, VolumeArray or
     (z, y, x) ndarray with 1 nm voxels) within ``bbox`` of scale ``mip``; ``{id: Skeleton}``, or
     written to the directory ``output`` as ``precomputed`` (``sharded``: in
@@ -161,14 +162,17 @@ def skeleton(source: Any, ids: Iterable[int] | None = None, *, mip: int = 0, bbo
     started = time.time()
     job = label_job(source, ids, mip, bbox, SKELETON)
     params = {**TEASAR, **(teasar or {})}
-    parts = pieces_by_label(job, label_units(job, UNIT), skeleton_unit, (params, dust_threshold), executor, progress)
+    units = label_units(job, UNIT)
+    journal = label_journal(job, "skeleton", units, {"teasar": params, "dust": dust_threshold}, resume)
+    parts = pieces_by_label(job, units, skeleton_unit, (params, dust_threshold), executor, progress, journal)
     skels = {i: _join(i, pieces) for i, pieces in parts.items()}
-    if output is None:
-        return skels
-    write_skeletons(skels, output, format, sharded)
-    record_output(job, output, "skeleton", {"format": format, "sharded": sharded, "teasar": params,
-                                            "dust_threshold": dust_threshold}, started)
-    return None
+    if output is not None:
+        write_skeletons(skels, output, format, sharded)
+        record_output(job, output, "skeleton", {"format": format, "sharded": sharded, "teasar": params,
+                                                "dust_threshold": dust_threshold}, started)
+    if journal is not None:
+        journal.finish()
+    return skels if output is None else None
 
 
 def write_skeletons(skels: dict[int, Skeleton], output: str, format: str, sharded: bool = False) -> None:

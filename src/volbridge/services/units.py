@@ -14,6 +14,8 @@ import functools
 import hashlib
 import json
 import os
+import pickle
+import shutil
 import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -55,6 +57,36 @@ class Journal:
 
     def finish(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+class PieceJournal:
+    """Finished units of a job whose units return results instead of writing them (the label
+    services gather mesh and skeleton pieces before joining them): each unit's result is kept in
+    ``JOBS_DIR/<service>-<digest>/<unit>.pkl`` until the job completes, so a rerun with the same
+    parameters recomputes only the missing units. The files are this user's own cache."""
+
+    def __init__(self, key: dict, directory: Path | None = None):
+        digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+        self.path = (directory or JOBS_DIR) / f"{key.get('service', 'job')}-{digest}"
+
+    def load(self) -> dict[int, Any]:
+        done = {}
+        for f in self.path.glob("*.pkl") if self.path.is_dir() else ():
+            if f.stem.isdigit():
+                try:
+                    done[int(f.stem)] = pickle.loads(f.read_bytes())
+                except Exception:  # noqa: BLE001 - a damaged entry is recomputed, not trusted
+                    f.unlink(missing_ok=True)
+        return done
+
+    def save(self, index: int, result: Any) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        tmp = self.path / f".{index}.{os.getpid()}.{threading.get_ident()}.tmp"
+        tmp.write_bytes(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+        os.replace(tmp, self.path / f"{index}.pkl")  # whole or absent
+
+    def finish(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
 
 
 def run_units(units: Sequence[Any], fn: Callable, args: tuple, *, executor=None, journal: Journal | None = None,
