@@ -148,3 +148,28 @@ def test_a_failed_run_resumes_with_only_the_missing_units(seg, tmp_path, monkeyp
     for i in clean:
         np.testing.assert_array_equal(again[i].vertices, clean[i].vertices)
     assert not list((tmp_path / "jobs").iterdir())
+
+
+@pytest.mark.parametrize("service", ["mesh", "skeleton"])
+def test_worker_processes_give_the_same_result_as_threads(seg, tmp_path, monkeypatch, service):
+    """Big local jobs run their units (and smoothing) in worker processes, since zmesh and
+    kimimaro hold the GIL; forced here on a small volume, the result is identical to threads."""
+    import importlib
+
+    if service == "skeleton":
+        pytest.importorskip("kimimaro")
+    module = importlib.import_module(f"volbridge.services.{service}")
+    a, _, _ = seg
+    monkeypatch.setattr(module, "UNIT", (32, 32, 16))
+    kw = {"smoothing": 5} if service == "mesh" else {"dust_threshold": 0}
+    monkeypatch.setenv("VOLBRIDGE_PROCESSES", "0")
+    threads = getattr(module, service)(a.url, **kw)
+    monkeypatch.setenv("VOLBRIDGE_PROCESSES", "1")
+    monkeypatch.setattr("volbridge.services.units.JOBS_DIR", tmp_path / "jobs")
+    procs = getattr(module, service)(a.url, **kw)
+    assert sorted(procs) == sorted(threads) and procs
+    for i in threads:
+        np.testing.assert_array_equal(procs[i].vertices, threads[i].vertices)
+        np.testing.assert_array_equal(procs[i].edges if service == "skeleton" else procs[i].faces,
+                                      threads[i].edges if service == "skeleton" else threads[i].faces)
+    assert not list((tmp_path / "jobs").iterdir())  # the workers' journal entries are gone

@@ -4,6 +4,7 @@ pieces per label in unit order, and writing files beside a precomputed volume.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -20,6 +21,7 @@ from ..errors import InvalidArgumentError, UnsupportedError
 from ..formats.base import ScaleMeta, VolumeMeta
 from ..geometry import Box, ChunkGrid
 from .base import Service
+from ..engine.parallel import run_bounded
 from .units import PieceJournal, open_cached, run_units
 
 
@@ -83,21 +85,98 @@ def _by_url(fn: Callable, url: str, *args):
     return fn(open_cached(url, "r").volume, *args)
 
 
+def _by_url_journaled(journal: PieceJournal | None, index: int, fn: Callable, url: str, *args):
+    out = _by_url(fn, url, *args)
+    if journal is not None:
+        journal.save(index, out)
+    return out
+
+
+#: Local label jobs of at least this many voxels run their units in worker processes: zmesh and
+#: kimimaro hold the GIL, so threads mesh one unit at a time. Smaller jobs stay on threads, where
+#: starting the workers (about a second) would cost more than it saves. ``VOLBRIDGE_PROCESSES``:
+#: 0 never, 1 always (where the source can be reopened by URL).
+PROCESS_MIN_VOXELS = 1 << 24
+
+
+def _process_url(job: LabelJob, units: list[Box]) -> str | None:
+    """The URL worker processes reopen the source from, or None to stay on threads."""
+    setting = os.environ.get("VOLBRIDGE_PROCESSES", "")
+    if setting == "0" or (os.cpu_count() or 1) < 2 or len(units) < 2:
+        return None
+    if setting != "1" and sum(u.size for u in units) < PROCESS_MIN_VOXELS:
+        return None
+    url = job.volume.url
+    # in-memory stores and server remotes (tokens) cannot be reopened from a URL alone
+    if getattr(job.volume, "store", None) is None or "mem://" in url or url.startswith("mem:"):
+        return None
+    return url
+
+
+@contextlib.contextmanager
+def label_pool(job: LabelJob, units: list[Box], executor, preload: str):
+    """Worker processes for a local label job big enough to pay for them (None otherwise); the
+    module ``preload`` is imported once in the fork server, so workers start with it loaded."""
+    url = None if executor is not None else _process_url(job, units)
+    if url is None:
+        yield None
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # forkserver: a plain fork of this threaded process could inherit a lock held by a thread
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([preload])
+    with ProcessPoolExecutor(min(os.cpu_count() or 1, len(units)), mp_context=context) as pool:
+        pool.url = url  # type: ignore[attr-defined]
+        yield pool
+
+
+def map_labels(fn: Callable, parts: dict[int, list], args: tuple, pool) -> dict[int, Any]:
+    """``fn(label, pieces, *args)`` for every label, in ``pool``'s processes when there is one
+    (in batches of similar total size, biggest first), else here; in label order."""
+    if pool is None or len(parts) < 2:
+        done: dict[int, Any] = {}
+
+        def one(i: int) -> None:  # numpy's sorts and gathers release the GIL: threads overlap
+            done[i] = fn(i, parts[i], *args)
+
+        run_bounded(one, list(parts), 1 << 20)
+        return {i: done[i] for i in parts}
+    n = 4 * (os.cpu_count() or 1)
+    order = sorted(parts, key=lambda i: -sum(_piece_size(p) for p in parts[i]))
+    batches = [order[k::n] for k in range(n) if order[k::n]]
+    done = {}
+    for batch, out in zip(batches, pool.map(_map_batch, [(fn, [(i, parts[i]) for i in b], args) for b in batches])):
+        done.update(zip(batch, out))
+    return {i: done[i] for i in parts}
+
+
+def _piece_size(piece) -> int:
+    return sum(getattr(a, "size", 0) for a in piece) if isinstance(piece, tuple) else 1
+
+
+def _map_batch(task) -> list:
+    fn, items, args = task
+    return [fn(i, pieces, *args) for i, pieces in items]
+
+
 def pieces_by_label(job: LabelJob, units: list[Box], fn: Callable, extra: tuple, executor=None,
                     progress: Callable[[int, int], None] | None = None,
-                    journal: PieceJournal | None = None) -> dict[int, list]:
+                    journal: PieceJournal | None = None, pool=None) -> dict[int, list]:
     """``fn(volume, scale, region, ids, res, *extra, unit)`` -> {label: piece} for every unit,
     locally or on ``executor``; each label's pieces in unit order, whatever order units finished
     in, so the result is the same byte for byte. ``progress(done, total)`` after each unit.
-    ``journal`` keeps finished units' pieces, so a rerun after a failure computes only the rest."""
+    ``journal`` keeps finished units' pieces, so a rerun after a failure computes only the rest;
+    ``pool`` (:func:`label_pool`) runs the units in worker processes."""
     args = (job.scale, job.region, job.ids, job.res, *extra)
     found: dict[int, dict] = journal.load() if journal is not None else {}
     todo = [i for i in range(len(units)) if i not in found]
     lock = threading.Lock()
     done = [len(found)]
 
-    def finished(i: int, out: dict) -> None:
-        if journal is not None:
+    def finished(i: int, out: dict, saved: bool = False) -> None:
+        if journal is not None and not saved:
             journal.save(i, out)
         with lock:
             found[i] = out
@@ -106,7 +185,19 @@ def pieces_by_label(job: LabelJob, units: list[Box], fn: Callable, extra: tuple,
         if progress is not None:
             progress(n, len(units))
 
-    if executor is None:
+    if executor is None and pool is not None:
+        from concurrent.futures import as_completed as completed
+
+        # each worker journals its own unit: the writes run in parallel, off this process
+        futures = {pool.submit(_by_url_journaled, journal, i, fn, pool.url, *args, units[i]): i for i in todo}
+        try:
+            for fut in completed(futures):
+                finished(futures[fut], fut.result(), saved=True)
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+    elif executor is None:
         def one(i: int) -> None:
             finished(i, fn(job.volume, *args, units[i]))
 

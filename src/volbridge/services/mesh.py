@@ -33,6 +33,8 @@ from .labels import (
     name_in_volume_info,
     output_dir,
     label_journal,
+    label_pool,
+    map_labels,
     pieces_by_label,
     record_output,
     write_file,
@@ -167,8 +169,11 @@ def mesh(source: Any, ids: Iterable[int] | None = None, *, mip: int = 0, bbox=No
     job = label_job(source, ids, mip, bbox, MESH)
     units = label_units(job, UNIT)
     journal = label_journal(job, "mesh", units, {}, resume)
-    parts = pieces_by_label(job, units, mesh_unit, (), executor, progress, journal)
-    meshes = {i: _weld(i, frags, smoothing, job.res) for i, frags in parts.items()}
+    with label_pool(job, units, executor, __name__) as pool:
+        parts = pieces_by_label(job, units, mesh_unit, (), executor, progress, journal, pool)
+        # smoothing is the costly part of a weld; without it, shipping the pieces to the workers
+        # and back costs more than welding them here
+        meshes = map_labels(_weld, parts, (smoothing, job.res), pool if smoothing else None)
     if output is None:
         if journal is not None:
             journal.finish()

@@ -33,6 +33,7 @@ from .labels import (
     name_in_volume_info,
     output_dir,
     label_journal,
+    label_pool,
     pieces_by_label,
     record_output,
     write_file,
@@ -164,7 +165,8 @@ def skeleton(source: Any, ids: Iterable[int] | None = None, *, mip: int = 0, bbo
     params = {**TEASAR, **(teasar or {})}
     units = label_units(job, UNIT)
     journal = label_journal(job, "skeleton", units, {"teasar": params, "dust": dust_threshold}, resume)
-    parts = pieces_by_label(job, units, skeleton_unit, (params, dust_threshold), executor, progress, journal)
+    with label_pool(job, units, executor, __name__) as pool:
+        parts = pieces_by_label(job, units, skeleton_unit, (params, dust_threshold), executor, progress, journal, pool)
     skels = {i: _join(i, pieces) for i, pieces in parts.items()}
     if output is not None:
         write_skeletons(skels, output, format, sharded)
