@@ -203,6 +203,11 @@ def test_file_store_stat(tmp_path):
     assert first.size == 5 and first.etag and first.version is None
     s.put("k", b"123")
     assert s.stat("k").size == 3 and s.stat("k").etag != first.etag
+    etags = set()
+    for i in range(50):  # same size, back to back: the mtime alone would repeat
+        s.put("same", bytes([i]) * 8)
+        etags.add(s.stat("same").etag)
+    assert len(etags) == 50
     s.put("g", b"payload" * 10, content_encoding="gzip")  # read whole, as its ranges are
     assert s.stat("g") == ObjectStat(70)
     (tmp_path / "dir").mkdir()

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import ChunkDecodeError, ChunkEncodeError, ReadOnlyError, UnsupportedError, VolbridgeError
 from ..formats.base import ChunkedDataset, ScaleLayout
-from ..geometry import Box, Cell
+from ..geometry import Box, Cell, ChunkGrid
 from ..kv import KVStore
 from .parallel import run_bounded
 from .sharded import read_sharded, write_sharded
@@ -33,6 +33,14 @@ class ChunkedVolume(Volume):
 
     def grid(self, scale: int = 0):
         return self.dataset.layout(scale).grid
+
+    def write_grid(self, scale: int = 0):
+        layout = self.dataset.layout(scale)
+        block = layout.sharding.block_shape() if layout.sharding is not None else None
+        if block is None:
+            return layout.grid
+        g = layout.grid
+        return ChunkGrid(g.bounds, tuple(c * b for c, b in zip(g.chunk_shape, block)), g.origin)
 
     def add_scale(self, factor) -> None:
         """Append a scale ``factor`` (x, y, z) coarser than the last, where the format has scales."""

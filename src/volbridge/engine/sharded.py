@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import ChunkDecodeError, VersionChangedError
 from ..geometry import Box, Cell
+from . import parallel
 from .parallel import default_threads, run_bounded
 
 if TYPE_CHECKING:
@@ -97,10 +98,18 @@ def _shard_nbytes(shards: list[_Shard], chunk_nbytes: int) -> int:
     return chunk_nbytes * max((len(s.ids) for s in shards), default=1)
 
 
+def _nested(vol: ChunkedVolume, shards: list[_Shard], chunk_nbytes: int) -> bool:
+    """Whether a shard's chunks should spread over the loops: when fewer shard loops run than
+    there are loops, because the box holds few shards or big shards cap the bytes in flight."""
+    loops = vol.store.io_concurrency or default_threads()
+    shard_loops = min(len(shards), loops, max(1, parallel.MAX_BYTES_IN_FLIGHT // _shard_nbytes(shards, chunk_nbytes)))
+    return shard_loops < loops
+
+
 def read_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, out: np.ndarray) -> None:
     shards = _plan(layout, box)
     chunk_nbytes = vol._chunk_nbytes(layout)
-    nested = len(shards) < (vol.store.io_concurrency or default_threads())
+    nested = _nested(vol, shards, chunk_nbytes)
 
     def shard_task(shard: _Shard) -> None:
         found = _read_shard(vol, layout, shard)
@@ -121,7 +130,7 @@ def write_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, data: np.nd
                   all_channels: bool) -> None:
     shards = _plan(layout, box)
     chunk_nbytes = vol._chunk_nbytes(layout)
-    nested = len(shards) < (vol.store.io_concurrency or default_threads())
+    nested = _nested(vol, shards, chunk_nbytes)
 
     def shard_task(shard: _Shard) -> None:
         whole, partial = [], []

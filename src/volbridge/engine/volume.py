@@ -40,9 +40,14 @@ class Volume(ABC):
         raise UnsupportedError(f"volbridge cannot add scales to a {self.format_name} volume ({self.url}) yet")
 
     def grid(self, scale: int = 0) -> ChunkGrid:
-        """The storage chunk grid of ``scale``: work split on it never shares an object."""
+        """The storage chunk grid of ``scale``: the unit of reading."""
         s = self.meta.scales[scale]
         return ChunkGrid(s.bounds, s.chunk_shape, s.bounds.start)
+
+    def write_grid(self, scale: int = 0) -> ChunkGrid:
+        """The grid of the objects writes replace (shards where the format has them): work split
+        on it never shares an object, so units never read-modify-write each other's."""
+        return self.grid(scale)
 
     def check_write(self, box: Box, data: np.ndarray, scale: int, channels: slice | None) -> None:
         """Raise before any byte is written if the write cannot be honoured as given."""

@@ -206,10 +206,12 @@ def build_info(
         if encoding == "jpeg" and jpeg_quality is not None:
             s["jpeg_quality"] = int(jpeg_quality)
         if shard_shape is not None:
-            if compression:
-                raise UnsupportedError("shard files are read by range and never transport-compressed: leave compression unset")
-            s["sharding"] = sharding_for(s["size"], chunk_shape, shard_shape)
-        if compression:
+            # shard files are read by range, never transport-compressed: gzip becomes the
+            # shard's own data_encoding of each chunk
+            if compression not in (None, "gzip"):
+                raise UnsupportedError(f"sharded precomputed compresses chunks with gzip only (data_encoding), not {compression}")
+            s["sharding"] = sharding_for(s["size"], chunk_shape, shard_shape, data_encoding=compression or "raw")
+        elif compression:
             s["volbridge"] = {"compression": compression}
         scales.append(s)
     info = {
@@ -223,7 +225,8 @@ def build_info(
     return info
 
 
-def sharding_for(size: Sequence[int], chunk_shape: Sequence[int], shard_shape: Sequence[int]) -> dict:
+def sharding_for(size: Sequence[int], chunk_shape: Sequence[int], shard_shape: Sequence[int],
+                 data_encoding: str = "raw") -> dict:
     """A sharding spec whose shards are aligned blocks of ``shard_shape`` voxels (x, y, z).
 
     With the identity hash, a shard holds the chunks whose compressed Morton codes agree above
@@ -243,7 +246,7 @@ def sharding_for(size: Sequence[int], chunk_shape: Sequence[int], shard_shape: S
     minishard = low // 2
     return {"@type": "neuroglancer_uint64_sharded_v1", "hash": "identity", "preshift_bits": low - minishard,
             "minishard_bits": minishard, "shard_bits": sum(grid_bits) - low,
-            "minishard_index_encoding": "gzip", "data_encoding": "raw"}
+            "minishard_index_encoding": "gzip", "data_encoding": data_encoding}
 
 
 def _codec_for(encoding, dtype, num_channels, block_size, jpeg_quality, png_level=None) -> ChunkCodec:

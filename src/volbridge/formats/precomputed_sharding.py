@@ -169,7 +169,7 @@ class PrecomputedShardCodec(ShardFormat):
             starts = starts + np.uint64(self.spec.index_bytes)
         return ids, starts, sizes
 
-    def _chunk(self, data: bytes, key: str, cid: int) -> bytes:
+    def decode_data(self, data, key: str, cid: int) -> bytes:
         if not self.spec.data_gzip:
             return data
         try:
@@ -193,48 +193,58 @@ class PrecomputedShardCodec(ShardFormat):
                 check_span(key, f"chunk {int(cids[i])}", int(starts[i]), int(starts[i]) + int(sizes[i]), size)
             for cid, start, n in zip(cids.tolist(), starts.tolist(), sizes.tolist()):
                 if ids is None or cid in ids:
-                    out[cid] = self._chunk(view[start:start + n], key, cid)
+                    out[cid] = self.decode_data(view[start:start + n], key, cid)
         return out
 
-    def read_ids(self, reader: RangeReader, key: str, ids: set[int]) -> dict[int, bytes] | None:
+    def spans(self, reader: RangeReader, key: str, ids: set[int]) -> dict[int, tuple[int, int]] | None:
+        """Where each of ``ids`` the shard holds sits in it, ``{id: (start, size)}``, from its
+        shard index and the minishard indexes they need (read concurrently); None when absent."""
         head = reader.read(0, self.spec.index_bytes)
         if head is None:
             return None
         table = self._shard_index(head, key)
         wanted = np.array(sorted(ids), dtype=np.uint64)
         _, minis = self.spec.shard_and_minishard(wanted)
-        out: dict[int, bytes] = {}
         base = self.spec.index_bytes
-        for m in np.unique(minis).tolist():
-            a, b = (int(v) for v in table[m])
-            if a == b:
-                continue
-            if b < a:
-                raise shard_error(key, f"minishard {m} index spans bytes {base + a}-{base + b}")
-            got, starts, sizes = self._minishard(reader.read(base + a, base + b), key, m)
+        needed = [m for m in np.unique(minis).tolist() if table[m, 0] != table[m, 1]]
+        for m in needed:
+            if table[m, 1] < table[m, 0]:
+                raise shard_error(key, f"minishard {m} index spans bytes {base + int(table[m, 0])}-{base + int(table[m, 1])}")
+        raws = reader.read_many([(base + int(table[m, 0]), base + int(table[m, 1])) for m in needed])
+        out: dict[int, tuple[int, int]] = {}
+        for m, raw in zip(needed, raws):
+            got, starts, sizes = self._minishard(raw, key, m)
             where = {cid: i for i, cid in enumerate(got.tolist())}
             for cid in wanted[minis == m].tolist():
                 i = where.get(cid)
                 if i is not None:
-                    start, n = int(starts[i]), int(sizes[i])
-                    out[cid] = self._chunk(reader.read(start, start + n), key, cid)
+                    out[cid] = (int(starts[i]), int(sizes[i]))
         return out
 
-    def unpack_prefixed(self, data: bytes, key: str) -> tuple[dict[int, bytes], dict[int, bytes]]:
-        """(chunks, prefixes): with each chunk the bytes between the end of the one before it and
-        its start. A sharded multi-resolution mesh keeps its fragment data there, unindexed."""
+    def read_ids(self, reader: RangeReader, key: str, ids: set[int]) -> dict[int, bytes] | None:
+        found = self.spans(reader, key, ids)
+        if found is None:
+            return None
+        cids = list(found)
+        datas = reader.read_many([(found[c][0], found[c][0] + found[c][1]) for c in cids])
+        return {c: self.decode_data(d, key, c) for c, d in zip(cids, datas)}
+
+    def unpack_prefixed(self, data, key: str, prefix_size) -> tuple[dict[int, bytes], dict[int, bytes]]:
+        """(chunks, prefixes): with each chunk, the ``prefix_size(id, chunk)`` bytes right before
+        it, which a sharded multi-resolution mesh keeps unindexed (its fragment data). Other gaps
+        (minishard indexes that tensorstore writes between minishards) are not prefixes."""
         chunks = self.unpack(data, key)
-        spans = []
         base = self.spec.index_bytes
-        for m, (a, b) in enumerate(self._shard_index(data, key)):
-            if a != b:
-                ids, starts, sizes = self._minishard(bytes(data[base + int(a):base + int(b)]), key, m)
-                spans.extend(zip(starts.tolist(), sizes.tolist(), ids.tolist()))
-        prefixes, end = {}, base
-        for start, n, cid in sorted(spans):
-            if start > end:
-                prefixes[cid] = bytes(data[end:start])
-            end = start + n
+        prefixes = {}
+        for m in np.flatnonzero(self._shard_index(data, key)[:, 0] != self._shard_index(data, key)[:, 1]).tolist():
+            a, b = (int(v) for v in self._shard_index(data, key)[m])
+            cids, starts, _ = self._minishard(bytes(data[base + a:base + b]), key, m)
+            for cid, start in zip(cids.tolist(), starts.tolist()):
+                n = prefix_size(cid, chunks[cid])
+                if n:
+                    if n > start - base:
+                        raise shard_error(key, f"object {cid} needs {n} bytes before it, but starts at byte {start}")
+                    prefixes[cid] = bytes(data[start - n:start])
         return chunks, prefixes
 
     # -- encoding -----------------------------------------------------------------------------
@@ -286,9 +296,12 @@ def label_sharding(num_labels: int, data_encoding: str = "gzip") -> dict:
             "minishard_index_encoding": "gzip", "data_encoding": data_encoding}
 
 
-def write_sharded_objects(store, spec: dict, objects: dict[int, bytes], prefixes: dict[int, bytes] | None = None) -> None:
+def write_sharded_objects(store, spec: dict, objects: dict[int, bytes], prefixes: dict[int, bytes] | None = None,
+                          prefix_size=None) -> None:
     """Put ``objects`` (segment id -> bytes) into the shard files of ``spec`` in ``store``, one
-    atomic update per shard that keeps the ids already there (a rerun for some labels)."""
+    atomic update per shard that keeps the ids already there (a rerun for some labels).
+    ``prefixes``: unindexed bytes to place right before an object; ``prefix_size(id, object)``
+    tells how many such bytes the objects already stored carry, so a rewrite keeps them."""
     codec = PrecomputedShardCodec(ShardingSpec(spec, "sharding"))
     prefixes = prefixes or {}
     by_key: dict[str, list[int]] = {}
@@ -296,7 +309,12 @@ def write_sharded_objects(store, spec: dict, objects: dict[int, bytes], prefixes
         by_key.setdefault(codec.key_of_id(int(i)), []).append(int(i))
     for key, ids in sorted(by_key.items()):
         def merge(old: bytes | None, ids=ids, key=key) -> bytes:
-            chunks, before = ({}, {}) if old is None else codec.unpack_prefixed(old, key)
+            if old is None:
+                chunks, before = {}, {}
+            elif prefix_size is not None:
+                chunks, before = codec.unpack_prefixed(old, key, prefix_size)
+            else:
+                chunks, before = codec.unpack(old, key), {}
             for i in ids:
                 chunks[i] = objects[i]
                 before.pop(i, None)
@@ -323,6 +341,23 @@ class PrecomputedVolumeSharding(PrecomputedShardCodec):
         super().__init__(spec, prefix)
         self.grid_shape = grid_shape
         self._capacity: np.ndarray | None = None
+
+    def block_shape(self) -> tuple[int, int, int] | None:
+        """With the identity hash a shard holds the ids that agree above their low
+        ``preshift + minishard`` bits: an aligned block of ``2**bits`` chunks per axis, where
+        ``bits`` counts each axis's share of those low bits of the compressed Morton code."""
+        if self.spec.hash != "identity":
+            return None
+        low = self.spec.preshift + self.spec.minishard_bits
+        grid_bits = [max(0, math.ceil(math.log2(n))) if n > 0 else 0 for n in self.grid_shape]
+        bits, j, i = [0, 0, 0], 0, 0
+        while j < low and i < max(grid_bits, default=0):
+            for d in range(3):
+                if i < grid_bits[d] and j < low:
+                    bits[d] += 1
+                    j += 1
+            i += 1
+        return tuple(1 << b for b in bits)  # type: ignore[return-value]
 
     def locate_many(self, grid_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         cids = compressed_morton(grid_index, self.grid_shape)

@@ -31,6 +31,11 @@ class ShardFormat(ABC):
         """(shard number, id inside the shard) of each row of ``grid_index`` (n, 3)."""
         raise NotImplementedError(f"{type(self).__name__} holds objects by id, not grid chunks")
 
+    def block_shape(self) -> tuple[int, int, int] | None:
+        """Chunks per shard along (x, y, z) when shards are aligned blocks of the chunk grid, else
+        None (hashed shards scatter their chunks)."""
+        return None
+
     def shard_key(self, shard: int) -> str:
         """The key of shard number ``shard``."""
         raise NotImplementedError(f"{type(self).__name__} holds objects by id, not grid chunks")

@@ -71,6 +71,9 @@ class ZarrSharding(ShardFormat):
         inner = np.ravel_multi_index(tuple((idx % cps).T), self.cps)
         return shard.astype(np.int64), inner.astype(np.uint64)
 
+    def block_shape(self) -> tuple[int, int, int]:
+        return tuple(self.cps[-3:][::-1])  # type: ignore[return-value]
+
     def shard_key(self, shard: int) -> str:
         return self.key_of(tuple(int(i) for i in np.unravel_index(shard, self.shard_grid)))
 
@@ -113,15 +116,14 @@ class ZarrSharding(ShardFormat):
         if raw is None:
             return None
         table = self._table(raw, key)
-        out = {}
-        for i in sorted(ids):
+        present = [i for i in sorted(ids) if int(table[i, 0]) != EMPTY]
+        spans = []
+        for i in present:
             off, nbytes = int(table[i, 0]), int(table[i, 1])
-            if off == EMPTY:
-                continue
-            if off + nbytes < off or off + nbytes > EMPTY:
+            if off + nbytes > EMPTY:
                 raise shard_error(key, f"inner chunk {i} has an invalid span {off}+{nbytes}")
-            out[i] = reader.read(off, off + nbytes)
-        return out
+            spans.append((off, off + nbytes))
+        return dict(zip(present, reader.read_many(spans)))
 
     def pack(self, chunks: dict[int, bytes]) -> bytes:
         isize = self.index.size(self.n)

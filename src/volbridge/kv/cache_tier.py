@@ -39,11 +39,13 @@ Tiers implement five hooks: ``_lookup``, ``_ticket``, ``_fill``, ``_begin_write`
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 from ..errors import InvalidArgumentError
 from .base import KVStore, ObjectStat, StoreStats, Updater
+from .ranges import RangeReader
 
 #: Buckets of the fill/write protocol. More buckets mean fewer fills refused because a
 #: different key of the same bucket was written meanwhile.
@@ -164,6 +166,17 @@ class CacheTier(KVStore):
 
     def get(self, key: str) -> bytes | None:
         return self._read(key, False)  # type: ignore[return-value]
+
+    def range_reader(self, key: str) -> RangeReader:
+        """A cached value serves its ranges; otherwise the backing store's own ranged reads,
+        without filling the cache (a shard read for one chunk must not fetch the whole shard,
+        and may be larger than the cache)."""
+        cached = self._lookup(key, False)
+        if cached is not None:
+            self._stats.add(hits=1)
+            return RangeReader(None if cached is ABSENT else cached, f"{self.url}/{key}")
+        self._stats.add(misses=1)
+        return self.backing.range_reader(key)
 
     def get_transient(self, key: str) -> bytes | memoryview | None:
         return self._read(key, True)

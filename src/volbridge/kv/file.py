@@ -150,7 +150,9 @@ class FileStore(KVStore):
         except OSError as e:
             raise StoreError(f"cannot stat {key!r} in {self.url}: {e}") from e
         if st is not None and not stat.S_ISDIR(st.st_mode):
-            return ObjectStat(st.st_size, etag=f'"{st.st_mtime_ns:x}-{st.st_size:x}"')
+            # every write renames a new file into place: the inode names the version, where a
+            # coarse mtime and an equal size would not
+            return ObjectStat(st.st_size, etag=f'"{st.st_ino:x}-{st.st_ctime_ns:x}-{st.st_mtime_ns:x}-{st.st_size:x}"')
         value = self._read_variant(path, key)
         return None if value is None else ObjectStat(len(value))
 

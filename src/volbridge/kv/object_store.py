@@ -288,6 +288,10 @@ class _ObjectRangeReader(RangeReader):
             return None
         except oe.PreconditionError as e:
             raise VersionChangedError(f"{self.where} changed while it was being read") from e
+        except oe.NotSupportedError as e:
+            if end is not None:
+                raise StoreError(f"GET {where} failed: {_short(e)}") from e
+            return self._suffix_by_size(-start)
         except Exception as e:
             raise StoreError(f"GET {where} failed: {_short(e)}") from e
         want = -start if end is None else end - start
@@ -297,4 +301,36 @@ class _ObjectRangeReader(RangeReader):
             self.etag = etag
         self.store.stats.add(bytes_read=len(data))
         return data
+
+    def read_many(self, spans: list[tuple[int, int]]) -> list[bytes]:
+        """The spans concurrently (latency, not bandwidth, bounds small ranges), each pinned to
+        this version; the first to fail raises."""
+        if len(spans) < 2 or self.etag is None:
+            return super().read_many(spans)
+        from ..engine.parallel import run_bounded  # plain threading: no engine layer involved
+
+        out: list = [None] * len(spans)
+
+        def one(i: int) -> None:
+            out[i] = self.read(*spans[i])
+            if out[i] is None:
+                raise StoreError(f"{self.where} is absent (reading bytes {spans[i][0]}-{spans[i][1]})")
+
+        run_bounded(one, range(len(spans)), 1 << 16, self.store.io_concurrency)
+        return out
+
+    def _suffix_by_size(self, n: int) -> bytes | None:
+        """A suffix where the service has no suffix ranges (Azure): the size (and the version to
+        pin) from a HEAD, then an ordinary range of that version."""
+        st = self.store.stat(self.key)
+        if st is None:
+            if self.etag is not None:
+                raise VersionChangedError(f"{self.where} was deleted while it was being read")
+            self.absent = True
+            return None
+        if self.etag is None:
+            self.etag = st.etag
+        if n > st.size:
+            raise StoreError(f"{self.where} has {st.size} bytes; the last {n} were asked for")
+        return self.read(st.size - n, st.size)
 

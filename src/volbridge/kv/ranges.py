@@ -40,6 +40,16 @@ class RangeReader:
         a, b = part_bounds(start, end, len(self.value), self.where)
         return bytes(self.value[a:b])
 
+    def read_many(self, spans: list[tuple[int, int]]) -> list[bytes]:
+        """Bytes of each ``(start, end)`` of this version (of an object known to exist)."""
+        out = []
+        for a, b in spans:
+            data = self.read(a, b)
+            if data is None:
+                raise StoreError(f"{self.where} is absent (reading bytes {a}-{b})")
+            out.append(data)
+        return out
+
     def close(self) -> None:
         pass
 

@@ -207,7 +207,7 @@ def downsample(source: Any, *, num_mips: int | None = None, factor: tuple[int, i
     for m in sorted(mips):
         fine, coarse = volume.meta.scales[m - 1], volume.meta.scales[m]
         f = factor_between(fine.resolution, coarse.resolution)
-        grid = volume.grid(m)
+        grid = volume.write_grid(m)
         units = [c.box for c in grid.cells(coarse.bounds)]
         per_unit = math.prod(grid.chunk_shape) * math.prod(f) * volume.meta.num_channels * np.dtype(volume.meta.dtype).itemsize * 3
         journal = Journal({"service": "downsample", "url": volume.url, "mip": m, "method": method, "factor": f,

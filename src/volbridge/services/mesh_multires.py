@@ -427,13 +427,18 @@ def _segment(store, doc: dict, segid: int) -> tuple[Manifest, Callable[[int, int
     """A segment's manifest and a reader of its fragment data (byte range -> bytes)."""
     if doc.get("sharding"):
         codec = PrecomputedShardCodec(ShardingSpec(doc["sharding"], f"{store.url}/info"))
-        key = codec.key_of_id(int(segid))
-        shard = store.get(key)
-        chunks, before = codec.unpack_prefixed(shard, key) if shard is not None else ({}, {})
-        if int(segid) not in chunks:
-            raise MetadataError(f"{store.url} has no multi-resolution mesh for segment {segid} (shard {key})")
-        data = before.get(int(segid), b"")  # the fragment data sits right before the manifest
-        manifest = Manifest.from_bytes(chunks[int(segid)], f"{store.url}/{key} segment {segid}")
+        key, sid = codec.key_of_id(int(segid)), int(segid)
+        with store.range_reader(key) as reader:  # one version: the manifest, then its data
+            spans = codec.spans(reader, key, {sid}) or {}
+            if sid not in spans:
+                raise MetadataError(f"{store.url} has no multi-resolution mesh for segment {segid} (shard {key})")
+            start, n = spans[sid]
+            manifest = Manifest.from_bytes(codec.decode_data(reader.read(start, start + n), key, sid),
+                                           f"{store.url}/{key} segment {segid}")
+            size = manifest.data_size
+            if size > start - codec.spec.index_bytes:
+                raise MetadataError(f"{store.url}/{key}: segment {segid}'s {size} bytes of fragments do not fit before its manifest")
+            data = reader.read(start - size, start) if size else b""  # right before the manifest
         return manifest, lambda a, b: data[a:b]
     raw = store.get(f"{segid}.index")
     if raw is None:
@@ -505,7 +510,8 @@ def write_multires(meshes: dict[int, Mesh], output: str, *, resolution: Sequence
         old = store.get("info")
         spec = (json.loads(old).get("sharding") if old else None) or label_sharding(len(meshes))
         doc["sharding"] = spec
-        write_sharded_objects(store, spec, manifests, prefixes=datas)
+        write_sharded_objects(store, spec, manifests, prefixes=datas,
+                              prefix_size=lambda cid, raw: Manifest.from_bytes(raw, f"{store.url} segment {cid}").data_size)
     store.put("info", json.dumps(doc).encode())
     name_in_volume_info(output, "mesh")
 

@@ -91,7 +91,7 @@ def transfer(source: Any, destination: Any, *, bbox: tuple[Sequence[int], Sequen
     if dv.meta.num_channels != sv.meta.num_channels:
         raise ShapeError(f"{dv.url} has {dv.meta.num_channels} channel(s), the source {sv.meta.num_channels}")
     dv.check_write(box, _probe(box, dv), dscale, None)  # bounds, before any work
-    grid: ChunkGrid = dv.grid(dscale)
+    grid: ChunkGrid = dv.write_grid(dscale)
     units = [c.box.intersect(box) for c in grid.cells(box)]
     per_unit = math.prod(grid.chunk_shape) * sv.meta.num_channels * np.dtype(sv.meta.dtype).itemsize * 3
     if executor is not None:
