@@ -173,3 +173,20 @@ def test_worker_processes_give_the_same_result_as_threads(seg, tmp_path, monkeyp
         np.testing.assert_array_equal(procs[i].edges if service == "skeleton" else procs[i].faces,
                                       threads[i].edges if service == "skeleton" else threads[i].faces)
     assert not list((tmp_path / "jobs").iterdir())  # the workers' journal entries are gone
+
+
+def test_simplification_keeps_the_shape_with_a_tenth_of_the_triangles(seg, tmp_path):
+    a, _, root = seg
+    full = mesh(a)
+    simple = mesh(a, simplification=10)
+    for i, (area, vol) in {7: (4 * np.pi * R_SPHERE**2, 4 / 3 * np.pi * R_SPHERE**3),
+                           2**40 + 9: (4 * np.pi**2 * R_MAJOR * R_MINOR, 2 * np.pi**2 * R_MAJOR * R_MINOR**2)}.items():
+        assert len(simple[i].faces) <= 0.12 * len(full[i].faces)
+        assert simple[i].area() == pytest.approx(area, rel=0.03)
+        assert simple[i].volume() == pytest.approx(vol, rel=0.03)
+    with pytest.raises(vb.errors.InvalidArgumentError, match="simplification"):
+        mesh(a, simplification=0)
+    from volbridge.cli import run
+
+    assert run(["mesh", str(root / "seg"), str(tmp_path / "m"), "--ids", "7", "--simplification", "10"]) == 0
+    assert len(read_legacy(str(tmp_path / "m"), 7).faces) == len(simple[7].faces)

@@ -433,16 +433,18 @@ def mesh(
     mip: int = typer.Option(0, "--mip", help="Scale to mesh."),
     format: str = typer.Option("precomputed", "--format", help="precomputed (neuroglancer legacy), multires (neuroglancer multi-resolution Draco), obj or ply."),
     smoothing: int = typer.Option(40, "--smoothing", help="Taubin smoothing iterations (0: raw marching cubes)."),
+    simplification: int = typer.Option(1, "--simplification", help="Keep about 1/N of the triangles (1: all)."),
     sharded: bool = typer.Option(False, "--sharded", help="multires only: store segments in shard files."),
     dask: Optional[str] = DASK_OPTION,
 ) -> None:
-    """Mesh segmentation labels (marching cubes per chunk, welded, smoothed) in nm."""
+    """Mesh segmentation labels (marching cubes per chunk, welded, smoothed, simplified) in nm."""
     from .services.mesh import mesh as run_mesh
 
     if sharded and format != "multires":
         raise typer.BadParameter("--sharded applies to --format multires (legacy meshes have no sharded form)")
     extra = {"multires": {"sharded": True}} if sharded else {}
-    _label_service(run_mesh, "meshed", url, output, ids, mip, format, dask, smoothing=smoothing, **extra)
+    _label_service(run_mesh, "meshed", url, output, ids, mip, format, dask, smoothing=smoothing,
+                   simplification=simplification, **extra)
 
 
 @app.command()

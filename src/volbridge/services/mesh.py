@@ -91,6 +91,18 @@ class Mesh:
 
         return trimesh.Trimesh(vertices=self.vertices, faces=self.faces, process=False)
 
+    def simplified(self, target_faces: int) -> "Mesh":
+        """This mesh reduced to about ``target_faces`` triangles by zmesh's quadric simplification
+        (fast quadric mesh reduction); itself when it already has no more."""
+        if len(self.faces) <= target_faces:
+            return self
+        zmesh = _zmesh()
+        m = zmesh.simplify_fqmr(zmesh.Mesh(self.vertices.astype(np.float32), self.faces.astype(np.uint32), None),
+                                max(1, int(target_faces)))
+        if not len(m.faces):
+            return self
+        return Mesh(m.vertices.astype(np.float32), m.faces.astype(np.uint32), self.segid)
+
     def area(self) -> float:
         v, f = self.vertices.astype(np.float64), self.faces
         return float(0.5 * np.linalg.norm(np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]]), axis=1).sum())
@@ -150,7 +162,7 @@ def mesh_unit(volume, scale: int, region: Box, ids, res, box: Box) -> dict[int, 
 
 
 def mesh(source: Any, ids: Iterable[int] | None = None, *, mip: int = 0, bbox=None, output: str | None = None,
-         format: str = "precomputed", smoothing: int = 40, multires=None, executor=None,
+         format: str = "precomputed", smoothing: int = 40, simplification: int = 1, multires=None, executor=None,
          progress: Callable[[int, int], None] | None = None, resume: bool = True) -> dict[int, Mesh] | None:
     """Meshes of ``ids`` (default: every label) of a segmentation (a URL, a VolumeArray or an
     ndarray (z, y, x), 1 nm voxels), within ``bbox`` (z, y, x corners) of scale ``mip``.
@@ -160,7 +172,10 @@ def mesh(source: Any, ids: Iterable[int] | None = None, *, mip: int = 0, bbox=No
     Draco; ``multires`` takes its :class:`~.mesh_multires.MultiresOptions`) with a provenance
     record beside them, and returns None. ``progress(done, total)`` after each unit. ``resume``:
     finished units are journaled until the job completes, so rerunning the same call after a
-    failure meshes only what is left (change nothing in between)."""
+    failure meshes only what is left (change nothing in between). ``simplification``: keep about
+    1/n of the triangles (zmesh's quadric reduction, after welding and smoothing)."""
+    if not isinstance(simplification, int) or simplification < 1:
+        raise InvalidArgumentError(f"simplification is a reduction factor >= 1, got {simplification!r}")
     if format not in FORMATS:
         raise InvalidArgumentError(f"format must be {', '.join(FORMATS[:-1])} or {FORMATS[-1]}, got {format!r}")
     if multires is not None and format != "multires":
@@ -173,7 +188,8 @@ def mesh(source: Any, ids: Iterable[int] | None = None, *, mip: int = 0, bbox=No
         parts = pieces_by_label(job, units, mesh_unit, (), executor, progress, journal, pool)
         # smoothing is the costly part of a weld; without it, shipping the pieces to the workers
         # and back costs more than welding them here
-        meshes = map_labels(_weld, parts, (smoothing, job.res), pool if smoothing else None)
+        meshes = map_labels(_weld, parts, (smoothing, job.res, simplification),
+                            pool if smoothing or simplification > 1 else None)
     if output is None:
         if journal is not None:
             journal.finish()
@@ -185,14 +201,16 @@ def mesh(source: Any, ids: Iterable[int] | None = None, *, mip: int = 0, bbox=No
     else:
         write_meshes(meshes, output, format)
     opts = dict(vars(multires)) if hasattr(multires, "__dict__") else multires
-    record_output(job, output, "mesh", {"format": format, "smoothing": smoothing, "multires": opts}, started)
+    record_output(job, output, "mesh", {"format": format, "smoothing": smoothing, "simplification": simplification,
+                                        "multires": opts}, started)
     if journal is not None:
         journal.finish()
     return None
 
 
-def _weld(segid: int, frags: list, smoothing: int, res=(1.0, 1.0, 1.0)) -> Mesh:
-    """One mesh from its fragments: shared vertices merged (they coincide exactly), then smoothed.
+def _weld(segid: int, frags: list, smoothing: int, res=(1.0, 1.0, 1.0), simplification: int = 1) -> Mesh:
+    """One mesh from its fragments: shared vertices merged (they coincide exactly), smoothed, then
+    simplified by ``simplification`` (only now: simplifying fragments would leave seams).
 
     Marching-cubes vertices sit on a half-voxel lattice, so each is keyed by one int64 (its
     lattice x, y, z packed x-major): ``np.unique`` on those keys orders vertices exactly as on the
@@ -211,7 +229,8 @@ def _weld(segid: int, frags: list, smoothing: int, res=(1.0, 1.0, 1.0)) -> Mesh:
     # fragments meet on shared planes only: no face appears twice, but drop degenerate ones
     keep = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])
     faces = faces[keep]
-    return Mesh(taubin(uniq.astype(np.float32), faces, smoothing), faces, segid)
+    out = Mesh(taubin(uniq.astype(np.float32), faces, smoothing), faces, segid)
+    return out.simplified(len(faces) // simplification) if simplification > 1 else out
 
 
 def write_meshes(meshes: dict[int, Mesh], output: str, format: str) -> None:

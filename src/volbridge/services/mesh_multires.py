@@ -46,7 +46,7 @@ from ..errors import (
 from ..formats.precomputed_sharding import PrecomputedShardCodec, ShardingSpec, label_sharding, write_sharded_objects
 from ..kv import open_store
 from .labels import name_in_volume_info
-from .mesh import Mesh, _zmesh
+from .mesh import Mesh
 
 MESH_TYPE = "neuroglancer_multilod_draco"
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0)
@@ -262,15 +262,11 @@ def clip_to_planes(tris: np.ndarray, planes: Sequence[np.ndarray]) -> np.ndarray
 def _lod_meshes(mesh: Mesh, num_lods: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Level 0 and its successive simplifications, each (vertices float64, faces)."""
     out = [(mesh.vertices.astype(np.float64), mesh.faces.astype(np.int64))]
-    zmesh = _zmesh()
+    level = mesh
     for _ in range(1, num_lods):
-        v, f = out[-1]
-        if len(f) > MIN_FACES:
-            m = zmesh.simplify_fqmr(zmesh.Mesh(v.astype(np.float32), f.astype(np.uint32), None),
-                                    max(len(f) // REDUCTION, MIN_FACES))
-            if len(m.faces):
-                v, f = m.vertices.astype(np.float64), m.faces.astype(np.int64)
-        out.append((v, f))
+        if len(level.faces) > MIN_FACES:
+            level = level.simplified(max(len(level.faces) // REDUCTION, MIN_FACES))
+        out.append((level.vertices.astype(np.float64), level.faces.astype(np.int64)))
     return out
 
 
