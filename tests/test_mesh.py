@@ -190,3 +190,20 @@ def test_simplification_keeps_the_shape_with_a_tenth_of_the_triangles(seg, tmp_p
 
     assert run(["mesh", str(root / "seg"), str(tmp_path / "m"), "--ids", "7", "--simplification", "10"]) == 0
     assert len(read_legacy(str(tmp_path / "m"), 7).faces) == len(simple[7].faces)
+
+
+def test_a_script_without_a_main_guard_can_use_worker_processes(seg, tmp_path):
+    """Worker processes must not re-run the user's script (multiprocessing would, and a script
+    with no ``if __name__ == "__main__"`` guard would start the job again in every worker)."""
+    import os
+    import subprocess
+    import sys
+
+    a, _, _ = seg
+    script = tmp_path / "no_guard.py"
+    script.write_text("from volbridge.services.mesh import mesh\n"
+                      f"print('meshed', sorted(mesh({a.url!r}, smoothing=0)))\n")
+    env = {**os.environ, "VOLBRIDGE_PROCESSES": "1", "VOLBRIDGE_JOBS_DIR": str(tmp_path / "jobs")}
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("meshed") == 1 and str(2**40 + 9) in done.stdout

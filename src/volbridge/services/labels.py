@@ -86,10 +86,12 @@ def _by_url(fn: Callable, url: str, *args):
 
 
 def _by_url_journaled(journal: PieceJournal | None, index: int, fn: Callable, url: str, *args):
+    """A unit in a worker process: its result, or None once it is in ``journal`` (read from there)."""
     out = _by_url(fn, url, *args)
-    if journal is not None:
-        journal.save(index, out)
-    return out
+    if journal is None:
+        return out
+    journal.save(index, out)
+    return None
 
 
 #: Local label jobs of at least this many voxels run their units in worker processes: zmesh and
@@ -127,9 +129,29 @@ def label_pool(job: LabelJob, units: list[Box], executor, preload: str):
     # forkserver: a plain fork of this threaded process could inherit a lock held by a thread
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([preload])
-    with ProcessPoolExecutor(min(os.cpu_count() or 1, len(units)), mp_context=context) as pool:
+    with _main_not_rerun(), ProcessPoolExecutor(min(os.cpu_count() or 1, len(units)), mp_context=context) as pool:
         pool.url = url  # type: ignore[attr-defined]
         yield pool
+
+
+@contextlib.contextmanager
+def _main_not_rerun():
+    """Workers run volbridge's own functions only, so they need not import the user's script:
+    multiprocessing would run it again in every worker (a script without an ``if __name__ ==
+    "__main__"`` guard would then start the job again there and fail). Hiding the script's path
+    while the workers start keeps them from doing so."""
+    import sys
+
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or path is None or getattr(main, "__spec__", None) is not None:
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
 
 
 def map_labels(fn: Callable, parts: dict[int, list], args: tuple, pool) -> dict[int, Any]:
@@ -188,11 +210,13 @@ def pieces_by_label(job: LabelJob, units: list[Box], fn: Callable, extra: tuple,
     if executor is None and pool is not None:
         from concurrent.futures import as_completed as completed
 
-        # each worker journals its own unit: the writes run in parallel, off this process
+        # each worker journals its own unit and this process reads it back from the (page-cached)
+        # file: one serialisation instead of two, and the writes run in parallel
         futures = {pool.submit(_by_url_journaled, journal, i, fn, pool.url, *args, units[i]): i for i in todo}
         try:
             for fut in completed(futures):
-                finished(futures[fut], fut.result(), saved=True)
+                i, out = futures[fut], fut.result()
+                finished(i, journal.load_one(i) if journal is not None else out, saved=True)
         except BaseException:
             for fut in futures:
                 fut.cancel()

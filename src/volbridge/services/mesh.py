@@ -145,12 +145,12 @@ def mesh_unit(volume, scale: int, region: Box, ids, res, box: Box) -> dict[int, 
     zmesh = _zmesh()
     grown = Box(box.start, tuple(min(b + 1, r) for b, r in zip(box.stop, region.stop)))
     labels = volume.read(grown, scale)[..., 0]
-    present = np.unique(labels)
-    wanted = [int(i) for i in present if i != 0 and (ids is None or int(i) in ids)]
-    if not wanted:
+    if not labels.any():
         return {}
     mesher = zmesh.Mesher(tuple(float(r) for r in res))
     mesher.mesh(np.asfortranarray(labels), close=False)
+    # the labels present come from the mesher: a np.unique of the unit cost as much as meshing
+    wanted = sorted(int(i) for i in mesher.ids() if i != 0 and (ids is None or int(i) in ids))
     out = {}
     offset = np.array(grown.start, dtype=np.float64) * np.array(res, dtype=np.float64)
     for i in wanted:
@@ -219,13 +219,15 @@ def _weld(segid: int, frags: list, smoothing: int, res=(1.0, 1.0, 1.0), simplifi
     offsets = np.cumsum([0] + [len(v) for v, _ in frags[:-1]])
     faces = np.concatenate([f + o for (_, f), o in zip(frags, offsets)])
     half = np.asarray(res, dtype=np.float64) / 2
-    q = np.round(verts / half).astype(np.int64)
-    q -= q.min(axis=0)
-    span = q.max(axis=0) + 1
-    key = (q[:, 0] * span[1] + q[:, 1]) * span[2] + q[:, 2]
-    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    # (3, n): reductions and arithmetic along contiguous rows, not strided columns
+    q = np.rint(verts.T / half[:, None]).astype(np.int64)
+    q -= q.min(axis=1, keepdims=True)
+    span = q.max(axis=1) + 1
+    key = (q[0] * span[1] + q[1]) * span[2] + q[2]
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)  # stable: the first copy
+    inverse = inverse.reshape(-1)
     uniq = verts[first]
-    faces = inverse.reshape(-1)[faces].astype(np.uint32)
+    faces = inverse[faces].astype(np.uint32)
     # fragments meet on shared planes only: no face appears twice, but drop degenerate ones
     keep = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])
     faces = faces[keep]

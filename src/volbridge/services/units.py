@@ -79,6 +79,9 @@ class PieceJournal:
                     f.unlink(missing_ok=True)
         return done
 
+    def load_one(self, index: int) -> Any:
+        return pickle.loads((self.path / f"{index}.pkl").read_bytes())
+
     def save(self, index: int, result: Any) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         tmp = self.path / f".{index}.{os.getpid()}.{threading.get_ident()}.tmp"
