@@ -633,6 +633,14 @@ def s3_bucket(seaweedfs: S3Server) -> str:
     return seaweedfs.new_bucket()
 
 
+@pytest.fixture
+def s3env(seaweedfs: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    """The session's SeaweedFS as the standard AWS environment (endpoint, keys), for this test."""
+    for k, v in seaweedfs.env.items():
+        monkeypatch.setenv(k, v)
+    return seaweedfs
+
+
 # --------------------------------------------------------------------------------------------
 # static HTTP server with Range and Content-Encoding: gzip
 # --------------------------------------------------------------------------------------------

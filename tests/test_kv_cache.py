@@ -163,13 +163,6 @@ def test_url_and_errors_name_the_backing_store(kind, tmp_path):
     c.close()
 
 
-@pytest.fixture
-def s3env(seaweedfs, monkeypatch):
-    for k, v in seaweedfs.env.items():
-        monkeypatch.setenv(k, v)
-    return seaweedfs
-
-
 def test_contract_over_s3(kind, s3env, s3_bucket, tmp_path):
     backing = open_store(f"s3://{s3_bucket}/cached-{kind}")
     c = make_cache(kind, backing, tmp_path / "cache", 1 << 20)

@@ -17,13 +17,6 @@ from test_concurrency import CHUNK, SHAPE, check_serial_replay, run_writers, wri
 from test_state_machine import PrecomputedMachine
 
 
-@pytest.fixture
-def s3env(seaweedfs, monkeypatch):
-    for k, v in seaweedfs.env.items():
-        monkeypatch.setenv(k, v)
-    return seaweedfs
-
-
 def test_state_machine_over_s3(s3env, s3_bucket):
     class S3Machine(PrecomputedMachine):
         base_url = f"s3://{s3_bucket}"

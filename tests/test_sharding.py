@@ -258,13 +258,6 @@ def test_shard_replaced_between_index_and_chunks_is_read_again(s3env, s3_bucket)
     assert (vb.array(url)[0:2, 0:2, 0:2] == 2).all()
 
 
-@pytest.fixture
-def s3env(seaweedfs, monkeypatch):
-    for k, v in seaweedfs.env.items():
-        monkeypatch.setenv(k, v)
-    return seaweedfs
-
-
 def test_sharded_zarr_and_precomputed_over_s3(s3env, s3_bucket):
     a = np.random.default_rng(7).integers(0, 255, (40, 50, 60), dtype=np.uint8)
     for url in (f"zarr3://s3://{s3_bucket}/sz", f"precomputed://s3://{s3_bucket}/sp"):
