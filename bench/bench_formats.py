@@ -83,6 +83,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 # bench_precomputed pins BLAS to one thread before numpy is imported.
+from bench_precomputed import Tensorstore as PrecomputedTensorstore  # noqa: E402
 from bench_precomputed import WrongResult, check_equal, em_like, settle  # noqa: E402
 import numpy as np  # noqa: E402
 import common  # noqa: E402  (bench/common.py)
@@ -195,21 +196,12 @@ class Volbridge:
         return go
 
 
-class Tensorstore:
-    name = "tensorstore"
+class Tensorstore(PrecomputedTensorstore):
+    """bench_precomputed's tensorstore runner (fresh context, no cache pool, file kvstore), on
+    zarr3 and sharded layouts too."""
 
-    def __init__(self):
-        import tensorstore
-
-        self.ts = tensorstore
-
-    def _ctx(self):
-        # A fresh context per repetition, with no cache pool: every read goes to the kvstore.
-        return self.ts.Context({"cache_pool": {"total_bytes_limit": 0}})
-
-    @staticmethod
-    def _kv(path) -> dict:
-        return {"driver": "file", "path": str(path)}
+    def _kv(self, path) -> dict:
+        return self.kvstore(path)
 
     def prepare_read(self, path, box, lay):
         t = self.ts.open({"driver": "zarr3" if lay.format == "zarr3" else "neuroglancer_precomputed",
