@@ -427,22 +427,25 @@ def test_a_rewrite_keeps_no_stray_bytes_of_a_tensorstore_shard(tmp_path):
 
 
 def test_ranged_shard_reads_over_object_stores_are_concurrent_and_pinned(s3env, s3_bucket, monkeypatch):
-    """A read of a few chunks of a big shard on an object store: the index, then the chunks in
-    parallel (latency bounds small ranges), each GET conditional on the first one's ETag."""
+    """A read of a few chunks of a big shard on an object store: the index, then the chunk ranges
+    (neighbours merged into one request, distant ones in parallel: latency bounds small ranges),
+    each GET conditional on the first one's ETag."""
     import threading
     import time
 
     import volbridge.kv.object_store as os_mod
 
     url = f"zarr3://s3://{s3_bucket}/concurrent-ranges"
-    v = vb.create(url, shape=(64, 64, 64), dtype="uint8", chunk_shape=(16, 16, 16), shard_shape=(64, 64, 64))
-    data = np.random.default_rng(11).integers(0, 255, (64, 64, 64), dtype=np.uint8)
+    v = vb.create(url, shape=(64, 256, 256), dtype="uint8", chunk_shape=(64, 64, 64), shard_shape=(64, 256, 256))
+    data = np.random.default_rng(11).integers(0, 255, (64, 256, 256), dtype=np.uint8)
     v[...] = data
-    real, lock, state = os_mod.obstore.get, threading.Lock(), {"now": 0, "max": 0, "conditional": 0}
+    real, lock = os_mod.obstore.get, threading.Lock()
+    state = {"now": 0, "max": 0, "gets": 0, "conditional": 0}
 
     def slow_get(store, path, options=None):
         with lock:
             state["now"] += 1
+            state["gets"] += "/c/" in path  # the shard's requests, not the metadata's
             state["max"] = max(state["max"], state["now"])
             state["conditional"] += bool(options and options.get("if_match"))
         try:
@@ -453,11 +456,14 @@ def test_ranged_shard_reads_over_object_stores_are_concurrent_and_pinned(s3env, 
                 state["now"] -= 1
 
     monkeypatch.setattr(os_mod.obstore, "get", slow_get)
-    box = (slice(0, 64), slice(0, 48), slice(0, 32))  # 24 of the shard's 64 chunks: the ranged path
-    np.testing.assert_array_equal(vb.array(url)[box], data[box])
-    assert state["max"] >= 4, f"chunk ranges were fetched {state['max']} at a time"
-    assert state["conditional"] == 24  # every chunk GET pinned to the index's version
-
+    column = (slice(0, 64), slice(0, 256), slice(0, 64))  # chunks 0, 4, 8, 12: 768 KiB apart
+    np.testing.assert_array_equal(vb.array(url)[column], data[column])
+    assert state["gets"] == 5 and state["conditional"] == 4  # the index, then 4 pinned ranges
+    assert state["max"] >= 2, f"distant chunk ranges were fetched {state['max']} at a time"
+    state.update(gets=0, conditional=0)
+    row = (slice(0, 64), slice(0, 64), slice(0, 256))  # chunks 0-3, adjacent: one request
+    np.testing.assert_array_equal(vb.array(url)[row], data[row])
+    assert state["gets"] == 2 and state["conditional"] == 1
 
 def test_services_write_whole_shards_and_caches_read_ranges(tmp_path):
     """transfer and downsample split their work on the destination's shards (write_grid), so each

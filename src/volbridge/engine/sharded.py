@@ -16,6 +16,7 @@ threads fight over two cores).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -40,6 +41,8 @@ class _Shard:
     number: int
     cells: list[Cell]
     ids: list[int]
+    #: per cell, (slices of the box's output, slices of the cell's voxels) of their overlap
+    places: list[tuple[tuple[slice, ...], tuple[slice, ...]]]
 
 
 def _plan(layout: ScaleLayout, box: Box) -> list[_Shard]:
@@ -55,21 +58,26 @@ def _plan(layout: ScaleLayout, box: Box) -> list[_Shard]:
     order = np.argsort(shard, kind="stable")
     shard, ids, index = shard[order], ids[order], index[order]
     origin, chunk = np.array(grid.origin), np.array(grid.chunk_shape)
-    starts = np.maximum(origin + index * chunk, np.array(grid.bounds.start)).tolist()
-    stops = np.minimum(origin + (index + 1) * chunk, np.array(grid.bounds.stop)).tolist()
-    cells = [Cell(tuple(i), Box(tuple(a), tuple(b))) for i, a, b in zip(index.tolist(), starts, stops)]
+    starts = np.maximum(origin + index * chunk, np.array(grid.bounds.start))
+    stops = np.minimum(origin + (index + 1) * chunk, np.array(grid.bounds.stop))
+    cells = [Cell(tuple(i), Box(tuple(a), tuple(b))) for i, a, b in zip(index.tolist(), starts.tolist(), stops.tolist())]
+    # where each cell's overlap with the box lands, in array arithmetic rather than Boxes per chunk
+    lo_, hi_ = np.maximum(starts, np.array(box.start)), np.minimum(stops, np.array(box.stop))
+    dst = np.stack([lo_ - np.array(box.start), hi_ - np.array(box.start)], 1).tolist()
+    src = np.stack([lo_ - starts, hi_ - starts], 1).tolist()
+    places = [(tuple(map(slice, d[0], d[1])), tuple(map(slice, c[0], c[1]))) for d, c in zip(dst, src)]
     ids_list = ids.tolist()
     bounds = np.flatnonzero(np.diff(shard)) + 1
     out = []
     for lo, hi in zip([0, *bounds.tolist()], [*bounds.tolist(), len(shard)]):
         number = int(shard[lo])
-        out.append(_Shard(layout.sharding.shard_key(number), number, cells[lo:hi], ids_list[lo:hi]))
+        out.append(_Shard(layout.sharding.shard_key(number), number, cells[lo:hi], ids_list[lo:hi], places[lo:hi]))
     return out
 
 
-def _over_members(fn, members: list, nested: bool, chunk_nbytes: int) -> None:
+def _over_members(fn, members: list, nested: bool, chunk_nbytes: int, loops: int) -> None:
     if nested:
-        run_bounded(fn, members, chunk_nbytes)
+        run_bounded(fn, members, chunk_nbytes, loops)
     else:
         for m in members:
             fn(m)
@@ -98,10 +106,18 @@ def _shard_nbytes(shards: list[_Shard], chunk_nbytes: int) -> int:
     return chunk_nbytes * max((len(s.ids) for s in shards), default=1)
 
 
+def _loops(vol: ChunkedVolume) -> int:
+    """Loops for shard work: a network store's request concurrency; locally one per core. A shard
+    arrives in one request and its chunks then cost CPU only, so the extra loop that hides the
+    syscalls of unsharded chunk reads just adds GIL hand-offs here (measured: 2 loops read
+    sharded volumes 15-25 % faster than 3 on 2 cores)."""
+    return vol.store.io_concurrency or min(default_threads(), os.cpu_count() or 1)
+
+
 def _nested(vol: ChunkedVolume, shards: list[_Shard], chunk_nbytes: int) -> bool:
     """Whether a shard's chunks should spread over the loops: when fewer shard loops run than
     there are loops, because the box holds few shards or big shards cap the bytes in flight."""
-    loops = vol.store.io_concurrency or default_threads()
+    loops = _loops(vol)
     shard_loops = min(len(shards), loops, max(1, parallel.MAX_BYTES_IN_FLIGHT // _shard_nbytes(shards, chunk_nbytes)))
     return shard_loops < loops
 
@@ -115,15 +131,14 @@ def read_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, out: np.ndar
         found = _read_shard(vol, layout, shard)
 
         def place(member) -> None:
-            cell, cid, data = member
-            region = cell.box.intersect(box)
-            out[region.slices(box.start)] = _decode(layout, data, cell, shard.key, cid)[region.slices(cell.box.start)]
+            cell, cid, data, (to, frm) = member
+            out[to] = _decode(layout, data, cell, shard.key, cid)[frm]
 
         # absent chunks are already the fill value
-        present = [(c, i, found[i]) for c, i in zip(shard.cells, shard.ids) if i in found]
-        _over_members(place, present, nested, chunk_nbytes)
+        present = [(c, i, found[i], p) for c, i, p in zip(shard.cells, shard.ids, shard.places) if i in found]
+        _over_members(place, present, nested, chunk_nbytes, _loops(vol))
 
-    run_bounded(shard_task, shards, _shard_nbytes(shards, chunk_nbytes), vol.store.io_concurrency)
+    run_bounded(shard_task, shards, _shard_nbytes(shards, chunk_nbytes), _loops(vol))
 
 
 def write_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, data: np.ndarray, ch: slice,
@@ -143,7 +158,7 @@ def write_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, data: np.nd
             cell, cid = member
             encoded[cid] = vol._encode(layout, data[cell.box.slices(box.start)], cell, shard.key)
 
-        _over_members(encode_task, whole, nested, chunk_nbytes)
+        _over_members(encode_task, whole, nested, chunk_nbytes, _loops(vol))
         capacity = layout.sharding.capacity(shard.number)
         replaces_all = not partial and capacity is not None and len(whole) == capacity
 
@@ -169,4 +184,4 @@ def write_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, data: np.nd
                 f"cannot update shard {shard.key!r} in {vol.store.url}: its stored bytes are corrupt ({e}); nothing was written to it"
             ) from e
 
-    run_bounded(shard_task, shards, _shard_nbytes(shards, chunk_nbytes), vol.store.io_concurrency)
+    run_bounded(shard_task, shards, _shard_nbytes(shards, chunk_nbytes), _loops(vol))

@@ -302,21 +302,24 @@ class _ObjectRangeReader(RangeReader):
         self.store.stats.add(bytes_read=len(data))
         return data
 
-    def read_many(self, spans: list[tuple[int, int]]) -> list[bytes]:
-        """The spans concurrently (latency, not bandwidth, bounds small ranges), each pinned to
-        this version; the first to fail raises."""
-        if len(spans) < 2 or self.etag is None:
-            return super().read_many(spans)
+    #: A round trip costs more than this many bytes of transfer on any link worth reading over.
+    merge_gap = 1 << 16
+
+    def _read_groups(self, groups: list[tuple[int, int]]) -> list[bytes]:
+        """The (merged) spans concurrently: latency, not bandwidth, bounds small ranges; each
+        pinned to this version, the first failure raises."""
+        if len(groups) < 2 or self.etag is None:
+            return super()._read_groups(groups)
         from ..engine.parallel import run_bounded  # plain threading: no engine layer involved
 
-        out: list = [None] * len(spans)
+        out: list = [None] * len(groups)
 
         def one(i: int) -> None:
-            out[i] = self.read(*spans[i])
+            out[i] = self.read(*groups[i])
             if out[i] is None:
-                raise StoreError(f"{self.where} is absent (reading bytes {spans[i][0]}-{spans[i][1]})")
+                raise StoreError(f"{self.where} is absent (reading bytes {groups[i][0]}-{groups[i][1]})")
 
-        run_bounded(one, range(len(spans)), 1 << 16, self.store.io_concurrency)
+        run_bounded(one, range(len(groups)), 1 << 16, self.store.io_concurrency)
         return out
 
     def _suffix_by_size(self, n: int) -> bytes | None:

@@ -40,10 +40,19 @@ class RangeReader:
         a, b = part_bounds(start, end, len(self.value), self.where)
         return bytes(self.value[a:b])
 
-    def read_many(self, spans: list[tuple[int, int]]) -> list[bytes]:
-        """Bytes of each ``(start, end)`` of this version (of an object known to exist)."""
+    #: Spans closer than this are read as one (the bytes between are cheaper than a request).
+    merge_gap = 4096
+
+    def read_many(self, spans: list[tuple[int, int]]) -> list[bytes | memoryview]:
+        """Bytes of each ``(start, end)`` of this version (of an object known to exist); nearby
+        spans are read together (:func:`merge_spans`) and handed out as views."""
+        groups = merge_spans(spans, self.merge_gap)
+        datas = self._read_groups([(a, b) for a, b, _ in groups])
+        return _split(spans, groups, datas)
+
+    def _read_groups(self, groups: list[tuple[int, int]]) -> list[bytes]:
         out = []
-        for a, b in spans:
+        for a, b in groups:
             data = self.read(a, b)
             if data is None:
                 raise StoreError(f"{self.where} is absent (reading bytes {a}-{b})")
@@ -58,3 +67,29 @@ class RangeReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def merge_spans(spans: list[tuple[int, int]], gap: int) -> list[tuple[int, int, list[int]]]:
+    """``(start, end, indices of the spans inside)`` covering ``spans``, joining those less than
+    ``gap`` bytes apart, in offset order."""
+    order = sorted(range(len(spans)), key=lambda i: spans[i])
+    groups: list[tuple[int, int, list[int]]] = []
+    for i in order:
+        a, b = spans[i]
+        if groups and a <= groups[-1][1] + gap:
+            start, end, members = groups[-1]
+            groups[-1] = (start, max(end, b), members + [i])
+        else:
+            groups.append((a, b, [i]))
+    return groups
+
+
+def _split(spans, groups, datas) -> list[memoryview]:
+    out: list = [None] * len(spans)
+    for (start, _, members), data in zip(groups, datas):
+        view = memoryview(data)
+        for i in members:
+            a, b = spans[i]
+            out[i] = view[a - start:b - start]
+    return out
+
