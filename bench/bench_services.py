@@ -30,7 +30,8 @@ One run, the same data for every peer:
 
   - ``zmesh``: ``zmesh.Mesher((8, 8, 40)).mesh(labels_xyz)`` on the whole in-memory volume, then
     ``mesher.get(id)`` for every id (no simplification, no normals);
-  - ``volbridge mesh``: ``mesh(a, smoothing=0)`` from the precomputed volume, I/O included (the
+  - ``volbridge mesh``: ``mesh(a, smoothing=0, executor="processes")`` (2 worker processes, as
+    ``volbridge mesh`` runs) from the precomputed volume, I/O included (the
     fair comparison: raw marching cubes both), and ``smoothing=40`` (the default).
 
   Voxels/s are source voxels per second. volbridge's smoothing=0 meshes must match zmesh's: the
@@ -400,7 +401,7 @@ def main(argv=None) -> int:
             if "vb_mesh0" in ops:
                 T.setdefault("vb_mesh0", [])
                 C.setdefault("vb_mesh0", [])
-                vm = run(lambda: mesh(seg, smoothing=0), T["vb_mesh0"], C["vb_mesh0"])
+                vm = run(lambda: mesh(seg, smoothing=0, executor="processes"), T["vb_mesh0"], C["vb_mesh0"])
                 if last and zm is not None:
                     try:
                         notes["vb_mesh0"] = check_meshes(zm, vm, smoothed=False)
@@ -411,7 +412,7 @@ def main(argv=None) -> int:
             if "vb_mesh40" in ops and rep < args.repeat_slow:
                 T.setdefault("vb_mesh40", [])
                 C.setdefault("vb_mesh40", [])
-                vm = run(lambda: mesh(seg, smoothing=40), T["vb_mesh40"], C["vb_mesh40"])
+                vm = run(lambda: mesh(seg, smoothing=40, executor="processes"), T["vb_mesh40"], C["vb_mesh40"])
                 if zm is not None:
                     try:
                         notes["vb_mesh40"] = check_meshes(zm, vm, smoothed=True)

@@ -192,18 +192,67 @@ def test_simplification_keeps_the_shape_with_a_tenth_of_the_triangles(seg, tmp_p
     assert len(read_legacy(str(tmp_path / "m"), 7).faces) == len(simple[7].faces)
 
 
-def test_a_script_without_a_main_guard_can_use_worker_processes(seg, tmp_path):
-    """Worker processes must not re-run the user's script (multiprocessing would, and a script
-    with no ``if __name__ == "__main__"`` guard would start the job again in every worker)."""
+def test_a_script_asks_for_worker_processes(seg, tmp_path):
+    """executor="processes" from a plain script (guarded, as multiprocessing requires): the
+    workers get the script's environment and the meshes equal the threads' ones."""
     import os
     import subprocess
     import sys
 
     a, _, _ = seg
-    script = tmp_path / "no_guard.py"
-    script.write_text("from volbridge.services.mesh import mesh\n"
-                      f"print('meshed', sorted(mesh({a.url!r}, smoothing=0)))\n")
-    env = {**os.environ, "VOLBRIDGE_PROCESSES": "1", "VOLBRIDGE_JOBS_DIR": str(tmp_path / "jobs")}
+    script = tmp_path / "run.py"
+    script.write_text("import os\n"
+                      "from volbridge.services.mesh import mesh\n"
+                      "if __name__ == '__main__':\n"
+                      "    os.environ['VOLBRIDGE_PROBE'] = 'set after start'\n"
+                      f"    procs = mesh({a.url!r}, smoothing=0, executor='processes')\n"
+                      f"    threads = mesh({a.url!r}, smoothing=0)\n"
+                      "    same = all((procs[i].faces == threads[i].faces).all() for i in threads)\n"
+                      "    print('meshed', sorted(procs), same)\n")
+    env = {**os.environ, "VOLBRIDGE_JOBS_DIR": str(tmp_path / "jobs")}
+    env.pop("VOLBRIDGE_PROCESSES", None)
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.count("meshed") == 1 and str(2**40 + 9) in done.stdout
+    assert done.stdout.strip() == f"meshed {sorted([7, 2**40 + 9])} True"
+
+
+def test_handles_signed_labels_relative_paths_and_axis_orders(tmp_path, monkeypatch):
+    """A negative label of a signed segmentation keeps its sign; a handle's mesh() honours an
+    explicit mip and a bbox in its own axis order; a relative path's journal names the absolute
+    volume, so a leftover from another directory's run is never mixed in."""
+    labels = np.zeros((8, 32, 32), np.int32)
+    labels[2:6, 4:12, 4:12] = -4
+    labels[2:6, 20:28, 20:28] = 9
+    url = f"precomputed://{tmp_path / 'signed'}"
+    seg = vb.create(url, shape=labels.shape, dtype="int32", chunk_shape=(8, 16, 16), layer_type="segmentation",
+                    num_scales=2)
+    seg[...] = labels
+    assert sorted(mesh(url, smoothing=0)) == [-4, 9]
+    assert sorted(mesh(url, [-4], smoothing=0)) == [-4]
+    xyz = vb.array(url, axis_order="xyz")
+    assert sorted(xyz.mesh(bbox=((16, 16, 0), (32, 32, 8)), smoothing=0)) == [9]  # x, y, z corners
+    assert sorted(xyz.mip(1).mesh(mip=0, smoothing=0)) == [-4, 9]
+    import volbridge.services.mesh as module
+
+    monkeypatch.setattr("volbridge.services.units.JOBS_DIR", tmp_path / "jobs")
+    monkeypatch.setattr(module, "UNIT", (16, 16, 8))
+    for name, value in (("A", 11), ("B", 21)):
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)
+        other = vb.create("seg", shape=labels.shape, dtype="uint32", chunk_shape=(8, 16, 16), layer_type="segmentation")
+        other[...] = ((labels != 0) * value).astype(np.uint32)
+    monkeypatch.chdir(tmp_path / "A")
+    real, calls = module.mesh_unit, []
+
+    def failing(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        return real(*args)
+
+    monkeypatch.setattr(module, "mesh_unit", failing)
+    with pytest.raises(RuntimeError):
+        mesh("seg", smoothing=0)
+    monkeypatch.setattr(module, "mesh_unit", real)
+    monkeypatch.chdir(tmp_path / "B")
+    assert sorted(mesh("seg", smoothing=0)) == [21]

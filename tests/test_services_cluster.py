@@ -119,3 +119,24 @@ def test_meshes_on_a_cluster_equal_the_local_ones(client, tmp_path):
     for i in local:
         np.testing.assert_array_equal(local[i].faces, remote[i].faces)
         np.testing.assert_array_equal(local[i].vertices, remote[i].vertices)
+
+
+def test_workers_reopen_a_volume_whose_metadata_changed(client, tmp_path, monkeypatch):
+    """Workers keep volume handles between jobs, keyed by a digest of the metadata the client
+    saw: a pyramid extended twice, and a destination recreated with other chunks, are seen anew;
+    a read-only handle is refused even though the cluster would reopen its URL for writing."""
+    monkeypatch.setattr("volbridge.services.units.JOBS_DIR", tmp_path / "jobs")
+    url = f"precomputed://{tmp_path / 'p'}"
+    a = vb.create(url, shape=(8, 64, 64), dtype="uint8", chunk_shape=(8, 16, 16))
+    a[...] = np.random.default_rng(1).integers(0, 255, a.shape, dtype=np.uint8)
+    downsample(url, num_mips=1, executor=client)
+    downsample(url, num_mips=2, executor=client)
+    assert len(vb.array(url).scales) == 3 and vb.array(url).mip(2)[...].any()
+    dst = f"precomputed://{tmp_path / 'd'}"
+    for chunk in ((8, 16, 16), (4, 32, 32)):
+        shutil.rmtree(tmp_path / "d", ignore_errors=True)
+        vb.create(dst, shape=(8, 64, 64), dtype="uint8", chunk_shape=chunk)
+        transfer(url, dst, executor=client)
+        np.testing.assert_array_equal(vb.array(dst)[...], a[...])
+    with pytest.raises(vb.errors.ReadOnlyError):
+        vb.array(url).downsample(executor=client)

@@ -506,3 +506,21 @@ def test_sharded_precomputed_gzip_is_the_data_encoding(tmp_path):
     with pytest.raises(UnsupportedError, match="gzip only"):
         vb.create(f"precomputed://{tmp_path}/z", shape=data.shape, chunk_shape=(16, 16, 16), shard_shape=(32, 32, 32),
                   compression="zstd")
+
+
+def test_merge_spans_covers_every_span_exactly():
+    from volbridge.kv.ranges import RangeReader, merge_spans
+
+    rng = np.random.default_rng(14)
+    data = rng.bytes(5000)
+    for _ in range(200):
+        spans = [(int(a), int(a + rng.integers(0, 60))) for a in rng.integers(0, 4900, int(rng.integers(1, 30)))]
+        spans += spans[:2]  # duplicates
+        gap = int(rng.integers(0, 200))
+        groups = merge_spans(spans, gap)
+        assert sorted(i for _, _, m in groups for i in m) == list(range(len(spans)))
+        assert all(a <= spans[i][0] and spans[i][1] <= b for a, b, m in groups for i in m)
+        reader = RangeReader(data, "mem")
+        reader.merge_gap = gap
+        assert [bytes(v) for v in reader.read_many(spans)] == [data[a:b] for a, b in spans]
+    assert len(merge_spans([(i * 10, i * 10 + 10) for i in range(100000)], 0)) == 1  # linear, not quadratic

@@ -236,25 +236,37 @@ class VolumeArray:
     # -- services: the same call on every remote (bossdb://, dvid://, precomputed, zarr, ...) -----
     def _service_source(self, kwargs: dict):
         # on a cluster the workers open the volume themselves, from its URL
-        return self.url if kwargs.get("executor") is not None else self
+        executor = kwargs.get("executor")
+        return self.url if executor is not None and executor != "processes" else self
+
+    def _label_kwargs(self, kwargs: dict) -> dict:
+        """This handle's scale, and a ``bbox`` in its axis order turned into (z, y, x)."""
+        kwargs.setdefault("mip", self.mip_level)
+        if kwargs.get("bbox") is not None and self.axis_order == "xyz":
+            lo, hi = kwargs["bbox"]
+            kwargs["bbox"] = (tuple(lo)[::-1], tuple(hi)[::-1])
+        return kwargs
 
     def mesh(self, ids=None, **kwargs):
-        """:func:`volbridge.services.mesh.mesh` of this scale: ``{id: Mesh}``, or files with ``output=``."""
+        """:func:`volbridge.services.mesh.mesh` of this scale (``mip=`` picks another; ``bbox`` in
+        this handle's axis order): ``{id: Mesh}``, or files with ``output=``."""
         from .services.mesh import MESH
 
-        return MESH.run(self._service_source(kwargs), ids, mip=self.mip_level, **kwargs)
+        return MESH.run(self._service_source(kwargs), ids, **self._label_kwargs(kwargs))
 
     def skeleton(self, ids=None, **kwargs):
-        """:func:`volbridge.services.skeleton.skeleton` of this scale."""
+        """:func:`volbridge.services.skeleton.skeleton` of this scale, as :meth:`mesh`."""
         from .services.skeleton import SKELETON
 
-        return SKELETON.run(self._service_source(kwargs), ids, mip=self.mip_level, **kwargs)
+        return SKELETON.run(self._service_source(kwargs), ids, **self._label_kwargs(kwargs))
 
     def downsample(self, **kwargs) -> None:
         """:func:`volbridge.services.downsample`: fill (or extend) this volume's pyramid, on the
-        remote's own compute where it has some (BossDB)."""
+        remote's own compute where it has some (BossDB). A handle open read-only is refused
+        even when a cluster would reopen the volume from its URL."""
         from .services import DOWNSAMPLE
 
+        DOWNSAMPLE.check(self.volume)
         DOWNSAMPLE.run(self._service_source(kwargs), **kwargs)
 
     # -- dask ---------------------------------------------------------------------------------

@@ -419,8 +419,10 @@ def _label_service(run, verb: str, url: str, output: str, ids, mip: int, format:
     """The mesh and skeleton commands: labels parsed, the scale checked, the service run, a line said."""
     labels = _int_list(ids, "--ids", "labels")
     _open(url, mip)
+    # locally, worker processes: zmesh and kimimaro hold the GIL (this entry point is guarded)
+    executor = _executor(dask) if dask else "processes"
     with _progress_bar() as progress:
-        run(url, labels, mip=mip, output=output, format=format, executor=_executor(dask),
+        run(url, labels, mip=mip, output=output, format=format, executor=executor,
             progress=lambda done, total: progress(verb, done, total), **options)
     typer.echo(f"{verb} {url} (mip {mip}) into {output} ({format})")
 

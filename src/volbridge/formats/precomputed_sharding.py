@@ -331,7 +331,8 @@ def read_sharded_object(store, spec: dict, segid: int) -> bytes | None:
     codec = PrecomputedShardCodec(ShardingSpec(spec, "sharding"))
     key = codec.key_of_id(int(segid))
     with store.range_reader(key) as reader:
-        return (codec.read_ids(reader, key, {int(segid)}) or {}).get(int(segid))
+        found = (codec.read_ids(reader, key, {int(segid)}) or {}).get(int(segid))
+    return None if found is None else bytes(found)
 
 
 class PrecomputedVolumeSharding(PrecomputedShardCodec):

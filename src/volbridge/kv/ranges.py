@@ -78,7 +78,8 @@ def merge_spans(spans: list[tuple[int, int]], gap: int) -> list[tuple[int, int, 
         a, b = spans[i]
         if groups and a <= groups[-1][1] + gap:
             start, end, members = groups[-1]
-            groups[-1] = (start, max(end, b), members + [i])
+            members.append(i)
+            groups[-1] = (start, max(end, b), members)
         else:
             groups.append((a, b, [i]))
     return groups

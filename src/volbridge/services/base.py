@@ -55,9 +55,10 @@ class Writable(Requirement):
 
 
 class Service(ABC):
-    """``run(source, ..., executor=None)``: ``executor`` is None (local threads) or a
-    ``dask.distributed.Client``; the work is split into units aligned to the destination's chunks
-    or shards, so no two units write the same object."""
+    """``run(source, ..., executor=None)``: ``executor`` is None (local threads), ``"processes"``
+    (local worker processes, for units that hold the GIL such as meshing; a script then needs an
+    ``if __name__ == "__main__":`` guard) or a ``dask.distributed.Client``; the work is split into
+    units aligned to the destination's chunks or shards, so no two units write the same object."""
 
     name: ClassVar[str]
     requires: ClassVar[tuple[Requirement, ...]] = ()

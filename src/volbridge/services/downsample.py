@@ -150,11 +150,11 @@ def factor_between(fine: tuple, coarse: tuple) -> tuple[int, int, int]:
 
 
 def _target(target):
-    """The Volume a unit works on: the object itself (local threads), or opened from its URL
-    once per worker process (a cluster)."""
-    from .units import open_cached
+    """The Volume a unit works on: the object itself (local threads), or opened from its
+    reference once per worker process and metadata version (a cluster)."""
+    from .units import open_ref
 
-    return open_cached(target, "r+").volume if isinstance(target, str) else target
+    return open_ref(target, "r+")
 
 
 def downsample_unit(target, m: int, f: tuple[int, int, int], method: str, box: Box) -> None:
@@ -178,6 +178,8 @@ def downsample(source: Any, *, num_mips: int | None = None, factor: tuple[int, i
     from ..api import array
     from .units import Journal, run_units
 
+    if executor == "processes":
+        executor = None  # I/O and numpy kernels release the GIL: local threads already use every core
     vol: VolumeArray = array(source, mode="r+") if isinstance(source, str) else source
     if method not in METHODS:
         raise InvalidArgumentError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -202,7 +204,9 @@ def downsample(source: Any, *, num_mips: int | None = None, factor: tuple[int, i
         return
     if method == "auto":
         method = "mode" if volume.meta.layer_type == "segmentation" else "mean"
-    target = source if executor is not None else volume
+    from .units import volume_ref
+
+    target = volume_ref(volume) if executor is not None else volume
     started = time.time()
     for m in sorted(mips):
         fine, coarse = volume.meta.scales[m - 1], volume.meta.scales[m]

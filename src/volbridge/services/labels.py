@@ -5,6 +5,7 @@ pieces per label in unit order, and writing files beside a precomputed volume.""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -22,7 +23,7 @@ from ..formats.base import ScaleMeta, VolumeMeta
 from ..geometry import Box, ChunkGrid
 from .base import Service
 from ..engine.parallel import run_bounded
-from .units import PieceJournal, open_cached, run_units
+from .units import PieceJournal, open_ref, run_units, volume_ref
 
 
 class ArrayVolume(Volume):
@@ -64,7 +65,7 @@ def label_job(source: Any, ids: Iterable[int] | None, mip: int, bbox, service: S
         arr = VolumeArray(ArrayVolume(source))
     else:
         arr = array(source) if isinstance(source, str) else source
-    arr = arr.mip(mip) if mip and arr.mip_level != mip else arr
+    arr = arr.mip(mip) if mip is not None and arr.mip_level != mip else arr
     volume = arr.volume
     service.check(volume)
     scale = arr.mip_level
@@ -81,33 +82,35 @@ def label_units(job: LabelJob, unit: tuple[int, int, int]) -> list[Box]:
     return [c.box for c in ChunkGrid(job.region, chunk, grid.origin).cells(job.region)]
 
 
-def _by_url(fn: Callable, url: str, *args):
-    return fn(open_cached(url, "r").volume, *args)
+def _by_ref(fn: Callable, ref, *args):
+    return fn(open_ref(ref, "r"), *args)
 
 
-def _by_url_journaled(journal: PieceJournal | None, index: int, fn: Callable, url: str, *args):
+def _by_ref_journaled(journal: PieceJournal | None, index: int, fn: Callable, ref, *args):
     """A unit in a worker process: its result, or None once it is in ``journal`` (read from there)."""
-    out = _by_url(fn, url, *args)
+    out = _by_ref(fn, ref, *args)
     if journal is None:
         return out
     journal.save(index, out)
     return None
 
 
-#: Local label jobs of at least this many voxels run their units in worker processes: zmesh and
-#: kimimaro hold the GIL, so threads mesh one unit at a time. Smaller jobs stay on threads, where
-#: starting the workers (about a second) would cost more than it saves. ``VOLBRIDGE_PROCESSES``:
-#: 0 never, 1 always (where the source can be reopened by URL).
-PROCESS_MIN_VOXELS = 1 << 24
+#: ``executor="processes"`` runs a local label job's units in worker processes: zmesh and kimimaro
+#: hold the GIL, so threads mesh one unit at a time. Like any multiprocessing code, a script that
+#: asks for it needs an ``if __name__ == "__main__":`` guard (the workers import the script); the
+#: command line always uses it. ``VOLBRIDGE_PROCESSES``: 0 never, 1 always (the test suite).
+PROCESSES = "processes"
 
 
-def _process_url(job: LabelJob, units: list[Box]) -> str | None:
-    """The URL worker processes reopen the source from, or None to stay on threads."""
+def _process_url(job: LabelJob, units: list[Box], executor) -> str | None:
+    """The URL worker processes reopen the source from, or None to run on threads."""
+    import multiprocessing
+
     setting = os.environ.get("VOLBRIDGE_PROCESSES", "")
-    if setting == "0" or (os.cpu_count() or 1) < 2 or len(units) < 2:
+    if setting == "0" or not (executor == PROCESSES or (executor is None and setting == "1")):
         return None
-    if setting != "1" and sum(u.size for u in units) < PROCESS_MIN_VOXELS:
-        return None
+    if (os.cpu_count() or 1) < 2 or len(units) < 2 or multiprocessing.current_process().daemon:
+        return None  # a daemonic process (a pool or dask worker) cannot have children
     url = job.volume.url
     # in-memory stores and server remotes (tokens) cannot be reopened from a URL alone
     if getattr(job.volume, "store", None) is None or "mem://" in url or url.startswith("mem:"):
@@ -115,11 +118,18 @@ def _process_url(job: LabelJob, units: list[Box]) -> str | None:
     return url
 
 
+def _adopt_environment(env: dict) -> None:
+    """A worker takes the job's environment: the fork server was started by an earlier job and
+    kept that moment's variables (credentials and endpoints set since would be missing)."""
+    os.environ.clear()
+    os.environ.update(env)
+
+
 @contextlib.contextmanager
 def label_pool(job: LabelJob, units: list[Box], executor, preload: str):
-    """Worker processes for a local label job big enough to pay for them (None otherwise); the
-    module ``preload`` is imported once in the fork server, so workers start with it loaded."""
-    url = None if executor is not None else _process_url(job, units)
+    """Worker processes for a local label job that asks for them (None otherwise); the module
+    ``preload`` is imported once in the fork server, so workers start with it loaded."""
+    url = _process_url(job, units, executor)
     if url is None:
         yield None
         return
@@ -129,29 +139,10 @@ def label_pool(job: LabelJob, units: list[Box], executor, preload: str):
     # forkserver: a plain fork of this threaded process could inherit a lock held by a thread
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([preload])
-    with _main_not_rerun(), ProcessPoolExecutor(min(os.cpu_count() or 1, len(units)), mp_context=context) as pool:
-        pool.url = url  # type: ignore[attr-defined]
+    with ProcessPoolExecutor(min(os.cpu_count() or 1, len(units)), mp_context=context,
+                             initializer=_adopt_environment, initargs=(dict(os.environ),)) as pool:
+        pool.ref = volume_ref(job.volume)  # type: ignore[attr-defined]
         yield pool
-
-
-@contextlib.contextmanager
-def _main_not_rerun():
-    """Workers run volbridge's own functions only, so they need not import the user's script:
-    multiprocessing would run it again in every worker (a script without an ``if __name__ ==
-    "__main__"`` guard would then start the job again there and fail). Hiding the script's path
-    while the workers start keeps them from doing so."""
-    import sys
-
-    main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    if main is None or path is None or getattr(main, "__spec__", None) is not None:
-        yield
-        return
-    del main.__file__
-    try:
-        yield
-    finally:
-        main.__file__ = path
 
 
 def map_labels(fn: Callable, parts: dict[int, list], args: tuple, pool) -> dict[int, Any]:
@@ -191,6 +182,11 @@ def pieces_by_label(job: LabelJob, units: list[Box], fn: Callable, extra: tuple,
     in, so the result is the same byte for byte. ``progress(done, total)`` after each unit.
     ``journal`` keeps finished units' pieces, so a rerun after a failure computes only the rest;
     ``pool`` (:func:`label_pool`) runs the units in worker processes."""
+    with journal.running() if journal is not None else contextlib.nullcontext():
+        return _pieces_by_label(job, units, fn, extra, executor, progress, journal, pool)
+
+
+def _pieces_by_label(job, units, fn, extra, executor, progress, journal, pool) -> dict[int, list]:
     args = (job.scale, job.region, job.ids, job.res, *extra)
     found: dict[int, dict] = journal.load() if journal is not None else {}
     todo = [i for i in range(len(units)) if i not in found]
@@ -207,21 +203,26 @@ def pieces_by_label(job: LabelJob, units: list[Box], fn: Callable, extra: tuple,
         if progress is not None:
             progress(n, len(units))
 
-    if executor is None and pool is not None:
+    if pool is not None:
         from concurrent.futures import as_completed as completed
 
         # each worker journals its own unit and this process reads it back from the (page-cached)
         # file: one serialisation instead of two, and the writes run in parallel
-        futures = {pool.submit(_by_url_journaled, journal, i, fn, pool.url, *args, units[i]): i for i in todo}
+        futures = {pool.submit(_by_ref_journaled, journal, i, fn, pool.ref, *args, units[i]): i for i in todo}
         try:
             for fut in completed(futures):
                 i, out = futures[fut], fut.result()
-                finished(i, journal.load_one(i) if journal is not None else out, saved=True)
+                if journal is not None:
+                    try:
+                        out = journal.load_one(i)
+                    except FileNotFoundError:  # the journal was cleaned away under us: redo the unit
+                        out = fn(job.volume, *args, units[i])
+                finished(i, out, saved=True)
         except BaseException:
             for fut in futures:
                 fut.cancel()
             raise
-    elif executor is None:
+    elif executor is None or executor == PROCESSES:
         def one(i: int) -> None:
             finished(i, fn(job.volume, *args, units[i]))
 
@@ -232,7 +233,8 @@ def pieces_by_label(job: LabelJob, units: list[Box], fn: Callable, extra: tuple,
             raise InvalidArgumentError("on a cluster, give the source as a URL: the workers open it themselves")
         from distributed import as_completed
 
-        futures = {executor.submit(_by_url, fn, job.source, *args, units[i]): i for i in todo}
+        ref = volume_ref(job.volume)
+        futures = {executor.submit(_by_ref, fn, ref, *args, units[i]): i for i in todo}
         for fut in as_completed(list(futures)):
             finished(futures[fut], fut.result())
     parts: dict[int, list] = {}
@@ -243,12 +245,17 @@ def pieces_by_label(job: LabelJob, units: list[Box], fn: Callable, extra: tuple,
 
 
 def label_journal(job: LabelJob, service: str, units: list[Box], parameters: dict, resume: bool) -> PieceJournal | None:
-    """The journal of a label job, or None where its source cannot be named (an ndarray)."""
-    if not resume or isinstance(job.source, np.ndarray) or job.volume.url == "ndarray":
+    """The journal of a label job, or None where its source has no lasting name (an ndarray, an
+    in-memory store). The key names the volume absolutely and every unit's box, so no other
+    volume or unit layout can pick up its pieces."""
+    # a chunked volume's store URL is absolute (file:///..., s3://...); the volume's may be relative
+    url = getattr(getattr(job.volume, "store", None), "url", None) or job.volume.url
+    if not resume or isinstance(job.source, np.ndarray) or url == "ndarray" or url.startswith("mem:"):
         return None
-    return PieceJournal({"service": service, "url": job.volume.url, "scale": job.scale,
+    geometry = hashlib.sha1(repr([(u.start, u.stop) for u in units]).encode()).hexdigest()
+    return PieceJournal({"service": service, "url": url, "format": job.volume.format_name, "scale": job.scale,
                          "region": [job.region.start, job.region.stop], "ids": None if job.ids is None else sorted(job.ids),
-                         "units": len(units), **parameters})
+                         "units": geometry, **parameters})
 
 
 def record_output(job: LabelJob, output: str, service: str, parameters: dict, started: float) -> None:

@@ -149,19 +149,23 @@ def mesh_unit(volume, scale: int, region: Box, ids, res, box: Box) -> dict[int, 
         return {}
     mesher = zmesh.Mesher(tuple(float(r) for r in res))
     mesher.mesh(np.asfortranarray(labels), close=False)
-    # the labels present come from the mesher: a np.unique of the unit cost as much as meshing
-    wanted = sorted(int(i) for i in mesher.ids() if i != 0 and (ids is None or int(i) in ids))
+    # the labels present come from the mesher (a np.unique of the unit cost as much as meshing);
+    # it reports them unsigned, so a negative label of a signed volume is mapped back
+    raw = np.array(sorted(mesher.ids()), dtype=np.uint64)
+    labels_of = raw.astype(labels.dtype).tolist()
     out = {}
     offset = np.array(grown.start, dtype=np.float64) * np.array(res, dtype=np.float64)
-    for i in wanted:
-        m = mesher.get(i, normals=False)
+    for key, label in zip(raw.tolist(), labels_of):
+        if label == 0 or (ids is not None and label not in ids):
+            continue
+        m = mesher.get(key, normals=False)
         if len(m.faces):
-            out[i] = ((m.vertices.astype(np.float64) + offset).astype(np.float32), m.faces.astype(np.uint32))
+            out[label] = ((m.vertices.astype(np.float64) + offset).astype(np.float32), m.faces.astype(np.uint32))
     mesher.clear()
     return out
 
 
-def mesh(source: Any, ids: Iterable[int] | None = None, *, mip: int = 0, bbox=None, output: str | None = None,
+def mesh(source: Any, ids: Iterable[int] | None = None, *, mip: int | None = None, bbox=None, output: str | None = None,
          format: str = "precomputed", smoothing: int = 40, simplification: int = 1, multires=None, executor=None,
          progress: Callable[[int, int], None] | None = None, resume: bool = True) -> dict[int, Mesh] | None:
     """Meshes of ``ids`` (default: every label) of a segmentation (a URL, a VolumeArray or an

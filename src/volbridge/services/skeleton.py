@@ -148,7 +148,7 @@ def _join(segid: int, parts: list) -> Skeleton:
     return Skeleton(uniq.astype(np.float32), edges, radii[first], segid)
 
 
-def skeleton(source: Any, ids: Iterable[int] | None = None, *, mip: int = 0, bbox=None, output: str | None = None,
+def skeleton(source: Any, ids: Iterable[int] | None = None, *, mip: int | None = None, bbox=None, output: str | None = None,
              format: str = "precomputed", teasar: dict | None = None, dust_threshold: int = 1000,
              executor=None, sharded: bool = False,
              progress: Callable[[int, int], None] | None = None, resume: bool = True) -> dict[int, Skeleton] | None:

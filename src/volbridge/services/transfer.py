@@ -29,7 +29,7 @@ from ..errors import (
 from ..geometry import Box, ChunkGrid
 from . import provenance
 from .base import Service, Writable
-from .units import Journal, run_units
+from .units import Journal, run_units, volume_ref
 
 
 def _open_source(source: Any, mip: int) -> VolumeArray:
@@ -77,6 +77,8 @@ def transfer(source: Any, destination: Any, *, bbox: tuple[Sequence[int], Sequen
     """Copy ``bbox`` (z, y, x start and stop corners; default: the whole scale) of scale ``mip`` of
     ``source`` into ``destination`` (a URL or a writable VolumeArray); the destination handle.
     ``executor`` and ``resume`` as for :func:`~volbridge.services.downsample.downsample`."""
+    if executor == "processes":
+        executor = None  # I/O and numpy kernels release the GIL: local threads already use every core
     src = _open_source(source, mip)
     sv = src.volume
     bounds = sv.meta.scales[src.mip_level].bounds
@@ -97,7 +99,7 @@ def transfer(source: Any, destination: Any, *, bbox: tuple[Sequence[int], Sequen
     if executor is not None:
         if not isinstance(source, str) or not isinstance(destination, str):
             raise InvalidArgumentError("on a cluster, give source and destination as URLs: the workers open them")
-        targets = (source, src.mip_level, destination if not isinstance(destination, VolumeArray) else destination.url, dscale)
+        targets = (volume_ref(sv), src.mip_level, volume_ref(dv), dscale)
     else:
         targets = (sv, src.mip_level, dv, dscale)
     journal = Journal({"service": "transfer", "src": sv.url, "mip": src.mip_level, "dst": dv.url, "scale": dscale,
@@ -116,10 +118,9 @@ def transfer(source: Any, destination: Any, *, bbox: tuple[Sequence[int], Sequen
 def transfer_unit(src, smip: int, dst, dscale: int, box: Box) -> None:
     """One unit: ``box`` read from the source, written to the destination (volumes, or URLs a
     cluster worker opens once)."""
-    from .units import open_cached
+    from .units import open_ref
 
-    sv = open_cached(src, "r", 0).volume if isinstance(src, str) else src
-    dv = open_cached(dst, "r+", 0).volume if isinstance(dst, str) else dst
+    sv, dv = open_ref(src, "r"), open_ref(dst, "r+")
     dv.write(box, sv.read(box, smip), dscale)
 
 

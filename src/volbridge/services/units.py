@@ -10,6 +10,7 @@ the journal is removed when the job completes.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -21,18 +22,35 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..engine.parallel import run_bounded
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, VolbridgeError
 
 #: Where journals live (``VOLBRIDGE_JOBS_DIR`` overrides).
 JOBS_DIR = Path(os.environ.get("VOLBRIDGE_JOBS_DIR", "~/.cache/volbridge/jobs")).expanduser()
 
 
 @functools.lru_cache(maxsize=64)
-def open_cached(url: str, mode: str, mip: int = 0):
-    """A volume handle by URL, kept for this process: workers reuse their open stores."""
+def open_cached(url: str, mode: str, mip: int = 0, version: str = ""):
+    """A volume handle by URL, kept for this process: workers reuse their open stores. ``version``
+    (a digest of the metadata the client saw) keys it too: a worker never reuses a handle opened
+    before the volume changed (a scale added, the volume recreated with other chunks)."""
     from ..api import array
 
     return array(url, mode=mode, mip=mip)
+
+
+def volume_ref(volume) -> tuple[str, str]:
+    """What a worker needs to open ``volume`` itself: its URL and a digest of its metadata."""
+    doc = json.dumps(volume.metadata_json(), sort_keys=True, default=str)
+    return volume.url, hashlib.sha1(doc.encode()).hexdigest()
+
+
+def open_ref(ref, mode: str):
+    """The Volume of a :func:`volume_ref` (opened once per worker process and version), or
+    ``ref`` itself when it already is one (local threads)."""
+    if isinstance(ref, tuple):
+        url, version = ref
+        return open_cached(url, mode, 0, version).volume
+    return ref
 
 
 class Journal:
@@ -91,6 +109,23 @@ class PieceJournal:
     def finish(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
 
+    @contextlib.contextmanager
+    def running(self):
+        """Held while the job runs: a second run of the same job (same parameters, same journal)
+        in another process would otherwise delete the pieces this one is reading back."""
+        import fcntl
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / ".lock", "a") as f:  # inside, so finish() leaves nothing behind
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise VolbridgeError(
+                    f"the same job is already running in another process (journal {self.path}); wait for it, "
+                    "or pass resume=False to run independently"
+                ) from None
+            yield self
+
 
 def run_units(units: Sequence[Any], fn: Callable, args: tuple, *, executor=None, journal: Journal | None = None,
               bytes_per_unit: int = 1 << 20, progress: Callable[[int, int], None] | None = None) -> None:
@@ -109,7 +144,7 @@ def run_units(units: Sequence[Any], fn: Callable, args: tuple, *, executor=None,
         if progress is not None:
             progress(n, total)
 
-    if executor is None:
+    if executor is None or executor == "processes":  # I/O and numpy kernels: threads suffice
         def one(i: int) -> None:
             fn(*args, units[i])
             finished(i)
@@ -117,7 +152,7 @@ def run_units(units: Sequence[Any], fn: Callable, args: tuple, *, executor=None,
         run_bounded(one, todo, bytes_per_unit)
     else:
         if not hasattr(executor, "map") or not hasattr(executor, "gather"):
-            raise InvalidArgumentError(f"executor must be None or a dask.distributed.Client, not {type(executor).__name__}")
+            raise InvalidArgumentError(f"executor must be None, 'processes' or a dask.distributed.Client, not {executor!r}")
         from distributed import as_completed
 
         futures = {executor.submit(fn, *args, units[i], pure=False): i for i in todo}
