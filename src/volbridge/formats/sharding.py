@@ -13,7 +13,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable
 
 from ..errors import ChunkDecodeError
-from ..geometry import Cell
 from ..kv import KVStore
 from ..kv.ranges import RangeReader
 
