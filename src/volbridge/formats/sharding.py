@@ -12,6 +12,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 
+import numpy as np
+
 from ..errors import ChunkDecodeError
 from ..kv import KVStore
 from ..kv.ranges import RangeReader
