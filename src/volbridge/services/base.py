@@ -88,3 +88,22 @@ class Service(ABC):
 
     def __repr__(self) -> str:
         return f"<service {self.name}>"
+
+
+class FunctionService(Service):
+    """A service whose local implementation is one function of :mod:`volbridge.services`:
+    ``run(source, *args, executor=None, **kwargs)`` calls ``function`` with those arguments (the
+    function checks the requirements itself, before its work, through this object)."""
+
+    def __init__(self, name: str, function, *, requires: tuple[Requirement, ...] = (),
+                 destination_requires: tuple[Requirement, ...] = (), native_capability: str | None = None):
+        self.name = name
+        self.function = function
+        self.requires = requires
+        self.destination_requires = destination_requires
+        self.native_capability = native_capability
+        self.__doc__ = function.__doc__
+
+    def run(self, source: Any, *args, executor=None, **kwargs) -> Any:
+        return self.function(source, *args, executor=executor, **kwargs)
+

@@ -30,7 +30,7 @@ from ..errors import (
 )
 from ..geometry import Box
 from . import provenance
-from .base import Service, Writable
+from .base import FunctionService, Writable
 
 METHODS = ("auto", "mean", "mode", "min", "max", "nearest")
 
@@ -272,16 +272,6 @@ def wait_for(status: Callable[[], dict], timeout: float = 3600, poll: float = 0.
         time.sleep(poll)
 
 
-class DownsampleService(Service):
-    """Pyramids in place: :func:`downsample`, or the remote's own service where it has one."""
-
-    name = "downsample"
-    requires = (Writable(),)
-    native_capability = "native_downsample"
-
-    def run(self, source: Any, *, executor=None, **kwargs) -> None:
-        return downsample(source, executor=executor, **kwargs)
-
-
-DOWNSAMPLE = DownsampleService()
+DOWNSAMPLE = FunctionService("downsample", downsample, requires=(Writable(),),
+                             native_capability="native_downsample")
 

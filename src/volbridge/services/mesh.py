@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import InvalidArgumentError, UnsupportedError
 from ..geometry import Box
-from .base import Segmentation, Service
+from .base import FunctionService, Segmentation
 from .labels import (
     label_job,
     label_units,
@@ -268,15 +268,5 @@ def read_legacy(directory: str, segid: int) -> Mesh:
     return Mesh(m.vertices.astype(np.float32), m.faces.astype(np.uint32), segid)
 
 
-class MeshService(Service):
-    """Meshes of segmentation labels: :func:`mesh` (no remote meshes on its own compute yet)."""
-
-    name = "mesh"
-    requires = (Segmentation(),)
-
-    def run(self, source: Any, ids: Iterable[int] | None = None, *, executor=None, **kwargs):
-        return mesh(source, ids, executor=executor, **kwargs)
-
-
-MESH = MeshService()
+MESH = FunctionService("mesh", mesh, requires=(Segmentation(),))
 

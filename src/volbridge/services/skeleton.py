@@ -26,7 +26,7 @@ from ..errors import InvalidArgumentError, UnsupportedError
 from ..formats.precomputed_sharding import label_sharding, write_sharded_objects
 from ..geometry import Box
 from ..kv.file import FileStore
-from .base import Segmentation, Service
+from .base import FunctionService, Segmentation
 from .labels import (
     label_job,
     label_units,
@@ -196,15 +196,5 @@ def write_skeletons(skels: dict[int, Skeleton], output: str, format: str, sharde
         name_in_volume_info(path, "skeletons")
 
 
-class SkeletonService(Service):
-    """TEASAR skeletons of segmentation labels: :func:`skeleton`."""
-
-    name = "skeleton"
-    requires = (Segmentation(),)
-
-    def run(self, source: Any, ids: Iterable[int] | None = None, *, executor=None, **kwargs):
-        return skeleton(source, ids, executor=executor, **kwargs)
-
-
-SKELETON = SkeletonService()
+SKELETON = FunctionService("skeleton", skeleton, requires=(Segmentation(),))
 

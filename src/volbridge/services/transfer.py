@@ -28,7 +28,7 @@ from ..errors import (
 )
 from ..geometry import Box, ChunkGrid
 from . import provenance
-from .base import Service, Writable
+from .base import FunctionService, Writable
 from .units import Journal, run_units, volume_ref
 
 
@@ -141,15 +141,5 @@ def _verify(sv, sscale: int, dv, dscale: int, units: list[Box]) -> None:
         raise VolbridgeError(f"verify: {len(bad)} of {len(units)} blocks differ after the copy to {dv.url}, first {bad[0]} (x, y, z)")
 
 
-class TransferService(Service):
-    """Copies between any two remotes: :func:`transfer`."""
-
-    name = "transfer"
-    destination_requires = (Writable(),)
-
-    def run(self, source: Any, destination: Any = None, *, executor=None, **kwargs) -> VolumeArray:
-        return transfer(source, destination, executor=executor, **kwargs)
-
-
-TRANSFER = TransferService()
+TRANSFER = FunctionService("transfer", transfer, destination_requires=(Writable(),))
 
