@@ -149,14 +149,15 @@ def write_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, data: np.nd
 
     def shard_task(shard: _Shard) -> None:
         whole, partial = [], []
-        for cell, cid in zip(shard.cells, shard.ids):
-            covered = all_channels and all(a <= c and d <= b for a, b, c, d in zip(box.start, box.stop, cell.box.start, cell.box.stop))
-            (whole if covered else partial).append((cell, cid))
+        for cell, cid, (to, frm) in zip(shard.cells, shard.ids, shard.places):
+            # covered: the overlap starts at the cell's corner and spans its whole (clipped) extent
+            covered = all_channels and all(f.start == 0 and f.stop == n for f, n in zip(frm, cell.box.shape))
+            (whole if covered else partial).append((cell, cid, to))
         encoded: dict[int, bytes] = {}
 
         def encode_task(member) -> None:
-            cell, cid = member
-            encoded[cid] = vol._encode(layout, data[cell.box.slices(box.start)], cell, shard.key)
+            cell, cid, to = member
+            encoded[cid] = vol._encode(layout, data[to], cell, shard.key)
 
         _over_members(encode_task, whole, nested, chunk_nbytes, _loops(vol))
         capacity = layout.sharding.capacity(shard.number)
@@ -164,7 +165,7 @@ def write_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, data: np.nd
 
         def merge(old: bytes | None) -> bytes:  # runs again when a conditional write loses a race
             chunks = {} if old is None else layout.sharding.unpack(old, shard.key)
-            for cell, cid in partial:
+            for cell, cid, _ in partial:
                 region = cell.box.intersect(box)
                 stored = chunks.get(cid)
                 if stored is None:
