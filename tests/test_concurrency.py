@@ -109,25 +109,31 @@ def _write_any(url, box, value, barrier, dtype, results=None):
         results.put(store.stats.as_dict() if store is not None else {})
 
 
-def test_threads_overlapping_unaligned(tmp_path):
-    url = f"precomputed://{tmp_path}/vol"
-    vb.create(url, shape=SHAPE, chunk_shape=CHUNK, dtype="uint16")
-    boxes = writer_boxes(7, 4)
-    barrier = threading.Barrier(4)
+def run_writer_threads(url: str, boxes) -> None:
+    """Four threads write their boxes at once (after a barrier); any writer's error is raised."""
+    barrier = threading.Barrier(len(boxes))
     errors = []
 
     def run(i):
         try:
             _write(url, boxes[i], i + 1, barrier)
-        except BaseException as e:  # pragma: no cover - reported below
+        except BaseException as e:  # noqa: BLE001 - raised below, in the test's thread
             errors.append(e)
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(boxes))]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert not errors
+    if errors:
+        raise errors[0]
+
+
+def test_threads_overlapping_unaligned(tmp_path):
+    url = f"precomputed://{tmp_path}/vol"
+    vb.create(url, shape=SHAPE, chunk_shape=CHUNK, dtype="uint16")
+    boxes = writer_boxes(7, 4)
+    run_writer_threads(url, boxes)
     check_serial_replay(url, boxes)
 
 
@@ -135,10 +141,5 @@ def test_memory_store_threads(tmp_path):
     url = "precomputed://mem://concurrency-test"
     vb.create(url, shape=SHAPE, chunk_shape=CHUNK, dtype="uint16", overwrite=True)
     boxes = writer_boxes(11, 4)
-    barrier = threading.Barrier(4)
-    threads = [threading.Thread(target=_write, args=(url, boxes[i], i + 1, barrier)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_writer_threads(url, boxes)
     check_serial_replay(url, boxes)

@@ -23,7 +23,7 @@ import urllib.parse
 
 import numpy as np
 import pytest
-from test_concurrency import CHUNK, SHAPE, _write, check_serial_replay, writer_boxes
+from test_concurrency import CHUNK, SHAPE, check_serial_replay, run_writer_threads, writer_boxes
 
 import volbridge as vb
 from volbridge.errors import StoreError, URLError, VersionChangedError
@@ -228,21 +228,7 @@ def test_threads_writing_one_volume_over_gcs_lose_nothing(gcsenv, gcs_bucket):
     url = f"precomputed://gs://{gcs_bucket}/concurrent"
     vb.create(url, shape=SHAPE, chunk_shape=CHUNK, dtype="uint16")
     boxes = writer_boxes(23, 4)
-    barrier = threading.Barrier(4)
-    errors = []
-
-    def run(i):
-        try:
-            _write(url, boxes[i], i + 1, barrier)
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    run_writer_threads(url, boxes)
     check_serial_replay(url, boxes)
 
 
