@@ -40,7 +40,8 @@ class RawCodec(ChunkCodec):
     def __init__(self, compressor: Compressor | None = None):
         self.compressor = compressor
 
-    def decode(self, data: bytes, shape: Shape4, dtype: np.dtype) -> np.ndarray:
+    def decode_bytes(self, data: bytes, shape: Shape4, dtype: np.dtype) -> bytes:
+        """The chunk's little-endian Fortran-order voxel bytes, decompressed and size-checked."""
         dt = little_endian(dtype)
         nbytes = math.prod(shape) * dt.itemsize
         what = lambda: f"raw {shape[:3]} {dt.name} chunk"  # noqa: E731
@@ -50,10 +51,11 @@ class RawCodec(ChunkCodec):
             out = self.compressor.decompress(data)
             if len(out) != nbytes:
                 raise ChunkDecodeError(f"{what()}: {self.compressor.name} stream decompressed to {len(out)} bytes, expected {nbytes}")
-            data = out
-        else:
-            data = decompress_to_size(data, nbytes, what)
-        return np.frombuffer(data, dtype=dt).reshape(shape, order="F")
+            return out
+        return decompress_to_size(data, nbytes, what)
+
+    def decode(self, data: bytes, shape: Shape4, dtype: np.dtype) -> np.ndarray:
+        return np.frombuffer(self.decode_bytes(data, shape, dtype), dtype=little_endian(dtype)).reshape(shape, order="F")
 
     def encode(self, chunk: np.ndarray) -> bytes:
         dt = little_endian(chunk.dtype)

@@ -8,6 +8,7 @@ format decodes through the same checked code. Unknown codecs raise UnsupportedEr
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,13 +76,22 @@ class ZarrPipeline:
         self._shape = self.chunk_shape if self.permutation is None else tuple(self.chunk_shape[p] for p in self.permutation)
         self._nbytes = int(np.prod(self._shape)) * self.dtype.itemsize
 
-    def decode(self, data: bytes) -> np.ndarray:
+    @property
+    def plain(self) -> bool:
+        """Whether decoded bytes are little-endian C-order elements (no transpose, no swap)."""
+        return self.permutation is None and self.order == "C" and (self.dtype.itemsize == 1 or self.dtype.byteorder in "<|"
+                                                                   or (self.dtype.byteorder == "=" and sys.byteorder == "little"))
+
+    def decode_bytes(self, data: bytes) -> bytes:
+        """The chunk's stored elements after the bytes -> bytes steps, size-checked."""
         for step in reversed(self.steps):
             data = step.decompress(data)
-        shape, n = self._shape, self._nbytes
-        if len(data) != n:
-            raise ChunkDecodeError(f"chunk holds {len(data)} bytes after decoding, expected {n} for {shape} {self.dtype}")
-        arr = np.frombuffer(data, dtype=self.dtype).reshape(shape, order=self.order)
+        if len(data) != self._nbytes:
+            raise ChunkDecodeError(f"chunk holds {len(data)} bytes after decoding, expected {self._nbytes} for {self._shape} {self.dtype}")
+        return data
+
+    def decode(self, data: bytes) -> np.ndarray:
+        arr = np.frombuffer(self.decode_bytes(data), dtype=self.dtype).reshape(self._shape, order=self.order)
         if self.permutation is not None:
             arr = arr.transpose(np.argsort(self.permutation))
         return arr

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import ChunkDecodeError, VersionChangedError
 from ..geometry import Box, Cell
-from . import parallel
+from . import parallel, place
 from .parallel import default_threads, run_bounded
 
 if TYPE_CHECKING:
@@ -37,12 +37,29 @@ _VERSION_RETRIES = 5
 
 @dataclass
 class _Shard:
+    """The chunks of one shard that a box touches, as arrays: a read of a whole shard of small
+    chunks builds no Python object per chunk."""
+
     key: str
     number: int
-    cells: list[Cell]
-    ids: list[int]
-    #: per cell, (slices of the box's output, slices of the cell's voxels) of their overlap
-    places: list[tuple[tuple[slice, ...], tuple[slice, ...]]]
+    ids: np.ndarray  # (n,) ids inside the shard
+    index: np.ndarray  # (n, 3) grid indices
+    starts: np.ndarray  # (n, 3) bounds-clipped cell corners
+    stops: np.ndarray
+    dst_lo: np.ndarray  # (n, 3) where each cell's overlap with the box starts, box-relative
+    src_lo: np.ndarray  # ... and cell-relative
+    size: np.ndarray  # (n, 3) the overlap's extent
+
+    @property
+    def cells(self) -> list[Cell]:
+        return [Cell(tuple(i), Box(tuple(a), tuple(b)))
+                for i, a, b in zip(self.index.tolist(), self.starts.tolist(), self.stops.tolist())]
+
+    @property
+    def places(self) -> list[tuple[tuple[slice, ...], tuple[slice, ...]]]:
+        """Per cell, (slices of the box's output, slices of the cell's voxels) of their overlap."""
+        return [(tuple(slice(a, a + k) for a, k in zip(d, n)), tuple(slice(a, a + k) for a, k in zip(f, n)))
+                for d, f, n in zip(self.dst_lo.tolist(), self.src_lo.tolist(), self.size.tolist())]
 
 
 def _plan(layout: ScaleLayout, box: Box) -> list[_Shard]:
@@ -60,18 +77,15 @@ def _plan(layout: ScaleLayout, box: Box) -> list[_Shard]:
     origin, chunk = np.array(grid.origin), np.array(grid.chunk_shape)
     starts = np.maximum(origin + index * chunk, np.array(grid.bounds.start))
     stops = np.minimum(origin + (index + 1) * chunk, np.array(grid.bounds.stop))
-    cells = [Cell(tuple(i), Box(tuple(a), tuple(b))) for i, a, b in zip(index.tolist(), starts.tolist(), stops.tolist())]
     # where each cell's overlap with the box lands, in array arithmetic rather than Boxes per chunk
-    lo_, hi_ = np.maximum(starts, np.array(box.start)), np.minimum(stops, np.array(box.stop))
-    dst = np.stack([lo_ - np.array(box.start), hi_ - np.array(box.start)], 1).tolist()
-    src = np.stack([lo_ - starts, hi_ - starts], 1).tolist()
-    places = [(tuple(map(slice, d[0], d[1])), tuple(map(slice, c[0], c[1]))) for d, c in zip(dst, src)]
-    ids_list = ids.tolist()
+    lo, hi = np.maximum(starts, np.array(box.start)), np.minimum(stops, np.array(box.stop))
+    dst_lo, src_lo, size = lo - np.array(box.start), lo - starts, hi - lo
     bounds = np.flatnonzero(np.diff(shard)) + 1
     out = []
-    for lo, hi in zip([0, *bounds.tolist()], [*bounds.tolist(), len(shard)]):
-        number = int(shard[lo])
-        out.append(_Shard(layout.sharding.shard_key(number), number, cells[lo:hi], ids_list[lo:hi], places[lo:hi]))
+    for a, b in zip([0, *bounds.tolist()], [*bounds.tolist(), len(shard)]):
+        number = int(shard[a])
+        out.append(_Shard(layout.sharding.shard_key(number), number, ids[a:b], index[a:b], starts[a:b], stops[a:b],
+                          dst_lo[a:b], src_lo[a:b], size[a:b]))
     return out
 
 
@@ -94,7 +108,7 @@ def _read_shard(vol: ChunkedVolume, layout: ScaleLayout, shard: _Shard) -> dict:
     capacity = layout.sharding.capacity(shard.number)
     for attempt in range(_VERSION_RETRIES):
         try:
-            return layout.sharding.read(vol.store, shard.key, shard.ids, capacity)
+            return layout.sharding.read(vol.store, shard.key, shard.ids.tolist(), capacity)
         except VersionChangedError:
             if attempt == _VERSION_RETRIES - 1:
                 raise
@@ -126,19 +140,48 @@ def read_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, out: np.ndar
     shards = _plan(layout, box)
     chunk_nbytes = vol._chunk_nbytes(layout)
     nested = _nested(vol, shards, chunk_nbytes)
+    batched = layout.decodes_to_bytes
+    if batched:
+        place.prepare(sum(len(s.ids) for s in shards))
 
     def shard_task(shard: _Shard) -> None:
         found = _read_shard(vol, layout, shard)
+        if not found:
+            return  # absent chunks are already the fill value
+        if batched:
+            _place_shard(layout, shard, found, out, nested, chunk_nbytes, _loops(vol))
+            return
 
-        def place(member) -> None:
+        def put(member) -> None:
             cell, cid, data, (to, frm) = member
             out[to] = _decode(layout, data, cell, shard.key, cid)[frm]
 
-        # absent chunks are already the fill value
-        present = [(c, i, found[i], p) for c, i, p in zip(shard.cells, shard.ids, shard.places) if i in found]
-        _over_members(place, present, nested, chunk_nbytes, _loops(vol))
+        present = [(c, i, found[i], p) for c, i, p in zip(shard.cells, shard.ids.tolist(), shard.places) if i in found]
+        _over_members(put, present, nested, chunk_nbytes, _loops(vol))
 
     run_bounded(shard_task, shards, _shard_nbytes(shards, chunk_nbytes), _loops(vol))
+
+
+def _place_shard(layout: ScaleLayout, shard: _Shard, found: dict, out: np.ndarray, nested: bool, chunk_nbytes: int,
+                 loops: int) -> None:
+    """Decode the shard's chunks to voxel bytes, then copy all of them into ``out`` in one call."""
+    ids = shard.ids.tolist()
+    present = [k for k, cid in enumerate(ids) if cid in found]
+    cell_shapes = (shard.stops - shard.starts).tolist()
+    bufs: list = [None] * len(present)
+    shapes = np.empty((len(present), 4), np.int64)
+
+    def decode(j: int) -> None:
+        k = present[j]
+        try:
+            bufs[j], shapes[j] = layout.decode_bytes(found[ids[k]], cell_shapes[k], shard.key)
+        except ChunkDecodeError as e:
+            raise ChunkDecodeError(f"chunk {ids[k]} of shard {shard.key!r}: {e}") from e
+
+    _over_members(decode, range(len(present)), nested, chunk_nbytes, loops)
+    src, offsets = place.one_buffer(bufs)
+    sel = np.array(present, np.int64)
+    place.place_chunks(out, src, offsets, shapes, shard.src_lo[sel], shard.dst_lo[sel], shard.size[sel])
 
 
 def write_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, data: np.ndarray, ch: slice,
@@ -149,7 +192,7 @@ def write_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, data: np.nd
 
     def shard_task(shard: _Shard) -> None:
         whole, partial = [], []
-        for cell, cid, (to, frm) in zip(shard.cells, shard.ids, shard.places):
+        for cell, cid, (to, frm) in zip(shard.cells, shard.ids.tolist(), shard.places):
             # covered: the overlap starts at the cell's corner and spans its whole (clipped) extent
             covered = all_channels and all(f.start == 0 and f.stop == n for f, n in zip(frm, cell.box.shape))
             (whole if covered else partial).append((cell, cid, to))

@@ -81,6 +81,16 @@ class ScaleLayout(ABC):
     def encode(self, chunk: np.ndarray, cell: Cell) -> bytes:
         """Stored bytes for the cell's voxels."""
 
+    #: Whether :meth:`decode_bytes` applies: a chunk's stored bytes are its voxels, little-endian
+    #: in (x, y, z, c) Fortran order, under byte-to-byte compression only.
+    decodes_to_bytes: bool = False
+
+    def decode_bytes(self, data: bytes, shape: tuple[int, int, int], key: str) -> tuple[bytes | memoryview, tuple[int, int, int, int]]:
+        """The voxel bytes of a cell of (bounds-clipped) ``shape`` (x, y, z) and the (x, y, z, c) shape they are stored in, which may exceed
+        the cell's clipped box (zarr pads edge chunks): the engine copies many such chunks into
+        a cutout in one call (:mod:`volbridge.engine.place`). Only when :attr:`decodes_to_bytes`."""
+        raise NotImplementedError(f"{type(self).__name__} chunks decode through decode() only")
+
 
 class ChunkedDataset(ABC):
     """An opened dataset of a chunked format: its metadata and a layout per scale."""

@@ -23,6 +23,7 @@ from ..codecs import (
     RawCodec,
     get_compressor,
 )
+from ..codecs.base import little_endian
 from ..errors import ChunkDecodeError, MetadataError, UnsupportedError
 from ..geometry import Box, Cell, ChunkGrid
 from ..kv import KVStore
@@ -287,6 +288,7 @@ class PrecomputedLayout(ScaleLayout):
             scale.encoding, self.dtype, num_channels, scale.cseg_block_size or (8, 8, 8),
             scale.raw.get("jpeg_quality"), scale.raw.get("png_level"),
         )
+        self.decodes_to_bytes = isinstance(self.codec, RawCodec) and little_endian(self.dtype) == self.dtype
         compression = (scale.raw.get("volbridge") or {}).get("compression")
         if scale.sharding is not None:
             # Shard files are read by range: they are never transport-compressed (data_encoding is
@@ -315,6 +317,10 @@ class PrecomputedLayout(ScaleLayout):
 
     def decode(self, data: bytes, cell: Cell, key: str) -> np.ndarray:
         return self.codec.decode(data, self.chunk_shape4(cell), self.dtype)
+
+    def decode_bytes(self, data: bytes, shape: tuple[int, int, int], key: str):
+        shape = (*shape, self.num_channels)
+        return self.codec.decode_bytes(data, shape, self.dtype), shape
 
     def encode(self, chunk: np.ndarray, cell: Cell) -> bytes:
         if chunk.shape != self.chunk_shape4(cell):

@@ -249,6 +249,11 @@ class ZarrLayout(ScaleLayout):
         bounds = Box.from_shape(spatial, tuple(offset))
         self.grid = ChunkGrid(bounds, tuple(chunk), tuple(offset))
         self.meta = ScaleMeta(key_prefix, bounds, tuple(resolution), tuple(chunk), f"zarr v{arr.zarr_format}")
+        # Stored chunk bytes are (x, y, z, c) Fortran-order voxels when nothing is transposed or
+        # swapped and no leading axis but channels has chunks longer than 1.
+        lead_chunks = [c for a, c in enumerate(arr.chunks[:self.lead]) if a != self.channel_axis]
+        self.decodes_to_bytes = arr.pipeline.plain and all(c == 1 for c in lead_chunks)
+        self._stored4 = (*chunk, per_chunk)
         if arr.shard_shape is not None:
             grid_shape = tuple(-(-n // c) for n, c in zip(arr.shape, arr.chunks))
             cps = tuple(s // c for s, c in zip(arr.shard_shape, arr.chunks))
@@ -280,6 +285,9 @@ class ZarrLayout(ScaleLayout):
         czyx = self._squeeze(self.arr.pipeline.decode(data))
         sx, sy, sz = cell.box.shape
         return czyx[: self.num_channels, :sz, :sy, :sx].transpose(3, 2, 1, 0)
+
+    def decode_bytes(self, data: bytes, shape: tuple[int, int, int], key: str):
+        return self.arr.pipeline.decode_bytes(data), self._stored4
 
     def encode(self, chunk: np.ndarray, cell: Cell) -> bytes:
         full = np.full(self.arr.chunks, self.fill_value, dtype=self.dtype)

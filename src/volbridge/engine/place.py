@@ -1,0 +1,134 @@
+"""Copy the wanted regions of many decoded chunks into an output array in one native call.
+
+A 32^3 uint8 chunk is 1024 rows of 32 bytes. numpy's strided assignment costs ~20 ns a row in
+loop overhead, and a Python statement per chunk adds microseconds more, so on sharded volumes
+with small chunks placing voxels cost more than reading and decoding them. Here a compiled loop
+(numba, GIL released) copies every row of a batch of chunks from one source buffer: memcpy speed
+(measured 17 ms for 128 MiB of 32^3 chunks, against 55-85 ms for per-chunk numpy assignment).
+
+Chunks are described in the engine's (x, y, z, c) Fortran layout: the source of each is a run of
+little-endian voxel bytes of a stored shape (x fastest), the destination a Fortran-contiguous
+output array. Without numba (or with ``VOLBRIDGE_NO_NUMBA`` set), before the loop is loaded (see
+:data:`LOAD_AT_CHUNKS`), or for an output that is not Fortran-contiguous, the same copies run
+through numpy.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+
+_lock = threading.Lock()
+_kernel = None  # the compiled copy loop, or False when numba is unavailable
+
+
+def load() -> bool:
+    """Load (compile, or read from numba's disk cache) the copy loop; whether it runs here."""
+    global _kernel
+    with _lock:
+        if _kernel is None:
+            try:
+                if os.environ.get("VOLBRIDGE_NO_NUMBA"):
+                    raise ImportError("VOLBRIDGE_NO_NUMBA is set")
+                import numba
+            except ImportError:  # numba has no wheel for this platform or Python yet
+                _kernel = False
+                return False
+
+            u8, table_t = numba.types.Array(numba.types.uint8, 1, "C"), numba.types.Array(numba.types.int64, 2, "C")
+            i64, readonly_u8 = numba.types.int64, numba.types.Array(numba.types.uint8, 1, "C", readonly=True)
+
+            # One signature, compiled (or read from the disk cache) here rather than at the first
+            # call; sources are always passed read-only. Unsigned indices: numba then emits no
+            # negative-index wraparound, and LLVM turns the inner byte loop into wide moves.
+            @numba.njit(numba.types.void(u8, i64, i64, i64, readonly_u8, table_t), nogil=True, cache=True)
+            def copy_rows(dst, dst_sy, dst_sz, dst_sc, src, table):  # pragma: no cover - compiled
+                for k in range(table.shape[0]):
+                    s0, ssy, ssz, ssc, d0, nxb, ny, nz, nc = table[k]
+                    row = numba.uint64(nxb)
+                    for c in range(nc):
+                        for z in range(nz):
+                            s = numba.uint64(s0 + c * ssc + z * ssz)
+                            d = numba.uint64(d0 + c * dst_sc + z * dst_sz)
+                            for _y in range(ny):
+                                for x in range(row):
+                                    dst[d + x] = src[s + x]
+                                s += numba.uint64(ssy)
+                                d += numba.uint64(dst_sy)
+
+            _kernel = copy_rows
+    return bool(_kernel)
+
+
+#: Reads of fewer chunks than this do not load the compiled loop: loading numba and its cached
+#: machine code takes ~0.7 s once per process (measured), more than numpy spends placing a few
+#: hundred chunks. Once loaded, every read uses it.
+LOAD_AT_CHUNKS = 512
+
+
+def prepare(num_chunks: int) -> None:
+    """Load the compiled loop if a read of ``num_chunks`` chunks is worth it."""
+    if _kernel is None and num_chunks >= LOAD_AT_CHUNKS:
+        load()
+
+
+def place_chunks(out: np.ndarray, src: np.ndarray, offsets: np.ndarray, shapes: np.ndarray, src_lo: np.ndarray,
+                 dst_lo: np.ndarray, size: np.ndarray) -> None:
+    """Copy region ``size`` at ``src_lo`` of each chunk into ``out`` at ``dst_lo``.
+
+    ``out``: (x, y, z, c) array; ``src``: 1-D uint8 buffer holding every chunk, chunk ``k`` at
+    byte ``offsets[k]`` as voxels of ``out.dtype`` in Fortran order of shape ``shapes[k]``
+    (x, y, z, c); ``src_lo``, ``dst_lo``, ``size``: (n, 3) voxel corners and extents (x, y, z).
+    All channels of ``out`` are copied from the first channels of each chunk.
+    """
+    n = len(offsets)
+    if n == 0:
+        return
+    isz = out.dtype.itemsize
+    nc = out.shape[3]
+    shapes = np.asarray(shapes, np.int64)
+    sy = shapes[:, 0] * isz
+    sz = sy * shapes[:, 1]
+    sc = sz * shapes[:, 2]
+    src_lo, dst_lo, size = (np.asarray(a, np.int64) for a in (src_lo, dst_lo, size))
+    kernel = _kernel
+    if kernel and out.flags.f_contiguous and out.size:
+        _, dy, dz, dc = out.strides
+        table = np.empty((n, 9), np.int64)
+        table[:, 0] = np.asarray(offsets, np.int64) + src_lo[:, 0] * isz + src_lo[:, 1] * sy + src_lo[:, 2] * sz
+        table[:, 1], table[:, 2], table[:, 3] = sy, sz, sc
+        table[:, 4] = dst_lo[:, 0] * isz + dst_lo[:, 1] * dy + dst_lo[:, 2] * dz
+        table[:, 5] = size[:, 0] * isz
+        table[:, 6], table[:, 7] = size[:, 1], size[:, 2]
+        table[:, 8] = nc
+        dst = out.reshape(-1, order="F").view(np.uint8)
+        src = src.view()
+        src.flags.writeable = False
+        kernel(dst, dy, dz, dc, src, table)
+        return
+    dtype = out.dtype.newbyteorder("<") if isz > 1 else out.dtype
+    for k in range(n):
+        (x, y, z, c), o = shapes[k].tolist(), int(offsets[k])
+        chunk = np.frombuffer(src, dtype, count=x * y * z * c, offset=o).reshape((x, y, z, c), order="F")
+        (fx, fy, fz), (tx, ty, tz), (nx, ny, nz) = src_lo[k].tolist(), dst_lo[k].tolist(), size[k].tolist()
+        out[tx:tx + nx, ty:ty + ny, tz:tz + nz] = chunk[fx:fx + nx, fy:fy + ny, fz:fz + nz, :nc]
+
+
+def one_buffer(bufs: list) -> tuple[np.ndarray, np.ndarray]:
+    """(buffer, byte offsets): ``bufs`` as one 1-D uint8 array. Views of one object (the chunks
+    of a shard read whole) are used in place; anything else is copied into a new buffer."""
+    first = bufs[0]
+    base = first.obj if isinstance(first, memoryview) else None
+    if base is not None and all(isinstance(b, memoryview) and b.obj is base and b.contiguous for b in bufs):
+        whole = np.frombuffer(base, np.uint8)
+        start = whole.ctypes.data
+        return whole, np.array([np.frombuffer(b, np.uint8).ctypes.data - start for b in bufs], np.int64)
+    sizes = np.fromiter((memoryview(b).nbytes for b in bufs), np.int64, len(bufs))
+    offsets = np.zeros(len(bufs), np.int64)
+    np.cumsum(sizes[:-1], out=offsets[1:])
+    staging = np.empty(int(sizes.sum()), np.uint8)
+    for b, o, s in zip(bufs, offsets.tolist(), sizes.tolist()):
+        staging[o:o + s] = np.frombuffer(b, np.uint8)
+    return staging, offsets

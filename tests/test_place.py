@@ -1,0 +1,101 @@
+"""The batched chunk placement (:mod:`volbridge.engine.place`): the compiled loop and its numpy
+fallback each against a numpy model, and sharded reads through both against the written data.
+
+Reads load the compiled loop only for big reads (``LOAD_AT_CHUNKS``), so the tests here choose
+the path themselves: ``kernel`` loads it, ``numpy`` hides it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import volbridge as vb
+from volbridge.engine import place
+
+
+@pytest.fixture(params=["kernel", "numpy"])
+def path(request, monkeypatch):
+    if request.param == "kernel":
+        if not place.load():
+            pytest.fail("numba is a dependency of volbridge: the compiled loop must load here")
+    else:
+        monkeypatch.setattr(place, "_kernel", False)
+    return request.param
+
+
+@st.composite
+def placements(draw):
+    dtype = np.dtype(draw(st.sampled_from(["uint8", "uint16", "float32", "uint64"])))
+    nc = draw(st.integers(1, 3))
+    out_shape = tuple(draw(st.integers(1, 12)) for _ in range(3))
+    chunks = []
+    for _ in range(draw(st.integers(1, 6))):
+        stored = tuple(draw(st.integers(1, 9)) for _ in range(3)) + (nc + draw(st.integers(0, 1)),)
+        size = [draw(st.integers(1, min(s, o))) for s, o in zip(stored[:3], out_shape)]
+        src_lo = [draw(st.integers(0, s - n)) for s, n in zip(stored[:3], size)]
+        dst_lo = [draw(st.integers(0, o - n)) for o, n in zip(out_shape, size)]
+        chunks.append((stored, src_lo, dst_lo, size))
+    gap = draw(st.integers(0, 5))  # bytes between chunks in the source buffer
+    return dtype, nc, out_shape, chunks, gap
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # the path is the same for every input
+@given(case=placements(), seed=st.integers(0, 2**32 - 1))
+def test_place_chunks_matches_numpy_model(path, case, seed):
+    dtype, nc, out_shape, chunks, gap = case
+    rng = np.random.default_rng(seed)
+    arrays = [rng.integers(0, 200, stored, dtype=np.uint8).astype(dtype) for stored, *_ in chunks]
+    parts, offsets, pos = [], [], 0
+    for a in arrays:
+        raw = a.astype(dtype.newbyteorder("<")).tobytes(order="F")
+        parts.append(b"\xee" * gap + raw)
+        offsets.append(pos + gap)
+        pos += gap + len(raw)
+    src = np.frombuffer(b"".join(parts), np.uint8)
+    out = np.full((*out_shape, nc), 7, dtype, order="F")
+    model = out.copy(order="F")
+    for a, (_, s, d, n) in zip(arrays, chunks):  # later chunks win where they overlap, as placed
+        model[d[0]:d[0] + n[0], d[1]:d[1] + n[1], d[2]:d[2] + n[2]] = a[s[0]:s[0] + n[0], s[1]:s[1] + n[1], s[2]:s[2] + n[2], :nc]
+    place.place_chunks(out, src, np.array(offsets), np.array([c[0] for c in chunks]), np.array([c[1] for c in chunks]),
+                       np.array([c[2] for c in chunks]), np.array([c[3] for c in chunks]))
+    np.testing.assert_array_equal(out, model)
+
+
+def test_one_buffer_uses_views_of_one_object_in_place_and_copies_others():
+    data = bytes(range(200))
+    view = memoryview(data)
+    buf, offsets = place.one_buffer([view[10:20], view[50:90], view[0:5]])
+    assert np.shares_memory(buf, np.frombuffer(data, np.uint8)) and offsets.tolist() == [10, 50, 0]
+    buf, offsets = place.one_buffer([b"abc", view[3:5], bytearray(b"xyz")])
+    assert bytes(buf) == b"abc" + data[3:5] + b"xyz" and offsets.tolist() == [0, 3, 5]
+
+
+@pytest.mark.parametrize("fmt", ["zarr3", "precomputed"])
+@pytest.mark.parametrize("dtype,channels", [("uint8", 1), ("uint16", 3), ("float32", 2)])
+def test_sharded_reads_through_both_paths(tmp_path, path, fmt, dtype, channels):
+    """Edge shards and edge chunks (zarr pads them, precomputed clips them), channels, an offset
+    origin, absent chunks and shards (fill), unaligned cutouts, boxes reaching outside the bounds."""
+    lo = (10, 3, -5) if fmt == "precomputed" else (0, 0, 0)  # z, y, x (zarr arrays start at 0)
+    hi = tuple(a + n for a, n in zip(lo, (70, 45, 37)))
+    v = vb.create(f"{fmt}://{tmp_path}/{fmt}-{dtype}", bounds=(lo, hi), dtype=dtype, chunk_shape=(16, 8, 8),
+                  shard_shape=(32, 16, 16), num_channels=channels)
+    data = np.random.default_rng(1).integers(1, 250, (channels, *(b - a for a, b in zip(lo, hi)))).astype(dtype)
+    model = np.zeros_like(data)
+    model[:, :50] = data[:, :50]  # z from 60 on stays unwritten: absent chunks and shards
+    box = (slice(lo[0], lo[0] + 50), slice(lo[1], hi[1]), slice(lo[2], hi[2]))
+    if channels > 1:
+        v[(slice(None), *box)] = data[:, :50]
+    else:
+        v[box] = data[0, :50]
+    for a, b in [((0, 0, 0), (70, 45, 37)), ((3, 4, 3), (51, 37, 34)), ((-10, -3, -15), (90, 57, 45)), ((21, 14, 9), (23, 16, 11))]:
+        start, stop = tuple(p + q for p, q in zip(a, lo)), tuple(p + q for p, q in zip(b, lo))
+        sel = tuple(slice(a, b) for a, b in zip(start, stop))
+        got = v[(slice(None), *sel)] if channels > 1 else v[sel][None]
+        expect = np.zeros((channels, *(b - a for a, b in zip(start, stop))), dtype)
+        inner = [(max(a, b), min(c, d)) for a, c, b, d in zip(start, stop, lo, hi)]
+        expect[(slice(None), *(slice(p - a, q - a) for (p, q), a in zip(inner, start)))] = \
+            model[(slice(None), *(slice(p - b, q - b) for (p, q), b in zip(inner, lo)))]
+        np.testing.assert_array_equal(got, expect)
