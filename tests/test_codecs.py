@@ -129,3 +129,22 @@ def test_compressed_raw_chunk_as_long_as_its_voxels_is_still_decompressed(name):
             break
     assert len(encoded) == chunk.nbytes, "the search must find a stream as long as the voxels"
     np.testing.assert_array_equal(codec.decode(encoded, shape, np.dtype(np.uint8)), chunk)
+
+
+def test_zstd_streams_of_every_shape_decode_and_broken_ones_raise():
+    """Frames with and without their content size, several frames in one stream (as
+    ZSTD_decompress and numcodecs read them), an empty frame; truncated or garbage streams raise."""
+    import zstandard
+
+    from volbridge.compression import decompress
+
+    data = np.arange(70000, dtype=np.uint32).tobytes()
+    sized = zstandard.ZstdCompressor(level=3).compress(data)
+    unsized = zstandard.ZstdCompressor(write_content_size=False).compress(data)
+    assert decompress("zstd", sized) == data
+    assert decompress("zstd", unsized) == data
+    assert decompress("zstd", sized + unsized + sized) == data * 3
+    assert decompress("zstd", zstandard.ZstdCompressor().compress(b"")) == b""
+    for bad in (sized[:-7], sized[:3], b"\x00" + sized, sized + b"junk", sized + sized[:20]):
+        with pytest.raises(ChunkDecodeError, match="zstd"):
+            decompress("zstd", bad)

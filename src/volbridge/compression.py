@@ -3,16 +3,20 @@
 Stores use them for *transport* compression (CloudFiles' ``<key>.gz`` files on disk, the
 ``Content-Encoding`` header on object stores and HTTP); codecs use them beneath chunk encodings.
 Pure functions of bytes, no I/O, so both layers can import them. gzip uses libdeflate (about 1.7x
-zlib to decode and 2x to encode here, GIL released); zstd and brotli use imagecodecs.
+zlib to decode and 2x to encode here, GIL released); brotli and zstd encoding use imagecodecs;
+zstd decoding uses python-zstandard with one reused context per thread (imagecodecs builds a
+context per call: measured 45 % slower on 32 KiB chunks).
 """
 
 from __future__ import annotations
 
 import bz2
 import lzma
+import threading
 
 import deflate
 import imagecodecs
+import zstandard
 
 from .errors import ChunkDecodeError, UnsupportedError
 
@@ -48,7 +52,7 @@ def decompress(name: str, data: bytes) -> bytes:
         if name == "gzip":
             return deflate.gzip_decompress(data)
         if name == "zstd":
-            return imagecodecs.zstd_decode(data)
+            return _zstd_decode(data)
         if name == "br":
             return imagecodecs.brotli_decode(data)
         if name == "xz":
@@ -56,3 +60,26 @@ def decompress(name: str, data: bytes) -> bytes:
         return bz2.decompress(data)
     except Exception as e:
         raise ChunkDecodeError(f"corrupt {name} stream ({len(data)} bytes): {e}") from e
+
+
+_local = threading.local()
+
+
+def _zstd_decode(data) -> bytes:
+    """Every frame of ``data`` (a stream may hold several, as ZSTD_decompress reads them)."""
+    ctx = getattr(_local, "zstd", None)
+    if ctx is None:
+        ctx = _local.zstd = zstandard.ZstdDecompressor()
+    parts = []
+    while True:
+        # An output buffer of the frame's own size (from its header, capped against a hostile
+        # header) makes this as fast as a one-shot decode; the default 128 KiB one is slower for
+        # big chunks (measured 30 % on 128^3 uint8).
+        size = zstandard.get_frame_parameters(data).content_size
+        frame = ctx.decompressobj(write_size=min(size, 64 << 20)) if size > 0 else ctx.decompressobj()
+        parts.append(frame.decompress(data))
+        if not frame.eof:
+            raise ChunkDecodeError("truncated zstd stream (it ends inside a frame)")
+        data = frame.unused_data
+        if not data:
+            return parts[0] if len(parts) == 1 else b"".join(parts)
