@@ -14,6 +14,7 @@ from ..errors import ChunkDecodeError, ChunkEncodeError, ReadOnlyError, Unsuppor
 from ..formats.base import ChunkedDataset, ScaleLayout
 from ..geometry import Box, Cell, ChunkGrid
 from ..kv import KVStore
+from . import place
 from .parallel import run_bounded
 from .sharded import read_sharded, write_sharded
 from .volume import Volume
@@ -60,11 +61,15 @@ class ChunkedVolume(Volume):
         return 3 * n * layout.num_channels * layout.dtype.itemsize
 
     # -- reading ----------------------------------------------------------------------------------
-    def _fetch_decode(self, layout: ScaleLayout, cell: Cell, skip: str | None = None) -> tuple[str, np.ndarray] | None:
-        """(key, voxels) of the cell, or None when absent; ``skip`` is a key known to be absent.
-        The voxels may view a per-thread buffer: copy them before this thread fetches again."""
+    def _fetch(self, layout: ScaleLayout, cell: Cell, skip: str | None = None) -> tuple[str, bytes] | None:
+        """(key, stored bytes) of the cell, or None when absent; ``skip`` is a key known to be
+        absent. The bytes may be a per-thread buffer: use them before this thread fetches again."""
         keys = layout.read_keys(cell)
-        found = self.store.get_first([k for k in keys if k != skip] if skip else keys, transient=True)
+        return self.store.get_first([k for k in keys if k != skip] if skip else keys, transient=True)
+
+    def _fetch_decode(self, layout: ScaleLayout, cell: Cell, skip: str | None = None) -> tuple[str, np.ndarray] | None:
+        """(key, voxels) of the cell, or None when absent (the voxels may view a per-thread buffer)."""
+        found = self._fetch(layout, cell, skip)
         if found is None:
             return None
         key, data = found
@@ -91,14 +96,32 @@ class ChunkedVolume(Volume):
             read_sharded(self, layout, box, out)
             return
 
-        def task(cell: Cell) -> None:
-            found = self._fetch_decode(layout, cell)
-            if found is None:
-                return  # absent chunk inside the bounds: sparse data, already the fill value
-            region = cell.box.intersect(box)
-            out[region.slices(box.start)] = found[1][region.slices(cell.box.start)]
+        cells = list(layout.grid.cells(box))
+        if layout.decodes_to_bytes:
+            place.prepare(len(cells))
 
-        run_bounded(task, layout.grid.cells(box), self._chunk_nbytes(layout), self.store.io_concurrency)
+        def task(cell: Cell) -> None:
+            if not layout.decodes_to_bytes:
+                found = self._fetch_decode(layout, cell)
+                if found is None:
+                    return  # absent chunk inside the bounds: sparse data, already the fill value
+                region = cell.box.intersect(box)
+                out[region.slices(box.start)] = found[1][region.slices(cell.box.start)]
+                return
+            found = self._fetch(layout, cell)
+            if found is None:
+                return
+            key, data = found
+            try:
+                data, shape = layout.decode_bytes(data, cell.box.shape, key)
+            except ChunkDecodeError as e:
+                raise ChunkDecodeError(f"chunk {key!r} in {self.store.url}: {e}") from e
+            lo = [max(a, b) for a, b in zip(cell.box.start, box.start)]
+            size = [min(a, b) - c for a, b, c in zip(cell.box.stop, box.stop, lo)]
+            place.place_one(out, data, shape, [a - c for a, c in zip(lo, cell.box.start)],
+                            [a - b for a, b in zip(lo, box.start)], size)
+
+        run_bounded(task, cells, self._chunk_nbytes(layout), self.store.io_concurrency)
 
     # -- writing ----------------------------------------------------------------------------------
     def _encode(self, layout: ScaleLayout, chunk: np.ndarray, cell: Cell, key: str) -> bytes:

@@ -116,6 +116,25 @@ def place_chunks(out: np.ndarray, src: np.ndarray, offsets: np.ndarray, shapes: 
         out[tx:tx + nx, ty:ty + ny, tz:tz + nz] = chunk[fx:fx + nx, fy:fy + ny, fz:fz + nz, :nc]
 
 
+def place_one(out: np.ndarray, data, shape: tuple[int, int, int, int], src_lo, dst_lo, size) -> None:
+    """:func:`place_chunks` of one chunk's voxel bytes ``data`` (for chunks that arrive one by
+    one, each in its own object): a few microseconds of Python instead of a dozen numpy calls."""
+    isz = out.dtype.itemsize
+    src = np.frombuffer(data, np.uint8)
+    if _kernel and out.flags.f_contiguous and out.size:
+        sy = shape[0] * isz
+        sz, (fx, fy, fz), (tx, ty, tz), (nx, ny, nz) = sy * shape[1], src_lo, dst_lo, size
+        _, dy, dz, dc = out.strides
+        table = np.array([[fx * isz + fy * sy + fz * sz, sy, sz, sz * shape[2], tx * isz + ty * dy + tz * dz, nx * isz,
+                           ny, nz, out.shape[3]]], np.int64)
+        if src.flags.writeable:
+            src = src.view()
+            src.flags.writeable = False
+        _kernel(out.reshape(-1, order="F").view(np.uint8), dy, dz, dc, src, table)
+        return
+    place_chunks(out, src, np.zeros(1, np.int64), np.array([shape]), np.array([src_lo]), np.array([dst_lo]), np.array([size]))
+
+
 def one_buffer(bufs: list) -> tuple[np.ndarray, np.ndarray]:
     """(buffer, byte offsets): ``bufs`` as one 1-D uint8 array. Views of one object (the chunks
     of a shard read whole) are used in place; anything else is copied into a new buffer."""
