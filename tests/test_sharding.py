@@ -344,6 +344,24 @@ def test_corrupt_shard_raises_naming_it_and_writes_change_nothing(tmp_path, fmt,
     assert shard.read_bytes() == bytes(raw)
 
 
+@pytest.mark.parametrize("shrink", [1, 4096])
+def test_raw_chunk_of_the_wrong_size_in_a_shard_read_whole_is_named(tmp_path, shrink):
+    """Plain-voxel chunks of a whole shard are placed straight from its bytes; one whose stored
+    size is not its voxels' must still be an error naming it, never misplaced bytes."""
+    import crc32c
+
+    url, shard = _one_shard(tmp_path, "zarr3")
+    raw = bytearray(shard.read_bytes())
+    n = 8
+    index = np.frombuffer(bytes(raw[-(16 * n + 4):-4]), "<u8").copy()
+    index[3] -= shrink  # chunk 1's byte count
+    body = index.tobytes()
+    raw[-(16 * n + 4):] = body + crc32c.crc32c(body).to_bytes(4, "little")
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(ChunkDecodeError, match=rf"chunk 1 of shard .*{shard.name}.*expected 4096"):
+        vb.array(url)[...]
+
+
 def test_shard_shape_rules():
     with pytest.raises(MetadataError, match="power of two"):
         vb.create("precomputed://mem://x", shape=(32, 32, 32), chunk_shape=(16, 16, 16), shard_shape=(32, 32, 48))

@@ -144,8 +144,16 @@ def read_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, out: np.ndar
     if batched:
         place.prepare(sum(len(s.ids) for s in shards))
 
+    raw = layout.voxels_stored_raw and layout.sharding.plain_data
+
     def shard_task(shard: _Shard) -> None:
-        found = _read_shard(vol, layout, shard)
+        if raw and layout.sharding.reads_whole(len(shard.ids), layout.sharding.capacity(shard.number)):
+            data = vol.store.get(shard.key)
+            if data is None or _place_raw_shard(layout, shard, data, out):
+                return
+            found = layout.sharding.unpack(data, shard.key, set(shard.ids.tolist()))
+        else:
+            found = _read_shard(vol, layout, shard)
         if not found:
             return  # absent chunks are already the fill value
         if batched:
@@ -160,6 +168,26 @@ def read_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, out: np.ndar
         _over_members(put, present, nested, chunk_nbytes, _loops(vol))
 
     run_bounded(shard_task, shards, _shard_nbytes(shards, chunk_nbytes), _loops(vol))
+
+
+def _place_raw_shard(layout: ScaleLayout, shard: _Shard, data, out: np.ndarray) -> bool:
+    """Place the chunks of a whole shard whose chunks are stored as plain voxels straight from its
+    bytes: array lookups, no call per chunk. False (nothing placed) when some chunk's size is not
+    its voxels' (a compressed stream under a raw encoding, or damage): the caller then decodes
+    chunk by chunk, which decompresses or names the bad chunk."""
+    cids, starts, sizes = layout.sharding.chunk_spans(data, shard.key)
+    order = np.argsort(cids)
+    cids, starts, sizes = cids[order], starts[order], sizes[order]
+    wanted = shard.ids.astype(np.uint64)
+    pos = np.minimum(np.searchsorted(cids, wanted), max(len(cids) - 1, 0))
+    present = np.flatnonzero(cids[pos] == wanted) if len(cids) else np.zeros(0, np.int64)
+    pos = pos[present]
+    shapes = layout.stored_shapes((shard.stops - shard.starts)[present])
+    if not np.array_equal(sizes[pos], shapes.prod(axis=1) * layout.dtype.itemsize):
+        return False
+    place.place_chunks(out, np.frombuffer(data, np.uint8), starts[pos].astype(np.int64), shapes, shard.src_lo[present],
+                       shard.dst_lo[present], shard.size[present])
+    return True
 
 
 def _place_shard(layout: ScaleLayout, shard: _Shard, found: dict, out: np.ndarray, nested: bool, chunk_nbytes: int,

@@ -81,6 +81,15 @@ class ScaleLayout(ABC):
     def encode(self, chunk: np.ndarray, cell: Cell) -> bytes:
         """Stored bytes for the cell's voxels."""
 
+    #: Whether a chunk's stored bytes are its voxels as they are (:meth:`stored_shapes` gives
+    #: their shape): raw chunks need no decoding call at all.
+    voxels_stored_raw: bool = False
+
+    def stored_shapes(self, cell_shapes: np.ndarray) -> np.ndarray:
+        """(n, 4) (x, y, z, c) shapes in which chunks of (bounds-clipped) ``cell_shapes`` (n, 3)
+        store their voxels: the cells' own (clipped edges) or the full chunk (padded edges)."""
+        return np.concatenate([cell_shapes, np.full((len(cell_shapes), 1), self.num_channels, cell_shapes.dtype)], 1)
+
     #: Whether :meth:`decode_bytes` applies: a chunk's stored bytes are its voxels, little-endian
     #: in (x, y, z, c) Fortran order, under byte-to-byte compression only.
     decodes_to_bytes: bool = False

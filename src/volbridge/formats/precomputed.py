@@ -289,6 +289,7 @@ class PrecomputedLayout(ScaleLayout):
             scale.raw.get("jpeg_quality"), scale.raw.get("png_level"),
         )
         self.decodes_to_bytes = isinstance(self.codec, RawCodec) and little_endian(self.dtype) == self.dtype
+        self.voxels_stored_raw = self.decodes_to_bytes and self.codec.compressor is None
         compression = (scale.raw.get("volbridge") or {}).get("compression")
         if scale.sharding is not None:
             # Shard files are read by range: they are never transport-compressed (data_encoding is

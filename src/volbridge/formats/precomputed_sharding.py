@@ -177,24 +177,34 @@ class PrecomputedShardCodec(ShardFormat):
         except ChunkDecodeError as e:
             raise shard_error(key, f"chunk {cid}: {e}") from e
 
-    def unpack(self, data, key: str, ids: set[int] | None = None) -> dict[int, bytes | memoryview]:
+    @property
+    def plain_data(self) -> bool:
+        return not self.spec.data_gzip
+
+    def chunk_spans(self, data, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         size = len(data)
         table = self._shard_index(data, key)
-        out: dict[int, bytes | memoryview] = {}
         view = memoryview(data)
         base = self.spec.index_bytes
+        parts = []
         for m in np.flatnonzero(table[:, 0] != table[:, 1]).tolist():
             a, b = int(table[m, 0]), int(table[m, 1])
             check_span(key, f"minishard {m} index", base + a, base + b, size)
-            cids, starts, sizes = self._minishard(bytes(view[base + a:base + b]), key, m)
-            bad = (starts > size) | (sizes > size - np.minimum(starts, size))
-            if bad.any():
-                i = int(np.argmax(bad))
-                check_span(key, f"chunk {int(cids[i])}", int(starts[i]), int(starts[i]) + int(sizes[i]), size)
-            for cid, start, n in zip(cids.tolist(), starts.tolist(), sizes.tolist()):
-                if ids is None or cid in ids:
-                    out[cid] = self.decode_data(view[start:start + n], key, cid)
-        return out
+            parts.append(self._minishard(bytes(view[base + a:base + b]), key, m))
+        if not parts:
+            return np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.uint64)
+        cids, starts, sizes = (np.concatenate(p) for p in zip(*parts))
+        bad = (starts > size) | (sizes > size - np.minimum(starts, size))
+        if bad.any():
+            i = int(np.argmax(bad))
+            check_span(key, f"chunk {int(cids[i])}", int(starts[i]), int(starts[i]) + int(sizes[i]), size)
+        return cids, starts, sizes
+
+    def unpack(self, data, key: str, ids: set[int] | None = None) -> dict[int, bytes | memoryview]:
+        cids, starts, sizes = self.chunk_spans(data, key)
+        view = memoryview(data)
+        return {cid: self.decode_data(view[start:start + n], key, cid)
+                for cid, start, n in zip(cids.tolist(), starts.tolist(), sizes.tolist()) if ids is None or cid in ids}
 
     def spans(self, reader: RangeReader, key: str, ids: set[int]) -> dict[int, tuple[int, int]] | None:
         """Where each of ``ids`` the shard holds sits in it, ``{id: (start, size)}``, from its

@@ -18,8 +18,7 @@ from ..errors import ChunkDecodeError
 from ..kv import KVStore
 from ..kv.ranges import RangeReader
 
-#: Reading at least this share of a shard's chunks fetches the whole object in one request
-#: instead of its index and then each chunk: fewer round trips, and no index request at all.
+#: Reading at least this share of a shard's chunks fetches the whole object (:meth:`ShardFormat.reads_whole`).
 WHOLE_SHARD_READ_FRACTION = 0.5
 
 
@@ -46,6 +45,20 @@ class ShardFormat(ABC):
         """How many chunks inside the bounds belong to shard number ``shard``, or None when that
         is too costly to know (a write then always reads the shard before replacing it)."""
 
+    #: Whether stored chunks sit in the shard as their own encoded bytes (no shard-level data
+    #: encoding), so :meth:`chunk_spans` locates them.
+    plain_data: bool = True
+
+    def chunk_spans(self, data, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, byte starts, byte sizes) of every chunk a whole stored shard holds, each checked to
+        lie inside it: a read of many chunks looks them up in arrays, not one by one."""
+        raise NotImplementedError(f"{type(self).__name__} does not list its chunks' spans")
+
+    def reads_whole(self, num_ids: int, capacity: int | None) -> bool:
+        """Whether reading ``num_ids`` chunks fetches the whole object rather than its index and
+        then each chunk: fewer round trips, and no index request at all."""
+        return capacity is not None and num_ids >= WHOLE_SHARD_READ_FRACTION * capacity
+
     @abstractmethod
     def unpack(self, data, key: str, ids: set[int] | None = None) -> dict[int, bytes | memoryview]:
         """The chunks of a whole stored shard (those of ``ids``, or all), by id, with the shard's
@@ -63,7 +76,7 @@ class ShardFormat(ABC):
     def read(self, store: KVStore, key: str, ids: Iterable[int], capacity: int | None) -> dict[int, bytes | memoryview]:
         """The chunks of ``ids`` present in shard ``key`` ({} for an absent shard)."""
         ids = set(ids)
-        if capacity is not None and len(ids) >= WHOLE_SHARD_READ_FRACTION * capacity:
+        if self.reads_whole(len(ids), capacity):
             data = store.get(key)
             if data is None:
                 return {}

@@ -253,6 +253,7 @@ class ZarrLayout(ScaleLayout):
         # swapped and no leading axis but channels has chunks longer than 1.
         lead_chunks = [c for a, c in enumerate(arr.chunks[:self.lead]) if a != self.channel_axis]
         self.decodes_to_bytes = arr.pipeline.plain and all(c == 1 for c in lead_chunks)
+        self.voxels_stored_raw = self.decodes_to_bytes and not arr.pipeline.steps
         self._stored4 = (*chunk, per_chunk)
         if arr.shard_shape is not None:
             grid_shape = tuple(-(-n // c) for n, c in zip(arr.shape, arr.chunks))
@@ -288,6 +289,9 @@ class ZarrLayout(ScaleLayout):
 
     def decode_bytes(self, data: bytes, shape: tuple[int, int, int], key: str):
         return self.arr.pipeline.decode_bytes(data), self._stored4
+
+    def stored_shapes(self, cell_shapes: np.ndarray) -> np.ndarray:
+        return np.tile(np.array(self._stored4, cell_shapes.dtype), (len(cell_shapes), 1))
 
     def encode(self, chunk: np.ndarray, cell: Cell) -> bytes:
         full = np.full(self.arr.chunks, self.fill_value, dtype=self.dtype)

@@ -94,7 +94,7 @@ class ZarrSharding(ShardFormat):
         isize = self.index.size(self.n)
         return (size - isize, size) if self.at_end else (0, isize)
 
-    def unpack(self, data, key: str, ids: set[int] | None = None) -> dict[int, memoryview]:
+    def chunk_spans(self, data, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         isize = self.index.size(self.n)
         if len(data) < isize:
             raise shard_error(key, f"{len(data)} bytes cannot hold its {isize}-byte index (truncated?)")
@@ -106,9 +106,12 @@ class ZarrSharding(ShardFormat):
         if bad.any():
             i = int(np.argmax(bad))
             check_span(key, f"inner chunk {int(present[i])}", int(offs[i]), int(offs[i]) + int(sizes[i]), len(data))
+        return present.astype(np.uint64), offs, sizes
+
+    def unpack(self, data, key: str, ids: set[int] | None = None) -> dict[int, memoryview]:
+        cids, offs, sizes = self.chunk_spans(data, key)
         view = memoryview(data)
-        return {i: view[o:o + n] for i, o, n in zip(present.tolist(), offs.tolist(), sizes.tolist())
-                if ids is None or i in ids}
+        return {i: view[o:o + n] for i, o, n in zip(cids.tolist(), offs.tolist(), sizes.tolist()) if ids is None or i in ids}
 
     def read_ids(self, reader: RangeReader, key: str, ids: set[int]) -> dict[int, bytes] | None:
         isize = self.index.size(self.n)
