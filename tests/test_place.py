@@ -64,13 +64,18 @@ def test_place_chunks_matches_numpy_model(path, case, seed):
     np.testing.assert_array_equal(out, model)
 
 
-def test_one_buffer_uses_views_of_one_object_in_place_and_copies_others():
-    data = bytes(range(200))
-    view = memoryview(data)
-    buf, offsets = place.one_buffer([view[10:20], view[50:90], view[0:5]])
-    assert np.shares_memory(buf, np.frombuffer(data, np.uint8)) and offsets.tolist() == [10, 50, 0]
-    buf, offsets = place.one_buffer([b"abc", view[3:5], bytearray(b"xyz")])
-    assert bytes(buf) == b"abc" + data[3:5] + b"xyz" and offsets.tolist() == [0, 3, 5]
+def test_staging_buffers_are_per_thread_and_reused_only_when_small():
+    import threading
+
+    a = place.staging(1000)
+    assert len(a) == 1000 and np.shares_memory(a, place.staging(5000))
+    other = []
+    t = threading.Thread(target=lambda: other.append(place.staging(1000)))
+    t.start()
+    t.join()
+    assert not np.shares_memory(a, other[0])
+    big = place.KEEP_STAGING_BYTES + 1
+    assert len(place.staging(big)) == big and not np.shares_memory(place.staging(big), place.staging(big))
 
 
 @pytest.mark.parametrize("fmt,compression", [("zarr3", None), ("zarr3", "zstd"), ("precomputed", None), ("precomputed", "gzip")])

@@ -135,19 +135,17 @@ def place_one(out: np.ndarray, data, shape: tuple[int, int, int, int], src_lo, d
     place_chunks(out, src, np.zeros(1, np.int64), np.array([shape]), np.array([src_lo]), np.array([dst_lo]), np.array([size]))
 
 
-def one_buffer(bufs: list) -> tuple[np.ndarray, np.ndarray]:
-    """(buffer, byte offsets): ``bufs`` as one 1-D uint8 array. Views of one object (the chunks
-    of a shard read whole) are used in place; anything else is copied into a new buffer."""
-    first = bufs[0]
-    base = first.obj if isinstance(first, memoryview) else None
-    if base is not None and all(isinstance(b, memoryview) and b.obj is base and b.contiguous for b in bufs):
-        whole = np.frombuffer(base, np.uint8)
-        start = whole.ctypes.data
-        return whole, np.array([np.frombuffer(b, np.uint8).ctypes.data - start for b in bufs], np.int64)
-    sizes = np.fromiter((memoryview(b).nbytes for b in bufs), np.int64, len(bufs))
-    offsets = np.zeros(len(bufs), np.int64)
-    np.cumsum(sizes[:-1], out=offsets[1:])
-    staging = np.empty(int(sizes.sum()), np.uint8)
-    for b, o, s in zip(bufs, offsets.tolist(), sizes.tolist()):
-        staging[o:o + s] = np.frombuffer(b, np.uint8)
-    return staging, offsets
+#: Staging buffers up to this size are kept per thread and reused: a fresh one per shard costs
+#: page faults that, on this machine's VM, take longer than the copies themselves.
+KEEP_STAGING_BYTES = 16 << 20
+_staging = threading.local()
+
+
+def staging(nbytes: int) -> np.ndarray:
+    """A uint8 buffer of ``nbytes`` for this thread's current batch (reused by its next batch)."""
+    if nbytes > KEEP_STAGING_BYTES:
+        return np.empty(nbytes, np.uint8)
+    buf = getattr(_staging, "buf", None)
+    if buf is None or len(buf) < nbytes:
+        buf = _staging.buf = np.empty(max(nbytes, 1 << 20), np.uint8)
+    return buf[:nbytes]

@@ -192,24 +192,33 @@ def _place_raw_shard(layout: ScaleLayout, shard: _Shard, data, out: np.ndarray) 
 
 def _place_shard(layout: ScaleLayout, shard: _Shard, found: dict, out: np.ndarray, nested: bool, chunk_nbytes: int,
                  loops: int) -> None:
-    """Decode the shard's chunks to voxel bytes, then copy all of them into ``out`` in one call."""
+    """Decode the shard's chunks into one buffer, each copied in right after its decode (keeping
+    all decoded chunks alive first measured 45 % slower: the allocator then keeps returning
+    and refaulting memory), then copy all of them into ``out`` in one call."""
     ids = shard.ids.tolist()
     present = [k for k, cid in enumerate(ids) if cid in found]
-    cell_shapes = (shard.stops - shard.starts).tolist()
-    bufs: list = [None] * len(present)
-    shapes = np.empty((len(present), 4), np.int64)
+    sel = np.array(present, np.int64)
+    cell_shapes = (shard.stops - shard.starts)[sel]
+    shapes = layout.stored_shapes(cell_shapes)
+    sizes = shapes.prod(axis=1) * layout.dtype.itemsize
+    offsets = np.zeros(len(present), np.int64)
+    np.cumsum(sizes[:-1], out=offsets[1:])
+    staging = place.staging(int(sizes.sum()))
+    spans, cell_shapes = list(zip(offsets.tolist(), sizes.tolist())), cell_shapes.tolist()
 
     def decode(j: int) -> None:
-        k = present[j]
+        cid = ids[present[j]]
         try:
-            bufs[j], shapes[j] = layout.decode_bytes(found[ids[k]], cell_shapes[k], shard.key)
+            buf, _ = layout.decode_bytes(found[cid], cell_shapes[j], shard.key)
+            start, n = spans[j]
+            if len(buf) != n:  # decode_bytes checks sizes; this guards the layout's stored_shapes
+                raise ChunkDecodeError(f"decoded to {len(buf)} bytes, expected {n}")
+            staging[start:start + n] = np.frombuffer(buf, np.uint8)
         except ChunkDecodeError as e:
-            raise ChunkDecodeError(f"chunk {ids[k]} of shard {shard.key!r}: {e}") from e
+            raise ChunkDecodeError(f"chunk {cid} of shard {shard.key!r}: {e}") from e
 
     _over_members(decode, range(len(present)), nested, chunk_nbytes, loops)
-    src, offsets = place.one_buffer(bufs)
-    sel = np.array(present, np.int64)
-    place.place_chunks(out, src, offsets, shapes, shard.src_lo[sel], shard.dst_lo[sel], shard.size[sel])
+    place.place_chunks(out, staging, offsets, shapes, shard.src_lo[sel], shard.dst_lo[sel], shard.size[sel])
 
 
 def write_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, data: np.ndarray, ch: slice,
