@@ -151,22 +151,33 @@ class PrecomputedShardCodec(ShardFormat):
             raise shard_error(key, f"{len(raw)} bytes cannot hold its {self.spec.index_bytes}-byte shard index (truncated?)")
         return np.frombuffer(raw, "<u8", count=2 << self.spec.minishard_bits).reshape(-1, 2)
 
-    def _minishard(self, raw: bytes, key: str, minishard: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(ids, absolute starts, sizes) from a minishard index's stored bytes."""
-        if self.spec.index_gzip:
-            try:
-                raw = decompress("gzip", raw)
-            except ChunkDecodeError as e:
-                raise shard_error(key, f"minishard {minishard} index: {e}") from e
-        if len(raw) % 24:
-            raise shard_error(key, f"minishard {minishard} index has {len(raw)} bytes, not a multiple of 24")
-        table = np.frombuffer(raw, "<u8").reshape(3, -1)
+    def _minishards(self, raws: list, key: str, numbers: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, absolute starts, sizes) of every entry of the minishard indexes ``raws`` (stored
+        bytes of minishards ``numbers``), decoded together: their delta coding restarts in each,
+        so one cumulative sum serves all with each segment's offset taken off."""
+        tables = []
+        for raw, m in zip(raws, numbers):
+            if self.spec.index_gzip:
+                try:
+                    raw = decompress("gzip", raw)
+                except ChunkDecodeError as e:
+                    raise shard_error(key, f"minishard {m} index: {e}") from e
+            if len(raw) % 24:
+                raise shard_error(key, f"minishard {m} index has {len(raw)} bytes, not a multiple of 24")
+            if raw:
+                tables.append(np.frombuffer(raw, "<u8").reshape(3, -1))
+        if not tables:
+            return np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.uint64)
+        counts = np.array([t.shape[1] for t in tables])
+        first = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        table = np.concatenate(tables, axis=1)
+        sizes = table[2]
         with np.errstate(over="ignore"):
-            ids = np.cumsum(table[0], dtype=np.uint64)
-            sizes = table[2]
+            ids = _segment_cumsum(table[0], first, counts)
             # start_i = end_{i-1} + delta_i, with end_{-1} = the end of the shard index
-            starts = np.cumsum(table[1] + np.concatenate(([np.uint64(0)], sizes[:-1])), dtype=np.uint64)
-            starts = starts + np.uint64(self.spec.index_bytes)
+            previous = np.concatenate(([np.uint64(0)], sizes[:-1]))
+            previous[first] = 0
+            starts = _segment_cumsum(table[1] + previous, first, counts) + np.uint64(self.spec.index_bytes)
         return ids, starts, sizes
 
     def decode_data(self, data, key: str, cid: int) -> bytes:
@@ -186,14 +197,12 @@ class PrecomputedShardCodec(ShardFormat):
         table = self._shard_index(data, key)
         view = memoryview(data)
         base = self.spec.index_bytes
-        parts = []
-        for m in np.flatnonzero(table[:, 0] != table[:, 1]).tolist():
+        numbers, raws = np.flatnonzero(table[:, 0] != table[:, 1]).tolist(), []
+        for m in numbers:
             a, b = int(table[m, 0]), int(table[m, 1])
             check_span(key, f"minishard {m} index", base + a, base + b, size)
-            parts.append(self._minishard(bytes(view[base + a:base + b]), key, m))
-        if not parts:
-            return np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.uint64)
-        cids, starts, sizes = (np.concatenate(p) for p in zip(*parts))
+            raws.append(view[base + a:base + b])
+        cids, starts, sizes = self._minishards(raws, key, numbers)
         bad = (starts > size) | (sizes > size - np.minimum(starts, size))
         if bad.any():
             i = int(np.argmax(bad))
@@ -223,7 +232,7 @@ class PrecomputedShardCodec(ShardFormat):
         raws = reader.read_many([(base + int(table[m, 0]), base + int(table[m, 1])) for m in needed])
         out: dict[int, tuple[int, int]] = {}
         for m, raw in zip(needed, raws):
-            got, starts, sizes = self._minishard(raw, key, m)
+            got, starts, sizes = self._minishards([raw], key, [m])
             where = {cid: i for i, cid in enumerate(got.tolist())}
             for cid in wanted[minis == m].tolist():
                 i = where.get(cid)
@@ -246,15 +255,13 @@ class PrecomputedShardCodec(ShardFormat):
         chunks = self.unpack(data, key)
         base = self.spec.index_bytes
         prefixes = {}
-        for m in np.flatnonzero(self._shard_index(data, key)[:, 0] != self._shard_index(data, key)[:, 1]).tolist():
-            a, b = (int(v) for v in self._shard_index(data, key)[m])
-            cids, starts, _ = self._minishard(bytes(data[base + a:base + b]), key, m)
-            for cid, start in zip(cids.tolist(), starts.tolist()):
-                n = prefix_size(cid, chunks[cid])
-                if n:
-                    if n > start - base:
-                        raise shard_error(key, f"object {cid} needs {n} bytes before it, but starts at byte {start}")
-                    prefixes[cid] = bytes(data[start - n:start])
+        cids, starts, _ = self.chunk_spans(data, key)
+        for cid, start in zip(cids.tolist(), starts.tolist()):
+            n = prefix_size(cid, chunks[cid])
+            if n:
+                if n > start - base:
+                    raise shard_error(key, f"object {cid} needs {n} bytes before it, but starts at byte {start}")
+                prefixes[cid] = bytes(data[start - n:start])
         return chunks, prefixes
 
     # -- encoding -----------------------------------------------------------------------------
@@ -384,3 +391,10 @@ class PrecomputedVolumeSharding(PrecomputedShardCodec):
             shards, _ = self.locate_many(grid.reshape(-1, 3))
             self._capacity = np.bincount(shards)
         return int(self._capacity[shard]) if shard < len(self._capacity) else 0
+
+
+def _segment_cumsum(x: np.ndarray, first: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Cumulative sums of ``x`` restarting at each segment start ``first`` (uint64, wrapping)."""
+    total = np.cumsum(x, dtype=np.uint64)
+    before = np.concatenate(([np.uint64(0)], total[first[1:] - 1]))
+    return total - np.repeat(before, counts)
