@@ -105,3 +105,49 @@ def test_sharded_reads_through_both_paths(tmp_path, path, fmt, compression, dtyp
         expect[(slice(None), *(slice(p - a, q - a) for (p, q), a in zip(inner, start)))] = \
             model[(slice(None), *(slice(p - b, q - b) for (p, q), b in zip(inner, lo)))]
         np.testing.assert_array_equal(got, expect)
+
+
+def test_placements_outside_the_buffers_are_refused(path):
+    out = np.zeros((4, 4, 4, 1), np.uint8, order="F")
+    src = np.zeros(64, np.uint8)
+    ok = dict(offsets=np.array([0]), shapes=np.array([[4, 4, 4, 1]]), src_lo=np.array([[0, 0, 0]]),
+              dst_lo=np.array([[0, 0, 0]]), size=np.array([[4, 4, 4]]))
+    place.place_chunks(out, src, **ok)
+    for change in (dict(offsets=np.array([1])), dict(shapes=np.array([[4, 4, 5, 1]])), dict(dst_lo=np.array([[1, 0, 0]])),
+                   dict(src_lo=np.array([[0, 1, 0]])), dict(size=np.array([[4, 4, 5]])), dict(offsets=np.array([-1]))):
+        with pytest.raises(ValueError, match="outside"):
+            place.place_chunks(out, src, **{**ok, **change})
+    with pytest.raises(ValueError, match="outside"):
+        place.place_one(out, bytes(63), (4, 4, 4, 1), [0, 0, 0], [0, 0, 0], [4, 4, 4])
+
+
+def test_numba_switched_off_or_failing_leaves_the_numpy_path(monkeypatch):
+    import numba
+
+    monkeypatch.setattr(place, "_kernel", None)
+    monkeypatch.setattr(numba.config, "DISABLE_JIT", True)
+    assert place.load() is False
+    monkeypatch.setattr(place, "_kernel", None)
+    monkeypatch.setattr(numba.config, "DISABLE_JIT", False)
+
+    def broken(numba, cache):
+        raise RuntimeError("cannot cache function: no locator available" if cache else "no compiler")
+
+    monkeypatch.setattr(place, "_compile", broken)
+    with pytest.warns(RuntimeWarning, match="no compiler"):
+        assert place.load() is False
+    out = np.zeros((2, 2, 2, 1), np.uint8, order="F")
+    place.place_chunks(out, np.arange(8, dtype=np.uint8), np.array([0]), np.array([[2, 2, 2, 1]]), np.zeros((1, 3), int),
+                       np.zeros((1, 3), int), np.array([[2, 2, 2]]))
+    assert out.ravel(order="F").tolist() == list(range(8))
+    calls = []
+
+    def read_only_install(numba, cache):
+        calls.append(cache)
+        if cache:
+            raise RuntimeError("cannot cache function: no locator available")
+        return "compiled without a cache"
+
+    monkeypatch.setattr(place, "_kernel", None)
+    monkeypatch.setattr(place, "_compile", read_only_install)
+    assert place.load() is True and calls == [True, False] and place._kernel == "compiled without a cache"

@@ -4,8 +4,8 @@ Stores use them for *transport* compression (CloudFiles' ``<key>.gz`` files on d
 ``Content-Encoding`` header on object stores and HTTP); codecs use them beneath chunk encodings.
 Pure functions of bytes, no I/O, so both layers can import them. gzip uses libdeflate (about 1.7x
 zlib to decode and 2x to encode here, GIL released); brotli and zstd encoding use imagecodecs;
-zstd decoding uses python-zstandard with one reused context per thread (imagecodecs builds a
-context per call: measured 45 % slower on 32 KiB chunks).
+zstd decoding of ordinary frames uses python-zstandard with one reused context per thread
+(imagecodecs builds a context per call: measured 45 % slower on 32 KiB chunks).
 """
 
 from __future__ import annotations
@@ -65,22 +65,30 @@ def decompress(name: str, data: bytes) -> bytes:
 _local = threading.local()
 
 
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
 def _zstd_decode(data) -> bytes:
-    """Every frame of ``data`` (a stream may hold several, as ZSTD_decompress reads them)."""
-    ctx = getattr(_local, "zstd", None)
-    if ctx is None:
-        ctx = _local.zstd = zstandard.ZstdDecompressor()
-    if 0 < zstandard.get_frame_parameters(data).content_size < 1 << 30:  # known and sane (unknown: 2^64 - 1)
-        # One shot into a buffer of the size the header gives (60 % faster than streaming on
-        # 64^3 chunks); it fails, rather than stopping early, on a second frame or a cut one.
+    """Every frame of ``data``, as ZSTD_decompress reads them."""
+    if bytes(data[:4]) == _ZSTD_MAGIC and 0 < zstandard.get_frame_parameters(data).content_size < 1 << 30:
+        # The common case, one frame that gives its size: decoded in one shot with this thread's
+        # context (one-shot calls keep no window buffer in it). It fails, rather than stopping
+        # early, on a second frame or a cut one.
+        ctx = getattr(_local, "zstd", None)
+        if ctx is None:
+            ctx = _local.zstd = zstandard.ZstdDecompressor()
         try:
             return ctx.decompress(data, allow_extra_data=False)
-        except zstandard.ZstdError as e:
-            if "unused data" not in str(e):
-                raise
+        except zstandard.ZstdError:
+            pass
+    # Several frames, skippable frames (pzstd writes them), frames without their size, damage:
+    # stream frame by frame (imagecodecs returns a stream cut inside its second frame as if
+    # whole). A fresh context, since streaming grows a context's window buffer to the frame's
+    # window (up to GiBs), which a context kept per pool thread would hold for good.
+    ctx = zstandard.ZstdDecompressor()
     parts = []
-    while True:  # frames without their size, or several frames
-        frame = ctx.decompressobj()
+    while True:
+        frame = ctx.decompressobj(write_size=1 << 20)
         parts.append(frame.decompress(data))
         if not frame.eof:
             raise ChunkDecodeError("truncated zstd stream (it ends inside a frame)")

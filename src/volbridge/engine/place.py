@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 
 import numpy as np
 
@@ -25,46 +26,61 @@ _kernel = None  # the compiled copy loop, or False when numba is unavailable
 
 
 def load() -> bool:
-    """Load (compile, or read from numba's disk cache) the copy loop; whether it runs here."""
+    """Load (compile, or read from numba's disk cache) the copy loop; whether it runs here. Any
+    failure (no numba, numba's JIT switched off, no writable cache directory and no compiler)
+    leaves the numpy path, with a warning when numba is there but cannot serve."""
     global _kernel
     with _lock:
         if _kernel is None:
+            _kernel = False
+            if os.environ.get("VOLBRIDGE_NO_NUMBA"):
+                return False
             try:
-                if os.environ.get("VOLBRIDGE_NO_NUMBA"):
-                    raise ImportError("VOLBRIDGE_NO_NUMBA is set")
                 import numba
             except ImportError:  # numba has no wheel for this platform or Python yet
-                _kernel = False
                 return False
-
-            u8, table_t = numba.types.Array(numba.types.uint8, 1, "C"), numba.types.Array(numba.types.int64, 2, "C")
-            i64, readonly_u8 = numba.types.int64, numba.types.Array(numba.types.uint8, 1, "C", readonly=True)
-
-            # One signature, compiled (or read from the disk cache) here rather than at the first
-            # call; sources are always passed read-only. Unsigned indices: numba then emits no
-            # negative-index wraparound, and LLVM turns the inner byte loop into wide moves.
-            @numba.njit(numba.types.void(u8, i64, i64, i64, readonly_u8, table_t), nogil=True, cache=True)
-            def copy_rows(dst, dst_sy, dst_sz, dst_sc, src, table):  # pragma: no cover - compiled
-                for k in range(table.shape[0]):
-                    s0, ssy, ssz, ssc, d0, nxb, ny, nz, nc = table[k]
-                    row = numba.uint64(nxb)
-                    for c in range(nc):
-                        for z in range(nz):
-                            s = numba.uint64(s0 + c * ssc + z * ssz)
-                            d = numba.uint64(d0 + c * dst_sc + z * dst_sz)
-                            for _y in range(ny):
-                                for x in range(row):
-                                    dst[d + x] = src[s + x]
-                                s += numba.uint64(ssy)
-                                d += numba.uint64(dst_sy)
-
-            _kernel = copy_rows
+            if numba.config.DISABLE_JIT:  # the loop would run as Python, byte by byte
+                return False
+            for cache in (True, False):  # a read-only install has nowhere to cache
+                try:
+                    _kernel = _compile(numba, cache)
+                    break
+                except Exception as e:  # noqa: BLE001 - any numba failure leaves the numpy path
+                    error = e
+            else:
+                warnings.warn(f"volbridge: numba cannot compile the chunk copy loop ({error}); copying with numpy",
+                              RuntimeWarning, stacklevel=2)
     return bool(_kernel)
 
 
+def _compile(numba, cache: bool):
+    u8, table_t = numba.types.Array(numba.types.uint8, 1, "C"), numba.types.Array(numba.types.int64, 2, "C")
+    i64, readonly_u8 = numba.types.int64, numba.types.Array(numba.types.uint8, 1, "C", readonly=True)
+
+    # One signature, compiled (or read from the disk cache) here rather than at the first call;
+    # sources are always passed read-only. Unsigned indices: numba then emits no negative-index
+    # wraparound, and LLVM turns the inner byte loop into wide moves.
+    @numba.njit(numba.types.void(u8, i64, i64, i64, readonly_u8, table_t), nogil=True, cache=cache)
+    def copy_rows(dst, dst_sy, dst_sz, dst_sc, src, table):  # pragma: no cover - compiled
+        for k in range(table.shape[0]):
+            s0, ssy, ssz, ssc, d0, nxb, ny, nz, nc = table[k]
+            row = numba.uint64(nxb)
+            for c in range(nc):
+                for z in range(nz):
+                    s = numba.uint64(s0 + c * ssc + z * ssz)
+                    d = numba.uint64(d0 + c * dst_sc + z * dst_sz)
+                    for _y in range(ny):
+                        for x in range(row):
+                            dst[d + x] = src[s + x]
+                        s += numba.uint64(ssy)
+                        d += numba.uint64(dst_sy)
+
+    return copy_rows
+
+
 #: Reads of fewer chunks than this do not load the compiled loop: loading numba and its cached
-#: machine code takes ~0.7 s once per process (measured), more than numpy spends placing a few
-#: hundred chunks. Once loaded, every read uses it.
+#: machine code takes 0.7-1.5 s once per process (measured), more than numpy spends placing a
+#: few hundred chunks. Once loaded, every read uses it.
 LOAD_AT_CHUNKS = 512
 
 
@@ -93,11 +109,17 @@ def place_chunks(out: np.ndarray, src: np.ndarray, offsets: np.ndarray, shapes: 
     sz = sy * shapes[:, 1]
     sc = sz * shapes[:, 2]
     src_lo, dst_lo, size = (np.asarray(a, np.int64) for a in (src_lo, dst_lo, size))
+    offsets = np.asarray(offsets, np.int64)
+    # The loop runs without bounds checks or the GIL: every copy must lie inside both arrays.
+    if not ((offsets >= 0).all() and (offsets + sc * shapes[:, 3] <= src.size).all() and (src_lo >= 0).all()
+            and (size >= 0).all() and (src_lo + size <= shapes[:, :3]).all() and (shapes[:, 3] >= nc).all()
+            and (dst_lo >= 0).all() and (dst_lo + size <= out.shape[:3]).all()):
+        raise ValueError("chunk placement outside its source buffer or the output (a layout's stored_shapes or decode_bytes is wrong)")
     kernel = _kernel
     if kernel and out.flags.f_contiguous and out.size:
         _, dy, dz, dc = out.strides
         table = np.empty((n, 9), np.int64)
-        table[:, 0] = np.asarray(offsets, np.int64) + src_lo[:, 0] * isz + src_lo[:, 1] * sy + src_lo[:, 2] * sz
+        table[:, 0] = offsets + src_lo[:, 0] * isz + src_lo[:, 1] * sy + src_lo[:, 2] * sz
         table[:, 1], table[:, 2], table[:, 3] = sy, sz, sc
         table[:, 4] = dst_lo[:, 0] * isz + dst_lo[:, 1] * dy + dst_lo[:, 2] * dz
         table[:, 5] = size[:, 0] * isz
@@ -121,7 +143,9 @@ def place_one(out: np.ndarray, data, shape: tuple[int, int, int, int], src_lo, d
     one, each in its own object): a few microseconds of Python instead of a dozen numpy calls."""
     isz = out.dtype.itemsize
     src = np.frombuffer(data, np.uint8)
-    if _kernel and out.flags.f_contiguous and out.size:
+    if (_kernel and out.flags.f_contiguous and out.size and len(src) >= isz * shape[0] * shape[1] * shape[2] * shape[3]
+            and shape[3] >= out.shape[3] and all(0 <= a and 0 <= n and a + n <= m for a, n, m in zip(src_lo, size, shape))
+            and all(0 <= a and a + n <= m for a, n, m in zip(dst_lo, size, out.shape))):
         sy = shape[0] * isz
         sz, (fx, fy, fz), (tx, ty, tz), (nx, ny, nz) = sy * shape[1], src_lo, dst_lo, size
         _, dy, dz, dc = out.strides
@@ -132,6 +156,7 @@ def place_one(out: np.ndarray, data, shape: tuple[int, int, int, int], src_lo, d
             src.flags.writeable = False
         _kernel(out.reshape(-1, order="F").view(np.uint8), dy, dz, dc, src, table)
         return
+    # no compiled loop, or geometry to check: place_chunks checks it and says what is wrong
     place_chunks(out, src, np.zeros(1, np.int64), np.array([shape]), np.array([src_lo]), np.array([dst_lo]), np.array([size]))
 
 
