@@ -78,16 +78,17 @@ def test_staging_buffers_are_per_thread_and_reused_only_when_small():
     assert len(place.staging(big)) == big and not np.shares_memory(place.staging(big), place.staging(big))
 
 
+@pytest.mark.parametrize("shard_shape", [(32, 16, 16), None], ids=["sharded", "unsharded"])
 @pytest.mark.parametrize("fmt,compression", [("zarr3", None), ("zarr3", "zstd"), ("precomputed", None), ("precomputed", "gzip")])
 @pytest.mark.parametrize("dtype,channels", [("uint8", 1), ("uint16", 3), ("float32", 2)])
-def test_sharded_reads_through_both_paths(tmp_path, path, fmt, compression, dtype, channels):
+def test_reads_through_both_paths(tmp_path, path, shard_shape, fmt, compression, dtype, channels):
     """Edge shards and edge chunks (zarr pads them, precomputed clips them), channels, an offset
     origin, absent chunks and shards (fill), unaligned cutouts, boxes reaching outside the bounds;
     chunks stored as plain voxels (placed straight from the shard) and compressed ones."""
     lo = (10, 3, -5) if fmt == "precomputed" else (0, 0, 0)  # z, y, x (zarr arrays start at 0)
     hi = tuple(a + n for a, n in zip(lo, (70, 45, 37)))
     v = vb.create(f"{fmt}://{tmp_path}/{fmt}-{dtype}", bounds=(lo, hi), dtype=dtype, chunk_shape=(16, 8, 8),
-                  shard_shape=(32, 16, 16), num_channels=channels, compression=compression)
+                  shard_shape=shard_shape, num_channels=channels, compression=compression)
     data = np.random.default_rng(1).integers(1, 250, (channels, *(b - a for a, b in zip(lo, hi)))).astype(dtype)
     model = np.zeros_like(data)
     model[:, :50] = data[:, :50]  # z from 60 on stays unwritten: absent chunks and shards
