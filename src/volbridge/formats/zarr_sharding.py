@@ -135,6 +135,7 @@ class ZarrSharding(ShardFormat):
         for i in sorted(chunks):
             table[i] = (pos, len(chunks[i]))
             pos += len(chunks[i])
-        body = b"".join(chunks[i] for i in sorted(chunks))
+        body = [chunks[i] for i in sorted(chunks)]
         index = self.index.encode(table)
-        return body + index if self.at_end else index + body
+        # one join: concatenating the joined body with the index would copy the shard twice
+        return b"".join([*body, index] if self.at_end else [index, *body])
