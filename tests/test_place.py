@@ -64,6 +64,26 @@ def test_place_chunks_matches_numpy_model(path, case, seed):
     np.testing.assert_array_equal(out, model)
 
 
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(dtype=st.sampled_from(["uint8", "uint16", "float64"]), nc=st.integers(1, 3), data=st.data())
+def test_gather_chunks_matches_numpy_model(path, dtype, nc, data):
+    """Whole chunks copied out of a (x, y, z, c) array into Fortran-ordered slots of one buffer."""
+    shape = tuple(data.draw(st.integers(1, 10)) for _ in range(3))
+    arr = np.asfortranarray(np.random.default_rng(0).integers(0, 1000, (*shape, nc)).astype(dtype))
+    boxes = []
+    for _ in range(data.draw(st.integers(1, 5))):
+        size = [data.draw(st.integers(1, n)) for n in shape]
+        boxes.append(([data.draw(st.integers(0, n - k)) for n, k in zip(shape, size)], size))
+    sizes = [int(np.prod(size)) * nc * arr.dtype.itemsize for _, size in boxes]
+    offsets = np.cumsum([0, *sizes[:-1]]) + 3  # slots need not start at 0
+    buf = np.full(3 + sum(sizes) + 2, 0xEE, np.uint8)
+    place.gather_chunks(arr, buf, offsets, np.array([[*size, nc] for _, size in boxes]), np.array([lo for lo, _ in boxes]))
+    for (lo, size), o, n in zip(boxes, offsets, sizes):
+        expect = arr[lo[0]:lo[0] + size[0], lo[1]:lo[1] + size[1], lo[2]:lo[2] + size[2]].astype(arr.dtype.newbyteorder("<"))
+        assert buf[o:o + n].tobytes() == expect.tobytes(order="F")
+    assert buf[:3].tolist() == [0xEE] * 3 and buf[-2:].tolist() == [0xEE] * 2
+
+
 def test_staging_buffers_are_per_thread_and_reused_only_when_small():
     import threading
 

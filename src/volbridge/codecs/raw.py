@@ -62,5 +62,8 @@ class RawCodec(ChunkCodec):
         if chunk.dtype != dt:
             chunk = chunk.astype(dt)
         # tobytes('F') of an F-contiguous array is a straight memcpy; other layouts are gathered.
-        data = chunk.tobytes(order="F")
+        return self.encode_bytes(chunk.tobytes(order="F"))
+
+    def encode_bytes(self, data):
+        """Stored bytes of a chunk's little-endian Fortran-order voxel bytes (any bytes-like)."""
         return self.compressor.compress(data) if self.compressor else data

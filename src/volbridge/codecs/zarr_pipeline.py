@@ -99,7 +99,10 @@ class ZarrPipeline:
     def encode(self, arr: np.ndarray) -> bytes:
         if self.permutation is not None:
             arr = arr.transpose(self.permutation)
-        data = np.asarray(arr, dtype=self.dtype).tobytes(order=self.order)
+        return self.encode_bytes(np.asarray(arr, dtype=self.dtype).tobytes(order=self.order))
+
+    def encode_bytes(self, data):
+        """Stored bytes of a chunk's elements in stored order (any bytes-like), through the steps."""
         for step in self.steps:
             data = step.compress(data)
         return data

@@ -128,9 +128,10 @@ class ChunkedVolume(Volume):
         run_bounded(task, cells, self._chunk_nbytes(layout), self.store.io_concurrency)
 
     # -- writing ----------------------------------------------------------------------------------
-    def _encode(self, layout: ScaleLayout, chunk: np.ndarray, cell: Cell, key: str) -> bytes:
+    def _encode(self, layout: ScaleLayout, chunk, cell: Cell, key: str, *, voxel_bytes: bool = False) -> bytes:
+        """Stored bytes of ``chunk``: an array, or (``voxel_bytes``) the bytes ScaleLayout.encode_bytes takes."""
         try:
-            return layout.encode(chunk, cell)
+            return layout.encode_bytes(chunk, cell) if voxel_bytes else layout.encode(chunk, cell)
         except VolbridgeError:
             raise
         except Exception as e:  # a codec library's own exception type

@@ -55,25 +55,27 @@ def load() -> bool:
 
 def _compile(numba, cache: bool):
     u8, table_t = numba.types.Array(numba.types.uint8, 1, "C"), numba.types.Array(numba.types.int64, 2, "C")
-    i64, readonly_u8 = numba.types.int64, numba.types.Array(numba.types.uint8, 1, "C", readonly=True)
+    readonly_u8 = numba.types.Array(numba.types.uint8, 1, "C", readonly=True)
 
     # One signature, compiled (or read from the disk cache) here rather than at the first call;
-    # sources are always passed read-only. Unsigned indices: numba then emits no negative-index
-    # wraparound, and LLVM turns the inner byte loop into wide moves.
-    @numba.njit(numba.types.void(u8, i64, i64, i64, readonly_u8, table_t), nogil=True, cache=cache)
-    def copy_rows(dst, dst_sy, dst_sz, dst_sc, src, table):  # pragma: no cover - compiled
+    # sources are always passed read-only. Each table row is one box of rows: source start and
+    # strides (y, z, c), destination start and strides, row bytes, and the box's y, z, c extents.
+    # Unsigned indices: numba then emits no negative-index wraparound, and LLVM turns the inner
+    # byte loop into wide moves.
+    @numba.njit(numba.types.void(u8, readonly_u8, table_t), nogil=True, cache=cache)
+    def copy_rows(dst, src, table):  # pragma: no cover - compiled
         for k in range(table.shape[0]):
-            s0, ssy, ssz, ssc, d0, nxb, ny, nz, nc = table[k]
+            s0, ssy, ssz, ssc, d0, dsy, dsz, dsc, nxb, ny, nz, nc = table[k]
             row = numba.uint64(nxb)
             for c in range(nc):
                 for z in range(nz):
                     s = numba.uint64(s0 + c * ssc + z * ssz)
-                    d = numba.uint64(d0 + c * dst_sc + z * dst_sz)
+                    d = numba.uint64(d0 + c * dsc + z * dsz)
                     for _y in range(ny):
                         for x in range(row):
                             dst[d + x] = src[s + x]
                         s += numba.uint64(ssy)
-                        d += numba.uint64(dst_sy)
+                        d += numba.uint64(dsy)
 
     return copy_rows
 
@@ -90,6 +92,25 @@ def prepare(num_chunks: int) -> None:
         load()
 
 
+def _strides(shapes: np.ndarray, isz: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Byte strides (y, z, c) of Fortran-ordered chunks of ``shapes`` (n, 4)."""
+    sy = shapes[:, 0] * isz
+    sz = sy * shapes[:, 1]
+    return sy, sz, sz * shapes[:, 2]
+
+
+def _check(ok: bool) -> None:
+    # The loop runs without bounds checks or the GIL: every copy must lie inside both arrays.
+    if not ok:
+        raise ValueError("chunk placement outside its source buffer or the output (a layout's stored_shapes or decode_bytes is wrong)")
+
+
+def _run(dst: np.ndarray, src: np.ndarray, table: np.ndarray) -> None:
+    src = src.view()
+    src.flags.writeable = False
+    _kernel(dst, src, table)
+
+
 def place_chunks(out: np.ndarray, src: np.ndarray, offsets: np.ndarray, shapes: np.ndarray, src_lo: np.ndarray,
                  dst_lo: np.ndarray, size: np.ndarray) -> None:
     """Copy region ``size`` at ``src_lo`` of each chunk into ``out`` at ``dst_lo``.
@@ -102,33 +123,23 @@ def place_chunks(out: np.ndarray, src: np.ndarray, offsets: np.ndarray, shapes: 
     n = len(offsets)
     if n == 0:
         return
-    isz = out.dtype.itemsize
-    nc = out.shape[3]
-    shapes = np.asarray(shapes, np.int64)
-    sy = shapes[:, 0] * isz
-    sz = sy * shapes[:, 1]
-    sc = sz * shapes[:, 2]
+    isz, nc = out.dtype.itemsize, out.shape[3]
+    shapes, offsets = np.asarray(shapes, np.int64), np.asarray(offsets, np.int64)
     src_lo, dst_lo, size = (np.asarray(a, np.int64) for a in (src_lo, dst_lo, size))
-    offsets = np.asarray(offsets, np.int64)
-    # The loop runs without bounds checks or the GIL: every copy must lie inside both arrays.
-    if not ((offsets >= 0).all() and (offsets + sc * shapes[:, 3] <= src.size).all() and (src_lo >= 0).all()
-            and (size >= 0).all() and (src_lo + size <= shapes[:, :3]).all() and (shapes[:, 3] >= nc).all()
-            and (dst_lo >= 0).all() and (dst_lo + size <= out.shape[:3]).all()):
-        raise ValueError("chunk placement outside its source buffer or the output (a layout's stored_shapes or decode_bytes is wrong)")
-    kernel = _kernel
-    if kernel and out.flags.f_contiguous and out.size:
+    sy, sz, sc = _strides(shapes, isz)
+    _check(bool((offsets >= 0).all() and (offsets + sc * shapes[:, 3] <= src.size).all() and (src_lo >= 0).all()
+                and (size >= 0).all() and (src_lo + size <= shapes[:, :3]).all() and (shapes[:, 3] >= nc).all()
+                and (dst_lo >= 0).all() and (dst_lo + size <= out.shape[:3]).all()))
+    if _kernel and out.flags.f_contiguous and out.size:
         _, dy, dz, dc = out.strides
-        table = np.empty((n, 9), np.int64)
+        table = np.empty((n, 12), np.int64)
         table[:, 0] = offsets + src_lo[:, 0] * isz + src_lo[:, 1] * sy + src_lo[:, 2] * sz
         table[:, 1], table[:, 2], table[:, 3] = sy, sz, sc
         table[:, 4] = dst_lo[:, 0] * isz + dst_lo[:, 1] * dy + dst_lo[:, 2] * dz
-        table[:, 5] = size[:, 0] * isz
-        table[:, 6], table[:, 7] = size[:, 1], size[:, 2]
-        table[:, 8] = nc
-        dst = out.reshape(-1, order="F").view(np.uint8)
-        src = src.view()
-        src.flags.writeable = False
-        kernel(dst, dy, dz, dc, src, table)
+        table[:, 5], table[:, 6], table[:, 7] = dy, dz, dc
+        table[:, 8] = size[:, 0] * isz
+        table[:, 9], table[:, 10], table[:, 11] = size[:, 1], size[:, 2], nc
+        _run(out.reshape(-1, order="F").view(np.uint8), src, table)
         return
     dtype = out.dtype.newbyteorder("<") if isz > 1 else out.dtype
     for k in range(n):
@@ -136,6 +147,36 @@ def place_chunks(out: np.ndarray, src: np.ndarray, offsets: np.ndarray, shapes: 
         chunk = np.frombuffer(src, dtype, count=x * y * z * c, offset=o).reshape((x, y, z, c), order="F")
         (fx, fy, fz), (tx, ty, tz), (nx, ny, nz) = src_lo[k].tolist(), dst_lo[k].tolist(), size[k].tolist()
         out[tx:tx + nx, ty:ty + ny, tz:tz + nz] = chunk[fx:fx + nx, fy:fy + ny, fz:fz + nz, :nc]
+
+
+def gather_chunks(data: np.ndarray, dst: np.ndarray, offsets: np.ndarray, shapes: np.ndarray, src_lo: np.ndarray) -> None:
+    """The inverse of :func:`place_chunks` for whole chunks: copy the box of shape ``shapes[k]``
+    (x, y, z, c) at ``src_lo[k]`` of ``data`` (x, y, z, c) into ``dst`` (1-D uint8) at byte
+    ``offsets[k]``, little-endian in Fortran order: the voxel bytes a chunk encoder takes."""
+    n = len(offsets)
+    if n == 0:
+        return
+    isz, nc = data.dtype.itemsize, data.shape[3]
+    shapes, offsets, src_lo = (np.asarray(a, np.int64) for a in (shapes, offsets, src_lo))
+    sy, sz, sc = _strides(shapes, isz)
+    _check(bool((offsets >= 0).all() and (offsets + sc * shapes[:, 3] <= dst.size).all() and (src_lo >= 0).all()
+                and (shapes[:, 3] == nc).all() and (src_lo + shapes[:, :3] <= data.shape[:3]).all()))
+    if _kernel and data.flags.f_contiguous and data.size and data.dtype == data.dtype.newbyteorder("<"):
+        _, dy, dz, dc = data.strides
+        table = np.empty((n, 12), np.int64)
+        table[:, 0] = src_lo[:, 0] * isz + src_lo[:, 1] * dy + src_lo[:, 2] * dz
+        table[:, 1], table[:, 2], table[:, 3] = dy, dz, dc
+        table[:, 4] = offsets
+        table[:, 5], table[:, 6], table[:, 7] = sy, sz, sc
+        table[:, 8] = shapes[:, 0] * isz
+        table[:, 9], table[:, 10], table[:, 11] = shapes[:, 1], shapes[:, 2], nc
+        _run(dst, data.reshape(-1, order="F").view(np.uint8), table)
+        return
+    dtype = data.dtype.newbyteorder("<") if isz > 1 else data.dtype
+    for k in range(n):
+        (x, y, z, c), o, (fx, fy, fz) = shapes[k].tolist(), int(offsets[k]), src_lo[k].tolist()
+        slot = dst[o:o + x * y * z * c * isz].view(dtype).reshape((x, y, z, c), order="F")
+        slot[...] = data[fx:fx + x, fy:fy + y, fz:fz + z]
 
 
 def place_one(out: np.ndarray, data, shape: tuple[int, int, int, int], src_lo, dst_lo, size) -> None:
@@ -149,12 +190,9 @@ def place_one(out: np.ndarray, data, shape: tuple[int, int, int, int], src_lo, d
         sy = shape[0] * isz
         sz, (fx, fy, fz), (tx, ty, tz), (nx, ny, nz) = sy * shape[1], src_lo, dst_lo, size
         _, dy, dz, dc = out.strides
-        table = np.array([[fx * isz + fy * sy + fz * sz, sy, sz, sz * shape[2], tx * isz + ty * dy + tz * dz, nx * isz,
-                           ny, nz, out.shape[3]]], np.int64)
-        if src.flags.writeable:
-            src = src.view()
-            src.flags.writeable = False
-        _kernel(out.reshape(-1, order="F").view(np.uint8), dy, dz, dc, src, table)
+        table = np.array([[fx * isz + fy * sy + fz * sz, sy, sz, sz * shape[2], tx * isz + ty * dy + tz * dz, dy, dz, dc,
+                           nx * isz, ny, nz, out.shape[3]]], np.int64)
+        _run(out.reshape(-1, order="F").view(np.uint8), src, table)
         return
     # no compiled loop, or geometry to check: place_chunks checks it and says what is wrong
     place_chunks(out, src, np.zeros(1, np.int64), np.array([shape]), np.array([src_lo]), np.array([dst_lo]), np.array([size]))

@@ -226,26 +226,44 @@ def write_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, data: np.nd
     shards = _plan(layout, box)
     chunk_nbytes = vol._chunk_nbytes(layout)
     nested = _nested(vol, shards, chunk_nbytes)
+    gather = layout.decodes_to_bytes and all_channels
+    if gather:
+        place.prepare(sum(len(s.ids) for s in shards))
 
     def shard_task(shard: _Shard) -> None:
-        whole, partial = [], []
-        for cell, cid, (to, frm) in zip(shard.cells, shard.ids.tolist(), shard.places):
-            # covered: the overlap starts at the cell's corner and spans its whole (clipped) extent
-            covered = all_channels and all(f.start == 0 and f.stop == n for f, n in zip(frm, cell.box.shape))
-            (whole if covered else partial).append((cell, cid, to))
+        cell_shapes = shard.stops - shard.starts
+        # covered: the overlap starts at the cell's corner and spans its whole (clipped) extent
+        covered = all_channels & (shard.src_lo == 0).all(axis=1) & (shard.size == cell_shapes).all(axis=1)
+        cells, ids, places = shard.cells, shard.ids.tolist(), shard.places
+        whole = np.flatnonzero(covered)
+        partial = [(cells[k], ids[k]) for k in np.flatnonzero(~covered).tolist()]
         encoded: dict[int, bytes] = {}
+        if gather:  # whole chunks stored unpadded: copied out in one call, encoded from the copies
+            shapes = layout.stored_shapes(cell_shapes[whole])
+            fits = (shapes[:, :3] == cell_shapes[whole]).all(axis=1) & (shapes[:, 3] == layout.num_channels)
+            gathered, whole, shapes = whole[fits], whole[~fits], shapes[fits]
+            sizes = shapes.prod(axis=1) * layout.dtype.itemsize
+            offsets = (np.cumsum(sizes) - sizes).astype(np.int64)
+            buf = place.staging(int(sizes.sum()))
+            place.gather_chunks(data, buf, offsets, shapes, shard.dst_lo[gathered])
+            slots = list(zip(gathered.tolist(), offsets.tolist(), sizes.tolist()))
 
-        def encode_task(member) -> None:
-            cell, cid, to = member
-            encoded[cid] = vol._encode(layout, data[to], cell, shard.key)
+            def encode_slot(slot) -> None:
+                k, start, n = slot
+                encoded[ids[k]] = vol._encode(layout, buf[start:start + n], cells[k], shard.key, voxel_bytes=True)
 
-        _over_members(encode_task, whole, nested, chunk_nbytes, _loops(vol))
+            _over_members(encode_slot, slots, nested, chunk_nbytes, _loops(vol))
+
+        def encode_task(k: int) -> None:
+            encoded[ids[k]] = vol._encode(layout, data[places[k][0]], cells[k], shard.key)
+
+        _over_members(encode_task, whole.tolist(), nested, chunk_nbytes, _loops(vol))
         capacity = layout.sharding.capacity(shard.number)
-        replaces_all = not partial and capacity is not None and len(whole) == capacity
+        replaces_all = not partial and capacity is not None and int(covered.sum()) == capacity
 
         def merge(old: bytes | None) -> bytes:  # runs again when a conditional write loses a race
             chunks = {} if old is None else layout.sharding.unpack(old, shard.key)
-            for cell, cid, _ in partial:
+            for cell, cid in partial:
                 region = cell.box.intersect(box)
                 stored = chunks.get(cid)
                 if stored is None:

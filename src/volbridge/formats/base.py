@@ -100,6 +100,12 @@ class ScaleLayout(ABC):
         a cutout in one call (:mod:`volbridge.engine.place`). Only when :attr:`decodes_to_bytes`."""
         raise NotImplementedError(f"{type(self).__name__} chunks decode through decode() only")
 
+    def encode_bytes(self, data, cell: Cell):
+        """Stored bytes of a cell whose voxels ``data`` (bytes-like) are laid out as
+        :meth:`decode_bytes` returns them, in the cell's :meth:`stored_shapes` (the inverse of
+        decode_bytes; only when :attr:`decodes_to_bytes`). May return ``data`` itself."""
+        raise NotImplementedError(f"{type(self).__name__} chunks encode through encode() only")
+
 
 class ChunkedDataset(ABC):
     """An opened dataset of a chunked format: its metadata and a layout per scale."""

@@ -323,6 +323,9 @@ class PrecomputedLayout(ScaleLayout):
         shape = (*shape, self.num_channels)
         return self.codec.decode_bytes(data, shape, self.dtype), shape
 
+    def encode_bytes(self, data, cell: Cell):
+        return self.codec.encode_bytes(data)
+
     def encode(self, chunk: np.ndarray, cell: Cell) -> bytes:
         if chunk.shape != self.chunk_shape4(cell):
             raise ChunkDecodeError(f"chunk of shape {chunk.shape} given for cell {cell.box}")

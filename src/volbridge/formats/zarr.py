@@ -290,6 +290,9 @@ class ZarrLayout(ScaleLayout):
     def decode_bytes(self, data: bytes, shape: tuple[int, int, int], key: str):
         return self.arr.pipeline.decode_bytes(data), self._stored4
 
+    def encode_bytes(self, data, cell: Cell):
+        return self.arr.pipeline.encode_bytes(data)
+
     def stored_shapes(self, cell_shapes: np.ndarray) -> np.ndarray:
         return np.tile(np.array(self._stored4, cell_shapes.dtype), (len(cell_shapes), 1))
 
