@@ -131,11 +131,11 @@ def test_reads_through_both_paths(tmp_path, path, shard_shape, fmt, compression,
 def test_placements_outside_the_buffers_are_refused(path):
     out = np.zeros((4, 4, 4, 1), np.uint8, order="F")
     src = np.zeros(64, np.uint8)
-    ok = dict(offsets=np.array([0]), shapes=np.array([[4, 4, 4, 1]]), src_lo=np.array([[0, 0, 0]]),
-              dst_lo=np.array([[0, 0, 0]]), size=np.array([[4, 4, 4]]))
+    ok = {"offsets": np.array([0]), "shapes": np.array([[4, 4, 4, 1]]), "src_lo": np.array([[0, 0, 0]]),
+          "dst_lo": np.array([[0, 0, 0]]), "size": np.array([[4, 4, 4]])}
     place.place_chunks(out, src, **ok)
-    for change in (dict(offsets=np.array([1])), dict(shapes=np.array([[4, 4, 5, 1]])), dict(dst_lo=np.array([[1, 0, 0]])),
-                   dict(src_lo=np.array([[0, 1, 0]])), dict(size=np.array([[4, 4, 5]])), dict(offsets=np.array([-1]))):
+    for change in ({"offsets": np.array([1])}, {"shapes": np.array([[4, 4, 5, 1]])}, {"dst_lo": np.array([[1, 0, 0]])},
+                   {"src_lo": np.array([[0, 1, 0]])}, {"size": np.array([[4, 4, 5]])}, {"offsets": np.array([-1])}):
         with pytest.raises(ValueError, match="outside"):
             place.place_chunks(out, src, **{**ok, **change})
     with pytest.raises(ValueError, match="outside"):
