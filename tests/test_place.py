@@ -84,18 +84,49 @@ def test_gather_chunks_matches_numpy_model(path, dtype, nc, data):
     assert buf[:3].tolist() == [0xEE] * 3 and buf[-2:].tolist() == [0xEE] * 2
 
 
-def test_staging_buffers_are_per_thread_and_reused_only_when_small():
+def test_staging_buffers_are_per_thread_reused_and_never_shared_while_held():
     import threading
 
-    a = place.staging(1000)
-    assert len(a) == 1000 and np.shares_memory(a, place.staging(5000))
-    other = []
-    t = threading.Thread(target=lambda: other.append(place.staging(1000)))
-    t.start()
-    t.join()
-    assert not np.shares_memory(a, other[0])
+    with place.staging(1000) as a:
+        assert len(a) == 1000
+        with place.staging(10) as nested:  # held: a nested use gets its own
+            assert not np.shares_memory(a, nested)
+        other = []
+        t = threading.Thread(target=lambda: other.append(place.staging(1000).__enter__()))
+        t.start()
+        t.join()
+        assert not np.shares_memory(a, other[0])
+    with place.staging(5000) as again:  # released: reused
+        assert np.shares_memory(a, again)
     big = place.KEEP_STAGING_BYTES + 1
-    assert len(place.staging(big)) == big and not np.shares_memory(place.staging(big), place.staging(big))
+    with place.staging(big) as b1:
+        assert len(b1) == big
+    with place.staging(big) as b2:
+        assert not np.shares_memory(b1, b2)
+
+
+def test_write_staged_bytes_survive_a_store_that_reads_inside_its_update(tmp_path, path):
+    """Raw chunks of a sharded write are views of the thread's staging buffer until the shard is
+    stored; a store whose update reads another volume on the same thread must not clobber them
+    (found by a review: the written voxels came back as the other volume's)."""
+    from volbridge.kv import open_store
+
+    other = vb.create(f"zarr3://{tmp_path}/other", shape=(16, 16, 16), dtype="uint8", chunk_shape=(8, 8, 8),
+                      shard_shape=(16, 16, 16), compression="zstd")
+    other[...] = 0xAB
+    store = open_store(f"file://{tmp_path}/target")
+    real_update = store.update
+
+    def update(key, fn, **kw):
+        other[...]  # reads through staging on this thread
+        return real_update(key, fn, **kw)
+
+    store.update = update
+    v = vb.create(f"zarr3://{tmp_path}/target", shape=(16, 16, 16), dtype="uint8", chunk_shape=(8, 8, 8),
+                  shard_shape=(16, 16, 16))
+    v.volume.store = store
+    v[...] = 7
+    assert (vb.array(f"zarr3://{tmp_path}/target")[...] == 7).all()
 
 
 @pytest.mark.parametrize("shard_shape", [(32, 16, 16), None], ids=["sharded", "unsharded"])
@@ -172,3 +203,20 @@ def test_numba_switched_off_or_failing_leaves_the_numpy_path(monkeypatch):
     monkeypatch.setattr(place, "_kernel", None)
     monkeypatch.setattr(place, "_compile", read_only_install)
     assert place.load() is True and calls == [True, False] and place._kernel == "compiled without a cache"
+
+
+@pytest.mark.parametrize("fmt,shard", [("precomputed", None), ("zarr3", (8, 16, 16))])
+def test_a_reversed_channel_slice_is_applied_to_whole_and_partial_chunks(tmp_path, fmt, shard):
+    """``Volume.write(channels=slice(None, None, -1))`` selects every channel, reversed: whole
+    chunks used to be written straight, unreversed, while partial ones were reversed (found by a
+    review)."""
+    from volbridge.geometry import Box
+
+    vol = vb.create(f"{fmt}://{tmp_path}/v", shape=(8, 16, 16), dtype="uint8", chunk_shape=(8, 8, 8), num_channels=2,
+                    shard_shape=shard).volume
+    box = Box((0, 0, 0), (12, 16, 8))  # x 0-8: whole chunks; x 8-12: part of the next ones
+    data = np.zeros((*box.shape, 2), np.uint8, order="F")
+    data[..., 0], data[..., 1] = 1, 2
+    vol.write(box, data, 0, channels=slice(None, None, -1))
+    got = vol.read(box)
+    assert (got[..., 0] == 2).all() and (got[..., 1] == 1).all()

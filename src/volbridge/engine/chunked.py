@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ChunkDecodeError, ChunkEncodeError, ReadOnlyError, UnsupportedError, VolbridgeError
+from ..errors import (
+    ChunkDecodeError,
+    ChunkEncodeError,
+    ReadOnlyError,
+    UnsupportedError,
+    VolbridgeError,
+)
 from ..formats.base import ChunkedDataset, ScaleLayout
 from ..geometry import Box, Cell, ChunkGrid
 from ..kv import KVStore
@@ -157,7 +163,9 @@ class ChunkedVolume(Volume):
         self._write_layout(layout, box, data, ch)
 
     def _write_layout(self, layout: ScaleLayout, box: Box, data: np.ndarray, ch: slice) -> None:
-        all_channels = len(range(layout.num_channels)[ch]) == layout.num_channels
+        # all channels in their order: a reversed slice selects them all but must go through the
+        # partial path, which applies it
+        all_channels = range(layout.num_channels)[ch] == range(layout.num_channels)
 
         if layout.sharding is not None:
             write_sharded(self, layout, box, data, ch, all_channels)

@@ -15,6 +15,7 @@ through numpy.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import warnings
@@ -204,11 +205,17 @@ KEEP_STAGING_BYTES = 16 << 20
 _staging = threading.local()
 
 
-def staging(nbytes: int) -> np.ndarray:
-    """A uint8 buffer of ``nbytes`` for this thread's current batch (reused by its next batch)."""
-    if nbytes > KEEP_STAGING_BYTES:
-        return np.empty(nbytes, np.uint8)
+@contextlib.contextmanager
+def staging(nbytes: int):
+    """A uint8 buffer of ``nbytes``, this thread's while the ``with`` block runs: a nested use
+    (a store that reads a volume inside an update, say) gets a buffer of its own, so bytes
+    staged for a write cannot be overwritten before they are stored."""
     buf = getattr(_staging, "buf", None)
+    _staging.buf = None
     if buf is None or len(buf) < nbytes:
-        buf = _staging.buf = np.empty(max(nbytes, 1 << 20), np.uint8)
-    return buf[:nbytes]
+        buf = np.empty(max(nbytes, 1 << 20), np.uint8)
+    try:
+        yield buf[:nbytes]
+    finally:
+        if len(buf) <= KEEP_STAGING_BYTES:
+            _staging.buf = buf

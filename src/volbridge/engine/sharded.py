@@ -55,6 +55,11 @@ class _Shard:
         return [Cell(tuple(i), Box(tuple(a), tuple(b)))
                 for i, a, b in zip(self.index.tolist(), self.starts.tolist(), self.stops.tolist())]
 
+    def covered(self) -> np.ndarray:
+        """Per cell, whether the box covers it: the overlap starts at the cell's corner and spans
+        its whole (bounds-clipped) extent."""
+        return (self.src_lo == 0).all(axis=1) & (self.size == self.stops - self.starts).all(axis=1)
+
     @property
     def places(self) -> list[tuple[tuple[slice, ...], tuple[slice, ...]]]:
         """Per cell, (slices of the box's output, slices of the cell's voxels) of their overlap."""
@@ -203,22 +208,22 @@ def _place_shard(layout: ScaleLayout, shard: _Shard, found: dict, out: np.ndarra
     sizes = shapes.prod(axis=1) * layout.dtype.itemsize
     offsets = np.zeros(len(present), np.int64)
     np.cumsum(sizes[:-1], out=offsets[1:])
-    staging = place.staging(int(sizes.sum()))
     spans, cell_shapes = list(zip(offsets.tolist(), sizes.tolist())), cell_shapes.tolist()
+    with place.staging(int(sizes.sum())) as staging:
 
-    def decode(j: int) -> None:
-        cid = ids[present[j]]
-        try:
-            buf, _ = layout.decode_bytes(found[cid], cell_shapes[j], shard.key)
-            start, n = spans[j]
-            if len(buf) != n:  # decode_bytes checks sizes; this guards the layout's stored_shapes
-                raise ChunkDecodeError(f"decoded to {len(buf)} bytes, expected {n}")
-            staging[start:start + n] = np.frombuffer(buf, np.uint8)
-        except ChunkDecodeError as e:
-            raise ChunkDecodeError(f"chunk {cid} of shard {shard.key!r}: {e}") from e
+        def decode(j: int) -> None:
+            cid = ids[present[j]]
+            try:
+                buf, _ = layout.decode_bytes(found[cid], cell_shapes[j], shard.key)
+                start, n = spans[j]
+                if len(buf) != n:  # decode_bytes checks sizes; this guards the layout's stored_shapes
+                    raise ChunkDecodeError(f"decoded to {len(buf)} bytes, expected {n}")
+                staging[start:start + n] = np.frombuffer(buf, np.uint8)
+            except ChunkDecodeError as e:
+                raise ChunkDecodeError(f"chunk {cid} of shard {shard.key!r}: {e}") from e
 
-    _over_members(decode, range(len(present)), nested, chunk_nbytes, loops)
-    place.place_chunks(out, staging, offsets, shapes, shard.src_lo[sel], shard.dst_lo[sel], shard.size[sel])
+        _over_members(decode, range(len(present)), nested, chunk_nbytes, loops)
+        place.place_chunks(out, staging, offsets, shapes, shard.src_lo[sel], shard.dst_lo[sel], shard.size[sel])
 
 
 def write_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, data: np.ndarray, ch: slice,
@@ -228,59 +233,68 @@ def write_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, data: np.nd
     nested = _nested(vol, shards, chunk_nbytes)
     gather = layout.decodes_to_bytes and all_channels
     if gather:
-        place.prepare(sum(len(s.ids) for s in shards))
+        place.prepare(sum(int(s.covered().sum()) for s in shards))
 
     def shard_task(shard: _Shard) -> None:
         cell_shapes = shard.stops - shard.starts
-        # covered: the overlap starts at the cell's corner and spans its whole (clipped) extent
-        covered = all_channels & (shard.src_lo == 0).all(axis=1) & (shard.size == cell_shapes).all(axis=1)
+        covered = shard.covered() & all_channels
         cells, ids, places = shard.cells, shard.ids.tolist(), shard.places
         whole = np.flatnonzero(covered)
         partial = [(cells[k], ids[k]) for k in np.flatnonzero(~covered).tolist()]
         encoded: dict[int, bytes] = {}
+        gathered, sizes = whole[:0], np.zeros(0, np.int64)
         if gather:  # whole chunks stored unpadded: copied out in one call, encoded from the copies
             shapes = layout.stored_shapes(cell_shapes[whole])
             fits = (shapes[:, :3] == cell_shapes[whole]).all(axis=1) & (shapes[:, 3] == layout.num_channels)
             gathered, whole, shapes = whole[fits], whole[~fits], shapes[fits]
             sizes = shapes.prod(axis=1) * layout.dtype.itemsize
-            offsets = (np.cumsum(sizes) - sizes).astype(np.int64)
-            buf = place.staging(int(sizes.sum()))
-            place.gather_chunks(data, buf, offsets, shapes, shard.dst_lo[gathered])
-            slots = list(zip(gathered.tolist(), offsets.tolist(), sizes.tolist()))
+        # Held until the shard is stored: raw chunks go into it as views of this buffer.
+        with place.staging(int(sizes.sum())) as buf:
+            if len(gathered):
+                offsets = (np.cumsum(sizes) - sizes).astype(np.int64)
+                place.gather_chunks(data, buf, offsets, shapes, shard.dst_lo[gathered])
+                slots = list(zip(gathered.tolist(), offsets.tolist(), sizes.tolist()))
 
-            def encode_slot(slot) -> None:
-                k, start, n = slot
-                encoded[ids[k]] = vol._encode(layout, buf[start:start + n], cells[k], shard.key, voxel_bytes=True)
+                def encode_slot(slot) -> None:
+                    k, start, n = slot
+                    encoded[ids[k]] = vol._encode(layout, buf[start:start + n], cells[k], shard.key, voxel_bytes=True)
 
-            _over_members(encode_slot, slots, nested, chunk_nbytes, _loops(vol))
+                _over_members(encode_slot, slots, nested, chunk_nbytes, _loops(vol))
 
-        def encode_task(k: int) -> None:
-            encoded[ids[k]] = vol._encode(layout, data[places[k][0]], cells[k], shard.key)
+            def encode_task(k: int) -> None:
+                encoded[ids[k]] = vol._encode(layout, data[places[k][0]], cells[k], shard.key)
 
-        _over_members(encode_task, whole.tolist(), nested, chunk_nbytes, _loops(vol))
-        capacity = layout.sharding.capacity(shard.number)
-        replaces_all = not partial and capacity is not None and int(covered.sum()) == capacity
-
-        def merge(old: bytes | None) -> bytes:  # runs again when a conditional write loses a race
-            chunks = {} if old is None else layout.sharding.unpack(old, shard.key)
-            for cell, cid in partial:
-                region = cell.box.intersect(box)
-                stored = chunks.get(cid)
-                if stored is None:
-                    fill = 0 if layout.fill_value is None else layout.fill_value
-                    chunk = np.full((*cell.box.shape, layout.num_channels), fill, layout.dtype, order="F")
-                else:
-                    chunk = np.array(_decode(layout, stored, cell, shard.key, cid), order="F", copy=True)
-                chunk[region.slices(cell.box.start) + (ch,)] = data[region.slices(box.start)]
-                chunks[cid] = vol._encode(layout, chunk, cell, shard.key)
-            chunks.update(encoded)
-            return layout.sharding.pack(chunks)
-
-        try:
-            vol.store.update(shard.key, merge, needs_old=not replaces_all)
-        except ChunkDecodeError as e:
-            raise ChunkDecodeError(
-                f"cannot update shard {shard.key!r} in {vol.store.url}: its stored bytes are corrupt ({e}); nothing was written to it"
-            ) from e
+            _over_members(encode_task, whole.tolist(), nested, chunk_nbytes, _loops(vol))
+            _store_shard(vol, layout, shard, box, data, ch, partial, encoded, int(covered.sum()))
 
     run_bounded(shard_task, shards, _shard_nbytes(shards, chunk_nbytes), _loops(vol))
+
+
+def _store_shard(vol: ChunkedVolume, layout: ScaleLayout, shard: _Shard, box: Box, data: np.ndarray, ch: slice,
+                 partial: list, encoded: dict, num_covered: int) -> None:
+    """Write ``encoded`` whole chunks and the ``partial`` cells' merges into the shard, through the
+    store's atomic update (a conditional put, or a lock on files)."""
+    capacity = layout.sharding.capacity(shard.number)
+    replaces_all = not partial and capacity is not None and num_covered == capacity
+
+    def merge(old: bytes | None) -> bytes:  # runs again when a conditional write loses a race
+        chunks = {} if old is None else layout.sharding.unpack(old, shard.key)
+        for cell, cid in partial:
+            region = cell.box.intersect(box)
+            stored = chunks.get(cid)
+            if stored is None:
+                fill = 0 if layout.fill_value is None else layout.fill_value
+                chunk = np.full((*cell.box.shape, layout.num_channels), fill, layout.dtype, order="F")
+            else:
+                chunk = np.array(_decode(layout, stored, cell, shard.key, cid), order="F", copy=True)
+            chunk[region.slices(cell.box.start) + (ch,)] = data[region.slices(box.start)]
+            chunks[cid] = vol._encode(layout, chunk, cell, shard.key)
+        chunks.update(encoded)
+        return layout.sharding.pack(chunks)
+
+    try:
+        vol.store.update(shard.key, merge, needs_old=not replaces_all)
+    except ChunkDecodeError as e:
+        raise ChunkDecodeError(
+            f"cannot update shard {shard.key!r} in {vol.store.url}: its stored bytes are corrupt ({e}); nothing was written to it"
+        ) from e
