@@ -3,9 +3,9 @@
 Stores use them for *transport* compression (CloudFiles' ``<key>.gz`` files on disk, the
 ``Content-Encoding`` header on object stores and HTTP); codecs use them beneath chunk encodings.
 Pure functions of bytes, no I/O, so both layers can import them. gzip uses libdeflate (about 1.7x
-zlib to decode and 2x to encode here, GIL released); brotli and zstd encoding use imagecodecs;
-zstd uses python-zstandard with reused contexts per thread (imagecodecs builds a context per
-call: measured 35-45 % slower on 32 KiB chunks).
+zlib to decode and 2x to encode here, GIL released); brotli uses imagecodecs; zstd uses
+python-zstandard with reused contexts per thread (imagecodecs builds a context per call:
+measured 35-45 % slower on 32 KiB chunks).
 """
 
 from __future__ import annotations

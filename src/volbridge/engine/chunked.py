@@ -106,9 +106,9 @@ class ChunkedVolume(Volume):
         # The compiled copy loop pays off for short rows: numpy's strided assignment costs ~20 ns a
         # row, which 32-byte rows feel and 64-byte ones do not (measured equal per 64^3 chunk,
         # and the loop's per-call setup then costs more).
-        batched = layout.decodes_to_bytes and layout.grid.chunk_shape[0] * layout.dtype.itemsize < 64
-        if batched:
-            place.prepare(len(cells))
+        # Without the loop loaded, numpy's assignment from the decoded view is the cheaper path.
+        batched = (layout.decodes_to_bytes and layout.grid.chunk_shape[0] * layout.dtype.itemsize < 64
+                   and place.prepare(len(cells)))
 
         def task(cell: Cell) -> None:
             if not batched:

@@ -9,8 +9,8 @@ with small chunks placing voxels cost more than reading and decoding them. Here 
 Chunks are described in the engine's (x, y, z, c) Fortran layout: the source of each is a run of
 little-endian voxel bytes of a stored shape (x fastest), the destination a Fortran-contiguous
 output array. Without numba (or with ``VOLBRIDGE_NO_NUMBA`` set), before the loop is loaded (see
-:data:`LOAD_AT_CHUNKS`), or for an output that is not Fortran-contiguous, the same copies run
-through numpy.
+:data:`LOAD_AT_CHUNKS`), or for an output that is not Fortran-contiguous and little-endian, the
+same copies run through numpy.
 """
 
 from __future__ import annotations
@@ -87,10 +87,12 @@ def _compile(numba, cache: bool):
 LOAD_AT_CHUNKS = 512
 
 
-def prepare(num_chunks: int) -> None:
-    """Load the compiled loop if a read of ``num_chunks`` chunks is worth it."""
+def prepare(num_chunks: int) -> bool:
+    """Load the compiled loop if a read of ``num_chunks`` chunks is worth it; whether it is loaded
+    (without it, batching chunks through a staging buffer only adds a copy: use numpy directly)."""
     if _kernel is None and num_chunks >= LOAD_AT_CHUNKS:
         load()
+    return bool(_kernel)
 
 
 def _strides(shapes: np.ndarray, isz: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -112,6 +114,22 @@ def _run(dst: np.ndarray, src: np.ndarray, table: np.ndarray) -> None:
     _kernel(dst, src, table)
 
 
+def _table(s0, src_strides, d0, dst_strides, extent: np.ndarray, isz: int, nc: int) -> np.ndarray:
+    """The loop's rows: per box, source start and (y, z, c) strides, destination start and
+    strides (arrays or scalars), row bytes and y, z, c extents (``extent``: (n, 3) voxels)."""
+    table = np.empty((len(extent), 12), np.int64)
+    table[:, 0], table[:, 4] = s0, d0
+    table[:, 1], table[:, 2], table[:, 3] = src_strides
+    table[:, 5], table[:, 6], table[:, 7] = dst_strides
+    table[:, 8] = extent[:, 0] * isz
+    table[:, 9], table[:, 10], table[:, 11] = extent[:, 1], extent[:, 2], nc
+    return table
+
+
+def _little_endian(dtype: np.dtype) -> bool:
+    return dtype == dtype.newbyteorder("<")
+
+
 def place_chunks(out: np.ndarray, src: np.ndarray, offsets: np.ndarray, shapes: np.ndarray, src_lo: np.ndarray,
                  dst_lo: np.ndarray, size: np.ndarray) -> None:
     """Copy region ``size`` at ``src_lo`` of each chunk into ``out`` at ``dst_lo``.
@@ -131,15 +149,10 @@ def place_chunks(out: np.ndarray, src: np.ndarray, offsets: np.ndarray, shapes: 
     _check(bool((offsets >= 0).all() and (offsets + sc * shapes[:, 3] <= src.size).all() and (src_lo >= 0).all()
                 and (size >= 0).all() and (src_lo + size <= shapes[:, :3]).all() and (shapes[:, 3] >= nc).all()
                 and (dst_lo >= 0).all() and (dst_lo + size <= out.shape[:3]).all()))
-    if _kernel and out.flags.f_contiguous and out.size:
+    if _kernel and out.flags.f_contiguous and out.size and _little_endian(out.dtype):
         _, dy, dz, dc = out.strides
-        table = np.empty((n, 12), np.int64)
-        table[:, 0] = offsets + src_lo[:, 0] * isz + src_lo[:, 1] * sy + src_lo[:, 2] * sz
-        table[:, 1], table[:, 2], table[:, 3] = sy, sz, sc
-        table[:, 4] = dst_lo[:, 0] * isz + dst_lo[:, 1] * dy + dst_lo[:, 2] * dz
-        table[:, 5], table[:, 6], table[:, 7] = dy, dz, dc
-        table[:, 8] = size[:, 0] * isz
-        table[:, 9], table[:, 10], table[:, 11] = size[:, 1], size[:, 2], nc
+        table = _table(offsets + src_lo[:, 0] * isz + src_lo[:, 1] * sy + src_lo[:, 2] * sz, (sy, sz, sc),
+                       dst_lo[:, 0] * isz + dst_lo[:, 1] * dy + dst_lo[:, 2] * dz, (dy, dz, dc), size, isz, nc)
         _run(out.reshape(-1, order="F").view(np.uint8), src, table)
         return
     dtype = out.dtype.newbyteorder("<") if isz > 1 else out.dtype
@@ -162,15 +175,10 @@ def gather_chunks(data: np.ndarray, dst: np.ndarray, offsets: np.ndarray, shapes
     sy, sz, sc = _strides(shapes, isz)
     _check(bool((offsets >= 0).all() and (offsets + sc * shapes[:, 3] <= dst.size).all() and (src_lo >= 0).all()
                 and (shapes[:, 3] == nc).all() and (src_lo + shapes[:, :3] <= data.shape[:3]).all()))
-    if _kernel and data.flags.f_contiguous and data.size and data.dtype == data.dtype.newbyteorder("<"):
+    if _kernel and data.flags.f_contiguous and data.size and _little_endian(data.dtype):
         _, dy, dz, dc = data.strides
-        table = np.empty((n, 12), np.int64)
-        table[:, 0] = src_lo[:, 0] * isz + src_lo[:, 1] * dy + src_lo[:, 2] * dz
-        table[:, 1], table[:, 2], table[:, 3] = dy, dz, dc
-        table[:, 4] = offsets
-        table[:, 5], table[:, 6], table[:, 7] = sy, sz, sc
-        table[:, 8] = shapes[:, 0] * isz
-        table[:, 9], table[:, 10], table[:, 11] = shapes[:, 1], shapes[:, 2], nc
+        table = _table(src_lo[:, 0] * isz + src_lo[:, 1] * dy + src_lo[:, 2] * dz, (dy, dz, dc), offsets, (sy, sz, sc),
+                       shapes[:, :3], isz, nc)
         _run(dst, data.reshape(-1, order="F").view(np.uint8), table)
         return
     dtype = data.dtype.newbyteorder("<") if isz > 1 else data.dtype
@@ -185,7 +193,7 @@ def place_one(out: np.ndarray, data, shape: tuple[int, int, int, int], src_lo, d
     one, each in its own object): a few microseconds of Python instead of a dozen numpy calls."""
     isz = out.dtype.itemsize
     src = np.frombuffer(data, np.uint8)
-    if (_kernel and out.flags.f_contiguous and out.size and len(src) >= isz * shape[0] * shape[1] * shape[2] * shape[3]
+    if (_kernel and out.flags.f_contiguous and out.size and _little_endian(out.dtype) and len(src) >= isz * shape[0] * shape[1] * shape[2] * shape[3]
             and shape[3] >= out.shape[3] and all(0 <= a and 0 <= n and a + n <= m for a, n, m in zip(src_lo, size, shape))
             and all(0 <= a and a + n <= m for a, n, m in zip(dst_lo, size, out.shape))):
         sy = shape[0] * isz

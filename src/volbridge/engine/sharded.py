@@ -145,10 +145,8 @@ def read_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, out: np.ndar
     shards = _plan(layout, box)
     chunk_nbytes = vol._chunk_nbytes(layout)
     nested = _nested(vol, shards, chunk_nbytes)
-    batched = layout.decodes_to_bytes
-    if batched:
-        place.prepare(sum(len(s.ids) for s in shards))
-
+    # decoded chunks go through one staging buffer and one compiled copy, when that loop runs
+    batched = layout.decodes_to_bytes and place.prepare(sum(len(s.ids) for s in shards))
     raw = layout.voxels_stored_raw and layout.sharding.plain_data
 
     def shard_task(shard: _Shard) -> None:
@@ -195,6 +193,14 @@ def _place_raw_shard(layout: ScaleLayout, shard: _Shard, data, out: np.ndarray) 
     return True
 
 
+def _slots(layout: ScaleLayout, cell_shapes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(stored shapes, byte sizes, byte offsets) of chunks of ``cell_shapes`` laid end to end in a
+    staging buffer."""
+    shapes = layout.stored_shapes(cell_shapes)
+    sizes = shapes.prod(axis=1) * layout.dtype.itemsize
+    return shapes, sizes, np.cumsum(sizes) - sizes
+
+
 def _place_shard(layout: ScaleLayout, shard: _Shard, found: dict, out: np.ndarray, nested: bool, chunk_nbytes: int,
                  loops: int) -> None:
     """Decode the shard's chunks into one buffer, each copied in right after its decode (keeping
@@ -204,10 +210,7 @@ def _place_shard(layout: ScaleLayout, shard: _Shard, found: dict, out: np.ndarra
     present = [k for k, cid in enumerate(ids) if cid in found]
     sel = np.array(present, np.int64)
     cell_shapes = (shard.stops - shard.starts)[sel]
-    shapes = layout.stored_shapes(cell_shapes)
-    sizes = shapes.prod(axis=1) * layout.dtype.itemsize
-    offsets = np.zeros(len(present), np.int64)
-    np.cumsum(sizes[:-1], out=offsets[1:])
+    shapes, sizes, offsets = _slots(layout, cell_shapes)
     spans, cell_shapes = list(zip(offsets.tolist(), sizes.tolist())), cell_shapes.tolist()
     with place.staging(int(sizes.sum())) as staging:
 
@@ -246,12 +249,11 @@ def write_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, data: np.nd
         if gather:  # whole chunks stored unpadded: copied out in one call, encoded from the copies
             shapes = layout.stored_shapes(cell_shapes[whole])
             fits = (shapes[:, :3] == cell_shapes[whole]).all(axis=1) & (shapes[:, 3] == layout.num_channels)
-            gathered, whole, shapes = whole[fits], whole[~fits], shapes[fits]
-            sizes = shapes.prod(axis=1) * layout.dtype.itemsize
+            gathered, whole = whole[fits], whole[~fits]
+            shapes, sizes, offsets = _slots(layout, cell_shapes[gathered])
         # Held until the shard is stored: raw chunks go into it as views of this buffer.
         with place.staging(int(sizes.sum())) as buf:
             if len(gathered):
-                offsets = (np.cumsum(sizes) - sizes).astype(np.int64)
                 place.gather_chunks(data, buf, offsets, shapes, shard.dst_lo[gathered])
                 slots = list(zip(gathered.tolist(), offsets.tolist(), sizes.tolist()))
 
