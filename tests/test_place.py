@@ -2,7 +2,8 @@
 fallback each against a numpy model, and sharded reads through both against the written data.
 
 Reads load the compiled loop only for big reads (``LOAD_AT_CHUNKS``), so the tests here choose
-the path themselves: ``kernel`` loads it, ``numpy`` hides it.
+the path themselves: ``kernel`` loads it (and the batched zstd decoding of sharded reads),
+``kernel-no-zstd-batch`` hides the latter, ``numpy`` hides both.
 """
 
 from __future__ import annotations
@@ -13,17 +14,29 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import volbridge as vb
-from volbridge.engine import place
+from volbridge.engine import place, zstd_batch
+
+
+def _choose(name: str, monkeypatch) -> str:
+    if name.startswith("kernel"):
+        if not place.load() or not zstd_batch.load():
+            pytest.fail("numba is a dependency of volbridge: the compiled loops must load here")
+        if name == "kernel-no-zstd-batch":  # no libzstd found: zstd chunks decode one by one
+            monkeypatch.setattr(zstd_batch, "_loaded", False)
+    else:
+        monkeypatch.setattr(place, "_kernel", False)
+    return name
 
 
 @pytest.fixture(params=["kernel", "numpy"])
 def path(request, monkeypatch):
-    if request.param == "kernel":
-        if not place.load():
-            pytest.fail("numba is a dependency of volbridge: the compiled loop must load here")
-    else:
-        monkeypatch.setattr(place, "_kernel", False)
-    return request.param
+    return _choose(request.param, monkeypatch)
+
+
+@pytest.fixture(params=["kernel", "kernel-no-zstd-batch", "numpy"])
+def read_path(request, monkeypatch):
+    """Reads also run with the copy loop but without the batched zstd decoding."""
+    return _choose(request.param, monkeypatch)
 
 
 @st.composite
@@ -132,7 +145,7 @@ def test_write_staged_bytes_survive_a_store_that_reads_inside_its_update(tmp_pat
 @pytest.mark.parametrize("shard_shape", [(32, 16, 16), None], ids=["sharded", "unsharded"])
 @pytest.mark.parametrize("fmt,compression", [("zarr3", None), ("zarr3", "zstd"), ("precomputed", None), ("precomputed", "gzip")])
 @pytest.mark.parametrize("dtype,channels", [("uint8", 1), ("uint16", 3), ("float32", 2)])
-def test_reads_through_both_paths(tmp_path, path, shard_shape, fmt, compression, dtype, channels):
+def test_reads_through_every_path(tmp_path, read_path, shard_shape, fmt, compression, dtype, channels):
     """Edge shards and edge chunks (zarr pads them, precomputed clips them), channels, an offset
     origin, absent chunks and shards (fill), unaligned cutouts, boxes reaching outside the bounds;
     chunks stored as plain voxels (placed straight from the shard) and compressed ones."""

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import ChunkDecodeError, MetadataError, UnsupportedError
 from .base import Compressor
-from .compression import Blosc, get_compressor
+from .compression import Blosc, _Primitive, get_compressor
 
 _SHUFFLE_V3 = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
 
@@ -81,6 +81,14 @@ class ZarrPipeline:
         """Whether decoded bytes are little-endian C-order elements (no transpose, no swap)."""
         return self.permutation is None and self.order == "C" and (self.dtype.itemsize == 1 or self.dtype.byteorder in "<|"
                                                                    or (self.dtype.byteorder == "=" and sys.byteorder == "little"))
+
+    @property
+    def compression(self) -> str | None:
+        """The name of the one bytes -> bytes step when it is a plain compression (gzip, zstd,
+        ...), else None (no step, a checksum, blosc's shuffles, several steps)."""
+        if len(self.steps) == 1 and isinstance(self.steps[0], _Primitive):
+            return self.steps[0].name
+        return None
 
     def decode_bytes(self, data: bytes) -> bytes:
         """The chunk's stored elements after the bytes -> bytes steps, size-checked."""

@@ -28,30 +28,34 @@ _kernel = None  # the compiled copy loop, or False when numba is unavailable
 
 def load() -> bool:
     """Load (compile, or read from numba's disk cache) the copy loop; whether it runs here. Any
-    failure (no numba, numba's JIT switched off, no writable cache directory and no compiler)
-    leaves the numpy path, with a warning when numba is there but cannot serve."""
+    failure leaves the numpy path (see :func:`compile_native`)."""
     global _kernel
     with _lock:
         if _kernel is None:
-            _kernel = False
-            if os.environ.get("VOLBRIDGE_NO_NUMBA"):
-                return False
-            try:
-                import numba
-            except ImportError:  # numba has no wheel for this platform or Python yet
-                return False
-            if numba.config.DISABLE_JIT:  # the loop would run as Python, byte by byte
-                return False
-            for cache in (True, False):  # a read-only install has nowhere to cache
-                try:
-                    _kernel = _compile(numba, cache)
-                    break
-                except Exception as e:  # noqa: BLE001 - any numba failure leaves the numpy path
-                    error = e
-            else:
-                warnings.warn(f"volbridge: numba cannot compile the chunk copy loop ({error}); copying with numpy",
-                              RuntimeWarning, stacklevel=2)
+            _kernel = compile_native(_compile, "the chunk copy loop")
     return bool(_kernel)
+
+
+def compile_native(build, what: str):
+    """``build(numba, cache)``'s compiled function, or False when it cannot run here: no numba,
+    numba's JIT switched off (the loop would run as Python, byte by byte), ``VOLBRIDGE_NO_NUMBA``
+    set, or no compiler; without a writable cache directory (a read-only install) it compiles
+    without caching. A failure with numba present warns, naming ``what``."""
+    if os.environ.get("VOLBRIDGE_NO_NUMBA"):
+        return False
+    try:
+        import numba
+    except ImportError:  # numba has no wheel for this platform or Python yet
+        return False
+    if numba.config.DISABLE_JIT:
+        return False
+    for cache in (True, False):
+        try:
+            return build(numba, cache)
+        except Exception as e:  # noqa: BLE001 - any numba failure leaves the slower path
+            error = e
+    warnings.warn(f"volbridge: numba cannot compile {what} ({error}); using the slower path", RuntimeWarning, stacklevel=3)
+    return False
 
 
 def _compile(numba, cache: bool):

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import ChunkDecodeError, VersionChangedError
 from ..geometry import Box, Cell
-from . import parallel, place
+from . import parallel, place, zstd_batch
 from .parallel import default_threads, run_bounded
 
 if TYPE_CHECKING:
@@ -148,15 +148,23 @@ def read_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, out: np.ndar
     # decoded chunks go through one staging buffer and one compiled copy, when that loop runs
     batched = layout.decodes_to_bytes and place.prepare(sum(len(s.ids) for s in shards))
     raw = layout.voxels_stored_raw and layout.sharding.plain_data
+    zstd = batched and layout.stored_compression == "zstd" and layout.sharding.plain_data and zstd_batch.load()
 
     def shard_task(shard: _Shard) -> None:
-        if raw and layout.sharding.reads_whole(len(shard.ids), layout.sharding.capacity(shard.number)):
+        whole = layout.sharding.reads_whole(len(shard.ids), layout.sharding.capacity(shard.number))
+        if (raw or zstd) and whole:
             data = vol.store.get(shard.key)
-            if data is None or _place_raw_shard(layout, shard, data, out):
+            if data is None:
+                return
+            spans = layout.sharding.chunk_spans(data, shard.key)
+            if (_place_raw_shard(layout, shard, data, spans, out) if raw
+                    else _place_zstd_shard(layout, shard, data, spans, out, nested, _loops(vol))):
                 return
             found = layout.sharding.unpack(data, shard.key, set(shard.ids.tolist()))
         else:
             found = _read_shard(vol, layout, shard)
+            if zstd and found and _place_zstd_shard(layout, shard, *_joined(found), out, nested, _loops(vol)):
+                return
         if not found:
             return  # absent chunks are already the fill value
         if batched:
@@ -173,23 +181,65 @@ def read_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, out: np.ndar
     run_bounded(shard_task, shards, _shard_nbytes(shards, chunk_nbytes), _loops(vol))
 
 
-def _place_raw_shard(layout: ScaleLayout, shard: _Shard, data, out: np.ndarray) -> bool:
-    """Place the chunks of a whole shard whose chunks are stored as plain voxels straight from its
-    bytes: array lookups, no call per chunk. False (nothing placed) when some chunk's size is not
-    its voxels' (a compressed stream under a raw encoding, or damage): the caller then decodes
-    chunk by chunk, which decompresses or names the bad chunk."""
-    cids, starts, sizes = layout.sharding.chunk_spans(data, shard.key)
+def _joined(found: dict) -> tuple[bytes, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Chunks read one by one (ranged reads of a shard) as one buffer and their (ids, starts,
+    sizes) in it, like a whole shard's :meth:`ShardFormat.chunk_spans`: copying compressed
+    bytes once costs far less than decoding them."""
+    ids = sorted(found)
+    sizes = np.array([len(found[i]) for i in ids], np.int64)
+    return b"".join(found[i] for i in ids), (np.array(ids, np.uint64), np.cumsum(sizes) - sizes, sizes)
+
+
+def _wanted(shard: _Shard, spans: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Which of the shard's wanted chunks the stored ones hold: (positions in ``shard``'s arrays,
+    their byte starts and sizes), found by array lookups, no call per chunk."""
+    cids, starts, sizes = spans
     order = np.argsort(cids)
     cids, starts, sizes = cids[order], starts[order], sizes[order]
     wanted = shard.ids.astype(np.uint64)
     pos = np.minimum(np.searchsorted(cids, wanted), max(len(cids) - 1, 0))
     present = np.flatnonzero(cids[pos] == wanted) if len(cids) else np.zeros(0, np.int64)
     pos = pos[present]
+    return present, starts[pos].astype(np.int64), sizes[pos].astype(np.int64)
+
+
+def _place_raw_shard(layout: ScaleLayout, shard: _Shard, data, spans, out: np.ndarray) -> bool:
+    """Place the chunks of a whole shard whose chunks are stored as plain voxels straight from its
+    bytes. False (nothing placed) when some chunk's size is not its voxels' (a compressed stream
+    under a raw encoding, or damage): the caller then decodes chunk by chunk, which decompresses
+    or names the bad chunk."""
+    present, starts, sizes = _wanted(shard, spans)
     shapes = layout.stored_shapes((shard.stops - shard.starts)[present])
-    if not np.array_equal(sizes[pos], shapes.prod(axis=1) * layout.dtype.itemsize):
+    if not np.array_equal(sizes, shapes.prod(axis=1) * layout.dtype.itemsize):
         return False
-    place.place_chunks(out, np.frombuffer(data, np.uint8), starts[pos].astype(np.int64), shapes, shard.src_lo[present],
-                       shard.dst_lo[present], shard.size[present])
+    place.place_chunks(out, np.frombuffer(data, np.uint8), starts, shapes, shard.src_lo[present], shard.dst_lo[present],
+                       shard.size[present])
+    return True
+
+
+def _place_zstd_shard(layout: ScaleLayout, shard: _Shard, data, spans, out: np.ndarray, nested: bool, loops: int) -> bool:
+    """Decompress the wanted zstd chunks of ``data`` straight into a staging buffer, all of a
+    shard in one native call per loop (:mod:`.zstd_batch`), and place them. False (nothing
+    placed) when some chunk does not decode to exactly its voxels: the caller then decodes chunk
+    by chunk, which names the bad chunk."""
+    present, starts, sizes = _wanted(shard, spans)
+    if not len(present):
+        return True  # absent chunks are already the fill value
+    shapes, slot_sizes, offsets = _slots(layout, (shard.stops - shard.starts)[present])
+    src = np.frombuffer(data, np.uint8)
+    with place.staging(int(slot_sizes.sum())) as staging:
+        # a box inside fewer shards than loops splits each shard's chunks over the loops
+        parts = np.array_split(np.arange(len(present)), min(loops, len(present)) if nested else 1)
+        decoded = []
+
+        def decode(part: np.ndarray) -> None:
+            decoded.append(zstd_batch.decode_into(src, starts[part], sizes[part], staging, offsets[part],
+                                                  slot_sizes[part]) == len(part))
+
+        run_bounded(decode, parts, 1, len(parts))  # into the staging buffer: no memory of their own
+        if not all(decoded):
+            return False
+        place.place_chunks(out, staging, offsets, shapes, shard.src_lo[present], shard.dst_lo[present], shard.size[present])
     return True
 
 

@@ -94,6 +94,12 @@ class ScaleLayout(ABC):
     #: in (x, y, z, c) Fortran order, under byte-to-byte compression only.
     decodes_to_bytes: bool = False
 
+    #: The one byte compression (a :mod:`volbridge.compression` name) between a chunk's stored
+    #: bytes and the voxel bytes :meth:`decode_bytes` returns, when that is all there is (no
+    #: checksum, header or filter); else None. The engine decompresses many such chunks in one
+    #: native call (:mod:`volbridge.engine.zstd_batch`).
+    stored_compression: str | None = None
+
     def decode_bytes(self, data: bytes, shape: tuple[int, int, int], key: str) -> tuple[bytes | memoryview, tuple[int, int, int, int]]:
         """The voxel bytes of a cell of (bounds-clipped) ``shape`` (x, y, z) and the (x, y, z, c) shape they are stored in, which may exceed
         the cell's clipped box (zarr pads edge chunks): the engine copies many such chunks into

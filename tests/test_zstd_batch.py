@@ -1,0 +1,153 @@
+"""The batched zstd decoding of sharded reads (:mod:`volbridge.engine.zstd_batch`) against
+python-zstandard's streaming decoder (volbridge's checked per-chunk path), on every shape of
+stream a writer may leave: framed with or without their size, several frames, skippable frames,
+cut, damaged, of another size than the slot; and a damaged chunk in a shard must be named."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import volbridge as vb
+from volbridge.compression import decompress
+from volbridge.engine import place, zstd_batch
+from volbridge.errors import ChunkDecodeError
+
+
+@pytest.fixture(autouse=True)
+def loaded():
+    if not zstd_batch.load():
+        pytest.fail("numba and python-zstandard are dependencies of volbridge: the batch loop must load here")
+
+
+def _stream(kind: str, payload: bytes, level: int) -> bytes:
+    c = zstandard.ZstdCompressor(level=level)
+    if kind == "unsized":  # streamed frames do not say their content size
+        obj = c.compressobj()
+        return obj.compress(payload) + obj.flush()
+    if kind == "two frames":
+        half = len(payload) // 2
+        return c.compress(payload[:half]) + c.compress(payload[half:])
+    if kind == "skippable":  # pzstd starts with one
+        return b"\x50\x2a\x4d\x18" + (4).to_bytes(4, "little") + b"abcd" + c.compress(payload)
+    if kind == "cut":
+        return c.compress(payload)[:-3]
+    if kind == "damaged":
+        s = bytearray(c.compress(payload))
+        s[len(s) // 2] ^= 0x5A
+        return bytes(s)
+    if kind == "garbage after":
+        return c.compress(payload) + b"\x01\x02\x03"
+    if kind == "not zstd":
+        return payload
+    return c.compress(payload)
+
+
+@st.composite
+def chunks(draw):
+    out = []
+    for _ in range(draw(st.integers(1, 8))):
+        n = draw(st.sampled_from([0, 1, 100, 4096, 40000]))
+        payload = np.random.default_rng(draw(st.integers(0, 99))).integers(0, draw(st.sampled_from([2, 256])), n,
+                                                                            dtype=np.uint8).tobytes()
+        kind = draw(st.sampled_from(["plain", "plain", "plain", "unsized", "two frames", "skippable", "cut", "damaged",
+                                     "garbage after", "not zstd"]))
+        slack = draw(st.sampled_from([0, 0, 0, -1, 1]))  # the slot can be smaller or larger than the content
+        out.append((_stream(kind, payload, draw(st.sampled_from([1, 3, 19]))), max(0, n + slack)))
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(case=chunks(), gap=st.integers(0, 7))
+def test_decodes_like_the_checked_path_up_to_the_first_chunk_it_cannot(case, gap):
+    streams = [s for s, _ in case]
+    caps = np.array([c for _, c in case], np.int64)
+    sizes = np.array([len(s) for s in streams], np.int64)
+    starts = np.cumsum(sizes + gap) - sizes  # bytes of other chunks between streams
+    src = np.frombuffer(b"".join(b"\xee" * gap + s for s in streams), np.uint8)
+    offsets = np.cumsum(caps + gap) - caps
+    dst = np.full(int(caps.sum()) + gap * len(caps), 0x77, np.uint8)
+    done = zstd_batch.decode_into(src, starts, sizes, dst, offsets, caps)
+
+    expected = []  # what the checked path makes of each chunk: its bytes, or None when it fails
+    for s, cap in zip(streams, caps.tolist()):
+        try:
+            out = decompress("zstd", s)
+        except ChunkDecodeError:
+            out = None
+        expected.append(out if out is not None and len(out) == cap else None)
+    first_bad = next((k for k, e in enumerate(expected) if e is None), len(expected))
+    assert done == first_bad
+    for k in range(done):
+        assert dst[offsets[k]:offsets[k] + caps[k]].tobytes() == expected[k]
+
+
+def test_spans_outside_the_buffers_are_refused():
+    src, dst = np.zeros(10, np.uint8), np.zeros(10, np.uint8)
+    one = np.array([0])
+    for args in ((np.array([5]), np.array([6]), one, np.array([4])), (one, np.array([4]), np.array([8]), np.array([3])),
+                 (np.array([-1]), np.array([4]), one, np.array([4])), (one, np.array([4]), one, np.array([-2]))):
+        starts, sizes, offsets, caps = args
+        with pytest.raises(ValueError, match="outside"):
+            zstd_batch.decode_into(src, starts, sizes, dst, offsets, caps)
+
+
+def test_contexts_are_per_thread():
+    import threading
+
+    payload = bytes(range(256)) * 64
+    stream = np.frombuffer(zstandard.ZstdCompressor().compress(payload), np.uint8)
+    results, ctxs = [], []
+
+    def work():
+        dst = np.zeros(len(payload), np.uint8)
+        for _ in range(50):
+            results.append(zstd_batch.decode_into(stream, [0], [len(stream)], dst, [0], [len(payload)]) == 1
+                           and dst.tobytes() == payload)
+        ctxs.append(zstd_batch._local.ctx.ptr)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(results) and len(results) == 200 and len(set(ctxs)) == 4
+
+
+@pytest.mark.parametrize("whole", [True, False], ids=["whole-shard", "ranged"])
+def test_a_damaged_chunk_in_a_shard_is_named(tmp_path, whole):
+    """The batch stops at the damaged chunk; the checked path then names it and its shard."""
+    if not place.load():
+        pytest.fail("the copy loop must load here")
+    v = vb.create(f"zarr3://{tmp_path}/v", shape=(32, 32, 32), dtype="uint8", chunk_shape=(8, 8, 8),
+                  shard_shape=(32, 32, 32), compression="zstd")
+    written = np.random.default_rng(0).integers(0, 9, (32, 32, 32), dtype=np.uint8)
+    v[...] = written
+    layout = v.volume.dataset.layout(0)
+    (key,) = [k for k in v.volume.store.list("") if k.startswith("c")]
+    data = bytearray(v.volume.store.get(key))
+    cids, starts, _ = layout.sharding.chunk_spans(bytes(data), key)
+    k = int(np.flatnonzero(cids == 5)[0])
+    data[int(starts[k]):int(starts[k]) + 4] = b"\0\0\0\0"  # no zstd magic number any more
+    v.volume.store.put(key, bytes(data))
+    # ids run x fastest over the shard's 4x4x4 chunks: chunk 5 is z 0-8, y 8-16, x 8-16
+    box = (slice(None),) * 3 if whole else (slice(0, 8), slice(8, 16), slice(0, 32))
+    with pytest.raises(ChunkDecodeError, match=rf"chunk 5 of shard {key!r}"):
+        vb.array(f"zarr3://{tmp_path}/v")[box]
+    ok = vb.array(f"zarr3://{tmp_path}/v")[8:16, 8:16, :]  # chunks of the shard that are intact
+    np.testing.assert_array_equal(ok, written[8:16, 8:16, :])
+
+
+def test_without_libzstd_reads_decode_chunk_by_chunk(tmp_path, monkeypatch):
+    monkeypatch.setattr(zstd_batch, "_loaded", None)
+    monkeypatch.setattr(zstd_batch, "_library", lambda: None)
+    assert zstd_batch.load() is False
+    place.load()
+    v = vb.create(f"zarr3://{tmp_path}/v", shape=(16, 16, 16), dtype="uint16", chunk_shape=(4, 4, 4),
+                  shard_shape=(8, 16, 16), compression="zstd")
+    data = np.arange(16 ** 3, dtype=np.uint16).reshape(16, 16, 16)
+    v[...] = data
+    np.testing.assert_array_equal(vb.array(f"zarr3://{tmp_path}/v")[...], data)
