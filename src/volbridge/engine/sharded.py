@@ -150,20 +150,21 @@ def read_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, out: np.ndar
     raw = layout.voxels_stored_raw and layout.sharding.plain_data
     zstd = batched and layout.stored_compression == "zstd" and layout.sharding.plain_data and zstd_batch.load()
 
+    def place_stored(shard: _Shard, data, spans) -> bool:
+        """Chunks stored raw or as bare zstd streams, placed from ``data`` in a few native calls."""
+        if raw:
+            return _place_raw_shard(layout, shard, data, spans, out)
+        return _place_zstd_shard(layout, shard, data, spans, out, nested, _loops(vol))
+
     def shard_task(shard: _Shard) -> None:
-        whole = layout.sharding.reads_whole(len(shard.ids), layout.sharding.capacity(shard.number))
-        if (raw or zstd) and whole:
+        if (raw or zstd) and layout.sharding.reads_whole(len(shard.ids), layout.sharding.capacity(shard.number)):
             data = vol.store.get(shard.key)
-            if data is None:
-                return
-            spans = layout.sharding.chunk_spans(data, shard.key)
-            if (_place_raw_shard(layout, shard, data, spans, out) if raw
-                    else _place_zstd_shard(layout, shard, data, spans, out, nested, _loops(vol))):
+            if data is None or place_stored(shard, data, layout.sharding.chunk_spans(data, shard.key)):
                 return
             found = layout.sharding.unpack(data, shard.key, set(shard.ids.tolist()))
         else:
             found = _read_shard(vol, layout, shard)
-            if zstd and found and _place_zstd_shard(layout, shard, *_joined(found), out, nested, _loops(vol)):
+            if found and (raw or zstd) and place_stored(shard, *_joined(found)):
                 return
         if not found:
             return  # absent chunks are already the fill value

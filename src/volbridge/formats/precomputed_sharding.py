@@ -153,9 +153,10 @@ class PrecomputedShardCodec(ShardFormat):
 
     def _minishards(self, raws: list, key: str, numbers: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(ids, absolute starts, sizes) of every entry of the minishard indexes ``raws`` (stored
-        bytes of minishards ``numbers``), decoded together: their delta coding restarts in each,
-        so one cumulative sum serves all with each segment's offset taken off."""
-        tables = []
+        bytes of minishards ``numbers``), decoded together in a fixed number of array operations
+        (a read touches dozens of shards, each with several minishards): their delta coding
+        restarts in each, so one cumulative sum serves all with each segment's restart folded in."""
+        parts = []
         for raw, m in zip(raws, numbers):
             if self.spec.index_gzip:
                 try:
@@ -165,20 +166,30 @@ class PrecomputedShardCodec(ShardFormat):
             if len(raw) % 24:
                 raise shard_error(key, f"minishard {m} index has {len(raw)} bytes, not a multiple of 24")
             if raw:
-                tables.append(np.frombuffer(raw, "<u8").reshape(3, -1))
-        if not tables:
+                parts.append(raw)
+        if not parts:
             return np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.uint64)
-        counts = np.array([t.shape[1] for t in tables])
-        first = np.concatenate(([0], np.cumsum(counts)[:-1]))
-        table = np.concatenate(tables, axis=1)
+        flat = np.frombuffer(parts[0] if len(parts) == 1 else b"".join(parts), "<u8")
+        if len(parts) == 1:
+            table = flat.reshape(3, -1)
+        else:  # each index is 3 rows (id deltas, start deltas, sizes) of its own length
+            counts = np.array([len(p) // 24 for p in parts])
+            first = np.cumsum(counts) - counts
+            col = np.arange(len(flat) // 3) + np.repeat(2 * first, counts)
+            row = np.repeat(counts, counts)
+            table = flat[np.stack([col, col + row, col + 2 * row])]
         sizes = table[2]
-        with np.errstate(over="ignore"):
-            ids = _segment_cumsum(table[0], first, counts)
-            # start_i = end_{i-1} + delta_i, with end_{-1} = the end of the shard index
-            previous = np.concatenate(([np.uint64(0)], sizes[:-1]))
-            previous[first] = 0
-            starts = _segment_cumsum(table[1] + previous, first, counts) + np.uint64(self.spec.index_bytes)
-        return ids, starts, sizes
+        # start_i = end_{i-1} + delta_i = start_{i-1} + size_{i-1} + delta_i, and start_{-1} + size_{-1}
+        # is the end of the shard index: ids and starts are both cumulative sums of a row
+        x = table[:2].astype(np.uint64)  # a copy, summed in place (uint64 wraps, as the format's deltas may)
+        x[1, 1:] += sizes[:-1]
+        if len(parts) > 1:
+            x[1, first[1:]] -= sizes[first[1:] - 1]  # no previous entry across minishards
+            # restart the sums at each minishard: its first entry takes off the previous one's total
+            x[:, first[1:]] -= np.add.reduceat(x, first, axis=1)[:, :-1]
+        np.cumsum(x, axis=1, out=x)
+        x[1] += np.uint64(self.spec.index_bytes)
+        return x[0], x[1], sizes
 
     def decode_data(self, data, key: str, cid: int) -> bytes:
         if not self.spec.data_gzip:
@@ -230,14 +241,15 @@ class PrecomputedShardCodec(ShardFormat):
             if table[m, 1] < table[m, 0]:
                 raise shard_error(key, f"minishard {m} index spans bytes {base + int(table[m, 0])}-{base + int(table[m, 1])}")
         raws = reader.read_many([(base + int(table[m, 0]), base + int(table[m, 1])) for m in needed])
+        got, starts, sizes = self._minishards(raws, key, needed)
+        # ids are unique in a shard: each wanted one is in its own minishard's index or absent
+        where = {cid: i for i, cid in enumerate(got.tolist())}
         out: dict[int, tuple[int, int]] = {}
-        for m, raw in zip(needed, raws):
-            got, starts, sizes = self._minishards([raw], key, [m])
-            where = {cid: i for i, cid in enumerate(got.tolist())}
-            for cid in wanted[minis == m].tolist():
-                i = where.get(cid)
-                if i is not None:
-                    out[cid] = (int(starts[i]), int(sizes[i]))
+        starts, sizes = starts.tolist(), sizes.tolist()
+        for cid in wanted.tolist():
+            i = where.get(cid)
+            if i is not None:
+                out[cid] = (starts[i], sizes[i])
         return out
 
     def read_ids(self, reader: RangeReader, key: str, ids: set[int]) -> dict[int, bytes] | None:
@@ -391,10 +403,3 @@ class PrecomputedVolumeSharding(PrecomputedShardCodec):
             shards, _ = self.locate_many(grid.reshape(-1, 3))
             self._capacity = np.bincount(shards)
         return int(self._capacity[shard]) if shard < len(self._capacity) else 0
-
-
-def _segment_cumsum(x: np.ndarray, first: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Cumulative sums of ``x`` restarting at each segment start ``first`` (uint64, wrapping)."""
-    total = np.cumsum(x, dtype=np.uint64)
-    before = np.concatenate(([np.uint64(0)], total[first[1:] - 1]))
-    return total - np.repeat(before, counts)
