@@ -10,6 +10,7 @@ are in flight at once, with ``n * bytes_per_item`` kept under :data:`MAX_BYTES_I
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import threading
@@ -23,6 +24,13 @@ _pool_lock = threading.Lock()
 _pool_pid = 0
 
 
+@functools.cache
+def cores() -> int:
+    """The machine's cores, read once: ``os.cpu_count()`` reads sysfs on Linux (~30 us a call
+    here), and the engine asks per shard."""
+    return os.cpu_count() or 1
+
+
 def default_threads() -> int:
     """Loops per call for local work: one more than the cores (``VOLBRIDGE_THREADS`` overrides).
 
@@ -32,7 +40,7 @@ def default_threads() -> int:
     env = os.environ.get("VOLBRIDGE_THREADS")
     if env:
         return max(1, int(env))
-    return (os.cpu_count() or 1) + 1
+    return cores() + 1
 
 
 #: Upper bound on bytes held by in-flight chunk tasks (decoded chunk plus its stored bytes).

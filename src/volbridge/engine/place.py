@@ -150,9 +150,10 @@ def place_chunks(out: np.ndarray, src: np.ndarray, offsets: np.ndarray, shapes: 
     shapes, offsets = np.asarray(shapes, np.int64), np.asarray(offsets, np.int64)
     src_lo, dst_lo, size = (np.asarray(a, np.int64) for a in (src_lo, dst_lo, size))
     sy, sz, sc = _strides(shapes, isz)
-    _check(bool((offsets >= 0).all() and (offsets + sc * shapes[:, 3] <= src.size).all() and (src_lo >= 0).all()
-                and (size >= 0).all() and (src_lo + size <= shapes[:, :3]).all() and (shapes[:, 3] >= nc).all()
-                and (dst_lo >= 0).all() and (dst_lo + size <= out.shape[:3]).all()))
+    # few array operations: a read calls this once per shard, and each costs microseconds
+    _check(bool(np.concatenate((offsets[:, None], src_lo, dst_lo, size), axis=1).min() >= 0
+                and (offsets + sc * shapes[:, 3]).max() <= src.size and shapes[:, 3].min() >= nc
+                and (src_lo + size <= shapes[:, :3]).all() and (dst_lo + size <= np.array(out.shape[:3])).all()))
     if _kernel and out.flags.f_contiguous and out.size and _little_endian(out.dtype):
         _, dy, dz, dc = out.strides
         table = _table(offsets + src_lo[:, 0] * isz + src_lo[:, 1] * sy + src_lo[:, 2] * sz, (sy, sz, sc),

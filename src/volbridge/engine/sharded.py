@@ -16,7 +16,6 @@ threads fight over two cores).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -130,7 +129,7 @@ def _loops(vol: ChunkedVolume) -> int:
     arrives in one request and its chunks then cost CPU only, so the extra loop that hides the
     syscalls of unsharded chunk reads just adds GIL hand-offs here (measured: 2 loops read
     sharded volumes 15-25 % faster than 3 on 2 cores)."""
-    return vol.store.io_concurrency or min(default_threads(), os.cpu_count() or 1)
+    return vol.store.io_concurrency or min(default_threads(), parallel.cores())
 
 
 def _nested(vol: ChunkedVolume, shards: list[_Shard], chunk_nbytes: int) -> bool:

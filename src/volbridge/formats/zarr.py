@@ -295,7 +295,9 @@ class ZarrLayout(ScaleLayout):
         return self.arr.pipeline.encode_bytes(data)
 
     def stored_shapes(self, cell_shapes: np.ndarray) -> np.ndarray:
-        return np.tile(np.array(self._stored4, cell_shapes.dtype), (len(cell_shapes), 1))
+        shapes = np.empty((len(cell_shapes), 4), cell_shapes.dtype)
+        shapes[:] = self._stored4
+        return shapes
 
     def encode(self, chunk: np.ndarray, cell: Cell) -> bytes:
         full = np.full(self.arr.chunks, self.fill_value, dtype=self.dtype)

@@ -79,8 +79,10 @@ class ZarrSharding(ShardFormat):
 
     def capacity(self, shard: int) -> int | None:
         n = 1
-        for s, c, g in zip(np.unravel_index(shard, self.shard_grid), self.cps, self.grid_shape):
-            n *= max(0, min(c, g - int(s) * c))
+        # the shard's grid position, C order (last axis fastest), in Python ints: called per shard read
+        for c, g, s in zip(reversed(self.cps), reversed(self.grid_shape), reversed(self.shard_grid)):
+            shard, i = divmod(shard, s)
+            n *= max(0, min(c, g - i * c))
         return n
 
     # -- the index ----------------------------------------------------------------------------
