@@ -2,8 +2,8 @@
 fallback each against a numpy model, and sharded reads through both against the written data.
 
 Reads load the compiled loop only for big reads (``LOAD_AT_CHUNKS``), so the tests here choose
-the path themselves: ``kernel`` loads it (and the batched zstd decoding of sharded reads),
-``kernel-no-zstd-batch`` hides the latter, ``numpy`` hides both.
+the path themselves: ``kernel`` loads it (and the batched decoding of sharded reads),
+``kernel-no-batch-decode`` hides the latter, ``numpy`` hides both.
 """
 
 from __future__ import annotations
@@ -14,15 +14,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import volbridge as vb
-from volbridge.engine import place, zstd_batch
+from volbridge.engine import batch_decode, place
 
 
 def _choose(name: str, monkeypatch) -> str:
     if name.startswith("kernel"):
-        if not place.load() or not zstd_batch.load():
+        if not (place.load() and batch_decode.load("zstd") and batch_decode.load("gzip")):
             pytest.fail("numba is a dependency of volbridge: the compiled loops must load here")
-        if name == "kernel-no-zstd-batch":  # no libzstd found: zstd chunks decode one by one
-            monkeypatch.setattr(zstd_batch, "_loaded", False)
+        if name == "kernel-no-batch-decode":  # no libzstd or libdeflate found: chunks decode one by one
+            monkeypatch.setattr(batch_decode, "_codecs", {"zstd": False, "gzip": False})
     else:
         monkeypatch.setattr(place, "_kernel", False)
     return name
@@ -33,9 +33,9 @@ def path(request, monkeypatch):
     return _choose(request.param, monkeypatch)
 
 
-@pytest.fixture(params=["kernel", "kernel-no-zstd-batch", "numpy"])
+@pytest.fixture(params=["kernel", "kernel-no-batch-decode", "numpy"])
 def read_path(request, monkeypatch):
-    """Reads also run with the copy loop but without the batched zstd decoding."""
+    """Reads also run with the copy loop but without the batched decoding."""
     return _choose(request.param, monkeypatch)
 
 

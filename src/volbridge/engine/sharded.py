@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import ChunkDecodeError, VersionChangedError
 from ..geometry import Box, Cell
-from . import parallel, place, zstd_batch
+from . import batch_decode, parallel, place
 from .parallel import default_threads, run_bounded
 
 if TYPE_CHECKING:
@@ -146,24 +146,24 @@ def read_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, out: np.ndar
     nested = _nested(vol, shards, chunk_nbytes)
     # decoded chunks go through one staging buffer and one compiled copy, when that loop runs
     batched = layout.decodes_to_bytes and place.prepare(sum(len(s.ids) for s in shards))
-    raw = layout.voxels_stored_raw and layout.sharding.plain_data
-    zstd = batched and layout.stored_compression == "zstd" and layout.sharding.plain_data and zstd_batch.load()
+    whole_codec, ranged_codec = _batch_codec(layout, batched, False), _batch_codec(layout, batched, True)
 
-    def place_stored(shard: _Shard, data, spans) -> bool:
-        """Chunks stored raw or as bare zstd streams, placed from ``data`` in a few native calls."""
-        if raw:
+    def place_stored(codec: str, shard: _Shard, data, spans) -> bool:
+        """Chunks stored raw or under a compression decoded in batches, placed from ``data``
+        in a few native calls."""
+        if codec == "raw":
             return _place_raw_shard(layout, shard, data, spans, out)
-        return _place_zstd_shard(layout, shard, data, spans, out, nested, _loops(vol))
+        return _place_decoded_shard(codec, layout, shard, data, spans, out, nested, _loops(vol))
 
     def shard_task(shard: _Shard) -> None:
-        if (raw or zstd) and layout.sharding.reads_whole(len(shard.ids), layout.sharding.capacity(shard.number)):
+        if whole_codec and layout.sharding.reads_whole(len(shard.ids), layout.sharding.capacity(shard.number)):
             data = vol.store.get(shard.key)
-            if data is None or place_stored(shard, data, layout.sharding.chunk_spans(data, shard.key)):
+            if data is None or place_stored(whole_codec, shard, data, layout.sharding.chunk_spans(data, shard.key)):
                 return
             found = layout.sharding.unpack(data, shard.key, set(shard.ids.tolist()))
         else:
             found = _read_shard(vol, layout, shard)
-            if found and (raw or zstd) and place_stored(shard, *_joined(found)):
+            if found and ranged_codec and place_stored(ranged_codec, shard, *_joined(found)):
                 return
         if not found:
             return  # absent chunks are already the fill value
@@ -217,9 +217,23 @@ def _place_raw_shard(layout: ScaleLayout, shard: _Shard, data, spans, out: np.nd
     return True
 
 
-def _place_zstd_shard(layout: ScaleLayout, shard: _Shard, data, spans, out: np.ndarray, nested: bool, loops: int) -> bool:
-    """Decompress the wanted zstd chunks of ``data`` straight into a staging buffer, all of a
-    shard in one native call per loop (:mod:`.zstd_batch`), and place them. False (nothing
+def _batch_codec(layout: ScaleLayout, batched: bool, data_decoded: bool) -> str | None:
+    """How the bytes of a chunk in a shard become its voxels when many chunks are placed in a few
+    native calls: ``"raw"`` (they are its voxels), a compression :mod:`.batch_decode` decodes
+    (``"zstd"``, ``"gzip"``), or None (chunk by chunk). ``data_decoded``: the shard's own data
+    encoding (precomputed ``data_encoding``) is already undone, as in chunks of ranged reads."""
+    sharding = layout.sharding
+    plain = data_decoded or sharding.plain_data
+    if layout.voxels_stored_raw and plain:
+        return "raw"
+    codec = layout.stored_compression if plain else sharding.data_compression if layout.voxels_stored_raw else None
+    return codec if batched and codec is not None and batch_decode.load(codec) else None
+
+
+def _place_decoded_shard(codec: str, layout: ScaleLayout, shard: _Shard, data, spans, out: np.ndarray, nested: bool,
+                         loops: int) -> bool:
+    """Decompress the wanted ``codec`` chunks of ``data`` straight into a staging buffer, all of
+    a shard in one native call per loop (:mod:`.batch_decode`), and place them. False (nothing
     placed) when some chunk does not decode to exactly its voxels: the caller then decodes chunk
     by chunk, which names the bad chunk."""
     present, starts, sizes = _wanted(shard, spans)
@@ -233,8 +247,8 @@ def _place_zstd_shard(layout: ScaleLayout, shard: _Shard, data, spans, out: np.n
         decoded = []
 
         def decode(part: np.ndarray) -> None:
-            decoded.append(zstd_batch.decode_into(src, starts[part], sizes[part], staging, offsets[part],
-                                                  slot_sizes[part]) == len(part))
+            decoded.append(batch_decode.decode_into(codec, src, starts[part], sizes[part], staging, offsets[part],
+                                                    slot_sizes[part]) == len(part))
 
         run_bounded(decode, parts, 1, len(parts))  # into the staging buffer: no memory of their own
         if not all(decoded):

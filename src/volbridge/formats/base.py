@@ -97,7 +97,7 @@ class ScaleLayout(ABC):
     #: The one byte compression (a :mod:`volbridge.compression` name) between a chunk's stored
     #: bytes and the voxel bytes :meth:`decode_bytes` returns, when that is all there is (no
     #: checksum, header or filter); else None. The engine decompresses many such chunks in one
-    #: native call (:mod:`volbridge.engine.zstd_batch`).
+    #: native call (:mod:`volbridge.engine.batch_decode`).
     stored_compression: str | None = None
 
     def decode_bytes(self, data: bytes, shape: tuple[int, int, int], key: str) -> tuple[bytes | memoryview, tuple[int, int, int, int]]:

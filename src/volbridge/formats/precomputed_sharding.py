@@ -203,6 +203,10 @@ class PrecomputedShardCodec(ShardFormat):
     def plain_data(self) -> bool:
         return not self.spec.data_gzip
 
+    @property
+    def data_compression(self) -> str | None:
+        return "gzip" if self.spec.data_gzip else None
+
     def chunk_spans(self, data, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         size = len(data)
         table = self._shard_index(data, key)

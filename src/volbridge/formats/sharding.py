@@ -48,6 +48,10 @@ class ShardFormat(ABC):
     #: Whether stored chunks sit in the shard as their own encoded bytes (no shard-level data
     #: encoding), so :meth:`chunk_spans` locates them.
     plain_data: bool = True
+    #: The compression (a :mod:`volbridge.compression` name) the shard applies to each chunk's
+    #: encoded bytes (precomputed ``data_encoding: gzip``), if any: :meth:`chunk_spans` then
+    #: locates the compressed streams.
+    data_compression: str | None = None
 
     def chunk_spans(self, data, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(ids, byte starts, byte sizes) of every chunk a whole stored shard holds, each checked to
