@@ -26,6 +26,12 @@ from .sharded import read_sharded, write_sharded
 from .volume import Volume
 
 
+def _uninitialised(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A read's output that the engine will write every voxel of (tests fill it with a pattern
+    to prove that)."""
+    return np.empty(shape, dtype=dtype, order="F")
+
+
 class ChunkedVolume(Volume):
     def __init__(self, store: KVStore, dataset: ChunkedDataset, *, url: str | None = None, writable: bool = False):
         self.store = store
@@ -87,19 +93,26 @@ class ChunkedVolume(Volume):
     def read(self, box: Box, scale: int = 0) -> np.ndarray:
         layout = self.dataset.layout(scale)
         shape = (*box.shape, layout.num_channels)
-        fill = layout.fill_value
-        if fill is None or not any(np.asarray(fill, layout.dtype).tobytes()):  # all-zero bits (not -0.0)
+        fill = 0 if layout.fill_value is None else layout.fill_value
+        # Inside the bounds every voxel lies in one chunk, which the engine either places or
+        # (absent) fills, so the output is not filled first: that pass, on this thread before
+        # any parallel work, cost 10-15 % of a 300^3 sharded cutout (measured).
+        inside = layout.grid.bounds.contains(box)
+        if inside:
+            out = _uninitialised(shape, layout.dtype)
+        elif not any(np.asarray(fill, layout.dtype).tobytes()):  # all-zero bits (not -0.0)
             out = np.zeros(shape, dtype=layout.dtype, order="F")
         else:
             out = np.full(shape, fill, dtype=layout.dtype, order="F")
         for sl, part in layout.channel_parts or [(slice(None), layout)]:
-            self._read_into(part, box, out[..., sl])
+            self._read_into(part, box, out[..., sl], fill if inside else None)
         return out
 
-    def _read_into(self, layout: ScaleLayout, box: Box, out: np.ndarray) -> None:
-        """Fill ``out`` (the box's voxels, already the fill value) from the layout's chunks."""
+    def _read_into(self, layout: ScaleLayout, box: Box, out: np.ndarray, fill=None) -> None:
+        """Read the box's voxels into ``out``: already the fill value (``fill`` None), or
+        uninitialised, when every region no chunk covers (absent chunks) is set to ``fill``."""
         if layout.sharding is not None:
-            read_sharded(self, layout, box, out)
+            read_sharded(self, layout, box, out, fill)
             return
 
         cells = list(layout.grid.cells(box))
@@ -113,13 +126,17 @@ class ChunkedVolume(Volume):
         def task(cell: Cell) -> None:
             if not batched:
                 found = self._fetch_decode(layout, cell)
-                if found is None:
-                    return  # absent chunk inside the bounds: sparse data, already the fill value
                 region = cell.box.intersect(box)
+                if found is None:  # absent chunk inside the bounds: sparse data
+                    if fill is not None:
+                        out[region.slices(box.start)] = fill
+                    return
                 out[region.slices(box.start)] = found[1][region.slices(cell.box.start)]
                 return
             found = self._fetch(layout, cell)
             if found is None:
+                if fill is not None:
+                    out[cell.box.intersect(box).slices(box.start)] = fill
                 return
             key, data = found
             try:

@@ -140,7 +140,9 @@ def _nested(vol: ChunkedVolume, shards: list[_Shard], chunk_nbytes: int) -> bool
     return shard_loops < loops
 
 
-def read_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, out: np.ndarray) -> None:
+def read_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, out: np.ndarray, fill=None) -> None:
+    """Read ``box`` into ``out``: already the fill value (``fill`` None), or uninitialised, when
+    the cells of absent chunks and shards are set to ``fill`` here."""
     shards = _plan(layout, box)
     chunk_nbytes = vol._chunk_nbytes(layout)
     nested = _nested(vol, shards, chunk_nbytes)
@@ -148,37 +150,60 @@ def read_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, out: np.ndar
     batched = layout.decodes_to_bytes and place.prepare(sum(len(s.ids) for s in shards))
     whole_codec, ranged_codec = _batch_codec(layout, batched, False), _batch_codec(layout, batched, True)
 
-    def place_stored(codec: str, shard: _Shard, data, spans) -> bool:
+    def place_stored(codec: str, shard: _Shard, data, spans) -> np.ndarray | None:
         """Chunks stored raw or under a compression decoded in batches, placed from ``data``
-        in a few native calls."""
+        in a few native calls: the positions placed, or None (nothing placed)."""
         if codec == "raw":
             return _place_raw_shard(layout, shard, data, spans, out)
         return _place_decoded_shard(codec, layout, shard, data, spans, out, nested, _loops(vol))
 
-    def shard_task(shard: _Shard) -> None:
+    def placed_of(shard: _Shard) -> np.ndarray | None:
+        """Place the shard's chunks; the positions (in ``shard``'s arrays) of those it holds."""
         if whole_codec and layout.sharding.reads_whole(len(shard.ids), layout.sharding.capacity(shard.number)):
             data = vol.store.get(shard.key)
-            if data is None or place_stored(whole_codec, shard, data, layout.sharding.chunk_spans(data, shard.key)):
-                return
+            if data is None:
+                return None
+            placed = place_stored(whole_codec, shard, data, layout.sharding.chunk_spans(data, shard.key))
+            if placed is not None:
+                return placed
             found = layout.sharding.unpack(data, shard.key, set(shard.ids.tolist()))
         else:
             found = _read_shard(vol, layout, shard)
-            if found and ranged_codec and place_stored(ranged_codec, shard, *_joined(found)):
-                return
+            if found and ranged_codec:
+                placed = place_stored(ranged_codec, shard, *_joined(found))
+                if placed is not None:
+                    return placed
         if not found:
-            return  # absent chunks are already the fill value
+            return None
         if batched:
-            _place_shard(layout, shard, found, out, nested, chunk_nbytes, _loops(vol))
-            return
+            return _place_shard(layout, shard, found, out, nested, chunk_nbytes, _loops(vol))
 
         def put(member) -> None:
             cell, cid, data, (to, frm) = member
             out[to] = _decode(layout, data, cell, shard.key, cid)[frm]
 
-        present = [(c, i, found[i], p) for c, i, p in zip(shard.cells, shard.ids.tolist(), shard.places) if i in found]
-        _over_members(put, present, nested, chunk_nbytes, _loops(vol))
+        ids = shard.ids.tolist()
+        present = [k for k, cid in enumerate(ids) if cid in found]
+        cells, places = shard.cells, shard.places
+        _over_members(put, [(cells[k], ids[k], found[ids[k]], places[k]) for k in present], nested, chunk_nbytes,
+                      _loops(vol))
+        return np.array(present, np.int64)
+
+    def shard_task(shard: _Shard) -> None:
+        placed = placed_of(shard)
+        if fill is not None:
+            _fill_absent(out, shard, placed, fill)
 
     run_bounded(shard_task, shards, _shard_nbytes(shards, chunk_nbytes), _loops(vol))
+
+
+def _fill_absent(out: np.ndarray, shard: _Shard, placed: np.ndarray | None, fill) -> None:
+    """Set the cells of ``shard`` not among the ``placed`` positions (None: none were) to ``fill``."""
+    absent = np.ones(len(shard.ids), bool)
+    if placed is not None:
+        absent[placed] = False
+    for (a, b, c), (n0, n1, n2) in zip(shard.dst_lo[absent].tolist(), shard.size[absent].tolist()):
+        out[a:a + n0, b:b + n1, c:c + n2] = fill
 
 
 def _joined(found: dict) -> tuple[bytes, tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -203,18 +228,18 @@ def _wanted(shard: _Shard, spans: tuple[np.ndarray, np.ndarray, np.ndarray]) -> 
     return present, starts[pos].astype(np.int64), sizes[pos].astype(np.int64)
 
 
-def _place_raw_shard(layout: ScaleLayout, shard: _Shard, data, spans, out: np.ndarray) -> bool:
+def _place_raw_shard(layout: ScaleLayout, shard: _Shard, data, spans, out: np.ndarray) -> np.ndarray | None:
     """Place the chunks of a whole shard whose chunks are stored as plain voxels straight from its
-    bytes. False (nothing placed) when some chunk's size is not its voxels' (a compressed stream
-    under a raw encoding, or damage): the caller then decodes chunk by chunk, which decompresses
-    or names the bad chunk."""
+    bytes; the positions placed. None (nothing placed) when some chunk's size is not its voxels'
+    (a compressed stream under a raw encoding, or damage): the caller then decodes chunk by
+    chunk, which decompresses or names the bad chunk."""
     present, starts, sizes = _wanted(shard, spans)
     shapes = layout.stored_shapes((shard.stops - shard.starts)[present])
     if not np.array_equal(sizes, shapes.prod(axis=1) * layout.dtype.itemsize):
-        return False
+        return None
     place.place_chunks(out, np.frombuffer(data, np.uint8), starts, shapes, shard.src_lo[present], shard.dst_lo[present],
                        shard.size[present])
-    return True
+    return present
 
 
 def _batch_codec(layout: ScaleLayout, batched: bool, data_decoded: bool) -> str | None:
@@ -231,14 +256,14 @@ def _batch_codec(layout: ScaleLayout, batched: bool, data_decoded: bool) -> str 
 
 
 def _place_decoded_shard(codec: str, layout: ScaleLayout, shard: _Shard, data, spans, out: np.ndarray, nested: bool,
-                         loops: int) -> bool:
+                         loops: int) -> np.ndarray | None:
     """Decompress the wanted ``codec`` chunks of ``data`` straight into a staging buffer, all of
-    a shard in one native call per loop (:mod:`.batch_decode`), and place them. False (nothing
-    placed) when some chunk does not decode to exactly its voxels: the caller then decodes chunk
-    by chunk, which names the bad chunk."""
+    a shard in one native call per loop (:mod:`.batch_decode`), and place them; the positions
+    placed. None (nothing placed) when some chunk does not decode to exactly its voxels: the
+    caller then decodes chunk by chunk, which names the bad chunk."""
     present, starts, sizes = _wanted(shard, spans)
     if not len(present):
-        return True  # absent chunks are already the fill value
+        return present
     shapes, slot_sizes, offsets = _slots(layout, (shard.stops - shard.starts)[present])
     src = np.frombuffer(data, np.uint8)
     with place.staging(int(slot_sizes.sum())) as staging:
@@ -252,9 +277,9 @@ def _place_decoded_shard(codec: str, layout: ScaleLayout, shard: _Shard, data, s
 
         run_bounded(decode, parts, 1, len(parts))  # into the staging buffer: no memory of their own
         if not all(decoded):
-            return False
+            return None
         place.place_chunks(out, staging, offsets, shapes, shard.src_lo[present], shard.dst_lo[present], shard.size[present])
-    return True
+    return present
 
 
 def _slots(layout: ScaleLayout, cell_shapes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -266,10 +291,10 @@ def _slots(layout: ScaleLayout, cell_shapes: np.ndarray) -> tuple[np.ndarray, np
 
 
 def _place_shard(layout: ScaleLayout, shard: _Shard, found: dict, out: np.ndarray, nested: bool, chunk_nbytes: int,
-                 loops: int) -> None:
+                 loops: int) -> np.ndarray:
     """Decode the shard's chunks into one buffer, each copied in right after its decode (keeping
     all decoded chunks alive first measured 45 % slower: the allocator then keeps returning
-    and refaulting memory), then copy all of them into ``out`` in one call."""
+    and refaulting memory), then copy all of them into ``out`` in one call; the positions placed."""
     ids = shard.ids.tolist()
     present = [k for k, cid in enumerate(ids) if cid in found]
     sel = np.array(present, np.int64)
@@ -291,6 +316,7 @@ def _place_shard(layout: ScaleLayout, shard: _Shard, found: dict, out: np.ndarra
 
         _over_members(decode, range(len(present)), nested, chunk_nbytes, loops)
         place.place_chunks(out, staging, offsets, shapes, shard.src_lo[sel], shard.dst_lo[sel], shard.size[sel])
+    return sel
 
 
 def write_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, data: np.ndarray, ch: slice,
