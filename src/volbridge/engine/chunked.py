@@ -1,7 +1,8 @@
 """Reads and writes of any box over a chunked format in a key-value store.
 
-Reads preallocate the output once (zeros come from calloc, so untouched pages cost nothing),
-then each chunk task fetches, decodes and copies its part straight into the output. Writes
+Reads allocate the output once, then each chunk task fetches, decodes and copies its part
+straight into it; inside the bounds the output starts uninitialised and absent chunks are filled
+where they are found (a box reaching outside the bounds starts filled). Writes
 validate everything first, then per chunk either encode and replace the object (the chunk is
 wholly covered) or read-modify-write it (partly covered) through the store's atomic ``update``.
 """
