@@ -66,6 +66,8 @@ def _next_to(module, pattern: str) -> list[str]:
 
 def _library(name: str) -> tuple[ctypes.CDLL, str, str, str, int] | None:
     """(library, decompress, create context, free context, mode) for codec ``name``."""
+    if ctypes.sizeof(ctypes.c_void_p) != 8 or ctypes.sizeof(ctypes.c_size_t) != 8:
+        return None  # the loop passes every argument as a 64-bit integer
     if name == "zstd":
         import zstandard
 
