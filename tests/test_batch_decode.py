@@ -59,6 +59,10 @@ def _stream(codec: str, kind: str, payload: bytes, level: int) -> bytes:
         return bytes(s)
     if kind == "trailing bytes":
         return whole + b"\x01\x02\x03"
+    if kind == "trailing zeros":
+        return whole + bytes(4)
+    if kind == "one more part":  # the first part alone fills the slot exactly (found by a review)
+        return whole + (_zstd if codec == "zstd" else _gzip)("plain", b"more" * 25, level)
     return whole
 
 
@@ -70,7 +74,7 @@ def chunks(draw, codec: str):
         payload = np.random.default_rng(draw(st.integers(0, 99))).integers(0, draw(st.sampled_from([2, 256])), n,
                                                                             dtype=np.uint8).tobytes()
         kind = draw(st.sampled_from(["plain", "plain", "plain", "unsized", "two parts", "skippable", "cut", "damaged",
-                                     "trailing bytes", "not compressed"]))
+                                     "trailing bytes", "trailing zeros", "one more part", "not compressed"]))
         slack = draw(st.sampled_from([0, 0, 0, -1, 1]))  # the slot can be smaller or larger than the content
         out.append((_stream(codec, kind, payload, draw(st.sampled_from([1, 3, 19]))), max(0, n + slack),
                     kind == "plain" and slack == 0))
@@ -110,9 +114,11 @@ def test_decodes_like_the_checked_path_up_to_the_first_chunk_it_cannot(codec, da
 
 def test_spans_outside_the_buffers_are_refused():
     src, dst = np.zeros(10, np.uint8), np.zeros(10, np.uint8)
-    one = np.array([0])
+    one, big = np.array([0]), np.array([2**62])
     for args in ((np.array([5]), np.array([6]), one, np.array([4])), (one, np.array([4]), np.array([8]), np.array([3])),
-                 (np.array([-1]), np.array([4]), one, np.array([4])), (one, np.array([4]), one, np.array([-2]))):
+                 (np.array([-1]), np.array([4]), one, np.array([4])), (one, np.array([4]), one, np.array([-2])),
+                 # sums that wrap around int64 (found by a review: they passed the check and crashed)
+                 (big, big, one, np.array([4])), (one, np.array([4]), np.array([1]), np.array([2**63 - 1]))):
         starts, sizes, offsets, caps = args
         with pytest.raises(ValueError, match="outside"):
             batch_decode.decode_into("zstd", src, starts, sizes, dst, offsets, caps)

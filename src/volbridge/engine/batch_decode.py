@@ -8,8 +8,9 @@ shard straight into its slot of the staging buffer, holding no GIL for the whole
 
 * ``zstd``: libzstd's ``ZSTD_decompressDCtx``, from the build python-zstandard ships (its cffi
   module exports the C API; the same version the chunk-by-chunk path runs), else the system's;
-* ``gzip``: libdeflate's ``libdeflate_gzip_decompress``, from the build the ``deflate`` package
-  ships (the chunk-by-chunk path's own), which with no size pointer accepts exactly the size asked.
+* ``gzip``: libdeflate's ``libdeflate_gzip_decompress_ex``, from the build the ``deflate``
+  package ships (the chunk-by-chunk path's own): with no output size pointer it accepts exactly
+  the size asked, and a stream is taken only when its one gzip member is all of it.
 
 Without the library or numba the engine decodes chunk by chunk. Every chunk this loop cannot
 decode into exactly its slot is left to that checked path, which decodes it or says what is wrong.
@@ -77,7 +78,7 @@ def _library(name: str) -> tuple[ctypes.CDLL, str, str, str, int] | None:
     if name == "gzip":
         import deflate
 
-        names = ("libdeflate_gzip_decompress", "libdeflate_alloc_decompressor", "libdeflate_free_decompressor")
+        names = ("libdeflate_gzip_decompress_ex", "libdeflate_alloc_decompressor", "libdeflate_free_decompressor")
         lib = _open(_next_to(deflate, "_deflate*"), *names)
         return None if lib is None else (lib, *names, 1)
     return None
@@ -130,9 +131,10 @@ def decode_into(name: str, src: np.ndarray, starts: np.ndarray, sizes: np.ndarra
     codec = _codecs[name]
     starts, sizes, offsets, caps = (np.ascontiguousarray(a, np.int64) for a in (starts, sizes, offsets, caps))
     # The loop runs without bounds checks or the GIL: every span must lie inside its buffer.
-    if not (len(starts) == len(sizes) == len(offsets) == len(caps) and (starts >= 0).all() and (sizes >= 0).all()
-            and (starts + sizes <= src.size).all() and (offsets >= 0).all() and (caps >= 0).all()
-            and (offsets + caps <= dst.size).all()):
+    # (Compared as differences: a sum could wrap around int64 and pass.)
+    if not (len(starts) == len(sizes) == len(offsets) == len(caps)
+            and (starts >= 0).all() and (starts <= src.size).all() and (sizes >= 0).all() and (sizes <= src.size - starts).all()
+            and (offsets >= 0).all() and (offsets <= dst.size).all() and (caps >= 0).all() and (caps <= dst.size - offsets).all()):
         raise ValueError(f"{name} batch spans outside their source or destination buffer")
     contexts = _local.__dict__.setdefault("contexts", {})
     ctx = contexts.get(name)
