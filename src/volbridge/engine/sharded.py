@@ -59,11 +59,12 @@ class _Shard:
         its whole (bounds-clipped) extent."""
         return (self.src_lo == 0).all(axis=1) & (self.size == self.stops - self.starts).all(axis=1)
 
-    @property
-    def places(self) -> list[tuple[tuple[slice, ...], tuple[slice, ...]]]:
-        """Per cell, (slices of the box's output, slices of the cell's voxels) of their overlap."""
-        return [(tuple(slice(a, a + k) for a, k in zip(d, n)), tuple(slice(a, a + k) for a, k in zip(f, n)))
-                for d, f, n in zip(self.dst_lo.tolist(), self.src_lo.tolist(), self.size.tolist())]
+    def place(self, k: int) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+        """(slices of the box's output, slices of the cell's voxels) of cell ``k``'s overlap with
+        the box: built only for the cells that need slices (a whole-shard write gathers its
+        chunks without them, and building them for all cost 4 % of it)."""
+        d, f, n = self.dst_lo[k].tolist(), self.src_lo[k].tolist(), self.size[k].tolist()
+        return tuple(slice(a, a + m) for a, m in zip(d, n)), tuple(slice(a, a + m) for a, m in zip(f, n))
 
 
 def _plan(layout: ScaleLayout, box: Box) -> list[_Shard]:
@@ -184,8 +185,8 @@ def read_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, out: np.ndar
 
         ids = shard.ids.tolist()
         present = [k for k, cid in enumerate(ids) if cid in found]
-        cells, places = shard.cells, shard.places
-        _over_members(put, [(cells[k], ids[k], found[ids[k]], places[k]) for k in present], nested, chunk_nbytes,
+        cells = shard.cells
+        _over_members(put, [(cells[k], ids[k], found[ids[k]], shard.place(k)) for k in present], nested, chunk_nbytes,
                       _loops(vol))
         return np.array(present, np.int64)
 
@@ -331,7 +332,7 @@ def write_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, data: np.nd
     def shard_task(shard: _Shard) -> None:
         cell_shapes = shard.stops - shard.starts
         covered = shard.covered() & all_channels
-        cells, ids, places = shard.cells, shard.ids.tolist(), shard.places
+        cells, ids = shard.cells, shard.ids.tolist()
         whole = np.flatnonzero(covered)
         partial = [(cells[k], ids[k]) for k in np.flatnonzero(~covered).tolist()]
         encoded: dict[int, bytes] = {}
@@ -354,7 +355,7 @@ def write_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, data: np.nd
                 _over_members(encode_slot, slots, nested, chunk_nbytes, _loops(vol))
 
             def encode_task(k: int) -> None:
-                encoded[ids[k]] = vol._encode(layout, data[places[k][0]], cells[k], shard.key)
+                encoded[ids[k]] = vol._encode(layout, data[shard.place(k)[0]], cells[k], shard.key)
 
             _over_members(encode_task, whole.tolist(), nested, chunk_nbytes, _loops(vol))
             _store_shard(vol, layout, shard, box, data, ch, partial, encoded, int(covered.sum()))
