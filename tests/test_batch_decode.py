@@ -146,19 +146,25 @@ def test_contexts_are_per_thread():
     assert all(results) and len(results) == 200 and len(set(ctxs)) == 4
 
 
+def _one_shard(tmp_path, fmt: str, compression: str):
+    """A 32^3 volume of 8^3 chunks in one shard, written: (volume, data, shard key, its bytes,
+    and its chunks' (ids, starts, sizes)), with the compiled loops loaded."""
+    if not place.load():
+        pytest.fail("the copy loop must load here")
+    v = vb.create(f"{fmt}://{tmp_path}/v", shape=(32, 32, 32), dtype="uint8", chunk_shape=(8, 8, 8),
+                  shard_shape=(32, 32, 32), compression=compression)
+    written = np.random.default_rng(0).integers(0, 9, (32, 32, 32), dtype=np.uint8)
+    v[...] = written
+    np.testing.assert_array_equal(vb.array(f"{fmt}://{tmp_path}/v")[...], written)
+    (key,) = list(v.volume.store.list("c" if fmt == "zarr3" else "1_1_1"))
+    data = bytearray(v.volume.store.get(key))
+    return v, written, key, data, v.volume.dataset.layout(0).sharding.chunk_spans(bytes(data), key)
+
+
 @pytest.mark.parametrize("whole", [True, False], ids=["whole-shard", "ranged"])
 def test_a_damaged_chunk_in_a_shard_is_named(tmp_path, whole):
     """The batch stops at the damaged chunk; the checked path then names it and its shard."""
-    if not place.load():
-        pytest.fail("the copy loop must load here")
-    v = vb.create(f"zarr3://{tmp_path}/v", shape=(32, 32, 32), dtype="uint8", chunk_shape=(8, 8, 8),
-                  shard_shape=(32, 32, 32), compression="zstd")
-    written = np.random.default_rng(0).integers(0, 9, (32, 32, 32), dtype=np.uint8)
-    v[...] = written
-    layout = v.volume.dataset.layout(0)
-    (key,) = [k for k in v.volume.store.list("") if k.startswith("c")]
-    data = bytearray(v.volume.store.get(key))
-    cids, starts, _ = layout.sharding.chunk_spans(bytes(data), key)
+    v, written, key, data, (cids, starts, _) = _one_shard(tmp_path, "zarr3", "zstd")
     k = int(np.flatnonzero(cids == 5)[0])
     data[int(starts[k]):int(starts[k]) + 4] = b"\0\0\0\0"  # no zstd magic number any more
     v.volume.store.put(key, bytes(data))
@@ -173,17 +179,7 @@ def test_a_damaged_chunk_in_a_shard_is_named(tmp_path, whole):
 def test_a_damaged_gzip_chunk_in_a_precomputed_shard_is_named(tmp_path):
     """Precomputed shards with ``data_encoding: gzip``: the batch stops, the shard's own decoding
     names the chunk."""
-    if not place.load():
-        pytest.fail("the copy loop must load here")
-    v = vb.create(f"precomputed://{tmp_path}/v", shape=(32, 32, 32), dtype="uint8", chunk_shape=(8, 8, 8),
-                  shard_shape=(32, 32, 32), compression="gzip")
-    written = np.random.default_rng(0).integers(0, 9, (32, 32, 32), dtype=np.uint8)
-    v[...] = written
-    np.testing.assert_array_equal(vb.array(f"precomputed://{tmp_path}/v")[...], written)
-    layout = v.volume.dataset.layout(0)
-    (key,) = [k for k in v.volume.store.list("") if k.endswith(".shard")]
-    data = bytearray(v.volume.store.get(key))
-    cids, starts, sizes = layout.sharding.chunk_spans(bytes(data), key)
+    v, _, key, data, (cids, starts, sizes) = _one_shard(tmp_path, "precomputed", "gzip")
     data[int(starts[7]) + int(sizes[7]) - 8] ^= 0xFF  # the gzip trailer's CRC no longer matches
     v.volume.store.put(key, bytes(data))
     with pytest.raises(ChunkDecodeError, match=rf"shard {key!r}: chunk {int(cids[7])}"):
