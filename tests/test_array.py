@@ -154,3 +154,25 @@ def test_scalar_writes_follow_the_volume_dtype(tmp_path):
     for bad in (2.0, 40000, True + 0.5):
         with pytest.raises(vb.errors.DTypeError, match="not representable"):
             i[0] = bad
+
+
+@pytest.mark.parametrize("fmt,shard", [("precomputed", None), ("zarr3", (8, 16, 16)), ("n5", None)])
+def test_read_into_equals_read_and_writes_every_voxel(tmp_path, fmt, shard):
+    """``Volume.read_into`` (service units reuse one buffer): boxes inside and across the bounds,
+    absent chunks, channels; the buffer starts as garbage, which must all be overwritten."""
+    from volbridge.geometry import Box
+
+    kw = {"num_channels": 2} if fmt != "n5" else {}
+    v = vb.create(f"{fmt}://{tmp_path}/v", shape=(16, 32, 24), dtype="uint16", chunk_shape=(8, 8, 8), shard_shape=shard,
+                  **kw)
+    data = np.random.default_rng(3).integers(1, 60000, (16, 20, 24) if fmt == "n5" else (2, 16, 20, 24), dtype=np.uint16)
+    v[..., :20, :] = data  # y 20..32 stays absent
+    vol = v.volume
+    for start, stop in [((0, 0, 0), (24, 32, 16)), ((3, 5, 1), (17, 29, 9)), ((-4, 10, 12), (30, 40, 20))]:
+        box = Box(start, stop)
+        expect = vol.read(box)
+        out = np.full(expect.shape, 0xBEEF, np.uint16, order="F")
+        vol.read_into(box, out)
+        np.testing.assert_array_equal(out, expect)
+    with pytest.raises(ValueError, match="shape"):
+        vol.read_into(Box((0, 0, 0), (8, 8, 8)), np.zeros((8, 8, 8, 1), np.uint8, order="F"))

@@ -105,9 +105,23 @@ class ChunkedVolume(Volume):
             out = np.zeros(shape, dtype=layout.dtype, order="F")
         else:
             out = np.full(shape, fill, dtype=layout.dtype, order="F")
-        for sl, part in layout.channel_parts or [(slice(None), layout)]:
-            self._read_into(part, box, out[..., sl], fill if inside else None)
+        self._read_layout(layout, box, out, fill if inside else None)
         return out
+
+    def read_into(self, box: Box, out: np.ndarray, scale: int = 0) -> None:
+        layout = self.dataset.layout(scale)
+        if out.shape != (*box.shape, layout.num_channels) or out.dtype != layout.dtype:
+            raise ValueError(f"read_into needs an array of shape {(*box.shape, layout.num_channels)} and dtype "
+                             f"{layout.dtype} for box {box}, got {out.shape} {out.dtype}")
+        fill = 0 if layout.fill_value is None else layout.fill_value
+        inside = layout.grid.bounds.contains(box)
+        if not inside:
+            out[...] = fill
+        self._read_layout(layout, box, out, fill if inside else None)
+
+    def _read_layout(self, layout: ScaleLayout, box: Box, out: np.ndarray, fill) -> None:
+        for sl, part in layout.channel_parts or [(slice(None), layout)]:
+            self._read_into(part, box, out[..., sl], fill)
 
     def _read_into(self, layout: ScaleLayout, box: Box, out: np.ndarray, fill=None) -> None:
         """Read the box's voxels into ``out``: already the fill value (``fill`` None), or

@@ -28,6 +28,11 @@ class Volume(ABC):
     def read(self, box: Box, scale: int = 0) -> np.ndarray:
         """Voxels of ``box`` as ``(x, y, z, c)`` in Fortran order; the fill value outside bounds."""
 
+    def read_into(self, box: Box, out: np.ndarray, scale: int = 0) -> None:
+        """:meth:`read` into ``out`` (``(x, y, z, c)`` of the box's shape and the volume's dtype):
+        for callers that read many boxes of one shape and reuse one buffer (service units)."""
+        out[...] = self.read(box, scale)
+
     @abstractmethod
     def write(self, box: Box, data: np.ndarray, scale: int = 0, channels: slice | None = None) -> None:
         """Write ``data`` ``(x, y, z, c_selected)`` into ``box`` (and the ``channels`` selected)."""

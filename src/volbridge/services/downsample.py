@@ -17,6 +17,7 @@ own server-side service instead.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from typing import Any, Callable
 
@@ -191,11 +192,37 @@ def _target(target):
     return open_ref(target, "r+")
 
 
+#: A unit's source voxels are read into a buffer each thread keeps, up to this size: a fresh
+#: array per unit cost a third of a 2x2x1 mip's page faults (measured).
+KEEP_SOURCE_BYTES = 64 << 20
+_buffers = threading.local()
+
+
+def _source_buffer(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised (x, y, z, c) array of ``shape``: this thread's kept buffer when it fits."""
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > KEEP_SOURCE_BYTES:
+        return np.empty(shape, dtype, order="F")
+    buf = getattr(_buffers, "source", None)
+    if buf is None or len(buf) < nbytes:
+        buf = _buffers.source = np.empty(nbytes, np.uint8)
+    return buf[:nbytes].view(dtype).reshape(shape, order="F")
+
+
 def downsample_unit(target, m: int, f: tuple[int, int, int], method: str, box: Box) -> None:
-    """One unit: the destination chunk ``box`` of scale ``m``, from scale ``m - 1``."""
+    """One unit: the destination chunk ``box`` of scale ``m``, from scale ``m - 1``. Its source
+    is read into this thread's buffer: the kernels never return a view of their input, and the
+    buffer is free again once the unit's result is computed."""
     volume = _target(target)
     fine = volume.meta.scales[m - 1]
-    volume.write(box, reduce_box(lambda b: volume.read(b, m - 1), fine.bounds, box, f, KERNELS[method]), m)
+
+    def read(b: Box) -> np.ndarray:
+        out = _source_buffer((*b.shape, volume.meta.num_channels), volume.meta.dtype)
+        volume.read_into(b, out, m - 1)
+        return out
+
+    volume.write(box, reduce_box(read, fine.bounds, box, f, KERNELS[method]), m)
 
 
 def downsample(source: Any, *, num_mips: int | None = None, factor: tuple[int, int, int] = (1, 2, 2),
