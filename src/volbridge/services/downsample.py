@@ -69,7 +69,8 @@ def _mean_paired_x(a: np.ndarray, f: tuple[int, int, int]) -> np.ndarray | None:
     if a.dtype.itemsize == 1 and n > 256:
         return None  # the uint16 accumulator would overflow
     w = a.T.view(wide)  # (z, y, x / 2): little or big endian, a word holds one x pair
-    pair = (w & np.array((1 << bits) - 1, dtype=wide)) + (w >> np.array(bits, dtype=wide))
+    pair = w & np.array((1 << bits) - 1, dtype=wide)
+    pair += w >> np.array(bits, dtype=wide)  # in place: one temporary fewer per unit
     pair = pair.astype(acc_t, copy=False)
     acc = None
     for k in range(f[2]):
@@ -170,7 +171,11 @@ def reduce_box(read: Callable[[Box], np.ndarray], src_bounds: Box, dst: Box, f: 
     pad = [(a - w, v - b) for a, b, w, v in zip(have.start, have.stop, want.start, want.stop)]
     if any(p != (0, 0) for p in pad):
         data = np.pad(data, pad + [(0, 0)] * (data.ndim - 3), mode="edge")
-    return np.stack([kernel(data[..., c], f) for c in range(data.shape[3])], axis=-1) if data.ndim == 4 else kernel(data, f)
+    if data.ndim == 3:
+        return kernel(data, f)
+    if data.shape[3] == 1:  # a view with the channel axis: no copy
+        return kernel(data[..., 0], f)[..., None]
+    return np.stack([kernel(data[..., c], f) for c in range(data.shape[3])], axis=-1)
 
 
 def factor_between(fine: tuple, coarse: tuple) -> tuple[int, int, int]:
