@@ -174,5 +174,10 @@ def test_read_into_equals_read_and_writes_every_voxel(tmp_path, fmt, shard):
         out = np.full(expect.shape, 0xBEEF, np.uint16, order="F")
         vol.read_into(box, out)
         np.testing.assert_array_equal(out, expect)
-    with pytest.raises(ValueError, match="shape"):
-        vol.read_into(Box((0, 0, 0), (8, 8, 8)), np.zeros((8, 8, 8, 1), np.uint8, order="F"))
+    from volbridge.errors import DTypeError, ShapeError
+
+    nc = vol.meta.num_channels
+    with pytest.raises(ShapeError, match="shape"):
+        vol.read_into(Box((0, 0, 0), (8, 8, 8)), np.zeros((8, 8, 7, nc), np.uint16, order="F"))
+    with pytest.raises(DTypeError, match="uint16"):
+        vol.read_into(Box((0, 0, 0), (8, 8, 8)), np.zeros((8, 8, 8, nc), np.uint8, order="F"))

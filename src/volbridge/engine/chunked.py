@@ -14,7 +14,9 @@ import numpy as np
 from ..errors import (
     ChunkDecodeError,
     ChunkEncodeError,
+    DTypeError,
     ReadOnlyError,
+    ShapeError,
     UnsupportedError,
     VolbridgeError,
 )
@@ -110,9 +112,11 @@ class ChunkedVolume(Volume):
 
     def read_into(self, box: Box, out: np.ndarray, scale: int = 0) -> None:
         layout = self.dataset.layout(scale)
-        if out.shape != (*box.shape, layout.num_channels) or out.dtype != layout.dtype:
-            raise ValueError(f"read_into needs an array of shape {(*box.shape, layout.num_channels)} and dtype "
-                             f"{layout.dtype} for box {box}, got {out.shape} {out.dtype}")
+        if out.shape != (*box.shape, layout.num_channels):
+            raise ShapeError(f"read_into box {box} of scale {scale} of {self.url} needs an array of shape "
+                             f"{(*box.shape, layout.num_channels)} (x, y, z, c), got {out.shape}")
+        if out.dtype != layout.dtype:
+            raise DTypeError(f"scale {scale} of {self.url} holds {layout.dtype}; read_into got an array of {out.dtype}")
         fill = 0 if layout.fill_value is None else layout.fill_value
         inside = layout.grid.bounds.contains(box)
         if not inside:

@@ -197,21 +197,23 @@ def _target(target):
     return open_ref(target, "r+")
 
 
-#: A unit's source voxels are read into a buffer each thread keeps, up to this size: a fresh
-#: array per unit cost a third of a 2x2x1 mip's page faults (measured).
+#: A unit's source voxels are read into a buffer each thread keeps while a job runs, up to this
+#: size: a fresh array per unit cost two thirds of a 2x2x1 mip's page faults (measured).
 KEEP_SOURCE_BYTES = 64 << 20
-_buffers = threading.local()
+_kept: dict[int, np.ndarray] = {}  # thread id -> its buffer; emptied when a local job ends
 
 
 def _source_buffer(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """An uninitialised (x, y, z, c) array of ``shape``: this thread's kept buffer when it fits."""
+    """An uninitialised (x, y, z, c) array of ``shape``: this thread's kept buffer when it fits.
+    (A thread id reused by a new thread takes over a dead thread's buffer, which is fine.)"""
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes > KEEP_SOURCE_BYTES:
         return np.empty(shape, dtype, order="F")
-    buf = getattr(_buffers, "source", None)
+    thread = threading.get_ident()
+    buf = _kept.get(thread)
     if buf is None or len(buf) < nbytes:
-        buf = _buffers.source = np.empty(nbytes, np.uint8)
+        buf = _kept[thread] = np.empty(nbytes, np.uint8)
     return buf[:nbytes].view(dtype).reshape(shape, order="F")
 
 
@@ -283,8 +285,12 @@ def downsample(source: Any, *, num_mips: int | None = None, factor: tuple[int, i
         journal = Journal({"service": "downsample", "url": volume.url, "mip": m, "method": method, "factor": f,
                            "units": len(units)}) if resume else None
         tick = (lambda done, total, m=m: progress(m, done, total)) if progress is not None else None
-        run_units(units, downsample_unit, (target, m, f, method), executor=executor, journal=journal,
-                  bytes_per_unit=per_unit, progress=tick)
+        try:
+            run_units(units, downsample_unit, (target, m, f, method), executor=executor, journal=journal,
+                      bytes_per_unit=per_unit, progress=tick)
+        finally:
+            _kept.clear()  # the pool's threads outlive the job: let go of their buffers (a unit
+            # still running elsewhere keeps its own view alive)
     provenance.append(volume, provenance.record(
         "downsample", {"mips": sorted(mips), "method": method, "num_mips": num_mips}, volume.url,
         scale=min(mips) - 1 if mips else None, started=started, ended=time.time()))
