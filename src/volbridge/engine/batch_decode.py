@@ -35,7 +35,6 @@ _local = threading.local()
 
 @dataclass
 class _Codec:
-    kernel: object  # the compiled loop
     fn: int  # address of the one-shot decompression function
     new_context: object  # ctypes function: () -> context pointer
     free_context: object  # ctypes function: (pointer) -> None
@@ -105,7 +104,7 @@ def load(name: str) -> bool:
                 new_context, free_context = getattr(lib, create), getattr(lib, free)
                 new_context.restype, free_context.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
                 fn = ctypes.cast(getattr(lib, decompress), ctypes.c_void_p).value
-                _codecs[name] = _Codec(_kernel, fn, new_context, free_context, mode)
+                _codecs[name] = _Codec(fn, new_context, free_context, mode)
     return bool(_codecs[name])
 
 
@@ -142,4 +141,4 @@ def decode_into(name: str, src: np.ndarray, starts: np.ndarray, sizes: np.ndarra
         ctx = contexts[name] = _Context(codec)
     src = src.view()
     src.flags.writeable = False
-    return codec.kernel(codec.mode, codec.fn, ctx.ptr, src, starts, sizes, dst, offsets, caps)
+    return _kernel(codec.mode, codec.fn, ctx.ptr, src, starts, sizes, dst, offsets, caps)
