@@ -7,12 +7,14 @@ import importlib
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import volbridge as vb
 from volbridge.services import downsample
 from volbridge.services.downsample import downsample_array
+
+kernels = importlib.import_module("volbridge.services.downsample")  # the module (``downsample`` is the function)
 
 
 def reference(a: np.ndarray, f: tuple[int, int, int], method: str, start=(0, 0, 0)) -> np.ndarray:
@@ -29,7 +31,7 @@ def reference(a: np.ndarray, f: tuple[int, int, int], method: str, start=(0, 0, 
                 idx = [np.minimum(np.arange(v * fv, (v + 1) * fv), n - 1) for v, fv, n in zip((i, j, k), f, a.shape)]
                 block = a[np.ix_(*idx)].ravel()
                 if method == "mean":
-                    s = int(block.astype(np.int64).sum())
+                    s = sum(int(v) for v in block)  # Python ints: exact for 64-bit voxels too
                     out[i, j, k] = (s + len(block) // 2) // len(block)
                 elif method == "mode":
                     vals, counts = np.unique(block, return_counts=True)
@@ -61,6 +63,48 @@ def test_the_paired_x_mean_on_volume_layout_data_equals_the_reference(shape, f, 
     np.testing.assert_array_equal(downsample_array(a, f, "mean"), reference(a, f, "mean"))
 
 
+@pytest.fixture(params=["compiled", "numpy"])
+def mean_path(request, monkeypatch):
+    """The mean through the compiled loop, and through numpy's kernels with the loop switched off."""
+    compiled = request.param == "compiled"
+    monkeypatch.setattr(kernels, "COMPILED", compiled)
+    if compiled:
+        kernels._mean_compiled(np.zeros((2, 2, 1), np.uint8, order="F"), (2, 2, 1))  # load it
+        assert kernels._loop, "numba is a dependency: the compiled mean must load here"
+    return request.param
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shape=st.tuples(st.integers(1, 6), st.integers(1, 6), st.integers(1, 4)),
+       f=st.sampled_from([(2, 2, 1), (2, 2, 2), (1, 2, 1), (3, 1, 2), (4, 4, 4), (8, 4, 4), (16, 16, 1), (3, 3, 3)]),
+       dtype=st.sampled_from(["uint8", "int8", "uint16", "int16", "uint32", "int32", "int64"]),
+       order=st.sampled_from("CF"), seed=st.integers(0, 2**31))
+def test_mean_of_every_integer_type_equals_the_reference(mean_path, shape, f, dtype, order, seed):
+    """Whole blocks of extreme and random values (sums that need every accumulator width, negative
+    sums rounding half up): the compiled loop and numpy's kernels both give the model's answer."""
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(seed)
+    full = tuple(n * k for n, k in zip(shape, f))
+    a = rng.choice(np.array([info.min, info.max, info.min + 1, info.max - 1, 0, -1 if info.min else 1], dtype=dtype), full)
+    a = np.where(rng.random(full) < 0.3, rng.integers(info.min, info.max, full, dtype=dtype, endpoint=True), a)
+    a = np.asarray(a, order=order)
+    got = kernels.mean(a, f)
+    assert got.dtype == a.dtype and got.shape == shape
+    np.testing.assert_array_equal(got, reference(a, f, "mean"))
+
+
+def test_the_compiled_mean_sums_in_the_narrowest_type_that_cannot_overflow():
+    from volbridge.services._mean_kernel import accumulator
+
+    u8, i8, u16, i32 = (np.dtype(t) for t in ("uint8", "int8", "uint16", "int32"))
+    assert accumulator(u8, 128) == np.int16 and accumulator(u8, 129) == np.int32  # 255 * 128 + 64 < 2^15
+    assert accumulator(i8, 255) == np.int16 and accumulator(i8, 256) == np.int32  # 128 * 255 + 127
+    assert accumulator(u16, 4) == np.int32 and accumulator(u16, 32768) == np.int32 and accumulator(u16, 32769) == np.int64
+    assert accumulator(i32, 2) == np.int64
+    assert accumulator(np.dtype("uint64"), 2) is None and accumulator(np.dtype("float32"), 2) is None
+    assert accumulator(np.dtype(">u2"), 2) is None  # big-endian: numpy's kernel
+
+
 @pytest.mark.parametrize("fmt", ["precomputed", "ome-zarr"])
 @pytest.mark.parametrize("factor", [(1, 2, 2), (2, 2, 2)])
 def test_pyramid_equals_the_reference_at_odd_sizes_and_negative_offsets(tmp_path, fmt, factor):
@@ -77,7 +121,7 @@ def test_pyramid_equals_the_reference_at_odd_sizes_and_negative_offsets(tmp_path
         ref = reference(ref, factor[::-1], "mean", img.mip(m - 1).bounds[0][::-1])
         np.testing.assert_array_equal(img.mip(m)[...], ref.T, err_msg=f"mip {m}")
     # units read into buffers their threads keep while the job runs; none outlive it (review)
-    assert not importlib.import_module("volbridge.services.downsample")._kept
+    assert not kernels._kept
 
 
 def test_segmentation_takes_the_mode_and_never_invents_ids(tmp_path):

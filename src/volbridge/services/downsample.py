@@ -24,16 +24,19 @@ from typing import Any, Callable
 import numpy as np
 
 from ..array import VolumeArray
+from ..engine.place import compile_native
 from ..errors import (
     InvalidArgumentError,
     UnsupportedError,
     VolbridgeError,
 )
 from ..geometry import Box
-from . import provenance
+from . import _mean_kernel, provenance
 from .base import FunctionService, Writable
 
 METHODS = ("auto", "mean", "mode", "min", "max", "nearest")
+#: Whether ``mean`` may use the compiled loop (tests switch it off to check numpy's kernel too).
+COMPILED = True
 
 
 # -- kernels on (x, y, z) arrays whose shape is a multiple of the factor -----------------------------
@@ -85,9 +88,34 @@ def _mean_paired_x(a: np.ndarray, f: tuple[int, int, int]) -> np.ndarray | None:
     return acc.astype(a.dtype).T
 
 
+_loop_lock = threading.Lock()
+_loop = None  # the compiled mean loop, False where it cannot run
+
+
+def _mean_compiled(a: np.ndarray, f: tuple[int, int, int]) -> np.ndarray | None:
+    """The mean by the compiled loop (:mod:`._mean_kernel`), or None where it does not apply:
+    not an integer type of up to 32 bits in native order, not Fortran-ordered (the service's
+    reads always are), or no numba here."""
+    global _loop
+    acc = _mean_kernel.accumulator(a.dtype, math.prod(f))
+    if acc is None or not a.flags.f_contiguous:
+        return None
+    if _loop is None:
+        with _loop_lock:
+            if _loop is None:
+                _loop = compile_native(_mean_kernel.build, "the block-mean loop")
+    if not _loop:
+        return None
+    out = np.empty(tuple(s // k for s, k in zip(a.shape, f)), a.dtype, order="F")
+    _loop(a, *f, out, np.empty(out.shape[0], acc))
+    return out
+
+
 def mean(a: np.ndarray, f: tuple[int, int, int]) -> np.ndarray:
     n = math.prod(f)
-    fast = _mean_paired_x(a, f)
+    fast = _mean_compiled(a, f) if COMPILED else None
+    if fast is None:
+        fast = _mean_paired_x(a, f)
     if fast is not None:
         return fast
     if a.dtype.kind in "iu" and a.dtype.itemsize <= 2:  # exact sums, rounded half up
@@ -108,6 +136,12 @@ def mean(a: np.ndarray, f: tuple[int, int, int]) -> np.ndarray:
     if a.dtype.kind in "iu" and a.dtype.itemsize <= 4:  # exact integer sums, rounded half up
         s = b.sum(axis=-1, dtype=np.int64)
         return ((s + n // 2) // n).astype(a.dtype)
+    if a.dtype.kind in "iu":  # 64-bit: the sum may not fit, so sum quotients and remainders apart
+        # (sum + n // 2) // n == sum(v // n) + (sum(v % n) + n // 2) // n, each term in range
+        d = np.array(n, a.dtype)
+        q = (b // d).sum(axis=-1, dtype=a.dtype)
+        r = (b % d).sum(axis=-1, dtype=a.dtype)
+        return q + (r + d // 2) // d
     s = b.sum(axis=-1, dtype=np.float64)
     return (s / n if a.dtype.kind == "f" else np.floor(s / n + 0.5)).astype(a.dtype)
 
