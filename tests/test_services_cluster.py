@@ -3,6 +3,7 @@ to the local run; a run killed half-way resumes from its journal and completes."
 
 from __future__ import annotations
 
+import importlib
 import shutil
 from pathlib import Path
 
@@ -56,6 +57,9 @@ def test_downsample_and_transfer_on_a_cluster_equal_the_local_run(client, pyrami
     downsample(f"precomputed://{pyramid / 'a'}")
     downsample(f"precomputed://{pyramid / 'b'}", executor=client)
     assert files(pyramid / "a") == files(pyramid / "b")
+    # the workers keep no source buffers after their units (only a local job can release them)
+    kept = client.run(lambda: len(importlib.import_module("volbridge.services.downsample")._kept))
+    assert kept and not any(kept.values())
     transfer(f"precomputed://{pyramid / 'a'}", f"ome-zarr://{pyramid / 'local.zarr'}", mip=1, chunk_shape=(4, 8, 8))
     transfer(f"precomputed://{pyramid / 'a'}", f"ome-zarr://{pyramid / 'cluster.zarr'}", mip=1, chunk_shape=(4, 8, 8),
              executor=client)

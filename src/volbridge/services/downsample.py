@@ -237,12 +237,13 @@ KEEP_SOURCE_BYTES = 64 << 20
 _kept: dict[int, np.ndarray] = {}  # thread id -> its buffer; emptied when a local job ends
 
 
-def _source_buffer(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """An uninitialised (x, y, z, c) array of ``shape``: this thread's kept buffer when it fits.
-    (A thread id reused by a new thread takes over a dead thread's buffer, which is fine.)"""
+def _source_buffer(shape: tuple[int, ...], dtype: np.dtype, keep: bool = True) -> np.ndarray:
+    """An uninitialised (x, y, z, c) array of ``shape``: this thread's kept buffer when it fits
+    and ``keep``. (A thread id reused by a new thread takes over a dead thread's buffer, which
+    is fine.)"""
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes > KEEP_SOURCE_BYTES:
+    if nbytes > KEEP_SOURCE_BYTES or not keep:
         return np.empty(shape, dtype, order="F")
     thread = threading.get_ident()
     buf = _kept.get(thread)
@@ -254,12 +255,14 @@ def _source_buffer(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
 def downsample_unit(target, m: int, f: tuple[int, int, int], method: str, box: Box) -> None:
     """One unit: the destination chunk ``box`` of scale ``m``, from scale ``m - 1``. Its source
     is read into this thread's buffer: the kernels never return a view of their input, and the
-    buffer is free again once the unit's result is computed."""
+    buffer is free again once the unit's result is computed. On a cluster (``target`` is a
+    reference) nothing is kept: no job end in the client could release a worker's buffers."""
     volume = _target(target)
     fine = volume.meta.scales[m - 1]
+    keep = not isinstance(target, tuple)
 
     def read(b: Box) -> np.ndarray:
-        out = _source_buffer((*b.shape, volume.meta.num_channels), volume.meta.dtype)
+        out = _source_buffer((*b.shape, volume.meta.num_channels), volume.meta.dtype, keep)
         volume.read_into(b, out, m - 1)
         return out
 
