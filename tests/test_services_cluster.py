@@ -1,5 +1,6 @@
-"""Services on a Dask cluster (a LocalCluster of 2 worker processes) write byte-identical outputs
-to the local run; a run killed half-way resumes from its journal and completes."""
+"""Services on a Dask cluster (a LocalCluster of 2 worker processes) and in local worker processes
+(``executor="processes"``) write byte-identical outputs to the local threaded run; a run killed
+half-way resumes from its journal and completes."""
 
 from __future__ import annotations
 
@@ -67,7 +68,37 @@ def test_downsample_and_transfer_on_a_cluster_equal_the_local_run(client, pyrami
     np.testing.assert_array_equal(vb.array(f"ome-zarr://{pyramid / 'cluster.zarr'}")[...], vb.array(str(pyramid / "a")).mip(1)[...])
 
 
-def test_a_killed_run_resumes(pyramid):
+def test_downsample_in_worker_processes_equals_the_threaded_run(pyramid, monkeypatch):
+    from concurrent.futures import ProcessPoolExecutor
+
+    ds = importlib.import_module("volbridge.services.downsample")
+    executors = []
+    run_units = ds.run_units
+    monkeypatch.setattr(ds, "run_units", lambda *a, executor=None, **k: executors.append(executor) or run_units(*a, executor=executor, **k))
+    downsample(f"precomputed://{pyramid / 'a'}")
+    b = vb.array(str(pyramid / "b"), mode="r+")  # an open array: the workers reopen it by URL
+    downsample(b, executor="processes")
+    assert executors[0] is None and all(isinstance(e, ProcessPoolExecutor) for e in executors[2:]) and len(executors) == 4
+    assert files(pyramid / "a") == files(pyramid / "b")
+
+
+def test_a_unit_failing_in_a_worker_process_names_its_chunk(pyramid):
+    chunks = sorted(p for p in (pyramid / "b" / "4_4_40").iterdir())
+    chunks[len(chunks) // 2].write_bytes(b"\x1f\x8b not gzip")
+    with pytest.raises(vb.errors.ChunkDecodeError, match=chunks[len(chunks) // 2].name):
+        downsample(f"precomputed://{pyramid / 'b'}", mips=[1], executor="processes", resume=False)
+
+
+def test_volumes_that_cannot_be_reopened_by_url_run_on_threads():
+    a = vb.create("mem://ds-processes", shape=(8, 32, 32), dtype="uint8", chunk_shape=(4, 8, 8), num_scales=2)
+    a[...] = np.arange(a.size, dtype=np.uint64).reshape(a.shape).astype(np.uint8)
+    downsample(a, executor="processes")
+    ref = a[...].astype(np.uint16).reshape(8, 16, 2, 16, 2).sum(axis=(2, 4))
+    np.testing.assert_array_equal(a.mip(1)[...], ((ref + 2) >> 2).astype(np.uint8))
+
+
+@pytest.mark.parametrize("executor", [None, "processes"])
+def test_a_killed_run_resumes(pyramid, executor):
     class Killed(Exception):
         pass
 
@@ -79,11 +110,11 @@ def test_a_killed_run_resumes(pyramid):
 
     url = f"precomputed://{pyramid / 'b'}"
     with pytest.raises(Killed):
-        downsample(url, mips=[1], progress=kill_after(7))
+        downsample(url, mips=[1], progress=kill_after(7), executor=executor)
     journals = list((pyramid / "jobs").glob("downsample-*.done"))
     assert len(journals) == 1 and len(journals[0].read_text().split()) >= 7
     seen = []
-    downsample(url, mips=[1], progress=lambda m, done, total: seen.append((done, total)))
+    downsample(url, mips=[1], progress=lambda m, done, total: seen.append((done, total)), executor=executor)
     first_done, total = seen[0]
     assert first_done > 7 and seen[-1] == (total, total) and len(seen) <= total - 7  # only what was left ran
     assert not list((pyramid / "jobs").glob("*.done"))  # finished: the journal is gone

@@ -410,7 +410,8 @@ def downsample(
     levels = _int_list(mips, "--mips", "scale numbers")
     with _progress_bar() as progress:
         run_downsample(url, mips=levels, method=method, num_mips=num_mips, factor=_triple_option(factor, "--factor", "zyx"),
-                       executor=_executor(dask), progress=lambda m, done, total: progress(f"mip {m}", done, total))
+                       executor=_executor(dask) if dask else "processes",  # this entry point is guarded
+                       progress=lambda m, done, total: progress(f"mip {m}", done, total))
     n = len(array(url).scales)
     typer.echo(f"downsampled {url}: scales {', '.join(map(str, levels or range(1, n)))} of {n} ({method})")
 

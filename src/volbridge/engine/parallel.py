@@ -10,6 +10,7 @@ are in flight at once, with ``n * bytes_per_item`` kept under :data:`MAX_BYTES_I
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import os
@@ -60,6 +61,18 @@ def pool() -> ThreadPoolExecutor:
 _inside = threading.local()  # .loop: this thread is one of the loops of a run_bounded call
 
 
+@contextlib.contextmanager
+def inline():
+    """Run the calls made inside as nested ones (in this thread): for a worker process whose
+    siblings already keep the other cores busy."""
+    outer = getattr(_inside, "loop", False)
+    _inside.loop = True
+    try:
+        yield
+    finally:
+        _inside.loop = outer
+
+
 def run_bounded(fn: Callable[[T], None], items: Iterable[T], bytes_per_item: int, loops: int | None = None) -> None:
     """Run ``fn`` over ``items``; the first exception stops the other loops and is raised.
 
@@ -79,12 +92,8 @@ def run_bounded(fn: Callable[[T], None], items: Iterable[T], bytes_per_item: int
     errors: list[BaseException] = []
 
     def loop() -> None:
-        outer = getattr(_inside, "loop", False)
-        _inside.loop = True
-        try:
+        with inline():
             _loop()
-        finally:
-            _inside.loop = outer
 
     def _loop() -> None:
         while not errors:

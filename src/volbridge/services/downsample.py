@@ -33,6 +33,7 @@ from ..errors import (
 from ..geometry import Box
 from . import _mean_kernel, provenance
 from .base import FunctionService, Writable
+from .units import PROCESSES, Journal, open_ref, process_pool, run_units, volume_ref
 
 METHODS = ("auto", "mean", "mode", "min", "max", "nearest")
 #: Whether ``mean`` may use the compiled loop (tests switch it off to check numpy's kernel too).
@@ -226,8 +227,6 @@ def factor_between(fine: tuple, coarse: tuple) -> tuple[int, int, int]:
 def _target(target):
     """The Volume a unit works on: the object itself (local threads), or opened from its
     reference once per worker process and metadata version (a cluster)."""
-    from .units import open_ref
-
     return open_ref(target, "r+")
 
 
@@ -252,14 +251,14 @@ def _source_buffer(shape: tuple[int, ...], dtype: np.dtype, keep: bool = True) -
     return buf[:nbytes].view(dtype).reshape(shape, order="F")
 
 
-def downsample_unit(target, m: int, f: tuple[int, int, int], method: str, box: Box) -> None:
+def downsample_unit(target, m: int, f: tuple[int, int, int], method: str, keep: bool, box: Box) -> None:
     """One unit: the destination chunk ``box`` of scale ``m``, from scale ``m - 1``. Its source
-    is read into this thread's buffer: the kernels never return a view of their input, and the
-    buffer is free again once the unit's result is computed. On a cluster (``target`` is a
-    reference) nothing is kept: no job end in the client could release a worker's buffers."""
+    is read into this thread's buffer if ``keep``: the kernels never return a view of their
+    input, and the buffer is free again once the unit's result is computed. A cluster's units
+    keep nothing: no job end in the client could release a worker's buffers (a job's own worker
+    processes end with it)."""
     volume = _target(target)
     fine = volume.meta.scales[m - 1]
-    keep = not isinstance(target, tuple)
 
     def read(b: Box) -> np.ndarray:
         out = _source_buffer((*b.shape, volume.meta.num_channels), volume.meta.dtype, keep)
@@ -276,19 +275,17 @@ def downsample(source: Any, *, num_mips: int | None = None, factor: tuple[int, i
     VolumeArray), each from the one below it. ``num_mips``: first extend the pyramid to that many
     scales above 0, each ``factor`` (z, y, x) coarser than the last (precomputed).
 
-    ``executor``: None (local threads) or a ``dask.distributed.Client`` (then ``source`` must be a
-    URL the workers can open). ``resume``: finished units are journaled, so running the same call
+    ``executor``: None (local threads), ``"processes"`` (local worker processes, as the command
+    line runs: faster, see :data:`.units.PROCESSES`; threads where the volume cannot be reopened
+    from its URL) or a ``dask.distributed.Client`` (then ``source`` must be a URL the workers can
+    open). ``resume``: finished units are journaled, so running the same call
     again after a failure does only what is left (change nothing in between).
     """
     from ..api import array
-    from .units import Journal, run_units
-
-    if executor == "processes":
-        executor = None  # I/O and numpy kernels release the GIL: local threads already use every core
     vol: VolumeArray = array(source, mode="r+") if isinstance(source, str) else source
     if method not in METHODS:
         raise InvalidArgumentError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    if executor is not None and not isinstance(source, str):
+    if executor not in (None, PROCESSES) and not isinstance(source, str):
         raise InvalidArgumentError("on a cluster, give the source as a URL: the workers open it themselves")
     volume = vol.volume
     if num_mips is not None:
@@ -309,25 +306,32 @@ def downsample(source: Any, *, num_mips: int | None = None, factor: tuple[int, i
         return
     if method == "auto":
         method = "mode" if volume.meta.layer_type == "segmentation" else "mean"
-    from .units import volume_ref
-
-    target = volume_ref(volume) if executor is not None else volume
     started = time.time()
+    units_of = {}
     for m in sorted(mips):
-        fine, coarse = volume.meta.scales[m - 1], volume.meta.scales[m]
-        f = factor_between(fine.resolution, coarse.resolution)
         grid = volume.write_grid(m)
-        units = [c.box for c in grid.cells(coarse.bounds)]
-        per_unit = math.prod(grid.chunk_shape) * math.prod(f) * volume.meta.num_channels * np.dtype(volume.meta.dtype).itemsize * 3
-        journal = Journal({"service": "downsample", "url": volume.url, "mip": m, "method": method, "factor": f,
-                           "units": len(units)}) if resume else None
-        tick = (lambda done, total, m=m: progress(m, done, total)) if progress is not None else None
-        try:
-            run_units(units, downsample_unit, (target, m, f, method), executor=executor, journal=journal,
-                      bytes_per_unit=per_unit, progress=tick)
-        finally:
-            _kept.clear()  # the pool's threads outlive the job: let go of their buffers (a unit
-            # still running elsewhere keeps its own view alive)
+        units_of[m] = [c.box for c in grid.cells(volume.meta.scales[m].bounds)]
+    with process_pool(volume, max(map(len, units_of.values()), default=0), executor) as pool:
+        if pool is not None:  # worker processes reopen the volume from its URL
+            target, keep, executor = pool.ref, True, pool
+        elif executor is None or executor == PROCESSES:  # local threads
+            target, keep, executor = volume, True, None
+        else:  # a cluster
+            target, keep = volume_ref(volume), False
+        for m in sorted(mips):
+            fine, coarse = volume.meta.scales[m - 1], volume.meta.scales[m]
+            f = factor_between(fine.resolution, coarse.resolution)
+            grid, units = volume.write_grid(m), units_of[m]
+            per_unit = math.prod(grid.chunk_shape) * math.prod(f) * volume.meta.num_channels * np.dtype(volume.meta.dtype).itemsize * 3
+            journal = Journal({"service": "downsample", "url": volume.url, "mip": m, "method": method, "factor": f,
+                               "units": len(units)}) if resume else None
+            tick = (lambda done, total, m=m: progress(m, done, total)) if progress is not None else None
+            try:
+                run_units(units, downsample_unit, (target, m, f, method, keep), executor=executor, journal=journal,
+                          bytes_per_unit=per_unit, progress=tick)
+            finally:
+                _kept.clear()  # the pool's threads outlive the job: let go of their buffers (a unit
+                # still running elsewhere keeps its own view alive)
     provenance.append(volume, provenance.record(
         "downsample", {"mips": sorted(mips), "method": method, "num_mips": num_mips}, volume.url,
         scale=min(mips) - 1 if mips else None, started=started, ended=time.time()))

@@ -23,7 +23,7 @@ from ..formats.base import ScaleMeta, VolumeMeta
 from ..geometry import Box, ChunkGrid
 from .base import Service
 from ..engine.parallel import run_bounded
-from .units import PieceJournal, open_ref, run_units, volume_ref
+from .units import PROCESSES, PieceJournal, open_ref, process_pool, run_units, volume_ref
 
 
 class ArrayVolume(Volume):
@@ -95,53 +95,11 @@ def _by_ref_journaled(journal: PieceJournal | None, index: int, fn: Callable, re
     return None
 
 
-#: ``executor="processes"`` runs a local label job's units in worker processes: zmesh and kimimaro
-#: hold the GIL, so threads mesh one unit at a time. Like any multiprocessing code, a script that
-#: asks for it needs an ``if __name__ == "__main__":`` guard (the workers import the script); the
-#: command line always uses it. ``VOLBRIDGE_PROCESSES``: 0 never, 1 always (the test suite).
-PROCESSES = "processes"
-
-
-def _process_url(job: LabelJob, units: list[Box], executor) -> str | None:
-    """The URL worker processes reopen the source from, or None to run on threads."""
-    import multiprocessing
-
-    setting = os.environ.get("VOLBRIDGE_PROCESSES", "")
-    if setting == "0" or not (executor == PROCESSES or (executor is None and setting == "1")):
-        return None
-    if (os.cpu_count() or 1) < 2 or len(units) < 2 or multiprocessing.current_process().daemon:
-        return None  # a daemonic process (a pool or dask worker) cannot have children
-    url = job.volume.url
-    # in-memory stores and server remotes (tokens) cannot be reopened from a URL alone
-    if getattr(job.volume, "store", None) is None or "mem://" in url or url.startswith("mem:"):
-        return None
-    return url
-
-
-def _adopt_environment(env: dict) -> None:
-    """A worker takes the job's environment: the fork server was started by an earlier job and
-    kept that moment's variables (credentials and endpoints set since would be missing)."""
-    os.environ.clear()
-    os.environ.update(env)
-
-
 @contextlib.contextmanager
-def label_pool(job: LabelJob, units: list[Box], executor, preload: str):
-    """Worker processes for a local label job that asks for them (None otherwise); the module
-    ``preload`` is imported once in the fork server, so workers start with it loaded."""
-    url = _process_url(job, units, executor)
-    if url is None:
-        yield None
-        return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    # forkserver: a plain fork of this threaded process could inherit a lock held by a thread
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([preload])
-    with ProcessPoolExecutor(min(os.cpu_count() or 1, len(units)), mp_context=context,
-                             initializer=_adopt_environment, initargs=(dict(os.environ),)) as pool:
-        pool.ref = volume_ref(job.volume)  # type: ignore[attr-defined]
+def label_pool(job: LabelJob, units: list[Box], executor):
+    """Worker processes for a local label job that asks for them (None otherwise): zmesh and
+    kimimaro hold the GIL, so threads mesh one unit at a time (see :func:`.units.process_pool`)."""
+    with process_pool(job.volume, len(units), executor) as pool:
         yield pool
 
 

@@ -188,7 +188,7 @@ def mesh(source: Any, ids: Iterable[int] | None = None, *, mip: int | None = Non
     job = label_job(source, ids, mip, bbox, MESH)
     units = label_units(job, UNIT)
     journal = label_journal(job, "mesh", units, {}, resume)
-    with label_pool(job, units, executor, __name__) as pool:
+    with label_pool(job, units, executor) as pool:
         parts = pieces_by_label(job, units, mesh_unit, (), executor, progress, journal, pool)
         # smoothing is the costly part of a weld; without it, shipping the pieces to the workers
         # and back costs more than welding them here

@@ -165,7 +165,7 @@ def skeleton(source: Any, ids: Iterable[int] | None = None, *, mip: int | None =
     params = {**TEASAR, **(teasar or {})}
     units = label_units(job, UNIT)
     journal = label_journal(job, "skeleton", units, {"teasar": params, "dust": dust_threshold}, resume)
-    with label_pool(job, units, executor, __name__) as pool:
+    with label_pool(job, units, executor) as pool:
         parts = pieces_by_label(job, units, skeleton_unit, (params, dust_threshold), executor, progress, journal, pool)
     skels = {i: _join(i, pieces) for i, pieces in parts.items()}
     if output is not None:

@@ -18,6 +18,8 @@ import os
 import pickle
 import shutil
 import threading
+from concurrent.futures import Executor
+from concurrent.futures import as_completed as completed
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -51,6 +53,73 @@ def open_ref(ref, mode: str):
         url, version = ref
         return open_cached(url, mode, 0, version).volume
     return ref
+
+
+#: ``executor="processes"`` runs a local job's units in worker processes, each running its units
+#: one after another: Python work between the chunk syscalls holds the GIL, and on two cores a
+#: downsample ran slower on three threads than on one (measured), where two processes ran ~1.4x
+#: one. Like any multiprocessing code, a script that asks for it needs an ``if __name__ ==
+#: "__main__":`` guard (the workers import the script); the command line always uses it.
+#: ``VOLBRIDGE_PROCESSES``: 0 never, 1 always.
+PROCESSES = "processes"
+
+#: What the fork server imports (and warms, see :mod:`._worker_preload`) once, so that workers
+#: start with it loaded; a missing optional extra is skipped. The first job's list is the one the
+#: server keeps, so every service lists all of it.
+PRELOAD = ["volbridge.services.mesh", "volbridge.services.skeleton", "volbridge.services._worker_preload"]
+
+
+def process_url(volume, num_units: int, executor) -> str | None:
+    """The URL worker processes reopen ``volume`` from, or None to run on threads."""
+    import multiprocessing
+
+    setting = os.environ.get("VOLBRIDGE_PROCESSES", "")
+    if setting == "0" or not (executor == PROCESSES or (executor is None and setting == "1")):
+        return None
+    if (os.cpu_count() or 1) < 2 or num_units < 2 or multiprocessing.current_process().daemon:
+        return None  # a daemonic process (a pool or dask worker) cannot have children
+    url = volume.url
+    # in-memory stores and server remotes (tokens) cannot be reopened from a URL alone
+    if getattr(volume, "store", None) is None or "mem://" in url or url.startswith("mem:"):
+        return None
+    return url
+
+
+def _adopt_environment(env: dict) -> None:
+    """A worker takes the job's environment: the fork server was started by an earlier job and
+    kept that moment's variables (credentials and endpoints set since would be missing)."""
+    os.environ.clear()
+    os.environ.update(env)
+
+
+@contextlib.contextmanager
+def process_pool(volume, num_units: int, executor):
+    """Worker processes for a local job that asks for them (None otherwise), forked from a server
+    that has imported :data:`PRELOAD`; ``pool.ref`` is the volume's :func:`volume_ref`."""
+    if process_url(volume, num_units, executor) is None:
+        yield None
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # forkserver: a plain fork of this threaded process could inherit a lock held by a thread
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    with ProcessPoolExecutor(min(os.cpu_count() or 1, num_units), mp_context=context,
+                             initializer=_adopt_environment, initargs=(dict(os.environ),)) as pool:
+        pool.ref = volume_ref(volume)  # type: ignore[attr-defined]
+        yield pool
+
+
+def _run_batch(fn: Callable, args: tuple, batch: list[tuple[int, Any]]) -> list[int]:
+    """A worker process's share of units, one after another (nested engine calls run inline:
+    the other workers keep the other cores busy); the indices done."""
+    from ..engine.parallel import inline
+
+    with inline():
+        for _, unit in batch:
+            fn(*args, unit)
+    return [i for i, _ in batch]
 
 
 class Journal:
@@ -129,8 +198,9 @@ class PieceJournal:
 
 def run_units(units: Sequence[Any], fn: Callable, args: tuple, *, executor=None, journal: Journal | None = None,
               bytes_per_unit: int = 1 << 20, progress: Callable[[int, int], None] | None = None) -> None:
-    """``fn(*args, unit)`` for every unit not yet in ``journal``, locally or on ``executor``
-    (a ``dask.distributed.Client``); the journal is finished once every unit has run."""
+    """``fn(*args, unit)`` for every unit not yet in ``journal``: on local threads (``executor``
+    None), in a :func:`process_pool`, or on a ``dask.distributed.Client``; the journal is finished
+    once every unit has run."""
     todo = [i for i in range(len(units)) if journal is None or i not in journal.done]
     total, count = len(units), [len(units) - len(todo)]
     lock = threading.Lock()
@@ -144,7 +214,19 @@ def run_units(units: Sequence[Any], fn: Callable, args: tuple, *, executor=None,
         if progress is not None:
             progress(n, total)
 
-    if executor is None or executor == "processes":  # I/O and numpy kernels: threads suffice
+    if isinstance(executor, Executor):  # a process_pool: batches of units, a few per worker
+        per = max(1, len(todo) // (8 * max(1, getattr(executor, "_max_workers", 1))))
+        batches = [[(i, units[i]) for i in todo[k:k + per]] for k in range(0, len(todo), per)]
+        futures = [executor.submit(_run_batch, fn, args, b) for b in batches]
+        try:
+            for fut in completed(futures):
+                for i in fut.result():  # raises the unit's own error here, naming it
+                    finished(i)
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+    elif executor is None or executor == PROCESSES:  # local threads
         def one(i: int) -> None:
             fn(*args, units[i])
             finished(i)
