@@ -72,6 +72,22 @@ def test_one_block_and_many_chunks_give_the_same_triangles(seg, monkeypatch):
         assert chunked[i].is_watertight()
 
 
+@pytest.mark.parametrize("unit", [(16, 16, 8), (32, 16, 16)])
+def test_units_weld_at_negative_offsets_and_unaligned_boxes(seg, monkeypatch, unit):
+    """Only vertices on the planes between units are matched: the unit grid sits on the volume's
+    (negative) offset, and a box not on that grid clips the first units."""
+    a, _, _ = seg
+    bbox = ((-5, 37, -50), (27, 81, 3))  # z, y, x corners, off the chunk and unit grids
+    monkeypatch.setattr("volbridge.services.mesh.UNIT", (4096, 4096, 4096))  # one unit
+    whole = mesh(a, bbox=bbox, smoothing=0, resume=False)
+    monkeypatch.setattr("volbridge.services.mesh.UNIT", unit)
+    chunked = mesh(a, bbox=bbox, smoothing=0, resume=False)
+    assert set(whole) == set(chunked) and 7 in whole
+    for i in whole:
+        assert len(whole[i].vertices) == len(chunked[i].vertices) and len(whole[i].faces) == len(chunked[i].faces)
+        assert _triangles(whole[i]) == _triangles(chunked[i])
+
+
 def test_outputs_read_back(seg, tmp_path):
     a, labels, root = seg
     meshes = mesh(a, ids=[7])

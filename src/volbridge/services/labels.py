@@ -75,11 +75,16 @@ def label_job(source: Any, ids: Iterable[int] | None, mip: int, bbox, service: S
                     None if ids is None else frozenset(int(i) for i in ids))
 
 
-def label_units(job: LabelJob, unit: tuple[int, int, int]) -> list[Box]:
-    """The job's region in units of whole storage chunks, at least ``unit`` voxels a side."""
+def unit_grid(job: LabelJob, unit: tuple[int, int, int]) -> ChunkGrid:
+    """The grid of the job's units: whole storage chunks, at least ``unit`` voxels a side."""
     grid = job.volume.grid(job.scale)
     chunk = tuple(max(c, -(-u // c) * c) for c, u in zip(grid.chunk_shape, unit))
-    return [c.box for c in ChunkGrid(job.region, chunk, grid.origin).cells(job.region)]
+    return ChunkGrid(job.region, chunk, grid.origin)
+
+
+def label_units(job: LabelJob, unit: tuple[int, int, int]) -> list[Box]:
+    """The job's region in units (:func:`unit_grid`), clipped to it."""
+    return [c.box for c in unit_grid(job, unit).cells(job.region)]
 
 
 def _by_ref(fn: Callable, ref, *args):

@@ -30,6 +30,7 @@ from .base import FunctionService, Segmentation
 from .labels import (
     label_job,
     label_units,
+    unit_grid,
     name_in_volume_info,
     output_dir,
     label_journal,
@@ -192,7 +193,8 @@ def mesh(source: Any, ids: Iterable[int] | None = None, *, mip: int | None = Non
         parts = pieces_by_label(job, units, mesh_unit, (), executor, progress, journal, pool)
         # smoothing is the costly part of a weld; without it, shipping the pieces to the workers
         # and back costs more than welding them here
-        meshes = map_labels(_weld, parts, (smoothing, job.res, simplification),
+        grid = unit_grid(job, UNIT)
+        meshes = map_labels(_weld, parts, (smoothing, job.res, simplification, (grid.origin, grid.chunk_shape)),
                             pool if smoothing or simplification > 1 else None)
     if output is None:
         if journal is not None:
@@ -212,31 +214,65 @@ def mesh(source: Any, ids: Iterable[int] | None = None, *, mip: int | None = Non
     return None
 
 
-def _weld(segid: int, frags: list, smoothing: int, res=(1.0, 1.0, 1.0), simplification: int = 1) -> Mesh:
+def _weld(segid: int, frags: list, smoothing: int, res=(1.0, 1.0, 1.0), simplification: int = 1,
+          seams: tuple | None = None) -> Mesh:
     """One mesh from its fragments: shared vertices merged (they coincide exactly), smoothed, then
     simplified by ``simplification`` (only now: simplifying fragments would leave seams).
 
     Marching-cubes vertices sit on a half-voxel lattice, so each is keyed by one int64 (its
-    lattice x, y, z packed x-major): ``np.unique`` on those keys orders vertices exactly as on the
-    float rows, at a fraction of the cost."""
+    lattice x, y, z packed x-major). Fragments of neighbouring units share only the vertices on
+    the plane between them; ``seams`` (the unit grid's origin and unit shape, voxels x, y, z)
+    names those planes, and only vertices on them are matched: a tenth of them or fewer, where
+    sorting every vertex cost most of a weld. Without ``seams`` every vertex is matched. Vertices
+    keep their first copy, in fragment order.
+
+    No face can degenerate: a face's vertices come from one fragment, whose vertices zmesh made
+    distinct, and the merge only joins vertices of different fragments."""
     verts = np.concatenate([v for v, _ in frags])
     offsets = np.cumsum([0] + [len(v) for v, _ in frags[:-1]])
     faces = np.concatenate([f + o for (_, f), o in zip(frags, offsets)])
-    half = np.asarray(res, dtype=np.float64) / 2
-    # (3, n): reductions and arithmetic along contiguous rows, not strided columns
-    q = np.rint(verts.T / half[:, None]).astype(np.int64)
+    if len(frags) > 1:  # one fragment's vertices are distinct already
+        verts, faces = _merge_shared(verts, faces, [len(v) for v, _ in frags], np.asarray(res, dtype=np.float64) / 2, seams)
+    out = Mesh(taubin(verts.astype(np.float32), faces, smoothing), faces.astype(np.uint32), segid)
+    return out.simplified(len(faces) // simplification) if simplification > 1 else out
+
+
+def _merge_shared(verts: np.ndarray, faces: np.ndarray, sizes: list[int], half: np.ndarray, seams: tuple | None):
+    """``verts`` (fragments of ``sizes`` one after another) with each set of coinciding vertices
+    reduced to its first copy, and ``faces`` renumbered to match."""
+    n = len(verts)
+    lattice = np.rint(verts.T / half[:, None]).astype(np.int64)  # (3, n): contiguous rows
+    if seams is None:
+        cand = np.arange(n)
+    else:
+        # a fragment lies in its unit, grown by one voxel on the high sides: its seam vertices are
+        # those on the unit's low or high planes (2 * voxel on the lattice), found by comparisons
+        origin, unit = (2 * np.asarray(a, dtype=np.int64) for a in seams)
+        on_seam = np.empty(n, dtype=bool)
+        start = 0
+        for size in sizes:
+            part = lattice[:, start:start + size]
+            low = origin + (part.min(axis=1) - origin) // unit * unit
+            hit = on_seam[start:start + size]
+            np.equal(part[0], low[0], out=hit)
+            for axis in range(3):
+                hit |= part[axis] == low[axis] + unit[axis]
+                if axis:
+                    hit |= part[axis] == low[axis]
+            start += size
+        cand = np.flatnonzero(on_seam)
+    if not len(cand):
+        return verts, faces
+    q = lattice[:, cand]
     q -= q.min(axis=1, keepdims=True)
     span = q.max(axis=1) + 1
     key = (q[0] * span[1] + q[1]) * span[2] + q[2]
     _, first, inverse = np.unique(key, return_index=True, return_inverse=True)  # stable: the first copy
-    inverse = inverse.reshape(-1)
-    uniq = verts[first]
-    faces = inverse[faces].astype(np.uint32)
-    # fragments meet on shared planes only: no face appears twice, but drop degenerate ones
-    keep = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])
-    faces = faces[keep]
-    out = Mesh(taubin(uniq.astype(np.float32), faces, smoothing), faces, segid)
-    return out.simplified(len(faces) // simplification) if simplification > 1 else out
+    target = np.arange(n)
+    target[cand] = cand[first[inverse.reshape(-1)]]  # each vertex: the index of its first copy
+    own = target == np.arange(n)
+    renumber = np.cumsum(own) - 1
+    return verts[own], renumber[target][faces]
 
 
 def write_meshes(meshes: dict[int, Mesh], output: str, format: str) -> None:
