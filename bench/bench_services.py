@@ -95,8 +95,9 @@ def settle() -> None:
 
 
 def cpu_seconds() -> float:
-    """CPU of this process and of its finished children (the services' worker processes end with
-    their job, so their time is counted once the call returns)."""
+    """CPU of this process and of its finished children. The services' worker processes are
+    children of multiprocessing's fork server, not of this process: their CPU is not counted
+    (the rows that run in worker processes show the parent's share only)."""
     t = os.times()
     return t.user + t.system + t.children_user + t.children_system
 
