@@ -93,6 +93,22 @@ def test_mean_of_every_integer_type_equals_the_reference(mean_path, shape, f, dt
     np.testing.assert_array_equal(got, reference(a, f, "mean"))
 
 
+@pytest.mark.parametrize("dtype", [">i8", ">u8", ">u2", "<i8"])
+def test_mean_of_non_native_and_64_bit_arrays(mean_path, dtype):
+    """Big-endian arrays (a user's, from a file) keep their type; 64-bit extremes stay exact."""
+    info = np.iinfo(np.dtype(dtype).newbyteorder("="))
+    a = np.array([[[info.max], [info.max - 1]], [[info.max], [info.max]]], dtype=dtype)  # 2 x 2 x 1
+    got = downsample_array(a, (2, 2, 1), "mean")
+    assert got.dtype == a.dtype and got.shape == (1, 1, 1)
+    assert int(got[0, 0, 0]) == (sum(int(v) for v in a.ravel()) + 2) // 4
+
+
+def test_an_empty_array_downsamples_to_an_empty_one(mean_path):
+    for method in ("mean", "mode", "min", "max", "nearest"):
+        got = downsample_array(np.zeros((4, 0, 3), np.uint8), (2, 2, 2), method)
+        assert got.shape == (2, 0, 2) and got.dtype == np.uint8
+
+
 def test_the_compiled_mean_sums_in_the_narrowest_type_that_cannot_overflow():
     from volbridge.services._mean_kernel import accumulator
 

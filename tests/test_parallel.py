@@ -58,21 +58,37 @@ def test_nested_local_calls_run_in_the_outer_loops_thread():
     assert not getattr(parallel._inside, "loop", False)  # the caller's flag is restored
 
 
-def test_nested_calls_asking_for_network_concurrency_still_fan_out():
-    wide = default_threads() + 5
-    inner = set()
+@pytest.mark.parametrize("requests", [3, default_threads() + 5])
+def test_nested_network_calls_still_fan_out_however_few_their_items(requests):
+    """A store's request concurrency (loops given) is not local work: nested, its few requests
+    still overlap (a review found three 50 ms requests taking 150 ms inside a unit)."""
+    inner: dict[int, set[int]] = {}
     lock = threading.Lock()
 
-    def unit(_u):
+    def unit(u):
         def request(_r):
-            time.sleep(0.005)  # a request in flight: the loops overlap
+            time.sleep(0.02)  # a request in flight: the loops overlap
             with lock:
-                inner.add(threading.get_ident())
+                inner.setdefault(u, set()).add(threading.get_ident())
 
-        run_bounded(request, range(wide), 1, loops=wide)
+        run_bounded(request, range(requests), 1, loops=32)
 
     run_bounded(unit, range(2), 1, loops=2)
-    assert len(inner) > 2
+    assert all(len(ts) > 1 for ts in inner.values()) and len(inner) == 2
+
+
+def test_nested_calls_marked_local_run_inline_whatever_their_loops():
+    seen = {}
+
+    def unit(u):
+        def chunk(_c):
+            seen.setdefault(u, set()).add(threading.get_ident())
+
+        run_bounded(chunk, range(6), 1, loops=2, local=True)  # e.g. a local store's shard loops
+        seen.setdefault(("outer", u), threading.get_ident())
+
+    run_bounded(unit, range(4), 1, loops=2)
+    assert all(seen[u] == {seen[("outer", u)]} for u in range(4))
 
 
 def test_a_top_level_call_on_one_item_does_not_mark_the_thread():

@@ -5,7 +5,9 @@ half-way resumes from its journal and completes."""
 from __future__ import annotations
 
 import importlib
+import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +89,74 @@ def test_a_unit_failing_in_a_worker_process_names_its_chunk(pyramid):
     chunks[len(chunks) // 2].write_bytes(b"\x1f\x8b not gzip")
     with pytest.raises(vb.errors.ChunkDecodeError, match=chunks[len(chunks) // 2].name):
         downsample(f"precomputed://{pyramid / 'b'}", mips=[1], executor="processes", resume=False)
+
+
+def test_worker_processes_reopen_a_relative_path_absolutely(tmp_path, monkeypatch):
+    """The fork server keeps the working directory it started in: workers must not resolve a
+    relative URL there (a review found them writing another volume of the same name)."""
+    for name, value in (("here", 10), ("elsewhere", 200)):
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)
+        v = vb.create("precomputed://vol", shape=(8, 32, 32), dtype="uint8", chunk_shape=(8, 8, 8), num_scales=2)
+        v[...] = np.full(v.shape, value, np.uint8)
+    monkeypatch.chdir(tmp_path / "here")
+    a = vb.array("vol", mode="r+")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    downsample(a, executor="processes", resume=False)
+    assert (vb.array(str(tmp_path / "here" / "vol")).mip(1)[...] == 10).all()
+    assert (vb.array(str(tmp_path / "elsewhere" / "vol")).mip(1)[...] == 0).all()  # untouched
+
+
+@pytest.mark.parametrize("executor", ["processes", "cluster"])
+def test_a_volume_changed_since_the_job_started_is_refused(pyramid, executor, request):
+    stale = vb.array(str(pyramid / "b"), mode="r+")
+    vb.array(str(pyramid / "b"), mode="r+").volume.add_scale((2, 2, 1))  # another writer changes the info
+    run = request.getfixturevalue("client") if executor == "cluster" else "processes"
+    url = f"precomputed://{pyramid / 'b'}"
+    with pytest.raises(vb.errors.VersionChangedError, match="changed since the job started"):
+        if executor == "cluster":
+            from volbridge.services.units import run_units, volume_ref
+
+            run_units([0, 1], _version_probe, (volume_ref(stale.volume),), executor=run)
+        else:
+            downsample(stale, mips=[1], executor=run, resume=False)
+    assert url
+
+
+def _version_probe(ref, _unit):
+    from volbridge.services.units import open_ref
+
+    open_ref(ref, "r")
+
+
+def test_units_too_big_for_the_memory_bound_run_on_threads(pyramid, monkeypatch):
+    from volbridge.services.units import process_workers
+
+    volume = vb.array(str(pyramid / "a")).volume
+    assert process_workers(volume, 100, "processes", bytes_per_unit=1 << 20) == min(2, os.cpu_count() or 1) or (os.cpu_count() or 1) < 2
+    monkeypatch.setattr("volbridge.engine.parallel.MAX_BYTES_IN_FLIGHT", 3 << 20)
+    assert process_workers(volume, 100, "processes", bytes_per_unit=2 << 20) == 0
+    assert process_workers(volume, 100, None, bytes_per_unit=1) == 0  # not asked for
+
+
+def _slow_unit(directory, fail_at, unit):
+    time.sleep(0.005)
+    if unit == fail_at:
+        raise vb.errors.StoreError(f"unit {unit} failed: disk on fire")
+    (Path(directory) / str(unit)).touch()
+
+
+def test_a_failing_unit_in_a_worker_stops_the_job_soon(pyramid, tmp_path):
+    from volbridge.services.units import Journal, process_pool, run_units
+
+    journal = Journal({"service": "probe", "dir": str(tmp_path)}, tmp_path / "jobs")
+    with process_pool(vb.array(str(pyramid / "a")).volume, 200, "processes") as pool:
+        assert pool is not None
+        with pytest.raises(vb.errors.StoreError, match="unit 20 failed: disk on fire"):
+            run_units(list(range(200)), _slow_unit, (str(tmp_path), 20), executor=pool, journal=journal)
+    ran = [p for p in tmp_path.iterdir() if p.name.isdigit()]
+    assert len(ran) < 60  # small batches: little queued work runs on after the failure
+    assert journal.done <= {int(p.name) for p in ran}  # journaled units really ran
 
 
 def test_volumes_that_cannot_be_reopened_by_url_run_on_threads():

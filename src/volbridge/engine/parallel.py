@@ -73,18 +73,22 @@ def inline():
         _inside.loop = outer
 
 
-def run_bounded(fn: Callable[[T], None], items: Iterable[T], bytes_per_item: int, loops: int | None = None) -> None:
+def run_bounded(fn: Callable[[T], None], items: Iterable[T], bytes_per_item: int, loops: int | None = None,
+                local: bool | None = None) -> None:
     """Run ``fn`` over ``items``; the first exception stops the other loops and is raised.
 
-    A call made from inside another call's loop that asks for no more loops than the cores need
+    ``local``: the work is CPU and local I/O (default: when ``loops`` is not given), as opposed
+    to requests that mostly wait on a network. A local call made from inside another call's loop
     runs its items in the calling thread: the outer loops already keep every core busy, and
     nested loops only multiply GIL hand-offs and thread wake-ups (measured: a quarter of the wall
-    time of a downsample, whose units each read and write a few chunks). Calls asking for more
-    (a network store's request concurrency) still fan out, since their loops mostly wait.
+    time of a downsample, whose units each read and write a few chunks). Network calls still fan
+    out, however few their items, since their loops mostly wait.
     """
     items = list(items)
     n = min(len(items), loops or default_threads(), max(1, MAX_BYTES_IN_FLIGHT // max(1, bytes_per_item)))
-    if n <= 1 or (n <= default_threads() and getattr(_inside, "loop", False)):
+    if local is None:
+        local = loops is None
+    if n <= 1 or (local and getattr(_inside, "loop", False)):
         for item in items:
             fn(item)
         return

@@ -96,7 +96,7 @@ def _plan(layout: ScaleLayout, box: Box) -> list[_Shard]:
 
 def _over_members(fn, members: list, nested: bool, chunk_nbytes: int, loops: int) -> None:
     if nested:
-        run_bounded(fn, members, chunk_nbytes, loops)
+        run_bounded(fn, members, chunk_nbytes, loops, local=True)
     else:
         for m in members:
             fn(m)
@@ -195,7 +195,7 @@ def read_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, out: np.ndar
         if fill is not None:
             _fill_absent(out, shard, placed, fill)
 
-    run_bounded(shard_task, shards, _shard_nbytes(shards, chunk_nbytes), _loops(vol))
+    run_bounded(shard_task, shards, _shard_nbytes(shards, chunk_nbytes), _loops(vol), local=vol.store.io_concurrency is None)
 
 
 def _fill_absent(out: np.ndarray, shard: _Shard, placed: np.ndarray | None, fill) -> None:
@@ -276,7 +276,7 @@ def _place_decoded_shard(codec: str, layout: ScaleLayout, shard: _Shard, data, s
             decoded.append(batch_decode.decode_into(codec, src, starts[part], sizes[part], staging, offsets[part],
                                                     slot_sizes[part]) == len(part))
 
-        run_bounded(decode, parts, 1, len(parts))  # into the staging buffer: no memory of their own
+        run_bounded(decode, parts, 1, len(parts), local=True)  # into the staging buffer: no memory of their own
         if not all(decoded):
             return None
         place.place_chunks(out, staging, offsets, shapes, shard.src_lo[present], shard.dst_lo[present], shard.size[present])
@@ -360,7 +360,7 @@ def write_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, data: np.nd
             _over_members(encode_task, whole.tolist(), nested, chunk_nbytes, _loops(vol))
             _store_shard(vol, layout, shard, box, data, ch, partial, encoded, int(covered.sum()))
 
-    run_bounded(shard_task, shards, _shard_nbytes(shards, chunk_nbytes), _loops(vol))
+    run_bounded(shard_task, shards, _shard_nbytes(shards, chunk_nbytes), _loops(vol), local=vol.store.io_concurrency is None)
 
 
 def _store_shard(vol: ChunkedVolume, layout: ScaleLayout, shard: _Shard, box: Box, data: np.ndarray, ch: slice,

@@ -143,7 +143,7 @@ class KVStore(ABC):
         # one pool keeps a batched get from adding threads beside the chunk loops that call it.
         from ..engine.parallel import default_threads, run_bounded
 
-        run_bounded(fetch, keys, 1, loops=self.io_concurrency or default_threads())
+        run_bounded(fetch, keys, 1, loops=self.io_concurrency or default_threads(), local=self.io_concurrency is None)
         return {key: found[key] for key in keys if key in found}
 
     def get_transient(self, key: str) -> bytes | memoryview | None:

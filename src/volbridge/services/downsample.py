@@ -33,7 +33,15 @@ from ..errors import (
 from ..geometry import Box
 from . import _mean_kernel, provenance
 from .base import FunctionService, Writable
-from .units import PROCESSES, Journal, open_ref, process_pool, run_units, volume_ref
+from .units import (
+    PROCESSES,
+    Journal,
+    open_ref,
+    process_pool,
+    run_units,
+    volume_ref,
+    volume_url,
+)
 
 METHODS = ("auto", "mean", "mode", "min", "max", "nearest")
 #: Whether ``mean`` may use the compiled loop (tests switch it off to check numpy's kernel too).
@@ -139,10 +147,11 @@ def mean(a: np.ndarray, f: tuple[int, int, int]) -> np.ndarray:
         return ((s + n // 2) // n).astype(a.dtype)
     if a.dtype.kind in "iu":  # 64-bit: the sum may not fit, so sum quotients and remainders apart
         # (sum + n // 2) // n == sum(v // n) + (sum(v % n) + n // 2) // n, each term in range
-        d = np.array(n, a.dtype)
-        q = (b // d).sum(axis=-1, dtype=a.dtype)
-        r = (b % d).sum(axis=-1, dtype=a.dtype)
-        return q + (r + d // 2) // d
+        t = a.dtype.type  # in native byte order
+        d = np.array(n, t)
+        q = (b // d).sum(axis=-1, dtype=t)
+        r = (b % d).sum(axis=-1, dtype=t)
+        return (q + (r + d // 2) // d).astype(a.dtype)
     s = b.sum(axis=-1, dtype=np.float64)
     return (s / n if a.dtype.kind == "f" else np.floor(s / n + 0.5)).astype(a.dtype)
 
@@ -190,6 +199,8 @@ KERNELS: dict[str, Callable[[np.ndarray, tuple[int, int, int]], np.ndarray]] = {
 
 def downsample_array(a: np.ndarray, factor: tuple[int, int, int], method: str = "mean") -> np.ndarray:
     """``a`` (x, y, z) reduced by ``factor`` (x, y, z), its odd edges repeated: ``ceil(n / f)`` out."""
+    if not a.size:  # nothing to reduce (and no edge to repeat)
+        return np.empty(tuple(-(-n // k) for n, k in zip(a.shape, factor)), a.dtype)
     pad = [(0, -n % k) for n, k in zip(a.shape, factor)]
     if any(p[1] for p in pad):
         a = np.pad(a, pad, mode="edge")
@@ -307,11 +318,13 @@ def downsample(source: Any, *, num_mips: int | None = None, factor: tuple[int, i
     if method == "auto":
         method = "mode" if volume.meta.layer_type == "segmentation" else "mean"
     started = time.time()
-    units_of = {}
+    units_of, per_unit = {}, {}
     for m in sorted(mips):
         grid = volume.write_grid(m)
         units_of[m] = [c.box for c in grid.cells(volume.meta.scales[m].bounds)]
-    with process_pool(volume, max(map(len, units_of.values()), default=0), executor) as pool:
+        f = factor_between(volume.meta.scales[m - 1].resolution, volume.meta.scales[m].resolution)
+        per_unit[m] = math.prod(grid.chunk_shape) * math.prod(f) * volume.meta.num_channels * np.dtype(volume.meta.dtype).itemsize * 3
+    with process_pool(volume, max(map(len, units_of.values()), default=0), executor, max(per_unit.values(), default=1)) as pool:
         if pool is not None:  # worker processes reopen the volume from its URL
             target, keep, executor = pool.ref, True, pool
         elif executor is None or executor == PROCESSES:  # local threads
@@ -321,14 +334,13 @@ def downsample(source: Any, *, num_mips: int | None = None, factor: tuple[int, i
         for m in sorted(mips):
             fine, coarse = volume.meta.scales[m - 1], volume.meta.scales[m]
             f = factor_between(fine.resolution, coarse.resolution)
-            grid, units = volume.write_grid(m), units_of[m]
-            per_unit = math.prod(grid.chunk_shape) * math.prod(f) * volume.meta.num_channels * np.dtype(volume.meta.dtype).itemsize * 3
-            journal = Journal({"service": "downsample", "url": volume.url, "mip": m, "method": method, "factor": f,
+            units = units_of[m]
+            journal = Journal({"service": "downsample", "url": volume_url(volume), "mip": m, "method": method, "factor": f,
                                "units": len(units)}) if resume else None
             tick = (lambda done, total, m=m: progress(m, done, total)) if progress is not None else None
             try:
                 run_units(units, downsample_unit, (target, m, f, method, keep), executor=executor, journal=journal,
-                          bytes_per_unit=per_unit, progress=tick)
+                          bytes_per_unit=per_unit[m], progress=tick)
             finally:
                 _kept.clear()  # the pool's threads outlive the job: let go of their buffers (a unit
                 # still running elsewhere keeps its own view alive)

@@ -23,7 +23,7 @@ from ..formats.base import ScaleMeta, VolumeMeta
 from ..geometry import Box, ChunkGrid
 from .base import Service
 from ..engine.parallel import run_bounded
-from .units import PROCESSES, PieceJournal, open_ref, process_pool, run_units, volume_ref
+from .units import PROCESSES, PieceJournal, open_ref, process_pool, run_units, volume_ref, volume_url
 
 
 class ArrayVolume(Volume):
@@ -104,7 +104,8 @@ def _by_ref_journaled(journal: PieceJournal | None, index: int, fn: Callable, re
 def label_pool(job: LabelJob, units: list[Box], executor):
     """Worker processes for a local label job that asks for them (None otherwise): zmesh and
     kimimaro hold the GIL, so threads mesh one unit at a time (see :func:`.units.process_pool`)."""
-    with process_pool(job.volume, len(units), executor) as pool:
+    per_unit = math.prod(units[0].shape) * np.dtype(job.volume.meta.dtype).itemsize * 6 if units else 1
+    with process_pool(job.volume, len(units), executor, per_unit) as pool:
         yield pool
 
 
@@ -211,8 +212,7 @@ def label_journal(job: LabelJob, service: str, units: list[Box], parameters: dic
     """The journal of a label job, or None where its source has no lasting name (an ndarray, an
     in-memory store). The key names the volume absolutely and every unit's box, so no other
     volume or unit layout can pick up its pieces."""
-    # a chunked volume's store URL is absolute (file:///..., s3://...); the volume's may be relative
-    url = getattr(getattr(job.volume, "store", None), "url", None) or job.volume.url
+    url = volume_url(job.volume)  # absolute: the volume's own URL may be a relative path
     if not resume or isinstance(job.source, np.ndarray) or url == "ndarray" or url.startswith("mem:"):
         return None
     geometry = hashlib.sha1(repr([(u.start, u.stop) for u in units]).encode()).hexdigest()

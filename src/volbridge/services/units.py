@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..engine.parallel import run_bounded
-from ..errors import InvalidArgumentError, VolbridgeError
+from ..errors import InvalidArgumentError, VersionChangedError, VolbridgeError
 
 #: Where journals live (``VOLBRIDGE_JOBS_DIR`` overrides).
 JOBS_DIR = Path(os.environ.get("VOLBRIDGE_JOBS_DIR", "~/.cache/volbridge/jobs")).expanduser()
@@ -33,17 +33,36 @@ JOBS_DIR = Path(os.environ.get("VOLBRIDGE_JOBS_DIR", "~/.cache/volbridge/jobs"))
 @functools.lru_cache(maxsize=64)
 def open_cached(url: str, mode: str, mip: int = 0, version: str = ""):
     """A volume handle by URL, kept for this process: workers reuse their open stores. ``version``
-    (a digest of the metadata the client saw) keys it too: a worker never reuses a handle opened
-    before the volume changed (a scale added, the volume recreated with other chunks)."""
+    (a digest of the metadata the client saw, when given) is checked against the volume opened
+    and keys the handle: a worker never works on a volume that changed since the job started (a
+    scale added, the volume recreated with other chunks), nor reuses a handle opened before."""
     from ..api import array
 
-    return array(url, mode=mode, mip=mip)
+    arr = array(url, mode=mode, mip=mip)
+    if version and metadata_digest(arr.volume) != version:
+        raise VersionChangedError(f"{url} changed since the job started (its metadata differ from what the job "
+                                  "was planned on); run the job again")
+    return arr
+
+
+def metadata_digest(volume) -> str:
+    return hashlib.sha1(json.dumps(volume.metadata_json(), sort_keys=True, default=str).encode()).hexdigest()
+
+
+def volume_url(volume) -> str:
+    """A URL that opens ``volume`` from any working directory: a local volume's path made
+    absolute (through its store's ``file://`` URL), else the volume's own URL."""
+    store_url = getattr(getattr(volume, "store", None), "url", None)
+    fmt = getattr(volume, "format_name", None)
+    if store_url and fmt and store_url.startswith("file://"):
+        return f"{fmt}://{store_url}"
+    return volume.url
 
 
 def volume_ref(volume) -> tuple[str, str]:
-    """What a worker needs to open ``volume`` itself: its URL and a digest of its metadata."""
-    doc = json.dumps(volume.metadata_json(), sort_keys=True, default=str)
-    return volume.url, hashlib.sha1(doc.encode()).hexdigest()
+    """What a worker needs to open ``volume`` itself: its absolute URL and a digest of its
+    metadata (:func:`open_cached` checks it)."""
+    return volume_url(volume), metadata_digest(volume)
 
 
 def open_ref(ref, mode: str):
@@ -69,20 +88,25 @@ PROCESSES = "processes"
 PRELOAD = ["volbridge.services.mesh", "volbridge.services.skeleton", "volbridge.services._worker_preload"]
 
 
-def process_url(volume, num_units: int, executor) -> str | None:
-    """The URL worker processes reopen ``volume`` from, or None to run on threads."""
+def process_workers(volume, num_units: int, executor, bytes_per_unit: int = 1) -> int:
+    """How many worker processes a local job gets: 0 to run on threads instead (not asked for,
+    one core, one unit, a volume that cannot be reopened from a URL, a process that cannot have
+    children, or units so big that two at a time would pass the engine's memory bound)."""
     import multiprocessing
+
+    from ..engine.parallel import MAX_BYTES_IN_FLIGHT
 
     setting = os.environ.get("VOLBRIDGE_PROCESSES", "")
     if setting == "0" or not (executor == PROCESSES or (executor is None and setting == "1")):
-        return None
-    if (os.cpu_count() or 1) < 2 or num_units < 2 or multiprocessing.current_process().daemon:
-        return None  # a daemonic process (a pool or dask worker) cannot have children
+        return 0
+    if multiprocessing.current_process().daemon or "forkserver" not in multiprocessing.get_all_start_methods():
+        return 0  # a daemonic process (a pool or dask worker) cannot have children
     url = volume.url
     # in-memory stores and server remotes (tokens) cannot be reopened from a URL alone
     if getattr(volume, "store", None) is None or "mem://" in url or url.startswith("mem:"):
-        return None
-    return url
+        return 0
+    n = min(os.cpu_count() or 1, num_units, MAX_BYTES_IN_FLIGHT // max(1, bytes_per_unit))
+    return n if n >= 2 else 0
 
 
 def _adopt_environment(env: dict) -> None:
@@ -93,10 +117,12 @@ def _adopt_environment(env: dict) -> None:
 
 
 @contextlib.contextmanager
-def process_pool(volume, num_units: int, executor):
-    """Worker processes for a local job that asks for them (None otherwise), forked from a server
-    that has imported :data:`PRELOAD`; ``pool.ref`` is the volume's :func:`volume_ref`."""
-    if process_url(volume, num_units, executor) is None:
+def process_pool(volume, num_units: int, executor, bytes_per_unit: int = 1):
+    """Worker processes for a local job that asks for them (None otherwise, see
+    :func:`process_workers`), forked from a server that has imported :data:`PRELOAD`;
+    ``pool.ref`` is the volume's :func:`volume_ref`."""
+    workers = process_workers(volume, num_units, executor, bytes_per_unit)
+    if not workers:
         yield None
         return
     import multiprocessing
@@ -105,10 +131,14 @@ def process_pool(volume, num_units: int, executor):
     # forkserver: a plain fork of this threaded process could inherit a lock held by a thread
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)
-    with ProcessPoolExecutor(min(os.cpu_count() or 1, num_units), mp_context=context,
+    with ProcessPoolExecutor(workers, mp_context=context,
                              initializer=_adopt_environment, initargs=(dict(os.environ),)) as pool:
         pool.ref = volume_ref(volume)  # type: ignore[attr-defined]
         yield pool
+
+
+#: At most this many units per task given to a worker process.
+BATCH_UNITS = 4
 
 
 def _run_batch(fn: Callable, args: tuple, batch: list[tuple[int, Any]]) -> list[int]:
@@ -214,8 +244,10 @@ def run_units(units: Sequence[Any], fn: Callable, args: tuple, *, executor=None,
         if progress is not None:
             progress(n, total)
 
-    if isinstance(executor, Executor):  # a process_pool: batches of units, a few per worker
-        per = max(1, len(todo) // (8 * max(1, getattr(executor, "_max_workers", 1))))
+    if isinstance(executor, Executor):  # a process_pool: small batches of units
+        # a few units per task halve the hand-offs; more would journal late and, after a unit
+        # fails, leave more queued work running
+        per = max(1, min(BATCH_UNITS, len(todo) // (8 * max(1, getattr(executor, "_max_workers", 1)))))
         batches = [[(i, units[i]) for i in todo[k:k + per]] for k in range(0, len(todo), per)]
         futures = [executor.submit(_run_batch, fn, args, b) for b in batches]
         try:
