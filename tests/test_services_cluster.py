@@ -159,6 +159,20 @@ def test_a_failing_unit_in_a_worker_stops_the_job_soon(pyramid, tmp_path):
     assert journal.done <= {int(p.name) for p in ran}  # journaled units really ran
 
 
+def _dies(unit):
+    if unit == 3:
+        os._exit(1)  # as the out-of-memory killer would end it
+    time.sleep(0.01)
+
+
+def test_a_worker_process_that_dies_is_a_clear_error(pyramid):
+    from volbridge.services.units import process_pool, run_units
+
+    with process_pool(vb.array(str(pyramid / "a")).volume, 20, "processes") as pool:
+        with pytest.raises(vb.errors.VolbridgeError, match="worker process died.*run the job again to resume"):
+            run_units(list(range(20)), _dies, (), executor=pool)
+
+
 def test_volumes_that_cannot_be_reopened_by_url_run_on_threads():
     a = vb.create("mem://ds-processes", shape=(8, 32, 32), dtype="uint8", chunk_shape=(4, 8, 8), num_scales=2)
     a[...] = np.arange(a.size, dtype=np.uint64).reshape(a.shape).astype(np.uint8)

@@ -18,7 +18,7 @@ import os
 import pickle
 import shutil
 import threading
-from concurrent.futures import Executor
+from concurrent.futures import BrokenExecutor, Executor
 from concurrent.futures import as_completed as completed
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -254,6 +254,12 @@ def run_units(units: Sequence[Any], fn: Callable, args: tuple, *, executor=None,
             for fut in completed(futures):
                 for i in fut.result():  # raises the unit's own error here, naming it
                     finished(i)
+        except BrokenExecutor as e:  # a worker killed (out of memory, a signal) or crashed
+            for fut in futures:
+                fut.cancel()
+            raise VolbridgeError(f"a worker process died while running this job's units (out of memory, or killed?); "
+                                 f"{total - count[0]} of {total} units did not finish. Finished units are journaled: "
+                                 "run the job again to resume") from e
         except BaseException:
             for fut in futures:
                 fut.cancel()
