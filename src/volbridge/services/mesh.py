@@ -161,7 +161,7 @@ def mesh_unit(volume, scale: int, region: Box, ids, res, box: Box) -> dict[int, 
             continue
         m = mesher.get(key, normals=False)
         if len(m.faces):
-            out[label] = ((m.vertices.astype(np.float64) + offset).astype(np.float32), m.faces.astype(np.uint32))
+            out[label] = ((m.vertices.astype(np.float64) + offset).astype(np.float32), m.faces.astype(np.uint32, copy=False))
     mesher.clear()
     return out
 
