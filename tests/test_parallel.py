@@ -104,3 +104,30 @@ def test_a_top_level_call_on_one_item_does_not_mark_the_thread():
 
     run_bounded(outer, [0], 1)
     assert len(threads) > 1
+
+
+def test_a_sharded_write_of_few_shards_on_a_network_store_spreads_its_chunks(tmp_path, monkeypatch):
+    """Two shards and 32 request loops: each shard's chunk encodes spread over the loops, inside
+    the call's own shard loops (a review found them run one at a time)."""
+    import numpy as np
+
+    import volbridge as vb
+    from volbridge.engine import sharded
+
+    a = vb.create(f"precomputed://{tmp_path / 'v'}", shape=(64, 256, 128), dtype="uint16", chunk_shape=(16, 32, 32),
+                  shard_shape=(64, 128, 128), compression="gzip")
+    used: dict[str, set[int]] = {}
+    real = sharded.run_bounded
+
+    def spy(fn, items, *args, **kw):
+        def wrapped(x):
+            used.setdefault(fn.__name__, set()).add(threading.get_ident())
+            time.sleep(0.002)  # a slow codec
+            return fn(x)
+        return real(wrapped, items, *args, **kw)
+
+    monkeypatch.setattr(sharded, "run_bounded", spy)
+    a.volume.store.io_concurrency = 32
+    a[...] = np.random.default_rng(0).integers(0, 9, a.shape).astype("uint16")
+    assert len(used["shard_task"]) == 2
+    assert len(used.get("encode_slot", ())) > 4

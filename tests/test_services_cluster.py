@@ -107,6 +107,42 @@ def test_worker_processes_reopen_a_relative_path_absolutely(tmp_path, monkeypatc
     assert (vb.array(str(tmp_path / "elsewhere" / "vol")).mip(1)[...] == 0).all()  # untouched
 
 
+def test_worker_processes_open_names_with_url_characters_as_paths(tmp_path):
+    """``run%41`` is a directory name, not an escaped ``runA`` (a review found workers writing
+    the neighbour), and ``#`` is no fragment."""
+    for name, value in (("run%41", 10), ("runA", 200), ("run#1", 30)):
+        v = vb.create(f"precomputed://{tmp_path / name}", shape=(8, 32, 32), dtype="uint8", chunk_shape=(8, 8, 8), num_scales=2)
+        v[...] = np.full(v.shape, value, np.uint8)
+    for name, value in (("run%41", 10), ("run#1", 30)):
+        downsample(str(tmp_path / name), executor="processes", resume=False)
+        assert (vb.array(str(tmp_path / name)).mip(1)[...] == value).all()
+    assert (vb.array(str(tmp_path / "runA")).mip(1)[...] == 0).all()  # untouched
+
+
+@pytest.mark.parametrize("url, kw", [("n5://{p}/v.n5", {}), ("ome-zarr://{p}/v.zarr", {"ome_version": "0.4"}),
+                                     ("ome-zarr://{p}/v.zarr", {})])
+def test_provenance_of_one_job_does_not_stop_the_next_on_the_same_handle(tmp_path, url, kw):
+    """Provenance records live in zarr and N5 attributes: they change the document on disk, not the
+    layout workers check (a review found the second job refused)."""
+    a = vb.create(url.format(p=tmp_path), shape=(8, 128, 128), dtype="uint8", chunk_shape=(8, 16, 16), num_scales=3, **kw)
+    a[...] = np.arange(a.size, dtype=np.uint64).reshape(a.shape).astype(np.uint8)
+    downsample(a, mips=[1], executor="processes", resume=False)
+    downsample(a, mips=[2], executor="processes", resume=False)
+    assert a.mip(2)[...].any()
+
+
+@pytest.mark.parametrize("kw", [{}, {"ome_version": "0.4"}])
+def test_the_layout_digest_sees_arrays_recreated_under_the_same_group(tmp_path, kw):
+    from volbridge.services.units import metadata_digest
+
+    url = f"ome-zarr://{tmp_path / 'v.zarr'}"
+    first = metadata_digest(vb.create(url, shape=(8, 64, 64), dtype="uint8", chunk_shape=(8, 16, 16), num_scales=2, **kw).volume)
+    shutil.rmtree(tmp_path / "v.zarr")
+    again = metadata_digest(vb.create(url, shape=(8, 64, 64), dtype="uint8", chunk_shape=(4, 32, 32), num_scales=2, **kw).volume)
+    assert first != again
+    assert metadata_digest(vb.array(url).volume) == again
+
+
 @pytest.mark.parametrize("executor", ["processes", "cluster"])
 def test_a_volume_changed_since_the_job_started_is_refused(pyramid, executor, request):
     stale = vb.array(str(pyramid / "b"), mode="r+")

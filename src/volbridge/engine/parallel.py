@@ -61,11 +61,17 @@ def pool() -> ThreadPoolExecutor:
 _inside = threading.local()  # .loop: this thread is one of the loops of a run_bounded call
 
 
+def inside() -> bool:
+    """Whether this thread runs one of the loops of a :func:`run_bounded` call (or is marked by
+    :func:`inline`): its nested local calls run in it."""
+    return getattr(_inside, "loop", False)
+
+
 @contextlib.contextmanager
 def inline():
     """Run the calls made inside as nested ones (in this thread): for a worker process whose
     siblings already keep the other cores busy."""
-    outer = getattr(_inside, "loop", False)
+    outer = inside()
     _inside.loop = True
     try:
         yield
@@ -88,7 +94,7 @@ def run_bounded(fn: Callable[[T], None], items: Iterable[T], bytes_per_item: int
     n = min(len(items), loops or default_threads(), max(1, MAX_BYTES_IN_FLIGHT // max(1, bytes_per_item)))
     if local is None:
         local = loops is None
-    if n <= 1 or (local and getattr(_inside, "loop", False)):
+    if n <= 1 or (local and inside()):
         for item in items:
             fn(item)
         return

@@ -95,8 +95,8 @@ def _plan(layout: ScaleLayout, box: Box) -> list[_Shard]:
 
 
 def _over_members(fn, members: list, nested: bool, chunk_nbytes: int, loops: int) -> None:
-    if nested:
-        run_bounded(fn, members, chunk_nbytes, loops, local=True)
+    if nested:  # asked for by _nested, inside this call's own shard loops: spread anyway
+        run_bounded(fn, members, chunk_nbytes, loops, local=False)
     else:
         for m in members:
             fn(m)
@@ -135,7 +135,11 @@ def _loops(vol: ChunkedVolume) -> int:
 
 def _nested(vol: ChunkedVolume, shards: list[_Shard], chunk_nbytes: int) -> bool:
     """Whether a shard's chunks should spread over the loops: when fewer shard loops run than
-    there are loops, because the box holds few shards or big shards cap the bytes in flight."""
+    there are loops, because the box holds few shards or big shards cap the bytes in flight; but
+    not when this read or write runs in an outer loop already (a service's unit), whose sibling
+    loops keep the cores busy."""
+    if parallel.inside():
+        return False
     loops = _loops(vol)
     shard_loops = min(len(shards), loops, max(1, parallel.MAX_BYTES_IN_FLIGHT // _shard_nbytes(shards, chunk_nbytes)))
     return shard_loops < loops
@@ -276,7 +280,7 @@ def _place_decoded_shard(codec: str, layout: ScaleLayout, shard: _Shard, data, s
             decoded.append(batch_decode.decode_into(codec, src, starts[part], sizes[part], staging, offsets[part],
                                                     slot_sizes[part]) == len(part))
 
-        run_bounded(decode, parts, 1, len(parts), local=True)  # into the staging buffer: no memory of their own
+        run_bounded(decode, parts, 1, len(parts), local=False)  # into the staging buffer: no memory of their own
         if not all(decoded):
             return None
         place.place_chunks(out, staging, offsets, shapes, shard.src_lo[present], shard.dst_lo[present], shard.size[present])

@@ -23,6 +23,8 @@ from concurrent.futures import as_completed as completed
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
 from ..engine.parallel import run_bounded
 from ..errors import InvalidArgumentError, VersionChangedError, VolbridgeError
 
@@ -46,16 +48,48 @@ def open_cached(url: str, mode: str, mip: int = 0, version: str = ""):
 
 
 def metadata_digest(volume) -> str:
-    return hashlib.sha1(json.dumps(volume.metadata_json(), sort_keys=True, default=str).encode()).hexdigest()
+    """A digest of how ``volume`` lays out its voxels: type, channels, fill, and each scale's
+    bounds, resolution, chunks, encoding and write grid (shards). Attributes and provenance
+    records are left out: a service's own provenance must not make the next job's workers refuse
+    the volume, and they do not change where voxels are."""
+    meta = volume.meta
+    scales = []
+    for m, s in enumerate(meta.scales):
+        grid = volume.write_grid(m)
+        scales.append((s.key, s.bounds.start, s.bounds.stop, s.resolution, s.chunk_shape, s.encoding,
+                       grid.chunk_shape, grid.origin))
+    layout = (np.dtype(meta.dtype).str, meta.num_channels, meta.layer_type, repr(meta.fill_value), scales)
+    return hashlib.sha1(repr(layout).encode()).hexdigest()
+
+
+def _local_directory(store) -> str | None:
+    """The absolute directory of a store on this machine's file system (through cache tiers and
+    prefixes), or None."""
+    from ..kv.cache_tier import CacheTier
+    from ..kv.file import FileStore
+    from ..kv.prefixed import PrefixedStore
+
+    suffix = ""
+    while True:
+        if isinstance(store, FileStore):
+            return store._root + ("/" + suffix if suffix else "")
+        if isinstance(store, PrefixedStore):
+            suffix = store.prefix.rstrip("/") + ("/" + suffix if suffix else "")
+            store = store.base
+        elif isinstance(store, CacheTier):
+            store = store.backing
+        else:
+            return None
 
 
 def volume_url(volume) -> str:
-    """A URL that opens ``volume`` from any working directory: a local volume's path made
-    absolute (through its store's ``file://`` URL), else the volume's own URL."""
-    store_url = getattr(getattr(volume, "store", None), "url", None)
+    """A URL that opens ``volume`` from any working directory: a local volume's absolute path
+    (given as a path, which is never unescaped: a ``file://`` URL of a name with ``%`` or ``#``
+    would open another volume), else the volume's own URL."""
+    directory = _local_directory(getattr(volume, "store", None))
     fmt = getattr(volume, "format_name", None)
-    if store_url and fmt and store_url.startswith("file://"):
-        return f"{fmt}://{store_url}"
+    if directory is not None and fmt:
+        return f"{fmt}://{directory}"
     return volume.url
 
 
