@@ -130,6 +130,7 @@ def test_contexts_are_per_thread():
     payload = bytes(range(256)) * 64
     stream = np.frombuffer(zstandard.ZstdCompressor().compress(payload), np.uint8)
     results, ctxs = [], []
+    all_alive = threading.Barrier(4)  # a finished thread frees its context, whose address may be reused
 
     def work():
         dst = np.zeros(len(payload), np.uint8)
@@ -137,6 +138,7 @@ def test_contexts_are_per_thread():
             results.append(batch_decode.decode_into("zstd", stream, [0], [len(stream)], dst, [0], [len(payload)]) == 1
                            and dst.tobytes() == payload)
         ctxs.append(batch_decode._local.contexts["zstd"].ptr)
+        all_alive.wait(timeout=30)
 
     threads = [threading.Thread(target=work) for _ in range(4)]
     for t in threads:
