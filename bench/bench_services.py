@@ -12,9 +12,9 @@ One run, the same data for every peer:
   - ``volbridge service``: ``downsample(a, mips=[1], resume=False, executor="processes")`` (read
     mip 0, mean 2x2x1, write mip 1; 2 worker processes, as ``volbridge downsample`` runs) and
     ``downsample(a, resume=False, executor="processes")`` (the whole pyramid, mip 1..4); the
-    worker pool is started per call (~40 ms); the fork server it forks from is started once per
-    process, before the timed runs (a small volume is downsampled first). The first repetition
-    writes mip 1 afresh, the later ones replace its chunks;
+    fork server and its worker processes are started once, before the timed runs (a small
+    volume is downsampled first; workers stay for the next job while it comes within 30 s). The
+    first repetition writes mip 1 afresh, the later ones replace its chunks;
   - ``volbridge service on threads``: mip 0->1 with ``executor=None`` (local threads, the
     library call's default);
   - ``volbridge I/O only``: the same volume read whole (mip 0) and mip 1 written whole, no kernel:

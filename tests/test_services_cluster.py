@@ -71,7 +71,7 @@ def test_downsample_and_transfer_on_a_cluster_equal_the_local_run(client, pyrami
 
 
 def test_downsample_in_worker_processes_equals_the_threaded_run(pyramid, monkeypatch):
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import Executor
 
     ds = importlib.import_module("volbridge.services.downsample")
     executors = []
@@ -80,7 +80,7 @@ def test_downsample_in_worker_processes_equals_the_threaded_run(pyramid, monkeyp
     downsample(f"precomputed://{pyramid / 'a'}")
     b = vb.array(str(pyramid / "b"), mode="r+")  # an open array: the workers reopen it by URL
     downsample(b, executor="processes")
-    assert executors[0] is None and all(isinstance(e, ProcessPoolExecutor) for e in executors[2:]) and len(executors) == 4
+    assert executors[0] is None and all(isinstance(e, Executor) for e in executors[2:]) and len(executors) == 4
     assert files(pyramid / "a") == files(pyramid / "b")
 
 
@@ -193,6 +193,32 @@ def test_a_failing_unit_in_a_worker_stops_the_job_soon(pyramid, tmp_path):
     ran = [p for p in tmp_path.iterdir() if p.name.isdigit()]
     assert len(ran) < 60  # small batches: little queued work runs on after the failure
     assert journal.done <= {int(p.name) for p in ran}  # journaled units really ran
+
+
+def _note_pid(directory, unit):
+    (Path(directory) / f"{unit}-{os.getpid()}").touch()
+
+
+def test_jobs_share_worker_processes_that_end_when_idle(pyramid, tmp_path, monkeypatch):
+    from volbridge.services import units
+
+    monkeypatch.setattr(units, "IDLE_SECONDS", 0.5)
+    volume = vb.array(str(pyramid / "a")).volume
+
+    def job(name):
+        (tmp_path / name).mkdir()
+        with units.process_pool(volume, 8, "processes") as pool:
+            units.run_units(list(range(8)), _note_pid, (str(tmp_path / name),), executor=pool)
+        return {p.name.split("-")[1] for p in (tmp_path / name).iterdir()}
+
+    first, second = job("first"), job("second")
+    assert first and second <= first  # the same worker processes
+    time.sleep(2)
+    assert units._shared["pool"] is None  # idle: ended
+    third = job("third")
+    assert not third & first
+    monkeypatch.setenv("VOLBRIDGE_TEST_ENVIRONMENT_MARK", "1")  # a job with another environment: new workers
+    assert not job("fourth") & third
 
 
 def _dies(unit):

@@ -150,25 +150,82 @@ def _adopt_environment(env: dict) -> None:
     os.environ.update(env)
 
 
-@contextlib.contextmanager
-def process_pool(volume, num_units: int, executor, bytes_per_unit: int = 1):
-    """Worker processes for a local job that asks for them (None otherwise, see
-    :func:`process_workers`), forked from a server that has imported :data:`PRELOAD`;
-    ``pool.ref`` is the volume's :func:`volume_ref`."""
-    workers = process_workers(volume, num_units, executor, bytes_per_unit)
-    if not workers:
-        yield None
-        return
+#: Worker processes stay this long after their job, for the next one: starting a pool and its
+#: workers and opening the volume in them cost ~50 ms a job (measured), a sixth of a mip.
+IDLE_SECONDS = 30.0
+_shared: dict = {"pool": None, "key": None, "users": 0, "timer": None}
+_shared_lock = threading.Lock()
+
+
+class _JobPool(Executor):
+    """One job's view of the shared worker pool: its volume reference, and no shutdown (the
+    pool outlives the job; it ends :data:`IDLE_SECONDS` after the last one)."""
+
+    def __init__(self, pool, workers: int, ref):
+        self._pool, self._max_workers, self.ref = pool, workers, ref
+
+    def submit(self, fn, /, *args, **kwargs):
+        return self._pool.submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        pass
+
+
+def _new_pool(workers: int):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     # forkserver: a plain fork of this threaded process could inherit a lock held by a thread
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)
-    with ProcessPoolExecutor(workers, mp_context=context,
-                             initializer=_adopt_environment, initargs=(dict(os.environ),)) as pool:
-        pool.ref = volume_ref(volume)  # type: ignore[attr-defined]
-        yield pool
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_adopt_environment, initargs=(dict(os.environ),))
+
+
+def _end_if_idle(pool) -> None:
+    with _shared_lock:
+        if _shared["pool"] is pool and not _shared["users"]:
+            _shared["pool"] = _shared["key"] = None
+            pool.shutdown(wait=False)
+
+
+@contextlib.contextmanager
+def process_pool(volume, num_units: int, executor, bytes_per_unit: int = 1):
+    """Worker processes for a local job that asks for them (None otherwise, see
+    :func:`process_workers`), forked from a server that has imported :data:`PRELOAD`;
+    ``pool.ref`` is the volume's :func:`volume_ref`. The processes are shared by the jobs of
+    this process that want as many with the same environment, and end when idle."""
+    workers = process_workers(volume, num_units, executor, bytes_per_unit)
+    if not workers:
+        yield None
+        return
+    key = (workers, hashlib.sha1(repr(sorted(os.environ.items())).encode()).hexdigest())
+    with _shared_lock:
+        if _shared["timer"] is not None:
+            _shared["timer"].cancel()
+            _shared["timer"] = None
+        pool = _shared["pool"]
+        if pool is not None and (getattr(pool, "_broken", False) or _shared["key"] != key) and not _shared["users"]:
+            pool.shutdown(wait=False)  # a dead worker, or another environment or size: start anew
+            pool = _shared["pool"] = None
+        shared = pool is None or _shared["key"] == key
+        if pool is None:
+            pool = _shared["pool"] = _new_pool(workers)
+            _shared["key"] = key
+        if shared:
+            _shared["users"] += 1
+    if not shared:  # the shared pool is busy with another environment: one of this job's own
+        with _new_pool(workers) as own:
+            yield _JobPool(own, workers, volume_ref(volume))
+        return
+    try:
+        yield _JobPool(pool, workers, volume_ref(volume))
+    finally:
+        with _shared_lock:
+            _shared["users"] -= 1
+            if not _shared["users"] and _shared["pool"] is pool:
+                timer = _shared["timer"] = threading.Timer(IDLE_SECONDS, _end_if_idle, (pool,))
+                timer.daemon = True
+                timer.start()
 
 
 #: At most this many units per task given to a worker process.
