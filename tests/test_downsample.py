@@ -140,6 +140,53 @@ def test_pyramid_equals_the_reference_at_odd_sizes_and_negative_offsets(tmp_path
     assert not kernels._kept
 
 
+@pytest.mark.parametrize("url, kw, grouped", [
+    ("precomputed://{p}", dict(bounds=((0, -32, 64), (37, 100, 203)), chunk_shape=(8, 16, 16)), True),  # on the grid
+    ("precomputed://{p}", dict(bounds=((-7, -33, 5), (22, 40, 80)), chunk_shape=(8, 16, 16)), False),  # odd offsets
+    ("precomputed://{p}", dict(bounds=((0, 0, 0), (32, 128, 128)), chunk_shape=(8, 16, 16), shard_shape=(16, 32, 32)), True),
+    ("ome-zarr://{p}/o.zarr", dict(bounds=((0, 0, 0), (21, 77, 90)), chunk_shape=(8, 16, 16)), True),
+    ("n5://{p}/n.n5", dict(shape=(16, 64, 80), chunk_shape=(8, 16, 16)), True),
+])
+@pytest.mark.parametrize("dtype, method", [("uint8", "mean"), ("uint64", "mode")])
+def test_units_of_several_levels_write_what_level_by_level_units_write(tmp_path, monkeypatch, url, kw, grouped, dtype, method):
+    """Where the cells of consecutive scales nest, one unit computes them all from one read of
+    the lowest one's source; every level equals the level-by-level run, voxel for voxel."""
+    rng = np.random.default_rng(3)
+    outs, groups = [], []
+    real = kernels._groups
+    monkeypatch.setattr(kernels, "_groups", lambda *a: groups.append(real(*a)) or groups[-1])
+    for limit in (kernels.LEVELS_SOURCE_BYTES, 1):  # 1 byte: every level on its own
+        monkeypatch.setattr(kernels, "LEVELS_SOURCE_BYTES", limit)
+        p = tmp_path / str(limit)
+        v = vb.create(url.format(p=p), dtype=dtype, num_scales=4, resolution=(40, 4, 4), **kw)
+        data = rng.integers(0, 5 if method == "mode" else 256, v.shape, dtype=np.uint8).astype(dtype)
+        v[...] = data if not outs else outs[0][0]
+        downsample(v, method=method, resume=False)
+        outs.append([v.mip(m)[...] for m in range(4)])
+    assert (max(map(len, groups[0])) > 1) == grouped, groups
+    assert max(map(len, groups[1])) == 1
+    for m in range(4):
+        np.testing.assert_array_equal(outs[0][m], outs[1][m], err_msg=f"mip {m}")
+
+
+def test_levels_nest_only_where_cells_and_bounds_line_up():
+    from types import SimpleNamespace
+
+    from volbridge.geometry import Box, ChunkGrid
+
+    def volume(b0, b1, o1=(0, 0, 0), c1=(16, 16, 8)):
+        bounds = [Box(*b0), Box(*b1)]
+        grids = [ChunkGrid(bounds[0], (16, 16, 8), (0, 0, 0)), ChunkGrid(bounds[1], c1, o1)]
+        return SimpleNamespace(write_grid=grids.__getitem__, meta=SimpleNamespace(scales=[SimpleNamespace(bounds=b) for b in bounds]))
+
+    f = (2, 2, 1)
+    assert kernels._levels_nest(volume(((0, 0, 0), (65, 64, 8)), ((0, 0, 0), (33, 32, 8))), 1, f)
+    # a coarser level whose size was rounded down leaves the last column of cells to no unit
+    assert not kernels._levels_nest(volume(((0, 0, 0), (65, 64, 8)), ((0, 0, 0), (32, 32, 8))), 1, f)
+    assert not kernels._levels_nest(volume(((0, 0, 0), (64, 64, 8)), ((0, 0, 0), (32, 32, 8)), o1=(4, 0, 0)), 1, f)
+    assert not kernels._levels_nest(volume(((0, 0, 0), (64, 64, 8)), ((0, 0, 0), (32, 32, 8)), c1=(12, 16, 8)), 1, f)
+
+
 def test_segmentation_takes_the_mode_and_never_invents_ids(tmp_path):
     seg = vb.create(f"precomputed://{tmp_path / 'seg'}", bounds=((-3, -9, -11), (10, 30, 31)), dtype="uint64",
                     chunk_shape=(4, 8, 8), resolution=(40, 8, 8), layer_type="segmentation", num_scales=3,
