@@ -100,11 +100,16 @@ def _by_ref_journaled(journal: PieceJournal | None, index: int, fn: Callable, re
     return None
 
 
+def _unit_bytes(job: LabelJob, units: list[Box]) -> int:
+    """Memory one unit holds at its peak: its labels and what meshing or skeletonising makes of them."""
+    return math.prod(units[0].shape) * np.dtype(job.volume.meta.dtype).itemsize * 6 if units else 1
+
+
 @contextlib.contextmanager
 def label_pool(job: LabelJob, units: list[Box], executor):
     """Worker processes for a local label job that asks for them (None otherwise): zmesh and
     kimimaro hold the GIL, so threads mesh one unit at a time (see :func:`.units.process_pool`)."""
-    per_unit = math.prod(units[0].shape) * np.dtype(job.volume.meta.dtype).itemsize * 6 if units else 1
+    per_unit = _unit_bytes(job, units)
     with process_pool(job.volume, len(units), executor, per_unit) as pool:
         yield pool
 
@@ -190,7 +195,7 @@ def _pieces_by_label(job, units, fn, extra, executor, progress, journal, pool) -
         def one(i: int) -> None:
             finished(i, fn(job.volume, *args, units[i]))
 
-        per_unit = math.prod(units[0].shape) * np.dtype(job.volume.meta.dtype).itemsize * 6 if units else 1
+        per_unit = _unit_bytes(job, units)
         run_units(todo, one, (), bytes_per_unit=per_unit)
     else:  # the pieces come back to the client; the workers open the source themselves
         if not isinstance(job.source, str):
