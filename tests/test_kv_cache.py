@@ -784,3 +784,104 @@ def test_two_processes_share_a_disk_cache_while_one_writes(tmp_path):
     for k in keys:
         assert cache.get(k) == _value(k, rounds) == store.get(k)
     cache.close()
+
+
+# -- which objects an entry holds: store identities, shared memory caches, staleness ----------------
+def test_disk_cache_keeps_two_services_of_one_url_apart(tmp_path, monkeypatch):
+    """``s3://b/vol`` on two endpoints (a mirror, a test server) names different objects."""
+    from obstore.store import MemoryStore as ObstoreMemory
+
+    from volbridge.kv.cloud import open_object_store
+    from volbridge.kv.object_store import ObjectStore
+
+    a, b = ObstoreMemory(), ObstoreMemory()
+    sa = ObjectStore(a, "s3://b/vol", service="http://127.0.0.1:1")
+    sb = ObjectStore(b, "s3://b/vol", service="http://127.0.0.1:2")
+    sa.put("chunk", b"on A")
+    sb.put("chunk", b"on B")
+    for store, want in ((sa, b"on A"), (sb, b"on B"), (sa, b"on A"), (sb, b"on B")):
+        c = DiskCache(store, tmp_path / "c", 1 << 20)
+        assert c.get("chunk") == want
+        c.close()
+    # open_object_store says which endpoint (and account) a URL means
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    one = open_object_store("s3://b/vol").identity
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:2")
+    assert open_object_store("s3://b/vol").identity != one
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_NAME", "one")
+    az1 = open_object_store("az://container/vol").identity
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_NAME", "two")
+    assert open_object_store("az://container/vol").identity != az1
+
+
+def test_disk_cache_sees_one_directory_through_any_path(tmp_path):
+    (tmp_path / "data" / "vol").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "data")
+    paths = [tmp_path / "data" / "vol", tmp_path / "link" / "vol", tmp_path / "data" / ".." / "data" / "vol"]
+    caches = [DiskCache(FileStore(p), tmp_path / "c", 1 << 20) for p in paths]
+    caches[0].put("k", b"1")
+    assert [c.get("k") for c in caches] == [b"1"] * 3
+    caches[1].put("k", b"2")  # through the symlink: every path sees it
+    assert [c.get("k") for c in caches] == [b"2"] * 3
+    assert len({c.identity for c in caches}) == 1
+    for c in caches:
+        c.close()
+
+
+@pytest.mark.parametrize("fmt", ["precomputed", "zarr3"])
+def test_memory_cache_handles_of_one_volume_share_it(tmp_path, fmt):
+    url = f"{fmt}://file://{tmp_path}/vol"
+    vb.create(url, shape=(8, 16, 16), chunk_shape=(8, 8, 8), dtype="uint8")
+    a, b = vb.array(url, mode="r+", cache=1 << 20), vb.array(url, mode="r+", cache=1 << 20)
+    a[...] = 1
+    assert (b[...] == 1).all()
+    a[0:4] = 2  # partial chunks: read-modify-write through A's cache
+    assert (b[0:4] == 2).all() and (b[4:] == 1).all()
+    b[...] = 3
+    assert (a[...] == 3).all()
+    # another bound is another cache; a MemoryCache built directly stays private
+    store = FileStore(tmp_path / "vol")
+    private = MemoryCache(store, 1 << 20)
+    assert private._entries is not MemoryCache(store, 1 << 20)._entries
+    assert MemoryCache(store, 1 << 20, shared=True)._entries is MemoryCache(store, 1 << 20, shared=True)._entries
+    assert MemoryCache(store, 1 << 20, shared=True)._entries is not MemoryCache(store, 1 << 19, shared=True)._entries
+
+
+@pytest.mark.parametrize("fmt", ["precomputed", "zarr3", "n5"])
+def test_cache_entries_are_dropped_when_the_volume_changed_behind_it(tmp_path, kind, fmt):
+    """A volume recreated through a handle without the cache (or by another tool): the cached
+    metadata differs from the stored, so nothing the cache holds for it is served."""
+    url = f"{fmt}://file://{tmp_path}/vol"
+    cache = str(tmp_path / "cache") if kind == "disk" else 1 << 20
+    vb.create(url, shape=(8, 16, 16), chunk_shape=(8, 8, 8), dtype="uint8")
+    vb.array(url, mode="r+")[...] = 7
+    first = vb.array(url, cache=cache)
+    assert (first[...] == 7).all()  # metadata and chunks cached
+    vb.create(url, shape=(8, 16, 16), chunk_shape=(8, 8, 8), dtype="uint16", overwrite=True)
+    vb.array(url, mode="r+")[...] = 1000
+    again = vb.array(url, cache=cache)
+    assert again.dtype == np.uint16 and (again[...] == 1000).all()
+    # unchanged metadata keeps the entries: a reopen reads the chunks from the cache
+    third = vb.array(url, cache=cache)
+    hits = third.volume.store.stats.hits
+    assert (third[...] == 1000).all() and third.volume.store.stats.hits > hits
+
+
+def test_a_new_index_takes_in_the_entry_files_a_lost_one_left(tmp_path):
+    store = MemoryStore()
+    for i in range(20):
+        store.put(f"k{i}", bytes(1000))
+    c = DiskCache(store, tmp_path / "c", 10_000)
+    for i in range(10):
+        c.get(f"k{i}")
+    assert c.stats.bytes_cached == 10_000
+    c.close()
+    for f in (tmp_path / "c").glob("index.sqlite3*"):
+        f.unlink()
+    c = DiskCache(store, tmp_path / "c", 10_000)
+    for i in range(10, 20):
+        c.get(f"k{i}")
+    on_disk = sum(f.stat().st_size - HEADER.size for f in (tmp_path / "c" / "entries").rglob("*") if f.is_file())
+    assert on_disk == c.stats.bytes_cached <= 10_000
+    c.check()
+    c.close()

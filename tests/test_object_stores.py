@@ -101,6 +101,55 @@ def test_errors_name_the_url(s3env, s3_bucket, monkeypatch):
         open_store("s3://")
 
 
+def test_content_encoding_is_decoded_or_refused_never_passed_on(s3env, s3_bucket):
+    """obstore hands over bodies as stored: a body its Content-Encoding does not describe is
+    damage (an error naming the object), never the value; S3's aws-chunked is no encoding."""
+    import gzip
+
+    import obstore
+
+    from volbridge.errors import ChunkDecodeError, UnsupportedError
+
+    s = open_store(f"s3://{s3_bucket}/ce")
+    raw = s.store  # the obstore client
+    good = gzip.compress(b"the value" * 10)
+    obstore.put(raw, "ce/good", good, attributes={"Content-Encoding": "gzip"})
+    obstore.put(raw, "ce/damaged", b"\0\0" + good[2:], attributes={"Content-Encoding": "gzip"})
+    obstore.put(raw, "ce/chunked", b"plain", attributes={"Content-Encoding": "aws-chunked"})
+    obstore.put(raw, "ce/odd", b"plain", attributes={"Content-Encoding": "compress"})
+    assert s.get("good") == b"the value" * 10 and s.get("chunked") == b"plain"
+    with pytest.raises(ChunkDecodeError, match=rf"s3://{s3_bucket}/ce/damaged \(Content-Encoding: gzip\)"):
+        s.get("damaged")
+    with pytest.raises(UnsupportedError, match=rf"s3://{s3_bucket}/ce/odd is stored with Content-Encoding: compress"):
+        s.get("odd")
+    # ranges address the value get returns, as on a local disk, through a cache or not
+    from volbridge.kv import MemoryCache
+
+    value = bytes(range(256)) * 64
+    s.put("enc", value, content_encoding="gzip")
+    cached = MemoryCache(s, 1 << 20)
+    for store in (s, cached, s):
+        assert store.get_range("enc", 0, 8) == value[:8] and store.get_part("enc", -8) == value[-8:]
+        with store.range_reader("enc") as r:
+            assert [bytes(v) for v in r.read_many([(100, 110), (5000, 5004)])] == [value[100:110], value[5000:5004]]
+        cached.get("enc")  # the next round: a cached value serves the ranges
+
+
+def test_keys_object_stores_cannot_take_fail_at_once(s3env, s3_bucket):
+    s = open_store(f"s3://{s3_bucket}/keys")
+    for key in ("a//b", "a/../b"):
+        with pytest.raises(StoreError, match=rf"s3://{s3_bucket}/keys/a/"):
+            s.get(key)
+    assert s.stats.retries == 0
+
+
+def test_http_url_with_escaped_characters(serve_dir, tmp_path):
+    vol = vb.create(f"precomputed://{tmp_path}/my data", shape=(2, 4, 4), chunk_shape=(2, 4, 4))
+    vol[...] = np.full((2, 4, 4), 5, np.uint8)
+    base = serve_dir(tmp_path)
+    assert (vb.array(f"precomputed://{base}/my%20data")[...] == 5).all()
+
+
 def test_http_is_read_only(serve_dir, tmp_path):
     vol = vb.create(f"precomputed://{tmp_path}/v", shape=(2, 4, 4), chunk_shape=(2, 4, 4))
     vol[...] = np.ones((2, 4, 4), np.uint8)

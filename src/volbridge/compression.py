@@ -13,6 +13,7 @@ from __future__ import annotations
 import bz2
 import lzma
 import threading
+import zlib
 
 import deflate
 import imagecodecs
@@ -50,7 +51,7 @@ def decompress(name: str, data: bytes) -> bytes:
     name = canonical(name)
     try:
         if name == "gzip":
-            return deflate.gzip_decompress(data)
+            return _gzip_decode(data)
         if name == "zstd":
             return _zstd_decode(data)
         if name == "br":
@@ -63,6 +64,29 @@ def decompress(name: str, data: bytes) -> bytes:
 
 
 _local = threading.local()
+
+
+def _gzip_decode(data) -> bytes:
+    """Every member of a gzip stream. libdeflate decodes the first member only and ignores what
+    follows it, so its result stands when the stream's last 8 bytes are that member's trailer
+    (CRC-32 and size of the output); otherwise zlib reads member after member, and rejects
+    trailing bytes that are not one. (A stream of several members that all hold the same bytes
+    still passes as its first: telling that apart needs where the first member ends, which
+    libdeflate's Python binding does not say, and a search for a second header cost 20 % of a
+    decode.)"""
+    out = deflate.gzip_decompress(data)
+    tail = bytes(data[-8:])
+    if len(tail) == 8 and int.from_bytes(tail[4:], "little") == len(out) & 0xFFFFFFFF \
+            and int.from_bytes(tail[:4], "little") == deflate.crc32(out):
+        return out
+    parts, rest = [], bytes(data)
+    while rest:
+        member = zlib.decompressobj(31)
+        parts.append(member.decompress(rest))
+        if not member.eof:
+            raise ValueError("the stream ends inside a gzip member")
+        rest = member.unused_data
+    return b"".join(parts)
 
 
 def _zstd_compressor(level: int) -> zstandard.ZstdCompressor:

@@ -78,6 +78,13 @@ class KVStore(ABC):
     #: Network stores want many more: latency, not CPU, bounds them.
     io_concurrency: int | None = None
 
+    @property
+    def identity(self) -> str:
+        """Names the stored objects rather than the handle: equal for two handles over the same
+        objects (a directory through a symlink, say) and different wherever the objects could
+        differ (the same bucket on two endpoints). Caches key their entries by it."""
+        return self.url
+
     @abstractmethod
     def get(self, key: str) -> bytes | None:
         """The value, or None when the key is absent. Any other failure raises StoreError."""

@@ -228,7 +228,11 @@ class DiskCache(CacheTier):
         self._index_path = os.path.join(self._dir, "index.sqlite3")
         #: Seconds a transaction waits for another process's before failing.
         self.busy_timeout = float(busy_timeout)
-        self._prefix = backing.url.rstrip("/") + "/"
+        # Entries are named by what they hold, not by the handle that fetched them, and by the
+        # store's namespace number, which invalidate() raises to drop them all at once.
+        self._identity_root = backing.identity.rstrip("/")
+        self._namespace_key = "ns:" + hashlib.blake2b(self._identity_root.encode(), digest_size=16).hexdigest()
+        self._prefix = self._identity_root + "/"
         self._db_lock = threading.Lock()  # one index connection per process, one user at a time
         self._touch_lock = threading.Lock()
         self._touches: dict[str, int] = {}  # entry name -> access time, not yet in the index
@@ -237,6 +241,22 @@ class DiskCache(CacheTier):
         self._handles = _Handles(self._dir)
         self._finalizer = weakref.finalize(self, self._handles.close, True, False)
         self._open()
+        with self._tx() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (self._namespace_key,)).fetchone()
+        self._use_namespace(row[0] if row else 0)
+
+    def _use_namespace(self, number: int) -> None:
+        self._prefix = self._identity_root + (f"#{number}/" if number else "/")
+
+    def invalidate(self) -> None:
+        """Drop every entry of this cache's store, for every process sharing the directory that
+        opens it from now on: the store's entries get new names (the old files are evicted as
+        the least recently used)."""
+        with self._tx() as db:
+            db.execute("INSERT INTO meta(key, value) VALUES (?, 1) ON CONFLICT(key) DO UPDATE SET value = value + 1",
+                       (self._namespace_key,))
+            number = db.execute("SELECT value FROM meta WHERE key = ?", (self._namespace_key,)).fetchone()[0]
+        self._use_namespace(number)
 
     # -- opening and closing ----------------------------------------------------------------------
     def _open(self) -> None:
@@ -263,8 +283,8 @@ class DiskCache(CacheTier):
                     for stmt in _SCHEMA_SQL.strip().split(";\n"):
                         db.execute(stmt)
                     schema = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-                    if schema is None:
-                        db.execute("INSERT INTO meta(key, value) VALUES ('schema', ?), ('clean', 1)", (SCHEMA,))
+                    if schema is None:  # a new index: files left by a lost one are reconciled into it
+                        db.execute("INSERT INTO meta(key, value) VALUES ('schema', ?), ('clean', 0)", (SCHEMA,))
                     elif schema[0] != SCHEMA:
                         raise StoreError(
                             f"cache directory {self._dir} has index schema {schema[0]}, this volbridge "

@@ -14,6 +14,7 @@ itself), so a hit costs no copy; ``get_transient`` returns the same.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import OrderedDict
 from typing import Mapping
 
@@ -23,18 +24,44 @@ from .cache_tier import ABSENT, BUCKETS, CacheStats, CacheTier, _Absent
 __all__ = ["MemoryCache"]
 
 
+class _State:
+    """What a memory cache holds, apart from its backing store."""
+
+    __slots__ = ("lock", "stats", "entries", "gens", "inflight", "__weakref__")
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        # The stats share the cache's lock: bytes_cached, entries and evictions change together
+        # with the entries themselves, under one acquisition.
+        self.stats = CacheStats(_lock=self.lock)
+        self.entries: OrderedDict[str, bytes | _Absent] = OrderedDict()
+        self.gens = [0] * BUCKETS  # per bucket: bumped when a write begins and when it ends
+        self.inflight = [0] * BUCKETS  # per bucket: writes between begin and end
+
+
+_registry: "weakref.WeakValueDictionary[tuple, _State]" = weakref.WeakValueDictionary()
+_registry_lock = threading.Lock()
+
+
 class MemoryCache(CacheTier):
     """LRU cache of ``backing`` in this process's memory, at most ``max_bytes`` of values."""
 
-    def __init__(self, backing: KVStore, max_bytes: int, *, cache_absent: bool = False, cache_writes: bool = True):
+    def __init__(self, backing: KVStore, max_bytes: int, *, cache_absent: bool = False, cache_writes: bool = True,
+                 shared: bool = False):
+        """``shared``: one cache for every shared MemoryCache of this process over the same objects
+        (:attr:`KVStore.identity`) with the same settings, as a disk cache directory is shared: a
+        write through one handle is then seen by the others (each keeps its own backing store)."""
         super().__init__(backing, max_bytes, cache_absent=cache_absent, cache_writes=cache_writes)
-        self._lock = threading.Lock()
-        # The stats share the cache's lock: bytes_cached, entries and evictions change together
-        # with the entries themselves, under one acquisition.
-        self._stats = CacheStats(_lock=self._lock)
-        self._entries: OrderedDict[str, bytes | _Absent] = OrderedDict()
-        self._gens = [0] * BUCKETS  # per bucket: bumped when a write begins and when it ends
-        self._inflight = [0] * BUCKETS  # per bucket: writes between begin and end
+        key = (self.identity, self.max_bytes, self.cache_absent, self.cache_writes)
+        with _registry_lock:
+            state = _registry.get(key) if shared else None
+            if state is None:
+                state = _State()
+                if shared:
+                    _registry[key] = state
+        self._state = state  # held, so the shared state lives as long as a handle uses it
+        self._lock, self._stats, self._entries = state.lock, state.stats, state.entries
+        self._gens, self._inflight = state.gens, state.inflight
 
     @staticmethod
     def _bucket(key: str) -> int:

@@ -102,6 +102,7 @@ class CacheTier(KVStore):
         self.io_concurrency = backing.io_concurrency
         #: The backing store's URL, so error messages name the real location.
         self.url = backing.url
+        self._identity = backing.identity
         self.max_bytes = int(max_bytes)
         #: Cache "absent" answers too (invalidated by writes like any entry). Saves a round trip
         #: per absent chunk of a sparse volume, but a key created behind the cache's back stays
@@ -115,6 +116,10 @@ class CacheTier(KVStore):
     @property
     def stats(self) -> CacheStats:
         return self._stats
+
+    @property
+    def identity(self) -> str:
+        return self._identity
 
     # -- hooks ------------------------------------------------------------------------------------
     @abstractmethod
@@ -301,6 +306,28 @@ class CacheTier(KVStore):
         """See :meth:`KVStore.write_through`; the backing store (another tier, maybe) runs ``op``."""
         keys = list(dict.fromkeys(keys))
         return self._write(keys, lambda: self.backing.write_through(keys, op), lambda w: 0)
+
+    # -- staleness --------------------------------------------------------------------------------
+    def revalidate(self, keys: Iterable[str]) -> bool:
+        """Compare the cached copies of ``keys`` (a volume's metadata documents) with the backing
+        store's. A difference means the objects changed without this cache (a volume recreated
+        through a handle without it, or by another tool), so none of its entries for this store
+        can be trusted: they are all dropped (:meth:`invalidate`). Whether that happened. Keys not
+        cached cost no request."""
+        for key in keys:
+            cached = self._lookup(key, False)
+            if cached is None:
+                continue
+            fresh = self.backing.get(key)
+            self._stats.add(reads=1, requests=1)
+            if (fresh is not None) if cached is ABSENT else (fresh is None or bytes(fresh) != bytes(cached)):
+                self.invalidate()
+                return True
+        return False
+
+    def invalidate(self) -> None:
+        """Drop every entry this cache holds for its backing store."""
+        self.clear()
 
     # -- the rest ---------------------------------------------------------------------------------
     @abstractmethod

@@ -19,7 +19,8 @@ def with_cache(store: KVStore, cache: Any) -> KVStore:
     * ``None``: no cache.
     * a directory (str or path): a :class:`DiskCache` there, bounded by
       :data:`DEFAULT_DISK_CACHE_BYTES`, shared safely by processes using the same directory.
-    * an int: a :class:`MemoryCache` of that many bytes.
+    * an int: a :class:`MemoryCache` of that many bytes, shared by every handle of this process
+      on the same objects with the same bound (so a write through one is seen by the others).
     * a callable taking the store (``lambda s: DiskCache(s, "/scratch/c", 2**34)``): its result.
     """
     if cache is None:
@@ -27,7 +28,7 @@ def with_cache(store: KVStore, cache: Any) -> KVStore:
     if isinstance(cache, bool):
         raise InvalidArgumentError("cache= takes a directory, a byte count or a callable, not a bool")
     if isinstance(cache, int):
-        return MemoryCache(store, cache)
+        return MemoryCache(store, cache, shared=True)
     if isinstance(cache, (str, os.PathLike)):
         return DiskCache(store, os.path.expanduser(os.fspath(cache)), DEFAULT_DISK_CACHE_BYTES)
     if callable(cache):

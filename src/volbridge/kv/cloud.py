@@ -12,7 +12,7 @@
   variable Google's own client libraries read, ``host:port`` or a URL) does too and, without
   credentials, sends writes with an empty bearer token, as emulators expect, instead of asking
   the GCE metadata server for one. Requests carry ``Accept-Encoding: gzip``, so an object stored
-  with ``Content-Encoding: gzip`` comes as stored (ranges address its stored bytes, as on S3) rather
+  with ``Content-Encoding: gzip`` comes as stored (and volbridge decodes it, as on S3) rather
   than decompressed by GCS's decompressive transcoding, whose responses lack the Content-Length
   and ETag that object_store requires.
 * ``az://container/prefix`` (also ``azure://``): ``AZURE_STORAGE_ACCOUNT_NAME`` with
@@ -26,7 +26,7 @@ import configparser
 import json
 import os
 import threading
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from obstore.store import AzureStore, GCSStore, HTTPStore, S3Store
 
@@ -110,6 +110,11 @@ def gcs_config(env: dict | None = None) -> dict:
     return cfg
 
 
+#: The variables that decide which Azure storage account (or emulator) a container URL means.
+_AZURE_SERVICE_VARS = ("AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_ENDPOINT",
+                       "AZURE_STORAGE_USE_EMULATOR", "AZURE_ENDPOINT")
+
+
 def _true(v: str | None) -> bool:
     return (v or "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -140,7 +145,8 @@ def open_object_store(url: str, retry: RetryPolicy | None = None) -> ObjectStore
         opts["client_options"]["allow_http"] = True
         base = f"{scheme}://{parsed.netloc}"
         client = _shared("http", (base, repr(retry)), lambda: HTTPStore.from_url(base, **opts))
-        return ObjectStore(client, url, prefix=parsed.path, retry=retry, read_only=True)
+        # obstore percent-encodes the path it is given: give it the decoded one (my%20data -> 'my data')
+        return ObjectStore(client, url, prefix=unquote(parsed.path), retry=retry, read_only=True)
     bucket, prefix = parsed.netloc, parsed.path.strip("/")
     if not bucket:
         raise URLError(f"{url!r} names no bucket: expected {scheme}://bucket/path")
@@ -150,6 +156,7 @@ def open_object_store(url: str, retry: RetryPolicy | None = None) -> ObjectStore
         if str(cfg.get("endpoint", "")).startswith("http://") or _true(os.environ.get("AWS_ALLOW_HTTP")):
             kw["client_options"]["allow_http"] = True
         store = _shared("s3", (bucket, cfg, repr(retry), kw["client_options"]), lambda: S3Store(bucket, **cfg, **kw))
+        service = cfg.get("endpoint") or "aws"
     elif scheme in ("gs", "gcs"):
         cfg = gcs_config()
         if str(cfg.get("base_url", "")).startswith("http://"):
@@ -157,6 +164,7 @@ def open_object_store(url: str, retry: RetryPolicy | None = None) -> ObjectStore
         kw["client_options"]["default_headers"] = {"Accept-Encoding": "gzip"}
         env = {k: v for k, v in os.environ.items() if k.startswith("GOOGLE_")}
         store = _shared("gs", (bucket, cfg, env, repr(retry), kw["client_options"]), lambda: GCSStore(bucket, **cfg, **kw))
+        service = cfg.get("base_url") or "google"
     elif scheme in ("az", "azure"):
         env = os.environ
         if (_true(env.get("AZURE_STORAGE_USE_EMULATOR")) or _true(env.get("AZURE_ALLOW_HTTP"))
@@ -164,6 +172,7 @@ def open_object_store(url: str, retry: RetryPolicy | None = None) -> ObjectStore
             kw["client_options"]["allow_http"] = True
         azenv = {k: v for k, v in env.items() if k.startswith("AZURE_")}
         store = _shared("az", (bucket, azenv, repr(retry), kw["client_options"]), lambda: AzureStore(bucket, **kw))
+        service = " ".join(f"{k}={azenv[k]}" for k in sorted(azenv) if k in _AZURE_SERVICE_VARS) or "azure"
     else:
         raise URLError(f"unsupported object store scheme {scheme!r} in {url!r}")
-    return ObjectStore(store, url, prefix=prefix, retry=retry)
+    return ObjectStore(store, url, prefix=prefix, retry=retry, service=service)

@@ -58,9 +58,15 @@ class FileStore(KVStore):
         self.root = Path(root).expanduser().absolute()
         self._root = str(self.root)
         self.url = "file://" + self._root
+        # symlinks and '..' resolved: every path to the directory names the same objects
+        self._identity = "file://" + os.path.realpath(self._root)
         self.stats = StoreStats()
         #: fsync each object before the rename: durable across power loss, slower.
         self.fsync = fsync
+
+    @property
+    def identity(self) -> str:
+        return self._identity
 
     def _path(self, key: str) -> str:
         if not key or key[0] == "/" or key[-1] == "/" or "//" in key or ("." in key and _has_dot_part(key)):
@@ -80,14 +86,22 @@ class FileStore(KVStore):
         return data
 
     def _read_variant(self, path: str, key: str) -> bytes | None:
-        """The decompressed value of the first compressed variant of ``key`` that exists."""
-        for suffix, encoding in _VARIANTS:
-            data = self._read_file(path + suffix, key + suffix)
-            if data is not None:
-                try:
-                    return compression.decompress(encoding, data)
-                except ChunkDecodeError as e:
-                    raise ChunkDecodeError(f"{key + suffix!r} in {self.url}: {e}") from e
+        """The decompressed value of the first compressed variant of ``key`` that exists (the
+        plain name missed). A write that switches variants creates the new file before it removes
+        the old one, so a reader that missed the plain name just before it appeared, and then the
+        old variant just after it went, finds the plain name on a second look."""
+        for attempt in range(2):
+            for suffix, encoding in _VARIANTS:
+                data = self._read_file(path + suffix, key + suffix)
+                if data is not None:
+                    try:
+                        return compression.decompress(encoding, data)
+                    except ChunkDecodeError as e:
+                        raise ChunkDecodeError(f"{key + suffix!r} in {self.url}: {e}") from e
+            if attempt == 0:
+                data = self._read_file(path, key)
+                if data is not None:
+                    return data
         return None
 
     def get(self, key: str) -> bytes | None:
@@ -137,7 +151,8 @@ class FileStore(KVStore):
 
     def exists(self, key: str) -> bool:
         path = self._path(key)
-        return os.path.isfile(path) or any(os.path.isfile(path + s) for s, _ in _VARIANTS)
+        # twice, as _read_variant looks: a write switching variants removes the old after the new
+        return any(os.path.isfile(path + s) for _ in range(2) for s in _ALL_SUFFIXES)
 
     def stat(self, key: str) -> ObjectStat | None:
         """A plain file's size, with its modification time and size as the ETag; a compressed

@@ -16,6 +16,10 @@ class PrefixedStore(KVStore):
         self.cheap_misses = base.cheap_misses
         self.io_concurrency = base.io_concurrency
 
+    @property
+    def identity(self) -> str:
+        return self.base.identity.rstrip("/") + "/" + self.prefix.rstrip("/")
+
     def _k(self, key: str) -> str:
         return self.prefix + key
 

@@ -32,6 +32,10 @@ class VersionedStore(KVStore):
         self.cheap_misses = base.cheap_misses
         self.io_concurrency = base.io_concurrency
 
+    @property
+    def identity(self) -> str:
+        return f"{self.base.identity.rstrip('/')}@{self.node}"
+
     def _own(self, key: str) -> str:
         return f"{self.node}/{key}"
 

@@ -15,6 +15,7 @@ from ..engine import ChunkedVolume, Volume
 from ..errors import InvalidArgumentError, UnsupportedError, URLError
 from ..formats import n5, ome_zarr, precomputed, zarr
 from ..kv import KVStore, open_store
+from ..kv.cache_tier import CacheTier
 from ..kv.caching import with_cache
 
 
@@ -154,6 +155,8 @@ def open_volume(url: str, mode: str = "r", cache=None, *, token: str | None = No
         return _single_file_remotes()[remote](_as_remote_url(url, remote), mode == "r+")
     fmt, location = split_url(url)
     store = with_cache(open_store(location), cache)
+    if isinstance(store, CacheTier):  # metadata changed behind the cache: its entries are stale
+        store.revalidate(dict.fromkeys(m for e in FORMATS.values() for m in e.markers if m))
     if fmt is None:
         for entry in FORMATS.values():
             if entry.detect(store):
