@@ -12,10 +12,12 @@ Layout::
     directory/init.lock          flock: opening and closing one at a time
     directory/open.lock          flock: shared while open, so a lone opener knows it is alone
 
-**Entry names.** A value's file name is a BLAKE2b hash of the backing store's URL joined with
-the key (``url/key``), so any key of any store is a safe file name, one directory serves several
-stores without collisions, and a key seen through a sub-store (``child``) names the same entry as
-through its root. Entry files spread over 256 subdirectories (the name's first two hex digits).
+**Entry names.** A value's file name is a BLAKE2b hash of the backing store's identity (its
+URL, plus what the URL leaves out: an S3 endpoint, the real path of a directory) joined with the
+key, so any key of any store is a safe file name, one directory serves several stores without
+collisions, and a key seen through a sub-store (``child``) names the same entry as through its
+root. :meth:`DiskCache.invalidate` (a volume changed behind the cache) gives a store's entries
+new names at once; the old files go as the least recently used. Entry files spread over 256 subdirectories (the name's first two hex digits).
 
 **Entries are never torn.** A value is written to ``tmp/`` and renamed into place; a reader sees
 a whole file or none. Each file's header holds a magic, the value's length and its CRC-32
@@ -40,6 +42,9 @@ seconds across processes.
 value fits in ``max_bytes``, then renames the new file in, all in one transaction: the indexed
 total never exceeds ``max_bytes``, and the disk holds at most the files being written in
 ``tmp/`` beyond it. Opening with a smaller ``max_bytes`` than before evicts down to it at once.
+The bound counts value bytes (a cached absence counts 64): each file's 64-byte header and the
+file system's block rounding come on top, which matters only for many tiny entries (up to ~4 KiB
+each on ext4).
 
 **Writes and fills from many processes** follow the protocol of :mod:`.cache_tier`, with the
 buckets' generations and in-flight writes kept in the index, so a write through one process's
