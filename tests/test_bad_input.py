@@ -151,6 +151,8 @@ GOOD = {
         (lambda i: {**i, "scales": [{k: v for k, v in i["scales"][0].items() if k != "chunk_sizes"}]}, "chunk_sizes"),
         (lambda i: {**i, "data_type": "uint32", "scales": [{**i["scales"][0], "encoding": "compressed_segmentation"}]},
          "compressed_segmentation_block_size"),
+        # two scales in one set of chunk files: writing one would overwrite the other
+        (lambda i: {**i, "scales": [i["scales"][0], {**i["scales"][0], "key": "a/"}]}, "already the key of another scale"),
     ],
 )
 def test_malformed_info(tmp_path, mutate, message):
@@ -213,6 +215,9 @@ def test_create_refuses_to_clobber(tmp_path):
         (dict(encoding="png", compression="gzip"), "raw and compressed_segmentation"),
         (dict(dtype="complex64"), "cannot store complex64"),
         (dict(chunk_shape=(0, 8, 8)), "positive"),
+        (dict(num_scales=2, factor=(1, 1, 1)), "every scale the same resolution"),
+        (dict(num_scales=2, factor=(2, 2)), "factor must have 3 entries"),
+        (dict(num_scales=2, factor=(2, 1.5, 1)), "3 integers >= 1"),
     ],
 )
 def test_create_validation(tmp_path, kw, message):

@@ -683,6 +683,16 @@ V3_BAD = [
     ("no-array-to-bytes", lambda m: _codecs(m, [{"name": "gzip", "configuration": {"level": 1}}]), MetadataError, "bytes"),
     ("transpose-bad", lambda m: _codecs(m, [{"name": "transpose", "configuration": {"order": [0, 0, 1]}}, {"name": "bytes"}]),
      MetadataError, "transpose"),
+    # an array->array codec volbridge lacks is valid metadata it cannot read, not misplaced codecs
+    ("array-codec-unknown", lambda m: _codecs(m, [{"name": "numcodecs.delta", "configuration": {"dtype": "<u2"}},
+                                                  {"name": "bytes", "configuration": {"endian": "little"}}]),
+     UnsupportedError, "codec 'numcodecs.delta' is not supported"),
+    ("bytes-codec-first", lambda m: _codecs(m, [{"name": "gzip", "configuration": {"level": 1}},
+                                                {"name": "bytes", "configuration": {"endian": "little"}}]),
+     MetadataError, "comes before the array->bytes codec"),
+    ("channels-last", lambda m: {**m, "shape": [4, 6, 8, 2], "chunk_grid": {"name": "regular", "configuration": {
+        "chunk_shape": [2, 3, 4, 2]}}, "dimension_names": ["z", "y", "x", "c"]},
+     UnsupportedError, r"dimension_names \['z', 'y', 'x', 'c'\]"),
     ("sharding", lambda m: _codecs(m, [{"name": "sharding_indexed", "configuration": {
         "chunk_shape": [1, 3, 2], "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
         "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]}},
@@ -702,6 +712,29 @@ def test_malformed_zarr_json(tmp_path, mutate, error, message):
     for url in (path, "zarr://" + path, "zarr3://" + path):
         with pytest.raises(error, match=message):
             vb.array(url)[...]
+
+
+@pytest.mark.parametrize("fmt,filters", [(1, None), (2, None), (3, [{"id": 33, "preset": 1}])],
+                         ids=["xz", "lzma-alone", "raw-filters"])
+def test_v2_lzma_containers_both_ways(tmp_path, fmt, filters):
+    """numcodecs' lzma writes the container its ``format`` says; volbridge reads and writes the same."""
+    import lzma
+
+    path = str(tmp_path / "a.zarr")
+    os.makedirs(path)
+    comp = {"id": "lzma", "format": fmt, "check": -1, "preset": None if filters else 1, "filters": filters}
+    with open(os.path.join(path, ".zarray"), "w") as f:
+        json.dump({"zarr_format": 2, "shape": [4, 6, 8], "chunks": [2, 3, 4], "dtype": "<u2", "compressor": comp,
+                   "fill_value": 0, "order": "C", "filters": None}, f)
+    data = np.arange(4 * 6 * 8, dtype=np.uint16).reshape(4, 6, 8)
+    zarr.open_array(path, mode="r+")[...] = data
+    assert_same(vb.array(path)[...], data, f"lzma format {fmt} written by zarr-python")
+    vb.array(path, mode="r+")[1:3, 2:5, 3:7] = 7
+    data[1:3, 2:5, 3:7] = 7
+    assert_same(zarr.open_array(path, mode="r")[...], data, f"lzma format {fmt} written by volbridge")
+    with open(os.path.join(path, "1.0.0"), "rb") as f:
+        chunk = f.read()
+    assert lzma.decompress(chunk, format=fmt, filters=filters if fmt == 3 else None)  # the container it says
 
 
 def test_unknown_extension_that_need_not_be_understood_is_ignored(tmp_path):

@@ -60,9 +60,19 @@ def test_multichannel_and_multiscale(tmp_path):
     np.testing.assert_array_equal(arr[...], data)
     assert [s.resolution for s in arr.scales] == [(40, 8, 8), (40, 16, 16), (40, 32, 32)]
     assert arr.mip(2).shape == (2, 8, 8, 8)
-    assert json.loads((tmp_path / "m" / "s1" / "attributes.json").read_text())["downsamplingFactors"] == [2, 2, 1]
+    # per dimension, channels too (tensorstore checks the lengths)
+    assert json.loads((tmp_path / "m" / "s1" / "attributes.json").read_text())["downsamplingFactors"] == [2, 2, 1, 1]
     for i in range(3):  # each scale is a plain N5 dataset tensorstore opens
         assert ts_n5(tmp_path / "m" / f"s{i}").shape[:3] == tuple(reversed(arr.mip(i).shape[1:]))
+    vb.array(str(tmp_path / "m"), mode="r+").volume.add_scale((2, 2, 2))
+    assert json.loads((tmp_path / "m" / "s3" / "attributes.json").read_text())["downsamplingFactors"] == [8, 8, 2, 1]
+    assert ts_n5(tmp_path / "m" / "s3").shape == (4, 4, 4, 2)
+    # one scale, two channels: a 4-D dataset at the root, with 4-entry units and resolution
+    one = vb.create(f"n5://{tmp_path}/one", shape=(8, 16, 16), chunk_shape=(4, 8, 8), dtype="uint8", num_channels=2)
+    one[...] = data[:, :, :16, :16]
+    t = ts_n5(tmp_path / "one")
+    assert t.shape == (16, 16, 8, 2)
+    np.testing.assert_array_equal(t.read().result().transpose(3, 2, 1, 0), data[:, :, :16, :16])
 
 
 def test_bad_n5(tmp_path):

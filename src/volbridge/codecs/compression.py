@@ -55,6 +55,39 @@ class Xz(_Primitive):
     magic = b"\xfd7zXZ\x00"
 
 
+class Lzma(Compressor):
+    """numcodecs' ``lzma``: Python's own lzma with the same ``format`` (1 .xz, numcodecs' default;
+    2 .lzma; 3 raw), ``check``, ``preset`` and ``filters`` (numcodecs passes them to it too), so
+    chunks are written in the container the metadata says."""
+
+    name = "lzma"
+
+    def __init__(self, preset: int | None = None, format: int = 1, check: int = -1, filters=None):  # noqa: A002
+        import lzma
+
+        self.preset, self.format, self.filters = preset, format, filters
+        self.check = check if format == lzma.FORMAT_XZ else -1
+        try:  # a settings error now, at open, not at the first chunk
+            self.decompress(self.compress(b""))
+        except (lzma.LZMAError, ValueError, TypeError, ChunkDecodeError) as e:
+            raise UnsupportedError(f"zarr lzma with format {format}, check {check}, preset {preset} and filters "
+                                   f"{filters} cannot be used: {e}") from e
+
+    def compress(self, data: bytes) -> bytes:
+        import lzma
+
+        preset = None if self.filters is not None else self.preset
+        return lzma.compress(data, format=self.format, check=self.check, preset=preset, filters=self.filters)
+
+    def decompress(self, data: bytes) -> bytes:
+        import lzma
+
+        try:
+            return lzma.decompress(data, format=self.format, filters=self.filters if self.format == lzma.FORMAT_RAW else None)
+        except lzma.LZMAError as e:
+            raise ChunkDecodeError(f"corrupt lzma stream (format {self.format}, {len(data)} bytes): {e}") from e
+
+
 class Bz2(_Primitive):
     name = "bz2"
     magic = b"BZh"

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import ChunkDecodeError, MetadataError, UnsupportedError
 from .base import Compressor
-from .compression import Blosc, _Primitive, get_compressor
+from .compression import Blosc, Lzma, _Primitive, get_compressor
 
 _SHUFFLE_V3 = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
 
@@ -35,7 +35,9 @@ def v2_compressor(cfg: dict | None, itemsize: int) -> Compressor | None:
         if shuffle == -1:  # AUTOSHUFFLE: bit shuffle for 1-byte items, byte shuffle otherwise
             shuffle = 2 if itemsize == 1 else 1
         return _blosc(cfg, shuffle, itemsize, "lz4")
-    defaults = {"zstd": 0, "gzip": 1, "zlib": 1, "bz2": 1, "lzma": 6}
+    if cid == "lzma":
+        return Lzma(cfg.get("preset"), cfg.get("format", 1), cfg.get("check", -1), cfg.get("filters"))
+    defaults = {"zstd": 0, "gzip": 1, "zlib": 1, "bz2": 1}
     if cid in defaults:
         level = cfg.get("preset" if cid == "lzma" else "level")
         return get_compressor(cid, level=defaults[cid] if level is None else level)
@@ -116,6 +118,10 @@ class ZarrPipeline:
         return data
 
 
+#: The bytes->bytes codecs :func:`v3_bytes_codec` knows.
+_V3_BYTES_CODECS = ("blosc", "gzip", "zstd", "crc32c")
+
+
 def v3_pipeline(codecs: list[dict], chunk_shape: tuple[int, ...], dtype: np.dtype) -> ZarrPipeline:
     """Build from ``zarr.json`` ``codecs``: array->array*, one array->bytes, bytes->bytes*."""
     perm: tuple[int, ...] | None = None
@@ -140,7 +146,10 @@ def v3_pipeline(codecs: list[dict], chunk_shape: tuple[int, ...], dtype: np.dtyp
             raise UnsupportedError("zarr v3 sharding (sharding_indexed) is not supported yet")
         else:
             if not seen_bytes:
-                raise MetadataError(f"zarr v3: bytes->bytes codec {name!r} comes before the array->bytes codec")
+                if name in _V3_BYTES_CODECS:
+                    raise MetadataError(f"zarr v3: bytes->bytes codec {name!r} comes before the array->bytes codec")
+                # an array->array codec volbridge does not know (numcodecs.delta, say): valid metadata
+                raise UnsupportedError(f"zarr v3 codec {name!r} is not supported (array->array codecs: transpose)")
             steps.append(v3_bytes_codec(codec, dtype.itemsize))
     if not seen_bytes:
         raise MetadataError("zarr v3: the codec chain has no array->bytes codec ('bytes')")

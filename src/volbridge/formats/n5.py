@@ -184,10 +184,11 @@ class N5Dataset(ChunkedDataset):
         prev = last.get("downsamplingFactors") or (self.root.get("downsamplingFactors") or [[1, 1, 1]] * n)[n - 1]
         dims = list(last["dimensions"])
         dims[:3] = [math.ceil(d / k) for d, k in zip(dims[:3], f)]
-        new = {**last, "dimensions": dims, "downsamplingFactors": [int(a * k) for a, k in zip(prev[:3], f)]}
+        spatial = [int(a * k) for a, k in zip(prev[:3], f)]
+        new = {**last, "dimensions": dims, "downsamplingFactors": spatial + [1] * (len(dims) - 3)}  # channels too
         self.store.put(f"s{n}/{ATTRS}", json.dumps(new).encode())
         if isinstance(self.root.get("downsamplingFactors"), list):
-            root = {**self.root, "downsamplingFactors": [*self.root["downsamplingFactors"], new["downsamplingFactors"]]}
+            root = {**self.root, "downsamplingFactors": [*self.root["downsamplingFactors"], spatial]}
             self.store.put(ATTRS, json.dumps(root).encode())
         self.__init__(self.store)  # type: ignore[misc]
 
@@ -208,16 +209,21 @@ class N5Dataset(ChunkedDataset):
         if compression not in comp:
             raise UnsupportedError(f"N5 compression {compression!r}: use one of gzip, zstd, lz4, blosc or None")
         extra = [num_channels] if num_channels > 1 else []
+        # a dataset's per-dimension attributes have one entry per dimension, channels too
+        # (tensorstore refuses a 4-D dataset whose units list 3)
+        per_channel = [1] * len(extra)
+
         def attrs(level: int) -> dict:
             f = [fi**level for fi in factor]
             dims = [math.ceil(s / fi) for s, fi in zip(bounds.stop, f)]
             return {"dimensions": dims + extra, "blockSize": list(chunk_shape) + extra, "dataType": dtype.name,
-                    "compression": comp[compression], "downsamplingFactors": f}
+                    "compression": comp[compression], "downsamplingFactors": f + per_channel}
         if num_scales == 1:
-            store.put(ATTRS, json.dumps({"n5": "4.0.0", **attrs(0), "resolution": list(resolution), "units": ["nm"] * 3}).encode())
+            store.put(ATTRS, json.dumps({"n5": "4.0.0", **attrs(0), "resolution": list(resolution) + per_channel,
+                                         "units": ["nm"] * 3 + [""] * len(extra)}).encode())
         else:
             store.put(ATTRS, json.dumps({"n5": "4.0.0", "resolution": list(resolution), "units": ["nm"] * 3,
-                                         "downsamplingFactors": [attrs(i)["downsamplingFactors"] for i in range(num_scales)]}).encode())
+                                         "downsamplingFactors": [[fi**i for fi in factor] for i in range(num_scales)]}).encode())
             for i in range(num_scales):
                 store.put(f"s{i}/{ATTRS}", json.dumps(attrs(i)).encode())
         return cls(store)

@@ -107,6 +107,8 @@ def parse_info(data: bytes | str | dict, where: str = "info") -> dict:
         key = s.get("key")
         if not isinstance(key, str) or not key:
             raise MetadataError(f"{sw}: 'key' must be a non-empty string")
+        if any(p.key.strip("/") == key.strip("/") for p in parsed):  # two scales would share chunk files
+            raise MetadataError(f"{sw}: key {key!r} is already the key of another scale")
         chunk_sizes = s.get("chunk_sizes")
         if not isinstance(chunk_sizes, list) or not chunk_sizes:
             raise MetadataError(f"{sw}: 'chunk_sizes' must be a non-empty list of [x, y, z]")
@@ -187,6 +189,11 @@ def build_info(
             raise UnsupportedError(f"compression applies to raw and compressed_segmentation chunks, not {encoding}")
     if num_scales < 1:
         raise MetadataError(f"num_scales must be >= 1, got {num_scales}")
+    if len(factor) != 3 or any(isinstance(fi, bool) or int(fi) != fi or fi < 1 for fi in factor):
+        raise MetadataError(f"a downsampling factor is 3 integers >= 1, got {tuple(factor)}")
+    if num_scales > 1 and all(int(fi) == 1 for fi in factor):
+        # every scale would have the same resolution, so the same key: one set of chunk files
+        raise MetadataError(f"factor {tuple(factor)} makes every scale the same resolution; a pyramid needs a factor > 1 on some axis")
     scales = []
     for level in range(num_scales):
         f = [fi**level for fi in factor]

@@ -221,6 +221,13 @@ class ZarrLayout(ScaleLayout):
         if nd < 3:
             raise UnsupportedError(f"zarr array of {nd} dimensions: volbridge reads (z, y, x) or (c, z, y, x) arrays")
         if channel_axis == -1:  # plain zarr: a 4-D array is (c, z, y, x)
+            names = arr.doc.get("dimension_names") if isinstance(arr.doc, dict) else None
+            if isinstance(names, list) and all(isinstance(n, str) for n in names):
+                lower = [n.lower() for n in names]
+                if {"x", "y", "z"} <= set(lower) and lower[-3:] != ["z", "y", "x"]:
+                    # the names say the spatial axes are elsewhere: reading by position would mislabel them
+                    raise UnsupportedError(f"zarr array with dimension_names {names}: volbridge reads arrays whose "
+                                           "last three axes are z, y, x (channels first)")
             channel_axis = 0 if nd == 4 else None
             if nd > 4:
                 raise UnsupportedError(f"zarr array of {nd} dimensions: volbridge reads (z, y, x) or (c, z, y, x) arrays")
