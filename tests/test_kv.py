@@ -252,3 +252,21 @@ def test_file_store_stat(tmp_path):
     assert s.stat("g") == ObjectStat(70)
     (tmp_path / "dir").mkdir()
     assert s.stat("dir") is None and s.stat("nope") is None
+
+
+def test_memory_store_counts_what_it_reads_and_writes():
+    s = MemoryStore()
+    s.put("a", b"123")
+    assert s.get("a") == b"123" and s.get("absent") is None
+    assert (s.stats.requests, s.stats.bytes_read, s.stats.bytes_written) == (3, 3, 3)
+
+
+def test_object_store_retries_transient_statuses_only():
+    from volbridge.kv.object_store import _retryable
+
+    def failure(status):
+        return RuntimeError(f"Error performing GET: status code: {status}, body")
+
+    assert all(_retryable(failure(s)) for s in (500, 502, 503, 504, 408, 429))
+    assert not any(_retryable(failure(s)) for s in (400, 403, 404, 412, 501, 505))
+    assert _retryable(ConnectionResetError("reset")) and not _retryable(ValueError("Could not parse path"))

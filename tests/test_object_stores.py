@@ -140,7 +140,12 @@ def test_keys_object_stores_cannot_take_fail_at_once(s3env, s3_bucket):
     for key in ("a//b", "a/../b"):
         with pytest.raises(StoreError, match=rf"s3://{s3_bucket}/keys/a/"):
             s.get(key)
-    assert s.stats.retries == 0
+    for key in ("trail/", "/lead"):  # object_store would store them under another key
+        with pytest.raises(URLError, match="keys are relative"):
+            s.put(key, b"x")
+        with pytest.raises(URLError, match="keys are relative"):
+            s.update(key, lambda old: b"x")
+    assert s.stats.retries == 0 and list(s.list()) == []
 
 
 def test_http_url_with_escaped_characters(serve_dir, tmp_path):

@@ -34,7 +34,9 @@ class MemoryStore(KVStore):
             return store
 
     def get(self, key: str) -> bytes | None:
-        return self._data.get(key)
+        value = self._data.get(key)
+        self.stats.add(requests=1, bytes_read=0 if value is None else len(value))
+        return value
 
     def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
         # A dict lookup is cheaper than handing it to another thread: a plain loop.
@@ -52,6 +54,7 @@ class MemoryStore(KVStore):
     def put(self, key: str, value: bytes, *, content_encoding: str | None = None) -> None:
         # Memory holds values as given: transport compression has no medium to save here.
         self._data[key] = bytes(value)
+        self.stats.add(requests=1, bytes_written=len(value))
 
     def delete(self, key: str) -> None:
         self._data.pop(key, None)

@@ -21,7 +21,7 @@ import obstore
 from obstore import exceptions as oe
 
 from .. import compression
-from ..errors import ChunkDecodeError, ReadOnlyError, StoreError, UnsupportedError, VersionChangedError
+from ..errors import ChunkDecodeError, ReadOnlyError, StoreError, UnsupportedError, URLError, VersionChangedError
 from .base import KVStore, ObjectStat, StoreStats, Updater
 from .ranges import RangeReader
 from .retry import RetryPolicy
@@ -53,7 +53,7 @@ def _retryable(e: BaseException) -> bool:
     m = _STATUS.search(str(e))
     if m:
         status = int(m.group(1))
-        return status >= 500 or status in (408, 429)
+        return (status >= 500 and status not in (501, 505)) or status in (408, 429)  # 501: not implemented, for good
     return True  # connection errors, timeouts, truncated bodies
 
 
@@ -113,6 +113,10 @@ class ObjectStore(KVStore):
                 self.stats.add(retries=1)
                 self.retry.sleep(attempt)
                 attempt += 1
+
+    def _check_key(self, key: str) -> None:
+        if not key or key[0] == "/" or key[-1] == "/":  # object_store would drop the slash: another key
+            raise URLError(f"invalid key {key!r} for {self.url}: keys are relative '/'-paths")
 
     def _check_writable(self, key: str) -> None:
         if self.read_only:
@@ -202,6 +206,7 @@ class ObjectStore(KVStore):
     # -- writing ------------------------------------------------------------------------------
     def _put(self, key: str, value: bytes, content_encoding: str | None, mode: Any = None) -> None:
         self._check_writable(key)
+        self._check_key(key)
         attributes = None
         if content_encoding:
             name = compression.canonical(content_encoding)
@@ -214,7 +219,7 @@ class ObjectStore(KVStore):
     def put(self, key: str, value: bytes, *, content_encoding: str | None = None) -> None:
         try:
             self._put(key, value, content_encoding)
-        except (StoreError, ReadOnlyError):
+        except (StoreError, ReadOnlyError, URLError):
             raise
         except Exception as e:
             raise StoreError(f"PUT {self._where(key)} failed: {_short(e)}") from e
@@ -232,6 +237,7 @@ class ObjectStore(KVStore):
 
     def update(self, key: str, fn: Updater, *, needs_old: bool = True, content_encoding: str | None = None) -> bytes:
         self._check_writable(key)
+        self._check_key(key)
         if not needs_old:
             # A blind overwrite needs no condition: a racing read-modify-write sees the ETag change
             # and re-merges on top of it, so the result is still a serial order of the two.
@@ -251,7 +257,7 @@ class ObjectStore(KVStore):
             except (oe.PreconditionError, oe.AlreadyExistsError):
                 self.stats.add(conflicts=1)
                 self.retry.sleep(1)
-            except (StoreError, ReadOnlyError):
+            except (StoreError, ReadOnlyError, URLError):
                 raise
             except Exception as e:
                 raise StoreError(f"conditional PUT {self._where(key)} failed: {_short(e)}") from e
