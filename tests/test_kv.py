@@ -144,6 +144,10 @@ def test_gzip_streams_of_several_members_decode_whole():
 
     assert compression.decompress("gzip", gzip.compress(b"first|") + gzip.compress(b"second")) == b"first|second"
     assert compression.decompress("gzip", gzip.compress(b"") + gzip.compress(b"x")) == b"x"
+    big = bytes(range(256)) * 100
+    assert compression.decompress("gzip", gzip.compress(big) + gzip.compress(b"tail")) == big + b"tail"
+    assert compression.decompress("gzip", gzip.compress(big) + gzip.compress(b"")) == big  # bgzip's end marker
+    assert compression.decompress("gzip", gzip.compress(big) + bytes(512)) == big  # zero padding, as gzip allows
     with pytest.raises(ChunkDecodeError, match="gzip"):
         compression.decompress("gzip", gzip.compress(b"payload") + b"trailing junk")
     with pytest.raises(ChunkDecodeError, match="gzip"):

@@ -885,3 +885,44 @@ def test_a_new_index_takes_in_the_entry_files_a_lost_one_left(tmp_path):
     assert on_disk == c.stats.bytes_cached <= 10_000
     c.check()
     c.close()
+
+
+def test_handles_stay_coherent_after_one_drops_the_entries(tmp_path, kind):
+    """A handle that invalidates (its volume changed behind the cache) and one opened before it
+    still see each other's writes, in both directions."""
+    store = MemoryStore()
+    store.put("chunk", b"old")
+    if kind == "disk":
+        a, b = DiskCache(store, tmp_path / "c", 1 << 20), DiskCache(store, tmp_path / "c", 1 << 20)
+    else:
+        a, b = MemoryCache(store, 1 << 20, shared=True), MemoryCache(store, 1 << 20, shared=True)
+    assert a.get("chunk") == b.get("chunk") == b"old"
+    store.put("marker", b"2")  # changed behind the caches
+    a.get("marker")
+    store.put("marker", b"3")
+    assert b.revalidate(["marker"]) and b.get("chunk") == b"old"
+    a.put("chunk", b"NEW")
+    assert b.get("chunk") == b"NEW" and a.get("chunk") == b"NEW"
+    b.put("chunk", b"NEWER")
+    assert a.get("chunk") == b"NEWER"
+    assert not a.revalidate(["marker", "never-cached"])  # unchanged now: nothing dropped
+    a.close()
+    b.close()
+
+
+def test_a_child_of_an_object_store_names_the_same_entries_as_its_sub_url(tmp_path):
+    from obstore.store import MemoryStore as ObstoreMemory
+
+    from volbridge.kv.object_store import ObjectStore
+
+    client = ObstoreMemory()
+    root = ObjectStore(client, "s3://b", service="http://127.0.0.1:1")
+    sub = ObjectStore(client, "s3://b/vol", prefix="vol", service="http://127.0.0.1:1")
+    assert root.child("vol").identity == sub.identity
+    c_child, c_sub = DiskCache(root.child("vol"), tmp_path / "c", 1 << 20), DiskCache(sub, tmp_path / "c", 1 << 20)
+    c_child.put("k", b"1")
+    assert c_sub.get("k") == b"1" and c_sub.stats.hits == 1
+    c_sub.put("k", b"2")
+    assert c_child.get("k") == b"2"
+    c_child.close()
+    c_sub.close()

@@ -133,6 +133,10 @@ def test_content_encoding_is_decoded_or_refused_never_passed_on(s3env, s3_bucket
         with store.range_reader("enc") as r:
             assert [bytes(v) for v in r.read_many([(100, 110), (5000, 5004)])] == [value[100:110], value[5000:5004]]
         cached.get("enc")  # the next round: a cached value serves the ranges
+    # a range past the stored (compressed) bytes but inside the value
+    assert s.stat("enc").size < 8000 and s.get_range("enc", 8000, 8100) == value[8000:8100]
+    with pytest.raises(StoreError, match="16384 bytes"):
+        s.get_range("enc", 16000, 17000)
 
 
 def test_keys_object_stores_cannot_take_fail_at_once(s3env, s3_bucket):
@@ -140,12 +144,13 @@ def test_keys_object_stores_cannot_take_fail_at_once(s3env, s3_bucket):
     for key in ("a//b", "a/../b"):
         with pytest.raises(StoreError, match=rf"s3://{s3_bucket}/keys/a/"):
             s.get(key)
-    for key in ("trail/", "/lead"):  # object_store would store them under another key
-        with pytest.raises(URLError, match="keys are relative"):
-            s.put(key, b"x")
-        with pytest.raises(URLError, match="keys are relative"):
-            s.update(key, lambda old: b"x")
-    assert s.stats.retries == 0 and list(s.list()) == []
+    s.put("a", b"1")
+    for key in ("trail/", "/lead", "a/", "/a"):  # object_store would address another key
+        for op in (lambda: s.put(key, b"x"), lambda: s.update(key, lambda old: b"x"), lambda: s.get(key),
+                   lambda: s.exists(key), lambda: s.delete(key), lambda: s.get_part(key, 0, 1)):
+            with pytest.raises(URLError, match="keys are relative"):
+                op()
+    assert s.stats.retries == 0 and list(s.list()) == ["a"] and s.get("a") == b"1"
 
 
 def test_http_url_with_escaped_characters(serve_dir, tmp_path):

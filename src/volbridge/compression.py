@@ -67,26 +67,32 @@ _local = threading.local()
 
 
 def _gzip_decode(data) -> bytes:
-    """Every member of a gzip stream. libdeflate decodes the first member only and ignores what
-    follows it, so its result stands when the stream's last 8 bytes are that member's trailer
-    (CRC-32 and size of the output); otherwise zlib reads member after member, and rejects
-    trailing bytes that are not one. (A stream of several members that all hold the same bytes
-    still passes as its first: telling that apart needs where the first member ends, which
-    libdeflate's Python binding does not say, and a search for a second header cost 20 % of a
-    decode.)"""
-    out = deflate.gzip_decompress(data)
-    tail = bytes(data[-8:])
-    if len(tail) == 8 and int.from_bytes(tail[4:], "little") == len(out) & 0xFFFFFFFF \
-            and int.from_bytes(tail[:4], "little") == deflate.crc32(out):
-        return out
+    """Every member of a gzip stream. The ``deflate`` binding (libdeflate) decodes the first
+    member only, into a buffer sized by the stream's last 4 bytes, and ignores what follows; so its
+    result stands when it is not empty and the last 8 bytes are its own trailer (CRC-32 and size).
+    Anything else (several members, as bgzip writes; trailing bytes; an empty result from a
+    padded stream) goes through zlib, member by member, which allows zero padding at the end and
+    rejects other bytes that are not a member.
+    (Several members that all hold the same bytes still pass as the first: telling them apart
+    needs where the first member ends, which the binding does not say, and a search for a second
+    header cost 20 % of a decode.)"""
+    try:
+        out = deflate.gzip_decompress(data)
+    except deflate.DeflateError:
+        out = None
+    if out:
+        tail = bytes(data[-8:])
+        if int.from_bytes(tail[4:], "little") == len(out) & 0xFFFFFFFF and int.from_bytes(tail[:4], "little") == deflate.crc32(out):
+            return out
     parts, rest = [], bytes(data)
-    while rest:
+    while True:
         member = zlib.decompressobj(31)
         parts.append(member.decompress(rest))
         if not member.eof:
             raise ValueError("the stream ends inside a gzip member")
         rest = member.unused_data
-    return b"".join(parts)
+        if not rest.strip(b"\0"):  # the end, or zero padding (as gzip and numcodecs allow)
+            return b"".join(parts)
 
 
 def _zstd_compressor(level: int) -> zstandard.ZstdCompressor:

@@ -222,9 +222,9 @@ class ZarrLayout(ScaleLayout):
             raise UnsupportedError(f"zarr array of {nd} dimensions: volbridge reads (z, y, x) or (c, z, y, x) arrays")
         if channel_axis == -1:  # plain zarr: a 4-D array is (c, z, y, x)
             names = arr.doc.get("dimension_names") if isinstance(arr.doc, dict) else None
-            if isinstance(names, list) and all(isinstance(n, str) for n in names):
-                lower = [n.lower() for n in names]
-                if {"x", "y", "z"} <= set(lower) and lower[-3:] != ["z", "y", "x"]:
+            if isinstance(names, list):  # names may be null, each
+                lower = [n.lower() if isinstance(n, str) else None for n in names]
+                if ({"x", "y", "z"} & set(lower)) and lower[-3:] != ["z", "y", "x"]:
                     # the names say the spatial axes are elsewhere: reading by position would mislabel them
                     raise UnsupportedError(f"zarr array with dimension_names {names}: volbridge reads arrays whose "
                                            "last three axes are z, y, x (channels first)")

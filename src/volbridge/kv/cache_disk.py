@@ -16,8 +16,7 @@ Layout::
 URL, plus what the URL leaves out: an S3 endpoint, the real path of a directory) joined with the
 key, so any key of any store is a safe file name, one directory serves several stores without
 collisions, and a key seen through a sub-store (``child``) names the same entry as through its
-root. :meth:`DiskCache.invalidate` (a volume changed behind the cache) gives a store's entries
-new names at once; the old files go as the least recently used. Entry files spread over 256 subdirectories (the name's first two hex digits).
+root. :meth:`DiskCache.invalidate` (a volume changed behind the cache) empties the directory. Entry files spread over 256 subdirectories (the name's first two hex digits).
 
 **Entries are never torn.** A value is written to ``tmp/`` and renamed into place; a reader sees
 a whole file or none. Each file's header holds a magic, the value's length and its CRC-32
@@ -233,11 +232,8 @@ class DiskCache(CacheTier):
         self._index_path = os.path.join(self._dir, "index.sqlite3")
         #: Seconds a transaction waits for another process's before failing.
         self.busy_timeout = float(busy_timeout)
-        # Entries are named by what they hold, not by the handle that fetched them, and by the
-        # store's namespace number, which invalidate() raises to drop them all at once.
-        self._identity_root = backing.identity.rstrip("/")
-        self._namespace_key = "ns:" + hashlib.blake2b(self._identity_root.encode(), digest_size=16).hexdigest()
-        self._prefix = self._identity_root + "/"
+        # entries are named by what they hold, not by the handle that fetched them
+        self._prefix = backing.identity.rstrip("/") + "/"
         self._db_lock = threading.Lock()  # one index connection per process, one user at a time
         self._touch_lock = threading.Lock()
         self._touches: dict[str, int] = {}  # entry name -> access time, not yet in the index
@@ -246,22 +242,16 @@ class DiskCache(CacheTier):
         self._handles = _Handles(self._dir)
         self._finalizer = weakref.finalize(self, self._handles.close, True, False)
         self._open()
-        with self._tx() as db:
-            row = db.execute("SELECT value FROM meta WHERE key = ?", (self._namespace_key,)).fetchone()
-        self._use_namespace(row[0] if row else 0)
-
-    def _use_namespace(self, number: int) -> None:
-        self._prefix = self._identity_root + (f"#{number}/" if number else "/")
 
     def invalidate(self) -> None:
-        """Drop every entry of this cache's store, for every process sharing the directory that
-        opens it from now on: the store's entries get new names (the old files are evicted as
-        the least recently used)."""
+        """Drop every entry in the directory: entries are named by hashes, so the index cannot
+        tell one store's from another's, and a store's entries must go for every handle and
+        process at once (a volume changed behind the cache is rare; refilling is cheap). Every
+        bucket's generation moves on too, so no fill that began before lands after."""
+        self.clear()
         with self._tx() as db:
-            db.execute("INSERT INTO meta(key, value) VALUES (?, 1) ON CONFLICT(key) DO UPDATE SET value = value + 1",
-                       (self._namespace_key,))
-            number = db.execute("SELECT value FROM meta WHERE key = ?", (self._namespace_key,)).fetchone()[0]
-        self._use_namespace(number)
+            db.executemany("INSERT INTO gens(bucket, gen) VALUES (?, 1) ON CONFLICT(bucket) DO UPDATE SET gen = gen + 1",
+                           [(b,) for b in range(BUCKETS)])
 
     # -- opening and closing ----------------------------------------------------------------------
     def _open(self) -> None:

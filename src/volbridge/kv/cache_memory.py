@@ -138,6 +138,13 @@ class MemoryCache(CacheTier):
         st.bytes_cached += charge
         st.entries += 1
 
+    def invalidate(self) -> None:
+        """Drop every entry, and refuse every fill that began before (its bucket moved on)."""
+        with self._lock:
+            for b in range(BUCKETS):
+                self._gens[b] += 1
+        self.clear()
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()

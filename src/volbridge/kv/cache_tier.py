@@ -314,13 +314,14 @@ class CacheTier(KVStore):
         through a handle without it, or by another tool), so none of its entries for this store
         can be trusted: they are all dropped (:meth:`invalidate`). Whether that happened. Keys not
         cached cost no request."""
-        for key in keys:
-            cached = self._lookup(key, False)
-            if cached is None:
-                continue
-            fresh = self.backing.get(key)
-            self._stats.add(reads=1, requests=1)
-            if (fresh is not None) if cached is ABSENT else (fresh is None or bytes(fresh) != bytes(cached)):
+        cached = {key: value for key in keys if (value := self._lookup(key, False)) is not None}
+        if not cached:
+            return False
+        fresh = self.backing.get_many(cached)  # one batch: an object store asks concurrently
+        self._stats.add(reads=1, requests=1)
+        for key, value in cached.items():
+            now = fresh.get(key)
+            if (now is not None) if value is ABSENT else (now is None or bytes(now) != bytes(value)):
                 self.invalidate()
                 return True
         return False

@@ -87,22 +87,18 @@ class FileStore(KVStore):
 
     def _read_variant(self, path: str, key: str) -> bytes | None:
         """The decompressed value of the first compressed variant of ``key`` that exists (the
-        plain name missed). A write that switches variants creates the new file before it removes
-        the old one, so a reader that missed the plain name just before it appeared, and then the
-        old variant just after it went, finds the plain name on a second look."""
-        for attempt in range(2):
-            for suffix, encoding in _VARIANTS:
-                data = self._read_file(path + suffix, key + suffix)
-                if data is not None:
-                    try:
-                        return compression.decompress(encoding, data)
-                    except ChunkDecodeError as e:
-                        raise ChunkDecodeError(f"{key + suffix!r} in {self.url}: {e}") from e
-            if attempt == 0:
-                data = self._read_file(path, key)
-                if data is not None:
-                    return data
-        return None
+        plain name missed). A write that switches ``key.gz`` to ``key`` creates the new file before
+        it removes the old one, so a reader that missed the plain name just before it appeared,
+        and then the variant just after it went, finds the plain name on a second look (one more
+        failed open for an absent key; a switch between two compressed variants is not covered)."""
+        for suffix, encoding in _VARIANTS:
+            data = self._read_file(path + suffix, key + suffix)
+            if data is not None:
+                try:
+                    return compression.decompress(encoding, data)
+                except ChunkDecodeError as e:
+                    raise ChunkDecodeError(f"{key + suffix!r} in {self.url}: {e}") from e
+        return self._read_file(path, key)
 
     def get(self, key: str) -> bytes | None:
         path = self._path(key)
@@ -151,8 +147,8 @@ class FileStore(KVStore):
 
     def exists(self, key: str) -> bool:
         path = self._path(key)
-        # twice, as _read_variant looks: a write switching variants removes the old after the new
-        return any(os.path.isfile(path + s) for _ in range(2) for s in _ALL_SUFFIXES)
+        # the plain name last again, as _read_variant looks
+        return any(os.path.isfile(path + s) for s in (*_ALL_SUFFIXES, ""))
 
     def stat(self, key: str) -> ObjectStat | None:
         """A plain file's size, with its modification time and size as the ETag; a compressed

@@ -47,8 +47,12 @@ _FINAL = (
 _STATUS = re.compile(r"status code: (\d{3})")
 
 
+#: A range the object does not have (HTTP 416, or object_store's own check before asking).
+_BAD_RANGE = re.compile(r"status code: 416|[Ii]nvalid range|InvalidRange|[Rr]ange not satisfiable")
+
+
 def _retryable(e: BaseException) -> bool:
-    if isinstance(e, _FINAL):
+    if isinstance(e, _FINAL) or _BAD_RANGE.search(str(e)):
         return False
     m = _STATUS.search(str(e))
     if m:
@@ -81,7 +85,8 @@ class ObjectStore(KVStore):
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         # The URL leaves out what else decides which objects it names (an S3 endpoint, an Azure
         # account): ``service`` says it, for caches that must not mix two services' objects.
-        self._identity = self.url if service is None else f"{self.url} @ {service}"
+        # (the URL last, so that a child's identity, base + "/" + prefix, is the sub-URL's own)
+        self._identity = self.url if service is None else f"{service} | {self.url}"
         self.retry = retry or RetryPolicy()
         self.read_only = read_only
         self.stats = StoreStats()
@@ -125,6 +130,7 @@ class ObjectStore(KVStore):
     # -- reading ------------------------------------------------------------------------------
     def _get_versioned(self, key: str) -> tuple[bytes | None, str | None, str | None]:
         """The value with its ETag and version (GCS's generation; None where the store has none)."""
+        self._check_key(key)
 
         def fetch():
             result = obstore.get(self.store, self.prefix + key)
@@ -168,10 +174,12 @@ class ObjectStore(KVStore):
         return self._get_versioned(key)[0]
 
     def range_reader(self, key: str) -> RangeReader:
+        self._check_key(key)
         return _ObjectRangeReader(self, key)
 
     def stat(self, key: str) -> ObjectStat | None:
         """One HEAD: the stored size (compressed, for a transport-compressed object), ETag and version."""
+        self._check_key(key)
         try:
             meta = self._call("HEAD", key, lambda: obstore.head(self.store, self.prefix + key))
         except _NOT_FOUND:
@@ -226,6 +234,7 @@ class ObjectStore(KVStore):
 
     def delete(self, key: str) -> None:
         self._check_writable(key)
+        self._check_key(key)
         try:
             self._call("DELETE", key, lambda: obstore.delete(self.store, self.prefix + key))
         except _NOT_FOUND:
@@ -332,6 +341,12 @@ class _ObjectRangeReader(RangeReader):
                 raise StoreError(f"GET {where} failed: {_short(e)}") from e
             return self._suffix_by_size(-start)
         except Exception as e:
+            if self.etag is None and _BAD_RANGE.search(str(e)):
+                # Past the stored bytes: maybe a Content-Encoding object whose value is longer
+                # (ranges address the value). Its decoded value serves the range, or says how
+                # long it is.
+                self._decoded(None)
+                return super().read(start, end)
             raise StoreError(f"GET {where} failed: {_short(e)}") from e
         if any(t.strip().lower() not in _NO_ENCODING for t in encoding.split(",")):
             self._decoded(self.etag or etag)  # these bytes are of the encoded stream
