@@ -16,7 +16,8 @@ Layout::
 URL, plus what the URL leaves out: an S3 endpoint, the real path of a directory) joined with the
 key, so any key of any store is a safe file name, one directory serves several stores without
 collisions, and a key seen through a sub-store (``child``) names the same entry as through its
-root. :meth:`DiskCache.invalidate` (a volume changed behind the cache) empties the directory. Entry files spread over 256 subdirectories (the name's first two hex digits).
+root. Entry files spread over 256 subdirectories (the name's first two hex digits).
+:meth:`DiskCache.invalidate` (a volume changed behind the cache) empties the directory.
 
 **Entries are never torn.** A value is written to ``tmp/`` and renamed into place; a reader sees
 a whole file or none. Each file's header holds a magic, the value's length and its CRC-32

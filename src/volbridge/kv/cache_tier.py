@@ -7,7 +7,8 @@ stale value once a write through it has returned. ``update`` calls the backing s
 ``update`` (its lock or conditional PUT keeps the read-modify-write atomic) and caches the value it
 returns. ``list`` passes through. A write that bypasses the cache (made directly to the backing
 store, by another machine or another tool) is not seen until the cached copy is evicted: a cache
-suits data that changes only through it, or not at all.
+suits data that changes only through it, or not at all. Opening a volume checks its metadata
+documents (:meth:`CacheTier.revalidate`), so a volume recreated behind the cache is caught.
 
 The hard part is the race between a fill and a write. A reader that misses fetches the old value
 from the backing store; a writer replaces it and updates the cache; then the reader's fill lands
