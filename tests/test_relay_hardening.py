@@ -168,3 +168,16 @@ def test_dvid_rights_per_instance_and_no_uuid_leak(start_relay, tmp_path):
     assert vb.array(f"dvid://{narrow.url}/{root}/seg", token="only-seg").shape == (8, 8, 8)
     status, body, _ = http("GET", f"{narrow.url}/api/node/{root[0]}/seg/info")
     assert status == 401 and root not in body.decode()
+
+
+def test_relay_cache_keys_name_the_upstream_service():
+    """One s3:// URL on two endpoints (a relay restarted against a mirror, same disk cache): the
+    cuboids of one must never be served for the other."""
+    from types import SimpleNamespace
+
+    from volbridge.relay.source import source_key
+
+    on = lambda identity: SimpleNamespace(store=SimpleNamespace(identity=identity))  # noqa: E731
+    assert source_key("s3://b/vol", on("http://127.0.0.1:1 | s3://b/vol")) != source_key("s3://b/vol", on("http://127.0.0.1:2 | s3://b/vol"))
+    assert source_key("s3://b/vol", on("x | s3://b/vol")) == source_key("s3://b/vol", on("x | s3://b/vol"))
+    assert source_key("bossdb://c/e/ch") == source_key("bossdb://c/e/ch", SimpleNamespace())  # server remotes: the URL

@@ -148,12 +148,15 @@ class CuboidStore(KVStore):
         raise AssertionError  # unreachable
 
 
-def source_key(url: str) -> str:
-    """The cache key prefix of an upstream: a digest of its URL. Keyed on the URL, not the
-    channel name, so two channels over one upstream share (and invalidate) the same cuboids, and
-    a persistent disk cache never serves one upstream's cuboids for another's. One path segment,
-    which :class:`SourceRouter` routes on."""
-    return "u" + hashlib.sha1(url.encode()).hexdigest()[:16]
+def source_key(url: str, volume: Volume | None = None) -> str:
+    """The cache key prefix of an upstream: a digest of what it reads, its store's identity
+    (:attr:`KVStore.identity`: the URL plus what the URL leaves out, such as an S3 endpoint), or
+    its URL for server remotes. Not the channel name, so two channels over one upstream share (and
+    invalidate) the same cuboids, and a persistent disk cache never serves one upstream's cuboids
+    for another's. One path segment, which :class:`SourceRouter` routes on."""
+    store = getattr(volume, "store", None)
+    name = url if store is None else f"{url}\n{store.identity}"
+    return "u" + hashlib.sha1(name.encode()).hexdigest()[:16]
 
 
 class SourceRouter(KVStore):
@@ -211,7 +214,7 @@ class RelaySource:
         self.volume = volume
         self.meta = volume.meta
         self.info = relay_info(volume)
-        self.prefix = source_key(url)
+        self.prefix = source_key(url, volume)
         self.upstream = CuboidStore(volume, self.info, url)
         router.add(self.prefix, self.upstream)
         #: The relay's cache tiers, seen from this source's prefix.
