@@ -114,7 +114,7 @@ def test_get_many_serves_hits_and_batches_the_misses(cache, monkeypatch):
 def test_get_many_caches_absence_when_asked(kind, tmp_path):
     back = MemoryStore()
     back.put("k", b"v")
-    c = make_cache(kind, back, tmp_path / "c", 1000, cache_absent=True)
+    c = make_cache(kind, back, tmp_path / "c", 1 << 20, cache_absent=True)
     assert c.get_many(["k", "gone"]) == {"k": b"v"}
     misses = c.stats.misses
     assert c.get_many(["k", "gone"]) == {"k": b"v"} and c.stats.misses == misses
@@ -401,7 +401,7 @@ def test_cache_writes_false_drops_instead_of_caching(kind, tmp_path):
 
 def test_cache_absent_option_is_invalidated_by_writes(kind, tmp_path):
     back = MemoryStore()
-    c = make_cache(kind, back, tmp_path / "c", 1000, cache_absent=True)
+    c = make_cache(kind, back, tmp_path / "c", 1 << 20, cache_absent=True)
     assert c.get("k") is None and c.get("k") is None and not c.exists("k")
     assert (c.stats.misses, c.stats.hits, c.stats.reads) == (1, 2, 1)
     assert c.get_first(["k", "k.gz"]) is None and c.stats.reads == 2
@@ -926,3 +926,18 @@ def test_a_child_of_an_object_store_names_the_same_entries_as_its_sub_url(tmp_pa
     assert c_child.get("k") == b"2"
     c_child.close()
     c_sub.close()
+
+
+def test_cached_absences_count_the_disk_they_take(tmp_path):
+    """A cached absence is a header-only file: a file-system block each, counted as such, so many
+    of them (a sparse volume through the relay) stay within the bound on disk too."""
+    from volbridge.kv.cache_disk import ABSENT_FILE_CHARGE
+
+    c = DiskCache(MemoryStore(), tmp_path / "c", 40_000, cache_absent=True)
+    for i in range(100):
+        assert c.get(f"absent{i}") is None
+    assert c.stats.entries == 40_000 // ABSENT_FILE_CHARGE and c.stats.bytes_cached <= 40_000
+    files = [f for f in (tmp_path / "c" / "entries").rglob("*") if f.is_file()]
+    assert len(files) == c.stats.entries and sum(f.stat().st_blocks * 512 for f in files) <= 40_000
+    c.check()
+    c.close()

@@ -42,9 +42,9 @@ seconds across processes.
 value fits in ``max_bytes``, then renames the new file in, all in one transaction: the indexed
 total never exceeds ``max_bytes``, and the disk holds at most the files being written in
 ``tmp/`` beyond it. Opening with a smaller ``max_bytes`` than before evicts down to it at once.
-The bound counts value bytes (a cached absence counts 64): each file's 64-byte header and the
-file system's block rounding come on top, which matters only for many tiny entries (up to ~4 KiB
-each on ext4).
+The bound counts value bytes, and a cached absence (``cache_absent``, the relay's setting) counts
+:data:`ABSENT_FILE_CHARGE`, the block its header-only file takes; each value file's 64-byte
+header and block rounding come on top, which matters only for values far smaller than a chunk.
 
 **Writes and fills from many processes** follow the protocol of :mod:`.cache_tier`, with the
 buckets' generations and in-flight writes kept in the index, so a write through one process's
@@ -100,6 +100,8 @@ MAGIC = b"VBC1"
 FLAG_ABSENT = 1
 #: Seconds after which a write registered in flight is taken for a dead process's.
 PENDING_EXPIRY = 600.0
+#: What a cached absence counts against ``max_bytes``: its header-only file takes a whole block.
+ABSENT_FILE_CHARGE = 4096
 #: Recorded hits are written to the index after this many, or this many seconds.
 TOUCH_BATCH = 256
 TOUCH_SECONDS = 2.0
@@ -243,6 +245,10 @@ class DiskCache(CacheTier):
         self._handles = _Handles(self._dir)
         self._finalizer = weakref.finalize(self, self._handles.close, True, False)
         self._open()
+
+    def _charge(self, value) -> int:
+        # a cached absence is a header-only file, which still takes a file-system block
+        return ABSENT_FILE_CHARGE if value is ABSENT else len(value)
 
     def invalidate(self) -> None:
         """Drop every entry in the directory: entries are named by hashes, so the index cannot
