@@ -274,3 +274,18 @@ def test_object_store_retries_transient_statuses_only():
     assert all(_retryable(failure(s)) for s in (500, 502, 503, 504, 408, 429))
     assert not any(_retryable(failure(s)) for s in (400, 403, 404, 412, 501, 505))
     assert _retryable(ConnectionResetError("reset")) and not _retryable(ValueError("Could not parse path"))
+
+
+def test_file_store_refuses_to_write_keys_that_name_compressed_copies(tmp_path):
+    """On disk ``k.gz`` is ``k`` compressed (CloudVolume's convention): a key of that name would be
+    removed by a write of ``k`` and read back as ``k``, so writes refuse it."""
+    s = FileStore(tmp_path)
+    s.put("mesh", b"plain")
+    for key in ("mesh.gz", "a/b.zst", "x.bz2", "y.br", "z.zstd", "w.xz"):
+        with pytest.raises(URLError, match="compressed copy"):
+            s.put(key, b"1")
+        with pytest.raises(URLError, match="compressed copy"):
+            s.update(key, lambda old: b"1")
+    assert sorted(s.list()) == ["mesh"] and s.get("mesh") == b"plain"
+    s.put("mesh.gzip", b"ok")  # other dotted names are ordinary keys
+    assert s.get("mesh.gzip") == b"ok"

@@ -40,6 +40,7 @@ _O_BINARY = getattr(os, "O_BINARY", 0)
 #: (suffix, content encoding) in lookup order after the plain name.
 _VARIANTS = tuple((suffix, name) for name, suffix in compression.SUFFIXES.items()) + ((".zst", "zstd"),)
 _ALL_SUFFIXES = ("",) + tuple(s for s, _ in _VARIANTS)
+_COMPRESSED_SUFFIXES = tuple(s for s, _ in _VARIANTS)
 _tmp_counter = itertools.count()
 _tmp_token = (0, "")
 
@@ -168,8 +169,18 @@ class FileStore(KVStore):
         return None if value is None else ObjectStat(len(value))
 
     # -- writing ------------------------------------------------------------------------------
-    def put(self, key: str, value: bytes, *, content_encoding: str | None = None) -> None:
+    def _writable_key(self, key: str) -> str:
+        """The path of a key a write may name: not one ending in a compression suffix, which on
+        disk names another key's compressed copy (CloudVolume's ``<key>.gz``): a write of ``k``
+        would remove it, and reads of ``k`` would find it."""
         path = self._path(key)
+        if key.endswith(_COMPRESSED_SUFFIXES):
+            raise URLError(f"invalid key {key!r} for {self.url}: on disk a name ending in "
+                           f"{key[key.rfind('.'):]} is the compressed copy of {key[:key.rfind('.')]!r}")
+        return path
+
+    def put(self, key: str, value: bytes, *, content_encoding: str | None = None) -> None:
+        path = self._writable_key(key)
         suffix = ""
         if content_encoding:
             encoding = compression.canonical(content_encoding)
@@ -244,7 +255,7 @@ class FileStore(KVStore):
                     yield key
 
     def _lock_path(self, key: str) -> str:
-        self._path(key)  # validates the key
+        self._writable_key(key)  # validates the key
         stripe = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest(), "little") % LOCK_STRIPES
         return os.path.join(self._root, LOCK_DIR, f"{stripe:02x}.lock")
 
