@@ -6,6 +6,7 @@ writes gzip under "raw" layers, and a server may hand back gzip bytes it did not
 
 from __future__ import annotations
 
+import lzma
 import struct
 import zlib
 
@@ -63,8 +64,6 @@ class Lzma(Compressor):
     name = "lzma"
 
     def __init__(self, preset: int | None = None, format: int = 1, check: int = -1, filters=None):  # noqa: A002
-        import lzma
-
         self.preset, self.format, self.filters = preset, format, filters
         self.check = check if format == lzma.FORMAT_XZ else -1
         try:  # a settings error now, at open, not at the first chunk
@@ -74,14 +73,10 @@ class Lzma(Compressor):
                                    f"{filters} cannot be used: {e}") from e
 
     def compress(self, data: bytes) -> bytes:
-        import lzma
-
         preset = None if self.filters is not None else self.preset
         return lzma.compress(data, format=self.format, check=self.check, preset=preset, filters=self.filters)
 
     def decompress(self, data: bytes) -> bytes:
-        import lzma
-
         try:
             return lzma.decompress(data, format=self.format, filters=self.filters if self.format == lzma.FORMAT_RAW else None)
         except lzma.LZMAError as e:

@@ -150,8 +150,8 @@ class ObjectStore(KVStore):
         except Exception as e:
             raise StoreError(f"GET {self._where(key)} failed: {_short(e)}") from e
         self.stats.add(bytes_read=len(data))
-        encoding = (attributes or {}).get("Content-Encoding") or (attributes or {}).get("content_encoding")
-        if encoding:
+        encoding = _content_encoding(attributes)
+        if _codings(encoding):
             data = self._decode_content(key, encoding, data)
         return data, etag, version
 
@@ -160,9 +160,8 @@ class ObjectStore(KVStore):
         over bodies as stored (it never decodes), so a body that is not the stream its header
         says is damage, and raises."""
         try:
-            for name in reversed([t.strip().lower() for t in encoding.split(",")]):
-                if name not in _NO_ENCODING:
-                    data = compression.decompress(compression.canonical(name), data)
+            for name in reversed(_codings(encoding)):
+                data = compression.decompress(compression.canonical(name), data)
             return data
         except UnsupportedError as e:
             raise UnsupportedError(f"{self._where(key)} is stored with Content-Encoding: {encoding}, which volbridge "
@@ -278,6 +277,15 @@ class ObjectStore(KVStore):
 _NO_ENCODING = ("", "identity", "aws-chunked")
 
 
+def _content_encoding(attributes) -> str:
+    return (attributes or {}).get("Content-Encoding") or (attributes or {}).get("content_encoding") or ""
+
+
+def _codings(encoding: str) -> list[str]:
+    """The codings a Content-Encoding header lists that change the body, in the order applied."""
+    return [t for t in (t.strip().lower() for t in encoding.split(",")) if t not in _NO_ENCODING]
+
+
 def _short(e: BaseException) -> str:
     """obstore messages carry a long debug dump after the first line: keep the useful part."""
     text = str(e).strip().split("\n\nDebug source:")[0]
@@ -322,8 +330,7 @@ class _ObjectRangeReader(RangeReader):
 
         def fetch():
             result = obstore.get(self.store.store, self.store.prefix + self.key, options=options)
-            encoding = (result.attributes or {}).get("Content-Encoding") or ""
-            return bytes(result.bytes()), result.meta.get("e_tag"), encoding
+            return bytes(result.bytes()), result.meta.get("e_tag"), _content_encoding(result.attributes)
 
         try:
             data, etag, encoding = self.store._call("GET range", self.key, fetch)
@@ -348,7 +355,7 @@ class _ObjectRangeReader(RangeReader):
                 self._decoded(None)
                 return super().read(start, end)
             raise StoreError(f"GET {where} failed: {_short(e)}") from e
-        if any(t.strip().lower() not in _NO_ENCODING for t in encoding.split(",")):
+        if _codings(encoding):
             self._decoded(self.etag or etag)  # these bytes are of the encoded stream
             return super().read(start, end)
         want = -start if end is None else end - start
