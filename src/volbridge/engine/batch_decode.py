@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import glob
-import os
 import threading
 from dataclasses import dataclass
 
 import numpy as np
 
+from .. import compression
 from . import place
 
 _lock = threading.Lock()
@@ -45,25 +44,6 @@ _kernel = None  # the compiled loop once loaded, False when it cannot run here
 _codecs: dict[str, _Codec | bool] = {}  # name -> loaded codec, or False when unavailable here
 
 
-def _open(paths: list[str | None], *symbols: str) -> ctypes.CDLL | None:
-    """The first of ``paths`` that loads and exports every one of ``symbols``."""
-    for path in paths:
-        if not path:
-            continue
-        try:
-            lib = ctypes.CDLL(path)
-            for name in symbols:
-                getattr(lib, name)
-        except (OSError, AttributeError):
-            continue
-        return lib
-    return None
-
-
-def _next_to(module, pattern: str) -> list[str]:
-    return sorted(glob.glob(os.path.join(os.path.dirname(module.__file__), pattern)))
-
-
 def _library(name: str) -> tuple[ctypes.CDLL, str, str, str, int] | None:
     """(library, decompress, create context, free context, mode) for codec ``name``."""
     if ctypes.sizeof(ctypes.c_void_p) != 8 or ctypes.sizeof(ctypes.c_size_t) != 8:
@@ -72,14 +52,11 @@ def _library(name: str) -> tuple[ctypes.CDLL, str, str, str, int] | None:
         import zstandard
 
         names = ("ZSTD_decompressDCtx", "ZSTD_createDCtx", "ZSTD_freeDCtx")
-        lib = _open([*_next_to(zstandard, "_cffi*"), ctypes.util.find_library("zstd")], *names)
+        lib = compression.native_library([*compression.files_next_to(zstandard, "_cffi*"), ctypes.util.find_library("zstd")], *names)
         return None if lib is None else (lib, *names, 0)
     if name == "gzip":
-        import deflate
-
-        names = ("libdeflate_gzip_decompress_ex", "libdeflate_alloc_decompressor", "libdeflate_free_decompressor")
-        lib = _open(_next_to(deflate, "_deflate*"), *names)
-        return None if lib is None else (lib, *names, 1)
+        lib = compression.libdeflate()
+        return None if lib is None else (lib, *compression.LIBDEFLATE_GZIP, 1)
     return None
 
 
