@@ -142,23 +142,18 @@ class ChunkedVolume(Volume):
         batched = (layout.decodes_to_bytes and layout.grid.chunk_shape[0] * layout.dtype.itemsize < 64
                    and place.prepare(len(cells)))
 
-        def task(cell: Cell) -> None:
-            if not batched:
-                found = self._fetch_decode(layout, cell)
-                region = cell.box.intersect(box)
-                if found is None:  # absent chunk inside the bounds: sparse data
-                    if fill is not None:
-                        out[region.slices(box.start)] = fill
-                    return
-                out[region.slices(box.start)] = found[1][region.slices(cell.box.start)]
-                return
-            found = self._fetch(layout, cell)
-            if found is None:
+        def place_found(cell: Cell, found: tuple[str, bytes | memoryview] | None) -> None:
+            """Copy the cell's stored bytes (or the fill, absent) into its part of ``out``."""
+            if found is None:  # absent chunk inside the bounds: sparse data
                 if fill is not None:
                     out[cell.box.intersect(box).slices(box.start)] = fill
                 return
             key, data = found
             try:
+                if not batched:
+                    region = cell.box.intersect(box)
+                    out[region.slices(box.start)] = layout.decode(data, cell, key)[region.slices(cell.box.start)]
+                    return
                 data, shape = layout.decode_bytes(data, cell.box.shape, key)
             except ChunkDecodeError as e:
                 raise ChunkDecodeError(f"chunk {key!r} in {self.store.url}: {e}") from e
@@ -167,7 +162,21 @@ class ChunkedVolume(Volume):
             place.place_one(out, data, shape, [a - c for a, c in zip(lo, cell.box.start)],
                             [a - b for a, b in zip(lo, box.start)], size)
 
-        run_bounded(task, cells, self._chunk_nbytes(layout), self.store.io_concurrency)
+        if self.store.io_concurrency is None:  # local: each loop fetches and places its chunks
+            run_bounded(lambda cell: place_found(cell, self._fetch(layout, cell)), cells, self._chunk_nbytes(layout))
+            return
+        # A network store fetches the whole list its own way (many requests in flight from one
+        # thread, where it can) and hands over each chunk as it arrives.
+        by_key = {layout.read_keys(cell)[0]: cell for cell in cells}
+
+        def arrived(key: str, data: bytes | memoryview | None) -> None:
+            cell = by_key[key]
+            if data is None and len(layout.read_keys(cell)) > 1:  # maybe under another of its names
+                place_found(cell, self._fetch(layout, cell, skip=key))
+            else:
+                place_found(cell, None if data is None else (key, data))
+
+        self.store.fetch_each(list(by_key), arrived, heavy=not layout.voxels_stored_raw, nbytes=self._chunk_nbytes(layout))
 
     # -- writing ----------------------------------------------------------------------------------
     def _encode(self, layout: ScaleLayout, chunk, cell: Cell, key: str, *, voxel_bytes: bool = False) -> bytes:

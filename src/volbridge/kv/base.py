@@ -153,6 +153,23 @@ class KVStore(ABC):
         run_bounded(fetch, keys, 1, loops=self.io_concurrency or default_threads(), local=self.io_concurrency is None)
         return {key: found[key] for key in keys if key in found}
 
+    def fetch_each(self, keys: Iterable[str], fn: Callable[[str, bytes | memoryview | None], None], *,
+                   heavy: bool = False, nbytes: int = 1) -> None:
+        """Call ``fn(key, value)`` for each of ``keys`` (value None when absent) as values arrive,
+        in any order and from any thread; a value may be transient (valid only inside ``fn``).
+
+        For reads of many objects that are each consumed at once (a cutout's chunks). This
+        default runs ``get_transient`` on ``io_concurrency`` loops (cores + 1 for local stores),
+        with ``nbytes`` (what one call of ``fn`` holds) bounding the bytes in flight; object
+        stores drive many requests from one thread instead. ``heavy`` says ``fn`` does much work
+        (a decompression), which such a store then hands to worker loops. The first failure
+        raises; the other keys may or may not have been done by then.
+        """
+        from ..engine.parallel import run_bounded
+
+        get = self.get_transient
+        run_bounded(lambda key: fn(key, get(key)), list(keys), nbytes, self.io_concurrency)
+
     def get_transient(self, key: str) -> bytes | memoryview | None:
         """Like :meth:`get`, but the result may be a view of a buffer that this thread reuses.
 

@@ -235,6 +235,34 @@ class CacheTier(KVStore):
             found.update(fetched)
         return {key: found[key] for key in keys if key in found}
 
+    def fetch_each(self, keys: Iterable[str], fn, *, heavy: bool = False, nbytes: int = 1) -> None:
+        """Hits go to ``fn`` at once; the misses through one ``fetch_each`` of the backing store,
+        each filled as it arrives, under one ticket taken before any of them was asked for."""
+        keys = list(dict.fromkeys(keys))
+        transient = self._fill_from_transient
+        missed: list[str] = []
+        for key in keys:
+            cached = self._lookup(key, True)
+            if cached is None:
+                missed.append(key)
+            else:
+                self._stats.add(hits=1)
+                fn(key, None if cached is ABSENT else cached)
+        if not missed:
+            return
+        ticket = self._ticket(missed)
+
+        def arrived(key: str, value: bytes | memoryview | None) -> None:
+            self._stats.add(misses=1, reads=1, requests=1, bytes_read=0 if value is None else len(value))
+            self._fill(ticket, {key: ABSENT if value is None else value})
+            fn(key, value)
+
+        if transient:
+            self.backing.fetch_each(missed, arrived, heavy=heavy, nbytes=nbytes)
+        else:  # values the tier keeps must outlive the backing store's buffers
+            self.backing.fetch_each(missed, lambda key, value: arrived(key, value if value is None or type(value) is bytes
+                                                                        else bytes(value)), heavy=heavy, nbytes=nbytes)
+
     def stat(self, key: str) -> ObjectStat | None:
         """Passed through: a cached copy knows its size but not the backing store's version."""
         self._stats.add(reads=1, requests=1)

@@ -26,11 +26,13 @@ import configparser
 import json
 import os
 import threading
-from urllib.parse import unquote, urlparse
+from urllib.parse import quote, unquote, urlparse
 
 from obstore.store import AzureStore, GCSStore, HTTPStore, S3Store
 
 from ..errors import URLError
+from . import curl_get
+from .curl_get import CurlGetter, S3Signer
 from .object_store import ObjectStore, obstore_options
 from .retry import RetryPolicy
 
@@ -145,18 +147,21 @@ def open_object_store(url: str, retry: RetryPolicy | None = None) -> ObjectStore
         opts["client_options"]["allow_http"] = True
         base = f"{scheme}://{parsed.netloc}"
         client = _shared("http", (base, repr(retry)), lambda: HTTPStore.from_url(base, **opts))
+        getter = _shared("http-curl", (base, repr(retry)), lambda: CurlGetter(base, "/", None, retry)) if curl_get.available() else None
         # obstore percent-encodes the path it is given: give it the decoded one (my%20data -> 'my data')
-        return ObjectStore(client, url, prefix=unquote(parsed.path), retry=retry, read_only=True)
+        return ObjectStore(client, url, prefix=unquote(parsed.path), retry=retry, read_only=True, getter=getter)
     bucket, prefix = parsed.netloc, parsed.path.strip("/")
     if not bucket:
         raise URLError(f"{url!r} names no bucket: expected {scheme}://bucket/path")
     kw = dict(opts)
+    getter = None
     if scheme == "s3":
         cfg = s3_config()
         if str(cfg.get("endpoint", "")).startswith("http://") or _true(os.environ.get("AWS_ALLOW_HTTP")):
             kw["client_options"]["allow_http"] = True
         store = _shared("s3", (bucket, cfg, repr(retry), kw["client_options"]), lambda: S3Store(bucket, **cfg, **kw))
         service = cfg.get("endpoint") or "aws"
+        getter = _s3_getter(bucket, cfg, retry)
     elif scheme in ("gs", "gcs"):
         cfg = gcs_config()
         if str(cfg.get("base_url", "")).startswith("http://"):
@@ -175,4 +180,27 @@ def open_object_store(url: str, retry: RetryPolicy | None = None) -> ObjectStore
         service = " ".join(f"{k}={azenv[k]}" for k in sorted(azenv) if k in _AZURE_SERVICE_VARS) or "azure"
     else:
         raise URLError(f"unsupported object store scheme {scheme!r} in {url!r}")
-    return ObjectStore(store, url, prefix=prefix, retry=retry, service=service)
+    return ObjectStore(store, url, prefix=prefix, retry=retry, service=service, getter=getter)
+
+
+def _s3_getter(bucket: str, cfg: dict, retry: RetryPolicy) -> CurlGetter | None:
+    """libcurl GETs for this bucket where volbridge can sign them itself (static or no credentials);
+    None leaves every GET to obstore."""
+    if not curl_get.available():
+        return None
+    if cfg.get("skip_signature"):
+        signer = None
+    elif cfg.get("access_key_id") and cfg.get("secret_access_key"):
+        signer = S3Signer(cfg["access_key_id"], cfg["secret_access_key"], cfg["region"], cfg.get("token"))
+    else:
+        return None
+    endpoint = cfg.get("endpoint")
+    if endpoint:  # path style, as obstore is told for a custom endpoint
+        base, path = endpoint, f"/{quote(bucket)}/"
+    elif "." in bucket:
+        return None  # a virtual-hosted name would not match AWS's certificate; obstore knows the rules
+    else:
+        base, path = f"https://{bucket}.s3.{cfg['region']}.amazonaws.com", "/"
+    if urlparse(base).path.strip("/"):
+        return None  # an endpoint with a path of its own
+    return _shared("s3-curl", (bucket, cfg, repr(retry)), lambda: CurlGetter(base, path, signer, retry))

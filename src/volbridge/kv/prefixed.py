@@ -56,6 +56,10 @@ class PrefixedStore(KVStore):
     def range_reader(self, key: str):
         return self.base.range_reader(self._k(key))
 
+    def fetch_each(self, keys: Iterable[str], fn, *, heavy: bool = False, nbytes: int = 1) -> None:
+        n = len(self.prefix)
+        self.base.fetch_each([self._k(k) for k in keys], lambda key, value: fn(key[n:], value), heavy=heavy, nbytes=nbytes)
+
     def get_transient(self, key: str):
         return self.base.get_transient(self._k(key))
 

@@ -1,0 +1,314 @@
+"""Many GETs of one object store at once, over libcurl's multi interface, driven by the calling thread.
+
+Why beside obstore: reading a volume means many whole-object GETs, and with obstore each is a
+blocking call from one of 32 Python threads into its tokio runtime and back. On loopback
+SeaweedFS that cost ~500 us of client CPU per 256 KiB object, more than tensorstore's whole read,
+and on 2 shared cores the client's CPU is taken from the server. One thread driving libcurl's
+multi interface keeps as many requests in flight for ~300 us each, with no thread hand-offs
+(measured in one process, interleaved: bench/results/s3_curl.md). A driver thread serving the
+engine's loops lost it all again to wake-ups, so the caller drives and gets each value as it
+arrives (:meth:`CurlGetter.fetch`).
+
+Everything else (ranged reads, writes, conditional puts, listing) stays on obstore. This serves
+S3 with static or no credentials (signed here, AWS Signature Version 4) and plain HTTP(S); other
+services and credential sources fall back to obstore.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import hashlib
+import heapq
+import hmac
+import io
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+from urllib.parse import quote
+
+from ..errors import StoreError
+from .retry import RetryPolicy
+
+try:
+    import pycurl
+except ImportError:  # an optional speed-up: without it every GET goes through obstore
+    pycurl = None
+
+#: libcurl errors that no retry can fix (bad URL or protocol, TLS trust, a refused login).
+_FINAL_CURL_ERRORS = {1, 3, 4, 43, 48, 51, 58, 59, 60, 67, 77, 83, 90, 91}
+
+
+def available() -> bool:
+    return pycurl is not None and os.environ.get("VOLBRIDGE_CURL", "1") != "0"
+
+
+def _ca_bundle() -> str | None:
+    """A CA file for https: the wheel's libcurl was built for another machine's paths."""
+    for path in ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"):
+        if os.path.isfile(path):
+            return path
+    try:
+        import certifi
+
+        return certifi.where()
+    except ImportError:
+        return None
+
+
+@dataclass(frozen=True)
+class S3Signer:
+    """AWS Signature Version 4 headers for a GET with an unsigned payload."""
+
+    access_key_id: str
+    secret_access_key: str
+    region: str
+    token: str | None = None
+
+    def headers(self, host: str, path: str, amz_date: str | None = None) -> list[str]:
+        """Headers for ``GET path`` (already URI-encoded) on ``host``, signed now or at ``amz_date``."""
+        amz = amz_date or datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        day = amz[:8]
+        key = self._key(day)
+        names = "host;x-amz-content-sha256;x-amz-date" + (";x-amz-security-token" if self.token else "")
+        canonical = (f"GET\n{path}\n\nhost:{host}\nx-amz-content-sha256:UNSIGNED-PAYLOAD\nx-amz-date:{amz}\n"
+                     + (f"x-amz-security-token:{self.token}\n" if self.token else "")
+                     + f"\n{names}\nUNSIGNED-PAYLOAD")
+        scope = f"{day}/{self.region}/s3/aws4_request"
+        to_sign = f"AWS4-HMAC-SHA256\n{amz}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+        signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+        out = [f"x-amz-date: {amz}", "x-amz-content-sha256: UNSIGNED-PAYLOAD",
+               f"Authorization: AWS4-HMAC-SHA256 Credential={self.access_key_id}/{scope}, "
+               f"SignedHeaders={names}, Signature={signature}"]
+        if self.token:
+            out.append(f"x-amz-security-token: {self.token}")
+        return out
+
+    def _key(self, day: str) -> bytes:
+        cached = _signing_keys.get((self.secret_access_key, self.region, day))
+        if cached is None:
+            k = hmac.new(("AWS4" + self.secret_access_key).encode(), day.encode(), hashlib.sha256).digest()
+            for part in (self.region, "s3", "aws4_request"):
+                k = hmac.new(k, part.encode(), hashlib.sha256).digest()
+            cached = _signing_keys[(self.secret_access_key, self.region, day)] = k
+        return cached
+
+
+_signing_keys: dict[tuple[str, str, str], bytes] = {}
+
+
+class _Request:
+    __slots__ = ("key", "body", "headers", "attempt")
+    body: bytes | io.BytesIO
+    headers: list[bytes]
+
+    def __init__(self, key: str):
+        self.key, self.attempt = key, 0
+
+
+class _ThreadState:
+    """One thread's multi handle and idle easy handles (libcurl handles are not thread-safe; a
+    forked child must not share its parent's connections)."""
+
+    def __init__(self):
+        self.pid = os.getpid()
+        self.multi = pycurl.CurlMulti()
+        self.idle: list = []
+
+
+class CurlGetter:
+    """Whole-object GETs of ``base + quote(prefix + key)``, signed by ``signer`` (None: anonymous)."""
+
+    def __init__(self, base: str, path_prefix: str, signer: S3Signer | None, retry: RetryPolicy):
+        self.base = base.rstrip("/")
+        self.host = self.base.split("://", 1)[1]
+        self.path_prefix = path_prefix  # "/bucket/" for S3 path style, "/" otherwise; quoted
+        self.signer = signer
+        self.retry = retry
+        self.cainfo = _ca_bundle() if self.base.startswith("https://") else None
+        self._local = threading.local()
+
+    def _state(self) -> _ThreadState:
+        st = getattr(self._local, "state", None)
+        if st is None or st.pid != os.getpid():
+            st = self._local.state = _ThreadState()
+        return st
+
+    def _handle(self, st: _ThreadState):
+        if st.idle:
+            return st.idle.pop()
+        c = pycurl.Curl()
+        c.setopt(pycurl.NOSIGNAL, 1)
+        c.setopt(pycurl.CONNECTTIMEOUT_MS, int(self.retry.connect_timeout * 1000))
+        c.setopt(pycurl.TIMEOUT_MS, int(self.retry.timeout * 1000))
+        c.setopt(pycurl.PROXY, "")  # as obstore: the endpoint is asked directly
+        if self.cainfo:
+            c.setopt(pycurl.CAINFO, self.cainfo)
+        return c
+
+    def fetch(self, keys: list[str], done: Callable[[str, bytes | None, str], None], *, where: Callable[[str], str],
+              stats, max_in_flight: int, heavy: bool = False) -> None:
+        """Call ``done(key, body, content_encoding)`` for each of ``keys`` as it arrives (body None
+        when the object is absent). It runs in this thread, or on worker loops when the work
+        behind it is heavy: ``heavy`` (say, chunks to decompress) or a body that needs decoding.
+        A key that still fails after the retry policy's attempts raises StoreError naming its
+        URL; the other keys may or may not have been done by then."""
+        if not keys:
+            return
+        st = self._state()
+        multi = st.multi
+        pending = collections.deque(_Request(k) for k in keys)
+        delayed: list[tuple[float, int, _Request]] = []  # (ready time, tiebreak, request)
+        active: dict[int, tuple[object, _Request]] = {}
+        workers = _Workers(done) if heavy else None
+
+        def deliver(key: str, body: bytes | None, encoding: str) -> None:
+            nonlocal workers
+            if workers is None and encoding:
+                workers = _Workers(done)
+            if workers is not None:
+                workers.put(key, body, encoding)
+            else:
+                done(key, body, encoding)
+
+        try:
+            while pending or delayed or active:
+                now = time.monotonic()
+                while delayed and delayed[0][0] <= now:
+                    pending.append(heapq.heappop(delayed)[2])
+                while pending and len(active) + (workers.backlog() if workers else 0) < max_in_flight:
+                    self._start(st, pending.popleft(), active)
+                if workers is not None:
+                    workers.check()
+                if not active:  # waiting for a retry's backoff, or for the workers to catch up
+                    time.sleep(min(0.001, max(0.0, delayed[0][0] - now)) if delayed else 0.001)
+                    continue
+                while multi.perform()[0] == pycurl.E_CALL_MULTI_PERFORM:
+                    pass
+                while True:
+                    left, ok, failed = multi.info_read()
+                    for c in ok:
+                        req = self._finish(st, c, active)
+                        status = c.getinfo(pycurl.RESPONSE_CODE)
+                        stats.add(requests=1, bytes_read=len(req.body) if status == 200 else 0)  # not error pages
+                        self._answer(req, status, None, delayed, where, stats, deliver)
+                    for c, errno, message in failed:
+                        req = self._finish(st, c, active)
+                        stats.add(requests=1)
+                        self._answer(req, None, (errno, message), delayed, where, stats, deliver)
+                    if not left:
+                        break
+                if active:
+                    wait = multi.timeout()  # ms until libcurl wants to be called, -1: no deadline
+                    cap = 0.005 if (delayed or workers is not None) else 1.0
+                    multi.select(cap if wait < 0 else min(cap, wait / 1000))
+            if workers is not None:
+                workers.close()
+                workers = None
+        finally:
+            for c, _req in active.values():
+                multi.remove_handle(c)
+                st.idle.append(c)
+            if workers is not None:
+                workers.close(raise_errors=False)
+
+    def _start(self, st: _ThreadState, req: _Request, active: dict) -> None:
+        c = self._handle(st)
+        path = self.path_prefix + quote(req.key, safe="/~")
+        headers = self.signer.headers(self.host, path) if self.signer is not None else []
+        req.body, req.headers = io.BytesIO(), []
+        c.setopt(pycurl.URL, self.base + path)
+        c.setopt(pycurl.HTTPHEADER, headers)
+        c.setopt(pycurl.WRITEDATA, req.body)
+        c.setopt(pycurl.HEADERFUNCTION, req.headers.append)
+        active[id(c)] = (c, req)
+        st.multi.add_handle(c)
+
+    def _finish(self, st: _ThreadState, c, active: dict) -> _Request:
+        _, req = active.pop(id(c))
+        st.multi.remove_handle(c)
+        st.idle.append(c)
+        req.body = req.body.getvalue()
+        return req
+
+    def _answer(self, req: _Request, status: int | None, error, delayed: list, where, stats, deliver) -> None:
+        req.attempt += 1
+        if status == 200:
+            deliver(req.key, req.body, _header(req.headers, b"content-encoding:"))
+            return
+        if status == 404:
+            deliver(req.key, None, "")
+            return
+        if error is not None:
+            retryable = error[0] not in _FINAL_CURL_ERRORS
+            why = f"{error[1] or 'libcurl error'} (curl error {error[0]})"
+        else:
+            retryable = (status >= 500 and status not in (501, 505)) or status in (408, 429)
+            why = f"HTTP {status}: {req.body[:200].decode('utf-8', 'replace').strip()}"
+        if not retryable:
+            raise StoreError(f"GET {where(req.key)} failed: {why}")
+        if req.attempt >= self.retry.max_attempts:
+            raise StoreError(f"GET {where(req.key)} failed after {req.attempt} attempts: {why}")
+        stats.add(retries=1)
+        heapq.heappush(delayed, (time.monotonic() + self.retry.backoff(req.attempt), id(req), req))
+
+
+def _header(lines: list[bytes], name: bytes) -> str:
+    n = len(name)
+    for line in lines:
+        if line[:n].lower() == name:
+            return line[n:].decode("latin-1").strip()
+    return ""
+
+
+class _Workers:
+    """Loops on the engine's pool that run ``done`` for the bodies the driver hands over, so
+    heavy decoding overlaps with the transfers (one thread doing both would stall them)."""
+
+    def __init__(self, done: Callable[[str, bytes | None, str], None]):
+        from ..engine.parallel import default_threads, pool
+
+        self.done = done
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.errors: list[BaseException] = []
+        self.put_count = 0  # written by the driver only
+        self.done_counts = [0] * default_threads()  # slot i written by worker i only
+        self.futures = [pool().submit(self._loop, i) for i in range(len(self.done_counts))]
+
+    def backlog(self) -> int:
+        return self.put_count - sum(self.done_counts)
+
+    def put(self, key: str, body: bytes | None, encoding: str) -> None:
+        self.put_count += 1
+        self.queue.put((key, body, encoding))
+
+    def _loop(self, i: int) -> None:
+        from ..engine.parallel import inline
+
+        with inline():  # nested local work (a decode's own loops) runs here: the workers fill the cores
+            while True:
+                item = self.queue.get()
+                if item is None:
+                    return
+                try:
+                    if not self.errors:
+                        self.done(*item)
+                except BaseException as e:
+                    self.errors.append(e)
+                finally:
+                    self.done_counts[i] += 1
+
+    def check(self) -> None:
+        if self.errors:
+            raise self.errors[0]
+
+    def close(self, raise_errors: bool = True) -> None:
+        for _ in self.futures:
+            self.queue.put(None)
+        for f in self.futures:
+            f.result()
+        if raise_errors:
+            self.check()
