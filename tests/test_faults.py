@@ -51,10 +51,13 @@ def expected(data, box):
     return out
 
 
-def test_reads_through_faults_are_correct_with_retries(volume, fault_proxy):
+@pytest.mark.parametrize("curl", ["1", "0"], ids=["libcurl", "obstore"])
+def test_reads_through_faults_are_correct_with_retries(volume, fault_proxy, monkeypatch, curl):
     url, data = volume
     fault_proxy.set(error_rate=0.15, throttle_rate=0.05, drop_rate=0.05, truncate_rate=0.1, delay_rate=0.05, seed=7)
+    monkeypatch.setenv("VOLBRIDGE_CURL", curl)  # chunk GETs over libcurl (kv.curl_get) or obstore
     vol = vb.array(url)
+    assert (vol.volume.store.getter is not None) == (curl == "1")
     rng = np.random.default_rng(1)
     for box in random_boxes(rng, 12):
         np.testing.assert_array_equal(vol[box], expected(data, box))

@@ -144,7 +144,6 @@ class CurlGetter:
         c.setopt(pycurl.NOSIGNAL, 1)
         c.setopt(pycurl.CONNECTTIMEOUT_MS, int(self.retry.connect_timeout * 1000))
         c.setopt(pycurl.TIMEOUT_MS, int(self.retry.timeout * 1000))
-        c.setopt(pycurl.PROXY, "")  # as obstore: the endpoint is asked directly
         if self.cainfo:
             c.setopt(pycurl.CAINFO, self.cainfo)
         return c
@@ -188,8 +187,10 @@ class CurlGetter:
                     continue
                 while multi.perform()[0] == pycurl.E_CALL_MULTI_PERFORM:
                     pass
+                finished = False
                 while True:
                     left, ok, failed = multi.info_read()
+                    finished = finished or bool(ok or failed)
                     for c in ok:
                         req = self._finish(st, c, active)
                         status = c.getinfo(pycurl.RESPONSE_CODE)
@@ -201,7 +202,7 @@ class CurlGetter:
                         self._answer(req, None, (errno, message), delayed, where, stats, deliver)
                     if not left:
                         break
-                if active:
+                if active and not (finished and pending):  # a freed slot is refilled before waiting
                     wait = multi.timeout()  # ms until libcurl wants to be called, -1: no deadline
                     cap = 0.005 if (delayed or workers is not None) else 1.0
                     multi.select(cap if wait < 0 else min(cap, wait / 1000))
