@@ -4,13 +4,17 @@ obstore's GETs, against SeaweedFS and a local HTTP server; the signature against
 from __future__ import annotations
 
 import gzip
+import http.server
+import socketserver
+import threading
+import time
 
 import numpy as np
 import pytest
 
 import volbridge as vb
 from volbridge.errors import ChunkDecodeError, StoreError
-from volbridge.kv import open_store
+from volbridge.kv import curl_get, object_store, open_store
 from volbridge.kv.cloud import open_object_store
 from volbridge.kv.curl_get import S3Signer
 from volbridge.kv.retry import RetryPolicy
@@ -130,3 +134,192 @@ def test_signature_matches_botocore(monkeypatch):
         assert req.headers["X-Amz-Content-SHA256"] == ours["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
         assert ours["Authorization"] == req.headers["Authorization"]
         assert ours.get("x-amz-security-token") == req.headers.get("X-Amz-Security-Token")
+
+
+# -- against a scripted local HTTP server ----------------------------------------------------------
+class _Routes(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    routes: dict = {}
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        status, headers, body = self.routes.get(self.path, (404, {}, b"no such object"))
+        if callable(body):
+            status, headers, body = body(self)
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def scripted():
+    """(base URL, routes): a threaded HTTP/1.1 server answering each path from ``routes``
+    (path -> (status, headers, body), or a callable of the request that returns one)."""
+
+    class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+        daemon_threads = True
+
+    routes: dict = {}
+    handler = type("Handler", (_Routes,), {"routes": routes})
+    server = Server(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", routes
+    server.shutdown()
+    server.server_close()
+
+
+def test_bytes_in_flight_stay_bounded(scripted, monkeypatch):
+    base, routes = scripted
+    lock, now, peak = threading.Lock(), [0], [0]
+
+    def slow(_req):
+        with lock:
+            now[0] += 1
+            peak[0] = max(peak[0], now[0])
+        time.sleep(0.05)
+        with lock:
+            now[0] -= 1
+        return 200, {}, b"x" * 1000
+
+    routes.update({f"/vol/k{i}": (0, {}, slow) for i in range(24)})
+    monkeypatch.setattr(object_store, "MAX_BYTES_IN_FLIGHT", 8 << 20)
+    s = open_store(f"{base}/vol")
+    got = {}
+    s.fetch_each([f"k{i}" for i in range(24)], lambda k, v: got.__setitem__(k, bytes(v)), nbytes=4 << 20)
+    assert len(got) == 24 and peak[0] == 2  # 8 MiB / 4 MiB per chunk
+    peak[0] = 0
+    s.fetch_each([f"k{i}" for i in range(24)], lambda k, v: None, nbytes=1 << 10)
+    assert 2 < peak[0] <= s.io_concurrency
+
+
+def test_a_fetch_inside_a_fetch_gets_its_own_transfers(scripted):
+    base, routes = scripted
+    for i in range(6):
+        routes[f"/vol/k{i}"] = (200, {}, b"k%d" % i)
+        routes[f"/vol/m{i}"] = (200, {}, b"m%d" % i)
+    s = open_store(f"{base}/vol")
+    got = {}
+    s.fetch_each([f"k{i}" for i in range(6)], lambda k, v: got.__setitem__(k, (bytes(v), s.get_many(["m" + k[1:]]))))
+    assert got == {f"k{i}": (b"k%d" % i, {f"m{i}": b"m%d" % i}) for i in range(6)}
+
+
+def test_redirects_are_followed_and_the_last_response_counts(scripted):
+    base, routes = scripted
+    routes["/vol/a"] = (302, {"Location": "/elsewhere/a", "Content-Encoding": "gzip"}, b"")
+    routes["/elsewhere/a"] = (200, {}, b"DATA")
+    routes["/vol/b"] = (301, {"Location": "/elsewhere/b"}, b"")
+    routes["/elsewhere/b"] = (200, {"Content-Encoding": "gzip"}, gzip.compress(b"UNZIPPED"))
+    s = open_store(f"{base}/vol")
+    assert s.getter is not None and fetched(s, ["a", "b"]) == {"a": b"DATA", "b": b"UNZIPPED"}
+
+
+def test_a_retry_waits_out_its_backoff_without_spinning(scripted, monkeypatch):
+    base, routes = scripted
+    routes["/vol/k"] = (503, {}, b"busy")
+    s = open_object_store(f"{base}/vol", retry=RetryPolicy(max_attempts=3, base_delay=0.2, max_delay=0.2))
+    sleeps = []
+    real_sleep = time.sleep
+    monkeypatch.setattr(curl_get.time, "sleep", lambda t: (sleeps.append(t), real_sleep(t)))
+    monkeypatch.setattr(RetryPolicy, "backoff", lambda self, attempt: 0.2)
+    with pytest.raises(StoreError, match=r"GET http://.*/vol/k failed after 3 attempts: HTTP 503"):
+        fetched(s, ["k"])
+    assert s.stats.retries == 2 and len(sleeps) <= 4  # one sleep per backoff, not a poll each millisecond
+
+
+def test_proxy_variables_are_read_as_obstore_reads_them(scripted, monkeypatch):
+    base, routes = scripted
+    routes["/vol/a"] = (200, {}, b"DIRECT")
+    proxy_base, proxy_routes = base, routes  # the same server, answering absolute-URI requests
+    proxy_routes[f"{base}/vol/a"] = (200, {}, b"FROM-PROXY")
+    for var in ("HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+        for k in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(k, raising=False)
+        monkeypatch.setenv(var, proxy_base)
+        from volbridge.kv import cloud
+
+        cloud._clients.clear()
+        s = open_store(f"{base}/vol")
+        assert fetched(s, ["a"]) == {"a": b"FROM-PROXY"}, var
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        cloud._clients.clear()
+        assert fetched(open_store(f"{base}/vol"), ["a"]) == {"a": b"DIRECT"}, var
+    cloud._clients.clear()
+
+
+def test_the_signed_host_is_the_host_header_libcurl_sends():
+    from volbridge.kv.curl_get import CurlGetter
+
+    policy = RetryPolicy()
+    assert CurlGetter("http://h:80", "/", None, policy).host == "h"
+    assert CurlGetter("https://h:443/", "/", None, policy).host == "h"
+    assert CurlGetter("http://h:8333", "/", None, policy).host == "h:8333"
+    assert CurlGetter("https://h", "/", None, policy).host == "h"
+
+
+def test_options_volbridge_does_not_reproduce_leave_gets_to_obstore(s3env, s3_bucket, monkeypatch):
+    assert open_store(f"s3://{s3_bucket}/opt").getter is not None
+    monkeypatch.setenv("AWS_REQUEST_PAYER", "requester")  # obstore sends x-amz-request-payer
+    assert open_store(f"s3://{s3_bucket}/opt").getter is None
+
+
+def _tls_pair(tmp_path):
+    """A CA (ca.pem) and a server certificate it signed for localhost (srv.pem, srv.key)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(cn):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("volbridge test CA")).issuer_name(name("volbridge test CA"))
+          .public_key(ca_key.public_key()).serial_number(1).not_valid_before(now - datetime.timedelta(days=1))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder().subject_name(name("localhost")).issuer_name(ca.subject).public_key(key.public_key())
+            .serial_number(2).not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False).sign(ca_key, hashes.SHA256()))
+    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "srv.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "srv.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+
+
+def test_https_trusts_the_ca_named_by_ssl_cert_file(scripted, tmp_path, monkeypatch):
+    import ssl
+
+    base, routes = scripted
+    routes["/vol/a"] = (200, {}, b"SECURE")
+    _tls_pair(tmp_path)
+    class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+        daemon_threads = True
+
+    tls = Server(("127.0.0.1", 0), type("Handler", (_Routes,), {"routes": routes}))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp_path / "srv.pem", tmp_path / "srv.key")
+    tls.socket = ctx.wrap_socket(tls.socket, server_side=True)
+    threading.Thread(target=tls.serve_forever, daemon=True).start()
+    url = f"https://localhost:{tls.server_address[1]}/vol"
+    try:
+        from volbridge.kv import cloud
+
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+        cloud._clients.clear()
+        assert fetched(open_store(url), ["a"]) == {"a": b"SECURE"}
+        monkeypatch.delenv("SSL_CERT_FILE")  # the system's CAs do not know this one
+        cloud._clients.clear()
+        with pytest.raises(StoreError, match=rf"GET {url}/a failed: .*curl error 60"):
+            fetched(open_store(url), ["a"])
+    finally:
+        cloud._clients.clear()
+        tls.shutdown()
+        tls.server_close()

@@ -183,10 +183,20 @@ def open_object_store(url: str, retry: RetryPolicy | None = None) -> ObjectStore
     return ObjectStore(store, url, prefix=prefix, retry=retry, service=service, getter=getter)
 
 
+#: The AWS_* variables whose meaning _s3_getter reproduces (through s3_config or as obstore
+#: does). Any other (AWS_ENDPOINT, AWS_REQUEST_PAYER, server-side encryption, ...) changes what
+#: obstore's requests look like, so GETs then stay on obstore.
+_AWS_VARS_KNOWN = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",
+                   "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ALLOW_HTTP", "AWS_VIRTUAL_HOSTED_STYLE_REQUEST",
+                   "AWS_EC2_METADATA_DISABLED", "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE",
+                   "AWS_PAGER", "AWS_SDK_LOAD_CONFIG", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE", "AWS_CA_BUNDLE"}
+
+
 def _s3_getter(bucket: str, cfg: dict, retry: RetryPolicy) -> CurlGetter | None:
-    """libcurl GETs for this bucket where volbridge can sign them itself (static or no credentials);
-    None leaves every GET to obstore."""
-    if not curl_get.available():
+    """libcurl GETs for this bucket where volbridge can make the very requests obstore would:
+    static or no credentials, and no option beyond those s3_config reads. None leaves every GET
+    to obstore."""
+    if not curl_get.available() or any(k.startswith("AWS_") and k not in _AWS_VARS_KNOWN for k in os.environ):
         return None
     if cfg.get("skip_signature"):
         signer = None
@@ -197,10 +207,14 @@ def _s3_getter(bucket: str, cfg: dict, retry: RetryPolicy) -> CurlGetter | None:
     endpoint = cfg.get("endpoint")
     if endpoint:  # path style, as obstore is told for a custom endpoint
         base, path = endpoint, f"/{quote(bucket)}/"
-    elif "." in bucket:
-        return None  # a virtual-hosted name would not match AWS's certificate; obstore knows the rules
-    else:
+    elif _true(os.environ.get("AWS_VIRTUAL_HOSTED_STYLE_REQUEST")):
+        if "." in bucket:
+            return None  # a dotted name does not match AWS's certificate; obstore knows the rules
         base, path = f"https://{bucket}.s3.{cfg['region']}.amazonaws.com", "/"
-    if urlparse(base).path.strip("/"):
+    else:  # object_store's default for AWS
+        base, path = f"https://s3.{cfg['region']}.amazonaws.com", f"/{quote(bucket)}/"
+    parsed = urlparse(base)
+    if parsed.scheme not in ("http", "https") or parsed.path.strip("/") or parsed.query:
         return None  # an endpoint with a path of its own
-    return _shared("s3-curl", (bucket, cfg, repr(retry)), lambda: CurlGetter(base, path, signer, retry))
+    ca = os.environ.get("AWS_CA_BUNDLE") or None  # the AWS tools' own CA file for S3
+    return _shared("s3-curl", (bucket, cfg, repr(retry), ca), lambda: CurlGetter(base, path, signer, retry, ca_file=ca))

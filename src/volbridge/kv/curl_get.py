@@ -28,7 +28,8 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
-from urllib.parse import quote
+import urllib.request
+from urllib.parse import quote, urlsplit
 
 from ..errors import StoreError
 from .retry import RetryPolicy
@@ -46,17 +47,33 @@ def available() -> bool:
     return pycurl is not None and os.environ.get("VOLBRIDGE_CURL", "1") != "0"
 
 
-def _ca_bundle() -> str | None:
-    """A CA file for https: the wheel's libcurl was built for another machine's paths."""
+def _ca_bundle() -> tuple[str | None, str | None]:
+    """(CA file, CA directory) for https: ``SSL_CERT_FILE``/``SSL_CERT_DIR`` as OpenSSL and
+    obstore honour them, else the system's bundle (the wheel's libcurl was built for another
+    machine's paths), else certifi's."""
+    if os.environ.get("SSL_CERT_FILE") or os.environ.get("SSL_CERT_DIR"):
+        return os.environ.get("SSL_CERT_FILE") or None, os.environ.get("SSL_CERT_DIR") or None
     for path in ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"):
         if os.path.isfile(path):
-            return path
+            return path, None
     try:
         import certifi
 
-        return certifi.where()
+        return certifi.where(), None
     except ImportError:
-        return None
+        return None, None
+
+
+def _proxy_for(base: str) -> str:
+    """The proxy for ``base`` from the environment, as reqwest (obstore) reads it: lower- and
+    upper-case ``*_proxy`` variables and ``no_proxy`` (libcurl alone ignores ``HTTP_PROXY``),
+    so chunk GETs take the same route as obstore's requests; "" for none."""
+    scheme, host = base.split("://", 1)
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get(scheme) or proxies.get("all") or ""
+    if proxy and urllib.request.proxy_bypass_environment(host.rsplit("@", 1)[-1]):
+        return ""
+    return proxy
 
 
 @dataclass(frozen=True)
@@ -117,18 +134,26 @@ class _ThreadState:
         self.pid = os.getpid()
         self.multi = pycurl.CurlMulti()
         self.idle: list = []
+        self.busy = False  # a fetch runs on it (one called from inside that fetch gets its own)
 
 
 class CurlGetter:
     """Whole-object GETs of ``base + quote(prefix + key)``, signed by ``signer`` (None: anonymous)."""
 
-    def __init__(self, base: str, path_prefix: str, signer: S3Signer | None, retry: RetryPolicy):
+    def __init__(self, base: str, path_prefix: str, signer: S3Signer | None, retry: RetryPolicy, *,
+                 ca_file: str | None = None):
         self.base = base.rstrip("/")
-        self.host = self.base.split("://", 1)[1]
+        parts = urlsplit(self.base)
+        default_port = {"http": 80, "https": 443}.get(parts.scheme)
+        # the Host header libcurl sends, which the signature covers: no default port
+        self.host = parts.hostname if parts.port in (None, default_port) else f"{parts.hostname}:{parts.port}"
+        if ":" in (parts.hostname or "") and parts.hostname == self.host:  # an IPv6 literal keeps its brackets
+            self.host = f"[{parts.hostname}]"
         self.path_prefix = path_prefix  # "/bucket/" for S3 path style, "/" otherwise; quoted
         self.signer = signer
         self.retry = retry
-        self.cainfo = _ca_bundle() if self.base.startswith("https://") else None
+        self.ca_file, self.ca_dir = (ca_file, None) if ca_file else _ca_bundle() if parts.scheme == "https" else (None, None)
+        self.proxy = _proxy_for(self.base)
         self._local = threading.local()
 
     def _state(self) -> _ThreadState:
@@ -144,8 +169,15 @@ class CurlGetter:
         c.setopt(pycurl.NOSIGNAL, 1)
         c.setopt(pycurl.CONNECTTIMEOUT_MS, int(self.retry.connect_timeout * 1000))
         c.setopt(pycurl.TIMEOUT_MS, int(self.retry.timeout * 1000))
-        if self.cainfo:
-            c.setopt(pycurl.CAINFO, self.cainfo)
+        c.setopt(pycurl.PATH_AS_IS, 1)  # keys are sent as named, never with dot segments resolved
+        c.setopt(pycurl.PROXY, self.proxy)
+        if self.signer is None:  # anonymous HTTP follows redirects, as obstore does (a signature would not)
+            c.setopt(pycurl.FOLLOWLOCATION, 1)
+            c.setopt(pycurl.MAXREDIRS, 10)
+        if self.ca_file:
+            c.setopt(pycurl.CAINFO, self.ca_file)
+        if self.ca_dir:
+            c.setopt(pycurl.CAPATH, self.ca_dir)
         return c
 
     def fetch(self, keys: list[str], done: Callable[[str, bytes | None, str], None], *, where: Callable[[str], str],
@@ -158,6 +190,9 @@ class CurlGetter:
         if not keys:
             return
         st = self._state()
+        if st.busy:  # called from inside a fetch on this thread: its completions are not ours
+            st = _ThreadState()
+        st.busy = True
         multi = st.multi
         pending = collections.deque(_Request(k) for k in keys)
         delayed: list[tuple[float, int, _Request]] = []  # (ready time, tiebreak, request)
@@ -183,7 +218,11 @@ class CurlGetter:
                 if workers is not None:
                     workers.check()
                 if not active:  # waiting for a retry's backoff, or for the workers to catch up
-                    time.sleep(min(0.001, max(0.0, delayed[0][0] - now)) if delayed else 0.001)
+                    wait = max(0.0, delayed[0][0] - now) if delayed else 1.0
+                    if workers is not None:
+                        workers.wait_progress(wait)
+                    else:
+                        time.sleep(wait)
                     continue
                 while multi.perform()[0] == pycurl.E_CALL_MULTI_PERFORM:
                     pass
@@ -194,7 +233,7 @@ class CurlGetter:
                     for c in ok:
                         req = self._finish(st, c, active)
                         status = c.getinfo(pycurl.RESPONSE_CODE)
-                        stats.add(requests=1, bytes_read=len(req.body) if status == 200 else 0)  # not error pages
+                        stats.add(requests=1, bytes_read=len(req.body) if 200 <= status < 300 else 0)  # not error pages
                         self._answer(req, status, None, delayed, where, stats, deliver)
                     for c, errno, message in failed:
                         req = self._finish(st, c, active)
@@ -213,6 +252,7 @@ class CurlGetter:
             for c, _req in active.values():
                 multi.remove_handle(c)
                 st.idle.append(c)
+            st.busy = False
             if workers is not None:
                 workers.close(raise_errors=False)
 
@@ -237,7 +277,7 @@ class CurlGetter:
 
     def _answer(self, req: _Request, status: int | None, error, delayed: list, where, stats, deliver) -> None:
         req.attempt += 1
-        if status == 200:
+        if status is not None and 200 <= status < 300:  # as obstore: any success is the value
             deliver(req.key, req.body, _header(req.headers, b"content-encoding:"))
             return
         if status == 404:
@@ -258,10 +298,14 @@ class CurlGetter:
 
 
 def _header(lines: list[bytes], name: bytes) -> str:
+    """Header ``name`` of the last response (after redirects, each response's lines follow its
+    status line)."""
     n = len(name)
-    for line in lines:
+    for line in reversed(lines):
         if line[:n].lower() == name:
             return line[n:].decode("latin-1").strip()
+        if line[:5] == b"HTTP/":
+            break
     return ""
 
 
@@ -277,6 +321,7 @@ class _Workers:
         self.errors: list[BaseException] = []
         self.put_count = 0  # written by the driver only
         self.done_counts = [0] * default_threads()  # slot i written by worker i only
+        self.progress = threading.Event()  # set by a worker after each item
         self.futures = [pool().submit(self._loop, i) for i in range(len(self.done_counts))]
 
     def backlog(self) -> int:
@@ -301,6 +346,12 @@ class _Workers:
                     self.errors.append(e)
                 finally:
                     self.done_counts[i] += 1
+                    self.progress.set()
+
+    def wait_progress(self, timeout: float) -> None:
+        """Until a worker finishes an item (or ``timeout`` seconds)."""
+        self.progress.wait(timeout)
+        self.progress.clear()
 
     def check(self) -> None:
         if self.errors:

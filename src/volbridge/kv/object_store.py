@@ -23,6 +23,7 @@ from obstore import exceptions as oe
 from .. import compression
 from ..errors import ChunkDecodeError, ReadOnlyError, StoreError, UnsupportedError, URLError, VersionChangedError
 from .base import KVStore, ObjectStat, StoreStats, Updater
+from ..engine.parallel import MAX_BYTES_IN_FLIGHT
 from .curl_get import CurlGetter
 from .ranges import RangeReader
 from .retry import RetryPolicy
@@ -124,8 +125,10 @@ class ObjectStore(KVStore):
                 attempt += 1
 
     def _check_key(self, key: str) -> None:
-        if not key or key[0] == "/" or key[-1] == "/":  # object_store would drop the slash: another key
-            raise URLError(f"invalid key {key!r} for {self.url}: keys are relative '/'-paths")
+        # object_store would drop a leading or trailing slash (another key) and refuses empty,
+        # '.' and '..' segments, which an HTTP client would resolve into another object's path
+        if not key or key[0] == "/" or key[-1] == "/" or any(part in ("", ".", "..") for part in key.split("/")):
+            raise URLError(f"invalid key {key!r} for {self.url}: keys are relative '/'-paths without empty, '.' or '..' parts")
 
     def _check_writable(self, key: str) -> None:
         if self.read_only:
@@ -198,8 +201,10 @@ class ObjectStore(KVStore):
                 body = self._decode_content(key, encoding, body)
             fn(key, body)
 
+        # the engine's bound on bytes in flight holds here too (queued bodies count against it)
+        in_flight = max(1, min(self.io_concurrency, MAX_BYTES_IN_FLIGHT // max(1, nbytes)))
         self.getter.fetch([self.prefix + k for k in keys], done, where=lambda k: self._where(k[n:]), stats=self.stats,
-                          max_in_flight=self.io_concurrency, heavy=heavy)
+                          max_in_flight=in_flight, heavy=heavy)
 
     def range_reader(self, key: str) -> RangeReader:
         self._check_key(key)
