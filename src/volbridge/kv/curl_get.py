@@ -17,7 +17,6 @@ services and credential sources fall back to obstore.
 from __future__ import annotations
 
 import collections
-import datetime
 import hashlib
 import heapq
 import hmac
@@ -87,7 +86,7 @@ class S3Signer:
 
     def headers(self, host: str, path: str, amz_date: str | None = None) -> list[str]:
         """Headers for ``GET path`` (already URI-encoded) on ``host``, signed now or at ``amz_date``."""
-        amz = amz_date or datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        amz = amz_date or _amz_now()
         day = amz[:8]
         key = self._key(day)
         names = "host;x-amz-content-sha256;x-amz-date" + (";x-amz-security-token" if self.token else "")
@@ -96,7 +95,7 @@ class S3Signer:
                      + f"\n{names}\nUNSIGNED-PAYLOAD")
         scope = f"{day}/{self.region}/s3/aws4_request"
         to_sign = f"AWS4-HMAC-SHA256\n{amz}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
-        signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+        signature = hmac.digest(key, to_sign.encode(), "sha256").hex()  # one-shot C call: a third of hmac.new's cost
         out = [f"x-amz-date: {amz}", "x-amz-content-sha256: UNSIGNED-PAYLOAD",
                f"Authorization: AWS4-HMAC-SHA256 Credential={self.access_key_id}/{scope}, "
                f"SignedHeaders={names}, Signature={signature}"]
@@ -107,11 +106,23 @@ class S3Signer:
     def _key(self, day: str) -> bytes:
         cached = _signing_keys.get((self.secret_access_key, self.region, day))
         if cached is None:
-            k = hmac.new(("AWS4" + self.secret_access_key).encode(), day.encode(), hashlib.sha256).digest()
+            k = hmac.digest(("AWS4" + self.secret_access_key).encode(), day.encode(), "sha256")
             for part in (self.region, "s3", "aws4_request"):
-                k = hmac.new(k, part.encode(), hashlib.sha256).digest()
+                k = hmac.digest(k, part.encode(), "sha256")
             cached = _signing_keys[(self.secret_access_key, self.region, day)] = k
         return cached
+
+
+_amz_stamp = [-1, ""]  # (second, its ISO 8601 basic form): formatting a date costs more than signing
+
+
+def _amz_now() -> str:
+    now = int(time.time())
+    if _amz_stamp[0] != now:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+        _amz_stamp[:] = [now, stamp]
+        return stamp
+    return _amz_stamp[1]
 
 
 _signing_keys: dict[tuple[str, str, str], bytes] = {}
