@@ -323,3 +323,28 @@ def test_https_trusts_the_ca_named_by_ssl_cert_file(scripted, tmp_path, monkeypa
         cloud._clients.clear()
         tls.shutdown()
         tls.server_close()
+
+
+def test_anonymous_gcs_reads_go_through_libcurl_and_get_gzip_as_stored(monkeypatch):
+    """A public bucket (here the GCS protocol fake without a token): GETs over libcurl ask for
+    gzip as stored, as obstore's client is told to (GCS would otherwise transcode, with no size)."""
+    from servers import GCSFake
+    from test_gcs import _GCS_VARS
+
+    with GCSFake(token=None) as fake:
+        for k in _GCS_VARS:
+            monkeypatch.delenv(k, raising=False)
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", fake.url)  # anonymous, as with an emulator
+        bucket = fake.new_bucket()
+        url = f"precomputed://gs://{bucket}/em"
+        data = np.random.default_rng(5).integers(1, 255, (20, 24, 16), dtype=np.uint8)
+        vb.create(url, shape=data.shape, chunk_shape=(8, 8, 8), compression="gzip")[...] = data
+        arr = vb.array(url)
+        assert arr.volume.store.getter is not None
+        gets = len([r for r in fake.requests if r[0] == "GET"])
+        np.testing.assert_array_equal(arr[...], data)
+        chunk_gets = [r for r in fake.requests if r[0] == "GET"][gets:]
+        assert len(chunk_gets) == 3 * 3 * 2 and all(r[2].get("accept-encoding") == "gzip" for r in chunk_gets)
+        s = open_store(f"gs://{bucket}/em")
+        keys = [k for k in s.list() if "_" in k.split("/")[-1]]
+        assert fetched(s, keys + ["absent"]) == {**{k: s.get(k) for k in keys}, "absent": None}

@@ -170,6 +170,7 @@ def open_object_store(url: str, retry: RetryPolicy | None = None) -> ObjectStore
         env = {k: v for k, v in os.environ.items() if k.startswith("GOOGLE_")}
         store = _shared("gs", (bucket, cfg, env, repr(retry), kw["client_options"]), lambda: GCSStore(bucket, **cfg, **kw))
         service = cfg.get("base_url") or "google"
+        getter = _gcs_getter(bucket, cfg, retry)
     elif scheme in ("az", "azure"):
         env = os.environ
         if (_true(env.get("AZURE_STORAGE_USE_EMULATOR")) or _true(env.get("AZURE_ALLOW_HTTP"))
@@ -218,3 +219,17 @@ def _s3_getter(bucket: str, cfg: dict, retry: RetryPolicy) -> CurlGetter | None:
         return None  # an endpoint with a path of its own
     ca = os.environ.get("AWS_CA_BUNDLE") or None  # the AWS tools' own CA file for S3
     return _shared("s3-curl", (bucket, cfg, repr(retry), ca), lambda: CurlGetter(base, path, signer, retry, ca_file=ca))
+
+
+def _gcs_getter(bucket: str, cfg: dict, retry: RetryPolicy) -> CurlGetter | None:
+    """libcurl GETs of a bucket read anonymously (public data, or an emulator): the XML API's
+    ``GET /bucket/key`` that object_store sends, with ``Accept-Encoding: gzip`` so GCS hands over
+    gzip objects as stored (volbridge decodes them). Signed access stays on obstore."""
+    if not curl_get.available() or not cfg.get("skip_signature") or cfg.get("bearer_token"):
+        return None
+    base = cfg.get("base_url") or "https://storage.googleapis.com"
+    parsed = urlparse(base)
+    if parsed.scheme not in ("http", "https") or parsed.path.strip("/") or parsed.query:
+        return None
+    return _shared("gs-curl", (bucket, cfg, repr(retry)),
+                   lambda: CurlGetter(base, f"/{quote(bucket)}/", None, retry, headers=("Accept-Encoding: gzip",)))

@@ -152,7 +152,7 @@ class CurlGetter:
     """Whole-object GETs of ``base + quote(prefix + key)``, signed by ``signer`` (None: anonymous)."""
 
     def __init__(self, base: str, path_prefix: str, signer: S3Signer | None, retry: RetryPolicy, *,
-                 ca_file: str | None = None):
+                 ca_file: str | None = None, headers: tuple[str, ...] = ()):
         self.base = base.rstrip("/")
         parts = urlsplit(self.base)
         default_port = {"http": 80, "https": 443}.get(parts.scheme)
@@ -163,6 +163,7 @@ class CurlGetter:
         self.path_prefix = path_prefix  # "/bucket/" for S3 path style, "/" otherwise; quoted
         self.signer = signer
         self.retry = retry
+        self.headers = list(headers)  # sent with every request (GCS: Accept-Encoding: gzip)
         self.ca_file, self.ca_dir = (ca_file, None) if ca_file else _ca_bundle() if parts.scheme == "https" else (None, None)
         self.proxy = _proxy_for(self.base)
         self._local = threading.local()
@@ -270,7 +271,7 @@ class CurlGetter:
     def _start(self, st: _ThreadState, req: _Request, active: dict) -> None:
         c = self._handle(st)
         path = self.path_prefix + quote(req.key, safe="/~")
-        headers = self.signer.headers(self.host, path) if self.signer is not None else []
+        headers = self.signer.headers(self.host, path) + self.headers if self.signer is not None else self.headers
         req.body, req.headers = io.BytesIO(), []
         c.setopt(pycurl.URL, self.base + path)
         c.setopt(pycurl.HTTPHEADER, headers)
