@@ -25,9 +25,9 @@ import os
 import queue
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass
 from typing import Callable
-import urllib.request
 from urllib.parse import quote, urlsplit
 
 from ..errors import StoreError

@@ -21,9 +21,16 @@ import obstore
 from obstore import exceptions as oe
 
 from .. import compression
-from ..errors import ChunkDecodeError, ReadOnlyError, StoreError, UnsupportedError, URLError, VersionChangedError
-from .base import KVStore, ObjectStat, StoreStats, Updater
 from ..engine.parallel import MAX_BYTES_IN_FLIGHT
+from ..errors import (
+    ChunkDecodeError,
+    ReadOnlyError,
+    StoreError,
+    UnsupportedError,
+    URLError,
+    VersionChangedError,
+)
+from .base import KVStore, ObjectStat, StoreStats, Updater
 from .curl_get import CurlGetter
 from .ranges import RangeReader
 from .retry import RetryPolicy
@@ -408,7 +415,9 @@ class _ObjectRangeReader(RangeReader):
         pinned to this version, the first failure raises."""
         if len(groups) < 2 or self.etag is None:
             return super()._read_groups(groups)
-        from ..engine.parallel import run_bounded  # plain threading: no engine layer involved
+        from ..engine.parallel import (
+            run_bounded,  # plain threading: no engine layer involved
+        )
 
         out: list = [None] * len(groups)
 
