@@ -21,7 +21,7 @@ import obstore
 from obstore import exceptions as oe
 
 from .. import compression
-from ..engine.parallel import MAX_BYTES_IN_FLIGHT
+from ..engine.parallel import MAX_BYTES_IN_FLIGHT, run_bounded  # plain threading, no engine layer
 from ..errors import (
     ChunkDecodeError,
     ReadOnlyError,
@@ -415,10 +415,6 @@ class _ObjectRangeReader(RangeReader):
         pinned to this version, the first failure raises."""
         if len(groups) < 2 or self.etag is None:
             return super()._read_groups(groups)
-        from ..engine.parallel import (
-            run_bounded,  # plain threading: no engine layer involved
-        )
-
         out: list = [None] * len(groups)
 
         def one(i: int) -> None:
