@@ -21,7 +21,10 @@ import obstore
 from obstore import exceptions as oe
 
 from .. import compression
-from ..engine.parallel import MAX_BYTES_IN_FLIGHT, run_bounded  # plain threading, no engine layer
+from ..engine.parallel import (  # plain threading, no engine layer
+    MAX_BYTES_IN_FLIGHT,
+    run_bounded,
+)
 from ..errors import (
     ChunkDecodeError,
     ReadOnlyError,
