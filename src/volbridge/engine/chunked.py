@@ -168,10 +168,11 @@ class ChunkedVolume(Volume):
         # A network store fetches the whole list its own way (many requests in flight from one
         # thread, where it can) and hands over each chunk as it arrives.
         by_key = {layout.read_keys(cell)[0]: cell for cell in cells}
+        other_names = bool(cells) and len(layout.read_keys(cells[0])) > 1  # the same for every cell
 
         def arrived(key: str, data: bytes | memoryview | None) -> None:
             cell = by_key[key]
-            if data is None and len(layout.read_keys(cell)) > 1:  # maybe under another of its names
+            if data is None and other_names:  # maybe under another of its names
                 place_found(cell, self._fetch(layout, cell, skip=key))
             else:
                 place_found(cell, None if data is None else (key, data))

@@ -31,7 +31,7 @@ from typing import Callable
 from urllib.parse import quote, urlsplit
 
 from ..errors import StoreError
-from .retry import RetryPolicy
+from .retry import RetryPolicy, retryable_status
 
 try:
     import pycurl
@@ -299,7 +299,7 @@ class CurlGetter:
             retryable = error[0] not in _FINAL_CURL_ERRORS
             why = f"{error[1] or 'libcurl error'} (curl error {error[0]})"
         else:
-            retryable = (status >= 500 and status not in (501, 505)) or status in (408, 429)
+            retryable = retryable_status(status)
             why = f"HTTP {status}: {req.body[:200].decode('utf-8', 'replace').strip()}"
         if not retryable:
             raise StoreError(f"GET {where(req.key)} failed: {why}")

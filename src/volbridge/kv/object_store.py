@@ -36,7 +36,7 @@ from ..errors import (
 from .base import KVStore, ObjectStat, StoreStats, Updater
 from .curl_get import CurlGetter
 from .ranges import RangeReader
-from .retry import RetryPolicy
+from .retry import RetryPolicy, retryable_status
 
 T = TypeVar("T")
 
@@ -68,8 +68,7 @@ def _retryable(e: BaseException) -> bool:
         return False
     m = _STATUS.search(str(e))
     if m:
-        status = int(m.group(1))
-        return (status >= 500 and status not in (501, 505)) or status in (408, 429)  # 501: not implemented, for good
+        return retryable_status(int(m.group(1)))
     return True  # connection errors, timeouts, truncated bodies
 
 

@@ -12,6 +12,12 @@ import time
 from dataclasses import dataclass, field
 
 
+def retryable_status(status: int) -> bool:
+    """Whether an HTTP status may pass on a retry: server errors but 501 and 505 (not
+    implemented, for good), timeouts and throttling."""
+    return (status >= 500 and status not in (501, 505)) or status in (408, 429)
+
+
 def _env(name: str, default: float, kind=float):
     return kind(os.environ.get(name, default))
 
