@@ -186,36 +186,47 @@ def test_placements_outside_the_buffers_are_refused(path):
         place.place_one(out, bytes(63), (4, 4, 4, 1), [0, 0, 0], [0, 0, 0], [4, 4, 4])
 
 
-def test_numba_switched_off_or_failing_leaves_the_numpy_path(monkeypatch):
-    import numba
+def test_native_loops_switched_off_or_failing_leave_the_numpy_path(monkeypatch):
+    from volbridge.engine import native
 
+    for var in ("VOLBRIDGE_NO_NATIVE", "VOLBRIDGE_NO_NUMBA"):
+        monkeypatch.setattr(native, "_loops", None)
+        monkeypatch.setattr(place, "_kernel", None)
+        monkeypatch.setenv(var, "1")
+        assert place.load() is False and native.loops() is None
+        monkeypatch.delenv(var)
+
+    def broken():
+        raise RuntimeError("LLVM ERROR: no target")
+
+    monkeypatch.setattr(native, "_loops", None)
     monkeypatch.setattr(place, "_kernel", None)
-    monkeypatch.setattr(numba.config, "DISABLE_JIT", True)
-    assert place.load() is False
-    monkeypatch.setattr(place, "_kernel", None)
-    monkeypatch.setattr(numba.config, "DISABLE_JIT", False)
-
-    def broken(numba, cache):
-        raise RuntimeError("cannot cache function: no locator available" if cache else "no compiler")
-
-    monkeypatch.setattr(place, "_compile", broken)
-    with pytest.warns(RuntimeWarning, match="no compiler"):
+    monkeypatch.setattr(native, "_build", broken)
+    with pytest.warns(RuntimeWarning, match="no target"):
         assert place.load() is False
     out = np.zeros((2, 2, 2, 1), np.uint8, order="F")
     place.place_chunks(out, np.arange(8, dtype=np.uint8), np.array([0]), np.array([[2, 2, 2, 1]]), np.zeros((1, 3), int),
                        np.zeros((1, 3), int), np.array([[2, 2, 2]]))
     assert out.ravel(order="F").tolist() == list(range(8))
-    calls = []
 
-    def read_only_install(numba, cache):
-        calls.append(cache)
-        if cache:
-            raise RuntimeError("cannot cache function: no locator available")
-        return "compiled without a cache"
 
-    monkeypatch.setattr(place, "_kernel", None)
-    monkeypatch.setattr(place, "_compile", read_only_install)
-    assert place.load() is True and calls == [True, False] and place._kernel == "compiled without a cache"
+def test_the_native_loops_build_without_numba(tmp_path):
+    """The engine's loops need llvmlite only: a process whose first big read loads them does not
+    import numba (whose load cost ~1 s a process, scipy.linalg included)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np, volbridge as vb\n"
+            f"v = vb.create('zarr3://{tmp_path}/v', shape=(64, 64, 64), dtype='uint8', chunk_shape=(8, 8, 8),"
+            " shard_shape=(32, 32, 32), compression='zstd')\n"
+            "data = np.random.default_rng(1).integers(0, 255, (64, 64, 64), dtype=np.uint8)\n"
+            "v[...] = data\n"
+            "from volbridge.engine import batch_decode, place\n"
+            "assert np.array_equal(vb.array(v.url)[...], data)\n"  # 512 chunks: loads the loops
+            "assert place._kernel and batch_decode._codecs['zstd'], (place._kernel, batch_decode._codecs)\n"
+            "assert 'numba' not in sys.modules and 'scipy' not in sys.modules, 'numba or scipy was imported'\n")
+    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.parametrize("fmt,shard", [("precomputed", None), ("zarr3", (8, 16, 16))])

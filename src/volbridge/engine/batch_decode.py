@@ -3,7 +3,7 @@
 A sharded zarr array of 32^3 zstd chunks holds 64 chunks in each 128^3 shard. Decoded one by one
 through a Python binding, every chunk costs a fresh bytes object, a copy of it into the staging
 buffer and ~10 us of Python around the (GIL-free) decompression, so two threads decoded a volume
-only ~1.3x as fast as one. Here one compiled loop (numba) calls the C library for every chunk of a
+only ~1.3x as fast as one. Here one compiled loop (:mod:`.native`) calls the C library for every chunk of a
 shard straight into its slot of the staging buffer, holding no GIL for the whole shard:
 
 * ``zstd``: libzstd's ``ZSTD_decompressDCtx``, from the build python-zstandard ships (its cffi
@@ -12,7 +12,7 @@ shard straight into its slot of the staging buffer, holding no GIL for the whole
   package ships (the chunk-by-chunk path's own): with no output size pointer it accepts exactly
   the size asked, and a stream is taken only when its one gzip member is all of it.
 
-Without the library or numba the engine decodes chunk by chunk. Every chunk this loop cannot
+Without the library or llvmlite the engine decodes chunk by chunk. Every chunk this loop cannot
 decode into exactly its slot is left to that checked path, which decodes it or says what is wrong.
 """
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import compression
-from . import place
+from . import native
 
 _lock = threading.Lock()
 _local = threading.local()
@@ -60,12 +60,6 @@ def _library(name: str) -> tuple[ctypes.CDLL, str, str, str, int] | None:
     return None
 
 
-def _compile(numba, cache: bool):
-    from . import _batch_kernel
-
-    return numba.njit(_batch_kernel.SIGNATURE, nogil=True, cache=cache)(_batch_kernel.decode_all)
-
-
 def load(name: str) -> bool:
     """Load the loop and codec ``name``'s library once per process; whether batched decoding of
     ``name`` runs here."""
@@ -75,7 +69,7 @@ def load(name: str) -> bool:
             _codecs[name] = False
             found = _library(name)
             if found is not None and _kernel is None:  # one loop serves every codec
-                _kernel = place.compile_native(_compile, "the batch decoding loop")
+                _kernel = native.loops() or False
             if found is not None and _kernel:
                 lib, decompress, create, free, mode = found
                 new_context, free_context = getattr(lib, create), getattr(lib, free)
@@ -116,6 +110,7 @@ def decode_into(name: str, src: np.ndarray, starts: np.ndarray, sizes: np.ndarra
     ctx = contexts.get(name)
     if ctx is None:
         ctx = contexts[name] = _Context(codec)
-    src = src.view()
-    src.flags.writeable = False
-    return _kernel(codec.mode, codec.fn, ctx.ptr, src, starts, sizes, dst, offsets, caps)
+    if not (src.ndim == dst.ndim == 1 and src.itemsize == dst.itemsize == 1 and src.flags.c_contiguous and dst.flags.c_contiguous):
+        raise ValueError(f"{name} batch decoding needs flat byte buffers")  # the loop sees addresses only
+    return _kernel.decode_all(codec.mode, codec.fn, ctx.ptr, src.ctypes.data, starts.ctypes.data, sizes.ctypes.data,
+                              dst.ctypes.data, offsets.ctypes.data, caps.ctypes.data, len(starts))

@@ -3,12 +3,13 @@
 A 32^3 uint8 chunk is 1024 rows of 32 bytes. numpy's strided assignment costs ~20 ns a row in
 loop overhead, and a Python statement per chunk adds microseconds more, so on sharded volumes
 with small chunks placing voxels cost more than reading and decoding them. Here a compiled loop
-(numba, GIL released) copies every row of a batch of chunks from one source buffer: memcpy speed
-(measured 17 ms for 128 MiB of 32^3 chunks, against 55-85 ms for per-chunk numpy assignment).
+(:mod:`.native`, GIL released) copies every row of a batch of chunks from one source buffer:
+memcpy speed (measured 17 ms for 128 MiB of 32^3 chunks, against 55-85 ms for per-chunk numpy
+assignment).
 
 Chunks are described in the engine's (x, y, z, c) Fortran layout: the source of each is a run of
 little-endian voxel bytes of a stored shape (x fastest), the destination a Fortran-contiguous
-output array. Without numba (or with ``VOLBRIDGE_NO_NUMBA`` set), before the loop is loaded (see
+output array. Without llvmlite (or with ``VOLBRIDGE_NO_NATIVE`` set), before the loop is loaded (see
 :data:`LOAD_AT_CHUNKS`), or for an output that is not Fortran-contiguous and little-endian, the
 same copies run through numpy.
 """
@@ -16,79 +17,28 @@ same copies run through numpy.
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
-import warnings
 
 import numpy as np
 
-_lock = threading.Lock()
-_kernel = None  # the compiled copy loop, or False when numba is unavailable
+from . import native
+
+_kernel = None  # the compiled loops (native.Loops) once loaded, False where they cannot run
 
 
 def load() -> bool:
-    """Load (compile, or read from numba's disk cache) the copy loop; whether it runs here. Any
-    failure leaves the numpy path (see :func:`compile_native`)."""
+    """Build the compiled copy loop once per process (:mod:`.native`); whether it runs here. Any
+    failure leaves the numpy path."""
     global _kernel
-    with _lock:
-        if _kernel is None:
-            _kernel = compile_native(_compile, "the chunk copy loop")
+    if _kernel is None:
+        _kernel = native.loops() or False
     return bool(_kernel)
 
 
-def compile_native(build, what: str):
-    """``build(numba, cache)``'s compiled function, or False when it cannot run here: no numba,
-    numba's JIT switched off (the loop would run as Python, byte by byte), ``VOLBRIDGE_NO_NUMBA``
-    set, or no compiler; without a writable cache directory (a read-only install) it compiles
-    without caching. A failure with numba present warns, naming ``what``."""
-    if os.environ.get("VOLBRIDGE_NO_NUMBA"):
-        return False
-    try:
-        import numba
-    except ImportError:  # numba has no wheel for this platform or Python yet
-        return False
-    if numba.config.DISABLE_JIT:
-        return False
-    for cache in (True, False):
-        try:
-            return build(numba, cache)
-        except Exception as e:  # noqa: BLE001 - any numba failure leaves the slower path
-            error = e
-    warnings.warn(f"volbridge: numba cannot compile {what} ({error}); using the slower path", RuntimeWarning, stacklevel=3)
-    return False
-
-
-def _compile(numba, cache: bool):
-    u8, table_t = numba.types.Array(numba.types.uint8, 1, "C"), numba.types.Array(numba.types.int64, 2, "C")
-    readonly_u8 = numba.types.Array(numba.types.uint8, 1, "C", readonly=True)
-
-    # One signature, compiled (or read from the disk cache) here rather than at the first call;
-    # sources are always passed read-only. Each table row is one box of rows: source start and
-    # strides (y, z, c), destination start and strides, row bytes, and the box's y, z, c extents.
-    # Unsigned indices: numba then emits no negative-index wraparound, and LLVM turns the inner
-    # byte loop into wide moves.
-    @numba.njit(numba.types.void(u8, readonly_u8, table_t), nogil=True, cache=cache)
-    def copy_rows(dst, src, table):  # pragma: no cover - compiled
-        for k in range(table.shape[0]):
-            s0, ssy, ssz, ssc, d0, dsy, dsz, dsc, nxb, ny, nz, nc = table[k]
-            row = numba.uint64(nxb)
-            for c in range(nc):
-                for z in range(nz):
-                    s = numba.uint64(s0 + c * ssc + z * ssz)
-                    d = numba.uint64(d0 + c * dsc + z * dsz)
-                    for _y in range(ny):
-                        for x in range(row):
-                            dst[d + x] = src[s + x]
-                        s += numba.uint64(ssy)
-                        d += numba.uint64(dsy)
-
-    return copy_rows
-
-
-#: Reads of fewer chunks than this do not load the compiled loop: loading numba and its cached
-#: machine code takes 0.7-1.5 s once per process (measured), more than numpy spends placing a
-#: few hundred chunks. Once loaded, every read uses it.
-LOAD_AT_CHUNKS = 512
+#: Reads of fewer chunks than this do not load the compiled loop: importing llvmlite and building
+#: the loops takes 0.05-0.1 s once per process (measured), which numpy's 20-60 us more per
+#: chunk repays after a few reads of this size. Once loaded, every read uses it.
+LOAD_AT_CHUNKS = 128
 
 
 def prepare(num_chunks: int) -> bool:
@@ -113,9 +63,11 @@ def _check(ok: bool) -> None:
 
 
 def _run(dst: np.ndarray, src: np.ndarray, table: np.ndarray) -> None:
-    src = src.view()
-    src.flags.writeable = False
-    _kernel(dst, src, table)
+    # the loop sees addresses only: both buffers must be flat runs of bytes, the table int64 rows
+    if not (dst.ndim == src.ndim == 1 and dst.flags.c_contiguous and src.flags.c_contiguous and dst.itemsize == src.itemsize == 1
+            and table.dtype == np.int64 and table.ndim == 2 and table.shape[1] == 12 and table.flags.c_contiguous):
+        raise ValueError("chunk placement needs flat byte buffers and an int64 table of 12 columns")
+    _kernel.copy_rows(dst.ctypes.data, src.ctypes.data, table.ctypes.data, len(table))
 
 
 def _table(s0, src_strides, d0, dst_strides, extent: np.ndarray, isz: int, nc: int) -> np.ndarray:

@@ -8,7 +8,33 @@ pages cost more than the arithmetic.
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import numpy as np
+
+
+def compile_native(build, what: str):
+    """``build(numba, cache)``'s compiled function, or False when it cannot run here: no numba,
+    numba's JIT switched off (the loop would run as Python, byte by byte), ``VOLBRIDGE_NO_NATIVE``
+    (or ``VOLBRIDGE_NO_NUMBA``) set, or no compiler; without a writable cache directory (a
+    read-only install) it compiles without caching. A failure with numba present warns, naming
+    ``what``. (The engine's own loops are built with llvmlite alone: :mod:`volbridge.engine.native`.)"""
+    if os.environ.get("VOLBRIDGE_NO_NATIVE") or os.environ.get("VOLBRIDGE_NO_NUMBA"):
+        return False
+    try:
+        import numba
+    except ImportError:  # numba has no wheel for this platform or Python yet
+        return False
+    if numba.config.DISABLE_JIT:
+        return False
+    for cache in (True, False):
+        try:
+            return build(numba, cache)
+        except Exception as e:  # noqa: BLE001 - any numba failure leaves the slower path
+            error = e
+    warnings.warn(f"volbridge: numba cannot compile {what} ({error}); using the slower path", RuntimeWarning, stacklevel=3)
+    return False
 
 
 def accumulator(dtype: np.dtype, n: int) -> np.dtype | None:

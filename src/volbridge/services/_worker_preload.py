@@ -1,6 +1,7 @@
 """Imported once by the fork server of :func:`volbridge.services.units.process_pool`: the modules
-a worker needs, and the compiled loops loaded (numba's first use in a process costs 0.5-1 s of
-setup, which every worker of every job would otherwise pay again)."""
+a worker needs, and the compiled loops loaded (the engine's, and the block mean's: numba's first
+use in a process costs 0.5-1 s of setup, which every worker of every job would otherwise pay
+again)."""
 
 from __future__ import annotations
 

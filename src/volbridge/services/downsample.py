@@ -24,7 +24,6 @@ from typing import Any, Callable
 import numpy as np
 
 from ..array import VolumeArray
-from ..engine.place import compile_native
 from ..errors import (
     InvalidArgumentError,
     UnsupportedError,
@@ -112,7 +111,7 @@ def _mean_compiled(a: np.ndarray, f: tuple[int, int, int]) -> np.ndarray | None:
     if _loop is None:
         with _loop_lock:
             if _loop is None:
-                _loop = compile_native(_mean_kernel.build, "the block-mean loop")
+                _loop = _mean_kernel.compile_native(_mean_kernel.build, "the block-mean loop")
     if not _loop:
         return None
     out = np.empty(tuple(s // k for s, k in zip(a.shape, f)), a.dtype, order="F")
