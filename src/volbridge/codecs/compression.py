@@ -10,7 +10,6 @@ import lzma
 import struct
 import zlib
 
-import crc32c as _crc32c
 import imagecodecs
 import numpy as np
 
@@ -294,14 +293,21 @@ class Crc32c(Compressor):
 
     name = "crc32c"
 
+    def __init__(self):
+        # imported here: the crc32c package reads its own metadata and CLI at import (~35 ms of
+        # every ``import volbridge``, measured), and few arrays use the codec
+        import crc32c
+
+        self._crc = crc32c.crc32c
+
     def compress(self, data: bytes) -> bytes:
-        return bytes(data) + _crc32c.crc32c(data).to_bytes(4, "little")
+        return bytes(data) + self._crc(data).to_bytes(4, "little")
 
     def decompress(self, data: bytes) -> bytes:
         if len(data) < 4:
             raise ChunkDecodeError("crc32c: chunk shorter than its 4-byte checksum")
         body, want = memoryview(data)[:-4], int.from_bytes(data[-4:], "little")
-        got = _crc32c.crc32c(body)
+        got = self._crc(body)
         if got != want:
             raise ChunkDecodeError(f"crc32c mismatch: stored {want:#010x}, computed {got:#010x}")
         return bytes(body)

@@ -19,7 +19,6 @@ decode into exactly its slot is left to that checked path, which decodes it or s
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import threading
 from dataclasses import dataclass
 
@@ -52,7 +51,9 @@ def _library(name: str) -> tuple[ctypes.CDLL, str, str, str, int] | None:
         import zstandard
 
         names = ("ZSTD_decompressDCtx", "ZSTD_createDCtx", "ZSTD_freeDCtx")
-        lib = compression.native_library([*compression.files_next_to(zstandard, "_cffi*"), ctypes.util.find_library("zstd")], *names)
+        from ctypes.util import find_library  # imports subprocess: only when the loop loads
+
+        lib = compression.native_library([*compression.files_next_to(zstandard, "_cffi*"), find_library("zstd")], *names)
         return None if lib is None else (lib, *names, 0)
     if name == "gzip":
         lib = compression.libdeflate()
