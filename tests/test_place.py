@@ -8,6 +8,11 @@ the path themselves: ``kernel`` loads it (and the batched decoding of sharded re
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import time
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -208,6 +213,32 @@ def test_native_loops_switched_off_or_failing_leave_the_numpy_path(monkeypatch):
     place.place_chunks(out, np.arange(8, dtype=np.uint8), np.array([0]), np.array([[2, 2, 2, 1]]), np.zeros((1, 3), int),
                        np.zeros((1, 3), int), np.array([[2, 2, 2]]))
     assert out.ravel(order="F").tolist() == list(range(8))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_while_the_loops_are_built_does_not_wait_forever(monkeypatch):
+    """The build holds a lock; a child forked meanwhile (multiprocessing's default on Linux) has
+    no thread to release it: it runs the numpy paths, and a later fork builds as usual."""
+    from volbridge.engine import native
+
+    monkeypatch.setattr(native, "_loops", None)
+    monkeypatch.setattr(place, "_kernel", None)
+    for held, child_gets in ((True, "None"), (False, "Loops")):
+        with native._lock if held else contextlib.nullcontext():
+            pid = os.fork()
+            if pid == 0:  # the child: report through the exit status, never return into pytest
+                try:
+                    got = type(native.loops()).__name__ == ("NoneType" if child_gets == "None" else "Loops")
+                    os._exit(0 if got and (place.load() is (child_gets == "Loops")) else 1)
+                except BaseException:
+                    os._exit(2)
+        deadline = time.monotonic() + 20
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                pytest.fail("the forked child waited for a lock no thread of it holds")
+            time.sleep(0.05)
+        assert os.waitstatus_to_exitcode(done[1]) == 0, (held, child_gets)
 
 
 def test_the_native_loops_build_without_numba(tmp_path):

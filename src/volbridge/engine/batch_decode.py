@@ -19,6 +19,7 @@ decode into exactly its slot is left to that checked path, which decodes it or s
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 from dataclasses import dataclass
 
@@ -28,6 +29,19 @@ from .. import compression
 from . import native
 
 _lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    # held by a thread the child does not have (loading a codec): its entry is False already,
+    # so the child decodes that codec chunk by chunk rather than wait forever
+    global _lock
+    if _lock.locked():
+        _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
 _local = threading.local()
 
 

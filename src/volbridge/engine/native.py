@@ -50,6 +50,21 @@ def loops() -> Loops | None:
     return _loops or None
 
 
+def _after_fork_in_child() -> None:
+    """A child forked while another thread was building the loops inherits the lock held (and
+    LLVM's own state half-way) with no thread to finish: it runs the numpy paths instead of
+    waiting forever."""
+    global _lock, _loops
+    if _lock.locked():
+        _lock = threading.Lock()
+        if _loops is None:
+            _loops = False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _build_or_false() -> Loops | bool:
     if os.environ.get("VOLBRIDGE_NO_NATIVE") or os.environ.get("VOLBRIDGE_NO_NUMBA"):
         return False
