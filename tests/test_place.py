@@ -215,6 +215,80 @@ def test_native_loops_switched_off_or_failing_leave_the_numpy_path(monkeypatch):
     assert out.ravel(order="F").tolist() == list(range(8))
 
 
+def _rows_model(dst: bytearray, src: bytes, table: np.ndarray) -> None:
+    for s0, ssy, ssz, ssc, d0, dsy, dsz, dsc, nxb, ny, nz, nc in table.tolist():
+        for c in range(nc):
+            for z in range(nz):
+                for y in range(ny):
+                    s, d = s0 + c * ssc + z * ssz + y * ssy, d0 + c * dsc + z * dsz + y * dsy
+                    dst[d:d + nxb] = src[s:s + nxb]
+
+
+@st.composite
+def _row_boxes(draw):
+    """Tables of boxes whose rows have every length class the loop treats apart (none, 1, 2-3,
+    4-7, 8-15, 16 and more, multiples of 16 or not), laid out with gaps in both buffers."""
+    boxes, src_end, dst_end = [], 0, 0
+    for _ in range(draw(st.integers(1, 4))):
+        nxb = draw(st.sampled_from([0, 1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 24, 31, 32, 33, 48, 63, 64, 65, 100]))
+        ny, nz, nc = (draw(st.integers(0, 3)) for _ in range(3))
+        strides = []
+        for end in (src_end, dst_end):
+            sy = nxb + draw(st.integers(0, 9))
+            sz = sy * max(ny, 1) + draw(st.integers(0, 9))
+            sc = sz * max(nz, 1) + draw(st.integers(0, 9))
+            strides.append((end + draw(st.integers(0, 9)), sy, sz, sc))
+        (s0, ssy, ssz, ssc), (d0, dsy, dsz, dsc) = strides
+        src_end, dst_end = s0 + ssc * max(nc, 1), d0 + dsc * max(nc, 1)
+        boxes.append([s0, ssy, ssz, ssc, d0, dsy, dsz, dsc, nxb, ny, nz, nc])
+    return np.array(boxes, np.int64), src_end, dst_end
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_row_boxes(), st.integers(0, 2**32 - 1))
+def test_the_copy_loop_matches_a_model_for_every_row_length(boxes, seed):
+    if not place.load():
+        pytest.fail("the copy loop must load here")
+    table, src_len, dst_len = boxes
+    rng = np.random.default_rng(seed)
+    src = rng.integers(0, 256, src_len + 16, dtype=np.uint8)  # bytes past the boxes must stay unread...
+    dst = rng.integers(0, 256, dst_len + 16, dtype=np.uint8)  # ... and unwritten
+    want = bytearray(dst.tobytes())
+    _rows_model(want, src.tobytes(), table)
+    place._run(dst, src, table)
+    assert dst.tobytes() == bytes(want)
+
+
+def test_the_loops_refuse_a_read_only_destination(tmp_path):
+    """numpy's assignment refuses one; the loops, which see addresses only, would write through it
+    (a read-only memmap crashed the process, an array over ``bytes`` changed the bytes object)."""
+    if not (place.load() and batch_decode.load("zstd")):
+        pytest.fail("the compiled loops must load here")
+    frozen = bytes(4 * 4 * 4)
+    out = np.frombuffer(frozen, np.uint8).reshape((4, 4, 4, 1), order="F")
+    src = np.arange(64, dtype=np.uint8)
+    with pytest.raises(ValueError, match="read-only"):
+        place.place_chunks(out, src, np.array([0]), np.array([[4, 4, 4, 1]]), np.zeros((1, 3), int), np.zeros((1, 3), int),
+                           np.array([[4, 4, 4]]))
+    with pytest.raises(ValueError, match="read-only"):
+        place.place_one(out, src.tobytes(), (4, 4, 4, 1), [0, 0, 0], [0, 0, 0], [4, 4, 4])
+    import zstandard
+
+    stream = np.frombuffer(zstandard.ZstdCompressor().compress(bytes(range(64))), np.uint8)
+    with pytest.raises(ValueError, match="read-only"):
+        batch_decode.decode_into("zstd", stream, [0], [len(stream)], np.frombuffer(frozen, np.uint8), [0], [64])
+    path = tmp_path / "frozen.raw"
+    path.write_bytes(bytes(32 ** 3))
+    v = vb.create(f"zarr3://{tmp_path}/v", shape=(32, 32, 32), dtype="uint8", chunk_shape=(8, 8, 8), shard_shape=(16, 16, 16))
+    v[...] = 5
+    mapped = np.memmap(path, np.uint8, mode="r", shape=(32, 32, 32, 1), order="F")
+    from volbridge.geometry import Box
+
+    with pytest.raises(ValueError, match="read-only"):
+        v.volume.read_into(Box((0, 0, 0), (32, 32, 32)), mapped, 0)
+    assert frozen == bytes(64) and path.read_bytes() == bytes(32 ** 3)
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_child_forked_while_the_loops_are_built_does_not_wait_forever(monkeypatch):
     """The build holds a lock; a child forked meanwhile (multiprocessing's default on Linux) has

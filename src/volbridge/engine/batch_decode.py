@@ -114,7 +114,7 @@ def decode_into(name: str, src: np.ndarray, starts: np.ndarray, sizes: np.ndarra
     that did not (corrupt, cut, or of another size): the caller decodes that one on its checked
     path, which says what is wrong. Only after :func:`load` returned True for ``name``."""
     codec = _codecs[name]
-    starts, sizes, offsets, caps = (np.ascontiguousarray(a, np.int64) for a in (starts, sizes, offsets, caps))
+    starts, sizes, offsets, caps = (np.require(a, np.int64, ["C", "A"]) for a in (starts, sizes, offsets, caps))
     # The loop runs without bounds checks or the GIL: every span must lie inside its buffer.
     # (Compared as differences: a sum could wrap around int64 and pass.)
     if not (len(starts) == len(sizes) == len(offsets) == len(caps)
@@ -127,5 +127,7 @@ def decode_into(name: str, src: np.ndarray, starts: np.ndarray, sizes: np.ndarra
         ctx = contexts[name] = _Context(codec)
     if not (src.ndim == dst.ndim == 1 and src.itemsize == dst.itemsize == 1 and src.flags.c_contiguous and dst.flags.c_contiguous):
         raise ValueError(f"{name} batch decoding needs flat byte buffers")  # the loop sees addresses only
+    if not dst.flags.writeable:
+        raise ValueError(f"{name} batch decoding into a read-only buffer")
     return _kernel.decode_all(codec.mode, codec.fn, ctx.ptr, src.ctypes.data, starts.ctypes.data, sizes.ctypes.data,
                               dst.ctypes.data, offsets.ctypes.data, caps.ctypes.data, len(starts))

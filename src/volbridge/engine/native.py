@@ -10,9 +10,11 @@ s). Here llvmlite (numba's own code generator, without numba) builds them in ~0.
 0.04-0.1 s import, and they are called through ctypes, which releases the GIL for the call as
 numba's ``nogil`` did.
 
-Every argument is a 64-bit integer (addresses too), so the IR needs no pointer types of its own
-and reads the same for LLVM versions with typed and with opaque pointers. The callers check every
-span against its buffer first: the loops run without bounds checks.
+Every argument is a 64-bit integer (addresses too), cast to a pointer only at each load and
+store, and no intrinsic or library function is called: llvmlite writes those casts as typed
+pointers (``i64*``), which LLVM 15 and later read as opaque ``ptr``; checked to build and run on
+llvmlite 0.42 (LLVM 14) to 0.50 (LLVM 22). The callers check every span against its buffer (and
+that destinations are writable) first: the loops run without bounds checks.
 """
 
 from __future__ import annotations
@@ -71,6 +73,9 @@ def _build_or_false() -> Loops | bool:
     try:
         import llvmlite.binding  # noqa: F401
     except ImportError:
+        return False
+    except Exception as e:  # noqa: BLE001 - a broken install (its LLVM library fails to load): numpy's paths
+        warnings.warn(f"volbridge: cannot load llvmlite ({e}); using the slower numpy paths", RuntimeWarning, stacklevel=4)
         return False
     try:
         return _build()
@@ -146,22 +151,17 @@ class _Emitter:
 def _emit_copy_rows(ir, module) -> None:
     """``copy_rows(dst, src, table, n)``: for each of the ``n`` rows of the int64 table (12 values
     each: source start and y, z, c strides, destination start and strides, row bytes, and the y,
-    z, c extents, all in bytes or counts) copy the box's rows from ``src`` to ``dst``. The
-    innermost byte loop is left to LLVM, which turns it into wide moves."""
+    z, c extents, all in bytes or counts) copy the box's rows from ``src`` to ``dst``
+    (:func:`_copy_row`)."""
     i64 = ir.IntType(64)
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [i64] * 4), name="copy_rows")
     e = _Emitter(ir, fn)
     dst, src, table, n = fn.args
     b = e.b
-    memcpy = module.declare_intrinsic("llvm.memcpy", [e.i8.as_pointer(), e.i8.as_pointer(), i64])
-    vec = ir.VectorType(e.i8, 16)
 
     def box(k):
         row = b.add(table, b.mul(k, e.const(12 * 8)))
         s0, ssy, ssz, ssc, d0, dsy, dsz, dsc, nxb, ny, nz, nc = (e.load(b.add(row, e.const(8 * j))) for j in range(12))
-        wide = b.udiv(nxb, e.const(16))
-        done = b.mul(wide, e.const(16))
-        tail = b.sub(nxb, done)
 
         def channel(c):
             def plane(z):
@@ -171,18 +171,7 @@ def _emit_copy_rows(ir, module) -> None:
                 def line(y):
                     s_row = b.add(b.add(src, s_plane), b.mul(y, ssy))
                     d_row = b.add(b.add(dst, d_plane), b.mul(y, dsy))
-                    # 16-byte moves, then the rest by memcpy: rows are short (32-64 bytes in
-                    # 32^3-64^3 uint8 chunks), where a call per row costs more than the copy
-                    def vector(x):
-                        at = b.mul(x, e.const(16))
-                        v = b.load(b.inttoptr(b.add(s_row, at), vec.as_pointer()), align=1)
-                        b.store(v, b.inttoptr(b.add(d_row, at), vec.as_pointer()), align=1)
-
-                    e.for_range(wide, vector, "x")
-                    with b.if_then(b.icmp_signed("!=", tail, e.const(0))):
-                        i8p = e.i8.as_pointer()
-                        b.call(memcpy, [b.inttoptr(b.add(d_row, done), i8p), b.inttoptr(b.add(s_row, done), i8p), tail,
-                                        ir.Constant(ir.IntType(1), 0)])
+                    _copy_row(e, s_row, d_row, nxb)
 
                 e.for_range(ny, line, "y")
 
@@ -192,6 +181,39 @@ def _emit_copy_rows(ir, module) -> None:
 
     e.for_range(n, box, "k")
     b.ret_void()
+
+
+def _copy_row(e: _Emitter, src, dst, nbytes) -> None:
+    """Copy ``nbytes`` from address ``src`` to ``dst`` in unaligned moves, no call: rows are short
+    (32-64 bytes in 32^3-64^3 uint8 chunks, a few bytes at a cutout's edge), where a memcpy call
+    per row costs more than the copy. 16-byte moves, the last one overlapping the one before when
+    the length is not a multiple of 16; shorter rows in two overlapping moves of 8, 4 or 2 bytes
+    (source and destination are distinct buffers, so a byte written twice gets the same value)."""
+    b, ir = e.b, e.ir
+
+    def move(width: int, at) -> None:
+        ty = ir.VectorType(e.i8, 16) if width == 16 else ir.IntType(8 * width)
+        v = b.load(b.inttoptr(b.add(src, at), ty.as_pointer()), align=1)
+        b.store(v, b.inttoptr(b.add(dst, at), ty.as_pointer()), align=1)
+
+    def wide() -> None:
+        e.for_range(b.udiv(nbytes, e.const(16)), lambda x: move(16, b.mul(x, e.const(16))), "x")
+        with b.if_then(b.icmp_signed("!=", b.urem(nbytes, e.const(16)), e.const(0))):
+            move(16, b.sub(nbytes, e.const(16)))
+
+    def pair(width: int) -> Callable[[], None]:
+        return lambda: (move(width, e.const(0)), move(width, b.sub(nbytes, e.const(width))))
+
+    end = e.fn.append_basic_block("row.end")
+    for width, body in ((16, wide), (8, pair(8)), (4, pair(4)), (2, pair(2)), (1, lambda: move(1, e.const(0)))):
+        yes, no = e.fn.append_basic_block(f"row.{width}"), e.fn.append_basic_block(f"row.under{width}")
+        b.cbranch(b.icmp_signed(">=", nbytes, e.const(width)), yes, no)
+        b.position_at_end(yes)
+        body()
+        b.branch(end)
+        b.position_at_end(no)
+    b.branch(end)  # an empty row
+    b.position_at_end(end)
 
 
 def _emit_decode_all(ir, module) -> None:
