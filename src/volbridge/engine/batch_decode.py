@@ -65,9 +65,11 @@ def _library(name: str) -> tuple[ctypes.CDLL, str, str, str, int] | None:
         import zstandard
 
         names = ("ZSTD_decompressDCtx", "ZSTD_createDCtx", "ZSTD_freeDCtx")
-        from ctypes.util import find_library  # imports subprocess: only when the loop loads
+        lib = compression.native_library(compression.files_next_to(zstandard, "_cffi*"), *names)
+        if lib is None:  # only then: ctypes.util imports subprocess and runs ldconfig (~30 ms)
+            from ctypes.util import find_library
 
-        lib = compression.native_library([*compression.files_next_to(zstandard, "_cffi*"), find_library("zstd")], *names)
+            lib = compression.native_library([find_library("zstd")], *names)
         return None if lib is None else (lib, *names, 0)
     if name == "gzip":
         lib = compression.libdeflate()
