@@ -157,6 +157,13 @@ def test_gzip_streams_of_several_members_decode_whole():
         compression.decompress("gzip", gzip.compress(b"payload") + b"trailing junk")
     with pytest.raises(ChunkDecodeError, match="gzip"):
         compression.decompress("gzip", gzip.compress(b"payload" * 100)[:-3])
+    # a damaged CRC or length trailer, in a stream small enough for the zlib path and in one of libdeflate's
+    for payload in (b"payload" * 10, bytes(range(256)) * 100):
+        for at in (-6, -2):  # inside the CRC32, inside ISIZE
+            bad = bytearray(gzip.compress(payload))
+            bad[at] ^= 0xFF
+            with pytest.raises(ChunkDecodeError, match="gzip"):
+                compression.decompress("gzip", bytes(bad))
 
 
 # -- batched get and stat --------------------------------------------------------------------------
