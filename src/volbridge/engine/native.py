@@ -70,6 +70,8 @@ if hasattr(os, "register_at_fork"):
 def _build_or_false() -> Loops | bool:
     if os.environ.get("VOLBRIDGE_NO_NATIVE") or os.environ.get("VOLBRIDGE_NO_NUMBA"):
         return False
+    if ctypes.sizeof(ctypes.c_void_p) != 8:  # the loops pass addresses as 64-bit integers
+        return False
     try:
         import llvmlite.binding  # noqa: F401
     except ImportError:
