@@ -145,8 +145,14 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     commit, dirty = source_state()
+    measured = commit
+    if args.volbridge_src:  # the checkout whose volbridge the children imported
+        measured = subprocess.run(["git", "-C", str(args.volbridge_src), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                  check=False).stdout.strip() or None
     result = {"benchmark": "first read in a fresh process", "size": size, "repeat": args.repeat,
               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": commit, "dirty": dirty,
+              "volbridge_measured_commit": measured,
+              "ratios": "first_vb_over_ts, second_vb_over_ts: tensorstore time / volbridge time (> 1: volbridge faster)",
               "volbridge_src": str(args.volbridge_src) if args.volbridge_src else None,
               "versions": versions(["volbridge", "tensorstore", "llvmlite", "numpy"]), "loadavg_end": os.getloadavg(),
               "rows": rows, "failures": failures}

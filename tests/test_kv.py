@@ -3,7 +3,9 @@
 import os
 import threading
 import time
+import zlib
 
+import numpy as np
 import pytest
 
 from volbridge.errors import ChunkDecodeError, StoreError, URLError
@@ -157,13 +159,24 @@ def test_gzip_streams_of_several_members_decode_whole():
         compression.decompress("gzip", gzip.compress(b"payload") + b"trailing junk")
     with pytest.raises(ChunkDecodeError, match="gzip"):
         compression.decompress("gzip", gzip.compress(b"payload" * 100)[:-3])
-    # a damaged CRC or length trailer, in a stream small enough for the zlib path and in one of libdeflate's
-    for payload in (b"payload" * 10, bytes(range(256)) * 100):
+    # a damaged CRC or length trailer, in a stream small enough for zlib's path and in one for
+    # libdeflate's; and a damaged header CRC (FHCRC), which libdeflate alone would not check
+    noise = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    for payload in (b"payload" * 10, noise):
         for at in (-6, -2):  # inside the CRC32, inside ISIZE
             bad = bytearray(gzip.compress(payload))
             bad[at] ^= 0xFF
+            assert (len(bad) >= compression._SMALL_GZIP) == (payload is noise)
             with pytest.raises(ChunkDecodeError, match="gzip"):
                 compression.decompress("gzip", bytes(bad))
+        body = gzip.compress(payload)
+        header = bytearray(body[:10])
+        header[3] |= 0x02  # FHCRC: a CRC16 of the header follows it
+        crc = zlib.crc32(bytes(header)) & 0xFFFF
+        good = bytes(header) + crc.to_bytes(2, "little") + body[10:]
+        assert compression.decompress("gzip", good) == payload
+        with pytest.raises(ChunkDecodeError, match="gzip"):
+            compression.decompress("gzip", bytes(header) + (crc ^ 1).to_bytes(2, "little") + body[10:])
 
 
 # -- batched get and stat --------------------------------------------------------------------------

@@ -289,6 +289,20 @@ def test_the_loops_refuse_a_read_only_destination(tmp_path):
     assert frozen == bytes(64) and path.read_bytes() == bytes(32 ** 3)
 
 
+def test_the_loops_refuse_a_source_that_overlaps_the_destination():
+    """Their overlapping moves assume distinct buffers (no engine caller shares one): a shared
+    one is refused, not copied wrongly."""
+    if not (place.load() and batch_decode.load("zstd")):
+        pytest.fail("the compiled loops must load here")
+    buf = np.arange(64, dtype=np.uint8)
+    table = np.array([[3, 0, 0, 0, 0, 0, 0, 0, 20, 1, 1, 1]], np.int64)
+    with pytest.raises(ValueError, match="overlaps"):
+        place._run(buf, buf, table)
+    with pytest.raises(ValueError, match="overlaps"):
+        batch_decode.decode_into("zstd", buf[:32], [0], [32], buf[16:], [0], [16])
+    assert buf.tolist() == list(range(64))
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_child_forked_while_the_loops_are_built_does_not_wait_forever(monkeypatch):
     """The build holds a lock; a child forked meanwhile (multiprocessing's default on Linux) has
@@ -313,6 +327,56 @@ def test_a_child_forked_while_the_loops_are_built_does_not_wait_forever(monkeypa
                 pytest.fail("the forked child waited for a lock no thread of it holds")
             time.sleep(0.05)
         assert os.waitstatus_to_exitcode(done[1]) == 0, (held, child_gets)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_while_another_thread_loads_a_codec_decodes_chunk_by_chunk(monkeypatch, tmp_path):
+    """The usual case of the hooks: a worker thread is inside ``batch_decode.load`` (holding its
+    lock and the loops' build lock) when the main thread forks."""
+    import threading
+
+    from volbridge.engine import native
+
+    v = vb.create(f"zarr3://{tmp_path}/v", shape=(16, 16, 16), dtype="uint8", chunk_shape=(4, 4, 4),
+                  shard_shape=(16, 16, 16), compression="zstd")
+    data = np.arange(16 ** 3, dtype=np.uint32).reshape(16, 16, 16).astype(np.uint8)
+    v[...] = data
+    monkeypatch.setattr(native, "_loops", None)
+    monkeypatch.setattr(place, "_kernel", None)
+    monkeypatch.setattr(batch_decode, "_kernel", None)
+    monkeypatch.setattr(batch_decode, "_codecs", {})
+    inside, leave = threading.Event(), threading.Event()
+    real_build = native._build
+
+    def slow_build():
+        inside.set()
+        leave.wait(30)
+        return real_build()
+
+    monkeypatch.setattr(native, "_build", slow_build)
+    loader = threading.Thread(target=batch_decode.load, args=("zstd",))
+    loader.start()
+    try:
+        assert inside.wait(30)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                ok = (native.loops() is None and not place.load() and not batch_decode.load("zstd")
+                      and np.array_equal(vb.array(f"zarr3://{tmp_path}/v")[...], data))
+                os._exit(0 if ok else 1)
+            except BaseException:
+                os._exit(2)
+        deadline = time.monotonic() + 20
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                pytest.fail("the forked child waited for a lock no thread of it holds")
+            time.sleep(0.05)
+        assert os.waitstatus_to_exitcode(done[1]) == 0
+    finally:
+        leave.set()
+        loader.join(30)
+    assert batch_decode.load("zstd") and place.load()  # the parent finished loading
 
 
 def test_the_native_loops_build_without_numba(tmp_path):

@@ -135,8 +135,10 @@ def _gzip_one_member(data: bytes) -> bytes | None:
     that libdeflate fills in place (no copy); it is seen by no one before it is full."""
     lib = libdeflate()
     size = int.from_bytes(data[-4:], "little")  # the member's size modulo 2^32
-    if lib is None or len(data) < 18 or size < 2 or size > 1032 * len(data):
-        return None  # (sizes 0 and 1 may be shared singletons; deflate expands 1032x at most)
+    if lib is None or len(data) < 18 or size < 2 or size > 1032 * len(data) or data[3] & 0x02:
+        # (sizes 0 and 1 may be shared singletons; deflate expands 1032x at most; libdeflate does
+        # not check a header CRC (FHCRC), which zlib does, so such streams take zlib's path)
+        return None
     d = getattr(_local, "deflate", None)
     if d is None:
         d = _local.deflate = _Decompressor(lib)

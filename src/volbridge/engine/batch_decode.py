@@ -127,9 +127,6 @@ def decode_into(name: str, src: np.ndarray, starts: np.ndarray, sizes: np.ndarra
     ctx = contexts.get(name)
     if ctx is None:
         ctx = contexts[name] = _Context(codec)
-    if not (src.ndim == dst.ndim == 1 and src.itemsize == dst.itemsize == 1 and src.flags.c_contiguous and dst.flags.c_contiguous):
-        raise ValueError(f"{name} batch decoding needs flat byte buffers")  # the loop sees addresses only
-    if not dst.flags.writeable:
-        raise ValueError(f"{name} batch decoding into a read-only buffer")
+    native.check_buffers(dst, src, f"{name} batch decoding")  # the loop sees addresses only
     return _kernel.decode_all(codec.mode, codec.fn, ctx.ptr, src.ctypes.data, starts.ctypes.data, sizes.ctypes.data,
                               dst.ctypes.data, offsets.ctypes.data, caps.ctypes.data, len(starts))

@@ -52,6 +52,21 @@ def loops() -> Loops | None:
     return _loops or None
 
 
+def check_buffers(dst, src, what: str) -> None:
+    """Raise ValueError unless ``dst`` and ``src`` can be handed to a loop as addresses: flat,
+    contiguous runs of bytes, the destination writable (numpy's assignment refuses a read-only
+    one; a loop would write through it) and apart from the source (the loops' overlapping
+    moves assume distinct buffers, as every engine caller has them)."""
+    import numpy as np
+
+    if not (dst.ndim == src.ndim == 1 and dst.itemsize == src.itemsize == 1 and dst.flags.c_contiguous and src.flags.c_contiguous):
+        raise ValueError(f"{what} needs flat byte buffers")
+    if not dst.flags.writeable:
+        raise ValueError(f"{what} into a read-only buffer")
+    if np.may_share_memory(dst, src):
+        raise ValueError(f"{what} from a buffer that overlaps its destination")
+
+
 def _after_fork_in_child() -> None:
     """A child forked while another thread was building the loops inherits the lock held (and
     LLVM's own state half-way) with no thread to finish: it runs the numpy paths instead of

@@ -63,13 +63,10 @@ def _check(ok: bool) -> None:
 
 
 def _run(dst: np.ndarray, src: np.ndarray, table: np.ndarray) -> None:
-    # the loop sees addresses only: both buffers must be flat runs of bytes, the table int64 rows
-    if not (dst.ndim == src.ndim == 1 and dst.flags.c_contiguous and src.flags.c_contiguous and dst.itemsize == src.itemsize == 1
-            and table.dtype == np.int64 and table.ndim == 2 and table.shape[1] == 12 and table.flags.c_contiguous
-            and table.flags.aligned):
-        raise ValueError("chunk placement needs flat byte buffers and an aligned int64 table of 12 columns")
-    if not dst.flags.writeable:  # numpy's assignment refuses it too; the loop would write anyway
-        raise ValueError("chunk placement into a read-only array")
+    # the loop sees addresses only
+    native.check_buffers(dst, src, "chunk placement")
+    if not (table.dtype == np.int64 and table.ndim == 2 and table.shape[1] == 12 and table.flags.c_contiguous and table.flags.aligned):
+        raise ValueError("chunk placement needs an aligned int64 table of 12 columns")
     _kernel.copy_rows(dst.ctypes.data, src.ctypes.data, table.ctypes.data, len(table))
 
 
