@@ -303,6 +303,18 @@ def test_the_loops_refuse_a_source_that_overlaps_the_destination():
     assert buf.tolist() == list(range(64))
 
 
+def _child_status(pid: int) -> int:
+    """The forked child's exit code; fails the test if it is still running after 20 s (waiting
+    for a lock no thread of it holds)."""
+    deadline = time.monotonic() + 20
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            pytest.fail("the forked child waited for a lock no thread of it holds")
+        time.sleep(0.05)
+    return os.waitstatus_to_exitcode(done[1])
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_child_forked_while_the_loops_are_built_does_not_wait_forever(monkeypatch):
     """The build holds a lock; a child forked meanwhile (multiprocessing's default on Linux) has
@@ -320,13 +332,7 @@ def test_a_child_forked_while_the_loops_are_built_does_not_wait_forever(monkeypa
                     os._exit(0 if got and (place.load() is (child_gets == "Loops")) else 1)
                 except BaseException:
                     os._exit(2)
-        deadline = time.monotonic() + 20
-        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
-            if time.monotonic() > deadline:
-                os.kill(pid, signal.SIGKILL)
-                pytest.fail("the forked child waited for a lock no thread of it holds")
-            time.sleep(0.05)
-        assert os.waitstatus_to_exitcode(done[1]) == 0, (held, child_gets)
+        assert _child_status(pid) == 0, (held, child_gets)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
@@ -366,13 +372,7 @@ def test_a_child_forked_while_another_thread_loads_a_codec_decodes_chunk_by_chun
                 os._exit(0 if ok else 1)
             except BaseException:
                 os._exit(2)
-        deadline = time.monotonic() + 20
-        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
-            if time.monotonic() > deadline:
-                os.kill(pid, signal.SIGKILL)
-                pytest.fail("the forked child waited for a lock no thread of it holds")
-            time.sleep(0.05)
-        assert os.waitstatus_to_exitcode(done[1]) == 0
+        assert _child_status(pid) == 0
     finally:
         leave.set()
         loader.join(30)
