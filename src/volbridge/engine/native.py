@@ -26,6 +26,8 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 _I64 = ctypes.c_int64
 
 
