@@ -133,16 +133,23 @@ def _loops(vol: ChunkedVolume) -> int:
     return vol.store.io_concurrency or min(default_threads(), parallel.cores())
 
 
+def _cpu_loops() -> int:
+    """Loops for the CPU work inside shards (decoding, placing, encoding chunks): one per core,
+    whatever the store. A network store's request concurrency (32) is for waiting on requests:
+    splitting a shard's chunks over 32 loops made a full zarr v3 sharded read over S3 take 2.6x
+    tensorstore's CPU (measured: 256^3, 8 shards, 137 against 52 ms)."""
+    return min(default_threads(), parallel.cores())
+
+
 def _nested(vol: ChunkedVolume, shards: list[_Shard], chunk_nbytes: int) -> bool:
-    """Whether a shard's chunks should spread over the loops: when fewer shard loops run than
-    there are loops, because the box holds few shards or big shards cap the bytes in flight; but
+    """Whether a shard's chunks should spread over the cores: when fewer shard loops run than
+    there are cores, because the box holds few shards or big shards cap the bytes in flight; but
     not when this read or write runs in an outer loop already (a service's unit), whose sibling
     loops keep the cores busy."""
     if parallel.inside():
         return False
-    loops = _loops(vol)
-    shard_loops = min(len(shards), loops, max(1, parallel.MAX_BYTES_IN_FLIGHT // _shard_nbytes(shards, chunk_nbytes)))
-    return shard_loops < loops
+    shard_loops = min(len(shards), _loops(vol), max(1, parallel.MAX_BYTES_IN_FLIGHT // _shard_nbytes(shards, chunk_nbytes)))
+    return shard_loops < _cpu_loops()
 
 
 def read_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, out: np.ndarray, fill=None) -> None:
@@ -160,7 +167,7 @@ def read_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, out: np.ndar
         in a few native calls: the positions placed, or None (nothing placed)."""
         if codec == "raw":
             return _place_raw_shard(layout, shard, data, spans, out)
-        return _place_decoded_shard(codec, layout, shard, data, spans, out, nested, _loops(vol))
+        return _place_decoded_shard(codec, layout, shard, data, spans, out, nested, _cpu_loops())
 
     def placed_of(shard: _Shard) -> np.ndarray | None:
         """Place the shard's chunks; the positions (in ``shard``'s arrays) of those it holds."""
@@ -181,7 +188,7 @@ def read_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, out: np.ndar
         if not found:
             return None
         if batched:
-            return _place_shard(layout, shard, found, out, nested, chunk_nbytes, _loops(vol))
+            return _place_shard(layout, shard, found, out, nested, chunk_nbytes, _cpu_loops())
 
         def put(member) -> None:
             cell, cid, data, (to, frm) = member
@@ -191,7 +198,7 @@ def read_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, out: np.ndar
         present = [k for k, cid in enumerate(ids) if cid in found]
         cells = shard.cells
         _over_members(put, [(cells[k], ids[k], found[ids[k]], shard.place(k)) for k in present], nested, chunk_nbytes,
-                      _loops(vol))
+                      _cpu_loops())
         return np.array(present, np.int64)
 
     def shard_task(shard: _Shard) -> None:
@@ -356,12 +363,12 @@ def write_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, data: np.nd
                     k, start, n = slot
                     encoded[ids[k]] = vol._encode(layout, buf[start:start + n], cells[k], shard.key, voxel_bytes=True)
 
-                _over_members(encode_slot, slots, nested, chunk_nbytes, _loops(vol))
+                _over_members(encode_slot, slots, nested, chunk_nbytes, _cpu_loops())
 
             def encode_task(k: int) -> None:
                 encoded[ids[k]] = vol._encode(layout, data[shard.place(k)[0]], cells[k], shard.key)
 
-            _over_members(encode_task, whole.tolist(), nested, chunk_nbytes, _loops(vol))
+            _over_members(encode_task, whole.tolist(), nested, chunk_nbytes, _cpu_loops())
             _store_shard(vol, layout, shard, box, data, ch, partial, encoded, int(covered.sum()))
 
     run_bounded(shard_task, shards, _shard_nbytes(shards, chunk_nbytes), _loops(vol), local=vol.store.io_concurrency is None)
