@@ -37,7 +37,7 @@ sys.path.insert(0, str(HERE))
 
 from bench_formats import Tensorstore, make_layouts  # noqa: E402
 from bench_precomputed import em_like  # noqa: E402
-from common import source_state, versions  # noqa: E402
+from common import source_state, versions, write_result  # noqa: E402
 
 LAYOUTS = ("zarr3", "zarr3_sharded", "precomputed_sharded", "precomputed_sharded_gzip")
 
@@ -156,10 +156,7 @@ def main(argv=None) -> int:
               "volbridge_src": str(args.volbridge_src) if args.volbridge_src else None,
               "versions": versions(["volbridge", "tensorstore", "llvmlite", "numpy"]), "loadavg_end": os.getloadavg(),
               "rows": rows, "failures": failures}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nJSON: {args.out}" + (f"\nFAILURES: {failures}" if failures else ""))
-    return 1 if failures else 0
+    return write_result(args.out, result)
 
 
 if __name__ == "__main__":

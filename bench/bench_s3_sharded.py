@@ -16,7 +16,6 @@ and median CPU of this process. Each library opens its handle fresh per repetiti
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -29,7 +28,7 @@ sys.path.insert(0, str(HERE))
 from bench_formats import Tensorstore, Volbridge, make_layouts  # noqa: E402  (pins BLAS first)
 from bench_precomputed import em_like  # noqa: E402
 from bench_s3 import seaweedfs  # noqa: E402
-from common import source_state, versions  # noqa: E402
+from common import source_state, versions, write_result  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -107,10 +106,7 @@ def main(argv=None) -> int:
               "versions": versions(["volbridge", "tensorstore", "numpy"]),
               "ratios": "vb_over_ts: tensorstore time / volbridge time (> 1: volbridge faster)", "rows": rows,
               "failures": failures}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nJSON: {args.out}" + (f"\nFAILURES: {failures}" if failures else ""))
-    return 1 if failures else 0
+    return write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,15 @@ def source_state() -> tuple[str | None, bool | None]:
     return commit or None, dirty
 
 
+def write_result(out: Path, result: dict) -> int:
+    """Write ``result`` (with its ``failures`` list) as JSON to ``out``; the exit status."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    failures = result.get("failures")
+    print(f"\nJSON: {out}" + (f"\nFAILURES: {failures}" if failures else ""))
+    return 1 if failures else 0
+
+
 def finish(args, result: dict, work: Path, failures, text: str | None = None) -> int:
     """Write ``result`` to ``args.out`` as JSON (or ``text`` instead, when given: a Markdown report
     that embeds it), drop the scratch directory unless kept; the exit status."""
