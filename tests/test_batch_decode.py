@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import volbridge as vb
 from volbridge.compression import decompress
-from volbridge.engine import batch_decode, place
+from volbridge.engine import batch_decode, native, place
 from volbridge.errors import ChunkDecodeError
 
 
@@ -83,17 +83,22 @@ def chunks(draw, codec: str):
 
 @pytest.mark.parametrize("codec", ["zstd", "gzip"])
 @settings(max_examples=150, deadline=None)
-@given(data=st.data(), gap=st.integers(0, 7))
-def test_decodes_like_the_checked_path_up_to_the_first_chunk_it_cannot(codec, data, gap):
+@given(data=st.data(), gap=st.integers(0, 7), many=st.booleans())
+def test_decodes_like_the_checked_path_up_to_the_first_chunk_it_cannot(codec, data, gap, many):
+    """From one buffer, or (``many``) each stream from a buffer of its own (a group of shards)."""
     case = data.draw(chunks(codec))
     streams = [s for s, _, _ in case]
     caps = np.array([c for _, c, _ in case], np.int64)
     sizes = np.array([len(s) for s in streams], np.int64)
     starts = np.cumsum(sizes + gap) - sizes  # bytes of other chunks between streams
     src = np.frombuffer(b"".join(b"\xee" * gap + s for s in streams), np.uint8)
+    which = None
+    if many:  # in reverse order of buffers
+        src = native.Sources([np.frombuffer(b"\xee" * gap + s, np.uint8) for s in streams[::-1]])
+        which, starts = np.arange(len(streams))[::-1].copy(), np.full(len(streams), gap, np.int64)
     offsets = np.cumsum(caps + gap) - caps
     dst = np.full(int(caps.sum()) + gap * len(caps), 0x77, np.uint8)
-    done = batch_decode.decode_into(codec, src, starts, sizes, dst, offsets, caps)
+    done = batch_decode.decode_into(codec, src, starts, sizes, dst, offsets, caps, which=which)
 
     expected = []  # what the checked path makes of each chunk: its bytes, or None when it fails
     for s, cap in zip(streams, caps.tolist()):

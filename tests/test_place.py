@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import volbridge as vb
-from volbridge.engine import batch_decode, place
+from volbridge.engine import batch_decode, native, place
 
 
 def _choose(name: str, monkeypatch) -> str:
@@ -61,8 +61,10 @@ def placements(draw):
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # the path is the same for every input
-@given(case=placements(), seed=st.integers(0, 2**32 - 1))
-def test_place_chunks_matches_numpy_model(path, case, seed):
+@given(case=placements(), seed=st.integers(0, 2**32 - 1), many=st.booleans(), loops=st.integers(1, 3))
+def test_place_chunks_matches_numpy_model(path, case, seed, many, loops):
+    """From one buffer, or (``many``) each chunk from its own (a group of shards' bytes, read
+    by absolute address), in one native call or ``loops`` parts on as many loops."""
     dtype, nc, out_shape, chunks, gap = case
     rng = np.random.default_rng(seed)
     arrays = [rng.integers(0, 200, stored, dtype=np.uint8).astype(dtype) for stored, *_ in chunks]
@@ -77,8 +79,15 @@ def test_place_chunks_matches_numpy_model(path, case, seed):
     model = out.copy(order="F")
     for a, (_, s, d, n) in zip(arrays, chunks):  # later chunks win where they overlap, as placed
         model[d[0]:d[0] + n[0], d[1]:d[1] + n[1], d[2]:d[2] + n[2]] = a[s[0]:s[0] + n[0], s[1]:s[1] + n[1], s[2]:s[2] + n[2], :nc]
+    which = None
+    if many:  # each chunk's bytes in a buffer of their own, in reverse order
+        src = native.Sources([np.frombuffer(p, np.uint8) for p in parts[::-1]])
+        which, offsets = np.arange(len(parts))[::-1], [gap] * len(parts)
+    boxes = [(tuple(d), tuple(d + n for d, n in zip(d, n))) for _, _, d, n in chunks]
+    overlap = any(all(a0 < b1 and b0 < a1 for a0, a1, b0, b1 in zip(*p, *q)) for i, p in enumerate(boxes) for q in boxes[:i])
     place.place_chunks(out, src, np.array(offsets), np.array([c[0] for c in chunks]), np.array([c[1] for c in chunks]),
-                       np.array([c[2] for c in chunks]), np.array([c[3] for c in chunks]))
+                       np.array([c[2] for c in chunks]), np.array([c[3] for c in chunks]), which=which,
+                       parts=1 if overlap else loops)  # parts run at once: only for apart destinations
     np.testing.assert_array_equal(out, model)
 
 
@@ -255,7 +264,9 @@ def test_the_copy_loop_matches_a_model_for_every_row_length(boxes, seed):
     dst = rng.integers(0, 256, dst_len + 16, dtype=np.uint8)  # ... and unwritten
     want = bytearray(dst.tobytes())
     _rows_model(want, src.tobytes(), table)
-    place._run(dst, src, table)
+    absolute = table.copy()
+    absolute[:, 0] += src.ctypes.data  # the loop reads sources by absolute address
+    place._run(dst, native.Sources([src]), absolute)
     assert dst.tobytes() == bytes(want)
 
 
@@ -295,9 +306,9 @@ def test_the_loops_refuse_a_source_that_overlaps_the_destination():
     if not (place.load() and batch_decode.load("zstd")):
         pytest.fail("the compiled loops must load here")
     buf = np.arange(64, dtype=np.uint8)
-    table = np.array([[3, 0, 0, 0, 0, 0, 0, 0, 20, 1, 1, 1]], np.int64)
+    table = np.array([[buf.ctypes.data + 3, 0, 0, 0, 0, 0, 0, 0, 20, 1, 1, 1]], np.int64)
     with pytest.raises(ValueError, match="overlaps"):
-        place._run(buf, buf, table)
+        place._run(buf, native.Sources([buf]), table)
     with pytest.raises(ValueError, match="overlaps"):
         batch_decode.decode_into("zstd", buf[:32], [0], [32], buf[16:], [0], [16])
     assert buf.tolist() == list(range(64))

@@ -108,25 +108,28 @@ class _Context:
         self.free(self.ptr)
 
 
-def decode_into(name: str, src: np.ndarray, starts: np.ndarray, sizes: np.ndarray, dst: np.ndarray,
-                offsets: np.ndarray, caps: np.ndarray) -> int:
+def decode_into(name: str, src, starts: np.ndarray, sizes: np.ndarray, dst: np.ndarray, offsets: np.ndarray,
+                caps: np.ndarray, which: np.ndarray | None = None) -> int:
     """Decompress the ``name`` stream ``src[starts[k]:starts[k] + sizes[k]]`` into
     ``dst[offsets[k]:offsets[k] + caps[k]]`` for k = 0, 1, ..., in order (``src``, ``dst``: 1-D
-    uint8). Returns how many chunks decoded to exactly their ``caps[k]`` bytes before the first
-    that did not (corrupt, cut, or of another size): the caller decodes that one on its checked
-    path, which says what is wrong. Only after :func:`load` returned True for ``name``."""
+    uint8; or ``src`` a :class:`native.Sources`, stream ``k`` then in buffer ``which[k]``).
+    Returns how many chunks decoded to exactly their ``caps[k]`` bytes before the first that did
+    not (corrupt, cut, or of another size): the caller decodes that one on its checked path,
+    which says what is wrong. Only after :func:`load` returned True for ``name``."""
     codec = _codecs[name]
     starts, sizes, offsets, caps = (np.require(a, np.int64, ["C", "A"]) for a in (starts, sizes, offsets, caps))
-    # The loop runs without bounds checks or the GIL: every span must lie inside its buffer.
-    # (Compared as differences: a sum could wrap around int64 and pass.)
-    if not (len(starts) == len(sizes) == len(offsets) == len(caps)
-            and (starts >= 0).all() and (starts <= src.size).all() and (sizes >= 0).all() and (sizes <= src.size - starts).all()
-            and (offsets >= 0).all() and (offsets <= dst.size).all() and (caps >= 0).all() and (caps <= dst.size - offsets).all()):
-        raise ValueError(f"{name} batch spans outside their source or destination buffer")
+    if not len(starts) == len(sizes) == len(offsets) == len(caps):
+        raise ValueError(f"{name} batch spans of different counts")
+    sources = src if isinstance(src, native.Sources) else native.Sources([src])
+    # The loop runs without bounds checks or the GIL, and sees addresses only: every span must
+    # lie inside its buffer (compared as differences: a sum could wrap around int64 and pass).
+    at = sources.starts(np.zeros(len(starts), np.int64) if which is None else which, starts, sizes, f"{name} batch decoding")
+    if not ((offsets >= 0).all() and (offsets <= dst.size).all() and (caps >= 0).all() and (caps <= dst.size - offsets).all()):
+        raise ValueError(f"{name} batch spans outside their destination buffer")
+    sources.check_destination(dst, f"{name} batch decoding")
     contexts = _local.__dict__.setdefault("contexts", {})
     ctx = contexts.get(name)
     if ctx is None:
         ctx = contexts[name] = _Context(codec)
-    native.check_buffers(dst, src, f"{name} batch decoding")  # the loop sees addresses only
-    return _kernel.decode_all(codec.mode, codec.fn, ctx.ptr, src.ctypes.data, starts.ctypes.data, sizes.ctypes.data,
-                              dst.ctypes.data, offsets.ctypes.data, caps.ctypes.data, len(starts))
+    return _kernel.decode_all(codec.mode, codec.fn, ctx.ptr, 0, at.ctypes.data, sizes.ctypes.data, dst.ctypes.data,
+                              offsets.ctypes.data, caps.ctypes.data, len(starts))

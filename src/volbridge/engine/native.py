@@ -54,19 +54,45 @@ def loops() -> Loops | None:
     return _loops or None
 
 
-def check_buffers(dst, src, what: str) -> None:
-    """Raise ValueError unless ``dst`` and ``src`` can be handed to a loop as addresses: flat,
-    contiguous runs of bytes, the destination writable (numpy's assignment refuses a read-only
-    one; a loop would write through it) and apart from the source (the loops' overlapping
-    moves assume distinct buffers, as every engine caller has them)."""
-    import numpy as np
+class Sources:
+    """The flat byte buffers a loop reads from, addressed absolutely: a loop adds the source
+    address it is given to every start, so given 0 and absolute starts it reads from any number
+    of buffers in one call (a group of shards, each in its own bytes object, placed or decoded at
+    once). Every span must be checked against its own buffer first (:meth:`starts`): the loops
+    run without bounds checks."""
 
-    if not (dst.ndim == src.ndim == 1 and dst.itemsize == src.itemsize == 1 and dst.flags.c_contiguous and src.flags.c_contiguous):
-        raise ValueError(f"{what} needs flat byte buffers")
-    if not dst.flags.writeable:
-        raise ValueError(f"{what} into a read-only buffer")
-    if np.may_share_memory(dst, src):
-        raise ValueError(f"{what} from a buffer that overlaps its destination")
+    def __init__(self, buffers) -> None:
+        arrays = [b if isinstance(b, np.ndarray) else np.frombuffer(b, np.uint8) for b in buffers]
+        if not all(a.ndim == 1 and a.itemsize == 1 and a.flags.c_contiguous for a in arrays):
+            raise ValueError("a native loop reads flat byte buffers only")
+        self.arrays = arrays
+        self.address = np.array([a.ctypes.data for a in arrays], np.int64)
+        self.size = np.array([a.size for a in arrays], np.int64)
+
+    def starts(self, which: np.ndarray, starts: np.ndarray, lengths: np.ndarray, what: str) -> np.ndarray:
+        """Absolute addresses of spans ``starts[k]`` .. ``+ lengths[k]`` of buffers ``which[k]``,
+        after checking that each lies inside its buffer (as differences: a sum could wrap
+        around int64 and pass)."""
+        which = np.asarray(which, np.int64)
+        if len(which) and not (which.min() >= 0 and which.max() < len(self.arrays)):
+            raise ValueError(f"{what} names a source buffer that does not exist")
+        size = self.size[which]
+        if not ((starts >= 0).all() and (starts <= size).all() and (lengths >= 0).all() and (lengths <= size - starts).all()):
+            raise ValueError(f"{what} spans outside its source buffer")
+        return self.address[which] + starts
+
+    def check_destination(self, dst: np.ndarray, what: str) -> None:
+        """Raise ValueError unless ``dst`` can be handed to a loop as an address: a flat,
+        contiguous, writable run of bytes (numpy's assignment refuses a read-only one; a loop
+        would write through it) apart from every source (the loops' overlapping moves assume
+        distinct buffers, as every engine caller has them)."""
+        if not (dst.ndim == 1 and dst.itemsize == 1 and dst.flags.c_contiguous):
+            raise ValueError(f"{what} needs a flat byte buffer to write to")
+        if not dst.flags.writeable:
+            raise ValueError(f"{what} into a read-only buffer")
+        at, end = dst.ctypes.data, dst.ctypes.data + dst.size
+        if dst.size and ((self.address < end) & (at < self.address + self.size)).any():
+            raise ValueError(f"{what} from a buffer that overlaps its destination")
 
 
 def _after_fork_in_child() -> None:

@@ -22,6 +22,7 @@ import threading
 import numpy as np
 
 from . import native
+from .parallel import run_bounded
 
 _kernel = None  # the compiled loops (native.Loops) once loaded, False where they cannot run
 
@@ -62,12 +63,23 @@ def _check(ok: bool) -> None:
         raise ValueError("chunk placement outside its source buffer or the output (a layout's stored_shapes or decode_bytes is wrong)")
 
 
-def _run(dst: np.ndarray, src: np.ndarray, table: np.ndarray) -> None:
-    # the loop sees addresses only
-    native.check_buffers(dst, src, "chunk placement")
+def _run(dst: np.ndarray, sources: native.Sources, table: np.ndarray, parts: int = 1) -> None:
+    """Copy the boxes of ``table`` (source starts absolute, :class:`native.Sources`) into
+    ``dst``; in ``parts`` native calls on as many loops when asked (each call releases the GIL)."""
+    sources.check_destination(dst, "chunk placement")
     if not (table.dtype == np.int64 and table.ndim == 2 and table.shape[1] == 12 and table.flags.c_contiguous and table.flags.aligned):
         raise ValueError("chunk placement needs an aligned int64 table of 12 columns")
-    _kernel.copy_rows(dst.ctypes.data, src.ctypes.data, table.ctypes.data, len(table))
+    to = dst.ctypes.data
+    if parts <= 1 or len(table) < 2:
+        _kernel.copy_rows(to, 0, table.ctypes.data, len(table))
+        return
+    # parts of about equal bytes: boxes differ in size at a cutout's edges
+    nbytes = np.cumsum(table[:, 8] * table[:, 9] * table[:, 10] * table[:, 11])
+    cuts = np.searchsorted(nbytes, nbytes[-1] * np.arange(1, parts) / parts)
+    bounds = [0, *np.unique(cuts).tolist(), len(table)]
+    spans = [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+    run_bounded(lambda ab: _kernel.copy_rows(to, 0, table[ab[0]:].ctypes.data, ab[1] - ab[0]), spans, 1, len(spans),
+                local=False)
 
 
 def _table(s0, src_strides, d0, dst_strides, extent: np.ndarray, isz: int, nc: int) -> np.ndarray:
@@ -86,36 +98,40 @@ def _little_endian(dtype: np.dtype) -> bool:
     return dtype == dtype.newbyteorder("<")
 
 
-def place_chunks(out: np.ndarray, src: np.ndarray, offsets: np.ndarray, shapes: np.ndarray, src_lo: np.ndarray,
-                 dst_lo: np.ndarray, size: np.ndarray) -> None:
+def place_chunks(out: np.ndarray, src, offsets: np.ndarray, shapes: np.ndarray, src_lo: np.ndarray,
+                 dst_lo: np.ndarray, size: np.ndarray, which: np.ndarray | None = None, parts: int = 1) -> None:
     """Copy region ``size`` at ``src_lo`` of each chunk into ``out`` at ``dst_lo``.
 
     ``out``: (x, y, z, c) array; ``src``: 1-D uint8 buffer holding every chunk, chunk ``k`` at
     byte ``offsets[k]`` as voxels of ``out.dtype`` in Fortran order of shape ``shapes[k]``
-    (x, y, z, c); ``src_lo``, ``dst_lo``, ``size``: (n, 3) voxel corners and extents (x, y, z).
-    All channels of ``out`` are copied from the first channels of each chunk.
+    (x, y, z, c); or :class:`native.Sources`, chunk ``k`` then in buffer ``which[k]``;
+    ``src_lo``, ``dst_lo``, ``size``: (n, 3) voxel corners and extents (x, y, z). All channels of
+    ``out`` are copied from the first channels of each chunk. ``parts``: native calls to spread
+    the copies over (each on its own loop).
     """
     n = len(offsets)
     if n == 0:
         return
+    sources = src if isinstance(src, native.Sources) else native.Sources([src])
+    which = np.zeros(n, np.int64) if which is None else np.asarray(which, np.int64)
     isz, nc = out.dtype.itemsize, out.shape[3]
     shapes, offsets = np.asarray(shapes, np.int64), np.asarray(offsets, np.int64)
     src_lo, dst_lo, size = (np.asarray(a, np.int64) for a in (src_lo, dst_lo, size))
     sy, sz, sc = _strides(shapes, isz)
-    # few array operations: a read calls this once per shard, and each costs microseconds
-    _check(bool(np.concatenate((offsets[:, None], src_lo, dst_lo, size), axis=1).min() >= 0
-                and (offsets + sc * shapes[:, 3]).max() <= src.size and shapes[:, 3].min() >= nc
+    # few array operations: a read calls this once per group of shards, and each costs microseconds
+    _check(bool(np.concatenate((src_lo, dst_lo, size), axis=1).min() >= 0 and shapes[:, 3].min() >= nc
                 and (src_lo + size <= shapes[:, :3]).all() and (dst_lo + size <= np.array(out.shape[:3])).all()))
+    at = sources.starts(which, offsets, sc * shapes[:, 3], "chunk placement")
     if _kernel and out.flags.f_contiguous and out.size and _little_endian(out.dtype):
         _, dy, dz, dc = out.strides
-        table = _table(offsets + src_lo[:, 0] * isz + src_lo[:, 1] * sy + src_lo[:, 2] * sz, (sy, sz, sc),
+        table = _table(at + src_lo[:, 0] * isz + src_lo[:, 1] * sy + src_lo[:, 2] * sz, (sy, sz, sc),
                        dst_lo[:, 0] * isz + dst_lo[:, 1] * dy + dst_lo[:, 2] * dz, (dy, dz, dc), size, isz, nc)
-        _run(out.reshape(-1, order="F").view(np.uint8), src, table)
+        _run(out.reshape(-1, order="F").view(np.uint8), sources, table, parts)
         return
     dtype = out.dtype.newbyteorder("<") if isz > 1 else out.dtype
     for k in range(n):
         (x, y, z, c), o = shapes[k].tolist(), int(offsets[k])
-        chunk = np.frombuffer(src, dtype, count=x * y * z * c, offset=o).reshape((x, y, z, c), order="F")
+        chunk = np.frombuffer(sources.arrays[int(which[k])], dtype, count=x * y * z * c, offset=o).reshape((x, y, z, c), order="F")
         (fx, fy, fz), (tx, ty, tz), (nx, ny, nz) = src_lo[k].tolist(), dst_lo[k].tolist(), size[k].tolist()
         out[tx:tx + nx, ty:ty + ny, tz:tz + nz] = chunk[fx:fx + nx, fy:fy + ny, fz:fz + nz, :nc]
 
@@ -134,9 +150,11 @@ def gather_chunks(data: np.ndarray, dst: np.ndarray, offsets: np.ndarray, shapes
                 and (shapes[:, 3] == nc).all() and (src_lo + shapes[:, :3] <= data.shape[:3]).all()))
     if _kernel and data.flags.f_contiguous and data.size and _little_endian(data.dtype):
         _, dy, dz, dc = data.strides
-        table = _table(src_lo[:, 0] * isz + src_lo[:, 1] * dy + src_lo[:, 2] * dz, (dy, dz, dc), offsets, (sy, sz, sc),
-                       shapes[:, :3], isz, nc)
-        _run(dst, data.reshape(-1, order="F").view(np.uint8), table)
+        flat = data.reshape(-1, order="F").view(np.uint8)
+        table = _table(flat.ctypes.data + src_lo[:, 0] * isz + src_lo[:, 1] * dy + src_lo[:, 2] * dz, (dy, dz, dc), offsets,
+                       (sy, sz, sc), shapes[:, :3], isz, nc)
+        # the copy's destination is dst: its starts are offsets into it, the sources' absolute
+        _run(dst, native.Sources([flat]), table)
         return
     dtype = data.dtype.newbyteorder("<") if isz > 1 else data.dtype
     for k in range(n):
@@ -156,9 +174,9 @@ def place_one(out: np.ndarray, data, shape: tuple[int, int, int, int], src_lo, d
         sy = shape[0] * isz
         sz, (fx, fy, fz), (tx, ty, tz), (nx, ny, nz) = sy * shape[1], src_lo, dst_lo, size
         _, dy, dz, dc = out.strides
-        table = np.array([[fx * isz + fy * sy + fz * sz, sy, sz, sz * shape[2], tx * isz + ty * dy + tz * dz, dy, dz, dc,
-                           nx * isz, ny, nz, out.shape[3]]], np.int64)
-        _run(out.reshape(-1, order="F").view(np.uint8), src, table)
+        table = np.array([[src.ctypes.data + fx * isz + fy * sy + fz * sz, sy, sz, sz * shape[2], tx * isz + ty * dy + tz * dz,
+                           dy, dz, dc, nx * isz, ny, nz, out.shape[3]]], np.int64)
+        _run(out.reshape(-1, order="F").view(np.uint8), native.Sources([src]), table)
         return
     # no compiled loop, or geometry to check: place_chunks checks it and says what is wrong
     place_chunks(out, src, np.zeros(1, np.int64), np.array([shape]), np.array([src_lo]), np.array([dst_lo]), np.array([size]))
