@@ -67,6 +67,33 @@ def decompress(name: str, data: bytes) -> bytes:
         raise ChunkDecodeError(f"corrupt {name} stream ({len(data)} bytes): {e}") from e
 
 
+
+
+def decompress_many(name: str, datas: list) -> list[bytes]:
+    """:func:`decompress` of each of ``datas``; a corrupt one raises ChunkDecodeError whose
+    ``index`` says which. Small single-member gzip streams (a shard's minishard indexes, dozens
+    per read) take a short path: ~2 us each rather than ~8 through :func:`decompress`."""
+    out, gzip = [], canonical(name) == "gzip"
+    for i, data in enumerate(datas):
+        got = None
+        if gzip and len(data) < _SMALL_GZIP:
+            member = zlib.decompressobj(31)
+            try:
+                got = member.decompress(data)
+            except zlib.error:
+                pass  # the general path says what is wrong
+            if not member.eof or member.unused_data:
+                got = None  # cut, several members or padding: the general path
+        if got is None:
+            try:
+                got = decompress(name, data)
+            except ChunkDecodeError as e:
+                e.index = i
+                raise
+        out.append(got)
+    return out
+
+
 _local = threading.local()
 
 

@@ -3,15 +3,18 @@
 A box is planned in a few array operations: every chunk's grid index, its shard and its id
 inside the shard (:meth:`ShardFormat.locate_many`), grouped by shard. Reads fetch each shard once
 (whole, or its index and the chunks asked for, from one version of it) and decode its chunks
-straight into the output. Writes replace each shard through the store's atomic ``update``: a
+straight into the output, a group of consecutive shards at a time: their indexes are read, their
+chunks looked up, decoded and placed in a fixed number of array operations and native calls for
+the whole group, since Python per shard had made the GIL the bound of reads over many shards.
+Writes replace each shard through the store's atomic ``update``: a
 shard whose every chunk the write covers is built from the new data alone without reading it;
 any other shard is read, patched chunk by chunk and written back with a conditional put (a lock
 on files), so concurrent writers of one shard never lose each other's chunks. Whole chunks are
 encoded before the update, so a lost race re-runs only the merge of partly covered ones.
 
-Threads: one loop per shard while there are at least as many shards as loops; a box inside
-fewer shards spreads each shard's chunks over the loops instead (nesting both only made
-threads fight over two cores).
+Threads: one loop per group (reads) or shard (writes) while there are at least as many as
+loops; a box inside fewer spreads each one's chunks over the cores instead (nesting both only
+made threads fight over two cores).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import numpy as np
 
 from ..errors import ChunkDecodeError, VersionChangedError
 from ..geometry import Box, Cell
-from . import batch_decode, parallel, place
+from . import batch_decode, native, parallel, place
 from .parallel import default_threads, run_bounded
 
 if TYPE_CHECKING:
@@ -141,15 +144,74 @@ def _cpu_loops() -> int:
     return min(default_threads(), parallel.cores())
 
 
-def _nested(vol: ChunkedVolume, shards: list[_Shard], chunk_nbytes: int) -> bool:
-    """Whether a shard's chunks should spread over the cores: when fewer shard loops run than
-    there are cores, because the box holds few shards or big shards cap the bytes in flight; but
-    not when this read or write runs in an outer loop already (a service's unit), whose sibling
-    loops keep the cores busy."""
+def _nested(vol: ChunkedVolume, units: int, unit_nbytes: int) -> bool:
+    """Whether the chunks of one unit of work (a shard, a group of shards) should spread over
+    the cores: when fewer unit loops run than there are cores, because the box holds few units
+    or big ones cap the bytes in flight; but not when this read or write runs in an outer loop
+    already (a service's unit), whose sibling loops keep the cores busy."""
     if parallel.inside():
         return False
-    shard_loops = min(len(shards), _loops(vol), max(1, parallel.MAX_BYTES_IN_FLIGHT // _shard_nbytes(shards, chunk_nbytes)))
-    return shard_loops < _cpu_loops()
+    unit_loops = min(units, _loops(vol), max(1, parallel.MAX_BYTES_IN_FLIGHT // max(1, unit_nbytes)))
+    return unit_loops < _cpu_loops()
+
+
+#: A group of shards read as one unit holds at most about this many bytes of decoded chunks (or
+#: of raw shards): its staging buffer then stays one a thread keeps (place.KEEP_STAGING_BYTES).
+GROUP_BYTES = 16 << 20
+#: A shard in a store with cheap whole reads (local files) is read whole when it holds at most this many bytes of voxels per chunk a read
+#: wants from it, however small a share of it that is: from the page cache 2 MiB cost 0.25 ms
+#: without the GIL, where its index and each wanted chunk by ranges cost ~30 us of Python a chunk
+#: (measured; a cutout's edge shards held 27 of 64 chunks).
+LOCAL_WHOLE_BYTES_PER_CHUNK = 128 << 10
+#: Reads split their shards into about this many groups per loop: enough to even out groups
+#: that cost different amounts (a cutout's edge shards hold fewer chunks).
+GROUPS_PER_LOOP = 1
+
+
+class _Group:
+    """Consecutive shards of a read handled as one unit: their chunks' arrays joined, so that
+    looking chunks up, building copy tables and the native calls happen once for all of them.
+    Per shard, Python and numpy cost ~0.4 ms with the GIL held, and a 300^3 cutout touches 27
+    shards: the GIL, not the copies, had bounded such reads (measured: 18 of 25 ms)."""
+
+    def __init__(self, shards: list[_Shard]):
+        self.shards = shards
+        counts = [len(s.ids) for s in shards]
+        self.first = np.cumsum([0, *counts])
+        self.shard_of = np.repeat(np.arange(len(shards)), counts)
+        for name in ("ids", "starts", "stops", "dst_lo", "src_lo", "size"):
+            parts = [getattr(s, name) for s in shards]
+            setattr(self, name, parts[0] if len(parts) == 1 else np.concatenate(parts))
+
+
+def _groups(shards: list[_Shard], loops: int, chunk_bytes: int) -> list[_Group]:
+    """``shards`` in consecutive groups of about equal numbers of chunks (the work of a group),
+    each within :data:`GROUP_BYTES`."""
+    total = sum(len(s.ids) for s in shards)
+    per_group = max(1, total // (GROUPS_PER_LOOP * loops))
+    groups, current, held = [], [], 0
+    for shard in shards:
+        n = len(shard.ids)
+        if current and (held >= per_group or (held + n) * chunk_bytes > GROUP_BYTES):
+            groups.append(_Group(current))
+            current, held = [], 0
+        current.append(shard)
+        held += n
+    if current:
+        groups.append(_Group(current))
+    return groups
+
+
+@dataclass
+class _Fetched:
+    """A shard's bytes as read for placing many chunks at once: its chunks' (ids, starts, sizes)
+    in ``data``, how those bytes become voxels (``codec``, see :func:`_batch_codec`), and for
+    ranged reads the chunks by id (for the checked path, should the bytes not be as expected)."""
+
+    data: bytes | memoryview
+    spans: tuple[np.ndarray, np.ndarray, np.ndarray] | None  # None: a whole shard, its index not yet read
+    codec: str
+    found: dict | None
 
 
 def read_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, out: np.ndarray, fill=None) -> None:
@@ -157,36 +219,36 @@ def read_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, out: np.ndar
     the cells of absent chunks and shards are set to ``fill`` here."""
     shards = _plan(layout, box)
     chunk_nbytes = vol._chunk_nbytes(layout)
-    nested = _nested(vol, shards, chunk_nbytes)
     # decoded chunks go through one staging buffer and one compiled copy, when that loop runs
     batched = layout.decodes_to_bytes and place.prepare(sum(len(s.ids) for s in shards))
     whole_codec, ranged_codec = _batch_codec(layout, batched, False), _batch_codec(layout, batched, True)
+    groups = _groups(shards, _loops(vol), chunk_nbytes // 3)  # a third: the decoded chunk alone
+    group_nbytes = max((len(g.ids) for g in groups), default=1) * chunk_nbytes
+    nested = _nested(vol, len(groups), group_nbytes)
+    parts = _cpu_loops() if nested else 1
+    local = vol.store.io_concurrency is None
 
-    def place_stored(codec: str, shard: _Shard, data, spans) -> np.ndarray | None:
-        """Chunks stored raw or under a compression decoded in batches, placed from ``data``
-        in a few native calls: the positions placed, or None (nothing placed)."""
-        if codec == "raw":
-            return _place_raw_shard(layout, shard, data, spans, out)
-        return _place_decoded_shard(codec, layout, shard, data, spans, out, nested, _cpu_loops())
-
-    def placed_of(shard: _Shard) -> np.ndarray | None:
-        """Place the shard's chunks; the positions (in ``shard``'s arrays) of those it holds."""
-        if whole_codec and layout.sharding.reads_whole(len(shard.ids), layout.sharding.capacity(shard.number)):
+    def fetch(shard: _Shard) -> _Fetched | dict | None:
+        """The shard's bytes to place at once (:class:`_Fetched`), or its chunks by id for the
+        checked path, or None when the shard is absent."""
+        capacity = layout.sharding.capacity(shard.number)
+        if whole_codec and (layout.sharding.reads_whole(len(shard.ids), capacity)
+                            or (vol.store.cheap_whole_reads and capacity is not None
+                                and capacity * (chunk_nbytes // 3) <= LOCAL_WHOLE_BYTES_PER_CHUNK * len(shard.ids))):
             data = vol.store.get(shard.key)
             if data is None:
                 return None
-            placed = place_stored(whole_codec, shard, data, layout.sharding.chunk_spans(data, shard.key))
-            if placed is not None:
-                return placed
-            found = layout.sharding.unpack(data, shard.key, set(shard.ids.tolist()))
-        else:
-            found = _read_shard(vol, layout, shard)
-            if found and ranged_codec:
-                placed = place_stored(ranged_codec, shard, *_joined(found))
-                if placed is not None:
-                    return placed
+            return _Fetched(data, None, whole_codec, None)
+        found = _read_shard(vol, layout, shard)
         if not found:
             return None
+        if ranged_codec:
+            return _Fetched(*_joined(found), ranged_codec, found)
+        return found
+
+    def place_checked(shard: _Shard, found: dict) -> np.ndarray:
+        """Decode the shard's chunks ``found`` one by one (naming any that is bad) and place
+        them; the positions placed."""
         if batched:
             return _place_shard(layout, shard, found, out, nested, chunk_nbytes, _cpu_loops())
 
@@ -201,21 +263,28 @@ def read_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, out: np.ndar
                       _cpu_loops())
         return np.array(present, np.int64)
 
-    def shard_task(shard: _Shard) -> None:
-        placed = placed_of(shard)
+    def group_task(group: _Group) -> None:
+        placed = np.zeros(len(group.ids), bool)
+        fetched: dict[int, _Fetched] = {}
+        for i, shard in enumerate(group.shards):
+            got = fetch(shard)
+            if isinstance(got, _Fetched):
+                fetched[i] = got
+            elif got:
+                placed[group.first[i] + place_checked(shard, got)] = True
+        whole = [i for i, got in fetched.items() if got.spans is None]
+        spans = layout.sharding.chunk_spans_many([fetched[i].data for i in whole], [group.shards[i].key for i in whole])
+        for i, found in zip(whole, spans):
+            fetched[i].spans = found
+        for i in _place_fetched(layout, group, fetched, out, placed, parts):  # shards whose bytes were not as expected
+            shard, got = group.shards[i], fetched[i]
+            found = got.found if got.found is not None else layout.sharding.unpack(got.data, shard.key, set(shard.ids.tolist()))
+            placed[group.first[i] + place_checked(shard, found)] = True
         if fill is not None:
-            _fill_absent(out, shard, placed, fill)
+            for (a, b, c), (n0, n1, n2) in zip(group.dst_lo[~placed].tolist(), group.size[~placed].tolist()):
+                out[a:a + n0, b:b + n1, c:c + n2] = fill
 
-    run_bounded(shard_task, shards, _shard_nbytes(shards, chunk_nbytes), _loops(vol), local=vol.store.io_concurrency is None)
-
-
-def _fill_absent(out: np.ndarray, shard: _Shard, placed: np.ndarray | None, fill) -> None:
-    """Set the cells of ``shard`` not among the ``placed`` positions (None: none were) to ``fill``."""
-    absent = np.ones(len(shard.ids), bool)
-    if placed is not None:
-        absent[placed] = False
-    for (a, b, c), (n0, n1, n2) in zip(shard.dst_lo[absent].tolist(), shard.size[absent].tolist()):
-        out[a:a + n0, b:b + n1, c:c + n2] = fill
+    run_bounded(group_task, groups, group_nbytes, _loops(vol), local=local)
 
 
 def _joined(found: dict) -> tuple[bytes, tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -227,31 +296,85 @@ def _joined(found: dict) -> tuple[bytes, tuple[np.ndarray, np.ndarray, np.ndarra
     return b"".join(found[i] for i in ids), (np.array(ids, np.uint64), np.cumsum(sizes) - sizes, sizes)
 
 
-def _wanted(shard: _Shard, spans: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Which of the shard's wanted chunks the stored ones hold: (positions in ``shard``'s arrays,
-    their byte starts and sizes), found by array lookups, no call per chunk."""
-    cids, starts, sizes = spans
-    order = np.argsort(cids)
-    cids, starts, sizes = cids[order], starts[order], sizes[order]
-    wanted = shard.ids.astype(np.uint64)
-    pos = np.minimum(np.searchsorted(cids, wanted), max(len(cids) - 1, 0))
-    present = np.flatnonzero(cids[pos] == wanted) if len(cids) else np.zeros(0, np.int64)
-    pos = pos[present]
-    return present, starts[pos].astype(np.int64), sizes[pos].astype(np.int64)
+def _lookup(group: _Group, fetched: dict[int, _Fetched]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Which wanted chunks of the ``fetched`` shards they hold: (positions in the group's
+    arrays, the index of their shard among ``fetched``, their byte starts and sizes), by one
+    sorted lookup of (shard, id) keys for all shards, no call per chunk or shard."""
+    slots = list(fetched)
+    slot_of = np.full(len(group.shards), -1, np.int64)
+    slot_of[slots] = np.arange(len(slots))
+    counts = [len(fetched[i].spans[0]) for i in slots]
+    cids, starts, sizes = (np.concatenate([fetched[i].spans[j] for i in slots]) for j in range(3))
+    cids, src = cids.astype(np.uint64), np.repeat(np.arange(len(slots)), counts)
+    wanted = np.flatnonzero(slot_of[group.shard_of] >= 0)
+    ids, wanted_src = group.ids[wanted].astype(np.uint64), slot_of[group.shard_of[wanted]]
+    top = max(int(cids.max(initial=0)), int(ids.max(initial=0))).bit_length()
+    if top + len(slots).bit_length() <= 64:  # (shard, id) as one integer
+        keys, want = (src.astype(np.uint64) << np.uint64(top)) | cids, (wanted_src.astype(np.uint64) << np.uint64(top)) | ids
+    else:  # ids too wide to share 64 bits with the shard: compare them as pairs
+        pairs = np.dtype([("s", "<i8"), ("c", "<u8")])
+        keys, want = np.empty(len(cids), pairs), np.empty(len(ids), pairs)
+        keys["s"], keys["c"], want["s"], want["c"] = src, cids, wanted_src, ids
+    order = np.argsort(keys, kind="stable")
+    keys = keys[order]
+    pos = np.minimum(np.searchsorted(keys, want), max(len(keys) - 1, 0))
+    hit = keys[pos] == want if len(keys) else np.zeros(len(want), bool)
+    j = order[pos[hit]]
+    return wanted[hit], src[j], starts[j].astype(np.int64), sizes[j].astype(np.int64)
 
 
-def _place_raw_shard(layout: ScaleLayout, shard: _Shard, data, spans, out: np.ndarray) -> np.ndarray | None:
-    """Place the chunks of a whole shard whose chunks are stored as plain voxels straight from its
-    bytes; the positions placed. None (nothing placed) when some chunk's size is not its voxels'
-    (a compressed stream under a raw encoding, or damage): the caller then decodes chunk by
-    chunk, which decompresses or names the bad chunk."""
-    present, starts, sizes = _wanted(shard, spans)
-    shapes = layout.stored_shapes((shard.stops - shard.starts)[present])
-    if not np.array_equal(sizes, shapes.prod(axis=1) * layout.dtype.itemsize):
-        return None
-    place.place_chunks(out, np.frombuffer(data, np.uint8), starts, shapes, shard.src_lo[present], shard.dst_lo[present],
-                       shard.size[present])
-    return present
+def _place_fetched(layout: ScaleLayout, group: _Group, fetched: dict[int, _Fetched], out: np.ndarray, placed: np.ndarray,
+                   parts: int) -> list[int]:
+    """Place the wanted chunks of the ``fetched`` shards in a few native calls for all of them
+    and mark them in ``placed``; the group's positions of the shards not placed, whose bytes are
+    not what the batched path expects (a compressed stream under a raw encoding, or damage):
+    the caller decodes those chunk by chunk, which decompresses them or names the bad chunk."""
+    if not fetched:
+        return []
+    slots = list(fetched)
+    pos, src, starts, sizes = _lookup(group, fetched)
+    codecs = np.array([fetched[i].codec for i in slots])
+    sources = native.Sources([fetched[i].data for i in slots])
+    shapes, slot_sizes, _ = _slots(layout, group.stops[pos] - group.starts[pos])
+    bad = np.zeros(len(slots), bool)
+    raw = codecs[src] == "raw"
+    bad[np.unique(src[raw & (sizes != slot_sizes)])] = True  # a raw chunk must be exactly its voxels
+    take = raw & ~bad[src]
+    place.place_chunks(out, sources, starts[take], shapes[take], group.src_lo[pos[take]], group.dst_lo[pos[take]],
+                       group.size[pos[take]], which=src[take], parts=parts)
+    placed[pos[take]] = True
+    for codec in np.unique(codecs[codecs != "raw"]).tolist():
+        sel = np.flatnonzero(codecs[src] == codec)
+        _decode_and_place(codec, sources, src[sel], starts[sel], sizes[sel], shapes[sel], slot_sizes[sel], group, pos[sel],
+                          out, placed, bad, parts)
+    return [slots[k] for k in np.flatnonzero(bad).tolist()]
+
+
+def _decode_and_place(codec: str, sources: native.Sources, src: np.ndarray, starts: np.ndarray, sizes: np.ndarray,
+                      shapes: np.ndarray, slot_sizes: np.ndarray, group: _Group, pos: np.ndarray, out: np.ndarray,
+                      placed: np.ndarray, bad: np.ndarray, parts: int) -> None:
+    """Decompress chunks straight into a staging buffer (:mod:`.batch_decode`, one native call
+    per part, each part on its own loop) and place them. A chunk that does not decode to
+    exactly its voxels marks its shard in ``bad``; no chunk of a bad shard is placed."""
+    offsets = np.cumsum(slot_sizes) - slot_sizes
+    with place.staging(int(slot_sizes.sum())) as staging:
+
+        def decode(part: np.ndarray) -> None:
+            while len(part):
+                done = batch_decode.decode_into(codec, sources, starts[part], sizes[part], staging, offsets[part],
+                                                slot_sizes[part], which=src[part])
+                if done == len(part):
+                    return
+                failed = src[part[done]]
+                bad[failed] = True
+                part = part[done + 1:]
+                part = part[src[part] != failed]
+
+        run_bounded(decode, np.array_split(np.arange(len(src)), max(1, min(parts, len(src)))), 1, parts, local=False)
+        ok = ~bad[src]
+        place.place_chunks(out, staging, offsets[ok], shapes[ok], group.src_lo[pos[ok]], group.dst_lo[pos[ok]],
+                           group.size[pos[ok]], parts=parts)
+    placed[pos[ok]] = True
 
 
 def _batch_codec(layout: ScaleLayout, batched: bool, data_decoded: bool) -> str | None:
@@ -265,33 +388,6 @@ def _batch_codec(layout: ScaleLayout, batched: bool, data_decoded: bool) -> str 
         return "raw"
     codec = layout.stored_compression if plain else sharding.data_compression if layout.voxels_stored_raw else None
     return codec if batched and codec is not None and batch_decode.load(codec) else None
-
-
-def _place_decoded_shard(codec: str, layout: ScaleLayout, shard: _Shard, data, spans, out: np.ndarray, nested: bool,
-                         loops: int) -> np.ndarray | None:
-    """Decompress the wanted ``codec`` chunks of ``data`` straight into a staging buffer, all of
-    a shard in one native call per loop (:mod:`.batch_decode`), and place them; the positions
-    placed. None (nothing placed) when some chunk does not decode to exactly its voxels: the
-    caller then decodes chunk by chunk, which names the bad chunk."""
-    present, starts, sizes = _wanted(shard, spans)
-    if not len(present):
-        return present
-    shapes, slot_sizes, offsets = _slots(layout, (shard.stops - shard.starts)[present])
-    src = np.frombuffer(data, np.uint8)
-    with place.staging(int(slot_sizes.sum())) as staging:
-        # a box inside fewer shards than loops splits each shard's chunks over the loops
-        parts = np.array_split(np.arange(len(present)), min(loops, len(present)) if nested else 1)
-        decoded = []
-
-        def decode(part: np.ndarray) -> None:
-            decoded.append(batch_decode.decode_into(codec, src, starts[part], sizes[part], staging, offsets[part],
-                                                    slot_sizes[part]) == len(part))
-
-        run_bounded(decode, parts, 1, len(parts), local=False)  # into the staging buffer: no memory of their own
-        if not all(decoded):
-            return None
-        place.place_chunks(out, staging, offsets, shapes, shard.src_lo[present], shard.dst_lo[present], shard.size[present])
-    return present
 
 
 def _slots(layout: ScaleLayout, cell_shapes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -335,7 +431,7 @@ def write_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, data: np.nd
                   all_channels: bool) -> None:
     shards = _plan(layout, box)
     chunk_nbytes = vol._chunk_nbytes(layout)
-    nested = _nested(vol, shards, chunk_nbytes)
+    nested = _nested(vol, len(shards), _shard_nbytes(shards, chunk_nbytes))
     gather = layout.decodes_to_bytes and all_channels
     if gather:
         place.prepare(sum(int(s.covered().sum()) for s in shards))

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from ..compression import compress, decompress
+from ..compression import compress, decompress, decompress_many
 from ..errors import ChunkDecodeError, MetadataError, UnsupportedError
 from ..kv.ranges import RangeReader
 from .sharding import ShardFormat, check_span, shard_error
@@ -151,24 +151,27 @@ class PrecomputedShardCodec(ShardFormat):
             raise shard_error(key, f"{len(raw)} bytes cannot hold its {self.spec.index_bytes}-byte shard index (truncated?)")
         return np.frombuffer(raw, "<u8", count=2 << self.spec.minishard_bits).reshape(-1, 2)
 
-    def _minishards(self, raws: list, key: str, numbers: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _minishards(self, raws: list, where: list[tuple[str, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
         """(ids, absolute starts, sizes) of every entry of the minishard indexes ``raws`` (stored
-        bytes of minishards ``numbers``), decoded together in a fixed number of array operations
-        (a read touches dozens of shards, each with several minishards): their delta coding
-        restarts in each, so one cumulative sum serves all with each segment's restart folded in."""
-        parts = []
-        for raw, m in zip(raws, numbers):
-            if self.spec.index_gzip:
-                try:
-                    raw = decompress("gzip", raw)
-                except ChunkDecodeError as e:
-                    raise shard_error(key, f"minishard {m} index: {e}") from e
+        bytes of the minishards ``where`` names as (shard key, number)), and how many entries
+        each holds, decoded together in a fixed number of array operations (a read touches
+        dozens of shards, each with several minishards): their delta coding restarts in each, so
+        one cumulative sum serves all with each segment's restart folded in."""
+        if self.spec.index_gzip:
+            try:
+                raws = decompress_many("gzip", raws)
+            except ChunkDecodeError as e:
+                key, m = where[e.index]
+                raise shard_error(key, f"minishard {m} index: {e}") from e
+        parts, entries = [], []
+        for raw, (key, m) in zip(raws, where):
             if len(raw) % 24:
                 raise shard_error(key, f"minishard {m} index has {len(raw)} bytes, not a multiple of 24")
+            entries.append(len(raw) // 24)
             if raw:
                 parts.append(raw)
         if not parts:
-            return np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.uint64)
+            return np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.uint64), entries
         flat = np.frombuffer(parts[0] if len(parts) == 1 else b"".join(parts), "<u8")
         if len(parts) == 1:
             table = flat.reshape(3, -1)
@@ -189,7 +192,7 @@ class PrecomputedShardCodec(ShardFormat):
             x[:, first[1:]] -= np.add.reduceat(x, first, axis=1)[:, :-1]
         np.cumsum(x, axis=1, out=x)
         x[1] += np.uint64(self.spec.index_bytes)
-        return x[0], x[1], sizes
+        return x[0], x[1], sizes, entries
 
     def decode_data(self, data, key: str, cid: int) -> bytes:
         if not self.spec.data_gzip:
@@ -208,21 +211,39 @@ class PrecomputedShardCodec(ShardFormat):
         return "gzip" if self.spec.data_gzip else None
 
     def chunk_spans(self, data, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        size = len(data)
-        table = self._shard_index(data, key)
-        view = memoryview(data)
+        return self.chunk_spans_many([data], [key])[0]
+
+    def chunk_spans_many(self, datas: list, keys: list[str]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """:meth:`chunk_spans` of many shards, their indexes read in a fixed number of array
+        operations for all (a shard's took ~0.13 ms of Python alone), but the decompression of
+        each gzip'd minishard index."""
+        if not datas:
+            return []
+        sizes = np.array([len(d) for d in datas], np.int64)
         base = self.spec.index_bytes
-        numbers, raws = np.flatnonzero(table[:, 0] != table[:, 1]).tolist(), []
-        for m in numbers:
-            a, b = int(table[m, 0]), int(table[m, 1])
-            check_span(key, f"minishard {m} index", base + a, base + b, size)
-            raws.append(view[base + a:base + b])
-        cids, starts, sizes = self._minishards(raws, key, numbers)
-        bad = (starts > size) | (sizes > size - np.minimum(starts, size))
+        for d, k in zip(datas, keys):
+            if len(d) < base:
+                self._shard_index(d, k)  # raises, naming the shard
+        heads = b"".join(memoryview(d)[:base] for d in datas)
+        tables = np.frombuffer(heads, "<u8").reshape(len(datas), -1, 2)
+        shard, number = np.nonzero(tables[:, :, 0] != tables[:, :, 1])
+        a, b = tables[shard, number, 0], tables[shard, number, 1]
+        room = (sizes[shard] - base).astype(np.uint64)  # every shard here holds its index
+        bad = (a > b) | (b > room)
         if bad.any():
             i = int(np.argmax(bad))
-            check_span(key, f"chunk {int(cids[i])}", int(starts[i]), int(starts[i]) + int(sizes[i]), size)
-        return cids, starts, sizes
+            check_span(keys[shard[i]], f"minishard {number[i]} index", base + int(a[i]), base + int(b[i]), int(sizes[shard[i]]))
+        shard, number = shard.tolist(), number.tolist()
+        raws = [memoryview(datas[i])[base + x:base + y] for i, x, y in zip(shard, a.tolist(), b.tolist())]
+        cids, starts, lengths, entries = self._minishards(raws, [(keys[i], m) for i, m in zip(shard, number)])
+        of = np.repeat(np.array(shard, np.int64), entries)
+        end = sizes[of].astype(np.uint64)
+        bad = (starts > end) | (lengths > end - np.minimum(starts, end))
+        if bad.any():
+            i = int(np.argmax(bad))
+            check_span(keys[of[i]], f"chunk {int(cids[i])}", int(starts[i]), int(starts[i]) + int(lengths[i]), int(end[i]))
+        ends = np.searchsorted(of, np.arange(1, len(datas) + 1)).tolist()
+        return [(cids[a:b], starts[a:b], lengths[a:b]) for a, b in zip([0, *ends], ends)]
 
     def unpack(self, data, key: str, ids: set[int] | None = None) -> dict[int, bytes | memoryview]:
         cids, starts, sizes = self.chunk_spans(data, key)
@@ -245,7 +266,7 @@ class PrecomputedShardCodec(ShardFormat):
             if table[m, 1] < table[m, 0]:
                 raise shard_error(key, f"minishard {m} index spans bytes {base + int(table[m, 0])}-{base + int(table[m, 1])}")
         raws = reader.read_many([(base + int(table[m, 0]), base + int(table[m, 1])) for m in needed])
-        got, starts, sizes = self._minishards(raws, key, needed)
+        got, starts, sizes, _ = self._minishards(raws, [(key, m) for m in needed])
         # ids are unique in a shard: each wanted one is in its own minishard's index or absent
         where = {cid: i for i, cid in enumerate(got.tolist())}
         out: dict[int, tuple[int, int]] = {}

@@ -58,6 +58,11 @@ class ShardFormat(ABC):
         lie inside it: a read of many chunks looks them up in arrays, not one by one."""
         raise NotImplementedError(f"{type(self).__name__} does not list its chunks' spans")
 
+    def chunk_spans_many(self, datas: list, keys: list[str]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """:meth:`chunk_spans` of several whole shards (a format whose indexes cost Python per
+        shard reads them all at once)."""
+        return [self.chunk_spans(d, k) for d, k in zip(datas, keys)]
+
     def reads_whole(self, num_ids: int, capacity: int | None) -> bool:
         """Whether reading ``num_ids`` chunks fetches the whole object rather than its index and
         then each chunk: fewer round trips, and no index request at all."""

@@ -55,6 +55,8 @@ def _tmp_suffix() -> str:
 
 
 class FileStore(KVStore):
+    cheap_whole_reads = True
+
     def __init__(self, root: str | os.PathLike, *, fsync: bool = False):
         self.root = Path(root).expanduser().absolute()
         self._root = str(self.root)
