@@ -424,3 +424,22 @@ def test_a_reversed_channel_slice_is_applied_to_whole_and_partial_chunks(tmp_pat
     vol.write(box, data, 0, channels=slice(None, None, -1))
     got = vol.read(box)
     assert (got[..., 0] == 2).all() and (got[..., 1] == 1).all()
+
+
+def test_the_loops_refuse_chunk_shapes_whose_sizes_wrap_and_spans_of_unequal_counts():
+    """Found by a review: a chunk of 2**60 rows wrapped int64 to 0 bytes, passed every span check
+    and had the loop read far past a 16-byte buffer; a buffer index list shorter than the spans
+    made the checks broadcast over nothing and the decode loop read beyond its arrays."""
+    if not (place.load() and batch_decode.load("zstd")):
+        pytest.fail("the compiled loops must load here")
+    out = np.zeros((16, 4, 1, 1), np.uint8, order="F")
+    src = np.arange(16, dtype=np.uint8)
+    with pytest.raises(ValueError, match="too big"):
+        place.place_chunks(out, src, np.array([0]), np.array([[16, 2**60, 16, 1]]), np.zeros((1, 3), int),
+                           np.zeros((1, 3), int), np.array([[16, 4, 1]]))
+    assert not out.any()
+    sources = native.Sources([src])
+    with pytest.raises(ValueError, match="0 buffer indexes for 1 starts"):
+        sources.starts(np.zeros(0, np.int64), np.array([0]), np.array([16]), "test")
+    with pytest.raises(ValueError, match="buffer indexes"):
+        batch_decode.decode_into("zstd", sources, [0], [16], np.zeros(64, np.uint8), [0], [64], which=np.zeros(0, np.int64))

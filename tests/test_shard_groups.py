@@ -132,15 +132,66 @@ def test_a_chunk_stored_compressed_under_raw_is_read_beside_plain_shards(tmp_pat
     np.testing.assert_array_equal(vb.array(f"precomputed://{tmp_path}/p")[...].squeeze(), data)
 
 
-def test_local_shards_are_read_whole_when_a_read_wants_enough_of_them(tmp_path):
-    v = vb.create(f"zarr3://{tmp_path}/z", shape=(64, 64, 64), dtype="uint8", chunk_shape=(16, 16, 16),
-                  shard_shape=(64, 64, 64))  # 64 chunks of 4 KiB: a 256 KiB shard
+def test_local_shards_are_read_whole_when_a_read_wants_a_quarter_of_them(tmp_path):
+    v = vb.create(f"zarr3://{tmp_path}/z", shape=(32, 32, 32), dtype="uint8", chunk_shape=(16, 16, 16),
+                  shard_shape=(32, 32, 32))  # 8 chunks of 4 KiB in one shard
     v[...] = 1
     size = _shard_files(tmp_path / "z")[0].stat().st_size
-    r = vb.array(f"zarr3://{tmp_path}/z")
-    store = r.volume.store
-    r[0:2, 0:2, 0:2]  # one chunk: its index and the chunk by ranges
-    assert 0 < store.stats.bytes_read < size // 8
-    before, requests = store.stats.bytes_read, store.stats.requests
-    r[0:2, 0:2, 0:32]  # two chunks, 2 x 128 KiB: the whole shard in one read
-    assert (store.stats.bytes_read - before, store.stats.requests - requests) == (size, 1)
+    for url in (f"zarr3://{tmp_path}/z", f"file://{tmp_path}/z"):  # a FileStore, and one under a prefix
+        r = vb.array(url)
+        store = r.volume.store
+        before, requests = store.stats.bytes_read, store.stats.requests
+        r[0:2, 0:2, 0:2]  # one chunk of eight: its index and the chunk by ranges
+        assert 0 < store.stats.bytes_read - before < size // 4
+        before, requests = store.stats.bytes_read, store.stats.requests
+        r[0:2, 0:2, 0:32]  # two chunks of eight: the whole shard in one read
+        assert (store.stats.bytes_read - before, store.stats.requests - requests) == (size, 1)
+
+
+def test_groups_split_work_evenly_and_bound_their_bytes():
+    shards = [_shard(list(range(n))) for n in (64, 64, 8)]
+    assert [len(g.ids) for g in sharded._groups(shards, 2, [0, 0, 0])] == [64, 72]  # not 128 and 8
+    assert [len(g.ids) for g in sharded._groups(shards, 1, [sharded.GROUP_BYTES // 2 + 1] * 3)] == [64, 64, 8]
+    many = [_shard([0, 1]) for _ in range(32)]
+    assert [len(g.shards) for g in sharded._groups(many, 32, [0] * 32)] == [1] * 32  # a network store's loops
+
+
+def test_an_id_listed_twice_in_a_shard_reads_its_last_entry_on_every_path(tmp_path, monkeypatch):
+    """Every dict-building path (ranged reads, unpack) keeps an index's last entry for an id; the
+    grouped lookup must agree, or a voxel would depend on how many chunks a read wants."""
+    from volbridge.formats.precomputed_sharding import PrecomputedShardCodec, ShardingSpec
+
+    data = np.zeros((16, 16, 32), np.uint8)
+    v = vb.create(f"precomputed://{tmp_path}/p", shape=data.shape, dtype="uint8", chunk_shape=(8, 8, 8),
+                  shard_shape=(16, 16, 16))
+    v[...] = data
+    spec = v.volume.dataset.layout(0).sharding.spec
+    codec = PrecomputedShardCodec(ShardingSpec(spec.spec, "test"))
+    victim = next(p for p in _shard_files(tmp_path / "p") if 0 in codec.unpack(p.read_bytes(), p.name))
+    chunks = {k: bytes(c) for k, c in codec.unpack(victim.read_bytes(), victim.name).items()}
+    first, second = bytes([1]) * len(chunks[0]), bytes([2]) * len(chunks[0])
+    shard = bytearray(codec.pack({**chunks, 0: first}))
+    # append a second entry for id 0 at the end of its minishard index by hand: pack() dedups
+    spans = np.frombuffer(bytes(shard[:codec.spec.index_bytes]), "<u8").reshape(-1, 2).copy()
+    _, minishard = codec.spec.shard_and_minishard(np.array([0], np.uint64))
+    m = int(minishard[0])
+    base = codec.spec.index_bytes
+    raw = bytes(shard[base + int(spans[m, 0]):base + int(spans[m, 1])])
+    import gzip
+
+    table = np.frombuffer(gzip.decompress(raw) if codec.spec.index_gzip else raw, "<u8").reshape(3, -1)
+    data_at = len(shard) - base  # the duplicate's bytes go at the end of the shard
+    last_start = table[1].sum() + table[2][:-1].sum()  # start of the last entry, relative to the index's end
+    deltas = [(0 - int(table[0].sum())) % 2**64, (data_at - int(last_start) - int(table[2][-1])) % 2**64, len(second)]
+    entry = np.array(deltas, np.uint64)[:, None]  # the format's deltas wrap around 2**64
+    table = np.concatenate([table, entry], axis=1).astype("<u8")
+    body = table.tobytes()
+    body = gzip.compress(body) if codec.spec.index_gzip else body
+    spans[m] = (len(shard) + len(second) - base, len(shard) + len(second) - base + len(body))
+    shard[:base] = spans.astype("<u8").tobytes()
+    victim.write_bytes(bytes(shard) + second + body)
+    r = vb.array(f"precomputed://{tmp_path}/p")
+    monkeypatch.setenv("VOLBRIDGE_THREADS", "1")
+    assert r[0, 0, 0] == 2  # one chunk: ranged
+    assert r[0:1, 0:1, 0:16][0, 0, 0] == 2  # two chunks of eight: read whole
+    assert r[...][0, 0, 0] == 2

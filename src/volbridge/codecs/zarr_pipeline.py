@@ -8,6 +8,8 @@ format decodes through the same checked code. Unknown codecs raise UnsupportedEr
 
 from __future__ import annotations
 
+import math
+
 import sys
 from dataclasses import dataclass
 
@@ -76,7 +78,7 @@ class ZarrPipeline:
     def __post_init__(self) -> None:
         # the stored shape and size, once: decode runs per chunk, thousands of times a read
         self._shape = self.chunk_shape if self.permutation is None else tuple(self.chunk_shape[p] for p in self.permutation)
-        self._nbytes = int(np.prod(self._shape)) * self.dtype.itemsize
+        self._nbytes = math.prod(self._shape) * self.dtype.itemsize  # Python ints: numpy's product wraps
 
     @property
     def plain(self) -> bool:

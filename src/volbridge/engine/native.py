@@ -66,18 +66,24 @@ class Sources:
         if not all(a.ndim == 1 and a.itemsize == 1 and a.flags.c_contiguous for a in arrays):
             raise ValueError("a native loop reads flat byte buffers only")
         self.arrays = arrays
-        self.address = np.array([a.ctypes.data for a in arrays], np.int64)
+        addresses = [a.ctypes.data for a in arrays]
+        self.address = np.array(addresses, np.int64)
         self.size = np.array([a.size for a in arrays], np.int64)
+        if len(arrays) == 1:
+            self.address_of_one, self.size_of_one = addresses[0], arrays[0].size
 
     def starts(self, which: np.ndarray, starts: np.ndarray, lengths: np.ndarray, what: str) -> np.ndarray:
         """Absolute addresses of spans ``starts[k]`` .. ``+ lengths[k]`` of buffers ``which[k]``,
         after checking that each lies inside its buffer (as differences: a sum could wrap
         around int64 and pass)."""
-        which = np.asarray(which, np.int64)
+        which, starts, lengths = (np.asarray(a).astype(np.int64, copy=False).reshape(-1) for a in (which, starts, lengths))
+        if not len(which) == len(starts) == len(lengths):
+            raise ValueError(f"{what} got {len(which)} buffer indexes for {len(starts)} starts and {len(lengths)} lengths")
         if len(which) and not (which.min() >= 0 and which.max() < len(self.arrays)):
             raise ValueError(f"{what} names a source buffer that does not exist")
         size = self.size[which]
-        if not ((starts >= 0).all() and (starts <= size).all() and (lengths >= 0).all() and (lengths <= size - starts).all()):
+        # starts within their buffers first: size - starts then cannot wrap
+        if len(starts) and not (np.minimum(starts, lengths).min() >= 0 and (starts <= size).all() and (lengths <= size - starts).all()):
             raise ValueError(f"{what} spans outside its source buffer")
         return self.address[which] + starts
 
@@ -90,8 +96,13 @@ class Sources:
             raise ValueError(f"{what} needs a flat byte buffer to write to")
         if not dst.flags.writeable:
             raise ValueError(f"{what} into a read-only buffer")
-        at, end = dst.ctypes.data, dst.ctypes.data + dst.size
-        if dst.size and ((self.address < end) & (at < self.address + self.size)).any():
+        at = dst.ctypes.data
+        end = at + dst.size
+        if len(self.arrays) == 1:  # the common case, in Python integers
+            apart = self.address_of_one + self.size_of_one <= at or end <= self.address_of_one
+        else:
+            apart = not ((self.address < end) & (at < self.address + self.size)).any()
+        if dst.size and not apart:
             raise ValueError(f"{what} from a buffer that overlaps its destination")
 
 

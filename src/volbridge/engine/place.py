@@ -17,6 +17,7 @@ same copies run through numpy.
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 
 import numpy as np
@@ -50,8 +51,20 @@ def prepare(num_chunks: int) -> bool:
     return bool(_kernel)
 
 
+#: No chunk holds this many bytes or more: products of shapes are checked against it in floating
+#: point first, so the int64 strides below cannot wrap (a shape of 2**60 rows once wrapped to a
+#: 0-byte chunk that passed every span check and had the loop read far past its buffer).
+_MAX_CHUNK_BYTES = float(1 << 48)
+
+
 def _strides(shapes: np.ndarray, isz: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Byte strides (y, z, c) of Fortran-ordered chunks of ``shapes`` (n, 4)."""
+    """Byte strides (y, z, c) of Fortran-ordered chunks of ``shapes`` (n, 4), after checking that
+    none of their sizes can wrap around int64."""
+    if len(shapes):
+        low, high = shapes.min(), shapes.max(axis=0).tolist()  # the product of the largest extents bounds every chunk's
+        if low < 0 or (math.prod(high) * isz >= _MAX_CHUNK_BYTES
+                       and (shapes.astype(np.float64).prod(axis=1) * isz).max() >= _MAX_CHUNK_BYTES):
+            raise ValueError(f"chunk shapes {high} are negative or too big to place")
     sy = shapes[:, 0] * isz
     sz = sy * shapes[:, 1]
     return sy, sz, sz * shapes[:, 2]

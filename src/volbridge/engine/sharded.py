@@ -155,17 +155,18 @@ def _nested(vol: ChunkedVolume, units: int, unit_nbytes: int) -> bool:
     return unit_loops < _cpu_loops()
 
 
-#: A group of shards read as one unit holds at most about this many bytes of decoded chunks (or
-#: of raw shards): its staging buffer then stays one a thread keeps (place.KEEP_STAGING_BYTES).
-GROUP_BYTES = 16 << 20
-#: A shard in a store with cheap whole reads (local files) is read whole when it holds at most this many bytes of voxels per chunk a read
-#: wants from it, however small a share of it that is: from the page cache 2 MiB cost 0.25 ms
-#: without the GIL, where its index and each wanted chunk by ranges cost ~30 us of Python a chunk
-#: (measured; a cutout's edge shards held 27 of 64 chunks).
-LOCAL_WHOLE_BYTES_PER_CHUNK = 128 << 10
-#: Reads split their shards into about this many groups per loop: enough to even out groups
-#: that cost different amounts (a cutout's edge shards hold fewer chunks).
-GROUPS_PER_LOOP = 1
+#: A group of shards read as one unit holds at most about this many bytes of decoded chunks and
+#: stored shards (but one shard, whatever its size): its staging buffer then stays one a thread
+#: keeps (place.KEEP_STAGING_BYTES). One group per loop measured fastest: 2 groups on the 2 loops
+#: of a 300^3 cutout (27 shards) 19.9 ms, 4 groups 24.6, 16 groups 35.2 (the GIL changes hands
+#: and each group's fixed work repeats).
+GROUP_BYTES = 32 << 20
+#: A shard in a store with cheap whole reads (local files) is read whole when a read wants at
+#: least this share of its chunks (elsewhere half: :data:`sharding.WHOLE_SHARD_READ_FRACTION`).
+#: From the page cache 2 MiB cost 0.25 ms without the GIL, where its index and each wanted chunk
+#: by ranges cost ~30 us of Python a chunk (measured; a 300^3 cutout's edge shards hold 27 to 48
+#: of 64 chunks); a quarter bounds what is read beyond the wanted chunks to 4x on a cold cache.
+LOCAL_WHOLE_SHARD_FRACTION = 0.25
 
 
 class _Group:
@@ -184,19 +185,26 @@ class _Group:
             setattr(self, name, parts[0] if len(parts) == 1 else np.concatenate(parts))
 
 
-def _groups(shards: list[_Shard], loops: int, chunk_bytes: int) -> list[_Group]:
-    """``shards`` in consecutive groups of about equal numbers of chunks (the work of a group),
-    each within :data:`GROUP_BYTES`."""
+def _groups(shards: list[_Shard], loops: int, held_bytes: list[int]) -> list[_Group]:
+    """``shards`` in consecutive groups, one per loop, of about equal numbers of chunks (the work
+    of a group: a group ends where the running count crosses a loop's share, at the nearer end of
+    the shard that crosses it), each holding at most :data:`GROUP_BYTES` (``held_bytes``: what
+    each shard holds while its group is placed) and at most its share of the shards (a network
+    store fetches a group's shards one after another)."""
     total = sum(len(s.ids) for s in shards)
-    per_group = max(1, total // (GROUPS_PER_LOOP * loops))
-    groups, current, held = [], [], 0
-    for shard in shards:
+    share = max(total / loops, 1)
+    max_shards = -(-len(shards) // loops)
+    groups, current, held, before, cut = [], [], 0, 0, share
+    for shard, nbytes in zip(shards, held_bytes):
         n = len(shard.ids)
-        if current and (held >= per_group or (held + n) * chunk_bytes > GROUP_BYTES):
+        if current and (held + nbytes > GROUP_BYTES or len(current) == max_shards or before + n / 2 > cut):
             groups.append(_Group(current))
             current, held = [], 0
+            while cut < before + n / 2:
+                cut += share
         current.append(shard)
-        held += n
+        held += nbytes
+        before += n
     if current:
         groups.append(_Group(current))
     return groups
@@ -222,7 +230,19 @@ def read_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, out: np.ndar
     # decoded chunks go through one staging buffer and one compiled copy, when that loop runs
     batched = layout.decodes_to_bytes and place.prepare(sum(len(s.ids) for s in shards))
     whole_codec, ranged_codec = _batch_codec(layout, batched, False), _batch_codec(layout, batched, True)
-    groups = _groups(shards, _loops(vol), chunk_nbytes // 3)  # a third: the decoded chunk alone
+    voxel_bytes = chunk_nbytes // 3  # a decoded chunk alone
+
+    def reads_whole(shard: _Shard) -> bool:
+        capacity = layout.sharding.capacity(shard.number)
+        return bool(whole_codec) and (layout.sharding.reads_whole(len(shard.ids), capacity) or (
+            vol.store.cheap_whole_reads and capacity is not None and len(shard.ids) >= LOCAL_WHOLE_SHARD_FRACTION * capacity))
+
+    whole = {shard.number for shard in shards if reads_whole(shard)}
+    # bytes a shard holds while its group is placed: its decoded chunks, and its stored bytes
+    # (all of it when read whole; raw chunks are placed straight from them)
+    held = [voxel_bytes * (len(s.ids) + (layout.sharding.capacity(s.number) if s.number in whole else len(s.ids)))
+            for s in shards]
+    groups = _groups(shards, _loops(vol), held)
     group_nbytes = max((len(g.ids) for g in groups), default=1) * chunk_nbytes
     nested = _nested(vol, len(groups), group_nbytes)
     parts = _cpu_loops() if nested else 1
@@ -231,10 +251,7 @@ def read_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, out: np.ndar
     def fetch(shard: _Shard) -> _Fetched | dict | None:
         """The shard's bytes to place at once (:class:`_Fetched`), or its chunks by id for the
         checked path, or None when the shard is absent."""
-        capacity = layout.sharding.capacity(shard.number)
-        if whole_codec and (layout.sharding.reads_whole(len(shard.ids), capacity)
-                            or (vol.store.cheap_whole_reads and capacity is not None
-                                and capacity * (chunk_nbytes // 3) <= LOCAL_WHOLE_BYTES_PER_CHUNK * len(shard.ids))):
+        if shard.number in whole:
             data = vol.store.get(shard.key)
             if data is None:
                 return None
@@ -309,7 +326,9 @@ def _lookup(group: _Group, fetched: dict[int, _Fetched]) -> tuple[np.ndarray, np
     wanted = np.flatnonzero(slot_of[group.shard_of] >= 0)
     ids, wanted_src = group.ids[wanted].astype(np.uint64), slot_of[group.shard_of[wanted]]
     top = max(int(cids.max(initial=0)), int(ids.max(initial=0))).bit_length()
-    if top + len(slots).bit_length() <= 64:  # (shard, id) as one integer
+    if len(slots) == 1:  # one shard (a network store's groups): its ids alone
+        keys, want = cids, ids
+    elif top + len(slots).bit_length() <= 64:  # (shard, id) as one integer
         keys, want = (src.astype(np.uint64) << np.uint64(top)) | cids, (wanted_src.astype(np.uint64) << np.uint64(top)) | ids
     else:  # ids too wide to share 64 bits with the shard: compare them as pairs
         pairs = np.dtype([("s", "<i8"), ("c", "<u8")])
@@ -317,7 +336,8 @@ def _lookup(group: _Group, fetched: dict[int, _Fetched]) -> tuple[np.ndarray, np
         keys["s"], keys["c"], want["s"], want["c"] = src, cids, wanted_src, ids
     order = np.argsort(keys, kind="stable")
     keys = keys[order]
-    pos = np.minimum(np.searchsorted(keys, want), max(len(keys) - 1, 0))
+    # an id listed twice in one shard's index: its last entry, as every dict-building path takes it
+    pos = np.maximum(np.searchsorted(keys, want, side="right") - 1, 0)
     hit = keys[pos] == want if len(keys) else np.zeros(len(want), bool)
     j = order[pos[hit]]
     return wanted[hit], src[j], starts[j].astype(np.int64), sizes[j].astype(np.int64)
@@ -333,20 +353,22 @@ def _place_fetched(layout: ScaleLayout, group: _Group, fetched: dict[int, _Fetch
         return []
     slots = list(fetched)
     pos, src, starts, sizes = _lookup(group, fetched)
-    codecs = np.array([fetched[i].codec for i in slots])
+    kinds = sorted({fetched[i].codec for i in slots})  # one, but for ranged and whole reads of gzip'd data
+    kind = np.array([kinds.index(fetched[i].codec) for i in slots])[src]
     sources = native.Sources([fetched[i].data for i in slots])
     shapes, slot_sizes, _ = _slots(layout, group.stops[pos] - group.starts[pos])
     bad = np.zeros(len(slots), bool)
-    raw = codecs[src] == "raw"
-    bad[np.unique(src[raw & (sizes != slot_sizes)])] = True  # a raw chunk must be exactly its voxels
-    take = raw & ~bad[src]
-    place.place_chunks(out, sources, starts[take], shapes[take], group.src_lo[pos[take]], group.dst_lo[pos[take]],
-                       group.size[pos[take]], which=src[take], parts=parts)
-    placed[pos[take]] = True
-    for codec in np.unique(codecs[codecs != "raw"]).tolist():
-        sel = np.flatnonzero(codecs[src] == codec)
-        _decode_and_place(codec, sources, src[sel], starts[sel], sizes[sel], shapes[sel], slot_sizes[sel], group, pos[sel],
-                          out, placed, bad, parts)
+    for k, codec in enumerate(kinds):
+        sel = np.flatnonzero(kind == k) if len(kinds) > 1 else np.arange(len(pos))
+        if codec != "raw":
+            _decode_and_place(codec, sources, src[sel], starts[sel], sizes[sel], shapes[sel], slot_sizes[sel], group,
+                              pos[sel], out, placed, bad, parts)
+            continue
+        bad[src[sel][sizes[sel] != slot_sizes[sel]]] = True  # a raw chunk must be exactly its voxels
+        sel = sel[~bad[src[sel]]]
+        place.place_chunks(out, sources, starts[sel], shapes[sel], group.src_lo[pos[sel]], group.dst_lo[pos[sel]],
+                           group.size[pos[sel]], which=src[sel], parts=parts)
+        placed[pos[sel]] = True
     return [slots[k] for k in np.flatnonzero(bad).tolist()]
 
 
