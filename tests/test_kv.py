@@ -138,6 +138,29 @@ def test_file_store_read_racing_a_variant_switch_finds_the_key(tmp_path, transie
     assert reader.raced and bytes(value) == b"new"
 
 
+def test_file_store_reads_many_objects_into_one_reused_buffer(tmp_path):
+    """get_many_transient: the values of get(), in order, absent keys and directories None,
+    compressed variants decoded; views of one buffer this thread reuses (a group of shards)."""
+    from volbridge import compression
+
+    s = FileStore(tmp_path)
+    rng = np.random.default_rng(5)
+    values = {f"a/{i}": rng.bytes(int(n)) for i, n in enumerate([0, 1, 4095, 4096, 4097, 70000])}
+    for k, v in values.items():
+        s.put(k, v)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "z.gz").write_bytes(compression.compress("gzip", b"zipped"))
+    keys = ["missing", *values, "a", "c/z", "a/3"]
+    before = s.stats.bytes_read
+    got = s.get_many_transient(keys)
+    assert [None if g is None else bytes(g) for g in got] == [s.get(k) for k in keys]
+    assert s.stats.bytes_read - before >= 2 * sum(map(len, values.values()))  # get() read them again
+    views = [g for g in got if isinstance(g, memoryview)]
+    assert len({id(v.obj) for v in views}) == 1  # one buffer
+    with pytest.raises(URLError):
+        s.get_many_transient(["ok", "../escape"])
+
+
 def test_gzip_streams_of_several_members_decode_whole():
     import gzip
 

@@ -248,11 +248,12 @@ def read_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, out: np.ndar
     parts = _cpu_loops() if nested else 1
     local = vol.store.io_concurrency is None
 
-    def fetch(shard: _Shard) -> _Fetched | dict | None:
+    def fetch(shard: _Shard, read_whole: dict) -> _Fetched | dict | None:
         """The shard's bytes to place at once (:class:`_Fetched`), or its chunks by id for the
-        checked path, or None when the shard is absent."""
+        checked path, or None when the shard is absent. Whole shards are read before, all of a
+        group's in one call, and are only handed on here (``read_whole``: by shard number)."""
         if shard.number in whole:
-            data = vol.store.get(shard.key)
+            data = read_whole[shard.number]
             if data is None:
                 return None
             return _Fetched(data, None, whole_codec, None)
@@ -282,16 +283,19 @@ def read_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, out: np.ndar
 
     def group_task(group: _Group) -> None:
         placed = np.zeros(len(group.ids), bool)
+        # views of a buffer this thread reuses: used up before its next group
+        numbers = [s.number for s in group.shards if s.number in whole]
+        read_whole = dict(zip(numbers, vol.store.get_many_transient([layout.sharding.shard_key(n) for n in numbers])))
         fetched: dict[int, _Fetched] = {}
         for i, shard in enumerate(group.shards):
-            got = fetch(shard)
+            got = fetch(shard, read_whole)
             if isinstance(got, _Fetched):
                 fetched[i] = got
             elif got:
                 placed[group.first[i] + place_checked(shard, got)] = True
-        whole = [i for i, got in fetched.items() if got.spans is None]
-        spans = layout.sharding.chunk_spans_many([fetched[i].data for i in whole], [group.shards[i].key for i in whole])
-        for i, found in zip(whole, spans):
+        unparsed = [i for i, got in fetched.items() if got.spans is None]
+        spans = layout.sharding.chunk_spans_many([fetched[i].data for i in unparsed], [group.shards[i].key for i in unparsed])
+        for i, found in zip(unparsed, spans):
             fetched[i].spans = found
         for i in _place_fetched(layout, group, fetched, out, placed, parts):  # shards whose bytes were not as expected
             shard, got = group.shards[i], fetched[i]

@@ -182,6 +182,13 @@ class KVStore(ABC):
         """
         return self.get(key)
 
+    def get_many_transient(self, keys: list[str]) -> list[bytes | memoryview | None]:
+        """The values of ``keys`` in order (None where absent), read by this thread; like
+        :meth:`get_transient` they may be views of one buffer this thread reuses, valid until its
+        next ``get_many_transient``: for a caller that places many objects at once (a group of
+        shards) and keeps none of them."""
+        return [self.get(key) for key in keys]
+
     def get_range(self, key: str, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` of the value of ``key``. A missing key or a short value raises."""
         value = self.get_part(key, start, end)

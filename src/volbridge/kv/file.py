@@ -148,6 +148,52 @@ class FileStore(KVStore):
         self.stats.add(requests=1, bytes_read=n)
         return buf[:n]
 
+    def get_many_transient(self, keys: list[str]) -> list[bytes | memoryview | None]:
+        # Into one page-aligned buffer this thread keeps: whole shards read into fresh bytes
+        # objects page-faulted their memory anew on most reads (glibc hands big freed blocks back
+        # to the kernel), 4600 faults, ~10 ms of CPU, per 300^3 sharded cutout (measured).
+        found: list = [None] * len(keys)
+        opened: list[tuple[int, int, int]] = []  # (position, fd, size)
+        try:
+            for i, key in enumerate(keys):
+                path = self._path(key)
+                try:
+                    fd = os.open(path, os.O_RDONLY | _O_BINARY)
+                except (FileNotFoundError, NotADirectoryError):
+                    found[i] = self._read_variant(path, key)
+                    continue
+                except OSError as e:
+                    raise StoreError(f"cannot read {key!r} from {self.url}: {e}") from e
+                opened.append((i, fd, -1))
+                st = os.fstat(fd)
+                if stat.S_ISDIR(st.st_mode):  # a prefix of other keys, not an object: as get()
+                    os.close(opened.pop()[1])
+                    found[i] = self._read_variant(path, key)
+                    continue
+                opened[-1] = (i, fd, st.st_size)
+            starts = [0]
+            for _, _, size in opened:  # each object starts on a page: the kernel copies faster
+                starts.append(starts[-1] + (size + 4095) // 4096 * 4096)
+            buf = scratch("objects", starts[-1])
+            total = 0
+            for (i, fd, size), at in zip(opened, starts):
+                n = 0
+                try:
+                    while n < size:  # a file cut short under us ends the read early
+                        got = os.readv(fd, [buf[at + n:at + size]])
+                        if not got:
+                            break
+                        n += got
+                except OSError as e:
+                    raise StoreError(f"cannot read {keys[i]!r} from {self.url}: {e}") from e
+                found[i] = buf[at:at + n]
+                total += n
+            self.stats.add(requests=len(opened), bytes_read=total)
+            return found
+        finally:
+            for _, fd, _ in opened:
+                os.close(fd)
+
     def exists(self, key: str) -> bool:
         path = self._path(key)
         # the plain name last again, as _read_variant looks
