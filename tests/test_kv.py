@@ -157,6 +157,15 @@ def test_file_store_reads_many_objects_into_one_reused_buffer(tmp_path):
     assert s.stats.bytes_read - before >= 2 * sum(map(len, values.values()))  # get() read them again
     views = [g for g in got if isinstance(g, memoryview)]
     assert len({id(v.obj) for v in views}) == 1  # one buffer
+    assert s.get_many_transient(["a/5"])[0].obj is views[0].obj  # kept by this thread
+    from volbridge.kv import file as file_store
+
+    file_store.KEEP_OBJECTS_BYTES, keep = 4096, file_store.KEEP_OBJECTS_BYTES
+    try:  # more than a thread keeps: memory of its own, the kept buffer untouched
+        big = s.get_many_transient(["a/5"])[0]
+        assert bytes(big) == values["a/5"] and big.obj is not views[0].obj
+    finally:
+        file_store.KEEP_OBJECTS_BYTES = keep
     with pytest.raises(URLError):
         s.get_many_transient(["ok", "../escape"])
 

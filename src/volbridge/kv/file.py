@@ -20,6 +20,7 @@ import errno
 import fcntl
 import hashlib
 import itertools
+import mmap
 import os
 import secrets
 import stat
@@ -37,6 +38,8 @@ LOCK_DIR = ".volbridge-locks"
 LOCK_STRIPES = 256
 _TMP_MARK = ".vbtmp-"
 _O_BINARY = getattr(os, "O_BINARY", 0)
+#: :meth:`FileStore.get_many_transient` keeps a buffer of up to this size per thread.
+KEEP_OBJECTS_BYTES = 32 << 20
 #: (suffix, content encoding) in lookup order after the plain name.
 _VARIANTS = tuple((suffix, name) for name, suffix in compression.SUFFIXES.items()) + ((".zst", "zstd"),)
 _ALL_SUFFIXES = ("",) + tuple(s for s, _ in _VARIANTS)
@@ -174,7 +177,8 @@ class FileStore(KVStore):
             starts = [0]
             for _, _, size in opened:  # each object starts on a page: the kernel copies faster
                 starts.append(starts[-1] + (size + 4095) // 4096 * 4096)
-            buf = scratch("objects", starts[-1])
+            # kept per thread up to a group's usual size; a bigger read gets memory of its own
+            buf = scratch("objects", starts[-1]) if starts[-1] <= KEEP_OBJECTS_BYTES else memoryview(mmap.mmap(-1, starts[-1]))
             total = 0
             for (i, fd, size), at in zip(opened, starts):
                 n = 0
