@@ -42,8 +42,8 @@ def test_group_lookup_matches_a_dict_model(data, wide):
             continue
         held = data.draw(st.lists(ident, max_size=12, unique=True), label=f"shard {i} ids stored")
         held += [c for c in ids if c not in held and data.draw(st.booleans())]  # some wanted, some not
-        rng = np.random.default_rng(len(held) + i)
-        starts, sizes = rng.integers(0, 10**6, len(held)), rng.integers(0, 10**4, len(held))
+        starts = np.array(data.draw(st.lists(st.integers(0, 10**6), min_size=len(held), max_size=len(held))), np.int64)
+        sizes = np.array(data.draw(st.lists(st.integers(0, 10**4), min_size=len(held), max_size=len(held))), np.int64)
         fetched[i] = sharded._Fetched(b"", (np.array(held, np.uint64), starts, sizes), "raw", None)
         for c, a, n in zip(held, starts.tolist(), sizes.tolist()):
             model[i, c] = (a, n)
