@@ -35,7 +35,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_formats import Tensorstore, make_layouts  # noqa: E402
+from bench_formats import Tensorstore, make_layouts, read_boxes  # noqa: E402
 from bench_precomputed import em_like  # noqa: E402
 from common import source_state, versions, write_result  # noqa: E402
 
@@ -106,9 +106,7 @@ def main(argv=None) -> int:
     if args.volbridge_src:
         _ENV["PYTHONPATH"] = os.pathsep.join(filter(None, [str(args.volbridge_src.resolve()), _ENV.get("PYTHONPATH")]))
     size = args.size
-    cut_start = (37, 51, 29)
-    cut_edge = 300 if size >= 512 else max(8, (size * 300) // 512)
-    boxes = {"read_full": ((0, 0, 0), (size,) * 3), "read_cutout": (cut_start, tuple(s + cut_edge for s in cut_start))}
+    boxes = read_boxes(size)
     layouts = make_layouts(64, 32, 128)
     vol = em_like((size,) * 3)
     work = Path(tempfile.mkdtemp(prefix="vb-bench-first-"))

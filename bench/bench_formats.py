@@ -110,6 +110,21 @@ class Layout:
         return ("volbridge", "tensorstore", peer)
 
 
+#: Corner (x, y, z) of the unaligned cutout every read benchmark times.
+CUT_START = (37, 51, 29)
+
+
+def cutout_edge(size: int) -> int:
+    """Edge of the cutout for a ``size``^3 volume: 300 from 512 up, scaled down below."""
+    return 300 if size >= 512 else max(8, (size * 300) // 512)
+
+
+def read_boxes(size: int) -> dict:
+    """The boxes ((x0, y0, z0), (x1, y1, z1)) of the read rows: the whole volume and the cutout."""
+    return {"read_full": ((0, 0, 0), (size,) * 3),
+            "read_cutout": (CUT_START, tuple(s + cutout_edge(size) for s in CUT_START))}
+
+
 def make_layouts(chunk: int, inner: int, shard: int) -> dict[str, Layout]:
     ls = [
         Layout("zarr3", "zarr3", chunk, None, "zstd", f"zarr v3 zstd, {chunk}^3 chunks"),
@@ -501,8 +516,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     size = 256 if args.quick else args.size
-    cut_start = (37, 51, 29)  # x, y, z
-    cut_edge = 300 if size >= 512 else max(8, (size * 300) // 512)
+    cut_start, cut_edge = CUT_START, cutout_edge(size)
     if any(s + cut_edge > size for s in cut_start):
         ap.error(f"--size {size} is too small for a {cut_edge}^3 cutout at {cut_start}")
     if size % args.shard or args.shard % args.inner or size % args.chunk:
