@@ -132,6 +132,10 @@ def test_content_encoding_is_decoded_or_refused_never_passed_on(s3env, s3_bucket
         assert store.get_range("enc", 0, 8) == value[:8] and store.get_part("enc", -8) == value[-8:]
         with store.range_reader("enc") as r:
             assert [bytes(v) for v in r.read_many([(100, 110), (5000, 5004)])] == [value[100:110], value[5000:5004]]
+            buf = memoryview(bytearray(3 * 4096))
+            r.read_runs([(100, 110), (5000, 5004), (16380, 16384)], buf, [100, 4096 + 904, 8192 + 4092])
+            assert [bytes(buf[a:b]) for a, b in ((100, 110), (5000, 5004), (12284, 12288))] == [
+                value[100:110], value[5000:5004], value[16380:]]
         cached.get("enc")  # the next round: a cached value serves the ranges
     # a range past the stored (compressed) bytes but inside the value
     assert s.stat("enc").size < 8000 and s.get_range("enc", 8000, 8100) == value[8000:8100]

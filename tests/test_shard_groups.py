@@ -7,8 +7,8 @@ decoded and placed in a few native calls.
   model, with one loop and with several, so that groups hold one shard or many.
 * A corrupt chunk in one shard of a group is an error naming it and its shard; a chunk stored
   compressed under a raw encoding is still read right, while the group's other shards are placed.
-* Local files read a shard whole when a read wants enough of its chunks; small reads and cache
-  tiers read ranges.
+* A shard is read whole when a read wants half its chunks; otherwise its index, then the runs of
+  wanted chunks straight into one buffer, again when a writer replaced the shard in between.
 """
 
 from __future__ import annotations
@@ -132,20 +132,53 @@ def test_a_chunk_stored_compressed_under_raw_is_read_beside_plain_shards(tmp_pat
     np.testing.assert_array_equal(vb.array(f"precomputed://{tmp_path}/p")[...].squeeze(), data)
 
 
-def test_local_shards_are_read_whole_when_a_read_wants_a_quarter_of_them(tmp_path):
+def test_shards_are_read_whole_for_half_their_chunks_else_by_index_and_runs(tmp_path):
     v = vb.create(f"zarr3://{tmp_path}/z", shape=(32, 32, 32), dtype="uint8", chunk_shape=(16, 16, 16),
-                  shard_shape=(32, 32, 32))  # 8 chunks of 4 KiB in one shard
-    v[...] = 1
+                  shard_shape=(32, 32, 32))  # 8 chunks of 4 KiB in one shard, the index at its end
+    data = np.random.default_rng(3).integers(0, 255, (32, 32, 32), dtype=np.uint8)
+    v[...] = data
     size = _shard_files(tmp_path / "z")[0].stat().st_size
+    index = size - 8 * 4096
     for url in (f"zarr3://{tmp_path}/z", f"file://{tmp_path}/z"):  # a FileStore, and one under a prefix
         r = vb.array(url)
         store = r.volume.store
-        before, requests = store.stats.bytes_read, store.stats.requests
-        r[0:2, 0:2, 0:2]  # one chunk of eight: its index and the chunk by ranges
-        assert 0 < store.stats.bytes_read - before < size // 4
-        before, requests = store.stats.bytes_read, store.stats.requests
-        r[0:2, 0:2, 0:32]  # two chunks of eight: the whole shard in one read
-        assert (store.stats.bytes_read - before, store.stats.requests - requests) == (size, 1)
+        for box, read in (((0, 2, 0, 2, 0, 2), (index + 4096, 2)),  # one chunk: the index, then the chunk
+                          ((0, 2, 0, 2, 0, 32), (index + 2 * 4096, 2)),  # two adjacent chunks: one run
+                          ((0, 2, 0, 32, 0, 2), (index + 3 * 4096, 2)),  # one chunk between: one run
+                          ((0, 32, 0, 2, 0, 2), (index + 2 * 4096, 3)),  # three between: a run each
+                          ((0, 2, 0, 32, 0, 32), (size, 1))):  # half of them: the whole shard in one read
+            before, requests = store.stats.bytes_read, store.stats.requests
+            sl = tuple(slice(a, b) for a, b in zip(box[::2], box[1::2]))
+            np.testing.assert_array_equal(r[sl].squeeze(), data[sl])
+            assert (store.stats.bytes_read - before, store.stats.requests - requests) == read, box
+
+
+def test_a_shard_replaced_while_its_ranges_are_read_is_read_again(tmp_path, monkeypatch):
+    """A version change between a shard's index and its chunks (an object store's conditional
+    ranges say so) reads the group's ranged shards again; one that keeps changing raises."""
+    from volbridge.errors import VersionChangedError
+    from volbridge.kv.file import _FileRangeReader
+
+    data = np.random.default_rng(4).integers(0, 255, (32, 32, 64), dtype=np.uint8)
+    v = vb.create(f"precomputed://{tmp_path}/p", shape=data.shape, dtype="uint8", chunk_shape=(8, 8, 8),
+                  shard_shape=(16, 16, 16))
+    v[...] = data
+    real, calls, changes = _FileRangeReader.read_runs, [], [2]
+
+    def changing(self, runs, out, at):
+        calls.append(self.key)
+        if changes[0] > 0:
+            changes[0] -= 1
+            raise VersionChangedError(f"{self.where} changed while it was being read")
+        return real(self, runs, out, at)
+
+    monkeypatch.setattr(_FileRangeReader, "read_runs", changing)
+    sl = (slice(3, 29), slice(5, 6), slice(1, 7))  # 2 of each shard's 8 chunks: ranged
+    np.testing.assert_array_equal(vb.array(f"precomputed://{tmp_path}/p")[sl], data[sl])
+    assert len(calls) > 2 and changes == [0]
+    changes[0] = 10**6  # it keeps changing
+    with pytest.raises(VersionChangedError, match="changed while it was being read"):
+        vb.array(f"precomputed://{tmp_path}/p")[sl]
 
 
 def test_groups_split_work_evenly_and_bound_their_bytes():
@@ -193,5 +226,6 @@ def test_an_id_listed_twice_in_a_shard_reads_its_last_entry_on_every_path(tmp_pa
     r = vb.array(f"precomputed://{tmp_path}/p")
     monkeypatch.setenv("VOLBRIDGE_THREADS", "1")
     assert r[0, 0, 0] == 2  # one chunk: ranged
-    assert r[0:1, 0:1, 0:16][0, 0, 0] == 2  # two chunks of eight: read whole
+    assert r[0:1, 0:1, 0:16][0, 0, 0] == 2  # two chunks of eight: ranged, with the other chunk
+    assert r[0:1, 0:16, 0:16][0, 0, 0] == 2  # four chunks of eight: read whole
     assert r[...][0, 0, 0] == 2

@@ -19,6 +19,7 @@ made threads fight over two cores).
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,8 @@ import numpy as np
 
 from ..errors import ChunkDecodeError, VersionChangedError
 from ..geometry import Box, Cell
+from ..kv.ranges import pack_runs
+from ..kv.scratch import scratch
 from . import batch_decode, native, parallel, place
 from .parallel import default_threads, run_bounded
 
@@ -161,12 +164,6 @@ def _nested(vol: ChunkedVolume, units: int, unit_nbytes: int) -> bool:
 #: of a 300^3 cutout (27 shards) 19.9 ms, 4 groups 24.6, 16 groups 35.2 (the GIL changes hands
 #: and each group's fixed work repeats).
 GROUP_BYTES = 32 << 20
-#: A shard in a store with cheap whole reads (local files) is read whole when a read wants at
-#: least this share of its chunks (elsewhere half: :data:`sharding.WHOLE_SHARD_READ_FRACTION`).
-#: From the page cache 2 MiB cost 0.25 ms without the GIL, where its index and each wanted chunk
-#: by ranges cost ~30 us of Python a chunk (measured; a 300^3 cutout's edge shards hold 27 to 48
-#: of 64 chunks); a quarter bounds what is read beyond the wanted chunks to 4x on a cold cache.
-LOCAL_WHOLE_SHARD_FRACTION = 0.25
 
 
 class _Group:
@@ -219,7 +216,58 @@ class _Fetched:
     data: bytes | memoryview
     spans: tuple[np.ndarray, np.ndarray, np.ndarray] | None  # None: a whole shard, its index not yet read
     codec: str
-    found: dict | None
+    found: dict | None  # None: taken from ``data`` when needed
+    stored: bool = False  # ``data`` holds the wanted chunks' stored bytes at ``spans`` (not a whole shard)
+
+    def chunks(self, layout: ScaleLayout, shard: _Shard) -> dict:
+        """The shard's chunks by id, with the shard's data encoding undone, for the checked path."""
+        if self.found is not None:
+            return self.found
+        if not self.stored:
+            return layout.sharding.unpack(self.data, shard.key, set(shard.ids.tolist()))
+        view = memoryview(self.data)
+        return {cid: layout.sharding.decode_data(view[a:a + n], shard.key, cid)
+                for cid, a, n in zip(*(x.tolist() for x in self.spans))}
+
+
+def _read_ranged(vol: ChunkedVolume, layout: ScaleLayout, shards: list[_Shard]) -> list[tuple | None]:
+    """Per shard, its wanted chunks' stored bytes, located through its index and read by ranges
+    straight into one buffer this thread keeps (valid until its next group), as (its part of the
+    buffer, (ids, starts, sizes) in that part); None for a shard that is absent or holds none.
+    Read into bytes objects per range and joined, these chunks had cost more than whole shards."""
+    for attempt in range(_VERSION_RETRIES):
+        readers: list = []
+        try:
+            plans, total = [], 0
+            for shard in shards:
+                readers.append(reader := vol.store.range_reader(shard.key))
+                found = layout.sharding.spans(reader, shard.key, set(shard.ids.tolist()))
+                if not found:
+                    plans.append(None)
+                    continue
+                cids = list(found)
+                runs, run_at, span_at, nbytes = pack_runs([(a, a + n) for a, n in found.values()], reader.merge_gap)
+                plans.append((total, nbytes, runs, run_at, (np.array(cids, np.uint64), np.array(span_at, np.int64),
+                                                            np.array([n for _, n in found.values()], np.int64))))
+                total += -(-nbytes // 4096) * 4096  # each shard's part starts on a page (pack_runs' alignment)
+            buf = scratch("shard-ranges", total) if total <= GROUP_BYTES else memoryview(mmap.mmap(-1, max(total, 1)))
+            out: list[tuple | None] = []
+            for reader, plan in zip(readers, plans):
+                if plan is None:
+                    out.append(None)
+                    continue
+                at, nbytes, runs, run_at, spans = plan
+                part = buf[at:at + nbytes]
+                reader.read_runs(runs, part, run_at)
+                out.append((part, spans))
+            return out
+        except VersionChangedError:
+            if attempt == _VERSION_RETRIES - 1:
+                raise
+        finally:
+            for reader in readers:
+                reader.close()
+    raise AssertionError("unreachable")
 
 
 def read_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, out: np.ndarray, fill=None) -> None:
@@ -232,12 +280,10 @@ def read_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, out: np.ndar
     whole_codec, ranged_codec = _batch_codec(layout, batched, False), _batch_codec(layout, batched, True)
     voxel_bytes = chunk_nbytes // 3  # a decoded chunk alone
 
-    def reads_whole(shard: _Shard) -> bool:
-        capacity = layout.sharding.capacity(shard.number)
-        return bool(whole_codec) and (layout.sharding.reads_whole(len(shard.ids), capacity) or (
-            vol.store.cheap_whole_reads and capacity is not None and len(shard.ids) >= LOCAL_WHOLE_SHARD_FRACTION * capacity))
-
-    whole = {shard.number for shard in shards if reads_whole(shard)}
+    # the others' wanted chunks are read by ranges into one buffer (_read_ranged), which from the
+    # page cache costs about what whole shards do (measured), and reads less from a disk
+    whole = {s.number for s in shards
+             if whole_codec and layout.sharding.reads_whole(len(s.ids), layout.sharding.capacity(s.number))}
     # bytes a shard holds while its group is placed: its decoded chunks, and its stored bytes
     # (all of it when read whole; raw chunks are placed straight from them)
     held = [voxel_bytes * (len(s.ids) + (layout.sharding.capacity(s.number) if s.number in whole else len(s.ids)))
@@ -248,15 +294,18 @@ def read_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, out: np.ndar
     parts = _cpu_loops() if nested else 1
     local = vol.store.io_concurrency is None
 
-    def fetch(shard: _Shard, read_whole: dict) -> _Fetched | dict | None:
+    def fetch(shard: _Shard, read_before: dict) -> _Fetched | dict | None:
         """The shard's bytes to place at once (:class:`_Fetched`), or its chunks by id for the
-        checked path, or None when the shard is absent. Whole shards are read before, all of a
-        group's in one call, and are only handed on here (``read_whole``: by shard number)."""
-        if shard.number in whole:
-            data = read_whole[shard.number]
-            if data is None:
+        checked path, or None when the shard is absent. Whole shards, and the ranges of others
+        whose stored bytes place at once, are read before, all of a group's together, and are only
+        handed on here (``read_before``: by shard number)."""
+        if shard.number in read_before:
+            got = read_before[shard.number]
+            if got is None:
                 return None
-            return _Fetched(data, None, whole_codec, None)
+            if shard.number in whole:
+                return _Fetched(got, None, whole_codec, None)
+            return _Fetched(*got, whole_codec, None, stored=True)
         found = _read_shard(vol, layout, shard)
         if not found:
             return None
@@ -285,10 +334,13 @@ def read_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, out: np.ndar
         placed = np.zeros(len(group.ids), bool)
         # views of a buffer this thread reuses: used up before its next group
         numbers = [s.number for s in group.shards if s.number in whole]
-        read_whole = dict(zip(numbers, vol.store.get_many_transient([layout.sharding.shard_key(n) for n in numbers])))
+        read_before = dict(zip(numbers, vol.store.get_many_transient([s.key for s in group.shards if s.number in whole])))
+        if whole_codec:  # the stored bytes of the others' wanted chunks, placed like whole shards'
+            ranged = [s for s in group.shards if s.number not in whole]
+            read_before.update(zip([s.number for s in ranged], _read_ranged(vol, layout, ranged)))
         fetched: dict[int, _Fetched] = {}
         for i, shard in enumerate(group.shards):
-            got = fetch(shard, read_whole)
+            got = fetch(shard, read_before)
             if isinstance(got, _Fetched):
                 fetched[i] = got
             elif got:
@@ -298,9 +350,8 @@ def read_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, out: np.ndar
         for i, found in zip(unparsed, spans):
             fetched[i].spans = found
         for i in _place_fetched(layout, group, fetched, out, placed, parts):  # shards whose bytes were not as expected
-            shard, got = group.shards[i], fetched[i]
-            found = got.found if got.found is not None else layout.sharding.unpack(got.data, shard.key, set(shard.ids.tolist()))
-            placed[group.first[i] + place_checked(shard, found)] = True
+            shard = group.shards[i]
+            placed[group.first[i] + place_checked(shard, fetched[i].chunks(layout, shard))] = True
         if fill is not None:
             for (a, b, c), (n0, n1, n2) in zip(group.dst_lo[~placed].tolist(), group.size[~placed].tolist()):
                 out[a:a + n0, b:b + n1, c:c + n2] = fill
@@ -357,19 +408,15 @@ def _place_fetched(layout: ScaleLayout, group: _Group, fetched: dict[int, _Fetch
         return []
     slots = list(fetched)
     pos, src, starts, sizes = _lookup(group, fetched)
-    kinds = sorted({fetched[i].codec for i in slots})  # one, but for ranged and whole reads of gzip'd data
-    kind = np.array([kinds.index(fetched[i].codec) for i in slots])[src]
+    (codec,) = {fetched[i].codec for i in slots}  # a read's shards all come one way (fetch)
     sources = native.Sources([fetched[i].data for i in slots])
     shapes, slot_sizes, _ = _slots(layout, group.stops[pos] - group.starts[pos])
     bad = np.zeros(len(slots), bool)
-    for k, codec in enumerate(kinds):
-        sel = np.flatnonzero(kind == k) if len(kinds) > 1 else np.arange(len(pos))
-        if codec != "raw":
-            _decode_and_place(codec, sources, src[sel], starts[sel], sizes[sel], shapes[sel], slot_sizes[sel], group,
-                              pos[sel], out, placed, bad, parts)
-            continue
-        bad[src[sel][sizes[sel] != slot_sizes[sel]]] = True  # a raw chunk must be exactly its voxels
-        sel = sel[~bad[src[sel]]]
+    if codec != "raw":
+        _decode_and_place(codec, sources, src, starts, sizes, shapes, slot_sizes, group, pos, out, placed, bad, parts)
+    else:
+        bad[src[sizes != slot_sizes]] = True  # a raw chunk must be exactly its voxels
+        sel = np.flatnonzero(~bad[src])
         place.place_chunks(out, sources, starts[sel], shapes[sel], group.src_lo[pos[sel]], group.dst_lo[pos[sel]],
                            group.size[pos[sel]], which=src[sel], parts=parts)
         placed[pos[sel]] = True

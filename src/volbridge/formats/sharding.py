@@ -78,9 +78,23 @@ class ShardFormat(ABC):
         """A whole shard holding ``chunks`` (id -> a chunk's encoded bytes)."""
 
     @abstractmethod
+    def spans(self, reader: RangeReader, key: str, ids: set[int]) -> dict[int, tuple[int, int]] | None:
+        """Where each of ``ids`` that the shard holds sits in it, ``{id: (start, size)}``, from its
+        index read through ``reader`` (one version of it); None when the shard is absent."""
+
+    def decode_data(self, data, key: str, cid: int):
+        """Chunk ``cid``'s stored bytes in shard ``key`` with the shard's own data encoding undone."""
+        return data
+
     def read_ids(self, reader: RangeReader, key: str, ids: set[int]) -> dict[int, bytes] | None:
         """The chunks of ``ids`` that the shard holds, through index lookups and ranged reads of
         one version of it; None when the shard is absent."""
+        found = self.spans(reader, key, ids)
+        if found is None:
+            return None
+        cids = list(found)
+        datas = reader.read_many([(found[c][0], found[c][0] + found[c][1]) for c in cids])
+        return {c: self.decode_data(d, key, c) for c, d in zip(cids, datas)}
 
     def read(self, store: KVStore, key: str, ids: Iterable[int], capacity: int | None) -> dict[int, bytes | memoryview]:
         """The chunks of ``ids`` present in shard ``key`` ({} for an absent shard)."""

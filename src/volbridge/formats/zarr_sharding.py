@@ -115,20 +115,21 @@ class ZarrSharding(ShardFormat):
         view = memoryview(data)
         return {i: view[o:o + n] for i, o, n in zip(cids.tolist(), offs.tolist(), sizes.tolist()) if ids is None or i in ids}
 
-    def read_ids(self, reader: RangeReader, key: str, ids: set[int]) -> dict[int, bytes] | None:
+    def spans(self, reader: RangeReader, key: str, ids: set[int]) -> dict[int, tuple[int, int]] | None:
         isize = self.index.size(self.n)
         raw = reader.read(-isize) if self.at_end else reader.read(0, isize)
         if raw is None:
             return None
         table = self._table(raw, key)
-        present = [i for i in sorted(ids) if int(table[i, 0]) != EMPTY]
-        spans = []
-        for i in present:
+        out = {}
+        for i in sorted(ids):
             off, nbytes = int(table[i, 0]), int(table[i, 1])
+            if off == EMPTY:
+                continue
             if off + nbytes > EMPTY:
                 raise shard_error(key, f"inner chunk {i} has an invalid span {off}+{nbytes}")
-            spans.append((off, off + nbytes))
-        return dict(zip(present, reader.read_many(spans)))
+            out[i] = (off, nbytes)
+        return out
 
     def pack(self, chunks: dict[int, bytes]) -> bytes:
         isize = self.index.size(self.n)

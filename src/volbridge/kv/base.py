@@ -77,10 +77,6 @@ class KVStore(ABC):
     #: Chunk requests to keep in flight for this store, or None for the local default (cores + 1).
     #: Network stores want many more: latency, not CPU, bounds them.
     io_concurrency: int | None = None
-    #: True where reading a whole object costs little more than reading its first bytes (a local
-    #: file: the page cache copies GB/s), so a read of some chunks of a shard may take all of it
-    #: rather than its index and ranges, each with Python around it.
-    cheap_whole_reads: bool = False
 
     @property
     def identity(self) -> str:

@@ -15,7 +15,6 @@ class PrefixedStore(KVStore):
         self.stats = base.stats
         self.cheap_misses = base.cheap_misses
         self.io_concurrency = base.io_concurrency
-        self.cheap_whole_reads = base.cheap_whole_reads
 
     @property
     def identity(self) -> str:

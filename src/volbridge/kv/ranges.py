@@ -59,6 +59,13 @@ class RangeReader:
             out.append(data)
         return out
 
+    def read_runs(self, runs: list[tuple[int, int]], out: memoryview, at: list[int]) -> None:
+        """Bytes ``[a, b)`` of each run into ``out[p:p + b - a]`` (``p`` from ``at``), of this
+        version of an object known to exist: many spans land in one buffer (:func:`pack_runs`)
+        with no bytes object per span. This base copies each run once more; files read in place."""
+        for (a, b), p, data in zip(runs, at, self._read_groups(runs)):
+            out[p:p + b - a] = data
+
     def close(self) -> None:
         pass
 
@@ -83,6 +90,23 @@ def merge_spans(spans: list[tuple[int, int]], gap: int) -> list[tuple[int, int, 
         else:
             groups.append((a, b, [i]))
     return groups
+
+
+def pack_runs(spans: list[tuple[int, int]], gap: int, align: int = 4096) -> tuple[list, list[int], list[int], int]:
+    """How to read ``spans`` into one buffer: (runs, where each run goes in the buffer, where each
+    span's first byte lands, the buffer's size). Spans less than ``gap`` apart form one run
+    (:func:`merge_spans`); each run starts at a buffer offset congruent to its object offset
+    modulo ``align``: the kernel copies from the page cache into a buffer at another offset inside
+    the page several times slower (see :mod:`.scratch`)."""
+    runs, run_at, span_at, pos = [], [], [0] * len(spans), 0
+    for a, b, members in merge_spans(spans, gap):
+        pos += (a - pos) % align
+        runs.append((a, b))
+        run_at.append(pos)
+        for i in members:
+            span_at[i] = pos + spans[i][0] - a
+        pos += b - a
+    return runs, run_at, span_at, pos
 
 
 def _split(spans, groups, datas) -> list[memoryview]:
