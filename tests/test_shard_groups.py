@@ -189,6 +189,21 @@ def test_groups_split_work_evenly_and_bound_their_bytes():
     assert [len(g.shards) for g in sharded._groups(many, 32, [0] * 32)] == [1] * 32  # a network store's loops
 
 
+def test_a_small_local_read_is_one_group_and_a_big_one_one_per_loop(tmp_path, monkeypatch):
+    data = np.random.default_rng(8).integers(0, 255, (64, 64, 64), dtype=np.uint8)
+    v = vb.create(f"zarr3://{tmp_path}/z", shape=data.shape, dtype="uint8", chunk_shape=(8, 8, 8),
+                  shard_shape=(16, 16, 16), compression="zstd")
+    v[...] = data
+    counts, real = [], sharded._groups
+    monkeypatch.setattr(sharded, "_groups", lambda *a: counts.append(len(g := real(*a))) or g)
+    monkeypatch.setenv("VOLBRIDGE_THREADS", "3")
+    r = vb.array(f"zarr3://{tmp_path}/z")
+    np.testing.assert_array_equal(r[3:61, 2:60, 1:50], data[3:61, 2:60, 1:50])  # 448 chunks of 512 bytes: one group
+    monkeypatch.setattr(sharded, "MIN_LOCAL_GROUP_BYTES", 4096)
+    np.testing.assert_array_equal(r[3:61, 2:60, 1:50], data[3:61, 2:60, 1:50])
+    assert counts == [1, sharded._loops(r.volume)]
+
+
 def test_an_id_listed_twice_in_a_shard_reads_its_last_entry_on_every_path(tmp_path, monkeypatch):
     """Every dict-building path (ranged reads, unpack) keeps an index's last entry for an id; the
     grouped lookup must agree, or a voxel would depend on how many chunks a read wants."""

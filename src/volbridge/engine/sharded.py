@@ -164,6 +164,12 @@ def _nested(vol: ChunkedVolume, units: int, unit_nbytes: int) -> bool:
 #: of a 300^3 cutout (27 shards) 19.9 ms, 4 groups 24.6, 16 groups 35.2 (the GIL changes hands
 #: and each group's fixed work repeats).
 GROUP_BYTES = 32 << 20
+#: A local read makes a group per this many decoded bytes at most (one per loop at most): groups on
+#: two loops fight over the GIL for their Python work, which a small read does not win back.
+#: Measured on 32^3 chunks of 128^3 shards, one group against one per loop: 100^3 5.8 vs 8.8 ms,
+#: 150^3 8.6 vs 10.6, 200^3 8.6 vs 8.0, 250^3 20.3 vs 17.6 (raw); 150^3 11.8 vs 12.6, 250^3 31.8
+#: vs 28.6 (zstd, whose decoding splits over the cores either way).
+MIN_LOCAL_GROUP_BYTES = 8 << 20
 
 
 class _Group:
@@ -288,7 +294,10 @@ def read_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, out: np.ndar
     # (all of it when read whole; raw chunks are placed straight from them)
     held = [voxel_bytes * (len(s.ids) + (layout.sharding.capacity(s.number) if s.number in whole else len(s.ids)))
             for s in shards]
-    groups = _groups(shards, _loops(vol), held)
+    loops = _loops(vol)
+    if vol.store.io_concurrency is None:  # local: a small read is one group, its native work split in parts
+        loops = max(1, min(loops, sum(len(s.ids) for s in shards) * voxel_bytes // MIN_LOCAL_GROUP_BYTES))
+    groups = _groups(shards, loops, held)
     group_nbytes = max((len(g.ids) for g in groups), default=1) * chunk_nbytes
     nested = _nested(vol, len(groups), group_nbytes)
     parts = _cpu_loops() if nested else 1
