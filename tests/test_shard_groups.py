@@ -181,6 +181,80 @@ def test_a_shard_replaced_while_its_ranges_are_read_is_read_again(tmp_path, monk
         vb.array(f"precomputed://{tmp_path}/p")[sl]
 
 
+def test_ranged_shards_are_read_one_open_file_at_a_time(tmp_path, monkeypatch):
+    """A group may hold thousands of ranged shards: holding each one's descriptor (or whole value)
+    until all indexes were read ran out of descriptors at the usual limit of 1024 (review)."""
+    from volbridge.kv.file import _FileRangeReader
+
+    data = np.random.default_rng(9).integers(0, 255, (64, 64, 8), dtype=np.uint8)
+    v = vb.create(f"zarr3://{tmp_path}/z", shape=data.shape, dtype="uint8", chunk_shape=(4, 4, 4),
+                  shard_shape=(8, 8, 8))  # 64 shards of 8 chunks
+    v[...] = data
+    open_now, most = [0], [0]
+    init, close = _FileRangeReader.__init__, _FileRangeReader.close
+
+    def counted_init(self, *a):
+        init(self, *a)
+        open_now[0] += 1
+        most[0] = max(most[0], open_now[0])
+
+    def counted_close(self):
+        open_now[0] -= self.fd >= 0
+        close(self)
+
+    monkeypatch.setattr(_FileRangeReader, "__init__", counted_init)
+    monkeypatch.setattr(_FileRangeReader, "close", counted_close)
+    monkeypatch.setenv("VOLBRIDGE_THREADS", "1")
+    np.testing.assert_array_equal(vb.array(f"zarr3://{tmp_path}/z")[:, 0:1, 0:1], data[:, 0:1, 0:1])  # 2 of 8 chunks each
+    assert (most[0], open_now[0]) == (1, 0)
+
+
+def test_an_index_claiming_huge_chunks_is_named_before_any_buffer_is_sized(tmp_path):
+    """A minishard index has no checksum: a chunk size of 2**50 must be the error naming the shard
+    that a ranged read past its end gives, not a failed allocation."""
+    from volbridge.errors import StoreError
+    from volbridge.formats.precomputed_sharding import PrecomputedShardCodec, ShardingSpec
+
+    v = vb.create(f"precomputed://{tmp_path}/p", shape=(16, 16, 16), dtype="uint8", chunk_shape=(4, 4, 4),
+                  shard_shape=(16, 16, 16))
+    v[...] = 5
+    victim = _shard_files(tmp_path / "p")[0]
+    codec = PrecomputedShardCodec(ShardingSpec(v.volume.dataset.layout(0).sharding.spec.spec, "test"))
+    import gzip
+
+    raw = bytearray(victim.read_bytes())
+    base = codec.spec.index_bytes
+    table = np.frombuffer(bytes(raw[:base]), "<u8").reshape(-1, 2).copy()
+    for m, (a, b) in enumerate(table.tolist()):  # every chunk's size (rows: ids, starts, sizes), index appended
+        if a == b:
+            continue
+        index = bytes(raw[base + a:base + b])
+        rows = np.frombuffer(gzip.decompress(index) if codec.spec.index_gzip else index, "<u8").reshape(3, -1).copy()
+        rows[2] = 2**50
+        body = gzip.compress(rows.tobytes()) if codec.spec.index_gzip else rows.tobytes()
+        table[m] = (len(raw) - base, len(raw) - base + len(body))
+        raw += body
+    raw[:base] = table.astype("<u8").tobytes()
+    victim.write_bytes(bytes(raw))
+    with pytest.raises(StoreError, match=rf"{victim.name} has {len(raw)} bytes; bytes \d+-\d+ were asked for"):
+        vb.array(f"precomputed://{tmp_path}/p")[0:1, 0:1, 0:1]
+
+
+def test_a_shard_stored_as_a_variant_beside_a_directory_reads_the_same_on_every_path(tmp_path):
+    import gzip
+
+    v = vb.create(f"zarr3://{tmp_path}/z", shape=(16, 16, 16), dtype="uint8", chunk_shape=(4, 4, 4),
+                  shard_shape=(16, 16, 16))
+    v[...] = 9
+    shard = tmp_path / "z" / "c" / "0" / "0" / "0"
+    raw = shard.read_bytes()
+    shard.unlink()
+    (shard.parent / "0.gz").write_bytes(gzip.compress(raw))
+    shard.mkdir()  # as get() does, the directory is no object: the variant is the shard
+    r = vb.array(f"zarr3://{tmp_path}/z")
+    assert (r[0:16, 0:16, 0:4] == 9).all() and (r[0:1, 0:1, 0:1] == 9).all() and (r[...] == 9).all()
+
+
 def test_groups_split_work_evenly_and_bound_their_bytes():
     shards = [_shard(list(range(n))) for n in (64, 64, 8)]
     assert [len(g.ids) for g in sharded._groups(shards, 2, [0, 0, 0])] == [64, 72]  # not 128 and 8

@@ -76,6 +76,22 @@ def test_compressed_morton_matches_the_spec_bit_by_bit(data, shape):
     assert compressed_morton(np.array(rows), shape).tolist() == [model(r) for r in rows]
 
 
+def test_shard_capacities_of_a_hashed_spec_list_only_shards_that_hold_chunks():
+    """Hashed shard numbers range up to 2**shard_bits however small the grid; the table kept for
+    the process lists only the shards that hold chunks (a bincount had held 2**21 entries)."""
+    from volbridge.formats.precomputed_sharding import PrecomputedVolumeSharding, ShardingSpec, _capacities
+
+    spec = ShardingSpec({"@type": "neuroglancer_uint64_sharded_v1", "preshift_bits": 0, "minishard_bits": 2,
+                         "shard_bits": 21, "hash": "murmurhash3_x86_128"}, "test")
+    sharding = PrecomputedVolumeSharding(spec, "", (4, 5, 3))
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in (4, 5, 3)], indexing="ij"), -1).reshape(-1, 3)
+    shards, _ = sharding.locate_many(grid)
+    model = np.bincount(shards)
+    assert [sharding.capacity(n) for n in range(len(model) + 3)] == [*model.tolist(), 0, 0, 0]
+    numbers, counts = _capacities(0, 2, 21, "murmurhash3_x86_128", (4, 5, 3))
+    assert len(numbers) <= 60 and counts.sum() == 60
+
+
 # -- zarr v3 ----------------------------------------------------------------------------------------
 ZARR_SHAPE = (37, 70, 90)  # z, y, x: edge shards and edge inner chunks
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import ChunkDecodeError, VersionChangedError
 from ..geometry import Box, Cell
-from ..kv.ranges import pack_runs
+from ..kv.ranges import pack_runs, part_bounds
 from ..kv.scratch import scratch
 from . import batch_decode, native, parallel, place
 from .parallel import default_threads, run_bounded
@@ -236,43 +236,50 @@ class _Fetched:
                 for cid, a, n in zip(*(x.tolist() for x in self.spans))}
 
 
-def _read_ranged(vol: ChunkedVolume, layout: ScaleLayout, shards: list[_Shard]) -> list[tuple | None]:
-    """Per shard, its wanted chunks' stored bytes, located through its index and read by ranges
-    straight into one buffer this thread keeps (valid until its next group), as (its part of the
-    buffer, (ids, starts, sizes) in that part); None for a shard that is absent or holds none.
+class _RangeParts:
+    """Where one group's ranged shards land: page-aligned parts of a buffer this thread keeps (up
+    to :data:`GROUP_BYTES`), past that memory of their own. A part never moves once handed out:
+    growing the kept buffer leaves the earlier parts in the old one."""
+
+    def __init__(self):
+        self.at = 0
+
+    def take(self, nbytes: int, key: str) -> memoryview:
+        end = self.at + nbytes
+        if end > GROUP_BYTES:
+            try:
+                return memoryview(mmap.mmap(-1, max(nbytes, 1)))
+            except (OverflowError, OSError, ValueError) as e:  # a damaged index (sizes are checked where known)
+                raise ChunkDecodeError(f"shard {key!r}: its index points at {nbytes} bytes of chunks ({e})") from e
+        part = scratch("shard-ranges", end)[self.at:end]
+        self.at = -(-end // 4096) * 4096  # the next part starts on a page too (pack_runs' alignment)
+        return part
+
+
+def _read_ranged(vol: ChunkedVolume, layout: ScaleLayout, shard: _Shard, into: _RangeParts) -> tuple | None:
+    """The shard's wanted chunks' stored bytes, located through its index and read by ranges
+    straight into a part of ``into``, as (that part, (ids, starts, sizes) in it); None when the
+    shard is absent or holds none of them. One shard at a time, so a read over thousands of
+    shards holds one descriptor (or one whole value, for stores without ranges) at a time.
     Read into bytes objects per range and joined, these chunks had cost more than whole shards."""
     for attempt in range(_VERSION_RETRIES):
-        readers: list = []
         try:
-            plans, total = [], 0
-            for shard in shards:
-                readers.append(reader := vol.store.range_reader(shard.key))
+            with vol.store.range_reader(shard.key) as reader:
                 found = layout.sharding.spans(reader, shard.key, set(shard.ids.tolist()))
                 if not found:
-                    plans.append(None)
-                    continue
-                cids = list(found)
+                    return None
                 runs, run_at, span_at, nbytes = pack_runs([(a, a + n) for a, n in found.values()], reader.merge_gap)
-                plans.append((total, nbytes, runs, run_at, (np.array(cids, np.uint64), np.array(span_at, np.int64),
-                                                            np.array([n for _, n in found.values()], np.int64))))
-                total += -(-nbytes // 4096) * 4096  # each shard's part starts on a page (pack_runs' alignment)
-            buf = scratch("shard-ranges", total) if total <= GROUP_BYTES else memoryview(mmap.mmap(-1, max(total, 1)))
-            out: list[tuple | None] = []
-            for reader, plan in zip(readers, plans):
-                if plan is None:
-                    out.append(None)
-                    continue
-                at, nbytes, runs, run_at, spans = plan
-                part = buf[at:at + nbytes]
+                size = reader.known_size()
+                if size is not None:  # before sizing the buffer by what a damaged index may claim
+                    for a, b in runs:
+                        part_bounds(a, b, size, reader.where)
+                part = into.take(nbytes, shard.key)
                 reader.read_runs(runs, part, run_at)
-                out.append((part, spans))
-            return out
+            return part, (np.array(list(found), np.uint64), np.array(span_at, np.int64),
+                          np.array([n for _, n in found.values()], np.int64))
         except VersionChangedError:
             if attempt == _VERSION_RETRIES - 1:
                 raise
-        finally:
-            for reader in readers:
-                reader.close()
     raise AssertionError("unreachable")
 
 
@@ -345,8 +352,8 @@ def read_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, out: np.ndar
         numbers = [s.number for s in group.shards if s.number in whole]
         read_before = dict(zip(numbers, vol.store.get_many_transient([s.key for s in group.shards if s.number in whole])))
         if whole_codec:  # the stored bytes of the others' wanted chunks, placed like whole shards'
-            ranged = [s for s in group.shards if s.number not in whole]
-            read_before.update(zip([s.number for s in ranged], _read_ranged(vol, layout, ranged)))
+            into = _RangeParts()
+            read_before.update((s.number, _read_ranged(vol, layout, s, into)) for s in group.shards if s.number not in whole)
         fetched: dict[int, _Fetched] = {}
         for i, shard in enumerate(group.shards):
             got = fetch(shard, read_before)

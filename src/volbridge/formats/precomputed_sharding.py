@@ -416,16 +416,18 @@ def read_sharded_object(store, spec: dict, segid: int) -> bytes | None:
 
 
 @functools.lru_cache(maxsize=64)
-def _capacities(preshift: int, minishard_bits: int, shard_bits: int, hash_name: str, grid_shape: tuple) -> np.ndarray:
-    """Chunks of a grid per shard, kept for the process: every fresh handle needs the table, and
-    hashing the whole grid cost ~0.7 ms of each first read."""
+def _capacities(preshift: int, minishard_bits: int, shard_bits: int, hash_name: str,
+                grid_shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """(shard numbers, chunks of the grid in each), kept for the process: every fresh handle needs
+    the table, and hashing the whole grid cost ~0.7 ms of each first read. Only shards that hold
+    chunks are listed: hashed shard numbers range up to 2**shard_bits however small the grid."""
     spec = ShardingSpec({"@type": "neuroglancer_uint64_sharded_v1", "preshift_bits": preshift, "minishard_bits": minishard_bits,
                          "shard_bits": shard_bits, "hash": hash_name}, "capacity")
     grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.uint64) for n in grid_shape], indexing="ij"), -1)
     shards, _ = spec.shard_and_minishard(compressed_morton(grid.reshape(-1, 3), grid_shape))
-    counts = np.bincount(shards.astype(np.int64))
-    counts.flags.writeable = False
-    return counts
+    numbers, counts = np.unique(shards, return_counts=True)
+    numbers.flags.writeable = counts.flags.writeable = False
+    return numbers, counts
 
 
 class PrecomputedVolumeSharding(PrecomputedShardCodec):
@@ -434,7 +436,7 @@ class PrecomputedVolumeSharding(PrecomputedShardCodec):
     def __init__(self, spec: ShardingSpec, prefix: str, grid_shape: tuple[int, int, int]):
         super().__init__(spec, prefix)
         self.grid_shape = grid_shape
-        self._capacity: np.ndarray | None = None
+        self._capacity: tuple[np.ndarray, np.ndarray] | None = None
 
     def block_shape(self) -> tuple[int, int, int] | None:
         """With the identity hash a shard holds the ids that agree above their low
@@ -464,4 +466,6 @@ class PrecomputedVolumeSharding(PrecomputedShardCodec):
                 return None
             s = self.spec
             self._capacity = _capacities(s.preshift, s.minishard_bits, s.shard_bits, s.hash, tuple(self.grid_shape))
-        return int(self._capacity[shard]) if shard < len(self._capacity) else 0
+        numbers, counts = self._capacity
+        i = int(np.searchsorted(numbers, shard))
+        return int(counts[i]) if i < len(numbers) and numbers[i] == shard else 0

@@ -117,9 +117,9 @@ class FileStore(KVStore):
             return super().range_reader(key)  # absent, or a compressed variant read whole
         except OSError as e:
             raise StoreError(f"cannot read {key!r} from {self.url}: {e}") from e
-        if stat.S_ISDIR(os.fstat(fd).st_mode):  # a prefix of other keys, not an object
+        if stat.S_ISDIR(os.fstat(fd).st_mode):  # a prefix of other keys, not an object: as get()
             os.close(fd)
-            return RangeReader(None, f"{self.url}/{key}")
+            return super().range_reader(key)
         return _FileRangeReader(fd, self, key)
 
     def get_transient(self, key: str) -> bytes | memoryview | None:
@@ -361,6 +361,9 @@ class _FileRangeReader(RangeReader):
         self.store.stats.add(requests=1, bytes_read=len(data))
         return data
 
+    def known_size(self) -> int:
+        return self.size
+
     def read_runs(self, runs: list[tuple[int, int]], out: memoryview, at: list[int]) -> None:
         total = 0
         for (a, b), p in zip(runs, at):
@@ -372,6 +375,8 @@ class _FileRangeReader(RangeReader):
                     if not got:
                         raise StoreError(f"{self.where}: read {n} of bytes {a}-{b}")
                     n += got
+            except StoreError:
+                raise
             except OSError as e:
                 raise StoreError(f"cannot read {self.key!r} from {self.store.url}: {e}") from e
             total += n

@@ -40,6 +40,10 @@ class RangeReader:
         a, b = part_bounds(start, end, len(self.value), self.where)
         return bytes(self.value[a:b])
 
+    def known_size(self) -> int | None:
+        """The object's size where this reader knows it without a request, else None."""
+        return None if self.value is None else len(self.value)
+
     #: Spans closer than this are read as one (the bytes between are cheaper than a request).
     merge_gap = 4096
 
