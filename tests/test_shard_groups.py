@@ -44,7 +44,7 @@ def test_group_lookup_matches_a_dict_model(data, wide):
         held += [c for c in ids if c not in held and data.draw(st.booleans())]  # some wanted, some not
         starts = np.array(data.draw(st.lists(st.integers(0, 10**6), min_size=len(held), max_size=len(held))), np.int64)
         sizes = np.array(data.draw(st.lists(st.integers(0, 10**4), min_size=len(held), max_size=len(held))), np.int64)
-        fetched[i] = sharded._Fetched(b"", (np.array(held, np.uint64), starts, sizes), "raw", None)
+        fetched[i] = sharded._Fetched(b"", (np.array(held, np.uint64), starts, sizes), "raw")
         for c, a, n in zip(held, starts.tolist(), sizes.tolist()):
             model[i, c] = (a, n)
     if not fetched:

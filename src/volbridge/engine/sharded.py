@@ -215,21 +215,18 @@ def _groups(shards: list[_Shard], loops: int, held_bytes: list[int]) -> list[_Gr
 
 @dataclass
 class _Fetched:
-    """A shard's bytes as read for placing many chunks at once: its chunks' (ids, starts, sizes)
-    in ``data``, how those bytes become voxels (``codec``, see :func:`_batch_codec`), and for
-    ranged reads the chunks by id (for the checked path, should the bytes not be as expected)."""
+    """A shard's stored bytes as read for placing many chunks at once: a whole shard, or the wanted
+    chunks of one read by ranges (``ranged``); its chunks' (ids, starts, sizes) in ``data``, and
+    how those bytes become voxels (``codec``, see :func:`_batch_codec`)."""
 
     data: bytes | memoryview
     spans: tuple[np.ndarray, np.ndarray, np.ndarray] | None  # None: a whole shard, its index not yet read
     codec: str
-    found: dict | None  # None: taken from ``data`` when needed
-    stored: bool = False  # ``data`` holds the wanted chunks' stored bytes at ``spans`` (not a whole shard)
+    ranged: bool = False
 
     def chunks(self, layout: ScaleLayout, shard: _Shard) -> dict:
         """The shard's chunks by id, with the shard's data encoding undone, for the checked path."""
-        if self.found is not None:
-            return self.found
-        if not self.stored:
+        if not self.ranged:
             return layout.sharding.unpack(self.data, shard.key, set(shard.ids.tolist()))
         view = memoryview(self.data)
         return {cid: layout.sharding.decode_data(view[a:a + n], shard.key, cid)
@@ -290,44 +287,37 @@ def read_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, out: np.ndar
     chunk_nbytes = vol._chunk_nbytes(layout)
     # decoded chunks go through one staging buffer and one compiled copy, when that loop runs
     batched = layout.decodes_to_bytes and place.prepare(sum(len(s.ids) for s in shards))
-    whole_codec, ranged_codec = _batch_codec(layout, batched, False), _batch_codec(layout, batched, True)
+    codec = _batch_codec(layout, batched)
     voxel_bytes = chunk_nbytes // 3  # a decoded chunk alone
 
     # the others' wanted chunks are read by ranges into one buffer (_read_ranged), which from the
     # page cache costs about what whole shards do (measured), and reads less from a disk
     whole = {s.number for s in shards
-             if whole_codec and layout.sharding.reads_whole(len(s.ids), layout.sharding.capacity(s.number))}
+             if codec and layout.sharding.reads_whole(len(s.ids), layout.sharding.capacity(s.number))}
     # bytes a shard holds while its group is placed: its decoded chunks, and its stored bytes
     # (all of it when read whole; raw chunks are placed straight from them)
     held = [voxel_bytes * (len(s.ids) + (layout.sharding.capacity(s.number) if s.number in whole else len(s.ids)))
             for s in shards]
+    local = vol.store.io_concurrency is None
     loops = _loops(vol)
-    if vol.store.io_concurrency is None:  # local: a small read is one group, its native work split in parts
+    if local:  # a small read is one group, its native work split in parts
         loops = max(1, min(loops, sum(len(s.ids) for s in shards) * voxel_bytes // MIN_LOCAL_GROUP_BYTES))
     groups = _groups(shards, loops, held)
     group_nbytes = max((len(g.ids) for g in groups), default=1) * chunk_nbytes
     nested = _nested(vol, len(groups), group_nbytes)
     parts = _cpu_loops() if nested else 1
-    local = vol.store.io_concurrency is None
 
     def fetch(shard: _Shard, read_before: dict) -> _Fetched | dict | None:
         """The shard's bytes to place at once (:class:`_Fetched`), or its chunks by id for the
-        checked path, or None when the shard is absent. Whole shards, and the ranges of others
-        whose stored bytes place at once, are read before, all of a group's together, and are only
-        handed on here (``read_before``: by shard number)."""
-        if shard.number in read_before:
-            got = read_before[shard.number]
-            if got is None:
-                return None
-            if shard.number in whole:
-                return _Fetched(got, None, whole_codec, None)
-            return _Fetched(*got, whole_codec, None, stored=True)
-        found = _read_shard(vol, layout, shard)
-        if not found:
+        checked path (no batched codec), or None when the shard is absent. With a batched codec
+        all of a group's shards are read before, whole or by ranges, and are only handed on here
+        (``read_before``: by shard number)."""
+        if not codec:
+            return _read_shard(vol, layout, shard) or None
+        got = read_before[shard.number]
+        if got is None:
             return None
-        if ranged_codec:
-            return _Fetched(*_joined(found), ranged_codec, found)
-        return found
+        return _Fetched(got, None, codec) if shard.number in whole else _Fetched(*got, codec, ranged=True)
 
     def place_checked(shard: _Shard, found: dict) -> np.ndarray:
         """Decode the shard's chunks ``found`` one by one (naming any that is bad) and place
@@ -349,9 +339,10 @@ def read_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, out: np.ndar
     def group_task(group: _Group) -> None:
         placed = np.zeros(len(group.ids), bool)
         # views of a buffer this thread reuses: used up before its next group
-        numbers = [s.number for s in group.shards if s.number in whole]
-        read_before = dict(zip(numbers, vol.store.get_many_transient([s.key for s in group.shards if s.number in whole])))
-        if whole_codec:  # the stored bytes of the others' wanted chunks, placed like whole shards'
+        read_before = {}
+        if codec:  # whole shards in one call; the others' wanted chunks' stored bytes, placed alike
+            whole_shards = [s for s in group.shards if s.number in whole]
+            read_before = dict(zip([s.number for s in whole_shards], vol.store.get_many_transient([s.key for s in whole_shards])))
             into = _RangeParts()
             read_before.update((s.number, _read_ranged(vol, layout, s, into)) for s in group.shards if s.number not in whole)
         fetched: dict[int, _Fetched] = {}
@@ -373,15 +364,6 @@ def read_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, out: np.ndar
                 out[a:a + n0, b:b + n1, c:c + n2] = fill
 
     run_bounded(group_task, groups, group_nbytes, _loops(vol), local=local)
-
-
-def _joined(found: dict) -> tuple[bytes, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Chunks read one by one (ranged reads of a shard) as one buffer and their (ids, starts,
-    sizes) in it, like a whole shard's :meth:`ShardFormat.chunk_spans`: copying compressed
-    bytes once costs far less than decoding them."""
-    ids = sorted(found)
-    sizes = np.array([len(found[i]) for i in ids], np.int64)
-    return b"".join(found[i] for i in ids), (np.array(ids, np.uint64), np.cumsum(sizes) - sizes, sizes)
 
 
 def _lookup(group: _Group, fetched: dict[int, _Fetched]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -466,13 +448,13 @@ def _decode_and_place(codec: str, sources: native.Sources, src: np.ndarray, star
     placed[pos[ok]] = True
 
 
-def _batch_codec(layout: ScaleLayout, batched: bool, data_decoded: bool) -> str | None:
-    """How the bytes of a chunk in a shard become its voxels when many chunks are placed in a few
-    native calls: ``"raw"`` (they are its voxels), a compression :mod:`.batch_decode` decodes
-    (``"zstd"``, ``"gzip"``), or None (chunk by chunk). ``data_decoded``: the shard's own data
-    encoding (precomputed ``data_encoding``) is already undone, as in chunks of ranged reads."""
+def _batch_codec(layout: ScaleLayout, batched: bool) -> str | None:
+    """How the stored bytes of a chunk in a shard become its voxels when many chunks are placed
+    in a few native calls: ``"raw"`` (they are its voxels), a compression :mod:`.batch_decode`
+    decodes (``"zstd"``, ``"gzip"``: the chunk's codec, or the shard's own data encoding over raw
+    voxels), or None (chunk by chunk, through the checked path)."""
     sharding = layout.sharding
-    plain = data_decoded or sharding.plain_data
+    plain = sharding.plain_data
     if layout.voxels_stored_raw and plain:
         return "raw"
     codec = layout.stored_compression if plain else sharding.data_compression if layout.voxels_stored_raw else None
