@@ -189,13 +189,15 @@ def test_a_volume_reads_and_writes_through_a_cache(kind, tmp_path):
     np.testing.assert_array_equal(vol[...], data)
     hits, reads = cache.stats.hits, cache.stats.reads
     np.testing.assert_array_equal(vol[...], data)
-    # 12 chunks: 8 from the cache, the 4 absent ones asked of the backing store again
-    assert cache.stats.hits == hits + 8 and cache.stats.reads == reads + 4
+    # 12 chunks: 8 from the cache, the 4 absent ones asked of the backing store again: in one
+    # request for both of their names (chunk by chunk), or for the standard name among a group's
+    # chunks and then for neuroglancer-scripts' deep name (grouped reads, engine/grouped.py)
+    assert cache.stats.hits == hits + 8 and cache.stats.reads - reads in (4, 8)
     vol[3:20, 5:9, 0:30] = 7  # partial chunks: read-modify-write through the backing's update
     data[3:20, 5:9, 0:30] = 7
     reads = cache.stats.reads
     np.testing.assert_array_equal(vol[...], data)
-    assert cache.stats.reads == reads + 2  # every chunk written is cached; 2 remain absent
+    assert cache.stats.reads - reads in (2, 4)  # every chunk written is cached; 2 remain absent
     np.testing.assert_array_equal(vb.array(url)[...], data)  # and on disk, gzip and all
     cache.close()
 

@@ -1,7 +1,8 @@
 """Reads and writes of any box over a chunked format in a key-value store.
 
-Reads allocate the output once, then each chunk task fetches, decodes and copies its part
-straight into it; inside the bounds the output starts uninitialised and absent chunks are filled
+Reads allocate the output once, then fetch, decode and copy each chunk's part straight into it:
+locally a group of chunks per native call where the format allows (:mod:`.grouped`), else chunk
+by chunk; inside the bounds the output starts uninitialised and absent chunks are filled
 where they are found (a box reaching outside the bounds starts filled). Writes
 validate everything first, then per chunk either encode and replace the object (the chunk is
 wholly covered) or read-modify-write it (partly covered) through the store's atomic ``update``.
@@ -24,6 +25,7 @@ from ..formats.base import ChunkedDataset, ScaleLayout
 from ..geometry import Box, Cell, ChunkGrid
 from ..kv import KVStore
 from . import place
+from .grouped import group_codec, read_grouped
 from .parallel import run_bounded
 from .sharded import read_sharded, write_sharded
 from .volume import Volume
@@ -162,8 +164,12 @@ class ChunkedVolume(Volume):
             place.place_one(out, data, shape, [a - c for a, c in zip(lo, cell.box.start)],
                             [a - b for a, b in zip(lo, box.start)], size)
 
-        if self.store.io_concurrency is None:  # local: each loop fetches and places its chunks
-            run_bounded(lambda cell: place_found(cell, self._fetch(layout, cell)), cells, self._chunk_nbytes(layout))
+        if self.store.io_concurrency is None:  # local: a group of chunks at a time, else chunk by chunk
+            codec = group_codec(layout, len(cells))
+            if codec:
+                read_grouped(self, layout, box, cells, out, fill, codec, place_found)
+            else:
+                run_bounded(lambda cell: place_found(cell, self._fetch(layout, cell)), cells, self._chunk_nbytes(layout))
             return
         # A network store fetches the whole list its own way (many requests in flight from one
         # thread, where it can) and hands over each chunk as it arrives.

@@ -146,8 +146,8 @@ def _build() -> Loops:
     from llvmlite import ir
 
     module = ir.Module(name="volbridge_loops")
-    _emit_copy_rows(ir, module)
-    _emit_decode_all(ir, module)
+    copy_rows = _emit_copy_rows(ir, module)
+    _emit_decode_all(ir, module, copy_rows)
     try:
         llvm.initialize()  # llvmlite < 0.45 wants it; later versions initialise themselves and refuse it
     except RuntimeError:
@@ -165,7 +165,7 @@ def _build() -> Loops:
     engine = llvm.create_mcjit_compiler(parsed, machine)
     engine.finalize_object()
     copy_rows = ctypes.CFUNCTYPE(None, _I64, _I64, _I64, _I64)(engine.get_function_address("copy_rows"))
-    decode_all = ctypes.CFUNCTYPE(_I64, *[_I64] * 10)(engine.get_function_address("decode_all"))
+    decode_all = ctypes.CFUNCTYPE(_I64, *[_I64] * 12)(engine.get_function_address("decode_all"))
     return Loops(copy_rows, decode_all, engine)
 
 
@@ -204,7 +204,7 @@ class _Emitter:
         b.position_at_end(done)
 
 
-def _emit_copy_rows(ir, module) -> None:
+def _emit_copy_rows(ir, module):
     """``copy_rows(dst, src, table, n)``: for each of the ``n`` rows of the int64 table (12 values
     each: source start and y, z, c strides, destination start and strides, row bytes, and the y,
     z, c extents, all in bytes or counts) copy the box's rows from ``src`` to ``dst``
@@ -237,6 +237,7 @@ def _emit_copy_rows(ir, module) -> None:
 
     e.for_range(n, box, "k")
     b.ret_void()
+    return fn
 
 
 def _copy_row(e: _Emitter, src, dst, nbytes) -> None:
@@ -272,10 +273,13 @@ def _copy_row(e: _Emitter, src, dst, nbytes) -> None:
     b.position_at_end(end)
 
 
-def _emit_decode_all(ir, module) -> None:
-    """``decode_all(mode, fn, ctx, src, starts, sizes, dst, offsets, caps, n)``: chunk k is
-    ``src[starts[k]:+sizes[k]]``, decoded by the C function at address ``fn`` into
-    ``dst[offsets[k]:+caps[k]]`` (``starts`` ... ``caps``: addresses of int64 arrays). Returns
+def _emit_decode_all(ir, module, copy_rows) -> None:
+    """``decode_all(mode, fn, ctx, src, starts, sizes, dst, offsets, caps, n, out, table)``:
+    chunk k is ``src[starts[k]:+sizes[k]]``, decoded by the C function at address ``fn`` into
+    ``dst[offsets[k]:+caps[k]]`` (``starts`` ... ``caps``: addresses of int64 arrays); with a
+    ``table`` (not 0), row k of it (:func:`_emit_copy_rows`, source starts relative to the
+    decoded chunk) is then copied from there into ``out``, while the chunk is still in the CPU's
+    cache (decoding into a small buffer reused per chunk). Returns
     how many chunks decoded to exactly caps[k] bytes from exactly sizes[k] bytes before the first
     that did not, or was empty (libzstd takes no frame at all for zero bytes): the caller checks
     those on its own path. Mode 0, ``ZSTD_decompressDCtx(ctx, dst, cap, src, size)``, returns the
@@ -284,9 +288,9 @@ def _emit_decode_all(ir, module) -> None:
     enum: the upper half of the register is not part of it) only when it wrote exactly cap
     bytes, and says how many input bytes its one gzip member took."""
     i64 = ir.IntType(64)
-    fn = ir.Function(module, ir.FunctionType(i64, [i64] * 10), name="decode_all")
+    fn = ir.Function(module, ir.FunctionType(i64, [i64] * 12), name="decode_all")
     e = _Emitter(ir, fn)
-    mode, fn_addr, ctx, src, starts, sizes, dst, offsets, caps, n = fn.args
+    mode, fn_addr, ctx, src, starts, sizes, dst, offsets, caps, n, out, table = fn.args
     b = e.b
     used = b.alloca(i64, name="used")
     zstd_t, deflate_t = ir.FunctionType(i64, [i64] * 5), ir.FunctionType(i64, [i64] * 7)
@@ -319,6 +323,8 @@ def _emit_decode_all(ir, module) -> None:
         go_on = fn.append_basic_block("next")
         b.cbranch(bad, stop, go_on)
         b.position_at_end(go_on)
+        with b.if_then(b.icmp_unsigned("!=", table, e.const(0))):
+            b.call(copy_rows, [out, d, b.add(table, b.mul(k, e.const(12 * 8))), e.const(1)])
 
     e.for_range(n, chunk, "k")
     k_stop.add_incoming(n, b.block)

@@ -130,16 +130,10 @@ def place_chunks(out: np.ndarray, src, offsets: np.ndarray, shapes: np.ndarray, 
     isz, nc = out.dtype.itemsize, out.shape[3]
     shapes, offsets = np.asarray(shapes, np.int64), np.asarray(offsets, np.int64)
     src_lo, dst_lo, size = (np.asarray(a, np.int64) for a in (src_lo, dst_lo, size))
-    sy, sz, sc = _strides(shapes, isz)
-    # few array operations: a read calls this once per group of shards, and each costs microseconds
-    _check(bool(np.concatenate((src_lo, dst_lo, size), axis=1).min() >= 0 and shapes[:, 3].min() >= nc
-                and (src_lo + size <= shapes[:, :3]).all() and (dst_lo + size <= np.array(out.shape[:3])).all()))
+    sy, sz, sc = _checked_strides(out, shapes, src_lo, dst_lo, size)
     at = sources.starts(which, offsets, sc * shapes[:, 3], "chunk placement")
-    if _kernel and out.flags.f_contiguous and out.size and _little_endian(out.dtype):
-        _, dy, dz, dc = out.strides
-        table = _table(at + src_lo[:, 0] * isz + src_lo[:, 1] * sy + src_lo[:, 2] * sz, (sy, sz, sc),
-                       dst_lo[:, 0] * isz + dst_lo[:, 1] * dy + dst_lo[:, 2] * dz, (dy, dz, dc), size, isz, nc)
-        _run(out.reshape(-1, order="F").view(np.uint8), sources, table, parts)
+    if writes_natively(out):
+        _run(out_bytes(out), sources, _copy_table(out, at, (sy, sz, sc), src_lo, dst_lo, size), parts)
         return
     dtype = out.dtype.newbyteorder("<") if isz > 1 else out.dtype
     for k in range(n):
@@ -147,6 +141,57 @@ def place_chunks(out: np.ndarray, src, offsets: np.ndarray, shapes: np.ndarray, 
         chunk = np.frombuffer(sources.arrays[int(which[k])], dtype, count=x * y * z * c, offset=o).reshape((x, y, z, c), order="F")
         (fx, fy, fz), (tx, ty, tz), (nx, ny, nz) = src_lo[k].tolist(), dst_lo[k].tolist(), size[k].tolist()
         out[tx:tx + nx, ty:ty + ny, tz:tz + nz] = chunk[fx:fx + nx, fy:fy + ny, fz:fz + nz, :nc]
+
+
+def _checked_strides(out: np.ndarray, shapes: np.ndarray, src_lo: np.ndarray, dst_lo: np.ndarray, size: np.ndarray):
+    """The (y, z, c) byte strides of chunks of ``shapes`` (n, 4), after checking that each region
+    ``size`` at ``src_lo`` lies inside its chunk and at ``dst_lo`` inside ``out``."""
+    sy, sz, sc = _strides(shapes, out.dtype.itemsize)
+    # few array operations: a read calls this once per group of chunks, and each costs microseconds
+    _check(bool(np.concatenate((src_lo, dst_lo, size), axis=1).min() >= 0 and shapes[:, 3].min() >= out.shape[3]
+                and (src_lo + size <= shapes[:, :3]).all() and (dst_lo + size <= np.array(out.shape[:3])).all()))
+    return sy, sz, sc
+
+
+def _copy_table(out: np.ndarray, starts: np.ndarray, strides, src_lo: np.ndarray, dst_lo: np.ndarray,
+                size: np.ndarray) -> np.ndarray:
+    isz, nc = out.dtype.itemsize, out.shape[3]
+    sy, sz, _ = strides
+    _, dy, dz, dc = out.strides
+    return _table(starts + src_lo[:, 0] * isz + src_lo[:, 1] * sy + src_lo[:, 2] * sz, strides,
+                  dst_lo[:, 0] * isz + dst_lo[:, 1] * dy + dst_lo[:, 2] * dz, (dy, dz, dc), size, isz, nc)
+
+
+def writes_natively(out: np.ndarray) -> bool:
+    """Whether the compiled loop copies into ``out`` (loaded, and ``out`` a Fortran-contiguous,
+    little-endian array, as the engine's outputs are): else numpy does."""
+    return bool(_kernel) and out.flags.f_contiguous and out.size > 0 and _little_endian(out.dtype)
+
+
+def out_bytes(out: np.ndarray) -> np.ndarray:
+    """``out`` (Fortran-contiguous) as the flat bytes the compiled loop writes."""
+    return out.reshape(-1, order="F").view(np.uint8)
+
+
+def copy_table(out: np.ndarray, shapes: np.ndarray, src_lo: np.ndarray, dst_lo: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """The compiled loop's rows copying region ``size`` at ``src_lo`` of each chunk (voxels of
+    ``out.dtype`` in Fortran order of shape ``shapes[k]``, x, y, z, c) to ``dst_lo`` of ``out``,
+    source starts relative to the chunk's first byte: for a loop that decodes a chunk into a
+    buffer and copies it out at once (:func:`volbridge.engine.batch_decode.decode_and_place`).
+    Only where :func:`writes_natively`; checks every region (:func:`row_ends` bounds a row)."""
+    shapes, src_lo, dst_lo, size = (np.asarray(a, np.int64) for a in (shapes, src_lo, dst_lo, size))
+    strides = _checked_strides(out, shapes, src_lo, dst_lo, size)
+    return _copy_table(out, np.zeros(len(shapes), np.int64), strides, src_lo, dst_lo, size)
+
+
+def row_ends(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of a copy table, one past the last byte it reads (from its source start) and
+    writes (from its destination start): what a caller checks against both buffers."""
+    last = np.maximum(table[:, [9, 10, 11]] - 1, 0)
+    empty = (table[:, [8, 9, 10, 11]] == 0).any(axis=1)
+    src_end = table[:, 0] + (last * table[:, [1, 2, 3]]).sum(axis=1) + table[:, 8]
+    dst_end = table[:, 4] + (last * table[:, [5, 6, 7]]).sum(axis=1) + table[:, 8]
+    return np.where(empty, 0, src_end), np.where(empty, 0, dst_end)
 
 
 def gather_chunks(data: np.ndarray, dst: np.ndarray, offsets: np.ndarray, shapes: np.ndarray, src_lo: np.ndarray) -> None:

@@ -408,10 +408,12 @@ def _place_fetched(layout: ScaleLayout, group: _Group, fetched: dict[int, _Fetch
     pos, src, starts, sizes = _lookup(group, fetched)
     (codec,) = {fetched[i].codec for i in slots}  # a read's shards all come one way (fetch)
     sources = native.Sources([fetched[i].data for i in slots])
-    shapes, slot_sizes, _ = _slots(layout, group.stops[pos] - group.starts[pos])
+    shapes, slot_sizes, _ = stored_slots(layout, group.stops[pos] - group.starts[pos])
     bad = np.zeros(len(slots), bool)
     if codec != "raw":
-        _decode_and_place(codec, sources, src, starts, sizes, shapes, slot_sizes, group, pos, out, placed, bad, parts)
+        ok = batch_decode.decode_and_place(codec, sources, src, starts, sizes, shapes, slot_sizes, group.src_lo[pos],
+                                           group.dst_lo[pos], group.size[pos], out, bad, parts)
+        placed[pos[ok]] = True
     else:
         bad[src[sizes != slot_sizes]] = True  # a raw chunk must be exactly its voxels
         sel = np.flatnonzero(~bad[src])
@@ -419,33 +421,6 @@ def _place_fetched(layout: ScaleLayout, group: _Group, fetched: dict[int, _Fetch
                            group.size[pos[sel]], which=src[sel], parts=parts)
         placed[pos[sel]] = True
     return [slots[k] for k in np.flatnonzero(bad).tolist()]
-
-
-def _decode_and_place(codec: str, sources: native.Sources, src: np.ndarray, starts: np.ndarray, sizes: np.ndarray,
-                      shapes: np.ndarray, slot_sizes: np.ndarray, group: _Group, pos: np.ndarray, out: np.ndarray,
-                      placed: np.ndarray, bad: np.ndarray, parts: int) -> None:
-    """Decompress chunks straight into a staging buffer (:mod:`.batch_decode`, one native call
-    per part, each part on its own loop) and place them. A chunk that does not decode to
-    exactly its voxels marks its shard in ``bad``; no chunk of a bad shard is placed."""
-    offsets = np.cumsum(slot_sizes) - slot_sizes
-    with place.staging(int(slot_sizes.sum())) as staging:
-
-        def decode(part: np.ndarray) -> None:
-            while len(part):
-                done = batch_decode.decode_into(codec, sources, starts[part], sizes[part], staging, offsets[part],
-                                                slot_sizes[part], which=src[part])
-                if done == len(part):
-                    return
-                failed = src[part[done]]
-                bad[failed] = True
-                part = part[done + 1:]
-                part = part[src[part] != failed]
-
-        run_bounded(decode, np.array_split(np.arange(len(src)), max(1, min(parts, len(src)))), 1, parts, local=False)
-        ok = ~bad[src]
-        place.place_chunks(out, staging, offsets[ok], shapes[ok], group.src_lo[pos[ok]], group.dst_lo[pos[ok]],
-                           group.size[pos[ok]], parts=parts)
-    placed[pos[ok]] = True
 
 
 def _batch_codec(layout: ScaleLayout, batched: bool) -> str | None:
@@ -461,7 +436,7 @@ def _batch_codec(layout: ScaleLayout, batched: bool) -> str | None:
     return codec if batched and codec is not None and batch_decode.load(codec) else None
 
 
-def _slots(layout: ScaleLayout, cell_shapes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def stored_slots(layout: ScaleLayout, cell_shapes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(stored shapes, byte sizes, byte offsets) of chunks of ``cell_shapes`` laid end to end in a
     staging buffer."""
     shapes = layout.stored_shapes(cell_shapes)
@@ -478,7 +453,7 @@ def _place_shard(layout: ScaleLayout, shard: _Shard, found: dict, out: np.ndarra
     present = [k for k, cid in enumerate(ids) if cid in found]
     sel = np.array(present, np.int64)
     cell_shapes = (shard.stops - shard.starts)[sel]
-    shapes, sizes, offsets = _slots(layout, cell_shapes)
+    shapes, sizes, offsets = stored_slots(layout, cell_shapes)
     spans, cell_shapes = list(zip(offsets.tolist(), sizes.tolist())), cell_shapes.tolist()
     with place.staging(int(sizes.sum())) as staging:
 
@@ -519,7 +494,7 @@ def write_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, data: np.nd
             shapes = layout.stored_shapes(cell_shapes[whole])
             fits = (shapes[:, :3] == cell_shapes[whole]).all(axis=1) & (shapes[:, 3] == layout.num_channels)
             gathered, whole = whole[fits], whole[~fits]
-            shapes, sizes, offsets = _slots(layout, cell_shapes[gathered])
+            shapes, sizes, offsets = stored_slots(layout, cell_shapes[gathered])
         # Held until the shard is stored: raw chunks go into it as views of this buffer.
         with place.staging(int(sizes.sum())) as buf:
             if len(gathered):

@@ -53,14 +53,17 @@ class ChunkGrid:
         region = box.intersect(self.bounds)
         if region.empty:
             return
-        ranges = [
-            range((a - o) // c, (b - 1 - o) // c + 1)
-            for a, b, o, c in zip(region.start, region.stop, self.origin, self.chunk_shape)
+        # per axis, each index with its clipped extent, worked out once: a cutout's cells are a
+        # product of a few of them (building a Box per cell twice over cost 7 us a cell)
+        axes = [
+            [(g, max(o + g * c, lo), min(o + (g + 1) * c, hi)) for g in range((a - o) // c, (b - 1 - o) // c + 1)]
+            for a, b, o, c, lo, hi in zip(region.start, region.stop, self.origin, self.chunk_shape,
+                                          self.bounds.start, self.bounds.stop)
         ]
         # x fastest, matching the storage order of every format here.
-        for rev in itertools.product(*reversed(ranges)):
-            index = rev[::-1]
-            yield Cell(index, self.cell_box(index).intersect(self.bounds))
+        for rev in itertools.product(*reversed(axes)):
+            index, start, stop = zip(*reversed(rev))
+            yield Cell(index, Box(start, stop))
 
     def grid_shape(self) -> tuple[int, ...]:
         """Number of cells per dimension covering the bounds."""

@@ -1,0 +1,95 @@
+"""Reads of unsharded chunks a group at a time: one read call, one decode call, one copy call.
+
+A 300^3 cutout of a zarr v3 volume of 64^3 zstd chunks touches 216 chunk files. Chunk by chunk,
+each cost ~90 us of Python with the GIL held (a bytes object from the zstd binding, a numpy
+assignment, the store call and the geometry around them): ~20 ms of a 150 ms read's CPU, where
+tensorstore spends ~3 ms (measured with perf). Here a group of chunks is read into one buffer
+(``get_many_transient``), decompressed into one staging buffer (:mod:`.batch_decode`, GIL
+released) and copied into the output (:mod:`.place`), the chunk geometry in arrays: the same
+machinery as a group of shards (:mod:`.sharded`), with a chunk file in place of a shard.
+
+Anything the batched calls cannot take goes to the caller's chunk-by-chunk path, which decodes
+it or names what is wrong with it: a chunk that does not decode to exactly its voxels, or one
+stored raw whose size is not its voxels'. An absent chunk is filled, or looked for under its
+other names first where the format has some.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from ..geometry import Box, Cell
+from . import batch_decode, native, parallel, place
+from .parallel import run_bounded
+from .sharded import stored_slots
+
+if TYPE_CHECKING:
+    from ..formats.base import ScaleLayout
+    from .chunked import ChunkedVolume
+
+#: Decoded bytes of one group at most: its staging buffer then stays one a thread keeps
+#: (place.KEEP_STAGING_BYTES), and a read of many chunks gives every loop several groups.
+GROUP_BYTES = 8 << 20
+
+
+def group_codec(layout: ScaleLayout, num_chunks: int) -> str | None:
+    """How a group of the layout's chunks become voxels in batched calls: ``"raw"`` (their
+    stored bytes are their voxels) or a compression :mod:`.batch_decode` runs; None when they
+    must go chunk by chunk (other encodings, or the compiled loops not loaded for a read this
+    small, see :func:`place.prepare`)."""
+    if not (layout.decodes_to_bytes and place.prepare(num_chunks)):
+        return None
+    if layout.voxels_stored_raw:
+        return "raw"
+    codec = layout.stored_compression
+    return codec if codec is not None and batch_decode.load(codec) else None
+
+
+def read_grouped(vol: ChunkedVolume, layout: ScaleLayout, box: Box, cells: list[Cell], out: np.ndarray, fill, codec: str,
+                 place_found: Callable[[Cell, tuple[str, bytes | memoryview] | None], None]) -> None:
+    """Read ``cells`` of ``box`` into ``out`` in groups (``codec`` from :func:`group_codec`).
+    ``place_found(cell, (key, stored bytes) or None)`` is the checked chunk-by-chunk path, which
+    also fills absent chunks (``fill``: None when ``out`` is filled already)."""
+    starts = np.array([c.box.start for c in cells], np.int64).reshape(-1, 3)
+    stops = np.array([c.box.stop for c in cells], np.int64).reshape(-1, 3)
+    lo, hi = np.maximum(starts, np.array(box.start)), np.minimum(stops, np.array(box.stop))
+    dst_lo, src_lo, size = lo - np.array(box.start), lo - starts, hi - lo
+    shapes, slot_sizes, _ = stored_slots(layout, stops - starts)
+    names = [layout.read_keys(c) for c in cells]
+    other_names = any(len(n) > 1 for n in names)
+    loops = parallel.default_threads()
+    count = max(1, min(len(cells), max(loops, -(-int(slot_sizes.sum()) // GROUP_BYTES))))
+    groups = np.array_split(np.arange(len(cells)), count)
+    # Fewer groups than cores: each spreads its native calls over them (but not inside an outer
+    # loop, whose siblings keep the cores busy already).
+    parts = parallel.cores() if count < parallel.cores() and not parallel.inside() else 1
+
+    def group_task(group: np.ndarray) -> None:
+        # views of a buffer this thread reuses: used up before the thread's next group
+        values = vol.store.get_many_transient([names[k][0] for k in group.tolist()])
+        present = [j for j, v in enumerate(values) if v is not None]
+        for j in (j for j, v in enumerate(values) if v is None):
+            cell = cells[group[j]]
+            place_found(cell, vol._fetch(layout, cell, skip=names[group[j]][0]) if other_names else None)
+        if not present:
+            return
+        sel = group[present]
+        sources = native.Sources([values[j] for j in present])
+        which = np.arange(len(present))
+        sizes = sources.size
+        bad = np.zeros(len(present), bool)
+        if codec == "raw":
+            bad[sizes != slot_sizes[sel]] = True  # a raw chunk must be exactly its voxels
+            ok = ~bad
+            place.place_chunks(out, sources, np.zeros(int(ok.sum()), np.int64), shapes[sel[ok]], src_lo[sel[ok]],
+                               dst_lo[sel[ok]], size[sel[ok]], which=which[ok], parts=parts)
+        else:
+            batch_decode.decode_and_place(codec, sources, which, np.zeros(len(present), np.int64), sizes, shapes[sel],
+                                          slot_sizes[sel], src_lo[sel], dst_lo[sel], size[sel], out, bad, parts)
+        for j in np.flatnonzero(bad).tolist():  # decoded or named by the checked path
+            k = int(sel[j])
+            place_found(cells[k], (names[k][0], values[present[j]]))
+
+    run_bounded(group_task, groups, int(slot_sizes[groups[0]].sum()) * 2 or 1)

@@ -1,0 +1,155 @@
+"""Unsharded reads a group of chunks at a time (:mod:`volbridge.engine.grouped`): one read call,
+one native decode-and-copy call per group, against a numpy model and the chunk-by-chunk path;
+damaged chunks named, chunks under other names and transport-compressed copies found, and the
+fused decode-and-copy loop's own checks (:func:`volbridge.engine.batch_decode.decode_into`)."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pytest
+import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import volbridge as vb
+from volbridge.engine import batch_decode, grouped, native, place
+from volbridge.errors import ChunkDecodeError
+from volbridge.kv.file import FileStore
+
+
+@pytest.fixture(autouse=True)
+def loaded():
+    if not (place.load() and batch_decode.load("zstd") and batch_decode.load("gzip")):
+        pytest.fail("llvmlite, python-zstandard and deflate are dependencies of volbridge: the loops must load here")
+
+
+def _chunk_files(root):
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name not in ("info", "zarr.json", "provenance")
+                  and ".volbridge-locks" not in p.parts)
+
+
+@pytest.mark.parametrize("fmt,compression", [("zarr3", "zstd"), ("zarr3", "gzip"), ("zarr3", None), ("zarr2", "zstd"),
+                                             ("precomputed", None), ("precomputed", "gzip")])
+@pytest.mark.parametrize("threads", ["1", "3"])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_grouped_reads_match_a_numpy_model(tmp_path_factory, monkeypatch, fmt, compression, threads, data):
+    monkeypatch.setenv("VOLBRIDGE_THREADS", threads)
+    monkeypatch.setattr(grouped, "GROUP_BYTES", data.draw(st.sampled_from([1, 3000, 8 << 20]), label="group bytes"))
+    path = tmp_path_factory.mktemp("grouped")
+    shape = (21, 26, 30)  # edge chunks: padded (zarr) or clipped (precomputed)
+    v = vb.create(f"{fmt}://{path}/v", shape=shape, dtype="uint16", chunk_shape=(4, 6, 5), compression=compression)
+    model = np.zeros(shape, np.uint16)  # absent chunks read as 0
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    for _ in range(data.draw(st.integers(1, 4), label="writes")):  # patches: many chunks stay absent
+        lo = [int(rng.integers(0, n - 1)) for n in shape]
+        hi = [int(rng.integers(a + 1, min(n, a + 12) + 1)) for a, n in zip(lo, shape)]
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        model[box] = rng.integers(0, 2**16, [b - a for a, b in zip(lo, hi)], dtype=np.uint16)
+        v[box] = model[box]
+    calls = []
+    real = FileStore.get_many_transient
+    monkeypatch.setattr(FileStore, "get_many_transient", lambda self, keys: calls.append(len(keys)) or real(self, keys))
+    r = vb.array(f"{fmt}://{path}/v")
+    np.testing.assert_array_equal(r[...], model)
+    assert calls, "the grouped path did not run"
+    for _ in range(3):
+        lo = [int(rng.integers(-3, n)) for n in shape]
+        hi = [int(rng.integers(a + 1, n + 4)) for a, n in zip(lo, shape)]
+        want = np.zeros([b - a for a, b in zip(lo, hi)], np.uint16)
+        inside = tuple(slice(max(a, 0), max(min(b, n), a, 0)) for a, b, n in zip(lo, hi, shape))
+        want[tuple(slice(s.start - a, s.stop - a) for s, a in zip(inside, lo))] = model[inside]
+        np.testing.assert_array_equal(r[tuple(slice(a, b) for a, b in zip(lo, hi))], want)
+
+
+@pytest.mark.parametrize("compression", ["zstd", "gzip", None])
+def test_a_damaged_chunk_among_a_groups_is_named(tmp_path, monkeypatch, compression):
+    """The batch stops at the damaged chunk, the checked path names it; nothing reads as zeros."""
+    monkeypatch.setenv("VOLBRIDGE_THREADS", "1")
+    data = np.random.default_rng(3).integers(0, 255, (16, 16, 32), dtype=np.uint8)
+    v = vb.create(f"zarr3://{tmp_path}/z", shape=data.shape, dtype="uint8", chunk_shape=(8, 8, 8), compression=compression)
+    v[...] = data
+    victim = _chunk_files(tmp_path / "z")[5]
+    raw = bytearray(victim.read_bytes())
+    if compression:
+        raw[:4] = bytes(4)  # no frame or member at all
+    else:
+        del raw[-1]  # one voxel short
+    victim.write_bytes(bytes(raw))
+    key = "/".join(victim.relative_to(tmp_path / "z").parts)
+    with pytest.raises(ChunkDecodeError, match=key):
+        vb.array(f"zarr3://{tmp_path}/z")[...]
+
+
+def test_chunks_under_other_names_and_compressed_copies_are_read(tmp_path, monkeypatch):
+    """A precomputed chunk at neuroglancer-scripts' deep name, one as CloudVolume's ``.gz`` copy
+    and one gzipped under the ``raw`` encoding (BigArrays.jl) sit among plain chunks of a group."""
+    monkeypatch.setenv("VOLBRIDGE_THREADS", "1")
+    data = np.random.default_rng(5).integers(0, 255, (16, 16, 32), dtype=np.uint8)
+    v = vb.create(f"precomputed://{tmp_path}/p", shape=data.shape, dtype="uint8", chunk_shape=(8, 8, 8))
+    v[...] = data
+    files = _chunk_files(tmp_path / "p")
+    deep, variant, sniffed = files[1], files[4], files[6]
+    target = deep.parent.joinpath(*deep.name.split("_"))
+    target.parent.mkdir(parents=True)
+    deep.rename(target)
+    variant.with_name(variant.name + ".gz").write_bytes(gzip.compress(variant.read_bytes()))
+    variant.unlink()
+    sniffed.write_bytes(gzip.compress(sniffed.read_bytes()))
+    np.testing.assert_array_equal(vb.array(f"precomputed://{tmp_path}/p")[...].squeeze(), data)
+
+
+def test_fused_and_staged_placement_agree(monkeypatch):
+    """decode_and_place copies each chunk out right after decoding it where the compiled loop
+    writes the output, else through a staging buffer: the same voxels either way, and a bad
+    buffer's chunks are never reported placed."""
+    rng = np.random.default_rng(7)
+    chunks = [rng.integers(0, 4, (6, 5, 4, 1), dtype=np.uint8) for _ in range(5)]
+    streams = [zstandard.ZstdCompressor().compress(c.tobytes(order="F")) for c in chunks]
+    streams[3] = streams[3][:-2]  # cut
+    sources = native.Sources([np.frombuffer(s, np.uint8) for s in streams])
+    which = np.arange(5)
+    shapes = np.tile([6, 5, 4, 1], (5, 1))
+    slot_sizes = np.full(5, 120)
+    src_lo, size = np.tile([1, 0, 2], (5, 1)), np.tile([4, 5, 2], (5, 1))
+    dst_lo = np.array([[0, 0, 0], [4, 0, 0], [0, 5, 0], [4, 5, 0], [0, 0, 2]])
+    outs = []
+    for fused in (True, False):
+        out = np.zeros((8, 10, 4, 1), np.uint8, order="F")
+        if not fused:
+            monkeypatch.setattr(place, "writes_natively", lambda out: False)
+        bad = np.zeros(5, bool)
+        ok = batch_decode.decode_and_place("zstd", sources, which, np.zeros(5, np.int64), sources.size, shapes, slot_sizes,
+                                           src_lo, dst_lo, size, out, bad, 1)
+        assert ok.tolist() == [True, True, True, False, True] and bad.tolist() == [False, False, False, True, False]
+        for k in (0, 1, 2, 4):
+            (a, b, c), (n0, n1, n2) = dst_lo[k], size[k]
+            np.testing.assert_array_equal(out[a:a + n0, b:b + n1, c:c + n2], chunks[k][1:5, 0:5, 2:4])
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0][:, :, :2], outs[1][:, :, :2])
+
+
+def test_copies_outside_a_decoded_chunk_or_the_output_are_refused():
+    payload = bytes(range(64))
+    stream = np.frombuffer(zstandard.ZstdCompressor().compress(payload), np.uint8)
+    out = np.zeros((4, 4, 4, 1), np.uint8, order="F")
+    flat, buf = place.out_bytes(out), np.zeros(64, np.uint8)
+    one = np.array([0])
+    good = place.copy_table(out, np.array([[4, 4, 4, 1]]), np.zeros((1, 3)), np.zeros((1, 3)), np.full((1, 3), 4))
+    assert batch_decode.decode_into("zstd", stream, one, np.array([stream.size]), buf, one, np.array([64]), out=flat,
+                                    table=good) == 1
+    assert out.tobytes(order="F") == payload
+    reads_past = good.copy()
+    reads_past[0, 0] = 1  # one byte further into the chunk: its last row ends past the 64 decoded bytes
+    writes_past = good.copy()
+    writes_past[0, 4] = 1
+    for table in (reads_past, writes_past):
+        with pytest.raises(ValueError, match="outside"):
+            batch_decode.decode_into("zstd", stream, one, np.array([stream.size]), buf, one, np.array([64]), out=flat,
+                                     table=table)
+    with pytest.raises(ValueError, match="overlaps"):
+        batch_decode.decode_into("zstd", stream, one, np.array([stream.size]), flat, one, np.array([64]), out=flat, table=good)
+    with pytest.raises(ValueError, match="outside"):  # a region past the chunk's own shape
+        place.copy_table(out, np.array([[4, 4, 4, 1]]), np.ones((1, 3)), np.zeros((1, 3)), np.full((1, 3), 4))
