@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 import volbridge as vb
 from volbridge.engine import batch_decode, grouped, native, place
 from volbridge.errors import ChunkDecodeError
+from volbridge.geometry import Box
 from volbridge.kv.file import FileStore
 
 
@@ -153,3 +154,30 @@ def test_copies_outside_a_decoded_chunk_or_the_output_are_refused():
         batch_decode.decode_into("zstd", stream, one, np.array([stream.size]), flat, one, np.array([64]), out=flat, table=good)
     with pytest.raises(ValueError, match="outside"):  # a region past the chunk's own shape
         place.copy_table(out, np.array([[4, 4, 4, 1]]), np.ones((1, 3)), np.zeros((1, 3)), np.full((1, 3), 4))
+
+
+@pytest.mark.parametrize("fmt,compression", [("zarr3", "zstd"), ("zarr3", None), ("precomputed", "gzip")])
+def test_network_reads_place_batches_as_chunks_arrive(s3env, s3_bucket, monkeypatch, fmt, compression):
+    """Over S3 (libcurl's multi interface hands chunks over as they arrive) chunks are placed a
+    batch at a time, absent ones filled, and a damaged one named."""
+    monkeypatch.setattr(grouped, "ARRIVING_BATCH", 3)
+    batches = []
+    real = grouped._place_values
+    monkeypatch.setattr(grouped, "_place_values", lambda *a: batches.append(len(a[3])) or real(*a))
+    url = f"{fmt}://s3://{s3_bucket}/arriving-{fmt}-{compression}"
+    shape = (20, 24, 36)
+    v = vb.create(url, shape=shape, dtype="uint16", chunk_shape=(8, 8, 8), compression=compression)
+    rng = np.random.default_rng(11)
+    model = np.zeros(shape, np.uint16)
+    model[2:17, 3:20, 5:33] = rng.integers(0, 2**16, (15, 17, 28), dtype=np.uint16)  # corners stay absent
+    v[2:17, 3:20, 5:33] = model[2:17, 3:20, 5:33]
+    r = vb.array(url)
+    np.testing.assert_array_equal(r[...], model)
+    np.testing.assert_array_equal(r[-3:11, 5:30, 7:40], np.pad(model, ((3, 0), (0, 6), (0, 4)))[0:14, 5:30, 7:40])
+    assert max(batches) == 3, batches
+    if compression == "zstd":  # a damaged chunk among them is named, never read as zeros
+        store = r.volume.store
+        key = r.volume.dataset.layout(0).write_key(next(r.volume.dataset.layout(0).grid.cells(Box((8, 8, 8), (9, 9, 9)))))
+        store.put(key, b"\x00" * 40)
+        with pytest.raises(ChunkDecodeError, match=key):
+            vb.array(url)[...]

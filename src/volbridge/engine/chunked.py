@@ -25,7 +25,7 @@ from ..formats.base import ChunkedDataset, ScaleLayout
 from ..geometry import Box, Cell, ChunkGrid
 from ..kv import KVStore
 from . import place
-from .grouped import group_codec, read_grouped
+from .grouped import group_codec, read_arriving, read_grouped
 from .parallel import run_bounded
 from .sharded import read_sharded, write_sharded
 from .volume import Volume
@@ -164,12 +164,15 @@ class ChunkedVolume(Volume):
             place.place_one(out, data, shape, [a - c for a, c in zip(lo, cell.box.start)],
                             [a - b for a, b in zip(lo, box.start)], size)
 
-        if self.store.io_concurrency is None:  # local: a group of chunks at a time, else chunk by chunk
-            codec = group_codec(layout, len(cells))
+        codec = group_codec(layout, len(cells))  # else chunk by chunk
+        if self.store.io_concurrency is None:  # local: a group of chunks at a time
             if codec:
-                read_grouped(self, layout, box, cells, out, fill, codec, place_found)
+                read_grouped(self, layout, box, cells, out, codec, place_found)
             else:
                 run_bounded(lambda cell: place_found(cell, self._fetch(layout, cell)), cells, self._chunk_nbytes(layout))
+            return
+        if codec:  # over a network, batches of chunks as they arrive
+            read_arriving(self, layout, box, cells, out, codec, place_found)
             return
         # A network store fetches the whole list its own way (many requests in flight from one
         # thread, where it can) and hands over each chunk as it arrives.

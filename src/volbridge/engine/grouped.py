@@ -6,7 +6,8 @@ assignment, the store call and the geometry around them): ~20 ms of a 150 ms rea
 tensorstore spends ~3 ms (measured with perf). Here a group of chunks is read into one buffer
 (``get_many_transient``), decompressed into one staging buffer (:mod:`.batch_decode`, GIL
 released) and copied into the output (:mod:`.place`), the chunk geometry in arrays: the same
-machinery as a group of shards (:mod:`.sharded`), with a chunk file in place of a shard.
+machinery as a group of shards (:mod:`.sharded`), with a chunk file in place of a shard. Over
+a network store the chunks are placed the same way, a batch at a time as they arrive.
 
 Anything the batched calls cannot take goes to the caller's chunk-by-chunk path, which decodes
 it or names what is wrong with it: a chunk that does not decode to exactly its voxels, or one
@@ -16,6 +17,7 @@ other names first where the format has some.
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -47,20 +49,57 @@ def group_codec(layout: ScaleLayout, num_chunks: int) -> str | None:
     return codec if codec is not None and batch_decode.load(codec) else None
 
 
-def read_grouped(vol: ChunkedVolume, layout: ScaleLayout, box: Box, cells: list[Cell], out: np.ndarray, fill, codec: str,
+class _Cells:
+    """A read's cells as arrays (where each one's overlap with the box starts and ends, and how
+    its voxels are stored) and their keys, for placing any subset of them in batched calls."""
+
+    def __init__(self, layout: ScaleLayout, box: Box, cells: list[Cell]):
+        self.cells = cells
+        starts = np.array([c.box.start for c in cells], np.int64).reshape(-1, 3)
+        stops = np.array([c.box.stop for c in cells], np.int64).reshape(-1, 3)
+        lo, hi = np.maximum(starts, np.array(box.start)), np.minimum(stops, np.array(box.stop))
+        self.dst_lo, self.src_lo, self.size = lo - np.array(box.start), lo - starts, hi - lo
+        self.shapes, self.slot_sizes, _ = stored_slots(layout, stops - starts)
+        self.names = [layout.read_keys(c) for c in cells]
+        self.other_names = any(len(n) > 1 for n in self.names)
+
+
+def _place_values(vol: ChunkedVolume, layout: ScaleLayout, at: _Cells, chunks: np.ndarray, values: list, out: np.ndarray,
+                  codec: str, parts: int, place_found: Callable) -> None:
+    """Place cells ``chunks`` (positions in ``at``) from their stored ``values`` (None: absent)
+    in a few batched calls; the rest through ``place_found``, the checked path."""
+    present = [j for j, v in enumerate(values) if v is not None]
+    for j in (j for j, v in enumerate(values) if v is None):
+        k = int(chunks[j])
+        place_found(at.cells[k], vol._fetch(layout, at.cells[k], skip=at.names[k][0]) if at.other_names else None)
+    if not present:
+        return
+    sel = chunks[present]
+    sources = native.Sources([values[j] for j in present])
+    which = np.arange(len(present))
+    sizes = sources.size
+    bad = np.zeros(len(present), bool)
+    if codec == "raw":
+        bad[sizes != at.slot_sizes[sel]] = True  # a raw chunk must be exactly its voxels
+        ok = ~bad
+        place.place_chunks(out, sources, np.zeros(int(ok.sum()), np.int64), at.shapes[sel[ok]], at.src_lo[sel[ok]],
+                           at.dst_lo[sel[ok]], at.size[sel[ok]], which=which[ok], parts=parts)
+    else:
+        batch_decode.decode_and_place(codec, sources, which, np.zeros(len(present), np.int64), sizes, at.shapes[sel],
+                                      at.slot_sizes[sel], at.src_lo[sel], at.dst_lo[sel], at.size[sel], out, bad, parts)
+    for j in np.flatnonzero(bad).tolist():  # decoded or named by the checked path
+        k = int(sel[j])
+        place_found(at.cells[k], (at.names[k][0], values[present[j]]))
+
+
+def read_grouped(vol: ChunkedVolume, layout: ScaleLayout, box: Box, cells: list[Cell], out: np.ndarray, codec: str,
                  place_found: Callable[[Cell, tuple[str, bytes | memoryview] | None], None]) -> None:
-    """Read ``cells`` of ``box`` into ``out`` in groups (``codec`` from :func:`group_codec`).
-    ``place_found(cell, (key, stored bytes) or None)`` is the checked chunk-by-chunk path, which
-    also fills absent chunks (``fill``: None when ``out`` is filled already)."""
-    starts = np.array([c.box.start for c in cells], np.int64).reshape(-1, 3)
-    stops = np.array([c.box.stop for c in cells], np.int64).reshape(-1, 3)
-    lo, hi = np.maximum(starts, np.array(box.start)), np.minimum(stops, np.array(box.stop))
-    dst_lo, src_lo, size = lo - np.array(box.start), lo - starts, hi - lo
-    shapes, slot_sizes, _ = stored_slots(layout, stops - starts)
-    names = [layout.read_keys(c) for c in cells]
-    other_names = any(len(n) > 1 for n in names)
+    """Read ``cells`` of ``box`` from a local store into ``out`` in groups (``codec`` from
+    :func:`group_codec`). ``place_found(cell, (key, stored bytes) or None)`` is the checked
+    chunk-by-chunk path, which also fills absent chunks."""
+    at = _Cells(layout, box, cells)
     loops = parallel.default_threads()
-    count = max(1, min(len(cells), max(loops, -(-int(slot_sizes.sum()) // GROUP_BYTES))))
+    count = max(1, min(len(cells), max(loops, -(-int(at.slot_sizes.sum()) // GROUP_BYTES))))
     groups = np.array_split(np.arange(len(cells)), count)
     # Fewer groups than cores: each spreads its native calls over them (but not inside an outer
     # loop, whose siblings keep the cores busy already).
@@ -68,28 +107,47 @@ def read_grouped(vol: ChunkedVolume, layout: ScaleLayout, box: Box, cells: list[
 
     def group_task(group: np.ndarray) -> None:
         # views of a buffer this thread reuses: used up before the thread's next group
-        values = vol.store.get_many_transient([names[k][0] for k in group.tolist()])
-        present = [j for j, v in enumerate(values) if v is not None]
-        for j in (j for j, v in enumerate(values) if v is None):
-            cell = cells[group[j]]
-            place_found(cell, vol._fetch(layout, cell, skip=names[group[j]][0]) if other_names else None)
-        if not present:
-            return
-        sel = group[present]
-        sources = native.Sources([values[j] for j in present])
-        which = np.arange(len(present))
-        sizes = sources.size
-        bad = np.zeros(len(present), bool)
-        if codec == "raw":
-            bad[sizes != slot_sizes[sel]] = True  # a raw chunk must be exactly its voxels
-            ok = ~bad
-            place.place_chunks(out, sources, np.zeros(int(ok.sum()), np.int64), shapes[sel[ok]], src_lo[sel[ok]],
-                               dst_lo[sel[ok]], size[sel[ok]], which=which[ok], parts=parts)
-        else:
-            batch_decode.decode_and_place(codec, sources, which, np.zeros(len(present), np.int64), sizes, shapes[sel],
-                                          slot_sizes[sel], src_lo[sel], dst_lo[sel], size[sel], out, bad, parts)
-        for j in np.flatnonzero(bad).tolist():  # decoded or named by the checked path
-            k = int(sel[j])
-            place_found(cells[k], (names[k][0], values[present[j]]))
+        values = vol.store.get_many_transient([at.names[k][0] for k in group.tolist()])
+        _place_values(vol, layout, at, group, values, out, codec, parts, place_found)
 
-    run_bounded(group_task, groups, int(slot_sizes[groups[0]].sum()) * 2 or 1)
+    run_bounded(group_task, groups, int(at.slot_sizes[groups[0]].sum()) * 2 or 1)
+
+
+#: Chunks a network read decodes and places at once, as they arrive: enough to pay for a batch's
+#: fixed cost, few enough that decoding keeps pace with the transfers.
+ARRIVING_BATCH = 8
+
+
+def read_arriving(vol: ChunkedVolume, layout: ScaleLayout, box: Box, cells: list[Cell], out: np.ndarray, codec: str,
+                  place_found: Callable[[Cell, tuple[str, bytes | memoryview] | None], None]) -> None:
+    """Read ``cells`` of ``box`` from a network store into ``out``: the store fetches them its own
+    way (many requests in flight, :meth:`KVStore.fetch_each`), and whichever thread hands over
+    the chunk that completes a batch of :data:`ARRIVING_BATCH` places the batch in batched calls;
+    the calling thread places the last one."""
+    at = _Cells(layout, box, cells)
+    by_key = {names[0]: k for k, names in enumerate(at.names)}
+    batch: list[tuple[int, bytes]] = []
+    lock = threading.Lock()
+
+    def place_batch(items: list[tuple[int, bytes]]) -> None:
+        if items:
+            _place_values(vol, layout, at, np.array([k for k, _ in items], np.int64), [v for _, v in items], out, codec, 1,
+                          place_found)
+
+    def arrived(key: str, data) -> None:
+        k = by_key[key]
+        if data is None:
+            _place_values(vol, layout, at, np.array([k], np.int64), [None], out, codec, 1, place_found)
+            return
+        # a transient value (a buffer the store reuses) must outlive this call to wait for its batch
+        item = (k, data if type(data) is bytes else bytes(data))
+        with lock:
+            batch.append(item)
+            if len(batch) < ARRIVING_BATCH:
+                return
+            full = batch[:]
+            batch.clear()
+        place_batch(full)
+
+    vol.store.fetch_each(list(by_key), arrived, heavy=True, nbytes=vol._chunk_nbytes(layout))
+    place_batch(batch)
