@@ -22,6 +22,8 @@ import volbridge as vb
 from volbridge.engine import sharded
 from volbridge.errors import ChunkDecodeError
 
+from volume_model import patch_and_check
+
 
 def _shard(ids: list[int]) -> sharded._Shard:
     n = len(ids)
@@ -68,23 +70,10 @@ def test_sparse_sharded_reads_match_a_numpy_model(tmp_path_factory, monkeypatch,
     shape = (40, 36, 48)
     v = vb.create(f"{fmt}://{path}/v", shape=shape, dtype="uint16", chunk_shape=(4, 4, 4), shard_shape=(8, 8, 8),
                   compression=compression)
-    model = np.zeros(shape, np.uint16)  # absent chunks inside the bounds are filled on an uninitialised output
+    # absent chunks inside the bounds are filled on an uninitialised output
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
-    for _ in range(data.draw(st.integers(1, 4), label="writes")):  # patches: most shards and chunks stay absent
-        lo = [int(rng.integers(0, n - 1)) for n in shape]
-        hi = [int(rng.integers(a + 1, min(n, a + 20) + 1)) for a, n in zip(lo, shape)]
-        box = tuple(slice(a, b) for a, b in zip(lo, hi))
-        model[box] = rng.integers(0, 2**16, [b - a for a, b in zip(lo, hi)], dtype=np.uint16)
-        v[box] = model[box]
-    r = vb.array(f"{fmt}://{path}/v")
-    np.testing.assert_array_equal(r[...], model)
-    for _ in range(3):
-        lo = [int(rng.integers(-3, n)) for n in shape]
-        hi = [int(rng.integers(a + 1, n + 4)) for a, n in zip(lo, shape)]
-        want = np.zeros([b - a for a, b in zip(lo, hi)], np.uint16)
-        inside = tuple(slice(max(a, 0), max(min(b, n), a, 0)) for a, b, n in zip(lo, hi, shape))
-        want[tuple(slice(s.start - a, s.stop - a) for s, a in zip(inside, lo))] = model[inside]
-        np.testing.assert_array_equal(r[tuple(slice(a, b) for a, b in zip(lo, hi))], want)
+    patch_and_check(v, lambda: vb.array(f"{fmt}://{path}/v"), shape, np.uint16, rng, data.draw(st.integers(1, 4), label="writes"),
+                    20)
 
 
 def _shard_files(root):

@@ -46,3 +46,27 @@ def to_user(xyzc: np.ndarray, axis_order: str, has_channel_axis: bool) -> np.nda
     """An (x, y, z, c) array in the layout a handle returns."""
     a = xyzc if has_channel_axis else xyzc[..., 0]
     return a.T if axis_order == "zyx" else a
+
+
+def patch_and_check(v, r, shape: tuple[int, ...], dtype, rng: np.random.Generator, writes: int, patch: int) -> None:
+    """Write ``writes`` random patches (edges up to ``patch``) of random values through ``v``
+    (zyx, from 0), so that most chunks stay absent; then read everything and three random boxes,
+    some reaching past the bounds on either side, through ``r`` (opened after the writes by
+    the caller's ``r()``) and compare them with a numpy model (absent and outside: 0)."""
+    model = np.zeros(shape, dtype)
+    top = np.iinfo(dtype).max
+    for _ in range(writes):
+        lo = [int(rng.integers(0, n - 1)) for n in shape]
+        hi = [int(rng.integers(a + 1, min(n, a + patch) + 1)) for a, n in zip(lo, shape)]
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        model[box] = rng.integers(0, top, [b - a for a, b in zip(lo, hi)], dtype=dtype, endpoint=True)
+        v[box] = model[box]
+    arr = r()
+    np.testing.assert_array_equal(arr[...], model)
+    for _ in range(3):
+        lo = [int(rng.integers(-3, n)) for n in shape]
+        hi = [int(rng.integers(a + 1, n + 4)) for a, n in zip(lo, shape)]
+        want = np.zeros([b - a for a, b in zip(lo, hi)], dtype)
+        inside = tuple(slice(max(a, 0), max(min(b, n), a, 0)) for a, b, n in zip(lo, hi, shape))
+        want[tuple(slice(s.start - a, s.stop - a) for s, a in zip(inside, lo))] = model[inside]
+        np.testing.assert_array_equal(arr[tuple(slice(a, b) for a, b in zip(lo, hi))], want)

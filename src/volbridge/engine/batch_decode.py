@@ -22,6 +22,7 @@ import ctypes
 import os
 import threading
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -156,44 +157,24 @@ def decode_and_place(codec: str, sources: native.Sources, which: np.ndarray, sta
                      shapes: np.ndarray, slot_sizes: np.ndarray, src_lo: np.ndarray, dst_lo: np.ndarray, size: np.ndarray,
                      out: np.ndarray, bad: np.ndarray, parts: int) -> np.ndarray:
     """Decompress chunk ``k`` (stream ``starts[k]``, ``sizes[k]`` of buffer ``which[k]`` of
-    ``sources``) to its ``slot_sizes[k]`` voxel bytes of stored shape ``shapes[k]`` (x, y, z, c)
-    in a staging buffer, in one native call per part (each part on its own loop), and place
-    region ``size[k]`` at ``src_lo[k]`` of it at ``dst_lo[k]`` of ``out`` (:func:`place.place_chunks`).
+    ``sources``) to its ``slot_sizes[k]`` voxel bytes of stored shape ``shapes[k]`` (x, y, z, c),
+    in one native call per part (each part on its own loop), and place region ``size[k]`` at
+    ``src_lo[k]`` of it at ``dst_lo[k]`` of ``out``: each chunk copied out of a one-chunk buffer
+    right after its decode where the compiled copy writes ``out``, else all decoded into a
+    staging buffer and then placed (:func:`place.place_chunks`).
     A chunk that does not decode to exactly its voxels marks its source buffer in ``bad`` (a
     shard, say), and the buffer's chunks after it are skipped; ones before it may have been
     placed: the caller places a bad buffer's chunks again its own way. Returns which chunks
     were placed, none of a bad buffer among them."""
     if not len(which):
         return np.zeros(0, bool)
-    if place.writes_natively(out):
-        # Each chunk copied out right after its decode, from a buffer of one chunk: decoding 64^3
-        # zstd chunks into an 8 MiB staging buffer and copying them after measured ~15 % slower
-        # (the decoder writes, then the copy reads, memory no cache holds).
-        table = place.copy_table(out, shapes, src_lo, dst_lo, size)
-        flat = place.out_bytes(out)
 
-        def decode_placing(part: np.ndarray) -> None:
-            with place.staging(int(slot_sizes[part].max())) as buf:
-                while len(part):
-                    done = decode_into(codec, sources, starts[part], sizes[part], buf, np.zeros(len(part), np.int64),
-                                       slot_sizes[part], which=which[part], out=flat, table=table[part])
-                    if done == len(part):
-                        return
-                    failed = which[part[done]]
-                    bad[failed] = True
-                    part = part[done + 1:]
-                    part = part[which[part] != failed]
-
-        run_bounded(decode_placing, np.array_split(np.arange(len(which)), max(1, min(parts, len(which)))), 1, parts,
-                    local=False)
-        return ~bad[which]
-    offsets = np.cumsum(slot_sizes) - slot_sizes
-    with place.staging(int(slot_sizes.sum())) as staging:
-
-        def decode(part: np.ndarray) -> None:
+    def run(decode: Callable[[np.ndarray], int]) -> None:
+        """``decode(chunks)`` (how many decoded before the first bad one) over each part on its
+        own loop, resumed past each bad chunk and the rest of its buffer."""
+        def part_task(part: np.ndarray) -> None:
             while len(part):
-                done = decode_into(codec, sources, starts[part], sizes[part], staging, offsets[part], slot_sizes[part],
-                                   which=which[part])
+                done = decode(part)
                 if done == len(part):
                     return
                 failed = which[part[done]]
@@ -201,7 +182,26 @@ def decode_and_place(codec: str, sources: native.Sources, which: np.ndarray, sta
                 part = part[done + 1:]
                 part = part[which[part] != failed]
 
-        run_bounded(decode, np.array_split(np.arange(len(which)), max(1, min(parts, len(which)))), 1, parts, local=False)
+        run_bounded(part_task, np.array_split(np.arange(len(which)), max(1, min(parts, len(which)))), 1, parts, local=False)
+
+    if place.writes_natively(out):
+        # Each chunk copied out right after its decode, from a buffer of one chunk: decoding 64^3
+        # zstd chunks into an 8 MiB staging buffer and copying them after measured ~15 % slower
+        # (the decoder writes, then the copy reads, memory no cache holds).
+        table = place.copy_table(out, shapes, src_lo, dst_lo, size)
+        flat = place.out_bytes(out)
+
+        def fused(part: np.ndarray) -> int:
+            with place.staging(int(slot_sizes[part].max())) as buf:
+                return decode_into(codec, sources, starts[part], sizes[part], buf, np.zeros(len(part), np.int64),
+                                   slot_sizes[part], which=which[part], out=flat, table=table[part])
+
+        run(fused)
+        return ~bad[which]
+    offsets = np.cumsum(slot_sizes) - slot_sizes
+    with place.staging(int(slot_sizes.sum())) as staging:
+        run(lambda part: decode_into(codec, sources, starts[part], sizes[part], staging, offsets[part], slot_sizes[part],
+                                     which=which[part]))
         ok = ~bad[which]
         place.place_chunks(out, staging, offsets[ok], shapes[ok], src_lo[ok], dst_lo[ok], size[ok], parts=parts)
     return ok
