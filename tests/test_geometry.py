@@ -46,6 +46,13 @@ def test_grid_cells_tile_the_request_exactly(bounds, req, chunk, origin_shift):
     assert len({c.index for c in cells}) == len(cells)
 
 
+def test_grid_cells_run_x_fastest_and_a_0d_grid_has_one_cell():
+    grid = ChunkGrid(Box((-3, 0, 2), (9, 8, 9)), (4, 4, 4), (-3, 0, 2))
+    order = [c.index for c in grid.cells(Box((-10, -10, -10), (20, 20, 20)))]
+    assert order == [(x, y, z) for z in range(2) for y in range(2) for x in range(3)]
+    assert [(c.index, c.box) for c in ChunkGrid(Box((), ()), (), ()).cells(Box((), ()))] == [((), Box((), ()))]
+
+
 def test_grid_negative_offsets():
     grid = ChunkGrid(Box((-5, 0, 0), (70, 10, 10)), (64, 64, 64), (-5, 0, 0))
     assert [c.box for c in grid.cells(Box((-100, 0, 0), (100, 5, 5)))] == [

@@ -169,3 +169,31 @@ def test_network_reads_place_batches_as_chunks_arrive(s3env, s3_bucket, monkeypa
         store.put(key, b"\x00" * 40)
         with pytest.raises(ChunkDecodeError, match=key):
             vb.array(url)[...]
+
+
+def test_copy_tables_whose_ends_wrap_around_int64_are_refused():
+    """(review) A row of 2**60 + 1 lines 16 bytes apart ends 2**64 bytes on: int64 arithmetic
+    wrapped it to 16 and the unchecked loop wrote far past the output."""
+    stream = np.frombuffer(zstandard.ZstdCompressor().compress(bytes(range(64))), np.uint8)
+    out, buf, one = np.zeros(64, np.uint8), np.zeros(64, np.uint8), np.array([0])
+    for table in ([0, 0, 0, 0, 0, 16, 0, 0, 16, 2**60 + 1, 1, 1], [0, 16, 0, 0, 0, 0, 0, 0, 16, 2**60 + 1, 1, 1],
+                  [0, 0, 0, 0, 0, -16, 0, 0, 16, 2, 1, 1], [0, 0, 0, 0, 0, 0, 0, 0, -1, 1, 1, 1]):
+        assert place.row_ends(np.array([table], np.int64)) is None
+        with pytest.raises(ValueError, match="outside"):
+            batch_decode.decode_into("zstd", stream, one, np.array([stream.size]), buf, one, np.array([64]), out=out,
+                                     table=np.array([table], np.int64))
+    with pytest.raises(ValueError, match="both"):
+        batch_decode.decode_into("zstd", stream, one, np.array([stream.size]), buf, one, np.array([64]),
+                                 table=np.zeros((1, 12), np.int64))
+
+
+def test_read_into_a_reversed_view_of_length_one_reads_like_numpy(tmp_path):
+    """(review) numpy calls an array with a negative stride on a length-1 axis Fortran-contiguous:
+    the fused copy's table had refused that stride."""
+    data = np.random.default_rng(2).integers(0, 255, (16, 1, 16), dtype=np.uint8)
+    v = vb.create(f"zarr3://{tmp_path}/z", shape=data.shape, dtype="uint8", chunk_shape=(8, 1, 8), compression="zstd")
+    v[...] = data
+    out = np.zeros((16, 1, 16, 1), np.uint8, order="F")[:, ::-1]  # (x, y, z, c), strides (1, -16, 16, 256)
+    assert out.flags.f_contiguous and out.strides[1] < 0
+    vb.array(f"zarr3://{tmp_path}/z").volume.read_into(Box((0, 0, 0), (16, 1, 16)), out)
+    np.testing.assert_array_equal(out[..., 0], data.transpose(2, 1, 0))

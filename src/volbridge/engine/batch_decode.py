@@ -134,15 +134,18 @@ def decode_into(name: str, src, starts: np.ndarray, sizes: np.ndarray, dst: np.n
         raise ValueError(f"{name} batch spans outside their destination buffer")
     sources.check_destination(dst, f"{name} batch decoding")
     copy_to = copy_rows = 0
+    if (table is None) != (out is None):
+        raise ValueError(f"{name} batch decoding copies out only with both a copy table and its destination")
     if table is not None:
-        if not (table.dtype == np.int64 and table.shape == (len(starts), 12) and table.flags.c_contiguous):
-            raise ValueError(f"{name} batch decoding needs an int64 copy table of a row per chunk")
+        if not (table.dtype == np.int64 and table.shape == (len(starts), 12) and table.flags.c_contiguous
+                and table.flags.aligned):
+            raise ValueError(f"{name} batch decoding needs an aligned int64 copy table of a row per chunk")
         sources.check_destination(out, f"{name} batch decoding")
         if np.may_share_memory(out, dst):
             raise ValueError(f"{name} batch decoding into a buffer that overlaps its copies' destination")
         # every row reads inside its chunk's decoded bytes and writes inside ``out``
-        read_end, write_end = place.row_ends(table)
-        if not ((table[:, :8] >= 0).all() and (read_end <= caps).all() and (write_end <= out.size).all()):
+        ends = place.row_ends(table)
+        if ends is None or not ((ends[0] <= caps).all() and (ends[1] <= out.size).all()):
             raise ValueError(f"{name} batch decoding copies outside a decoded chunk or its destination")
         copy_to, copy_rows = out.ctypes.data, table.ctypes.data
     contexts = _local.__dict__.setdefault("contexts", {})

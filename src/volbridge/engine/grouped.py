@@ -103,7 +103,8 @@ def read_grouped(vol: ChunkedVolume, layout: ScaleLayout, box: Box, cells: list[
     groups = np.array_split(np.arange(len(cells)), count)
     # Fewer groups than cores: each spreads its native calls over them (but not inside an outer
     # loop, whose siblings keep the cores busy already).
-    parts = parallel.cores() if count < parallel.cores() and not parallel.inside() else 1
+    cpu_loops = min(loops, parallel.cores())  # VOLBRIDGE_THREADS=1 means one thread here too
+    parts = cpu_loops if count < cpu_loops and not parallel.inside() else 1
 
     def group_task(group: np.ndarray) -> None:
         # views of a buffer this thread reuses: used up before the thread's next group
@@ -149,5 +150,6 @@ def read_arriving(vol: ChunkedVolume, layout: ScaleLayout, box: Box, cells: list
             batch.clear()
         place_batch(full)
 
-    vol.store.fetch_each(list(by_key), arrived, heavy=True, nbytes=vol._chunk_nbytes(layout))
+    # raw chunks are only copied: the thread driving the requests places them (as before batching)
+    vol.store.fetch_each(list(by_key), arrived, heavy=not layout.voxels_stored_raw, nbytes=vol._chunk_nbytes(layout))
     place_batch(batch)

@@ -157,7 +157,9 @@ def _copy_table(out: np.ndarray, starts: np.ndarray, strides, src_lo: np.ndarray
                 size: np.ndarray) -> np.ndarray:
     isz, nc = out.dtype.itemsize, out.shape[3]
     sy, sz, _ = strides
-    _, dy, dz, dc = out.strides
+    # an axis of length 1 is never stepped along: its stride (which numpy may leave negative, a
+    # reversed view) is 0 here, so every table entry stays non-negative
+    dy, dz, dc = (st if n > 1 else 0 for st, n in zip(out.strides[1:], out.shape[1:]))
     return _table(starts + src_lo[:, 0] * isz + src_lo[:, 1] * sy + src_lo[:, 2] * sz, strides,
                   dst_lo[:, 0] * isz + dst_lo[:, 1] * dy + dst_lo[:, 2] * dz, (dy, dz, dc), size, isz, nc)
 
@@ -184,10 +186,18 @@ def copy_table(out: np.ndarray, shapes: np.ndarray, src_lo: np.ndarray, dst_lo: 
     return _copy_table(out, np.zeros(len(shapes), np.int64), strides, src_lo, dst_lo, size)
 
 
-def row_ends(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def row_ends(table: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """Per row of a copy table, one past the last byte it reads (from its source start) and
-    writes (from its destination start): what a caller checks against both buffers."""
+    writes (from its destination start): what a caller checks against both buffers. None when
+    an entry is negative or an end lies past 2**52 (worked out in floating point first, so that
+    no product can wrap around int64 and pass a check)."""
+    if len(table) and table.min() < 0:
+        return None
     last = np.maximum(table[:, [9, 10, 11]] - 1, 0)
+    for span in ((0, 1, 2, 3), (4, 5, 6, 7)):
+        start, strides = table[:, span[0]].astype(np.float64), table[:, list(span[1:])].astype(np.float64)
+        if len(table) and (start + (last * strides).sum(axis=1) + table[:, 8]).max() >= 2.0 ** 52:
+            return None
     empty = (table[:, [8, 9, 10, 11]] == 0).any(axis=1)
     src_end = table[:, 0] + (last * table[:, [1, 2, 3]]).sum(axis=1) + table[:, 8]
     dst_end = table[:, 4] + (last * table[:, [5, 6, 7]]).sum(axis=1) + table[:, 8]

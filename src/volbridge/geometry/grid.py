@@ -60,6 +60,9 @@ class ChunkGrid:
             for a, b, o, c, lo, hi in zip(region.start, region.stop, self.origin, self.chunk_shape,
                                           self.bounds.start, self.bounds.stop)
         ]
+        if not axes:  # a 0-D grid: its one cell
+            yield Cell((), Box((), ()))
+            return
         # x fastest, matching the storage order of every format here.
         for rev in itertools.product(*reversed(axes)):
             index, start, stop = zip(*reversed(rev))
