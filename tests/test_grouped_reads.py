@@ -110,8 +110,10 @@ def test_fused_and_staged_placement_agree(monkeypatch):
         if not fused:
             monkeypatch.setattr(place, "writes_natively", lambda out: False)
         bad = np.zeros(5, bool)
-        ok = batch_decode.decode_and_place("zstd", sources, which, np.zeros(5, np.int64), sources.size, shapes, slot_sizes,
-                                           src_lo, dst_lo, size, out, bad, 1)
+        copy = batch_decode.CopyOut(out, shapes, slot_sizes, src_lo, dst_lo, size)
+        assert copy.fused == fused
+        ok = batch_decode.decode_and_place("zstd", sources, which, np.zeros(5, np.int64), sources.size, copy, np.arange(5),
+                                           bad, 1)
         assert ok.tolist() == [True, True, True, False, True] and bad.tolist() == [False, False, False, True, False]
         for k in (0, 1, 2, 4):
             (a, b, c), (n0, n1, n2) = dst_lo[k], size[k]
@@ -142,6 +144,13 @@ def test_copies_outside_a_decoded_chunk_or_the_output_are_refused():
         batch_decode.decode_into("zstd", stream, one, np.array([stream.size]), flat, one, np.array([64]), out=flat, table=good)
     with pytest.raises(ValueError, match="outside"):  # a region past the chunk's own shape
         place.copy_table(out, np.array([[4, 4, 4, 1]]), np.ones((1, 3)), np.zeros((1, 3)), np.full((1, 3), 4))
+    shape, zero, whole = np.array([[4, 4, 4, 1]]), np.zeros((1, 3), np.int64), np.full((1, 3), 4)
+    with pytest.raises(ValueError, match="outside"):  # a chunk said to decode to fewer bytes than its shape holds
+        batch_decode.CopyOut(out, shape, np.array([63]), zero, zero, whole)
+    copy = batch_decode.CopyOut(out, shape, np.array([64]), zero, zero, whole)
+    with pytest.raises(ValueError, match="rows"):
+        batch_decode.decode_and_place("zstd", native.Sources([stream]), one, one, np.array([stream.size]), copy,
+                                      np.array([1]), np.zeros(1, bool), 1)
 
 
 @pytest.mark.parametrize("fmt,compression", [("zarr3", "zstd"), ("zarr3", None), ("precomputed", "gzip")])

@@ -156,19 +156,63 @@ def decode_into(name: str, src, starts: np.ndarray, sizes: np.ndarray, dst: np.n
                               offsets.ctypes.data, caps.ctypes.data, len(starts), copy_to, copy_rows)
 
 
+class CopyOut:
+    """Where a read's decoded chunks go, worked out and checked once for the read: chunk ``r``'s
+    voxels (stored shape ``shapes[r]``, x, y, z, c, in ``slot_sizes[r]`` bytes) put region
+    ``size[r]`` at ``src_lo[r]`` at ``dst_lo[r]`` of ``out``. Where the compiled copy writes
+    ``out`` (``fused``), each chunk is copied out by its row of a copy table right after its
+    decode; else the chunks are decoded into a staging buffer and placed after."""
+
+    def __init__(self, out: np.ndarray, shapes: np.ndarray, slot_sizes: np.ndarray, src_lo: np.ndarray,
+                 dst_lo: np.ndarray, size: np.ndarray):
+        self.out, self.shapes, self.src_lo, self.dst_lo, self.size = out, shapes, src_lo, dst_lo, size
+        self.caps = np.ascontiguousarray(slot_sizes, np.int64)
+        self.fused = place.writes_natively(out)
+        if self.fused:
+            self.table = place.copy_table(out, shapes, src_lo, dst_lo, size)
+            self.flat = place.out_bytes(out)
+            # every row reads inside its chunk's decoded bytes and writes inside ``out``
+            ends = place.row_ends(self.table)
+            if ends is None or not ((self.caps >= 0).all() and (ends[0] <= self.caps).all()
+                                    and (ends[1] <= self.flat.size).all()):
+                raise ValueError("chunk copies outside a decoded chunk or the output")
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, np.int64)
+        if len(rows) and not (rows.min() >= 0 and rows.max() < len(self.caps)):
+            raise ValueError("chunk copies name rows that do not exist")
+        return rows
+
+
+def _decode_rows(name: str, sources: native.Sources, which: np.ndarray, starts: np.ndarray, sizes: np.ndarray,
+                 copy: CopyOut, rows: np.ndarray) -> int:
+    """:func:`decode_into` of stream k into a one-chunk buffer, copied out by row ``rows[k]`` of
+    ``copy`` (checked when it was made: only the spans are checked here, a batch of a read being
+    a few hundred microseconds of GIL-held numpy calls otherwise). Returns as decode_into."""
+    codec = _codecs[name]
+    sizes = np.require(sizes, np.int64, ["C", "A"])
+    at = sources.starts(which, starts, sizes, f"{name} batch decoding")
+    sources.check_destination(copy.flat, f"{name} batch decoding")
+    caps, table = copy.caps[rows], copy.table[rows]
+    contexts = _local.__dict__.setdefault("contexts", {})
+    ctx = contexts.get(name)
+    if ctx is None:
+        ctx = contexts[name] = _Context(codec)
+    with place.staging(int(caps.max())) as buf:  # this thread's, apart from the sources and ``out``
+        offsets = np.zeros(len(rows), np.int64)
+        return _kernel.decode_all(codec.mode, codec.fn, ctx.ptr, 0, at.ctypes.data, sizes.ctypes.data, buf.ctypes.data,
+                                  offsets.ctypes.data, caps.ctypes.data, len(rows), copy.flat.ctypes.data, table.ctypes.data)
+
+
 def decode_and_place(codec: str, sources: native.Sources, which: np.ndarray, starts: np.ndarray, sizes: np.ndarray,
-                     shapes: np.ndarray, slot_sizes: np.ndarray, src_lo: np.ndarray, dst_lo: np.ndarray, size: np.ndarray,
-                     out: np.ndarray, bad: np.ndarray, parts: int) -> np.ndarray:
+                     copy: CopyOut, rows: np.ndarray, bad: np.ndarray, parts: int) -> np.ndarray:
     """Decompress chunk ``k`` (stream ``starts[k]``, ``sizes[k]`` of buffer ``which[k]`` of
-    ``sources``) to its ``slot_sizes[k]`` voxel bytes of stored shape ``shapes[k]`` (x, y, z, c),
-    in one native call per part (each part on its own loop), and place region ``size[k]`` at
-    ``src_lo[k]`` of it at ``dst_lo[k]`` of ``out``: each chunk copied out of a one-chunk buffer
-    right after its decode where the compiled copy writes ``out``, else all decoded into a
-    staging buffer and then placed (:func:`place.place_chunks`).
-    A chunk that does not decode to exactly its voxels marks its source buffer in ``bad`` (a
-    shard, say), and the buffer's chunks after it are skipped; ones before it may have been
-    placed: the caller places a bad buffer's chunks again its own way. Returns which chunks
-    were placed, none of a bad buffer among them."""
+    ``sources``) and place it as row ``rows[k]`` of ``copy`` says, in one native call per part
+    (each part on its own loop). A chunk that does not decode to exactly its voxels marks its
+    source buffer in ``bad`` (a shard, say), and the buffer's chunks after it are skipped; ones
+    before it may have been placed: the caller places a bad buffer's chunks again its own way.
+    Returns which chunks were placed, none of a bad buffer among them."""
+    rows = copy.rows(rows)
     if not len(which):
         return np.zeros(0, bool)
 
@@ -185,26 +229,24 @@ def decode_and_place(codec: str, sources: native.Sources, which: np.ndarray, sta
                 part = part[done + 1:]
                 part = part[which[part] != failed]
 
-        run_bounded(part_task, np.array_split(np.arange(len(which)), max(1, min(parts, len(which)))), 1, parts, local=False)
+        if parts <= 1:
+            part_task(np.arange(len(which)))
+            return
+        run_bounded(part_task, np.array_split(np.arange(len(which)), min(parts, len(which))), 1, parts, local=False)
 
-    if place.writes_natively(out):
+    if copy.fused:
         # Each chunk copied out right after its decode, from a buffer of one chunk: decoding 64^3
         # zstd chunks into an 8 MiB staging buffer and copying them after measured ~15 % slower
         # (the decoder writes, then the copy reads, memory no cache holds).
-        table = place.copy_table(out, shapes, src_lo, dst_lo, size)
-        flat = place.out_bytes(out)
-
-        def fused(part: np.ndarray) -> int:
-            with place.staging(int(slot_sizes[part].max())) as buf:
-                return decode_into(codec, sources, starts[part], sizes[part], buf, np.zeros(len(part), np.int64),
-                                   slot_sizes[part], which=which[part], out=flat, table=table[part])
-
-        run(fused)
+        run(lambda part: _decode_rows(codec, sources, which[part], starts[part], sizes[part], copy, rows[part]))
         return ~bad[which]
+    slot_sizes = copy.caps[rows]
     offsets = np.cumsum(slot_sizes) - slot_sizes
     with place.staging(int(slot_sizes.sum())) as staging:
         run(lambda part: decode_into(codec, sources, starts[part], sizes[part], staging, offsets[part], slot_sizes[part],
                                      which=which[part]))
         ok = ~bad[which]
-        place.place_chunks(out, staging, offsets[ok], shapes[ok], src_lo[ok], dst_lo[ok], size[ok], parts=parts)
+        placed = rows[ok]
+        place.place_chunks(copy.out, staging, offsets[ok], copy.shapes[placed], copy.src_lo[placed], copy.dst_lo[placed],
+                           copy.size[placed], parts=parts)
     return ok

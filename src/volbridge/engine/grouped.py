@@ -53,8 +53,8 @@ class _Cells:
     """A read's cells as arrays (where each one's overlap with the box starts and ends, and how
     its voxels are stored) and their keys, for placing any subset of them in batched calls."""
 
-    def __init__(self, layout: ScaleLayout, box: Box, cells: list[Cell]):
-        self.cells = cells
+    def __init__(self, layout: ScaleLayout, box: Box, cells: list[Cell], out: np.ndarray, codec: str):
+        self.cells, self.out = cells, out
         starts = np.array([c.box.start for c in cells], np.int64).reshape(-1, 3)
         stops = np.array([c.box.stop for c in cells], np.int64).reshape(-1, 3)
         lo, hi = np.maximum(starts, np.array(box.start)), np.minimum(stops, np.array(box.stop))
@@ -62,10 +62,13 @@ class _Cells:
         self.shapes, self.slot_sizes, _ = stored_slots(layout, stops - starts)
         self.names = [layout.read_keys(c) for c in cells]
         self.other_names = any(len(n) > 1 for n in self.names)
+        # where decoded chunks go, worked out and checked once for the whole read
+        self.copy = None if codec == "raw" else batch_decode.CopyOut(out, self.shapes, self.slot_sizes, self.src_lo,
+                                                                      self.dst_lo, self.size)
 
 
-def _place_values(vol: ChunkedVolume, layout: ScaleLayout, at: _Cells, chunks: np.ndarray, values: list, out: np.ndarray,
-                  codec: str, parts: int, place_found: Callable) -> None:
+def _place_values(vol: ChunkedVolume, layout: ScaleLayout, at: _Cells, chunks: np.ndarray, values: list, codec: str,
+                  parts: int, place_found: Callable) -> None:
     """Place cells ``chunks`` (positions in ``at``) from their stored ``values`` (None: absent)
     in a few batched calls; the rest through ``place_found``, the checked path."""
     present = [j for j, v in enumerate(values) if v is not None]
@@ -82,11 +85,11 @@ def _place_values(vol: ChunkedVolume, layout: ScaleLayout, at: _Cells, chunks: n
     if codec == "raw":
         bad[sizes != at.slot_sizes[sel]] = True  # a raw chunk must be exactly its voxels
         ok = ~bad
-        place.place_chunks(out, sources, np.zeros(int(ok.sum()), np.int64), at.shapes[sel[ok]], at.src_lo[sel[ok]],
+        place.place_chunks(at.out, sources, np.zeros(int(ok.sum()), np.int64), at.shapes[sel[ok]], at.src_lo[sel[ok]],
                            at.dst_lo[sel[ok]], at.size[sel[ok]], which=which[ok], parts=parts)
     else:
-        batch_decode.decode_and_place(codec, sources, which, np.zeros(len(present), np.int64), sizes, at.shapes[sel],
-                                      at.slot_sizes[sel], at.src_lo[sel], at.dst_lo[sel], at.size[sel], out, bad, parts)
+        batch_decode.decode_and_place(codec, sources, which, np.zeros(len(present), np.int64), sizes, at.copy, sel, bad,
+                                      parts)
     for j in np.flatnonzero(bad).tolist():  # decoded or named by the checked path
         k = int(sel[j])
         place_found(at.cells[k], (at.names[k][0], values[present[j]]))
@@ -97,7 +100,7 @@ def read_grouped(vol: ChunkedVolume, layout: ScaleLayout, box: Box, cells: list[
     """Read ``cells`` of ``box`` from a local store into ``out`` in groups (``codec`` from
     :func:`group_codec`). ``place_found(cell, (key, stored bytes) or None)`` is the checked
     chunk-by-chunk path, which also fills absent chunks."""
-    at = _Cells(layout, box, cells)
+    at = _Cells(layout, box, cells, out, codec)
     loops = parallel.default_threads()
     count = max(1, min(len(cells), max(loops, -(-int(at.slot_sizes.sum()) // GROUP_BYTES))))
     groups = np.array_split(np.arange(len(cells)), count)
@@ -109,7 +112,7 @@ def read_grouped(vol: ChunkedVolume, layout: ScaleLayout, box: Box, cells: list[
     def group_task(group: np.ndarray) -> None:
         # views of a buffer this thread reuses: used up before the thread's next group
         values = vol.store.get_many_transient([at.names[k][0] for k in group.tolist()])
-        _place_values(vol, layout, at, group, values, out, codec, parts, place_found)
+        _place_values(vol, layout, at, group, values, codec, parts, place_found)
 
     run_bounded(group_task, groups, int(at.slot_sizes[groups[0]].sum()) * 2 or 1)
 
@@ -125,20 +128,20 @@ def read_arriving(vol: ChunkedVolume, layout: ScaleLayout, box: Box, cells: list
     way (many requests in flight, :meth:`KVStore.fetch_each`), and whichever thread hands over
     the chunk that completes a batch of :data:`ARRIVING_BATCH` places the batch in batched calls;
     the calling thread places the last one."""
-    at = _Cells(layout, box, cells)
+    at = _Cells(layout, box, cells, out, codec)
     by_key = {names[0]: k for k, names in enumerate(at.names)}
     batch: list[tuple[int, bytes]] = []
     lock = threading.Lock()
 
     def place_batch(items: list[tuple[int, bytes]]) -> None:
         if items:
-            _place_values(vol, layout, at, np.array([k for k, _ in items], np.int64), [v for _, v in items], out, codec, 1,
+            _place_values(vol, layout, at, np.array([k for k, _ in items], np.int64), [v for _, v in items], codec, 1,
                           place_found)
 
     def arrived(key: str, data) -> None:
         k = by_key[key]
         if data is None:
-            _place_values(vol, layout, at, np.array([k], np.int64), [None], out, codec, 1, place_found)
+            _place_values(vol, layout, at, np.array([k], np.int64), [None], codec, 1, place_found)
             return
         # a transient value (a buffer the store reuses) must outlive this call to wait for its batch
         item = (k, data if type(data) is bytes else bytes(data))

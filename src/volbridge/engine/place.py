@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import threading
 
 import numpy as np
@@ -37,17 +38,46 @@ def load() -> bool:
     return bool(_kernel)
 
 
-#: Reads of fewer chunks than this do not load the compiled loop: importing llvmlite and building
-#: the loops takes 0.05-0.1 s once per process (measured), which numpy's 20-60 us more per
-#: chunk repays after a few reads of this size. Once loaded, every read uses it.
+#: Reads of fewer chunks than this do not wait for the compiled loop: importing llvmlite and
+#: building the loops takes 0.05-0.1 s once per process (measured), which numpy's 20-60 us more
+#: per chunk repays only after a few reads of this size. Such a read starts building it in the
+#: background instead and runs on numpy; once loaded, every read uses it.
 LOAD_AT_CHUNKS = 128
+_building = threading.Lock()
+_build_started = False
+
+
+def _load_in_background() -> None:
+    global _build_started
+    with _building:
+        if _build_started:
+            return
+        _build_started = True
+    try:
+        threading.Thread(target=load, name="volbridge-native-build", daemon=True).start()
+    except RuntimeError:  # no new threads (interpreter shutting down): the numpy paths serve
+        pass
+
+
+def _after_fork_in_child() -> None:
+    """A child has no build thread: it may start its own (native.py resets its own state)."""
+    global _building, _build_started
+    _building, _build_started = threading.Lock(), False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def prepare(num_chunks: int) -> bool:
-    """Load the compiled loop if a read of ``num_chunks`` chunks is worth it; whether it is loaded
-    (without it, batching chunks through a staging buffer only adds a copy: use numpy directly)."""
-    if _kernel is None and num_chunks >= LOAD_AT_CHUNKS:
-        load()
+    """Load the compiled loop if a read of ``num_chunks`` chunks is worth waiting for it, else
+    start loading it in the background; whether it is loaded now (without it, batching chunks
+    through a staging buffer only adds a copy: use numpy directly)."""
+    if _kernel is None:
+        if num_chunks >= LOAD_AT_CHUNKS:
+            load()
+        else:
+            _load_in_background()
     return bool(_kernel)
 
 
@@ -182,6 +212,8 @@ def copy_table(out: np.ndarray, shapes: np.ndarray, src_lo: np.ndarray, dst_lo: 
     buffer and copies it out at once (:func:`volbridge.engine.batch_decode.decode_and_place`).
     Only where :func:`writes_natively`; checks every region (:func:`row_ends` bounds a row)."""
     shapes, src_lo, dst_lo, size = (np.asarray(a, np.int64) for a in (shapes, src_lo, dst_lo, size))
+    if not len(shapes):
+        return np.zeros((0, 12), np.int64)
     strides = _checked_strides(out, shapes, src_lo, dst_lo, size)
     return _copy_table(out, np.zeros(len(shapes), np.int64), strides, src_lo, dst_lo, size)
 

@@ -411,8 +411,8 @@ def _place_fetched(layout: ScaleLayout, group: _Group, fetched: dict[int, _Fetch
     shapes, slot_sizes, _ = stored_slots(layout, group.stops[pos] - group.starts[pos])
     bad = np.zeros(len(slots), bool)
     if codec != "raw":
-        ok = batch_decode.decode_and_place(codec, sources, src, starts, sizes, shapes, slot_sizes, group.src_lo[pos],
-                                           group.dst_lo[pos], group.size[pos], out, bad, parts)
+        copy = batch_decode.CopyOut(out, shapes, slot_sizes, group.src_lo[pos], group.dst_lo[pos], group.size[pos])
+        ok = batch_decode.decode_and_place(codec, sources, src, starts, sizes, copy, np.arange(len(pos)), bad, parts)
         placed[pos[ok]] = True
     else:
         bad[src[sizes != slot_sizes]] = True  # a raw chunk must be exactly its voxels
