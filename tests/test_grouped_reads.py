@@ -206,3 +206,40 @@ def test_read_into_a_reversed_view_of_length_one_reads_like_numpy(tmp_path):
     assert out.flags.f_contiguous and out.strides[1] < 0
     vb.array(f"zarr3://{tmp_path}/z").volume.read_into(Box((0, 0, 0), (16, 1, 16)), out)
     np.testing.assert_array_equal(out[..., 0], data.transpose(2, 1, 0))
+
+
+@pytest.mark.parametrize("no_native", [False, True])
+def test_a_small_first_read_builds_the_loops_in_the_background(tmp_path, no_native):
+    """A read too small to wait for the native loops runs on numpy and starts building them; the
+    reads after use them (a fresh process: the suite's own has them loaded already)."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    data = np.random.default_rng(1).integers(0, 255, (16, 16, 16), dtype=np.uint8)
+    vb.create(f"zarr3://{tmp_path}/z", shape=data.shape, dtype="uint8", chunk_shape=(8, 8, 8), compression="zstd")[...] = data
+    np.save(tmp_path / "want.npy", data)
+    code = textwrap.dedent(f"""
+        import time, numpy as np, volbridge as vb
+        from volbridge.engine import place, grouped
+        groups = []
+        real = grouped._place_values
+        grouped._place_values = lambda *a: groups.append(len(a[3])) or real(*a)
+        want = np.load({str(tmp_path / "want.npy")!r})
+        a = vb.array({f"zarr3://{tmp_path}/z"!r})
+        assert place._kernel is None
+        assert np.array_equal(a[...], want) and not groups  # 8 chunks: numpy, chunk by chunk
+        for _ in range(200):
+            if place._kernel is not None:
+                break
+            time.sleep(0.05)
+        assert np.array_equal(a[...], want)
+        print("kernel", bool(place._kernel), "grouped", sum(groups))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "VOLBRIDGE_NO_NATIVE"}
+    if no_native:
+        env["VOLBRIDGE_NO_NATIVE"] = "1"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == (["kernel", "False", "grouped", "0"] if no_native else ["kernel", "True", "grouped", "8"])
