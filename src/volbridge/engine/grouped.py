@@ -124,10 +124,11 @@ ARRIVING_BATCH = 8
 
 def read_arriving(vol: ChunkedVolume, layout: ScaleLayout, box: Box, cells: list[Cell], out: np.ndarray, codec: str,
                   place_found: Callable[[Cell, tuple[str, bytes | memoryview] | None], None]) -> None:
-    """Read ``cells`` of ``box`` from a network store into ``out``: the store fetches them its own
-    way (many requests in flight, :meth:`KVStore.fetch_each`), and whichever thread hands over
-    the chunk that completes a batch of :data:`ARRIVING_BATCH` places the batch in batched calls;
-    the calling thread places the last one."""
+    """Read ``cells`` of ``box`` (compressed chunks: ``codec`` not raw) from a network store into
+    ``out``: the store fetches them its own way (many requests in flight,
+    :meth:`KVStore.fetch_each`), and whichever thread hands over the chunk that completes a batch
+    of :data:`ARRIVING_BATCH` places the batch in batched calls; the calling thread places the
+    last one."""
     at = _Cells(layout, box, cells, out, codec)
     by_key = {names[0]: k for k, names in enumerate(at.names)}
     batch: list[tuple[int, bytes]] = []
@@ -153,6 +154,5 @@ def read_arriving(vol: ChunkedVolume, layout: ScaleLayout, box: Box, cells: list
             batch.clear()
         place_batch(full)
 
-    # raw chunks are only copied: the thread driving the requests places them (as before batching)
-    vol.store.fetch_each(list(by_key), arrived, heavy=not layout.voxels_stored_raw, nbytes=vol._chunk_nbytes(layout))
+    vol.store.fetch_each(list(by_key), arrived, heavy=True, nbytes=vol._chunk_nbytes(layout))
     place_batch(batch)
