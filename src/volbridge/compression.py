@@ -97,13 +97,14 @@ def decompress_many(name: str, datas: list) -> list[bytes]:
 _local = threading.local()
 
 
-def native_library(paths: list[str | None], *symbols: str) -> ctypes.CDLL | None:
-    """The first of ``paths`` that loads and exports every one of ``symbols`` (None if none)."""
+def native_library(paths: list[str | None], *symbols: str, mode: int = ctypes.DEFAULT_MODE) -> ctypes.CDLL | None:
+    """The first of ``paths`` that loads (dlopen ``mode``) and exports every one of ``symbols``
+    (None if none)."""
     for path in paths:
         if not path:
             continue
         try:
-            lib = ctypes.CDLL(path)  # CDLL calls release the GIL
+            lib = ctypes.CDLL(path, mode=mode)  # CDLL calls release the GIL
             for name in symbols:
                 getattr(lib, name)
         except (OSError, AttributeError):

@@ -88,11 +88,15 @@ ZSTD_ASM_VERSION = 10502
 
 def _system_zstd(names: tuple[str, ...]) -> ctypes.CDLL | None:
     """The system's libzstd where it decodes faster than the bundled build: x86-64, 1.5.2 or later.
-    Loaded by its soname (no ldconfig run); any chunk it decodes to other than exactly its size
-    still goes to the checked path, which python-zstandard decodes."""
+    Loaded by its soname (no ldconfig run). It may be an older version than python-zstandard's:
+    a chunk it does not decode to exactly its size still goes to the checked path, which
+    python-zstandard decodes (and which names a damaged chunk)."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return None
-    lib = compression.native_library(["libzstd.so.1"], "ZSTD_versionNumber", *names)
+    # Its own calls bound to its own functions (RTLD_DEEPBIND): with python-zstandard's cffi
+    # module loaded RTLD_GLOBAL, they had bound to that other build's (review).
+    mode = ctypes.DEFAULT_MODE | getattr(os, "RTLD_DEEPBIND", 0)
+    lib = compression.native_library(["libzstd.so.1"], "ZSTD_versionNumber", *names, mode=mode)
     if lib is None:
         return None
     lib.ZSTD_versionNumber.restype = ctypes.c_uint
@@ -222,7 +226,8 @@ def _decode_rows(name: str, sources: native.Sources, which: np.ndarray, starts: 
     sources.check_destination(copy.flat, f"{name} batch decoding")
     caps, table = copy.caps[rows], copy.table[rows]
     ctx = _context(codec)
-    with place.staging(int(caps.max())) as buf:  # this thread's, apart from the sources and ``out``
+    with place.staging(int(caps.max())) as buf:  # this thread's, apart from ``out``
+        sources.check_destination(buf, f"{name} batch decoding")
         offsets = np.zeros(len(rows), np.int64)
         return _kernel.decode_all(codec.mode, codec.fn, ctx.ptr, 0, at.ctypes.data, sizes.ctypes.data, buf.ctypes.data,
                                   offsets.ctypes.data, caps.ctypes.data, len(rows), copy.flat.ctypes.data, table.ctypes.data)
@@ -237,6 +242,9 @@ def decode_and_place(codec: str, sources: native.Sources, which: np.ndarray, sta
     before it may have been placed: the caller places a bad buffer's chunks again its own way.
     Returns which chunks were placed, none of a bad buffer among them."""
     rows = copy.rows(rows)
+    if not len(which) == len(starts) == len(sizes) == len(rows):
+        raise ValueError(f"{codec} batch of {len(which)} chunks given {len(starts)} starts, {len(sizes)} sizes and "
+                         f"{len(rows)} rows")
     if not len(which):
         return np.zeros(0, bool)
 

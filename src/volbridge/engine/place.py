@@ -45,28 +45,39 @@ def load() -> bool:
 LOAD_AT_CHUNKS = 128
 _building = threading.Lock()
 _build_started = False
+_build_thread: threading.Thread | None = None
 
 
 def _load_in_background() -> None:
-    global _build_started
+    global _build_started, _build_thread
     with _building:
         if _build_started:
             return
         _build_started = True
-    try:
-        threading.Thread(target=load, name="volbridge-native-build", daemon=True).start()
-    except RuntimeError:  # no new threads (interpreter shutting down): the numpy paths serve
-        pass
+        try:
+            _build_thread = threading.Thread(target=load, name="volbridge-native-build", daemon=True)
+            _build_thread.start()
+        except RuntimeError:  # no new threads (interpreter shutting down): the numpy paths serve
+            _build_thread = None
+
+
+def _before_fork() -> None:
+    """Let a background build finish before a fork: a child forked half-way through it would
+    find the build's lock held (and LLVM's state half-made) and run the numpy paths for good
+    (services fork worker pools, often right after a first small read)."""
+    thread = _build_thread
+    if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+        thread.join(timeout=30)
 
 
 def _after_fork_in_child() -> None:
     """A child has no build thread: it may start its own (native.py resets its own state)."""
-    global _building, _build_started
-    _building, _build_started = threading.Lock(), False
+    global _building, _build_started, _build_thread
+    _building, _build_started, _build_thread = threading.Lock(), False, None
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 
 
 def prepare(num_chunks: int) -> bool:
