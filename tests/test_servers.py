@@ -409,3 +409,19 @@ def test_azurite_obstore(azurite):
     obstore.delete(store, "vol/chunk")
     with pytest.raises(FileNotFoundError):
         obstore.get(store, "vol/chunk")
+
+
+def test_seaweedfs_refuses_to_start_on_a_nearly_full_disk(tmp_path, monkeypatch):
+    """Below 1 % free SeaweedFS makes its volumes read-only and answers every PUT with a bare 500:
+    the fixture says so before starting it."""
+    import collections
+    import shutil
+
+    import servers
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(250 << 30, 247 << 30, 3 << 30))
+    with pytest.raises(servers.ServerStartError, match=r"needs 6\.5 GiB free .*HTTP 500.* 3\.0 GiB of 250"):
+        servers._check_free_disk(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(250 << 30, 180 << 30, 70 << 30))
+    servers._check_free_disk(tmp_path)
