@@ -170,11 +170,13 @@ class ChunkedVolume(Volume):
                 read_grouped(self, layout, box, cells, out, codec, place_found)
             else:
                 run_bounded(lambda cell: place_found(cell, self._fetch(layout, cell)), cells, self._chunk_nbytes(layout))
+                place.load_soon()  # for the reads after this one
             return
         if codec and codec != "raw":  # over a network, compressed chunks in batches as they arrive
             # (raw chunks measured no faster in batches: placing one costs little either way)
             read_arriving(self, layout, box, cells, out, codec, place_found)
             return
+        place.load_soon()
         # A network store fetches the whole list its own way (many requests in flight from one
         # thread, where it can) and hands over each chunk as it arrives.
         by_key = {layout.read_keys(cell)[0]: cell for cell in cells}

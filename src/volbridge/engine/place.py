@@ -92,6 +92,18 @@ def prepare(num_chunks: int) -> bool:
     return bool(_kernel)
 
 
+def loaded() -> bool:
+    """Whether the compiled loop is loaded, without loading it."""
+    return bool(_kernel)
+
+
+def load_soon() -> None:
+    """Start loading the compiled loop in the background, if it is not loaded: for a caller that
+    has just finished a read without it, so the build does not compete with that read."""
+    if _kernel is None:
+        _load_in_background()
+
+
 #: No chunk holds this many bytes or more: products of shapes are checked against it in floating
 #: point first, so the int64 strides below cannot wrap (a shape of 2**60 rows once wrapped to a
 #: 0-byte chunk that passed every span check and had the loop read far past its buffer).
