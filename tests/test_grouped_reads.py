@@ -122,35 +122,44 @@ def test_fused_and_staged_placement_agree(monkeypatch):
     np.testing.assert_array_equal(outs[0][:, :, :2], outs[1][:, :, :2])
 
 
-def test_copies_outside_a_decoded_chunk_or_the_output_are_refused():
+def _one_chunk(out: np.ndarray, caps: int = 64):
+    """A CopyOut of one 4^3 uint8 chunk placed whole at the corner of ``out``."""
+    shape, zero, whole = np.array([[4, 4, 4, 1]]), np.zeros((1, 3), np.int64), np.full((1, 3), 4)
+    return batch_decode.CopyOut(out, shape, np.array([caps]), zero, zero, whole)
+
+
+def test_copies_outside_a_decoded_chunk_or_the_output_are_refused(monkeypatch):
     payload = bytes(range(64))
     stream = np.frombuffer(zstandard.ZstdCompressor().compress(payload), np.uint8)
-    out = np.zeros((4, 4, 4, 1), np.uint8, order="F")
-    flat, buf = place.out_bytes(out), np.zeros(64, np.uint8)
-    one = np.array([0])
-    good = place.copy_table(out, np.array([[4, 4, 4, 1]]), np.zeros((1, 3)), np.zeros((1, 3)), np.full((1, 3), 4))
-    assert batch_decode.decode_into("zstd", stream, one, np.array([stream.size]), buf, one, np.array([64]), out=flat,
-                                    table=good) == 1
-    assert out.tobytes(order="F") == payload
-    reads_past = good.copy()
-    reads_past[0, 0] = 1  # one byte further into the chunk: its last row ends past the 64 decoded bytes
-    writes_past = good.copy()
-    writes_past[0, 4] = 1
-    for table in (reads_past, writes_past):
-        with pytest.raises(ValueError, match="outside"):
-            batch_decode.decode_into("zstd", stream, one, np.array([stream.size]), buf, one, np.array([64]), out=flat,
-                                     table=table)
-    with pytest.raises(ValueError, match="overlaps"):
-        batch_decode.decode_into("zstd", stream, one, np.array([stream.size]), flat, one, np.array([64]), out=flat, table=good)
+    out = np.zeros((8, 4, 4, 1), np.uint8, order="F")  # room for the stream inside it, below
+    one, bad = np.array([0]), np.zeros(1, bool)
+    copy = _one_chunk(out)
+    assert copy.fused
+    assert batch_decode.decode_and_place("zstd", native.Sources([stream]), one, one, np.array([stream.size]), copy, one,
+                                         bad, 1).tolist() == [True]
+    assert out[:4].tobytes(order="F") == payload
     with pytest.raises(ValueError, match="outside"):  # a region past the chunk's own shape
         place.copy_table(out, np.array([[4, 4, 4, 1]]), np.ones((1, 3)), np.zeros((1, 3)), np.full((1, 3), 4))
-    shape, zero, whole = np.array([[4, 4, 4, 1]]), np.zeros((1, 3), np.int64), np.full((1, 3), 4)
     with pytest.raises(ValueError, match="outside"):  # a chunk said to decode to fewer bytes than its shape holds
-        batch_decode.CopyOut(out, shape, np.array([63]), zero, zero, whole)
-    copy = batch_decode.CopyOut(out, shape, np.array([64]), zero, zero, whole)
+        _one_chunk(out, 63)
     with pytest.raises(ValueError, match="rows"):
         batch_decode.decode_and_place("zstd", native.Sources([stream]), one, one, np.array([stream.size]), copy,
-                                      np.array([1]), np.zeros(1, bool), 1)
+                                      np.array([1]), bad, 1)
+    inside = place.out_bytes(out)  # a stream inside the output it would be copied to
+    inside[:stream.size] = stream
+    with pytest.raises(ValueError, match="overlaps"):
+        batch_decode.decode_and_place("zstd", native.Sources([inside[:stream.size]]), one, one, np.array([stream.size]),
+                                      copy, one, bad, 1)
+    # CopyOut checks the table it is given as well (copy_table's own checks aside): a row read
+    # one byte further into the chunk ends past its 64 decoded bytes, one written at the end of
+    # the output past it
+    good = place.copy_table(out, np.array([[4, 4, 4, 1]]), np.zeros((1, 3)), np.zeros((1, 3)), np.full((1, 3), 4))
+    for column, start in ((0, 1), (4, out.size - 1)):
+        tampered = good.copy()
+        tampered[0, column] = start
+        monkeypatch.setattr(place, "copy_table", lambda *a, t=tampered: t)
+        with pytest.raises(ValueError, match="outside"):
+            _one_chunk(out)
 
 
 @pytest.mark.parametrize("fmt,compression,batched", [("zarr3", "zstd", True), ("zarr2", "gzip", True),
@@ -182,20 +191,17 @@ def test_network_reads_place_batches_as_chunks_arrive(s3env, s3_bucket, monkeypa
             vb.array(url)[...]
 
 
-def test_copy_tables_whose_ends_wrap_around_int64_are_refused():
+def test_copy_tables_whose_ends_wrap_around_int64_are_refused(monkeypatch):
     """(review) A row of 2**60 + 1 lines 16 bytes apart ends 2**64 bytes on: int64 arithmetic
-    wrapped it to 16 and the unchecked loop wrote far past the output."""
-    stream = np.frombuffer(zstandard.ZstdCompressor().compress(bytes(range(64))), np.uint8)
-    out, buf, one = np.zeros(64, np.uint8), np.zeros(64, np.uint8), np.array([0])
-    for table in ([0, 0, 0, 0, 0, 16, 0, 0, 16, 2**60 + 1, 1, 1], [0, 16, 0, 0, 0, 0, 0, 0, 16, 2**60 + 1, 1, 1],
-                  [0, 0, 0, 0, 0, -16, 0, 0, 16, 2, 1, 1], [0, 0, 0, 0, 0, 0, 0, 0, -1, 1, 1, 1]):
-        assert place.row_ends(np.array([table], np.int64)) is None
+    wrapped it to 16, and the check before the unchecked loop passed it."""
+    out = np.zeros((4, 4, 4, 1), np.uint8, order="F")
+    for row in ([0, 0, 0, 0, 0, 16, 0, 0, 16, 2**60 + 1, 1, 1], [0, 16, 0, 0, 0, 0, 0, 0, 16, 2**60 + 1, 1, 1],
+                [0, 0, 0, 0, 0, -16, 0, 0, 16, 2, 1, 1], [0, 0, 0, 0, 0, 0, 0, 0, -1, 1, 1, 1]):
+        table = np.array([row], np.int64)
+        assert place.row_ends(table) is None
+        monkeypatch.setattr(place, "copy_table", lambda *a, t=table: t)
         with pytest.raises(ValueError, match="outside"):
-            batch_decode.decode_into("zstd", stream, one, np.array([stream.size]), buf, one, np.array([64]), out=out,
-                                     table=np.array([table], np.int64))
-    with pytest.raises(ValueError, match="both"):
-        batch_decode.decode_into("zstd", stream, one, np.array([stream.size]), buf, one, np.array([64]),
-                                 table=np.zeros((1, 12), np.int64))
+            _one_chunk(out)
 
 
 def test_read_into_a_reversed_view_of_length_one_reads_like_numpy(tmp_path):

@@ -145,17 +145,13 @@ def _context(codec: _Codec) -> _Context:
 
 
 def decode_into(name: str, src, starts: np.ndarray, sizes: np.ndarray, dst: np.ndarray, offsets: np.ndarray,
-                caps: np.ndarray, which: np.ndarray | None = None, out: np.ndarray | None = None,
-                table: np.ndarray | None = None) -> int:
+                caps: np.ndarray, which: np.ndarray | None = None) -> int:
     """Decompress the ``name`` stream ``src[starts[k]:starts[k] + sizes[k]]`` into
     ``dst[offsets[k]:offsets[k] + caps[k]]`` for k = 0, 1, ..., in order (``src``, ``dst``: 1-D
     uint8; or ``src`` a :class:`native.Sources`, stream ``k`` then in buffer ``which[k]``).
     Returns how many chunks decoded to exactly their ``caps[k]`` bytes before the first that did
     not (corrupt, cut, or of another size): the caller decodes that one on its checked path,
-    which says what is wrong. Only after :func:`load` returned True for ``name``.
-
-    With ``out`` (1-D uint8) and ``table`` (:func:`place.copy_table`, a row per chunk), each
-    chunk decoded is copied at once from its slot of ``dst`` into ``out`` by its row."""
+    which says what is wrong. Only after :func:`load` returned True for ``name``."""
     codec = _codecs[name]
     starts, sizes, offsets, caps = (np.require(a, np.int64, ["C", "A"]) for a in (starts, sizes, offsets, caps))
     if not len(starts) == len(sizes) == len(offsets) == len(caps):
@@ -167,24 +163,9 @@ def decode_into(name: str, src, starts: np.ndarray, sizes: np.ndarray, dst: np.n
     if not ((offsets >= 0).all() and (offsets <= dst.size).all() and (caps >= 0).all() and (caps <= dst.size - offsets).all()):
         raise ValueError(f"{name} batch spans outside their destination buffer")
     sources.check_destination(dst, f"{name} batch decoding")
-    copy_to = copy_rows = 0
-    if (table is None) != (out is None):
-        raise ValueError(f"{name} batch decoding copies out only with both a copy table and its destination")
-    if table is not None:
-        if not (table.dtype == np.int64 and table.shape == (len(starts), 12) and table.flags.c_contiguous
-                and table.flags.aligned):
-            raise ValueError(f"{name} batch decoding needs an aligned int64 copy table of a row per chunk")
-        sources.check_destination(out, f"{name} batch decoding")
-        if np.may_share_memory(out, dst):
-            raise ValueError(f"{name} batch decoding into a buffer that overlaps its copies' destination")
-        # every row reads inside its chunk's decoded bytes and writes inside ``out``
-        ends = place.row_ends(table)
-        if ends is None or not ((ends[0] <= caps).all() and (ends[1] <= out.size).all()):
-            raise ValueError(f"{name} batch decoding copies outside a decoded chunk or its destination")
-        copy_to, copy_rows = out.ctypes.data, table.ctypes.data
     ctx = _context(codec)
     return _kernel.decode_all(codec.mode, codec.fn, ctx.ptr, 0, at.ctypes.data, sizes.ctypes.data, dst.ctypes.data,
-                              offsets.ctypes.data, caps.ctypes.data, len(starts), copy_to, copy_rows)
+                              offsets.ctypes.data, caps.ctypes.data, len(starts), 0, 0)
 
 
 class CopyOut:
