@@ -1,8 +1,8 @@
 """Reads and writes of any box over a chunked format in a key-value store.
 
 Reads allocate the output once, then fetch, decode and copy each chunk's part straight into it:
-locally a group of chunks per native call where the format allows (:mod:`.grouped`), else chunk
-by chunk; inside the bounds the output starts uninitialised and absent chunks are filled
+a group of chunks per native call where the format allows (:mod:`.grouped`; over a network,
+compressed chunks in batches as they arrive), else chunk by chunk; inside the bounds the output starts uninitialised and absent chunks are filled
 where they are found (a box reaching outside the bounds starts filled). Writes
 validate everything first, then per chunk either encode and replace the object (the chunk is
 wholly covered) or read-modify-write it (partly covered) through the store's atomic ``update``.
