@@ -33,30 +33,46 @@ def _chunk_files(root):
                   and ".volbridge-locks" not in p.parts)
 
 
+def _route(monkeypatch, route: str) -> list:
+    """Send local reads down one of grouped.read_grouped's two ways: ``files`` (the native loop
+    opens, reads, decodes and places every chunk file) or ``groups`` (the store reads a group's
+    files, one native call decodes them), the way a store without plain files goes. Returns a
+    list that gets an entry per call of that way."""
+    calls = []
+    if route == "files":
+        real_files = grouped._read_files
+        monkeypatch.setattr(grouped, "_read_files", lambda *a: calls.append(len(a[4])) or real_files(*a))
+    else:
+        monkeypatch.setattr(FileStore, "local_paths", lambda self, keys: None)
+        real = FileStore.get_many_transient
+        monkeypatch.setattr(FileStore, "get_many_transient", lambda self, keys: calls.append(len(keys)) or real(self, keys))
+    return calls
+
+
 @pytest.mark.parametrize("fmt,compression", [("zarr3", "zstd"), ("zarr3", "gzip"), ("zarr3", None), ("zarr2", "zstd"),
                                              ("precomputed", None), ("precomputed", "gzip")])
-@pytest.mark.parametrize("threads", ["1", "3"])
+@pytest.mark.parametrize("threads,route", [("1", "groups"), ("3", "groups"), ("1", "files"), ("3", "files")])
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_grouped_reads_match_a_numpy_model(tmp_path_factory, monkeypatch, fmt, compression, threads, data):
+def test_grouped_reads_match_a_numpy_model(tmp_path_factory, monkeypatch, fmt, compression, threads, route, data):
     monkeypatch.setenv("VOLBRIDGE_THREADS", threads)
     monkeypatch.setattr(grouped, "GROUP_BYTES", data.draw(st.sampled_from([1, 3000, 8 << 20]), label="group bytes"))
     path = tmp_path_factory.mktemp("grouped")
     shape = (21, 26, 30)  # edge chunks: padded (zarr) or clipped (precomputed)
     v = vb.create(f"{fmt}://{path}/v", shape=shape, dtype="uint16", chunk_shape=(4, 6, 5), compression=compression)
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
-    calls = []
-    real = FileStore.get_many_transient
-    monkeypatch.setattr(FileStore, "get_many_transient", lambda self, keys: calls.append(len(keys)) or real(self, keys))
+    calls = _route(monkeypatch, route)
     patch_and_check(v, lambda: vb.array(f"{fmt}://{path}/v"), shape, np.uint16, rng, data.draw(st.integers(1, 4), label="writes"),
                     12)
-    assert calls, "the grouped path did not run"
+    assert calls, f"the {route} path did not run"
 
 
+@pytest.mark.parametrize("route", ["groups", "files"])
 @pytest.mark.parametrize("compression", ["zstd", "gzip", None])
-def test_a_damaged_chunk_among_a_groups_is_named(tmp_path, monkeypatch, compression):
+def test_a_damaged_chunk_among_a_groups_is_named(tmp_path, monkeypatch, compression, route):
     """The batch stops at the damaged chunk, the checked path names it; nothing reads as zeros."""
     monkeypatch.setenv("VOLBRIDGE_THREADS", "1")
+    calls = _route(monkeypatch, route)
     data = np.random.default_rng(3).integers(0, 255, (16, 16, 32), dtype=np.uint8)
     v = vb.create(f"zarr3://{tmp_path}/z", shape=data.shape, dtype="uint8", chunk_shape=(8, 8, 8), compression=compression)
     v[...] = data
@@ -70,12 +86,15 @@ def test_a_damaged_chunk_among_a_groups_is_named(tmp_path, monkeypatch, compress
     key = "/".join(victim.relative_to(tmp_path / "z").parts)
     with pytest.raises(ChunkDecodeError, match=key):
         vb.array(f"zarr3://{tmp_path}/z")[...]
+    assert calls
 
 
-def test_chunks_under_other_names_and_compressed_copies_are_read(tmp_path, monkeypatch):
+@pytest.mark.parametrize("route", ["groups", "files"])
+def test_chunks_under_other_names_and_compressed_copies_are_read(tmp_path, monkeypatch, route):
     """A precomputed chunk at neuroglancer-scripts' deep name, one as CloudVolume's ``.gz`` copy
     and one gzipped under the ``raw`` encoding (BigArrays.jl) sit among plain chunks of a group."""
     monkeypatch.setenv("VOLBRIDGE_THREADS", "1")
+    calls = _route(monkeypatch, route)
     data = np.random.default_rng(5).integers(0, 255, (16, 16, 32), dtype=np.uint8)
     v = vb.create(f"precomputed://{tmp_path}/p", shape=data.shape, dtype="uint8", chunk_shape=(8, 8, 8))
     v[...] = data
@@ -88,6 +107,49 @@ def test_chunks_under_other_names_and_compressed_copies_are_read(tmp_path, monke
     variant.unlink()
     sniffed.write_bytes(gzip.compress(sniffed.read_bytes()))
     np.testing.assert_array_equal(vb.array(f"precomputed://{tmp_path}/p")[...].squeeze(), data)
+    assert calls
+
+
+@pytest.mark.parametrize("compression", ["zstd", None])
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_chunk_files_the_native_loop_cannot_place_go_through_the_store(tmp_path, monkeypatch, compression, threads):
+    """The loop that reads chunk files itself leaves to the store (and the checked path) exactly
+    the chunks it cannot place: absent ones (filled), a directory where a chunk's file would be
+    (absent, as the store says), and a file bigger than the loop's buffer (read by the store,
+    then named when it is not a chunk). The store's counters see every chunk read."""
+    monkeypatch.setenv("VOLBRIDGE_THREADS", threads)
+    data = np.random.default_rng(9).integers(1, 255, (16, 16, 32), dtype=np.uint8)
+    url = f"zarr3://{tmp_path}/z"
+    vb.create(url, shape=data.shape, dtype="uint8", chunk_shape=(8, 8, 8), compression=compression)[...] = data
+    files = _chunk_files(tmp_path / "z")
+    assert len(files) == 16
+    files[2].unlink()
+    files[5].unlink()
+    files[5].mkdir()
+    want = data.copy()
+    for f in (files[2], files[5]):
+        z, y, x = (int(p) for p in f.relative_to(tmp_path / "z" / "c").parts)
+        want[8 * z:8 * z + 8, 8 * y:8 * y + 8, 8 * x:8 * x + 8] = 0
+    again = []
+    real_fetch = type(vb.array(url).volume)._fetch
+    monkeypatch.setattr(type(vb.array(url).volume), "_fetch", lambda self, layout, cell, skip=None:
+                        again.append(layout.write_key(cell)) or real_fetch(self, layout, cell, skip))
+    calls = _route(monkeypatch, "files")
+    a = vb.array(url)
+    before = a.volume.store.stats.as_dict()
+    np.testing.assert_array_equal(a[...], want)
+    assert calls == [16]
+    keys = ["/".join(f.relative_to(tmp_path / "z").parts) for f in files]
+    assert sorted(again) == sorted([keys[2], keys[5]])
+    after = a.volume.store.stats.as_dict()
+    assert after["requests"] - before["requests"] == 14
+    assert after["bytes_read"] - before["bytes_read"] == sum(f.stat().st_size for f in files if f.is_file())
+    # a file bigger than any chunk's buffer: the store reads it, the checked path names it
+    files[7].write_bytes(files[7].read_bytes() + bytes(8 * 8 * 8 + (80 << 10)))
+    again.clear()
+    with pytest.raises(ChunkDecodeError, match=keys[7]):
+        vb.array(url)[...]
+    assert keys[7] in again
 
 
 def test_fused_and_staged_placement_agree(monkeypatch):
@@ -232,8 +294,8 @@ def test_a_small_first_read_builds_the_loops_in_the_background(tmp_path, no_nati
         import os, time, numpy as np, volbridge as vb
         from volbridge.engine import native, place, grouped
         groups = []
-        real = grouped._place_values
-        grouped._place_values = lambda *a: groups.append(len(a[3])) or real(*a)
+        real = grouped._read_files
+        grouped._read_files = lambda *a: groups.append(len(a[4])) or real(*a)
         want = np.load({str(tmp_path / "want.npy")!r})
         a = vb.array({f"zarr3://{tmp_path}/z"!r})
         assert place._kernel is None
@@ -259,3 +321,49 @@ def test_a_small_first_read_builds_the_loops_in_the_background(tmp_path, no_nati
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["kernel", str(not no_native), "grouped", "0" if no_native else "8", "child", "0"]
+
+
+@pytest.mark.parametrize("route", ["groups", "files"])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_cutouts_that_need_a_chunks_first_planes_only_match_numpy(tmp_path_factory, monkeypatch, route, data):
+    """Chunks of 64^3 uint8 are two zstd blocks; a cutout that needs only a chunk's first planes
+    (along its slowest axis) has libzstd decode only the blocks that hold them. Random cutouts
+    against the numpy array, both ways a local read goes."""
+    calls = _route(monkeypatch, route)
+    path = tmp_path_factory.mktemp("prefix")
+    want = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed")).integers(0, 3, (130, 64, 70), np.uint8)
+    vb.create(f"zarr3://{path}/z", shape=want.shape, dtype="uint8", chunk_shape=(64, 64, 64), compression="zstd")[...] = want
+    a = vb.array(f"zarr3://{path}/z")
+    padded = np.pad(want, 3)  # zeros outside the bounds
+    for _ in range(4):
+        lo = [data.draw(st.integers(-3, n - 1)) for n in want.shape]
+        hi = [data.draw(st.integers(l + 1, n + 3)) for l, n in zip(lo, want.shape)]
+        got = a[tuple(slice(l, h) for l, h in zip(lo, hi))]
+        np.testing.assert_array_equal(got, padded[tuple(slice(l + 3, h + 3) for l, h in zip(lo, hi))])
+    assert calls
+
+
+@pytest.mark.parametrize("route", ["groups", "files"])
+@pytest.mark.parametrize("frame", ["plain", "checksum", "no content size"])
+def test_a_chunk_cut_short_is_named_by_every_read_that_decodes_its_end(tmp_path, monkeypatch, route, frame):
+    """A 64^3 chunk file cut short inside its second zstd block. A cutout of its first planes
+    decodes only the first block and reads right; a read of the whole chunk names it. A frame
+    with a content checksum, or one that does not say its size, is always decoded whole: then
+    the cutout names the chunk too (its checksum, its size are checked at the frame's end)."""
+    _route(monkeypatch, route)
+    want = np.random.default_rng(4).integers(0, 255, (64, 64, 64), np.uint8)
+    vb.create(f"zarr3://{tmp_path}/z", shape=want.shape, dtype="uint8", chunk_shape=(64, 64, 64), compression="zstd")[...] = want
+    (chunk,) = _chunk_files(tmp_path / "z")
+    options = {"plain": {}, "checksum": {"write_checksum": True}, "no content size": {"write_content_size": False}}[frame]
+    stream = zstandard.ZstdCompressor(**options).compress(want.tobytes())
+    chunk.write_bytes(stream[:-1000])
+    a = vb.array(f"zarr3://{tmp_path}/z")
+    key = "/".join(chunk.relative_to(tmp_path / "z").parts)
+    if frame == "plain":
+        np.testing.assert_array_equal(a[3:20, 5:60, 1:63], want[3:20, 5:60, 1:63])
+    else:
+        with pytest.raises(ChunkDecodeError, match=key):
+            a[3:20, 5:60, 1:63]
+    with pytest.raises(ChunkDecodeError, match=key):
+        a[3:40]

@@ -56,6 +56,14 @@ class _Codec:
     new_context: object  # ctypes function: () -> context pointer
     free_context: object  # ctypes function: (pointer) -> None
     mode: int  # 0: zstd's calling convention, 1: libdeflate's
+    #: int64 addresses of libzstd's ZSTD_decompressStream, ZSTD_DCtx_reset and
+    #: ZSTD_getFrameContentSize, for decoding a chunk's first bytes only
+    #: (native._emit_decode); None for other codecs or without them
+    stream: np.ndarray | None = None
+
+    @property
+    def stream_address(self) -> int:
+        return 0 if self.stream is None else self.stream.ctypes.data
 
 
 _kernel = None  # the compiled loop once loaded, False when it cannot run here
@@ -103,6 +111,16 @@ def _system_zstd(names: tuple[str, ...]) -> ctypes.CDLL | None:
     return lib if lib.ZSTD_versionNumber() >= ZSTD_ASM_VERSION else None
 
 
+def _zstd_stream(lib: ctypes.CDLL) -> np.ndarray | None:
+    """The addresses of ``lib``'s ZSTD_decompressStream, ZSTD_DCtx_reset and
+    ZSTD_getFrameContentSize (stable API since zstd 1.4.0), or None where it lacks them."""
+    try:
+        return np.array([ctypes.cast(getattr(lib, f), ctypes.c_void_p).value
+                         for f in ("ZSTD_decompressStream", "ZSTD_DCtx_reset", "ZSTD_getFrameContentSize")], np.int64)
+    except AttributeError:
+        return None
+
+
 def load(name: str) -> bool:
     """Load the loop and codec ``name``'s library once per process; whether batched decoding of
     ``name`` runs here."""
@@ -118,7 +136,7 @@ def load(name: str) -> bool:
                 new_context, free_context = getattr(lib, create), getattr(lib, free)
                 new_context.restype, free_context.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
                 fn = ctypes.cast(getattr(lib, decompress), ctypes.c_void_p).value
-                _codecs[name] = _Codec(fn, new_context, free_context, mode)
+                _codecs[name] = _Codec(fn, new_context, free_context, mode, _zstd_stream(lib) if mode == 0 else None)
     return bool(_codecs[name])
 
 
@@ -144,6 +162,14 @@ def _context(codec: _Codec) -> _Context:
     return ctx
 
 
+def decoder(name: str) -> tuple[int, int, int, int]:
+    """(mode, function address, this thread's context, streaming functions' address or 0) of
+    codec ``name`` for a native loop (:func:`native._emit_decode`); only after :func:`load`
+    returned True for ``name``."""
+    codec = _codecs[name]
+    return codec.mode, codec.fn, _context(codec).ptr, codec.stream_address
+
+
 def decode_into(name: str, src, starts: np.ndarray, sizes: np.ndarray, dst: np.ndarray, offsets: np.ndarray,
                 caps: np.ndarray, which: np.ndarray | None = None) -> int:
     """Decompress the ``name`` stream ``src[starts[k]:starts[k] + sizes[k]]`` into
@@ -165,7 +191,7 @@ def decode_into(name: str, src, starts: np.ndarray, sizes: np.ndarray, dst: np.n
     sources.check_destination(dst, f"{name} batch decoding")
     ctx = _context(codec)
     return _kernel.decode_all(codec.mode, codec.fn, ctx.ptr, 0, at.ctypes.data, sizes.ctypes.data, dst.ctypes.data,
-                              offsets.ctypes.data, caps.ctypes.data, len(starts), 0, 0)
+                              offsets.ctypes.data, caps.ctypes.data, len(starts), 0, 0, caps.ctypes.data, 0)
 
 
 class CopyOut:
@@ -188,6 +214,8 @@ class CopyOut:
             if ends is None or not ((self.caps >= 0).all() and (ends[0] <= self.caps).all()
                                     and (ends[1] <= self.flat.size).all()):
                 raise ValueError("chunk copies outside a decoded chunk or the output")
+            #: bytes of each decoded chunk its row reads: a decoder may stop there
+            self.needs = np.ascontiguousarray(ends[0], np.int64)
 
     def rows(self, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, np.int64)
@@ -205,13 +233,14 @@ def _decode_rows(name: str, sources: native.Sources, which: np.ndarray, starts: 
     sizes = np.require(sizes, np.int64, ["C", "A"])
     at = sources.starts(which, starts, sizes, f"{name} batch decoding")
     sources.check_destination(copy.flat, f"{name} batch decoding")
-    caps, table = copy.caps[rows], copy.table[rows]
+    caps, table, needs = copy.caps[rows], copy.table[rows], copy.needs[rows]
     ctx = _context(codec)
     with place.staging(int(caps.max())) as buf:  # this thread's, apart from ``out``
         sources.check_destination(buf, f"{name} batch decoding")
         offsets = np.zeros(len(rows), np.int64)
         return _kernel.decode_all(codec.mode, codec.fn, ctx.ptr, 0, at.ctypes.data, sizes.ctypes.data, buf.ctypes.data,
-                                  offsets.ctypes.data, caps.ctypes.data, len(rows), copy.flat.ctypes.data, table.ctypes.data)
+                                  offsets.ctypes.data, caps.ctypes.data, len(rows), copy.flat.ctypes.data, table.ctypes.data,
+                                  needs.ctypes.data, codec.stream_address)
 
 
 def decode_and_place(codec: str, sources: native.Sources, which: np.ndarray, starts: np.ndarray, sizes: np.ndarray,

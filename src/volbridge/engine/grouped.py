@@ -18,6 +18,9 @@ other names first where the format has some.
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import os
 import threading
 from typing import TYPE_CHECKING, Callable
 
@@ -58,9 +61,12 @@ def group_codec(layout: ScaleLayout, num_chunks: int) -> str | None:
 
 class _Cells:
     """A read's cells as arrays (where each one's overlap with the box starts and ends, and how
-    its voxels are stored) and their keys, for placing any subset of them in batched calls."""
+    its voxels are stored) and their keys, for placing any subset of them in batched calls.
+    ``copy``: where decoded chunks go (:class:`batch_decode.CopyOut`), for compressed chunks or
+    when asked for."""
 
-    def __init__(self, layout: ScaleLayout, box: Box, cells: list[Cell], out: np.ndarray, codec: str):
+    def __init__(self, layout: ScaleLayout, box: Box, cells: list[Cell], out: np.ndarray, codec: str,
+                 copy: bool = False):
         self.cells, self.out = cells, out
         starts = np.array([c.box.start for c in cells], np.int64).reshape(-1, 3)
         stops = np.array([c.box.stop for c in cells], np.int64).reshape(-1, 3)
@@ -69,9 +75,9 @@ class _Cells:
         self.shapes, self.slot_sizes, _ = stored_slots(layout, stops - starts)
         self.names = [layout.read_keys(c) for c in cells]
         self.other_names = any(len(n) > 1 for n in self.names)
-        # where decoded chunks go, worked out and checked once for the whole read
-        self.copy = None if codec == "raw" else batch_decode.CopyOut(out, self.shapes, self.slot_sizes, self.src_lo,
-                                                                      self.dst_lo, self.size)
+        # worked out and checked once for the whole read
+        self.copy = batch_decode.CopyOut(out, self.shapes, self.slot_sizes, self.src_lo, self.dst_lo,
+                                         self.size) if copy or codec != "raw" else None
 
 
 def _place_values(vol: ChunkedVolume, layout: ScaleLayout, at: _Cells, chunks: np.ndarray, values: list, codec: str,
@@ -104,10 +110,17 @@ def _place_values(vol: ChunkedVolume, layout: ScaleLayout, at: _Cells, chunks: n
 
 def read_grouped(vol: ChunkedVolume, layout: ScaleLayout, box: Box, cells: list[Cell], out: np.ndarray, codec: str,
                  place_found: Callable[[Cell, tuple[str, bytes | memoryview] | None], None]) -> None:
-    """Read ``cells`` of ``box`` from a local store into ``out`` in groups (``codec`` from
-    :func:`group_codec`). ``place_found(cell, (key, stored bytes) or None)`` is the checked
-    chunk-by-chunk path, which also fills absent chunks."""
-    at = _Cells(layout, box, cells, out, codec)
+    """Read ``cells`` of ``box`` from a local store into ``out`` (``codec`` from
+    :func:`group_codec`): plain files all in native loops (:func:`_read_files`), else in groups.
+    ``place_found(cell, (key, stored bytes) or None)`` is the checked chunk-by-chunk path, which
+    also fills absent chunks."""
+    if not cells:
+        return
+    at = _Cells(layout, box, cells, out, codec, copy=place.writes_natively(out))
+    paths = vol.store.local_paths([names[0] for names in at.names]) if at.copy is not None and at.copy.fused else None
+    if paths is not None:
+        _read_files(vol, layout, at, codec, paths, place_found)
+        return
     loops = parallel.default_threads()
     count = max(1, min(len(cells), max(loops, -(-int(at.slot_sizes.sum()) // GROUP_BYTES))))
     groups = np.array_split(np.arange(len(cells)), count)
@@ -122,6 +135,58 @@ def read_grouped(vol: ChunkedVolume, layout: ScaleLayout, box: Box, cells: list[
         _place_values(vol, layout, at, group, values, codec, parts, place_found)
 
     run_bounded(group_task, groups, int(at.slot_sizes[groups[0]].sum()) * 2 or 1)
+
+
+def _read_files(vol: ChunkedVolume, layout: ScaleLayout, at: _Cells, codec: str, paths: list[bytes],
+                place_found: Callable) -> None:
+    """Read, decode and place every chunk file in native loops, one per core, that take the
+    chunks one at a time from a shared counter with the GIL released throughout
+    (:func:`native._emit_read_files`). Reading a group's files from Python cost a GIL hand-off
+    per system call: at the start of a 300^3 cutout three loops opening files at once passed the
+    GIL back and forth for 11-17 ms before the first decode, and the read's last group ran
+    alone at its end (~1.8 of 2 cores busy). A chunk the loop cannot place (absent, unreadable,
+    bigger than its buffer, not decoding to exactly its voxels) goes to ``place_found`` through
+    the store, which finds its other names or says what is wrong with it."""
+    n = len(paths)
+    lengths = np.fromiter(map(len, paths), np.int64, n) + 1
+    blob = np.frombuffer(b"\0".join(paths) + b"\0", np.uint8)
+    path_at = np.cumsum(lengths) - lengths
+    status = np.full(n, -9, np.int64)
+    counter = np.zeros(1, np.int64)
+    copy = at.copy
+    raw = codec == "raw"
+    dcap = int(copy.caps.max())
+    # a compressed chunk is at most a little bigger than its voxels (stored blocks); one that
+    # fills the buffer is read again by the store, whatever its size
+    rcap = dcap + 1 if raw else dcap + dcap // 8 + (64 << 10)
+    libc = _libc()
+    loops = native.loops()
+    threads = 1 if parallel.inside() else max(1, min(parallel.default_threads(), parallel.cores(), n))
+
+    def one_loop(_) -> None:
+        mode, fn, ctx, stream = (native.MODE_RAW, 0, 0, 0) if raw else batch_decode.decoder(codec)
+        with place.staging(rcap + (0 if raw else dcap)) as buf:
+            native.Sources([buf]).check_destination(copy.flat, "reading chunk files")
+            values = dict(mode=mode, fn=fn, ctx=ctx, open=libc[0], read=libc[1], close=libc[2],
+                          flags=os.O_RDONLY | os.O_CLOEXEC, paths=blob.ctypes.data, path_at=path_at.ctypes.data, n=n,
+                          next=counter.ctypes.data, rbuf=buf.ctypes.data, rcap=rcap, dbuf=buf.ctypes.data + rcap,
+                          caps=copy.caps.ctypes.data, out=copy.flat.ctypes.data, table=copy.table.ctypes.data,
+                          status=status.ctypes.data, needs=copy.needs.ctypes.data, stream=stream)
+            args = np.array([values[name] for name in native.READ_FILES_ARGS], np.int64)
+            loops.read_files(args.ctypes.data)
+
+    run_bounded(one_loop, range(threads), 1, threads, local=True)
+    placed = status >= 0
+    vol.store.stats.add(requests=int(placed.sum()), bytes_read=int(status[placed].sum()))
+    again = np.flatnonzero(~placed).tolist()
+    run_bounded(lambda k: place_found(at.cells[k], vol._fetch(layout, at.cells[k])), again, vol._chunk_nbytes(layout))
+
+
+@functools.cache
+def _libc() -> tuple[int, int, int]:
+    """Addresses of the C library's ``open``, ``read`` and ``close``."""
+    lib = ctypes.CDLL(None)
+    return tuple(ctypes.cast(getattr(lib, name), ctypes.c_void_p).value for name in ("open", "read", "close"))
 
 
 #: Chunks a network read decodes and places at once, as they arrive: enough to pay for a batch's

@@ -1,8 +1,9 @@
-"""The engine's two compiled loops, built as LLVM IR and compiled in process by llvmlite.
+"""The engine's compiled loops, built as LLVM IR and compiled in process by llvmlite.
 
-Both loops are a few lines of C in spirit: :func:`copy_rows` copies the rows of many boxes
+The loops are a few lines of C in spirit: :func:`copy_rows` copies the rows of many boxes
 between two buffers (:mod:`.place`), :func:`decode_all` calls a C decompressor once per chunk of
-a shard (:mod:`.batch_decode`). They used to be numba functions. Loading numba for them cost
+a shard (:mod:`.batch_decode`), :func:`read_files` reads, decodes and places a read's chunk
+files (:mod:`.grouped`). The first two used to be numba functions. Loading numba for them cost
 0.7-1.5 s once per process, even from numba's disk cache: importing numba, its typing registries
 (which import scipy.linalg to probe for BLAS, 0.4 s alone) and the cached code. That made a
 process's first big read 5-14x slower than its second (a 512^3 sharded read: 1.46 s, then 0.11
@@ -11,7 +12,8 @@ s). Here llvmlite (numba's own code generator, without numba) builds them in ~0.
 numba's ``nogil`` did.
 
 Every argument is a 64-bit integer (addresses too), cast to a pointer only at each load and
-store, and no intrinsic or library function is called: llvmlite writes those casts as typed
+store, and no intrinsic is called; C functions (the decompressors, libc's open, read and close)
+are called through addresses the caller passes: llvmlite writes those casts as typed
 pointers (``i64*``), which LLVM 15 and later read as opaque ``ptr``; checked to build and run on
 llvmlite 0.42 (LLVM 14) to 0.50 (LLVM 22). The callers check every span against its buffer (and
 that destinations are writable) first: the loops run without bounds checks.
@@ -35,6 +37,7 @@ _I64 = ctypes.c_int64
 class Loops:
     copy_rows: Callable[[int, int, int, int], None]
     decode_all: Callable[..., int]
+    read_files: Callable[[int], int]
     engine: object  # the execution engine that owns their machine code: kept alive with them
 
 
@@ -148,6 +151,7 @@ def _build() -> Loops:
     module = ir.Module(name="volbridge_loops")
     copy_rows = _emit_copy_rows(ir, module)
     _emit_decode_all(ir, module, copy_rows)
+    _emit_read_files(ir, module, copy_rows)
     try:
         llvm.initialize()  # llvmlite < 0.45 wants it; later versions initialise themselves and refuse it
     except RuntimeError:
@@ -165,8 +169,9 @@ def _build() -> Loops:
     engine = llvm.create_mcjit_compiler(parsed, machine)
     engine.finalize_object()
     copy_rows = ctypes.CFUNCTYPE(None, _I64, _I64, _I64, _I64)(engine.get_function_address("copy_rows"))
-    decode_all = ctypes.CFUNCTYPE(_I64, *[_I64] * 12)(engine.get_function_address("decode_all"))
-    return Loops(copy_rows, decode_all, engine)
+    decode_all = ctypes.CFUNCTYPE(_I64, *[_I64] * 14)(engine.get_function_address("decode_all"))
+    read_files = ctypes.CFUNCTYPE(_I64, _I64)(engine.get_function_address("read_files"))
+    return Loops(copy_rows, decode_all, read_files, engine)
 
 
 class _Emitter:
@@ -273,10 +278,136 @@ def _copy_row(e: _Emitter, src, dst, nbytes) -> None:
     b.position_at_end(end)
 
 
+#: The zstd frame magic number, little-endian, and the frame header's content checksum bit.
+ZSTD_MAGIC, ZSTD_CHECKSUM_FLAG = 0xFD2FB528, 4
+#: The biggest block of a zstd frame (ZSTD_BLOCKSIZE_MAX): libzstd decodes a block at a time.
+ZSTD_BLOCK = 128 << 10
+#: libzstd's error codes are the last 120 values of size_t (ZSTD_isError).
+_ZSTD_ERROR_FROM = (1 << 64) - 120
+
+
+class _Scratch:
+    """Stack slots a decode uses, made in a function's entry block (an alloca inside a loop
+    would grow the stack every pass): libdeflate's used-bytes count, and zstd's streaming
+    ``ZSTD_outBuffer`` and ``ZSTD_inBuffer`` (pointer, size, position)."""
+
+    def __init__(self, e: _Emitter):
+        self.used = e.b.alloca(e.i64, name="used")
+        self.out = e.b.alloca(e.ir.ArrayType(e.i64, 3), name="zout")
+        self.inp = e.b.alloca(e.ir.ArrayType(e.i64, 3), name="zin")
+
+
+def _emit_decode(e: _Emitter, mode, fn_addr, ctx, d, cap, s, size, scratch: _Scratch, need=None, stream=None):
+    """Decode ``s[:size]`` into ``d[:cap]`` by the C function at ``fn_addr`` (mode 0 zstd, 1
+    libdeflate: :func:`_emit_decode_all`); an i1, true when exactly ``cap`` bytes came of exactly
+    ``size`` bytes of input, and the input was not empty (libzstd takes no frame at all for zero
+    bytes).
+
+    With ``need`` a block (:data:`ZSTD_BLOCK`) or more below ``cap`` (the caller copies out only
+    the chunk's first ``need`` bytes: a cutout ending inside the chunk along its slowest axis) and
+    ``stream`` the address of libzstd's (``ZSTD_decompressStream``, ``ZSTD_DCtx_reset``,
+    ``ZSTD_getFrameContentSize``), a zstd frame is decoded only so far: libzstd decodes block by
+    block, and stops at the first block that fills ``need``. A 300^3 cutout of 64^3 chunks needs
+    9 of the 64 planes of its last layer of 36 chunks: half of each is decoded. True then when
+    exactly ``need`` bytes came and the frame goes on (not cut short there). Only a zstd frame
+    whose header says it holds exactly ``cap`` bytes and that has no content checksum (checked
+    at the frame's end: such frames are decoded whole) is decoded so. The bytes after ``need``
+    are then not looked at: damage there (a file cut short) is named by the reads that need
+    them, not by this one."""
+    ir, b = e.ir, e.b
+    i64 = e.i64
+    zstd_t, deflate_t = ir.FunctionType(i64, [i64] * 5), ir.FunctionType(i64, [i64] * 7)
+    with b.if_else(b.icmp_signed("==", mode, e.const(0))) as (zstd, deflate):
+        with zstd:
+            prefix = None
+            if need is not None:
+                prefix = _emit_zstd_prefix(e, ctx, d, cap, s, size, scratch, need, stream)
+                prefix_ok = b.extract_value(prefix, 1)
+                prefix_end = b.block
+                whole, joined = e.fn.append_basic_block("zstd.whole"), e.fn.append_basic_block("zstd.joined")
+                b.cbranch(b.extract_value(prefix, 0), joined, whole)
+                b.position_at_end(whole)
+            got = b.call(b.inttoptr(fn_addr, zstd_t.as_pointer()), [ctx, d, cap, s, size])
+            ok_zstd = b.icmp_unsigned("==", got, cap)
+            if prefix is not None:
+                whole_end = b.block
+                b.branch(joined)
+                b.position_at_end(joined)
+                merged = b.phi(ir.IntType(1))
+                merged.add_incoming(prefix_ok, prefix_end)
+                merged.add_incoming(ok_zstd, whole_end)
+                ok_zstd = merged
+            zstd_end = b.block
+        with deflate:
+            b.store(e.const(0), scratch.used)
+            result = b.call(b.inttoptr(fn_addr, deflate_t.as_pointer()),
+                            [ctx, s, size, d, cap, b.ptrtoint(scratch.used, i64), e.const(0)])
+            status = b.and_(result, e.const(0xFFFFFFFF))
+            ok_deflate = b.and_(b.icmp_unsigned("==", status, e.const(0)),
+                                b.icmp_unsigned("==", b.load(scratch.used), size))
+            deflate_end = b.block
+    ok = b.phi(ir.IntType(1))
+    ok.add_incoming(ok_zstd, zstd_end)
+    ok.add_incoming(ok_deflate, deflate_end)
+    return b.and_(ok, b.icmp_unsigned("!=", size, e.const(0)))
+
+
+def _emit_zstd_prefix(e: _Emitter, ctx, d, cap, s, size, scratch: _Scratch, need, stream):
+    """The prefix decode of :func:`_emit_decode`: an IR struct {i1 tried, i1 ok}."""
+    ir, b = e.ir, e.b
+    i64, i1 = e.i64, ir.IntType(1)
+    pair = ir.LiteralStructType([i1, i1])
+    before = b.block
+    check, tried, done = (e.fn.append_basic_block(f"prefix.{n}") for n in ("check", "run", "done"))
+    # only loads inside the input: its first 5 bytes are read after its size is known to hold them
+    # worth it only when a whole block is left out: a frame of one block (a 32^3 chunk) would be
+    # decoded just the same, then copied out of libzstd's own buffer
+    saves_a_block = b.icmp_signed(">=", b.sub(cap, need), e.const(ZSTD_BLOCK))
+    b.cbranch(b.and_(b.and_(b.icmp_unsigned("!=", stream, e.const(0)), saves_a_block),
+                     b.icmp_unsigned(">=", size, e.const(5))), check, done)
+    b.position_at_end(check)
+    magic = b.load(b.inttoptr(s, ir.IntType(32).as_pointer()), align=1)
+    descriptor = b.load(b.inttoptr(b.add(s, e.const(4)), e.i8.as_pointer()))
+    plain = b.and_(b.icmp_unsigned("==", magic, ir.Constant(ir.IntType(32), ZSTD_MAGIC)),
+                   b.icmp_unsigned("==", b.and_(descriptor, ir.Constant(e.i8, ZSTD_CHECKSUM_FLAG)),
+                                   ir.Constant(e.i8, 0)))
+    sized = e.fn.append_basic_block("prefix.sized")
+    b.cbranch(plain, sized, done)
+    b.position_at_end(sized)
+    decompress, reset, content_size = (e.load(b.add(stream, e.const(8 * j))) for j in range(3))
+    # the frame says it holds exactly the chunk's bytes (a frame that says nothing is decoded whole)
+    declared = b.call(b.inttoptr(content_size, ir.FunctionType(i64, [i64] * 2).as_pointer()), [s, size])
+    b.cbranch(b.icmp_unsigned("==", declared, cap), tried, done)
+    b.position_at_end(tried)
+    b.call(b.inttoptr(reset, ir.FunctionType(i64, [i64, i64]).as_pointer()), [ctx, e.const(1)])  # session only
+    for slot, values in ((scratch.out, (d, need)), (scratch.inp, (s, size))):
+        for j, v in enumerate((*values, e.const(0))):
+            b.store(v, b.gep(slot, [ir.Constant(ir.IntType(32), 0), ir.Constant(ir.IntType(32), j)]))
+    r = b.call(b.inttoptr(decompress, ir.FunctionType(i64, [i64] * 3).as_pointer()),
+               [ctx, b.ptrtoint(scratch.out, i64), b.ptrtoint(scratch.inp, i64)])
+    pos = b.load(b.gep(scratch.out, [ir.Constant(ir.IntType(32), 0), ir.Constant(ir.IntType(32), 2)]))
+    # exactly ``need`` bytes, and the frame not ended there (r == 0: it is shorter than its chunk)
+    ok = b.and_(b.icmp_unsigned("==", pos, need),
+                b.and_(b.icmp_unsigned("!=", r, e.const(0)), b.icmp_unsigned("<", r, e.const(_ZSTD_ERROR_FROM))))
+    tried_ok = b.insert_value(ir.Constant(pair, [ir.Constant(i1, 1), ir.Constant(i1, 0)]), ok, 1)
+    tried_end = b.block
+    b.branch(done)
+    b.position_at_end(done)
+    result = b.phi(pair)
+    no = ir.Constant(pair, [ir.Constant(i1, 0), ir.Constant(i1, 0)])
+    result.add_incoming(no, before)
+    result.add_incoming(no, check)
+    result.add_incoming(no, sized)
+    result.add_incoming(tried_ok, tried_end)
+    return result
+
+
 def _emit_decode_all(ir, module, copy_rows) -> None:
-    """``decode_all(mode, fn, ctx, src, starts, sizes, dst, offsets, caps, n, out, table)``:
-    chunk k is ``src[starts[k]:+sizes[k]]``, decoded by the C function at address ``fn`` into
-    ``dst[offsets[k]:+caps[k]]`` (``starts`` ... ``caps``: addresses of int64 arrays); with a
+    """``decode_all(mode, fn, ctx, src, starts, sizes, dst, offsets, caps, n, out, table, needs,
+    stream)``: chunk k is ``src[starts[k]:+sizes[k]]``, decoded by the C function at address
+    ``fn`` into ``dst[offsets[k]:+caps[k]]`` (``starts`` ... ``caps``, ``needs``: addresses of
+    int64 arrays; only its first ``needs[k]`` bytes where the zstd frame allows and ``stream`` is
+    not 0, :func:`_emit_decode`); with a
     ``table`` (not 0), row k of it (:func:`_emit_copy_rows`, source starts relative to the
     decoded chunk) is then copied from there into ``out``, while the chunk is still in the CPU's
     cache (decoding into a small buffer reused per chunk). Returns
@@ -288,12 +419,11 @@ def _emit_decode_all(ir, module, copy_rows) -> None:
     enum: the upper half of the register is not part of it) only when it wrote exactly cap
     bytes, and says how many input bytes its one gzip member took."""
     i64 = ir.IntType(64)
-    fn = ir.Function(module, ir.FunctionType(i64, [i64] * 12), name="decode_all")
+    fn = ir.Function(module, ir.FunctionType(i64, [i64] * 14), name="decode_all")
     e = _Emitter(ir, fn)
-    mode, fn_addr, ctx, src, starts, sizes, dst, offsets, caps, n, out, table = fn.args
+    mode, fn_addr, ctx, src, starts, sizes, dst, offsets, caps, n, out, table, needs, stream = fn.args
     b = e.b
-    used = b.alloca(i64, name="used")
-    zstd_t, deflate_t = ir.FunctionType(i64, [i64] * 5), ir.FunctionType(i64, [i64] * 7)
+    scratch = _Scratch(e)
     stop = fn.append_basic_block("stop")
     with b.goto_block(stop):
         k_stop = b.phi(i64, name="k_stop")
@@ -303,25 +433,10 @@ def _emit_decode_all(ir, module, copy_rows) -> None:
         at = b.mul(k, e.const(8))
         cap, size = e.load(b.add(caps, at)), e.load(b.add(sizes, at))
         d, s = b.add(dst, e.load(b.add(offsets, at))), b.add(src, e.load(b.add(starts, at)))
-        with b.if_else(b.icmp_signed("==", mode, e.const(0))) as (zstd, deflate):
-            with zstd:
-                got = b.call(b.inttoptr(fn_addr, zstd_t.as_pointer()), [ctx, d, cap, s, size])
-                ok_zstd = b.icmp_unsigned("==", got, cap)
-                zstd_end = b.block
-            with deflate:
-                b.store(e.const(0), used)
-                result = b.call(b.inttoptr(fn_addr, deflate_t.as_pointer()),
-                                [ctx, s, size, d, cap, b.ptrtoint(used, i64), e.const(0)])
-                status = b.and_(result, e.const(0xFFFFFFFF))
-                ok_deflate = b.and_(b.icmp_unsigned("==", status, e.const(0)), b.icmp_unsigned("==", b.load(used), size))
-                deflate_end = b.block
-        ok = b.phi(ir.IntType(1))
-        ok.add_incoming(ok_zstd, zstd_end)
-        ok.add_incoming(ok_deflate, deflate_end)
-        bad = b.or_(b.not_(ok), b.icmp_unsigned("==", size, e.const(0)))
+        ok = _emit_decode(e, mode, fn_addr, ctx, d, cap, s, size, scratch, e.load(b.add(needs, at)), stream)
         k_stop.add_incoming(k, b.block)
         go_on = fn.append_basic_block("next")
-        b.cbranch(bad, stop, go_on)
+        b.cbranch(b.not_(ok), stop, go_on)
         b.position_at_end(go_on)
         with b.if_then(b.icmp_unsigned("!=", table, e.const(0))):
             b.call(copy_rows, [out, d, b.add(table, b.mul(k, e.const(12 * 8))), e.const(1)])
@@ -329,3 +444,111 @@ def _emit_decode_all(ir, module, copy_rows) -> None:
     e.for_range(n, chunk, "k")
     k_stop.add_incoming(n, b.block)
     b.branch(stop)
+
+
+#: Slots of the int64 argument block of ``read_files`` (:func:`_emit_read_files`), by name.
+READ_FILES_ARGS = ("mode", "fn", "ctx", "open", "read", "close", "flags", "paths", "path_at", "n", "next", "rbuf",
+                   "rcap", "dbuf", "caps", "out", "table", "status", "needs", "stream")
+
+#: ``read_files`` modes beside the decoders' (0 zstd, 1 gzip): chunks stored as their voxels.
+MODE_RAW = 2
+
+
+def _emit_read_files(ir, module, copy_rows) -> None:
+    """``read_files(args)``, ``args`` the address of an int64 block (:data:`READ_FILES_ARGS`):
+    take chunk ``k`` from the shared counter at ``next`` (an atomic add: every thread of a read
+    runs this loop over the same counter, so they share out the chunks one at a time to the
+    end), read its file (the NUL-terminated path at ``paths + path_at[k]``) with libc's
+    ``open(path, flags)``, ``read`` and ``close`` (addresses ``open`` ... ``close``) into
+    ``rbuf[:rcap]``, decode it into ``dbuf[:caps[k]]`` (mode 0, 1 as :func:`_emit_decode_all`,
+    with ``needs`` and ``stream``;
+    mode 2 takes the file as the voxels, when it is exactly ``caps[k]`` bytes) and copy row k of
+    ``table`` from there into ``out``. ``status[k]`` becomes the file's size when the chunk was
+    placed, else negative: -1 the open failed (absent, say), -2 a read failed (a directory),
+    -3 the file filled ``rbuf`` (it may be bigger), -4 it did not decode to exactly its bytes.
+    The caller reads those again on its checked path, which finds other names and says what
+    is wrong; errno is never looked at here."""
+    i64, i32, i8p = ir.IntType(64), ir.IntType(32), ir.IntType(8).as_pointer()
+    fn = ir.Function(module, ir.FunctionType(i64, [i64]), name="read_files")
+    e = _Emitter(ir, fn)
+    b = e.b
+    block = fn.args[0]
+    a = {name: e.load(b.add(block, e.const(8 * j))) for j, name in enumerate(READ_FILES_ARGS)}
+    scratch = _Scratch(e)
+    open_t = ir.FunctionType(i32, [i8p, i32], var_arg=True)  # open(2) is variadic in C
+    read_t, close_t = ir.FunctionType(i64, [i32, i8p, i64]), ir.FunctionType(i32, [i32])
+    counter = b.inttoptr(a["next"], i64.as_pointer())
+
+    head, body, done = (fn.append_basic_block(s) for s in ("take", "chunk", "done"))
+    b.branch(head)
+    b.position_at_end(head)
+    k = b.atomic_rmw("add", counter, e.const(1), "monotonic")
+    b.cbranch(b.icmp_signed("<", k, a["n"]), body, done)
+    b.position_at_end(body)
+    at = b.mul(k, e.const(8))
+    status_at = b.add(a["status"], at)
+
+    def fail(code: int, fd=None) -> None:
+        if fd is not None:
+            b.call(b.inttoptr(a["close"], close_t.as_pointer()), [fd])
+        e.store(e.const(code), status_at)
+        b.branch(head)
+
+    path = b.inttoptr(b.add(a["paths"], e.load(b.add(a["path_at"], at))), i8p)
+    fd = b.call(b.inttoptr(a["open"], open_t.as_pointer()), [path, b.trunc(a["flags"], i32)])
+    opened = fn.append_basic_block("opened")
+    not_opened = fn.append_basic_block("not_opened")
+    b.cbranch(b.icmp_signed("<", fd, ir.Constant(i32, 0)), not_opened, opened)
+    b.position_at_end(not_opened)
+    fail(-1)
+
+    # read until end of file or a full buffer
+    b.position_at_end(opened)
+    before = b.block
+    read_head, read_more, read_end, read_failed = (fn.append_basic_block(s) for s in ("read", "more", "eof", "rfail"))
+    b.branch(read_head)
+    b.position_at_end(read_head)
+    got = b.phi(i64, name="got")
+    got.add_incoming(e.const(0), before)
+    r = b.call(b.inttoptr(a["read"], read_t.as_pointer()),
+               [fd, b.inttoptr(b.add(a["rbuf"], got), i8p), b.sub(a["rcap"], got)])
+    with b.if_then(b.icmp_signed("<", r, e.const(0))):
+        b.branch(read_failed)
+    b.cbranch(b.icmp_signed("==", r, e.const(0)), read_end, read_more)
+    b.position_at_end(read_more)
+    got_more = b.add(got, r)
+    got.add_incoming(got_more, read_more)
+    full = fn.append_basic_block("full")
+    b.cbranch(b.icmp_signed(">=", got_more, a["rcap"]), full, read_head)
+    b.position_at_end(full)
+    fail(-3, fd)
+    b.position_at_end(read_failed)
+    fail(-2, fd)
+
+    b.position_at_end(read_end)
+    b.call(b.inttoptr(a["close"], close_t.as_pointer()), [fd])
+    cap = e.load(b.add(a["caps"], at))
+    row = b.add(a["table"], b.mul(k, e.const(12 * 8)))
+    place, bad = fn.append_basic_block("place"), fn.append_basic_block("bad")
+    with b.if_else(b.icmp_signed("==", a["mode"], e.const(MODE_RAW))) as (raw, coded):
+        with raw:
+            ok_raw = b.icmp_signed("==", got, cap)
+            raw_end = b.block
+        with coded:
+            ok_coded = _emit_decode(e, a["mode"], a["fn"], a["ctx"], a["dbuf"], cap, a["rbuf"], got, scratch,
+                                    e.load(b.add(a["needs"], at)), a["stream"])
+            coded_end = b.block
+    ok = b.phi(ir.IntType(1))
+    ok.add_incoming(ok_raw, raw_end)
+    ok.add_incoming(ok_coded, coded_end)
+    src = b.select(b.icmp_signed("==", a["mode"], e.const(MODE_RAW)), a["rbuf"], a["dbuf"])
+    b.cbranch(ok, place, bad)
+    b.position_at_end(bad)
+    fail(-4)
+    b.position_at_end(place)
+    b.call(copy_rows, [a["out"], src, row, e.const(1)])
+    e.store(got, status_at)
+    b.branch(head)
+
+    b.position_at_end(done)
+    b.ret(e.const(0))

@@ -185,6 +185,13 @@ class KVStore(ABC):
         shards) and keeps none of them."""
         return [self.get(key) for key in keys]
 
+    def local_paths(self, keys: list[str]) -> list[bytes] | None:
+        """The files that hold ``keys`` (encoded file system paths), for a caller that reads them
+        itself (a native loop, :mod:`volbridge.engine.grouped`) and goes through :meth:`get`
+        for any it cannot read; None unless the objects are plain local files read as they are
+        (a cache tier, for one, is not)."""
+        return None
+
     def get_range(self, key: str, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` of the value of ``key``. A missing key or a short value raises."""
         value = self.get_part(key, start, end)
