@@ -56,8 +56,8 @@ class _Codec:
     new_context: object  # ctypes function: () -> context pointer
     free_context: object  # ctypes function: (pointer) -> None
     mode: int  # 0: zstd's calling convention, 1: libdeflate's
-    #: int64 addresses of libzstd's ZSTD_decompressStream, ZSTD_DCtx_reset and
-    #: ZSTD_getFrameContentSize, for decoding a chunk's first bytes only
+    #: int64 addresses of libzstd's ZSTD_decompressStream, ZSTD_DCtx_reset,
+    #: ZSTD_getFrameContentSize and ZSTD_findFrameCompressedSize, for decoding a chunk's first bytes only
     #: (native._emit_decode); None for other codecs or without them
     stream: np.ndarray | None = None
 
@@ -92,6 +92,8 @@ def _library(name: str) -> tuple[ctypes.CDLL, str, str, str, int] | None:
 
 #: The first libzstd whose x86-64 decoder has the assembly Huffman loop (1.5.2).
 ZSTD_ASM_VERSION = 10502
+#: The first libzstd with the stable ZSTD_DCtx_reset(ctx, directive) a prefix decode calls.
+ZSTD_STREAM_VERSION = 10400
 
 
 def _system_zstd(names: tuple[str, ...]) -> ctypes.CDLL | None:
@@ -112,11 +114,16 @@ def _system_zstd(names: tuple[str, ...]) -> ctypes.CDLL | None:
 
 
 def _zstd_stream(lib: ctypes.CDLL) -> np.ndarray | None:
-    """The addresses of ``lib``'s ZSTD_decompressStream, ZSTD_DCtx_reset and
-    ZSTD_getFrameContentSize (stable API since zstd 1.4.0), or None where it lacks them."""
+    """The addresses of ``lib``'s ZSTD_decompressStream, ZSTD_DCtx_reset,
+    ZSTD_getFrameContentSize and ZSTD_findFrameCompressedSize, or None where it lacks them or
+    is older than 1.4.0 (where ZSTD_DCtx_reset took other arguments)."""
+    names = ("ZSTD_decompressStream", "ZSTD_DCtx_reset", "ZSTD_getFrameContentSize", "ZSTD_findFrameCompressedSize")
     try:
-        return np.array([ctypes.cast(getattr(lib, f), ctypes.c_void_p).value
-                         for f in ("ZSTD_decompressStream", "ZSTD_DCtx_reset", "ZSTD_getFrameContentSize")], np.int64)
+        version = lib.ZSTD_versionNumber
+        version.restype = ctypes.c_uint
+        if version() < ZSTD_STREAM_VERSION:
+            return None
+        return np.array([ctypes.cast(getattr(lib, f), ctypes.c_void_p).value for f in names], np.int64)
     except AttributeError:
         return None
 

@@ -111,19 +111,28 @@ def _place_values(vol: ChunkedVolume, layout: ScaleLayout, at: _Cells, chunks: n
 def read_grouped(vol: ChunkedVolume, layout: ScaleLayout, box: Box, cells: list[Cell], out: np.ndarray, codec: str,
                  place_found: Callable[[Cell, tuple[str, bytes | memoryview] | None], None]) -> None:
     """Read ``cells`` of ``box`` from a local store into ``out`` (``codec`` from
-    :func:`group_codec`): plain files all in native loops (:func:`_read_files`), else in groups.
+    :func:`group_codec`): plain files in native loops (:func:`_read_files`), the chunks those
+    cannot place and those of other stores in groups (:func:`_read_groups`).
     ``place_found(cell, (key, stored bytes) or None)`` is the checked chunk-by-chunk path, which
     also fills absent chunks."""
     if not cells:
         return
     at = _Cells(layout, box, cells, out, codec, copy=place.writes_natively(out))
     paths = vol.store.local_paths([names[0] for names in at.names]) if at.copy is not None and at.copy.fused else None
-    if paths is not None:
-        _read_files(vol, layout, at, codec, paths, place_found)
+    left = np.arange(len(cells)) if paths is None else _read_files(vol, at, codec, paths)
+    _read_groups(vol, layout, at, codec, left, place_found)
+
+
+def _read_groups(vol: ChunkedVolume, layout: ScaleLayout, at: _Cells, codec: str, chunks: np.ndarray,
+                 place_found: Callable) -> None:
+    """Place cells ``chunks`` (positions in ``at``) a group at a time: the store reads a group's
+    objects into one buffer (``get_many_transient``, which also finds compressed variants), then
+    :func:`_place_values`."""
+    if not len(chunks):
         return
     loops = parallel.default_threads()
-    count = max(1, min(len(cells), max(loops, -(-int(at.slot_sizes.sum()) // GROUP_BYTES))))
-    groups = np.array_split(np.arange(len(cells)), count)
+    count = max(1, min(len(chunks), max(loops, -(-int(at.slot_sizes[chunks].sum()) // GROUP_BYTES))))
+    groups = np.array_split(chunks, count)
     # Fewer groups than cores: each spreads its native calls over them (but not inside an outer
     # loop, whose siblings keep the cores busy already).
     cpu_loops = min(loops, parallel.cores())  # VOLBRIDGE_THREADS=1 means one thread here too
@@ -137,16 +146,17 @@ def read_grouped(vol: ChunkedVolume, layout: ScaleLayout, box: Box, cells: list[
     run_bounded(group_task, groups, int(at.slot_sizes[groups[0]].sum()) * 2 or 1)
 
 
-def _read_files(vol: ChunkedVolume, layout: ScaleLayout, at: _Cells, codec: str, paths: list[bytes],
-                place_found: Callable) -> None:
+def _read_files(vol: ChunkedVolume, at: _Cells, codec: str, paths: list[bytes]) -> np.ndarray:
     """Read, decode and place every chunk file in native loops, one per core, that take the
     chunks one at a time from a shared counter with the GIL released throughout
-    (:func:`native._emit_read_files`). Reading a group's files from Python cost a GIL hand-off
-    per system call: at the start of a 300^3 cutout three loops opening files at once passed the
-    GIL back and forth for 11-17 ms before the first decode, and the read's last group ran
-    alone at its end (~1.8 of 2 cores busy). A chunk the loop cannot place (absent, unreadable,
-    bigger than its buffer, not decoding to exactly its voxels) goes to ``place_found`` through
-    the store, which finds its other names or says what is wrong with it."""
+    (:func:`native._emit_read_files`); returns the positions of the chunks they could not place
+    (absent, unreadable, bigger than their buffer, not decoding to exactly their voxels), for
+    the store to read and the checked path to place or name.
+
+    Reading a group's files from Python cost a GIL hand-off per system call: at the start of a
+    300^3 cutout three loops opening files at once passed the GIL back and forth for 11-17 ms
+    before the first decode, and the read's last group ran alone at its end (~1.8 of 2 cores
+    busy)."""
     n = len(paths)
     lengths = np.fromiter(map(len, paths), np.int64, n) + 1
     blob = np.frombuffer(b"\0".join(paths) + b"\0", np.uint8)
@@ -178,8 +188,7 @@ def _read_files(vol: ChunkedVolume, layout: ScaleLayout, at: _Cells, codec: str,
     run_bounded(one_loop, range(threads), 1, threads, local=True)
     placed = status >= 0
     vol.store.stats.add(requests=int(placed.sum()), bytes_read=int(status[placed].sum()))
-    again = np.flatnonzero(~placed).tolist()
-    run_bounded(lambda k: place_found(at.cells[k], vol._fetch(layout, at.cells[k])), again, vol._chunk_nbytes(layout))
+    return np.flatnonzero(~placed)
 
 
 @functools.cache

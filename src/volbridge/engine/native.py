@@ -310,14 +310,16 @@ def _emit_decode(e: _Emitter, mode, fn_addr, ctx, d, cap, s, size, scratch: _Scr
     With ``need`` a block (:data:`ZSTD_BLOCK`) or more below ``cap`` (the caller copies out only
     the chunk's first ``need`` bytes: a cutout ending inside the chunk along its slowest axis) and
     ``stream`` the address of libzstd's (``ZSTD_decompressStream``, ``ZSTD_DCtx_reset``,
-    ``ZSTD_getFrameContentSize``), a zstd frame is decoded only so far: libzstd decodes block by
+    ``ZSTD_getFrameContentSize``, ``ZSTD_findFrameCompressedSize``), a zstd frame is decoded only so far: libzstd decodes block by
     block, and stops at the first block that fills ``need``. A 300^3 cutout of 64^3 chunks needs
     9 of the 64 planes of its last layer of 36 chunks: half of each is decoded. True then when
-    exactly ``need`` bytes came and the frame goes on (not cut short there). Only a zstd frame
-    whose header says it holds exactly ``cap`` bytes and that has no content checksum (checked
-    at the frame's end: such frames are decoded whole) is decoded so. The bytes after ``need``
-    are then not looked at: damage there (a file cut short) is named by the reads that need
-    them, not by this one."""
+    exactly ``need`` bytes came and the frame goes on. Only one zstd frame is decoded so: one
+    whose header says it holds exactly ``cap`` bytes, with no content checksum (checked at the
+    frame's end: such frames are decoded whole), and whose block headers end exactly at the
+    end of the input (``ZSTD_findFrameCompressedSize`` walks them without decoding): a file cut
+    short, or with anything after its frame, is decoded whole and refused as before. What the
+    blocks after ``need`` hold is then not decoded: damage inside them is named by the reads
+    that need them, not by this one (the voxels returned are those a whole decode gives)."""
     ir, b = e.ir, e.b
     i64 = e.i64
     zstd_t, deflate_t = ir.FunctionType(i64, [i64] * 5), ir.FunctionType(i64, [i64] * 7)
@@ -378,10 +380,17 @@ def _emit_zstd_prefix(e: _Emitter, ctx, d, cap, s, size, scratch: _Scratch, need
     sized = e.fn.append_basic_block("prefix.sized")
     b.cbranch(plain, sized, done)
     b.position_at_end(sized)
-    decompress, reset, content_size = (e.load(b.add(stream, e.const(8 * j))) for j in range(3))
-    # the frame says it holds exactly the chunk's bytes (a frame that says nothing is decoded whole)
-    declared = b.call(b.inttoptr(content_size, ir.FunctionType(i64, [i64] * 2).as_pointer()), [s, size])
-    b.cbranch(b.icmp_unsigned("==", declared, cap), tried, done)
+    decompress, reset, content_size, frame_size = (e.load(b.add(stream, e.const(8 * j))) for j in range(4))
+    two_args = ir.FunctionType(i64, [i64] * 2).as_pointer()
+    # The frame says it holds exactly the chunk's bytes (a frame that says nothing is decoded
+    # whole), and its blocks' headers (read, not decoded) end exactly at the input's end: no file
+    # cut short, no second frame or bytes after it.
+    declared = b.call(b.inttoptr(content_size, two_args), [s, size])
+    whole_frame = framed = e.fn.append_basic_block("prefix.framed")
+    b.cbranch(b.icmp_unsigned("==", declared, cap), whole_frame, done)
+    b.position_at_end(whole_frame)
+    spans = b.call(b.inttoptr(frame_size, two_args), [s, size])
+    b.cbranch(b.icmp_unsigned("==", spans, size), tried, done)
     b.position_at_end(tried)
     b.call(b.inttoptr(reset, ir.FunctionType(i64, [i64, i64]).as_pointer()), [ctx, e.const(1)])  # session only
     for slot, values in ((scratch.out, (d, need)), (scratch.inp, (s, size))):
@@ -402,6 +411,7 @@ def _emit_zstd_prefix(e: _Emitter, ctx, d, cap, s, size, scratch: _Scratch, need
     result.add_incoming(no, before)
     result.add_incoming(no, check)
     result.add_incoming(no, sized)
+    result.add_incoming(no, framed)
     result.add_incoming(tried_ok, tried_end)
     return result
 

@@ -57,6 +57,13 @@ def _tmp_suffix() -> str:
     return f"{_tmp_token[1]}.{threading.get_ident():x}.{next(_tmp_counter)}"
 
 
+def _check_regular(st: os.stat_result, key: str, url: str) -> None:
+    """Raise StoreError unless ``st`` is a regular file (or a directory, which readers take as
+    an absent key): a device such as /dev/zero at a key's path would be read without end."""
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        raise StoreError(f"cannot read {key!r} from {url}: not a regular file")
+
+
 class FileStore(KVStore):
     def __init__(self, root: str | os.PathLike, *, fsync: bool = False):
         self.root = Path(root).expanduser().absolute()
@@ -81,9 +88,12 @@ class FileStore(KVStore):
     def _read_file(self, path: str, key: str) -> bytes | None:
         try:
             with open(path, "rb", buffering=0) as f:
+                _check_regular(os.fstat(f.fileno()), key, self.url)
                 data = f.readall()
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None  # a directory is no object: the key is absent, as exists() says
+        except StoreError:
+            raise
         except OSError as e:
             raise StoreError(f"cannot read {key!r} from {self.url}: {e}") from e
         self.stats.add(requests=1, bytes_read=len(data))
@@ -137,11 +147,15 @@ class FileStore(KVStore):
         try:
             buf = scratch("file", 1 << 20)
             n = os.readv(fd, [buf])
+            if n == len(buf):  # (not before: fstat is a syscall, and objects are rarely this big)
+                _check_regular(os.fstat(fd), key, self.url)
             while n == len(buf):  # bigger than any object before: grow, keep what was read
                 buf = scratch("file", 2 * len(buf))
                 n += os.readv(fd, [buf[n:]])
         except IsADirectoryError:  # open() succeeds on a directory; absent, as in get()
             return self._read_variant(path, key)
+        except StoreError:
+            raise
         except OSError as e:
             raise StoreError(f"cannot read {key!r} from {self.url}: {e}") from e
         finally:
@@ -167,6 +181,7 @@ class FileStore(KVStore):
                     raise StoreError(f"cannot read {key!r} from {self.url}: {e}") from e
                 opened.append((i, fd, -1))
                 st = os.fstat(fd)
+                _check_regular(st, key, self.url)
                 if stat.S_ISDIR(st.st_mode):  # a prefix of other keys, not an object: as get()
                     os.close(opened.pop()[1])
                     found[i] = self._read_variant(path, key)
