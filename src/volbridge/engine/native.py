@@ -27,6 +27,7 @@ import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -40,7 +41,7 @@ class Loops:
     copy_rows: Callable[[int, int, int, int], None]
     decode_all: Callable[..., int]
     read_files: Callable[[int], int]
-    engine: object  # the execution engine that owns their machine code: kept alive with them
+    engine: object  # what owns their machine code (an LLVM engine, a shared library): kept alive with them
 
 
 _lock = threading.Lock()
@@ -126,28 +127,50 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+class _NoLLVM(Exception):
+    """llvmlite is installed but its LLVM library does not load (a broken install)."""
+
+
 def _build_or_false() -> Loops | bool:
     if os.environ.get("VOLBRIDGE_NO_NATIVE") or os.environ.get("VOLBRIDGE_NO_NUMBA"):
         return False
     if ctypes.sizeof(ctypes.c_void_p) != 8:  # the loops pass addresses as 64-bit integers
         return False
     try:
-        import llvmlite.binding  # noqa: F401
-    except ImportError:
-        return False
-    except Exception as e:  # noqa: BLE001 - a broken install (its LLVM library fails to load): numpy's paths
-        warnings.warn(f"volbridge: cannot load llvmlite ({e}); using the slower numpy paths", RuntimeWarning, stacklevel=4)
-        return False
-    try:
         return _build()
+    except ImportError:  # no llvmlite: numpy's paths
+        return False
+    except _NoLLVM as e:
+        warnings.warn(f"volbridge: cannot load llvmlite ({e.__cause__}); using the slower numpy paths", RuntimeWarning,
+                      stacklevel=4)
+        return False
     except Exception as e:  # noqa: BLE001 - any LLVM failure leaves the numpy paths
         warnings.warn(f"volbridge: cannot compile the engine's native loops ({e}); using the slower numpy paths",
                       RuntimeWarning, stacklevel=4)
         return False
 
 
+#: The source files the loops' machine code follows from (the names of a kept shared library).
+_SOURCES = [Path(__file__), Path(native_cache.__file__)]
+
+
+def _loops_at(owner, address: Callable[[str], int]) -> Loops:
+    """The loops at the addresses of their functions in ``owner`` (kept alive with them)."""
+    return Loops(ctypes.CFUNCTYPE(None, _I64, _I64, _I64, _I64)(address("copy_rows")),
+                 ctypes.CFUNCTYPE(_I64, *[_I64] * 14)(address("decode_all")),
+                 ctypes.CFUNCTYPE(_I64, _I64)(address("read_files")), owner)
+
+
 def _build() -> Loops:
-    import llvmlite.binding as llvm
+    kept = native_cache.load_library(_SOURCES)  # built by an earlier process: no llvmlite needed
+    if kept is not None:
+        return _loops_at(kept, lambda name: ctypes.cast(getattr(kept, name), ctypes.c_void_p).value)
+    try:
+        import llvmlite.binding as llvm
+    except ImportError:
+        raise
+    except Exception as e:  # its LLVM library fails to load
+        raise _NoLLVM() from e
     from llvmlite import ir
 
     module = ir.Module(name="volbridge_loops")
@@ -160,10 +183,13 @@ def _build() -> Loops:
         pass
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
+    text = str(module)
+    library = native_cache.make_library(_SOURCES, text, llvm)  # for this process and the next ones
+    if library is not None:
+        return _loops_at(library, lambda name: ctypes.cast(getattr(library, name), ctypes.c_void_p).value)
     target = llvm.Target.from_default_triple()
     machine = target.create_target_machine(cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(),
                                            opt=2, jit=True)
-    text = str(module)
     parsed = llvm.parse_assembly(text)
     parsed.triple, parsed.data_layout = machine.triple, str(machine.target_data)
     parsed.verify()
@@ -172,10 +198,7 @@ def _build() -> Loops:
     engine = llvm.create_mcjit_compiler(parsed, machine)
     native_cache.attach(engine, text, machine, llvm)  # the machine code of an earlier process, if any
     engine.finalize_object()
-    copy_rows = ctypes.CFUNCTYPE(None, _I64, _I64, _I64, _I64)(engine.get_function_address("copy_rows"))
-    decode_all = ctypes.CFUNCTYPE(_I64, *[_I64] * 14)(engine.get_function_address("decode_all"))
-    read_files = ctypes.CFUNCTYPE(_I64, _I64)(engine.get_function_address("read_files"))
-    return Loops(copy_rows, decode_all, read_files, engine)
+    return _loops_at(engine, engine.get_function_address)
 
 
 class _Emitter:

@@ -1,30 +1,46 @@
-"""The compiled loops' machine code kept on disk, so a process loads it instead of compiling it.
+"""The compiled loops' machine code kept on disk, so later processes load it instead of building it.
 
-LLVM's code generation is most of the cost of building :mod:`.native`'s loops: ~40-55 ms of
-~60 ms here, once per process, paid by the process's first big read (a sharded read waits for
-the loops; a small read builds them beside the next reads). MCJIT can hand the object code it
-makes to an object cache and take it back from one: loading it takes under 1 ms.
+Building :mod:`.native`'s loops costs a process ~100 ms, paid by its first big read: importing
+llvmlite (~25 ms for its IR builder, ~60 ms for its LLVM library), building the IR (~9 ms) and
+LLVM's code generation (~40-55 ms). Two ways to keep the result:
 
-The file is named by a hash of everything the code depends on (the IR text, the target triple,
-CPU and features, llvmlite's and LLVM's versions), so a different machine, build or volbridge
-version never loads another's code, and carries a SHA-256 of the object: a file cut short or
-damaged is compiled anew and replaced, never loaded. Where the directory cannot be written the
-loops are compiled as before. ``VOLBRIDGE_NATIVE_CACHE`` names the directory (default
-``$XDG_CACHE_HOME/volbridge/native`` or ``~/.cache/volbridge/native``); ``0`` turns it off.
+* a **shared library**, where the system has a C compiler driver (``cc``) to link one: the
+  loops are compiled once for the architecture's baseline CPU (they need nothing newer: their
+  copies are explicit 16-byte moves, and the codecs are the libraries' own code) into a
+  position-independent object, linked with ``cc -shared -nostdlib`` (the loops call nothing
+  by name: every C function is an address they are given), and later processes load it with
+  ctypes in ~1 ms without importing llvmlite at all. It is named by a hash of the source of
+  the loops (this module and :mod:`.native`) and the platform, so another volbridge version
+  never loads it;
+* else MCJIT's **object cache**: the object code of the in-process compilation, named by a
+  hash of the IR, target, CPU features and llvmlite/LLVM versions; loading it takes <1 ms of
+  the build (llvmlite is still imported).
+
+Each file is written whole or not at all (a rename), with a SHA-256 beside or inside it that
+is checked before it is loaded: a damaged file is built anew and replaced, never loaded. Where
+nothing can be written the loops are built as before. ``VOLBRIDGE_NATIVE_CACHE`` names the
+directory (default ``$XDG_CACHE_HOME/volbridge/native`` or ``~/.cache/volbridge/native``);
+``0`` turns it off.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
+import platform
+import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 _MAGIC = b"volbridge-native-1\n"
+_DIGEST = hashlib.sha256().digest_size
 
 
 def directory() -> Path | None:
-    """Where the objects are kept, or None when the cache is off."""
+    """Where the code is kept, or None when the cache is off."""
     env = os.environ.get("VOLBRIDGE_NATIVE_CACHE")
     if env is not None and env.strip().lower() in ("0", "off", "no", "false"):
         return None
@@ -34,6 +50,87 @@ def directory() -> Path | None:
     return Path(base) / "volbridge" / "native"
 
 
+def _write(path: Path, data: bytes) -> None:
+    """``data`` at ``path``, whole or not at all (for processes loading it meanwhile)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _sealed(data: bytes) -> bytes:
+    return _MAGIC + hashlib.sha256(data).digest() + data
+
+
+def _unsealed(data: bytes) -> bytes | None:
+    """What :func:`_sealed` wrapped, or None when ``data`` is not such a file, whole."""
+    head = len(_MAGIC) + _DIGEST
+    if not data.startswith(_MAGIC) or hashlib.sha256(data[head:]).digest() != data[len(_MAGIC):head]:
+        return None
+    return data[head:]
+
+
+# -- the shared library --------------------------------------------------------------------------
+def _library_path(sources: list[Path]) -> Path | None:
+    where = directory()
+    if where is None or sys.platform != "linux":  # linked and loaded the ELF way
+        return None
+    key = hashlib.sha256()
+    for part in (*(p.read_bytes() for p in sources), platform.machine().encode(), _MAGIC):
+        key.update(hashlib.sha256(part).digest())
+    return where / f"loops-{key.hexdigest()[:40]}.so"
+
+
+def load_library(sources: list[Path]) -> ctypes.CDLL | None:
+    """The loops' shared library built from ``sources`` by an earlier process, or None."""
+    try:
+        path = _library_path(sources)
+        if path is None:
+            return None
+        seal = _unsealed(path.with_suffix(".sha256").read_bytes())
+        if seal is None or hashlib.sha256(path.read_bytes()).digest() != seal:
+            return None  # damaged, or still being written: built anew
+        return ctypes.CDLL(str(path))
+    except OSError:
+        return None
+
+
+def make_library(sources: list[Path], ir_text: str, llvm) -> ctypes.CDLL | None:
+    """Compile ``ir_text`` for the baseline CPU into a shared library kept for later processes
+    (see the module's docstring) and load it; None where it cannot be linked or written."""
+    path = _library_path(sources)
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if path is None or cc is None:
+        return None
+    target = llvm.Target.from_default_triple()
+    machine = target.create_target_machine(cpu="", features="", opt=2, reloc="pic", codemodel="default")
+    module = llvm.parse_assembly(ir_text)
+    module.triple, module.data_layout = machine.triple, str(machine.target_data)
+    module.verify()
+    obj = machine.emit_object(module)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".tmp-") as tmp:
+            Path(tmp, "loops.o").write_bytes(obj)
+            linked = subprocess.run([cc, "-shared", "-nostdlib", "-o", str(Path(tmp, "loops.so")), str(Path(tmp, "loops.o"))],
+                                    capture_output=True, timeout=60)
+            if linked.returncode != 0:
+                return None
+            library = Path(tmp, "loops.so").read_bytes()
+            # the digest first: a reader that finds the library checks it against this
+            _write(path.with_suffix(".sha256"), _sealed(hashlib.sha256(library).digest()))
+            _write(path, library)
+        return load_library(sources)
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# -- MCJIT's object cache --------------------------------------------------------------------------
 def attach(engine, ir_text: str, machine, llvm) -> None:
     """Give ``engine`` (an MCJIT engine, before ``finalize_object``) an object cache on disk for
     the module of ``ir_text`` compiled for ``machine``."""
@@ -48,25 +145,13 @@ def attach(engine, ir_text: str, machine, llvm) -> None:
 
     def load(_module) -> bytes | None:
         try:
-            data = path.read_bytes()
+            return _unsealed(path.read_bytes())  # damaged: None, compiled anew and replaced by store()
         except OSError:
             return None
-        head = len(_MAGIC) + 32
-        if not data.startswith(_MAGIC) or hashlib.sha256(data[head:]).digest() != data[len(_MAGIC):head]:
-            return None  # damaged: compiled anew, and replaced by store()
-        return data[head:]
 
     def store(_module, obj: bytes) -> None:
         try:
-            where.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=where, prefix=".tmp-")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(_MAGIC + hashlib.sha256(obj).digest() + obj)
-                os.replace(tmp, path)  # whole or not at all, for processes loading it meanwhile
-            except BaseException:
-                os.unlink(tmp)
-                raise
+            _write(path, _sealed(obj))
         except OSError:
             pass  # a read-only home, a full disk: the next process compiles again
 
