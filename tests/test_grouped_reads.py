@@ -315,11 +315,33 @@ def test_a_small_first_read_builds_the_loops_in_the_background(tmp_path, no_nati
         print("child", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
     """)
     env = {k: v for k, v in os.environ.items() if k != "VOLBRIDGE_NO_NATIVE"}
+    env["VOLBRIDGE_NATIVE_CACHE"] = str(tmp_path / "cache")  # nothing kept yet: the loops are built
     if no_native:
         env["VOLBRIDGE_NO_NATIVE"] = "1"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["kernel", str(not no_native), "grouped", "0" if no_native else "8", "child", "0"]
+    if no_native:
+        return
+    # The build kept them as a shared library where cc links one: a later process loads them in
+    # ~1 ms, so even its first small read uses them, and nothing runs in the background.
+    later = textwrap.dedent(f"""
+        import numpy as np, volbridge as vb
+        from volbridge.engine import native_cache, native, place, grouped
+        groups = []
+        real = grouped._read_files
+        grouped._read_files = lambda *a: groups.append(len(a[3])) or real(*a)
+        kept = native_cache.has_library(native._SOURCES)
+        assert np.array_equal(vb.array({f"zarr3://{tmp_path}/z"!r})[...], np.load({str(tmp_path / "want.npy")!r}))
+        print("kept", kept, "grouped", sum(groups), "background", place._build_thread is not None)
+    """)
+    out = subprocess.run([sys.executable, "-c", later], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    kept = out.stdout.split()[1] == "True"
+    assert out.stdout.split() == ["kept", str(kept), "grouped", "8" if kept else "0", "background", str(not kept)]
+    linker = sys.platform == "linux" and any(os.access(os.path.join(d, "cc"), os.X_OK)
+                                             for d in os.environ.get("PATH", "").split(os.pathsep))
+    assert kept == linker
 
 
 @pytest.mark.parametrize("route", ["groups", "files"])

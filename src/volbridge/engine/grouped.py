@@ -46,12 +46,13 @@ def group_codec(layout: ScaleLayout, num_chunks: int) -> str | None:
     stored bytes are their voxels) or a compression :mod:`.batch_decode` runs; None when they
     must go chunk by chunk (other encodings, or the compiled loops not built yet).
 
-    No read waits for the loops here: unsharded chunks read one by one only ~10-15 % slower,
-    while building the loops costs a process's first read ~70 ms (a 300^3 zarr3 cutout's first
-    read measured 190 ms waiting for them, 168 building them beside it). The engine starts the
-    build in the background once such a read is done (:func:`place.load_soon`), and the reads
-    after it use the loops."""
-    if not (layout.decodes_to_bytes and place.loaded()):
+    No read waits for the loops to be built here: unsharded chunks read one by one only ~10-15 %
+    slower, while building the loops costs a process's first read ~70 ms (a 300^3 zarr3 cutout's
+    first read measured 190 ms waiting for them, 168 building them beside it). The engine starts
+    the build in the background once such a read is done (:func:`place.load_soon`), and the
+    reads after it use the loops. Loops an earlier process kept as a shared library load in ~1
+    ms: those every read loads (:func:`place.ready`)."""
+    if not (layout.decodes_to_bytes and place.ready()):
         return None
     if layout.voxels_stored_raw:
         return "raw"

@@ -60,6 +60,12 @@ def loops() -> Loops | None:
     return _loops or None
 
 
+def cheap() -> bool:
+    """Whether :func:`loops` returns at once or nearly (built already, or kept as a shared
+    library by an earlier process: ~1 ms to load), so that even a small read may wait for it."""
+    return _loops is not None or native_cache.has_library(_SOURCES)
+
+
 class Sources:
     """The flat byte buffers a loop reads from, addressed absolutely: a loop adds the source
     address it is given to every start, so given 0 and absolute starts it reads from any number

@@ -26,6 +26,7 @@ directory (default ``$XDG_CACHE_HOME/volbridge/native`` or ``~/.cache/volbridge/
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import platform
@@ -76,14 +77,28 @@ def _unsealed(data: bytes) -> bytes | None:
 
 
 # -- the shared library --------------------------------------------------------------------------
+@functools.cache
+def _source_key(sources: tuple[Path, ...]) -> str:
+    key = hashlib.sha256()
+    for part in (*(p.read_bytes() for p in sources), platform.machine().encode(), _MAGIC):
+        key.update(hashlib.sha256(part).digest())
+    return key.hexdigest()[:40]
+
+
 def _library_path(sources: list[Path]) -> Path | None:
     where = directory()
     if where is None or sys.platform != "linux":  # linked and loaded the ELF way
         return None
-    key = hashlib.sha256()
-    for part in (*(p.read_bytes() for p in sources), platform.machine().encode(), _MAGIC):
-        key.update(hashlib.sha256(part).digest())
-    return where / f"loops-{key.hexdigest()[:40]}.so"
+    return where / f"loops-{_source_key(tuple(sources))}.so"
+
+
+def has_library(sources: list[Path]) -> bool:
+    """Whether a shared library of ``sources`` is kept (unchecked: loading it may still fail)."""
+    try:
+        path = _library_path(sources)
+        return path is not None and path.is_file()
+    except OSError:
+        return False
 
 
 def load_library(sources: list[Path]) -> ctypes.CDLL | None:

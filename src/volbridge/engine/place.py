@@ -41,7 +41,9 @@ def load() -> bool:
 #: Reads of fewer chunks than this do not wait for the compiled loop: importing llvmlite and
 #: building the loops takes 0.05-0.1 s once per process (measured), which numpy's 20-60 us more
 #: per chunk repays only after a few reads of this size. Such a read starts building it in the
-#: background instead and runs on numpy; once loaded, every read uses it.
+#: background instead and runs on numpy; once loaded, every read uses it. Where an earlier
+#: process kept the loops as a shared library (:mod:`.native_cache`), loading takes ~1 ms and
+#: every read waits for it.
 LOAD_AT_CHUNKS = 128
 _building = threading.Lock()
 _build_started = False
@@ -85,7 +87,7 @@ def prepare(num_chunks: int) -> bool:
     start loading it in the background; whether it is loaded now (without it, batching chunks
     through a staging buffer only adds a copy: use numpy directly)."""
     if _kernel is None:
-        if num_chunks >= LOAD_AT_CHUNKS:
+        if num_chunks >= LOAD_AT_CHUNKS or native.cheap():
             load()
         else:
             _load_in_background()
@@ -94,6 +96,14 @@ def prepare(num_chunks: int) -> bool:
 
 def loaded() -> bool:
     """Whether the compiled loop is loaded, without loading it."""
+    return bool(_kernel)
+
+
+def ready() -> bool:
+    """Whether the compiled loop is loaded, loading it now where that is cheap
+    (:func:`native.cheap`) and not waiting for it otherwise."""
+    if _kernel is None and native.cheap():
+        load()
     return bool(_kernel)
 
 
