@@ -148,3 +148,31 @@ def test_zstd_streams_of_every_shape_decode_and_broken_ones_raise():
     for bad in (sized[:-7], sized[:3], b"\x00" + sized, sized + b"junk", sized + sized[:20]):
         with pytest.raises(ChunkDecodeError, match="zstd"):
             decompress("zstd", bad)
+
+
+def test_crc32c_is_the_packages_function_without_its_import(tmp_path):
+    """The crc32c codec loads the package's C extension alone (its __init__ reads metadata and
+    imports a CLI, ~35-60 ms of a zarr v3 sharded array's open): the same checksums, and a
+    sharded array opens, reads and verifies its indexes with the package never imported."""
+    import subprocess
+    import sys
+    import textwrap
+
+    import crc32c
+
+    from volbridge.codecs.compression import _crc32c
+
+    rng = np.random.default_rng(1)
+    for n in (0, 1, 9, 1000, 65537):
+        data = rng.bytes(n)
+        assert _crc32c()(data) == crc32c.crc32c(data)
+    assert _crc32c()(b"123456789") == 0xE3069283  # the check value of CRC-32C
+    code = textwrap.dedent(f"""
+        import sys, numpy as np, volbridge as vb
+        v = vb.create("zarr3://{tmp_path}/s", shape=(8, 8, 8), dtype="uint8", chunk_shape=(4, 4, 4), shard_shape=(8, 8, 8))
+        v[...] = np.arange(512).reshape(8, 8, 8).astype(np.uint8)
+        assert np.array_equal(vb.array("zarr3://{tmp_path}/s")[...], np.arange(512).reshape(8, 8, 8).astype(np.uint8))
+        print("crc32c" in sys.modules)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.split() == ["False"], out.stderr

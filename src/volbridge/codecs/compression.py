@@ -6,7 +6,11 @@ writes gzip under "raw" layers, and a server may hand back gzip bytes it did not
 
 from __future__ import annotations
 
+import functools
+import importlib.machinery
+import importlib.util
 import lzma
+import os
 import struct
 import zlib
 
@@ -288,17 +292,37 @@ class Lz4JavaBlocks(Compressor):
         return data[: len(self.MAGIC)] == self.MAGIC
 
 
+@functools.cache
+def _crc32c():
+    """The crc32c package's C function, loaded from its extension module alone: the package's
+    own ``__init__`` reads its distribution metadata and imports its CLI, ~35-60 ms paid by
+    every zarr v3 sharded array's open (its shard indexes carry the checksum), measured. The
+    plain import where that fails (another layout of the package)."""
+    try:
+        spec = importlib.util.find_spec("crc32c")  # finds, does not run, the package
+        for where in spec.submodule_search_locations or ():
+            for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+                path = os.path.join(where, "_crc32c" + suffix)
+                if os.path.isfile(path):
+                    loader = importlib.machinery.ExtensionFileLoader("crc32c._crc32c", path)
+                    module = importlib.util.module_from_spec(importlib.util.spec_from_file_location(
+                        "crc32c._crc32c", path, loader=loader))
+                    loader.exec_module(module)
+                    return module.crc32c
+    except Exception:  # noqa: BLE001 - any surprise: the package's own way
+        pass
+    import crc32c
+
+    return crc32c.crc32c
+
+
 class Crc32c(Compressor):
     """Zarr v3's crc32c codec: appends the CRC32C of the data; decoding verifies and strips it."""
 
     name = "crc32c"
 
     def __init__(self):
-        # imported here: the crc32c package reads its own metadata and CLI at import (~35 ms of
-        # every ``import volbridge``, measured), and few arrays use the codec
-        import crc32c
-
-        self._crc = crc32c.crc32c
+        self._crc = _crc32c()
 
     def compress(self, data: bytes) -> bytes:
         return bytes(data) + self._crc(data).to_bytes(4, "little")
