@@ -445,3 +445,33 @@ def test_a_device_at_a_chunks_path_is_named(tmp_path, monkeypatch, route):
     os.symlink("/dev/zero", victim)
     with pytest.raises(StoreError, match="not a regular file"):
         vb.array(f"zarr3://{tmp_path}/z")[...]
+
+
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_gzipped_chunk_copies_are_decoded_in_the_native_loops(tmp_path, monkeypatch, threads):
+    """CloudVolume's default on disk, every chunk as ``key.gz`` (its ``info`` does not say so):
+    the file loops find the copies and decode them, leaving nothing to the store; a chunk
+    stored plain among them, and one damaged, go to the store and the checked path."""
+    monkeypatch.setenv("VOLBRIDGE_THREADS", threads)
+    data = np.random.default_rng(12).integers(0, 255, (24, 16, 32), dtype=np.uint8)
+    vb.create(f"precomputed://{tmp_path}/p", shape=data.shape, dtype="uint8", chunk_shape=(8, 8, 8),
+              compression="gzip")[...] = data
+    files = _chunk_files(tmp_path / "p")
+    assert len(files) == 24 and all(f.suffix == ".gz" for f in files)
+    left = []
+    real = grouped._read_groups
+    monkeypatch.setattr(grouped, "_read_groups", lambda vol, layout, at, codec, chunks, pf:
+                        left.append(len(chunks)) or real(vol, layout, at, codec, chunks, pf))
+    calls = _route(monkeypatch, "files")
+    url = f"precomputed://{tmp_path}/p"
+    np.testing.assert_array_equal(vb.array(url)[3:21, 1:15, 5:30].squeeze(), data[3:21, 1:15, 5:30])
+    assert calls == [24] and left == [0]  # 3:21 touches all 3 x chunks, 1:15 both y, 5:30 all 4 z
+    plain = files[5]
+    plain.with_suffix("").write_bytes(gzip.decompress(plain.read_bytes()))
+    plain.unlink()
+    left.clear()
+    np.testing.assert_array_equal(vb.array(url)[...].squeeze(), data)
+    assert left == [1]
+    files[9].write_bytes(files[9].read_bytes()[:-9])  # cut short: its size trailer gone
+    with pytest.raises(ChunkDecodeError, match=files[9].with_suffix("").name):
+        vb.array(url)[...]

@@ -119,9 +119,26 @@ def read_grouped(vol: ChunkedVolume, layout: ScaleLayout, box: Box, cells: list[
     if not cells:
         return
     at = _Cells(layout, box, cells, out, codec, copy=place.writes_natively(out))
-    paths = vol.store.local_paths([names[0] for names in at.names]) if at.copy is not None and at.copy.fused else None
-    left = np.arange(len(cells)) if paths is None else _read_files(vol, at, codec, paths)
+    keys = [names[0] for names in at.names]
+    paths = vol.store.local_paths(keys) if at.copy is not None and at.copy.fused else None
+    file_codec = codec
+    if paths is not None and codec == "raw" and _gzip_copies(paths) and batch_decode.load("gzip"):
+        # CloudVolume's default on disk: every chunk as key.gz (gzip is no part of the format's
+        # metadata, so the files say it); chunks stored otherwise go to the groups below
+        paths, file_codec = vol.store.local_paths(keys, "gzip"), "gzip"
+    left = np.arange(len(cells)) if paths is None else _read_files(vol, at, file_codec, paths)
     _read_groups(vol, layout, at, codec, left, place_found)
+
+
+def _gzip_copies(paths: list[bytes], probes: int = 4) -> bool:
+    """Whether a read's chunk files are gzipped copies (``path.gz``): the first of a few chunks
+    spread over the read that is stored either way decides (a stat or two per read)."""
+    for k in sorted({int(i) for i in np.linspace(0, len(paths) - 1, min(probes, len(paths)))}):
+        if os.path.exists(paths[k]):
+            return False
+        if os.path.exists(paths[k] + b".gz"):
+            return True
+    return False
 
 
 def _read_groups(vol: ChunkedVolume, layout: ScaleLayout, at: _Cells, codec: str, chunks: np.ndarray,

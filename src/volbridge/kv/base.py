@@ -185,11 +185,12 @@ class KVStore(ABC):
         shards) and keeps none of them."""
         return [self.get(key) for key in keys]
 
-    def local_paths(self, keys: list[str]) -> list[bytes] | None:
+    def local_paths(self, keys: list[str], encoding: str | None = None) -> list[bytes] | None:
         """The files that hold ``keys`` (encoded file system paths), for a caller that reads them
         itself (a native loop, :mod:`volbridge.engine.grouped`) and goes through :meth:`get`
-        for any it cannot read; None unless the objects are plain local files read as they are
-        (a cache tier, for one, is not)."""
+        for any it cannot read; with ``encoding`` (say ``"gzip"``) the files of their copies
+        compressed so (CloudVolume's ``key.gz``). None unless the objects are plain local files
+        read as they are (a cache tier, for one, is not)."""
         return None
 
     def get_range(self, key: str, start: int, end: int) -> bytes:

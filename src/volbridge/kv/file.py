@@ -211,10 +211,11 @@ class FileStore(KVStore):
             for _, fd, _ in opened:
                 os.close(fd)
 
-    def local_paths(self, keys: list[str]) -> list[bytes] | None:
+    def local_paths(self, keys: list[str], encoding: str | None = None) -> list[bytes] | None:
         if os.name != "posix":  # the native reader calls the C library's open(2)
             return None
-        paths = [os.fsencode(self._path(k)) for k in keys]
+        suffix = compression.SUFFIXES[compression.canonical(encoding)] if encoding else ""
+        paths = [os.fsencode(self._path(k) + suffix) for k in keys]
         # a NUL in a name would end the C string early: another file's name
         return None if any(b"\0" in p for p in paths) else paths
 

@@ -53,8 +53,8 @@ class PrefixedStore(KVStore):
         n = len(self.prefix)
         return {k[n:]: v for k, v in self.base.get_many([self._k(k) for k in keys]).items()}
 
-    def local_paths(self, keys: list[str]) -> list[bytes] | None:
-        return self.base.local_paths([self._k(k) for k in keys])
+    def local_paths(self, keys: list[str], encoding: str | None = None) -> list[bytes] | None:
+        return self.base.local_paths([self._k(k) for k in keys], encoding)
 
     def range_reader(self, key: str):
         return self.base.range_reader(self._k(key))
