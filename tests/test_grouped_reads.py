@@ -450,8 +450,9 @@ def test_a_device_at_a_chunks_path_is_named(tmp_path, monkeypatch, route):
 @pytest.mark.parametrize("threads", ["1", "3"])
 def test_gzipped_chunk_copies_are_decoded_in_the_native_loops(tmp_path, monkeypatch, threads):
     """CloudVolume's default on disk, every chunk as ``key.gz`` (its ``info`` does not say so):
-    the file loops find the copies and decode them, leaving nothing to the store; a chunk
-    stored plain among them, and one damaged, go to the store and the checked path."""
+    the file loops, finding no plain file, open the copy and gunzip it, leaving nothing to the
+    store; a chunk stored plain among them is read plain, and shadows a copy beside it (the
+    store's own order); a damaged copy goes to the checked path, which names it."""
     monkeypatch.setenv("VOLBRIDGE_THREADS", threads)
     data = np.random.default_rng(12).integers(0, 255, (24, 16, 32), dtype=np.uint8)
     vb.create(f"precomputed://{tmp_path}/p", shape=data.shape, dtype="uint8", chunk_shape=(8, 8, 8),
@@ -465,13 +466,24 @@ def test_gzipped_chunk_copies_are_decoded_in_the_native_loops(tmp_path, monkeypa
     calls = _route(monkeypatch, "files")
     url = f"precomputed://{tmp_path}/p"
     np.testing.assert_array_equal(vb.array(url)[3:21, 1:15, 5:30].squeeze(), data[3:21, 1:15, 5:30])
-    assert calls == [24] and left == [0]  # 3:21 touches all 3 x chunks, 1:15 both y, 5:30 all 4 z
+    assert calls == [24] and left == [0]  # (z, y, x): 3:21 touches all 3 z chunks, 1:15 both y, 5:30 all 4 x
     plain = files[5]
     plain.with_suffix("").write_bytes(gzip.decompress(plain.read_bytes()))
     plain.unlink()
     left.clear()
     np.testing.assert_array_equal(vb.array(url)[...].squeeze(), data)
-    assert left == [1]
+    assert left == [0]  # the loops take the plain file, and the copies of the others
+    # a plain file beside a gzipped copy shadows it, as for the store's own reads
+    shadowed = files[6]
+    chunk = np.frombuffer(gzip.decompress(shadowed.read_bytes()), np.uint8)
+    shadowed.with_suffix("").write_bytes((255 - chunk).tobytes())
+    want = data.copy()
+    x, y, z = ([int(v) for v in r.split("-")] for r in shadowed.with_suffix("").name.split("_"))  # its name: x_y_z
+    region = np.s_[z[0]:z[1], y[0]:y[1], x[0]:x[1]]  # the array: (z, y, x)
+    want[region] = 255 - want[region]
+    left.clear()
+    np.testing.assert_array_equal(vb.array(url)[...].squeeze(), want)
+    assert left == [0]
     files[9].write_bytes(files[9].read_bytes()[:-9])  # cut short: its size trailer gone
     with pytest.raises(ChunkDecodeError, match=files[9].with_suffix("").name):
         vb.array(url)[...]

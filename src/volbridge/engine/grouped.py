@@ -121,24 +121,11 @@ def read_grouped(vol: ChunkedVolume, layout: ScaleLayout, box: Box, cells: list[
     at = _Cells(layout, box, cells, out, codec, copy=place.writes_natively(out))
     keys = [names[0] for names in at.names]
     paths = vol.store.local_paths(keys) if at.copy is not None and at.copy.fused else None
-    file_codec = codec
-    if paths is not None and codec == "raw" and _gzip_copies(paths) and batch_decode.load("gzip"):
-        # CloudVolume's default on disk: every chunk as key.gz (gzip is no part of the format's
-        # metadata, so the files say it); chunks stored otherwise go to the groups below
-        paths, file_codec = vol.store.local_paths(keys, "gzip"), "gzip"
-    left = np.arange(len(cells)) if paths is None else _read_files(vol, at, file_codec, paths)
+    # Plain chunks absent, the loops open CloudVolume's gzipped copies (key.gz, its default on
+    # disk, which precomputed's info does not record): the store's own order of names.
+    copies = vol.store.local_paths(keys, "gzip") if paths is not None and codec == "raw" and batch_decode.load("gzip") else None
+    left = np.arange(len(cells)) if paths is None else _read_files(vol, at, codec, paths, copies)
     _read_groups(vol, layout, at, codec, left, place_found)
-
-
-def _gzip_copies(paths: list[bytes], probes: int = 4) -> bool:
-    """Whether a read's chunk files are gzipped copies (``path.gz``): the first of a few chunks
-    spread over the read that is stored either way decides (a stat or two per read)."""
-    for k in sorted({int(i) for i in np.linspace(0, len(paths) - 1, min(probes, len(paths)))}):
-        if os.path.exists(paths[k]):
-            return False
-        if os.path.exists(paths[k] + b".gz"):
-            return True
-    return False
 
 
 def _read_groups(vol: ChunkedVolume, layout: ScaleLayout, at: _Cells, codec: str, chunks: np.ndarray,
@@ -164,21 +151,25 @@ def _read_groups(vol: ChunkedVolume, layout: ScaleLayout, at: _Cells, codec: str
     run_bounded(group_task, groups, int(at.slot_sizes[groups[0]].sum()) * 2 or 1)
 
 
-def _read_files(vol: ChunkedVolume, at: _Cells, codec: str, paths: list[bytes]) -> np.ndarray:
+def _read_files(vol: ChunkedVolume, at: _Cells, codec: str, paths: list[bytes],
+                gzip_copies: list[bytes] | None = None) -> np.ndarray:
     """Read, decode and place every chunk file in native loops, one per core, that take the
     chunks one at a time from a shared counter with the GIL released throughout
     (:func:`native._emit_read_files`); returns the positions of the chunks they could not place
     (absent, unreadable, bigger than their buffer, not decoding to exactly their voxels), for
-    the store to read and the checked path to place or name.
+    the store to read and the checked path to place or name. ``gzip_copies``: where a chunk's
+    file is absent, the loops read and gunzip the file there instead (raw chunks only).
 
     Reading a group's files from Python cost a GIL hand-off per system call: at the start of a
     300^3 cutout three loops opening files at once passed the GIL back and forth for 11-17 ms
     before the first decode, and the read's last group ran alone at its end (~1.8 of 2 cores
     busy)."""
     n = len(paths)
-    lengths = np.fromiter(map(len, paths), np.int64, n) + 1
-    blob = np.frombuffer(b"\0".join(paths) + b"\0", np.uint8)
-    path_at = np.cumsum(lengths) - lengths
+    names = paths + (gzip_copies or [])
+    lengths = np.fromiter(map(len, names), np.int64, len(names)) + 1
+    blob = np.frombuffer(b"\0".join(names) + b"\0", np.uint8)
+    starts = np.cumsum(lengths) - lengths
+    path_at, alt_at = starts[:n], starts[n:]
     status = np.full(n, -9, np.int64)
     counter = np.zeros(1, np.int64)
     copy = at.copy
@@ -186,20 +177,23 @@ def _read_files(vol: ChunkedVolume, at: _Cells, codec: str, paths: list[bytes]) 
     dcap = int(copy.caps.max())
     # a compressed chunk is at most a little bigger than its voxels (stored blocks); one that
     # fills the buffer is read again by the store, whatever its size
-    rcap = dcap + 1 if raw else dcap + dcap // 8 + (64 << 10)
+    rcap = dcap + 1 if raw and not gzip_copies else dcap + dcap // 8 + (64 << 10)
     libc = _libc()
     loops = native.loops()
     threads = 1 if parallel.inside() else max(1, min(parallel.default_threads(), parallel.cores(), n))
 
     def one_loop(_) -> None:
         mode, fn, ctx, stream = (native.MODE_RAW, 0, 0, 0) if raw else batch_decode.decoder(codec)
+        alt_mode, alt_fn, alt_ctx, _ = batch_decode.decoder("gzip") if gzip_copies else (0, 0, 0, 0)
         with place.staging(rcap + (0 if raw else dcap)) as buf:
             native.Sources([buf]).check_destination(copy.flat, "reading chunk files")
             values = dict(mode=mode, fn=fn, ctx=ctx, open=libc[0], read=libc[1], close=libc[2],
                           flags=os.O_RDONLY | os.O_CLOEXEC, paths=blob.ctypes.data, path_at=path_at.ctypes.data, n=n,
                           next=counter.ctypes.data, rbuf=buf.ctypes.data, rcap=rcap, dbuf=buf.ctypes.data + rcap,
                           caps=copy.caps.ctypes.data, out=copy.flat.ctypes.data, table=copy.table.ctypes.data,
-                          status=status.ctypes.data, needs=copy.needs.ctypes.data, stream=stream)
+                          status=status.ctypes.data, needs=copy.needs.ctypes.data, stream=stream,
+                          alt_at=alt_at.ctypes.data if gzip_copies else 0, alt_mode=alt_mode, alt_fn=alt_fn,
+                          alt_ctx=alt_ctx)
             args = np.array([values[name] for name in native.READ_FILES_ARGS], np.int64)
             loops.read_files(args.ctypes.data)
 

@@ -491,7 +491,8 @@ def _emit_decode_all(ir, module, copy_rows) -> None:
 
 #: Slots of the int64 argument block of ``read_files`` (:func:`_emit_read_files`), by name.
 READ_FILES_ARGS = ("mode", "fn", "ctx", "open", "read", "close", "flags", "paths", "path_at", "n", "next", "rbuf",
-                   "rcap", "dbuf", "caps", "out", "table", "status", "needs", "stream")
+                   "rcap", "dbuf", "caps", "out", "table", "status", "needs", "stream", "alt_at", "alt_mode", "alt_fn",
+                   "alt_ctx")
 
 #: ``read_files`` modes beside the decoders' (0 zstd, 1 gzip): chunks stored as their voxels.
 MODE_RAW = 2
@@ -506,7 +507,10 @@ def _emit_read_files(ir, module, copy_rows) -> None:
     ``rbuf[:rcap]``, decode it into ``dbuf[:caps[k]]`` (mode 0, 1 as :func:`_emit_decode_all`,
     with ``needs`` and ``stream``;
     mode 2 takes the file as the voxels, when it is exactly ``caps[k]`` bytes) and copy row k of
-    ``table`` from there into ``out``. ``status[k]`` becomes the file's size when the chunk was
+    ``table`` from there into ``out``. Where chunk k's file cannot be opened and ``alt_at`` is
+    not 0, its other copy at ``paths + alt_at[k]`` is, decoded by ``alt_mode``, ``alt_fn``,
+    ``alt_ctx`` (CloudVolume's gzipped ``key.gz`` beside plain chunk files: the plain name first,
+    as the file store looks). ``status[k]`` becomes the file's size when the chunk was
     placed, else negative: -1 the open failed (absent, say), -2 a read failed (a directory),
     -3 the file filled ``rbuf`` (it may be bigger), -4 it did not decode to exactly its bytes.
     The caller reads those again on its checked path, which finds other names and says what
@@ -537,16 +541,33 @@ def _emit_read_files(ir, module, copy_rows) -> None:
         e.store(e.const(code), status_at)
         b.branch(head)
 
-    path = b.inttoptr(b.add(a["paths"], e.load(b.add(a["path_at"], at))), i8p)
-    fd = b.call(b.inttoptr(a["open"], open_t.as_pointer()), [path, b.trunc(a["flags"], i32)])
-    opened = fn.append_basic_block("opened")
-    not_opened = fn.append_basic_block("not_opened")
-    b.cbranch(b.icmp_signed("<", fd, ir.Constant(i32, 0)), not_opened, opened)
+    def open_at(offsets):
+        path = b.inttoptr(b.add(a["paths"], e.load(b.add(offsets, at))), i8p)
+        return b.call(b.inttoptr(a["open"], open_t.as_pointer()), [path, b.trunc(a["flags"], i32)])
+
+    fd_first = open_at(a["path_at"])
+    first_end = b.block
+    opened, not_opened, try_alt, alt_tried = (fn.append_basic_block(s) for s in ("opened", "not_opened", "alt", "alt.open"))
+    b.cbranch(b.icmp_signed("<", fd_first, ir.Constant(i32, 0)), try_alt, opened)
+    # the file absent: its other copy, where there is one (``alt_at``: CloudVolume's key.gz)
+    b.position_at_end(try_alt)
+    b.cbranch(b.icmp_unsigned("==", a["alt_at"], e.const(0)), not_opened, alt_tried)
+    b.position_at_end(alt_tried)
+    fd_alt = open_at(a["alt_at"])
+    alt_end = b.block
+    b.cbranch(b.icmp_signed("<", fd_alt, ir.Constant(i32, 0)), not_opened, opened)
     b.position_at_end(not_opened)
     fail(-1)
 
     # read until end of file or a full buffer
     b.position_at_end(opened)
+    fd = b.phi(i32, name="fd")
+    fd.add_incoming(fd_first, first_end)
+    fd.add_incoming(fd_alt, alt_end)
+    is_alt = b.phi(ir.IntType(1), name="is_alt")
+    is_alt.add_incoming(ir.Constant(ir.IntType(1), 0), first_end)
+    is_alt.add_incoming(ir.Constant(ir.IntType(1), 1), alt_end)
+    mode, dec_fn, dec_ctx = (b.select(is_alt, a["alt_" + name], a[name]) for name in ("mode", "fn", "ctx"))
     before = b.block
     read_head, read_more, read_end, read_failed = (fn.append_basic_block(s) for s in ("read", "more", "eof", "rfail"))
     b.branch(read_head)
@@ -573,18 +594,18 @@ def _emit_read_files(ir, module, copy_rows) -> None:
     cap = e.load(b.add(a["caps"], at))
     row = b.add(a["table"], b.mul(k, e.const(12 * 8)))
     place, bad = fn.append_basic_block("place"), fn.append_basic_block("bad")
-    with b.if_else(b.icmp_signed("==", a["mode"], e.const(MODE_RAW))) as (raw, coded):
+    with b.if_else(b.icmp_signed("==", mode, e.const(MODE_RAW))) as (raw, coded):
         with raw:
             ok_raw = b.icmp_signed("==", got, cap)
             raw_end = b.block
         with coded:
-            ok_coded = _emit_decode(e, a["mode"], a["fn"], a["ctx"], a["dbuf"], cap, a["rbuf"], got, scratch,
+            ok_coded = _emit_decode(e, mode, dec_fn, dec_ctx, a["dbuf"], cap, a["rbuf"], got, scratch,
                                     e.load(b.add(a["needs"], at)), a["stream"])
             coded_end = b.block
     ok = b.phi(ir.IntType(1))
     ok.add_incoming(ok_raw, raw_end)
     ok.add_incoming(ok_coded, coded_end)
-    src = b.select(b.icmp_signed("==", a["mode"], e.const(MODE_RAW)), a["rbuf"], a["dbuf"])
+    src = b.select(b.icmp_signed("==", mode, e.const(MODE_RAW)), a["rbuf"], a["dbuf"])
     b.cbranch(ok, place, bad)
     b.position_at_end(bad)
     fail(-4)
