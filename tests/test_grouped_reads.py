@@ -331,7 +331,7 @@ def test_a_small_first_read_builds_the_loops_in_the_background(tmp_path, no_nati
         groups = []
         real = grouped._read_files
         grouped._read_files = lambda *a: groups.append(len(a[3])) or real(*a)
-        kept = native_cache.has_library(native._SOURCES)
+        kept = native_cache.has_library(native._SOURCE_KEY)
         assert np.array_equal(vb.array({f"zarr3://{tmp_path}/z"!r})[...], np.load({str(tmp_path / "want.npy")!r}))
         print("kept", kept, "grouped", sum(groups), "background", place._build_thread is not None)
     """)

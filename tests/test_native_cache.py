@@ -1,6 +1,7 @@
 """The native loops' machine code kept on disk (engine/native_cache.py): each case in a fresh
 process, since a process builds the loops once."""
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -106,3 +107,107 @@ def test_off_or_unwritable_the_loops_still_compile(volume):
     blocker.write_bytes(b"")
     assert _run(volume, blocker / "cache")[0] == "ExecutionEngine"  # its parent is a file: nothing written there
     assert blocker.read_bytes() == b""
+
+
+def _env(cache, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("VOLBRIDGE_NO_NATIVE", "VOLBRIDGE_NATIVE_CACHE")}
+    env["VOLBRIDGE_NATIVE_CACHE"] = str(cache)
+    env.update(extra)
+    return env
+
+
+@needs_linker
+def test_the_library_is_named_by_the_sources_as_imported_not_as_edited_after(volume):
+    """(review) A process that imported the engine, whose native.py was edited before its first
+    read (a checkout under an editable install), had kept its code under the edited file's name:
+    a later process loaded code that was not its own."""
+    import shutil
+
+    import volbridge
+
+    pkg = volume / "pkg"
+    shutil.copytree(os.path.dirname(volbridge.__file__), pkg / "volbridge")
+    native_py = pkg / "volbridge" / "engine" / "native.py"
+    cache = volume / "cache"
+    code = textwrap.dedent(f"""
+        import sys
+        from volbridge.engine import native
+        if sys.argv[1] == "edit":
+            with open({str(native_py)!r}, "a") as f:
+                f.write("\\n# edited after the import\\n")
+        native.loops()
+        print(type(native.loops().engine).__name__, "llvmlite.binding" in sys.modules, native._SOURCE_KEY)
+    """)
+    env = _env(cache, PYTHONPATH=str(pkg))
+    first = subprocess.run([sys.executable, "-c", code, "edit"], capture_output=True, text=True, env=env, timeout=120)
+    second = subprocess.run([sys.executable, "-c", code, "-"], capture_output=True, text=True, env=env, timeout=120)
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    (_, built1, key1), (_, built2, key2) = first.stdout.split(), second.stdout.split()
+    assert key1 != key2 and built1 == built2 == "True"  # the edited sources are built anew
+    assert sorted(p.name for p in cache.glob("loops-*.so")) == sorted(f"loops-{k}.so" for k in (key1, key2))
+
+
+@needs_linker
+def test_another_librarys_copy_rows_does_not_take_over_the_loops_calls(volume):
+    """(review) The loops called copy_rows by its exported name: a library loaded RTLD_GLOBAL
+    first with a copy_rows of its own took those calls over (reads half zeros)."""
+    other = volume / "other.c"
+    other.write_text("void copy_rows(long a, long b, long c, long d) { (void)a; (void)b; (void)c; (void)d; }\n")
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(volume / "libother.so"), str(other)], check=True, timeout=60)
+    cache = volume / "cache"
+    code = "import ctypes; ctypes.CDLL(%r, mode=ctypes.RTLD_GLOBAL)\n" % str(volume / "libother.so") + _READ.format(
+        url=f"zarr3://{volume}/z", want=str(volume / "want.npy"))
+    for _ in range(2):  # the process that builds the library, and one that loads it
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(cache), timeout=120)
+        assert out.returncode == 0 and out.stdout.split()[0] == "CDLL", out.stderr
+
+
+def test_a_linker_that_hangs_or_a_library_that_cannot_load_is_tried_once(volume, monkeypatch):
+    """(review) A cc that hangs (a dead distcc host) held every process's first read for a
+    minute, and a library that cannot be loaded (a noexec mount) had every small read wait for
+    a build: both are now marked, and later processes go straight to LLVM's JIT."""
+    fake = volume / "bin"
+    fake.mkdir()
+    calls = volume / "cc-calls"
+    (fake / "cc").write_text(f"#!/bin/sh\necho called >> {calls}\nexec sleep 30\n")
+    (fake / "cc").chmod(0o755)
+    cache = volume / "cache"
+    code = textwrap.dedent("""
+        import sys, time
+        from volbridge.engine import native, native_cache
+        native_cache.LINK_SECONDS = 1
+        t = time.monotonic()
+        print(type(native.loops().engine).__name__, native.cheap(), round(time.monotonic() - t))
+    """)
+    env = _env(cache, PATH=f"{fake}{os.pathsep}{os.environ.get('PATH', '')}")
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+        assert out.returncode == 0, out.stderr
+        owner, cheap, seconds = out.stdout.split()
+        assert owner == "ExecutionEngine" and cheap == "True" and int(seconds) < 10
+    assert calls.read_text().split() == ["called"]  # the second process did not try again
+    # a kept library that does not load (not a shared object, but sealed as one)
+    from volbridge.engine import native_cache
+
+    monkeypatch.setenv("VOLBRIDGE_NATIVE_CACHE", str(cache))
+    key = "0" * 40
+    path = cache / f"loops-{key}.so"
+    path.write_bytes(b"not an ELF file")
+    native_cache._write(path.with_suffix(".sha256"), native_cache._sealed(hashlib.sha256(path.read_bytes()).digest()))
+    assert native_cache.has_library(key)
+    assert native_cache.load_library(key) is None
+    assert not native_cache.has_library(key)  # marked: small reads no longer wait for a build
+
+
+def test_no_home_means_no_cache_not_one_in_the_working_directory(monkeypatch):
+    from volbridge.engine import native_cache
+
+    monkeypatch.delenv("VOLBRIDGE_NATIVE_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.delenv("HOME", raising=False)
+    monkeypatch.setattr(os.path, "expanduser", lambda p: p)  # no passwd entry either
+    assert native_cache.directory() is None
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # to be ignored, as the spec says
+    assert native_cache.directory() is None
+    monkeypatch.setenv("VOLBRIDGE_NATIVE_CACHE", "here")
+    assert native_cache.directory().is_absolute()

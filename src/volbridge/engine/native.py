@@ -63,7 +63,7 @@ def loops() -> Loops | None:
 def cheap() -> bool:
     """Whether :func:`loops` returns at once or nearly (built already, or kept as a shared
     library by an earlier process: ~1 ms to load), so that even a small read may wait for it."""
-    return _loops is not None or native_cache.has_library(_SOURCES)
+    return _loops is not None or native_cache.has_library(_SOURCE_KEY)
 
 
 class Sources:
@@ -156,8 +156,10 @@ def _build_or_false() -> Loops | bool:
         return False
 
 
-#: The source files the loops' machine code follows from (the names of a kept shared library).
+#: The source files the loops' machine code follows from, and the name of a kept shared library
+#: of them: worked out as this module is imported, the code it builds being that of this import.
 _SOURCES = [Path(__file__), Path(native_cache.__file__)]
+_SOURCE_KEY = native_cache.source_key(_SOURCES)
 
 
 def _loops_at(owner, address: Callable[[str], int]) -> Loops:
@@ -168,7 +170,7 @@ def _loops_at(owner, address: Callable[[str], int]) -> Loops:
 
 
 def _build() -> Loops:
-    kept = native_cache.load_library(_SOURCES)  # built by an earlier process: no llvmlite needed
+    kept = native_cache.load_library(_SOURCE_KEY)  # built by an earlier process: no llvmlite needed
     if kept is not None:
         return _loops_at(kept, lambda name: ctypes.cast(getattr(kept, name), ctypes.c_void_p).value)
     try:
@@ -180,7 +182,11 @@ def _build() -> Loops:
     from llvmlite import ir
 
     module = ir.Module(name="volbridge_loops")
-    copy_rows = _emit_copy_rows(ir, module)
+    # The loops call the copy by a local name: in a shared library a call by its exported name
+    # would go through the PLT, where another library's ``copy_rows`` loaded first (RTLD_GLOBAL,
+    # LD_PRELOAD) would take it over (review: reads came back half zeros).
+    copy_rows = _emit_copy_rows(ir, module, "copy_rows_local", "internal")
+    _emit_exported_copy_rows(ir, module, copy_rows)
     _emit_decode_all(ir, module, copy_rows)
     _emit_read_files(ir, module, copy_rows)
     try:
@@ -190,7 +196,7 @@ def _build() -> Loops:
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
     text = str(module)
-    library = native_cache.make_library(_SOURCES, text, llvm)  # for this process and the next ones
+    library = native_cache.make_library(_SOURCE_KEY, text, llvm)  # for this process and the next ones
     if library is not None:
         return _loops_at(library, lambda name: ctypes.cast(getattr(library, name), ctypes.c_void_p).value)
     target = llvm.Target.from_default_triple()
@@ -242,13 +248,24 @@ class _Emitter:
         b.position_at_end(done)
 
 
-def _emit_copy_rows(ir, module):
+def _emit_exported_copy_rows(ir, module, local) -> None:
+    """``copy_rows``, the exported name of the copy (:func:`_emit_copy_rows`): a call of the local one."""
+    i64 = ir.IntType(64)
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [i64] * 4), name="copy_rows")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    b.call(local, list(fn.args))
+    b.ret_void()
+
+
+def _emit_copy_rows(ir, module, name: str = "copy_rows", linkage: str = ""):
     """``copy_rows(dst, src, table, n)``: for each of the ``n`` rows of the int64 table (12 values
     each: source start and y, z, c strides, destination start and strides, row bytes, and the y,
     z, c extents, all in bytes or counts) copy the box's rows from ``src`` to ``dst``
     (:func:`_copy_row`)."""
     i64 = ir.IntType(64)
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [i64] * 4), name="copy_rows")
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [i64] * 4), name=name)
+    if linkage:
+        fn.linkage = linkage
     e = _Emitter(ir, fn)
     dst, src, table, n = fn.args
     b = e.b

@@ -26,7 +26,6 @@ directory (default ``$XDG_CACHE_HOME/volbridge/native`` or ``~/.cache/volbridge/
 from __future__ import annotations
 
 import ctypes
-import functools
 import hashlib
 import os
 import platform
@@ -34,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 _MAGIC = b"volbridge-native-1\n"
@@ -41,13 +41,19 @@ _DIGEST = hashlib.sha256().digest_size
 
 
 def directory() -> Path | None:
-    """Where the code is kept, or None when the cache is off."""
+    """Where the code is kept (an absolute path), or None when the cache is off or there is no
+    home to keep it in."""
     env = os.environ.get("VOLBRIDGE_NATIVE_CACHE")
     if env is not None and env.strip().lower() in ("0", "off", "no", "false"):
         return None
     if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        return Path(env).expanduser().absolute()
+    base = os.environ.get("XDG_CACHE_HOME") or ""
+    if not os.path.isabs(base):  # the spec: a relative XDG_CACHE_HOME is to be ignored
+        home = os.path.expanduser("~")
+        if not os.path.isabs(home):  # no HOME and no passwd entry (a container's arbitrary uid)
+            return None
+        base = os.path.join(home, ".cache")
     return Path(base) / "volbridge" / "native"
 
 
@@ -58,6 +64,7 @@ def _write(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)  # as any cache file (mkstemp makes it the owner's alone)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -77,72 +84,134 @@ def _unsealed(data: bytes) -> bytes | None:
 
 
 # -- the shared library --------------------------------------------------------------------------
-@functools.cache
-def _source_key(sources: tuple[Path, ...]) -> str:
-    key = hashlib.sha256()
-    for part in (*(p.read_bytes() for p in sources), platform.machine().encode(), _MAGIC):
-        key.update(hashlib.sha256(part).digest())
-    return key.hexdigest()[:40]
+#: How long linking may take before it counts as failed (a cc that hangs: a dead distcc host).
+LINK_SECONDS = 15
+#: Files in the cache directory older than this are removed when a library is built: libraries
+#: of volbridge versions no longer used, temporary files of builds that were killed.
+STALE_SECONDS = 30 * 24 * 3600
 
 
-def _library_path(sources: list[Path]) -> Path | None:
-    where = directory()
-    if where is None or sys.platform != "linux":  # linked and loaded the ELF way
-        return None
-    return where / f"loops-{_source_key(tuple(sources))}.so"
-
-
-def has_library(sources: list[Path]) -> bool:
-    """Whether a shared library of ``sources`` is kept (unchecked: loading it may still fail)."""
+def source_key(sources: list[Path]) -> str | None:
+    """The name the loops built from ``sources`` are kept under: to be worked out when the
+    module that builds them is imported (a file edited later, say by a checkout under an
+    editable install, must not name the code built from the module as it was imported). None
+    where the sources are not plain files (a zip import)."""
     try:
-        path = _library_path(sources)
-        return path is not None and path.is_file()
+        key = hashlib.sha256()
+        for part in (*(p.read_bytes() for p in sources), platform.machine().encode(), _MAGIC):
+            key.update(hashlib.sha256(part).digest())
+        return key.hexdigest()[:40]
+    except OSError:
+        return None
+
+
+def _library_path(key: str | None) -> Path | None:
+    where = directory()
+    if where is None or key is None or sys.platform != "linux":  # linked and loaded the ELF way
+        return None
+    return where / f"loops-{key}.so"
+
+
+def _no_library(path: Path) -> Path:
+    """The mark left where a library cannot be linked or loaded here: later processes go
+    straight to MCJIT, and small reads do not wait for a build (see :func:`has_library`)."""
+    return path.with_suffix(".nolink")
+
+
+def has_library(key: str | None) -> bool:
+    """Whether a shared library of ``key`` is kept and may load (unchecked until it is loaded)."""
+    try:
+        path = _library_path(key)
+        return path is not None and path.is_file() and not _no_library(path).exists()
     except OSError:
         return False
 
 
-def load_library(sources: list[Path]) -> ctypes.CDLL | None:
-    """The loops' shared library built from ``sources`` by an earlier process, or None."""
+def load_library(key: str | None) -> ctypes.CDLL | None:
+    """The loops' shared library kept under ``key`` by an earlier process, or None. The bytes
+    checked against the digest are the bytes loaded: the library is loaded through the
+    descriptor they were read from, not its name (another process may replace the file)."""
+    path = _library_path(key)
+    if path is None or not has_library(key):
+        return None
     try:
-        path = _library_path(sources)
-        if path is None:
-            return None
         seal = _unsealed(path.with_suffix(".sha256").read_bytes())
-        if seal is None or hashlib.sha256(path.read_bytes()).digest() != seal:
-            return None  # damaged, or still being written: built anew
-        return ctypes.CDLL(str(path))
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read()
+        if seal is None or hashlib.sha256(data).digest() != seal:
+            return None  # damaged, or still being written: built anew
+        try:
+            return ctypes.CDLL(f"/proc/self/fd/{fd}")
+        except OSError:  # a cache on a noexec mount, say: never again here
+            _mark_unlinkable(path)
+            return None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
-def make_library(sources: list[Path], ir_text: str, llvm) -> ctypes.CDLL | None:
-    """Compile ``ir_text`` for the baseline CPU into a shared library kept for later processes
-    (see the module's docstring) and load it; None where it cannot be linked or written."""
-    path = _library_path(sources)
+def _mark_unlinkable(path: Path) -> None:
+    try:
+        _write(_no_library(path), b"")
+    except OSError:
+        pass
+
+
+def make_library(key: str | None, ir_text: str, llvm) -> ctypes.CDLL | None:
+    """Compile ``ir_text`` for the baseline CPU into a shared library kept under ``key`` for
+    later processes (see the module's docstring) and load it; None where it cannot be linked,
+    written or loaded (then marked, so later processes do not try again)."""
+    path = _library_path(key)
     cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if path is None or cc is None:
         return None
-    target = llvm.Target.from_default_triple()
-    machine = target.create_target_machine(cpu="", features="", opt=2, reloc="pic", codemodel="default")
-    module = llvm.parse_assembly(ir_text)
-    module.triple, module.data_layout = machine.triple, str(machine.target_data)
-    module.verify()
-    obj = machine.emit_object(module)
     try:
+        if _no_library(path).exists():
+            return None
+        kept = load_library(key)  # another process built it meanwhile: never replace one in use
+        if kept is not None:
+            return kept
+        target = llvm.Target.from_default_triple()
+        machine = target.create_target_machine(cpu="", features="", opt=2, reloc="pic", codemodel="default")
+        module = llvm.parse_assembly(ir_text)
+        module.triple, module.data_layout = machine.triple, str(machine.target_data)
+        module.verify()
+        obj = machine.emit_object(module)
         path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(path.parent)
         with tempfile.TemporaryDirectory(dir=path.parent, prefix=".tmp-") as tmp:
             Path(tmp, "loops.o").write_bytes(obj)
-            linked = subprocess.run([cc, "-shared", "-nostdlib", "-o", str(Path(tmp, "loops.so")), str(Path(tmp, "loops.o"))],
-                                    capture_output=True, timeout=60)
-            if linked.returncode != 0:
+            try:
+                linked = subprocess.run([cc, "-shared", "-nostdlib", "-o", str(Path(tmp, "loops.so")),
+                                         str(Path(tmp, "loops.o"))], capture_output=True, timeout=LINK_SECONDS)
+            except subprocess.SubprocessError:
+                linked = None
+            if linked is None or linked.returncode != 0:
+                _mark_unlinkable(path)
                 return None
             library = Path(tmp, "loops.so").read_bytes()
             # the digest first: a reader that finds the library checks it against this
             _write(path.with_suffix(".sha256"), _sealed(hashlib.sha256(library).digest()))
             _write(path, library)
-        return load_library(sources)
-    except (OSError, subprocess.SubprocessError):
+        return load_library(key)
+    except OSError:
         return None
+
+
+def _remove_stale(where: Path) -> None:
+    """Remove what in ``where`` has not been touched for :data:`STALE_SECONDS`."""
+    limit = time.time() - STALE_SECONDS
+    for entry in where.iterdir():
+        try:
+            if entry.lstat().st_mtime < limit:
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        except OSError:
+            pass
 
 
 # -- MCJIT's object cache --------------------------------------------------------------------------
