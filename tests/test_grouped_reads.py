@@ -487,3 +487,30 @@ def test_gzipped_chunk_copies_are_decoded_in_the_native_loops(tmp_path, monkeypa
     files[9].write_bytes(files[9].read_bytes()[:-9])  # cut short: its size trailer gone
     with pytest.raises(ChunkDecodeError, match=files[9].with_suffix("").name):
         vb.array(url)[...]
+
+
+def test_over_s3_a_cutout_decodes_only_the_blocks_it_needs(s3env, s3_bucket):
+    """Network reads decode zstd chunks in batches as they arrive (read_arriving), with the same
+    prefix decoding: damage inside a block a cutout does not need leaves the cutout right, and
+    a read that needs the block names the chunk; a chunk with bytes after its frame is named
+    by both."""
+    url = f"zarr3://s3://{s3_bucket}/prefix-over-s3"
+    want = np.random.default_rng(8).integers(0, 4, (64, 64, 128), np.uint8)
+    vb.create(url, shape=want.shape, dtype="uint8", chunk_shape=(64, 64, 64), compression="zstd")[...] = want
+    a = vb.array(url)
+    store, layout = a.volume.store, a.volume.dataset.layout(0)
+    keys = [layout.write_key(c) for c in layout.grid.cells(layout.grid.bounds)]
+    assert len(keys) == 2
+    chunks = {k: bytes(store.get(k)) for k in keys}
+    damaged = bytearray(chunks[keys[0]])
+    start, size = _second_block(bytes(damaged))
+    damaged[start:start + size] = bytes(size)
+    store.put(keys[0], bytes(damaged))
+    store.put(keys[1], chunks[keys[1]] + b"\x00" * 7)
+    cut = np.s_[3:20, 5:60, 1:127]  # the first planes of both chunks (z, y, x)
+    with pytest.raises(ChunkDecodeError, match=keys[1]):
+        vb.array(url)[cut]
+    store.put(keys[1], chunks[keys[1]])
+    np.testing.assert_array_equal(vb.array(url)[cut], want[cut])
+    with pytest.raises(ChunkDecodeError, match=keys[0]):
+        vb.array(url)[3:40]
