@@ -357,3 +357,18 @@ def test_file_store_refuses_a_device_at_a_keys_path(tmp_path):
     for read in (s.get, s.get_transient, lambda k: s.get_many_transient([k])):
         with pytest.raises(StoreError, match="'k' .*not a regular file"):
             read("k")
+
+
+def test_retry_jitter_leaves_the_random_modules_stream_alone():
+    """A program that seeds the random module for its own use gets the same numbers whether or
+    not volbridge retried something meanwhile."""
+    import random
+
+    from volbridge.kv.retry import RetryPolicy
+
+    random.seed(5)
+    want = [random.random() for _ in range(3)]
+    random.seed(5)
+    delays = [RetryPolicy().backoff(a) for a in (1, 2, 3, 9)]
+    assert [random.random() for _ in range(3)] == want
+    assert all(0 <= d <= 5.0 for d in delays) and delays[0] <= 0.05

@@ -12,6 +12,11 @@ import time
 from dataclasses import dataclass, field
 
 
+#: The jitter's own generator: drawing from the random module's would move the stream of a
+#: program that seeds it for its own use (and hypothesis, which watches it during a test, warns).
+_jitter = random.Random()
+
+
 def retryable_status(status: int) -> bool:
     """Whether an HTTP status may pass on a retry: server errors but 501 and 505 (not
     implemented, for good), timeouts and throttling."""
@@ -39,7 +44,7 @@ class RetryPolicy:
 
     def backoff(self, attempt: int) -> float:
         """Seconds to sleep before retry number ``attempt`` (1-based)."""
-        return random.uniform(0, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
+        return _jitter.uniform(0, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
 
     def sleep(self, attempt: int) -> None:
         time.sleep(self.backoff(attempt))
