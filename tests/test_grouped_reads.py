@@ -514,3 +514,49 @@ def test_over_s3_a_cutout_decodes_only_the_blocks_it_needs(s3env, s3_bucket):
     np.testing.assert_array_equal(vb.array(url)[cut], want[cut])
     with pytest.raises(ChunkDecodeError, match=keys[0]):
         vb.array(url)[3:40]
+
+
+def test_gzipped_copies_of_chunks_bigger_than_the_smallest_buffer(tmp_path):
+    """(CI crash) A gzipped copy among raw chunks is decoded into a second, one-chunk buffer,
+    which the raw loop's buffer had no room for: chunks under 1 MiB (the smallest buffer a
+    thread keeps) hid it; these are 2 MiB."""
+    data = np.random.default_rng(13).integers(0, 4, (128, 128, 256), dtype=np.uint8)
+    url = f"precomputed://{tmp_path}/p"
+    vb.create(url, shape=data.shape, dtype="uint8", chunk_shape=(128, 128, 128), compression="gzip")[...] = data
+    files = _chunk_files(tmp_path / "p")
+    assert len(files) == 2 and all(f.suffix == ".gz" for f in files)
+    np.testing.assert_array_equal(vb.array(url)[...].squeeze(), data)
+    np.testing.assert_array_equal(vb.array(url)[5:100, 7:120, 3:250].squeeze(), data[5:100, 7:120, 3:250])
+
+
+def test_the_file_loop_refuses_a_chunk_bigger_than_its_decode_buffer(tmp_path):
+    """The loop's own check beside the caller's sizing: a chunk said to decode to more than the
+    decode buffer holds is left to the checked path (status -4), the bytes past the buffer
+    untouched."""
+    import os
+
+    voxels = bytes(range(256)) * 4
+    (tmp_path / "c").write_bytes(zstandard.ZstdCompressor().compress(voxels))
+    loops = native.loops()
+    mode, fn, ctx, stream = batch_decode.decoder("zstd")
+    libc = grouped._libc()
+    path = np.frombuffer(os.fsencode(str(tmp_path / "c")) + b"\0", np.uint8)
+    out = np.zeros(1024, np.uint8)
+    table = place.copy_table(out.reshape(1024, 1, 1, 1, order="F"), np.array([[1024, 1, 1, 1]]), np.zeros((1, 3)),
+                             np.zeros((1, 3)), np.array([[1024, 1, 1]]))
+    for dcap, want in ((1024, 0), (1000, -4)):
+        buf = np.zeros(4096 + 1024 + 64, np.uint8)  # read buffer, decode buffer, then a guard
+        status, counter = np.full(1, -9, np.int64), np.zeros(1, np.int64)
+        caps, needs, at = np.array([1024]), np.array([1024]), np.zeros(1, np.int64)
+        values = dict(mode=mode, fn=fn, ctx=ctx, open=libc[0], read=libc[1], close=libc[2], flags=os.O_RDONLY,
+                      paths=path.ctypes.data, path_at=at.ctypes.data, n=1, next=counter.ctypes.data,
+                      rbuf=buf.ctypes.data, rcap=4096, dbuf=buf.ctypes.data + 4096, dcap=dcap, caps=caps.ctypes.data,
+                      out=out.ctypes.data, table=table.ctypes.data, status=status.ctypes.data, needs=needs.ctypes.data,
+                      stream=stream, alt_at=0, alt_mode=0, alt_fn=0, alt_ctx=0)
+        args = np.array([values[name] for name in native.READ_FILES_ARGS], np.int64)
+        loops.read_files(args.ctypes.data)
+        assert (status[0] > 0) if want == 0 else status[0] == want
+        if want == 0:
+            assert out.tobytes() == voxels
+        else:
+            assert not buf[4096:].any()  # nothing decoded into a buffer too small

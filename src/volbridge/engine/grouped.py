@@ -177,7 +177,8 @@ def _read_files(vol: ChunkedVolume, at: _Cells, codec: str, paths: list[bytes],
     dcap = int(copy.caps.max())
     # a compressed chunk is at most a little bigger than its voxels (stored blocks); one that
     # fills the buffer is read again by the store, whatever its size
-    rcap = dcap + 1 if raw and not gzip_copies else dcap + dcap // 8 + (64 << 10)
+    decodes = not raw or bool(gzip_copies)  # the loops decode into a buffer of one chunk
+    rcap = dcap + dcap // 8 + (64 << 10) if decodes else dcap + 1
     libc = _libc()
     loops = native.loops()
     threads = 1 if parallel.inside() else max(1, min(parallel.default_threads(), parallel.cores(), n))
@@ -185,11 +186,15 @@ def _read_files(vol: ChunkedVolume, at: _Cells, codec: str, paths: list[bytes],
     def one_loop(_) -> None:
         mode, fn, ctx, stream = (native.MODE_RAW, 0, 0, 0) if raw else batch_decode.decoder(codec)
         alt_mode, alt_fn, alt_ctx, _ = batch_decode.decoder("gzip") if gzip_copies else (0, 0, 0, 0)
-        with place.staging(rcap + (0 if raw else dcap)) as buf:
+        with place.staging(rcap + (dcap if decodes else 0)) as buf:
+            # the loops write the decode buffer without bounds checks: it must be all here
+            if len(buf) != rcap + (dcap if decodes else 0):
+                raise ValueError("reading chunk files: a buffer of the wrong size")
             native.Sources([buf]).check_destination(copy.flat, "reading chunk files")
             values = dict(mode=mode, fn=fn, ctx=ctx, open=libc[0], read=libc[1], close=libc[2],
                           flags=os.O_RDONLY | os.O_CLOEXEC, paths=blob.ctypes.data, path_at=path_at.ctypes.data, n=n,
-                          next=counter.ctypes.data, rbuf=buf.ctypes.data, rcap=rcap, dbuf=buf.ctypes.data + rcap,
+                          next=counter.ctypes.data, rbuf=buf.ctypes.data, rcap=rcap,
+                          dbuf=buf.ctypes.data + rcap if decodes else 0, dcap=dcap if decodes else 0,
                           caps=copy.caps.ctypes.data, out=copy.flat.ctypes.data, table=copy.table.ctypes.data,
                           status=status.ctypes.data, needs=copy.needs.ctypes.data, stream=stream,
                           alt_at=alt_at.ctypes.data if gzip_copies else 0, alt_mode=alt_mode, alt_fn=alt_fn,

@@ -508,8 +508,8 @@ def _emit_decode_all(ir, module, copy_rows) -> None:
 
 #: Slots of the int64 argument block of ``read_files`` (:func:`_emit_read_files`), by name.
 READ_FILES_ARGS = ("mode", "fn", "ctx", "open", "read", "close", "flags", "paths", "path_at", "n", "next", "rbuf",
-                   "rcap", "dbuf", "caps", "out", "table", "status", "needs", "stream", "alt_at", "alt_mode", "alt_fn",
-                   "alt_ctx")
+                   "rcap", "dbuf", "dcap", "caps", "out", "table", "status", "needs", "stream", "alt_at", "alt_mode",
+                   "alt_fn", "alt_ctx")
 
 #: ``read_files`` modes beside the decoders' (0 zstd, 1 gzip): chunks stored as their voxels.
 MODE_RAW = 2
@@ -521,7 +521,8 @@ def _emit_read_files(ir, module, copy_rows) -> None:
     runs this loop over the same counter, so they share out the chunks one at a time to the
     end), read its file (the NUL-terminated path at ``paths + path_at[k]``) with libc's
     ``open(path, flags)``, ``read`` and ``close`` (addresses ``open`` ... ``close``) into
-    ``rbuf[:rcap]``, decode it into ``dbuf[:caps[k]]`` (mode 0, 1 as :func:`_emit_decode_all`,
+    ``rbuf[:rcap]``, decode it into ``dbuf[:caps[k]]`` (-4 unless ``caps[k] <= dcap``; mode 0, 1
+    as :func:`_emit_decode_all`,
     with ``needs`` and ``stream``;
     mode 2 takes the file as the voxels, when it is exactly ``caps[k]`` bytes) and copy row k of
     ``table`` from there into ``out``. Where chunk k's file cannot be opened and ``alt_at`` is
@@ -616,6 +617,10 @@ def _emit_read_files(ir, module, copy_rows) -> None:
             ok_raw = b.icmp_signed("==", got, cap)
             raw_end = b.block
         with coded:
+            # (a second line of defence: the caller sizes the decode buffer for every chunk)
+            fits = fn.append_basic_block("fits")
+            b.cbranch(b.icmp_unsigned("<=", cap, a["dcap"]), fits, bad)
+            b.position_at_end(fits)
             ok_coded = _emit_decode(e, mode, dec_fn, dec_ctx, a["dbuf"], cap, a["rbuf"], got, scratch,
                                     e.load(b.add(a["needs"], at)), a["stream"])
             coded_end = b.block
