@@ -181,3 +181,8 @@ def test_read_into_equals_read_and_writes_every_voxel(tmp_path, fmt, shard):
         vol.read_into(Box((0, 0, 0), (8, 8, 8)), np.zeros((8, 8, 7, nc), np.uint16, order="F"))
     with pytest.raises(DTypeError, match="uint16"):
         vol.read_into(Box((0, 0, 0), (8, 8, 8)), np.zeros((8, 8, 8, nc), np.uint8, order="F"))
+    frozen = np.zeros((8, 8, 8, nc), np.uint16, order="F")
+    frozen.flags.writeable = False
+    with pytest.raises(ShapeError, match="read-only"):  # (review) a bare ValueError from the engine before
+        vol.read_into(Box((0, 0, 0), (8, 8, 8)), frozen)
+    assert not frozen.any()

@@ -119,6 +119,8 @@ class ChunkedVolume(Volume):
                              f"{(*box.shape, layout.num_channels)} (x, y, z, c), got {out.shape}")
         if out.dtype != layout.dtype:
             raise DTypeError(f"scale {scale} of {self.url} holds {layout.dtype}; read_into got an array of {out.dtype}")
+        if not out.flags.writeable:
+            raise ShapeError(f"read_into box {box} of scale {scale} of {self.url} got a read-only array")
         fill = 0 if layout.fill_value is None else layout.fill_value
         inside = layout.grid.bounds.contains(box)
         if not inside:
