@@ -560,3 +560,21 @@ def test_the_file_loop_refuses_a_chunk_bigger_than_its_decode_buffer(tmp_path):
             assert out.tobytes() == voxels
         else:
             assert not buf[4096:].any()  # nothing decoded into a buffer too small
+
+
+def test_the_decode_loop_stops_at_a_slot_outside_its_buffer():
+    """decode_all's own check beside its callers': a chunk whose slot does not lie inside the
+    destination it is told the size of stops the loop there, nothing written past it."""
+    voxels = bytes(range(256)) * 4
+    stream = np.frombuffer(zstandard.ZstdCompressor().compress(voxels), np.uint8)
+    loops = native.loops()
+    mode, fn, ctx, zstd_stream = batch_decode.decoder("zstd")
+    starts, sizes = np.zeros(2, np.int64), np.full(2, stream.size, np.int64)
+    caps = np.full(2, 1024, np.int64)
+    for size, offsets, want in ((2048, [0, 1024], 2), (2047, [0, 1024], 1), (2048, [0, 2**63 - 1], 1)):
+        dst = np.zeros(size + 64, np.uint8)  # the slots' buffer, then a guard
+        offsets = np.array(offsets, np.int64)
+        done = loops.decode_all(mode, fn, ctx, stream.ctypes.data, starts.ctypes.data, sizes.ctypes.data, dst.ctypes.data,
+                                offsets.ctypes.data, caps.ctypes.data, 2, 0, 0, caps.ctypes.data, zstd_stream, size)
+        assert done == want
+        assert dst[:1024].tobytes() == voxels and not dst[size:].any()

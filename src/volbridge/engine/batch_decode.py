@@ -198,7 +198,7 @@ def decode_into(name: str, src, starts: np.ndarray, sizes: np.ndarray, dst: np.n
     sources.check_destination(dst, f"{name} batch decoding")
     ctx = _context(codec)
     return _kernel.decode_all(codec.mode, codec.fn, ctx.ptr, 0, at.ctypes.data, sizes.ctypes.data, dst.ctypes.data,
-                              offsets.ctypes.data, caps.ctypes.data, len(starts), 0, 0, caps.ctypes.data, 0)
+                              offsets.ctypes.data, caps.ctypes.data, len(starts), 0, 0, caps.ctypes.data, 0, dst.size)
 
 
 class CopyOut:
@@ -247,7 +247,7 @@ def _decode_rows(name: str, sources: native.Sources, which: np.ndarray, starts: 
         offsets = np.zeros(len(rows), np.int64)
         return _kernel.decode_all(codec.mode, codec.fn, ctx.ptr, 0, at.ctypes.data, sizes.ctypes.data, buf.ctypes.data,
                                   offsets.ctypes.data, caps.ctypes.data, len(rows), copy.flat.ctypes.data, table.ctypes.data,
-                                  needs.ctypes.data, codec.stream_address)
+                                  needs.ctypes.data, codec.stream_address, buf.size)
 
 
 def decode_and_place(codec: str, sources: native.Sources, which: np.ndarray, starts: np.ndarray, sizes: np.ndarray,

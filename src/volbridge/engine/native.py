@@ -165,7 +165,7 @@ _SOURCE_KEY = native_cache.source_key(_SOURCES)
 def _loops_at(owner, address: Callable[[str], int]) -> Loops:
     """The loops at the addresses of their functions in ``owner`` (kept alive with them)."""
     return Loops(ctypes.CFUNCTYPE(None, _I64, _I64, _I64, _I64)(address("copy_rows")),
-                 ctypes.CFUNCTYPE(_I64, *[_I64] * 14)(address("decode_all")),
+                 ctypes.CFUNCTYPE(_I64, *[_I64] * 15)(address("decode_all")),
                  ctypes.CFUNCTYPE(_I64, _I64)(address("read_files")), owner)
 
 
@@ -464,8 +464,9 @@ def _emit_zstd_prefix(e: _Emitter, ctx, d, cap, s, size, scratch: _Scratch, need
 
 def _emit_decode_all(ir, module, copy_rows) -> None:
     """``decode_all(mode, fn, ctx, src, starts, sizes, dst, offsets, caps, n, out, table, needs,
-    stream)``: chunk k is ``src[starts[k]:+sizes[k]]``, decoded by the C function at address
-    ``fn`` into ``dst[offsets[k]:+caps[k]]`` (``starts`` ... ``caps``, ``needs``: addresses of
+    stream, dst_size)``: chunk k is ``src[starts[k]:+sizes[k]]``, decoded by the C function at
+    address ``fn`` into ``dst[offsets[k]:+caps[k]]`` (a slot not inside ``dst[:dst_size]`` stops
+    the loop there, as a chunk that does not decode does; ``starts`` ... ``caps``, ``needs``: addresses of
     int64 arrays; only its first ``needs[k]`` bytes where the zstd frame allows and ``stream`` is
     not 0, :func:`_emit_decode`); with a
     ``table`` (not 0), row k of it (:func:`_emit_copy_rows`, source starts relative to the
@@ -479,9 +480,9 @@ def _emit_decode_all(ir, module, copy_rows) -> None:
     enum: the upper half of the register is not part of it) only when it wrote exactly cap
     bytes, and says how many input bytes its one gzip member took."""
     i64 = ir.IntType(64)
-    fn = ir.Function(module, ir.FunctionType(i64, [i64] * 14), name="decode_all")
+    fn = ir.Function(module, ir.FunctionType(i64, [i64] * 15), name="decode_all")
     e = _Emitter(ir, fn)
-    mode, fn_addr, ctx, src, starts, sizes, dst, offsets, caps, n, out, table, needs, stream = fn.args
+    mode, fn_addr, ctx, src, starts, sizes, dst, offsets, caps, n, out, table, needs, stream, dst_size = fn.args
     b = e.b
     scratch = _Scratch(e)
     stop = fn.append_basic_block("stop")
@@ -492,7 +493,14 @@ def _emit_decode_all(ir, module, copy_rows) -> None:
     def chunk(k):
         at = b.mul(k, e.const(8))
         cap, size = e.load(b.add(caps, at)), e.load(b.add(sizes, at))
-        d, s = b.add(dst, e.load(b.add(offsets, at))), b.add(src, e.load(b.add(starts, at)))
+        offset = e.load(b.add(offsets, at))
+        d, s = b.add(dst, offset), b.add(src, e.load(b.add(starts, at)))
+        # (a second line of defence: the callers check every span first) the slot inside ``dst``
+        inside = b.and_(b.icmp_unsigned("<=", offset, dst_size), b.icmp_unsigned("<=", cap, b.sub(dst_size, offset)))
+        k_stop.add_incoming(k, b.block)
+        fits = fn.append_basic_block("fits")
+        b.cbranch(inside, fits, stop)
+        b.position_at_end(fits)
         ok = _emit_decode(e, mode, fn_addr, ctx, d, cap, s, size, scratch, e.load(b.add(needs, at)), stream)
         k_stop.add_incoming(k, b.block)
         go_on = fn.append_basic_block("next")
