@@ -169,10 +169,15 @@ def _loops_at(owner, address: Callable[[str], int]) -> Loops:
                  ctypes.CFUNCTYPE(_I64, _I64)(address("read_files")), owner)
 
 
+def _loops_in(library: ctypes.CDLL) -> Loops:
+    """The loops of a kept shared library (:mod:`.native_cache`)."""
+    return _loops_at(library, lambda name: ctypes.cast(getattr(library, name), ctypes.c_void_p).value)
+
+
 def _build() -> Loops:
     kept = native_cache.load_library(_SOURCE_KEY)  # built by an earlier process: no llvmlite needed
     if kept is not None:
-        return _loops_at(kept, lambda name: ctypes.cast(getattr(kept, name), ctypes.c_void_p).value)
+        return _loops_in(kept)
     try:
         import llvmlite.binding as llvm
     except ImportError:
@@ -198,7 +203,7 @@ def _build() -> Loops:
     text = str(module)
     library = native_cache.make_library(_SOURCE_KEY, text, llvm)  # for this process and the next ones
     if library is not None:
-        return _loops_at(library, lambda name: ctypes.cast(getattr(library, name), ctypes.c_void_p).value)
+        return _loops_in(library)
     target = llvm.Target.from_default_triple()
     machine = target.create_target_machine(cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(),
                                            opt=2, jit=True)
