@@ -176,3 +176,66 @@ def test_crc32c_is_the_packages_function_without_its_import(tmp_path):
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.split() == ["False"], out.stderr
+
+
+def _image_like(shape, seed):
+    """Noise on a gradient: barely compressible, as EM image chunks are."""
+    rng = np.random.default_rng(seed)
+    return (np.add.outer(np.arange(shape[0]), np.arange(shape[1]))[..., None] % 64
+            + rng.integers(0, 128, shape)).astype(np.uint8)
+
+
+def _labels_like(shape, seed):
+    """Voronoi cells with uint64 ids, as segmentation chunks: the matches deflate's higher levels
+    find pay."""
+    from scipy.spatial import cKDTree
+
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, 2**40, 30, dtype=np.uint64)
+    grid = np.indices(shape).reshape(3, -1).T
+    return ids[cKDTree(rng.uniform(0, min(shape), (30, 3))).query(grid)[1]].reshape(shape)
+
+
+def test_default_gzip_encoder_keeps_the_fast_stream_only_where_data_barely_compresses():
+    """gzip with no level: ISA-L's stream for image-like chunks, libdeflate's level 6 for labels
+    (where ISA-L's is much larger); either decodes with every gzip reader."""
+    import deflate
+    from isal import igzip_lib
+
+    from volbridge import compression
+
+    image = _image_like((64, 64, 64), 0).tobytes()
+    fast = igzip_lib.compress(image, 2, flag=igzip_lib.COMP_GZIP)
+    assert len(fast) >= compression.FAST_GZIP_KEEP * len(image)  # the premise: it barely compresses
+    assert compression.compress("gzip", image) == fast
+    labels = _labels_like((64, 64, 64), 0).tobytes()
+    level6 = deflate.gzip_compress(labels, 6)
+    assert len(igzip_lib.compress(labels, 2, flag=igzip_lib.COMP_GZIP)) > 1.2 * len(level6)  # the premise
+    assert compression.compress("gzip", labels) == level6
+    for plain in (image, labels, b"", b"x"):
+        out = compression.compress("gzip", plain)
+        assert gzip.decompress(out) == plain == compression.decompress("gzip", out)
+        assert out[4:8] == b"\0\0\0\0"  # mtime 0: equal inputs give equal bytes
+        assert compression.compress("gzip", bytearray(plain)) == out
+    assert compression.compress("gzip", np.frombuffer(image, np.uint8).reshape(64, 4096)) == fast
+    # an explicit level is libdeflate's, as before
+    assert compression.compress("gzip", image, 6) == deflate.gzip_compress(image, 6)
+
+
+def test_default_gzip_without_isal_is_libdeflate_level_6(monkeypatch):
+    import deflate
+
+    from volbridge import compression
+
+    monkeypatch.setattr(compression, "igzip_lib", None)
+    image = _image_like((32, 32, 32), 1).tobytes()
+    assert compression.compress("gzip", image) == deflate.gzip_compress(image, 6)
+
+
+@given(st.binary(max_size=5000), st.integers(0, 255), st.integers(0, 3000))
+def test_default_gzip_round_trips(data, fill, runs):
+    from volbridge import compression
+
+    plain = data + bytes([fill]) * runs + data[::-1]
+    out = compression.compress("gzip", plain)
+    assert compression.decompress("gzip", out) == plain == gzip.decompress(out)
