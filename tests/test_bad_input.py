@@ -258,3 +258,36 @@ def test_plain_zarr_refuses_what_it_cannot_keep(tmp_path, scheme, kw):
     with pytest.raises(UnsupportedError, match="ome-zarr"):
         vb.create(f"{scheme}://{tmp_path}/z", shape=(4, 4, 4), chunk_shape=(2, 2, 2), **kw)
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+@pytest.mark.parametrize("fmt", ["precomputed", "zarr3", "zarr2", "n5"])
+def test_absurd_chunk_sizes_are_named_before_any_allocation(tmp_path, fmt, monkeypatch):
+    """Metadata whose chunks cannot fit in memory (damaged, hostile): a MetadataError naming the
+    chunk shape at the first read or write, not a MemoryError or a buffer size failing far inside;
+    the volume still opens (its metadata can be inspected) and nothing is written."""
+    url = f"{fmt}://{tmp_path}/v"
+    vb.create(url, shape=(8, 16, 16), chunk_shape=(4, 8, 8), dtype="uint16")
+    monkeypatch.setenv("VOLBRIDGE_MAX_CHUNK_BYTES", str(4 * 8 * 8 * 2 - 1))  # one byte under this volume's chunk
+    before = snapshot(tmp_path)
+    a = vb.array(url, mode="r+")
+    assert a.shape == (8, 16, 16)
+    for act in (lambda: a[0:1, 0:1, 0:1], lambda: a.__setitem__((slice(0, 4), slice(0, 8), slice(0, 8)), 7)):
+        with pytest.raises(MetadataError, match=r"8 x 8 x 4 voxels \(x, y, z\) x 1 channel\(s\) of uint16.*VOLBRIDGE_MAX_CHUNK_BYTES"):
+            act()
+    assert snapshot(tmp_path) == before
+    monkeypatch.setenv("VOLBRIDGE_MAX_CHUNK_BYTES", str(4 * 8 * 8 * 2))  # exactly one chunk: allowed
+    a[0:4, 0:8, 0:8] = 7
+    assert (a[0:4, 0:8, 0:8] == 7).all()
+
+
+def test_terabyte_chunks_in_an_info_file(tmp_path):
+    """The default limit: an info file naming 4e6 x 4e6 x 1000 chunks (its chunk file present)."""
+    info = {"type": "image", "data_type": "uint8", "num_channels": 1, "scales": [{
+        "key": "s0", "size": [10**5] * 3, "resolution": [1, 1, 1], "voxel_offset": [0, 0, 0],
+        "chunk_sizes": [[4 * 10**6, 4 * 10**6, 1000]], "encoding": "raw"}]}
+    (tmp_path / "v" / "s0").mkdir(parents=True)
+    (tmp_path / "v" / "info").write_text(json.dumps(info))
+    (tmp_path / "v" / "s0" / "0-100000_0-100000_0-1000").write_bytes(b"x" * 100)
+    a = vb.array(f"precomputed://{tmp_path}/v")
+    with pytest.raises(MetadataError, match=r"4000000 x 4000000 x 1000 voxels.*GiB each decoded.*over 2 GiB"):
+        a[0:2, 0:2, 0:2]

@@ -10,12 +10,15 @@ wholly covered) or read-modify-write it (partly covered) through the store's ato
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from ..errors import (
     ChunkDecodeError,
     ChunkEncodeError,
     DTypeError,
+    MetadataError,
     ReadOnlyError,
     ShapeError,
     UnsupportedError,
@@ -29,6 +32,17 @@ from .grouped import group_codec, read_arriving, read_grouped
 from .parallel import run_bounded
 from .sharded import read_sharded, write_sharded
 from .volume import Volume
+
+
+#: Decoded chunks bigger than this are refused (``VOLBRIDGE_MAX_CHUNK_BYTES`` changes it): the
+#: engine holds whole decoded chunks, several at a time, so metadata naming chunks of terabytes
+#: (damaged or hostile) would otherwise end in a MemoryError or a failed buffer size far inside.
+MAX_CHUNK_BYTES = 2**31
+
+
+def _max_chunk_bytes() -> int:
+    env = os.environ.get("VOLBRIDGE_MAX_CHUNK_BYTES")
+    return int(env) if env else MAX_CHUNK_BYTES
 
 
 def _uninitialised(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -70,6 +84,18 @@ class ChunkedVolume(Volume):
         add(factor)
         self.meta = self.dataset.meta
 
+    def _layout(self, scale: int) -> ScaleLayout:
+        """Scale ``scale``'s layout, for reading or writing voxels: its chunks must fit in memory."""
+        layout = self.dataset.layout(scale)
+        nbytes = int(np.prod(layout.grid.chunk_shape, dtype=object)) * layout.num_channels * layout.dtype.itemsize
+        if nbytes > _max_chunk_bytes():
+            shape = " x ".join(map(str, layout.grid.chunk_shape))
+            raise MetadataError(
+                f"{self.url} scale {scale}: its metadata gives chunks of {shape} voxels (x, y, z) x {layout.num_channels} "
+                f"channel(s) of {layout.dtype}, {nbytes / 2**30:.3g} GiB each decoded; volbridge holds whole chunks in "
+                f"memory and refuses chunks over {_max_chunk_bytes() / 2**30:.3g} GiB (VOLBRIDGE_MAX_CHUNK_BYTES changes that)")
+        return layout
+
     def _chunk_nbytes(self, layout: ScaleLayout) -> int:
         n = 1
         for c in layout.grid.chunk_shape:
@@ -96,7 +122,7 @@ class ChunkedVolume(Volume):
             raise ChunkDecodeError(f"chunk {key!r} in {self.store.url}: {e}") from e
 
     def read(self, box: Box, scale: int = 0) -> np.ndarray:
-        layout = self.dataset.layout(scale)
+        layout = self._layout(scale)
         shape = (*box.shape, layout.num_channels)
         fill = 0 if layout.fill_value is None else layout.fill_value
         # Inside the bounds every voxel lies in one chunk, which the engine either places or
@@ -113,7 +139,7 @@ class ChunkedVolume(Volume):
         return out
 
     def read_into(self, box: Box, out: np.ndarray, scale: int = 0) -> None:
-        layout = self.dataset.layout(scale)
+        layout = self._layout(scale)
         if out.shape != (*box.shape, layout.num_channels):
             raise ShapeError(f"read_into box {box} of scale {scale} of {self.url} needs an array of shape "
                              f"{(*box.shape, layout.num_channels)} (x, y, z, c), got {out.shape}")
@@ -207,7 +233,7 @@ class ChunkedVolume(Volume):
         if "write" not in self.capabilities:
             raise ReadOnlyError(f"{self.url} is open read-only; open it with mode='r+' to write")
         self.check_write(box, data, scale, channels)
-        layout = self.dataset.layout(scale)
+        layout = self._layout(scale)
         ch = channels if channels is not None else slice(None)
         if layout.channel_parts:
             selected = range(layout.num_channels)[ch]
