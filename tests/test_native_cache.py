@@ -211,3 +211,36 @@ def test_no_home_means_no_cache_not_one_in_the_working_directory(monkeypatch):
     assert native_cache.directory() is None
     monkeypatch.setenv("VOLBRIDGE_NATIVE_CACHE", "here")
     assert native_cache.directory().is_absolute()
+
+
+@needs_linker
+def test_another_llvmlite_names_another_library(volume):
+    """The LLVM that compiles the loops comes with llvmlite: a process with another llvmlite
+    (here the same one under another version) must not load code the first one built."""
+    import llvmlite
+
+    real = os.path.dirname(llvmlite.__file__)
+    fake = volume / "other" / "llvmlite"
+    fake.mkdir(parents=True)
+    for name in os.listdir(real):
+        if name != "_version.py":
+            os.symlink(os.path.join(real, name), fake / name)
+    text = open(os.path.join(real, "_version.py")).read()
+    assert llvmlite.__version__ in text
+    (fake / "_version.py").write_text(text.replace(llvmlite.__version__, llvmlite.__version__ + ".post99"))
+    cache = volume / "cache"
+    code = textwrap.dedent("""
+        import sys
+        from volbridge.engine import native
+        native.loops()
+        import llvmlite
+        print(llvmlite.__version__, native._SOURCES[-1], native._SOURCE_KEY)
+    """)
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                           env=_env(cache, **extra)) for extra in ({}, {"PYTHONPATH": str(volume / "other")})]
+    assert all(r.returncode == 0 for r in runs), [r.stderr for r in runs]
+    (v1, f1, key1), (v2, f2, key2) = (r.stdout.split() for r in runs)
+    assert (v1, f1) == (llvmlite.__version__, os.path.join(real, "_version.py"))
+    assert (v2, f2) == (llvmlite.__version__ + ".post99", str(fake / "_version.py"))
+    assert key1 != key2
+    assert sorted(p.name for p in cache.glob("loops-*.so")) == sorted(f"loops-{k}.so" for k in (key1, key2))

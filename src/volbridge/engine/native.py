@@ -156,9 +156,23 @@ def _build_or_false() -> Loops | bool:
         return False
 
 
+def _llvmlite_version_file() -> list[Path]:
+    """llvmlite's version file, found without importing llvmlite (~85 ms): the LLVM that compiles
+    the loops comes with it, so another llvmlite (another LLVM, maybe another miscompile or fix)
+    names another library."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llvmlite")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        version = Path(folder) / "_version.py"
+        if version.is_file():
+            return [version]
+    return []
+
+
 #: The source files the loops' machine code follows from, and the name of a kept shared library
 #: of them: worked out as this module is imported, the code it builds being that of this import.
-_SOURCES = [Path(__file__), Path(native_cache.__file__)]
+_SOURCES = [Path(__file__), Path(native_cache.__file__), *_llvmlite_version_file()]
 _SOURCE_KEY = native_cache.source_key(_SOURCES)
 
 
