@@ -276,13 +276,26 @@ def test_a_cluster_needs_urls(client, pyramid):
 def test_command_line_runs_on_the_cluster(client, pyramid, capsys, monkeypatch):
     from volbridge.cli import run
 
+    import distributed
+
     monkeypatch.setenv("VOLBRIDGE_DASK_TIMEOUT", "2")
+    opened = []
+
+    class Recorded(distributed.Client):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            opened.append(self)
+
+    monkeypatch.setattr(distributed, "Client", Recorded)
     assert run(["downsample", str(pyramid / "b"), "--dask", client.scheduler.address]) == 0
     assert run(["cp", str(pyramid / "b"), str(pyramid / "copy"), "--mip", "2", "--dask", client.scheduler.address, "--verify"]) == 0
     downsample(f"precomputed://{pyramid / 'a'}")
     np.testing.assert_array_equal(vb.array(str(pyramid / "copy"))[...], vb.array(str(pyramid / "a")).mip(2)[...])
     assert run(["downsample", str(pyramid / "b"), "--dask", "tcp://127.0.0.1:9"]) == 1
     assert "Dask scheduler" in capsys.readouterr().err
+    # each command closed its client: one left open keeps reconnecting (drawing on the global
+    # random) after the scheduler has gone
+    assert len(opened) == 2 and all(c.status == "closed" for c in opened), [c.status for c in opened]
 
 
 def test_meshes_on_a_cluster_equal_the_local_ones(client, tmp_path):

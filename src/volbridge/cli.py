@@ -332,17 +332,26 @@ def demo(
 DASK_OPTION = typer.Option(None, "--dask", help="Run on a Dask cluster: its scheduler address (tcp://host:8786).")
 
 
-def _executor(address: Optional[str]):
+@contextlib.contextmanager
+def _executor(address: Optional[str], local=None):
+    """What a service runs on: a client of the Dask scheduler at ``address``, closed when the
+    command ends (run() called in a process that goes on must not leave one reconnecting to a
+    scheduler that has gone), else ``local``."""
     if address is None:
-        return None
+        yield local
+        return
     try:
         from distributed import Client
     except ImportError as e:
         raise _BadValue("--dask needs the distributed package: pip install 'volbridge[dask]'", param_hint="'--dask'") from e
     try:
-        return Client(address, timeout=float(os.environ.get("VOLBRIDGE_DASK_TIMEOUT", 30)))
+        client = Client(address, timeout=float(os.environ.get("VOLBRIDGE_DASK_TIMEOUT", 30)))
     except OSError as e:
         raise _BadValue(f"cannot reach the Dask scheduler at {address}: {e}", param_hint="'--dask'") from e
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 def _int_list(text: Optional[str], option: str, what: str) -> Optional[list[int]]:
@@ -386,10 +395,10 @@ def cp(
     if box is not None and axis_order.value == "xyz":
         box = (box[0][::-1], box[1][::-1])
     _open(source, mip)  # the scale must exist: a clear error before anything is created
-    with _progress_bar() as progress:
+    with _executor(dask) as executor, _progress_bar() as progress:
         out = transfer(source, destination, bbox=box, mip=mip,
                        chunk_shape=_triple_option(chunk_shape, "--chunk-shape", axis_order.value),
-                       encoding=encoding, compression=compression, verify=verify, executor=_executor(dask),
+                       encoding=encoding, compression=compression, verify=verify, executor=executor,
                        progress=lambda done, total: progress("copy", done, total))
     note = ", verified" if verify else ""
     typer.echo(f"copied {source} (mip {mip}) to {out.url}: shape {_dims(out.shape)} (z, y, x){note}")
@@ -408,9 +417,10 @@ def downsample(
     from .services import downsample as run_downsample
 
     levels = _int_list(mips, "--mips", "scale numbers")
-    with _progress_bar() as progress:
+    # locally, worker processes (this entry point is guarded)
+    with _executor(dask, "processes") as executor, _progress_bar() as progress:
         run_downsample(url, mips=levels, method=method, num_mips=num_mips, factor=_triple_option(factor, "--factor", "zyx"),
-                       executor=_executor(dask) if dask else "processes",  # this entry point is guarded
+                       executor=executor,
                        progress=lambda m, done, total: progress(f"mip {m}", done, total))
     n = len(array(url).scales)
     typer.echo(f"downsampled {url}: scales {', '.join(map(str, levels or range(1, n)))} of {n} ({method})")
@@ -421,8 +431,7 @@ def _label_service(run, verb: str, url: str, output: str, ids, mip: int, format:
     labels = _int_list(ids, "--ids", "labels")
     _open(url, mip)
     # locally, worker processes: zmesh and kimimaro hold the GIL (this entry point is guarded)
-    executor = _executor(dask) if dask else "processes"
-    with _progress_bar() as progress:
+    with _executor(dask, "processes") as executor, _progress_bar() as progress:
         run(url, labels, mip=mip, output=output, format=format, executor=executor,
             progress=lambda done, total: progress(verb, done, total), **options)
     typer.echo(f"{verb} {url} (mip {mip}) into {output} ({format})")
