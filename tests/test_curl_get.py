@@ -348,3 +348,58 @@ def test_anonymous_gcs_reads_go_through_libcurl_and_get_gzip_as_stored(monkeypat
         s = open_store(f"gs://{bucket}/em")
         keys = [k for k in s.list() if "_" in k.split("/")[-1]]
         assert fetched(s, keys + ["absent"]) == {**{k: s.get(k) for k in keys}, "absent": None}
+
+
+@pytest.mark.parametrize("heavy", [False, True])
+def test_receive_buffers_are_reused_but_never_under_a_view_kept(scripted, heavy, monkeypatch):
+    """Bodies arrive in buffers reused from one request to the next (no regrowing, no fresh
+    pages); a view a callee keeps past its call (against the contract) pins its buffer, which is
+    then never written again; get_many keeps copies."""
+    monkeypatch.setattr(curl_get, "_pool", [None])  # this process's pool, without other tests' buffers
+    base, routes = scripted
+    bodies = {f"k{i}": bytes([i]) * (70_000 + 1000 * i) for i in range(12)}  # each over curl's 16 KiB pieces
+    routes.update({f"/vol/{k}": (200, {}, v) for k, v in bodies.items()})
+    routes["/vol/err"] = (403, {}, b"denied: " + b"y" * 50_000)
+    s = open_store(f"{base}/vol")
+    kept = {}
+
+    def keep(k, v):  # holds on to views as numpy arrays (what a lazy decoder might do)
+        assert v is not None and v == bodies[k]
+        kept[k] = np.frombuffer(v, np.uint8)
+
+    s.fetch_each(list(bodies), keep, heavy=heavy)
+    buffers = curl_get._process_buffers()
+    assert buffers.free == []  # every buffer is pinned by a kept view
+    seen = {}
+    for _ in range(3):
+        s.fetch_each(list(bodies), lambda k, v: seen.__setitem__(k, bytes(v)), heavy=heavy)
+        assert seen == bodies
+    assert all(kept[k].tobytes() == v for k, v in bodies.items())  # never overwritten
+    assert 0 < len(buffers.free) <= len(bodies) and buffers.bytes == sum(map(len, buffers.free)) <= curl_get.KEPT_BUFFER_BYTES
+    before = {id(b) for b in buffers.free}
+    s.fetch_each(list(bodies)[:3], lambda k, v: None, heavy=heavy)
+    assert {id(b) for b in buffers.free} <= before  # taken from the pool and given back
+    many = s.get_many(list(bodies))
+    s.fetch_each(list(bodies), lambda k, v: None, heavy=heavy)
+    assert many == bodies and all(type(v) is bytes for v in many.values())
+    with pytest.raises(StoreError, match=r"HTTP 403: denied: y"):
+        s.fetch_each(["k1", "err"], lambda k, v: None, heavy=heavy)
+    assert fetched(s, list(bodies), heavy) == bodies  # and the next fetch is whole
+
+
+def test_kept_receive_buffers_stay_under_their_bound(scripted, monkeypatch):
+    base, routes = scripted
+    routes.update({f"/vol/k{i}": (200, {}, bytes(300_000)) for i in range(8)})
+    monkeypatch.setattr(curl_get, "KEPT_BUFFER_BYTES", 1_000_000)
+    monkeypatch.setattr(curl_get, "_pool", [None])
+    s = open_store(f"{base}/vol")
+    assert len(fetched(s, [f"k{i}" for i in range(8)])) == 8
+    buffers = curl_get._process_buffers()
+    assert len(buffers.free) == 3 and buffers.bytes <= 1_000_000
+    # one pool for every thread that drives transfers (a relay's request threads): one bound
+    threads = [threading.Thread(target=fetched, args=(s, [f"k{i}" for i in range(8)])) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert curl_get._process_buffers() is buffers and len(buffers.free) == 3 and buffers.bytes <= 1_000_000

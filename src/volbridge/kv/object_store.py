@@ -193,7 +193,9 @@ class ObjectStore(KVStore):
             return super().get_many(keys)
         keys = list(dict.fromkeys(keys))
         found: dict[str, bytes] = {}
-        self.fetch_each(keys, lambda key, value: None if value is None else found.__setitem__(key, value))
+        # fetch_each's values may be views of buffers reused after the call: keep copies
+        self.fetch_each(keys, lambda key, value: None if value is None else found.__setitem__(
+            key, value if type(value) is bytes else bytes(value)))
         return {key: found[key] for key in keys if key in found}
 
     def fetch_each(self, keys: Iterable[str], fn, *, heavy: bool = False, nbytes: int = 1) -> None:
