@@ -281,7 +281,7 @@ def test_absurd_chunk_sizes_are_named_before_any_allocation(tmp_path, fmt, monke
 
 
 def test_terabyte_chunks_in_an_info_file(tmp_path):
-    """The default limit: an info file naming 4e6 x 4e6 x 1000 chunks (its chunk file present)."""
+    """The default limit: an info file naming 4e6 x 4e6 x 1000 chunks in a 1e5^3 scale (its chunk file present)."""
     info = {"type": "image", "data_type": "uint8", "num_channels": 1, "scales": [{
         "key": "s0", "size": [10**5] * 3, "resolution": [1, 1, 1], "voxel_offset": [0, 0, 0],
         "chunk_sizes": [[4 * 10**6, 4 * 10**6, 1000]], "encoding": "raw"}]}
@@ -289,5 +289,39 @@ def test_terabyte_chunks_in_an_info_file(tmp_path):
     (tmp_path / "v" / "info").write_text(json.dumps(info))
     (tmp_path / "v" / "s0" / "0-100000_0-100000_0-1000").write_bytes(b"x" * 100)
     a = vb.array(f"precomputed://{tmp_path}/v")
-    with pytest.raises(MetadataError, match=r"4000000 x 4000000 x 1000 voxels.*GiB each decoded.*over 2 GiB"):
+    with pytest.raises(MetadataError, match=r"100000 x 100000 x 1000 voxels.*GiB each decoded.*over 2 GiB"):  # clipped to the scale
         a[0:2, 0:2, 0:2]
+
+
+def test_the_chunk_bound_counts_what_a_chunk_holds(tmp_path, monkeypatch):
+    """(review) The bound once counted every channel of arrays chunked one channel at a time
+    (OME-Zarr's usual chunks), and precomputed chunk sizes beyond the scale's size, which are
+    stored clipped: both valid volumes were refused."""
+    import zarr
+
+    z = zarr.create_array(str(tmp_path / "c.zarr"), shape=(6, 8, 16, 16), chunks=(1, 4, 8, 8), dtype="uint16", zarr_format=3,
+                          dimension_names=["c", "z", "y", "x"])
+    z[...] = np.arange(z.size, dtype=np.uint16).reshape(z.shape)
+    info = {"type": "image", "data_type": "uint8", "num_channels": 1, "scales": [{
+        "key": "s0", "size": [10, 12, 14], "resolution": [1, 1, 1], "voxel_offset": [0, 0, 0],
+        "chunk_sizes": [[2048, 2048, 1024]], "encoding": "raw"}]}
+    (tmp_path / "p" / "s0").mkdir(parents=True)
+    (tmp_path / "p" / "info").write_text(json.dumps(info))
+    data = (np.arange(10 * 12 * 14) % 251).astype(np.uint8).reshape(14, 12, 10)  # z, y, x
+    (tmp_path / "p" / "s0" / "0-10_0-12_0-14").write_bytes(data.tobytes())  # x fastest
+    cases = [(f"zarr3://{tmp_path / 'c.zarr'}", 4 * 8 * 8 * 2, np.asarray(z[...]), "1 channel"),
+             (f"precomputed://{tmp_path / 'p'}", 10 * 12 * 14, data, "10 x 12 x 14 voxels")]
+    for url, chunk_bytes, want, named in cases:
+        monkeypatch.setenv("VOLBRIDGE_MAX_CHUNK_BYTES", str(chunk_bytes))
+        got = np.asarray(vb.array(url)[...])
+        assert np.array_equal(got.reshape(want.shape), want), url
+        monkeypatch.setenv("VOLBRIDGE_MAX_CHUNK_BYTES", str(chunk_bytes - 1))
+        with pytest.raises(MetadataError, match=named):
+            vb.array(url)[...]
+
+
+def test_a_chunk_bound_that_is_not_a_number_is_named(tmp_path, monkeypatch):
+    a, _ = make(tmp_path)
+    monkeypatch.setenv("VOLBRIDGE_MAX_CHUNK_BYTES", "4GiB")
+    with pytest.raises(vb.errors.InvalidArgumentError, match="VOLBRIDGE_MAX_CHUNK_BYTES must be a whole number of bytes, not '4GiB'"):
+        a[0:1, 0:1, 0:1]

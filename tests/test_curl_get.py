@@ -403,3 +403,49 @@ def test_kept_receive_buffers_stay_under_their_bound(scripted, monkeypatch):
     for t in threads:
         t.join()
     assert curl_get._process_buffers() is buffers and len(buffers.free) == 3 and buffers.bytes <= 1_000_000
+
+
+@pytest.mark.parametrize("heavy", [False, True])
+def test_a_callee_holding_an_export_of_the_view_itself_keeps_its_buffer(scripted, heavy, monkeypatch):
+    """(review) A PickleBuffer of the value made releasing the view raise BufferError (and with
+    heavy=True killed a worker, so the fetch hung): now such a buffer is simply left to it."""
+    import pickle
+
+    monkeypatch.setattr(curl_get, "_pool", [None])
+    base, routes = scripted
+    bodies = {f"k{i}": bytes([65 + i]) * 100_000 for i in range(4)}
+    routes.update({f"/vol/{k}": (200, {}, v) for k, v in bodies.items()})
+    s = open_store(f"{base}/vol")
+    kept = {}
+    done = threading.Event()
+    errors = []
+
+    def run():
+        try:
+            s.fetch_each(list(bodies), lambda k, v: kept.__setitem__(k, pickle.PickleBuffer(v)), heavy=heavy, nbytes=1 << 40)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+        done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    assert done.wait(60), "fetch_each hung"
+    assert not errors, errors
+    assert curl_get._process_buffers().free == []
+    assert fetched(s, list(bodies), heavy) == bodies
+    assert {k: bytes(v.raw()) for k, v in kept.items()} == bodies
+
+
+def test_a_failed_fetch_keeps_no_receive_buffer(scripted):
+    """(review) The error page of a request that failed for good stayed alive, held by the idle
+    curl handle's write callback."""
+    import gc
+
+    base, routes = scripted
+    routes["/vol/bad"] = (403, {}, b"E" * (4 << 20))
+    routes["/vol/flaky"] = (503, {}, b"busy " * 1000)
+    s = open_store(f"{base}/vol")
+    for keys in (["bad"], ["flaky", "bad"]):
+        with pytest.raises(StoreError, match="HTTP 403"):
+            s.fetch_each(keys, lambda k, v: None)
+        gc.collect()
+        assert [r.key for r in gc.get_objects() if type(r) is curl_get._Request and r.buf is not None] == []

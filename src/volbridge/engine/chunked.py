@@ -18,6 +18,7 @@ from ..errors import (
     ChunkDecodeError,
     ChunkEncodeError,
     DTypeError,
+    InvalidArgumentError,
     MetadataError,
     ReadOnlyError,
     ShapeError,
@@ -42,7 +43,25 @@ MAX_CHUNK_BYTES = 2**31
 
 def _max_chunk_bytes() -> int:
     env = os.environ.get("VOLBRIDGE_MAX_CHUNK_BYTES")
-    return int(env) if env else MAX_CHUNK_BYTES
+    if not env:
+        return MAX_CHUNK_BYTES
+    try:
+        return int(env)
+    except ValueError:
+        raise InvalidArgumentError(f"VOLBRIDGE_MAX_CHUNK_BYTES must be a whole number of bytes, not {env!r}") from None
+
+
+def _largest_chunk(layout: ScaleLayout) -> tuple[tuple[int, ...], int]:
+    """The (x, y, z, c) shape a chunk of ``layout`` is stored in at most, and its bytes decoded:
+    clipped to the bounds where the format clips edge chunks (a precomputed scale may name chunks
+    far bigger than itself), the whole chunk where it pads them (zarr)."""
+    grid = layout.grid
+    cell = np.array([[min(c, n) for c, n in zip(grid.chunk_shape, grid.bounds.shape)]], np.int64)
+    shape = tuple(int(n) for n in layout.stored_shapes(cell)[0])
+    nbytes = layout.dtype.itemsize
+    for n in shape:
+        nbytes *= n
+    return shape, nbytes
 
 
 def _uninitialised(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -87,13 +106,15 @@ class ChunkedVolume(Volume):
     def _layout(self, scale: int) -> ScaleLayout:
         """Scale ``scale``'s layout, for reading or writing voxels: its chunks must fit in memory."""
         layout = self.dataset.layout(scale)
-        nbytes = int(np.prod(layout.grid.chunk_shape, dtype=object)) * layout.num_channels * layout.dtype.itemsize
-        if nbytes > _max_chunk_bytes():
-            shape = " x ".join(map(str, layout.grid.chunk_shape))
-            raise MetadataError(
-                f"{self.url} scale {scale}: its metadata gives chunks of {shape} voxels (x, y, z) x {layout.num_channels} "
-                f"channel(s) of {layout.dtype}, {nbytes / 2**30:.3g} GiB each decoded; volbridge holds whole chunks in "
-                f"memory and refuses chunks over {_max_chunk_bytes() / 2**30:.3g} GiB (VOLBRIDGE_MAX_CHUNK_BYTES changes that)")
+        limit = _max_chunk_bytes()
+        for _, part in layout.channel_parts or [(None, layout)]:  # chunks of some channels each
+            shape, nbytes = _largest_chunk(part)
+            if nbytes > limit:
+                raise MetadataError(
+                    f"{self.url} scale {scale}: its metadata gives chunks of {' x '.join(map(str, shape[:3]))} voxels "
+                    f"(x, y, z) x {shape[3]} channel(s) of {part.dtype}, {nbytes / 2**30:.3g} GiB each decoded; volbridge "
+                    f"holds whole chunks in memory and refuses chunks over {limit / 2**30:.3g} GiB "
+                    "(VOLBRIDGE_MAX_CHUNK_BYTES changes that)")
         return layout
 
     def _chunk_nbytes(self, layout: ScaleLayout) -> int:

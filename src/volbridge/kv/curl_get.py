@@ -158,8 +158,10 @@ KEPT_BUFFER_BYTES = 64 << 20
 
 class _Buffers:
     """Receive buffers to reuse. Bodies are handed on as views of them, valid until the callee
-    returns (the ``fetch_each`` contract); a buffer a callee kept a view of anyway is never
-    written again, but left to it."""
+    returns: the ``fetch_each`` contract is what protects them. As a safety net a buffer that
+    still has an export when it comes back (a view or a ``np.frombuffer`` array the callee kept)
+    is never written again but left to it; an array made with ``np.ndarray(buffer=...)`` holds
+    no export, and is not seen."""
 
     def __init__(self):
         self.pid = os.getpid()
@@ -181,7 +183,7 @@ class _Buffers:
         try:  # a resize fails while a view of the buffer is alive: then it is not ours to reuse
             buf.append(0)
             buf.pop()
-        except BufferError:
+        except (BufferError, MemoryError):
             return
         with self.lock:
             if self.bytes + len(buf) <= KEPT_BUFFER_BYTES:
@@ -335,6 +337,8 @@ class CurlGetter:
                 multi.remove_handle(c)
                 st.idle.append(c)
                 req.buf = None  # the idle handle's write callback must not keep it
+            for _, _, req in delayed:
+                req.buf = None
             st.busy = False
             if workers is not None:
                 workers.close(raise_errors=False)
@@ -373,6 +377,8 @@ class CurlGetter:
         else:
             retryable = retryable_status(status)
             why = f"HTTP {status}: {bytes(req.buf[:min(req.size, 200)]).decode('utf-8', 'replace').strip()}"
+        if not retryable or req.attempt >= self.retry.max_attempts:
+            req.buf = None  # an error page, kept by the idle handle's write callback otherwise
         if not retryable:
             raise StoreError(f"GET {where(req.key)} failed: {why}")
         if req.attempt >= self.retry.max_attempts:
@@ -382,10 +388,15 @@ class CurlGetter:
 
 
 def _release(view: memoryview | None, req: _Request, buffers: _Buffers) -> None:
-    """After ``done`` has had ``req``'s body: its buffer back to ``buffers``, for the next."""
-    if view is not None:
-        view.release()
+    """After ``done`` has had ``req``'s body: its buffer back to ``buffers``, for the next,
+    unless the callee still holds an export of the view itself (a ``PickleBuffer``, say): then
+    the buffer is left to it."""
     buf, req.buf = req.buf, None
+    if view is not None:
+        try:
+            view.release()
+        except BufferError:
+            return
     buffers.give(buf)
 
 
@@ -432,14 +443,15 @@ class _Workers:
                 if item is None:
                     return
                 req, found, encoding = item
-                view = req.body() if found else None
+                view = None
                 try:
+                    view = req.body() if found else None
                     if not self.errors:
                         self.done(req.key, view, encoding)
+                    _release(view, req, self.buffers)
                 except BaseException as e:
                     self.errors.append(e)
-                finally:
-                    _release(view, req, self.buffers)
+                finally:  # counted whatever happened: the driver waits on these counts
                     self.done_counts[i] += 1
                     self.progress.set()
 
