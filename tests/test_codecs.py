@@ -239,3 +239,17 @@ def test_default_gzip_round_trips(data, fill, runs):
     plain = data + bytes([fill]) * runs + data[::-1]
     out = compression.compress("gzip", plain)
     assert compression.decompress("gzip", out) == plain == gzip.decompress(out)
+
+
+def test_gzip_for_the_wire_is_isal_level_1_else_libdeflate_level_1(monkeypatch):
+    import deflate
+    from isal import igzip_lib
+
+    from volbridge import compression
+
+    for plain in (_image_like((32, 32, 32), 2).tobytes(), _labels_like((32, 32, 32), 2).tobytes(), b""):
+        out = compression.gzip_fast(plain)
+        assert out == igzip_lib.compress(plain, 1, flag=igzip_lib.COMP_GZIP) and gzip.decompress(out) == plain
+        monkeypatch.setattr(compression, "igzip_lib", None)
+        assert compression.gzip_fast(plain) == bytes(deflate.gzip_compress(plain, 1))
+        monkeypatch.undo()

@@ -232,3 +232,23 @@ def test_a_service_is_the_same_line_of_code_on_every_remote(dvid_relay, relay_vo
     with pytest.raises(vb.errors.ReadOnlyError, match="downsample needs a volume open for writing"):
         vb.array(str(dvid_relay.root / "seg")).downsample()
     assert set(SERVICES) == {"mesh", "skeleton", "downsample", "transfer"}
+
+
+def test_label_cutouts_compressed_on_request_decode_to_the_plain_ones(dvid_relay, relay_volumes):
+    """compression=gzip (ISA-L's level 1, compression.gzip_fast) and lz4 responses of a label
+    cutout decode, with the readers DVID clients use, to the uncompressed response."""
+    import gzip
+    import zlib
+
+    import imagecodecs
+
+    url = f"{dvid_relay.url}/api/node/{UUID}/seg/raw/0_1_2/130_70_9/3_5_7"
+    status, plain, _ = http("GET", url, token=TOKEN)
+    assert status == 200 and len(plain) == 130 * 70 * 9 * 8
+    seg = relay_volumes["seg"]
+    assert np.array_equal(np.frombuffer(plain, np.uint64).reshape(9, 70, 130), seg[7:16, 5:75, 3:133])
+    status, gz, _ = http("GET", url + "?compression=gzip", token=TOKEN)
+    assert status == 200 and gz[:2] == b"\x1f\x8b" and gzip.decompress(gz) == plain
+    assert zlib.decompress(gz, 31) == plain and len(gz) < len(plain) // 4
+    status, lz, _ = http("GET", url + "?compression=lz4", token=TOKEN)
+    assert status == 200 and imagecodecs.lz4_decode(lz, header=False, out=len(plain)) == plain

@@ -78,6 +78,16 @@ def gzip_default(data) -> bytes:
     return deflate.gzip_compress(data, 6)
 
 
+def gzip_fast(data) -> bytes:
+    """``data`` as one gzip member for the wire (a relay's responses), where time counts more
+    than size: ISA-L's level 1, ~5x libdeflate's level 1 on both image and label chunks (demo
+    volumes: 317 against 55 MB/s, 1550 against 330), its stream 0.6 % larger on images and 10 %
+    on labels; libdeflate's level 1 without ISA-L."""
+    if igzip_lib is not None:
+        return igzip_lib.compress(data, 1, flag=igzip_lib.COMP_GZIP)
+    return bytes(deflate.gzip_compress(data, 1))
+
+
 def decompress(name: str, data: bytes) -> bytes:
     """Decompressed ``data``; a corrupt stream raises ChunkDecodeError (the caller names the key)."""
     name = canonical(name)

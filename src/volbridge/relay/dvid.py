@@ -17,7 +17,6 @@ import threading
 import time
 import zlib
 
-import deflate
 import imagecodecs
 import numpy as np
 from starlette.concurrency import run_in_threadpool
@@ -25,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ..compression import gzip_fast
 from ..geometry import Box
 from .dvid_instances import ConfiguredInstance, Instance, ManagedInstance, repo_uuid
 from .dvid_repos import TYPES, RepoStore
@@ -287,7 +287,7 @@ async def raw_get(request: Request):
         if comp == "lz4":
             return imagecodecs.lz4_encode(data, header=False)
         if comp == "gzip":
-            return bytes(deflate.gzip_compress(data, 1))
+            return gzip_fast(data)
         return data
 
     return Response(await run_in_threadpool(work), media_type="application/octet-stream")
