@@ -83,6 +83,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -672,6 +673,10 @@ def run(args, s3, client, vol, gz, size, cut_start, cut_edge, nchunks, libs, ops
                     "bytes": nbytes,
                     "mb_s": mb_s,
                     "ratio_volbridge_over_tensorstore": ratio(vbr, rate.get("tensorstore")),
+                    # the same from the medians (the best of N favours a library with one lucky run)
+                    "median_ratio_volbridge_over": {
+                        l: ratio(statistics.median(times[l]), statistics.median(times["volbridge"]))
+                        for l in best if l != "volbridge" and not l.startswith("vb+") and "volbridge" in best},
                 }
                 if fm == "precomputed":
                     row["ratio_volbridge_over_cloudvolume"] = ratio(vbr, rate.get("cloudvolume"))
