@@ -153,7 +153,10 @@ class _Routes(http.server.BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_HEAD = do_GET
 
 
 @pytest.fixture
@@ -449,3 +452,22 @@ def test_a_failed_fetch_keeps_no_receive_buffer(scripted):
             s.fetch_each(keys, lambda k, v: None)
         gc.collect()
         assert [r.key for r in gc.get_objects() if type(r) is curl_get._Request and r.buf is not None] == []
+
+
+def test_a_marker_that_cannot_be_read_falls_back_to_asking_one_at_a_time(scripted):
+    """Format detection asks for every marker document at once; where one answers with an error
+    (a public bucket says 403 for keys it lacks), it asks as before, one marker at a time, and a
+    volume whose own marker reads still opens."""
+    import json
+
+    base, routes = scripted
+    info = {"type": "image", "data_type": "uint8", "num_channels": 1, "scales": [{
+        "key": "s0", "size": [4, 4, 4], "resolution": [1, 1, 1], "voxel_offset": [0, 0, 0],
+        "chunk_sizes": [[4, 4, 4]], "encoding": "raw"}]}
+    routes["/vol/info"] = (200, {}, json.dumps(info).encode())
+    routes["/vol/s0/0-4_0-4_0-4"] = (200, {}, bytes(range(64)))
+    for marker in (".zattrs", "zarr.json", ".zarray", "attributes.json"):
+        routes[f"/vol/{marker}"] = (403, {}, b"AccessDenied")
+    a = vb.array(f"{base}/vol")
+    assert a.format == "precomputed"
+    np.testing.assert_array_equal(a[...], np.arange(64, dtype=np.uint8).reshape(4, 4, 4))  # x fastest in the chunk

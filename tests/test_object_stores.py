@@ -248,3 +248,28 @@ def test_array_with_disk_and_memory_cache_over_s3(s3env, s3_bucket, tmp_path):
         data[0:3, 0:5, 0:7] = 9
         np.testing.assert_array_equal(vol[...], data)
         np.testing.assert_array_equal(vb.array(url)[...], data)  # and reached S3
+
+
+def test_opening_a_bare_url_asks_for_the_metadata_in_few_round_trips(s3env, s3_bucket, monkeypatch):
+    """Format detection asks for every marker document at once, and OME-Zarr for its scales'
+    arrays at once: over a network store each question asked alone is a round trip (a bare
+    s3:// N5 volume's open was 11 requests one after another). A round here is one store call;
+    each volume still opens as its format with its data."""
+    from volbridge.kv import object_store
+
+    data = np.arange(16 * 16 * 16, dtype=np.uint16).reshape(16, 16, 16)
+    for fmt, kw in (("precomputed", {}), ("zarr3", {}), ("zarr2", {}), ("n5", {}), ("ome-zarr", {"num_scales": 3})):
+        vb.create(f"{fmt}://s3://{s3_bucket}/rounds-{fmt}", shape=data.shape, dtype="uint16", chunk_shape=(8, 8, 8), **kw)[...] = data
+    rounds: list[str] = []
+    for name in ("get", "exists", "stat", "get_many", "get_part"):
+        real = getattr(object_store.ObjectStore, name)
+        monkeypatch.setattr(object_store.ObjectStore, name, lambda self, *a, _n=name, _f=real, **k: rounds.append(_n) or _f(self, *a, **k))
+    want = {"precomputed": ["get_many", "get"], "zarr3": ["get_many", "get"], "zarr2": ["get_many", "get", "get"],  # zarr.json, then .zarray
+            "n5": ["get_many", "get"], "ome-zarr": ["get_many", "get", "get_many"]}
+    for fmt, calls in want.items():
+        rounds.clear()
+        a = vb.array(f"s3://{s3_bucket}/rounds-{fmt}")
+        assert (a.format, rounds) == ("zarr" if fmt.startswith("zarr") else fmt, calls), fmt
+        np.testing.assert_array_equal(a[...], data)
+    with pytest.raises(URLError, match="none of the metadata files info, .zattrs, zarr.json, .zarray, attributes.json"):
+        vb.array(f"s3://{s3_bucket}/rounds-nothing-here")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 
-from ..errors import MetadataError, UnsupportedError
+from ..errors import MetadataError, UnsupportedError, VolbridgeError
 from ..geometry import Box
 from ..kv import KVStore
 from . import zarr
@@ -92,6 +92,7 @@ class OmeZarrDataset(ChunkedDataset):
         if not isinstance(datasets, list) or not datasets:
             raise MetadataError(f"{where}: 'datasets' must be a non-empty list")
         self.layouts = []
+        self._docs = self._prefetch([ds.get("path") for ds in datasets if isinstance(ds, dict)])
         for i, ds in enumerate(datasets):
             path = ds.get("path")
             if not isinstance(path, str) or not path:
@@ -105,15 +106,25 @@ class OmeZarrDataset(ChunkedDataset):
             res = tuple(s * UNITS_NM[u] for s, u in zip(scale[-3:][::-1], units))
             offset = tuple(round(t / s) if s else 0 for t, s in zip(trans[-3:][::-1], scale[-3:][::-1]))
             self.layouts.append(zarr.ZarrLayout(arr, res, offset, channel_axis=channel_axis, key_prefix=path))
+        self._docs = {}  # read at this open only: later reads ask the store
         first = self.layouts[0]
         layer = "segmentation" if "image-label" in self.attrs else "image"
         self.meta = VolumeMeta(first.dtype, first.num_channels, layer, tuple(l.meta for l in self.layouts), first.fill_value)
 
+    def _prefetch(self, paths: list) -> dict:
+        """The scales' array documents, asked for at once (over a network store one round trip,
+        not one per scale); {} where any cannot be read, then each is asked for alone."""
+        name = zarr.V3_META if self.zarr_format == 3 else zarr.V2_META
+        try:
+            return self.store.get_many([f"{p}/{name}" for p in paths if isinstance(p, str) and p])
+        except VolbridgeError:
+            return {}
+
     def _array(self, path: str) -> zarr.ZarrArray:
-        raw = self.store.get(f"{path}/{zarr.V3_META}")
+        raw = self._docs.get(f"{path}/{zarr.V3_META}") or self.store.get(f"{path}/{zarr.V3_META}")
         if raw is not None:
             return zarr.parse_v3(raw, f"{self.store.url}/{path}/{zarr.V3_META}")
-        raw = self.store.get(f"{path}/{zarr.V2_META}")
+        raw = self._docs.get(f"{path}/{zarr.V2_META}") or self.store.get(f"{path}/{zarr.V2_META}")
         if raw is None:
             raise MetadataError(f"{self.store.url}: multiscales dataset {path!r} has no zarr array")
         return zarr.parse_v2(raw, f"{self.store.url}/{path}/{zarr.V2_META}")
