@@ -259,12 +259,15 @@ def test_opening_a_bare_url_asks_for_the_metadata_in_few_round_trips(s3env, s3_b
 
     data = np.arange(16 * 16 * 16, dtype=np.uint16).reshape(16, 16, 16)
     for fmt, kw in (("precomputed", {}), ("zarr3", {}), ("zarr2", {}), ("n5", {}), ("ome-zarr", {"num_scales": 3})):
-        vb.create(f"{fmt}://s3://{s3_bucket}/rounds-{fmt}", shape=data.shape, dtype="uint16", chunk_shape=(8, 8, 8), **kw)[...] = data
+        url = f"{fmt}://s3://{s3_bucket}/rounds-{fmt}"
+        vb.create(url, shape=data.shape, dtype="uint16", chunk_shape=(8, 8, 8), **kw)[...] = data
     rounds: list[str] = []
     for name in ("get", "exists", "stat", "get_many", "get_part"):
         real = getattr(object_store.ObjectStore, name)
-        monkeypatch.setattr(object_store.ObjectStore, name, lambda self, *a, _n=name, _f=real, **k: rounds.append(_n) or _f(self, *a, **k))
-    want = {"precomputed": ["get_many", "get"], "zarr3": ["get_many", "get"], "zarr2": ["get_many", "get", "get"],  # zarr.json, then .zarray
+        monkeypatch.setattr(object_store.ObjectStore, name,
+                            lambda self, *a, _n=name, _f=real, **k: rounds.append(_n) or _f(self, *a, **k))
+    want = {"precomputed": ["get_many", "get"], "zarr3": ["get_many", "get"],
+            "zarr2": ["get_many", "get", "get"],  # zarr.json, then .zarray
             "n5": ["get_many", "get"], "ome-zarr": ["get_many", "get", "get_many"]}
     for fmt, calls in want.items():
         rounds.clear()
