@@ -258,8 +258,10 @@ def test_opening_a_bare_url_asks_for_the_metadata_in_few_round_trips(s3env, s3_b
     from volbridge.kv import object_store
 
     data = np.arange(16 * 16 * 16, dtype=np.uint16).reshape(16, 16, 16)
-    for fmt, kw in (("precomputed", {}), ("zarr3", {}), ("zarr2", {}), ("n5", {}), ("ome-zarr", {"num_scales": 3})):
-        url = f"{fmt}://s3://{s3_bucket}/rounds-{fmt}"
+    for name, kw in (("precomputed", {}), ("zarr3", {}), ("zarr2", {}), ("n5", {}), ("ome-zarr", {"num_scales": 3}),
+                     ("n5-pyramid", {"num_scales": 11})):
+        fmt = name.split("-pyramid")[0]
+        url = f"{fmt}://s3://{s3_bucket}/rounds-{name}"
         vb.create(url, shape=data.shape, dtype="uint16", chunk_shape=(8, 8, 8), **kw)[...] = data
     rounds: list[str] = []
     for name in ("get", "exists", "stat", "get_many", "get_part"):
@@ -268,11 +270,13 @@ def test_opening_a_bare_url_asks_for_the_metadata_in_few_round_trips(s3env, s3_b
                             lambda self, *a, _n=name, _f=real, **k: rounds.append(_n) or _f(self, *a, **k))
     want = {"precomputed": ["get_many", "get"], "zarr3": ["get_many", "get"],
             "zarr2": ["get_many", "get", "get"],  # zarr.json, then .zarray
-            "n5": ["get_many", "get"], "ome-zarr": ["get_many", "get", "get_many"]}
-    for fmt, calls in want.items():
+            "n5": ["get_many", "get"], "ome-zarr": ["get_many", "get", "get_many"],
+            "n5-pyramid": ["get_many", "get", "get_many", "get_many"]}  # 11 scales: 8 at once, then the rest
+    for name, calls in want.items():
         rounds.clear()
-        a = vb.array(f"s3://{s3_bucket}/rounds-{fmt}")
-        assert (a.format, rounds) == ("zarr" if fmt.startswith("zarr") else fmt, calls), fmt
+        a = vb.array(f"s3://{s3_bucket}/rounds-{name}")
+        assert (a.format, rounds) == ("zarr" if name.startswith("zarr") else name.split("-pyramid")[0], calls), name
         np.testing.assert_array_equal(a[...], data)
+    assert len(vb.array(f"s3://{s3_bucket}/rounds-n5-pyramid").scales) == 11
     with pytest.raises(URLError, match="none of the metadata files info, .zattrs, zarr.json, .zarray, attributes.json"):
         vb.array(f"s3://{s3_bucket}/rounds-nothing-here")

@@ -19,7 +19,7 @@ import numpy as np
 from ..codecs import Compressor
 from ..codecs.compression import Lz4JavaBlocks
 from ..codecs.zarr_pipeline import v2_compressor
-from ..errors import ChunkDecodeError, MetadataError, UnsupportedError
+from ..errors import ChunkDecodeError, MetadataError, UnsupportedError, VolbridgeError
 from ..geometry import Box, Cell, ChunkGrid
 from ..kv import KVStore
 from .base import ChunkedDataset, ScaleLayout, ScaleMeta, VolumeMeta
@@ -29,7 +29,32 @@ _TYPES = ("uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int6
 
 
 def _read_json(store: KVStore, key: str) -> dict | None:
-    raw = store.get(key)
+    return _parse_json(store, key, store.get(key))
+
+
+#: Scale documents (``s<n>/attributes.json``) asked for at once when opening a pyramid.
+SCALES_AT_ONCE = 8
+
+
+def _scale_docs(store: KVStore) -> list[dict]:
+    """``s0/attributes.json``, ``s1/...`` up to the first absent one, asked for
+    :data:`SCALES_AT_ONCE` at a time (over a network store one round trip, where asking one by
+    one took one per scale); one at a time where a batch cannot be read."""
+    docs: list[dict] = []
+    while True:
+        keys = [f"s{i}/{ATTRS}" for i in range(len(docs), len(docs) + SCALES_AT_ONCE)]
+        try:
+            found = store.get_many(keys)
+        except VolbridgeError:
+            found = None
+        for key in keys:
+            doc = _parse_json(store, key, found.get(key) if found is not None else store.get(key))
+            if doc is None:
+                return docs
+            docs.append(doc)
+
+
+def _parse_json(store: KVStore, key: str, raw) -> dict | None:
     if raw is None:
         return None
     try:
@@ -142,17 +167,15 @@ class N5Dataset(ChunkedDataset):
         root = _read_json(store, ATTRS) or {}
         self.root = root
         if "dimensions" in root:
-            prefixes = [""]
+            prefixes, docs = [""], [root]
         else:
-            prefixes = []
-            while _read_json(store, f"s{len(prefixes)}/{ATTRS}") is not None:
-                prefixes.append(f"s{len(prefixes)}")
+            docs = _scale_docs(store)
+            prefixes = [f"s{i}" for i in range(len(docs))]
             if not prefixes:
                 raise MetadataError(f"no N5 dataset at {store.url} (no 'dimensions' in {ATTRS}, no s0/{ATTRS})")
         base_res = root.get("resolution") or root.get("pixelResolution", {}).get("dimensions") or [1, 1, 1]
         self.layouts = []
-        for i, p in enumerate(prefixes):
-            attrs = root if not p else _read_json(store, f"{p}/{ATTRS}")
+        for i, (p, attrs) in enumerate(zip(prefixes, docs)):
             factors = attrs.get("downsamplingFactors") or (root.get("downsamplingFactors") or root.get("scales") or [[1, 1, 1]] * len(prefixes))[i] if p else [1, 1, 1]
             res = tuple(float(r) * float(f) for r, f in zip(base_res[:3], list(factors)[:3]))
             self.layouts.append(N5Layout(attrs, f"{store.url}/{p + '/' if p else ''}{ATTRS}", p, res))
