@@ -78,6 +78,7 @@ class ChunkedVolume(Volume):
         self.format_name = dataset.format_name
         self.url = url or store.url
         self.capabilities = frozenset({"write"} if writable else ())
+        self._largest: dict[int, tuple] = {}  # id(layout) -> (layout, [(part, largest chunk shape, its bytes)])
 
     def metadata_json(self) -> dict:
         return self.dataset.metadata_json()
@@ -106,9 +107,12 @@ class ChunkedVolume(Volume):
     def _layout(self, scale: int) -> ScaleLayout:
         """Scale ``scale``'s layout, for reading or writing voxels: its chunks must fit in memory."""
         layout = self.dataset.layout(scale)
+        known = self._largest.get(id(layout))
+        if known is None or known[0] is not layout:  # worked out once per layout (20-40 us)
+            parts = [part for _, part in layout.channel_parts or [(None, layout)]]  # chunks of some channels each
+            known = self._largest[id(layout)] = (layout, [(part, *_largest_chunk(part)) for part in parts])
         limit = _max_chunk_bytes()
-        for _, part in layout.channel_parts or [(None, layout)]:  # chunks of some channels each
-            shape, nbytes = _largest_chunk(part)
+        for part, shape, nbytes in known[1]:
             if nbytes > limit:
                 raise MetadataError(
                     f"{self.url} scale {scale}: its metadata gives chunks of {' x '.join(map(str, shape[:3]))} voxels "
