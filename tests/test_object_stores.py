@@ -253,8 +253,9 @@ def test_array_with_disk_and_memory_cache_over_s3(s3env, s3_bucket, tmp_path):
 def test_opening_a_bare_url_asks_for_the_metadata_in_few_round_trips(s3env, s3_bucket, monkeypatch):
     """Format detection asks for every marker document at once, and OME-Zarr for its scales'
     arrays at once: over a network store each question asked alone is a round trip (a bare
-    s3:// N5 volume's open was 11 requests one after another). A round here is one store call;
-    each volume still opens as its format with its data."""
+    s3:// N5 volume's open was 11 requests one after another), and its open reads the root
+    document from that batch. A round here is one store call; each volume still opens as its
+    format with its data, and a format named in the URL reads its document itself."""
     from volbridge.kv import object_store
 
     data = np.arange(16 * 16 * 16, dtype=np.uint16).reshape(16, 16, 16)
@@ -268,15 +269,19 @@ def test_opening_a_bare_url_asks_for_the_metadata_in_few_round_trips(s3env, s3_b
         real = getattr(object_store.ObjectStore, name)
         monkeypatch.setattr(object_store.ObjectStore, name,
                             lambda self, *a, _n=name, _f=real, **k: rounds.append(_n) or _f(self, *a, **k))
-    want = {"precomputed": ["get_many", "get"], "zarr3": ["get_many", "get"],
-            "zarr2": ["get_many", "get", "get"],  # zarr.json, then .zarray
-            "n5": ["get_many", "get"], "ome-zarr": ["get_many", "get", "get_many"],
-            "n5-pyramid": ["get_many", "get", "get_many", "get_many"]}  # 11 scales: 8 at once, then the rest
+    # the open reads its root document from the detection's batch: no second request for it
+    want = {"precomputed": ["get_many"], "zarr3": ["get_many"], "zarr2": ["get_many"], "n5": ["get_many"],
+            "ome-zarr": ["get_many", "get_many"],  # then the scales' arrays at once
+            "n5-pyramid": ["get_many", "get_many", "get_many"]}  # 11 scales: 8 at once, then the rest
     for name, calls in want.items():
         rounds.clear()
         a = vb.array(f"s3://{s3_bucket}/rounds-{name}")
         assert (a.format, rounds) == ("zarr" if name.startswith("zarr") else name.split("-pyramid")[0], calls), name
         np.testing.assert_array_equal(a[...], data)
     assert len(vb.array(f"s3://{s3_bucket}/rounds-n5-pyramid").scales) == 11
+    for fmt in ("precomputed", "zarr3", "n5"):
+        rounds.clear()
+        np.testing.assert_array_equal(vb.array(f"{fmt}://s3://{s3_bucket}/rounds-{fmt}")[...], data)
+        assert rounds[0] == "get"
     with pytest.raises(URLError, match="none of the metadata files info, .zattrs, zarr.json, .zarray, attributes.json"):
         vb.array(f"s3://{s3_bucket}/rounds-nothing-here")

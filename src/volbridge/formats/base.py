@@ -15,6 +15,7 @@ import numpy as np
 from ..geometry import Box, Cell, ChunkGrid
 
 if TYPE_CHECKING:
+    from ..kv import KVStore
     from .sharding import ShardFormat
 
 
@@ -41,6 +42,13 @@ class VolumeMeta:
     scales: tuple[ScaleMeta, ...]
     fill_value: Any = 0
     extra: dict = field(default_factory=dict)
+
+
+def read_doc(store: "KVStore", key: str, docs: dict | None) -> bytes | None:
+    """The metadata document ``key``: from ``docs`` when it holds it (read by the same open a
+    moment ago, all at once: :func:`volbridge.remotes.registry.open_volume`; None there means
+    absent), else from the store."""
+    return docs[key] if docs is not None and key in docs else store.get(key)
 
 
 class ScaleLayout(ABC):

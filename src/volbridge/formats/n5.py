@@ -22,7 +22,7 @@ from ..codecs.zarr_pipeline import v2_compressor
 from ..errors import ChunkDecodeError, MetadataError, UnsupportedError, VolbridgeError
 from ..geometry import Box, Cell, ChunkGrid
 from ..kv import KVStore
-from .base import ChunkedDataset, ScaleLayout, ScaleMeta, VolumeMeta
+from .base import ChunkedDataset, ScaleLayout, ScaleMeta, VolumeMeta, read_doc
 
 ATTRS = "attributes.json"
 _TYPES = ("uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "float32", "float64")
@@ -162,9 +162,9 @@ class N5Layout(ScaleLayout):
 class N5Dataset(ChunkedDataset):
     format_name = "n5"
 
-    def __init__(self, store: KVStore):
+    def __init__(self, store: KVStore, docs: dict | None = None):
         self.store = store
-        root = _read_json(store, ATTRS) or {}
+        root = _parse_json(store, ATTRS, read_doc(store, ATTRS, docs)) or {}
         self.root = root
         if "dimensions" in root:
             prefixes, docs = [""], [root]

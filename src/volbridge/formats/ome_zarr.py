@@ -16,16 +16,16 @@ from ..errors import MetadataError, UnsupportedError, VolbridgeError
 from ..geometry import Box
 from ..kv import KVStore
 from . import zarr
-from .base import ChunkedDataset, VolumeMeta
+from .base import ChunkedDataset, VolumeMeta, read_doc
 
 #: UDUNITS length names -> nanometres.
 UNITS_NM = {"angstrom": 0.1, "picometer": 1e-3, "nanometer": 1.0, "micrometer": 1e3, "micron": 1e3,
             "millimeter": 1e6, "centimeter": 1e7, "meter": 1e9, None: 1.0}
 
 
-def _group_attrs(store: KVStore) -> tuple[dict, int] | None:
+def _group_attrs(store: KVStore, docs: dict | None = None) -> tuple[dict, int] | None:
     """(the ``ome``-level attributes, zarr format) of an OME-Zarr group, or None."""
-    raw = store.get(zarr.V3_META)
+    raw = read_doc(store, zarr.V3_META, docs)
     if raw is not None:
         try:
             doc = json.loads(raw)
@@ -36,7 +36,7 @@ def _group_attrs(store: KVStore) -> tuple[dict, int] | None:
             if isinstance(ome, dict) and "multiscales" in ome:
                 return ome, 3
         return None
-    raw = store.get(".zattrs")
+    raw = read_doc(store, ".zattrs", docs)
     if raw is not None:
         try:
             doc = json.loads(raw)
@@ -67,9 +67,9 @@ def _transforms(items, where: str, n: int) -> tuple[list[float], list[float]]:
 class OmeZarrDataset(ChunkedDataset):
     format_name = "ome-zarr"
 
-    def __init__(self, store: KVStore):
+    def __init__(self, store: KVStore, docs: dict | None = None):
         self.store = store
-        found = _group_attrs(store)
+        found = _group_attrs(store, docs)
         if found is None:
             raise MetadataError(f"no OME-Zarr multiscales group at {store.url}")
         self.attrs, self.zarr_format = found

@@ -27,7 +27,7 @@ from ..codecs.base import little_endian
 from ..errors import ChunkDecodeError, MetadataError, UnsupportedError
 from ..geometry import Box, Cell, ChunkGrid
 from ..kv import KVStore
-from .base import ChunkedDataset, ScaleLayout, ScaleMeta, VolumeMeta
+from .base import ChunkedDataset, ScaleLayout, ScaleMeta, VolumeMeta, read_doc
 from .precomputed_sharding import PrecomputedVolumeSharding, ShardingSpec
 
 INFO_KEY = "info"
@@ -345,10 +345,10 @@ class PrecomputedDataset(ChunkedDataset):
     #: CloudVolume's ``provenance`` file beside ``info``.
     attributes_location = ("provenance", None)
 
-    def __init__(self, store: KVStore, info: dict | None = None):
+    def __init__(self, store: KVStore, info: dict | None = None, docs: dict | None = None):
         self.store = store
         if info is None:
-            raw = store.get(INFO_KEY)
+            raw = read_doc(store, INFO_KEY, docs)
             if raw is None:
                 raise MetadataError(f"no precomputed 'info' at {store.url}")
             info = parse_info(raw, f"{store.url}/info")

@@ -20,7 +20,7 @@ from ..codecs.zarr_pipeline import ZarrPipeline, v2_compressor, v3_pipeline
 from ..errors import MetadataError, UnsupportedError
 from ..geometry import Box, Cell, ChunkGrid
 from ..kv import KVStore
-from .base import ChunkedDataset, ScaleLayout, ScaleMeta, VolumeMeta
+from .base import ChunkedDataset, ScaleLayout, ScaleMeta, VolumeMeta, read_doc
 from .zarr_sharding import ZarrShardIndexCodec, ZarrSharding
 
 V2_META, V3_META = ".zarray", "zarr.json"
@@ -320,14 +320,14 @@ class ZarrLayout(ScaleLayout):
 class ZarrDataset(ChunkedDataset):
     format_name = "zarr"
 
-    def __init__(self, store: KVStore, arr: ZarrArray | None = None):
+    def __init__(self, store: KVStore, arr: ZarrArray | None = None, docs: dict | None = None):
         self.store = store
         if arr is None:
-            raw = store.get(V3_META)
+            raw = read_doc(store, V3_META, docs)
             if raw is not None:
                 arr = parse_v3(raw, f"{store.url}/{V3_META}")
             else:
-                raw = store.get(V2_META)
+                raw = read_doc(store, V2_META, docs)
                 if raw is None:
                     raise MetadataError(f"no zarr array at {store.url} (neither {V3_META} nor {V2_META})")
                 arr = parse_v2(raw, f"{store.url}/{V2_META}")

@@ -25,12 +25,13 @@ class FormatEntry:
     #: metadata file names that identify the format (for messages)
     markers: tuple[str, ...]
     detect: Callable[[KVStore], bool]
-    open: Callable[[KVStore, str, bool], Volume]
+    #: (store, url, writable, metadata documents already read or None) -> the volume
+    open: Callable[[KVStore, str, bool, dict | None], Volume]
     create: Callable[..., Volume] | None = None
 
 
-def _open_precomputed(store: KVStore, url: str, writable: bool) -> Volume:
-    return ChunkedVolume(store, precomputed.PrecomputedDataset(store), url=url, writable=writable)
+def _open_precomputed(store: KVStore, url: str, writable: bool, docs: dict | None = None) -> Volume:
+    return ChunkedVolume(store, precomputed.PrecomputedDataset(store, docs=docs), url=url, writable=writable)
 
 
 def _create_precomputed(store: KVStore, url: str, *, overwrite: bool = False, **kw) -> Volume:
@@ -39,8 +40,8 @@ def _create_precomputed(store: KVStore, url: str, *, overwrite: bool = False, **
     return ChunkedVolume(store, dataset, url=url, writable=True)
 
 
-def _open_zarr(store: KVStore, url: str, writable: bool) -> Volume:
-    return ChunkedVolume(store, zarr.ZarrDataset(store), url=url, writable=writable)
+def _open_zarr(store: KVStore, url: str, writable: bool, docs: dict | None = None) -> Volume:
+    return ChunkedVolume(store, zarr.ZarrDataset(store, docs=docs), url=url, writable=writable)
 
 
 def _zarr_creator(zarr_format: int):
@@ -60,8 +61,8 @@ def _zarr_creator(zarr_format: int):
     return create
 
 
-def _open_n5(store: KVStore, url: str, writable: bool) -> Volume:
-    return ChunkedVolume(store, n5.N5Dataset(store), url=url, writable=writable)
+def _open_n5(store: KVStore, url: str, writable: bool, docs: dict | None = None) -> Volume:
+    return ChunkedVolume(store, n5.N5Dataset(store, docs=docs), url=url, writable=writable)
 
 
 def _create_n5(store: KVStore, url: str, *, compression=None, encoding="raw", layer_type="image", **kw) -> Volume:
@@ -73,8 +74,8 @@ def _create_n5(store: KVStore, url: str, *, compression=None, encoding="raw", la
     return ChunkedVolume(store, n5.N5Dataset.create(store, compression=comp, **kw), url=url, writable=True)
 
 
-def _open_ome(store: KVStore, url: str, writable: bool) -> Volume:
-    return ChunkedVolume(store, ome_zarr.OmeZarrDataset(store), url=url, writable=writable)
+def _open_ome(store: KVStore, url: str, writable: bool, docs: dict | None = None) -> Volume:
+    return ChunkedVolume(store, ome_zarr.OmeZarrDataset(store, docs=docs), url=url, writable=writable)
 
 
 def _create_ome(store: KVStore, url: str, *, compression=None, encoding="raw", **kw) -> Volume:
@@ -157,9 +158,10 @@ def open_volume(url: str, mode: str = "r", cache=None, *, token: str | None = No
     store = with_cache(open_store(location), cache)
     if isinstance(store, CacheTier):  # metadata changed behind the cache: its entries are stale
         store.revalidate(_MARKERS)
+    docs = None
     if fmt is None:
-        fmt = _detect(store, url)
-    return FORMATS[fmt].open(store, url, mode == "r+")
+        fmt, docs = _detect(store, url)
+    return FORMATS[fmt].open(store, url, mode == "r+", docs)
 
 
 _MARKERS = tuple(dict.fromkeys(m for e in FORMATS.values() for m in e.markers if m))
@@ -183,17 +185,19 @@ class _Probe:
         return getattr(self.store, name)
 
 
-def _detect(store: KVStore, url: str) -> str:
-    """The format of the volume at ``store``, from its metadata documents."""
+def _detect(store: KVStore, url: str) -> tuple[str, dict | None]:
+    """The format of the volume at ``store``, from its metadata documents, and those documents
+    (the format's open reads its own from them: no second request), or None."""
     try:
-        probe = _Probe(store, {**dict.fromkeys(_MARKERS), **store.get_many(_MARKERS)})
+        docs = {**dict.fromkeys(_MARKERS), **store.get_many(_MARKERS)}
+        probe = _Probe(store, docs)
     except VolbridgeError:
         # Some marker could not be read (a public bucket answers 403 for keys it lacks): ask as
         # before, one marker at a time, stopping at the first format found.
-        probe = store
+        docs, probe = None, store
     for entry in FORMATS.values():
         if entry.detect(probe):
-            return entry.name
+            return entry.name, docs
     raise URLError(f"no volume found at {url!r}: none of the metadata files {', '.join(_MARKERS)} is there")
 
 
