@@ -325,3 +325,31 @@ def test_a_chunk_bound_that_is_not_a_number_is_named(tmp_path, monkeypatch):
     monkeypatch.setenv("VOLBRIDGE_MAX_CHUNK_BYTES", "4GiB")
     with pytest.raises(vb.errors.InvalidArgumentError, match="VOLBRIDGE_MAX_CHUNK_BYTES must be a whole number of bytes, not '4GiB'"):
         a[0:1, 0:1, 0:1]
+
+
+def test_a_fifo_at_a_key_is_refused_not_waited_on(tmp_path):
+    """(review) A FIFO where a marker or chunk file should be blocked the open() forever (reading
+    every marker at once made an ordinary open meet it). In a child process, so a hang fails the
+    test instead of stopping the suite."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import os, numpy as np, volbridge as vb
+        from volbridge.errors import StoreError
+        p = {str(tmp_path / 'v')!r}
+        a = vb.create("zarr3://" + p, shape=(8, 16, 16), dtype="uint8", chunk_shape=(8, 8, 8))
+        a[...] = 5
+        os.mkfifo(p + "/attributes.json")  # a marker of another format
+        assert (vb.array(p)[...] == 5).all()
+        os.remove(p + "/c/0/0/1")
+        os.mkfifo(p + "/c/0/0/1")  # a chunk
+        try:
+            vb.array(p)[...]
+        except StoreError as e:
+            assert "not a regular file" in str(e), e
+            print("refused")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.split() == ["refused"], out.stderr

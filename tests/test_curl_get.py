@@ -471,3 +471,49 @@ def test_a_marker_that_cannot_be_read_falls_back_to_asking_one_at_a_time(scripte
     a = vb.array(f"{base}/vol")
     assert a.format == "precomputed"
     np.testing.assert_array_equal(a[...], np.arange(64, dtype=np.uint8).reshape(4, 4, 4))  # x fastest in the chunk
+
+
+def test_a_store_that_keeps_failing_is_not_asked_again_key_by_key(scripted, monkeypatch):
+    """(review) Detection fell back to asking marker by marker after any error, so a server that
+    answered only 503 (or never) was waited out twice, with a fresh retry budget each time."""
+    base, routes = scripted
+    count = [0]
+
+    def busy(_req):
+        count[0] += 1
+        return 503, {}, b"SlowDown"
+
+    for marker in ("info", ".zattrs", "zarr.json", ".zarray", "attributes.json"):
+        routes[f"/vol/{marker}"] = (0, {}, busy)
+    monkeypatch.setenv("VOLBRIDGE_MAX_ATTEMPTS", "2")
+    with pytest.raises(StoreError, match=r"failed after 2 attempts: HTTP 503"):
+        vb.array(f"{base}/vol")
+    assert count[0] <= 5 * 2  # the batch's attempts only, no second pass one marker at a time
+
+
+def test_a_registered_format_that_takes_no_documents_still_opens(tmp_path, monkeypatch):
+    """(review) A FormatEntry registered from outside, whose open takes (store, url, writable):
+    opening passed it the detection's documents (TypeError), and a cache tier's revalidation
+    left its marker out."""
+    import json
+
+    from volbridge.kv import cache_tier
+    from volbridge.remotes import registry
+
+    data = np.arange(8, dtype=np.uint8).reshape(2, 2, 2)
+    vb.create(f"zarr3://{tmp_path}/v", shape=data.shape, dtype="uint8", chunk_shape=(2, 2, 2))[...] = data
+    (tmp_path / "v" / "my.json").write_text(json.dumps({"inner": "zarr3"}))
+    (tmp_path / "v" / "zarr.json").rename(tmp_path / "v" / "inner.json")
+
+    def open_my(store, url, writable):  # the zarr array, its document under another name
+        return registry._open_zarr(store, url, writable, docs={"zarr.json": store.get("inner.json")})
+
+    monkeypatch.setitem(registry.FORMATS, "my", registry.FormatEntry(
+        "my", ("my.json",), lambda store: store.exists("my.json"), open_my))
+    for url in (f"my://{tmp_path}/v", str(tmp_path / "v")):
+        np.testing.assert_array_equal(vb.array(url)[...], data)
+    asked = []
+    real = cache_tier.CacheTier.revalidate
+    monkeypatch.setattr(cache_tier.CacheTier, "revalidate", lambda self, keys: asked.append(list(keys)) or real(self, keys))
+    vb.array(str(tmp_path / "v"), cache=1 << 20)
+    assert "my.json" in asked[0]

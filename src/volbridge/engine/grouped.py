@@ -192,7 +192,7 @@ def _read_files(vol: ChunkedVolume, at: _Cells, codec: str, paths: list[bytes],
                 raise ValueError("reading chunk files: a buffer of the wrong size")
             native.Sources([buf]).check_destination(copy.flat, "reading chunk files")
             values = dict(mode=mode, fn=fn, ctx=ctx, open=libc[0], read=libc[1], close=libc[2],
-                          flags=os.O_RDONLY | os.O_CLOEXEC, paths=blob.ctypes.data, path_at=path_at.ctypes.data, n=n,
+                          flags=os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK, paths=blob.ctypes.data, path_at=path_at.ctypes.data, n=n,
                           next=counter.ctypes.data, rbuf=buf.ctypes.data, rcap=rcap,
                           dbuf=buf.ctypes.data + rcap if decodes else 0, dcap=dcap if decodes else 0,
                           caps=copy.caps.ctypes.data, out=copy.flat.ctypes.data, table=copy.table.ctypes.data,

@@ -22,6 +22,7 @@ from ..codecs.zarr_pipeline import v2_compressor
 from ..errors import ChunkDecodeError, MetadataError, UnsupportedError, VolbridgeError
 from ..geometry import Box, Cell, ChunkGrid
 from ..kv import KVStore
+from ..kv.retry import after_retries
 from .base import ChunkedDataset, ScaleLayout, ScaleMeta, VolumeMeta, read_doc
 
 ATTRS = "attributes.json"
@@ -45,7 +46,9 @@ def _scale_docs(store: KVStore) -> list[dict]:
         keys = [f"s{i}/{ATTRS}" for i in range(len(docs), len(docs) + SCALES_AT_ONCE)]
         try:
             found = store.get_many(keys)
-        except VolbridgeError:
+        except VolbridgeError as e:
+            if after_retries(e):  # not answering: asking one by one would only wait again
+                raise
             found = None
         for key in keys:
             doc = _parse_json(store, key, found.get(key) if found is not None else store.get(key))

@@ -16,6 +16,7 @@ from ..errors import MetadataError, UnsupportedError, VolbridgeError
 from ..geometry import Box
 from ..kv import KVStore
 from . import zarr
+from ..kv.retry import after_retries
 from .base import ChunkedDataset, VolumeMeta, read_doc
 
 #: UDUNITS length names -> nanometres.
@@ -117,7 +118,9 @@ class OmeZarrDataset(ChunkedDataset):
         name = zarr.V3_META if self.zarr_format == 3 else zarr.V2_META
         try:
             return self.store.get_many([f"{p}/{name}" for p in paths if isinstance(p, str) and p])
-        except VolbridgeError:
+        except VolbridgeError as e:
+            if after_retries(e):  # not answering: asking scale by scale would only wait again
+                raise
             return {}
 
     def _array(self, path: str) -> zarr.ZarrArray:

@@ -30,7 +30,7 @@ from typing import Callable
 from urllib.parse import quote, urlsplit
 
 from ..errors import StoreError
-from .retry import RetryPolicy, retryable_status
+from .retry import RetryPolicy, gave_up, retryable_status
 
 try:
     import pycurl
@@ -382,7 +382,7 @@ class CurlGetter:
         if not retryable:
             raise StoreError(f"GET {where(req.key)} failed: {why}")
         if req.attempt >= self.retry.max_attempts:
-            raise StoreError(f"GET {where(req.key)} failed after {req.attempt} attempts: {why}")
+            raise gave_up(StoreError(f"GET {where(req.key)} failed after {req.attempt} attempts: {why}"))
         stats.add(retries=1)
         heapq.heappush(delayed, (time.monotonic() + self.retry.backoff(req.attempt), id(req), req))
 

@@ -38,6 +38,9 @@ LOCK_DIR = ".volbridge-locks"
 LOCK_STRIPES = 256
 _TMP_MARK = ".vbtmp-"
 _O_BINARY = getattr(os, "O_BINARY", 0)
+#: Flags every read opens with: O_NONBLOCK so that a FIFO at a key's path opens at once (and is
+#: then refused as not a regular file) instead of blocking the open; regular files ignore it.
+_O_READ = os.O_RDONLY | _O_BINARY | getattr(os, "O_NONBLOCK", 0)
 #: :meth:`FileStore.get_many_transient` keeps a buffer of up to this size per thread.
 KEEP_OBJECTS_BYTES = 32 << 20
 #: (suffix, content encoding) in lookup order after the plain name.
@@ -87,7 +90,7 @@ class FileStore(KVStore):
     # -- reading ------------------------------------------------------------------------------
     def _read_file(self, path: str, key: str) -> bytes | None:
         try:
-            with open(path, "rb", buffering=0) as f:
+            with open(path, "rb", buffering=0, opener=lambda p, _flags: os.open(p, _O_READ)) as f:
                 _check_regular(os.fstat(f.fileno()), key, self.url)
                 data = f.readall()
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
@@ -122,7 +125,7 @@ class FileStore(KVStore):
     def range_reader(self, key: str) -> RangeReader:
         path = self._path(key)
         try:
-            fd = os.open(path, os.O_RDONLY | _O_BINARY)
+            fd = os.open(path, _O_READ)
         except (FileNotFoundError, NotADirectoryError):
             return super().range_reader(key)  # absent, or a compressed variant read whole
         except OSError as e:
@@ -139,7 +142,7 @@ class FileStore(KVStore):
         # bigger object, which is then read whole with a grown buffer.
         path = self._path(key)
         try:
-            fd = os.open(path, os.O_RDONLY | _O_BINARY)
+            fd = os.open(path, _O_READ)
         except (FileNotFoundError, NotADirectoryError):
             return self._read_variant(path, key)
         except OSError as e:
@@ -173,7 +176,7 @@ class FileStore(KVStore):
             for i, key in enumerate(keys):
                 path = self._path(key)
                 try:
-                    fd = os.open(path, os.O_RDONLY | _O_BINARY)
+                    fd = os.open(path, _O_READ)
                 except (FileNotFoundError, NotADirectoryError):
                     found[i] = self._read_variant(path, key)
                     continue

@@ -36,7 +36,7 @@ from ..errors import (
 from .base import KVStore, ObjectStat, StoreStats, Updater
 from .curl_get import CurlGetter
 from .ranges import RangeReader
-from .retry import RetryPolicy, retryable_status
+from .retry import RetryPolicy, gave_up, retryable_status
 
 T = TypeVar("T")
 
@@ -126,9 +126,9 @@ class ObjectStore(KVStore):
                 if not isinstance(e, Exception) or not _retryable(e):
                     raise
                 if attempt >= self.retry.max_attempts:
-                    raise StoreError(
+                    raise gave_up(StoreError(
                         f"{what} {self._where(key)} failed after {attempt} attempts: {_short(e)}"
-                    ) from e
+                    )) from e
                 self.stats.add(retries=1)
                 self.retry.sleep(attempt)
                 attempt += 1

@@ -23,6 +23,19 @@ def retryable_status(status: int) -> bool:
     return (status >= 500 and status not in (501, 505)) or status in (408, 429)
 
 
+def gave_up(error: BaseException) -> BaseException:
+    """``error``, marked as raised after the policy's last attempt: the store did not answer, or
+    answered only with failures that may pass (a caller that would ask again in another way,
+    such as format detection, must not: it would only wait that long again)."""
+    error.after_retries = True  # type: ignore[attr-defined]
+    return error
+
+
+def after_retries(error: BaseException) -> bool:
+    """Whether ``error`` was raised after the last attempt (:func:`gave_up`)."""
+    return getattr(error, "after_retries", False)
+
+
 def _env(name: str, default: float, kind=float):
     return kind(os.environ.get(name, default))
 

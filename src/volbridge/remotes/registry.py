@@ -17,6 +17,7 @@ from ..formats import n5, ome_zarr, precomputed, zarr
 from ..kv import KVStore, open_store
 from ..kv.cache_tier import CacheTier
 from ..kv.caching import with_cache
+from ..kv.retry import after_retries
 
 
 @dataclass(frozen=True)
@@ -25,9 +26,10 @@ class FormatEntry:
     #: metadata file names that identify the format (for messages)
     markers: tuple[str, ...]
     detect: Callable[[KVStore], bool]
-    #: (store, url, writable, metadata documents already read or None) -> the volume
-    open: Callable[[KVStore, str, bool, dict | None], Volume]
+    open: Callable[..., Volume]  # (store, url, writable[, docs=...]) -> the volume
     create: Callable[..., Volume] | None = None
+    #: whether ``open`` takes ``docs=``: the metadata documents detection has read already
+    reads_docs: bool = False
 
 
 def _open_precomputed(store: KVStore, url: str, writable: bool, docs: dict | None = None) -> Volume:
@@ -84,12 +86,12 @@ def _create_ome(store: KVStore, url: str, *, compression=None, encoding="raw", *
 
 
 FORMATS: dict[str, FormatEntry] = {
-    "precomputed": FormatEntry("precomputed", ("info",), precomputed.detect, _open_precomputed, _create_precomputed),
-    "ome-zarr": FormatEntry("ome-zarr", (".zattrs",), ome_zarr.detect, _open_ome, _create_ome),
-    "zarr": FormatEntry("zarr", ("zarr.json", ".zarray"), zarr.detect, _open_zarr, _zarr_creator(3)),
-    "zarr3": FormatEntry("zarr3", (), zarr.detect, _open_zarr, _zarr_creator(3)),
-    "zarr2": FormatEntry("zarr2", (), zarr.detect, _open_zarr, _zarr_creator(2)),
-    "n5": FormatEntry("n5", ("attributes.json",), n5.detect, _open_n5, _create_n5),
+    "precomputed": FormatEntry("precomputed", ("info",), precomputed.detect, _open_precomputed, _create_precomputed, True),
+    "ome-zarr": FormatEntry("ome-zarr", (".zattrs",), ome_zarr.detect, _open_ome, _create_ome, True),
+    "zarr": FormatEntry("zarr", ("zarr.json", ".zarray"), zarr.detect, _open_zarr, _zarr_creator(3), True),
+    "zarr3": FormatEntry("zarr3", (), zarr.detect, _open_zarr, _zarr_creator(3), True),
+    "zarr2": FormatEntry("zarr2", (), zarr.detect, _open_zarr, _zarr_creator(2), True),
+    "n5": FormatEntry("n5", ("attributes.json",), n5.detect, _open_n5, _create_n5, True),
 }
 
 
@@ -157,14 +159,19 @@ def open_volume(url: str, mode: str = "r", cache=None, *, token: str | None = No
     fmt, location = split_url(url)
     store = with_cache(open_store(location), cache)
     if isinstance(store, CacheTier):  # metadata changed behind the cache: its entries are stale
-        store.revalidate(_MARKERS)
+        store.revalidate(_markers())
     docs = None
     if fmt is None:
         fmt, docs = _detect(store, url)
-    return FORMATS[fmt].open(store, url, mode == "r+", docs)
+    entry = FORMATS[fmt]
+    if entry.reads_docs and docs is not None:
+        return entry.open(store, url, mode == "r+", docs=docs)
+    return entry.open(store, url, mode == "r+")
 
 
-_MARKERS = tuple(dict.fromkeys(m for e in FORMATS.values() for m in e.markers if m))
+def _markers() -> tuple[str, ...]:
+    """Every registered format's marker documents (formats registered later included)."""
+    return tuple(dict.fromkeys(m for e in FORMATS.values() for m in e.markers if m))
 
 
 class _Probe:
@@ -188,17 +195,20 @@ class _Probe:
 def _detect(store: KVStore, url: str) -> tuple[str, dict | None]:
     """The format of the volume at ``store``, from its metadata documents, and those documents
     (the format's open reads its own from them: no second request), or None."""
+    markers = _markers()
     try:
-        docs = {**dict.fromkeys(_MARKERS), **store.get_many(_MARKERS)}
+        docs = {**dict.fromkeys(markers), **store.get_many(markers)}
         probe = _Probe(store, docs)
-    except VolbridgeError:
-        # Some marker could not be read (a public bucket answers 403 for keys it lacks): ask as
-        # before, one marker at a time, stopping at the first format found.
+    except VolbridgeError as e:
+        if after_retries(e):  # the store is not answering: asking again key by key would only wait again
+            raise
+        # A marker that cannot be read (a public bucket answers 403 for keys it lacks, a FIFO at
+        # a marker's path): ask as before, one at a time, stopping at the first format found.
         docs, probe = None, store
     for entry in FORMATS.values():
         if entry.detect(probe):
             return entry.name, docs
-    raise URLError(f"no volume found at {url!r}: none of the metadata files {', '.join(_MARKERS)} is there")
+    raise URLError(f"no volume found at {url!r}: none of the metadata files {', '.join(markers)} is there")
 
 
 def volume_exists(url: str) -> bool:
