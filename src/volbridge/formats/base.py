@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import VolbridgeError
 from ..geometry import Box, Cell, ChunkGrid
+from ..kv.retry import after_retries
 
 if TYPE_CHECKING:
     from ..kv import KVStore
@@ -44,10 +46,23 @@ class VolumeMeta:
     extra: dict = field(default_factory=dict)
 
 
+def read_docs(store: "KVStore", keys: list[str] | tuple[str, ...]) -> dict | None:
+    """Metadata documents asked for at once (over a network store one round trip, where asking
+    one by one takes one each): ``{key: bytes, or None when absent}``. None where some key cannot
+    be read (a public bucket answers 403 for keys it lacks; a FIFO at a key's path): the caller
+    then asks one key at a time (:func:`read_doc`). A store that is not answering (the retry
+    policy gave up) raises: asking again key by key would only wait that long again."""
+    try:
+        return {**dict.fromkeys(keys), **store.get_many(keys)}
+    except VolbridgeError as e:
+        if after_retries(e):
+            raise
+        return None
+
+
 def read_doc(store: "KVStore", key: str, docs: dict | None) -> bytes | None:
-    """The metadata document ``key``: from ``docs`` when it holds it (read by the same open a
-    moment ago, all at once: :func:`volbridge.remotes.registry.open_volume`; None there means
-    absent), else from the store."""
+    """The metadata document ``key``: from ``docs`` (:func:`read_docs`, read a moment ago by the
+    same open) when it holds it, None there meaning absent; else from the store."""
     return docs[key] if docs is not None and key in docs else store.get(key)
 
 

@@ -19,11 +19,10 @@ import numpy as np
 from ..codecs import Compressor
 from ..codecs.compression import Lz4JavaBlocks
 from ..codecs.zarr_pipeline import v2_compressor
-from ..errors import ChunkDecodeError, MetadataError, UnsupportedError, VolbridgeError
+from ..errors import ChunkDecodeError, MetadataError, UnsupportedError
 from ..geometry import Box, Cell, ChunkGrid
 from ..kv import KVStore
-from ..kv.retry import after_retries
-from .base import ChunkedDataset, ScaleLayout, ScaleMeta, VolumeMeta, read_doc
+from .base import ChunkedDataset, ScaleLayout, ScaleMeta, VolumeMeta, read_doc, read_docs
 
 ATTRS = "attributes.json"
 _TYPES = ("uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "float32", "float64")
@@ -44,14 +43,9 @@ def _scale_docs(store: KVStore) -> list[dict]:
     docs: list[dict] = []
     while True:
         keys = [f"s{i}/{ATTRS}" for i in range(len(docs), len(docs) + SCALES_AT_ONCE)]
-        try:
-            found = store.get_many(keys)
-        except VolbridgeError as e:
-            if after_retries(e):  # not answering: asking one by one would only wait again
-                raise
-            found = None
+        found = read_docs(store, keys)
         for key in keys:
-            doc = _parse_json(store, key, found.get(key) if found is not None else store.get(key))
+            doc = _parse_json(store, key, read_doc(store, key, found))
             if doc is None:
                 return docs
             docs.append(doc)

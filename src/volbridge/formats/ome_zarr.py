@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 import math
 
-from ..errors import MetadataError, UnsupportedError, VolbridgeError
+from ..errors import MetadataError, UnsupportedError
 from ..geometry import Box
 from ..kv import KVStore
 from . import zarr
-from ..kv.retry import after_retries
-from .base import ChunkedDataset, VolumeMeta, read_doc
+from .base import ChunkedDataset, VolumeMeta, read_doc, read_docs
 
 #: UDUNITS length names -> nanometres.
 UNITS_NM = {"angstrom": 0.1, "picometer": 1e-3, "nanometer": 1.0, "micrometer": 1e3, "micron": 1e3,
@@ -107,27 +106,21 @@ class OmeZarrDataset(ChunkedDataset):
             res = tuple(s * UNITS_NM[u] for s, u in zip(scale[-3:][::-1], units))
             offset = tuple(round(t / s) if s else 0 for t, s in zip(trans[-3:][::-1], scale[-3:][::-1]))
             self.layouts.append(zarr.ZarrLayout(arr, res, offset, channel_axis=channel_axis, key_prefix=path))
-        self._docs = {}  # read at this open only: later reads ask the store
+        self._docs = None  # read at this open only: later reads ask the store
         first = self.layouts[0]
         layer = "segmentation" if "image-label" in self.attrs else "image"
         self.meta = VolumeMeta(first.dtype, first.num_channels, layer, tuple(l.meta for l in self.layouts), first.fill_value)
 
-    def _prefetch(self, paths: list) -> dict:
-        """The scales' array documents, asked for at once (over a network store one round trip,
-        not one per scale); {} where any cannot be read, then each is asked for alone."""
+    def _prefetch(self, paths: list) -> dict | None:
+        """The scales' array documents, asked for at once (:func:`read_docs`)."""
         name = zarr.V3_META if self.zarr_format == 3 else zarr.V2_META
-        try:
-            return self.store.get_many([f"{p}/{name}" for p in paths if isinstance(p, str) and p])
-        except VolbridgeError as e:
-            if after_retries(e):  # not answering: asking scale by scale would only wait again
-                raise
-            return {}
+        return read_docs(self.store, [f"{p}/{name}" for p in paths if isinstance(p, str) and p])
 
     def _array(self, path: str) -> zarr.ZarrArray:
-        raw = self._docs.get(f"{path}/{zarr.V3_META}") or self.store.get(f"{path}/{zarr.V3_META}")
+        raw = read_doc(self.store, f"{path}/{zarr.V3_META}", self._docs)
         if raw is not None:
             return zarr.parse_v3(raw, f"{self.store.url}/{path}/{zarr.V3_META}")
-        raw = self._docs.get(f"{path}/{zarr.V2_META}") or self.store.get(f"{path}/{zarr.V2_META}")
+        raw = read_doc(self.store, f"{path}/{zarr.V2_META}", self._docs)
         if raw is None:
             raise MetadataError(f"{self.store.url}: multiscales dataset {path!r} has no zarr array")
         return zarr.parse_v2(raw, f"{self.store.url}/{path}/{zarr.V2_META}")

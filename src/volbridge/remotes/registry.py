@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..engine import ChunkedVolume, Volume
-from ..errors import InvalidArgumentError, UnsupportedError, URLError, VolbridgeError
+from ..errors import InvalidArgumentError, UnsupportedError, URLError
 from ..formats import n5, ome_zarr, precomputed, zarr
+from ..formats.base import read_doc, read_docs
 from ..kv import KVStore, open_store
 from ..kv.cache_tier import CacheTier
 from ..kv.caching import with_cache
-from ..kv.retry import after_retries
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,7 @@ class _Probe:
         self.store, self.docs = store, docs
 
     def get(self, key: str):
-        return self.docs[key] if key in self.docs else self.store.get(key)
+        return read_doc(self.store, key, self.docs)
 
     def exists(self, key: str) -> bool:
         return self.docs[key] is not None if key in self.docs else self.store.exists(key)
@@ -196,15 +196,9 @@ def _detect(store: KVStore, url: str) -> tuple[str, dict | None]:
     """The format of the volume at ``store``, from its metadata documents, and those documents
     (the format's open reads its own from them: no second request), or None."""
     markers = _markers()
-    try:
-        docs = {**dict.fromkeys(markers), **store.get_many(markers)}
-        probe = _Probe(store, docs)
-    except VolbridgeError as e:
-        if after_retries(e):  # the store is not answering: asking again key by key would only wait again
-            raise
-        # A marker that cannot be read (a public bucket answers 403 for keys it lacks, a FIFO at
-        # a marker's path): ask as before, one at a time, stopping at the first format found.
-        docs, probe = None, store
+    docs = read_docs(store, markers)
+    # where some marker cannot be read, ask as before: one at a time, to the first format found
+    probe = store if docs is None else _Probe(store, docs)
     for entry in FORMATS.values():
         if entry.detect(probe):
             return entry.name, docs
