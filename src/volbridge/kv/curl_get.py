@@ -448,12 +448,14 @@ class _Workers:
                     view = req.body() if found else None
                     if not self.errors:
                         self.done(req.key, view, encoding)
-                    _release(view, req, self.buffers)
                 except BaseException as e:
                     self.errors.append(e)
-                finally:  # counted whatever happened: the driver waits on these counts
-                    self.done_counts[i] += 1
-                    self.progress.set()
+                finally:
+                    try:  # after a failure too: the error (its traceback holds the request) must not keep the buffer
+                        _release(view, req, self.buffers)
+                    finally:  # counted whatever happened: the driver waits on these counts
+                        self.done_counts[i] += 1
+                        self.progress.set()
 
     def wait_progress(self, timeout: float) -> None:
         """Until a worker finishes an item (or ``timeout`` seconds)."""
