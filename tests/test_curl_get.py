@@ -452,6 +452,18 @@ def test_a_failed_fetch_keeps_no_receive_buffer(scripted):
             s.fetch_each(keys, lambda k, v: None)
         gc.collect()
         assert [r.key for r in gc.get_objects() if type(r) is curl_get._Request and r.buf is not None] == []
+    # a callee that raises, on the driver or on a worker: the error, kept, holds no receive buffer
+    routes["/vol/ok"] = (200, {}, b"x" * (1 << 20))
+
+    def fails(key, value):
+        raise ValueError(f"callee failed on {key}")
+
+    for heavy in (False, True):
+        with pytest.raises(ValueError, match="callee failed on ok") as kept:
+            s.fetch_each(["ok"], fails, heavy=heavy)
+        gc.collect()
+        assert [r.key for r in gc.get_objects() if type(r) is curl_get._Request and r.buf is not None] == [], heavy
+        assert kept.value is not None
 
 
 def test_a_marker_that_cannot_be_read_falls_back_to_asking_one_at_a_time(scripted):
@@ -471,6 +483,14 @@ def test_a_marker_that_cannot_be_read_falls_back_to_asking_one_at_a_time(scripte
     a = vb.array(f"{base}/vol")
     assert a.format == "precomputed"
     np.testing.assert_array_equal(a[...], np.arange(64, dtype=np.uint8).reshape(4, 4, 4))  # x fastest in the chunk
+    # through a cache the same, and the cached markers are still compared: a changed info is seen
+    held = vb.array(f"{base}/vol", cache=1 << 20)
+    np.testing.assert_array_equal(held[...], a[...])
+    info["data_type"] = "int8"
+    routes["/vol/info"] = (200, {}, json.dumps(info).encode())
+    again = vb.array(f"{base}/vol", cache=1 << 20)
+    assert again.dtype == np.int8
+    np.testing.assert_array_equal(again[...], a[...].view(np.int8))
 
 
 def test_a_store_that_keeps_failing_is_not_asked_again_key_by_key(scripted, monkeypatch):
@@ -513,7 +533,7 @@ def test_a_registered_format_that_takes_no_documents_still_opens(tmp_path, monke
     for url in (f"my://{tmp_path}/v", str(tmp_path / "v")):
         np.testing.assert_array_equal(vb.array(url)[...], data)
     asked = []
-    real = cache_tier.CacheTier.revalidate
-    monkeypatch.setattr(cache_tier.CacheTier, "revalidate", lambda self, keys: asked.append(list(keys)) or real(self, keys))
-    vb.array(str(tmp_path / "v"), cache=1 << 20)
+    real = cache_tier.CacheTier.refresh  # an open through a cache reads the markers afresh, to compare
+    monkeypatch.setattr(cache_tier.CacheTier, "refresh", lambda self, keys: asked.append(list(keys)) or real(self, keys))
+    np.testing.assert_array_equal(vb.array(str(tmp_path / "v"), cache=1 << 20)[...], data)
     assert "my.json" in asked[0]

@@ -869,6 +869,31 @@ def test_cache_entries_are_dropped_when_the_volume_changed_behind_it(tmp_path, k
     assert (third[...] == 1000).all() and third.volume.store.stats.hits > hits
 
 
+@pytest.mark.parametrize("fmt,kw", [("ome-zarr", {"ome_version": "0.4"}), ("ome-zarr", {"ome_version": "0.5"}), ("n5", {})])
+def test_cache_entries_are_dropped_when_a_scale_changed_behind_it(tmp_path, kind, fmt, kw):
+    """A pyramid recreated behind the cache with its root document unchanged (an OME-Zarr's
+    multiscales, an N5's scale list): the scales' own documents (array metadata, attributes)
+    differ, and they are compared too, so the old dtype is not served (it was: session 15)."""
+    url = f"{fmt}://file://{tmp_path}/vol"
+    cache = str(tmp_path / "cache") if kind == "disk" else 1 << 20
+    vb.create(url, shape=(8, 16, 16), chunk_shape=(8, 8, 8), dtype="uint8", num_scales=2, **kw)
+    vb.array(url, mode="r+")[...] = 7
+    held = vb.array(url, cache=cache), vb.array(url, mip=1, cache=cache)  # a memory cache lives while a handle does
+    assert (held[0][...] == 7).all() and (held[1][...] == 0).all()
+    roots = {p.name: p.read_bytes() for p in (tmp_path / "vol").iterdir() if p.is_file()}
+    vb.create(url, shape=(8, 16, 16), chunk_shape=(8, 8, 8), dtype="uint16", num_scales=2, overwrite=True, **kw)
+    vb.array(url, mode="r+")[...] = 1000
+    vb.array(url, mip=1, mode="r+")[...] = 2000
+    assert roots == {p.name: p.read_bytes() for p in (tmp_path / "vol").iterdir() if p.is_file()}  # root unchanged
+    again = vb.array(url, cache=cache)
+    assert again.dtype == np.uint16 and (again[...] == 1000).all()
+    assert (vb.array(url, mip=1, cache=cache)[...] == 2000).all()
+    # unchanged now: a reopen keeps the entries, and its chunks come from the cache
+    third = vb.array(url, cache=cache)
+    hits = third.volume.store.stats.hits
+    assert (third[...] == 1000).all() and third.volume.store.stats.hits > hits
+
+
 def test_a_new_index_takes_in_the_entry_files_a_lost_one_left(tmp_path):
     store = MemoryStore()
     for i in range(20):

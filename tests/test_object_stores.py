@@ -279,6 +279,15 @@ def test_opening_a_bare_url_asks_for_the_metadata_in_few_round_trips(s3env, s3_b
         assert (a.format, rounds) == ("zarr" if name.startswith("zarr") else name.split("-pyramid")[0], calls), name
         np.testing.assert_array_equal(a[...], data)
     assert len(vb.array(f"s3://{s3_bucket}/rounds-n5-pyramid").scales) == 11
+    # through a cache, a cold open asks as above (nothing cached to compare); a warm one compares
+    # the root's documents and then the scales' it read from the cache, and asks nothing else
+    rounds.clear()
+    held = vb.array(f"s3://{s3_bucket}/rounds-ome-zarr", cache=1 << 22)
+    assert rounds == ["get_many", "get_many"]
+    np.testing.assert_array_equal(held[...], data)
+    rounds.clear()
+    np.testing.assert_array_equal(vb.array(f"s3://{s3_bucket}/rounds-ome-zarr", cache=1 << 22)[...], data)
+    assert rounds == ["get_many", "get_many"]
     for fmt in ("precomputed", "zarr3", "n5"):
         rounds.clear()
         np.testing.assert_array_equal(vb.array(f"{fmt}://s3://{s3_bucket}/rounds-{fmt}")[...], data)

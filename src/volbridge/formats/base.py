@@ -7,6 +7,9 @@ metadata. The array layer turns them into the user's axis order.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -46,14 +49,37 @@ class VolumeMeta:
     extra: dict = field(default_factory=dict)
 
 
-def read_docs(store: "KVStore", keys: list[str] | tuple[str, ...]) -> dict | None:
+_documents_read: ContextVar[list[str] | None] = ContextVar("documents_read", default=None)
+
+
+@contextmanager
+def documents_read() -> Iterator[list[str]]:
+    """The keys of the metadata documents read (:func:`read_docs`, :func:`read_doc`) in the
+    block, in order: what an open read, so a cache tier can check the ones below the root (an
+    OME-Zarr scale's array, an N5 scale's attributes) as well as its markers."""
+    keys: list[str] = []
+    token = _documents_read.set(keys)
+    try:
+        yield keys
+    finally:
+        _documents_read.reset(token)
+
+
+def _note_read(keys) -> None:
+    log = _documents_read.get()
+    if log is not None:
+        log.extend(keys)
+
+
+def read_docs(store: "KVStore", keys: list[str] | tuple[str, ...], get_many=None) -> dict | None:
     """Metadata documents asked for at once (over a network store one round trip, where asking
     one by one takes one each): ``{key: bytes, or None when absent}``. None where some key cannot
     be read (a public bucket answers 403 for keys it lacks; a FIFO at a key's path): the caller
     then asks one key at a time (:func:`read_doc`). A store that is not answering (the retry
-    policy gave up) raises: asking again key by key would only wait that long again."""
+    policy gave up) raises: asking again key by key would only wait that long again.
+    ``get_many``: how to ask (a cache tier's ``refresh``), else ``store.get_many``."""
     try:
-        return {**dict.fromkeys(keys), **store.get_many(keys)}
+        return {**dict.fromkeys(keys), **(get_many or store.get_many)(keys)}
     except VolbridgeError as e:
         if after_retries(e):
             raise
@@ -63,6 +89,7 @@ def read_docs(store: "KVStore", keys: list[str] | tuple[str, ...]) -> dict | Non
 def read_doc(store: "KVStore", key: str, docs: dict | None) -> bytes | None:
     """The metadata document ``key``: from ``docs`` (:func:`read_docs`, read a moment ago by the
     same open) when it holds it, None there meaning absent; else from the store."""
+    _note_read((key,))
     return docs[key] if docs is not None and key in docs else store.get(key)
 
 

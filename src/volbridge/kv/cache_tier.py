@@ -343,11 +343,31 @@ class CacheTier(KVStore):
         through a handle without it, or by another tool), so none of its entries for this store
         can be trusted: they are all dropped (:meth:`invalidate`). Whether that happened. Keys not
         cached cost no request."""
-        cached = {key: value for key in keys if (value := self._lookup(key, False)) is not None}
+        cached = self._cached(keys)
         if not cached:
             return False
         fresh = self.backing.get_many(cached)  # one batch: an object store asks concurrently
         self._stats.add(reads=1, requests=1)
+        return self._drop_if_changed(cached, fresh)
+
+    def refresh(self, keys: Iterable[str]) -> dict[str, bytes]:
+        """:meth:`revalidate` that reads every one of ``keys`` from the backing store, cached or
+        not, in one batch, caches what it read (so the next open has copies to compare), and
+        returns it as ``get_many`` does: an open's marker documents, current, in the round trip
+        that checks them."""
+        keys = list(dict.fromkeys(keys))
+        cached = self._cached(keys)
+        ticket = self._ticket(keys)
+        fresh = self.backing.get_many(keys)
+        self._stats.add(reads=1, requests=1, bytes_read=sum(map(len, fresh.values())))
+        self._drop_if_changed(cached, fresh)
+        self._fill(ticket, {key: fresh.get(key, ABSENT) for key in keys})
+        return fresh
+
+    def _cached(self, keys: Iterable[str]) -> dict:
+        return {key: value for key in keys if (value := self._lookup(key, False)) is not None}
+
+    def _drop_if_changed(self, cached: dict, fresh: Mapping) -> bool:
         for key, value in cached.items():
             now = fresh.get(key)
             if (now is not None) if value is ABSENT else (now is None or bytes(now) != bytes(value)):

@@ -14,7 +14,7 @@ from typing import Callable
 from ..engine import ChunkedVolume, Volume
 from ..errors import InvalidArgumentError, UnsupportedError, URLError
 from ..formats import n5, ome_zarr, precomputed, zarr
-from ..formats.base import read_doc, read_docs
+from ..formats.base import documents_read, read_doc, read_docs
 from ..kv import KVStore, open_store
 from ..kv.cache_tier import CacheTier
 from ..kv.caching import with_cache
@@ -158,11 +158,30 @@ def open_volume(url: str, mode: str = "r", cache=None, *, token: str | None = No
         return _single_file_remotes()[remote](_as_remote_url(url, remote), mode == "r+")
     fmt, location = split_url(url)
     store = with_cache(open_store(location), cache)
-    if isinstance(store, CacheTier):  # metadata changed behind the cache: its entries are stale
-        store.revalidate(_markers())
-    docs = None
+    if not isinstance(store, CacheTier):
+        return _open_format(store, url, fmt, mode, None)
+    # Metadata changed behind the cache means its entries are stale. The root's documents are
+    # read from the backing store and compared (and then detect the format, in that one round
+    # trip); those below the root (an OME-Zarr scale's array, an N5 scale's attributes) are known
+    # once the open has read them, and compared then, where any came from the cache.
+    markers = _markers()
+    docs = read_docs(store, markers, store.refresh)
+    if docs is None:  # some marker cannot be read in a batch: the cached ones compared alone
+        store.revalidate(markers)
+    hits = store.stats.hits
+    with documents_read() as read:
+        volume = _open_format(store, url, fmt, mode, docs)
+    below_root = [key for key in dict.fromkeys(read) if key not in markers]
+    if below_root and store.stats.hits != hits and store.revalidate(below_root):
+        volume = _open_format(store, url, fmt, mode, docs)  # the cache dropped its entries: read afresh
+    return volume
+
+
+def _open_format(store: KVStore, url: str, fmt: str | None, mode: str, docs: dict | None) -> Volume:
+    """The volume at ``store`` as format ``fmt`` (None: detected), its marker documents read
+    already where ``docs`` holds them."""
     if fmt is None:
-        fmt, docs = _detect(store, url)
+        fmt, docs = _detect(store, url, docs)
     entry = FORMATS[fmt]
     if entry.reads_docs and docs is not None:
         return entry.open(store, url, mode == "r+", docs=docs)
@@ -192,11 +211,13 @@ class _Probe:
         return getattr(self.store, name)
 
 
-def _detect(store: KVStore, url: str) -> tuple[str, dict | None]:
-    """The format of the volume at ``store``, from its metadata documents, and those documents
-    (the format's open reads its own from them: no second request), or None."""
+def _detect(store: KVStore, url: str, docs: dict | None = None) -> tuple[str, dict | None]:
+    """The format of the volume at ``store``, from its metadata documents (``docs`` when they
+    were read already), and those documents (the format's open reads its own from them: no
+    second request), or None."""
     markers = _markers()
-    docs = read_docs(store, markers)
+    if docs is None:
+        docs = read_docs(store, markers)
     # where some marker cannot be read, ask as before: one at a time, to the first format found
     probe = store if docs is None else _Probe(store, docs)
     for entry in FORMATS.values():
