@@ -493,6 +493,27 @@ def test_a_marker_that_cannot_be_read_falls_back_to_asking_one_at_a_time(scripte
     np.testing.assert_array_equal(again[...], a[...].view(np.int8))
 
 
+def test_a_prefixed_url_through_a_cache_asks_for_its_own_marker_only(scripted, monkeypatch):
+    """(review) Through a cache a format-prefixed URL asked for every format's markers, so a
+    server failing on one this format never reads (503 on .zattrs) made a precomputed open fail."""
+    import json
+
+    base, routes = scripted
+    info = json.dumps({"type": "image", "data_type": "uint8", "num_channels": 1, "scales": [{
+        "key": "s0", "size": [4, 4, 4], "resolution": [1, 1, 1], "voxel_offset": [0, 0, 0],
+        "chunk_sizes": [[4, 4, 4]], "encoding": "raw"}]}).encode()
+    asked = []
+    routes["/vol/info"] = (0, {}, lambda _req: asked.append("info") or (200, {}, info))
+    routes["/vol/s0/0-4_0-4_0-4"] = (200, {}, bytes(range(64)))
+    for marker in (".zattrs", "zarr.json", ".zarray", "attributes.json"):
+        routes[f"/vol/{marker}"] = (0, {}, lambda _req, m=marker: asked.append(m) or (503, {}, b"SlowDown"))
+    monkeypatch.setenv("VOLBRIDGE_MAX_ATTEMPTS", "2")
+    held = [vb.array(f"precomputed://{base}/vol", cache=1 << 20) for _ in range(2)]  # cold, then warm
+    for a in held:
+        np.testing.assert_array_equal(a[...], np.arange(64, dtype=np.uint8).reshape(4, 4, 4))
+    assert asked == ["info", "info"]  # read, then compared
+
+
 def test_a_store_that_keeps_failing_is_not_asked_again_key_by_key(scripted, monkeypatch):
     """(review) Detection fell back to asking marker by marker after any error, so a server that
     answered only 503 (or never) was waited out twice, with a fresh retry budget each time."""

@@ -894,6 +894,73 @@ def test_cache_entries_are_dropped_when_a_scale_changed_behind_it(tmp_path, kind
     assert (third[...] == 1000).all() and third.volume.store.stats.hits > hits
 
 
+@pytest.mark.parametrize("prefixed", [True, False])
+def test_each_change_behind_the_cache_is_caught_not_only_the_first(tmp_path, kind, prefixed):
+    """(review) The open that found changed metadata dropped the cache's entries, and with them
+    the fill of the markers it had just read: the next open had nothing to compare, and a second
+    change was served from the cache (the first version's chunks)."""
+    url = f"precomputed://file://{tmp_path}/vol" if prefixed else f"file://{tmp_path}/vol"
+    cache = str(tmp_path / "cache") if kind == "disk" else 1 << 20
+    versions = [("uint8", "image", 7), ("uint16", "image", 1000), ("uint16", "segmentation", 3000)]
+    held = []  # a memory cache lives while a handle does
+    for dtype, layer, value in versions:
+        vb.create(f"precomputed://file://{tmp_path}/vol", shape=(8, 16, 16), chunk_shape=(8, 8, 8), dtype=dtype,
+                  layer_type=layer, overwrite=True)
+        vb.array(url, mode="r+")[...] = value
+        a = vb.array(url, cache=cache)
+        assert (a.dtype, a.volume.meta.layer_type) == (np.dtype(dtype), layer)
+        assert (a[...] == value).all(), (dtype, layer)
+        held.append(a)
+
+
+def test_a_changed_root_is_caught_after_a_changed_scale(tmp_path, kind):
+    """(review) After an open found a scale's document changed, the markers were not cached
+    again: a later change of the root document alone was not seen."""
+    url = f"ome-zarr://file://{tmp_path}/vol"
+    cache = str(tmp_path / "cache") if kind == "disk" else 1 << 20
+    held = []
+    for dtype, resolution, value in (("uint8", (1, 1, 1), 7), ("uint16", (1, 1, 1), 1000), ("uint16", (4, 4, 4), 3000)):
+        vb.create(url, shape=(8, 16, 16), chunk_shape=(8, 8, 8), dtype=dtype, resolution=resolution, num_scales=2,
+                  overwrite=True)
+        vb.array(url, mode="r+")[...] = value
+        a = vb.array(url, cache=cache)
+        assert (a.dtype, a.resolution) == (np.dtype(dtype), tuple(float(r) for r in resolution))
+        assert (a[...] == value).all(), (dtype, resolution)
+        held.append(a)
+
+
+def test_an_open_that_fails_on_a_stale_scale_document_reads_it_again(tmp_path):
+    """(review) An N5 pyramid recreated behind a cache with a new dtype, its root unchanged, while
+    the cache held one scale's attributes but not the other's (evicted): the open mixed a fresh
+    scale with a stale one and raised "scales differ" at every open through the cache."""
+    from volbridge.kv import open_store
+    from volbridge.kv.cache_memory import MemoryCache
+
+    url = f"n5://file://{tmp_path}/vol"
+    vb.create(url, shape=(8, 16, 16), chunk_shape=(8, 8, 8), dtype="uint8", num_scales=2)
+    vb.array(url, mode="r+")[...] = 7
+    partial = MemoryCache(open_store(f"file://{tmp_path}/vol"), 1 << 20, shared=True)  # what cache=1 << 20 shares
+    assert partial.get("attributes.json") and partial.get("s1/attributes.json")  # s0's not cached
+    vb.create(url, shape=(8, 16, 16), chunk_shape=(8, 8, 8), dtype="uint16", num_scales=2, overwrite=True)
+    vb.array(url, mode="r+")[...] = 1000
+    a = vb.array(url, cache=1 << 20)
+    assert a.dtype == np.uint16 and (a[...] == 1000).all()
+    assert partial.get("s1/attributes.json") == (tmp_path / "vol" / "s1" / "attributes.json").read_bytes()
+
+
+def test_invalidation_refuses_a_fill_that_began_before_it(tmp_path, kind):
+    store = MemoryStore()
+    store.put("chunk", b"old")
+    c = DiskCache(store, tmp_path / "c", 1 << 20) if kind == "disk" else MemoryCache(store, 1 << 20)
+    ticket = c._ticket(["chunk"])  # a reader's backing read began before the volume changed
+    old = store.get("chunk")
+    store.put("chunk", b"new")
+    c.invalidate()
+    c._fill(ticket, {"chunk": old})
+    assert c.get("chunk") == b"new"
+    c.close()
+
+
 def test_a_new_index_takes_in_the_entry_files_a_lost_one_left(tmp_path):
     store = MemoryStore()
     for i in range(20):

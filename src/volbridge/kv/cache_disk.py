@@ -254,11 +254,12 @@ class DiskCache(CacheTier):
         """Drop every entry in the directory: entries are named by hashes, so the index cannot
         tell one store's from another's, and a store's entries must go for every handle and
         process at once (a volume changed behind the cache is rare; refilling is cheap). Every
-        bucket's generation moves on too, so no fill that began before lands after."""
-        self.clear()
+        bucket's generation moves on too, so no fill that began before lands after (in the same
+        transaction: a fill landing between the two would have been kept)."""
         with self._tx() as db:
             db.executemany("INSERT INTO gens(bucket, gen) VALUES (?, 1) ON CONFLICT(bucket) DO UPDATE SET gen = gen + 1",
                            [(b,) for b in range(BUCKETS)])
+            self._clear(db)
 
     # -- opening and closing ----------------------------------------------------------------------
     def _open(self) -> None:
@@ -689,12 +690,15 @@ class DiskCache(CacheTier):
     def clear(self) -> None:
         """Drop every entry in the directory (of every store it caches)."""
         with self._tx() as db:
-            tally = _Tally(db)
-            for (name,) in db.execute("SELECT name FROM entries").fetchall():
-                _unlink(self._path(name))
-            db.execute("DELETE FROM entries")
-            tally.bytes = tally.count = 0
-            tally.save(db)
+            self._clear(db)
+
+    def _clear(self, db) -> None:
+        tally = _Tally(db)
+        for (name,) in db.execute("SELECT name FROM entries").fetchall():
+            _unlink(self._path(name))
+        db.execute("DELETE FROM entries")
+        tally.bytes = tally.count = 0
+        tally.save(db)
 
     def check(self) -> None:
         """Raise StoreError unless the index is intact and its totals match its rows (for tests

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..engine import ChunkedVolume, Volume
-from ..errors import InvalidArgumentError, UnsupportedError, URLError
+from ..errors import InvalidArgumentError, MetadataError, UnsupportedError, URLError
 from ..formats import n5, ome_zarr, precomputed, zarr
 from ..formats.base import documents_read, read_doc, read_docs
 from ..kv import KVStore, open_store
@@ -160,28 +160,53 @@ def open_volume(url: str, mode: str = "r", cache=None, *, token: str | None = No
     store = with_cache(open_store(location), cache)
     if not isinstance(store, CacheTier):
         return _open_format(store, url, fmt, mode, None)
-    # Metadata changed behind the cache means its entries are stale. The root's documents are
-    # read from the backing store and compared (and then detect the format, in that one round
-    # trip); those below the root (an OME-Zarr scale's array, an N5 scale's attributes) are known
-    # once the open has read them, and compared then, where any came from the cache.
+    return _open_cached(store, url, fmt, mode)
+
+
+def _open_cached(store: CacheTier, url: str, fmt: str | None, mode: str) -> Volume:
+    """Open through a cache tier, whose entries are all stale when the metadata changed behind
+    it. The root's documents are compared first: for a bare URL read from the backing store at
+    once (:meth:`CacheTier.refresh`), which also detects the format in that one round trip; for
+    a format-prefixed one only the cached ones (the format reads its own, and no other format's
+    markers need be asked for). Documents below the root (an OME-Zarr scale's array, an N5
+    scale's attributes) are known once the open has read them, and compared then where any came
+    from the cache, also when they made the open fail (a stale scale beside a fresh one)."""
     markers = _markers()
-    docs = read_docs(store, markers, store.refresh)
+    batch = fmt is None
+    docs = read_docs(store, markers, store.refresh) if batch else None
     if docs is None:  # some marker cannot be read in a batch: the cached ones compared alone
         store.revalidate(markers)
+        batch = False  # detection asks one marker at a time: a second batch would fail as well
     hits = store.stats.hits
-    with documents_read() as read:
-        volume = _open_format(store, url, fmt, mode, docs)
+    read: list[str] = []
+    try:
+        with documents_read() as read:
+            volume = _open_format(store, url, fmt, mode, docs, batch)
+    except (MetadataError, UnsupportedError):
+        if not _changed_below_root(store, read, markers, hits):
+            raise
+    else:
+        if not _changed_below_root(store, read, markers, hits):
+            return volume
+    # The cache dropped its entries: open afresh, reading the markers through it again, so they
+    # are cached to compare at the next open.
+    docs = read_docs(store, markers, store.refresh) if batch else None
+    return _open_format(store, url, fmt, mode, docs, batch)
+
+
+def _changed_below_root(store: CacheTier, read: list[str], markers: tuple[str, ...], hits: int) -> bool:
+    """Whether documents an open ``read`` below the root changed behind ``store`` (which then
+    dropped its entries): compared only where the open had any from the cache (``hits`` before)."""
     below_root = [key for key in dict.fromkeys(read) if key not in markers]
-    if below_root and store.stats.hits != hits and store.revalidate(below_root):
-        volume = _open_format(store, url, fmt, mode, docs)  # the cache dropped its entries: read afresh
-    return volume
+    return bool(below_root) and store.stats.hits != hits and store.revalidate(below_root)
 
 
-def _open_format(store: KVStore, url: str, fmt: str | None, mode: str, docs: dict | None) -> Volume:
-    """The volume at ``store`` as format ``fmt`` (None: detected), its marker documents read
-    already where ``docs`` holds them."""
+def _open_format(store: KVStore, url: str, fmt: str | None, mode: str, docs: dict | None,
+                 batch: bool = True) -> Volume:
+    """The volume at ``store`` as format ``fmt`` (None: detected, asking for the markers at once
+    where ``batch``), its marker documents read already where ``docs`` holds them."""
     if fmt is None:
-        fmt, docs = _detect(store, url, docs)
+        fmt, docs = _detect(store, url, docs, batch)
     entry = FORMATS[fmt]
     if entry.reads_docs and docs is not None:
         return entry.open(store, url, mode == "r+", docs=docs)
@@ -211,12 +236,12 @@ class _Probe:
         return getattr(self.store, name)
 
 
-def _detect(store: KVStore, url: str, docs: dict | None = None) -> tuple[str, dict | None]:
+def _detect(store: KVStore, url: str, docs: dict | None = None, batch: bool = True) -> tuple[str, dict | None]:
     """The format of the volume at ``store``, from its metadata documents (``docs`` when they
-    were read already), and those documents (the format's open reads its own from them: no
-    second request), or None."""
+    were read already; else asked for at once where ``batch``), and those documents (the
+    format's open reads its own from them: no second request), or None."""
     markers = _markers()
-    if docs is None:
+    if docs is None and batch:
         docs = read_docs(store, markers)
     # where some marker cannot be read, ask as before: one at a time, to the first format found
     probe = store if docs is None else _Probe(store, docs)
