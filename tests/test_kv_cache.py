@@ -948,6 +948,44 @@ def test_an_open_that_fails_on_a_stale_scale_document_reads_it_again(tmp_path):
     assert partial.get("s1/attributes.json") == (tmp_path / "vol" / "s1" / "attributes.json").read_bytes()
 
 
+def test_a_change_is_caught_after_the_lru_evicted_the_cached_documents(tmp_path, kind):
+    """(review) Reading more than the cache holds evicts the metadata (read once per open) and
+    keeps chunks; a volume recreated behind it then left no cached copy to compare, and the old
+    version's chunks were served. Each open through the cache leaves a stamp of the documents
+    it saw, kept apart from the entries (a disk cache's survives the process)."""
+    url, bare = f"precomputed://file://{tmp_path}/vol", f"file://{tmp_path}/vol"
+    vb.create(url, shape=(16, 32, 32), chunk_shape=(8, 16, 16), dtype="uint16")  # 8 chunks of 4 KiB
+    vb.array(url, mode="r+")[...] = 7
+    bound = 6 * 4096 + 1024  # holds about 6 of them
+    cache = bound if kind == "memory" else (lambda s: DiskCache(s, tmp_path / "cache", bound))
+    a = vb.array(bare, cache=cache)
+    assert (a[...] == 7).all() and (a[0:8, 0:16, 0:16] == 7).all()
+    store = a.volume.store
+    assert store._lookup("info", False) is None and store._lookup("1_1_1/0-16_0-16_0-8", False) is not None
+    vb.create(url, shape=(16, 32, 32), chunk_shape=(8, 16, 16), dtype="uint16", layer_type="segmentation", overwrite=True)
+    vb.array(url, mode="r+")[...] = 1000
+    b = vb.array(bare, cache=cache)
+    assert b.volume.meta.layer_type == "segmentation" and (b[0:8, 0:16, 0:16] == 1000).all()
+    assert b.volume.store.stats.invalidations == 1
+
+
+@pytest.mark.parametrize("fmt,kw", [("precomputed", {}), ("zarr2", {}), ("zarr3", {"shard_shape": (16, 16, 16)}),
+                                    ("ome-zarr", {"ome_version": "0.4", "num_scales": 2}),
+                                    ("ome-zarr", {"ome_version": "0.5", "num_scales": 2}), ("n5", {"num_scales": 2})])
+def test_opening_by_either_url_form_keeps_the_entries(tmp_path, kind, fmt, kw):
+    """The stamp covers the documents there, not the absent markers detection asked about: bare
+    and format-prefixed URLs of one unchanged volume leave the same stamp and drop nothing."""
+    vb.create(f"{fmt}://file://{tmp_path}/v", shape=(16, 16, 16), chunk_shape=(8, 8, 8), dtype="uint8", **kw)[...] = 3
+    cache = str(tmp_path / "cache") if kind == "disk" else 1 << 20
+    held = []
+    for url in (f"file://{tmp_path}/v", f"{fmt}://file://{tmp_path}/v") * 2:
+        held.append(vb.array(url, cache=cache))
+        assert (held[-1][...] == 3).all()
+    stats = {id(a.volume.store.stats): a.volume.store.stats for a in held}.values()  # shared, or one per handle
+    assert sum(s.invalidations for s in stats) == 0
+    assert held[-1].volume.store.stats.hits > 0
+
+
 def test_invalidation_refuses_a_fill_that_began_before_it(tmp_path, kind):
     store = MemoryStore()
     store.put("chunk", b"old")

@@ -49,26 +49,20 @@ class VolumeMeta:
     extra: dict = field(default_factory=dict)
 
 
-_documents_read: ContextVar[list[str] | None] = ContextVar("documents_read", default=None)
+_documents_read: ContextVar[dict[str, bytes | None] | None] = ContextVar("documents_read", default=None)
 
 
 @contextmanager
-def documents_read() -> Iterator[list[str]]:
-    """The keys of the metadata documents read (:func:`read_docs`, :func:`read_doc`) in the
-    block, in order: what an open read, so a cache tier can check the ones below the root (an
-    OME-Zarr scale's array, an N5 scale's attributes) as well as its markers."""
-    keys: list[str] = []
-    token = _documents_read.set(keys)
+def documents_read() -> Iterator[dict[str, bytes | None]]:
+    """The metadata documents read (:func:`read_doc`) in the block, ``{key: bytes or None when
+    absent}``: what an open read, so a cache tier can check the ones below the root (an OME-Zarr
+    scale's array, an N5 scale's attributes) as well as its markers, and note what it saw."""
+    docs: dict[str, bytes | None] = {}
+    token = _documents_read.set(docs)
     try:
-        yield keys
+        yield docs
     finally:
         _documents_read.reset(token)
-
-
-def _note_read(keys) -> None:
-    log = _documents_read.get()
-    if log is not None:
-        log.extend(keys)
 
 
 def read_docs(store: "KVStore", keys: list[str] | tuple[str, ...], get_many=None) -> dict | None:
@@ -89,8 +83,11 @@ def read_docs(store: "KVStore", keys: list[str] | tuple[str, ...], get_many=None
 def read_doc(store: "KVStore", key: str, docs: dict | None) -> bytes | None:
     """The metadata document ``key``: from ``docs`` (:func:`read_docs`, read a moment ago by the
     same open) when it holds it, None there meaning absent; else from the store."""
-    _note_read((key,))
-    return docs[key] if docs is not None and key in docs else store.get(key)
+    value = docs[key] if docs is not None and key in docs else store.get(key)
+    log = _documents_read.get()
+    if log is not None:
+        log[key] = value
+    return value
 
 
 class ScaleLayout(ABC):

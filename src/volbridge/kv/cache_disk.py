@@ -117,6 +117,7 @@ CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL) WI
 CREATE TABLE IF NOT EXISTS gens(bucket INTEGER PRIMARY KEY, gen INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS pending(token TEXT NOT NULL, bucket INTEGER NOT NULL, started REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS pending_by_bucket ON pending(bucket);
+CREATE TABLE IF NOT EXISTS stamps(identity TEXT PRIMARY KEY, stamp TEXT NOT NULL) WITHOUT ROWID;
 """
 
 
@@ -260,6 +261,24 @@ class DiskCache(CacheTier):
             db.executemany("INSERT INTO gens(bucket, gen) VALUES (?, 1) ON CONFLICT(bucket) DO UPDATE SET gen = gen + 1",
                            [(b,) for b in range(BUCKETS)])
             self._clear(db)
+
+    def stamp(self) -> str | None:
+        try:
+            with self._db_lock:
+                row = self._db().execute("SELECT stamp FROM stamps WHERE identity = ?", (self.identity,)).fetchone()
+        except sqlite3.Error as e:
+            self._stats.add(errors=1)
+            log.warning("cache %s: cannot read the index: %s", self._dir, e)
+            return None
+        return None if row is None else row[0]
+
+    def set_stamp(self, stamp: str) -> None:
+        try:
+            with self._tx() as db:
+                db.execute("INSERT OR REPLACE INTO stamps(identity, stamp) VALUES (?, ?)", (self.identity, stamp))
+        except sqlite3.Error as e:
+            self._stats.add(errors=1)
+            log.warning("cache %s: cannot write the index: %s", self._dir, e)
 
     # -- opening and closing ----------------------------------------------------------------------
     def _open(self) -> None:

@@ -27,7 +27,7 @@ __all__ = ["MemoryCache"]
 class _State:
     """What a memory cache holds, apart from its backing store."""
 
-    __slots__ = ("lock", "stats", "entries", "gens", "inflight", "__weakref__")
+    __slots__ = ("lock", "stats", "entries", "gens", "inflight", "stamp", "__weakref__")
 
     def __init__(self):
         self.lock = threading.Lock()
@@ -37,6 +37,7 @@ class _State:
         self.entries: OrderedDict[str, bytes | _Absent] = OrderedDict()
         self.gens = [0] * BUCKETS  # per bucket: bumped when a write begins and when it ends
         self.inflight = [0] * BUCKETS  # per bucket: writes between begin and end
+        self.stamp: str | None = None  # CacheTier.stamp
 
 
 _registry: "weakref.WeakValueDictionary[tuple, _State]" = weakref.WeakValueDictionary()
@@ -150,6 +151,12 @@ class MemoryCache(CacheTier):
             self._entries.clear()
             self._stats.bytes_cached = 0
             self._stats.entries = 0
+
+    def stamp(self) -> str | None:
+        return self._state.stamp
+
+    def set_stamp(self, stamp: str) -> None:
+        self._state.stamp = stamp
 
     def cached_keys(self) -> list[str]:
         """The cached keys, least recently used first (for inspection and tests)."""

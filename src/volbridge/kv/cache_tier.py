@@ -84,6 +84,7 @@ class CacheStats(StoreStats):
     writes: int = 0  # writes passed through (put, delete, delete_many, update)
     corrupt: int = 0  # cached entries that failed verification, dropped and refetched
     errors: int = 0  # failures of the cache itself that degraded to passing through
+    invalidations: int = 0  # times every entry was dropped because metadata changed behind the cache
 
 
 class CacheTier(KVStore):
@@ -376,12 +377,24 @@ class CacheTier(KVStore):
             now = fresh.get(key)
             if (now is not None) if value is ABSENT else (now is None or bytes(now) != bytes(value)):
                 self.invalidate()
+                self._stats.add(invalidations=1)
                 return True
         return False
 
     def invalidate(self) -> None:
         """Drop every entry this cache holds for its backing store."""
         self.clear()
+
+    # A digest of the metadata documents the last open through the cache saw, kept apart from
+    # the entries (never evicted): a volume recreated behind the cache after the LRU evicted its
+    # cached documents, but not its chunks, leaves no copy to compare; the stamp still differs.
+    @abstractmethod
+    def stamp(self) -> str | None:
+        """The stamp the last open of this store through the cache left, or None."""
+
+    @abstractmethod
+    def set_stamp(self, stamp: str) -> None:
+        """Keep ``stamp`` for the next open (failures degrade: the stamp is an extra check)."""
 
     # -- the rest ---------------------------------------------------------------------------------
     @abstractmethod

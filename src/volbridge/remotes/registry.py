@@ -7,6 +7,7 @@ whose format is found from its metadata files. A new format registers one :class
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -170,35 +171,62 @@ def _open_cached(store: CacheTier, url: str, fmt: str | None, mode: str) -> Volu
     a format-prefixed one only the cached ones (the format reads its own, and no other format's
     markers need be asked for). Documents below the root (an OME-Zarr scale's array, an N5
     scale's attributes) are known once the open has read them, and compared then where any came
-    from the cache, also when they made the open fail (a stale scale beside a fresh one)."""
+    from the cache, also when they made the open fail (a stale scale beside a fresh one). Last,
+    what the open saw is compared with the stamp the previous open left (:meth:`CacheTier.stamp`),
+    which catches a change whose cached documents the LRU had evicted."""
     markers = _markers()
     batch = fmt is None
+    invalidations = store.stats.invalidations
     docs = read_docs(store, markers, store.refresh) if batch else None
     if docs is None:  # some marker cannot be read in a batch: the cached ones compared alone
         store.revalidate(markers)
         batch = False  # detection asks one marker at a time: a second batch would fail as well
+
+    def reopen() -> tuple[Volume, dict]:
+        """Open afresh after the cache dropped its entries, reading the markers through it
+        again (cached, to compare at the next open)."""
+        with documents_read() as seen:
+            again = _open_format(store, url, fmt, mode, read_docs(store, markers, store.refresh) if batch else None, batch)
+        return again, seen
+
     hits = store.stats.hits
-    read: list[str] = []
+    seen: dict = {}
     try:
-        with documents_read() as read:
+        with documents_read() as seen:
             volume = _open_format(store, url, fmt, mode, docs, batch)
     except (MetadataError, UnsupportedError):
-        if not _changed_below_root(store, read, markers, hits):
+        if not _changed_below_root(store, seen, markers, hits):
             raise
+        volume, seen = reopen()
     else:
-        if not _changed_below_root(store, read, markers, hits):
-            return volume
-    # The cache dropped its entries: open afresh, reading the markers through it again, so they
-    # are cached to compare at the next open.
-    docs = read_docs(store, markers, store.refresh) if batch else None
-    return _open_format(store, url, fmt, mode, docs, batch)
+        if _changed_below_root(store, seen, markers, hits):
+            volume, seen = reopen()
+    stamp = _stamp(seen)
+    if store.stats.invalidations == invalidations and store.stamp() not in (None, stamp):
+        store.invalidate()  # changed behind the cache, with no cached documents left to show it
+        store.stats.add(invalidations=1)
+        volume, seen = reopen()
+        stamp = _stamp(seen)
+    store.set_stamp(stamp)
+    return volume
 
 
-def _changed_below_root(store: CacheTier, read: list[str], markers: tuple[str, ...], hits: int) -> bool:
-    """Whether documents an open ``read`` below the root changed behind ``store`` (which then
-    dropped its entries): compared only where the open had any from the cache (``hits`` before)."""
-    below_root = [key for key in dict.fromkeys(read) if key not in markers]
+def _changed_below_root(store: CacheTier, seen: dict, markers: tuple[str, ...], hits: int) -> bool:
+    """Whether documents an open read (``seen``) below the root changed behind ``store`` (which
+    then dropped its entries): compared only where the open had any from the cache (``hits`` before)."""
+    below_root = [key for key in seen if key not in markers]
     return bool(below_root) and store.stats.hits != hits and store.revalidate(below_root)
+
+
+def _stamp(seen: dict) -> str:
+    """A digest of the documents an open read that are there (which absent markers detection
+    asked about depends on the URL's form, and must not change the stamp)."""
+    digest = hashlib.sha256()
+    for key in sorted(k for k, v in seen.items() if v is not None):
+        value = bytes(seen[key])
+        digest.update(b"%d:%s%d:" % (len(key), key.encode(), len(value)))
+        digest.update(value)
+    return digest.hexdigest()
 
 
 def _open_format(store: KVStore, url: str, fmt: str | None, mode: str, docs: dict | None,
