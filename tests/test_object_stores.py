@@ -293,6 +293,12 @@ def test_opening_a_bare_url_asks_for_the_metadata_in_few_round_trips(s3env, s3_b
     rounds.clear()
     np.testing.assert_array_equal(vb.array(f"s3://{s3_bucket}/rounds-precomputed", cache=1 << 22)[...], data)
     assert rounds == ["get_many"]
+    # a prefixed URL reads its documents from the cache, and compares them all in one batch after
+    url = f"ome-zarr://s3://{s3_bucket}/rounds-ome-zarr"
+    held = vb.array(url, cache=1 << 22)
+    rounds.clear()
+    np.testing.assert_array_equal(vb.array(url, cache=1 << 22)[...], data)
+    assert rounds == ["get_many"]
     for fmt in ("precomputed", "zarr3", "n5"):
         rounds.clear()
         np.testing.assert_array_equal(vb.array(f"{fmt}://s3://{s3_bucket}/rounds-{fmt}")[...], data)

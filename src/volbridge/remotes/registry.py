@@ -166,21 +166,19 @@ def open_volume(url: str, mode: str = "r", cache=None, *, token: str | None = No
 
 def _open_cached(store: CacheTier, url: str, fmt: str | None, mode: str) -> Volume:
     """Open through a cache tier, whose entries are all stale when the metadata changed behind
-    it. The root's documents are compared first: for a bare URL read from the backing store at
-    once (:meth:`CacheTier.refresh`), which also detects the format in that one round trip; for
-    a format-prefixed one only the cached ones (the format reads its own, and no other format's
-    markers need be asked for). Documents below the root (an OME-Zarr scale's array, an N5
-    scale's attributes) are known once the open has read them, and compared then where any came
-    from the cache, also when they made the open fail (a stale scale beside a fresh one). Last,
+    it. For a bare URL the markers are read from the backing store at once
+    (:meth:`CacheTier.refresh`: compared with the cached copies, and detecting the format in
+    that one round trip). The documents the open then took from the cache (a format-prefixed
+    URL's root document, an OME-Zarr scale's array, an N5 scale's attributes) are compared in one
+    batch after it, also when they made the open fail (a stale scale beside a fresh one). Last,
     what the open saw is compared with the stamp the previous open left (:meth:`CacheTier.stamp`),
-    which catches a change whose cached documents the LRU had evicted."""
+    which catches a change whose cached documents the LRU had evicted. Any change drops the
+    cache's entries, and the volume is opened again."""
     markers = _markers()
-    batch = fmt is None
     invalidations = store.stats.invalidations
-    docs = read_docs(store, markers, store.refresh) if batch else None
-    if docs is None:  # some marker cannot be read in a batch: the cached ones compared alone
-        store.revalidate(markers)
-        batch = False  # detection asks one marker at a time: a second batch would fail as well
+    docs = read_docs(store, markers, store.refresh) if fmt is None else None
+    batch = docs is not None  # else detection asks one marker at a time: a second batch would fail as well
+    fresh = set(docs or ())
 
     def reopen() -> tuple[Volume, dict]:
         """Open afresh after the cache dropped its entries, reading the markers through it
@@ -195,11 +193,11 @@ def _open_cached(store: CacheTier, url: str, fmt: str | None, mode: str) -> Volu
         with documents_read() as seen:
             volume = _open_format(store, url, fmt, mode, docs, batch)
     except (MetadataError, UnsupportedError):
-        if not _changed_below_root(store, seen, markers, hits):
+        if not _changed_since_cached(store, seen, fresh, hits):
             raise
         volume, seen = reopen()
     else:
-        if _changed_below_root(store, seen, markers, hits):
+        if _changed_since_cached(store, seen, fresh, hits):
             volume, seen = reopen()
     stamp = _stamp(seen)
     if store.stats.invalidations == invalidations and store.stamp() not in (None, stamp):
@@ -211,11 +209,12 @@ def _open_cached(store: CacheTier, url: str, fmt: str | None, mode: str) -> Volu
     return volume
 
 
-def _changed_below_root(store: CacheTier, seen: dict, markers: tuple[str, ...], hits: int) -> bool:
-    """Whether documents an open read (``seen``) below the root changed behind ``store`` (which
-    then dropped its entries): compared only where the open had any from the cache (``hits`` before)."""
-    below_root = [key for key in seen if key not in markers]
-    return bool(below_root) and store.stats.hits != hits and store.revalidate(below_root)
+def _changed_since_cached(store: CacheTier, seen: dict, fresh: set, hits: int) -> bool:
+    """Whether documents an open read (``seen``), other than those read ``fresh`` from the
+    backing store, changed behind ``store`` (which then dropped its entries): compared only
+    where the open had any from the cache (``hits`` before)."""
+    keys = [key for key in seen if key not in fresh]
+    return bool(keys) and store.stats.hits != hits and store.revalidate(keys)
 
 
 def _stamp(seen: dict) -> str:
