@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 import volbridge as vb
 from volbridge.array import VolumeArray
 from volbridge.engine.chunked import ChunkedVolume
-from volbridge.errors import URLError
+from volbridge.errors import StoreError, URLError
 from volbridge.formats.precomputed import PrecomputedDataset
 from volbridge.kv import DiskCache, FileStore, KVStore, MemoryCache, MemoryStore, PrefixedStore, open_store
 from volbridge.kv.cache_disk import HEADER
@@ -984,6 +984,25 @@ def test_opening_by_either_url_form_keeps_the_entries(tmp_path, kind, fmt, kw):
     stats = {id(a.volume.store.stats): a.volume.store.stats for a in held}.values()  # shared, or one per handle
     assert sum(s.invalidations for s in stats) == 0
     assert held[-1].volume.store.stats.hits > 0
+
+
+def test_an_invalidation_the_index_refuses_raises(tmp_path):
+    """Entries a disk cache cannot drop (its index locked past the busy timeout) are stale: the
+    open must not go on reading them, and the error names the cache (was sqlite3's own)."""
+    import sqlite3
+
+    store = MemoryStore()
+    c = DiskCache(store, tmp_path / "c", 1 << 20, busy_timeout=0.2)
+    c.get("x")
+    other = sqlite3.connect(tmp_path / "c" / "index.sqlite3", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StoreError, match="cannot drop the entries of cache"):
+            c.invalidate()
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    c.close()
 
 
 def test_invalidation_refuses_a_fill_that_began_before_it(tmp_path, kind):

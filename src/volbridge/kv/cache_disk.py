@@ -257,10 +257,13 @@ class DiskCache(CacheTier):
         process at once (a volume changed behind the cache is rare; refilling is cheap). Every
         bucket's generation moves on too, so no fill that began before lands after (in the same
         transaction: a fill landing between the two would have been kept)."""
-        with self._tx() as db:
-            db.executemany("INSERT INTO gens(bucket, gen) VALUES (?, 1) ON CONFLICT(bucket) DO UPDATE SET gen = gen + 1",
-                           [(b,) for b in range(BUCKETS)])
-            self._clear(db)
+        try:
+            with self._tx() as db:
+                db.executemany("INSERT INTO gens(bucket, gen) VALUES (?, 1) ON CONFLICT(bucket) DO UPDATE SET gen = gen + 1",
+                               [(b,) for b in range(BUCKETS)])
+                self._clear(db)
+        except (sqlite3.Error, OSError) as e:  # reading on would serve the stale entries
+            raise StoreError(f"cannot drop the entries of cache {self._dir} (metadata of {self.url} changed): {e}") from e
 
     def stamp(self) -> str | None:
         try:
