@@ -344,7 +344,7 @@ class CacheTier(KVStore):
         through a handle without it, or by another tool), so none of its entries for this store
         can be trusted: they are all dropped (:meth:`invalidate`). Whether that happened. Keys not
         cached cost no request."""
-        cached = self._cached(keys)
+        cached = self.cached(keys)
         if not cached:
             return False
         fresh = self.backing.get_many(cached)  # one batch: an object store asks concurrently
@@ -358,7 +358,7 @@ class CacheTier(KVStore):
         that checks them."""
         keys = list(dict.fromkeys(keys))
         for _ in range(2):
-            cached = self._cached(keys)
+            cached = self.cached(keys)
             ticket = self._ticket(keys)
             fresh = self.backing.get_many(keys)
             self._stats.add(reads=1, requests=1, bytes_read=sum(map(len, fresh.values())))
@@ -366,10 +366,14 @@ class CacheTier(KVStore):
             # again (rare: the volume changed), so copies are cached to compare at the next open.
             if not self._drop_if_changed(cached, fresh):
                 break
-        self._fill(ticket, {key: fresh.get(key, ABSENT) for key in keys})
+            cached = {}
+        # only what the cache lacks: an unchanged copy is not written again (an index
+        # transaction and a file per open of a disk cache, which processes share)
+        self._fill(ticket, {key: fresh.get(key, ABSENT) for key in keys if key not in cached})
         return fresh
 
-    def _cached(self, keys: Iterable[str]) -> dict:
+    def cached(self, keys: Iterable[str]) -> dict:
+        """The cached copies of ``keys`` there are (ABSENT for a cached absence); no request."""
         return {key: value for key in keys if (value := self._lookup(key, False)) is not None}
 
     def _drop_if_changed(self, cached: dict, fresh: Mapping) -> bool:
@@ -385,12 +389,12 @@ class CacheTier(KVStore):
         """Drop every entry this cache holds for its backing store."""
         self.clear()
 
-    # A digest of the metadata documents the last open through the cache saw, kept apart from
-    # the entries (never evicted): a volume recreated behind the cache after the LRU evicted its
-    # cached documents, but not its chunks, leaves no copy to compare; the stamp still differs.
+    # Digests of the metadata documents the last open through the cache saw, kept apart from the
+    # entries (never evicted): a volume recreated behind the cache after the LRU evicted its
+    # cached documents, but not its chunks, leaves no copy to compare; the digests still differ.
     @abstractmethod
     def stamp(self) -> str | None:
-        """The stamp the last open of this store through the cache left, or None."""
+        """The stamp (a text) the last open of this store through the cache left, or None."""
 
     @abstractmethod
     def set_stamp(self, stamp: str) -> None:

@@ -8,6 +8,7 @@ whose format is found from its metadata files. A new format registers one :class
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -176,6 +177,8 @@ def _open_cached(store: CacheTier, url: str, fmt: str | None, mode: str) -> Volu
     cache's entries, and the volume is opened again."""
     markers = _markers()
     invalidations = store.stats.invalidations
+    prior = _load_stamp(store)
+    evicted = {key: digest for key, digest in prior.items() if key not in store.cached(prior)}
     docs = read_docs(store, markers, store.refresh) if fmt is None else None
     batch = docs is not None  # else detection asks one marker at a time: a second batch would fail as well
     fresh = set(docs or ())
@@ -199,14 +202,30 @@ def _open_cached(store: CacheTier, url: str, fmt: str | None, mode: str) -> Volu
     else:
         if _changed_since_cached(store, seen, fresh, hits):
             volume, seen = reopen()
-    stamp = _stamp(seen)
-    if store.stats.invalidations == invalidations and store.stamp() not in (None, stamp):
+    # Documents the cache no longer held, compared with what the last open saw of them (those it
+    # holds were compared above, and writes through the cache update those, not the stamp).
+    if store.stats.invalidations == invalidations and any(
+            _digest(seen[key]) != digest for key, digest in evicted.items() if key in seen):
         store.invalidate()  # changed behind the cache, with no cached documents left to show it
         store.stats.add(invalidations=1)
         volume, seen = reopen()
-        stamp = _stamp(seen)
-    store.set_stamp(stamp)
+    stamp = {key: _digest(value) for key, value in seen.items()}
+    if stamp != prior:
+        store.set_stamp(json.dumps(stamp, sort_keys=True))
     return volume
+
+
+def _digest(value: bytes | None) -> str:
+    return "absent" if value is None else hashlib.sha256(value).hexdigest()
+
+
+def _load_stamp(store: CacheTier) -> dict[str, str]:
+    """``{document key: digest}`` the last open through ``store`` left (empty: none, or unreadable)."""
+    try:
+        stamp = json.loads(store.stamp() or "{}")
+    except ValueError:
+        return {}
+    return stamp if isinstance(stamp, dict) and all(isinstance(v, str) for v in stamp.values()) else {}
 
 
 def _changed_since_cached(store: CacheTier, seen: dict, fresh: set, hits: int) -> bool:
@@ -215,17 +234,6 @@ def _changed_since_cached(store: CacheTier, seen: dict, fresh: set, hits: int) -
     where the open had any from the cache (``hits`` before)."""
     keys = [key for key in seen if key not in fresh]
     return bool(keys) and store.stats.hits != hits and store.revalidate(keys)
-
-
-def _stamp(seen: dict) -> str:
-    """A digest of the documents an open read that are there (which absent markers detection
-    asked about depends on the URL's form, and must not change the stamp)."""
-    digest = hashlib.sha256()
-    for key in sorted(k for k, v in seen.items() if v is not None):
-        value = bytes(seen[key])
-        digest.update(b"%d:%s%d:" % (len(key), key.encode(), len(value)))
-        digest.update(value)
-    return digest.hexdigest()
 
 
 def _open_format(store: KVStore, url: str, fmt: str | None, mode: str, docs: dict | None,
