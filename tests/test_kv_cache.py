@@ -987,6 +987,27 @@ def test_metadata_written_through_the_cache_drops_nothing(tmp_path, kind):
     assert b.volume.store.stats.entries >= entries
 
 
+def test_a_downsample_through_the_cache_drops_nothing_after_evicting_the_metadata(tmp_path, kind):
+    """(review) downsample through a cached handle writes the info (new scales) through the
+    cache, then its chunks push the info out of the LRU: the next open took the evicted info's
+    change (against the stamp) for one behind the cache and dropped every entry. Writes through
+    the cache now make the stamp forget the documents they write."""
+    from volbridge.services.downsample import downsample
+
+    url = f"precomputed://file://{tmp_path}/em"
+    vb.create(url, shape=(64, 128, 128), chunk_shape=(32, 32, 32), dtype="uint8")
+    data = np.random.default_rng(0).integers(0, 255, (64, 128, 128), dtype=np.uint8)
+    vb.array(url, mode="r+")[...] = data
+    cache = (1 << 20) if kind == "memory" else (lambda s: DiskCache(s, tmp_path / "cache", 1 << 20))
+    a = vb.array(f"file://{tmp_path}/em", cache=cache, mode="r+")
+    assert (a[...] == data).all()
+    downsample(a, num_mips=2, factor=(2, 2, 2))
+    assert not a.volume.store.cached(["info"])  # evicted by the new scales' chunks
+    b = vb.array(f"file://{tmp_path}/em", cache=cache)
+    assert len(b.scales) == 3 and b.volume.store.stats.invalidations == 0
+    np.testing.assert_array_equal(b.mip(1)[...], vb.array(url, mip=1)[...])
+
+
 @pytest.mark.parametrize("fmt,kw", [("precomputed", {}), ("zarr2", {"attrs": True}), ("zarr3", {"shard_shape": (16, 16, 16)}),
                                     ("ome-zarr", {"ome_version": "0.4", "num_scales": 2}),
                                     ("ome-zarr", {"ome_version": "0.5", "num_scales": 2}), ("n5", {"num_scales": 2})])

@@ -39,6 +39,7 @@ Tiers implement five hooks: ``_lookup``, ``_ticket``, ``_fill``, ``_begin_write`
 
 from __future__ import annotations
 
+import json
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -114,6 +115,8 @@ class CacheTier(KVStore):
         #: for bulk writes that would otherwise evict what readers use).
         self.cache_writes = bool(cache_writes)
         self._stats = CacheStats()
+        #: The keys of the document stamp as this handle last read or wrote it (None: not yet).
+        self._stamped: set[str] | None = None
 
     @property
     def stats(self) -> CacheStats:
@@ -294,6 +297,8 @@ class CacheTier(KVStore):
         finally:
             keep = {k: v for k, v in written.items() if (v is ABSENT or self.cache_writes) and self._cacheable(v)}
             self._end_write(ticket, keep)
+            if self._stamped and not self._stamped.isdisjoint(keys):
+                self._unstamp(keys)
         self._stats.add(writes=1, requests=1, bytes_written=nbytes(written))
         return written
 
@@ -392,6 +397,30 @@ class CacheTier(KVStore):
     # Digests of the metadata documents the last open through the cache saw, kept apart from the
     # entries (never evicted): a volume recreated behind the cache after the LRU evicted its
     # cached documents, but not its chunks, leaves no copy to compare; the digests still differ.
+    def document_stamp(self) -> dict[str, str]:
+        """``{document key: digest}`` the last open through the cache left ({}: none, or unreadable)."""
+        try:
+            stamp = json.loads(self.stamp() or "{}")
+        except ValueError:
+            stamp = {}
+        if not (isinstance(stamp, dict) and all(isinstance(v, str) for v in stamp.values())):
+            stamp = {}
+        self._stamped = set(stamp)
+        return stamp
+
+    def set_document_stamp(self, stamp: dict[str, str]) -> None:
+        self.set_stamp(json.dumps(stamp, sort_keys=True))
+        self._stamped = set(stamp)
+
+    def _unstamp(self, keys: Iterable[str]) -> None:
+        """Documents written through the cache: their cached copies are current, the stamp's
+        digests are not; the stamp forgets them, so a later eviction of the copies is not taken
+        for a change behind the cache (which would drop every entry)."""
+        stamp = self.document_stamp()
+        left = {key: digest for key, digest in stamp.items() if key not in set(keys)}
+        if left != stamp:
+            self.set_document_stamp(left)
+
     @abstractmethod
     def stamp(self) -> str | None:
         """The stamp (a text) the last open of this store through the cache left, or None."""

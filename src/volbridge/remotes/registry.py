@@ -8,7 +8,6 @@ whose format is found from its metadata files. A new format registers one :class
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -177,7 +176,7 @@ def _open_cached(store: CacheTier, url: str, fmt: str | None, mode: str) -> Volu
     cache's entries, and the volume is opened again."""
     markers = _markers()
     invalidations = store.stats.invalidations
-    prior = _load_stamp(store)
+    prior = store.document_stamp()
     evicted = {key: digest for key, digest in prior.items() if key not in store.cached(prior)}
     docs = read_docs(store, markers, store.refresh) if fmt is None else None
     batch = docs is not None  # else detection asks one marker at a time: a second batch would fail as well
@@ -211,21 +210,12 @@ def _open_cached(store: CacheTier, url: str, fmt: str | None, mode: str) -> Volu
         volume, seen = reopen()
     stamp = {key: _digest(value) for key, value in seen.items()}
     if stamp != prior:
-        store.set_stamp(json.dumps(stamp, sort_keys=True))
+        store.set_document_stamp(stamp)
     return volume
 
 
 def _digest(value: bytes | None) -> str:
     return "absent" if value is None else hashlib.sha256(value).hexdigest()
-
-
-def _load_stamp(store: CacheTier) -> dict[str, str]:
-    """``{document key: digest}`` the last open through ``store`` left (empty: none, or unreadable)."""
-    try:
-        stamp = json.loads(store.stamp() or "{}")
-    except ValueError:
-        return {}
-    return stamp if isinstance(stamp, dict) and all(isinstance(v, str) for v in stamp.values()) else {}
 
 
 def _changed_since_cached(store: CacheTier, seen: dict, fresh: set, hits: int) -> bool:
