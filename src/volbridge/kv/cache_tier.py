@@ -385,14 +385,19 @@ class CacheTier(KVStore):
         for key, value in cached.items():
             now = fresh.get(key)
             if (now is not None) if value is ABSENT else (now is None or bytes(now) != bytes(value)):
-                self.invalidate()
-                self._stats.add(invalidations=1)
+                self.drop_changed()
                 return True
         return False
 
     def invalidate(self) -> None:
         """Drop every entry this cache holds for its backing store."""
         self.clear()
+
+    def drop_changed(self) -> None:
+        """:meth:`invalidate` because the metadata changed behind the cache, counted in
+        ``stats.invalidations``."""
+        self.invalidate()
+        self._stats.add(invalidations=1)
 
     # Digests of the metadata documents the last open through the cache saw, kept apart from the
     # entries (never evicted): a volume recreated behind the cache after the LRU evicted its
@@ -416,8 +421,9 @@ class CacheTier(KVStore):
         """Documents written through the cache: their cached copies are current, the stamp's
         digests are not; the stamp forgets them, so a later eviction of the copies is not taken
         for a change behind the cache (which would drop every entry)."""
+        written = set(keys)
         stamp = self.document_stamp()
-        left = {key: digest for key, digest in stamp.items() if key not in set(keys)}
+        left = {key: digest for key, digest in stamp.items() if key not in written}
         if left != stamp:
             self.set_document_stamp(left)
 

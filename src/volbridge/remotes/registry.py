@@ -171,7 +171,8 @@ def _open_cached(store: CacheTier, url: str, fmt: str | None, mode: str) -> Volu
     that one round trip). The documents the open then took from the cache (a format-prefixed
     URL's root document, an OME-Zarr scale's array, an N5 scale's attributes) are compared in one
     batch after it, also when they made the open fail (a stale scale beside a fresh one). Last,
-    what the open saw is compared with the stamp the previous open left (:meth:`CacheTier.stamp`),
+    what the open saw is compared with the stamp the previous open left
+    (:meth:`CacheTier.document_stamp`),
     which catches a change whose cached documents the LRU had evicted. Any change drops the
     cache's entries, and the volume is opened again."""
     markers = _markers()
@@ -205,8 +206,7 @@ def _open_cached(store: CacheTier, url: str, fmt: str | None, mode: str) -> Volu
     # holds were compared above, and writes through the cache update those, not the stamp).
     if store.stats.invalidations == invalidations and any(
             _digest(seen[key]) != digest for key, digest in evicted.items() if key in seen):
-        store.invalidate()  # changed behind the cache, with no cached documents left to show it
-        store.stats.add(invalidations=1)
+        store.drop_changed()  # changed behind the cache, with no cached documents left to show it
         volume, seen = reopen()
     stamp = {key: _digest(value) for key, value in seen.items()}
     if stamp != prior:
