@@ -244,3 +244,24 @@ def test_another_llvmlite_names_another_library(volume):
     assert (v2, f2) == (llvmlite.__version__ + ".post99", str(fake / "_version.py"))
     assert key1 != key2
     assert sorted(p.name for p in cache.glob("loops-*.so")) == sorted(f"loops-{k}.so" for k in (key1, key2))
+
+
+@needs_linker
+def test_two_kept_libraries_loaded_in_turn_are_each_their_own(tmp_path, monkeypatch):
+    """(found by a test order) Libraries are loaded through /proc/self/fd/N, and dlopen knows a
+    library by that name: with the first one's descriptor closed, the second got the same number
+    and dlopen handed back the first library without reading the second file."""
+    from volbridge.engine import native_cache
+
+    monkeypatch.setenv("VOLBRIDGE_NATIVE_CACHE", str(tmp_path))
+    answers = {}
+    for i, key in enumerate(("1" * 40, "2" * 40)):
+        src = tmp_path / f"answer{i}.c"
+        src.write_text(f"int answer(void) {{ return {i + 40}; }}\n")
+        path = tmp_path / f"loops-{key}.so"
+        subprocess.run(["cc", "-shared", "-fPIC", "-o", str(path), str(src)], check=True, timeout=60)
+        native_cache._write(path.with_suffix(".sha256"), native_cache._sealed(hashlib.sha256(path.read_bytes()).digest()))
+        answers[key] = i + 40
+    for key, answer in answers.items():
+        library = native_cache.load_library(key)
+        assert library is not None and library.answer() == answer

@@ -127,6 +127,10 @@ def has_library(key: str | None) -> bool:
         return False
 
 
+#: Descriptors of the libraries loaded through them (:func:`load_library`), kept open.
+_loaded_fds: list[int] = []
+
+
 def load_library(key: str | None) -> ctypes.CDLL | None:
     """The loops' shared library kept under ``key`` by an earlier process, or None. The bytes
     checked against the digest are the bytes loaded: the library is loaded through the
@@ -139,20 +143,25 @@ def load_library(key: str | None) -> ctypes.CDLL | None:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    library = None
     try:
         with os.fdopen(os.dup(fd), "rb") as f:
             data = f.read()
-        if seal is None or hashlib.sha256(data).digest() != seal:
-            return None  # damaged, or still being written: built anew
-        try:
-            return ctypes.CDLL(f"/proc/self/fd/{fd}")
-        except OSError:  # a cache on a noexec mount, say: never again here
-            _mark_unlinkable(path)
-            return None
+        if seal is not None and hashlib.sha256(data).digest() == seal:  # else damaged, or being written
+            try:
+                library = ctypes.CDLL(f"/proc/self/fd/{fd}")
+            except OSError:  # a cache on a noexec mount, say: never again here
+                _mark_unlinkable(path)
     except OSError:
-        return None
-    finally:
+        pass
+    if library is None:
         os.close(fd)
+    else:
+        # The descriptor stays open while the library is loaded: dlopen knows a library by the
+        # name it was loaded under, so a later load through a reused descriptor number would
+        # be handed this library instead of reading its own file.
+        _loaded_fds.append(fd)
+    return library
 
 
 def _mark_unlinkable(path: Path) -> None:
