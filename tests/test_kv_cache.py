@@ -1028,6 +1028,46 @@ def test_opening_by_either_url_form_keeps_the_entries(tmp_path, kind, fmt, kw):
     assert held[-1].volume.store.stats.hits > 0
 
 
+def test_a_scale_array_opened_on_its_own_sees_a_change_its_image_saw_before(tmp_path):
+    """(review) An OME-Zarr image and its scale array opened on its own (``zarr2://.../0``) are two
+    stores over one set of objects, sharing a disk cache's entries. Each kept its own stamp, so
+    after the LRU evicted ``0/.zarray`` and the image was recreated behind the cache, the scale's
+    first open had nothing to compare and served the old version's chunks. The digests are kept
+    per document, named as the entries are."""
+    img, cache = f"file://{tmp_path}/img", str(tmp_path / "cache")
+    kw = dict(shape=(16, 32, 32), chunk_shape=(8, 16, 16), dtype="uint16", num_scales=2, ome_version="0.4")
+    vb.create(f"ome-zarr://{img}", **kw)
+    vb.array(f"ome-zarr://{img}", mode="r+")[...] = 7
+    a = vb.array(img, cache=cache)
+    assert (a[...] == 7).all()
+    store = a.volume.store
+    store._end_write(store._begin_write(["0/.zarray"]), {})  # as the LRU would evict it
+    assert not store.cached(["0/.zarray"]) and store.cached(["0/0/0/0"])
+    vb.create(f"ome-zarr://{img}", overwrite=True, compression="gzip", **kw)  # behind the cache
+    vb.array(f"ome-zarr://{img}", mode="r+")[...] = 1000
+    scale = vb.array(f"zarr2://{img}/0", cache=cache)
+    assert (scale[...] == 1000).all() and scale.volume.store.stats.invalidations == 1
+    # the drop took the digests with the entries: the image's next open finds nothing stale
+    again = vb.array(img, cache=cache)
+    assert (again[...] == 1000).all() and again.volume.store.stats.invalidations == 0
+
+
+def test_alternating_url_forms_write_no_digests(tmp_path, monkeypatch):
+    """Digests are written only where they changed: opening a volume by its bare and its
+    format-prefixed URL in turn (which read different documents) made an index write each time."""
+    from volbridge.kv import cache_disk
+
+    vb.create(f"n5://file://{tmp_path}/v", shape=(8, 16, 16), chunk_shape=(8, 8, 8), dtype="uint8", num_scales=2)
+    urls = (f"file://{tmp_path}/v", f"n5://file://{tmp_path}/v")
+    for url in urls:
+        vb.array(url, cache=str(tmp_path / "cache"))
+    puts = []
+    monkeypatch.setattr(cache_disk.DiskCache, "_stamp_put", lambda self, digests: puts.append(digests))
+    for url in urls * 2:
+        vb.array(url, cache=str(tmp_path / "cache"))
+    assert puts == []
+
+
 def test_an_invalidation_the_index_refuses_raises(tmp_path):
     """Entries a disk cache cannot drop (its index locked past the busy timeout) are stale: the
     open must not go on reading them, and the error names the cache (was sqlite3's own)."""

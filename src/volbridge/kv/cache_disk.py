@@ -117,7 +117,7 @@ CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL) WI
 CREATE TABLE IF NOT EXISTS gens(bucket INTEGER PRIMARY KEY, gen INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS pending(token TEXT NOT NULL, bucket INTEGER NOT NULL, started REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS pending_by_bucket ON pending(bucket);
-CREATE TABLE IF NOT EXISTS stamps(identity TEXT PRIMARY KEY, stamp TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS doc_stamps(name TEXT PRIMARY KEY, digest TEXT NOT NULL) WITHOUT ROWID;
 """
 
 
@@ -256,29 +256,43 @@ class DiskCache(CacheTier):
         tell one store's from another's, and a store's entries must go for every handle and
         process at once (a volume changed behind the cache is rare; refilling is cheap). Every
         bucket's generation moves on too, so no fill that began before lands after (in the same
-        transaction: a fill landing between the two would have been kept)."""
+        transaction: a fill landing between the two would have been kept). The documents'
+        digests go too: with no entries left there is nothing they could show to be stale."""
         try:
             with self._tx() as db:
                 db.executemany("INSERT INTO gens(bucket, gen) VALUES (?, 1) ON CONFLICT(bucket) DO UPDATE SET gen = gen + 1",
                                [(b,) for b in range(BUCKETS)])
                 self._clear(db)
+                db.execute("DELETE FROM doc_stamps")
         except (sqlite3.Error, OSError) as e:  # reading on would serve the stale entries
             raise StoreError(f"cannot drop the entries of cache {self._dir} (metadata of {self.url} changed): {e}") from e
 
-    def stamp(self) -> str | None:
+    def _stamp_get(self, keys: list[str]) -> dict[str, str]:
+        names = {self._name(key): key for key in keys}
         try:
             with self._db_lock:
-                row = self._db().execute("SELECT stamp FROM stamps WHERE identity = ?", (self.identity,)).fetchone()
+                rows = self._db().execute(
+                    f"SELECT name, digest FROM doc_stamps WHERE name IN ({','.join('?' * len(names))})", tuple(names)
+                ).fetchall() if names else []
         except sqlite3.Error as e:
             self._stats.add(errors=1)
             log.warning("cache %s: cannot read the index: %s", self._dir, e)
-            return None
-        return None if row is None else row[0]
+            return {}
+        return {names[name]: digest for name, digest in rows}
 
-    def set_stamp(self, stamp: str) -> None:
+    def _stamp_put(self, digests: dict[str, str]) -> None:
+        self._stamp_tx("INSERT OR REPLACE INTO doc_stamps(name, digest) VALUES (?, ?)",
+                       [(self._name(key), digest) for key, digest in digests.items()])
+
+    def _stamp_drop(self, keys: list[str]) -> None:
+        self._stamp_tx("DELETE FROM doc_stamps WHERE name = ?", [(self._name(key),) for key in keys])
+
+    def _stamp_tx(self, sql: str, rows: list[tuple]) -> None:
+        if not rows:
+            return
         try:
             with self._tx() as db:
-                db.execute("INSERT OR REPLACE INTO stamps(identity, stamp) VALUES (?, ?)", (self.identity, stamp))
+                db.executemany(sql, rows)
         except sqlite3.Error as e:
             self._stats.add(errors=1)
             log.warning("cache %s: cannot write the index: %s", self._dir, e)

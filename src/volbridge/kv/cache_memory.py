@@ -37,7 +37,7 @@ class _State:
         self.entries: OrderedDict[str, bytes | _Absent] = OrderedDict()
         self.gens = [0] * BUCKETS  # per bucket: bumped when a write begins and when it ends
         self.inflight = [0] * BUCKETS  # per bucket: writes between begin and end
-        self.stamp: str | None = None  # CacheTier.stamp
+        self.stamp: dict[str, str] = {}  # CacheTier.document_stamp: {key: digest}
 
 
 _registry: "weakref.WeakValueDictionary[tuple, _State]" = weakref.WeakValueDictionary()
@@ -140,10 +140,12 @@ class MemoryCache(CacheTier):
         st.entries += 1
 
     def invalidate(self) -> None:
-        """Drop every entry, and refuse every fill that began before (its bucket moved on)."""
+        """Drop every entry, and refuse every fill that began before (its bucket moved on). The
+        documents' digests go too: with no entries left nothing they could show is stale."""
         with self._lock:
             for b in range(BUCKETS):
                 self._gens[b] += 1
+            self._state.stamp.clear()
         self.clear()
 
     def clear(self) -> None:
@@ -152,11 +154,19 @@ class MemoryCache(CacheTier):
             self._stats.bytes_cached = 0
             self._stats.entries = 0
 
-    def stamp(self) -> str | None:
-        return self._state.stamp
+    def _stamp_get(self, keys: list[str]) -> dict[str, str]:
+        with self._lock:
+            stamp = self._state.stamp
+            return {key: stamp[key] for key in keys if key in stamp}
 
-    def set_stamp(self, stamp: str) -> None:
-        self._state.stamp = stamp
+    def _stamp_put(self, digests: dict[str, str]) -> None:
+        with self._lock:
+            self._state.stamp.update(digests)
+
+    def _stamp_drop(self, keys: list[str]) -> None:
+        with self._lock:
+            for key in keys:
+                self._state.stamp.pop(key, None)
 
     def cached_keys(self) -> list[str]:
         """The cached keys, least recently used first (for inspection and tests)."""

@@ -39,8 +39,9 @@ Tiers implement five hooks: ``_lookup``, ``_ticket``, ``_fill``, ``_begin_write`
 
 from __future__ import annotations
 
-import json
 from abc import abstractmethod
+from contextlib import contextmanager
+from contextvars import ContextVar
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -66,6 +67,15 @@ class _Absent:
 
 
 ABSENT: Any = _Absent()
+
+#: Where reads note the keys they took from the backing store (:meth:`CacheTier.misses_recorded`).
+_misses: ContextVar[set[str] | None] = ContextVar("cache_misses", default=None)
+
+
+def _note_missed(keys: Iterable[str]) -> None:
+    missed = _misses.get()
+    if missed is not None:
+        missed.update(keys)
 
 
 @dataclass
@@ -170,6 +180,7 @@ class CacheTier(KVStore):
             self._stats.add(hits=1)
             return None if cached is ABSENT else cached
         ticket = self._ticket([key])
+        _note_missed((key,))
         value = self._backing_get(key, transient)
         self._fill(ticket, {key: ABSENT if value is None else value})
         return value
@@ -206,6 +217,7 @@ class CacheTier(KVStore):
         # (an object store may probe them concurrently).
         rest = keys[i:]
         ticket = self._ticket(rest)
+        _note_missed(rest)
         get_first = self.backing.get_first
         found = get_first(rest, transient=True) if transient and self._fill_from_transient else get_first(rest)
         self._stats.add(misses=1, reads=1, requests=1, bytes_read=0 if found is None else len(found[1]))
@@ -233,6 +245,7 @@ class CacheTier(KVStore):
         self._stats.add(hits=len(keys) - len(missed))
         if missed:
             ticket = self._ticket(missed)
+            _note_missed(missed)
             fetched = self.backing.get_many(missed)
             self._stats.add(misses=len(missed), reads=1, requests=1, bytes_read=sum(map(len, fetched.values())))
             self._fill(ticket, {key: fetched.get(key, ABSENT) for key in missed})
@@ -372,6 +385,7 @@ class CacheTier(KVStore):
             if not self._drop_if_changed(cached, fresh):
                 break
             cached = {}
+        _note_missed(key for key in keys if key not in cached)
         # only what the cache lacks: an unchanged copy is not written again (an index
         # transaction and a file per open of a disk cache, which processes share)
         self._fill(ticket, {key: fresh.get(key, ABSENT) for key in keys if key not in cached})
@@ -399,41 +413,55 @@ class CacheTier(KVStore):
         self.invalidate()
         self._stats.add(invalidations=1)
 
-    # Digests of the metadata documents the last open through the cache saw, kept apart from the
-    # entries (never evicted): a volume recreated behind the cache after the LRU evicted its
-    # cached documents, but not its chunks, leaves no copy to compare; the digests still differ.
-    def document_stamp(self) -> dict[str, str]:
-        """``{document key: digest}`` the last open through the cache left ({}: none, or unreadable)."""
-        try:
-            stamp = json.loads(self.stamp() or "{}")
-        except ValueError:
-            stamp = {}
-        if not (isinstance(stamp, dict) and all(isinstance(v, str) for v in stamp.values())):
-            stamp = {}
-        self._stamped = set(stamp)
+    # Digests of the metadata documents opens through the cache saw, kept apart from the entries
+    # (never evicted): a volume recreated behind the cache after the LRU evicted its cached
+    # documents, but not its chunks, leaves no copy to compare; the digests still differ. They are
+    # kept per document, named as the entries are, so a scale array opened on its own and the
+    # image that holds it (two stores, one object) share them as they share entries.
+    def document_stamp(self, keys: Iterable[str]) -> dict[str, str]:
+        """``{document key: digest}`` that opens through the cache left for those of ``keys`` they
+        saw ({} where unreadable)."""
+        stamp = self._stamp_get(list(dict.fromkeys(keys)))
+        self._stamped = (self._stamped or set()) | set(stamp)
         return stamp
 
-    def set_document_stamp(self, stamp: dict[str, str]) -> None:
-        self.set_stamp(json.dumps(stamp, sort_keys=True))
-        self._stamped = set(stamp)
+    def set_document_stamp(self, digests: Mapping[str, str]) -> None:
+        """Keep ``digests`` for the next opens (beside the other documents' digests)."""
+        if digests:
+            self._stamp_put(dict(digests))
+            self._stamped = (self._stamped or set()) | set(digests)
 
     def _unstamp(self, keys: Iterable[str]) -> None:
         """Documents written through the cache: their cached copies are current, the stamp's
         digests are not; the stamp forgets them, so a later eviction of the copies is not taken
         for a change behind the cache (which would drop every entry)."""
-        written = set(keys)
-        stamp = self.document_stamp()
-        left = {key: digest for key, digest in stamp.items() if key not in written}
-        if left != stamp:
-            self.set_document_stamp(left)
+        written = [key for key in keys if key in self._stamped]
+        self._stamp_drop(written)
+        self._stamped.difference_update(written)
+
+    @contextmanager
+    def misses_recorded(self) -> Iterator[set[str]]:
+        """The keys that reads in the block (this thread's) took from the backing store rather
+        than from the cache: an open compares only those with the stamp (the cached copies it
+        used are compared with the backing store's instead)."""
+        missed: set[str] = set()
+        token = _misses.set(missed)
+        try:
+            yield missed
+        finally:
+            _misses.reset(token)
 
     @abstractmethod
-    def stamp(self) -> str | None:
-        """The stamp (a text) the last open of this store through the cache left, or None."""
+    def _stamp_get(self, keys: list[str]) -> dict[str, str]:
+        """The digests kept for ``keys`` (failures degrade to {}: the stamp is an extra check)."""
 
     @abstractmethod
-    def set_stamp(self, stamp: str) -> None:
-        """Keep ``stamp`` for the next open (failures degrade: the stamp is an extra check)."""
+    def _stamp_put(self, digests: dict[str, str]) -> None:
+        """Keep ``digests`` (failures degrade)."""
+
+    @abstractmethod
+    def _stamp_drop(self, keys: list[str]) -> None:
+        """Forget the digests of ``keys``."""
 
     # -- the rest ---------------------------------------------------------------------------------
     @abstractmethod

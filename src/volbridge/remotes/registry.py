@@ -171,17 +171,11 @@ def _open_cached(store: CacheTier, url: str, fmt: str | None, mode: str) -> Volu
     that one round trip). The documents the open then took from the cache (a format-prefixed
     URL's root document, an OME-Zarr scale's array, an N5 scale's attributes) are compared in one
     batch after it, also when they made the open fail (a stale scale beside a fresh one). Last,
-    what the open saw is compared with the stamp the previous open left
-    (:meth:`CacheTier.document_stamp`),
-    which catches a change whose cached documents the LRU had evicted. Any change drops the
-    cache's entries, and the volume is opened again."""
+    the documents it had to read from the backing store are compared with the digests earlier
+    opens left (:meth:`CacheTier.document_stamp`), which catches a change whose cached documents
+    the LRU had evicted. Any change drops the cache's entries, and the volume is opened again."""
     markers = _markers()
     invalidations = store.stats.invalidations
-    prior = store.document_stamp()
-    evicted = {key: digest for key, digest in prior.items() if key not in store.cached(prior)}
-    docs = read_docs(store, markers, store.refresh) if fmt is None else None
-    batch = docs is not None  # else detection asks one marker at a time: a second batch would fail as well
-    fresh = set(docs or ())
 
     def reopen() -> tuple[Volume, dict]:
         """Open afresh after the cache dropped its entries, reading the markers through it
@@ -190,27 +184,34 @@ def _open_cached(store: CacheTier, url: str, fmt: str | None, mode: str) -> Volu
             again = _open_format(store, url, fmt, mode, read_docs(store, markers, store.refresh) if batch else None, batch)
         return again, seen
 
-    hits = store.stats.hits
     seen: dict = {}
-    try:
-        with documents_read() as seen:
-            volume = _open_format(store, url, fmt, mode, docs, batch)
-    except (MetadataError, UnsupportedError):
-        if not _changed_since_cached(store, seen, fresh, hits):
-            raise
-        volume, seen = reopen()
-    else:
-        if _changed_since_cached(store, seen, fresh, hits):
+    with store.misses_recorded() as missed:
+        docs = read_docs(store, markers, store.refresh) if fmt is None else None
+        batch = docs is not None  # else detection asks one marker at a time: a second batch would fail as well
+        fresh = set(docs or ())
+        hits = store.stats.hits
+        try:
+            with documents_read() as seen:
+                volume = _open_format(store, url, fmt, mode, docs, batch)
+        except (MetadataError, UnsupportedError):
+            if not _changed_since_cached(store, seen, fresh, hits):
+                raise
             volume, seen = reopen()
-    # Documents the cache no longer held, compared with what the last open saw of them (those it
-    # holds were compared above, and writes through the cache update those, not the stamp).
+        else:
+            if _changed_since_cached(store, seen, fresh, hits):
+                volume, seen = reopen()
+    stamp = {key: _digest(value) for key, value in seen.items()}
+    prior = store.document_stamp(stamp)
+    # The documents the cache held no copy of (evicted, or cached by no open yet), compared with
+    # what earlier opens saw of them (the copies it held were compared above; writes through the
+    # cache keep those current and make the stamp forget them).
     if store.stats.invalidations == invalidations and any(
-            _digest(seen[key]) != digest for key, digest in evicted.items() if key in seen):
+            prior.get(key, digest) != digest for key, digest in stamp.items() if key in missed):
         store.drop_changed()  # changed behind the cache, with no cached documents left to show it
         volume, seen = reopen()
-    stamp = {key: _digest(value) for key, value in seen.items()}
-    if stamp != prior:
-        store.set_document_stamp(stamp)
+        stamp = {key: _digest(value) for key, value in seen.items()}
+        prior = store.document_stamp(stamp)
+    store.set_document_stamp({key: digest for key, digest in stamp.items() if prior.get(key) != digest})
     return volume
 
 
