@@ -142,3 +142,18 @@ def test_a_sharded_write_of_few_shards_on_a_network_store_spreads_its_chunks_ove
         assert len(used.get("encode_slot", ())) > 4 and set(calls["encode_slot"]) == {8}
     else:
         assert "encode_slot" not in calls
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_setaffinity"), reason="CPU affinity is a Linux call")
+def test_loops_are_sized_to_the_cores_the_process_may_use():
+    """A SLURM job or ``taskset`` gives a process fewer cores than the machine has; loops sized
+    to the machine (os.cpu_count) only contended for them."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "from volbridge.engine import parallel; print(parallel.cores(), parallel.default_threads())")
+    env = {k: v for k, v in os.environ.items() if k != "VOLBRIDGE_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, check=True)
+    assert out.stdout.split() == ["1", "2"]

@@ -27,9 +27,14 @@ _pool_pid = 0
 
 @functools.cache
 def cores() -> int:
-    """The machine's cores, read once: ``os.cpu_count()`` reads sysfs on Linux (~30 us a call
-    here), and the engine asks per shard."""
-    return os.cpu_count() or 1
+    """The cores this process may run on, read once (the engine asks per shard): its CPU
+    affinity where the system has one (a SLURM job, ``taskset`` or a container's cpuset gets
+    fewer than the machine has, and loops sized to the machine would only contend), else
+    ``os.cpu_count()``."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def default_threads() -> int:

@@ -22,7 +22,7 @@ from ..errors import InvalidArgumentError, UnsupportedError
 from ..formats.base import ScaleMeta, VolumeMeta
 from ..geometry import Box, ChunkGrid
 from .base import Service
-from ..engine.parallel import run_bounded
+from ..engine.parallel import cores, run_bounded
 from .units import PROCESSES, PieceJournal, open_ref, process_pool, run_units, volume_ref, volume_url
 
 
@@ -125,7 +125,7 @@ def map_labels(fn: Callable, parts: dict[int, list], args: tuple, pool) -> dict[
 
         run_bounded(one, list(parts), 1 << 20)
         return {i: done[i] for i in parts}
-    n = 4 * (os.cpu_count() or 1)
+    n = 4 * cores()
     order = sorted(parts, key=lambda i: -sum(_piece_size(p) for p in parts[i]))
     batches = [order[k::n] for k in range(n) if order[k::n]]
     done = {}

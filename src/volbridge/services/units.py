@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..engine.parallel import run_bounded
+from ..engine.parallel import cores, run_bounded
 from ..errors import InvalidArgumentError, VersionChangedError, VolbridgeError
 
 #: Where journals live (``VOLBRIDGE_JOBS_DIR`` overrides).
@@ -139,7 +139,7 @@ def process_workers(volume, num_units: int, executor, bytes_per_unit: int = 1) -
     # in-memory stores and server remotes (tokens) cannot be reopened from a URL alone
     if getattr(volume, "store", None) is None or "mem://" in url or url.startswith("mem:"):
         return 0
-    n = min(os.cpu_count() or 1, num_units, MAX_BYTES_IN_FLIGHT // max(1, bytes_per_unit))
+    n = min(cores(), num_units, MAX_BYTES_IN_FLIGHT // max(1, bytes_per_unit))
     return n if n >= 2 else 0
 
 
