@@ -66,6 +66,7 @@ import errno
 import fcntl
 import hashlib
 import itertools
+import json
 import logging
 import os
 import secrets
@@ -257,13 +258,13 @@ class DiskCache(CacheTier):
         process at once (a volume changed behind the cache is rare; refilling is cheap). Every
         bucket's generation moves on too, so no fill that began before lands after (in the same
         transaction: a fill landing between the two would have been kept). The documents'
-        digests go too: with no entries left there is nothing they could show to be stale."""
+        digests stay: a handle opened before may fill entries again, and only the digests show
+        them stale after a later change."""
         try:
             with self._tx() as db:
                 db.executemany("INSERT INTO gens(bucket, gen) VALUES (?, 1) ON CONFLICT(bucket) DO UPDATE SET gen = gen + 1",
                                [(b,) for b in range(BUCKETS)])
                 self._clear(db)
-                db.execute("DELETE FROM doc_stamps")
         except (sqlite3.Error, OSError) as e:  # reading on would serve the stale entries
             raise StoreError(f"cannot drop the entries of cache {self._dir} (metadata of {self.url} changed): {e}") from e
 
@@ -281,18 +282,10 @@ class DiskCache(CacheTier):
         return {names[name]: digest for name, digest in rows}
 
     def _stamp_put(self, digests: dict[str, str]) -> None:
-        self._stamp_tx("INSERT OR REPLACE INTO doc_stamps(name, digest) VALUES (?, ?)",
-                       [(self._name(key), digest) for key, digest in digests.items()])
-
-    def _stamp_drop(self, keys: list[str]) -> None:
-        self._stamp_tx("DELETE FROM doc_stamps WHERE name = ?", [(self._name(key),) for key in keys])
-
-    def _stamp_tx(self, sql: str, rows: list[tuple]) -> None:
-        if not rows:
-            return
         try:
             with self._tx() as db:
-                db.executemany(sql, rows)
+                db.executemany("INSERT OR REPLACE INTO doc_stamps(name, digest) VALUES (?, ?)",
+                               [(self._name(key), digest) for key, digest in digests.items()])
         except sqlite3.Error as e:
             self._stats.add(errors=1)
             log.warning("cache %s: cannot write the index: %s", self._dir, e)
@@ -321,6 +314,7 @@ class DiskCache(CacheTier):
                 with self._tx_locked(db):
                     for stmt in _SCHEMA_SQL.strip().split(";\n"):
                         db.execute(stmt)
+                    _adopt_old_stamps(db)
                     schema = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
                     if schema is None:  # a new index: files left by a lost one are reconciled into it
                         db.execute("INSERT INTO meta(key, value) VALUES ('schema', ?), ('clean', 0)", (SCHEMA,))
@@ -406,7 +400,7 @@ class DiskCache(CacheTier):
 
     # -- names and files --------------------------------------------------------------------------
     def _name(self, key: str) -> str:
-        return hashlib.blake2b((self._prefix + key).encode(), digest_size=20).hexdigest()
+        return _entry_name(self._prefix, key)
 
     def _path(self, name: str) -> str:
         return f"{self._entries_dir}/{name[:2]}/{name[2:]}"
@@ -756,6 +750,30 @@ class DiskCache(CacheTier):
 
     def __repr__(self) -> str:
         return f"DiskCache({self.backing!r}, {self._dir!r}, max_bytes={self.max_bytes})"
+
+
+def _entry_name(prefix: str, key: str) -> str:
+    """The entry (and digest) name of ``key`` of the store whose identity ends in ``prefix``."""
+    return hashlib.blake2b((prefix + key).encode(), digest_size=20).hexdigest()
+
+
+def _adopt_old_stamps(db) -> None:
+    """Digests an index kept as one JSON per store (table ``stamps``, before commit e4e5d0b)
+    become per-document rows: left behind, a change the LRU had hidden would go unseen."""
+    if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'stamps'").fetchone() is None:
+        return
+    rows = []
+    for identity, text in db.execute("SELECT identity, stamp FROM stamps").fetchall():
+        try:
+            stamp = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(stamp, dict):
+            prefix = identity.rstrip("/") + "/"
+            rows += [(_entry_name(prefix, key), digest) for key, digest in stamp.items()
+                     if isinstance(key, str) and isinstance(digest, str)]
+    db.executemany("INSERT OR IGNORE INTO doc_stamps(name, digest) VALUES (?, ?)", rows)
+    db.execute("DROP TABLE stamps")
 
 
 def _unlink(path: str) -> None:

@@ -140,12 +140,10 @@ class MemoryCache(CacheTier):
         st.entries += 1
 
     def invalidate(self) -> None:
-        """Drop every entry, and refuse every fill that began before (its bucket moved on). The
-        documents' digests go too: with no entries left nothing they could show is stale."""
+        """Drop every entry, and refuse every fill that began before (its bucket moved on)."""
         with self._lock:
             for b in range(BUCKETS):
                 self._gens[b] += 1
-            self._state.stamp.clear()
         self.clear()
 
     def clear(self) -> None:
@@ -162,11 +160,6 @@ class MemoryCache(CacheTier):
     def _stamp_put(self, digests: dict[str, str]) -> None:
         with self._lock:
             self._state.stamp.update(digests)
-
-    def _stamp_drop(self, keys: list[str]) -> None:
-        with self._lock:
-            for key in keys:
-                self._state.stamp.pop(key, None)
 
     def cached_keys(self) -> list[str]:
         """The cached keys, least recently used first (for inspection and tests)."""

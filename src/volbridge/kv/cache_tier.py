@@ -39,9 +39,8 @@ Tiers implement five hooks: ``_lookup``, ``_ticket``, ``_fill``, ``_begin_write`
 
 from __future__ import annotations
 
+import hashlib
 from abc import abstractmethod
-from contextlib import contextmanager
-from contextvars import ContextVar
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -68,14 +67,15 @@ class _Absent:
 
 ABSENT: Any = _Absent()
 
-#: Where reads note the keys they took from the backing store (:meth:`CacheTier.misses_recorded`).
-_misses: ContextVar[set[str] | None] = ContextVar("cache_misses", default=None)
+#: The names (last path component) of metadata documents: a value written through a cache under
+#: such a name updates its digest (:meth:`CacheTier.document_stamp`). Opens add the names of the
+#: documents they read (a format's markers, a scale's array), so no format list is kept here.
+DOCUMENT_NAMES: set[str] = set()
 
 
-def _note_missed(keys: Iterable[str]) -> None:
-    missed = _misses.get()
-    if missed is not None:
-        missed.update(keys)
+def document_digest(value: bytes | memoryview | None) -> str:
+    """What a stamp keeps of a document: its SHA-256, or "absent"."""
+    return "absent" if value is None or value is ABSENT else hashlib.sha256(value).hexdigest()
 
 
 @dataclass
@@ -125,8 +125,6 @@ class CacheTier(KVStore):
         #: for bulk writes that would otherwise evict what readers use).
         self.cache_writes = bool(cache_writes)
         self._stats = CacheStats()
-        #: The keys of the document stamp as this handle last read or wrote it (None: not yet).
-        self._stamped: set[str] | None = None
 
     @property
     def stats(self) -> CacheStats:
@@ -180,7 +178,6 @@ class CacheTier(KVStore):
             self._stats.add(hits=1)
             return None if cached is ABSENT else cached
         ticket = self._ticket([key])
-        _note_missed((key,))
         value = self._backing_get(key, transient)
         self._fill(ticket, {key: ABSENT if value is None else value})
         return value
@@ -217,7 +214,6 @@ class CacheTier(KVStore):
         # (an object store may probe them concurrently).
         rest = keys[i:]
         ticket = self._ticket(rest)
-        _note_missed(rest)
         get_first = self.backing.get_first
         found = get_first(rest, transient=True) if transient and self._fill_from_transient else get_first(rest)
         self._stats.add(misses=1, reads=1, requests=1, bytes_read=0 if found is None else len(found[1]))
@@ -245,7 +241,6 @@ class CacheTier(KVStore):
         self._stats.add(hits=len(keys) - len(missed))
         if missed:
             ticket = self._ticket(missed)
-            _note_missed(missed)
             fetched = self.backing.get_many(missed)
             self._stats.add(misses=len(missed), reads=1, requests=1, bytes_read=sum(map(len, fetched.values())))
             self._fill(ticket, {key: fetched.get(key, ABSENT) for key in missed})
@@ -310,8 +305,14 @@ class CacheTier(KVStore):
         finally:
             keep = {k: v for k, v in written.items() if (v is ABSENT or self.cache_writes) and self._cacheable(v)}
             self._end_write(ticket, keep)
-            if self._stamped and not self._stamped.isdisjoint(keys):
-                self._unstamp(keys)
+        # Metadata written through the cache is current in it: its digest follows (a digest left
+        # behind would take the next open's look at it for a change behind the cache; none at
+        # all would miss a change behind the cache once the LRU evicted the copy). A failed
+        # write keeps the old digest: what the store holds is unknown, and a difference found
+        # later costs a drop, never stale data.
+        docs = {k: document_digest(v) for k, v in written.items() if k.rpartition("/")[2] in DOCUMENT_NAMES}
+        if docs:
+            self.set_document_stamp(docs)
         self._stats.add(writes=1, requests=1, bytes_written=nbytes(written))
         return written
 
@@ -385,7 +386,6 @@ class CacheTier(KVStore):
             if not self._drop_if_changed(cached, fresh):
                 break
             cached = {}
-        _note_missed(key for key in keys if key not in cached)
         # only what the cache lacks: an unchanged copy is not written again (an index
         # transaction and a file per open of a disk cache, which processes share)
         self._fill(ticket, {key: fresh.get(key, ABSENT) for key in keys if key not in cached})
@@ -419,37 +419,14 @@ class CacheTier(KVStore):
     # kept per document, named as the entries are, so a scale array opened on its own and the
     # image that holds it (two stores, one object) share them as they share entries.
     def document_stamp(self, keys: Iterable[str]) -> dict[str, str]:
-        """``{document key: digest}`` that opens through the cache left for those of ``keys`` they
-        saw ({} where unreadable)."""
-        stamp = self._stamp_get(list(dict.fromkeys(keys)))
-        self._stamped = (self._stamped or set()) | set(stamp)
-        return stamp
+        """``{document key: digest}`` kept for those of ``keys`` that opens through the cache saw
+        or writes through it wrote ({} where unreadable)."""
+        return self._stamp_get(list(dict.fromkeys(keys)))
 
     def set_document_stamp(self, digests: Mapping[str, str]) -> None:
         """Keep ``digests`` for the next opens (beside the other documents' digests)."""
         if digests:
             self._stamp_put(dict(digests))
-            self._stamped = (self._stamped or set()) | set(digests)
-
-    def _unstamp(self, keys: Iterable[str]) -> None:
-        """Documents written through the cache: their cached copies are current, the stamp's
-        digests are not; the stamp forgets them, so a later eviction of the copies is not taken
-        for a change behind the cache (which would drop every entry)."""
-        written = [key for key in keys if key in self._stamped]
-        self._stamp_drop(written)
-        self._stamped.difference_update(written)
-
-    @contextmanager
-    def misses_recorded(self) -> Iterator[set[str]]:
-        """The keys that reads in the block (this thread's) took from the backing store rather
-        than from the cache: an open compares only those with the stamp (the cached copies it
-        used are compared with the backing store's instead)."""
-        missed: set[str] = set()
-        token = _misses.set(missed)
-        try:
-            yield missed
-        finally:
-            _misses.reset(token)
 
     @abstractmethod
     def _stamp_get(self, keys: list[str]) -> dict[str, str]:
@@ -458,10 +435,6 @@ class CacheTier(KVStore):
     @abstractmethod
     def _stamp_put(self, digests: dict[str, str]) -> None:
         """Keep ``digests`` (failures degrade)."""
-
-    @abstractmethod
-    def _stamp_drop(self, keys: list[str]) -> None:
-        """Forget the digests of ``keys``."""
 
     # -- the rest ---------------------------------------------------------------------------------
     @abstractmethod

@@ -7,7 +7,6 @@ whose format is found from its metadata files. A new format registers one :class
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -17,7 +16,7 @@ from ..errors import InvalidArgumentError, MetadataError, UnsupportedError, URLE
 from ..formats import n5, ome_zarr, precomputed, zarr
 from ..formats.base import documents_read, read_doc, read_docs
 from ..kv import KVStore, open_store
-from ..kv.cache_tier import CacheTier
+from ..kv.cache_tier import DOCUMENT_NAMES, CacheTier, document_digest
 from ..kv.caching import with_cache
 
 
@@ -171,11 +170,15 @@ def _open_cached(store: CacheTier, url: str, fmt: str | None, mode: str) -> Volu
     that one round trip). The documents the open then took from the cache (a format-prefixed
     URL's root document, an OME-Zarr scale's array, an N5 scale's attributes) are compared in one
     batch after it, also when they made the open fail (a stale scale beside a fresh one). Last,
-    the documents it had to read from the backing store are compared with the digests earlier
-    opens left (:meth:`CacheTier.document_stamp`), which catches a change whose cached documents
-    the LRU had evicted. Any change drops the cache's entries, and the volume is opened again."""
+    every document it saw is compared with the digest earlier opens and writes through the cache
+    left (:meth:`CacheTier.document_stamp`), which catches a change whose cached copy the LRU had
+    evicted, and a copy cached again since (by a racing open, say). Any change drops the cache's
+    entries, and the volume is opened again."""
     markers = _markers()
     invalidations = store.stats.invalidations
+    docs = read_docs(store, markers, store.refresh) if fmt is None else None
+    batch = docs is not None  # else detection asks one marker at a time: a second batch would fail as well
+    fresh = set(docs or ())
 
     def reopen() -> tuple[Volume, dict]:
         """Open afresh after the cache dropped its entries, reading the markers through it
@@ -184,39 +187,30 @@ def _open_cached(store: CacheTier, url: str, fmt: str | None, mode: str) -> Volu
             again = _open_format(store, url, fmt, mode, read_docs(store, markers, store.refresh) if batch else None, batch)
         return again, seen
 
+    hits = store.stats.hits
     seen: dict = {}
-    with store.misses_recorded() as missed:
-        docs = read_docs(store, markers, store.refresh) if fmt is None else None
-        batch = docs is not None  # else detection asks one marker at a time: a second batch would fail as well
-        fresh = set(docs or ())
-        hits = store.stats.hits
-        try:
-            with documents_read() as seen:
-                volume = _open_format(store, url, fmt, mode, docs, batch)
-        except (MetadataError, UnsupportedError):
-            if not _changed_since_cached(store, seen, fresh, hits):
-                raise
-            volume, seen = reopen()
-        else:
-            if _changed_since_cached(store, seen, fresh, hits):
-                volume, seen = reopen()
-    stamp = {key: _digest(value) for key, value in seen.items()}
-    prior = store.document_stamp(stamp)
-    # The documents the cache held no copy of (evicted, or cached by no open yet), compared with
-    # what earlier opens saw of them (the copies it held were compared above; writes through the
-    # cache keep those current and make the stamp forget them).
-    if store.stats.invalidations == invalidations and any(
-            prior.get(key, digest) != digest for key, digest in stamp.items() if key in missed):
-        store.drop_changed()  # changed behind the cache, with no cached documents left to show it
+    try:
+        with documents_read() as seen:
+            volume = _open_format(store, url, fmt, mode, docs, batch)
+    except (MetadataError, UnsupportedError):
+        if not _changed_since_cached(store, seen, fresh, hits):
+            raise
         volume, seen = reopen()
-        stamp = {key: _digest(value) for key, value in seen.items()}
+    else:
+        if _changed_since_cached(store, seen, fresh, hits):
+            volume, seen = reopen()
+    DOCUMENT_NAMES.update(key.rpartition("/")[2] for key in seen)
+    stamp = {key: document_digest(value) for key, value in seen.items()}
+    prior = store.document_stamp(stamp)
+    # A digest is replaced only here, after the comparison (or by a write through the cache):
+    # an open that wrote what it saw without comparing would hide the change from one racing it.
+    if store.stats.invalidations == invalidations and any(prior.get(key, digest) != digest for key, digest in stamp.items()):
+        store.drop_changed()  # changed behind the cache, with no cached copy left to show it
+        volume, seen = reopen()
+        stamp = {key: document_digest(value) for key, value in seen.items()}
         prior = store.document_stamp(stamp)
     store.set_document_stamp({key: digest for key, digest in stamp.items() if prior.get(key) != digest})
     return volume
-
-
-def _digest(value: bytes | None) -> str:
-    return "absent" if value is None else hashlib.sha256(value).hexdigest()
 
 
 def _changed_since_cached(store: CacheTier, seen: dict, fresh: set, hits: int) -> bool:
