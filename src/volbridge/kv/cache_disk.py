@@ -766,9 +766,9 @@ def _adopt_old_stamps(db) -> None:
     for identity, text in db.execute("SELECT identity, stamp FROM stamps").fetchall():
         try:
             stamp = json.loads(text)
-        except ValueError:
+        except (TypeError, ValueError):
             continue
-        if isinstance(stamp, dict):
+        if isinstance(stamp, dict) and isinstance(identity, str):
             prefix = identity.rstrip("/") + "/"
             rows += [(_entry_name(prefix, key), digest) for key, digest in stamp.items()
                      if isinstance(key, str) and isinstance(digest, str)]

@@ -298,6 +298,9 @@ class CacheTier(KVStore):
 
         ``op`` returns {key: value now stored (ABSENT once deleted)}; what of it is cacheable is
         cached. A failed write caches nothing (the copies are already dropped)."""
+        docs = [k for k in keys if k.rpartition("/")[2] in DOCUMENT_NAMES]
+        if docs:
+            self._check_documents_before_writing(docs)
         ticket = self._begin_write(list(dict.fromkeys(keys)))
         written: dict = {}
         try:
@@ -315,6 +318,18 @@ class CacheTier(KVStore):
             self.set_document_stamp(docs)
         self._stats.add(writes=1, requests=1, bytes_written=nbytes(written))
         return written
+
+    def _check_documents_before_writing(self, keys: list[str]) -> None:
+        """Before a write replaces the digests of documents ``keys``: whether they changed behind
+        the cache since their digests were taken (a handle opened before a recreate writing its
+        own metadata, say), which drops every entry as an open would; replaced unchecked, the
+        change would go unseen. One batch of reads, for metadata writes only."""
+        prior = self.document_stamp(keys)
+        if prior:
+            now = self.backing.get_many(list(prior))
+            self._stats.add(reads=1, requests=1)
+            if any(document_digest(now.get(key)) != digest for key, digest in prior.items()):
+                self.drop_changed()
 
     def put(self, key: str, value: bytes, *, content_encoding: str | None = None) -> None:
         kw = {"content_encoding": content_encoding} if content_encoding else {}
@@ -357,13 +372,15 @@ class CacheTier(KVStore):
         return self._write(keys, lambda: self.backing.write_through(keys, op), lambda w: 0)
 
     # -- staleness --------------------------------------------------------------------------------
-    def revalidate(self, keys: Iterable[str]) -> bool:
+    def revalidate(self, keys: Iterable[str], used: Mapping[str, bytes | None] | None = None) -> bool:
         """Compare the cached copies of ``keys`` (a volume's metadata documents) with the backing
         store's. A difference means the objects changed without this cache (a volume recreated
         through a handle without it, or by another tool), so none of its entries for this store
         can be trusted: they are all dropped (:meth:`invalidate`). Whether that happened. Keys not
-        cached cost no request."""
-        cached = self.cached(keys)
+        cached cost no request. ``used``: compare these values ({key: bytes, or None for absent})
+        instead, what an open took from the cache (another open may have dropped the copies
+        since, which leaves nothing cached to compare)."""
+        cached = self.cached(keys) if used is None else {k: ABSENT if v is None else v for k, v in used.items()}
         if not cached:
             return False
         fresh = self.backing.get_many(cached)  # one batch: an object store asks concurrently

@@ -189,6 +189,7 @@ def _open_cached(store: CacheTier, url: str, fmt: str | None, mode: str) -> Volu
 
     hits = store.stats.hits
     seen: dict = {}
+    reopened = store.stats.invalidations != invalidations  # by refresh
     try:
         with documents_read() as seen:
             volume = _open_format(store, url, fmt, mode, docs, batch)
@@ -196,15 +197,17 @@ def _open_cached(store: CacheTier, url: str, fmt: str | None, mode: str) -> Volu
         if not _changed_since_cached(store, seen, fresh, hits):
             raise
         volume, seen = reopen()
+        reopened = True
     else:
         if _changed_since_cached(store, seen, fresh, hits):
             volume, seen = reopen()
+            reopened = True
     DOCUMENT_NAMES.update(key.rpartition("/")[2] for key in seen)
     stamp = {key: document_digest(value) for key, value in seen.items()}
     prior = store.document_stamp(stamp)
     # A digest is replaced only here, after the comparison (or by a write through the cache):
     # an open that wrote what it saw without comparing would hide the change from one racing it.
-    if store.stats.invalidations == invalidations and any(prior.get(key, digest) != digest for key, digest in stamp.items()):
+    if not reopened and any(prior.get(key, digest) != digest for key, digest in stamp.items()):
         store.drop_changed()  # changed behind the cache, with no cached copy left to show it
         volume, seen = reopen()
         stamp = {key: document_digest(value) for key, value in seen.items()}
@@ -218,7 +221,7 @@ def _changed_since_cached(store: CacheTier, seen: dict, fresh: set, hits: int) -
     backing store, changed behind ``store`` (which then dropped its entries): compared only
     where the open had any from the cache (``hits`` before)."""
     keys = [key for key in seen if key not in fresh]
-    return bool(keys) and store.stats.hits != hits and store.revalidate(keys)
+    return bool(keys) and store.stats.hits != hits and store.revalidate(keys, {key: seen[key] for key in keys})
 
 
 def _open_format(store: KVStore, url: str, fmt: str | None, mode: str, docs: dict | None,
