@@ -1095,13 +1095,10 @@ def test_a_scale_written_through_another_handle_than_the_opens_drops_nothing(tmp
     assert len(c.scales) == 4 and c.volume.store.stats.invalidations == 0
 
 
-def test_a_document_cached_again_outside_an_open_still_shows_the_change(tmp_path, kind):
-    """(review) After the LRU evicted info and the volume was recreated behind the cache, a read
-    outside any open (an old handle's, a relay's) cached the new info; the next open found its
-    copy equal to the backing store's, compared no digest and served the old chunks. Every
-    document an open sees is compared with its digest."""
+def _recreated_behind_the_cache_after_info_was_evicted(tmp_path, cache):
+    """A precomputed volume of 7s read through ``cache``, its info evicted (as by the LRU), then
+    recreated behind the cache with two scales and 1000s: (its URL, the handle that read it)."""
     url = f"precomputed://file://{tmp_path}/v"
-    cache = (1 << 20) if kind == "memory" else str(tmp_path / "cache")
     kw = dict(shape=(16, 32, 32), chunk_shape=(16, 16, 16), dtype="uint16")
     vb.create(url, **kw)
     vb.array(url, mode="r+")[...] = 7
@@ -1110,6 +1107,16 @@ def test_a_document_cached_again_outside_an_open_still_shows_the_change(tmp_path
     _evict(a.volume.store, ["info"])
     vb.create(url, overwrite=True, num_scales=2, **kw)
     vb.array(url, mode="r+")[...] = 1000
+    return url, a
+
+
+def test_a_document_cached_again_outside_an_open_still_shows_the_change(tmp_path, kind):
+    """(review) After the LRU evicted info and the volume was recreated behind the cache, a read
+    outside any open (an old handle's, a relay's) cached the new info; the next open found its
+    copy equal to the backing store's, compared no digest and served the old chunks. Every
+    document an open sees is compared with its digest."""
+    cache = (1 << 20) if kind == "memory" else str(tmp_path / "cache")
+    url, a = _recreated_behind_the_cache_after_info_was_evicted(tmp_path, cache)
     a.volume.store.get("info")
     b = vb.array(url, cache=cache)
     assert len(b.scales) == 2 and (b[...] == 1000).all() and b.volume.store.stats.invalidations == 1
@@ -1122,15 +1129,8 @@ def test_two_opens_racing_after_a_change_both_see_it(tmp_path, monkeypatch):
     chunks. Digests are replaced only by an open that compared them first."""
     import threading
 
-    url, cache = f"precomputed://file://{tmp_path}/v", str(tmp_path / "cache")
-    kw = dict(shape=(16, 32, 32), chunk_shape=(16, 16, 16), dtype="uint16")
-    vb.create(url, **kw)
-    vb.array(url, mode="r+")[...] = 7
-    a = vb.array(url, cache=cache)
-    assert (a[...] == 7).all()
-    _evict(a.volume.store, ["info"])
-    vb.create(url, overwrite=True, num_scales=2, **kw)
-    vb.array(url, mode="r+")[...] = 1000
+    cache = str(tmp_path / "cache")
+    url, a = _recreated_behind_the_cache_after_info_was_evicted(tmp_path, cache)
     second_done = threading.Event()
     fill = DiskCache._fill
 
@@ -1239,7 +1239,8 @@ def test_an_index_with_digests_per_store_keeps_them(tmp_path):
     vb.array(url, mode="r+")[...] = 1000
     b = vb.array(url, cache=str(cache))
     assert len(b.scales) == 2 and (b[...] == 1000).all() and b.volume.store.stats.invalidations == 1
-    tables = {n for (n,) in sqlite3.connect(cache / "index.sqlite3").execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    index = sqlite3.connect(cache / "index.sqlite3")
+    tables = {n for (n,) in index.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert "stamps" not in tables
 
 
