@@ -1366,3 +1366,24 @@ def test_cached_absences_count_the_disk_they_take(tmp_path):
     assert len(files) == c.stats.entries and sum(f.stat().st_blocks * 512 for f in files) <= 40_000
     c.check()
     c.close()
+
+
+def test_metadata_written_through_a_cache_before_any_open_keeps_its_digest():
+    """A process that writes a volume's metadata through a cache it opened no volume with (a
+    worker handed a store) must keep the digest current as well, or the next open takes the
+    difference for a change behind the cache: the format's document names are known at import."""
+    import subprocess
+    import sys
+
+    code = (
+        "import hashlib, volbridge\n"
+        "from volbridge.kv import MemoryCache, MemoryStore\n"
+        "c = MemoryCache(MemoryStore(), 1 << 20)\n"
+        "c.put('info', b'{}'); c.put('s0/attributes.json', b'[]'); c.put('s0/0/0/0', b'chunk')\n"
+        "print(sorted(c.document_stamp(['info', 's0/attributes.json', 's0/0/0/0']).items()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    import hashlib
+
+    assert out.stdout.strip() == str([("info", hashlib.sha256(b"{}").hexdigest()),
+                                      ("s0/attributes.json", hashlib.sha256(b"[]").hexdigest())])

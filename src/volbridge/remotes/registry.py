@@ -241,6 +241,11 @@ def _markers() -> tuple[str, ...]:
     return tuple(dict.fromkeys(m for e in FORMATS.values() for m in e.markers if m))
 
 
+# Known before any open: a process that writes metadata through a cache it opened no volume
+# with (a worker handed a store) keeps the digests current too.
+DOCUMENT_NAMES.update(_markers())
+
+
 class _Probe:
     """The store as format detection sees it: the marker documents asked for at once (over a
     network store one round trip, where the detectors' questions in turn took up to 9: a bare
