@@ -3,6 +3,7 @@ ask for no more than the cores run in the calling loop's thread."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -64,10 +65,15 @@ def test_nested_network_calls_still_fan_out_however_few_their_items(requests):
     still overlap (a review found three 50 ms requests taking 150 ms inside a unit)."""
     inner: dict[int, set[int]] = {}
     lock = threading.Lock()
+    # The first two requests of a unit wait for each other: they can only both return if they are
+    # in flight at once (a sleep made this depend on the machine's load: one thread could take
+    # every item of a loaded machine's run).
+    meet = {u: threading.Barrier(2, timeout=30) for u in range(2)}
 
     def unit(u):
-        def request(_r):
-            time.sleep(0.02)  # a request in flight: the loops overlap
+        def request(r):
+            if r < 2:
+                meet[u].wait()
             with lock:
                 inner.setdefault(u, set()).add(threading.get_ident())
 
@@ -144,11 +150,10 @@ def test_a_sharded_write_of_few_shards_on_a_network_store_spreads_its_chunks_ove
         assert "encode_slot" not in calls
 
 
-@pytest.mark.skipif(not hasattr(__import__("os"), "sched_setaffinity"), reason="CPU affinity is a Linux call")
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is a Linux call")
 def test_loops_are_sized_to_the_cores_the_process_may_use():
     """A SLURM job or ``taskset`` gives a process fewer cores than the machine has; loops sized
     to the machine (os.cpu_count) only contended for them."""
-    import os
     import subprocess
     import sys
 

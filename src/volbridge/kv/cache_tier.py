@@ -298,9 +298,9 @@ class CacheTier(KVStore):
 
         ``op`` returns {key: value now stored (ABSENT once deleted)}; what of it is cacheable is
         cached. A failed write caches nothing (the copies are already dropped)."""
-        docs = [k for k in keys if k.rpartition("/")[2] in DOCUMENT_NAMES]
+        docs = {k for k in keys if k.rpartition("/")[2] in DOCUMENT_NAMES}
         if docs:
-            self._check_documents_before_writing(docs)
+            self._check_documents_before_writing(list(docs))
         ticket = self._begin_write(list(dict.fromkeys(keys)))
         written: dict = {}
         try:
@@ -313,9 +313,8 @@ class CacheTier(KVStore):
         # all would miss a change behind the cache once the LRU evicted the copy). A failed
         # write keeps the old digest: what the store holds is unknown, and a difference found
         # later costs a drop, never stale data.
-        docs = {k: document_digest(v) for k, v in written.items() if k.rpartition("/")[2] in DOCUMENT_NAMES}
         if docs:
-            self.set_document_stamp(docs)
+            self.set_document_stamp({k: document_digest(v) for k, v in written.items() if k in docs})
         self._stats.add(writes=1, requests=1, bytes_written=nbytes(written))
         return written
 

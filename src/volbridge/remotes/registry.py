@@ -189,7 +189,9 @@ def _open_cached(store: CacheTier, url: str, fmt: str | None, mode: str) -> Volu
 
     hits = store.stats.hits
     seen: dict = {}
-    reopened = store.stats.invalidations != invalidations  # by refresh
+    # dropped by refresh (or by a racing open, whose drop leaves the documents read next current;
+    # the counter is shared by the handles of a shared memory cache)
+    reopened = store.stats.invalidations != invalidations
     try:
         with documents_read() as seen:
             volume = _open_format(store, url, fmt, mode, docs, batch)
