@@ -223,16 +223,42 @@ def test_copies_outside_a_decoded_chunk_or_the_output_are_refused(monkeypatch):
             _one_chunk(out)
 
 
-@pytest.mark.parametrize("fmt,compression,batched", [("zarr3", "zstd", True), ("zarr2", "gzip", True),
-                                                     ("zarr3", None, False), ("precomputed", "gzip", False)])
-def test_network_reads_place_batches_as_chunks_arrive(s3env, s3_bucket, monkeypatch, fmt, compression, batched):
+def test_a_chunk_decoded_at_arrival_is_checked_as_a_batch_is():
+    """ChunkAtATime (a network read's chunks, each decoded from the buffer it arrived in): the
+    chunk lands where its row says; a stream that does not decode to exactly the chunk's bytes
+    writes nothing and is left to the checked path; a stream inside the output, a row that
+    does not exist and a read-only output are refused."""
+    payload = bytes(range(64))
+    stream = zstandard.ZstdCompressor().compress(payload)
+    out = np.zeros((8, 4, 4, 1), np.uint8, order="F")
+    one = batch_decode.ChunkAtATime("zstd", _one_chunk(out))
+    for bad in (stream[:-3], zstandard.ZstdCompressor().compress(payload[:63]), stream + b"\0", b""):
+        assert one.place(0, bad) is False
+        assert not out.any()
+    assert one.place(0, memoryview(bytearray(stream))) is True
+    assert out[:4].tobytes(order="F") == payload and not out[4:].any()
+    with pytest.raises(ValueError, match="row"):
+        one.place(1, stream)
+    inside = place.out_bytes(out)
+    inside[-len(stream):] = np.frombuffer(stream, np.uint8)
+    with pytest.raises(ValueError, match="overlaps"):
+        one.place(0, inside[-len(stream):])
+    frozen = np.zeros((4, 4, 4, 1), np.uint8, order="F")
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        batch_decode.ChunkAtATime("zstd", _one_chunk(frozen))
+
+
+@pytest.mark.parametrize("fmt,compression,at_arrival", [("zarr3", "zstd", True), ("zarr2", "gzip", True),
+                                                        ("zarr3", None, False), ("precomputed", "gzip", False)])
+def test_network_reads_place_chunks_as_they_arrive(s3env, s3_bucket, monkeypatch, fmt, compression, at_arrival):
     """Over S3 (libcurl's multi interface hands chunks over as they arrive) compressed chunks are
-    placed a batch at a time, raw ones (also under transport compression) one by one; absent
-    ones are filled, and a damaged one named."""
-    monkeypatch.setattr(grouped, "ARRIVING_BATCH", 3)
-    batches = []
-    real = grouped._place_values
-    monkeypatch.setattr(grouped, "_place_values", lambda *a: batches.append(len(a[3])) or real(*a))
+    decoded and placed one at a time from the buffers they arrived in, raw ones (also under
+    transport compression) placed one by one; absent ones are filled, and a damaged one named."""
+    decoded = []
+    real = batch_decode.ChunkAtATime.place
+    monkeypatch.setattr(batch_decode.ChunkAtATime, "place",
+                        lambda self, row, data: decoded.append(type(data)) or real(self, row, data))
     url = f"{fmt}://s3://{s3_bucket}/arriving-{fmt}-{compression}"
     shape = (20, 24, 36)
     v = vb.create(url, shape=shape, dtype="uint16", chunk_shape=(8, 8, 8), compression=compression)
@@ -243,7 +269,10 @@ def test_network_reads_place_batches_as_chunks_arrive(s3env, s3_bucket, monkeypa
     r = vb.array(url)
     np.testing.assert_array_equal(r[...], model)
     np.testing.assert_array_equal(r[-3:11, 5:30, 7:40], np.pad(model, ((3, 0), (0, 6), (0, 4)))[0:14, 5:30, 7:40])
-    assert (max(batches, default=0) == 3) == batched, batches
+    # every 8^3 chunk is present (the write touches them all): 3 x 3 x 5 for the full read, 2 x 3 x 5
+    # inside the cutout's [0:11, 5:24, 7:36]; each body a view of a receive buffer, not copied first
+    assert len(decoded) == (45 + 30 if at_arrival else 0), decoded
+    assert all(t is memoryview for t in decoded), decoded
     if compression == "zstd":  # a damaged chunk among them is named, never read as zeros
         store = r.volume.store
         key = r.volume.dataset.layout(0).write_key(next(r.volume.dataset.layout(0).grid.cells(Box((8, 8, 8), (9, 9, 9)))))

@@ -21,7 +21,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
-import threading
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -215,42 +214,22 @@ def _libc() -> tuple[int, int, int]:
     return tuple(ctypes.cast(getattr(lib, name), ctypes.c_void_p).value for name in ("open", "read", "close"))
 
 
-#: Chunks a network read decodes and places at once, as they arrive: enough to pay for a batch's
-#: fixed cost, few enough that decoding keeps pace with the transfers.
-ARRIVING_BATCH = 8
-
-
 def read_arriving(vol: ChunkedVolume, layout: ScaleLayout, box: Box, cells: list[Cell], out: np.ndarray, codec: str,
                   place_found: Callable[[Cell, tuple[str, bytes | memoryview] | None], None]) -> None:
     """Read ``cells`` of ``box`` (compressed chunks: ``codec`` not raw) from a network store into
     ``out``: the store fetches them its own way (many requests in flight,
-    :meth:`KVStore.fetch_each`), and whichever thread hands over the chunk that completes a batch
-    of :data:`ARRIVING_BATCH` places the batch in batched calls; the calling thread places the
-    last one."""
+    :meth:`KVStore.fetch_each`), and the thread it hands a chunk to decodes and places it there
+    and then, from the buffer it arrived in (:class:`batch_decode.ChunkAtATime`); absent chunks
+    and those the loop cannot decode go to the batched and checked paths."""
     at = _Cells(layout, box, cells, out, codec)
     by_key = {names[0]: k for k, names in enumerate(at.names)}
-    batch: list[tuple[int, bytes]] = []
-    lock = threading.Lock()
+    one = batch_decode.ChunkAtATime(codec, at.copy) if at.copy.fused else None
 
-    def place_batch(items: list[tuple[int, bytes]]) -> None:
-        if items:
-            _place_values(vol, layout, at, np.array([k for k, _ in items], np.int64), [v for _, v in items], codec, 1,
-                          place_found)
-
-    def arrived(key: str, data) -> None:
+    def arrived(key: str, data: bytes | memoryview | None) -> None:
         k = by_key[key]
-        if data is None:
-            _place_values(vol, layout, at, np.array([k], np.int64), [None], codec, 1, place_found)
-            return
-        # a transient value (a buffer the store reuses) must outlive this call to wait for its batch
-        item = (k, data if type(data) is bytes else bytes(data))
-        with lock:
-            batch.append(item)
-            if len(batch) < ARRIVING_BATCH:
-                return
-            full = batch[:]
-            batch.clear()
-        place_batch(full)
+        if data is None or one is None:
+            _place_values(vol, layout, at, np.array([k], np.int64), [data], codec, 1, place_found)
+        elif not one.place(k, data):
+            place_found(at.cells[k], (at.names[k][0], data))  # decodes it or names what is wrong
 
     vol.store.fetch_each(list(by_key), arrived, heavy=True, nbytes=vol._chunk_nbytes(layout))
-    place_batch(batch)
