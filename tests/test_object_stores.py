@@ -48,6 +48,35 @@ def test_content_encoding_is_what_cloudvolume_expects(s3env, s3_bucket):
     np.testing.assert_array_equal(vb.array(f"s3://{s3_bucket}/gz")[...], vol[...])
 
 
+def test_objects_are_stored_with_their_content_type(s3env, s3_bucket):
+    """Chunks as application/octet-stream and the formats' documents as application/json, as
+    CloudVolume and TensorStore store them (SeaweedFS otherwise sniffs and sample-gzips every
+    body it is sent); blind and conditional puts alike, transport compression kept."""
+    client = s3env.boto3_client()
+
+    def head(key: str) -> dict:
+        return client.head_object(Bucket=s3_bucket, Key=key)
+
+    pre = vb.create(f"precomputed://s3://{s3_bucket}/ct/pre", shape=(4, 8, 8), chunk_shape=(4, 8, 8), compression="gzip")
+    pre[...] = 7
+    pre[0:2, 0:3, 0:5] = 1  # a partial chunk: a conditional put
+    assert head("ct/pre/info")["ContentType"] == "application/json"
+    chunk = head("ct/pre/1_1_1/0-8_0-8_0-4")
+    assert (chunk["ContentType"], chunk["ContentEncoding"]) == ("application/octet-stream", "gzip")
+    z2 = vb.create(f"zarr2://s3://{s3_bucket}/ct/z2", shape=(4, 4, 4), chunk_shape=(2, 4, 4), dtype="uint16")
+    z2[...] = 3
+    z3 = vb.create(f"zarr3://s3://{s3_bucket}/ct/z3", shape=(4, 4, 4), chunk_shape=(2, 4, 4), dtype="uint16")
+    z3[...] = 3
+    assert head("ct/z2/.zarray")["ContentType"] == head("ct/z3/zarr.json")["ContentType"] == "application/json"
+    assert head("ct/z2/0/0/0")["ContentType"] == head("ct/z3/c/0/0/0")["ContentType"] == "application/octet-stream"
+    store = open_store(f"s3://{s3_bucket}/ct/kv")
+    store.update("info", lambda old: b"{}")
+    store.update("counts/0", lambda old: b"1")
+    assert head("ct/kv/info")["ContentType"] == "application/json"
+    assert head("ct/kv/counts/0")["ContentType"] == "application/octet-stream"
+    np.testing.assert_array_equal(vb.array(f"s3://{s3_bucket}/ct/pre")[0:2, 0:3, 0:5], 1)
+
+
 def test_store_contract_over_s3(s3env, s3_bucket):
     s = open_store(f"s3://{s3_bucket}/kv")
     assert s.get("a") is None and not s.exists("a")

@@ -259,11 +259,11 @@ class ObjectStore(KVStore):
     def _put(self, key: str, value: bytes, content_encoding: str | None, mode: Any = None) -> None:
         self._check_writable(key)
         self._check_key(key)
-        attributes = None
+        attributes = {"Content-Type": content_type(key)}
         if content_encoding:
             name = compression.canonical(content_encoding)
             value = compression.compress(name, value)
-            attributes = {"Content-Encoding": name}
+            attributes["Content-Encoding"] = name
         kwargs = {"attributes": attributes, "mode": mode, "use_multipart": False}
         self._call("PUT", key, lambda: obstore.put(self.store, self.prefix + key, value, **kwargs))
         self.stats.add(bytes_written=len(value))
@@ -315,6 +315,22 @@ class ObjectStore(KVStore):
             except Exception as e:
                 raise StoreError(f"conditional PUT {self._where(key)} failed: {_short(e)}") from e
         raise StoreError(f"{self._where(key)}: lost {self.retry.max_conflicts} write races in a row; giving up")
+
+
+#: The formats' JSON documents without a ``.json`` ending: precomputed's ``info`` and
+#: ``provenance``, zarr v2's dot files.
+_JSON_NAMES = frozenset({"info", "provenance", ".zarray", ".zattrs", ".zgroup", ".zmetadata"})
+
+
+def content_type(key: str) -> str:
+    """The Content-Type a PUT of ``key`` declares: ``application/json`` for the formats'
+    documents, ``application/octet-stream`` for everything else (chunks, shards, meshes), as
+    CloudVolume and TensorStore declare them. Without one, SeaweedFS sniffs the body and gzips a
+    sample of it to decide whether to compress it: 64 raw 64^3 chunk PUTs took ~6 % more of its
+    CPU (mean server CPU 301 vs 283 ms over 30 interleaved writes, TensorStore 284), and as much
+    more time, a write over loopback being bound by the server."""
+    name = key.rsplit("/", 1)[-1]
+    return "application/json" if name in _JSON_NAMES or name.endswith(".json") else "application/octet-stream"
 
 
 #: Content-Encoding values that leave the body as it is (S3 reports ``aws-chunked`` for objects
