@@ -223,11 +223,15 @@ def test_copies_outside_a_decoded_chunk_or_the_output_are_refused(monkeypatch):
             _one_chunk(out)
 
 
-def test_a_chunk_decoded_at_arrival_is_checked_as_a_batch_is():
+@pytest.mark.parametrize("kept_staging", [True, False])
+def test_a_chunk_decoded_at_arrival_is_checked_as_a_batch_is(monkeypatch, kept_staging):
     """ChunkAtATime (a network read's chunks, each decoded from the buffer it arrived in): the
     chunk lands where its row says; a stream that does not decode to exactly the chunk's bytes
     writes nothing and is left to the checked path; a stream inside the output, a row that
-    does not exist and a read-only output are refused."""
+    does not exist and a read-only output are refused. Chunks bigger than a thread's kept
+    staging buffer (``kept_staging`` False) are decoded into a buffer of the read's own."""
+    if not kept_staging:
+        monkeypatch.setattr(place, "KEEP_STAGING_BYTES", 32)
     payload = bytes(range(64))
     stream = zstandard.ZstdCompressor().compress(payload)
     out = np.zeros((8, 4, 4, 1), np.uint8, order="F")

@@ -20,6 +20,7 @@ decode into exactly its slot is left to that checked path, which decodes it or s
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import platform
@@ -256,11 +257,14 @@ class ChunkAtATime:
         self.zero = np.zeros(1, np.int64)
         self.local = threading.local()
 
-    def _thread_state(self) -> tuple[np.ndarray, _Context]:
-        """This thread's span (address, size) and decompression context."""
+    def _thread_state(self) -> tuple[np.ndarray, _Context, np.ndarray | None]:
+        """This thread's span (address, size), decompression context, and decode buffer for
+        chunks too big for the thread's kept staging buffer (allocated and faulted in once per
+        read, not once per chunk)."""
         state = getattr(self.local, "state", None)
         if state is None:
-            state = self.local.state = (np.zeros(2, np.int64), _context(self.codec))
+            big = np.empty(self.cap, np.uint8) if self.cap > place.KEEP_STAGING_BYTES else None
+            state = self.local.state = (np.zeros(2, np.int64), _context(self.codec), big)
         return state
 
     def place(self, row: int, data: bytes | memoryview) -> bool:
@@ -269,10 +273,10 @@ class ChunkAtATime:
         decodes it or says what is wrong. ``data`` is read only during the call."""
         if not 0 <= row < self.rows:
             raise ValueError(f"chunk row {row} of a read of {self.rows}")
-        span, ctx = self._thread_state()
+        span, ctx, big = self._thread_state()
         src = np.frombuffer(data, np.uint8)
         at, size = src.ctypes.data, src.size
-        with place.staging(self.cap) as buf:  # this thread's, kept paged in between reads
+        with contextlib.nullcontext(big) if big is not None else place.staging(self.cap) as buf:
             dst = buf.ctypes.data
             # the loop moves bytes assuming distinct buffers and runs without bounds checks: the
             # span is the whole of ``data``; the row was checked inside ``out`` and the chunk
