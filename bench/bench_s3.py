@@ -6,7 +6,9 @@ The benchmark starts its own SeaweedFS (``weed mini``, the tests' ``seaweedfs`` 
 removed at the end). On one ``SIZE^3`` uint8 EM-like volume in 64^3 chunks (the generator of
 ``bench_precomputed.py``), stored once as ``raw`` and once as ``raw`` with gzip transport
 compression (on S3: the plain key with ``Content-Encoding: gzip``, what CloudVolume writes with
-``compress='gzip'``), it times, in one run, libraries interleaved, best of ``--repeat``:
+``compress='gzip'``), it times, in one run, libraries interleaved, best of ``--repeat`` (and, for
+volbridge against tensorstore, the median of the rounds' paired ratios with a bootstrap 90 %
+interval):
 
 * ``read_full``   the whole volume,
 * ``read_cutout`` an unaligned cutout (300^3 at x, y, z = 37, 51, 29 for 512^3; scaled to the
@@ -81,6 +83,7 @@ import contextlib
 import json
 import os
 import platform
+import random
 import re
 import shutil
 import statistics
@@ -128,6 +131,9 @@ def seaweedfs():
     retries and cleanup. Its ``tmp_path_factory`` argument is unused (it makes its own temp dir)."""
     import servers
 
+    # Volumes big enough that none fills during a run: each fill stalls the writes in flight ~1 s
+    # (64 MB, the tests' size, stalled every other 16 MiB write of one library, session 17).
+    os.environ.setdefault("VOLBRIDGE_SEAWEEDFS_VOLUME_MB", "4096")
     fixture = servers.seaweedfs
     fn = getattr(fixture, "__wrapped__", None) or fixture._get_wrapped_function()
     return contextlib.contextmanager(fn)(None)
@@ -447,6 +453,19 @@ def ratio(a, b):
     return a / b if isinstance(a, float) and isinstance(b, float) and b > 0 else None
 
 
+def paired_ratio(mine: list[float], theirs: list[float], seed: int = 0) -> dict | None:
+    """The median over rounds of ``theirs[i] / mine[i]`` (> 1: mine faster; the rounds interleave
+    the libraries, so each pair ran seconds apart under the same load) with a bootstrap 90 %
+    interval: a best-of-N favours a library with one lucky round, and a busy neighbour or a
+    server stall shifts whole rounds."""
+    pairs = [t / m for m, t in zip(mine, theirs) if m > 0]
+    if len(pairs) < 3:
+        return None
+    rng = random.Random(seed)
+    boots = sorted(statistics.median(rng.choices(pairs, k=len(pairs))) for _ in range(2000))
+    return {"median": statistics.median(pairs), "ci90": [boots[100], boots[1899]], "rounds": len(pairs)}
+
+
 def _zarr_concurrency():
     try:
         import zarr
@@ -696,6 +715,8 @@ def run(args, s3, client, vol, gz, size, cut_start, cut_edge, nchunks, libs, ops
                     "bytes": nbytes,
                     "mb_s": mb_s,
                     "ratio_volbridge_over_tensorstore": ratio(vbr, rate.get("tensorstore")),
+                    "paired_ratio_volbridge_over_tensorstore": paired_ratio(times.get("volbridge", []),
+                                                                            times.get("tensorstore", [])),
                     # the same from the medians (the best of N favours a library with one lucky run)
                     "median_ratio_volbridge_over": {
                         l: ratio(statistics.median(times[l]), statistics.median(times["volbridge"]))
@@ -770,6 +791,9 @@ def run(args, s3, client, vol, gz, size, cut_start, cut_edge, nchunks, libs, ops
     def rcell(v):
         return f"{v:6.2f}" if isinstance(v, float) else f"{'-':>6s}"
 
+    def pcell(p):
+        return f"{p['median']:.2f} [{p['ci90'][0]:.2f}, {p['ci90'][1]:.2f}]".rjust(22) if p else f"{'-':>22s}"
+
     pre_rows = [r for r in rows if r["format"] == "precomputed"]
     zarr_rows = [r for r in rows if r["format"] == "zarr3"]
 
@@ -783,24 +807,28 @@ def run(args, s3, client, vol, gz, size, cut_start, cut_edge, nchunks, libs, ops
         print(f"precomputed {size}^3 uint8, 64^3 chunks, S3 (SeaweedFS on loopback); MB/s (10^6 voxel bytes/s), "
               f"best of {2 * args.repeat} (reads) / {args.repeat} (writes)")
         header = f"{'operation':12s} {'enc':4s} {'volbridge':>9s} {'tensorst.':>9s} {'cloudvol.':>9s} {'vb/ts':>6s} {'vb/cv':>6s}"
+        header += f"  {'vb/ts paired (90% CI)':>22s}"
         print(header)
         print("-" * len(header))
         for r in pre_rows:
             m = r["mb_s"]
             print(f"{r['operation']:12s} {r['encoding']:4s} {cell(m.get('volbridge'))} {cell(m.get('tensorstore'))} "
-                  f"{cell(m.get('cloudvolume'))} {rcell(r['ratio_volbridge_over_tensorstore'])} {rcell(r['ratio_volbridge_over_cloudvolume'])}")
+                  f"{cell(m.get('cloudvolume'))} {rcell(r['ratio_volbridge_over_tensorstore'])} "
+                  f"{rcell(r['ratio_volbridge_over_cloudvolume'])}  {pcell(r['paired_ratio_volbridge_over_tensorstore'])}")
         print_opens(pre_rows, adapters)
     if zarr_rows:
         print()
         print(f"zarr v3 {size}^3 uint8 (z, y, x), 64^3 chunks, codecs bytes [+ zstd level {ZSTD_LEVEL}], same SeaweedFS; MB/s, "
               f"best of {2 * args.repeat} (reads) / {args.repeat} (writes)")
         header = f"{'operation':12s} {'enc':4s} {'volbridge':>9s} {'tensorst.':>9s} {'zarr-py':>9s} {'vb/ts':>6s} {'vb/zp':>6s}"
+        header += f"  {'vb/ts paired (90% CI)':>22s}"
         print(header)
         print("-" * len(header))
         for r in zarr_rows:
             m = r["mb_s"]
             print(f"{r['operation']:12s} {r['encoding']:4s} {cell(m.get('volbridge'))} {cell(m.get('tensorstore'))} "
-                  f"{cell(m.get('zarr-python'))} {rcell(r['ratio_volbridge_over_tensorstore'])} {rcell(r['ratio_volbridge_over_zarr_python'])}")
+                  f"{cell(m.get('zarr-python'))} {rcell(r['ratio_volbridge_over_tensorstore'])} "
+                  f"{rcell(r['ratio_volbridge_over_zarr_python'])}  {pcell(r['paired_ratio_volbridge_over_tensorstore'])}")
         print_opens(zarr_rows, fmt_adapters["zarr3"])
     if cache_adapters:
         print()

@@ -493,7 +493,10 @@ def _start_seaweedfs_once(weed: str, root: Path, bucket: str) -> tuple[ServerPro
         f"-webdav.port={webdav_port}",
         "-webdav=false",
         "-master.telemetry=false",  # never phone home
-        "-master.volumeSizeLimitMB=64",  # small volumes: less preallocation on a test disk
+        # small volumes: less preallocation on a test disk. A benchmark asks for bigger ones: each
+        # time a volume fills, every write in flight waits ~1 s while the master grows another
+        # (with 64 MB, every other 16 MiB write of one library in bench_s3's interleaved rounds)
+        f"-master.volumeSizeLimitMB={int(os.environ.get('VOLBRIDGE_SEAWEEDFS_VOLUME_MB', '64'))}",
         "-volume.preStopSeconds=0",  # stop at once at the end of the session
         f"-bucket={bucket}",
     ]
