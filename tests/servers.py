@@ -661,6 +661,106 @@ def s3env(seaweedfs: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
 
 
 # --------------------------------------------------------------------------------------------
+# TLS for test servers, and a proxy that records what clients send
+# --------------------------------------------------------------------------------------------
+
+
+def tls_pair(tmp_path: Path) -> None:
+    """A CA (ca.pem) and a server certificate it signed for localhost (srv.pem, srv.key)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(cn):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("volbridge test CA")).issuer_name(name("volbridge test CA"))
+          .public_key(ca_key.public_key()).serial_number(1).not_valid_before(now - datetime.timedelta(days=1))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder().subject_name(name("localhost")).issuer_name(ca.subject).public_key(key.public_key())
+            .serial_number(2).not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False).sign(ca_key, hashes.SHA256()))
+    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "srv.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "srv.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+
+
+class RecordingProxy:
+    """A TCP proxy on 127.0.0.1 to ``target_port`` that keeps every byte its clients send (TLS on
+    its side with ``tls``, an ``ssl.SSLContext``): what a client library puts on the wire."""
+
+    def __init__(self, target_port: int, tls=None):
+        self.target_port, self.tls = target_port, tls
+        self.sent = bytearray()
+        self._lock = threading.Lock()
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True, name=f"recording-proxy-{self.port}").start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:  # closed
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+        except OSError:
+            conn.close()
+            return
+        with self._lock:
+            self._sockets += [conn, upstream]
+        threading.Thread(target=self._pump, args=(upstream, conn, False), daemon=True).start()
+        self._pump(conn, upstream, True)
+
+    def _pump(self, src: socket.socket, dst: socket.socket, record: bool) -> None:
+        try:
+            while data := src.recv(1 << 16):
+                if record:
+                    with self._lock:
+                        self.sent += data
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def requests(self) -> list[tuple[str, str, dict[str, str]]]:
+        """(method, path, headers with lower-case names) of each request sent so far."""
+        with self._lock:
+            sent = bytes(self.sent)
+        found = []
+        for m in re.finditer(rb"(GET|PUT|POST|HEAD|DELETE) (\S+) HTTP/1\.1\r\n(.*?)\r\n\r\n", sent, re.S):
+            lines = m.group(3).decode("latin-1").split("\r\n")
+            headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+            found.append((m.group(1).decode(), m.group(2).decode("latin-1"), headers))
+        return found
+
+    def close(self) -> None:
+        self._server.close()
+        with self._lock:
+            for sock in self._sockets:
+                sock.close()
+
+
+# --------------------------------------------------------------------------------------------
 # static HTTP server with Range and Content-Encoding: gzip
 # --------------------------------------------------------------------------------------------
 

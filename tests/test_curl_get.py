@@ -19,6 +19,8 @@ from volbridge.kv.cloud import open_object_store
 from volbridge.kv.curl_get import S3Signer
 from volbridge.kv.retry import RetryPolicy
 
+from servers import tls_pair
+
 
 def fetched(store, keys, heavy=False):
     got = {}
@@ -270,39 +272,12 @@ def test_options_volbridge_does_not_reproduce_leave_gets_to_obstore(s3env, s3_bu
     assert open_store(f"s3://{s3_bucket}/opt").getter is None
 
 
-def _tls_pair(tmp_path):
-    """A CA (ca.pem) and a server certificate it signed for localhost (srv.pem, srv.key)."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    def name(cn):
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(name("volbridge test CA")).issuer_name(name("volbridge test CA"))
-          .public_key(ca_key.public_key()).serial_number(1).not_valid_before(now - datetime.timedelta(days=1))
-          .not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
-    cert = (x509.CertificateBuilder().subject_name(name("localhost")).issuer_name(ca.subject).public_key(key.public_key())
-            .serial_number(2).not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False).sign(ca_key, hashes.SHA256()))
-    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "srv.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "srv.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                         serialization.NoEncryption()))
-
-
 def test_https_trusts_the_ca_named_by_ssl_cert_file(scripted, tmp_path, monkeypatch):
     import ssl
 
     base, routes = scripted
     routes["/vol/a"] = (200, {}, b"SECURE")
-    _tls_pair(tmp_path)
+    tls_pair(tmp_path)
     class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
         daemon_threads = True
 

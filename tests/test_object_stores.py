@@ -13,6 +13,7 @@ import volbridge as vb
 from volbridge.errors import ReadOnlyError, StoreError, URLError
 from volbridge.kv import open_store
 
+from servers import RecordingProxy, tls_pair
 from test_concurrency import CHUNK, SHAPE, check_serial_replay, run_writers, writer_boxes
 from test_state_machine import PrecomputedMachine
 
@@ -75,6 +76,51 @@ def test_objects_are_stored_with_their_content_type(s3env, s3_bucket):
     assert head("ct/kv/info")["ContentType"] == "application/json"
     assert head("ct/kv/counts/0")["ContentType"] == "application/octet-stream"
     np.testing.assert_array_equal(vb.array(f"s3://{s3_bucket}/ct/pre")[0:2, 0:3, 0:5], 1)
+
+
+def test_payloads_are_hashed_over_plain_http_only(s3env, s3_bucket, tmp_path, monkeypatch):
+    """A PUT over https sends ``x-amz-content-sha256: UNSIGNED-PAYLOAD`` (TLS guards the body, as
+    the AWS SDKs' S3 signers assume); over plain http it carries the body's SHA-256, the only
+    check the server makes on it. AWS_UNSIGNED_PAYLOAD decides when set. SeaweedFS, behind a
+    TLS proxy that records the requests, accepts all three and the data reads back."""
+    import hashlib
+    import ssl
+
+    from volbridge.kv import cloud
+
+    tls_pair(tmp_path)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(tmp_path / "srv.pem", tmp_path / "srv.key")
+    for name in ("SSL_CERT_FILE", "AWS_CA_BUNDLE"):  # obstore's trust; libcurl's for S3 (AWS's first)
+        monkeypatch.setenv(name, str(tmp_path / "ca.pem"))
+    port = int(s3env.endpoint.rsplit(":", 1)[1])
+    data = np.arange(8 * 8 * 8, dtype=np.uint16).reshape(8, 8, 8)
+    for i, (scheme, choice, unsigned) in enumerate([("https", None, True), ("http", None, False),
+                                                    ("https", "false", False), ("http", "true", True)]):
+        proxy = RecordingProxy(port, tls if scheme == "https" else None)
+        try:
+            endpoint = f"{scheme}://localhost:{proxy.port}"
+            monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+            monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+            if choice is None:
+                monkeypatch.delenv("AWS_UNSIGNED_PAYLOAD", raising=False)
+            else:
+                monkeypatch.setenv("AWS_UNSIGNED_PAYLOAD", choice)
+            cloud._clients.clear()
+            url = f"zarr3://s3://{s3_bucket}/payload-{i}"
+            a = vb.create(url, shape=data.shape, chunk_shape=(4, 8, 8), dtype="uint16", compression="zstd")
+            a[...] = data
+            np.testing.assert_array_equal(vb.array(url)[...], data)
+            puts = [h for method, _, h in proxy.requests() if method == "PUT"]
+            assert len(puts) >= 3, proxy.requests()  # zarr.json and two chunks
+            hashes = {h["x-amz-content-sha256"] for h in puts}
+            if unsigned:
+                assert hashes == {"UNSIGNED-PAYLOAD"}, (scheme, choice, hashes)
+            else:
+                assert all(len(v) == 64 and v != hashlib.sha256(b"").hexdigest() for v in hashes), (scheme, choice, hashes)
+        finally:
+            proxy.close()
+            cloud._clients.clear()
 
 
 def test_store_contract_over_s3(s3env, s3_bucket):

@@ -4,7 +4,8 @@
   servers, ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``, ``AWS_REGION``
   (or ``AWS_DEFAULT_REGION``), else the ``AWS_PROFILE`` (or default) profile of
   ``~/.aws/credentials`` and ``~/.aws/config``. With no credentials at all, requests go unsigned
-  (public buckets).
+  (public buckets). PUTs hash their bodies into the signature over plain http only (over https
+  ``UNSIGNED-PAYLOAD``, as the AWS SDKs); ``AWS_UNSIGNED_PAYLOAD`` overrides.
 * ``gs://bucket/prefix``: ``GOOGLE_APPLICATION_CREDENTIALS``, ``GOOGLE_SERVICE_ACCOUNT`` (a key
   file), ``GOOGLE_SERVICE_ACCOUNT_KEY`` (the key itself), ``GOOGLE_BEARER_TOKEN``, or gcloud's
   application-default credentials file; without any, reads go unsigned (public buckets).
@@ -78,6 +79,13 @@ def s3_config(env: dict | None = None) -> dict:
     cfg["region"] = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or cfg.get("region") or "us-east-1"
     if "access_key_id" not in cfg:
         cfg["skip_signature"] = True  # anonymous: public buckets
+    # Over https TLS guards the body, so a PUT skips hashing it (x-amz-content-sha256:
+    # UNSIGNED-PAYLOAD), as the AWS SDKs' S3 signers do: ~14 ms of client CPU per 16 MiB written.
+    # Over plain http the hash is the only check the server makes on the body: kept there.
+    # AWS_UNSIGNED_PAYLOAD (object_store's own variable) decides when it is set.
+    choice = env.get("AWS_UNSIGNED_PAYLOAD")
+    https = urlparse(cfg.get("endpoint") or "https://s3.amazonaws.com").scheme.lower() == "https"
+    cfg["unsigned_payload"] = _true(choice) if choice is not None else https
     return cfg
 
 
@@ -190,7 +198,8 @@ def open_object_store(url: str, retry: RetryPolicy | None = None) -> ObjectStore
 _AWS_VARS_KNOWN = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",
                    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ALLOW_HTTP", "AWS_VIRTUAL_HOSTED_STYLE_REQUEST",
                    "AWS_EC2_METADATA_DISABLED", "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE",
-                   "AWS_PAGER", "AWS_SDK_LOAD_CONFIG", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE", "AWS_CA_BUNDLE"}
+                   "AWS_PAGER", "AWS_SDK_LOAD_CONFIG", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE", "AWS_CA_BUNDLE",
+                   "AWS_UNSIGNED_PAYLOAD"}  # a GET has no body to hash
 
 
 def _s3_getter(bucket: str, cfg: dict, retry: RetryPolicy) -> CurlGetter | None:
