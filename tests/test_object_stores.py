@@ -123,6 +123,46 @@ def test_payloads_are_hashed_over_plain_http_only(s3env, s3_bucket, tmp_path, mo
             cloud._clients.clear()
 
 
+def test_a_private_ca_in_aws_ca_bundle_is_trusted_by_writes_and_reads(s3env, s3_bucket, tmp_path, monkeypatch):
+    """AWS_CA_BUNDLE (the AWS tools' CA file) is added to the roots obstore trusts, as libcurl's
+    GETs already trusted it: an https endpoint signed by a private CA takes writes and reads with
+    the system's CAs otherwise in force. A bundle that cannot be read is named."""
+    import ssl
+
+    from volbridge.kv import cloud
+
+    tls_pair(tmp_path)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(tmp_path / "srv.pem", tmp_path / "srv.key")
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    proxy = RecordingProxy(int(s3env.endpoint.rsplit(":", 1)[1]), tls)
+    endpoint = f"https://localhost:{proxy.port}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+    data = np.arange(4 * 8 * 8, dtype=np.uint8).reshape(4, 8, 8)
+    try:
+        url = f"precomputed://s3://{s3_bucket}/private-ca"
+        monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+        cloud._clients.clear()
+        monkeypatch.setenv("VOLBRIDGE_MAX_ATTEMPTS", "1")
+        with pytest.raises(StoreError, match="private-ca/info failed"):  # the system's CAs do not know it
+            vb.create(url, shape=data.shape, chunk_shape=(4, 8, 8), dtype="uint8")
+        monkeypatch.delenv("VOLBRIDGE_MAX_ATTEMPTS")
+        monkeypatch.setenv("AWS_CA_BUNDLE", str(tmp_path / "ca.pem"))
+        cloud._clients.clear()
+        vb.create(url, shape=data.shape, chunk_shape=(4, 8, 8), dtype="uint8")[...] = data
+        np.testing.assert_array_equal(vb.array(url)[...].squeeze(), data)
+        assert any(method == "PUT" for method, _, _ in proxy.requests())
+        for bad, why in ((tmp_path / "absent.pem", "cannot be read"), (tmp_path / "srv.key", "no PEM certificate")):
+            monkeypatch.setenv("AWS_CA_BUNDLE", str(bad))
+            with pytest.raises(URLError, match=f"AWS_CA_BUNDLE=.*{why}"):
+                open_store(f"s3://{s3_bucket}/private-ca")
+    finally:
+        proxy.close()
+        cloud._clients.clear()
+
+
 def test_store_contract_over_s3(s3env, s3_bucket):
     s = open_store(f"s3://{s3_bucket}/kv")
     assert s.get("a") is None and not s.exists("a")

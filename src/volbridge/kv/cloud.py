@@ -4,8 +4,9 @@
   servers, ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``, ``AWS_REGION``
   (or ``AWS_DEFAULT_REGION``), else the ``AWS_PROFILE`` (or default) profile of
   ``~/.aws/credentials`` and ``~/.aws/config``. With no credentials at all, requests go unsigned
-  (public buckets). PUTs hash their bodies into the signature over plain http only (over https
-  ``UNSIGNED-PAYLOAD``, as the AWS SDKs); ``AWS_UNSIGNED_PAYLOAD`` overrides.
+  (public buckets). ``AWS_CA_BUNDLE`` adds a CA file to the trusted roots. PUTs hash their bodies
+  into the signature over plain http only (over https ``UNSIGNED-PAYLOAD``, as the AWS SDKs
+  sign); ``AWS_UNSIGNED_PAYLOAD`` overrides.
 * ``gs://bucket/prefix``: ``GOOGLE_APPLICATION_CREDENTIALS``, ``GOOGLE_SERVICE_ACCOUNT`` (a key
   file), ``GOOGLE_SERVICE_ACCOUNT_KEY`` (the key itself), ``GOOGLE_BEARER_TOKEN``, or gcloud's
   application-default credentials file; without any, reads go unsigned (public buckets).
@@ -24,6 +25,7 @@
 from __future__ import annotations
 
 import configparser
+import functools
 import json
 import os
 import threading
@@ -125,6 +127,34 @@ _AZURE_SERVICE_VARS = ("AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT", "A
                        "AZURE_STORAGE_USE_EMULATOR", "AZURE_ENDPOINT")
 
 
+def _ca_file(path: str | None) -> tuple[tuple, str] | None:
+    """(identity, PEM text) of the certificates in ``path`` (``AWS_CA_BUNDLE``), which are added to
+    obstore's trusted roots, so that a private CA (a self-hosted MinIO, say) is trusted by writes as
+    by reads. The identity (path, size, mtime) keys the shared client; the text is read once."""
+    if not path:
+        return None
+    path = os.path.expanduser(path)
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise URLError(f"AWS_CA_BUNDLE={path!r} cannot be read: {e}") from e
+    identity = (path, st.st_size, st.st_mtime_ns)
+    return identity, _ca_text(identity)
+
+
+@functools.lru_cache(maxsize=8)
+def _ca_text(identity: tuple) -> str:
+    path = identity[0]
+    try:
+        with open(path, encoding="ascii") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise URLError(f"AWS_CA_BUNDLE={path!r} cannot be read as PEM certificates: {e}") from e
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        raise URLError(f"AWS_CA_BUNDLE={path!r} holds no PEM certificate")
+    return text
+
+
 def _true(v: str | None) -> bool:
     return (v or "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -167,7 +197,11 @@ def open_object_store(url: str, retry: RetryPolicy | None = None) -> ObjectStore
         cfg = s3_config()
         if str(cfg.get("endpoint", "")).startswith("http://") or _true(os.environ.get("AWS_ALLOW_HTTP")):
             kw["client_options"]["allow_http"] = True
-        store = _shared("s3", (bucket, cfg, repr(retry), kw["client_options"]), lambda: S3Store(bucket, **cfg, **kw))
+        ca = _ca_file(os.environ.get("AWS_CA_BUNDLE"))  # the GETs' libcurl trusts it (_s3_getter): the PUTs too
+        if ca is not None:
+            kw["client_options"] = dict(kw["client_options"], root_certificate=ca[1])
+        store = _shared("s3", (bucket, cfg, repr(retry), opts["client_options"], ca and ca[0]),
+                        lambda: S3Store(bucket, **cfg, **kw))
         service = cfg.get("endpoint") or "aws"
         getter = _s3_getter(bucket, cfg, retry)
     elif scheme in ("gs", "gcs"):
