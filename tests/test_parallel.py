@@ -150,6 +150,57 @@ def test_a_sharded_write_of_few_shards_on_a_network_store_spreads_its_chunks_ove
         assert "encode_slot" not in calls
 
 
+class _Peak:
+    """The most calls of a wrapped function that were running at once."""
+
+    def __init__(self, fn, hold: float):
+        self.fn, self.hold, self.now, self.peak, self.lock = fn, hold, 0, 0, threading.Lock()
+
+    def __call__(self, *args, **kw):
+        with self.lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+        try:
+            time.sleep(self.hold)
+            return self.fn(*args, **kw)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+@pytest.mark.parametrize("compression", ["zstd", None])
+@pytest.mark.parametrize("partial", [False, True])
+def test_a_network_write_compresses_on_the_cores_while_its_puts_fan_out(tmp_path, monkeypatch, compression, partial):
+    """32 loops that all compressed at once finished their chunks together, late, and the
+    server waited meanwhile for the first PUT: compressed chunks encode in cores + 1 slots,
+    the PUTs stay io_concurrency wide; raw chunks (a copy) take no slot."""
+    import numpy as np
+
+    import volbridge as vb
+
+    monkeypatch.delenv("VOLBRIDGE_THREADS", raising=False)
+    monkeypatch.setattr(parallel, "cores", lambda: 2)
+    a = vb.create(f"zarr3://{tmp_path / 'v'}", shape=(64, 64, 256), dtype="uint16", chunk_shape=(16, 16, 16),
+                  compression=compression)
+    vol, store = a.volume, a.volume.store
+    store.io_concurrency = 32
+    encodes = _Peak(vol._encode, 0.002)
+    puts = _Peak(store.update, 0.03)  # a request's round trip: many wait at once
+    monkeypatch.setattr(vol, "_encode", encodes)
+    monkeypatch.setattr(store, "update", puts)
+    data = np.random.default_rng(0).integers(0, 9, a.shape).astype("uint16")
+    box = (slice(1, 63), slice(0, 64), slice(3, 250)) if partial else (slice(None),) * 3
+    a[box] = data[box]
+    assert puts.peak > 8
+    if compression:
+        assert encodes.peak <= 3
+    else:
+        assert encodes.peak > 8
+    expected = np.zeros_like(data)
+    expected[box] = data[box]
+    np.testing.assert_array_equal(vb.array(f"zarr3://{tmp_path / 'v'}")[...], expected)
+
+
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is a Linux call")
 def test_loops_are_sized_to_the_cores_the_process_may_use():
     """A SLURM job or ``taskset`` gives a process fewer cores than the machine has; loops sized
