@@ -163,6 +163,43 @@ def test_a_private_ca_in_aws_ca_bundle_is_trusted_by_writes_and_reads(s3env, s3_
         cloud._clients.clear()
 
 
+def test_tls_failures_fail_at_once_and_say_what_to_do(s3env, s3_bucket, tmp_path, monkeypatch):
+    """A certificate the client does not trust, or https spoken to a plain-http port, fails at
+    the first attempt on every path (obstore's writes and reads, libcurl's batched GETs): a retry
+    would only repeat it. obstore's own message says only "error sending request"."""
+    import ssl
+
+    from volbridge.kv import cloud
+
+    tls_pair(tmp_path)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(tmp_path / "srv.pem", tmp_path / "srv.key")
+    for name in ("SSL_CERT_FILE", "SSL_CERT_DIR", "AWS_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("VOLBRIDGE_MAX_ATTEMPTS", "4")
+    port = int(s3env.endpoint.rsplit(":", 1)[1])
+    proxy = RecordingProxy(port, tls)
+    try:
+        for endpoint, why in ((f"https://localhost:{proxy.port}", r"certificate is refused \(UnknownIssuer\).*AWS_CA_BUNDLE"),
+                              (f"https://127.0.0.1:{port}", "does not speak TLS there")):
+            monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+            monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+            cloud._clients.clear()
+            s = open_store(f"s3://{s3_bucket}/tls")
+            assert s.getter is not None  # libcurl's batched GETs are tested too
+            with pytest.raises(StoreError, match=f"PUT .*tls/k failed: .*{why}"):
+                s.put("k", b"x")
+            with pytest.raises(StoreError, match=f"GET .*tls/k failed: .*{why}"):
+                s.get("k")
+            curl_why = "AWS_CA_BUNDLE" if "certificate" in why else why
+            with pytest.raises(StoreError, match=f"GET .*tls/[ab] failed: .*curl error .*{curl_why}"):
+                s.get_many(["a", "b"])
+            assert s.stats.retries == 0
+    finally:
+        proxy.close()
+        cloud._clients.clear()
+
+
 def test_store_contract_over_s3(s3env, s3_bucket):
     s = open_store(f"s3://{s3_bucket}/kv")
     assert s.get("a") is None and not s.exists("a")

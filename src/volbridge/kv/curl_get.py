@@ -30,7 +30,7 @@ from typing import Callable
 from urllib.parse import quote, urlsplit
 
 from ..errors import StoreError
-from .retry import RetryPolicy, gave_up, retryable_status
+from .retry import NOT_TLS, UNTRUSTED_CERTIFICATE, RetryPolicy, gave_up, retryable_status
 
 try:
     import pycurl
@@ -39,6 +39,16 @@ except ImportError:  # an optional speed-up: without it every GET goes through o
 
 #: libcurl errors that no retry can fix (bad URL or protocol, TLS trust, a refused login).
 _FINAL_CURL_ERRORS = {1, 3, 4, 43, 48, 51, 58, 59, 60, 67, 77, 83, 90, 91}
+
+
+def _tls_hint(errno: int, message: str | None) -> str | None:
+    """What to do about a TLS failure no retry can fix (an untrusted certificate, or https
+    spoken to a plain-http port: a handshake error, 35, that retries would only repeat)."""
+    if errno == 60:
+        return UNTRUSTED_CERTIFICATE
+    if errno == 35 and "wrong version number" in (message or ""):
+        return NOT_TLS
+    return None
 
 
 def available() -> bool:
@@ -372,8 +382,9 @@ class CurlGetter:
             deliver(req, False, "")
             return
         if error is not None:
-            retryable = error[0] not in _FINAL_CURL_ERRORS
-            why = f"{error[1] or 'libcurl error'} (curl error {error[0]})"
+            hint = _tls_hint(*error)
+            retryable = error[0] not in _FINAL_CURL_ERRORS and hint is None
+            why = f"{error[1] or 'libcurl error'} (curl error {error[0]})" + (f": {hint}" if hint else "")
         else:
             retryable = retryable_status(status)
             why = f"HTTP {status}: {bytes(req.buf[:min(req.size, 200)]).decode('utf-8', 'replace').strip()}"

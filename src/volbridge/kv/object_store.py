@@ -36,7 +36,7 @@ from ..errors import (
 from .base import KVStore, ObjectStat, StoreStats, Updater
 from .curl_get import CurlGetter
 from .ranges import RangeReader
-from .retry import RetryPolicy, gave_up, retryable_status
+from .retry import NOT_TLS, UNTRUSTED_CERTIFICATE, RetryPolicy, gave_up, retryable_status
 
 T = TypeVar("T")
 
@@ -63,8 +63,24 @@ _STATUS = re.compile(r"status code: (\d{3})")
 _BAD_RANGE = re.compile(r"status code: 416|[Ii]nvalid range|InvalidRange|[Rr]ange not satisfiable")
 
 
+#: TLS failures no retry can fix, found in obstore's debug dump (its message says only "error
+#: sending request", as for a dropped connection): a certificate the client does not trust or
+#: that names another host, or https spoken to a plain-http port.
+_TLS_FINAL = re.compile(r"InvalidCertificate\(\s*([A-Za-z]+)|InvalidMessage\(\s*InvalidContentType")
+
+
+def tls_failure(text: str) -> str | None:
+    """What is wrong, when ``text`` (an error's message) shows a TLS failure no retry can fix."""
+    m = _TLS_FINAL.search(text)
+    if m is None:
+        return None
+    if m.group(1):
+        return f"the server's TLS certificate is refused ({m.group(1).removesuffix('Context')}); {UNTRUSTED_CERTIFICATE}"
+    return NOT_TLS
+
+
 def _retryable(e: BaseException) -> bool:
-    if isinstance(e, _FINAL) or _BAD_RANGE.search(str(e)):
+    if isinstance(e, _FINAL) or _BAD_RANGE.search(str(e)) or tls_failure(str(e)):
         return False
     m = _STATUS.search(str(e))
     if m:
@@ -350,7 +366,9 @@ def _codings(encoding: str) -> list[str]:
 def _short(e: BaseException) -> str:
     """obstore messages carry a long debug dump after the first line: keep the useful part."""
     text = str(e).strip().split("\n\nDebug source:")[0]
-    return text if len(text) < 400 else text[:400] + "..."
+    text = text if len(text) < 400 else text[:400] + "..."
+    tls = tls_failure(str(e))
+    return f"{text}: {tls}" if tls else text
 
 
 class _ObjectRangeReader(RangeReader):

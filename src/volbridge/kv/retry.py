@@ -23,6 +23,11 @@ def retryable_status(status: int) -> bool:
     return (status >= 500 and status not in (501, 505)) or status in (408, 429)
 
 
+#: What to do about the TLS failures no retry fixes, for the errors that name them.
+UNTRUSTED_CERTIFICATE = "a private CA's certificate goes in AWS_CA_BUNDLE or SSL_CERT_FILE"
+NOT_TLS = "the server does not speak TLS there (https:// to a plain-http port?)"
+
+
 def gave_up(error: BaseException) -> BaseException:
     """``error``, marked as raised after the policy's last attempt: the store did not answer, or
     answered only with failures that may pass (a caller that would ask again in another way,
