@@ -369,6 +369,8 @@ class VCase:
     axis_order: str = "zyx"
     #: after the full-channel writes, write channels [1, 2) of this box alone
     channel_write: tuple | None = None
+    #: create with checksum=True: a crc32c codec after the compressor
+    checksum: bool = False
 
     def __str__(self) -> str:
         return self.id
@@ -391,6 +393,9 @@ VB_CASES = [
     VCase("v3-blosc-uint64", 3, "uint64", "blosc"),
     VCase("v3-zstd-bool", 3, "bool", "zstd"),
     VCase("v3-raw-complex64", 3, "complex64", None),
+    VCase("v3-zstd-uint16-crc32c", 3, "uint16", "zstd", checksum=True),
+    VCase("v3-raw-float32-2ch-crc32c-xyz", 3, "float32", None, nc=2, axis_order="xyz", checksum=True,
+          channel_write=((1, 2, 0), (9, 12, 5))),
 ]
 
 
@@ -426,7 +431,8 @@ def vb_write_volume(path: str, case: VCase, seed: int = 5) -> np.ndarray:
     """Create with volbridge and apply WRITES; returns the (c, z, y, x) model of the volume."""
     o = (lambda t: tuple(t)) if case.axis_order == "zyx" else (lambda t: tuple(t)[::-1])
     h = vb.create(f"zarr{case.fmt}://{path}", shape=o(S3), chunk_shape=o(C3), dtype=case.dtype,
-                  compression=case.compression, num_channels=case.nc, axis_order=case.axis_order)
+                  compression=case.compression, num_channels=case.nc, axis_order=case.axis_order,
+                  checksum=case.checksum)
     dt = np.dtype(case.dtype)
     model = np.zeros((case.nc, *S3), dt)
     for i, (lo, hi) in enumerate(WRITES):
@@ -455,6 +461,8 @@ def test_volbridge_written_read_by_peers(tmp_path, case):
     meta = read_json(path, meta_name)
     assert meta["zarr_format"] == case.fmt
     assert meta["shape"] == list(want.shape)
+    if case.fmt == 3:
+        assert (meta["codecs"][-1] == {"name": "crc32c"}) == case.checksum
 
     z = zarr.open_array(path, mode="r")
     assert z.metadata.zarr_format == case.fmt
@@ -905,3 +913,36 @@ def test_refused_writes_write_nothing(tmp_path, fmt, index, value, error, messag
     with pytest.raises(error, match=message):
         vb.array(path, mode="r+")[index] = value
     assert snapshot(path) == before
+
+
+@pytest.mark.parametrize("shard_shape", [None, (8, 10, 6)], ids=["chunks", "shards"])
+def test_a_checksummed_array_is_read_by_peers_and_refuses_a_flipped_bit(tmp_path, shard_shape):
+    """checksum=True puts zarr v3's crc32c codec after zstd (zstd frames are written without
+    their own checksum, as the peers write them): a flipped bit then raises in every reader
+    instead of decoding, maybe, to other voxels."""
+    path = str(tmp_path / "c.zarr")
+    data = make_data((16, 20, 12), np.dtype("uint16"), 7)
+    h = vb.create(f"zarr3://{path}", shape=data.shape, chunk_shape=(4, 5, 3), dtype="uint16", compression="zstd",
+                  checksum=True, shard_shape=shard_shape)
+    h[...] = data
+    h[1:6, 2:9, 0:5] = data[1:6, 2:9, 0:5] + 1  # a read-modify-write keeps the checksum right
+    data[1:6, 2:9, 0:5] += 1
+    assert_same(native(zarr.open_array(path, mode="r")[...]), data, "zarr-python reading a checksummed array")
+    assert_same(native(ts_read(path, 3)), data, "tensorstore reading a checksummed array")
+    vb_read_both(path, data, "volbridge reading its checksummed array")
+
+    stored = Path(path) / sorted(chunk_files(path))[0]
+    damaged = bytearray(stored.read_bytes())
+    damaged[len(damaged) // 3] ^= 0x10  # inside a chunk's zstd frame (a shard's index is at its end)
+    stored.write_bytes(bytes(damaged))
+    with pytest.raises(ChunkDecodeError, match="crc32c mismatch"):
+        vb.array(f"zarr3://{path}")[...]
+    with pytest.raises(Exception):
+        zarr.open_array(path, mode="r")[...]
+
+
+@pytest.mark.parametrize("url", ["zarr2://{p}", "precomputed://{p}", "n5://{p}", "ome-zarr://{p}", "{p}.h5"])
+def test_checksum_is_refused_where_the_format_has_no_place_for_it(tmp_path, url):
+    kw = {"ome_version": "0.4"} if url.startswith("ome") else {}
+    with pytest.raises(UnsupportedError, match="checksum"):
+        vb.create(url.format(p=tmp_path / "v"), shape=(4, 4, 4), dtype="uint8", checksum=True, **kw)

@@ -40,6 +40,7 @@ def create(
     shard_shape: Sequence[int] | None = None,
     ome_version: str | None = None,
     overwrite: bool = False,
+    checksum: bool = False,
 ) -> VolumeArray:
     """Create a volume and return a writable handle. Every tuple is in ``axis_order``.
 
@@ -47,6 +48,8 @@ def create(
     ``sharding_indexed``, or precomputed ``neuroglancer_uint64_sharded_v1`` (where it must be
     the chunk shape times the same power of two on every axis). ``ome_version`` ("0.5", the
     default, on zarr v3; or "0.4" on zarr v2) selects the NGFF version of an ``ome-zarr://`` image.
+    ``checksum`` (zarr v3 and OME-Zarr 0.5) stores a CRC32C with every chunk (the ``crc32c``
+    codec), so that a flipped bit raises on reading instead of decoding to other voxels.
     """
     if axis_order not in AXIS_ORDERS:
         raise InvalidArgumentError(f"axis_order must be 'zyx' or 'xyz', got {axis_order!r}")
@@ -83,5 +86,6 @@ def create(
         shard_shape=None if shard_shape is None else xyz(shard_shape, "shard_shape"),
         ome_version=ome_version,
         overwrite=overwrite,
+        checksum=checksum,
     )
     return VolumeArray(vol, 0, axis_order, "r+")

@@ -176,7 +176,8 @@ class OmeZarrDataset(ChunkedDataset):
     @classmethod
     def create(cls, store: KVStore, *, bounds: Box, dtype, chunk_shape, resolution=(1, 1, 1), num_channels: int = 1,
                num_scales: int = 1, factor=(2, 2, 1), compression: str | None = "zstd", overwrite: bool = False,
-               layer_type: str = "image", ome_version: str = "0.5", shard_shape=None, **ignored) -> OmeZarrDataset:
+               layer_type: str = "image", ome_version: str = "0.5", shard_shape=None, checksum: bool = False,
+               **ignored) -> OmeZarrDataset:
         """An OME-Zarr pyramid; every tuple (x, y, z); resolution in nm.
 
         ``ome_version="0.5"`` (the default) writes NGFF 0.5 on zarr v3: the group's ``zarr.json``
@@ -200,7 +201,7 @@ class OmeZarrDataset(ChunkedDataset):
                                     dtype=dtype, chunk_shape=chunk_shape, num_channels=num_channels,
                                     zarr_format=2 if ome_version == "0.4" else 3, compression=compression,
                                     overwrite=overwrite, dimension_names=[a["name"] for a in axes],
-                                    shard_shape=shard_shape)
+                                    shard_shape=shard_shape, checksum=checksum)
             origin_nm = [float(a * r) for a, r in zip(start[::-1], res[::-1])]  # z, y, x
             datasets.append({"path": str(level), "coordinateTransformations": [
                 {"type": "scale", "scale": lead + [float(r) for r in res[::-1]]},

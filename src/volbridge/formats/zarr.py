@@ -350,7 +350,8 @@ class ZarrDataset(ChunkedDataset):
     @classmethod
     def create(cls, store: KVStore, *, bounds: Box, dtype, chunk_shape, num_channels: int = 1, zarr_format: int = 3,
                compression: str | None = "zstd", fill_value=0, overwrite: bool = False,
-               dimension_names: list[str] | None = None, shard_shape=None, **ignored) -> "ZarrDataset":
+               dimension_names: list[str] | None = None, shard_shape=None, checksum: bool = False,
+               **ignored) -> "ZarrDataset":
         if any(bounds.start):
             raise UnsupportedError("a zarr array starts at 0: give shape=, or bounds starting at (0, 0, 0)")
         for key in (V2_META, V3_META):
@@ -363,6 +364,8 @@ class ZarrDataset(ChunkedDataset):
             shape, chunks = (num_channels, *shape), (num_channels, *chunks)
         fill = parse_fill(fill_value, dtype, "create")
         if zarr_format == 2:
+            if checksum:
+                raise UnsupportedError("zarr v2 has no checksum codec: use zarr v3 (zarr3://, or OME-Zarr 0.5) for checksum=True")
             if shard_shape is not None:
                 raise UnsupportedError("zarr v2 has no shards: use zarr v3 (zarr3://) for shard_shape")
             comp = {None: None, "zstd": {"id": "zstd", "level": 3}, "gzip": {"id": "gzip", "level": 5},
@@ -384,7 +387,9 @@ class ZarrDataset(ChunkedDataset):
         names = dimension_names or (["z", "y", "x"] if num_channels == 1 else ["c", "z", "y", "x"])
         if dtype.name not in _V3_TYPES:
             raise UnsupportedError(f"zarr v3 cannot store {dtype}; use one of {', '.join(_V3_TYPES)}")
+        # crc32c last: it covers the stored bytes, so damage raises before anything is decoded
         codecs = [{"name": "bytes", "configuration": {"endian": "little"}}, *comp3[compression]]
+        codecs += [{"name": "crc32c"}] if checksum else []
         grid_chunks = chunks
         if shard_shape is not None:
             outer = tuple(shard_shape[::-1]) if num_channels == 1 else (num_channels, *shard_shape[::-1])

@@ -298,15 +298,18 @@ def volume_exists(url: str) -> bool:
 
 #: Formats whose ``create`` writes shards (``shard_shape=``).
 SHARDED_FORMATS = ("precomputed", "zarr", "zarr3", "ome-zarr")
+CHECKSUM_FORMATS = ("zarr", "zarr3", "ome-zarr")
 
 
 def create_volume(url: str, **kw) -> Volume:
     sharded = kw.get("shard_shape") is not None
+    checksum = kw.pop("checksum", False)
     if _file_remote_scheme(url) in ("h5", "hdf5"):
         from .hdf5 import HDF5Volume
 
-        if sharded or kw.pop("ome_version", None) is not None:
-            raise UnsupportedError("an HDF5 dataset has no shards and no OME version: leave shard_shape and ome_version unset")
+        if sharded or checksum or kw.pop("ome_version", None) is not None:
+            raise UnsupportedError("an HDF5 dataset has no shards, chunk checksums or OME version: "
+                                   "leave shard_shape, checksum and ome_version unset")
         return HDF5Volume.create(_as_remote_url(url, "h5"), **kw)
     fmt, location = split_url(url)
     fmt = fmt or "precomputed"
@@ -316,6 +319,10 @@ def create_volume(url: str, **kw) -> Volume:
         raise UnsupportedError(f"ome_version applies to ome-zarr:// volumes, not {fmt}")
     if kw.get("ome_version") is None:
         kw.pop("ome_version", None)
+    if checksum:
+        if fmt not in CHECKSUM_FORMATS:
+            raise UnsupportedError(f"volbridge writes chunk checksums in zarr v3 and OME-Zarr volumes, not {fmt}")
+        kw["checksum"] = True
     entry = FORMATS[fmt]
     if entry.create is None:
         raise URLError(f"volbridge cannot create {fmt} volumes")
