@@ -161,6 +161,9 @@ class _Request:
         return memoryview(self.buf)[: self.size]
 
 
+#: libcurl's receive buffer per call (CURLOPT_BUFFERSIZE; its classic maximum).
+RECEIVE_BUFFER_BYTES = 512 << 10
+
 #: Receive buffers the process keeps between requests, at most this many bytes of them (one
 #: pool for every thread: a relay's request threads each driving transfers share it).
 KEPT_BUFFER_BYTES = 64 << 20
@@ -258,6 +261,10 @@ class CurlGetter:
         c.setopt(pycurl.CONNECTTIMEOUT_MS, int(self.retry.connect_timeout * 1000))
         c.setopt(pycurl.TIMEOUT_MS, int(self.retry.timeout * 1000))
         c.setopt(pycurl.PATH_AS_IS, 1)  # keys are sent as named, never with dot segments resolved
+        # Bodies are received up to 512 KiB a call, as TensorStore's libcurl does, not 16 KiB:
+        # a tenth of the receive calls and of the write callbacks into Python (a 150^3 zstd
+        # cutout made 490 of them); client CPU of S3 reads -6 to -12 %, interleaved A/B.
+        c.setopt(pycurl.BUFFERSIZE, RECEIVE_BUFFER_BYTES)
         c.setopt(pycurl.PROXY, self.proxy)
         if self.signer is None:  # anonymous HTTP follows redirects, as obstore does (a signature would not)
             c.setopt(pycurl.FOLLOWLOCATION, 1)
@@ -414,9 +421,9 @@ def _release(view: memoryview | None, req: _Request, buffers: _Buffers) -> None:
 def _header(lines: list[bytes], name: bytes) -> str:
     """Header ``name`` of the last response (after redirects, each response's lines follow its
     status line)."""
-    n = len(name)
+    n, first = len(name), name[:1] + name[:1].upper()
     for line in reversed(lines):
-        if line[:n].lower() == name:
+        if line[:1] in first and line[:n].lower() == name:  # lower() only lines that may match: ~14 a response
             return line[n:].decode("latin-1").strip()
         if line[:5] == b"HTTP/":
             break

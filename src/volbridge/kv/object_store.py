@@ -224,7 +224,7 @@ class ObjectStore(KVStore):
 
         def done(key: str, body: bytes | None, encoding: str) -> None:
             key = key[n:]
-            if body is not None and _codings(encoding):
+            if body is not None and encoding and _codings(encoding):
                 body = self._decode_content(key, encoding, body)
             fn(key, body)
 
