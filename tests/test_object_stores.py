@@ -164,9 +164,10 @@ def test_a_private_ca_in_aws_ca_bundle_is_trusted_by_writes_and_reads(s3env, s3_
 
 
 def test_tls_failures_fail_at_once_and_say_what_to_do(s3env, s3_bucket, tmp_path, monkeypatch):
-    """A certificate the client does not trust, or https spoken to a plain-http port, fails at
-    the first attempt on every path (obstore's writes and reads, libcurl's batched GETs): a retry
-    would only repeat it. obstore's own message says only "error sending request"."""
+    """A certificate the client does not trust or that names another host, or https spoken to
+    a plain-http port, fails at the first attempt on every path (obstore's writes and reads,
+    libcurl's batched GETs), saying what to do: a retry would only repeat it. obstore's own
+    message says only "error sending request"."""
     import ssl
 
     from volbridge.kv import cloud
@@ -180,8 +181,17 @@ def test_tls_failures_fail_at_once_and_say_what_to_do(s3env, s3_bucket, tmp_path
     port = int(s3env.endpoint.rsplit(":", 1)[1])
     proxy = RecordingProxy(port, tls)
     try:
-        for endpoint, why in ((f"https://localhost:{proxy.port}", r"certificate is refused \(UnknownIssuer\).*AWS_CA_BUNDLE"),
-                              (f"https://127.0.0.1:{port}", "does not speak TLS there")):
+        cases = (  # endpoint, trusted CA, what obstore's paths say, what libcurl's says
+            (f"https://localhost:{proxy.port}", None, r"certificate is refused \(UnknownIssuer\).*AWS_CA_BUNDLE", "AWS_CA_BUNDLE"),
+            (f"https://127.0.0.1:{proxy.port}", tmp_path / "ca.pem", r"refused \(NotValidForName\).*names other hosts",
+             "names other hosts"),  # the certificate names localhost only
+            (f"https://127.0.0.1:{port}", None, "does not speak TLS there", "does not speak TLS there"),
+        )
+        for endpoint, ca, why, curl_why in cases:
+            if ca is None:
+                monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+            else:
+                monkeypatch.setenv("AWS_CA_BUNDLE", str(ca))
             monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
             monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
             cloud._clients.clear()
@@ -191,7 +201,6 @@ def test_tls_failures_fail_at_once_and_say_what_to_do(s3env, s3_bucket, tmp_path
                 s.put("k", b"x")
             with pytest.raises(StoreError, match=f"GET .*tls/k failed: .*{why}"):
                 s.get("k")
-            curl_why = "AWS_CA_BUNDLE" if "certificate" in why else why
             with pytest.raises(StoreError, match=f"GET .*tls/[ab] failed: .*curl error .*{curl_why}"):
                 s.get_many(["a", "b"])
             assert s.stats.retries == 0

@@ -30,7 +30,7 @@ from typing import Callable
 from urllib.parse import quote, urlsplit
 
 from ..errors import StoreError
-from .retry import NOT_TLS, UNTRUSTED_CERTIFICATE, RetryPolicy, gave_up, retryable_status
+from .retry import NOT_TLS, RetryPolicy, certificate_advice, gave_up, retryable_status
 
 try:
     import pycurl
@@ -42,10 +42,10 @@ _FINAL_CURL_ERRORS = {1, 3, 4, 43, 48, 51, 58, 59, 60, 67, 77, 83, 90, 91}
 
 
 def _tls_hint(errno: int, message: str | None) -> str | None:
-    """What to do about a TLS failure no retry can fix (an untrusted certificate, or https
+    """What to do about a TLS failure no retry can fix (a refused certificate, or https
     spoken to a plain-http port: a handshake error, 35, that retries would only repeat)."""
     if errno == 60:
-        return UNTRUSTED_CERTIFICATE
+        return certificate_advice(message or "")
     if errno == 35 and "wrong version number" in (message or ""):
         return NOT_TLS
     return None

@@ -36,7 +36,7 @@ from ..errors import (
 from .base import KVStore, ObjectStat, StoreStats, Updater
 from .curl_get import CurlGetter
 from .ranges import RangeReader
-from .retry import NOT_TLS, UNTRUSTED_CERTIFICATE, RetryPolicy, gave_up, retryable_status
+from .retry import NOT_TLS, OLD_TLS, RetryPolicy, certificate_advice, gave_up, retryable_status
 
 T = TypeVar("T")
 
@@ -64,9 +64,10 @@ _BAD_RANGE = re.compile(r"status code: 416|[Ii]nvalid range|InvalidRange|[Rr]ang
 
 
 #: TLS failures no retry can fix, found in obstore's debug dump (its message says only "error
-#: sending request", as for a dropped connection): a certificate the client does not trust or
-#: that names another host, or https spoken to a plain-http port.
-_TLS_FINAL = re.compile(r"InvalidCertificate\(\s*([A-Za-z]+)|InvalidMessage\(\s*InvalidContentType")
+#: sending request", as for a dropped connection): a refused certificate (rustls' reason), https
+#: spoken to a plain-http port, or no TLS version or cipher suite in common.
+_TLS_FINAL = re.compile(r"InvalidCertificate\(\s*(?P<cert>[A-Za-z]+)|InvalidMessage\(\s*(?P<plain>InvalidContentType)"
+                        r"|PeerIncompatible\(\s*(?P<old>[A-Za-z0-9]+)")
 
 
 def tls_failure(text: str) -> str | None:
@@ -74,8 +75,11 @@ def tls_failure(text: str) -> str | None:
     m = _TLS_FINAL.search(text)
     if m is None:
         return None
-    if m.group(1):
-        return f"the server's TLS certificate is refused ({m.group(1).removesuffix('Context')}); {UNTRUSTED_CERTIFICATE}"
+    if m["cert"]:
+        reason = m["cert"].removesuffix("Context")
+        return f"the server's TLS certificate is refused ({reason}); {certificate_advice(reason)}"
+    if m["old"]:
+        return f"{OLD_TLS} ({m['old']})"
     return NOT_TLS
 
 

@@ -25,7 +25,22 @@ def retryable_status(status: int) -> bool:
 
 #: What to do about the TLS failures no retry fixes, for the errors that name them.
 UNTRUSTED_CERTIFICATE = "a private CA's certificate goes in AWS_CA_BUNDLE or SSL_CERT_FILE"
+MISNAMED_CERTIFICATE = ("it names other hosts: check the endpoint's host name (a bucket name with dots "
+                        "needs path-style addressing)")
+EXPIRED_CERTIFICATE = "it is outside its dates of validity: check the server's certificate and this machine's clock"
 NOT_TLS = "the server does not speak TLS there (https:// to a plain-http port?)"
+OLD_TLS = "the server offers no TLS version or cipher suite this client accepts"
+
+
+def certificate_advice(reason: str) -> str:
+    """What to do about a server certificate refused for ``reason`` (rustls' name for it, or
+    OpenSSL's words)."""
+    r = reason.lower()
+    if "name" in r:  # NotValidForName; "no alternative certificate subject name matches"
+        return MISNAMED_CERTIFICATE
+    if "expired" in r or "notvalidyet" in r or "not yet valid" in r:
+        return EXPIRED_CERTIFICATE
+    return UNTRUSTED_CERTIFICATE
 
 
 def gave_up(error: BaseException) -> BaseException:
