@@ -163,6 +163,8 @@ class _Request:
 
 #: libcurl's receive buffer per call (CURLOPT_BUFFERSIZE; its classic maximum).
 RECEIVE_BUFFER_BYTES = 512 << 10
+#: The first libcurl (8.7.0) whose easy handles share their multi handle's receive buffer.
+SHARED_RECEIVE_BUFFER_CURL = 0x080700
 
 #: Receive buffers the process keeps between requests, at most this many bytes of them (one
 #: pool for every thread: a relay's request threads each driving transfers share it).
@@ -263,8 +265,11 @@ class CurlGetter:
         c.setopt(pycurl.PATH_AS_IS, 1)  # keys are sent as named, never with dot segments resolved
         # Bodies are received up to 512 KiB a call, as TensorStore's libcurl does, not 16 KiB:
         # a tenth of the receive calls and of the write callbacks into Python (a 150^3 zstd
-        # cutout made 490 of them); client CPU of S3 reads -6 to -12 %, interleaved A/B.
-        c.setopt(pycurl.BUFFERSIZE, RECEIVE_BUFFER_BYTES)
+        # cutout made 490 of them); client CPU of S3 reads -6 to -12 %, interleaved A/B. Only
+        # where libcurl lends one buffer per multi handle to the transfer being read (8.7.0):
+        # before, each of the up to 32 idle handles per thread kept a buffer of that size.
+        if pycurl.version_info()[2] >= SHARED_RECEIVE_BUFFER_CURL:
+            c.setopt(pycurl.BUFFERSIZE, RECEIVE_BUFFER_BYTES)
         c.setopt(pycurl.PROXY, self.proxy)
         if self.signer is None:  # anonymous HTTP follows redirects, as obstore does (a signature would not)
             c.setopt(pycurl.FOLLOWLOCATION, 1)
