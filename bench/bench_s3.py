@@ -6,9 +6,9 @@ The benchmark starts its own SeaweedFS (``weed mini``, the tests' ``seaweedfs`` 
 removed at the end). On one ``SIZE^3`` uint8 EM-like volume in 64^3 chunks (the generator of
 ``bench_precomputed.py``), stored once as ``raw`` and once as ``raw`` with gzip transport
 compression (on S3: the plain key with ``Content-Encoding: gzip``, what CloudVolume writes with
-``compress='gzip'``), it times, in one run, libraries interleaved, best of ``--repeat`` (and, for
-volbridge against tensorstore, the median of the rounds' paired ratios with a bootstrap 90 %
-interval):
+``compress='gzip'``), it times, in one run, libraries interleaved (each round in its own seeded
+random order), best of ``--repeat`` (and, for volbridge against tensorstore, the median of the
+rounds' paired ratios with a bootstrap 90 % interval):
 
 * ``read_full``   the whole volume,
 * ``read_cutout`` an unaligned cutout (300^3 at x, y, z = 37, 51, 29 for 512^3; scaled to the
@@ -698,8 +698,11 @@ def run(args, s3, client, vol, gz, size, cut_start, cut_edge, nchunks, libs, ops
                 notes: dict = {}
                 reps = args.repeat * (2 if op.startswith("read") else 1)
                 opens: dict = {}
+                # each round in its own order (seeded): a fixed order gave one library the same
+                # place after the same other's work every round (position bias, session 18)
+                order_rng = random.Random(f"{fm} {op} {enc}")
                 for rep in range(reps):
-                    for label, ad in runners:
+                    for label, ad in order_rng.sample(runners, len(runners)):
                         if notes.get(label, "").startswith(("FAIL", "n/a")):
                             continue
                         measure(label, ad, op, enc, rep, reps, times, cpu, srv, notes,
