@@ -417,6 +417,12 @@ def test_cp_and_downsample_commands(tmp_path, capsys):
     out = vb.array(f"ome-zarr://{tmp_path / 'out.zarr'}")
     assert out.bounds == a.bounds and out.chunk_shape == (4, 8, 8)
     np.testing.assert_array_equal(out[...], data)
+    assert run(["cp", str(tmp_path / "src"), f"ome-zarr://{tmp_path / 'ck.zarr'}", "--compression", "zstd", "--checksum"]) == 0
+    codecs = json.loads((tmp_path / "ck.zarr" / "0" / "zarr.json").read_text())["codecs"]
+    assert [c["name"] for c in codecs] == ["bytes", "zstd", "crc32c"]
+    np.testing.assert_array_equal(vb.array(f"ome-zarr://{tmp_path / 'ck.zarr'}")[...], data)
+    assert run(["cp", str(tmp_path / "src"), str(tmp_path / "nock"), "--checksum"]) == 1  # precomputed has no place for one
+    assert "checksum" in capsys.readouterr().err and not (tmp_path / "nock").exists()
     assert run(["cp", str(tmp_path / "src"), str(tmp_path / "box"), "--bbox=0,10,10,5,30,60", "--mip", "1"]) == 0
     np.testing.assert_array_equal(vb.array(str(tmp_path / "box"))[...], a.mip(1)[0:5, 10:30, 10:60])
     assert run(["cp", str(tmp_path / "src"), str(tmp_path / "x"), "--mip", "7"]) == 1

@@ -384,6 +384,8 @@ def cp(
     chunk_shape: Optional[str] = typer.Option(None, "--chunk-shape", help="Chunks of a new destination, z,y,x."),
     encoding: Optional[str] = typer.Option(None, "--encoding", help="Encoding of a new destination (raw, gzip, jpeg, ...)."),
     compression: Optional[str] = typer.Option(None, "--compression", help="Compression of a new destination (gzip, zstd)."),
+    checksum: bool = typer.Option(False, "--checksum",
+                                  help="A CRC32C with every chunk of a new zarr v3 / OME-Zarr 0.5 destination."),
     verify: bool = typer.Option(False, "--verify", help="Read both back and compare after the copy."),
     dask: Optional[str] = DASK_OPTION,
     axis_order: AxisOrder = AXIS_ORDER_OPTION,
@@ -398,7 +400,7 @@ def cp(
     with _executor(dask) as executor, _progress_bar() as progress:
         out = transfer(source, destination, bbox=box, mip=mip,
                        chunk_shape=_triple_option(chunk_shape, "--chunk-shape", axis_order.value),
-                       encoding=encoding, compression=compression, verify=verify, executor=executor,
+                       encoding=encoding, compression=compression, checksum=checksum, verify=verify, executor=executor,
                        progress=lambda done, total: progress("copy", done, total))
     note = ", verified" if verify else ""
     typer.echo(f"copied {source} (mip {mip}) to {out.url}: shape {_dims(out.shape)} (z, y, x){note}")

@@ -39,7 +39,8 @@ def _open_source(source: Any, mip: int) -> VolumeArray:
     return arr.mip(mip) if mip else arr
 
 
-def _destination(dst: Any, src: VolumeArray, box: Box, chunk_shape, encoding, compression) -> tuple[VolumeArray, int]:
+def _destination(dst: Any, src: VolumeArray, box: Box, chunk_shape, encoding, compression,
+                 checksum: bool = False) -> tuple[VolumeArray, int]:
     """(writable destination handle, its scale) for ``dst``, created when absent."""
     from ..api import array, create
     from ..remotes.registry import volume_exists
@@ -55,6 +56,8 @@ def _destination(dst: Any, src: VolumeArray, box: Box, chunk_shape, encoding, co
         kw["encoding"] = encoding
     if compression is not None:
         kw["compression"] = compression
+    if checksum:
+        kw["checksum"] = True
     meta = {"resolution": src.resolution, "layer_type": src.layer_type}
     try:
         out = create(dst, bounds=(box.start[::-1], box.stop[::-1]), dtype=src.dtype, chunk_shape=chunk,
@@ -72,10 +75,12 @@ def _destination(dst: Any, src: VolumeArray, box: Box, chunk_shape, encoding, co
 
 def transfer(source: Any, destination: Any, *, bbox: tuple[Sequence[int], Sequence[int]] | None = None, mip: int = 0,
              chunk_shape: Sequence[int] | None = None, encoding: str | None = None, compression: str | None = None,
-             verify: bool = False, executor=None, resume: bool = True,
+             checksum: bool = False, verify: bool = False, executor=None, resume: bool = True,
              progress: Callable[[int, int], None] | None = None) -> VolumeArray:
     """Copy ``bbox`` (z, y, x start and stop corners; default: the whole scale) of scale ``mip`` of
     ``source`` into ``destination`` (a URL or a writable VolumeArray); the destination handle.
+    ``chunk_shape``, ``encoding``, ``compression`` and ``checksum`` (as for
+    :func:`~volbridge.create`) apply to a destination this call creates.
     ``executor`` and ``resume`` as for :func:`~volbridge.services.downsample.downsample`."""
     if executor == "processes":
         executor = None  # I/O and numpy kernels release the GIL: local threads already use every core
@@ -85,7 +90,7 @@ def transfer(source: Any, destination: Any, *, bbox: tuple[Sequence[int], Sequen
     box = bounds if bbox is None else Box.of(tuple(bbox[0])[::-1], tuple(bbox[1])[::-1])
     if box.empty:
         raise ShapeError(f"the box {bbox} is empty")
-    dst, dscale = _destination(destination, src, box, chunk_shape, encoding, compression)
+    dst, dscale = _destination(destination, src, box, chunk_shape, encoding, compression, checksum)
     dv = dst.volume
     TRANSFER.check(sv, dv)
     if dv.meta.dtype != sv.meta.dtype:
@@ -110,7 +115,7 @@ def transfer(source: Any, destination: Any, *, bbox: tuple[Sequence[int], Sequen
         _verify(sv, src.mip_level, dv, dscale, units)
     provenance.append(dv, provenance.record(
         "transfer", {"chunk_shape": chunk_shape and list(chunk_shape), "encoding": encoding, "compression": compression,
-                     "verify": verify}, sv.url, box=(box.start[::-1], box.stop[::-1]), scale=src.mip_level,
+                     "checksum": checksum, "verify": verify}, sv.url, box=(box.start[::-1], box.stop[::-1]), scale=src.mip_level,
         started=started, ended=time.time()))
     return dst
 
