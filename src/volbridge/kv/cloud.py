@@ -198,10 +198,11 @@ def open_object_store(url: str, retry: RetryPolicy | None = None) -> ObjectStore
         if str(cfg.get("endpoint", "")).startswith("http://") or _true(os.environ.get("AWS_ALLOW_HTTP")):
             kw["client_options"]["allow_http"] = True
         ca = _ca_file(os.environ.get("AWS_CA_BUNDLE"))  # the GETs' libcurl trusts it (_s3_getter): the PUTs too
+        # the shared client is keyed by the bundle's identity (path, size, mtime), not its PEM text
+        key = (bucket, cfg, repr(retry), kw["client_options"], ca and ca[0])
         if ca is not None:
             kw["client_options"] = dict(kw["client_options"], root_certificate=ca[1])
-        store = _shared("s3", (bucket, cfg, repr(retry), opts["client_options"], ca and ca[0]),
-                        lambda: S3Store(bucket, **cfg, **kw))
+        store = _shared("s3", key, lambda: S3Store(bucket, **cfg, **kw))
         service = cfg.get("endpoint") or "aws"
         getter = _s3_getter(bucket, cfg, retry)
     elif scheme in ("gs", "gcs"):
