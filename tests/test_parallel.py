@@ -201,6 +201,62 @@ def test_a_network_write_compresses_on_the_cores_while_its_puts_fan_out(tmp_path
     np.testing.assert_array_equal(vb.array(f"zarr3://{tmp_path / 'v'}")[...], expected)
 
 
+def test_concurrent_network_writes_share_the_process_encoding_slots(tmp_path, monkeypatch):
+    """Each write call had slots of its own, so two writes at once (a relay's requests, a
+    user's threads) compressed twice cores + 1 chunks on the same cores: the slots are the
+    process's."""
+    import functools
+
+    import numpy as np
+
+    import volbridge as vb
+
+    monkeypatch.delenv("VOLBRIDGE_THREADS", raising=False)
+    monkeypatch.setattr(parallel, "cores", lambda: 2)
+    encodes = _Peak(lambda encode, *a, **kw: encode(*a, **kw), 0.002)  # one count over both volumes
+    arrays = []
+    for name in ("a", "b"):
+        a = vb.create(f"zarr3://{tmp_path / name}", shape=(64, 64, 128), dtype="uint16", chunk_shape=(16, 16, 16),
+                      compression="zstd")
+        a.volume.store.io_concurrency = 32
+        monkeypatch.setattr(a.volume, "_encode", functools.partial(encodes, a.volume._encode))
+        monkeypatch.setattr(a.volume.store, "update", _Peak(a.volume.store.update, 0.03))
+        arrays.append(a)
+    rng = np.random.default_rng(1)
+    data = [rng.integers(0, 9, a.shape).astype("uint16") for a in arrays]
+    start = threading.Barrier(2)
+
+    def write(i):
+        start.wait()
+        arrays[i][...] = data[i]
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert encodes.peak == 3  # both calls encoded meanwhile, in the process's 3 slots
+    for name, d in zip(("a", "b"), data):
+        np.testing.assert_array_equal(vb.array(f"zarr3://{tmp_path / name}")[...], d)
+
+
+def test_a_forked_child_gets_encoding_slots_of_its_own():
+    """A slot held by a parent's thread at fork time is never given back in the child."""
+    import multiprocessing
+
+    slots = parallel.encode_slots()
+    with slots:
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(1) as p:
+            assert p.apply(_encode_slots_free_in_child, (parallel.default_threads(),)) is True
+
+
+def _encode_slots_free_in_child(n: int) -> bool:
+    slots = parallel.encode_slots()
+    took = [slots.acquire(timeout=5) for _ in range(n)]
+    return all(took)
+
+
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is a Linux call")
 def test_loops_are_sized_to_the_cores_the_process_may_use():
     """A SLURM job or ``taskset`` gives a process fewer cores than the machine has; loops sized

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 
 import numpy as np
 
@@ -32,7 +31,7 @@ from ..geometry import Box, Cell, ChunkGrid
 from ..kv import KVStore
 from . import place
 from .grouped import group_codec, read_arriving, read_grouped
-from .parallel import default_threads, run_bounded
+from .parallel import encode_slots, run_bounded
 from .sharded import read_sharded, write_sharded
 from .volume import Volume
 
@@ -288,8 +287,9 @@ class ChunkedVolume(Volume):
         # to compress at once, the cores would finish 32 chunks together, late, and the server
         # would wait meanwhile for the first PUT; so encoding takes one of cores + 1 slots while
         # the PUTs stay 32 wide (zarr3 zstd write, client and SeaweedFS on a core each: 343 ->
-        # 307 ms, TensorStore 307). Raw chunks encode as a copy and take no slot.
-        encoding = contextlib.nullcontext() if layout.voxels_stored_raw else threading.BoundedSemaphore(default_threads())
+        # 307 ms, TensorStore 307). Raw chunks encode as a copy and take no slot. The slots are
+        # the process's, shared with every other write running meanwhile.
+        encoding = contextlib.nullcontext() if layout.voxels_stored_raw else encode_slots()
 
         def task(cell: Cell) -> None:
             region = cell.box.intersect(box)

@@ -63,6 +63,22 @@ def pool() -> ThreadPoolExecutor:
         return _pool
 
 
+_encode_slots: dict[tuple[int, int], threading.BoundedSemaphore] = {}
+
+
+def encode_slots() -> threading.BoundedSemaphore:
+    """The process's slots for encoding chunks (:func:`default_threads` of them), shared by
+    every write call: a network write runs 32 loops, and concurrent writes (a relay's requests,
+    a user's threads) would otherwise each compress cores + 1 chunks at once on the same cores.
+    Keyed by process, so a forked child never waits for a slot its parent's threads held."""
+    key = (os.getpid(), default_threads())
+    with _pool_lock:
+        slots = _encode_slots.get(key)
+        if slots is None:
+            slots = _encode_slots[key] = threading.BoundedSemaphore(key[1])
+        return slots
+
+
 _inside = threading.local()  # .loop: this thread is one of the loops of a run_bounded call
 
 
