@@ -10,7 +10,6 @@ wholly covered) or read-modify-write it (partly covered) through the store's ato
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 import numpy as np
@@ -31,7 +30,7 @@ from ..geometry import Box, Cell, ChunkGrid
 from ..kv import KVStore
 from . import place
 from .grouped import group_codec, read_arriving, read_grouped
-from .parallel import encode_slots, run_bounded
+from .parallel import ENCODER_MIN_BYTES, encode_slots, encoders, run_bounded
 from .sharded import read_sharded, write_sharded
 from .volume import Volume
 
@@ -283,21 +282,30 @@ class ChunkedVolume(Volume):
             write_sharded(self, layout, box, data, ch, all_channels)
             return
         enc = layout.content_encoding
-        # A network store runs io_concurrency (32) loops so that PUTs overlap. Were all of them
-        # to compress at once, the cores would finish 32 chunks together, late, and the server
-        # would wait meanwhile for the first PUT; so encoding takes one of cores + 1 slots while
-        # the PUTs stay 32 wide (zarr3 zstd write, client and SeaweedFS on a core each: 343 ->
-        # 307 ms, TensorStore 307). Raw chunks encode as a copy and take no slot. The slots are
-        # the process's, shared with every other write running meanwhile.
-        encoding = contextlib.nullcontext() if layout.voxels_stored_raw else encode_slots()
+        # A network store runs io_concurrency (32) loops so that PUTs overlap, and compresses
+        # meanwhile on the process's encoder threads (large chunks) or in the loops, a few at a
+        # time (small ones): see parallel.encoders. Raw chunks encode as a copy, and a local
+        # store's loops are the cores' already: both encode in the loop.
+        if layout.voxels_stored_raw or self.store.io_concurrency is None:
+            encode = self._encode
+        elif _largest_chunk(layout)[1] >= ENCODER_MIN_BYTES:
+            encoder = encoders()
+
+            def encode(*args):
+                return encoder.submit(self._encode, *args).result()
+        else:
+            slots = encode_slots()
+
+            def encode(*args):
+                with slots:
+                    return self._encode(*args)
 
         def task(cell: Cell) -> None:
             region = cell.box.intersect(box)
             src = data[region.slices(box.start)]
             wkey = layout.write_key(cell)
             if region == cell.box and all_channels:
-                with encoding:
-                    encoded = self._encode(layout, src, cell, wkey)
+                encoded = encode(layout, src, cell, wkey)
                 self.store.update(wkey, lambda _old: encoded, needs_old=False, content_encoding=enc)
                 return
             moved_from: list[str] = []
@@ -318,8 +326,7 @@ class ChunkedVolume(Volume):
                 else:
                     chunk = np.array(chunk, order="F", copy=True)
                 chunk[region.slices(cell.box.start) + (ch,)] = src
-                with encoding:
-                    return self._encode(layout, chunk, cell, wkey)
+                return encode(layout, chunk, cell, wkey)
 
             try:
                 self.store.update(wkey, merge, content_encoding=enc)
