@@ -111,6 +111,46 @@ def test_get_many_serves_hits_and_batches_the_misses(cache, monkeypatch):
     assert cache.stat("k2").size == 2 and cache.stat("absent") is None
 
 
+def test_fetch_each_consumes_hits_on_the_cores_and_fetches_the_misses_in_order(cache, monkeypatch):
+    """Hits were read, checked and handed to ``fn`` one by one in the calling thread: a warm
+    disk cache read a volume half as fast as the same chunks as local files."""
+    import time
+
+    from volbridge.engine import parallel
+
+    monkeypatch.delenv("VOLBRIDGE_THREADS", raising=False)
+    monkeypatch.setattr(parallel, "cores", lambda: 2)
+    keys = [f"k{i}" for i in range(24)]
+    for i, key in enumerate(keys):
+        cache.backing.put(key, b"v%d" % i)
+    for key in keys[::2]:
+        assert cache.get(key) is not None  # the even keys are cached
+    calls = []
+    real = cache.backing.fetch_each
+    monkeypatch.setattr(cache.backing, "fetch_each", lambda ks, f, **kw: calls.append(list(ks)) or real(ks, f, **kw))
+    lock, now, peak, got = threading.Lock(), [0], [0], {}
+
+    hits = set(keys[::2])
+
+    def fn(key, value):
+        hit = key in hits
+        with lock:
+            now[0] += hit
+            peak[0] = max(peak[0], now[0])
+        time.sleep(0.005)  # a chunk's placing or decoding
+        with lock:
+            now[0] -= hit
+            got[key] = None if value is None else bytes(value)
+
+    s0 = cache.stats.as_dict()
+    cache.fetch_each(keys + ["absent"], fn)
+    assert got == {**{key: b"v%d" % i for i, key in enumerate(keys)}, "absent": None}
+    assert peak[0] >= 2  # the hits ran on more than one loop at once
+    assert calls == [keys[1::2] + ["absent"]]  # one backing call for the misses, in the callers' order
+    s1 = cache.stats.as_dict()
+    assert (s1["hits"] - s0["hits"], s1["misses"] - s0["misses"]) == (12, 13)
+
+
 def test_get_many_caches_absence_when_asked(kind, tmp_path):
     back = MemoryStore()
     back.put("k", b"v")

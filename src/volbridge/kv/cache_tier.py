@@ -250,18 +250,28 @@ class CacheTier(KVStore):
     def fetch_each(self, keys: Iterable[str], fn, *, heavy: bool = False, nbytes: int = 1) -> None:
         """Hits go to ``fn`` at once; the misses through one ``fetch_each`` of the backing store,
         each filled as it arrives, under one ticket taken before any of them was asked for."""
+        from ..engine.parallel import run_bounded  # plain threading (see KVStore.get_many)
+
         keys = list(dict.fromkeys(keys))
         transient = self._fill_from_transient
         missed: list[str] = []
-        for key in keys:
+
+        def look(key: str) -> None:
             cached = self._lookup(key, True)
             if cached is None:
-                missed.append(key)
+                missed.append(key)  # one append: atomic under the GIL
             else:
                 self._stats.add(hits=1)
                 fn(key, None if cached is ABSENT else cached)
+
+        # A hit costs a file read and checksum (disk) and then fn's work (placing, decoding): on
+        # the cores' loops, as a local store's reads run. One by one in this thread, a warm disk
+        # cache read 16 MiB in 16.6 ms where the same chunks as local files took 8.9.
+        run_bounded(look, keys, nbytes, local=True)
         if not missed:
             return
+        position = {key: i for i, key in enumerate(keys)}
+        missed.sort(key=position.__getitem__)  # the loops finished them in any order
         ticket = self._ticket(missed)
 
         def arrived(key: str, value: bytes | memoryview | None) -> None:
