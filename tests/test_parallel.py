@@ -284,6 +284,42 @@ def _encode_in_child() -> str:
     return parallel.encoders().submit(lambda: "encoded").result(timeout=10)
 
 
+_WRITE_DURING_SHUTDOWN = """
+import sys, threading, time
+import numpy as np
+import volbridge as vb
+
+a = vb.create(sys.argv[1], shape=(64, 64, 256), dtype="uint16", chunk_shape=(64, 64, 32), compression="zstd")
+a.volume.store.io_concurrency = 32  # as a network store: 256 KiB chunks go to the encoder threads
+data = np.arange(a.size, dtype="uint16").reshape(a.shape) % 251
+
+def write():
+    time.sleep(0.5)  # the main thread has returned: the interpreter is shutting down
+    a[...] = data
+    print("written", flush=True)
+
+threading.Thread(target=write).start()
+"""
+
+
+def test_a_write_made_while_the_interpreter_shuts_down_is_whole(tmp_path):
+    """A script that starts a writing thread and falls off its end: once shutdown begins the
+    executors take no new work, and a write that handed its loops or chunks to them failed part
+    way. They run in the writing thread then."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    import volbridge as vb
+
+    url = f"zarr3://{tmp_path / 'v'}"
+    out = subprocess.run([sys.executable, "-c", _WRITE_DURING_SHUTDOWN, url], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "written", out.stderr[-3000:]
+    a = vb.array(url)
+    np.testing.assert_array_equal(a[...], np.arange(a.size, dtype="uint16").reshape(a.shape) % 251)
+
+
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is a Linux call")
 def test_loops_are_sized_to_the_cores_the_process_may_use():
     """A SLURM job or ``taskset`` gives a process fewer cores than the machine has; loops sized

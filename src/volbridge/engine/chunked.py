@@ -30,7 +30,7 @@ from ..geometry import Box, Cell, ChunkGrid
 from ..kv import KVStore
 from . import place
 from .grouped import group_codec, read_arriving, read_grouped
-from .parallel import ENCODER_MIN_BYTES, encode_slots, encoders, run_bounded
+from .parallel import encode_slots, encoders, run_bounded
 from .sharded import read_sharded, write_sharded
 from .volume import Volume
 
@@ -39,6 +39,12 @@ from .volume import Volume
 #: engine holds whole decoded chunks, several at a time, so metadata naming chunks of terabytes
 #: (damaged or hostile) would otherwise end in a MemoryError or a failed buffer size far inside.
 MAX_CHUNK_BYTES = 2**31
+
+
+#: Chunks of at least this many bytes (decoded) that go to a network store are compressed on the
+#: process's encoder threads; smaller ones in the writing loops (see :func:`.parallel.encoders`:
+#: 32^3 uint8 chunks, handed over, cost a write of 512 of them 38 ms more client CPU).
+ENCODER_MIN_BYTES = 128 << 10
 
 
 def _max_chunk_bytes() -> int:
@@ -288,15 +294,18 @@ class ChunkedVolume(Volume):
         # store's loops are the cores' already: both encode in the loop.
         if layout.voxels_stored_raw or self.store.io_concurrency is None:
             encode = self._encode
-        elif _largest_chunk(layout)[1] >= ENCODER_MIN_BYTES:
-            encoder = encoders()
-
-            def encode(*args):
-                return encoder.submit(self._encode, *args).result()
         else:
             slots = encode_slots()
+            encoder = encoders() if _largest_chunk(layout)[1] >= ENCODER_MIN_BYTES else None
 
             def encode(*args):
+                if encoder is not None:
+                    try:
+                        done = encoder.submit(self._encode, *args)
+                    except RuntimeError:  # the interpreter is shutting down: executors take no new work
+                        pass
+                    else:
+                        return done.result()
                 with slots:
                     return self._encode(*args)
 

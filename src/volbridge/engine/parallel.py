@@ -63,41 +63,50 @@ def pool() -> ThreadPoolExecutor:
         return _pool
 
 
-_encode_slots: dict[tuple[int, int], threading.BoundedSemaphore] = {}
-_encoders: dict[tuple[int, int], ThreadPoolExecutor] = {}
-
-#: Chunks of at least this many bytes that go to a network store are compressed by
-#: :func:`encoders`; smaller ones in the writing loop, in one of :func:`encode_slots`.
-ENCODER_MIN_BYTES = 128 << 10
+_encode_slots: dict[int, threading.BoundedSemaphore] = {}
+_encoders: dict[int, ThreadPoolExecutor] = {}
 
 
 def encode_slots() -> threading.BoundedSemaphore:
-    """The process's slots for compressing small chunks in the loops of network writes
+    """The process's slots for compressing chunks in the loops of network writes
     (:func:`default_threads` of them). A network write runs 32 loops so that its PUTs overlap;
     all 32 compressing at once finished their chunks together, late, with the server waiting
-    for the first PUT. Shared by every write call, so concurrent writes (a relay's requests, a
-    user's threads) do not oversubscribe the cores; keyed by process, so a forked child never
-    waits for a slot its parent's threads held."""
-    return _per_process(_encode_slots, default_threads(), threading.BoundedSemaphore)
+    for the first PUT. Shared by the writes running at once (a relay's requests, a user's
+    threads), which would otherwise each compress that many chunks at once."""
+    return _shared(_encode_slots, default_threads(), threading.BoundedSemaphore)
 
 
 def encoders() -> ThreadPoolExecutor:
-    """The process's threads for compressing large chunks that go to a network store, one per
-    core. Compressed in the slots above, each chunk started in whichever of the 32 loops came
-    next, its zstd context and caches cold; here the same few threads compress every chunk
-    (64^3 zarr3 zstd write on SeaweedFS, three interleaved runs: compression CPU -12 to -35 ms,
-    wall -12 to -15 ms of ~260). Handing a chunk over costs ~75 us of CPU, more than small
-    chunks gain (32^3: +38 ms per 512 chunks): hence :data:`ENCODER_MIN_BYTES`. Shared and
-    keyed by process like the slots."""
-    return _per_process(_encoders, cores(), lambda n: ThreadPoolExecutor(n, thread_name_prefix="volbridge-encode"))
+    """The process's threads for compressing the large chunks of network writes, one per core
+    (fewer where ``VOLBRIDGE_THREADS`` says so). Compressed in the slots above, each chunk
+    started in whichever of the 32 loops came next, its zstd context and caches cold; here the
+    same few threads compress every chunk (64^3 zarr3 zstd write on SeaweedFS: wall -12 to -15
+    ms of ~260 in four interleaved runs). Handing a chunk over costs ~75 us of CPU, more than
+    small chunks gain: the writer decides which go here (``chunked.ENCODER_MIN_BYTES``). A
+    chunk queues behind those of the other writes running meanwhile."""
+    return _shared(_encoders, min(cores(), default_threads()),
+                   lambda n: ThreadPoolExecutor(n, thread_name_prefix="volbridge-encode"))
 
 
-def _per_process(made: dict, n: int, make):
-    key = (os.getpid(), n)
+def _shared(made: dict, n: int, make):
     with _pool_lock:
-        if key not in made:
-            made[key] = make(n)
-        return made[key]
+        if n not in made:
+            made[n] = make(n)
+        return made[n]
+
+
+def _after_fork_in_child() -> None:
+    # The child has none of its parent's threads: a lock one of them held stays held, a slot
+    # one of them took is never given back, and work handed to the executors would never run.
+    global _pool_lock, _pool
+    _pool_lock = threading.Lock()
+    _pool = None
+    _encode_slots.clear()
+    _encoders.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 _inside = threading.local()  # .loop: this thread is one of the loops of a run_bounded call
@@ -158,7 +167,12 @@ def run_bounded(fn: Callable[[T], None], items: Iterable[T], bytes_per_item: int
                 errors.append(e)
                 return
 
-    helpers = [pool().submit(loop) for _ in range(n - 1)]
+    helpers = []
+    try:
+        for _ in range(n - 1):
+            helpers.append(pool().submit(loop))
+    except RuntimeError:  # the interpreter is shutting down (executors take no new work): the caller's loop does it all
+        pass
     loop()
     for f in helpers:
         f.cancel()  # not started yet: the caller's loop already did its share

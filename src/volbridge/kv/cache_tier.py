@@ -248,8 +248,9 @@ class CacheTier(KVStore):
         return {key: found[key] for key in keys if key in found}
 
     def fetch_each(self, keys: Iterable[str], fn, *, heavy: bool = False, nbytes: int = 1) -> None:
-        """Hits go to ``fn`` at once; the misses through one ``fetch_each`` of the backing store,
-        each filled as it arrives, under one ticket taken before any of them was asked for."""
+        """Hits go to ``fn`` first, on the cores' loops; then the misses through one ``fetch_each``
+        of the backing store, each filled as it arrives, under one ticket taken before any of them
+        was asked for."""
         from ..engine.parallel import run_bounded  # plain threading (see KVStore.get_many)
 
         keys = list(dict.fromkeys(keys))
@@ -270,8 +271,8 @@ class CacheTier(KVStore):
         run_bounded(look, keys, nbytes, local=True)
         if not missed:
             return
-        position = {key: i for i, key in enumerate(keys)}
-        missed.sort(key=position.__getitem__)  # the loops finished them in any order
+        missing = set(missed)
+        missed = [key for key in keys if key in missing]  # in the callers' order, not the loops'
         ticket = self._ticket(missed)
 
         def arrived(key: str, value: bytes | memoryview | None) -> None:
