@@ -129,7 +129,6 @@ def test_fetch_each_consumes_hits_on_the_cores_and_fetches_the_misses_in_order(c
     real = cache.backing.fetch_each
     monkeypatch.setattr(cache.backing, "fetch_each", lambda ks, f, **kw: calls.append(list(ks)) or real(ks, f, **kw))
     lock, now, peak, got = threading.Lock(), [0], [0], {}
-
     hits = set(keys[::2])
 
     def fn(key, value):
