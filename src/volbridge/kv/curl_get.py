@@ -86,7 +86,7 @@ def _proxy_for(base: str) -> str:
 
 @dataclass(frozen=True)
 class S3Signer:
-    """AWS Signature Version 4 headers for a GET with an unsigned payload."""
+    """AWS Signature Version 4 headers for S3 requests."""
 
     access_key_id: str
     secret_access_key: str
@@ -94,22 +94,34 @@ class S3Signer:
     token: str | None = None
 
     def headers(self, host: str, path: str, amz_date: str | None = None) -> list[str]:
-        """Headers for ``GET path`` (already URI-encoded) on ``host``, signed now or at ``amz_date``."""
+        """Headers for ``GET path`` (already URI-encoded) on ``host`` with an unsigned payload,
+        signed now or at ``amz_date``."""
+        return self.sign("GET", host, path, amz_date=amz_date)
+
+    def sign(self, method: str, host: str, path: str, payload: str = "UNSIGNED-PAYLOAD",
+             headers: tuple[tuple[str, str], ...] = (), amz_date: str | None = None) -> list[str]:
+        """Headers for ``method path`` on ``host``: ``payload`` is the body's SHA-256 in hex (or
+        ``UNSIGNED-PAYLOAD``); ``headers`` are (lower-case name, value) pairs to sign and send
+        besides the ones this adds (a PUT's Content-Type, say)."""
         amz = amz_date or _amz_now()
         day = amz[:8]
         key = self._key(day)
-        names = "host;x-amz-content-sha256;x-amz-date" + (";x-amz-security-token" if self.token else "")
-        canonical = (f"GET\n{path}\n\nhost:{host}\nx-amz-content-sha256:UNSIGNED-PAYLOAD\nx-amz-date:{amz}\n"
-                     + (f"x-amz-security-token:{self.token}\n" if self.token else "")
-                     + f"\n{names}\nUNSIGNED-PAYLOAD")
+        signed = [("host", host), ("x-amz-content-sha256", payload), ("x-amz-date", amz)]
+        if self.token:
+            signed.append(("x-amz-security-token", self.token))
+        if headers:
+            signed = sorted([*signed, *headers])
+        names = ";".join(name for name, _ in signed)
+        canonical = f"{method}\n{path}\n\n" + "".join(f"{n}:{v}\n" for n, v in signed) + f"\n{names}\n{payload}"
         scope = f"{day}/{self.region}/s3/aws4_request"
         to_sign = f"AWS4-HMAC-SHA256\n{amz}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
         signature = hmac.digest(key, to_sign.encode(), "sha256").hex()  # one-shot C call: a third of hmac.new's cost
-        out = [f"x-amz-date: {amz}", "x-amz-content-sha256: UNSIGNED-PAYLOAD",
+        out = [f"x-amz-date: {amz}", f"x-amz-content-sha256: {payload}",
                f"Authorization: AWS4-HMAC-SHA256 Credential={self.access_key_id}/{scope}, "
                f"SignedHeaders={names}, Signature={signature}"]
         if self.token:
             out.append(f"x-amz-security-token: {self.token}")
+        out.extend(f"{n}: {v}" for n, v in headers)
         return out
 
     def _key(self, day: str) -> bytes:
@@ -226,11 +238,13 @@ class _ThreadState:
         self.pid = os.getpid()
         self.multi = pycurl.CurlMulti()
         self.idle: list = []
-        self.busy = False  # a fetch runs on it (one called from inside that fetch gets its own)
+        self.busy = False  # a transfer loop runs on it (one called from inside it gets its own)
 
 
-class CurlGetter:
-    """Whole-object GETs of ``base + quote(prefix + key)``, signed by ``signer`` (None: anonymous)."""
+class CurlClient:
+    """Requests for ``base + quote(prefix + key)``, signed by ``signer`` (None: anonymous), many at
+    once from the calling thread; retried as ``retry`` says, and failing with errors that name the
+    URL. :class:`CurlGetter` GETs, :class:`volbridge.kv.curl_put.CurlPutter` PUTs."""
 
     def __init__(self, base: str, path_prefix: str, signer: S3Signer | None, retry: RetryPolicy, *,
                  ca_file: str | None = None, headers: tuple[str, ...] = ()):
@@ -249,11 +263,15 @@ class CurlGetter:
         self.proxy = _proxy_for(self.base)
         self._local = threading.local()
 
+    def _path(self, key: str) -> str:
+        return self.path_prefix + quote(key, safe="/~")
+
     def _state(self) -> _ThreadState:
+        """This thread's handles, or new ones when a transfer loop already runs on them."""
         st = getattr(self._local, "state", None)
         if st is None or st.pid != os.getpid():
             st = self._local.state = _ThreadState()
-        return st
+        return _ThreadState() if st.busy else st
 
     def _handle(self, st: _ThreadState):
         if st.idle:
@@ -263,6 +281,75 @@ class CurlGetter:
         c.setopt(pycurl.CONNECTTIMEOUT_MS, int(self.retry.connect_timeout * 1000))
         c.setopt(pycurl.TIMEOUT_MS, int(self.retry.timeout * 1000))
         c.setopt(pycurl.PATH_AS_IS, 1)  # keys are sent as named, never with dot segments resolved
+        c.setopt(pycurl.PROXY, self.proxy)
+        if self.ca_file:
+            c.setopt(pycurl.CAINFO, self.ca_file)
+        if self.ca_dir:
+            c.setopt(pycurl.CAPATH, self.ca_dir)
+        self._configure(c)
+        return c
+
+    def _configure(self, c) -> None:
+        """Options of this client's handles beyond the common ones."""
+
+    def _finish(self, st: _ThreadState, c, active: dict):
+        _, req = active.pop(id(c))
+        st.multi.remove_handle(c)
+        self._idle(st, c)
+        return req
+
+    def _idle(self, st: _ThreadState, c) -> None:
+        """``c`` back to the idle handles, done with its request."""
+        st.idle.append(c)
+
+    def _completed(self, st: _ThreadState, active: dict) -> list[tuple[object, int | None, tuple | None]]:
+        """Drive the transfers, then (request, HTTP status, None) for each that got a response
+        and (request, None, (curl error, message)) for each that failed, since the last call."""
+        multi = st.multi
+        while multi.perform()[0] == pycurl.E_CALL_MULTI_PERFORM:
+            pass
+        out = []
+        while True:
+            left, ok, failed = multi.info_read()
+            for c in ok:
+                status = c.getinfo(pycurl.RESPONSE_CODE)  # before the handle is reused
+                out.append((self._finish(st, c, active), status, None))
+            for c, errno, message in failed:
+                out.append((self._finish(st, c, active), None, (errno, message)))
+            if not left:
+                return out
+
+    def _release_all(self, st: _ThreadState, active: dict) -> None:
+        """Drop the transfers still running (after a failure): their handles go back idle."""
+        for c, _ in active.values():
+            st.multi.remove_handle(c)
+            self._idle(st, c)
+        st.busy = False
+
+    def _failed(self, method: str, req, status: int | None, error: tuple | None, reply: bytes, delayed: list,
+                where: Callable[[str], str], stats) -> None:
+        """After attempt ``req.attempt`` of ``method`` failed (an HTTP ``status`` with body
+        ``reply``, or a libcurl ``error``): queue a retry in ``delayed`` after the policy's
+        backoff, or raise StoreError naming the URL when no retry may fix it or none is left."""
+        if error is not None:
+            hint = _tls_hint(*error)
+            retryable = error[0] not in _FINAL_CURL_ERRORS and hint is None
+            why = f"{error[1] or 'libcurl error'} (curl error {error[0]})" + (f": {hint}" if hint else "")
+        else:
+            retryable = retryable_status(status)
+            why = f"HTTP {status}: {bytes(reply[:200]).decode('utf-8', 'replace').strip()}"
+        if not retryable:
+            raise StoreError(f"{method} {where(req.key)} failed: {why}")
+        if req.attempt >= self.retry.max_attempts:
+            raise gave_up(StoreError(f"{method} {where(req.key)} failed after {req.attempt} attempts: {why}"))
+        stats.add(retries=1)
+        heapq.heappush(delayed, (time.monotonic() + self.retry.backoff(req.attempt), id(req), req))
+
+
+class CurlGetter(CurlClient):
+    """Whole-object GETs (see the module doc)."""
+
+    def _configure(self, c) -> None:
         # Bodies are received up to 512 KiB a call, as TensorStore's libcurl does, not 16 KiB:
         # a tenth of the receive calls and of the write callbacks into Python (a 150^3 zstd
         # cutout made 490 of them); client CPU of S3 reads -6 to -12 %, interleaved A/B. Only
@@ -270,15 +357,9 @@ class CurlGetter:
         # before, each of the up to 32 idle handles per thread kept a buffer of that size.
         if pycurl.version_info()[2] >= SHARED_RECEIVE_BUFFER_CURL:
             c.setopt(pycurl.BUFFERSIZE, RECEIVE_BUFFER_BYTES)
-        c.setopt(pycurl.PROXY, self.proxy)
         if self.signer is None:  # anonymous HTTP follows redirects, as obstore does (a signature would not)
             c.setopt(pycurl.FOLLOWLOCATION, 1)
             c.setopt(pycurl.MAXREDIRS, 10)
-        if self.ca_file:
-            c.setopt(pycurl.CAINFO, self.ca_file)
-        if self.ca_dir:
-            c.setopt(pycurl.CAPATH, self.ca_dir)
-        return c
 
     def fetch(self, keys: list[str], done: Callable[[str, bytes | None, str], None], *, where: Callable[[str], str],
               stats, max_in_flight: int, heavy: bool = False) -> None:
@@ -290,8 +371,6 @@ class CurlGetter:
         if not keys:
             return
         st = self._state()
-        if st.busy:  # called from inside a fetch on this thread: its completions are not ours
-            st = _ThreadState()
         st.busy = True
         multi = st.multi
         pending = collections.deque(_Request(k) for k in keys)
@@ -330,24 +409,11 @@ class CurlGetter:
                     else:
                         time.sleep(wait)
                     continue
-                while multi.perform()[0] == pycurl.E_CALL_MULTI_PERFORM:
-                    pass
-                finished = False
-                while True:
-                    left, ok, failed = multi.info_read()
-                    finished = finished or bool(ok or failed)
-                    for c in ok:
-                        req = self._finish(st, c, active)
-                        status = c.getinfo(pycurl.RESPONSE_CODE)
-                        stats.add(requests=1, bytes_read=req.size if 200 <= status < 300 else 0)  # not error pages
-                        self._answer(req, status, None, delayed, where, stats, deliver)
-                    for c, errno, message in failed:
-                        req = self._finish(st, c, active)
-                        stats.add(requests=1)
-                        self._answer(req, None, (errno, message), delayed, where, stats, deliver)
-                    if not left:
-                        break
-                if active and not (finished and pending):  # a freed slot is refilled before waiting
+                completed = self._completed(st, active)
+                for req, status, error in completed:
+                    stats.add(requests=1, bytes_read=req.size if status is not None and 200 <= status < 300 else 0)
+                    self._answer(req, status, error, delayed, where, stats, deliver)
+                if active and not (completed and pending):  # a freed slot is refilled before waiting
                     wait = multi.timeout()  # ms until libcurl wants to be called, -1: no deadline
                     cap = 0.005 if (delayed or workers is not None) else 1.0
                     multi.select(cap if wait < 0 else min(cap, wait / 1000))
@@ -355,19 +421,17 @@ class CurlGetter:
                 workers.close()
                 workers = None
         finally:
-            for c, req in active.values():
-                multi.remove_handle(c)
-                st.idle.append(c)
+            for _, req in active.values():
                 req.buf = None  # the idle handle's write callback must not keep it
             for _, _, req in delayed:
                 req.buf = None
-            st.busy = False
+            self._release_all(st, active)
             if workers is not None:
                 workers.close(raise_errors=False)
 
     def _start(self, st: _ThreadState, req: _Request, active: dict) -> None:
         c = self._handle(st)
-        path = self.path_prefix + quote(req.key, safe="/~")
+        path = self._path(req.key)
         headers = self.signer.headers(self.host, path) + self.headers if self.signer is not None else self.headers
         buffers = _process_buffers()
         buffers.give(req.buf)  # a retry's first attempt
@@ -379,12 +443,6 @@ class CurlGetter:
         active[id(c)] = (c, req)
         st.multi.add_handle(c)
 
-    def _finish(self, st: _ThreadState, c, active: dict) -> _Request:
-        _, req = active.pop(id(c))
-        st.multi.remove_handle(c)
-        st.idle.append(c)
-        return req
-
     def _answer(self, req: _Request, status: int | None, error, delayed: list, where, stats, deliver) -> None:
         req.attempt += 1
         if status is not None and 200 <= status < 300:  # as obstore: any success is the value
@@ -393,21 +451,10 @@ class CurlGetter:
         if status == 404:
             deliver(req, False, "")
             return
-        if error is not None:
-            hint = _tls_hint(*error)
-            retryable = error[0] not in _FINAL_CURL_ERRORS and hint is None
-            why = f"{error[1] or 'libcurl error'} (curl error {error[0]})" + (f": {hint}" if hint else "")
-        else:
-            retryable = retryable_status(status)
-            why = f"HTTP {status}: {bytes(req.buf[:min(req.size, 200)]).decode('utf-8', 'replace').strip()}"
-        if not retryable or req.attempt >= self.retry.max_attempts:
-            req.buf = None  # an error page, kept by the idle handle's write callback otherwise
-        if not retryable:
-            raise StoreError(f"GET {where(req.key)} failed: {why}")
-        if req.attempt >= self.retry.max_attempts:
-            raise gave_up(StoreError(f"GET {where(req.key)} failed after {req.attempt} attempts: {why}"))
-        stats.add(retries=1)
-        heapq.heappush(delayed, (time.monotonic() + self.retry.backoff(req.attempt), id(req), req))
+        reply = bytes(req.buf[:min(req.size, 200)]) if req.buf is not None else b""
+        _process_buffers().give(req.buf)  # an error page: kept by the idle handle's write callback otherwise
+        req.buf = None
+        self._failed("GET", req, status, error, reply, delayed, where, stats)
 
 
 def _release(view: memoryview | None, req: _Request, buffers: _Buffers) -> None:
