@@ -11,6 +11,7 @@ wholly covered) or read-modify-write it (partly covered) through the store's ato
 from __future__ import annotations
 
 import os
+from concurrent.futures import wait
 
 import numpy as np
 
@@ -30,7 +31,7 @@ from ..geometry import Box, Cell, ChunkGrid
 from ..kv import KVStore
 from . import place
 from .grouped import group_codec, read_arriving, read_grouped
-from .parallel import encode_slots, encoders, run_bounded
+from .parallel import ahead, encode_slots, encoders, pool, run_bounded
 from .sharded import read_sharded, write_sharded
 from .volume import Volume
 
@@ -292,11 +293,12 @@ class ChunkedVolume(Volume):
         # meanwhile on the process's encoder threads (large chunks) or in the loops, a few at a
         # time (small ones): see parallel.encoders. Raw chunks encode as a copy, and a local
         # store's loops are the cores' already: both encode in the loop.
+        large = not layout.voxels_stored_raw and _largest_chunk(layout)[1] >= ENCODER_MIN_BYTES
         if layout.voxels_stored_raw or self.store.io_concurrency is None:
             encode = self._encode
         else:
             slots = encode_slots()
-            encoder = encoders() if _largest_chunk(layout)[1] >= ENCODER_MIN_BYTES else None
+            encoder = encoders() if large else None
 
             def encode(*args):
                 if encoder is not None:
@@ -347,4 +349,41 @@ class ChunkedVolume(Volume):
             # skips this, since the write key is always read first and shadows it.
             self.store.delete_many(moved_from)
 
-        run_bounded(task, layout.grid.cells(box), self._chunk_nbytes(layout), self.store.io_concurrency)
+        cells = layout.grid.cells(box)
+        nbytes = self._chunk_nbytes(layout)
+        if not (self.store.batched_puts and all_channels):
+            run_bounded(task, cells, nbytes, self.store.io_concurrency)
+            return
+        # A store that drives many PUTs from one thread gets every wholly covered chunk at once
+        # (see KVStore.put_each); the partly covered ones are read-modified-written meanwhile.
+        whole, partial = [], []
+        for cell in cells:
+            (whole if box.contains(cell.box) else partial).append(cell)
+        merging = None
+        if partial:
+            try:
+                merging = pool().submit(run_bounded, task, partial, nbytes, self.store.io_concurrency)
+            except RuntimeError:  # the interpreter is shutting down: after the whole chunks, here
+                pass
+        try:
+            self._put_whole(layout, box, data, whole, enc, large, nbytes)
+        finally:
+            if merging is not None:
+                wait([merging])
+        if merging is not None:
+            merging.result()
+        elif partial:
+            run_bounded(task, partial, nbytes, self.store.io_concurrency)
+
+    def _put_whole(self, layout: ScaleLayout, box: Box, data: np.ndarray, cells: list[Cell], enc: str | None,
+                   large: bool, nbytes: int) -> None:
+        """Replace the chunks of ``cells``, each wholly inside ``box``, through ``put_each``: each
+        encoded when the store takes it, large compressed ones a few ahead on the encoders."""
+        keys = [layout.write_key(cell) for cell in cells]
+
+        def make(item: tuple[Cell, str]) -> bytes:
+            cell, key = item
+            return self._encode(layout, data[cell.box.slices(box.start)], cell, key)
+
+        values = ahead(make, zip(cells, keys)) if large else map(make, zip(cells, keys))
+        self.store.put_each(keys, values, content_encoding=enc, nbytes=nbytes)

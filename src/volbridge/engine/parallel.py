@@ -10,13 +10,14 @@ are in flight at once, with ``n * bytes_per_item`` kept under :data:`MAX_BYTES_I
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import itertools
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor, wait
-from typing import Callable, Iterable, TypeVar
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -86,6 +87,67 @@ def encoders() -> ThreadPoolExecutor:
     chunk queues behind those of the other writes running meanwhile."""
     return _shared(_encoders, min(cores(), default_threads()),
                    lambda n: ThreadPoolExecutor(n, thread_name_prefix="volbridge-encode"))
+
+
+def ahead(fn: Callable[[T], object], items: Iterable, depth: int | None = None) -> Iterator[Future]:
+    """Futures of ``fn(item)`` for each of ``items``, in order, computed on the :func:`encoders`
+    at most ``depth`` (default: twice their threads) beyond the one last taken, so that a
+    consumer that takes them as it needs them (a PUT driver) finds them made. An item that is
+    itself a Future has ``fn`` applied to its result once it is done: queued then, never waited
+    for on an encoder thread. Closing the iterator cancels what it made ahead."""
+    depth = depth if depth is not None else 2 * min(cores(), default_threads())
+    made: collections.deque[Future] = collections.deque()
+    try:
+        for item in items:
+            made.append(_then(item, fn) if isinstance(item, Future) else _submit(fn, item))
+            if len(made) > depth:
+                yield made.popleft()
+        while made:
+            yield made.popleft()
+    finally:
+        for f in made:
+            f.cancel()
+
+
+def _submit(fn: Callable, *args) -> Future:
+    """``fn(*args)`` on the encoders, or here once the interpreter is shutting down (executors
+    then take no new work)."""
+    try:
+        return encoders().submit(fn, *args)
+    except RuntimeError:
+        done: Future = Future()
+        try:
+            done.set_result(fn(*args))
+        except BaseException as e:
+            done.set_exception(e)
+        return done
+
+
+def _then(first: Future, fn: Callable) -> Future:
+    """A Future of ``fn(first.result())``, run on the encoders once ``first`` is done."""
+    out: Future = Future()
+
+    def settle(f: Future) -> None:
+        if not out.set_running_or_notify_cancel():  # cancelled meanwhile
+            return
+        try:
+            out.set_result(f.result())
+        except BaseException as e:
+            out.set_exception(e)
+
+    def chain(f: Future) -> None:
+        if f.cancelled():
+            out.cancel()
+            return
+        error = f.exception()
+        if error is not None:
+            if out.set_running_or_notify_cancel():
+                out.set_exception(error)
+            return
+        _submit(fn, f.result()).add_done_callback(settle)
+
+    first.add_done_callback(chain)
+    return out
 
 
 def _shared(made: dict, n: int, make):

@@ -13,7 +13,8 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields
-from typing import Callable, Iterable, Iterator, Optional
+from concurrent.futures import Future
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 from ..errors import StoreError, VolbridgeError
 from .ranges import RangeReader
@@ -77,6 +78,10 @@ class KVStore(ABC):
     #: Chunk requests to keep in flight for this store, or None for the local default (cores + 1).
     #: Network stores want many more: latency, not CPU, bounds them.
     io_concurrency: int | None = None
+    #: Whether :meth:`put_each` drives many writes at once by itself (an object store's PUTs over
+    #: libcurl): a writer then hands it all its whole-object overwrites instead of running loops
+    #: that write one each.
+    batched_puts: bool = False
 
     @property
     def identity(self) -> str:
@@ -109,6 +114,20 @@ class KVStore(ABC):
         overwrite), so it may skip the read, but the write is still serialised against other
         updates of the same key.
         """
+
+    def put_each(self, keys: Sequence[str], values: Iterable[bytes | Future], *, content_encoding: str | None = None,
+                 nbytes: int = 1) -> None:
+        """Replace the value of each of ``keys`` by the matching one of ``values``, each as a blind
+        ``update(key, ..., needs_old=False)``. ``values`` yields one value per key, in order: bytes,
+        or a Future of them; it is taken from as the store is ready for the next value (a
+        generator may make them as it goes). ``nbytes`` is what one value holds at most, for the
+        bound on bytes in flight. The first failure raises; the other keys may or may not have
+        been written by then. This default writes one at a time: stores with ``batched_puts``
+        write many at once."""
+        for key, value in zip(keys, values):
+            if isinstance(value, Future):
+                value = value.result()
+            self.update(key, lambda _old, v=value: v, needs_old=False, content_encoding=content_encoding)
 
     def delete_many(self, keys: Iterable[str]) -> None:
         """Remove each of ``keys`` (absent ones are fine)."""

@@ -40,8 +40,10 @@ Tiers implement five hooks: ``_lookup``, ``_ticket``, ``_fill``, ``_begin_write`
 from __future__ import annotations
 
 import hashlib
+import itertools
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +56,8 @@ from .ranges import RangeReader
 BUCKETS = 4096
 #: What a cached "this key is absent" marker counts against ``max_bytes`` (with ``cache_absent``).
 ABSENT_CHARGE = 64
+#: Keys of a ``put_each`` written under one write ticket: their values are held until it ends.
+PUT_BATCH = 256
 
 
 class _Absent:
@@ -113,6 +117,7 @@ class CacheTier(KVStore):
         self.backing = backing
         self.cheap_misses = backing.cheap_misses
         self.io_concurrency = backing.io_concurrency
+        self.batched_puts = backing.batched_puts
         #: The backing store's URL, so error messages name the real location.
         self.url = backing.url
         self._identity = backing.identity
@@ -357,6 +362,26 @@ class CacheTier(KVStore):
             return {key: self.backing.update(key, fn, needs_old=needs_old, **kw)}
 
         return self._write([key], op, lambda w: len(w.get(key, b"")))[key]
+
+    def put_each(self, keys, values, *, content_encoding: str | None = None, nbytes: int = 1) -> None:
+        """The backing store's ``put_each``, :data:`PUT_BATCH` keys under each write ticket (the
+        written values are held until their batch ends, to be cached)."""
+        keys = list(keys)
+        values = iter(values)
+        for start in range(0, len(keys), PUT_BATCH):
+            batch = keys[start:start + PUT_BATCH]
+            taken: list = []
+
+            def op(batch=batch, taken=taken) -> dict:
+                def recorded():
+                    for value in itertools.islice(values, len(batch)):
+                        taken.append(value)
+                        yield value
+
+                self.backing.put_each(batch, recorded(), content_encoding=content_encoding, nbytes=nbytes)
+                return {k: v.result() if isinstance(v, Future) else v for k, v in zip(batch, taken)}
+
+            self._write(batch, op, lambda w: sum(len(v) for v in w.values()))
 
     def delete(self, key: str) -> None:
         def op() -> dict:

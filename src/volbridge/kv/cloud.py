@@ -36,6 +36,7 @@ from obstore.store import AzureStore, GCSStore, HTTPStore, S3Store
 from ..errors import URLError
 from . import curl_get
 from .curl_get import CurlGetter, S3Signer
+from .curl_put import CurlPutter
 from .object_store import ObjectStore, obstore_options
 from .retry import RetryPolicy
 
@@ -192,19 +193,19 @@ def open_object_store(url: str, retry: RetryPolicy | None = None) -> ObjectStore
     if not bucket:
         raise URLError(f"{url!r} names no bucket: expected {scheme}://bucket/path")
     kw = dict(opts)
-    getter = None
+    getter = putter = None
     if scheme == "s3":
         cfg = s3_config()
         if str(cfg.get("endpoint", "")).startswith("http://") or _true(os.environ.get("AWS_ALLOW_HTTP")):
             kw["client_options"]["allow_http"] = True
-        ca = _ca_file(os.environ.get("AWS_CA_BUNDLE"))  # the GETs' libcurl trusts it (_s3_getter): the PUTs too
+        ca = _ca_file(os.environ.get("AWS_CA_BUNDLE"))  # libcurl's requests trust it (_s3_curl): obstore's too
         # the shared client is keyed by the bundle's identity (path, size, mtime), not its PEM text
         key = (bucket, cfg, repr(retry), kw["client_options"], ca and ca[0])
         if ca is not None:
             kw["client_options"] = dict(kw["client_options"], root_certificate=ca[1])
         store = _shared("s3", key, lambda: S3Store(bucket, **cfg, **kw))
         service = cfg.get("endpoint") or "aws"
-        getter = _s3_getter(bucket, cfg, retry)
+        getter, putter = _s3_curl(bucket, cfg, retry) or (None, None)
     elif scheme in ("gs", "gcs"):
         cfg = gcs_config()
         if str(cfg.get("base_url", "")).startswith("http://"):
@@ -224,23 +225,23 @@ def open_object_store(url: str, retry: RetryPolicy | None = None) -> ObjectStore
         service = " ".join(f"{k}={azenv[k]}" for k in sorted(azenv) if k in _AZURE_SERVICE_VARS) or "azure"
     else:
         raise URLError(f"unsupported object store scheme {scheme!r} in {url!r}")
-    return ObjectStore(store, url, prefix=prefix, retry=retry, service=service, getter=getter)
+    return ObjectStore(store, url, prefix=prefix, retry=retry, service=service, getter=getter, putter=putter)
 
 
-#: The AWS_* variables whose meaning _s3_getter reproduces (through s3_config or as obstore
+#: The AWS_* variables whose meaning _s3_curl reproduces (through s3_config or as obstore
 #: does). Any other (AWS_ENDPOINT, AWS_REQUEST_PAYER, server-side encryption, ...) changes what
-#: obstore's requests look like, so GETs then stay on obstore.
+#: obstore's requests look like, so every request then stays on obstore.
 _AWS_VARS_KNOWN = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",
                    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ALLOW_HTTP", "AWS_VIRTUAL_HOSTED_STYLE_REQUEST",
                    "AWS_EC2_METADATA_DISABLED", "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE",
                    "AWS_PAGER", "AWS_SDK_LOAD_CONFIG", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE", "AWS_CA_BUNDLE",
-                   "AWS_UNSIGNED_PAYLOAD"}  # a GET has no body to hash
+                   "AWS_UNSIGNED_PAYLOAD"}
 
 
-def _s3_getter(bucket: str, cfg: dict, retry: RetryPolicy) -> CurlGetter | None:
-    """libcurl GETs for this bucket where volbridge can make the very requests obstore would:
-    static or no credentials, and no option beyond those s3_config reads. None leaves every GET
-    to obstore."""
+def _s3_curl(bucket: str, cfg: dict, retry: RetryPolicy) -> tuple[CurlGetter, CurlPutter] | None:
+    """libcurl GETs and whole-object PUTs for this bucket where volbridge can make the very
+    requests obstore would: static or no credentials, and no option beyond those s3_config
+    reads. None leaves every request to obstore."""
     if not curl_get.available() or any(k.startswith("AWS_") and k not in _AWS_VARS_KNOWN for k in os.environ):
         return None
     if cfg.get("skip_signature"):
@@ -262,7 +263,10 @@ def _s3_getter(bucket: str, cfg: dict, retry: RetryPolicy) -> CurlGetter | None:
     if parsed.scheme not in ("http", "https") or parsed.path.strip("/") or parsed.query:
         return None  # an endpoint with a path of its own
     ca = os.environ.get("AWS_CA_BUNDLE") or None  # the AWS tools' own CA file for S3
-    return _shared("s3-curl", (bucket, cfg, repr(retry), ca), lambda: CurlGetter(base, path, signer, retry, ca_file=ca))
+    key = (bucket, cfg, repr(retry), ca)
+    return (_shared("s3-curl", key, lambda: CurlGetter(base, path, signer, retry, ca_file=ca)),
+            _shared("s3-curl-put", key, lambda: CurlPutter(base, path, signer, retry, ca_file=ca,
+                                                           unsigned_payload=cfg["unsigned_payload"])))
 
 
 def _gcs_getter(bucket: str, cfg: dict, retry: RetryPolicy) -> CurlGetter | None:

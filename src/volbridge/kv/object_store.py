@@ -12,6 +12,7 @@ retry and applies :class:`RetryPolicy`; transport compression uses the ``Content
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from datetime import timedelta
@@ -23,6 +24,7 @@ from obstore import exceptions as oe
 from .. import compression
 from ..engine.parallel import (  # plain threading, no engine layer
     MAX_BYTES_IN_FLIGHT,
+    ahead,
     run_bounded,
 )
 from ..errors import (
@@ -35,6 +37,7 @@ from ..errors import (
 )
 from .base import KVStore, ObjectStat, StoreStats, Updater
 from .curl_get import CurlGetter
+from .curl_put import CurlPutter
 from .ranges import RangeReader
 from .retry import NOT_TLS, OLD_TLS, RetryPolicy, certificate_advice, gave_up, retryable_status
 
@@ -111,7 +114,7 @@ class ObjectStore(KVStore):
 
     def __init__(self, store: Any, url: str, *, prefix: str = "", retry: RetryPolicy | None = None,
                  read_only: bool = False, io_concurrency: int | None = None, service: str | None = None,
-                 getter: CurlGetter | None = None):
+                 getter: CurlGetter | None = None, putter: CurlPutter | None = None):
         self.store = store
         self.url = url.rstrip("/")
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
@@ -126,6 +129,9 @@ class ObjectStore(KVStore):
         self.io_concurrency = io_concurrency or int(os.environ.get("VOLBRIDGE_IO_CONCURRENCY", 32))
         #: whole-object GETs of many keys over libcurl (None: through obstore); see kv.curl_get
         self.getter = getter
+        #: whole-object PUTs of many keys over libcurl (None: one obstore PUT per loop); see kv.curl_put
+        self.putter = None if read_only else putter
+        self.batched_puts = self.putter is not None
 
     @property
     def identity(self) -> str:
@@ -295,6 +301,22 @@ class ObjectStore(KVStore):
             raise
         except Exception as e:
             raise StoreError(f"PUT {self._where(key)} failed: {_short(e)}") from e
+
+    def put_each(self, keys, values, *, content_encoding: str | None = None, nbytes: int = 1) -> None:
+        if self.putter is None:
+            return super().put_each(keys, values, content_encoding=content_encoding, nbytes=nbytes)
+        keys = list(keys)
+        for key in keys:
+            self._check_writable(key)
+            self._check_key(key)
+        name = None
+        if content_encoding:  # compressed for transport on the encoder threads, a few values ahead
+            name = compression.canonical(content_encoding)
+            values = ahead(functools.partial(compression.compress, name), values)
+        n = len(self.prefix)
+        in_flight = max(1, min(self.io_concurrency, MAX_BYTES_IN_FLIGHT // max(1, nbytes)))
+        self.putter.put_each([self.prefix + k for k in keys], values, where=lambda k: self._where(k[n:]), stats=self.stats,
+                             max_in_flight=in_flight, content_type=content_type, content_encoding=name)
 
     def delete(self, key: str) -> None:
         self._check_writable(key)

@@ -15,6 +15,7 @@ class PrefixedStore(KVStore):
         self.stats = base.stats
         self.cheap_misses = base.cheap_misses
         self.io_concurrency = base.io_concurrency
+        self.batched_puts = base.batched_puts
 
     @property
     def identity(self) -> str:
@@ -28,6 +29,9 @@ class PrefixedStore(KVStore):
 
     def put(self, key: str, value: bytes, *, content_encoding: str | None = None) -> None:
         self.base.put(self._k(key), value, content_encoding=content_encoding)
+
+    def put_each(self, keys, values, *, content_encoding: str | None = None, nbytes: int = 1) -> None:
+        self.base.put_each([self._k(k) for k in keys], values, content_encoding=content_encoding, nbytes=nbytes)
 
     def delete(self, key: str) -> None:
         self.base.delete(self._k(key))

@@ -1,0 +1,276 @@
+"""Whole-object PUTs over libcurl (kv.curl_put): the same objects, headers, errors and counters as
+obstore's PUTs, against SeaweedFS and a scripted local server; the signature against botocore's;
+the engine's writes through it equal to a numpy model."""
+
+from __future__ import annotations
+
+import gzip
+import http.server
+import socketserver
+import threading
+import time
+from concurrent.futures import Future
+
+import numpy as np
+import pytest
+
+import volbridge as vb
+from volbridge.errors import ChunkEncodeError, StoreError
+from volbridge.kv import object_store, open_store
+from volbridge.kv.cloud import open_object_store
+from volbridge.kv.curl_get import S3Signer
+from volbridge.kv.curl_put import CurlPutter
+from volbridge.kv.object_store import ObjectStore, content_type
+from volbridge.kv.retry import RetryPolicy
+
+
+def done(value) -> Future:
+    f: Future = Future()
+    f.set_result(value)
+    return f
+
+
+def test_put_each_stores_what_obstore_puts(s3env, s3_bucket):
+    s = open_store(f"s3://{s3_bucket}/put")
+    assert s.batched_puts and s.putter is not None  # static credentials: PUTs go through libcurl
+    client = s3env.boto3_client()
+    rng = np.random.default_rng(0)
+    values = {"empty": b"", "one": b"1", "big": rng.integers(0, 256, 3 << 20, dtype=np.uint8).tobytes(),
+              "with space/and ünicode+plus": b"odd key", "deep/er/zarr.json": b'{"a": 1}', "info": b"{}"}
+    given = [done(v) if i % 3 == 1 else bytearray(v) if i % 3 == 2 else v for i, v in enumerate(values.values())]
+    before = s.stats.as_dict()
+    s.put_each(list(values), iter(given))
+    after = s.stats.as_dict()
+    assert after["requests"] - before["requests"] == len(values) and after["retries"] == before["retries"]
+    assert after["bytes_written"] - before["bytes_written"] == sum(map(len, values.values()))
+    assert {k: s.get(k) for k in values} == values
+    for k, v in values.items():  # as obstore's PUT of the same key stores it
+        ours = client.head_object(Bucket=s3_bucket, Key=f"put/{k}")
+        s.put("ref/" + k, v)
+        theirs = client.head_object(Bucket=s3_bucket, Key=f"put/ref/{k}")
+        assert ours["ContentType"] == theirs["ContentType"] == content_type(k)
+        assert ours["ContentLength"] == len(v) and "ContentEncoding" not in ours
+
+    s.put_each(["gz/a", "gz/b"], [b"compressed " * 100, done(b"b" * 5000)], content_encoding="gzip")
+    stored = client.get_object(Bucket=s3_bucket, Key="put/gz/b")
+    assert stored["ContentEncoding"] == "gzip" and gzip.decompress(stored["Body"].read()) == b"b" * 5000
+    assert s.get("gz/a") == b"compressed " * 100 and s.get_many(["gz/b"]) == {"gz/b": b"b" * 5000}
+
+
+@pytest.mark.parametrize("https", [False, True])
+def test_put_signature_matches_botocore(monkeypatch, https):
+    import datetime
+    import hashlib
+
+    import botocore.auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.config import Config
+    from botocore.credentials import Credentials
+
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: datetime.datetime(2026, 11, 22, 9, 8, 7))
+    secret = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
+    body = b"chunk bytes" * 99
+    for token in (None, "session/token+="):
+        signer = S3Signer("AKIDEXAMPLE", secret, "eu-west-2", token)
+        path = "/bucket/some%20dir/c/0/1/2"
+        payload = "UNSIGNED-PAYLOAD" if https else hashlib.sha256(body).hexdigest()
+        headers = (("content-encoding", "gzip"), ("content-type", "application/octet-stream"))
+        ours = dict(h.split(": ", 1) for h in signer.sign("PUT", "127.0.0.1:8333", path, payload, headers,
+                                                          amz_date="20261122T090807Z"))
+        req = AWSRequest(method="PUT", url=f"{'https' if https else 'http'}://127.0.0.1:8333{path}", data=body,
+                         headers={"Content-Encoding": "gzip", "Content-Type": "application/octet-stream"})
+        req.context["client_config"] = Config(s3={"payload_signing_enabled": not https})
+        botocore.auth.S3SigV4Auth(Credentials("AKIDEXAMPLE", secret, token), "s3", "eu-west-2").add_auth(req)
+        assert req.headers["X-Amz-Content-SHA256"] == ours["x-amz-content-sha256"] == payload
+        assert ours["Authorization"] == req.headers["Authorization"]
+        assert ours["content-type"] == "application/octet-stream" and ours["content-encoding"] == "gzip"
+
+
+def test_put_failures_raise_naming_the_url(s3env, s3_bucket, monkeypatch):
+    s = open_store(f"s3://{s3_bucket}/put-auth")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
+    bad = open_store(f"s3://{s3_bucket}/put-auth")
+    assert bad.batched_puts
+    with pytest.raises(StoreError, match=rf"PUT s3://{s3_bucket}/put-auth/x failed: HTTP 403"):
+        bad.put_each(["x"], [b"1"])
+    assert bad.stats.retries == 0 and s.get("x") is None  # an auth failure is final
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")
+    store = open_object_store("s3://b/p", retry=RetryPolicy(max_attempts=3, base_delay=0.01, connect_timeout=1))
+    with pytest.raises(StoreError, match=r"PUT s3://b/p/k failed after 3 attempts: .*curl error 7"):
+        store.put_each(["k"], [b"1"])
+    assert store.stats.retries == 2 and store.stats.requests == 3
+
+
+def test_a_value_that_fails_to_be_made_raises_and_leaves_the_driver_usable(s3env, s3_bucket):
+    s = open_store(f"s3://{s3_bucket}/put-fail")
+    failed: Future = Future()
+    failed.set_exception(ChunkEncodeError("cannot encode chunk 'k2'"))
+    with pytest.raises(ChunkEncodeError, match="k2"):
+        s.put_each(["k0", "k1", "k2", "k3"], [b"0", b"1", failed, b"3"])
+    assert s.get("k3") is None  # nothing after the failure was taken
+
+    def values():
+        yield b"a"
+        raise ValueError("the generator broke")
+
+    with pytest.raises(ValueError, match="generator broke"):
+        s.put_each(["a", "b"], values())
+    s.put_each(["c", "d"], [b"c", done(b"d")])  # the same thread's handles work afterwards
+    assert s.get_many(["c", "d"]) == {"c": b"c", "d": b"d"} and s.get("a") in (None, b"a")  # a was in flight
+
+
+def test_a_put_each_inside_another_gets_its_own_transfers(s3env, s3_bucket):
+    s = open_store(f"s3://{s3_bucket}/put-nest")
+
+    def values():
+        for i in range(5):
+            s.put_each([f"inner{i}", f"inner{i}b"], [b"i%d" % i, b"j%d" % i])
+            yield b"o%d" % i
+
+    s.put_each([f"outer{i}" for i in range(5)], values())
+    want = {**{f"outer{i}": b"o%d" % i for i in range(5)}, **{f"inner{i}": b"i%d" % i for i in range(5)},
+            **{f"inner{i}b": b"j%d" % i for i in range(5)}}
+    assert s.get_many(list(want)) == want
+
+
+# -- against a scripted local HTTP server ----------------------------------------------------------
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    script: dict = {}
+
+    def log_message(self, *args):
+        pass
+
+    def do_PUT(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        log, answers, delay, lock, active = (self.script[k] for k in ("log", "answers", "delay", "lock", "active"))
+        with lock:
+            active[0] += 1
+            active[1] = max(active[1], active[0])
+            log.append(("start", self.path, time.monotonic(), {k.lower(): v for k, v in self.headers.items()}))
+            status = answers.get(self.path, []).pop(0) if answers.get(self.path) else 200
+        time.sleep(delay.get(self.path, 0.0))
+        with lock:
+            active[0] -= 1
+            log.append(("end", self.path, time.monotonic(), body))
+        reply = b"" if status == 200 else b"<Error>busy</Error>"
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+
+@pytest.fixture
+def recorder():
+    """(base URL, script): a threaded HTTP/1.1 server that logs each PUT, answers it with the
+    statuses queued in script["answers"][path] (then 200), after script["delay"][path] seconds."""
+
+    class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+        daemon_threads = True
+
+    script = {"log": [], "answers": {}, "delay": {}, "lock": threading.Lock(), "active": [0, 0]}
+    server = Server(("127.0.0.1", 0), type("Handler", (_Recorder,), {"script": script}))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", script
+    server.shutdown()
+    server.server_close()
+
+
+def _putter_store(base: str, **retry) -> ObjectStore:
+    """An ObjectStore whose whole-object PUTs go to ``base`` unsigned (the scripted server)."""
+    policy = RetryPolicy(**retry)
+    return ObjectStore(None, "s3://scripted/vol", prefix="vol", retry=policy,
+                       putter=CurlPutter(base, "/bucket/", None, policy))
+
+
+def test_retries_and_bytes_in_flight(recorder, monkeypatch):
+    base, script = recorder
+    script["answers"]["/bucket/vol/k3"] = [503, 500]
+    script["answers"]["/bucket/vol/k5"] = [429]
+    for i in range(12):
+        script["delay"][f"/bucket/vol/k{i}"] = 0.05
+    monkeypatch.setattr(object_store, "MAX_BYTES_IN_FLIGHT", 8 << 20)
+    s = _putter_store(base, base_delay=0.01)
+    s.put_each([f"k{i}" for i in range(12)], (b"v%d" % i for i in range(12)), nbytes=4 << 20)
+    ends = {path: body for kind, path, _, body in script["log"] if kind == "end"}
+    assert ends == {f"/bucket/vol/k{i}": b"v%d" % i for i in range(12)}
+    assert s.stats.retries == 3 and s.stats.requests == 15 and s.stats.bytes_written == sum(len(b"v%d" % i) for i in range(12))
+    assert script["active"][1] == 2  # 8 MiB / 4 MiB per value
+    starts = [h for kind, _, _, h in script["log"] if kind == "start"]
+    assert all(h["content-type"] == "application/octet-stream" and "expect" not in h for h in starts)
+
+    script["answers"]["/bucket/vol/bad"] = [503] * 5
+    with pytest.raises(StoreError, match=r"PUT s3://scripted/vol/bad failed after 3 attempts: HTTP 503: <Error>busy"):
+        _putter_store(base, max_attempts=3, base_delay=0.01).put_each(["bad"], [b"x"])
+    script["answers"]["/bucket/vol/final"] = [403]
+    s = _putter_store(base)
+    with pytest.raises(StoreError, match=r"PUT s3://scripted/vol/final failed: HTTP 403"):
+        s.put_each(["final"], [b"x"])
+    assert s.stats.retries == 0
+
+
+def test_a_value_still_being_made_starts_as_soon_as_it_is_made(recorder):
+    """The driver waits for a Future's completion as for a socket's: a value made while another
+    PUT is in flight goes out at once, and one made while nothing is in flight is waited for."""
+    base, script = recorder
+    script["delay"]["/bucket/vol/slow"] = 1.0
+    later: Future = Future()
+    threading.Timer(0.1, later.set_result, [b"made later"]).start()
+    s = _putter_store(base)
+    s.put_each(["slow", "later"], [b"slow", later])
+    log = {(kind, path): t for kind, path, t, _ in script["log"]}
+    assert log[("start", "/bucket/vol/later")] < log[("end", "/bucket/vol/slow")]  # not after the slow one
+
+    alone: Future = Future()
+    threading.Timer(0.2, alone.set_result, [b"alone"]).start()
+    s.put_each(["alone"], [alone])
+    assert [body for kind, path, _, body in script["log"] if path == "/bucket/vol/alone" and kind == "end"] == [b"alone"]
+
+
+# -- the engine ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cache", [None, 64 << 20], ids=["plain", "memory-cache"])
+@pytest.mark.parametrize("fmt,kw", [("zarr3", {"compression": "zstd"}), ("precomputed", {"compression": "gzip"}),
+                                    ("zarr", {})])
+def test_writes_through_the_driver_equal_the_model(s3env, s3_bucket, monkeypatch, fmt, kw, cache):
+    from volbridge.engine import chunked
+    from volbridge.kv import curl_put
+
+    monkeypatch.setattr(chunked, "ENCODER_MIN_BYTES", 4096)  # some chunks compress on the encoders, ahead
+    taken = []
+    real = curl_put.CurlPutter.put_each
+
+    def counted(self, keys, *args, **kw):
+        taken.extend(keys)
+        return real(self, keys, *args, **kw)
+
+    monkeypatch.setattr(curl_put.CurlPutter, "put_each", counted)
+    url = f"{fmt}://s3://{s3_bucket}/engine"
+    shape, chunk = (40, 36, 50), (16, 8, 16)
+    model = np.zeros(shape, np.uint16)
+    vb.create(url, shape=shape, dtype="uint16", chunk_shape=chunk, **kw)
+    vol = vb.array(url, mode="r+", cache=cache)
+    assert vol.volume.store.batched_puts
+    rng = np.random.default_rng(7)
+    for _ in range(6):
+        lo = [int(rng.integers(0, s - 1)) for s in shape]
+        box = tuple(slice(a, int(rng.integers(a + 1, s + 1))) for a, s in zip(lo, shape))
+        values = rng.integers(0, 60000, tuple(b.stop - b.start for b in box), dtype=np.uint16)
+        vol[box] = values
+        model[box] = values
+        np.testing.assert_array_equal(vol[...], model)
+    vol[...] = model[::-1]  # every chunk whole
+    np.testing.assert_array_equal(vol[...], model[::-1])
+    np.testing.assert_array_equal(vb.array(url)[...], model[::-1])
+    assert len(taken) >= 3 * 5 * 4
+
+
+def test_idle_handles_keep_no_value(s3env, s3_bucket):
+    import sys
+
+    s = open_store(f"s3://{s3_bucket}/put-refs")
+    values = [bytes([i]) * 100_000 for i in range(40)]
+    before = [sys.getrefcount(v) for v in values]
+    s.put_each([f"k{i}" for i in range(40)], values)
+    assert [sys.getrefcount(v) for v in values] == before  # 32 idle handles hold none of them
+    assert s.get("k39") == values[39]
