@@ -533,3 +533,27 @@ def test_a_registered_format_that_takes_no_documents_still_opens(tmp_path, monke
     monkeypatch.setattr(cache_tier.CacheTier, "refresh", lambda self, keys: asked.append(list(keys)) or real(self, keys))
     np.testing.assert_array_equal(vb.array(str(tmp_path / "v"), cache=1 << 20)[...], data)
     assert "my.json" in asked[0]
+
+
+def test_a_fetch_that_fails_keeps_no_body_alive(scripted):
+    """The callee fails on the first body while others of the same round have arrived: their
+    buffers are not kept by the idle handles' callbacks."""
+    import gc
+
+    base, routes = scripted
+
+    def slow(_req):
+        time.sleep(0.2)  # all answer together: one round of completions
+        return 200, {}, b"x" * 200_000
+
+    routes.update({f"/vol/k{i}": (0, {}, slow) for i in range(8)})
+    s = open_store(f"{base}/vol")
+
+    def done(key, value):
+        raise RuntimeError("the callee failed")
+
+    with pytest.raises(RuntimeError, match="callee failed"):
+        s.fetch_each([f"k{i}" for i in range(8)], done)
+    gc.collect()
+    kept = [r for r in gc.get_objects() if isinstance(r, curl_get._Request) and r.buf is not None]
+    assert kept == []

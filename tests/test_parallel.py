@@ -291,18 +291,22 @@ import volbridge as vb
 
 a = vb.create(sys.argv[1], shape=(64, 64, 256), dtype="uint16", chunk_shape=(64, 64, 32), compression="zstd")
 a.volume.store.io_concurrency = 32  # as a network store: 256 KiB chunks go to the encoder threads
+a.volume.store.batched_puts = sys.argv[2] == "batched"  # as S3 with libcurl PUTs: whole chunks by put_each
 data = np.arange(a.size, dtype="uint16").reshape(a.shape) % 251
 
 def write():
     time.sleep(0.5)  # the main thread has returned: the interpreter is shutting down
-    a[...] = data
+    a[...] = 0
+    a[:, :, 16:] = data[:, :, 16:]  # whole chunks and partly covered ones
+    a[:, :, :16] = data[:, :, :16]
     print("written", flush=True)
 
 threading.Thread(target=write).start()
 """
 
 
-def test_a_write_made_while_the_interpreter_shuts_down_is_whole(tmp_path):
+@pytest.mark.parametrize("puts", ["loops", "batched"])
+def test_a_write_made_while_the_interpreter_shuts_down_is_whole(tmp_path, puts):
     """A script that starts a writing thread and falls off its end: once shutdown begins the
     executors take no new work, and a write that handed its loops or chunks to them failed part
     way. They run in the writing thread then."""
@@ -314,10 +318,49 @@ def test_a_write_made_while_the_interpreter_shuts_down_is_whole(tmp_path):
     import volbridge as vb
 
     url = f"zarr3://{tmp_path / 'v'}"
-    out = subprocess.run([sys.executable, "-c", _WRITE_DURING_SHUTDOWN, url], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", _WRITE_DURING_SHUTDOWN, url, puts], capture_output=True, text=True,
+                         timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "written", out.stderr[-3000:]
     a = vb.array(url)
     np.testing.assert_array_equal(a[...], np.arange(a.size, dtype="uint16").reshape(a.shape) % 251)
+
+
+_EVERY_POOL_THREAD_WRITES = """
+import concurrent.futures as cf, os, sys, threading
+import volbridge as vb
+from volbridge.engine.parallel import pool
+
+vb.create(sys.argv[1], shape=(32, 32, 32), dtype="uint8", chunk_shape=(8, 8, 8))
+vol = vb.array(sys.argv[1], mode="r+")
+vol.volume.store.batched_puts = sys.argv[2] == "batched"  # as S3 with libcurl PUTs
+n = pool()._max_workers
+barrier = threading.Barrier(n)
+
+def job(i):
+    barrier.wait()  # every pool thread is a writer now: none is free for a write's helpers
+    vol[0:16, 0:16, 0:12] = i  # whole chunks and partly covered ones
+
+futures = [pool().submit(job, i) for i in range(n)]
+done, blocked = cf.wait(futures, timeout=60)
+for f in done:
+    f.result()
+print(len(done), len(blocked), flush=True)
+os._exit(0)
+"""
+
+
+@pytest.mark.parametrize("puts", ["loops", "batched"])
+def test_writes_from_every_pool_thread_at_once_finish(tmp_path, puts):
+    """Writers in every thread of the engine's pool (a relay's request threads, units of a
+    service): a write's helpers that no thread takes are run by the writer itself, not waited for."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _EVERY_POOL_THREAD_WRITES, f"zarr3://{tmp_path / 'v'}", puts],
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    finished, blocked = map(int, out.stdout.split())
+    assert blocked == 0 and finished >= 64
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is a Linux call")

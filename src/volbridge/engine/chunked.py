@@ -359,21 +359,27 @@ class ChunkedVolume(Volume):
         whole, partial = [], []
         for cell in cells:
             (whole if box.contains(cell.box) else partial).append(cell)
+        if whole and partial:
+            nbytes *= 2  # each half of the write gets half the bound on bytes in flight
         merging = None
-        if partial:
+        if whole and partial:
             try:
                 merging = pool().submit(run_bounded, task, partial, nbytes, self.store.io_concurrency)
             except RuntimeError:  # the interpreter is shutting down: after the whole chunks, here
                 pass
         try:
-            self._put_whole(layout, box, data, whole, enc, large, nbytes)
-        finally:
-            if merging is not None:
+            if whole:
+                self._put_whole(layout, box, data, whole, enc, large, nbytes)
+        except BaseException:
+            if merging is not None and not merging.cancel():
                 wait([merging])
-        if merging is not None:
+            raise
+        # not started yet (every pool thread busy, maybe each a writer waiting so): run here
+        if merging is None or merging.cancel():
+            if partial:
+                run_bounded(task, partial, nbytes, self.store.io_concurrency)
+        else:
             merging.result()
-        elif partial:
-            run_bounded(task, partial, nbytes, self.store.io_concurrency)
 
     def _put_whole(self, layout: ScaleLayout, box: Box, data: np.ndarray, cells: list[Cell], enc: str | None,
                    large: bool, nbytes: int) -> None:

@@ -107,6 +107,9 @@ def ahead(fn: Callable[[T], object], items: Iterable, depth: int | None = None) 
     finally:
         for f in made:
             f.cancel()
+        close = getattr(items, "close", None)
+        if close is not None:  # another ahead(): it cancels what it made too
+            close()
 
 
 def _submit(fn: Callable, *args) -> Future:
@@ -136,8 +139,10 @@ def _then(first: Future, fn: Callable) -> Future:
             out.set_exception(e)
 
     def chain(f: Future) -> None:
-        if f.cancelled():
+        if f.cancelled() or out.cancelled():
             out.cancel()
+            # waiters (concurrent.futures.wait) hear of a cancellation only through this call
+            out.set_running_or_notify_cancel()
             return
         error = f.exception()
         if error is not None:
@@ -236,8 +241,9 @@ def run_bounded(fn: Callable[[T], None], items: Iterable[T], bytes_per_item: int
     except RuntimeError:  # the interpreter is shutting down (executors take no new work): the caller's loop does it all
         pass
     loop()
-    for f in helpers:
-        f.cancel()  # not started yet: the caller's loop already did its share
-    wait(helpers)
+    # helpers not started yet are cancelled (the caller's loop already did their share) and not
+    # waited for: a cancelled future counts as finished only once a worker dequeued it, and with
+    # every pool thread a writer waiting so, none would
+    wait([f for f in helpers if not f.cancel()])
     if errors:
         raise errors[0]

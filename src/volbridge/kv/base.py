@@ -124,7 +124,7 @@ class KVStore(ABC):
         bound on bytes in flight. The first failure raises; the other keys may or may not have
         been written by then. This default writes one at a time: stores with ``batched_puts``
         write many at once."""
-        for key, value in zip(keys, values):
+        for key, value in zip(keys, values, strict=True):
             if isinstance(value, Future):
                 value = value.result()
             self.update(key, lambda _old, v=value: v, needs_old=False, content_encoding=content_encoding)

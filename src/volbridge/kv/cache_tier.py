@@ -364,24 +364,38 @@ class CacheTier(KVStore):
         return self._write([key], op, lambda w: len(w.get(key, b"")))[key]
 
     def put_each(self, keys, values, *, content_encoding: str | None = None, nbytes: int = 1) -> None:
-        """The backing store's ``put_each``, :data:`PUT_BATCH` keys under each write ticket (the
-        written values are held until their batch ends, to be cached)."""
+        """The backing store's ``put_each`` in batches, each under one write ticket: at most
+        :data:`PUT_BATCH` keys and ``MAX_BYTES_IN_FLIGHT`` of values, which are held until their
+        batch ends where they are to be cached."""
+        from ..engine.parallel import MAX_BYTES_IN_FLIGHT
+
         keys = list(keys)
         values = iter(values)
-        for start in range(0, len(keys), PUT_BATCH):
-            batch = keys[start:start + PUT_BATCH]
-            taken: list = []
+        size = max(1, min(PUT_BATCH, MAX_BYTES_IN_FLIGHT // max(1, nbytes)))
+        for start in range(0, len(keys), size):
+            batch = keys[start:start + size]
+            kept: dict = {}  # the values to cache (or their Futures), by key
+            sizes: list[int] = []
 
-            def op(batch=batch, taken=taken) -> dict:
-                def recorded():
-                    for value in itertools.islice(values, len(batch)):
-                        taken.append(value)
+            def counted(f: Future, sizes=sizes) -> None:
+                if not f.cancelled() and f.exception() is None:
+                    sizes.append(len(f.result()))
+
+            def op(batch=batch, kept=kept, sizes=sizes) -> dict:
+                def taken():
+                    for key, value in zip(batch, itertools.islice(values, len(batch))):
+                        if self.cache_writes or key.rpartition("/")[2] in DOCUMENT_NAMES:
+                            kept[key] = value
+                        elif isinstance(value, Future):
+                            value.add_done_callback(counted)
+                        else:
+                            sizes.append(len(value))
                         yield value
 
-                self.backing.put_each(batch, recorded(), content_encoding=content_encoding, nbytes=nbytes)
-                return {k: v.result() if isinstance(v, Future) else v for k, v in zip(batch, taken)}
+                self.backing.put_each(batch, taken(), content_encoding=content_encoding, nbytes=nbytes)
+                return {k: v.result() if isinstance(v, Future) else v for k, v in kept.items()}
 
-            self._write(batch, op, lambda w: sum(len(v) for v in w.values()))
+            self._write(batch, op, lambda w, sizes=sizes: sum(sizes) + sum(len(v) for v in w.values()))
 
     def delete(self, key: str) -> None:
         def op() -> dict:

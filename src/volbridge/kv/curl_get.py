@@ -346,8 +346,19 @@ class CurlClient:
         heapq.heappush(delayed, (time.monotonic() + self.retry.backoff(req.attempt), id(req), req))
 
 
+def _discard(data: bytes) -> None:
+    pass
+
+
 class CurlGetter(CurlClient):
     """Whole-object GETs (see the module doc)."""
+
+    def _idle(self, st: _ThreadState, c) -> None:
+        # the callbacks hold the request and its buffer: an idle handle must not (a request
+        # finished but not yet answered when a failure ended the fetch would keep its body)
+        c.setopt(pycurl.WRITEFUNCTION, _discard)
+        c.setopt(pycurl.HEADERFUNCTION, _discard)
+        st.idle.append(c)
 
     def _configure(self, c) -> None:
         # Bodies are received up to 512 KiB a call, as TensorStore's libcurl does, not 16 KiB:

@@ -22,10 +22,10 @@ import heapq
 import select
 import socket
 import time
-from concurrent.futures import Future, wait
+from concurrent.futures import Future
 from typing import Callable, Iterable, Sequence
 
-from .curl_get import CurlClient, _ThreadState, pycurl
+from .curl_get import CurlClient, _discard, _ThreadState, pycurl
 
 #: Bytes of an error response kept for the message.
 _REPLY_BYTES = 1024
@@ -67,8 +67,6 @@ class CurlPutter(CurlClient):
         raises StoreError naming its URL, as does a value's own exception; the other keys may or
         may not have been written by then."""
         st = self._state()
-        st.busy = True
-        items = zip(keys, values)
         ready: collections.deque[_Upload] = collections.deque()  # retries whose backoff is over
         delayed: list[tuple[float, int, _Upload]] = []  # (ready time, tiebreak, upload)
         active: dict[int, tuple[object, _Upload]] = {}
@@ -76,6 +74,8 @@ class CurlPutter(CurlClient):
         more = True
         wake: list[socket.socket] = []  # (reader, writer): a made value wakes the wait for it
         try:
+            st.busy = True
+            items = zip(keys, values, strict=True)
             while True:
                 now = time.monotonic()
                 while delayed and delayed[0][0] <= now:
@@ -84,6 +84,8 @@ class CurlPutter(CurlClient):
                     if ready:
                         self._start(st, ready.popleft(), content_type, content_encoding, active)
                         continue
+                    if len(active) + len(delayed) >= max_in_flight:
+                        break  # bodies waiting out a backoff count against the bound too
                     if head is None:
                         item = next(items, None) if more else None
                         if item is None:
@@ -97,6 +99,7 @@ class CurlPutter(CurlClient):
                             wake.extend(socket.socketpair())
                             for s in wake:
                                 s.setblocking(False)
+                        # (a callback fires when the value is made, fails or is cancelled)
                         head[1].add_done_callback(lambda _f, w=wake[1]: _notify(w))
                     if not head[1].done():
                         break
@@ -106,11 +109,7 @@ class CurlPutter(CurlClient):
                     if head is None and not more and not delayed:
                         return
                     # nothing in flight: wait for the value being made, or for a retry's backoff
-                    timeout = max(0.0, delayed[0][0] - now) if delayed else None
-                    if head is not None:
-                        _wait_future(head[1], timeout)
-                    else:
-                        time.sleep(timeout or 0)
+                    self._wait(st, False, delayed, head[1] if head is not None else None, wake)
                     continue
                 completed = self._completed(st, active)
                 for up, status, error in completed:
@@ -122,9 +121,11 @@ class CurlPutter(CurlClient):
                     stats.add(requests=1)
                     self._failed("PUT", up, status, error, bytes(up.reply), delayed, where, stats)
                     up.reply = bytearray()
-                if completed and (ready or head is not None or more) and len(active) < max_in_flight:
+                room = len(active) < max_in_flight
+                if completed and room and (ready or head is not None or more):
                     continue  # a freed slot is refilled before waiting
-                self._wait(st, delayed, head[1] if head is not None else None, wake)
+                # the value being made matters only while a slot is free for it
+                self._wait(st, True, delayed, head[1] if head is not None and room else None, wake)
         finally:
             self._release_all(st, active)
             for s in wake:
@@ -155,26 +156,39 @@ class CurlPutter(CurlClient):
         active[id(c)] = (c, up)
         st.multi.add_handle(c)
 
-    def _wait(self, st: _ThreadState, delayed: list, pending: Future | None, wake: list) -> None:
-        """Until libcurl has work, a retry's backoff ends, or the value ``pending`` is made."""
-        wait = st.multi.timeout()  # ms until libcurl wants to be called, -1: no deadline
+    def _wait(self, st: _ThreadState, transfers: bool, delayed: list, pending: Future | None, wake: list) -> None:
+        """Until libcurl has work (``transfers``: some are in flight), a retry's backoff ends, or
+        the value ``pending`` is made."""
+        wait = st.multi.timeout() if transfers else -1  # ms until libcurl wants to be called, -1: no deadline
         timeout = 1.0 if wait < 0 else min(1.0, wait / 1000)
         if delayed:
             timeout = min(timeout, max(0.0, delayed[0][0] - time.monotonic()))
-        if pending is None or pending.done():
-            if pending is None:
+        if pending is None:
+            if transfers:
                 st.multi.select(timeout)
+            else:
+                time.sleep(timeout)
             return
-        readable, writable, broken = st.multi.fdset()
-        select.select([*readable, wake[0]], writable, broken, timeout)
-        try:
-            wake[0].recv(64)
-        except BlockingIOError:
-            pass
-
-
-def _discard(data: bytes) -> None:
-    pass
+        if pending.done():
+            return
+        # poll, not select: a process with many files open has descriptors past select's 1024
+        poller = select.poll()
+        if transfers:
+            readable, writable, broken = st.multi.fdset()
+            events: dict[int, int] = {}
+            for fds, flag in ((readable, select.POLLIN), (writable, select.POLLOUT), (broken, select.POLLPRI)):
+                for fd in fds:
+                    events[fd] = events.get(fd, 0) | flag
+            for fd, flag in events.items():
+                poller.register(fd, flag)
+        poller.register(wake[0], select.POLLIN)
+        poller.poll(timeout * 1000)
+        while True:  # drain every wake-up, including those of values already taken
+            try:
+                if not wake[0].recv(4096):
+                    break
+            except (BlockingIOError, InterruptedError):
+                break
 
 
 def _notify(w: socket.socket) -> None:
@@ -182,7 +196,3 @@ def _notify(w: socket.socket) -> None:
         w.send(b"\0")
     except OSError:  # closed: the put is over, or its buffer full (a wake-up is pending anyway)
         pass
-
-
-def _wait_future(f: Future, timeout: float | None) -> None:
-    wait([f], timeout=timeout)
