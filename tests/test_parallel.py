@@ -256,6 +256,33 @@ def test_concurrent_network_writes_share_the_process_encoders(tmp_path, monkeypa
         np.testing.assert_array_equal(vb.array(f"zarr3://{tmp_path / name}")[...], d)
 
 
+@pytest.mark.parametrize("puts", ["loops", "batched"])
+def test_a_write_of_few_chunks_does_not_queue_on_the_encoders(tmp_path, monkeypatch, puts):
+    """A relay's one-chunk write waited behind the chunks a bulk write had queued on the encoder
+    threads: a write of no more chunks than they have threads compresses them itself."""
+    import numpy as np
+
+    import volbridge as vb
+
+    monkeypatch.delenv("VOLBRIDGE_THREADS", raising=False)
+    monkeypatch.setattr(parallel, "cores", lambda: 2)
+    a = vb.create(f"zarr3://{tmp_path / 'v'}", shape=(64, 64, 256), dtype="uint16", chunk_shape=(64, 64, 32),
+                  compression="zstd")  # 256 KiB chunks: large enough for the encoders
+    a.volume.store.io_concurrency = 32
+    a.volume.store.batched_puts = puts == "batched"
+    threads: list[str] = []
+    real = a.volume._encode
+    monkeypatch.setattr(a.volume, "_encode", lambda *args, **kw: (threads.append(threading.current_thread().name),
+                                                                   real(*args, **kw))[1])
+    data = np.random.default_rng(2).integers(0, 9, a.shape).astype("uint16")
+    for chunks in (1, 2, 3, 8):
+        threads.clear()
+        a[:, :, : 32 * chunks] = data[:, :, : 32 * chunks]
+        on_encoders = [t for t in threads if t.startswith("volbridge-encode")]
+        assert len(threads) == chunks and (on_encoders == threads if chunks > 2 else not on_encoders), (chunks, threads)
+    np.testing.assert_array_equal(a[...], data)
+
+
 def test_a_forked_child_gets_encoders_and_slots_of_its_own():
     """A child forked while the parent's encoder threads are busy and its slots taken has none
     of those threads, and nobody to give the slots back."""

@@ -85,8 +85,12 @@ def encoders() -> ThreadPoolExecutor:
     ms of ~260 in four interleaved runs). Handing a chunk over costs ~75 us of CPU, more than
     small chunks gain: the writer decides which go here (``chunked.ENCODER_MIN_BYTES``). A
     chunk queues behind those of the other writes running meanwhile."""
-    return _shared(_encoders, min(cores(), default_threads()),
-                   lambda n: ThreadPoolExecutor(n, thread_name_prefix="volbridge-encode"))
+    return _shared(_encoders, encoder_threads(), lambda n: ThreadPoolExecutor(n, thread_name_prefix="volbridge-encode"))
+
+
+def encoder_threads() -> int:
+    """How many threads :func:`encoders` has."""
+    return min(cores(), default_threads())
 
 
 def ahead(fn: Callable[[T], object], items: Iterable, depth: int | None = None) -> Iterator[Future]:
@@ -95,7 +99,7 @@ def ahead(fn: Callable[[T], object], items: Iterable, depth: int | None = None) 
     consumer that takes them as it needs them (a PUT driver) finds them made. An item that is
     itself a Future has ``fn`` applied to its result once it is done: queued then, never waited
     for on an encoder thread. Closing the iterator cancels what it made ahead."""
-    depth = depth if depth is not None else 2 * min(cores(), default_threads())
+    depth = depth if depth is not None else 2 * encoder_threads()
     made: collections.deque[Future] = collections.deque()
     try:
         for item in items:
