@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+from concurrent.futures import Future
 from datetime import timedelta
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
@@ -25,6 +26,7 @@ from .. import compression
 from ..engine.parallel import (  # plain threading, no engine layer
     MAX_BYTES_IN_FLIGHT,
     ahead,
+    encoder_threads,
     run_bounded,
 )
 from ..errors import (
@@ -312,7 +314,9 @@ class ObjectStore(KVStore):
         name = None
         if content_encoding:  # compressed for transport on the encoder threads, a few values ahead
             name = compression.canonical(content_encoding)
-            values = ahead(functools.partial(compression.compress, name), values)
+            compress = functools.partial(compression.compress, name)
+            # (a few values here: on the encoders they would queue behind a bulk write's chunks)
+            values = ahead(compress, values) if len(keys) > encoder_threads() else map(_made(compress), values)
         n = len(self.prefix)
         in_flight = max(1, min(self.io_concurrency, MAX_BYTES_IN_FLIGHT // max(1, nbytes)))
         self.putter.put_each([self.prefix + k for k in keys], values, where=lambda k: self._where(k[n:]), stats=self.stats,
@@ -387,6 +391,11 @@ def _content_encoding(attributes) -> str:
 def _codings(encoding: str) -> list[str]:
     """The codings a Content-Encoding header lists that change the body, in the order applied."""
     return [t for t in (t.strip().lower() for t in encoding.split(",")) if t not in _NO_ENCODING]
+
+
+def _made(fn: Callable) -> Callable:
+    """``fn`` of a value or of the value of a Future (waited for: a caller's own few values)."""
+    return lambda value: fn(value.result() if isinstance(value, Future) else value)
 
 
 def _short(e: BaseException) -> str:
