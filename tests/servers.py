@@ -703,6 +703,7 @@ class RecordingProxy:
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port = self._server.getsockname()[1]
         self._sockets: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
         threading.Thread(target=self._accept, daemon=True, name=f"recording-proxy-{self.port}").start()
 
     def _accept(self) -> None:
@@ -711,7 +712,7 @@ class RecordingProxy:
                 conn, _ = self._server.accept()
             except OSError:  # closed
                 return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+            self._start(self._serve, conn)
 
     def _serve(self, conn: socket.socket) -> None:
         try:
@@ -723,8 +724,14 @@ class RecordingProxy:
             return
         with self._lock:
             self._sockets += [conn, upstream]
-        threading.Thread(target=self._pump, args=(upstream, conn, False), daemon=True).start()
+        self._start(self._pump, upstream, conn, False)
         self._pump(conn, upstream, True)
+
+    def _start(self, target, *args) -> None:
+        t = threading.Thread(target=target, args=args, daemon=True)
+        with self._lock:
+            self._threads.append(t)
+        t.start()
 
     def _pump(self, src: socket.socket, dst: socket.socket, record: bool) -> None:
         try:
@@ -754,10 +761,21 @@ class RecordingProxy:
         return found
 
     def close(self) -> None:
+        # Shut the connections down and let the pumps end before closing: a socket closed under a
+        # pump still running hands its descriptor number to the next socket opened, and a TLS
+        # pump's OpenSSL then writes its records into that stranger's connection.
         self._server.close()
         with self._lock:
-            for sock in self._sockets:
-                sock.close()
+            sockets, threads = list(self._sockets), list(self._threads)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for t in threads:
+            t.join(5)
+        for sock in sockets:
+            sock.close()
 
 
 # --------------------------------------------------------------------------------------------
