@@ -362,10 +362,9 @@ class ChunkedVolume(Volume):
         whole, partial = [], []
         for cell in cells:
             (whole if box.contains(cell.box) else partial).append(cell)
-        if whole and partial:
-            nbytes *= 2  # each half of the write gets half the bound on bytes in flight
         merging = None
         if whole and partial:
+            nbytes *= 2  # each half of the write gets half the bound on bytes in flight
             try:
                 merging = pool().submit(run_bounded, task, partial, nbytes, self.store.io_concurrency)
             except RuntimeError:  # the interpreter is shutting down: after the whole chunks, here
