@@ -349,6 +349,71 @@ def test_writes_through_the_driver_equal_the_model(s3env, s3_bucket, monkeypatch
     assert len(taken) >= 3 * 5 * 4
 
 
+@pytest.mark.parametrize("cache", [None, 64 << 20], ids=["plain", "memory-cache"])
+@pytest.mark.parametrize("fmt,kw", [("zarr3", {"compression": "zstd"}), ("precomputed", {}),
+                                    ("precomputed", {"compression": "gzip"})])
+def test_sharded_writes_put_whole_shards_through_the_driver(s3env, s3_bucket, monkeypatch, fmt, kw, cache):
+    """Shards a write covers whole are built (a few ahead on the encoders) and PUT by the driver,
+    the others read-modified-written meanwhile; edge shards hold fewer chunks."""
+    from volbridge.engine import parallel
+    from volbridge.kv import curl_put
+
+    monkeypatch.setattr(parallel, "encoder_threads", lambda: 1)  # two whole shards make a bulk write
+    taken = []
+    real = curl_put.CurlPutter.put_each
+
+    def counted(self, keys, *args, **kw):
+        taken.extend(keys)
+        return real(self, keys, *args, **kw)
+
+    monkeypatch.setattr(curl_put.CurlPutter, "put_each", counted)
+    url = f"{fmt}://s3://{s3_bucket}/sharded-{fmt}-{len(kw)}"
+    shape = (40, 36, 50)
+    model = np.zeros(shape, np.uint16)
+    vb.create(url, shape=shape, dtype="uint16", chunk_shape=(8, 8, 8), shard_shape=(16, 16, 16), **kw)
+    vol = vb.array(url, mode="r+", cache=cache)
+    assert vol.volume.store.batched_puts
+    rng = np.random.default_rng(11)
+    boxes = [np.s_[0:32, 0:16, 0:16], np.s_[16:40, 16:36, 3:50]]  # whole shards only; whole and partial ones
+    boxes += [tuple(slice(a, int(rng.integers(a + 1, s + 1))) for a, s in zip([int(rng.integers(0, s - 1)) for s in shape], shape))
+              for _ in range(4)]
+    for box in boxes:
+        values = rng.integers(0, 60000, tuple(b.stop - b.start for b in box), dtype=np.uint16)
+        before = len(taken)
+        vol[box] = values
+        model[box] = values
+        np.testing.assert_array_equal(vol[...], model)
+        if box == boxes[0]:
+            assert len(taken) - before == 2  # both shards in one put_each
+    vol[...] = model[::-1]  # every shard whole, edge shards too
+    np.testing.assert_array_equal(vol[...], model[::-1])
+    np.testing.assert_array_equal(vb.array(url)[...], model[::-1])
+    assert len(taken) >= 2 + 3 * 3 * 4
+
+
+def test_a_shard_that_fails_to_be_built_fails_the_write_and_nothing_hangs(s3env, s3_bucket, monkeypatch):
+    from volbridge.engine import parallel
+    from volbridge.formats.zarr_sharding import ZarrSharding
+
+    monkeypatch.setattr(parallel, "encoder_threads", lambda: 1)  # built ahead on the encoders
+    url = f"zarr3://s3://{s3_bucket}/sharded-fails"
+    vol = vb.create(url, shape=(32, 32, 64), dtype="uint8", chunk_shape=(8, 8, 8), shard_shape=(16, 16, 16))
+    real, calls = ZarrSharding.pack, []
+
+    def pack(self, chunks):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("cannot build this shard")
+        return real(self, chunks)
+
+    monkeypatch.setattr(ZarrSharding, "pack", pack)
+    with pytest.raises(RuntimeError, match="cannot build this shard"):
+        vol[:, :, 0:60] = 7  # 12 shards whole, 4 partly covered (read-modified-written meanwhile)
+    monkeypatch.setattr(ZarrSharding, "pack", real)
+    vol[...] = 9  # the store and its driver are usable after the failure
+    assert (vb.array(url)[...] == 9).all()
+
+
 def test_idle_handles_keep_no_value(s3env, s3_bucket):
     import sys
 

@@ -316,7 +316,9 @@ import sys, threading, time
 import numpy as np
 import volbridge as vb
 
-a = vb.create(sys.argv[1], shape=(64, 64, 256), dtype="uint16", chunk_shape=(64, 64, 32), compression="zstd")
+shard = (64, 64, 64) if sys.argv[3] == "sharded" else None  # 2 chunks a shard: 4 shards, 3 written whole (a bulk)
+a = vb.create(sys.argv[1], shape=(64, 64, 256), dtype="uint16", chunk_shape=(64, 64, 32), compression="zstd",
+              shard_shape=shard)
 a.volume.store.io_concurrency = 32  # as a network store: 256 KiB chunks go to the encoder threads
 a.volume.store.batched_puts = sys.argv[2] == "batched"  # as S3 with libcurl PUTs: whole chunks by put_each
 data = np.arange(a.size, dtype="uint16").reshape(a.shape) % 251
@@ -332,8 +334,9 @@ threading.Thread(target=write).start()
 """
 
 
+@pytest.mark.parametrize("layout", ["chunks", "sharded"])
 @pytest.mark.parametrize("puts", ["loops", "batched"])
-def test_a_write_made_while_the_interpreter_shuts_down_is_whole(tmp_path, puts):
+def test_a_write_made_while_the_interpreter_shuts_down_is_whole(tmp_path, puts, layout):
     """A script that starts a writing thread and falls off its end: once shutdown begins the
     executors take no new work, and a write that handed its loops or chunks to them failed part
     way. They run in the writing thread then."""
@@ -345,7 +348,7 @@ def test_a_write_made_while_the_interpreter_shuts_down_is_whole(tmp_path, puts):
     import volbridge as vb
 
     url = f"zarr3://{tmp_path / 'v'}"
-    out = subprocess.run([sys.executable, "-c", _WRITE_DURING_SHUTDOWN, url, puts], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", _WRITE_DURING_SHUTDOWN, url, puts, layout], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "written", out.stderr[-3000:]
     a = vb.array(url)
@@ -357,7 +360,8 @@ import concurrent.futures as cf, os, sys, threading
 import volbridge as vb
 from volbridge.engine.parallel import pool
 
-vb.create(sys.argv[1], shape=(32, 32, 32), dtype="uint8", chunk_shape=(8, 8, 8))
+vb.create(sys.argv[1], shape=(32, 32, 32), dtype="uint8", chunk_shape=(8, 8, 8),
+          shard_shape=(16, 16, 16) if sys.argv[3] == "sharded" else None)
 vol = vb.array(sys.argv[1], mode="r+")
 vol.volume.store.batched_puts = sys.argv[2] == "batched"  # as S3 with libcurl PUTs
 n = pool()._max_workers
@@ -365,7 +369,7 @@ barrier = threading.Barrier(n)
 
 def job(i):
     barrier.wait()  # every pool thread is a writer now: none is free for a write's helpers
-    vol[0:16, 0:16, 0:12] = i  # whole chunks and partly covered ones
+    vol[0:16, 0:16, 0:20] = i  # whole chunks (a whole shard) and partly covered ones
 
 futures = [pool().submit(job, i) for i in range(n)]
 done, blocked = cf.wait(futures, timeout=60)
@@ -376,14 +380,15 @@ os._exit(0)
 """
 
 
+@pytest.mark.parametrize("layout", ["chunks", "sharded"])
 @pytest.mark.parametrize("puts", ["loops", "batched"])
-def test_writes_from_every_pool_thread_at_once_finish(tmp_path, puts):
+def test_writes_from_every_pool_thread_at_once_finish(tmp_path, puts, layout):
     """Writers in every thread of the engine's pool (a relay's request threads, units of a
     service): a write's helpers that no thread takes are run by the writer itself, not waited for."""
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", _EVERY_POOL_THREAD_WRITES, f"zarr3://{tmp_path / 'v'}", puts],
+    out = subprocess.run([sys.executable, "-c", _EVERY_POOL_THREAD_WRITES, f"zarr3://{tmp_path / 'v'}", puts, layout],
                          capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-3000:]
     finished, blocked = map(int, out.stdout.split())

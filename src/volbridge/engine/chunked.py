@@ -11,7 +11,6 @@ wholly covered) or read-modify-write it (partly covered) through the store's ato
 from __future__ import annotations
 
 import os
-from concurrent.futures import wait
 
 import numpy as np
 
@@ -31,7 +30,7 @@ from ..geometry import Box, Cell, ChunkGrid
 from ..kv import KVStore
 from . import place
 from .grouped import group_codec, read_arriving, read_grouped
-from .parallel import ahead, encode_slots, encoder_threads, encoders, pool, run_bounded
+from .parallel import ahead, alongside, encode_slots, encoder_threads, encoders, run_bounded
 from .sharded import read_sharded, write_sharded
 from .volume import Volume
 
@@ -362,26 +361,12 @@ class ChunkedVolume(Volume):
         whole, partial = [], []
         for cell in cells:
             (whole if box.contains(cell.box) else partial).append(cell)
-        merging = None
         if whole and partial:
             nbytes *= 2  # each half of the write gets half the bound on bytes in flight
-            try:
-                merging = pool().submit(run_bounded, task, partial, nbytes, self.store.io_concurrency)
-            except RuntimeError:  # the interpreter is shutting down: after the whole chunks, here
-                pass
-        try:
-            if whole:
-                self._put_whole(layout, box, data, whole, enc, large, nbytes)
-        except BaseException:
-            if merging is not None and not merging.cancel():
-                wait([merging])
-            raise
-        # not started yet (every pool thread busy, maybe each a writer waiting so): run here
-        if merging is None or merging.cancel():
-            if partial:
-                run_bounded(task, partial, nbytes, self.store.io_concurrency)
-        else:
-            merging.result()
+        halves = [lambda: self._put_whole(layout, box, data, whole, enc, large, nbytes)] if whole else []
+        if partial:
+            halves.append(lambda: run_bounded(task, partial, nbytes, self.store.io_concurrency))
+        alongside(*halves)
 
     def _put_whole(self, layout: ScaleLayout, box: Box, data: np.ndarray, cells: list[Cell], enc: str | None,
                    large: bool, nbytes: int) -> None:

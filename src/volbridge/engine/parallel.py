@@ -183,6 +183,29 @@ if hasattr(os, "register_at_fork"):
 _inside = threading.local()  # .loop: this thread is one of the loops of a run_bounded call
 
 
+def alongside(main: Callable[[], None], side: Callable[[], None] | None = None) -> None:
+    """Run ``main`` here and ``side`` meanwhile on the :func:`pool`; ``side`` runs here after
+    ``main`` when no pool thread has started it (every one busy, maybe each a writer waiting so:
+    waiting for it then would never end). Returns, or raises the first failure, once neither runs."""
+    beside = None
+    if side is not None:
+        try:
+            beside = pool().submit(side)
+        except RuntimeError:  # the interpreter is shutting down: after main, here
+            pass
+    try:
+        main()
+    except BaseException:
+        if beside is not None and not beside.cancel():
+            wait([beside])
+        raise
+    if beside is None or beside.cancel():
+        if side is not None:
+            side()
+    else:
+        beside.result()
+
+
 def inside() -> bool:
     """Whether this thread runs one of the loops of a :func:`run_bounded` call (or is marked by
     :func:`inline`): its nested local calls run in it."""

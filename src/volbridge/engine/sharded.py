@@ -477,17 +477,17 @@ def write_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, data: np.nd
                   all_channels: bool) -> None:
     shards = _plan(layout, box)
     chunk_nbytes = vol._chunk_nbytes(layout)
-    nested = _nested(vol, len(shards), _shard_nbytes(shards, chunk_nbytes))
+    shard_nbytes = _shard_nbytes(shards, chunk_nbytes)
     gather = layout.decodes_to_bytes and all_channels
     if gather:
         place.prepare(sum(int(s.covered().sum()) for s in shards))
 
-    def shard_task(shard: _Shard) -> None:
+    def encode_covered(shard: _Shard, covered: np.ndarray, nested: bool, then):
+        """``then(encoded)``, ``encoded`` the covered chunks' stored bytes by id, while the staging
+        buffer they may be views of is held."""
         cell_shapes = shard.stops - shard.starts
-        covered = shard.covered() & all_channels
         cells, ids = shard.cells, shard.ids.tolist()
         whole = np.flatnonzero(covered)
-        partial = [(cells[k], ids[k]) for k in np.flatnonzero(~covered).tolist()]
         encoded: dict[int, bytes] = {}
         gathered, sizes = whole[:0], np.zeros(0, np.int64)
         if gather:  # whole chunks stored unpadded: copied out in one call, encoded from the copies
@@ -511,9 +511,52 @@ def write_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, data: np.nd
                 encoded[ids[k]] = vol._encode(layout, data[shard.place(k)[0]], cells[k], shard.key)
 
             _over_members(encode_task, whole.tolist(), nested, chunk_nbytes, _cpu_loops())
-            _store_shard(vol, layout, shard, box, data, ch, partial, encoded, int(covered.sum()))
+            return then(encoded)
 
-    run_bounded(shard_task, shards, _shard_nbytes(shards, chunk_nbytes), _loops(vol), local=vol.store.io_concurrency is None)
+    replaced: list[_Shard] = []
+    if vol.store.batched_puts and all_channels:
+        replaced = [s for s in shards if _replaced_whole(layout, s)]
+    merged = [s for s in shards if not any(s is r for r in replaced)] if replaced else shards
+
+    def merge_all(shards: list[_Shard], nbytes: int) -> None:
+        nested = _nested(vol, len(shards), nbytes)
+
+        def shard_task(shard: _Shard) -> None:
+            covered = shard.covered() & all_channels
+            cells, ids = shard.cells, shard.ids.tolist()
+            partial = [(cells[k], ids[k]) for k in np.flatnonzero(~covered).tolist()]
+            encode_covered(shard, covered, nested, lambda encoded: _store_shard(
+                vol, layout, shard, box, data, ch, partial, encoded, int(covered.sum())))
+
+        run_bounded(shard_task, shards, nbytes, _loops(vol), local=vol.store.io_concurrency is None)
+
+    if not replaced:
+        merge_all(merged, shard_nbytes)
+        return
+    # A store that drives many PUTs from one thread (KVStore.put_each) gets the shards the write
+    # replaces whole, each built when the store takes it (on the encoder threads, a few ahead,
+    # when there are more than they have threads); the others are read-modified-written
+    # meanwhile. Each half of the write gets half the bound on bytes in flight.
+    nbytes = 2 * shard_nbytes if merged else shard_nbytes
+    bulk = len(replaced) > parallel.encoder_threads()
+    nested = not bulk and not parallel.inside()  # made one after another in this thread: spread each
+
+    def body(shard: _Shard) -> bytes:
+        return encode_covered(shard, np.ones(len(shard.ids), bool), nested, layout.sharding.pack)
+
+    def replace_all() -> None:
+        depth = max(1, min(2 * parallel.encoder_threads(), parallel.MAX_BYTES_IN_FLIGHT // (2 * nbytes)))
+        values = parallel.ahead(body, replaced, depth) if bulk else map(body, replaced)
+        vol.store.put_each([s.key for s in replaced], values, nbytes=2 * nbytes)
+
+    parallel.alongside(replace_all, (lambda: merge_all(merged, nbytes)) if merged else None)
+
+
+def _replaced_whole(layout: ScaleLayout, shard: _Shard) -> bool:
+    """Whether a write of every channel replaces ``shard`` whole: it covers every chunk the shard
+    holds inside the bounds, so the new shard is built without reading the old one."""
+    capacity = layout.sharding.capacity(shard.number)
+    return capacity is not None and len(shard.ids) == capacity and bool(shard.covered().all())
 
 
 def _store_shard(vol: ChunkedVolume, layout: ScaleLayout, shard: _Shard, box: Box, data: np.ndarray, ch: slice,
