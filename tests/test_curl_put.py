@@ -375,8 +375,9 @@ def test_sharded_writes_put_whole_shards_through_the_driver(s3env, s3_bucket, mo
     assert vol.volume.store.batched_puts
     rng = np.random.default_rng(11)
     boxes = [np.s_[0:32, 0:16, 0:16], np.s_[16:40, 16:36, 3:50]]  # whole shards only; whole and partial ones
-    boxes += [tuple(slice(a, int(rng.integers(a + 1, s + 1))) for a, s in zip([int(rng.integers(0, s - 1)) for s in shape], shape))
-              for _ in range(4)]
+    for _ in range(4):
+        lo = [int(rng.integers(0, s - 1)) for s in shape]
+        boxes.append(tuple(slice(a, int(rng.integers(a + 1, s + 1))) for a, s in zip(lo, shape)))
     for box in boxes:
         values = rng.integers(0, 60000, tuple(b.stop - b.start for b in box), dtype=np.uint16)
         before = len(taken)
@@ -412,6 +413,49 @@ def test_a_shard_that_fails_to_be_built_fails_the_write_and_nothing_hangs(s3env,
     monkeypatch.setattr(ZarrSharding, "pack", real)
     vol[...] = 9  # the store and its driver are usable after the failure
     assert (vb.array(url)[...] == 9).all()
+
+
+@pytest.mark.parametrize("shard", [None, (16, 16, 16)], ids=["chunks", "sharded"])
+def test_an_empty_selection_writes_nothing(s3env, s3_bucket, shard):
+    url = f"zarr3://s3://{s3_bucket}/empty-{shard is None}"
+    vol = vb.create(url, shape=(32, 32, 32), dtype="uint8", chunk_shape=(8, 8, 8), shard_shape=shard)
+    assert vol.volume.store.batched_puts
+    vol[...] = 3
+    vol[5:5, :, :] = np.zeros((0, 32, 32), np.uint8)
+    assert (vb.array(url)[...] == 3).all()
+
+
+@pytest.mark.parametrize("bound_in_shards,bulk", [(64, True), (3, False)])
+def test_shards_built_ahead_stay_inside_the_bytes_bound(s3env, s3_bucket, monkeypatch, bound_in_shards, bulk):
+    """Shards are built a few ahead on the encoders only while the bound on bytes in flight
+    holds them; big shards are built one at a time."""
+    from volbridge.engine import parallel
+    from volbridge.formats.zarr_sharding import ZarrSharding
+
+    url = f"zarr3://s3://{s3_bucket}/bound-{bound_in_shards}"
+    vol = vb.create(url, shape=(32, 64, 64), dtype="uint8", chunk_shape=(8, 8, 8), shard_shape=(16, 16, 16))
+    monkeypatch.setattr(parallel, "MAX_BYTES_IN_FLIGHT", bound_in_shards * 16**3)
+    real, lock, now, most, where = ZarrSharding.pack, threading.Lock(), [0], [0], set()
+
+    def pack(self, chunks):
+        with lock:
+            now[0] += 1
+            most[0] = max(most[0], now[0])
+            where.add(threading.current_thread().name.startswith("volbridge-encode"))
+        time.sleep(0.02)
+        try:
+            return real(self, chunks)
+        finally:
+            with lock:
+                now[0] -= 1
+
+    monkeypatch.setattr(ZarrSharding, "pack", pack)
+    data = np.random.default_rng(3).integers(0, 255, (32, 64, 64), dtype=np.uint8)
+    vol[...] = data  # 32 shards, all whole
+    monkeypatch.setattr(ZarrSharding, "pack", real)
+    np.testing.assert_array_equal(vb.array(url)[...], data)
+    assert where == {bulk}  # on the encoder threads, or in the writing thread
+    assert (1 <= most[0] <= parallel.encoder_threads()) if bulk else most[0] == 1
 
 
 def test_idle_handles_keep_no_value(s3env, s3_bucket):

@@ -407,3 +407,35 @@ def test_loops_are_sized_to_the_cores_the_process_may_use():
     env = {k: v for k, v in os.environ.items() if k != "VOLBRIDGE_THREADS"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, check=True)
     assert out.stdout.split() == ["1", "2"]
+
+
+def test_alongside_runs_side_nested_when_called_nested():
+    seen = []
+    with parallel.inline():
+        parallel.alongside(lambda: seen.append(("main", parallel.inside())),
+                           lambda: seen.append(("side", parallel.inside())))
+    parallel.alongside(lambda: None, lambda: seen.append(("outer side", parallel.inside())))
+    assert sorted(seen) == [("main", True), ("outer side", False), ("side", True)]
+
+
+def test_alongside_raises_main_failure_after_side_finished():
+    """When main fails, side is either cancelled before it started or waited for: nothing of the
+    call runs after it has raised."""
+    for delay in (0.0, 0.1):
+        started, done = threading.Event(), threading.Event()
+
+        def side():
+            started.set()
+            time.sleep(0.2)
+            done.set()
+
+        def main():
+            time.sleep(delay)  # (long enough for a pool thread to start side)
+            raise KeyError("main failed")
+
+        with pytest.raises(KeyError, match="main failed"):
+            parallel.alongside(main, side)
+        assert done.is_set() or not started.is_set()
+        time.sleep(0.05)
+        assert started.is_set() == done.is_set()
+    assert started.is_set()  # the second round waited for a side that had started

@@ -366,7 +366,8 @@ class ChunkedVolume(Volume):
         halves = [lambda: self._put_whole(layout, box, data, whole, enc, large, nbytes)] if whole else []
         if partial:
             halves.append(lambda: run_bounded(task, partial, nbytes, self.store.io_concurrency))
-        alongside(*halves)
+        if halves:  # (an empty selection writes nothing)
+            alongside(*halves)
 
     def _put_whole(self, layout: ScaleLayout, box: Box, data: np.ndarray, cells: list[Cell], enc: str | None,
                    large: bool, nbytes: int) -> None:

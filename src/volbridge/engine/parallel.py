@@ -186,9 +186,13 @@ _inside = threading.local()  # .loop: this thread is one of the loops of a run_b
 def alongside(main: Callable[[], None], side: Callable[[], None] | None = None) -> None:
     """Run ``main`` here and ``side`` meanwhile on the :func:`pool`; ``side`` runs here after
     ``main`` when no pool thread has started it (every one busy, maybe each a writer waiting so:
-    waiting for it then would never end). Returns, or raises the first failure, once neither runs."""
+    waiting for it then would never end). ``side`` runs as nested in a pool thread when this call
+    is itself nested (:func:`inside`). Returns once neither runs, raising ``main``'s failure, else
+    ``side``'s."""
     beside = None
     if side is not None:
+        if inside():
+            side = functools.partial(_inline_call, side)
         try:
             beside = pool().submit(side)
         except RuntimeError:  # the interpreter is shutting down: after main, here
@@ -204,6 +208,11 @@ def alongside(main: Callable[[], None], side: Callable[[], None] | None = None) 
             side()
     else:
         beside.result()
+
+
+def _inline_call(fn: Callable[[], None]) -> None:
+    with inline():
+        fn()
 
 
 def inside() -> bool:

@@ -538,14 +538,17 @@ def write_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, data: np.nd
     # when there are more than they have threads); the others are read-modified-written
     # meanwhile. Each half of the write gets half the bound on bytes in flight.
     nbytes = 2 * shard_nbytes if merged else shard_nbytes
-    bulk = len(replaced) > parallel.encoder_threads()
+    # Built ahead only while the bound holds every shard the encoders build and hold ready
+    # besides those in flight: shards of a quarter of it or more are built one at a time.
+    room = parallel.MAX_BYTES_IN_FLIGHT // (2 * nbytes)
+    bulk = len(replaced) > parallel.encoder_threads() and room > parallel.encoder_threads()
     nested = not bulk and not parallel.inside()  # made one after another in this thread: spread each
 
     def body(shard: _Shard) -> bytes:
         return encode_covered(shard, np.ones(len(shard.ids), bool), nested, layout.sharding.pack)
 
     def replace_all() -> None:
-        depth = max(1, min(2 * parallel.encoder_threads(), parallel.MAX_BYTES_IN_FLIGHT // (2 * nbytes)))
+        depth = min(2 * parallel.encoder_threads(), room - parallel.encoder_threads())
         values = parallel.ahead(body, replaced, depth) if bulk else map(body, replaced)
         vol.store.put_each([s.key for s in replaced], values, nbytes=2 * nbytes)
 
