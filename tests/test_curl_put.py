@@ -313,15 +313,11 @@ def test_a_cache_tier_put_each_that_fails_part_way_leaves_no_stale_copy(s3env, s
 
 
 # -- the engine ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("cache", [None, 64 << 20], ids=["plain", "memory-cache"])
-@pytest.mark.parametrize("fmt,kw", [("zarr3", {"compression": "zstd"}), ("precomputed", {"compression": "gzip"}),
-                                    ("zarr", {})])
-def test_writes_through_the_driver_equal_the_model(s3env, s3_bucket, monkeypatch, fmt, kw, cache):
-    from volbridge.engine import chunked
+def keys_put_by_the_driver(monkeypatch) -> list[str]:
+    """The keys every CurlPutter.put_each call from now on is given, in order."""
     from volbridge.kv import curl_put
 
-    monkeypatch.setattr(chunked, "ENCODER_MIN_BYTES", 4096)  # some chunks compress on the encoders, ahead
-    taken = []
+    taken: list[str] = []
     real = curl_put.CurlPutter.put_each
 
     def counted(self, keys, *args, **kw):
@@ -329,6 +325,17 @@ def test_writes_through_the_driver_equal_the_model(s3env, s3_bucket, monkeypatch
         return real(self, keys, *args, **kw)
 
     monkeypatch.setattr(curl_put.CurlPutter, "put_each", counted)
+    return taken
+
+
+@pytest.mark.parametrize("cache", [None, 64 << 20], ids=["plain", "memory-cache"])
+@pytest.mark.parametrize("fmt,kw", [("zarr3", {"compression": "zstd"}), ("precomputed", {"compression": "gzip"}),
+                                    ("zarr", {})])
+def test_writes_through_the_driver_equal_the_model(s3env, s3_bucket, monkeypatch, fmt, kw, cache):
+    from volbridge.engine import chunked
+
+    monkeypatch.setattr(chunked, "ENCODER_MIN_BYTES", 4096)  # some chunks compress on the encoders, ahead
+    taken = keys_put_by_the_driver(monkeypatch)
     url = f"{fmt}://s3://{s3_bucket}/engine"
     shape, chunk = (40, 36, 50), (16, 8, 16)
     model = np.zeros(shape, np.uint16)
@@ -356,17 +363,9 @@ def test_sharded_writes_put_whole_shards_through_the_driver(s3env, s3_bucket, mo
     """Shards a write covers whole are built (a few ahead on the encoders) and PUT by the driver,
     the others read-modified-written meanwhile; edge shards hold fewer chunks."""
     from volbridge.engine import parallel
-    from volbridge.kv import curl_put
 
     monkeypatch.setattr(parallel, "encoder_threads", lambda: 1)  # two whole shards make a bulk write
-    taken = []
-    real = curl_put.CurlPutter.put_each
-
-    def counted(self, keys, *args, **kw):
-        taken.extend(keys)
-        return real(self, keys, *args, **kw)
-
-    monkeypatch.setattr(curl_put.CurlPutter, "put_each", counted)
+    taken = keys_put_by_the_driver(monkeypatch)
     url = f"{fmt}://s3://{s3_bucket}/sharded-{fmt}-{len(kw)}"
     shape = (40, 36, 50)
     model = np.zeros(shape, np.uint16)
