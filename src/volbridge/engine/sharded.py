@@ -514,9 +514,11 @@ def write_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, data: np.nd
             return then(encoded)
 
     replaced: list[_Shard] = []
+    merged = shards
     if vol.store.batched_puts and all_channels:
-        replaced = [s for s in shards if _replaced_whole(layout, s)]
-    merged = [s for s in shards if not any(s is r for r in replaced)] if replaced else shards
+        merged = []
+        for s in shards:
+            (replaced if _holds_every_chunk(layout, s) and s.covered().all() else merged).append(s)
 
     def merge_all(shards: list[_Shard], nbytes: int) -> None:
         nested = _nested(vol, len(shards), nbytes)
@@ -526,7 +528,7 @@ def write_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, data: np.nd
             cells, ids = shard.cells, shard.ids.tolist()
             partial = [(cells[k], ids[k]) for k in np.flatnonzero(~covered).tolist()]
             encode_covered(shard, covered, nested, lambda encoded: _store_shard(
-                vol, layout, shard, box, data, ch, partial, encoded, int(covered.sum())))
+                vol, layout, shard, box, data, ch, partial, encoded))
 
         run_bounded(shard_task, shards, nbytes, _loops(vol), local=vol.store.io_concurrency is None)
 
@@ -555,19 +557,18 @@ def write_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, data: np.nd
     parallel.alongside(replace_all, (lambda: merge_all(merged, nbytes)) if merged else None)
 
 
-def _replaced_whole(layout: ScaleLayout, shard: _Shard) -> bool:
-    """Whether a write of every channel replaces ``shard`` whole: it covers every chunk the shard
-    holds inside the bounds, so the new shard is built without reading the old one."""
+def _holds_every_chunk(layout: ScaleLayout, shard: _Shard) -> bool:
+    """Whether ``shard``'s chunks are all the shard holds inside the bounds: a write of every
+    channel that covers them all builds the new shard without reading the old one."""
     capacity = layout.sharding.capacity(shard.number)
-    return capacity is not None and len(shard.ids) == capacity and bool(shard.covered().all())
+    return capacity is not None and len(shard.ids) == capacity
 
 
 def _store_shard(vol: ChunkedVolume, layout: ScaleLayout, shard: _Shard, box: Box, data: np.ndarray, ch: slice,
-                 partial: list, encoded: dict, num_covered: int) -> None:
+                 partial: list, encoded: dict) -> None:
     """Write ``encoded`` whole chunks and the ``partial`` cells' merges into the shard, through the
     store's atomic update (a conditional put, or a lock on files)."""
-    capacity = layout.sharding.capacity(shard.number)
-    replaces_all = not partial and capacity is not None and num_covered == capacity
+    replaces_all = not partial and _holds_every_chunk(layout, shard)
 
     def merge(old: bytes | None) -> bytes:  # runs again when a conditional write loses a race
         chunks = {} if old is None else layout.sharding.unpack(old, shard.key)
