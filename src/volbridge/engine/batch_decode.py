@@ -34,20 +34,9 @@ from .. import compression
 from . import native, place
 from .parallel import run_bounded
 
-_lock = threading.Lock()
-
-
-def _after_fork_in_child() -> None:
-    # held by a thread the child does not have (loading a codec): its entry is False already,
-    # so the child decodes that codec chunk by chunk rather than wait forever
-    global _lock
-    if _lock.locked():
-        _lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
+# A child forked while a thread loads a codec finds its entry False already: it decodes that
+# codec chunk by chunk rather than wait forever.
+_lock = native.LoadLock()
 _local = threading.local()
 
 

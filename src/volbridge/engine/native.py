@@ -2,7 +2,8 @@
 
 The loops are a few lines of C in spirit: :func:`copy_rows` copies the rows of many boxes
 between two buffers (:mod:`.place`), :func:`decode_all` calls a C decompressor once per chunk of
-a shard (:mod:`.batch_decode`), :func:`read_files` reads, decodes and places a read's chunk
+a shard (:mod:`.batch_decode`), :func:`encode_all` gathers and compresses a shard's chunks
+back to back (:mod:`.batch_encode`), :func:`read_files` reads, decodes and places a read's chunk
 files (:mod:`.grouped`). The first two used to be numba functions. Loading numba for them cost
 0.7-1.5 s once per process, even from numba's disk cache: importing numba, its typing registries
 (which import scipy.linalg to probe for BLAS, 0.4 s alone) and the cached code. That made a
@@ -41,7 +42,32 @@ class Loops:
     copy_rows: Callable[[int, int, int, int], None]
     decode_all: Callable[..., int]
     read_files: Callable[[int], int]
+    encode_all: Callable[[int], int]
     engine: object  # what owns their machine code (an LLVM engine, a shared library): kept alive with them
+
+
+class LoadLock:
+    """A lock for loading something once per process that a child forked while another thread
+    held it does not wait for forever: the child gets a new lock (the holder does not exist
+    there) and whatever the holder was loading stays as the holder had marked it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._after_fork_in_child)
+
+    def _after_fork_in_child(self) -> None:
+        if self._lock.locked():
+            self._lock = threading.Lock()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self._lock.release()
 
 
 _lock = threading.Lock()
@@ -180,7 +206,8 @@ def _loops_at(owner, address: Callable[[str], int]) -> Loops:
     """The loops at the addresses of their functions in ``owner`` (kept alive with them)."""
     return Loops(ctypes.CFUNCTYPE(None, _I64, _I64, _I64, _I64)(address("copy_rows")),
                  ctypes.CFUNCTYPE(_I64, *[_I64] * 15)(address("decode_all")),
-                 ctypes.CFUNCTYPE(_I64, _I64)(address("read_files")), owner)
+                 ctypes.CFUNCTYPE(_I64, _I64)(address("read_files")),
+                 ctypes.CFUNCTYPE(_I64, _I64)(address("encode_all")), owner)
 
 
 def _loops_in(library: ctypes.CDLL) -> Loops:
@@ -208,6 +235,7 @@ def _build() -> Loops:
     _emit_exported_copy_rows(ir, module, copy_rows)
     _emit_decode_all(ir, module, copy_rows)
     _emit_read_files(ir, module, copy_rows)
+    _emit_encode_all(ir, module, copy_rows)
     try:
         llvm.initialize()  # llvmlite < 0.45 wants it; later versions initialise themselves and refuse it
     except RuntimeError:
@@ -249,6 +277,15 @@ class _Emitter:
 
     def store(self, value, addr):
         self.b.store(value, self.b.inttoptr(addr, value.type.as_pointer()))
+
+    def returning_count(self):
+        """(block, phi): a block that returns the i64 its phi takes, for a loop over chunks that
+        stops at the first one that fails and says how many went before it."""
+        stop = self.fn.append_basic_block("stop")
+        with self.b.goto_block(stop):
+            count = self.b.phi(self.i64, name="k_stop")
+            self.b.ret(count)
+        return stop, count
 
     def for_range(self, n, body: Callable[[object], None], name: str) -> None:
         """``for i in range(n): body(i)``, with an explicit phi (no stack slot to promote)."""
@@ -504,10 +541,7 @@ def _emit_decode_all(ir, module, copy_rows) -> None:
     mode, fn_addr, ctx, src, starts, sizes, dst, offsets, caps, n, out, table, needs, stream, dst_size = fn.args
     b = e.b
     scratch = _Scratch(e)
-    stop = fn.append_basic_block("stop")
-    with b.goto_block(stop):
-        k_stop = b.phi(i64, name="k_stop")
-        b.ret(k_stop)
+    stop, k_stop = e.returning_count()
 
     def chunk(k):
         at = b.mul(k, e.const(8))
@@ -665,3 +699,73 @@ def _emit_read_files(ir, module, copy_rows) -> None:
 
     b.position_at_end(done)
     b.ret(e.const(0))
+
+
+#: Slots of the int64 argument block of ``encode_all`` (:func:`_emit_encode_all`), by name.
+ENCODE_ALL_ARGS = ("mode", "fn", "ctx", "level", "table", "starts", "sizes", "n", "scratch", "dst", "dcap", "out_sizes")
+
+
+def _emit_encode_all(ir, module, copy_rows) -> None:
+    """``encode_all(args)``, ``args`` the address of an int64 block (:data:`ENCODE_ALL_ARGS`):
+    compress chunk k = 0, 1, ... of ``sizes[k]`` bytes into ``dst`` right after the chunk before
+    it (the first at ``dst``), in the room left of ``dcap`` bytes, and store its compressed size
+    at ``out_sizes[k]``. With a ``table`` (not 0) the chunk is first gathered by row k of it
+    (:func:`_emit_copy_rows`, source starts absolute, destination starts 0) into ``scratch``
+    and compressed from there, while it is in the CPU's cache; else it is read at address
+    ``starts[k]``. Mode 0, ``ZSTD_compressCCtx(ctx, dst, room, src, size, level)``, returns the
+    size written or an error (one of the last 120 values of size_t); mode 1,
+    ``libdeflate_gzip_compress(ctx, src, size, dst, room)``, returns the size written or 0 when
+    it does not fit. Returns how many chunks were compressed before the first that was not: the
+    caller encodes that one and the rest on its own checked path."""
+    i64 = ir.IntType(64)
+    fn = ir.Function(module, ir.FunctionType(i64, [i64]), name="encode_all")
+    e = _Emitter(ir, fn)
+    b = e.b
+    block = fn.args[0]
+    a = {name: e.load(b.add(block, e.const(8 * j))) for j, name in enumerate(ENCODE_ALL_ARGS)}
+    pos = b.alloca(i64, name="pos")  # bytes of ``dst`` written so far
+    b.store(e.const(0), pos)
+    zstd_t, deflate_t = ir.FunctionType(i64, [i64] * 6), ir.FunctionType(i64, [i64] * 5)
+    stop, k_stop = e.returning_count()
+
+    def chunk(k):
+        at = b.mul(k, e.const(8))
+        size = e.load(b.add(a["sizes"], at))
+        with b.if_else(b.icmp_unsigned("!=", a["table"], e.const(0))) as (gathered, in_place):
+            with gathered:
+                b.call(copy_rows, [a["scratch"], e.const(0), b.add(a["table"], b.mul(k, e.const(12 * 8))), e.const(1)])
+                gathered_end = b.block
+            with in_place:
+                at_start = e.load(b.add(a["starts"], at))
+                in_place_end = b.block
+        src = b.phi(i64, name="src")
+        src.add_incoming(a["scratch"], gathered_end)
+        src.add_incoming(at_start, in_place_end)
+        written = b.load(pos)
+        d, room = b.add(a["dst"], written), b.sub(a["dcap"], written)
+        with b.if_else(b.icmp_signed("==", a["mode"], e.const(0))) as (zstd, deflate):
+            with zstd:
+                got_zstd = b.call(b.inttoptr(a["fn"], zstd_t.as_pointer()), [a["ctx"], d, room, src, size, a["level"]])
+                ok_zstd = b.icmp_unsigned("<", got_zstd, e.const(_ZSTD_ERROR_FROM))
+                zstd_end = b.block
+            with deflate:
+                got_deflate = b.call(b.inttoptr(a["fn"], deflate_t.as_pointer()), [a["ctx"], src, size, d, room])
+                ok_deflate = b.icmp_unsigned("!=", got_deflate, e.const(0))
+                deflate_end = b.block
+        got, ok = b.phi(i64), b.phi(ir.IntType(1))
+        got.add_incoming(got_zstd, zstd_end)
+        got.add_incoming(got_deflate, deflate_end)
+        ok.add_incoming(ok_zstd, zstd_end)
+        ok.add_incoming(ok_deflate, deflate_end)
+        # (a second line of defence: the callers give every chunk its bound of room) no more than the room
+        ok = b.and_(ok, b.icmp_unsigned("<=", got, room))
+        k_stop.add_incoming(k, b.block)
+        go_on = fn.append_basic_block("next")
+        b.cbranch(ok, go_on, stop)
+        b.position_at_end(go_on)
+        e.store(got, b.add(a["out_sizes"], at))
+        b.store(b.add(written, got), pos)
+
+    e.for_range(a["n"], chunk, "k")
+    k_stop.add_incoming(a["n"], b.block)
+    b.branch(stop)

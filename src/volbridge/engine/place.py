@@ -269,6 +269,27 @@ def row_ends(table: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     return np.where(empty, 0, src_end), np.where(empty, 0, dst_end)
 
 
+def gather_table(data: np.ndarray, offsets: np.ndarray, shapes: np.ndarray, src_lo: np.ndarray,
+                 dst_size: int) -> np.ndarray | None:
+    """The compiled copy's rows (:func:`native._emit_copy_rows`, source starts absolute) that
+    copy the box of shape ``shapes[k]`` (x, y, z, c) at ``src_lo[k]`` of ``data`` (x, y, z, c)
+    to byte ``offsets[k]`` of a buffer of ``dst_size`` bytes, little-endian in Fortran order,
+    checked to lie inside both; None where the loop does not run or ``data`` is not laid out
+    for it (Fortran-contiguous, little-endian). Rows that share a destination (offsets 0: each
+    gathered into one chunk's buffer in turn, :mod:`.batch_encode`) are allowed."""
+    isz, nc = data.dtype.itemsize, data.shape[3]
+    shapes, offsets, src_lo = (np.asarray(a, np.int64) for a in (shapes, offsets, src_lo))
+    sy, sz, sc = _strides(shapes, isz)
+    _check(bool((offsets >= 0).all() and (offsets + sc * shapes[:, 3] <= dst_size).all() and (src_lo >= 0).all()
+                and (shapes[:, 3] == nc).all() and (src_lo + shapes[:, :3] <= data.shape[:3]).all()))
+    if not (_kernel and data.flags.f_contiguous and data.size and _little_endian(data.dtype)):
+        return None
+    _, dy, dz, dc = data.strides
+    flat = data.reshape(-1, order="F").view(np.uint8)
+    return _table(flat.ctypes.data + src_lo[:, 0] * isz + src_lo[:, 1] * dy + src_lo[:, 2] * dz, (dy, dz, dc), offsets,
+                  (sy, sz, sc), shapes[:, :3], isz, nc)
+
+
 def gather_chunks(data: np.ndarray, dst: np.ndarray, offsets: np.ndarray, shapes: np.ndarray, src_lo: np.ndarray) -> None:
     """The inverse of :func:`place_chunks` for whole chunks: copy the box of shape ``shapes[k]``
     (x, y, z, c) at ``src_lo[k]`` of ``data`` (x, y, z, c) into ``dst`` (1-D uint8) at byte
@@ -276,19 +297,13 @@ def gather_chunks(data: np.ndarray, dst: np.ndarray, offsets: np.ndarray, shapes
     n = len(offsets)
     if n == 0:
         return
-    isz, nc = data.dtype.itemsize, data.shape[3]
-    shapes, offsets, src_lo = (np.asarray(a, np.int64) for a in (shapes, offsets, src_lo))
-    sy, sz, sc = _strides(shapes, isz)
-    _check(bool((offsets >= 0).all() and (offsets + sc * shapes[:, 3] <= dst.size).all() and (src_lo >= 0).all()
-                and (shapes[:, 3] == nc).all() and (src_lo + shapes[:, :3] <= data.shape[:3]).all()))
-    if _kernel and data.flags.f_contiguous and data.size and _little_endian(data.dtype):
-        _, dy, dz, dc = data.strides
-        flat = data.reshape(-1, order="F").view(np.uint8)
-        table = _table(flat.ctypes.data + src_lo[:, 0] * isz + src_lo[:, 1] * dy + src_lo[:, 2] * dz, (dy, dz, dc), offsets,
-                       (sy, sz, sc), shapes[:, :3], isz, nc)
+    table = gather_table(data, offsets, shapes, src_lo, dst.size)
+    if table is not None:
         # the copy's destination is dst: its starts are offsets into it, the sources' absolute
-        _run(dst, native.Sources([flat]), table)
+        _run(dst, native.Sources([data.reshape(-1, order="F").view(np.uint8)]), table)
         return
+    isz = data.dtype.itemsize
+    shapes, offsets, src_lo = (np.asarray(a, np.int64) for a in (shapes, offsets, src_lo))
     dtype = data.dtype.newbyteorder("<") if isz > 1 else data.dtype
     for k in range(n):
         (x, y, z, c), o, (fx, fy, fz) = shapes[k].tolist(), int(offsets[k]), src_lo[k].tolist()

@@ -29,7 +29,7 @@ from ..errors import ChunkDecodeError, VersionChangedError
 from ..geometry import Box, Cell
 from ..kv.ranges import pack_runs, part_bounds
 from ..kv.scratch import scratch
-from . import batch_decode, native, parallel, place
+from . import batch_decode, batch_encode, native, parallel, place
 from .parallel import default_threads, run_bounded
 
 if TYPE_CHECKING:
@@ -479,8 +479,10 @@ def write_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, data: np.nd
     chunk_nbytes = vol._chunk_nbytes(layout)
     shard_nbytes = _shard_nbytes(shards, chunk_nbytes)
     gather = layout.decodes_to_bytes and all_channels
-    if gather:
-        place.prepare(sum(int(s.covered().sum()) for s in shards))
+    # whole chunks gathered and compressed in native calls where the layout's codec runs there
+    # and the loops are loaded (a small write does not wait for their build: place.prepare)
+    loaded = gather and place.prepare(sum(int(s.covered().sum()) for s in shards))
+    codec = batch_encode.codec_of(layout) if loaded else None
 
     def encode_covered(shard: _Shard, covered: np.ndarray, nested: bool, then):
         """``then(encoded)``, ``encoded`` the covered chunks' stored bytes by id, while the staging
@@ -495,8 +497,19 @@ def write_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, data: np.nd
             fits = (shapes[:, :3] == cell_shapes[whole]).all(axis=1) & (shapes[:, 3] == layout.num_channels)
             gathered, whole = whole[fits], whole[~fits]
             shapes, sizes, offsets = stored_slots(layout, cell_shapes[gathered])
-        # Held until the shard is stored: raw chunks go into it as views of this buffer.
-        with place.staging(int(sizes.sum())) as buf:
+        room = batch_encode.bounds(*codec, sizes) if codec is not None and len(gathered) else sizes
+        # Held until the shard is stored: chunks go into it as views of this buffer.
+        with place.staging(int(max(room.sum(), sizes.sum()))) as buf:
+            if codec is not None and len(gathered):
+                got = batch_encode.encode_gathered(*codec, data, shapes, shard.dst_lo[gathered], buf,
+                                                   _cpu_loops() if nested else 1)
+                if got is not None:
+                    starts, lengths, done = got
+                    view = memoryview(buf)
+                    for k, a, n in zip(gathered[done].tolist(), starts[done].tolist(), lengths[done].tolist()):
+                        encoded[ids[k]] = view[a:a + n]
+                    # any the library did not encode: the checked path encodes them or says why not
+                    whole, gathered = np.concatenate([whole, gathered[~done]]), gathered[:0]
             if len(gathered):
                 place.gather_chunks(data, buf, offsets, shapes, shard.dst_lo[gathered])
                 slots = list(zip(gathered.tolist(), offsets.tolist(), sizes.tolist()))

@@ -146,6 +146,9 @@ class ScaleLayout(ABC):
     #: checksum, header or filter); else None. The engine decompresses many such chunks in one
     #: native call (:mod:`volbridge.engine.batch_decode`).
     stored_compression: str | None = None
+    #: The level :attr:`stored_compression` encodes at, where the format names one (None: the
+    #: library's default, as :func:`volbridge.compression.compress` takes it).
+    stored_compression_level: int | None = None
 
     def decode_bytes(self, data: bytes, shape: tuple[int, int, int], key: str) -> tuple[bytes | memoryview, tuple[int, int, int, int]]:
         """The voxel bytes of a cell of (bounds-clipped) ``shape`` (x, y, z) and the (x, y, z, c) shape they are stored in, which may exceed

@@ -262,6 +262,7 @@ class ZarrLayout(ScaleLayout):
         self.decodes_to_bytes = arr.pipeline.plain and all(c == 1 for c in lead_chunks)
         self.voxels_stored_raw = self.decodes_to_bytes and not arr.pipeline.steps
         self.stored_compression = arr.pipeline.compression if self.decodes_to_bytes else None
+        self.stored_compression_level = arr.pipeline.steps[0].level if self.stored_compression else None
         self._stored4 = (*chunk, per_chunk)
         if arr.shard_shape is not None:
             grid_shape = tuple(-(-n // c) for n, c in zip(arr.shape, arr.chunks))
