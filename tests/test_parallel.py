@@ -4,6 +4,7 @@ ask for no more than the cores run in the calling loop's thread."""
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 
@@ -439,3 +440,20 @@ def test_alongside_raises_main_failure_after_side_finished():
         time.sleep(0.05)
         assert started.is_set() == done.is_set()
     assert started.is_set()  # the second round waited for a side that had started
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exception notes are 3.11+")
+def test_alongside_names_side_failure_when_both_fail():
+    started = threading.Event()
+
+    def side():
+        started.set()
+        raise OSError("side failed")
+
+    def main():
+        assert started.wait(5)
+        raise KeyError("main failed")
+
+    with pytest.raises(KeyError, match="main failed") as raised:
+        parallel.alongside(main, side)
+    assert any("OSError: side failed" in note for note in raised.value.__notes__)

@@ -187,8 +187,8 @@ def alongside(main: Callable[[], None], side: Callable[[], None] | None = None) 
     """Run ``main`` here and ``side`` meanwhile on the :func:`pool`; ``side`` runs here after
     ``main`` when no pool thread has started it (every one busy, maybe each a writer waiting so:
     waiting for it then would never end). ``side`` runs as nested in a pool thread when this call
-    is itself nested (:func:`inside`). Returns once neither runs, raising ``main``'s failure, else
-    ``side``'s."""
+    is itself nested (:func:`inside`). Returns once neither runs, raising ``main``'s failure
+    (with a note naming ``side``'s, when both failed), else ``side``'s."""
     beside = None
     if side is not None:
         if inside():
@@ -199,9 +199,12 @@ def alongside(main: Callable[[], None], side: Callable[[], None] | None = None) 
             pass
     try:
         main()
-    except BaseException:
+    except BaseException as e:
         if beside is not None and not beside.cancel():
             wait([beside])
+            other = beside.exception()
+            if other is not None and hasattr(e, "add_note"):  # (3.11+) the user sees both failures
+                e.add_note(f"meanwhile the work beside it failed too: {type(other).__name__}: {other}")
         raise
     if beside is None or beside.cancel():
         if side is not None:
