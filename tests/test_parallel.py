@@ -457,3 +457,60 @@ def test_alongside_names_side_failure_when_both_fail():
     with pytest.raises(KeyError, match="main failed") as raised:
         parallel.alongside(main, side)
     assert any("OSError: side failed" in note for note in raised.value.__notes__)
+
+
+@pytest.mark.parametrize("chained", [False, True], ids=["values", "values-of-values"])
+def test_closing_ahead_cancels_values_not_started_and_waits_for_those_being_made(chained):
+    """A write that fails part-way closes its values: once that returns, no value is still being
+    made (reading the caller's array after the write raised), and none not started starts."""
+    lock = threading.Lock()
+    started, finished = set(), set()
+    first_started = threading.Event()
+
+    def make(i):
+        with lock:
+            started.add(i)
+        first_started.set()
+        time.sleep(0.2)
+        with lock:
+            finished.add(i)
+        return i
+
+    items = range(40)
+    if chained:  # as object_store's transport compression takes a write's values made ahead
+        items = parallel.ahead(lambda i: i, items, depth=4)
+    values = parallel.ahead(make, items, depth=4)
+    next(values)  # the driver took one; the others are queued or being made
+    assert first_started.wait(5)
+    values.close()
+    with lock:
+        assert started == finished, "a value is still being made after the iterator closed"
+        seen = set(started)
+    time.sleep(0.3)
+    with lock:
+        assert started == seen, "a value started after the iterator closed"
+        assert len(started) < 40  # those not started were cancelled
+
+
+def test_the_default_put_each_closes_its_values_when_a_put_fails(tmp_path):
+    from volbridge.errors import StoreError
+    from volbridge.kv.memory import MemoryStore
+
+    class Failing(MemoryStore):
+        def update(self, key, fn, **kw):
+            if key == "b":
+                raise StoreError("PUT b failed")
+            return super().update(key, fn, **kw)
+
+    closed = []
+
+    def values():
+        try:
+            yield from (b"1", b"2", b"3")
+        finally:
+            closed.append(True)
+
+    made = values()  # held here: only put_each can close it
+    with pytest.raises(StoreError, match="PUT b failed"):
+        Failing().put_each(["a", "b", "c"], made)
+    assert closed == [True]

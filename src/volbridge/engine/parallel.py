@@ -109,11 +109,19 @@ def ahead(fn: Callable[[T], object], items: Iterable, depth: int | None = None) 
         while made:
             yield made.popleft()
     finally:
+        # Values not started are cancelled; those being made are waited for, so that nothing of
+        # a write that failed or stopped still reads the caller's array once it has returned.
+        busy = []
         for f in made:
-            f.cancel()
+            if not f.cancel():
+                work = getattr(f, "work", None)  # a value chained on another (_then): its own task
+                if work is not None:
+                    work.cancel()
+                busy.append(f)
         close = getattr(items, "close", None)
         if close is not None:  # another ahead(): it cancels what it made too
             close()
+        wait(busy)
 
 
 def _submit(fn: Callable, *args) -> Future:
@@ -131,29 +139,29 @@ def _submit(fn: Callable, *args) -> Future:
 
 
 def _then(first: Future, fn: Callable) -> Future:
-    """A Future of ``fn(first.result())``, run on the encoders once ``first`` is done."""
+    """A Future of ``fn(first.result())``, run on the encoders once ``first`` is done. It is
+    running from then on (cancelling it fails, as for a task started), and its ``work`` attribute
+    is the task of ``fn``, which may still be cancelled before it starts."""
     out: Future = Future()
 
     def settle(f: Future) -> None:
-        if not out.set_running_or_notify_cancel():  # cancelled meanwhile
-            return
         try:
             out.set_result(f.result())
         except BaseException as e:
             out.set_exception(e)
 
     def chain(f: Future) -> None:
-        if f.cancelled() or out.cancelled():
+        if f.cancelled():
             out.cancel()
-            # waiters (concurrent.futures.wait) hear of a cancellation only through this call
-            out.set_running_or_notify_cancel()
+        # (waiters, concurrent.futures.wait, hear of a cancellation only through this call)
+        if not out.set_running_or_notify_cancel():
             return
         error = f.exception()
         if error is not None:
-            if out.set_running_or_notify_cancel():
-                out.set_exception(error)
+            out.set_exception(error)
             return
-        _submit(fn, f.result()).add_done_callback(settle)
+        out.work = _submit(fn, f.result())
+        out.work.add_done_callback(settle)
 
     first.add_done_callback(chain)
     return out

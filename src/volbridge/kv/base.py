@@ -124,10 +124,15 @@ class KVStore(ABC):
         bound on bytes in flight. The first failure raises; the other keys may or may not have
         been written by then. This default writes one at a time: stores with ``batched_puts``
         write many at once."""
-        for key, value in zip(keys, values, strict=True):
-            if isinstance(value, Future):
-                value = value.result()
-            self.update(key, lambda _old, v=value: v, needs_old=False, content_encoding=content_encoding)
+        try:
+            for key, value in zip(keys, values, strict=True):
+                if isinstance(value, Future):
+                    value = value.result()
+                self.update(key, lambda _old, v=value: v, needs_old=False, content_encoding=content_encoding)
+        finally:
+            close = getattr(values, "close", None)
+            if close is not None:  # a generator: let it cancel the values it made ahead
+                close()
 
     def delete_many(self, keys: Iterable[str]) -> None:
         """Remove each of ``keys`` (absent ones are fine)."""
