@@ -47,9 +47,9 @@ def _voxel_bytes(data: np.ndarray, shape, lo) -> bytes:
     return box.astype(box.dtype.newbyteorder("<")).tobytes(order="F")
 
 
-@pytest.mark.parametrize("codec,levels", [("zstd", [-3, 0, 1, 3, 9]), ("gzip", [1, 5, 9, 12])])
+@pytest.mark.parametrize("codec,levels", [("zstd", [-131072, -3, 0, 1, 3, 9, 22]), ("gzip", [0, 1, 5, 9, 12])])
 @settings(max_examples=60, deadline=None)
-@given(chunks=_chunks(), level=st.integers(0, 4), parts=st.integers(1, 3))
+@given(chunks=_chunks(), level=st.integers(0, 6), parts=st.integers(1, 3))
 def test_encodes_each_chunk_as_the_chunk_by_chunk_path(codec, levels, chunks, level, parts):
     data, shapes, lo = chunks
     level = levels[level % len(levels)]
@@ -113,30 +113,47 @@ def _files(root) -> dict[str, bytes]:
             for d, _, names in os.walk(root) for f in names}
 
 
+def _spy(monkeypatch) -> list:
+    """What each batched encoding of a write returned: (offsets, sizes, done), or None when the
+    array was not laid out for the loop."""
+    results = []
+    encode = batch_encode.encode_gathered
+
+    def spy(*args, **kw):
+        results.append(encode(*args, **kw))
+        return results[-1]
+
+    monkeypatch.setattr(batch_encode, "encode_gathered", spy)
+    return results
+
+
 @pytest.mark.parametrize("compression", ["zstd", "gzip"])
 def test_sharded_writes_store_the_bytes_of_chunk_by_chunk_writes(tmp_path, monkeypatch, compression):
     rng = np.random.default_rng(7)
     volume = rng.integers(0, 30, (70, 90, 100), dtype=np.uint16)  # edge shards and chunks of every size
     region = (slice(3, 61), slice(10, 77), slice(0, 99))
-    calls = []
-    encode = batch_encode.encode_gathered
-    monkeypatch.setattr(batch_encode, "encode_gathered", lambda *a, **k: calls.append(1) or encode(*a, **k))
+    results = _spy(monkeypatch)
 
     def write(name: str) -> vb.VolumeArray:
         arr = vb.create(f"zarr3://{tmp_path / name}", shape=volume.shape, dtype="uint16", chunk_shape=(16, 16, 16),
                         shard_shape=(32, 32, 64), compression=compression)
         arr[...] = volume
-        arr[region] = volume[region][::-1]  # partly covered shards: read, merged, written again
+        # partly covered shards: read, merged, written again; from an array laid out for the
+        # loop, then from a strided view (left to the chunk-by-chunk path)
+        arr[region] = np.ascontiguousarray(volume[region][::-1])
+        arr[region] = (volume[region] + 1).repeat(2, axis=2)[..., ::2]
         return arr
 
     batched = write("batched")
-    assert calls, "the sharded write did not go through the batched encoder"
+    encoded = [r for r in results if r is not None]
+    assert encoded and all(done.all() for _, _, done in encoded), "the sharded write did not go through the batched encoder"
+    assert None in results  # the strided view's shards
     monkeypatch.setattr(batch_encode, "codec_of", lambda layout: None)
-    calls.clear()
+    results.clear()
     write("by-chunk")
-    assert not calls
+    assert not results
     model = volume.copy()
-    model[region] = volume[region][::-1]
+    model[region] = volume[region] + 1
     np.testing.assert_array_equal(batched[...], model)
     assert _files(tmp_path / "batched") == _files(tmp_path / "by-chunk")
 
@@ -148,7 +165,9 @@ def test_a_write_the_library_fails_on_part_way_is_completed_by_the_checked_path(
     monkeypatch.setattr(codec, "bound", lambda level, sizes: np.where(np.arange(len(sizes)) % 3 == 2, 0, sizes) + 64)
     arr = vb.create(f"zarr3://{tmp_path / 'v'}", shape=volume.shape, dtype="uint16", chunk_shape=(16,) * 3,
                     shard_shape=(32,) * 3, compression="zstd")
+    results = _spy(monkeypatch)
     arr[...] = volume
+    assert results and all(r is not None and 0 < r[2].sum() < len(r[2]) for r in results)  # each stopped part-way
     np.testing.assert_array_equal(arr[...], volume)
     np.testing.assert_array_equal(vb.array(f"zarr3://{tmp_path / 'v'}")[...], volume)
 
@@ -179,3 +198,22 @@ def test_a_child_forked_while_a_codec_loads_does_not_wait_for_the_load():
         _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert not lock.locked()
+
+
+@pytest.mark.parametrize("compression,level", [("zstd", 23), ("zstd", 2**31 + 3), ("gzip", 13), ("gzip", -1)])
+def test_levels_the_chunk_by_chunk_path_refuses_are_left_to_it(compression, level):
+    class Layout:
+        stored_compression, stored_compression_level = compression, level
+
+    assert batch_encode.codec_of(Layout) is None
+
+
+def test_levels_it_takes_are_those_of_the_chunk_by_chunk_path():
+    class Layout:
+        stored_compression, stored_compression_level = "zstd", None
+
+    assert batch_encode.codec_of(Layout) == ("zstd", 3)  # volbridge.compression.compress's default
+    Layout.stored_compression, Layout.stored_compression_level = "gzip", None
+    assert batch_encode.codec_of(Layout) is None  # gzip_default picks between two encoders
+    Layout.stored_compression_level = 0
+    assert batch_encode.codec_of(Layout) == ("gzip", 0)

@@ -43,6 +43,7 @@ class _Codec:
     free_context: object  # ctypes function: (pointer) -> None
     mode: int  # 0: zstd's calling convention, 1: libdeflate's
     bound: object  # (level, sizes) -> the most bytes each of ``sizes`` may compress to
+    levels: tuple[int, int]  # the levels it compresses at as they are (not clamped)
 
 
 _kernel = None  # the compiled loops once loaded, False when they cannot run here
@@ -63,11 +64,12 @@ def _library(name: str) -> tuple[ctypes.CDLL, tuple[str, str, str], int] | None:
         import zstandard
 
         names = ("ZSTD_compressCCtx", "ZSTD_createCCtx", "ZSTD_freeCCtx")
-        lib = compression.native_library(compression.files_next_to(zstandard, "_cffi*"), *names)
+        wanted = (*names, "ZSTD_minCLevel", "ZSTD_maxCLevel")
+        lib = compression.native_library(compression.files_next_to(zstandard, "_cffi*"), *wanted)
         if lib is None:
             from ctypes.util import find_library
 
-            lib = compression.native_library([find_library("zstd")], *names)
+            lib = compression.native_library([find_library("zstd")], *wanted)
         return None if lib is None else (lib, names, 0)
     if name == "gzip":
         lib = compression.libdeflate()
@@ -95,8 +97,18 @@ def load(name: str) -> bool:
                 free_context.argtypes = [ctypes.c_void_p]
                 bound = _zstd_bound if mode == 0 else _deflate_bound(lib)
                 fn = ctypes.cast(getattr(lib, compress), ctypes.c_void_p).value
-                _codecs[name] = _Codec(fn, new_context, free_context, mode, bound)
+                _codecs[name] = _Codec(fn, new_context, free_context, mode, bound, _levels(lib, mode))
     return bool(_codecs[name])
+
+
+def _levels(lib: ctypes.CDLL, mode: int) -> tuple[int, int]:
+    """The levels ``lib`` compresses at as asked: libzstd clamps others to its range (which
+    python-zstandard refuses above it), libdeflate allocates no compressor for them."""
+    if mode == 1:
+        return 0, 12
+    low, high = lib.ZSTD_minCLevel, lib.ZSTD_maxCLevel
+    low.restype = high.restype = ctypes.c_int
+    return low(), high()
 
 
 def _deflate_bound(lib: ctypes.CDLL):
@@ -160,14 +172,17 @@ def bounds(name: str, level: int, sizes: np.ndarray) -> np.ndarray:
 def codec_of(layout) -> tuple[str, int] | None:
     """(codec, level) this module encodes ``layout``'s chunks by, where their stored bytes are
     their voxel bytes under one compression it runs (:attr:`ScaleLayout.stored_compression`)
-    at a level it takes as the chunk-by-chunk path does; else None. gzip without a level is
+    at a level the chunk-by-chunk path takes as it is; else None. Levels that path refuses
+    (zstd's above its maximum, which libzstd would clamp; gzip's outside libdeflate's 0-12) are
+    left to it, which names them. gzip without a level is
     :func:`volbridge.compression.gzip_default`'s choice between two encoders: not here."""
     name, level = layout.stored_compression, layout.stored_compression_level
     if name == "zstd" and level is None:
         level = 3  # volbridge.compression.compress's default
-    if name not in ("zstd", "gzip") or level is None or not load(name):
+    if name not in ("zstd", "gzip") or not isinstance(level, int) or not load(name):
         return None
-    return name, int(level)
+    low, high = _codecs[name].levels
+    return (name, level) if low <= level <= high else None
 
 
 def encode_gathered(name: str, level: int, data: np.ndarray, shapes: np.ndarray, src_lo: np.ndarray, dst: np.ndarray,

@@ -331,8 +331,10 @@ def place_one(out: np.ndarray, data, shape: tuple[int, int, int, int], src_lo, d
 
 
 #: Staging buffers up to this size are kept per thread and reused: a fresh one per shard costs
-#: page faults that, on this machine's VM, take longer than the copies themselves.
-KEEP_STAGING_BYTES = 16 << 20
+#: page faults that, on this machine's VM, take longer than the copies themselves. 16 MiB of
+#: chunks (a 256^3 uint8 shard) and the room compressing them may need beyond their size
+#: (:mod:`.batch_encode` stages a shard in the sum of its chunks' bounds: zstd's is +0.4 %).
+KEEP_STAGING_BYTES = 17 << 20
 _staging = threading.local()
 
 
