@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
 import numpy as np
 import pytest
@@ -186,17 +187,47 @@ def test_without_the_library_sharded_writes_encode_chunk_by_chunk(tmp_path, monk
     np.testing.assert_array_equal(arr[...], volume)
 
 
+def _forked_exit_code(child) -> int:
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(10)  # a wait forever ends the child by SIGALRM
+        try:
+            child()
+        except BaseException:
+            os._exit(3)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
 def test_a_child_forked_while_a_codec_loads_does_not_wait_for_the_load():
     lock = native.LoadLock()
-    with lock:  # as a thread loading a codec holds it
-        pid = os.fork()
-        if pid == 0:  # the child: the holder does not exist here
-            signal.alarm(10)  # a wait forever ends the child by SIGALRM
-            with lock:
-                os._exit(0)
-        _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    loading, forked = threading.Event(), threading.Event()
+
+    def load():  # another thread holds the lock, as one loading a codec does
+        with lock:
+            loading.set()
+            forked.wait(10)
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    assert loading.wait(10)
+    try:
+        code = _forked_exit_code(lambda: lock.__enter__())  # the holder does not exist in the child
+    finally:
+        forked.set()
+        loader.join()
+    assert code == 0
+    assert not lock.locked()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
+def test_a_child_forked_by_the_loading_thread_ends_its_load():
+    lock = native.LoadLock()
+    with lock:  # a fork inside a load: the child's one thread is the holder and leaves the block
+        code = _forked_exit_code(lambda: lock.__exit__(None, None, None) or lock.__enter__())
+    assert code == 0
     assert not lock.locked()
 
 

@@ -53,20 +53,24 @@ class LoadLock:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._holder: int | None = None  # the thread in the ``with`` block
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self._after_fork_in_child)
 
     def _after_fork_in_child(self) -> None:
-        if self._lock.locked():
-            self._lock = threading.Lock()
+        # the forking thread is the child's one thread: a lock it holds, it releases there
+        if self._lock.locked() and self._holder != threading.get_ident():
+            self._lock, self._holder = threading.Lock(), None
 
     def locked(self) -> bool:
         return self._lock.locked()
 
     def __enter__(self) -> None:
         self._lock.acquire()
+        self._holder = threading.get_ident()
 
     def __exit__(self, *exc) -> None:
+        self._holder = None
         self._lock.release()
 
 
