@@ -231,6 +231,24 @@ def test_a_value_still_being_made_starts_as_soon_as_it_is_made(recorder):
     assert [body for kind, path, _, body in script["log"] if path == "/bucket/vol/alone" and kind == "end"] == [b"alone"]
 
 
+def test_a_failed_put_each_returns_after_the_value_it_took_is_made(recorder):
+    """The value the driver took and waits for, when another PUT fails: cancelled if it has not
+    started, else waited for, so nothing of the write still runs once put_each has raised."""
+    base, script = recorder
+    script["answers"]["/bucket/vol/bad"] = [403]
+    running: Future = Future()
+    running.set_running_or_notify_cancel()  # as an encoder thread building it
+    threading.Timer(0.5, running.set_result, [b"made"]).start()
+    with pytest.raises(StoreError, match="HTTP 403"):
+        _putter_store(base).put_each(["bad", "later"], [b"x", running])
+    assert running.done() and running.result() == b"made"
+    script["answers"]["/bucket/vol/bad"] = [403]
+    queued: Future = Future()
+    with pytest.raises(StoreError, match="HTTP 403"):
+        _putter_store(base).put_each(["bad", "later"], [b"x", queued])
+    assert queued.cancelled()
+
+
 @pytest.mark.parametrize("encoding", [None, "gzip"])
 def test_a_value_cancelled_while_waited_for_raises(recorder, monkeypatch, encoding):
     """Cancelled before it is made, with nothing in flight (under transport compression its

@@ -22,7 +22,7 @@ import heapq
 import select
 import socket
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from typing import Callable, Iterable, Sequence
 
 from .curl_get import CurlClient, _discard, _ThreadState, pycurl
@@ -130,6 +130,8 @@ class CurlPutter(CurlClient):
             self._release_all(st, active)
             for s in wake:
                 s.close()
+            if head is not None and not head[1].cancel():  # taken, being made: nothing runs on after the put
+                wait([head[1]])
             close = getattr(values, "close", None)
             if close is not None:  # a generator: let it cancel the values it made ahead
                 close()
