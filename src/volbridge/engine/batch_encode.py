@@ -119,12 +119,11 @@ def _deflate_bound(lib: ctypes.CDLL):
     known: dict[tuple[int, int], int] = {}
 
     def bound(level: int, sizes: np.ndarray) -> np.ndarray:
-        out = np.empty(len(sizes), np.int64)
-        for i, n in enumerate(sizes.tolist()):
+        distinct, which = np.unique(sizes, return_inverse=True)
+        for n in distinct.tolist():
             if (level, n) not in known:
                 known[level, n] = ask(_context("gzip", level).ptr, n)
-            out[i] = known[level, n]
-        return out
+        return np.array([known[level, n] for n in distinct.tolist()], np.int64)[which.reshape(-1)]
 
     return bound
 

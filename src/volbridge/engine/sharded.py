@@ -499,7 +499,7 @@ def write_sharded(vol: ChunkedVolume, layout: ScaleLayout, box: Box, data: np.nd
             shapes, sizes, offsets = stored_slots(layout, cell_shapes[gathered])
         room = batch_encode.bounds(*codec, sizes) if codec is not None and len(gathered) else sizes
         # Held until the shard is stored: chunks go into it as views of this buffer.
-        with place.staging(int(max(room.sum(), sizes.sum()))) as buf:
+        with place.staging(int(room.sum())) as buf:  # (a bound is never below its size)
             if codec is not None and len(gathered):
                 got = batch_encode.encode_gathered(*codec, data, shapes, shard.dst_lo[gathered], buf,
                                                    _cpu_loops() if nested else 1)

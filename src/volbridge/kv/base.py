@@ -59,6 +59,15 @@ class ObjectStat:
     version: str | None = None
 
 
+def close_values(values) -> None:
+    """Close a ``put_each``'s ``values`` once it is over, when they are a generator: one of
+    :func:`volbridge.engine.parallel.ahead` then cancels the values it made ahead and waits for
+    those being made (a failed write must not go on reading the caller's array)."""
+    close = getattr(values, "close", None)
+    if close is not None:
+        close()
+
+
 class KVStore(ABC):
     """Bytes by ``/``-separated key, relative to the store's root.
 
@@ -130,9 +139,7 @@ class KVStore(ABC):
                     value = value.result()
                 self.update(key, lambda _old, v=value: v, needs_old=False, content_encoding=content_encoding)
         finally:
-            close = getattr(values, "close", None)
-            if close is not None:  # a generator: let it cancel the values it made ahead
-                close()
+            close_values(values)
 
     def delete_many(self, keys: Iterable[str]) -> None:
         """Remove each of ``keys`` (absent ones are fine)."""

@@ -25,6 +25,7 @@ import time
 from concurrent.futures import Future, wait
 from typing import Callable, Iterable, Sequence
 
+from .base import close_values
 from .curl_get import CurlClient, _discard, _ThreadState, pycurl
 
 #: Bytes of an error response kept for the message.
@@ -132,9 +133,7 @@ class CurlPutter(CurlClient):
                 s.close()
             if head is not None and not head[1].cancel():  # taken, being made: nothing runs on after the put
                 wait([head[1]])
-            close = getattr(values, "close", None)
-            if close is not None:  # a generator: let it cancel the values it made ahead
-                close()
+            close_values(values)
 
     def _start(self, st: _ThreadState, up: _Upload, content_type, content_encoding, active: dict) -> None:
         c = self._handle(st)
