@@ -665,6 +665,32 @@ def s3env(seaweedfs: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def sockets_past_1024() -> Iterator[None]:
+    """Holds descriptors open so that every socket opened meanwhile is numbered past select's
+    FD_SETSIZE (1024), as in a process with that many files or clients open (raising the soft
+    limit on open files where it is lower, as such processes do)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = 1400
+    if soft != resource.RLIM_INFINITY and soft < need:
+        if hard != resource.RLIM_INFINITY and hard < need:
+            pytest.skip(f"this system allows {hard} open files, too few to number a socket past 1024")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    held: list[int] = []
+    try:
+        while not held or held[-1] <= 1100:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        with socket.socket() as probe:
+            assert probe.fileno() > 1024
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 def tls_pair(tmp_path: Path) -> None:
     """A CA (ca.pem) and a server certificate it signed for localhost (srv.pem, srv.key)."""
     import datetime

@@ -236,6 +236,25 @@ def test_a_retry_waits_out_its_backoff_without_spinning(scripted, monkeypatch):
     assert s.stats.retries == 2 and len(sleeps) <= 4  # one sleep per backoff, not a poll each millisecond
 
 
+def test_transfers_on_sockets_past_1024_are_waited_for_not_spun_on(scripted, sockets_past_1024, monkeypatch):
+    """select() cannot see a socket numbered past 1024, and libcurl's fdset leaves it out: a
+    driver waiting through them returned at once, and spun a core while its GETs ran. It waits on
+    libcurl's sockets with poll: a few turns of the loop a response, however slow."""
+    base, routes = scripted
+
+    def slow(req):
+        time.sleep(0.3)
+        return 200, {}, req.path.encode()
+
+    routes.update({f"/vol/k{i}": (0, {}, slow) for i in range(4)})
+    s = open_store(f"{base}/vol")
+    turns = []
+    drive = curl_get.CurlClient._completed
+    monkeypatch.setattr(curl_get.CurlClient, "_completed", lambda self, st, active: (turns.append(1), drive(self, st, active))[1])
+    assert fetched(s, [f"k{i}" for i in range(4)]) == {f"k{i}": b"/vol/k%d" % i for i in range(4)}
+    assert len(turns) < 60  # spinning, it turned ~10^4 times in the 0.3 s
+
+
 def test_proxy_variables_are_read_as_obstore_reads_them(scripted, monkeypatch):
     base, routes = scripted
     routes["/vol/a"] = (200, {}, b"DIRECT")

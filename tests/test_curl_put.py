@@ -309,6 +309,24 @@ def test_a_value_made_while_every_slot_is_busy_is_not_spun_on(recorder):
     assert cpu < 0.25 * wall  # waiting, not polling (a spin took 0.76 s of CPU in 0.8 s)
 
 
+def test_puts_on_sockets_past_1024_are_waited_for_not_spun_on(recorder, sockets_past_1024, monkeypatch):
+    """As for GETs (test_curl_get): the PUT driver waits on libcurl's sockets with poll, also
+    while a value is still being made, never in a loop that select() cannot block."""
+    from volbridge.kv import curl_get
+
+    base, script = recorder
+    for i in range(3):
+        script["delay"][f"/bucket/vol/k{i}"] = 0.3
+    later: Future = Future()
+    threading.Timer(0.2, later.set_result, [b"later"]).start()  # made while the others are in flight
+    turns = []
+    drive = curl_get.CurlClient._completed
+    monkeypatch.setattr(curl_get.CurlClient, "_completed", lambda self, st, active: (turns.append(1), drive(self, st, active))[1])
+    _putter_store(base).put_each(["k0", "k1", "k2", "k3"], [b"0", b"1", b"2", later])
+    assert sorted(script["ok"]) == ["/bucket/vol/k0", "/bucket/vol/k1", "/bucket/vol/k2", "/bucket/vol/k3"]
+    assert len(turns) < 60  # spinning, it turned ~10^4 times in the 0.3 s
+
+
 def test_a_cache_tier_put_each_that_fails_part_way_leaves_no_stale_copy(s3env, s3_bucket):
     from volbridge.kv.cache_memory import MemoryCache
 

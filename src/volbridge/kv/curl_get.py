@@ -17,11 +17,13 @@ services and credential sources fall back to obstore.
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import heapq
 import hmac
 import os
 import queue
+import select
 import threading
 import time
 import urllib.request
@@ -232,13 +234,53 @@ def _process_buffers() -> _Buffers:
 
 class _ThreadState:
     """One thread's multi handle and idle easy handles (libcurl handles are not thread-safe; a
-    forked child must not share its parent's connections)."""
+    forked child must not share its parent's connections).
+
+    The transfers are driven through libcurl's socket interface: libcurl says which sockets it
+    waits on and for what (``_on_socket``), a poll waits on exactly those, and each socket
+    found ready gets its ``socket_action``. Not ``perform`` with ``fdset``/``select``: fdset
+    leaves out sockets numbered past FD_SETSIZE (1024), and select on none returns at once,
+    so a process with a thousand files open spun a core for as long as its transfers ran
+    (measured: CPU time equal to wall time, writes to a loopback server 30-40 % slower)."""
 
     def __init__(self):
         self.pid = os.getpid()
         self.multi = pycurl.CurlMulti()
         self.idle: list = []
         self.busy = False  # a transfer loop runs on it (one called from inside it gets its own)
+        self.poller = select.poll()  # the sockets libcurl waits on, as it last said
+        self.ready: list[tuple[int, int]] = []  # (socket, poll events) the last wait found
+        # (the callback holds the poller, not this state: no cycle through the multi handle)
+        self.multi.setopt(pycurl.M_SOCKETFUNCTION, functools.partial(_on_socket, self.poller))
+
+
+#: libcurl's CURL_POLL_* wishes as poll events.
+_POLL_EVENTS = {1: select.POLLIN, 2: select.POLLOUT, 3: select.POLLIN | select.POLLOUT}
+
+
+def _on_socket(poller, what: int, fd: int, _multi, _socketp) -> None:
+    """libcurl's socket callback: what it now waits for on ``fd``, or (CURL_POLL_REMOVE, 4)
+    that it is done with it (before closing it)."""
+    events = _POLL_EVENTS.get(what)
+    if events is None:
+        try:
+            poller.unregister(fd)
+        except KeyError:
+            pass
+    else:
+        poller.register(fd, events)  # (re-registering modifies)
+
+
+def _curl_mask(events: int) -> int:
+    """poll events as libcurl's CURL_CSELECT_* bits."""
+    mask = 0
+    if events & (select.POLLIN | select.POLLPRI | select.POLLHUP):
+        mask |= pycurl.CSELECT_IN
+    if events & select.POLLOUT:
+        mask |= pycurl.CSELECT_OUT
+    if events & (select.POLLERR | select.POLLNVAL):
+        mask |= pycurl.CSELECT_ERR
+    return mask
 
 
 class CurlClient:
@@ -306,8 +348,11 @@ class CurlClient:
         """Drive the transfers, then (request, HTTP status, None) for each that got a response
         and (request, None, (curl error, message)) for each that failed, since the last call."""
         multi = st.multi
-        while multi.perform()[0] == pycurl.E_CALL_MULTI_PERFORM:
-            pass
+        ready, st.ready = st.ready, []
+        for fd, events in ready:
+            multi.socket_action(fd, _curl_mask(events))
+        if multi.timeout() == 0:  # new requests to start, a timeout due, data libcurl has buffered
+            multi.socket_action(pycurl.SOCKET_TIMEOUT, 0)
         out = []
         while True:
             left, ok, failed = multi.info_read()
@@ -319,11 +364,26 @@ class CurlClient:
             if not left:
                 return out
 
+    def _wait_sockets(self, st: _ThreadState, cap: float, wake: int | None = None) -> None:
+        """Until a socket of the transfers is ready, libcurl's timeout is due, or ``cap``
+        seconds; ``wake``: a descriptor whose readability ends the wait too (it is not read)."""
+        wait = st.multi.timeout()  # ms until libcurl wants to act on its own, -1: no deadline
+        timeout = cap if wait < 0 else min(cap, wait / 1000)
+        if wake is not None:
+            st.poller.register(wake, select.POLLIN)
+        try:
+            found = st.poller.poll(timeout * 1000)
+        finally:
+            if wake is not None:
+                st.poller.unregister(wake)
+        st.ready = [(fd, events) for fd, events in found if fd != wake]
+
     def _release_all(self, st: _ThreadState, active: dict) -> None:
         """Drop the transfers still running (after a failure): their handles go back idle."""
         for c, _ in active.values():
             st.multi.remove_handle(c)
             self._idle(st, c)
+        st.ready = []  # of this loop's sockets: never acted on in the next
         st.busy = False
 
     def _failed(self, method: str, req, status: int | None, error: tuple | None, reply: bytes, delayed: list,
@@ -383,7 +443,6 @@ class CurlGetter(CurlClient):
             return
         st = self._state()
         st.busy = True
-        multi = st.multi
         pending = collections.deque(_Request(k) for k in keys)
         delayed: list[tuple[float, int, _Request]] = []  # (ready time, tiebreak, request)
         active: dict[int, tuple[object, _Request]] = {}
@@ -425,9 +484,7 @@ class CurlGetter(CurlClient):
                     stats.add(requests=1, bytes_read=req.size if status is not None and 200 <= status < 300 else 0)
                     self._answer(req, status, error, delayed, where, stats, deliver)
                 if active and not (completed and pending):  # a freed slot is refilled before waiting
-                    wait = multi.timeout()  # ms until libcurl wants to be called, -1: no deadline
-                    cap = 0.005 if (delayed or workers is not None) else 1.0
-                    multi.select(cap if wait < 0 else min(cap, wait / 1000))
+                    self._wait_sockets(st, 0.005 if (delayed or workers is not None) else 1.0)
             if workers is not None:
                 workers.close()
                 workers = None

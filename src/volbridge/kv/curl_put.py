@@ -123,8 +123,8 @@ class CurlPutter(CurlClient):
                     self._failed("PUT", up, status, error, bytes(up.reply), delayed, where, stats)
                     up.reply = bytearray()
                 room = len(active) < max_in_flight
-                if completed and room and (ready or head is not None or more):
-                    continue  # a freed slot is refilled before waiting
+                if not active or completed and room and (ready or head is not None or more):
+                    continue  # a freed slot is refilled before waiting; with none in flight, no socket will wake it
                 # the value being made matters only while a slot is free for it
                 self._wait(st, True, delayed, head[1] if head is not None and room else None, wake)
         finally:
@@ -160,36 +160,26 @@ class CurlPutter(CurlClient):
     def _wait(self, st: _ThreadState, transfers: bool, delayed: list, pending: Future | None, wake: list) -> None:
         """Until libcurl has work (``transfers``: some are in flight), a retry's backoff ends, or
         the value ``pending`` is made."""
-        wait = st.multi.timeout() if transfers else -1  # ms until libcurl wants to be called, -1: no deadline
-        timeout = 1.0 if wait < 0 else min(1.0, wait / 1000)
+        timeout = 1.0
         if delayed:
             timeout = min(timeout, max(0.0, delayed[0][0] - time.monotonic()))
-        if pending is None:
-            if transfers:
-                st.multi.select(timeout)
-            else:
-                time.sleep(timeout)
+        if pending is not None and pending.done():
             return
-        if pending.done():
-            return
-        # poll, not select: a process with many files open has descriptors past select's 1024
-        poller = select.poll()
         if transfers:
-            readable, writable, broken = st.multi.fdset()
-            events: dict[int, int] = {}
-            for fds, flag in ((readable, select.POLLIN), (writable, select.POLLOUT), (broken, select.POLLPRI)):
-                for fd in fds:
-                    events[fd] = events.get(fd, 0) | flag
-            for fd, flag in events.items():
-                poller.register(fd, flag)
-        poller.register(wake[0], select.POLLIN)
-        poller.poll(timeout * 1000)
-        while True:  # drain every wake-up, including those of values already taken
-            try:
-                if not wake[0].recv(4096):
+            self._wait_sockets(st, timeout, wake[0].fileno() if pending is not None else None)
+        elif pending is not None:
+            poller = select.poll()  # (not select: the socket may be numbered past 1024)
+            poller.register(wake[0], select.POLLIN)
+            poller.poll(timeout * 1000)
+        else:
+            time.sleep(timeout)
+        if pending is not None:
+            while True:  # drain every wake-up, including those of values already taken
+                try:
+                    if not wake[0].recv(4096):
+                        break
+                except (BlockingIOError, InterruptedError):
                     break
-            except (BlockingIOError, InterruptedError):
-                break
 
 
 def _notify(w: socket.socket) -> None:
