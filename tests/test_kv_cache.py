@@ -703,11 +703,49 @@ def test_disk_cache_reconciles_after_a_crash(tmp_path):
     orphan = tmp_path / "c" / "entries" / "ab" / ("cd" * 19)
     orphan.parent.mkdir(exist_ok=True)
     orphan.write_bytes(b"x" * 5000)
-    (tmp_path / "c" / "tmp" / "half-written").write_bytes(b"x" * 10)
+    (tmp_path / "c" / "tmp" / f"{'ef' * 20}.4242.0a1b2c3d.7f3a.5").write_bytes(b"x" * 10)  # as _write_tmp names it
     c = DiskCache(back, tmp_path / "c", 1000)
     assert not orphan.exists() and os.listdir(tmp_path / "c" / "tmp") == []
     assert c.get("a") == b"1" * 100 and c.stats.hits == 1
     c.check()
+    c.close()
+
+
+def test_a_directory_that_is_not_only_a_cache_is_refused_and_left_whole(tmp_path):
+    """Opening reconciles a cache's files with its index, deleting those it does not list: a
+    directory holding anything else (a user's scratch directory with a tmp/, the working
+    directory by cache="") is refused, naming what is there, and keeps every file."""
+    import volbridge as vb
+    from volbridge.errors import InvalidArgumentError
+
+    vb.create(f"precomputed://{tmp_path}/vol", shape=(8, 8, 8), dtype="uint8", chunk_shape=(8, 8, 8))
+    back = FileStore(tmp_path / "s")
+    cases = {  # directory -> the user's files in it
+        "top": ["notes.txt"],
+        "inside": ["tmp/job-output.txt", "entries/ab/notes.txt"],
+        "nested": ["tmp/run1/out.txt"],
+        "odd-entry": [f"entries/zz/{'cd' * 19}"],
+    }
+    for name, files in cases.items():
+        d = tmp_path / name
+        for f in files:
+            (d / f).parent.mkdir(parents=True, exist_ok=True)
+            (d / f).write_text("precious")
+        with pytest.raises(StoreError, match="not a volbridge cache|does not make.*give cache= an empty or new directory"):
+            DiskCache(back, d, 1000)
+        with pytest.raises(StoreError, match=str(d)):
+            vb.array(f"precomputed://{tmp_path}/vol", cache=str(d))[...]
+        assert all((d / f).read_text() == "precious" for f in files)
+    with pytest.raises(InvalidArgumentError, match="names no directory"):
+        vb.array(f"precomputed://{tmp_path}/vol", cache="")
+    # a cache's own directory, and one whose index was lost, still open
+    c = DiskCache(back, tmp_path / "own", 1000)
+    back.put("a", b"1")
+    c.get("a")
+    c.close()
+    (tmp_path / "own" / "index.sqlite3").unlink()
+    c = DiskCache(back, tmp_path / "own", 1000)
+    assert c.get("a") == b"1"
     c.close()
 
 

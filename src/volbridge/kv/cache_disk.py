@@ -69,6 +69,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import secrets
 import sqlite3
 import struct
@@ -292,6 +293,7 @@ class DiskCache(CacheTier):
 
     # -- opening and closing ----------------------------------------------------------------------
     def _open(self) -> None:
+        self._check_ours()
         try:
             os.makedirs(self._tmp_dir, exist_ok=True)
             os.makedirs(self._entries_dir, exist_ok=True)  # its 256 subdirectories come as needed
@@ -559,23 +561,55 @@ class DiskCache(CacheTier):
         busy = db.execute("SELECT 1 FROM pending WHERE bucket = ? AND started > ? LIMIT 1", (bucket, live))
         return busy.fetchone() is None
 
+    def _check_ours(self) -> None:
+        """Refuse a directory that holds anything but a cache's files: opening reconciles the
+        files with the index and deletes what it does not list, and a user's own directory
+        (``cache="."``, a scratch directory that has a ``tmp/``) would lose its files."""
+        try:
+            names = os.listdir(self._dir)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise StoreError(f"cannot open cache directory {self._dir}: {e}") from e
+        foreign = sorted(n for n in names if n not in _OWN_NAMES)
+        if foreign:
+            raise StoreError(
+                f"cache directory {self._dir} holds files that are not a volbridge cache's ({', '.join(foreign[:3])}"
+                f"{', ...' if len(foreign) > 3 else ''}): give cache= an empty or new directory"
+            )
+
     def _reconcile_locked(self, db: sqlite3.Connection) -> None:
-        """Make files and index agree after a crash (only when no other process has it open)."""
+        """Make files and index agree after a crash (only when no other process has it open).
+        Only files named as this cache names them are deleted; any other file there means the
+        directory is not (only) a cache, and nothing is touched."""
         sizes = dict(db.execute("SELECT name, size FROM entries").fetchall())
-        seen = set()
+        seen, stale, foreign = set(), [], []
         for sub in os.scandir(self._entries_dir):
-            if not sub.is_dir():
+            if not (sub.is_dir(follow_symlinks=False) and _ENTRY_DIR.fullmatch(sub.name)):
+                foreign.append(sub.path)
                 continue
             for f in os.scandir(sub.path):
                 name = sub.name + f.name
-                if name in sizes:
+                if not (f.is_file(follow_symlinks=False) and _ENTRY_NAME.fullmatch(name)):
+                    foreign.append(f.path)
+                elif name in sizes:
                     seen.add(name)
                 else:
-                    _unlink(f.path)  # renamed in by a transaction that never committed
+                    stale.append(f.path)  # renamed in by a transaction that never committed
+        for f in os.scandir(self._tmp_dir):
+            if f.is_file(follow_symlinks=False) and _TMP_NAME.fullmatch(f.name):
+                stale.append(f.path)  # a write that never finished
+            else:
+                foreign.append(f.path)
+        if foreign:
+            raise StoreError(
+                f"cache directory {self._dir} holds files a volbridge cache does not make ({', '.join(foreign[:3])}"
+                f"{', ...' if len(foreign) > 3 else ''}): give cache= an empty or new directory"
+            )
+        for path in stale:
+            _unlink(path)
         missing = [(n,) for n in sizes if n not in seen]
         db.executemany("DELETE FROM entries WHERE name = ?", missing)
-        for f in os.scandir(self._tmp_dir):
-            _unlink(f.path)
         db.execute("DELETE FROM pending")
         tally = _Tally(db)
         tally.bytes = sum(s for n, s in sizes.items() if n in seen)
@@ -750,6 +784,14 @@ class DiskCache(CacheTier):
 
     def __repr__(self) -> str:
         return f"DiskCache({self.backing!r}, {self._dir!r}, max_bytes={self.max_bytes})"
+
+
+#: What a cache directory holds at its top (the index with SQLite's WAL and journal files).
+_OWN_NAMES = frozenset({"entries", "tmp", "init.lock", "open.lock", "index.sqlite3", "index.sqlite3-wal",
+                        "index.sqlite3-shm", "index.sqlite3-journal"})
+_ENTRY_DIR = re.compile(r"[0-9a-f]{2}")
+_ENTRY_NAME = re.compile(r"[0-9a-f]{40}")  # _entry_name's digest
+_TMP_NAME = re.compile(r"[0-9a-f]{40}\.\d+\.[0-9a-f]{8}\.[0-9a-f]+\.\d+")  # an entry name, then _tmp_suffix()
 
 
 def _entry_name(prefix: str, key: str) -> str:

@@ -30,6 +30,8 @@ def with_cache(store: KVStore, cache: Any) -> KVStore:
     if isinstance(cache, int):
         return MemoryCache(store, cache, shared=True)
     if isinstance(cache, (str, os.PathLike)):
+        if not os.fspath(cache):
+            raise InvalidArgumentError("cache='' names no directory (it would be the working directory): give a path")
         return DiskCache(store, os.path.expanduser(os.fspath(cache)), DEFAULT_DISK_CACHE_BYTES)
     if callable(cache):
         wrapped = cache(store)
