@@ -4,6 +4,8 @@ and concurrent writers on "different machines" (processes) lose nothing thanks t
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import settings
@@ -317,6 +319,29 @@ def test_keys_object_stores_cannot_take_fail_at_once(s3env, s3_bucket):
         with pytest.raises(URLError, match="keys are relative"):
             s.fetch_each([key], lambda k, v: None)
     assert s.stats.retries == 0 and list(s.list()) == ["a"] and s.get("a") == b"1"
+
+
+def test_question_marks_and_hashes_in_paths_are_part_of_them(s3env, s3_bucket, tmp_path, serve_dir):
+    """An object's name, like a file's, may hold '?' and '#'. urlparse would cut them off as a
+    query or fragment: precomputed://s3://b/run#1/em wrote to run/, and run#2/em then found
+    that volume there. Over HTTP, where they would be a query or fragment, they are refused."""
+    client = s3env.boto3_client()
+    for base in (f"s3://{s3_bucket}", f"file://{tmp_path}/f", f"{tmp_path}/b"):
+        for i, name in enumerate(("run#1/em", "run#2/em", "q?x=1/em")):
+            a = vb.create(f"precomputed://{base}/{name}", shape=(2, 4, 4), chunk_shape=(2, 4, 4), dtype="uint16")
+            a[...] = np.full((2, 4, 4), i + 1, np.uint16)
+        for i, name in enumerate(("run#1/em", "run#2/em", "q?x=1/em")):
+            assert (vb.array(f"precomputed://{base}/{name}")[...] == i + 1).all()
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket)["Contents"]}
+    assert {"run#1/em/info", "run#2/em/info", "q?x=1/em/info"} <= keys and "run/info" not in keys
+    assert sorted(os.listdir(tmp_path / "f")) == sorted(os.listdir(tmp_path / "b")) == ["q?x=1", "run#1", "run#2"]
+    base = serve_dir(tmp_path / "f")
+    assert (vb.array(f"precomputed://{base}/run%231/em")[...] == 1).all()
+    for url in (f"{base}/run#1/em", f"{base}/em?x=1", f"{base}/em#"):
+        with pytest.raises(URLError, match="query or fragment.*%3F and %23"):
+            vb.array(f"precomputed://{url}")
+    with pytest.raises(URLError, match="not a bucket name"):
+        open_store("s3://bucket#1/em")
 
 
 def test_http_url_with_escaped_characters(serve_dir, tmp_path):

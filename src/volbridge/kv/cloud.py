@@ -181,6 +181,10 @@ def open_object_store(url: str, retry: RetryPolicy | None = None) -> ObjectStore
     scheme = parsed.scheme.lower()
     opts = obstore_options(retry)
     if scheme in ("http", "https"):
+        if parsed.query or parsed.fragment or url.endswith(("?", "#")):
+            # object names are appended to the path: a query or fragment would be dropped or misplaced
+            raise URLError(f"{url!r} has a query or fragment ('?...', '#...'), which a volume URL cannot keep: object "
+                           "names are appended to its path; write '?' and '#' that are part of the path as %3F and %23")
         if not parsed.netloc:
             raise URLError(f"{url!r} names no host")
         opts["client_options"]["allow_http"] = True
@@ -189,7 +193,12 @@ def open_object_store(url: str, retry: RetryPolicy | None = None) -> ObjectStore
         getter = _shared("http-curl", (base, repr(retry)), lambda: CurlGetter(base, "/", None, retry)) if curl_get.available() else None
         # obstore percent-encodes the path it is given: give it the decoded one (my%20data -> 'my data')
         return ObjectStore(client, url, prefix=unquote(parsed.path), retry=retry, read_only=True, getter=getter)
-    bucket, prefix = parsed.netloc, parsed.path.strip("/")
+    # An object's name may hold any character: what follows the bucket is the prefix as written,
+    # '?' and '#' included (urlparse would cut them off, and s3://b/run#1/em write to run/).
+    bucket, _, path = url.split("://", 1)[1].partition("/")
+    prefix = path.strip("/")
+    if "?" in bucket or "#" in bucket:
+        raise URLError(f"{url!r}: {bucket!r} is not a bucket name")
     if not bucket:
         raise URLError(f"{url!r} names no bucket: expected {scheme}://bucket/path")
     kw = dict(opts)

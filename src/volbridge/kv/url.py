@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote
 
 from ..errors import URLError
 from .base import KVStore
@@ -18,10 +18,11 @@ def open_store(url: str) -> KVStore:
         return FileStore(url)
     scheme, rest = url.split("://", 1)
     if scheme == "file":
-        parsed = urlparse(url)
-        if parsed.netloc not in ("", "localhost"):
-            raise URLError(f"file URL {url!r} names host {parsed.netloc!r}; use file:///absolute/path")
-        return FileStore(unquote(parsed.path))
+        # the path as written, '?' and '#' included (as a bare path keeps them; urlparse would cut them off)
+        host, slash, path = rest.partition("/")
+        if host not in ("", "localhost"):
+            raise URLError(f"file URL {url!r} names host {host!r}; use file:///absolute/path")
+        return FileStore(unquote(slash + path))
     if scheme == "mem":
         if not rest.strip("/"):
             raise URLError(f"memory URL {url!r} needs a name: mem://name")
