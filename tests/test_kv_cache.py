@@ -946,6 +946,35 @@ def test_cache_entries_are_dropped_when_the_volume_changed_behind_it(tmp_path, k
     assert (third[...] == 1000).all() and third.volume.store.stats.hits > hits
 
 
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("fmt", ["precomputed", "zarr3"])
+def test_a_memory_tier_over_a_disk_tier_sees_a_change_behind_both(tmp_path, fmt, shared):
+    """(review) Tiers stacked as the relay stacks them: the memory tier compared its copies with
+    the disk tier's, just as stale, and a fresh memory tier had no digests of its own. The
+    volume recreated behind both was served with its old metadata and voxels, in this process
+    and in others sharing the disk cache."""
+    url = f"{fmt}://file://{tmp_path}/vol"
+
+    def stacked(s):
+        return MemoryCache(DiskCache(s, tmp_path / "cache", 1 << 24), 1 << 22, shared=shared)
+
+    vb.create(url, shape=(8, 16, 16), chunk_shape=(8, 8, 8), dtype="uint8")
+    vb.array(url, mode="r+")[...] = 7
+    first = vb.array(url, cache=stacked)
+    assert (first[...] == 7).all()
+    vb.create(url, shape=(8, 16, 24), chunk_shape=(8, 8, 8), dtype="uint16", overwrite=True)
+    vb.array(url, mode="r+")[...] = 1000
+    again = vb.array(url, cache=stacked)
+    assert again.dtype == np.uint16 and again.shape == (8, 16, 24) and (again[...] == 1000).all()
+    vb.array(url, mode="r+")[...] = 2000  # chunks only, behind the caches: a later open of the disk
+    vb.create(url, shape=(8, 16, 32), chunk_shape=(8, 8, 8), dtype="uint16", overwrite=True)
+    vb.array(url, mode="r+")[...] = 3000
+    disk_only = vb.array(url, cache=str(tmp_path / "cache"))
+    assert disk_only.shape == (8, 16, 32) and (disk_only[...] == 3000).all()
+    third = vb.array(url, cache=stacked)
+    assert third.shape == (8, 16, 32) and (third[...] == 3000).all()
+
+
 @pytest.mark.parametrize("fmt,kw", [("ome-zarr", {"ome_version": "0.4"}), ("ome-zarr", {"ome_version": "0.5"}), ("n5", {})])
 def test_cache_entries_are_dropped_when_a_scale_changed_behind_it(tmp_path, kind, fmt, kw):
     """A pyramid recreated behind the cache with its root document unchanged (an OME-Zarr's

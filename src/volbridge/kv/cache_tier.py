@@ -341,7 +341,7 @@ class CacheTier(KVStore):
         change would go unseen. One batch of reads, for metadata writes only."""
         prior = self.document_stamp(keys)
         if prior:
-            now = self.backing.get_many(list(prior))
+            now = self._current(list(prior))
             self._stats.add(reads=1, requests=1)
             if any(document_digest(now.get(key)) != digest for key, digest in prior.items()):
                 self.drop_changed()
@@ -432,7 +432,7 @@ class CacheTier(KVStore):
         cached = self.cached(keys) if used is None else {k: ABSENT if v is None else v for k, v in used.items()}
         if not cached:
             return False
-        fresh = self.backing.get_many(cached)  # one batch: an object store asks concurrently
+        fresh = self._current(list(cached))  # one batch: an object store asks concurrently
         self._stats.add(reads=1, requests=1)
         return self._drop_if_changed(cached, fresh)
 
@@ -445,7 +445,7 @@ class CacheTier(KVStore):
         for _ in range(2):
             cached = self.cached(keys)
             ticket = self._ticket(keys)
-            fresh = self.backing.get_many(keys)
+            fresh = self._current(keys)
             self._stats.add(reads=1, requests=1, bytes_read=sum(map(len, fresh.values())))
             # A drop refuses every fill that began before it, this one's too: then read them
             # again (rare: the volume changed), so copies are cached to compare at the next open.
@@ -456,6 +456,15 @@ class CacheTier(KVStore):
         # transaction and a file per open of a disk cache, which processes share)
         self._fill(ticket, {key: fresh.get(key, ABSENT) for key in keys if key not in cached})
         return fresh
+
+    def _current(self, keys: list[str]) -> Mapping[str, bytes]:
+        """The backing store's values of ``keys`` as they are now. Through a cache tier beneath
+        (a memory tier over a disk tier), after that tier compared its own copies with what is
+        beneath it: its copies are stale exactly when this tier's are, and read as they are they
+        would hide the change from both."""
+        if isinstance(self.backing, CacheTier):
+            return self.backing.refresh(keys)
+        return self.backing.get_many(keys)
 
     def cached(self, keys: Iterable[str]) -> dict:
         """The cached copies of ``keys`` there are (ABSENT for a cached absence); no request."""
@@ -478,6 +487,8 @@ class CacheTier(KVStore):
         ``stats.invalidations``."""
         self.invalidate()
         self._stats.add(invalidations=1)
+        if isinstance(self.backing, CacheTier):  # beneath, the same objects changed behind it too
+            self.backing.drop_changed()
 
     # Digests of the metadata documents opens through the cache saw, kept apart from the entries
     # (never evicted): a volume recreated behind the cache after the LRU evicted its cached
@@ -486,13 +497,32 @@ class CacheTier(KVStore):
     # image that holds it (two stores, one object) share them as they share entries.
     def document_stamp(self, keys: Iterable[str]) -> dict[str, str]:
         """``{document key: digest}`` kept for those of ``keys`` that opens through the cache saw
-        or writes through it wrote ({} where unreadable)."""
-        return self._stamp_get(list(dict.fromkeys(keys)))
+        or writes through it wrote ({} where unreadable); where this tier has none, those of the
+        tiers beneath it (a fresh memory tier over a disk tier that opens in other processes
+        stamped)."""
+        keys = list(dict.fromkeys(keys))
+        found: dict[str, str] = {}
+        for tier in self.tiers():
+            missing = [key for key in keys if key not in found]
+            if not missing:
+                break
+            found.update(tier._stamp_get(missing))
+        return found
 
     def set_document_stamp(self, digests: Mapping[str, str]) -> None:
-        """Keep ``digests`` for the next opens (beside the other documents' digests)."""
+        """Keep ``digests`` for the next opens (beside the other documents' digests), in the
+        tiers beneath too."""
         if digests:
-            self._stamp_put(dict(digests))
+            for tier in self.tiers():
+                tier._stamp_put(dict(digests))
+
+    def tiers(self) -> list["CacheTier"]:
+        """This tier and the cache tiers beneath it, outermost first."""
+        out, tier = [], self
+        while isinstance(tier, CacheTier):
+            out.append(tier)
+            tier = tier.backing
+        return out
 
     @abstractmethod
     def _stamp_get(self, keys: list[str]) -> dict[str, str]:

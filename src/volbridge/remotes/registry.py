@@ -175,7 +175,7 @@ def _open_cached(store: CacheTier, url: str, fmt: str | None, mode: str) -> Volu
     evicted, and a copy cached again since (by a racing open, say). Any change drops the cache's
     entries, and the volume is opened again."""
     markers = _markers()
-    invalidations = store.stats.invalidations
+    invalidations = _tier_count(store, "invalidations")
     docs = read_docs(store, markers, store.refresh) if fmt is None else None
     batch = docs is not None  # else detection asks one marker at a time: a second batch would fail as well
     fresh = set(docs or ())
@@ -187,11 +187,11 @@ def _open_cached(store: CacheTier, url: str, fmt: str | None, mode: str) -> Volu
             again = _open_format(store, url, fmt, mode, read_docs(store, markers, store.refresh) if batch else None, batch)
         return again, seen
 
-    hits = store.stats.hits
+    hits = _tier_count(store, "hits")
     seen: dict = {}
     # dropped by refresh (or by a racing open, whose drop leaves the documents read next current;
     # the counter is shared by the handles of a shared memory cache)
-    reopened = store.stats.invalidations != invalidations
+    reopened = _tier_count(store, "invalidations") != invalidations
     try:
         with documents_read() as seen:
             volume = _open_format(store, url, fmt, mode, docs, batch)
@@ -223,7 +223,13 @@ def _changed_since_cached(store: CacheTier, seen: dict, fresh: set, hits: int) -
     backing store, changed behind ``store`` (which then dropped its entries): compared only
     where the open had any from the cache (``hits`` before)."""
     keys = [key for key in seen if key not in fresh]
-    return bool(keys) and store.stats.hits != hits and store.revalidate(keys, {key: seen[key] for key in keys})
+    return bool(keys) and _tier_count(store, "hits") != hits and store.revalidate(keys, {key: seen[key] for key in keys})
+
+
+def _tier_count(store: CacheTier, counter: str) -> int:
+    """``counter`` of the stats of ``store`` and the cache tiers beneath it: a memory tier over a
+    disk tier serves hits from either."""
+    return sum(getattr(tier.stats, counter) for tier in store.tiers())
 
 
 def _open_format(store: KVStore, url: str, fmt: str | None, mode: str, docs: dict | None,
