@@ -946,6 +946,36 @@ def test_cache_entries_are_dropped_when_the_volume_changed_behind_it(tmp_path, k
     assert (third[...] == 1000).all() and third.volume.store.stats.hits > hits
 
 
+def test_a_write_through_one_memory_cache_is_seen_through_every_other_on_the_same_objects(tmp_path):
+    """(review) cache=<bytes> is one cache per bound and per store, so a reader with another
+    bound, or an OME-Zarr image read beside its scale array opened on its own, kept serving
+    what a write through another handle had replaced. A write now drops the copies of the
+    other shared caches of the same objects, and an invalidation drops them all."""
+    url = f"precomputed://{tmp_path}/vol"
+    vb.create(url, shape=(8, 16, 16), chunk_shape=(8, 8, 8), dtype="uint8")[...] = 1
+    reader = vb.array(url, cache=1 << 20)
+    assert (reader[...] == 1).all()
+    vb.array(url, mode="r+", cache=1 << 30)[...] = 5
+    assert (reader[...] == 5).all()
+    vb.array(url, mode="r+", cache=1 << 30)[2:6, 3:9, 1:15] = 6  # partial chunks: read-modify-written
+    expect = np.full((8, 16, 16), 5, np.uint8)
+    expect[2:6, 3:9, 1:15] = 6
+    assert (reader[...] == expect).all()
+
+    image = f"{tmp_path}/img.zarr"
+    vb.create(f"ome-zarr://{image}", shape=(8, 16, 16), chunk_shape=(8, 8, 8), dtype="uint8")[...] = 1
+    img = vb.array(f"ome-zarr://{image}", cache=1 << 26, mode="r+")
+    scale = vb.array(f"zarr://{image}/0", cache=1 << 26, mode="r+")
+    assert img[0, 0, 0] == scale[0, 0, 0] == 1
+    scale[...] = 7
+    assert (img[...] == 7).all()
+    img[...] = 9
+    assert (scale[...] == 9).all()
+    before = scale.volume.store.stats.entries
+    img.volume.store.invalidate()
+    assert before and scale.volume.store.stats.entries == 0
+
+
 @pytest.mark.parametrize("shared", [False, True])
 @pytest.mark.parametrize("fmt", ["precomputed", "zarr3"])
 def test_a_memory_tier_over_a_disk_tier_sees_a_change_behind_both(tmp_path, fmt, shared):

@@ -19,17 +19,22 @@ from collections import OrderedDict
 from typing import Mapping
 
 from .base import KVStore
-from .cache_tier import ABSENT, BUCKETS, CacheStats, CacheTier, _Absent
+from .cache_tier import ABSENT, ABSENT_CHARGE, BUCKETS, CacheStats, CacheTier, _Absent
 
 __all__ = ["MemoryCache"]
+
+
+def _bucket(key: str) -> int:
+    return hash(key) % BUCKETS
 
 
 class _State:
     """What a memory cache holds, apart from its backing store."""
 
-    __slots__ = ("lock", "stats", "entries", "gens", "inflight", "stamp", "__weakref__")
+    __slots__ = ("identity", "lock", "stats", "entries", "gens", "inflight", "stamp", "__weakref__")
 
-    def __init__(self):
+    def __init__(self, identity: str):
+        self.identity = identity.rstrip("/") + "/"  # keys are named under it
         self.lock = threading.Lock()
         # The stats share the cache's lock: bytes_cached, entries and evictions change together
         # with the entries themselves, under one acquisition.
@@ -38,6 +43,38 @@ class _State:
         self.gens = [0] * BUCKETS  # per bucket: bumped when a write begins and when it ends
         self.inflight = [0] * BUCKETS  # per bucket: writes between begin and end
         self.stamp: dict[str, str] = {}  # CacheTier.document_stamp: {key: digest}
+
+    def begin_foreign_write(self, keys: list[str]) -> None:
+        """Another shared cache writes these keys' objects: drop them here, and refuse fills of
+        their buckets until it ends (:meth:`end_foreign_write`)."""
+        with self.lock:
+            for key in keys:
+                b = _bucket(key)
+                self.gens[b] += 1
+                self.inflight[b] += 1
+                self._drop_locked(key)
+
+    def end_foreign_write(self, keys: list[str]) -> None:
+        with self.lock:
+            for key in keys:
+                b = _bucket(key)
+                self.inflight[b] -= 1
+                self.gens[b] += 1
+                self._drop_locked(key)  # a fill that read the old value before the write began
+
+    def _drop_locked(self, key: str) -> None:
+        old = self.entries.pop(key, None)
+        if old is not None:
+            self.stats.bytes_cached -= ABSENT_CHARGE if old is ABSENT else len(old)
+            self.stats.entries -= 1
+
+    def drop_all(self) -> None:
+        with self.lock:
+            for b in range(BUCKETS):
+                self.gens[b] += 1
+            self.entries.clear()
+            self.stats.bytes_cached = 0
+            self.stats.entries = 0
 
 
 _registry: "weakref.WeakValueDictionary[tuple, _State]" = weakref.WeakValueDictionary()
@@ -57,16 +94,15 @@ class MemoryCache(CacheTier):
         with _registry_lock:
             state = _registry.get(key) if shared else None
             if state is None:
-                state = _State()
+                state = _State(self.identity)
                 if shared:
                     _registry[key] = state
         self._state = state  # held, so the shared state lives as long as a handle uses it
+        self._shared = shared
         self._lock, self._stats, self._entries = state.lock, state.stats, state.entries
         self._gens, self._inflight = state.gens, state.inflight
 
-    @staticmethod
-    def _bucket(key: str) -> int:
-        return hash(key) % BUCKETS
+    _bucket = staticmethod(_bucket)
 
     # -- hooks (callers of the _locked helpers hold self._lock) -----------------------------------
     def _lookup(self, key: str, transient: bool) -> bytes | _Absent | None:
@@ -91,7 +127,35 @@ class MemoryCache(CacheTier):
                 if self._gens[b] == ticket[key] and not self._inflight[b]:
                     self._install_locked(key, value)
 
-    def _begin_write(self, keys: list[str]) -> dict[str, int]:
+    def _peers(self, keys: list[str]) -> list[tuple[_State, list[str]]]:
+        """The other shared memory caches of this process that may hold objects of ``keys``, each
+        with the keys it names them by: the same objects under another bound or setting, or
+        through a parent or child store (an OME-Zarr image and its scale array). A write through
+        this cache drops their copies too, as one through a disk cache drops the copy every
+        handle of the directory sees."""
+        if not self._shared:
+            return []
+        mine = self._state.identity
+        with _registry_lock:
+            states = [st for st in _registry.values() if st is not self._state]
+        out = []
+        for st in states:
+            if mine.startswith(st.identity):  # theirs is this store or a parent of it
+                under = mine[len(st.identity):]
+                named = [under + key for key in keys]
+            elif st.identity.startswith(mine):  # a child: the keys beneath its prefix
+                under = st.identity[len(mine):]
+                named = [key[len(under):] for key in keys if key.startswith(under)]
+            else:
+                continue
+            if named:
+                out.append((st, named))
+        return out
+
+    def _begin_write(self, keys: list[str]) -> tuple[dict[str, int], list]:
+        peers = self._peers(keys)
+        for st, named in peers:
+            st.begin_foreign_write(named)
         with self._lock:
             for key in keys:
                 b = self._bucket(key)
@@ -99,9 +163,12 @@ class MemoryCache(CacheTier):
                 self._inflight[b] += 1
                 self._remove_locked(key)
             # The generations once this write has begun (after all its own bumps).
-            return {k: self._gens[self._bucket(k)] for k in keys}
+            return {k: self._gens[self._bucket(k)] for k in keys}, peers
 
-    def _end_write(self, ticket: dict[str, int], values: Mapping[str, bytes | memoryview | _Absent]) -> None:
+    def _end_write(self, begun: tuple[dict[str, int], list], values: Mapping[str, bytes | memoryview | _Absent]) -> None:
+        ticket, peers = begun
+        for st, named in peers:
+            st.end_foreign_write(named)
         values = {k: v if v is ABSENT or type(v) is bytes else bytes(v) for k, v in values.items()}
         with self._lock:
             for key in ticket:
@@ -120,10 +187,7 @@ class MemoryCache(CacheTier):
 
     # -- the LRU ----------------------------------------------------------------------------------
     def _remove_locked(self, key: str) -> None:
-        old = self._entries.pop(key, None)
-        if old is not None:
-            self._stats.bytes_cached -= self._charge(old)
-            self._stats.entries -= 1
+        self._state._drop_locked(key)
 
     def _install_locked(self, key: str, value: bytes | _Absent) -> None:
         self._remove_locked(key)
@@ -140,11 +204,16 @@ class MemoryCache(CacheTier):
         st.entries += 1
 
     def invalidate(self) -> None:
-        """Drop every entry, and refuse every fill that began before (its bucket moved on)."""
-        with self._lock:
-            for b in range(BUCKETS):
-                self._gens[b] += 1
-        self.clear()
+        """Drop every entry, and refuse every fill that began before (its bucket moved on); in
+        the other shared caches of the same objects too (:meth:`_peers`)."""
+        self._state.drop_all()
+        if self._shared:
+            mine = self._state.identity
+            with _registry_lock:
+                states = [st for st in _registry.values() if st is not self._state]
+            for st in states:
+                if mine.startswith(st.identity) or st.identity.startswith(mine):
+                    st.drop_all()
 
     def clear(self) -> None:
         with self._lock:
