@@ -433,7 +433,11 @@ class _ObjectRangeReader(RangeReader):
         if end is None and start >= 0:
             raise ValueError("a range needs an end, or a negative start for a suffix")
         where = f"{self.where} bytes {start}-{'' if end is None else end}"
+        if end is not None and (start < 0 or end < start):  # asked of the service, it would be retried
+            raise StoreError(f"{where} were asked for: not a range of bytes")
         if end is not None and end == start:
+            if start > 0:  # the byte before it says whether the value reaches there (a HEAD's size is
+                return None if self.read(start - 1, start) is None else b""  # the stored, maybe encoded, size)
             if self.store.exists(self.key):
                 return b""
             self.absent = True
@@ -509,7 +513,15 @@ class _ObjectRangeReader(RangeReader):
             return None
         if self.etag is None:
             self.etag = st.etag
+        try:
+            data = self.read(st.size - min(n, st.size), st.size)
+        except StoreError:
+            if self.value is None:
+                raise
+            # (an encoded value decoded shorter than its stored bytes: the range read of it failed)
+        if self.value is not None:  # stored with a Content-Encoding: the suffix is of the decoded value
+            return super().read(-n)
         if n > st.size:
             raise StoreError(f"{self.where} has {st.size} bytes; the last {n} were asked for")
-        return self.read(st.size - n, st.size)
+        return data
 
