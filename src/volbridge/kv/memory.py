@@ -7,7 +7,6 @@ space for tests and for volumes that never need to touch disk.
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
 from typing import Iterable, Iterator
 
 from .base import KVStore, ObjectStat, StoreStats, Updater
@@ -23,7 +22,7 @@ class MemoryStore(KVStore):
         self.stats = StoreStats()
         self._data: dict[str, bytes] = {}
         self._lock = threading.Lock()
-        self._key_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._key_locks: dict[str, list] = {}  # key -> [lock, updates holding or waiting for it]
 
     @classmethod
     def named(cls, name: str) -> "MemoryStore":
@@ -63,9 +62,24 @@ class MemoryStore(KVStore):
         return iter([k for k in list(self._data) if k.startswith(prefix)])
 
     def update(self, key: str, fn: Updater, *, needs_old: bool = True, content_encoding: str | None = None) -> bytes:
+        # a lock per key being updated, dropped once no update holds it (not one per key ever written)
         with self._lock:
-            key_lock = self._key_locks[key]
-        with key_lock:
-            new = bytes(fn(self._data.get(key) if needs_old else None))
-            self._data[key] = new
-            return new
+            held = self._key_locks.get(key)
+            if held is None:
+                held = self._key_locks[key] = [threading.Lock(), 0]
+            held[1] += 1
+        try:
+            with held[0]:
+                old = None
+                if needs_old:  # counted as the other stores count it: a read, then a write
+                    old = self._data.get(key)
+                    self.stats.add(requests=1, bytes_read=0 if old is None else len(old))
+                new = bytes(fn(old))
+                self._data[key] = new
+                self.stats.add(requests=1, bytes_written=len(new))
+                return new
+        finally:
+            with self._lock:
+                held[1] -= 1
+                if not held[1]:
+                    del self._key_locks[key]
