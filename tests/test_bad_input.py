@@ -228,6 +228,36 @@ def test_create_validation(tmp_path, kw, message):
     assert not (tmp_path / "v" / "info").exists()
 
 
+# -- settings from the environment ---------------------------------------------------------------
+@pytest.mark.parametrize("name,value,expected", [
+    ("VOLBRIDGE_TIMEOUT", "abc", "a number greater than 0"), ("VOLBRIDGE_TIMEOUT", "0", "a number greater than 0"),
+    ("VOLBRIDGE_TIMEOUT", "-1", "a number greater than 0"), ("VOLBRIDGE_TIMEOUT", "inf", "a number"),
+    ("VOLBRIDGE_MAX_ATTEMPTS", "0", "a whole number of at least 1"), ("VOLBRIDGE_MAX_ATTEMPTS", "2.5", "a whole number"),
+    ("VOLBRIDGE_THREADS", "abc", "a whole number of at least 1"), ("VOLBRIDGE_IO_CONCURRENCY", "0", "a whole number of at least 1"),
+])
+def test_bad_settings_in_the_environment_name_their_variable(monkeypatch, name, value, expected):
+    """(review) A bare ValueError from int() or from obstore's duration, or, for a timeout of 0,
+    GETs failing after every attempt on obstore while libcurl took it as no timeout at all."""
+    from volbridge.engine.parallel import default_threads
+    from volbridge.kv import open_store
+    from volbridge.kv.retry import RetryPolicy
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(vb.errors.InvalidArgumentError, match=f"{name}='{value}': expected {expected}"):
+        RetryPolicy()
+        default_threads()
+        open_store("http://127.0.0.1:9/vol")
+
+
+def test_bad_retry_policies_are_refused():
+    from volbridge.kv.retry import RetryPolicy
+
+    for kw in ({"max_attempts": 0}, {"max_attempts": 2.5}, {"timeout": 0}, {"connect_timeout": -1}):
+        with pytest.raises(vb.errors.InvalidArgumentError, match=f"{next(iter(kw))}="):
+            RetryPolicy(**kw)
+    assert RetryPolicy(max_attempts=1, timeout=0.5).timeout == 0.5
+
+
 # -- URLs and indices -----------------------------------------------------------------------------
 def test_bad_urls(tmp_path):
     with pytest.raises(URLError, match="no volume found"):
@@ -323,7 +353,7 @@ def test_the_chunk_bound_counts_what_a_chunk_holds(tmp_path, monkeypatch):
 def test_a_chunk_bound_that_is_not_a_number_is_named(tmp_path, monkeypatch):
     a, _ = make(tmp_path)
     monkeypatch.setenv("VOLBRIDGE_MAX_CHUNK_BYTES", "4GiB")
-    with pytest.raises(vb.errors.InvalidArgumentError, match="VOLBRIDGE_MAX_CHUNK_BYTES must be a whole number of bytes, not '4GiB'"):
+    with pytest.raises(vb.errors.InvalidArgumentError, match="VOLBRIDGE_MAX_CHUNK_BYTES=.4GiB.: expected a whole number"):
         a[0:1, 0:1, 0:1]
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 
 import json
-import os
 import shlex
 import sys
 from enum import Enum
@@ -30,6 +29,7 @@ from rich.text import Text
 
 from .api import array
 from .array import VolumeArray
+from .environment import number
 from .errors import UnsupportedError, VolbridgeError
 
 try:  # recent typer vendors click as ``typer._click``; its exceptions are not the click package's
@@ -345,7 +345,7 @@ def _executor(address: Optional[str], local=None):
     except ImportError as e:
         raise _BadValue("--dask needs the distributed package: pip install 'volbridge[dask]'", param_hint="'--dask'") from e
     try:
-        client = Client(address, timeout=float(os.environ.get("VOLBRIDGE_DASK_TIMEOUT", 30)))
+        client = Client(address, timeout=number("VOLBRIDGE_DASK_TIMEOUT", 30.0, float, above=0))
     except OSError as e:
         raise _BadValue(f"cannot reach the Dask scheduler at {address}: {e}", param_hint="'--dask'") from e
     try:

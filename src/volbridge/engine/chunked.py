@@ -10,15 +10,14 @@ wholly covered) or read-modify-write it (partly covered) through the store's ato
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 
+from ..environment import number
 from ..errors import (
     ChunkDecodeError,
     ChunkEncodeError,
     DTypeError,
-    InvalidArgumentError,
     MetadataError,
     ReadOnlyError,
     ShapeError,
@@ -48,13 +47,7 @@ ENCODER_MIN_BYTES = 128 << 10
 
 
 def _max_chunk_bytes() -> int:
-    env = os.environ.get("VOLBRIDGE_MAX_CHUNK_BYTES")
-    if not env:
-        return MAX_CHUNK_BYTES
-    try:
-        return int(env)
-    except ValueError:
-        raise InvalidArgumentError(f"VOLBRIDGE_MAX_CHUNK_BYTES must be a whole number of bytes, not {env!r}") from None
+    return number("VOLBRIDGE_MAX_CHUNK_BYTES", MAX_CHUNK_BYTES, least=1)
 
 
 def _largest_chunk(layout: ScaleLayout) -> tuple[tuple[int, ...], int]:

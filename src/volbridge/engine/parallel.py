@@ -19,6 +19,8 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Callable, Iterable, Iterator, TypeVar
 
+from ..environment import number
+
 T = TypeVar("T")
 
 _pool: ThreadPoolExecutor | None = None
@@ -44,14 +46,11 @@ def default_threads() -> int:
     The extra loop runs while another waits to take the GIL back after a syscall; on 2 cores it
     measured ~8% faster than 2 loops for cutouts and gzip reads, and 4 loops no better than 3.
     """
-    env = os.environ.get("VOLBRIDGE_THREADS")
-    if env:
-        return max(1, int(env))
-    return cores() + 1
+    return number("VOLBRIDGE_THREADS", cores() + 1, least=1)
 
 
 #: Upper bound on bytes held by in-flight chunk tasks (decoded chunk plus its stored bytes).
-MAX_BYTES_IN_FLIGHT = int(os.environ.get("VOLBRIDGE_MAX_BYTES_IN_FLIGHT", 512 * 2**20))
+MAX_BYTES_IN_FLIGHT = number("VOLBRIDGE_MAX_BYTES_IN_FLIGHT", 512 * 2**20, least=1)
 
 
 def pool() -> ThreadPoolExecutor:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ..environment import number
 from ..errors import InvalidArgumentError
 from .base import KVStore
 from .cache_disk import DiskCache
 from .cache_memory import MemoryCache
 
 #: Bound of a disk cache given only as a directory (``VOLBRIDGE_DISK_CACHE_BYTES`` overrides).
-DEFAULT_DISK_CACHE_BYTES = int(os.environ.get("VOLBRIDGE_DISK_CACHE_BYTES", 16 * 2**30))
+DEFAULT_DISK_CACHE_BYTES = number("VOLBRIDGE_DISK_CACHE_BYTES", 16 * 2**30, least=0)
 
 def with_cache(store: KVStore, cache: Any) -> KVStore:
     """``store`` under the cache ``cache`` names.

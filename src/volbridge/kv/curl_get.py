@@ -320,8 +320,9 @@ class CurlClient:
             return st.idle.pop()
         c = pycurl.Curl()
         c.setopt(pycurl.NOSIGNAL, 1)
-        c.setopt(pycurl.CONNECTTIMEOUT_MS, int(self.retry.connect_timeout * 1000))
-        c.setopt(pycurl.TIMEOUT_MS, int(self.retry.timeout * 1000))
+        # (at least 1 ms: libcurl takes 0 as no timeout at all)
+        c.setopt(pycurl.CONNECTTIMEOUT_MS, max(1, round(self.retry.connect_timeout * 1000)))
+        c.setopt(pycurl.TIMEOUT_MS, max(1, round(self.retry.timeout * 1000)))
         c.setopt(pycurl.PATH_AS_IS, 1)  # keys are sent as named, never with dot segments resolved
         c.setopt(pycurl.PROXY, self.proxy)
         if self.ca_file:

@@ -13,7 +13,6 @@ retry and applies :class:`RetryPolicy`; transport compression uses the ``Content
 from __future__ import annotations
 
 import functools
-import os
 import re
 from concurrent.futures import Future
 from datetime import timedelta
@@ -23,6 +22,7 @@ import obstore
 from obstore import exceptions as oe
 
 from .. import compression
+from ..environment import number
 from ..engine.parallel import (  # plain threading, no engine layer
     MAX_BYTES_IN_FLIGHT,
     ahead,
@@ -128,7 +128,7 @@ class ObjectStore(KVStore):
         self.read_only = read_only
         self.stats = StoreStats()
         # 32 requests in flight matched tensorstore at 20 ms latency (3 gave 0.2x): bench/results/s3_profile.md
-        self.io_concurrency = io_concurrency or int(os.environ.get("VOLBRIDGE_IO_CONCURRENCY", 32))
+        self.io_concurrency = io_concurrency or number("VOLBRIDGE_IO_CONCURRENCY", 32, least=1)
         #: whole-object GETs of many keys over libcurl (None: through obstore); see kv.curl_get
         self.getter = getter
         #: whole-object PUTs of many keys over libcurl (None: one obstore PUT per loop); see kv.curl_put

@@ -6,10 +6,12 @@ failure after the last attempt raises, naming the URL. Nothing is ever turned in
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from dataclasses import dataclass, field
+
+from ..environment import number
+from ..errors import InvalidArgumentError
 
 
 #: The jitter's own generator: drawing from the random module's would move the stream of a
@@ -56,8 +58,6 @@ def after_retries(error: BaseException) -> bool:
     return getattr(error, "after_retries", False)
 
 
-def _env(name: str, default: float, kind=float):
-    return kind(os.environ.get(name, default))
 
 
 @dataclass(frozen=True)
@@ -65,15 +65,23 @@ class RetryPolicy:
     """Defaults come from ``VOLBRIDGE_MAX_ATTEMPTS`` and ``VOLBRIDGE_TIMEOUT`` when set."""
 
     #: Attempts per request, the first included.
-    max_attempts: int = field(default_factory=lambda: _env("VOLBRIDGE_MAX_ATTEMPTS", 8, int))
+    max_attempts: int = field(default_factory=lambda: number("VOLBRIDGE_MAX_ATTEMPTS", 8, least=1))
     #: First backoff; each further one doubles, up to ``max_delay``; the sleep is uniform in [0, backoff].
     base_delay: float = 0.05
     max_delay: float = 5.0
     #: Per-request timeout, seconds (connect and total).
-    timeout: float = field(default_factory=lambda: _env("VOLBRIDGE_TIMEOUT", 60.0))
+    timeout: float = field(default_factory=lambda: number("VOLBRIDGE_TIMEOUT", 60.0, float, above=0))
     connect_timeout: float = 10.0
     #: Rounds of a conditional read-modify-write that may lose a race before giving up.
     max_conflicts: int = 200
+
+    def __post_init__(self):
+        # 0 attempts would never ask; libcurl takes a timeout of 0 as none, obstore as instant failure
+        if not (isinstance(self.max_attempts, int) and self.max_attempts >= 1):
+            raise InvalidArgumentError(f"max_attempts={self.max_attempts!r}: expected a whole number of at least 1")
+        for name in ("timeout", "connect_timeout"):
+            if not getattr(self, name) > 0:
+                raise InvalidArgumentError(f"{name}={getattr(self, name)!r}: expected seconds greater than 0")
 
     def backoff(self, attempt: int) -> float:
         """Seconds to sleep before retry number ``attempt`` (1-based)."""
