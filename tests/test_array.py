@@ -186,3 +186,29 @@ def test_read_into_equals_read_and_writes_every_voxel(tmp_path, fmt, shard):
     with pytest.raises(ShapeError, match="read-only"):  # (review) a bare ValueError from the engine before
         vol.read_into(Box((0, 0, 0), (8, 8, 8)), frozen)
     assert not frozen.any()
+
+
+@pytest.mark.parametrize("fmt,kw", [("zarr", {}), ("zarr3", {}), ("zarr3", {"shard_shape": (8, 8, 8)}), ("n5", {}),
+                                    ("ome-zarr", {"ome_version": "0.4"}), ("ome-zarr", {"ome_version": "0.5", "num_scales": 2})])
+@pytest.mark.parametrize("where", ["file", "mem"])
+def test_create_with_overwrite_starts_from_nothing(tmp_path, fmt, kw, where):
+    """(review) overwrite=True wrote new metadata over the old chunks: the new array read the
+    old voxels, or, recreated with another dtype, failed to decode them on every read and
+    partial write. As zarr-python and TensorStore do, the old objects go first; a recreate
+    whose arguments are refused leaves the old volume whole."""
+    base = f"file://{tmp_path}/v" if where == "file" else f"mem://overwrite-{fmt}-{len(kw)}-{kw.get('ome_version')}/v"
+    url = f"{fmt}://{base}"
+    old = vb.create(url, shape=(16, 16, 16), chunk_shape=(4, 4, 4), dtype="uint8", **kw)
+    old[...] = 7
+    if fmt == "ome-zarr":
+        with pytest.raises(vb.errors.UnsupportedError):
+            vb.create(url, shape=(16, 16, 16), chunk_shape=(4, 4, 4), dtype="uint8", compression="lzma", overwrite=True, **kw)
+        assert (vb.array(url)[...] == 7).all()
+    again = vb.create(url, shape=(16, 16, 24), chunk_shape=(4, 4, 4), dtype="uint16",
+                      **{k: v for k, v in kw.items() if k != "num_scales"}, overwrite=True)
+    assert again.dtype == np.uint16 and (again[...] == 0).all()
+    again[1:3, 2:5, 3:9] = 1000  # read-modify-write of chunks that must not find the old bytes
+    expect = np.zeros((16, 16, 24), np.uint16)
+    expect[1:3, 2:5, 3:9] = 1000
+    reopened = vb.array(url)
+    assert reopened.scales == again.scales and (reopened[...] == expect).all()

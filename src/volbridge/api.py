@@ -52,6 +52,11 @@ def create(
     codec), so that a flipped bit raises on reading instead of decoding to other voxels. Such
     chunks are decoded one by one, not in the batched native loop: a local read measured ~30 %
     slower.
+
+    ``overwrite=True`` where a volume exists: a zarr array, OME-Zarr image or N5 dataset is
+    replaced whole (every object under it is deleted first, as zarr-python does); a precomputed
+    volume gets the new ``info`` and keeps its chunks and shards, as CloudVolume's
+    ``commit_info`` does (give a new path for a new volume).
     """
     if axis_order not in AXIS_ORDERS:
         raise InvalidArgumentError(f"axis_order must be 'zyx' or 'xyz', got {axis_order!r}")

@@ -65,6 +65,15 @@ def documents_read() -> Iterator[dict[str, bytes | None]]:
         _documents_read.reset(token)
 
 
+def clear_for_overwrite(store: "KVStore") -> None:
+    """Delete every object under ``store``, before a ``create(overwrite=True)`` writes a new
+    volume where one was: its chunks left in place would read as the new volume's voxels (or
+    fail to decode as its dtype), where zarr-python and TensorStore start from nothing."""
+    keys = list(store.list())
+    if keys:
+        store.delete_many(keys)
+
+
 def read_docs(store: "KVStore", keys: list[str] | tuple[str, ...], get_many=None) -> dict | None:
     """Metadata documents asked for at once (over a network store one round trip, where asking
     one by one takes one each): ``{key: bytes, or None when absent}``. None where some key cannot

@@ -22,7 +22,7 @@ from ..codecs.zarr_pipeline import v2_compressor
 from ..errors import ChunkDecodeError, MetadataError, UnsupportedError
 from ..geometry import Box, Cell, ChunkGrid
 from ..kv import KVStore
-from .base import ChunkedDataset, ScaleLayout, ScaleMeta, VolumeMeta, read_doc, read_docs
+from .base import ChunkedDataset, ScaleLayout, ScaleMeta, VolumeMeta, clear_for_overwrite, read_doc, read_docs
 
 ATTRS = "attributes.json"
 _TYPES = ("uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "float32", "float64")
@@ -218,7 +218,8 @@ class N5Dataset(ChunkedDataset):
                **ignored) -> N5Dataset:
         if any(bounds.start):
             raise UnsupportedError("an N5 dataset starts at 0: give shape=, or bounds starting at (0, 0, 0)")
-        if not overwrite and (store.get(ATTRS) is not None or store.get(f"s0/{ATTRS}") is not None):
+        existing = store.get(ATTRS) is not None or store.get(f"s0/{ATTRS}") is not None
+        if existing and not overwrite:
             raise MetadataError(f"an N5 dataset already exists at {store.url} (pass overwrite=True to replace it)")
         dtype = np.dtype(dtype)
         if dtype.name not in _TYPES:
@@ -238,6 +239,8 @@ class N5Dataset(ChunkedDataset):
             dims = [math.ceil(s / fi) for s, fi in zip(bounds.stop, f)]
             return {"dimensions": dims + extra, "blockSize": list(chunk_shape) + extra, "dataType": dtype.name,
                     "compression": comp[compression], "downsamplingFactors": f + per_channel}
+        if existing:
+            clear_for_overwrite(store)
         if num_scales == 1:
             store.put(ATTRS, json.dumps({"n5": "4.0.0", **attrs(0), "resolution": list(resolution) + per_channel,
                                          "units": ["nm"] * 3 + [""] * len(extra)}).encode())

@@ -14,9 +14,9 @@ import math
 
 from ..errors import MetadataError, UnsupportedError
 from ..geometry import Box
-from ..kv import KVStore
+from ..kv import KVStore, MemoryStore
 from . import zarr
-from .base import ChunkedDataset, VolumeMeta, read_doc, read_docs
+from .base import ChunkedDataset, VolumeMeta, clear_for_overwrite, read_doc, read_docs
 
 #: UDUNITS length names -> nanometres.
 UNITS_NM = {"angstrom": 0.1, "picometer": 1e-3, "nanometer": 1.0, "micrometer": 1e3, "micron": 1e3,
@@ -186,22 +186,29 @@ class OmeZarrDataset(ChunkedDataset):
         """
         if ome_version not in ("0.4", "0.5"):
             raise UnsupportedError(f"OME-Zarr version {ome_version!r}: volbridge writes '0.4' (zarr v2) or '0.5' (zarr v3)")
-        if not overwrite and _group_attrs(store) is not None:
+        existing = _group_attrs(store) is not None
+        if existing and not overwrite:
             raise MetadataError(f"an OME-Zarr image already exists at {store.url} (pass overwrite=True)")
         axes = ([{"name": "c", "type": "channel"}] if num_channels > 1 else []) + [
             {"name": n, "type": "space", "unit": "nanometer"} for n in "zyx"]
         lead = [1.0] if num_channels > 1 else []
+
+        def scale_array(at: KVStore, shape) -> None:
+            zarr.ZarrDataset.create(at, bounds=Box((0, 0, 0), tuple(shape)), dtype=dtype, chunk_shape=chunk_shape,
+                                    num_channels=num_channels, zarr_format=2 if ome_version == "0.4" else 3,
+                                    compression=compression, overwrite=overwrite,
+                                    dimension_names=[a["name"] for a in axes], shard_shape=shard_shape, checksum=checksum)
+
+        if existing:  # the arguments checked first (on a scratch store), then every scale of the old pyramid goes
+            scale_array(MemoryStore(), [b - a for a, b in zip(bounds.start, bounds.stop)])
+            clear_for_overwrite(store)
         datasets = []
         for level in range(num_scales):
             f = [fi**level for fi in factor]
             start = [math.floor(a / fi) for a, fi in zip(bounds.start, f)]
             stop = [math.ceil(b / fi) for b, fi in zip(bounds.stop, f)]
             res = [r * fi for r, fi in zip(resolution, f)]
-            zarr.ZarrDataset.create(store.child(str(level)), bounds=Box((0, 0, 0), tuple(b - a for a, b in zip(start, stop))),
-                                    dtype=dtype, chunk_shape=chunk_shape, num_channels=num_channels,
-                                    zarr_format=2 if ome_version == "0.4" else 3, compression=compression,
-                                    overwrite=overwrite, dimension_names=[a["name"] for a in axes],
-                                    shard_shape=shard_shape, checksum=checksum)
+            scale_array(store.child(str(level)), [b - a for a, b in zip(start, stop)])
             origin_nm = [float(a * r) for a, r in zip(start[::-1], res[::-1])]  # z, y, x
             datasets.append({"path": str(level), "coordinateTransformations": [
                 {"type": "scale", "scale": lead + [float(r) for r in res[::-1]]},

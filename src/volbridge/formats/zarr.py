@@ -20,7 +20,7 @@ from ..codecs.zarr_pipeline import ZarrPipeline, v2_compressor, v3_pipeline
 from ..errors import MetadataError, UnsupportedError
 from ..geometry import Box, Cell, ChunkGrid
 from ..kv import KVStore
-from .base import ChunkedDataset, ScaleLayout, ScaleMeta, VolumeMeta, read_doc
+from .base import ChunkedDataset, ScaleLayout, ScaleMeta, VolumeMeta, clear_for_overwrite, read_doc
 from .zarr_sharding import ZarrShardIndexCodec, ZarrSharding
 
 V2_META, V3_META = ".zarray", "zarr.json"
@@ -355,9 +355,9 @@ class ZarrDataset(ChunkedDataset):
                **ignored) -> "ZarrDataset":
         if any(bounds.start):
             raise UnsupportedError("a zarr array starts at 0: give shape=, or bounds starting at (0, 0, 0)")
-        for key in (V2_META, V3_META):
-            if store.get(key) is not None and not overwrite:
-                raise MetadataError(f"a zarr array already exists at {store.url} (pass overwrite=True to replace it)")
+        existing = any(store.get(key) is not None for key in (V2_META, V3_META))
+        if existing and not overwrite:
+            raise MetadataError(f"a zarr array already exists at {store.url} (pass overwrite=True to replace it)")
         dtype = np.dtype(dtype)
         shape = tuple(bounds.stop[::-1])
         chunks = tuple(chunk_shape[::-1])
@@ -376,6 +376,8 @@ class ZarrDataset(ChunkedDataset):
             doc = {"zarr_format": 2, "shape": list(shape), "chunks": list(chunks), "dtype": dtype.newbyteorder("<").str if dtype.itemsize > 1 else dtype.str,
                    "compressor": comp[compression], "fill_value": fill_json(fill, dtype), "order": "C", "filters": None,
                    "dimension_separator": "/"}
+            if existing:
+                clear_for_overwrite(store)
             store.put(V2_META, json.dumps(doc, indent=2).encode())
             store.delete(V3_META)
             return cls(store, parse_v2(json.dumps(doc).encode(), f"{store.url}/{V2_META}"))
@@ -405,6 +407,8 @@ class ZarrDataset(ChunkedDataset):
                "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
                "fill_value": fill_json(fill, dtype), "codecs": codecs,
                "attributes": {}, "dimension_names": names}
+        if existing:
+            clear_for_overwrite(store)
         store.put(V3_META, json.dumps(doc, indent=2).encode())
         store.delete(V2_META)
         return cls(store, parse_v3(json.dumps(doc).encode(), f"{store.url}/{V3_META}"))
