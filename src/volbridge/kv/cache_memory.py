@@ -133,21 +133,15 @@ class MemoryCache(CacheTier):
         through a parent or child store (an OME-Zarr image and its scale array). A write through
         this cache drops their copies too, as one through a disk cache drops the copy every
         handle of the directory sees."""
-        if not self._shared:
-            return []
         mine = self._state.identity
-        with _registry_lock:
-            states = [st for st in _registry.values() if st is not self._state]
         out = []
-        for st in states:
+        for st in self._overlapping():
             if mine.startswith(st.identity):  # theirs is this store or a parent of it
                 under = mine[len(st.identity):]
                 named = [under + key for key in keys]
-            elif st.identity.startswith(mine):  # a child: the keys beneath its prefix
+            else:  # a child: the keys beneath its prefix
                 under = st.identity[len(mine):]
                 named = [key[len(under):] for key in keys if key.startswith(under)]
-            else:
-                continue
             if named:
                 out.append((st, named))
         return out
@@ -207,13 +201,18 @@ class MemoryCache(CacheTier):
         """Drop every entry, and refuse every fill that began before (its bucket moved on); in
         the other shared caches of the same objects too (:meth:`_peers`)."""
         self._state.drop_all()
-        if self._shared:
-            mine = self._state.identity
-            with _registry_lock:
-                states = [st for st in _registry.values() if st is not self._state]
-            for st in states:
-                if mine.startswith(st.identity) or st.identity.startswith(mine):
-                    st.drop_all()
+        for st in self._overlapping():
+            st.drop_all()
+
+    def _overlapping(self) -> list[_State]:
+        """The other shared states of this process over some of the same objects: the same
+        identity, or a parent's or a child's."""
+        if not self._shared:
+            return []
+        mine = self._state.identity
+        with _registry_lock:
+            states = list(_registry.values())
+        return [st for st in states if st is not self._state and (mine.startswith(st.identity) or st.identity.startswith(mine))]
 
     def clear(self) -> None:
         with self._lock:
