@@ -259,3 +259,36 @@ def test_filter_keeps_only_the_given_ids(relay):
     raw = imagecodecs.blosc_decode(_cut(relay, f"lab/em/seg/0/0:260/0:200/0:20/?filter={','.join(map(str, keep))}", "application/blosc"))
     got = np.frombuffer(raw, np.uint64).reshape(model.shape)
     np.testing.assert_array_equal(got, np.where(np.isin(model, keep), model, 0))
+
+
+def test_ids_beyond_a_uint32_channel_are_refused_not_wrapped(tmp_path):
+    """(review) filter=2^32+1 on a uint32 annotation channel was cast down to id 1 and kept its
+    voxels; reserve handed out ids past 2^32-1, which the channel cannot store."""
+    from volbridge.relay import RelayConfig
+    from volbridge.relay.serve import RelayServer
+
+    seg = np.zeros((4, 16, 16), np.uint32)
+    seg[1:3, 2:9, 3:12] = 1
+    seg[0, 0, 0] = 2**32 - 10
+    vb.create(f"precomputed://{tmp_path}/seg32", shape=seg.shape, chunk_shape=(4, 16, 16), dtype="uint32",
+              layer_type="segmentation")[...] = seg
+    cfg = RelayConfig.from_dict({
+        "server": {"host": "127.0.0.1", "port": 0},
+        "sources": {"lab/em/seg32": {"url": f"precomputed://{tmp_path}/seg32", "writable": True}},
+        "tokens": [{"token": TOKEN, "write": ["lab/*"], "read": ["lab/*"]}],
+    })
+    server = RelayServer(cfg, log_level="warning").start()
+    try:
+        raw = imagecodecs.blosc_decode(_cut(server, "lab/em/seg32/0/0:16/0:16/0:4/?filter=1", "application/blosc"))
+        np.testing.assert_array_equal(np.frombuffer(raw, np.uint32).reshape(seg.shape), np.where(seg == 1, seg, 0))
+        status, body, _ = http("GET", f"{server.url}/v1/cutout/lab/em/seg32/0/0:16/0:16/0:4/?filter={2**32 + 1}",
+                               token=TOKEN, headers={"Accept": "application/blosc"})
+        assert status == 400 and "beyond what this uint32 channel holds" in error_body(body)["message"]
+        status, body, _ = http("GET", f"{server.url}/v1/reserve/lab/em/seg32/5/", token=TOKEN)
+        assert status == 200 and json.loads(body)["start_id"] == 2**32 - 9
+        status, body, _ = http("GET", f"{server.url}/v1/reserve/lab/em/seg32/10/", token=TOKEN)
+        assert status == 400 and "beyond what a uint32 channel holds" in error_body(body)["message"]
+        status, body, _ = http("GET", f"{server.url}/v1/reserve/lab/em/seg32/4/", token=TOKEN)
+        assert status == 200 and json.loads(body)["start_id"] == 2**32 - 4  # the refused request reserved nothing
+    finally:
+        server.stop()

@@ -307,6 +307,9 @@ async def cutout_get(request: Request):
             ids = np.array([int(i) for i in q["filter"].split(",") if i.strip()], dtype=np.uint64)
         except (ValueError, OverflowError):
             raise RelayError(400, BAD_REQUEST, f"filter must be comma-separated ids from 0 to 2^64-1, got {q['filter']!r}") from None
+        top = np.iinfo(src.meta.dtype).max if np.dtype(src.meta.dtype).kind in "ui" else None
+        if top is not None and ids.size and int(ids.max()) > top:  # cast down, it would wrap onto another id
+            raise RelayError(400, BAD_REQUEST, f"filter id {int(ids.max())} is beyond what this {src.meta.dtype} channel holds (at most {top})")
     media = negotiate(request.headers.get("accept", ""))
     if media == cutout.JPEG and (box.shape[0] > 65500 or box.shape[1] * box.shape[2] * ((t[1] - t[0]) if t else 1) > 65500):
         raise RelayError(413, TOO_LARGE, "a JPEG cutout stacks z along y and holds at most 65500 rows; ask for fewer z or y")

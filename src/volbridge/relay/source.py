@@ -25,7 +25,7 @@ import numpy as np
 from ..engine.chunked import ChunkedVolume
 from ..engine.parallel import run_bounded
 from ..engine.volume import Volume
-from ..errors import InvalidIndexError, ReadOnlyError, StoreError
+from ..errors import InvalidArgumentError, InvalidIndexError, ReadOnlyError, StoreError
 from ..formats.precomputed import PrecomputedDataset
 from ..geometry import Box, ChunkGrid
 from ..kv import KVStore
@@ -349,8 +349,11 @@ class RelaySource:
         """The first of ``count`` new ids, above every id in scale 0, every id reserved before in
         this process, and ``floor`` (the next id a resource document kept across restarts)."""
         self.max_id()
+        top = int(np.iinfo(self.meta.dtype).max) if np.dtype(self.meta.dtype).kind in "ui" else None
         with self._reserve_lock:
             start = max(self._next_id, floor)
+            if top is not None and start + count - 1 > top:
+                raise InvalidArgumentError(f"{count} new ids from {start} go beyond what a {self.meta.dtype} channel holds (at most {top})")
             self._next_id = start + count
             return start
 
