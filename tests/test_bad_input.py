@@ -383,3 +383,11 @@ def test_a_fifo_at_a_key_is_refused_not_waited_on(tmp_path):
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.split() == ["refused"], out.stderr
+
+
+def test_downsample_of_an_ndarray_says_it_needs_a_volume():
+    """(review) It failed with AttributeError: 'numpy.ndarray' object has no attribute 'volume'."""
+    from volbridge.services import downsample
+
+    with pytest.raises(vb.errors.InvalidArgumentError, match="give a URL or a writable VolumeArray, not ndarray"):
+        downsample(np.zeros((4, 4, 4), np.uint8))

@@ -65,3 +65,38 @@ def test_refusals_before_any_work(tmp_path, source):
     with pytest.raises(vb.errors.DTypeError, match="uint16"):
         transfer(a, wrong)
     assert not small[...].any() and not wrong[...].any()
+
+
+def test_a_rerun_into_a_new_destination_or_from_another_directory_copies_everything(tmp_path, monkeypatch):
+    """(review) The journal was keyed by the URLs as typed, and outlived its destination: a
+    failed copy, its output deleted and the copy run again (or the same relative paths run from
+    another directory) skipped the units the old journal listed, leaving zeros and no error."""
+    import importlib
+    import shutil
+
+    module = importlib.import_module("volbridge.services.transfer")
+
+    monkeypatch.setattr("volbridge.services.units.JOBS_DIR", tmp_path / "jobs")
+    data = np.random.default_rng(1).integers(1, 255, (8, 64, 64), dtype=np.uint8)
+    for d in ("a", "b"):
+        vb.create(f"precomputed://{tmp_path / d / 'src'}", shape=data.shape, chunk_shape=(8, 16, 16), dtype="uint8")[...] = data
+    real, calls = module.transfer_unit, [0]
+
+    def fails_after_six(*args):
+        calls[0] += 1
+        if calls[0] > 6:
+            raise RuntimeError("disk full")
+        return real(*args)
+
+    monkeypatch.setattr(module, "transfer_unit", fails_after_six)
+    monkeypatch.chdir(tmp_path / "a")
+    with pytest.raises(RuntimeError, match="disk full"):
+        transfer("precomputed://src", "zarr3://dst")
+    monkeypatch.setattr(module, "transfer_unit", real)
+    monkeypatch.chdir(tmp_path / "b")  # the same relative URLs, other volumes
+    transfer("precomputed://src", "zarr3://dst")
+    np.testing.assert_array_equal(vb.array(f"zarr3://{tmp_path / 'b' / 'dst'}")[...], data)
+    monkeypatch.chdir(tmp_path / "a")
+    shutil.rmtree(tmp_path / "a" / "dst")  # the partial output thrown away, the copy run again
+    transfer("precomputed://src", "zarr3://dst")
+    np.testing.assert_array_equal(vb.array(f"zarr3://{tmp_path / 'a' / 'dst'}")[...], data)

@@ -350,6 +350,9 @@ def downsample(source: Any, *, num_mips: int | None = None, factor: tuple[int, i
     ``progress(mip, done, total)`` then counts the units of the highest scale of each such run.
     """
     from ..api import array
+    if not isinstance(source, (str, VolumeArray)):  # an ndarray has nowhere to keep the scales it would make
+        raise InvalidArgumentError(f"downsample writes scales into a volume: give a URL or a writable VolumeArray, "
+                                   f"not {type(source).__name__}")
     vol: VolumeArray = array(source, mode="r+") if isinstance(source, str) else source
     if method not in METHODS:
         raise InvalidArgumentError(f"method must be one of {', '.join(METHODS)}, got {method!r}")

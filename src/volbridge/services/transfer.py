@@ -29,7 +29,7 @@ from ..errors import (
 from ..geometry import Box, ChunkGrid
 from . import provenance
 from .base import FunctionService, Writable
-from .units import Journal, run_units, volume_ref
+from .units import Journal, run_units, volume_ref, volume_url
 
 
 def _open_source(source: Any, mip: int) -> VolumeArray:
@@ -40,15 +40,16 @@ def _open_source(source: Any, mip: int) -> VolumeArray:
 
 
 def _destination(dst: Any, src: VolumeArray, box: Box, chunk_shape, encoding, compression,
-                 checksum: bool = False) -> tuple[VolumeArray, int]:
-    """(writable destination handle, its scale) for ``dst``, created when absent."""
+                 checksum: bool = False) -> tuple[VolumeArray, int, bool]:
+    """(writable destination handle, its scale, whether it was created here) for ``dst``,
+    created when absent."""
     from ..api import array, create
     from ..remotes.registry import volume_exists
 
     if isinstance(dst, VolumeArray):
-        return dst, dst.mip_level
+        return dst, dst.mip_level, False
     if volume_exists(dst):
-        return array(dst, mode="r+"), 0
+        return array(dst, mode="r+"), 0, False
     # Default chunks: the source's, at most 64 a side (a BossDB cuboid would make 4 MiB objects).
     chunk = tuple(chunk_shape) if chunk_shape is not None else tuple(min(c, 64) for c in src.chunk_shape[-3:])
     kw: dict = {}
@@ -70,7 +71,7 @@ def _destination(dst: Any, src: VolumeArray, box: Box, chunk_shape, encoding, co
         warnings.warn(f"{dst} keeps no resolution or layer type; the source's {meta} are not copied", stacklevel=3)
         out = create(dst, bounds=(box.start[::-1], box.stop[::-1]), dtype=src.dtype, chunk_shape=chunk,
                      num_channels=src.num_channels, **kw)
-    return out, 0
+    return out, 0, True
 
 
 def transfer(source: Any, destination: Any, *, bbox: tuple[Sequence[int], Sequence[int]] | None = None, mip: int = 0,
@@ -90,7 +91,7 @@ def transfer(source: Any, destination: Any, *, bbox: tuple[Sequence[int], Sequen
     box = bounds if bbox is None else Box.of(tuple(bbox[0])[::-1], tuple(bbox[1])[::-1])
     if box.empty:
         raise ShapeError(f"the box {bbox} is empty")
-    dst, dscale = _destination(destination, src, box, chunk_shape, encoding, compression, checksum)
+    dst, dscale, created = _destination(destination, src, box, chunk_shape, encoding, compression, checksum)
     dv = dst.volume
     TRANSFER.check(sv, dv)
     if dv.meta.dtype != sv.meta.dtype:
@@ -107,15 +108,20 @@ def transfer(source: Any, destination: Any, *, bbox: tuple[Sequence[int], Sequen
         targets = (volume_ref(sv), src.mip_level, volume_ref(dv), dscale)
     else:
         targets = (sv, src.mip_level, dv, dscale)
-    journal = Journal({"service": "transfer", "src": sv.url, "mip": src.mip_level, "dst": dv.url, "scale": dscale,
-                       "box": [box.start, box.stop], "units": len(units)}) if resume else None
+    # Absolute URLs (the same relative path in another directory is another job), and a
+    # destination made by this call has no finished units, whatever a journal of an earlier
+    # run into a destination since deleted says.
+    journal = Journal({"service": "transfer", "src": volume_url(sv), "mip": src.mip_level, "dst": volume_url(dv),
+                       "scale": dscale, "box": [box.start, box.stop], "units": len(units)}) if resume else None
+    if journal is not None and created:
+        journal.start_over()
     started = time.time()
     run_units(units, transfer_unit, targets, executor=executor, journal=journal, bytes_per_unit=per_unit, progress=progress)
     if verify:
         _verify(sv, src.mip_level, dv, dscale, units)
     provenance.append(dv, provenance.record(
         "transfer", {"chunk_shape": chunk_shape and list(chunk_shape), "encoding": encoding, "compression": compression,
-                     "checksum": checksum, "verify": verify}, sv.url, box=(box.start[::-1], box.stop[::-1]), scale=src.mip_level,
+                     "checksum": checksum, "verify": verify}, volume_url(sv), box=(box.start[::-1], box.stop[::-1]), scale=src.mip_level,
         started=started, ended=time.time()))
     return dst
 

@@ -266,6 +266,12 @@ class Journal:
     def finish(self) -> None:
         self.path.unlink(missing_ok=True)
 
+    def start_over(self) -> None:
+        """Forget the finished units: their output is known to be gone."""
+        with self._lock:
+            self.done.clear()
+            self.path.unlink(missing_ok=True)
+
 
 class PieceJournal:
     """Finished units of a job whose units return results instead of writing them (the label
