@@ -292,3 +292,39 @@ def test_ids_beyond_a_uint32_channel_are_refused_not_wrapped(tmp_path):
         assert status == 200 and json.loads(body)["start_id"] == 2**32 - 4  # the refused request reserved nothing
     finally:
         server.stop()
+
+
+def test_a_kept_disk_cache_is_not_served_for_an_upstream_recreated_with_another_layout(tmp_path):
+    """(review) Cuboids were keyed by the upstream's URL only: recreated as uint16 while the
+    relay was down, the restarted relay served the uint8 cuboids its disk cache kept, which
+    failed to decode and were reported as an upstream failure (502)."""
+    from volbridge.relay import RelayConfig
+    from volbridge.relay.serve import RelayServer
+
+    url = f"precomputed://{tmp_path}/up"
+
+    def make(dtype, value, shape=(16, 128, 128)):
+        vb.create(url, shape=shape, chunk_shape=(16, 64, 64), dtype=dtype, overwrite=True)[...] = np.full(shape, value, dtype)
+
+    def cutout(shape=(16, 128, 128)):
+        server = RelayServer(RelayConfig.from_dict({
+            "server": {"host": "127.0.0.1", "port": 0},
+            "cache": {"disk_dir": str(tmp_path / "cache"), "disk_bytes": "64 MiB", "memory_bytes": 0},
+            "sources": {"lab/em/v": {"url": url, "public": True}},
+        }), log_level="warning").start()
+        try:
+            status, body, _ = http("GET", f"{server.url}/v1/cutout/lab/em/v/0/0:{shape[2]}/0:{shape[1]}/0:{shape[0]}/",
+                                   headers={"Accept": "application/npygz"})
+            assert status == 200, body
+            return np.load(io.BytesIO(zlib.decompress(body)))
+        finally:
+            server.stop()
+
+    make("uint8", 7)
+    assert (cutout() == 7).all()
+    make("uint16", 1000)
+    got = cutout()
+    assert got.dtype == np.uint16 and (got == 1000).all()
+    make("uint16", 2000, shape=(16, 128, 192))  # other bounds: the cuboids of the edge differ
+    got = cutout((16, 128, 192))
+    assert got.shape == (16, 128, 192) and (got == 2000).all()

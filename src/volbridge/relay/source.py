@@ -153,9 +153,18 @@ def source_key(url: str, volume: Volume | None = None) -> str:
     (:attr:`KVStore.identity`: the URL plus what the URL leaves out, such as an S3 endpoint), or
     its URL for server remotes. Not the channel name, so two channels over one upstream share (and
     invalidate) the same cuboids, and a persistent disk cache never serves one upstream's cuboids
-    for another's. One path segment, which :class:`SourceRouter` routes on."""
+    for another's. One path segment, which :class:`SourceRouter` routes on.
+
+    A chunked upstream's layout (dtype, scales, chunks: :func:`metadata_digest`) is part of it:
+    an upstream recreated at the same URL while the relay was down (another dtype, other
+    bounds) must not be served from the cuboids a persistent disk cache kept of the old one,
+    which then failed to decode as the new dtype and were blamed on the upstream."""
     store = getattr(volume, "store", None)
     name = url if store is None else f"{url}\n{store.identity}"
+    if isinstance(volume, ChunkedVolume):
+        from ..services.units import metadata_digest
+
+        name += "\n" + metadata_digest(volume)
     return "u" + hashlib.sha1(name.encode()).hexdigest()[:16]
 
 
