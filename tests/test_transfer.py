@@ -100,3 +100,18 @@ def test_a_rerun_into_a_new_destination_or_from_another_directory_copies_everyth
     shutil.rmtree(tmp_path / "a" / "dst")  # the partial output thrown away, the copy run again
     transfer("precomputed://src", "zarr3://dst")
     np.testing.assert_array_equal(vb.array(f"zarr3://{tmp_path / 'a' / 'dst'}")[...], data)
+
+
+def test_a_coarser_scale_is_not_written_over_a_full_resolution_copy(tmp_path, source):
+    """(review) cp src dst, then cp src dst --mip 1: the mip-1 voxels went into scale 0 of the
+    existing copy (4 nm), with no check. Refused, naming the resolutions; the copy is intact."""
+    a, data = source
+    transfer(a, f"precomputed://{tmp_path / 'dst'}")
+    before = vb.array(f"precomputed://{tmp_path / 'dst'}")[...]
+    with pytest.raises(vb.errors.MetadataError, match="resolution of the source's mip 0, not of mip 1"):
+        transfer(a, f"precomputed://{tmp_path / 'dst'}", mip=1)
+    np.testing.assert_array_equal(vb.array(f"precomputed://{tmp_path / 'dst'}")[...], before)
+    box = ((0, 0, 0), (8, 16, 32))  # a plain zarr array starts at 0 and keeps no resolution: written again as before
+    transfer(a, f"zarr3://{tmp_path / 'plain'}", mip=1, bbox=box)
+    transfer(a, f"zarr3://{tmp_path / 'plain'}", mip=1, bbox=box)
+    np.testing.assert_array_equal(vb.array(f"zarr3://{tmp_path / 'plain'}")[...], a.mip(1)[0:8, 0:16, 0:32])

@@ -22,6 +22,7 @@ from ..engine.parallel import run_bounded
 from ..errors import (
     DTypeError,
     InvalidArgumentError,
+    MetadataError,
     ShapeError,
     UnsupportedError,
     VolbridgeError,
@@ -98,6 +99,8 @@ def transfer(source: Any, destination: Any, *, bbox: tuple[Sequence[int], Sequen
         raise DTypeError(f"{dv.url} holds {dv.meta.dtype}, the source {sv.url} holds {sv.meta.dtype}; transfer does not convert")
     if dv.meta.num_channels != sv.meta.num_channels:
         raise ShapeError(f"{dv.url} has {dv.meta.num_channels} channel(s), the source {sv.meta.num_channels}")
+    if not created:
+        _check_resolution(sv, src.mip_level, dv, dscale)
     dv.check_write(box, _probe(box, dv), dscale, None)  # bounds, before any work
     grid: ChunkGrid = dv.write_grid(dscale)
     units = [c.box.intersect(box) for c in grid.cells(box)]
@@ -124,6 +127,19 @@ def transfer(source: Any, destination: Any, *, bbox: tuple[Sequence[int], Sequen
                      "checksum": checksum, "verify": verify}, volume_url(sv), box=(box.start[::-1], box.stop[::-1]), scale=src.mip_level,
         started=started, ended=time.time()))
     return dst
+
+
+def _check_resolution(sv, smip: int, dv, dscale: int) -> None:
+    """Refuse to write scale ``smip`` of the source into a destination scale at the resolution
+    of another of the source's scales (``cp src dst`` then ``cp src dst --mip 1`` wrote coarse
+    voxels over the full-resolution copy). A destination that keeps no resolution (a plain zarr
+    array, 1 nm) matches no scale and is written as before."""
+    want, have = sv.meta.scales[smip].resolution, dv.meta.scales[dscale].resolution
+    other = [m for m, s in enumerate(sv.meta.scales) if m != smip and s.resolution == have]
+    if have != want and other:
+        raise MetadataError(
+            f"{dv.url} scale {dscale} is at {have} nm (x, y, z), the resolution of the source's mip {other[0]}, not of "
+            f"mip {smip} ({want}): give a destination at that resolution, or a new one")
 
 
 def transfer_unit(src, smip: int, dst, dscale: int, box: Box) -> None:
