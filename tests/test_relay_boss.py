@@ -328,3 +328,20 @@ def test_a_kept_disk_cache_is_not_served_for_an_upstream_recreated_with_another_
     make("uint16", 2000, shape=(16, 128, 192))  # other bounds: the cuboids of the edge differ
     got = cutout((16, 128, 192))
     assert got.shape == (16, 128, 192) and (got == 2000).all()
+
+
+def test_accept_weights_choose_the_media_type():
+    """(review) The first listed type was sent whatever its q: 'image/jpeg;q=0.1,
+    application/npygz;q=1' got a lossy JPEG, 'application/npygz;q=0' got npygz."""
+    from volbridge.relay.boss import negotiate
+    from volbridge.relay.errors import RelayError
+
+    assert negotiate("image/jpeg;q=0.1, application/npygz;q=1") == "application/npygz"
+    assert negotiate("application/npygz;q=0, application/blosc") == "application/blosc"
+    assert negotiate("application/npygz, application/blosc") == "application/npygz"  # equal weights: the first
+    assert negotiate("image/jpeg;q=0.5, */*;q=0.8") == "application/blosc"
+    assert negotiate("") == "application/blosc"
+    for accept in ("application/npygz;q=0", "text/csv"):
+        with pytest.raises(RelayError) as e:
+            negotiate(accept)
+        assert e.value.status == 406

@@ -96,16 +96,30 @@ def check_scan(relay: Relay, src: RelaySource, res: int) -> None:
 
 
 def negotiate(accept: str) -> str:
-    """The media type of a GET response from its Accept header (blosc for */* or none)."""
+    """The media type of a GET response from its Accept header (blosc for */* or none): the one
+    the client weighs highest (``q``, RFC 9110), the first listed among equals; ``q=0`` is
+    never sent (a client taking npygz but not JPEG must not get a lossy JPEG)."""
     if not accept.strip():
         return cutout.BLOSC
+    best, best_q = None, 0.0
     for part in accept.split(","):
-        kind = part.split(";")[0].strip().lower()
+        kind, *params = (p.strip() for p in part.split(";"))
+        kind = kind.lower()
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    raise RelayError(400, BAD_REQUEST, f"bad q value in Accept: {part.strip()!r}") from None
         if kind in ("*/*", "application/*"):
-            return cutout.BLOSC
-        if kind in cutout.GET_TYPES:
-            return kind
-    raise RelayError(406, UNSUPPORTED_MEDIA, f"cannot send {accept!r}; ask for one of {', '.join(cutout.GET_TYPES)}")
+            kind = cutout.BLOSC
+        if kind in cutout.GET_TYPES and q > best_q:
+            best, best_q = kind, q
+    if best is None:
+        raise RelayError(406, UNSUPPORTED_MEDIA, f"cannot send {accept!r}; ask for one of {', '.join(cutout.GET_TYPES)}")
+    return best
 
 
 # -- resources --------------------------------------------------------------------------------------
