@@ -345,3 +345,39 @@ def test_accept_weights_choose_the_media_type():
         with pytest.raises(RelayError) as e:
             negotiate(accept)
         assert e.value.status == 406
+
+
+def test_channels_placed_apart_in_one_experiment_keep_their_own_bounds_through_a_chain(tmp_path):
+    """(review) The experiment's frame starts where its channels' union does, and volbridge's
+    client placed every channel at that start with its own extent: a channel at 0 beside one
+    at negative offsets came out shifted, and a relay chained to it asked its upstream for
+    ranges outside the channel (400). The relay now says where each level starts
+    (``volbridge_start`` beside BossDB's extents), and the client reads it."""
+    from volbridge.relay import RelayConfig
+    from volbridge.relay.serve import RelayServer
+
+    image = np.random.default_rng(4).integers(0, 255, (8, 48, 64), dtype=np.uint8)
+    vb.create(f"precomputed://{tmp_path}/image", shape=image.shape, chunk_shape=(8, 16, 16), dtype="uint8",
+              resolution=(40, 4, 4))[...] = image
+    vb.create(f"precomputed://{tmp_path}/moved", bounds=((-5, -20, -33), (3, 28, 31)), chunk_shape=(8, 16, 16),
+              dtype="uint16", resolution=(40, 4, 4))[...] = 7
+
+    def start(sources):
+        return RelayServer(RelayConfig.from_dict({"server": {"host": "127.0.0.1", "port": 0}, "sources": sources}),
+                           log_level="warning").start()
+
+    a = start({"lab/em/image": {"url": f"precomputed://{tmp_path}/image", "public": True},
+               "lab/em/moved": {"url": f"precomputed://{tmp_path}/moved", "public": True}})
+    try:
+        b = start({"lab/em/image": {"url": f"bossdb://{a.url}/lab/em/image", "public": True}})
+        try:
+            for name, want in (("image", ((0, 0, 0), (8, 48, 64))), ("moved", ((-5, -20, -33), (3, 28, 31)))):
+                assert vb.array(f"bossdb://{a.url}/lab/em/{name}").bounds == want
+            chained = vb.array(f"bossdb://{b.url}/lab/em/image")
+            assert chained.bounds == ((0, 0, 0), (8, 48, 64))
+            np.testing.assert_array_equal(chained[...], image)
+            assert (vb.array(f"bossdb://{a.url}/lab/em/moved")[...] == 7).all()
+        finally:
+            b.stop()
+    finally:
+        a.stop()

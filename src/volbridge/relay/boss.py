@@ -240,6 +240,10 @@ def downsample_json(relay: Relay, src: RelaySource) -> dict:
         "voxel_size": {str(i): list(src.meta.scales[i].resolution) for i in levels},
         "extent": {str(i): list(src.meta.scales[i].bounds.shape) for i in levels},
         "cuboid_size": {str(i): list(src.upstream.grids[i].chunk_shape) for i in levels},
+        # Not BossDB's: where each level starts. The experiment's frame starts where its first
+        # channel does, and a channel placed elsewhere (another offset) would be misplaced by a
+        # client that has only the frame; volbridge's client (a chained relay) reads this.
+        "volbridge_start": {str(i): list(src.meta.scales[i].bounds.start) for i in levels},
     }
 
 

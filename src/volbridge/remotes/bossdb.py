@@ -132,6 +132,8 @@ class BossVolume(Volume):
             ds = self.client.json(f"downsample/{c}/{e}/{ch}/", f"downsample status of {where}")
         except (URLError, AuthError, InvalidArgumentError):
             ds = None  # an older server: derive the levels as BossDB does
+        if ds and isinstance(ds.get("num_hierarchy_levels"), int):
+            levels = ds["num_hierarchy_levels"]  # the channel's own: the experiment's is the most of any channel's
         scales = []
         for r in range(base_res, levels):
             key = str(r)
@@ -145,6 +147,8 @@ class BossVolume(Volume):
                 extent = [math.ceil((b - a) / fi) for a, b, fi in zip(start0, stop0, f)]
             factor = [max(1, round(rv / v0)) for rv, v0 in zip(res, vox0)]
             start = [a // fi for a, fi in zip(start0, factor)]
+            if ds and key in ds.get("volbridge_start", {}):  # a volbridge relay says where the channel starts
+                start = [int(v) for v in ds["volbridge_start"][key]]
             bounds = Box(tuple(start), tuple(s + n for s, n in zip(start, extent)))
             res_t = tuple(int(v) if float(v).is_integer() else v for v in res)
             scales.append(ScaleMeta(key, bounds, res_t, CUBOID, "blosc"))
