@@ -25,6 +25,7 @@ def test_downsample_and_transfer_record_what_they_did(tmp_path, src):
     downsample(src)
     (rec,) = provenance.read(src.url)
     assert rec["method"]["service"] == "downsample" and rec["method"]["parameters"]["mips"] == [1]
+    assert rec["method"]["parameters"]["factors"] == {"1": [1, 2, 2]}  # z, y, x (review: it was not recorded)
     assert rec["source"] == src.url and rec["started"] <= rec["ended"] and rec["host"]
     from cloudvolume import CloudVolume
 

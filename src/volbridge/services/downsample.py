@@ -403,7 +403,9 @@ def downsample(source: Any, *, num_mips: int | None = None, factor: tuple[int, i
                 _kept.clear()  # the pool's threads outlive the job: let go of their buffers (a unit
                 # still running elsewhere keeps its own view alive)
     provenance.append(volume, provenance.record(
-        "downsample", {"mips": sorted(mips), "method": method, "num_mips": num_mips}, volume.url,
+        "downsample", {"mips": sorted(mips), "method": method, "num_mips": num_mips,
+                       # each scale's factor over the one below, z, y, x (what made it, asked or found)
+                       "factors": {str(m): list(factors[m])[::-1] for m in sorted(mips)}}, volume_url(volume),
         scale=min(mips) - 1 if mips else None, started=started, ended=time.time()))
 
 
