@@ -115,3 +115,20 @@ def test_sharded_skeletons_read_back_by_volbridge_and_cloudvolume(tube, tmp_path
     np.testing.assert_allclose(cs.radius, s.radii)
     with pytest.raises(vb.errors.InvalidArgumentError, match="sharded"):
         skeleton(a, output=str(tmp_path / "x"), format="swc", sharded=True)
+
+
+def test_dust_counts_an_object_over_every_unit(tmp_path, monkeypatch):
+    """(review) dust_threshold was applied to each unit's piece: a 12^3 object (1728 voxels,
+    over the default 1000) on a corner of the units vanished, while the same object inside one
+    unit was kept; big objects lost their ends wherever a unit held few of their voxels."""
+    monkeypatch.setattr("volbridge.services.units.JOBS_DIR", tmp_path / "jobs")
+    lab = np.zeros((110, 210, 210), np.uint32)
+    lab[90:102, 186:198, 186:198] = 7  # split over 8 units
+    lab[10:22, 10:22, 10:22] = 8  # inside one
+    lab[50:55, 50:55, 50:55] = 9  # 125 voxels: dust
+    lab[60:62, 100:110, 186:198] = 10  # 240 voxels over two units: dust as a whole
+    assert sorted(skeleton(lab)) == [7, 8]
+    tube = np.zeros((40, 60, 400), np.uint32)
+    tube[15:25, 25:35, 0:200] = 1  # 8 of its 200 columns in the second unit
+    (s,) = skeleton(tube).values()
+    assert s.vertices[:, 0].min() == 0 and s.vertices[:, 0].max() == 199

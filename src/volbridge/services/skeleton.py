@@ -120,27 +120,37 @@ def _kimimaro():
 
 
 def skeleton_unit(volume, scale: int, region: Box, ids, res, teasar: dict, dust: int, box: Box) -> dict:
-    """(vertices nm, edges, radii) per label of ``box`` plus one voxel on its high sides."""
+    """(vertices nm, edges, radii, voxels of the label in ``box``) per label of ``box`` plus one
+    voxel on its high sides. Dust is not dropped here: a unit sees only its piece of an object,
+    and an object above the threshold split across units vanished, while big ones lost their
+    ends wherever a unit held few of their voxels. :func:`skeleton` drops the labels whose
+    voxels, summed over the units, stay below it (igneous' ``dust_global``)."""
     grown = Box(box.start, tuple(min(b + 1, r) for b, r in zip(box.stop, region.stop)))
     labels = volume.read(grown, scale)[..., 0]
     if not labels.any():
         return {}
     found = _kimimaro().skeletonize(
         np.asfortranarray(labels), teasar_params=teasar, anisotropy=tuple(float(r) for r in res),
-        object_ids=None if ids is None else sorted(ids), dust_threshold=dust, progress=False, fix_borders=True,
+        object_ids=None if ids is None else sorted(ids), dust_threshold=0, progress=False, fix_borders=True,
         fix_branching=True, parallel=1,
     )
+    found = {int(i): s for i, s in found.items() if len(s.vertices)}
+    counts: dict[int, int] = {}
+    if dust and found:  # the unit's own voxels (not the plane it shares with the next unit)
+        own = labels[tuple(slice(0, b - a) for a, b in zip(box.start, box.stop))]
+        values, n = np.unique(own, return_counts=True)
+        counts = dict(zip(values.tolist(), n.tolist()))
     offset = np.array(grown.start, dtype=np.float64) * np.array(res, dtype=np.float64)
-    return {int(i): ((s.vertices.astype(np.float64) + offset).astype(np.float32), s.edges.astype(np.uint32),
-                     s.radius.astype(np.float32)) for i, s in found.items() if len(s.vertices)}
+    return {i: ((s.vertices.astype(np.float64) + offset).astype(np.float32), s.edges.astype(np.uint32),
+                s.radius.astype(np.float32), counts.get(i, 0)) for i, s in found.items()}
 
 
 def _join(segid: int, parts: list) -> Skeleton:
     """One skeleton from its pieces: vertices that coincide (on shared planes) are one vertex."""
-    verts = np.concatenate([v for v, _, _ in parts])
-    radii = np.concatenate([r for _, _, r in parts])
-    offsets = np.cumsum([0] + [len(v) for v, _, _ in parts[:-1]])
-    edges = np.concatenate([e + o for (_, e, _), o in zip(parts, offsets)])
+    verts = np.concatenate([p[0] for p in parts])
+    radii = np.concatenate([p[2] for p in parts])
+    offsets = np.cumsum([0] + [len(p[0]) for p in parts[:-1]])
+    edges = np.concatenate([p[1] + o for p, o in zip(parts, offsets)])
     uniq, first, inverse = np.unique(np.round(verts, 3), axis=0, return_index=True, return_inverse=True)
     edges = inverse.reshape(-1)[edges]
     edges = edges[edges[:, 0] != edges[:, 1]]
@@ -155,7 +165,8 @@ def skeleton(source: Any, ids: Iterable[int] | None = None, *, mip: int | None =
     """TEASAR skeletons of ``ids`` (default: every label) of a segmentation (URL, VolumeArray or
     (z, y, x) ndarray with 1 nm voxels) within ``bbox`` of scale ``mip``; ``{id: Skeleton}``, or
     written to the directory ``output`` as ``precomputed`` (``sharded``: in
-    ``neuroglancer_uint64_sharded_v1`` shard files keyed by segment id) or ``swc``."""
+    ``neuroglancer_uint64_sharded_v1`` shard files keyed by segment id) or ``swc``.
+    ``dust_threshold``: labels with fewer voxels than this in the whole region are skipped."""
     if sharded and format != "precomputed":
         raise InvalidArgumentError("only precomputed skeletons can be sharded, not swc")
     if format not in ("precomputed", "swc"):
@@ -164,10 +175,10 @@ def skeleton(source: Any, ids: Iterable[int] | None = None, *, mip: int | None =
     job = label_job(source, ids, mip, bbox, SKELETON)
     params = {**TEASAR, **(teasar or {})}
     units = label_units(job, UNIT)
-    journal = label_journal(job, "skeleton", units, {"teasar": params, "dust": dust_threshold}, resume)
+    journal = label_journal(job, "skeleton", units, {"teasar": params, "dust": dust_threshold, "dust_over": "volume"}, resume)
     with label_pool(job, units, executor) as pool:
         parts = pieces_by_label(job, units, skeleton_unit, (params, dust_threshold), executor, progress, journal, pool)
-    skels = {i: _join(i, pieces) for i, pieces in parts.items()}
+    skels = {i: _join(i, pieces) for i, pieces in parts.items() if sum(p[3] for p in pieces) >= dust_threshold}
     if output is not None:
         write_skeletons(skels, output, format, sharded)
         record_output(job, output, "skeleton", {"format": format, "sharded": sharded, "teasar": params,
