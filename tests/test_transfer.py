@@ -112,6 +112,7 @@ def test_a_coarser_scale_is_not_written_over_a_full_resolution_copy(tmp_path, so
         transfer(a, f"precomputed://{tmp_path / 'dst'}", mip=1)
     np.testing.assert_array_equal(vb.array(f"precomputed://{tmp_path / 'dst'}")[...], before)
     box = ((0, 0, 0), (8, 16, 32))  # a plain zarr array starts at 0 and keeps no resolution: written again as before
-    transfer(a, f"zarr3://{tmp_path / 'plain'}", mip=1, bbox=box)
+    with pytest.warns(UserWarning, match="keeps no resolution"):
+        transfer(a, f"zarr3://{tmp_path / 'plain'}", mip=1, bbox=box)
     transfer(a, f"zarr3://{tmp_path / 'plain'}", mip=1, bbox=box)
     np.testing.assert_array_equal(vb.array(f"zarr3://{tmp_path / 'plain'}")[...], a.mip(1)[0:8, 0:16, 0:32])
