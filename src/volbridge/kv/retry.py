@@ -58,8 +58,6 @@ def after_retries(error: BaseException) -> bool:
     return getattr(error, "after_retries", False)
 
 
-
-
 @dataclass(frozen=True)
 class RetryPolicy:
     """Defaults come from ``VOLBRIDGE_MAX_ATTEMPTS`` and ``VOLBRIDGE_TIMEOUT`` when set."""

@@ -134,15 +134,23 @@ def skeleton_unit(volume, scale: int, region: Box, ids, res, teasar: dict, dust:
         object_ids=None if ids is None else sorted(ids), dust_threshold=0, progress=False, fix_borders=True,
         fix_branching=True, parallel=1,
     )
-    found = {int(i): s for i, s in found.items() if len(s.vertices)}
-    counts: dict[int, int] = {}
-    if dust and found:  # the unit's own voxels (not the plane it shares with the next unit)
+    offset = np.array(grown.start, dtype=np.float64) * np.array(res, dtype=np.float64)
+    out = {int(i): ((s.vertices.astype(np.float64) + offset).astype(np.float32), s.edges.astype(np.uint32),
+                    s.radius.astype(np.float32), 0) for i, s in found.items() if len(s.vertices)}
+    if dust:  # every label's own voxels here (not the plane shared with the next unit), also where
+        # its piece made no skeleton: the total over the units decides, and must count them all
         own = labels[tuple(slice(0, b - a) for a, b in zip(box.start, box.stop))]
         values, n = np.unique(own, return_counts=True)
-        counts = dict(zip(values.tolist(), n.tolist()))
-    offset = np.array(grown.start, dtype=np.float64) * np.array(res, dtype=np.float64)
-    return {i: ((s.vertices.astype(np.float64) + offset).astype(np.float32), s.edges.astype(np.uint32),
-                s.radius.astype(np.float32), counts.get(i, 0)) for i, s in found.items()}
+        wanted = None if ids is None else set(ids)
+        for label, count in zip(values.tolist(), n.tolist()):
+            if label and (wanted is None or label in wanted):
+                v, e, r, _ = out.get(label, _NO_PIECE)
+                out[label] = (v, e, r, count)
+    return out
+
+
+#: A unit's piece of a label that made no skeleton there (only its voxels count).
+_NO_PIECE = (np.zeros((0, 3), np.float32), np.zeros((0, 2), np.uint32), np.zeros(0, np.float32), 0)
 
 
 def _join(segid: int, parts: list) -> Skeleton:
@@ -178,7 +186,8 @@ def skeleton(source: Any, ids: Iterable[int] | None = None, *, mip: int | None =
     journal = label_journal(job, "skeleton", units, {"teasar": params, "dust": dust_threshold, "dust_over": "volume"}, resume)
     with label_pool(job, units, executor) as pool:
         parts = pieces_by_label(job, units, skeleton_unit, (params, dust_threshold), executor, progress, journal, pool)
-    skels = {i: _join(i, pieces) for i, pieces in parts.items() if sum(p[3] for p in pieces) >= dust_threshold}
+    skels = {i: _join(i, pieces) for i, pieces in parts.items()
+             if sum(p[3] for p in pieces) >= dust_threshold and any(len(p[0]) for p in pieces)}
     if output is not None:
         write_skeletons(skels, output, format, sharded)
         record_output(job, output, "skeleton", {"format": format, "sharded": sharded, "teasar": params,
