@@ -16,9 +16,11 @@ from volbridge.engine.parallel import default_threads, run_bounded
 
 def test_every_item_runs_once_over_several_threads():
     seen, threads = [], set()
+    meet = threading.Barrier(2, timeout=30)  # items 0 and 1 return only if both run at once
 
     def fn(i):
-        time.sleep(0.002)  # long enough that the helpers take items too
+        if i < 2:
+            meet.wait()
         seen.append(i)
         threads.add(threading.get_ident())
 
@@ -101,10 +103,14 @@ def test_nested_calls_marked_local_run_inline_whatever_their_loops():
 def test_a_top_level_call_on_one_item_does_not_mark_the_thread():
     """One item runs in the caller without loops: a nested call below it may still fan out."""
     threads = set()
+    # The first two items wait for each other (a 2 ms sleep per item let one thread of a loaded
+    # machine take all twelve before a helper started: CI failed so).
+    meet = threading.Barrier(2, timeout=30)
 
     def outer(_):
-        def inner(_i):
-            time.sleep(0.002)
+        def inner(i):
+            if i < 2:
+                meet.wait()
             threads.add(threading.get_ident())
 
         run_bounded(inner, range(12), 1, loops=3)
