@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 import volbridge as vb
 from volbridge.compression import compress, decompress
 from volbridge.engine import batch_encode, native, place
+from volume_model import stored_files
 
 
 @pytest.fixture(autouse=True)
@@ -109,11 +110,6 @@ def test_data_not_laid_out_for_the_loop_is_left_to_the_caller():
     assert batch_encode.encode_gathered("zstd", 3, big_endian, shapes, lo, np.zeros(1 << 16, np.uint8)) is None
 
 
-def _files(root) -> dict[str, bytes]:
-    return {os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f), "rb").read()
-            for d, _, names in os.walk(root) for f in names}
-
-
 def _spy(monkeypatch) -> list:
     """What each batched encoding of a write returned: (offsets, sizes, done), or None when the
     array was not laid out for the loop."""
@@ -156,7 +152,7 @@ def test_sharded_writes_store_the_bytes_of_chunk_by_chunk_writes(tmp_path, monke
     model = volume.copy()
     model[region] = volume[region] + 1
     np.testing.assert_array_equal(batched[...], model)
-    assert _files(tmp_path / "batched") == _files(tmp_path / "by-chunk")
+    assert stored_files(tmp_path / "batched") == stored_files(tmp_path / "by-chunk")
 
 
 def test_a_write_the_library_fails_on_part_way_is_completed_by_the_checked_path(tmp_path, monkeypatch):

@@ -294,14 +294,17 @@ def test_ids_beyond_a_uint32_channel_are_refused_not_wrapped(tmp_path):
         server.stop()
 
 
-def test_a_kept_disk_cache_is_not_served_for_an_upstream_recreated_with_another_layout(tmp_path):
+@pytest.mark.parametrize("kind", ["precomputed", "h5"])
+def test_a_kept_disk_cache_is_not_served_for_an_upstream_recreated_with_another_layout(tmp_path, kind):
     """(review) Cuboids were keyed by the upstream's URL only: recreated as uint16 while the
     relay was down, the restarted relay served the uint8 cuboids its disk cache kept, which
-    failed to decode and were reported as an upstream failure (502)."""
+    failed to decode and were reported as an upstream failure (502). (A later review) An HDF5
+    upstream (or a BossDB one) kept that key: recreated as int16, its uint16 cuboids were served
+    as int16, with no error."""
     from volbridge.relay import RelayConfig
     from volbridge.relay.serve import RelayServer
 
-    url = f"precomputed://{tmp_path}/up"
+    url = f"precomputed://{tmp_path}/up" if kind == "precomputed" else f"h5://{tmp_path}/up.h5#/raw"
 
     def make(dtype, value, shape=(16, 128, 128)):
         vb.create(url, shape=shape, chunk_shape=(16, 64, 64), dtype=dtype, overwrite=True)[...] = np.full(shape, value, dtype)
@@ -328,6 +331,11 @@ def test_a_kept_disk_cache_is_not_served_for_an_upstream_recreated_with_another_
     make("uint16", 2000, shape=(16, 128, 192))  # other bounds: the cuboids of the edge differ
     got = cutout((16, 128, 192))
     assert got.shape == (16, 128, 192) and (got == 2000).all()
+    make("uint16", 3000, shape=(16, 128, 192))  # the same layout, other voxels: another instance
+    assert (cutout((16, 128, 192)) == 3000).all()
+    make("int16", -5, shape=(16, 128, 192))  # as many bytes a voxel: the old cuboids would decode
+    got = cutout((16, 128, 192))
+    assert got.dtype == np.int16 and (got == -5).all()
 
 
 def test_accept_weights_choose_the_media_type():

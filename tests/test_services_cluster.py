@@ -15,6 +15,7 @@ import pytest
 
 import volbridge as vb
 from volbridge.services import downsample, transfer
+from volume_model import stored_files
 
 
 @pytest.fixture(scope="module")
@@ -26,24 +27,6 @@ def client():
     yield c
     c.close()
     cluster.close()
-
-
-def files(root: Path) -> dict[str, bytes]:
-    """Every file's bytes; provenance (with its times and host) aside, the two runs must agree."""
-    import json
-
-    out = {}
-    for p in sorted(root.rglob("*")):
-        if not p.is_file() or ".volbridge-locks" in p.parts or p.name == "provenance":
-            continue
-        data = p.read_bytes()
-        if p.name in ("zarr.json", ".zattrs", "attributes.json"):
-            doc = json.loads(data)
-            doc.pop("volbridge_provenance", None)
-            (doc.get("attributes") or {}).pop("volbridge_provenance", None)
-            data = json.dumps(doc, sort_keys=True).encode()
-        out[str(p.relative_to(root))] = data
-    return out
 
 
 @pytest.fixture
@@ -59,14 +42,14 @@ def pyramid(tmp_path, monkeypatch):
 def test_downsample_and_transfer_on_a_cluster_equal_the_local_run(client, pyramid):
     downsample(f"precomputed://{pyramid / 'a'}")
     downsample(f"precomputed://{pyramid / 'b'}", executor=client)
-    assert files(pyramid / "a") == files(pyramid / "b")
+    assert stored_files(pyramid / "a") == stored_files(pyramid / "b")
     # the workers keep no source buffers after their units (only a local job can release them)
     kept = client.run(lambda: len(importlib.import_module("volbridge.services.downsample")._kept))
     assert kept and not any(kept.values())
     transfer(f"precomputed://{pyramid / 'a'}", f"ome-zarr://{pyramid / 'local.zarr'}", mip=1, chunk_shape=(4, 8, 8))
     transfer(f"precomputed://{pyramid / 'a'}", f"ome-zarr://{pyramid / 'cluster.zarr'}", mip=1, chunk_shape=(4, 8, 8),
              executor=client)
-    assert files(pyramid / "local.zarr") == files(pyramid / "cluster.zarr")
+    assert stored_files(pyramid / "local.zarr") == stored_files(pyramid / "cluster.zarr")
     np.testing.assert_array_equal(vb.array(f"ome-zarr://{pyramid / 'cluster.zarr'}")[...], vb.array(str(pyramid / "a")).mip(1)[...])
 
 
@@ -81,7 +64,7 @@ def test_downsample_in_worker_processes_equals_the_threaded_run(pyramid, monkeyp
     b = vb.array(str(pyramid / "b"), mode="r+")  # an open array: the workers reopen it by URL
     downsample(b, executor="processes")
     assert executors[0] is None and all(isinstance(e, Executor) for e in executors[2:]) and len(executors) == 4
-    assert files(pyramid / "a") == files(pyramid / "b")
+    assert stored_files(pyramid / "a") == stored_files(pyramid / "b")
 
 
 def test_a_unit_failing_in_a_worker_process_names_its_chunk(pyramid):
@@ -133,7 +116,7 @@ def test_provenance_of_one_job_does_not_stop_the_next_on_the_same_handle(tmp_pat
 
 @pytest.mark.parametrize("kw", [{}, {"ome_version": "0.4"}])
 def test_the_layout_digest_sees_arrays_recreated_under_the_same_group(tmp_path, kw):
-    from volbridge.services.units import metadata_digest
+    from volbridge.engine.identity import metadata_digest
 
     url = f"ome-zarr://{tmp_path / 'v.zarr'}"
     first = metadata_digest(vb.create(url, shape=(8, 64, 64), dtype="uint8", chunk_shape=(8, 16, 16), num_scales=2, **kw).volume)

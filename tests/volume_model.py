@@ -70,3 +70,27 @@ def patch_and_check(v, r, shape: tuple[int, ...], dtype, rng: np.random.Generato
         inside = tuple(slice(max(a, 0), max(min(b, n), a, 0)) for a, b, n in zip(lo, hi, shape))
         want[tuple(slice(s.start - a, s.stop - a) for s, a in zip(inside, lo))] = model[inside]
         np.testing.assert_array_equal(arr[tuple(slice(a, b) for a, b in zip(lo, hi))], want)
+
+
+def stored_files(root) -> dict[str, bytes]:
+    """Every file under ``root`` by relative path, for comparing two volumes written alike: their
+    provenance (times, host) and instance ids (random per volume) left out of the metadata."""
+    import json
+    from pathlib import Path
+
+    from volbridge.engine.identity import INSTANCE_KEY
+
+    root = Path(root)
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if not p.is_file() or ".volbridge-locks" in p.parts or p.name == "provenance":
+            continue
+        data = p.read_bytes()
+        if p.name in ("zarr.json", ".zattrs", "attributes.json", "info"):
+            doc = json.loads(data)
+            for attrs in (doc, doc.get("attributes") or {}):
+                attrs.pop("volbridge_provenance", None)
+                attrs.pop(INSTANCE_KEY, None)
+            data = json.dumps(doc, sort_keys=True).encode()
+        out[str(p.relative_to(root))] = data
+    return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from .array import AXIS_ORDERS, VolumeArray
+from .engine.identity import instance_id
 from .errors import InvalidArgumentError, MetadataError
 from .geometry import Box
 from .remotes import create_volume, open_volume
@@ -95,4 +96,5 @@ def create(
         overwrite=overwrite,
         checksum=checksum,
     )
+    instance_id(vol, stamp=True)  # a new instance: journals of jobs on one made before at this URL do not apply
     return VolumeArray(vol, 0, axis_order, "r+")

@@ -82,6 +82,10 @@ class ChunkedVolume(Volume):
     def metadata_json(self) -> dict:
         return self.dataset.metadata_json()
 
+    def instance_id(self, stamp: bool) -> str | None:
+        from .identity import document_instance
+        return document_instance(self.store, *self.dataset.instance_location, stamp and "write" in self.capabilities)
+
     def grid(self, scale: int = 0):
         return self.dataset.layout(scale).grid
 

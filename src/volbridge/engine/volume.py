@@ -40,6 +40,10 @@ class Volume(ABC):
     def metadata_json(self) -> dict:
         return {}
 
+    def instance_id(self, stamp: bool) -> str | None:
+        """See :func:`volbridge.engine.identity.instance_id`; None: the volume has no such id."""
+        return None
+
     def add_scale(self, factor) -> None:
         """Append a scale ``factor`` (x, y, z) coarser than the last (formats with scales)."""
         raise UnsupportedError(f"volbridge cannot add scales to a {self.format_name} volume ({self.url}) yet")

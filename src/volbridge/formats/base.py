@@ -190,3 +190,9 @@ class ChunkedDataset(ABC):
     #: Where user attributes (provenance) live: (key of a JSON document, key inside it of the
     #: attributes object, or None for the document itself).
     attributes_location: tuple[str, str | None] = ("attributes.json", None)
+
+    @property
+    def instance_location(self) -> tuple[str, str | None]:
+        """Where the volume's instance id lives (:mod:`volbridge.engine.identity`): a document
+        every tool rewrites when it creates the volume. The attributes, where they are that."""
+        return self.attributes_location

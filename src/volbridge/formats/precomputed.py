@@ -344,6 +344,9 @@ class PrecomputedDataset(ChunkedDataset):
     format_name = "precomputed"
     #: CloudVolume's ``provenance`` file beside ``info``.
     attributes_location = ("provenance", None)
+    # not the provenance file: CloudVolume creating a volume anew keeps it (CloudVolume, tensorstore
+    # and neuroglancer keep or ignore members of info they do not know)
+    instance_location = (INFO_KEY, None)
 
     def __init__(self, store: KVStore, info: dict | None = None, docs: dict | None = None):
         self.store = store

@@ -346,7 +346,7 @@ class ZarrDataset(ChunkedDataset):
 
     @property
     def attributes_location(self) -> tuple[str, str | None]:  # type: ignore[override]
-        return (V3_META, "attributes") if self.store.get(V3_META) is not None else (".zattrs", None)
+        return (V3_META, "attributes") if self.arr.zarr_format == 3 else (".zattrs", None)
 
     @classmethod
     def create(cls, store: KVStore, *, bounds: Box, dtype, chunk_shape, num_channels: int = 1, zarr_format: int = 3,

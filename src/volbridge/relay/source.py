@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 
 from ..engine.chunked import ChunkedVolume
+from ..engine.identity import instance_id, metadata_digest
 from ..engine.parallel import run_bounded
 from ..engine.volume import Volume
 from ..errors import InvalidArgumentError, InvalidIndexError, ReadOnlyError, StoreError
@@ -155,16 +156,16 @@ def source_key(url: str, volume: Volume | None = None) -> str:
     invalidate) the same cuboids, and a persistent disk cache never serves one upstream's cuboids
     for another's. One path segment, which :class:`SourceRouter` routes on.
 
-    A chunked upstream's layout (dtype, scales, chunks: :func:`metadata_digest`) is part of it:
+    An upstream's layout (dtype, scales, chunks: :func:`metadata_digest`) is part of it:
     an upstream recreated at the same URL while the relay was down (another dtype, other
     bounds) must not be served from the cuboids a persistent disk cache kept of the old one,
-    which then failed to decode as the new dtype and were blamed on the upstream."""
+    which then failed to decode as the new dtype and were blamed on the upstream. So is the
+    instance (:func:`instance_id`, never stamped: the relay writes no metadata upstream): one
+    recreated with the same layout holds other voxels."""
     store = getattr(volume, "store", None)
     name = url if store is None else f"{url}\n{store.identity}"
-    if isinstance(volume, ChunkedVolume):
-        from ..services.units import metadata_digest
-
-        name += "\n" + metadata_digest(volume)
+    if isinstance(volume, Volume):  # every remote: an HDF5 file or a BossDB channel recreated as float32 too
+        name += f"\n{metadata_digest(volume)}\n{instance_id(volume)}"
     return "u" + hashlib.sha1(name.encode()).hexdigest()[:16]
 
 

@@ -92,6 +92,22 @@ class HDF5Volume(Volume):
                     "chunks": list(d.chunks) if d.chunks else None, "compression": d.compression,
                     "attrs": {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in d.attrs.items()}}
 
+    def instance_id(self, stamp: bool) -> str | None:
+        from ..engine.identity import INSTANCE_KEY, new_instance_id
+
+        with self._open("r") as f:
+            have = f[self.dataset].attrs.get(INSTANCE_KEY)
+        if isinstance(have, str) and have:
+            return have
+        if stamp and self.writable:
+            with self._open("r+") as f:  # under the write lock: a stamp made meanwhile is kept
+                attrs = f[self.dataset].attrs
+                if not isinstance(attrs.get(INSTANCE_KEY), str):
+                    attrs[INSTANCE_KEY] = new_instance_id()
+                return str(attrs[INSTANCE_KEY])
+        st = os.stat(self.path)  # the file's version stands in (any write to it changes it)
+        return f"version:{st.st_mtime_ns}:{st.st_size}"
+
     def _sel(self, box: Box):
         (x0, y0, z0), (x1, y1, z1) = box.start, box.stop
         sp = (slice(z0, z1), slice(y0, y1), slice(x0, x1))

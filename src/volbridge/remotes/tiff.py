@@ -50,6 +50,16 @@ class TiffVolume(Volume):
                                (ScaleMeta("", bounds, res, (shape[1], shape[0], 1), "tiff"),), 0)
         self.capabilities = frozenset()
 
+    def instance_id(self, stamp: bool) -> str | None:
+        """The files' versions (TIFF has no place volbridge writes an id to)."""
+        import hashlib
+
+        versions = []
+        for path in self.files:
+            st = os.stat(path)
+            versions.append((path, st.st_mtime_ns, st.st_size))
+        return "version:" + hashlib.sha1(repr(versions).encode()).hexdigest()
+
     def read(self, box: Box, scale: int = 0) -> np.ndarray:
         import tifffile
 

@@ -24,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..array import VolumeArray
+from ..engine.identity import instance_id
 from ..errors import (
     InvalidArgumentError,
     UnsupportedError,
@@ -381,6 +382,8 @@ def downsample(source: Any, *, num_mips: int | None = None, factor: tuple[int, i
     factors = {m: factor_between(volume.meta.scales[m - 1].resolution, volume.meta.scales[m].resolution) for m in mips}
     voxel = volume.meta.num_channels * np.dtype(volume.meta.dtype).itemsize
     groups = _groups(volume, mips, factors, LEVELS_SOURCE_BYTES)
+    # this instance of the volume: one deleted and created again since a failed run has none of its scales
+    instance = instance_id(volume, stamp=True) if resume else None
     units_of = {g[-1]: [c.box for c in volume.write_grid(g[-1]).cells(volume.meta.scales[g[-1]].bounds)] for g in groups}
     per_unit = {g[-1]: 3 * _source_bytes(volume, g, factors, voxel) for g in groups}
     with process_pool(volume, max(map(len, units_of.values()), default=0), executor, max(per_unit.values(), default=1)) as pool:
@@ -393,8 +396,8 @@ def downsample(source: Any, *, num_mips: int | None = None, factor: tuple[int, i
         for g in groups:
             top, units = g[-1], units_of[g[-1]]
             levels = tuple((m, factors[m]) for m in g)
-            journal = Journal({"service": "downsample", "url": volume_url(volume), "mips": g, "method": method,
-                               "factors": [factors[m] for m in g], "units": len(units)}) if resume else None
+            journal = Journal({"service": "downsample", "url": volume_url(volume), "instance": instance, "mips": g,
+                               "method": method, "factors": [factors[m] for m in g], "units": len(units)}) if resume else None
             tick = (lambda done, total, m=top: progress(m, done, total)) if progress is not None else None
             try:
                 run_units(units, downsample_unit, (target, levels, method, keep), executor=executor, journal=journal,

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from ..array import VolumeArray
+from ..engine.identity import instance_id
 from ..engine.volume import Volume
 from ..errors import InvalidArgumentError, UnsupportedError
 from ..formats.base import ScaleMeta, VolumeMeta
@@ -221,7 +222,8 @@ def label_journal(job: LabelJob, service: str, units: list[Box], parameters: dic
     if not resume or isinstance(job.source, np.ndarray) or url == "ndarray" or url.startswith("mem:"):
         return None
     geometry = hashlib.sha1(repr([(u.start, u.stop) for u in units]).encode()).hexdigest()
-    return PieceJournal({"service": service, "url": url, "format": job.volume.format_name, "scale": job.scale,
+    return PieceJournal({"service": service, "url": url, "instance": instance_id(job.volume), "format": job.volume.format_name,
+                         "scale": job.scale,
                          "region": [job.region.start, job.region.stop], "ids": None if job.ids is None else sorted(job.ids),
                          "units": geometry, **parameters})
 

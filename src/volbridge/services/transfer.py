@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..array import VolumeArray
+from ..engine.identity import instance_id
 from ..engine.parallel import run_bounded
 from ..errors import (
     DTypeError,
@@ -111,11 +112,13 @@ def transfer(source: Any, destination: Any, *, bbox: tuple[Sequence[int], Sequen
         targets = (volume_ref(sv), src.mip_level, volume_ref(dv), dscale)
     else:
         targets = (sv, src.mip_level, dv, dscale)
-    # Absolute URLs (the same relative path in another directory is another job), and a
-    # destination made by this call has no finished units, whatever a journal of an earlier
-    # run into a destination since deleted says.
-    journal = Journal({"service": "transfer", "src": volume_url(sv), "mip": src.mip_level, "dst": volume_url(dv),
-                       "scale": dscale, "box": [box.start, box.stop], "units": len(units)}) if resume else None
+    # Absolute URLs (the same relative path in another directory is another job) and the
+    # volumes' instances (one deleted and created again since has none of the finished units, or
+    # other voxels to copy); a destination made by this call has no finished units, whatever a
+    # journal of an earlier run says.
+    journal = Journal({"service": "transfer", "src": volume_url(sv), "src_instance": instance_id(sv), "mip": src.mip_level,
+                       "dst": volume_url(dv), "dst_instance": instance_id(dv, stamp=True), "scale": dscale,
+                       "box": [box.start, box.stop], "units": len(units)}) if resume else None
     if journal is not None and created:
         journal.start_over()
     started = time.time()

@@ -23,8 +23,8 @@ from concurrent.futures import as_completed as completed
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 
+from ..engine.identity import metadata_digest
 from ..engine.parallel import cores, run_bounded
 from ..errors import InvalidArgumentError, VersionChangedError, VolbridgeError
 
@@ -45,21 +45,6 @@ def open_cached(url: str, mode: str, mip: int = 0, version: str = ""):
         raise VersionChangedError(f"{url} changed since the job started (its metadata differ from what the job "
                                   "was planned on); run the job again")
     return arr
-
-
-def metadata_digest(volume) -> str:
-    """A digest of how ``volume`` lays out its voxels: type, channels, fill, and each scale's
-    bounds, resolution, chunks, encoding and write grid (shards). Attributes and provenance
-    records are left out: a service's own provenance must not make the next job's workers refuse
-    the volume, and they do not change where voxels are."""
-    meta = volume.meta
-    scales = []
-    for m, s in enumerate(meta.scales):
-        grid = volume.write_grid(m)
-        scales.append((s.key, s.bounds.start, s.bounds.stop, s.resolution, s.chunk_shape, s.encoding,
-                       grid.chunk_shape, grid.origin))
-    layout = (np.dtype(meta.dtype).str, meta.num_channels, meta.layer_type, repr(meta.fill_value), scales)
-    return hashlib.sha1(repr(layout).encode()).hexdigest()
 
 
 def _local_directory(store) -> str | None:
