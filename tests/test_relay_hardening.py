@@ -181,3 +181,26 @@ def test_relay_cache_keys_name_the_upstream_service():
     assert source_key("s3://b/vol", on("http://127.0.0.1:1 | s3://b/vol")) != source_key("s3://b/vol", on("http://127.0.0.1:2 | s3://b/vol"))
     assert source_key("s3://b/vol", on("x | s3://b/vol")) == source_key("s3://b/vol", on("x | s3://b/vol"))
     assert source_key("bossdb://c/e/ch") == source_key("bossdb://c/e/ch", SimpleNamespace())  # server remotes: the URL
+
+
+def test_an_upstream_refusing_the_relay_is_a_502_not_the_client_s_400(start_relay, relay_volumes):
+    """(review) A chained upstream that stopped taking the relay's token (401) or lost the
+    channel (404) after the relay started reached the client as 400 Bad Request: the client's
+    request was fine."""
+    from urllib.parse import urlparse
+
+    image = f"precomputed://{relay_volumes['image_path']}"
+    a = start_relay({"sources": {"lab/em/image": {"url": image}, "lab/em/other": {"url": image}},
+                     "tokens": [{"token": "token-one", "read": ["lab/*"]}, {"token": "token-two", "read": ["lab/*"]}]})
+    b = start_relay({"sources": {
+        "lab/em/revoked": {"url": f"bossdb://{a.url}/lab/em/image", "token": "token-one", "public": True},
+        "lab/em/gone": {"url": f"bossdb://{a.url}/lab/em/other", "token": "token-two", "public": True},
+    }, "cache": {"memory_bytes": 0}})
+    a.stop()  # the upstream starts again on its port, without token-one and without the other channel
+    start_relay({"server": {"port": urlparse(a.url).port}, "sources": {"lab/em/image": {"url": image}},
+                 "tokens": [{"token": "token-two", "read": ["lab/*"]}]})
+    for channel, says in (("revoked", "401"), ("gone", "not found")):
+        status, body, _ = http("GET", f"{b.url}/v1/cutout/lab/em/{channel}/0/0:64/0:64/0:8/",
+                               headers={"Accept": "application/npygz"})
+        doc = error_body(body)
+        assert status == 502 and "upstream" in doc["message"] and says in doc["message"], (channel, status, doc)

@@ -109,3 +109,35 @@ def test_any_source_format_behind_the_relay(start_relay, relay_volumes, tmp_path
         np.testing.assert_array_equal(a[3:7, 100:211, 17:301], model[3:7, 100:211, 17:301], err_msg=exp)
         store = ts.open({"driver": "neuroglancer_precomputed", "kvstore": f"{relay.url}/fmt/{exp}/image/"}, read=True).result()
         np.testing.assert_array_equal(np.asarray(store[ts.d["channel"][0]].read().result()).T, model, err_msg=exp)
+
+
+def test_only_a_cuboid_s_exact_name_is_served(served):
+    """(review) '00-64_…', '-0-64_…' and a name with a trailing newline were served, each cached
+    apart from the real name, and stayed stale after writes; a '²' scale or a name of 4300
+    digits was a 500."""
+    info = json.loads(http("GET", served.url + "/pub/em/image/info")[1])
+    cx, cy, cz = info["scales"][0]["chunk_sizes"][0]
+    base = f"{served.url}/pub/em/image"
+    name = f"{cx}-{2 * cx}_0-{cy}_0-{cz}"
+    assert http("GET", f"{base}/0/{name}")[0] == 200
+    for other in (f"0/0{cx}-{2 * cx}_0-{cy}_0-{cz}", f"0/{cx}-{2 * cx}_-0-{cy}_0-{cz}", f"0/{name}%0A", f"00/{name}",
+                  f"%C2%B2/{name}", f"0/{'9' * 4400}-{2 * cx}_0-{cy}_0-{cz}", f"0/{cx}-{2 * cx}_0-{cy}_0-{cz}_0-1"):
+        status, body, _ = http("GET", f"{base}/{other}")
+        assert status == 404, (other, status, body[:200])
+
+
+@pytest.mark.parametrize("accept,gzipped", [("gzip", True), ("gzip;q=0", False), ("identity, gzip;q=0", False),
+                                            ("*", True), ("*, gzip;q=0", False), ("deflate", False), (None, False),
+                                            ("br;q=1, GZIP;q=0.5", True)])
+def test_a_chunk_is_gzipped_only_where_the_client_takes_gzip(served, relay_volumes, accept, gzipped):
+    """(review) 'gzip;q=0' (gzip refused) got a gzip body, and no Vary told shared caches."""
+    import gzip
+
+    info = json.loads(http("GET", served.url + "/pub/em/image/info")[1])
+    cx, cy, cz = info["scales"][0]["chunk_sizes"][0]
+    status, body, headers = http("GET", f"{served.url}/pub/em/image/0/0-{cx}_0-{cy}_0-{cz}",
+                                 headers={} if accept is None else {"Accept-Encoding": accept})
+    assert status == 200 and "accept-encoding" in headers.get("vary", "").lower()
+    assert (headers.get("content-encoding") == "gzip") == gzipped
+    raw = np.frombuffer(gzip.decompress(body) if gzipped else body, np.uint8).reshape(cz, cy, cx)
+    np.testing.assert_array_equal(raw, relay_volumes["image"][0][:cz, :cy, :cx])

@@ -22,7 +22,7 @@ from ..codecs import cutout
 from ..errors import ChunkDecodeError, UnsupportedError
 from ..geometry import Box
 from .errors import BAD_REQUEST, TOO_LARGE, UNSUPPORTED_MEDIA, RelayError
-from .requests import read_body, token_of
+from .requests import read_body, token_of, weighted
 from .source import RelaySource
 from .state import Relay
 
@@ -102,17 +102,7 @@ def negotiate(accept: str) -> str:
     if not accept.strip():
         return cutout.BLOSC
     best, best_q = None, 0.0
-    for part in accept.split(","):
-        kind, *params = (p.strip() for p in part.split(";"))
-        kind = kind.lower()
-        q = 1.0
-        for param in params:
-            name, _, value = param.partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    raise RelayError(400, BAD_REQUEST, f"bad q value in Accept: {part.strip()!r}") from None
+    for kind, q in weighted(accept, "Accept"):
         if kind in ("*/*", "application/*"):
             kind = cutout.BLOSC
         if kind in cutout.GET_TYPES and q > best_q:

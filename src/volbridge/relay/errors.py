@@ -11,10 +11,12 @@ from __future__ import annotations
 from starlette.responses import JSONResponse
 
 from ..errors import (
+    AuthError,
     ChunkDecodeError,
     ReadOnlyError,
     StoreError,
     StoreTimeoutError,
+    URLError,
     VolbridgeError,
 )
 
@@ -40,6 +42,8 @@ def from_library(e: VolbridgeError) -> RelayError:
         return RelayError(504, UPSTREAM_TIMEOUT, f"upstream timed out: {msg}")
     if isinstance(e, (StoreError, ChunkDecodeError)):
         return RelayError(502, UPSTREAM, f"upstream failed: {msg}")
+    if isinstance(e, (AuthError, URLError)):  # the upstream refused the relay's token, or lost the resource:
+        return RelayError(502, UPSTREAM, f"upstream refused: {msg}")  # not the client's request (sources are opened from the config)
     if isinstance(e, ReadOnlyError):
         return RelayError(403, 4003, msg)
     return RelayError(400, BAD_REQUEST, msg)

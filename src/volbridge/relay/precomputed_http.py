@@ -7,6 +7,8 @@ is served as zeros: precomputed readers differ in how they treat a 404 inside th
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -15,7 +17,7 @@ from starlette.routing import Route
 
 from ..compression import gzip_fast
 from .errors import RelayError
-from .requests import token_of
+from .requests import accepts_gzip, token_of
 from .state import Relay
 
 
@@ -40,7 +42,7 @@ async def provenance(request: Request):
 async def chunk(request: Request):
     _, src = _source(request)
     p = request.path_params
-    if not p["scale"].isdigit() or int(p["scale"]) >= src.scale_count():
+    if not re.fullmatch(r"0|[1-9][0-9]{0,3}", p["scale"]) or int(p["scale"]) >= src.scale_count():  # (ASCII digits: isdigit takes '²')
         raise RelayError(404, 4000, f"no scale {p['scale']!r} in {src.name}")
     scale = int(p["scale"])
 
@@ -55,8 +57,8 @@ async def chunk(request: Request):
         return raw
 
     raw = await run_in_threadpool(work)
-    headers = {}
-    if "gzip" in request.headers.get("accept-encoding", ""):
+    headers = {"Vary": "Accept-Encoding"}  # a shared cache must not hand the gzip body to a client that refused it
+    if accepts_gzip(request.headers.get("accept-encoding")):
         raw = await run_in_threadpool(gzip_fast, raw)  # time counts more than size on a relay's warm path
         headers["Content-Encoding"] = "gzip"
     return Response(raw, media_type="application/octet-stream", headers=headers)

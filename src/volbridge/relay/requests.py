@@ -59,3 +59,33 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise RelayError(413, TOO_LARGE, f"the request body exceeds the {limit} bytes this cutout can need")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def weighted(header: str, what: str) -> list[tuple[str, float]]:
+    """The (lower-cased value, q) pairs of a header of weighted choices (Accept,
+    Accept-Encoding; RFC 9110 12.4.2), in the order listed; q defaults to 1."""
+    out = []
+    for part in header.split(","):
+        value, *params = (p.strip() for p in part.split(";"))
+        if not value:
+            continue
+        q = 1.0
+        for param in params:
+            name, _, number = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(number)
+                except ValueError:
+                    raise RelayError(400, BAD_REQUEST, f"bad q value in {what}: {part.strip()!r}") from None
+                if not 0 <= q <= 1:
+                    raise RelayError(400, BAD_REQUEST, f"q must lie in 0..1 in {what}: {part.strip()!r}")
+        out.append((value.lower(), q))
+    return out
+
+
+def accepts_gzip(header: str | None) -> bool:
+    """Whether an Accept-Encoding header lets the response be gzipped: gzip (or ``*``, gzip not
+    named) with q above 0. No header: not gzipped (identity is always acceptable)."""
+    choices = dict(weighted(header or "", "Accept-Encoding"))
+    q = choices.get("gzip", choices.get("x-gzip", choices.get("*", 0.0)))
+    return q > 0

@@ -37,7 +37,13 @@ from ..kv.cache_tier import ABSENT
 #: voxels: small zarr chunks (32^3) would otherwise cost more in bookkeeping than in bytes.
 CUBOID_MIN_VOXELS = 2**18
 
-_KEY = re.compile(r"^(\d+)/(-?\d+)-(-?\d+)_(-?\d+)-(-?\d+)_(-?\d+)-(-?\d+)$")
+_INT = r"(-?[0-9]{1,19})"  # ASCII digits, within int64 (Python's int() takes other digits, and 4300 of them)
+_KEY = re.compile(rf"([0-9]{{1,4}})/{_INT}-{_INT}_{_INT}-{_INT}_{_INT}-{_INT}")
+
+
+def cuboid_key(scale: int, b: Box) -> str:
+    """The precomputed chunk key of box ``b`` of ``scale``: the one name of each cuboid."""
+    return f"{scale}/{b.start[0]}-{b.stop[0]}_{b.start[1]}-{b.stop[1]}_{b.start[2]}-{b.stop[2]}"
 
 
 def cuboid_shape(chunk: tuple[int, int, int], extent: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -102,7 +108,7 @@ class CuboidStore(KVStore):
 
     def parse_key(self, key: str) -> tuple[int, Box] | None:
         """(scale, box) of a cuboid key, or None if the key is not exactly one cuboid of the grid."""
-        m = _KEY.match(key)
+        m = _KEY.fullmatch(key)
         if m is None:
             return None
         scale = int(m.group(1))
@@ -113,6 +119,8 @@ class CuboidStore(KVStore):
         grid = self.grids[scale]
         cells = list(grid.cells(box)) if not box.empty else []
         if len(cells) != 1 or cells[0].box != box:
+            return None
+        if key != cuboid_key(scale, box):  # '007-064_...', '-0-64_...': other names, cached apart, went stale
             return None
         return scale, box
 
@@ -268,13 +276,8 @@ class RelaySource:
             return None
         return parsed[1], self.store.get(key)
 
-    @staticmethod
-    def cuboid_key(scale: int, b: Box) -> str:
-        """The precomputed chunk key of cuboid ``b`` of ``scale``."""
-        return f"{scale}/{b.start[0]}-{b.stop[0]}_{b.start[1]}-{b.stop[1]}_{b.start[2]}-{b.stop[2]}"
-
     def cuboid_keys(self, box: Box, scale: int) -> list[tuple[str, Box]]:
-        return [(self.cuboid_key(scale, c.box), c.box) for c in self.upstream.grids[scale].cells(box)]
+        return [(cuboid_key(scale, c.box), c.box) for c in self.upstream.grids[scale].cells(box)]
 
     def write(self, box: Box, data: np.ndarray, scale: int, channels: slice | None = None) -> None:
         """Write ``data`` ``(x, y, z, c)`` (the ``channels`` given, default all) to the upstream;
@@ -313,7 +316,7 @@ class RelaySource:
         ch = self.channel
 
         def task(cell) -> None:
-            raw = self.store.get(self.cuboid_key(scale, cell.box))
+            raw = self.store.get(cuboid_key(scale, cell.box))
             if raw is not None:
                 vox = np.frombuffer(raw, self.meta.dtype).reshape((*cell.box.shape, self.meta.num_channels), order="F")
                 fn(cell.box, vox[..., ch])
