@@ -78,3 +78,36 @@ def test_tiff_multipage_and_stack(tmp_path):
     (tmp_path / "bad.tif").write_bytes(b"II*\x00garbage")
     with pytest.raises(StoreError, match="bad.tif"):
         vb.array(f"tiff://{tmp_path}/bad.tif")
+
+
+def test_tiff_axes_follow_tifffile(tmp_path):
+    """(review) An ImageJ hyperstack's channels were folded into z (alternating), planar RGB
+    pages read with x as channels, files of other dtypes cast silently (300 read as 44), and
+    unpadded slice names read out of z order. tifffile's own reading is the oracle."""
+    rng = np.random.default_rng(4)
+    zcyx = rng.integers(0, 65535, (5, 2, 20, 30), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "zc.tif", zcyx, imagej=True, metadata={"axes": "ZCYX"})
+    czyx = rng.integers(0, 255, (3, 4, 20, 30), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "cz.ome.tif", czyx, ome=True, metadata={"axes": "CZYX"})
+    planar = rng.integers(0, 255, (4, 3, 20, 30), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "planar.tif", planar, photometric="rgb", planarconfig="separate")
+    for name, written, want in (("zc.tif", zcyx, zcyx.transpose(1, 0, 2, 3)), ("cz.ome.tif", czyx, czyx),
+                                ("planar.tif", planar, planar.transpose(1, 0, 2, 3))):
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / name), written)  # tifffile reads back what it wrote
+        vol = vb.array(f"tiff://{tmp_path}/{name}")
+        assert vol.shape == want.shape, name
+        np.testing.assert_array_equal(vol[...], want)
+        np.testing.assert_array_equal(vol[:, 1:3, -2:7, 5:9], np.pad(want[:, 1:3, 0:7, 5:9], ((0, 0), (0, 0), (2, 0), (0, 0))))
+    tifffile.imwrite(tmp_path / "t.tif", zcyx[:4].reshape(2, 2, 2, 20, 30), imagej=True, metadata={"axes": "TZCYX"})
+    with pytest.raises(vb.errors.UnsupportedError, match="T=2"):
+        vb.array(f"tiff://{tmp_path}/t.tif")
+    (tmp_path / "mixed").mkdir()
+    for i, (value, dtype) in enumerate(((1.75, np.float32), (300, np.uint16))):
+        tifffile.imwrite(tmp_path / "mixed" / f"{i}.tif", np.full((4, 4), value, dtype))
+    with pytest.raises(URLError, match="differ in page shape, channels or dtype.*float32.*uint16"):
+        vb.array(f"tiff://{tmp_path}/mixed/*.tif")
+    (tmp_path / "unpadded").mkdir()
+    for z in range(12):
+        tifffile.imwrite(tmp_path / "unpadded" / f"s_{z}.tif", np.full((4, 4), z, np.uint8))
+    stack = vb.array(f"tiff://{tmp_path}/unpadded/s_*.tif")
+    assert stack[:, 0, 0].tolist() == list(range(12))

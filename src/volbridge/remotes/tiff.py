@@ -1,53 +1,87 @@
 """TIFF volumes, read-only: a multipage file (``tiff:///data/stack.tif``, pages are z) or a
-z-stack of files (``tiff:///data/slices/*.tif``, sorted by name). Only the pages a read needs are
-decoded. RGB(A) pages become channels. Resolution from ``?resolution=z,y,x``, else 1.
+z-stack of files (``tiff:///data/slices/*.tif``, sorted by name with numbers by value: s_2 before
+s_10). Only the pages a read needs are decoded. RGB(A) samples (interleaved or planar) and the C
+axis of ImageJ/OME hyperstacks become channels; time series are refused. Resolution from
+``?resolution=z,y,x``, else 1.
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import re
 
 import numpy as np
 
 from ..engine import Volume
-from ..errors import ReadOnlyError, StoreError, URLError
+from ..errors import ReadOnlyError, StoreError, UnsupportedError, URLError
 from ..formats.base import ScaleMeta, VolumeMeta
 from ..geometry import Box
 from .single_file import parse_file_url, triple
+
+
+#: How a page holds its samples (tifffile's page axes): gray, interleaved (RGB), planar (separate).
+_PAGE_LAYOUTS = ("YX", "YXS", "SYX")
+#: tifffile's axes of a stack of planes: depth, image sequence, unknown. 'C' (channels) is read too.
+_PLANE_AXES = "ZIQ"
+
+
+def _planes(path: str, url: str):
+    """The planes of one file in z order, as (page indices, one per channel), with the pages'
+    layout, channel count, dtype and (height, width). From tifffile's first series and its axes,
+    so ImageJ/OME hyperstacks (ZCYX, CZYX) give channels, not z (a review found them folded
+    into z, channels alternating), and planar RGB pages keep their channels."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tf:
+            series = tf.series[0]
+            page = tf.pages[0]
+            layout, axes, shape, dtype, npages = page.axes, series.axes, series.shape, series.dtype, len(tf.pages)
+            page_shape = page.shape
+    except (OSError, IndexError, tifffile.TiffFileError) as e:
+        raise StoreError(f"{url}: cannot read {path}: {e}") from e
+    if layout not in _PAGE_LAYOUTS:
+        raise UnsupportedError(f"{url}: the pages of {path} have axes {layout}; volbridge reads 2-D pages (YX), RGB(A) (YXS) "
+                               "or planar RGB(A) (SYX)")
+    lead_axes, lead_shape = axes[: len(axes) - len(layout)], shape[: len(axes) - len(layout)]
+    extra = [f"{a}={n}" for a, n in zip(lead_axes, lead_shape) if a not in _PLANE_AXES + "C" and n > 1]
+    if extra or lead_axes.count("C") > 1 or ("C" in lead_axes and "S" in layout):
+        raise UnsupportedError(f"{url}: {path} holds axes {axes} (shape {shape}); volbridge reads z-stacks of pages with "
+                               "channels as C or as samples of a page, not " + (", ".join(extra) or "both"))
+    count = int(np.prod(lead_shape, dtype=np.int64))
+    if count > npages:
+        raise UnsupportedError(f"{url}: {path} stores its {axes} series in fewer pages ({npages}) than planes ({count})")
+    c_axis = lead_axes.find("C")
+    channels = lead_shape[c_axis] if c_axis >= 0 else (page_shape[layout.index("S")] if "S" in layout else 1)
+    planes: dict[tuple, list[int]] = {}
+    for index, at in enumerate(np.ndindex(*lead_shape)):  # pages in the series' (C) order
+        z = tuple(i for d, i in enumerate(at) if d != c_axis)
+        planes.setdefault(z, []).append(index)
+    hw = (page_shape[layout.index("Y")], page_shape[layout.index("X")])
+    return [tuple(keys) for _, keys in sorted(planes.items())], layout, channels, np.dtype(dtype), hw
 
 
 class TiffVolume(Volume):
     format_name = "tiff"
 
     def __init__(self, url: str, files: list[str], resolution=None):
-        import tifffile
-
         self.url, self.files = url, files
-        self.pages: list[tuple[str, int]] = []
-        shapes = set()
-        dtype = None
+        self.pages: list[tuple[str, tuple[int, ...], str]] = []  # per z: file, its pages (one per channel), layout
+        kinds = {}
         for path in files:
-            try:
-                with tifffile.TiffFile(path) as tf:
-                    for i, page in enumerate(tf.pages):
-                        shapes.add(page.shape)
-                        dtype = page.dtype
-                        self.pages.append((path, i))
-            except (OSError, tifffile.TiffFileError) as e:
-                raise StoreError(f"{url}: cannot read {path}: {e}") from e
+            planes, layout, channels, dtype, hw = _planes(path, url)
+            kinds.setdefault((hw, channels, dtype), path)
+            self.pages += [(path, keys, layout) for keys in planes]
         if not self.pages:
             raise StoreError(f"{url}: no image pages in {', '.join(files[:3])}")
-        if len(shapes) != 1:
-            raise URLError(f"{url!r}: pages differ in shape ({sorted(shapes)[:4]}); a volume needs equal pages")
-        shape = shapes.pop()
-        if len(shape) not in (2, 3):
-            raise URLError(f"{url!r}: pages of shape {shape} are not 2-D images")
-        self.channels = shape[2] if len(shape) == 3 else 1
-        bounds = Box((0, 0, 0), (shape[1], shape[0], len(self.pages)))
+        if len(kinds) != 1:
+            seen = "; ".join(f"{p}: {h}x{w} pages, {c} channel(s) of {d}" for ((h, w), c, d), p in list(kinds.items())[:4])
+            raise URLError(f"{url!r}: its files differ in page shape, channels or dtype ({seen}); a volume needs them equal")
+        (height, width), self.channels, dtype = next(iter(kinds))
+        bounds = Box((0, 0, 0), (width, height, len(self.pages)))
         res = resolution or (1.0, 1.0, 1.0)
-        self.meta = VolumeMeta(np.dtype(dtype), self.channels, "image",
-                               (ScaleMeta("", bounds, res, (shape[1], shape[0], 1), "tiff"),), 0)
+        self.meta = VolumeMeta(dtype, self.channels, "image", (ScaleMeta("", bounds, res, (width, height, 1), "tiff"),), 0)
         self.capabilities = frozenset()
 
     def instance_id(self, stamp: bool) -> str | None:
@@ -69,11 +103,13 @@ class TiffVolume(Volume):
             return out
         (x0, y0, z0), (x1, y1, z1) = inter.start, inter.stop
         for z in range(z0, z1):
-            path, index = self.pages[z]
+            path, keys, layout = self.pages[z]
             try:
-                img = tifffile.imread(path, key=index)
+                img = tifffile.imread(path, key=list(keys)) if len(keys) > 1 else tifffile.imread(path, key=keys[0])
             except (OSError, tifffile.TiffFileError, ValueError) as e:
-                raise StoreError(f"{self.url}: cannot read page {index} of {path}: {e}") from e
+                raise StoreError(f"{self.url}: cannot read page(s) {', '.join(map(str, keys))} of {path}: {e}") from e
+            if len(keys) > 1 or layout == "SYX":  # channel pages, or a planar page: channels first
+                img = np.moveaxis(img, 0, -1)
             img = img[y0:y1, x0:x1]
             img = img[..., None] if img.ndim == 2 else img
             out[x0 - box.start[0] : x1 - box.start[0], y0 - box.start[1] : y1 - box.start[1], z - box.start[2]] = img.transpose(1, 0, 2)
@@ -83,11 +119,17 @@ class TiffVolume(Volume):
         raise ReadOnlyError(f"{self.url}: TIFF volumes are read-only")
 
 
+def _natural(name: str) -> list:
+    """Sort key putting s_2.tif before s_10.tif (numbers by value), as microscope software names
+    slices; plain name order read such stacks out of z order (a review found)."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"([0-9]+)", name)]
+
+
 def open_tiff(url: str, writable: bool) -> TiffVolume:
     if writable:
         raise ReadOnlyError(f"{url}: TIFF volumes are read-only; transfer them to another format to write")
     pattern, _, options = parse_file_url(url)
-    files = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
+    files = sorted(glob.glob(pattern), key=_natural) if any(c in pattern for c in "*?[") else [pattern]
     if not files or not all(os.path.isfile(f) for f in files):
         raise URLError(f"{url!r}: no TIFF file matches {pattern}")
     return TiffVolume(url, files, triple(options.get("resolution"), "resolution", url))
