@@ -208,3 +208,28 @@ def test_bad_n5_lz4(tmp_path):
     (tmp_path / "c" / "attributes.json").write_text(json.dumps(attrs))
     with pytest.raises(MetadataError, match="blockSize"):
         vb.array(str(tmp_path / "c"))
+
+
+@pytest.mark.parametrize("unit,nm", [("um", 1000.0), ("nm", 1.0), ("µm", 1000.0), ("mm", 1e6)])
+def test_resolution_units_are_read(tmp_path, unit, nm):
+    """(review) tensorstore's 'units' and n5-viewer's pixelResolution 'unit' were ignored: a
+    resolution in um read as nm, 1000x too small, and passed on to every copy and the relay."""
+    ts.open({"driver": "n5", "kvstore": {"driver": "file", "path": str(tmp_path / "a.n5")}, "create": True,
+             "metadata": {"dimensions": [8, 8, 8], "blockSize": [4, 4, 4], "dataType": "uint8", "compression": {"type": "raw"}},
+             "schema": {"dimension_units": [[4, unit], [4, unit], [40, unit]]}}).result()
+    assert vb.array(f"n5://{tmp_path / 'a.n5'}").resolution == (40 * nm, 4 * nm, 4 * nm)
+    (tmp_path / "b.n5" / "s0").mkdir(parents=True)
+    (tmp_path / "b.n5" / "attributes.json").write_text(json.dumps(
+        {"n5": "2.0.0", "pixelResolution": {"dimensions": [0.5, 0.5, 2.0], "unit": unit}, "scales": [[1, 1, 1]]}))
+    (tmp_path / "b.n5" / "s0" / "attributes.json").write_text(json.dumps(
+        {"dimensions": [8, 8, 8], "blockSize": [4, 4, 4], "dataType": "uint8", "compression": {"type": "raw"}}))
+    assert vb.array(f"n5://{tmp_path / 'b.n5'}").resolution == (2 * nm, 0.5 * nm, 0.5 * nm)
+
+
+@pytest.mark.parametrize("attrs,error", [({"resolution": "4nm"}, MetadataError), ({"resolution": [4, 4, 40], "units": ["furlong"] * 3},
+                                                                                   UnsupportedError)])
+def test_a_bad_resolution_is_named(tmp_path, attrs, error):
+    (tmp_path / "attributes.json").write_text(json.dumps(
+        {"dimensions": [8, 8, 8], "blockSize": [4, 4, 4], "dataType": "uint8", "compression": {"type": "raw"}, **attrs}))
+    with pytest.raises(error, match="attributes.json.*(resolution|unit)"):
+        vb.array(f"n5://{tmp_path}")

@@ -111,3 +111,36 @@ def test_tiff_axes_follow_tifffile(tmp_path):
         tifffile.imwrite(tmp_path / "unpadded" / f"s_{z}.tif", np.full((4, 4), z, np.uint8))
     stack = vb.array(f"tiff://{tmp_path}/unpadded/s_*.tif")
     assert stack[:, 0, 0].tolist() == list(range(12))
+
+
+def test_a_big_endian_hdf5_dataset_reads_writes_and_copies_as_native(tmp_path):
+    """(review) '>u2' was the volume's dtype: every uint16 write and transfer was refused."""
+
+
+    data = np.random.default_rng(5).integers(0, 65535, (6, 10, 12), dtype=np.uint16)
+    with h5py.File(tmp_path / "be.h5", "w") as f:
+        f.create_dataset("raw", data=data.astype(">u2"), chunks=(3, 5, 6))
+    vol = vb.array(f"h5://{tmp_path}/be.h5#/raw", mode="r+")
+    assert vol.dtype == np.dtype("uint16")
+    np.testing.assert_array_equal(vol[...], data)
+    vol[1:3, 2:5, 3:7] = np.full((2, 3, 4), 4242, np.uint16)
+    data[1:3, 2:5, 3:7] = 4242
+    with h5py.File(tmp_path / "be.h5", "r") as f:
+        assert f["raw"].dtype == np.dtype(">u2")  # stored as it was
+        np.testing.assert_array_equal(f["raw"][...], data)
+    from volbridge.services import transfer
+
+    transfer(f"h5://{tmp_path}/be.h5#/raw", f"zarr3://{tmp_path}/copy")
+    np.testing.assert_array_equal(vb.array(f"zarr3://{tmp_path}/copy")[...], data)
+
+
+def test_an_hdf5_file_open_in_h5py_in_this_process_still_opens(tmp_path):
+    """(review) A notebook that looked at the file with h5py.File(path, 'r') made every
+    volbridge read fail: 'file locking flag values don't match'."""
+
+
+    data = np.arange(4 * 5 * 6, dtype=np.uint8).reshape(4, 5, 6)
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        f.create_dataset("raw", data=data)
+    with h5py.File(tmp_path / "a.h5", "r"):
+        np.testing.assert_array_equal(vb.array(f"h5://{tmp_path}/a.h5#/raw")[...], data)

@@ -39,6 +39,13 @@ class ScaleMeta:
         return self.bounds.shape  # type: ignore[return-value]
 
 
+#: Length units -> nanometres: UDUNITS names (OME-Zarr) and the abbreviations N5 writers use
+#: (tensorstore's "nm"/"um", n5-viewer's "um"/"µm"). None: no unit given, read as nanometres.
+UNITS_NM = {"angstrom": 0.1, "picometer": 1e-3, "nanometer": 1.0, "micrometer": 1e3, "micron": 1e3,
+            "millimeter": 1e6, "centimeter": 1e7, "meter": 1e9, None: 1.0,
+            "pm": 1e-3, "nm": 1.0, "um": 1e3, "\u00b5m": 1e3, "\u03bcm": 1e3, "mm": 1e6, "cm": 1e7, "m": 1e9}
+
+
 @dataclass(frozen=True)
 class VolumeMeta:
     dtype: np.dtype

@@ -22,7 +22,7 @@ from ..codecs.zarr_pipeline import v2_compressor
 from ..errors import ChunkDecodeError, MetadataError, UnsupportedError
 from ..geometry import Box, Cell, ChunkGrid
 from ..kv import KVStore
-from .base import ChunkedDataset, ScaleLayout, ScaleMeta, VolumeMeta, clear_for_overwrite, read_doc, read_docs
+from .base import UNITS_NM, ChunkedDataset, ScaleLayout, ScaleMeta, VolumeMeta, clear_for_overwrite, read_doc, read_docs
 
 ATTRS = "attributes.json"
 _TYPES = ("uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "float32", "float64")
@@ -156,6 +156,31 @@ class N5Layout(ScaleLayout):
         return header + payload
 
 
+def _resolution_nm(root: dict, where: str) -> list[float]:
+    """The (x, y, z) voxel size in nm from a root's ``resolution`` + ``units`` (tensorstore,
+    BigDataViewer) or ``pixelResolution`` {dimensions, unit} (n5-viewer); 1 nm where none.
+    (A review found "um" read as nm: resolutions 1000x too small.)"""
+    pixel = root.get("pixelResolution")
+    if root.get("resolution") is not None:
+        values, units = root["resolution"], root.get("units")
+    elif isinstance(pixel, dict) and pixel.get("dimensions") is not None:
+        values, unit = pixel["dimensions"], pixel.get("unit")
+        units = None if unit is None else [unit] * 3
+    else:
+        return [1.0, 1.0, 1.0]
+    if not isinstance(values, list) or len(values) < 3 or not all(isinstance(v, (int, float)) and v > 0 for v in values[:3]):
+        raise MetadataError(f"{where}: the resolution must list at least three positive numbers (x, y, z), got {values!r}")
+    if units is not None and (not isinstance(units, list) or len(units) < 3):
+        raise MetadataError(f"{where}: 'units' must list a unit per dimension, got {units!r}")
+    factors = []
+    for u in (units or [None] * 3)[:3]:
+        u = u or None  # "" is no unit
+        if u not in UNITS_NM:
+            raise UnsupportedError(f"{where}: spatial unit {u!r} is not a length unit volbridge knows")
+        factors.append(UNITS_NM[u])
+    return [float(v) * f for v, f in zip(values[:3], factors)]
+
+
 class N5Dataset(ChunkedDataset):
     format_name = "n5"
 
@@ -170,7 +195,7 @@ class N5Dataset(ChunkedDataset):
             prefixes = [f"s{i}" for i in range(len(docs))]
             if not prefixes:
                 raise MetadataError(f"no N5 dataset at {store.url} (no 'dimensions' in {ATTRS}, no s0/{ATTRS})")
-        base_res = root.get("resolution") or root.get("pixelResolution", {}).get("dimensions") or [1, 1, 1]
+        base_res = _resolution_nm(root, f"{store.url}/{ATTRS}")
         self.layouts = []
         for i, (p, attrs) in enumerate(zip(prefixes, docs)):
             factors = attrs.get("downsamplingFactors") or (root.get("downsamplingFactors") or root.get("scales") or [[1, 1, 1]] * len(prefixes))[i] if p else [1, 1, 1]

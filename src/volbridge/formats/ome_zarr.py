@@ -16,11 +16,8 @@ from ..errors import MetadataError, UnsupportedError
 from ..geometry import Box
 from ..kv import KVStore, MemoryStore
 from . import zarr
-from .base import ChunkedDataset, VolumeMeta, clear_for_overwrite, read_doc, read_docs
+from .base import UNITS_NM, ChunkedDataset, VolumeMeta, clear_for_overwrite, read_doc, read_docs
 
-#: UDUNITS length names -> nanometres.
-UNITS_NM = {"angstrom": 0.1, "picometer": 1e-3, "nanometer": 1.0, "micrometer": 1e3, "micron": 1e3,
-            "millimeter": 1e6, "centimeter": 1e7, "meter": 1e9, None: 1.0}
 
 
 def _group_attrs(store: KVStore, docs: dict | None = None) -> tuple[dict, int] | None:

@@ -57,7 +57,9 @@ class HDF5Volume(Volume):
             self.ndim = d.ndim
             bounds = Box((0, 0, 0), tuple(d.shape[-3:][::-1]))
             chunks = tuple(min(64, s) for s in bounds.shape) if d.chunks is None else tuple(d.chunks[-3:][::-1])
-            self.meta = VolumeMeta(np.dtype(d.dtype), self.channels, "segmentation" if d.attrs.get("layer_type") == "segmentation" else "image",
+            # native byte order: h5py converts on read and write, and '>u2' would refuse every
+            # uint16 write and transfer (as the zarr and N5 readers already do)
+            self.meta = VolumeMeta(np.dtype(d.dtype).newbyteorder("="), self.channels, "segmentation" if d.attrs.get("layer_type") == "segmentation" else "image",
                                    (ScaleMeta(dataset, bounds, res, chunks, "hdf5"),), 0)
 
     @contextmanager
@@ -74,7 +76,14 @@ class HDF5Volume(Volume):
                     raise
                 fd = None  # a read-only directory: read without the lock
             try:
-                f = h5py.File(self.path, mode, locking=False)
+                try:
+                    f = h5py.File(self.path, mode, locking=False)
+                except OSError as e:
+                    if "locking flag" not in str(e):
+                        raise
+                    # the file is open elsewhere in this process (h5py's default locking, a notebook
+                    # that looked at it): HDF5 shares that handle only with the same flags
+                    f = h5py.File(self.path, mode)
             except FileNotFoundError as e:
                 raise StoreError(f"{self.url}: file {self.path} does not exist") from e
             except OSError as e:
