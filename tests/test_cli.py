@@ -440,3 +440,38 @@ def test_serve_without_the_relay_extra_says_what_to_install(tmp_path, capsys, mo
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "starlette" else real(name, *a))
     assert run(["serve", str(tmp_path)]) == 1
     assert "pip install 'volbridge[relay]'" in capsys.readouterr().err
+
+
+# -- from a review of the command line ----------------------------------------------------------------
+def test_a_cutout_named_in_capitals_is_written_where_named(capsys, image_url, tmp_path):
+    """(review) '-o x.NPY' printed 'wrote x.NPY' but numpy wrote x.NPY.npy."""
+    rc, out, err = invoke(capsys, "cutout", image_url, "--bbox=-32,-256,1024,-30,-250,1030", "-o", tmp_path / "x.NPY")
+    assert rc == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.NPY"]
+    np.testing.assert_array_equal(np.load(tmp_path / "x.NPY"), vb.array(image_url)[-32:-30, -256:-250, 1024:1030])
+
+
+def test_impossible_sizes_and_options_are_clean_errors(capsys, image_url, tmp_path):
+    """(review) Each of these ended in a Python traceback; the 1e20 copy also left a destination
+    behind that made the next correct copy fail."""
+    rc, out, err = invoke(capsys, "cutout", image_url, "--bbox=0,0,0,10000000,10000000,10000000", "-o", tmp_path / "x.npy")
+    assert_clean_error(rc, out, err, "memory")
+    rc, out, err = invoke(capsys, "cp", image_url, tmp_path / "dst", "--bbox=-32,-256,1024,-31,-255,100000000000000000000")
+    assert_clean_error(rc, out, err, "more bytes than any volume can address")
+    assert not (tmp_path / "dst").exists()
+    rc, out, err = invoke(capsys, "cp", image_url, tmp_path / "far", "--bbox=0,0,0,1,1,1")
+    assert_clean_error(rc, out, err, "outside the bounds", "nothing to copy")
+    assert not (tmp_path / "far").exists()
+    for argv, fragment in ((("serve", "--port", "99999", image_url), "--port"), (("view", "--port", "70000", image_url), "--port"),
+                           (("serve", "--log-level", "bogus", image_url), "--log-level")):
+        rc, out, err = invoke(capsys, *argv)
+        assert rc != 0 and fragment in err and "Traceback" not in out + err, (argv, rc, err)
+
+
+@pytest.mark.parametrize("scheme", ["zarr3", "zarr2", "n5"])
+def test_a_copy_of_an_offset_volume_into_a_format_starting_at_0_says_what_to_use(capsys, image_url, tmp_path, scheme):
+    """(review) 'a zarr array starts at 0: give shape=, or bounds starting at (0, 0, 0)': advice
+    a cp user cannot follow, after a warning about metadata not copied."""
+    rc, out, err = invoke(capsys, "cp", image_url, f"{scheme}://{tmp_path / 'dst'}")
+    assert_clean_error(rc, out, err, "starts at (-32, -256, 1024)", "ome-zarr://", "precomputed://")
+    assert "UserWarning" not in out + err and not (tmp_path / "dst").exists()

@@ -22,6 +22,16 @@ from .geometry.index import AxisSpec, IndexPlan, normalize_index
 AXIS_ORDERS = ("zyx", "xyz")
 
 
+def _check_addressable(box: Box, volume: Volume) -> None:
+    """A cutout no array can hold is a MemoryError naming its size, before any read (numpy
+    raised a bare ValueError, 'array is too big', deep in the engine)."""
+    n = volume.meta.num_channels * np.dtype(volume.meta.dtype).itemsize
+    for side in box.shape:
+        n *= side
+    if n > np.iinfo(np.intp).max:
+        raise MemoryError(f"a cutout of {' x '.join(map(str, box.shape))} voxels (x, y, z) is {n:.3g} bytes: no array holds that")
+
+
 @dataclass(frozen=True)
 class Scale:
     """One scale of a volume, tuples in the handle's axis order."""
@@ -177,6 +187,7 @@ class VolumeArray:
     def __getitem__(self, index: Any) -> np.ndarray:
         plan = normalize_index(index, self._axes())
         box, ch = self._split(plan)
+        _check_addressable(box, self.volume)
         data = self.volume.read(box, self._mip)
         if ch is not None:
             data = data[..., ch.start : ch.stop]

@@ -199,7 +199,8 @@ def cutout(
     mip: int = typer.Option(0, "--mip", help="Scale to read; coordinates are in that scale's voxels."),
     axis_order: AxisOrder = AXIS_ORDER_OPTION,
 ) -> None:
-    """Read a box of a volume into a .npy, .tif or .png file. Voxels outside the bounds read as 0."""
+    """Read a box of a volume into a .npy, .tif or .png file. Voxels outside the bounds read as the
+    volume's fill value (0 but for zarr arrays that set another)."""
     order = axis_order.value
     start, stop = _parse_bbox(bbox, order)
     kind = OUTPUT_FORMATS.get(output.suffix.lower())
@@ -247,7 +248,8 @@ def _save(output: Path, kind: str, data: np.ndarray, zyx: np.ndarray) -> None:
     ``zyx`` is ``data`` in (c,) z, y, x order: the same buffer, transposed as a view for xyz reads.
     """
     if kind == "npy":
-        np.save(output, data)
+        with open(output, "wb") as f:  # np.save(path) appends .npy to 'x.NPY' and the file written was not the one named
+            np.save(f, data)
     elif kind == "tif":
         import tifffile
 
@@ -505,14 +507,23 @@ def _relay_config(urls: list[str], config: Optional[Path], host: Optional[str], 
     return cfg
 
 
+class LogLevel(str, Enum):
+    critical = "critical"
+    error = "error"
+    warning = "warning"
+    info = "info"
+    debug = "debug"
+    trace = "trace"
+
+
 @app.command()
 def serve(
     urls: list[str] = typer.Argument(None, help="Volumes to serve (each public, as volbridge/<name>/<name>); or a relay.toml."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Relay config (TOML): sources, tokens, caches."),
     host: Optional[str] = typer.Option(None, "--host", help="Address to listen on (default 127.0.0.1)."),
-    port: Optional[int] = typer.Option(None, "--port", help="Port (default 8080; 0 picks a free one)."),
+    port: Optional[int] = typer.Option(None, "--port", min=0, max=65535, help="Port (default 8080; 0 picks a free one)."),
     writable: bool = typer.Option(False, "--writable", help="Quick start only: let anyone write the volumes."),
-    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level (info shows every request)."),
+    log_level: LogLevel = typer.Option("info", "--log-level", help="uvicorn log level (info shows every request)."),
 ) -> None:
     """Serve volumes in the BossDB REST dialect and as precomputed over HTTP, through cache tiers."""
     _require("relay", "starlette", "uvicorn")
@@ -521,15 +532,15 @@ def serve(
     urls = list(urls or [])
     if config is None and len(urls) == 1 and urls[0].endswith(".toml"):
         config, urls = Path(urls[0]), []
-    run_relay(_relay_config(urls, config, host, port, writable), log_level=log_level,
+    run_relay(_relay_config(urls, config, host, port, writable), log_level=log_level.value,
               announce=lambda line: print(line, flush=True))
 
 
 @app.command()
 def view(
     urls: list[str] = typer.Argument(..., help="Volumes to show (images and segmentations)."),
-    port: int = typer.Option(0, "--port", help="Relay port (0 picks a free one)."),
-    viewer_port: int = typer.Option(0, "--viewer-port", help="Port of the local neuroglancer client (0: free)."),
+    port: int = typer.Option(0, "--port", min=0, max=65535, help="Relay port (0 picks a free one)."),
+    viewer_port: int = typer.Option(0, "--viewer-port", min=0, max=65535, help="Port of the local neuroglancer client (0: free)."),
     open_browser: bool = typer.Option(False, "--open", help="Also open the link in a web browser."),
 ) -> None:
     """Serve volumes through a relay and open them in neuroglancer (served locally); prints the link."""

@@ -62,12 +62,22 @@ def _destination(dst: Any, src: VolumeArray, box: Box, chunk_shape, encoding, co
     if checksum:
         kw["checksum"] = True
     meta = {"resolution": src.resolution, "layer_type": src.layer_type}
+
+    def no_offset(e: UnsupportedError) -> UnsupportedError:
+        return UnsupportedError(
+            f"{dst} cannot hold the box copied, which starts at {box.start[::-1]} (z, y, x): {e}. Copy into "
+            "ome-zarr:// or precomputed:// (they keep a volume's offset), or copy a box that starts at 0")
+
     try:
         out = create(dst, bounds=(box.start[::-1], box.stop[::-1]), dtype=src.dtype, chunk_shape=chunk,
                      num_channels=src.num_channels, **meta, **kw)
     except UnsupportedError as e:
+        if "starts at 0" in str(e):
+            raise no_offset(e) from e
         if "plain zarr" not in str(e) and "N5 has no layer type" not in str(e):
             raise
+        if any(box.start):  # (a plain zarr array or N5 dataset starts at 0: no warning for a copy refused)
+            raise no_offset(UnsupportedError("a plain zarr array or an N5 dataset starts at 0")) from e
         # A plain zarr array or N5 dataset has nowhere to keep a resolution or a layer type: the
         # user chose that format, so the voxels go and the rest is dropped, with a warning.
         warnings.warn(f"{dst} keeps no resolution or layer type; the source's {meta} are not copied", stacklevel=3)
@@ -93,6 +103,12 @@ def transfer(source: Any, destination: Any, *, bbox: tuple[Sequence[int], Sequen
     box = bounds if bbox is None else Box.of(tuple(bbox[0])[::-1], tuple(bbox[1])[::-1])
     if box.empty:
         raise ShapeError(f"the box {bbox} is empty")
+    # checked before a destination is made (a typo of 1e20 left one behind, then failed in numpy)
+    if box.intersect(bounds).empty:
+        raise ShapeError(f"the box {bbox} (z, y, x) lies outside the bounds of mip {mip} of {sv.url} "
+                         f"({bounds.start[::-1]} to {bounds.stop[::-1]}): there is nothing to copy")
+    if math.prod(box.shape) * sv.meta.num_channels * np.dtype(sv.meta.dtype).itemsize > np.iinfo(np.intp).max:
+        raise ShapeError(f"the box {bbox} (z, y, x) holds more bytes than any volume can address")
     dst, dscale, created = _destination(destination, src, box, chunk_shape, encoding, compression, checksum)
     dv = dst.volume
     TRANSFER.check(sv, dv)
