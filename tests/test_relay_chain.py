@@ -93,3 +93,25 @@ def test_three_tiers_same_data_nearest_cache_and_dead_upstream(chain):
     with pytest.raises(StoreError, match="HTTP 50[24]"):
         client[0:5, 0:50, 505:520]
 
+
+
+def test_access_mode_raw_reaches_past_every_relay_of_a_chain(start_relay, tmp_path):
+    """(review) access-mode=raw (the documented way past changes made behind a relay's back)
+    bypassed only the outer relay's cache: it asked its upstream relay with access-mode=cache."""
+    from volbridge.codecs import cutout
+
+    url = f"precomputed://{tmp_path / 'img'}"
+    vb.create(url, shape=(16, 64, 64), dtype="uint8", chunk_shape=(16, 64, 64), resolution=(40, 4, 4))[...] = 1
+    a = start_relay({"sources": {"c/e/x": {"url": url, "public": True}}})
+    b = start_relay({"sources": {"p/q/x": {"url": f"bossdb://{a.url}/c/e/x", "public": True}}})
+
+    def get(relay, path, mode):
+        status, body, _ = http("GET", f"{relay.url}/v1/cutout/{path}/0/0:64/0:64/0:16/?access-mode={mode}",
+                               headers={"Accept": cutout.BLOSC})
+        assert status == 200, body
+        return np.unique(cutout.decode(body, cutout.BLOSC, (16, 64, 64), np.uint8)).tolist()
+
+    assert get(b, "p/q/x", "cache") == [1]  # both caches warm
+    vb.array(url, mode="r+")[...] = 2  # behind both relays' backs
+    assert get(b, "p/q/x", "cache") == [1]  # (caches keep what they saw: the documented limit)
+    assert get(b, "p/q/x", "raw") == [2]

@@ -21,6 +21,7 @@ from starlette.routing import Route
 from ..codecs import cutout
 from ..errors import ChunkDecodeError, UnsupportedError
 from ..geometry import Box
+from ..remotes.bossdb import access_mode
 from .errors import BAD_REQUEST, TOO_LARGE, UNSUPPORTED_MEDIA, RelayError
 from .requests import read_body, token_of, weighted
 from .source import RelaySource
@@ -295,7 +296,11 @@ def _cutout_source(request: Request, action: str) -> tuple[Relay, RelaySource, i
 
 def _read_zyx(src: RelaySource, box: Box, res: int, raw: bool) -> np.ndarray:
     """The cutout as C-ordered (z, y, x): the x-fastest read, transposed as a view."""
-    data = src.volume.read(box, res) if raw else src.read(box, res)
+    if raw:  # past every cache: this relay's, and an upstream relay's (BossDB reads carry the mode)
+        with access_mode("raw"):
+            data = src.volume.read(box, res)
+    else:
+        data = src.read(box, res)
     return data[..., src.channel].T
 
 
