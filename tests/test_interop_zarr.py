@@ -656,6 +656,11 @@ V2_BAD = [
     ("fill-bad", lambda m: {**m, "fill_value": "NaN"}, MetadataError, "fill_value"),
     ("2-d", lambda m: {**m, "shape": [6, 8], "chunks": [3, 4]}, UnsupportedError, "2 dimensions"),
     ("5-d", lambda m: {**m, "shape": [1, 1, 4, 6, 8], "chunks": [1, 1, 2, 3, 4]}, UnsupportedError, "5 dimensions"),
+    # (review) these were an AttributeError, or read as another value than the metadata says
+    ("compressor-string", lambda m: {**m, "compressor": "zstd"}, MetadataError, r"\.zarray: .*'compressor' must be a JSON object"),
+    ("compressor-level-string", lambda m: {**m, "compressor": {"id": "zstd", "level": "x"}}, MetadataError, "'level' must be an integer"),
+    ("fill-fraction", lambda m: {**m, "fill_value": 1.5}, MetadataError, "fill_value 1.5 is not a value of uint16"),
+    ("fill-bool", lambda m: {**m, "fill_value": True}, MetadataError, "fill_value True is not a value of uint16"),
 ]
 
 
@@ -710,6 +715,14 @@ V3_BAD = [
     ("storage-transformer", lambda m: {**m, "storage_transformers": [{"name": "offset"}]}, UnsupportedError, "storage transformer"),
     ("must-understand-extension", lambda m: {**m, "spatial_index": {"name": "rtree", "must_understand": True}},
      UnsupportedError, "spatial_index"),
+    # (review) these were an AttributeError, or read as another value than the metadata says
+    ("grid-string", lambda m: {**m, "chunk_grid": "regular"}, MetadataError, r"zarr\.json: 'chunk_grid' must be a JSON object"),
+    ("key-encoding-string", lambda m: {**m, "chunk_key_encoding": "default"}, MetadataError, "'chunk_key_encoding' must be a JSON object"),
+    ("codec-config-string", lambda m: _codecs(m, [{"name": "bytes", "configuration": "little"}]), MetadataError,
+     r"zarr\.json: the configuration of zarr v3 codec 'bytes' must be a JSON object"),
+    ("endian-middle", lambda m: _codecs(m, [{"name": "bytes", "configuration": {"endian": "middle"}}]), MetadataError,
+     "endian must be 'little' or 'big'"),
+    ("fill-bool", lambda m: {**m, "fill_value": True}, MetadataError, "fill_value True is not a value of uint16"),
 ]
 
 

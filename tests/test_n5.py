@@ -226,10 +226,12 @@ def test_resolution_units_are_read(tmp_path, unit, nm):
     assert vb.array(f"n5://{tmp_path / 'b.n5'}").resolution == (2 * nm, 0.5 * nm, 0.5 * nm)
 
 
-@pytest.mark.parametrize("attrs,error", [({"resolution": "4nm"}, MetadataError), ({"resolution": [4, 4, 40], "units": ["furlong"] * 3},
-                                                                                   UnsupportedError)])
-def test_a_bad_resolution_is_named(tmp_path, attrs, error):
+@pytest.mark.parametrize("attrs,error", [({"resolution": "4nm"}, MetadataError),
+                                         ({"resolution": [4, 4, 40], "units": ["furlong"] * 3}, UnsupportedError),
+                                         ({"compression": {"type": "gzip", "level": "x"}}, MetadataError)])
+def test_bad_attributes_are_named(tmp_path, attrs, error):
+    """(review) a string resolution or gzip level was a raw ValueError/TypeError."""
     (tmp_path / "attributes.json").write_text(json.dumps(
         {"dimensions": [8, 8, 8], "blockSize": [4, 4, 4], "dataType": "uint8", "compression": {"type": "raw"}, **attrs}))
-    with pytest.raises(error, match="attributes.json.*(resolution|unit)"):
+    with pytest.raises(error, match="attributes.json.*(resolution|unit|level)"):
         vb.array(f"n5://{tmp_path}")

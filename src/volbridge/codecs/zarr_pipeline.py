@@ -27,11 +27,31 @@ def _blosc(cfg: dict, shuffle: int, itemsize: int, default_cname: str) -> Blosc:
                  cfg.get("blocksize", 0))
 
 
+def config_object(value, what: str) -> dict:
+    """A metadata member that must be a JSON object (None: absent, {}); a string or list there is
+    malformed metadata, named, not an AttributeError deep in the parser."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise MetadataError(f"{what} must be a JSON object, got {value!r}")
+    return value
+
+
+def _level(cfg: dict, key: str, what: str):
+    value = cfg.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise MetadataError(f"{what}: '{key}' must be an integer, got {value!r}")
+    return value
+
+
 def v2_compressor(cfg: dict | None, itemsize: int) -> Compressor | None:
     """A numcodecs compressor config (``.zarray``'s ``compressor``)."""
     if cfg is None:
         return None
+    cfg = config_object(cfg, "a zarr v2 'compressor'")
     cid = cfg.get("id")
+    for key in ("level", "clevel", "preset"):
+        _level(cfg, key, f"compressor {cid!r}")
     if cid == "blosc":
         shuffle = cfg.get("shuffle", 1)
         if shuffle == -1:  # AUTOSHUFFLE: bit shuffle for 1-byte items, byte shuffle otherwise
@@ -49,7 +69,8 @@ def v2_compressor(cfg: dict | None, itemsize: int) -> Compressor | None:
 
 
 def v3_bytes_codec(codec: dict, itemsize: int) -> Compressor:
-    name, cfg = codec.get("name"), codec.get("configuration") or {}
+    name = codec.get("name")
+    cfg = config_object(codec.get("configuration"), f"the configuration of zarr v3 codec {name!r}")
     if name == "blosc":
         shuffle = cfg.get("shuffle", "noshuffle")
         shuffle = _SHUFFLE_V3.get(shuffle) if isinstance(shuffle, str) else shuffle
@@ -133,7 +154,8 @@ def v3_pipeline(codecs: list[dict], chunk_shape: tuple[int, ...], dtype: np.dtyp
     for codec in codecs:
         if not isinstance(codec, dict):
             raise MetadataError(f"zarr v3 codec entries are objects, got {codec!r}")
-        name, cfg = codec.get("name"), codec.get("configuration") or {}
+        name = codec.get("name")
+        cfg = config_object(codec.get("configuration"), f"the configuration of zarr v3 codec {name!r}")
         if name == "transpose":
             if seen_bytes:
                 raise MetadataError("zarr v3: 'transpose' must come before the array->bytes codec")
@@ -144,6 +166,8 @@ def v3_pipeline(codecs: list[dict], chunk_shape: tuple[int, ...], dtype: np.dtyp
         elif name == "bytes":
             seen_bytes = True
             endian = cfg.get("endian", "little")
+            if endian not in ("little", "big"):
+                raise MetadataError(f"zarr v3 'bytes' codec: endian must be 'little' or 'big', got {endian!r}")
         elif name == "sharding_indexed":
             raise UnsupportedError("zarr v3 sharding (sharding_indexed) is not supported yet")
         else:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import VolbridgeError
+from ..errors import MetadataError, VolbridgeError
 from ..geometry import Box, Cell, ChunkGrid
 from ..kv.retry import after_retries
 
@@ -70,6 +70,17 @@ def documents_read() -> Iterator[dict[str, bytes | None]]:
         yield docs
     finally:
         _documents_read.reset(token)
+
+
+def naming(where: str, fn, *args):
+    """``fn(*args)``, its MetadataError prefixed with ``where`` (the document) when it does not
+    name it: parsers of metadata members know the member, their callers the file."""
+    try:
+        return fn(*args)
+    except MetadataError as e:
+        if where in str(e):
+            raise
+        raise MetadataError(f"{where}: {e}") from e
 
 
 def clear_for_overwrite(store: "KVStore") -> None:

@@ -22,7 +22,7 @@ from ..codecs.zarr_pipeline import v2_compressor
 from ..errors import ChunkDecodeError, MetadataError, UnsupportedError
 from ..geometry import Box, Cell, ChunkGrid
 from ..kv import KVStore
-from .base import UNITS_NM, ChunkedDataset, ScaleLayout, ScaleMeta, VolumeMeta, clear_for_overwrite, read_doc, read_docs
+from .base import UNITS_NM, ChunkedDataset, ScaleLayout, ScaleMeta, VolumeMeta, clear_for_overwrite, naming, read_doc, read_docs
 
 ATTRS = "attributes.json"
 _TYPES = ("uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "float32", "float64")
@@ -73,6 +73,8 @@ def _compressor(cfg: Any, itemsize: int, where: str) -> Compressor | None:
         return None
     if kind == "gzip":
         level = cfg.get("level", -1)
+        if level is not None and (isinstance(level, bool) or not isinstance(level, int)):
+            raise MetadataError(f"{where}: the gzip 'level' must be an integer, got {level!r}")
         level = 6 if level is None or level < 0 else level
         return v2_compressor({"id": "zlib" if cfg.get("useZlib") else "gzip", "level": level}, itemsize)
     if kind == "bzip2":
@@ -110,7 +112,8 @@ class N5Layout(ScaleLayout):
         self.num_channels = dims[3] if len(dims) == 4 else 1
         self.ndim = len(dims)
         self.fill_value = self.dtype.type(0)
-        self.compressor = _compressor(attrs.get("compression", attrs.get("compressionType", "raw")), self.dtype.itemsize, where)
+        self.compressor = naming(where, _compressor, attrs.get("compression", attrs.get("compressionType", "raw")),
+                                 self.dtype.itemsize, where)
         self.prefix = prefix
         bounds = Box((0, 0, 0), tuple(dims[:3]))
         self.grid = ChunkGrid(bounds, tuple(block[:3]), (0, 0, 0))

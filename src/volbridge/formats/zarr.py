@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from ..codecs.zarr_pipeline import ZarrPipeline, v2_compressor, v3_pipeline
+from ..codecs.zarr_pipeline import ZarrPipeline, config_object, v2_compressor, v3_pipeline
 from ..errors import MetadataError, UnsupportedError
 from ..geometry import Box, Cell, ChunkGrid
 from ..kv import KVStore
-from .base import ChunkedDataset, ScaleLayout, ScaleMeta, VolumeMeta, clear_for_overwrite, read_doc
+from .base import ChunkedDataset, ScaleLayout, ScaleMeta, VolumeMeta, clear_for_overwrite, naming, read_doc
 from .zarr_sharding import ZarrShardIndexCodec, ZarrSharding
 
 V2_META, V3_META = ".zarray", "zarr.json"
@@ -63,6 +63,12 @@ def parse_fill(value: Any, dtype: np.dtype, where: str) -> Any:
         raise MetadataError(f"{where}: fill_value {value!r} is not valid for {dtype}")
     if isinstance(value, list) and dtype.kind == "c" and len(value) == 2:
         return dtype.type(complex(*[parse_fill(v, np.dtype("f8"), where) for v in value]))
+    # numpy would take 1.5 (or true) for a uint16 as 1: a fill that is not the type's is malformed
+    exact = (dtype.kind == "b" and (isinstance(value, bool) or value in (0, 1))
+             or dtype.kind in "iu" and not isinstance(value, bool) and isinstance(value, (int, float)) and float(value).is_integer()
+             or dtype.kind in "fc" and not isinstance(value, bool) and isinstance(value, (int, float)))
+    if not exact:
+        raise MetadataError(f"{where}: fill_value {value!r} is not a value of {dtype}")
     try:
         return dtype.type(value)
     except (TypeError, ValueError, OverflowError) as e:
@@ -134,7 +140,7 @@ def parse_v2(raw: bytes, where: str) -> ZarrArray:
         ids = [f.get("id") if isinstance(f, dict) else f for f in filters]
         raise UnsupportedError(f"{where}: zarr v2 filters {ids} are not supported")
     steps = []
-    comp = v2_compressor(doc.get("compressor"), stored.itemsize)
+    comp = naming(where, v2_compressor, doc.get("compressor"), stored.itemsize)
     if comp is not None:
         steps.append(comp)
     sep = doc.get("dimension_separator", ".")
@@ -150,10 +156,10 @@ def parse_v3(raw: bytes, where: str) -> ZarrArray:
     if doc.get("zarr_format") != 3 or doc.get("node_type") != "array":
         raise MetadataError(f"{where}: not a zarr v3 array (zarr_format 3, node_type 'array')")
     shape = _ints(doc, "shape", where)
-    grid = doc.get("chunk_grid") or {}
+    grid = config_object(doc.get("chunk_grid"), f"{where}: 'chunk_grid'")
     if grid.get("name") != "regular":
         raise UnsupportedError(f"{where}: chunk grid {grid.get('name')!r} is not supported (only 'regular')")
-    chunks = _ints(grid.get("configuration") or {}, "chunk_shape", where)
+    chunks = _ints(config_object(grid.get("configuration"), f"{where}: the chunk grid's 'configuration'"), "chunk_shape", where)
     if len(chunks) != len(shape) or any(c == 0 for c in chunks):
         raise MetadataError(f"{where}: chunk_shape {list(chunks)} does not fit shape {list(shape)}")
     dt = doc.get("data_type")
@@ -170,7 +176,7 @@ def parse_v3(raw: bytes, where: str) -> ZarrArray:
     if any(isinstance(c, dict) and c.get("name") == "sharding_indexed" for c in codecs):
         if len(codecs) != 1:
             raise UnsupportedError(f"{where}: sharding_indexed must be the only outer codec, got {[c.get('name') for c in codecs]}")
-        cfg = codecs[0].get("configuration") or {}
+        cfg = config_object(codecs[0].get("configuration"), f"{where}: the configuration of sharding_indexed")
         shard_shape, chunks = chunks, _ints(cfg, "chunk_shape", f"{where} sharding_indexed")
         if len(chunks) != len(shard_shape) or any(c == 0 or s % c for s, c in zip(shard_shape, chunks)):
             raise MetadataError(f"{where}: inner chunk_shape {list(chunks)} does not divide the shard shape {list(shard_shape)}")
@@ -184,9 +190,9 @@ def parse_v3(raw: bytes, where: str) -> ZarrArray:
             raise MetadataError(f"{where}: sharding_indexed 'codecs' must be a non-empty list")
         if any(isinstance(c, dict) and c.get("name") == "sharding_indexed" for c in codecs):
             raise UnsupportedError(f"{where}: nested sharding is not supported")
-    pipeline = v3_pipeline(codecs, chunks, native)
-    enc = doc.get("chunk_key_encoding") or {"name": "default"}
-    cfg = enc.get("configuration") or {}
+    pipeline = naming(where, v3_pipeline, codecs, chunks, native)
+    enc = config_object(doc.get("chunk_key_encoding"), f"{where}: 'chunk_key_encoding'") or {"name": "default"}
+    cfg = config_object(enc.get("configuration"), f"{where}: the chunk_key_encoding's 'configuration'")
     if enc.get("name") == "default":
         sep, prefix = cfg.get("separator", "/"), "c"
     elif enc.get("name") == "v2":
