@@ -475,3 +475,22 @@ def test_a_copy_of_an_offset_volume_into_a_format_starting_at_0_says_what_to_use
     rc, out, err = invoke(capsys, "cp", image_url, f"{scheme}://{tmp_path / 'dst'}")
     assert_clean_error(rc, out, err, "starts at (-32, -256, 1024)", "ome-zarr://", "precomputed://")
     assert "UserWarning" not in out + err and not (tmp_path / "dst").exists()
+
+
+def test_runs_that_would_do_nothing_say_so(capsys, seg_url, tmp_path):
+    """(review) mesh/skeleton --ids of labels the volume lacks wrote only a provenance file and
+    exited 0 silently; downsample of a one-scale volume printed 'scales  of 1'; negative
+    --num-mips, --smoothing and --dust were taken."""
+    rc, out, err = invoke(capsys, "mesh", seg_url, tmp_path / "m", "--ids", "999999")
+    assert rc == 0 and "warning: no mesh for label(s) 999999" in err and "Traceback" not in err and ".py:" not in err
+    one = tmp_path / "one"
+    vb.create(f"precomputed://{one}", shape=(8, 32, 32), dtype="uint8")
+    rc, out, err = invoke(capsys, "downsample", one)
+    assert_clean_error(rc, out, err, "no scale above 0 to fill", "--num-mips")
+    rc, out, err = invoke(capsys, "downsample", one, "--num-mips", "-1")
+    assert_clean_error(rc, out, err, "num_mips")
+    rc, out, err = invoke(capsys, "mesh", seg_url, tmp_path / "m2", "--smoothing", "-3")
+    assert_clean_error(rc, out, err, "smoothing")
+    pytest.importorskip("kimimaro")
+    rc, out, err = invoke(capsys, "skeleton", seg_url, tmp_path / "s", "--dust", "-5")
+    assert_clean_error(rc, out, err, "dust_threshold")

@@ -116,3 +116,17 @@ def test_a_coarser_scale_is_not_written_over_a_full_resolution_copy(tmp_path, so
         transfer(a, f"zarr3://{tmp_path / 'plain'}", mip=1, bbox=box)
     transfer(a, f"zarr3://{tmp_path / 'plain'}", mip=1, bbox=box)
     np.testing.assert_array_equal(vb.array(f"zarr3://{tmp_path / 'plain'}")[...], a.mip(1)[0:8, 0:16, 0:32])
+
+
+def test_options_for_a_new_destination_are_refused_where_an_existing_one_differs(tmp_path, source):
+    """(review) cp into an existing raw volume with --encoding jpeg --chunk-shape 8,8,8 copied
+    raw into its own chunks and reported success. The same options it has (a rerun) pass."""
+    a, data = source
+    dst = f"precomputed://{tmp_path / 'dst'}"
+    transfer(a, dst, chunk_shape=(8, 16, 16))
+    before = vb.array(dst)[...]
+    with pytest.raises(vb.errors.InvalidArgumentError, match=r"chunk shape \(4, 8, 8\).*encoding 'jpeg'.*'raw'"):
+        transfer(a, dst, chunk_shape=(4, 8, 8), encoding="jpeg")
+    np.testing.assert_array_equal(vb.array(dst)[...], before)
+    transfer(a, dst, chunk_shape=(8, 16, 16), encoding="raw")  # as it is: copies
+    np.testing.assert_array_equal(vb.array(dst)[...], data)

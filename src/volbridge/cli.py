@@ -17,6 +17,7 @@ import contextlib
 import json
 import shlex
 import sys
+import warnings
 from enum import Enum
 from pathlib import Path
 from typing import Optional, Sequence
@@ -405,7 +406,8 @@ def cp(
                        encoding=encoding, compression=compression, checksum=checksum, verify=verify, executor=executor,
                        progress=lambda done, total: progress("copy", done, total))
     note = ", verified" if verify else ""
-    typer.echo(f"copied {source} (mip {mip}) to {out.url}: shape {_dims(out.shape)} (z, y, x){note}")
+    axes = ("c, " if out.ndim == 4 else "") + "z, y, x"  # (the handle transfer returns reads zyx, channels first)
+    typer.echo(f"copied {source} (mip {mip}) to {out.url}: shape {_dims(out.shape)} ({axes}){note}")
 
 
 @app.command()
@@ -564,11 +566,18 @@ def _fail(message: str) -> int:
     return 1
 
 
+def _say_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A library warning as a line for a command-line user, not Python's file:line and source."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 def run(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``) and return the exit status."""
     command = typer.main.get_command(app)
     try:
-        rv = command.main(args=list(argv) if argv is not None else None, prog_name="volbridge", standalone_mode=False)
+        with warnings.catch_warnings():
+            warnings.showwarning = _say_warning
+            rv = command.main(args=list(argv) if argv is not None else None, prog_name="volbridge", standalone_mode=False)
     except _NoArgsIsHelpError:
         return 0  # the help was already shown
     except click.exceptions.UsageError as e:

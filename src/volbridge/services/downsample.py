@@ -360,6 +360,8 @@ def downsample(source: Any, *, num_mips: int | None = None, factor: tuple[int, i
     if executor not in (None, PROCESSES) and not isinstance(source, str):
         raise InvalidArgumentError("on a cluster, give the source as a URL: the workers open it themselves")
     volume = vol.volume
+    if num_mips is not None and (isinstance(num_mips, bool) or not isinstance(num_mips, int) or num_mips < 0):
+        raise InvalidArgumentError(f"num_mips is a count of scales above 0, got {num_mips!r}")
     if num_mips is not None:
         if DOWNSAMPLE.native(volume):
             raise UnsupportedError(f"{volume.url} builds its pyramid on the server, with the levels its experiment has")
@@ -372,6 +374,8 @@ def downsample(source: Any, *, num_mips: int | None = None, factor: tuple[int, i
     mips = list(range(1, n) if mips is None else mips)
     if any(not 1 <= m < n for m in mips):
         raise InvalidArgumentError(f"mips must lie in 1..{n - 1} (the volume's scales; add scales first), got {mips}")
+    if not mips:  # (a review found the CLI reporting 'downsampled: scales  of 1' for this)
+        raise InvalidArgumentError(f"{volume.url} has no scale above 0 to fill; give num_mips (--num-mips) to add scales")
     DOWNSAMPLE.check(volume)
     if DOWNSAMPLE.native(volume):
         volume.downsample()  # the server's own service (BossDB)

@@ -11,6 +11,7 @@ import math
 import os
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -226,6 +227,17 @@ def label_journal(job: LabelJob, service: str, units: list[Box], parameters: dic
                          "scale": job.scale,
                          "region": [job.region.start, job.region.stop], "ids": None if job.ids is None else sorted(job.ids),
                          "units": geometry, **parameters})
+
+
+def warn_missing(job: LabelJob, made: dict, what: str, why: str = "") -> None:
+    """Warn of labels asked for by id that gave no output: a run asked for ids the volume lacks
+    ended with only a provenance file and looked done (a review found)."""
+    if job.ids is None:
+        return
+    missing = sorted(set(job.ids) - set(made))
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        warnings.warn(f"no {what} for label(s) {shown}: no voxels of them in the region at mip {job.scale}{why}", stacklevel=3)
 
 
 def record_output(job: LabelJob, output: str, service: str, parameters: dict, started: float) -> None:

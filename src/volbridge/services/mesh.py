@@ -29,15 +29,16 @@ from ..geometry import Box
 from .base import FunctionService, Segmentation
 from .labels import (
     label_job,
-    label_units,
-    unit_grid,
-    name_in_volume_info,
-    output_dir,
     label_journal,
     label_pool,
+    label_units,
     map_labels,
+    name_in_volume_info,
+    output_dir,
     pieces_by_label,
     record_output,
+    unit_grid,
+    warn_missing,
     write_file,
 )
 
@@ -179,6 +180,8 @@ def mesh(source: Any, ids: Iterable[int] | None = None, *, mip: int | None = Non
     finished units are journaled until the job completes, so rerunning the same call after a
     failure meshes only what is left (change nothing in between). ``simplification``: keep about
     1/n of the triangles (zmesh's quadric reduction, after welding and smoothing)."""
+    if isinstance(smoothing, bool) or not isinstance(smoothing, int) or smoothing < 0:
+        raise InvalidArgumentError(f"smoothing is a number of iterations >= 0, got {smoothing!r}")
     if not isinstance(simplification, int) or simplification < 1:
         raise InvalidArgumentError(f"simplification is a reduction factor >= 1, got {simplification!r}")
     if format not in FORMATS:
@@ -196,6 +199,7 @@ def mesh(source: Any, ids: Iterable[int] | None = None, *, mip: int | None = Non
         grid = unit_grid(job, UNIT)
         meshes = map_labels(_weld, parts, (smoothing, job.res, simplification, (grid.origin, grid.chunk_shape)),
                             pool if smoothing or simplification > 1 else None)
+    warn_missing(job, meshes, "mesh")
     if output is None:
         if journal is not None:
             journal.finish()

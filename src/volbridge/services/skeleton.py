@@ -29,13 +29,14 @@ from ..kv.file import FileStore
 from .base import FunctionService, Segmentation
 from .labels import (
     label_job,
+    label_journal,
+    label_pool,
     label_units,
     name_in_volume_info,
     output_dir,
-    label_journal,
-    label_pool,
     pieces_by_label,
     record_output,
+    warn_missing,
     write_file,
 )
 
@@ -179,6 +180,8 @@ def skeleton(source: Any, ids: Iterable[int] | None = None, *, mip: int | None =
         raise InvalidArgumentError("only precomputed skeletons can be sharded, not swc")
     if format not in ("precomputed", "swc"):
         raise InvalidArgumentError(f"format must be precomputed or swc, got {format!r}")
+    if isinstance(dust_threshold, bool) or not isinstance(dust_threshold, int) or dust_threshold < 0:
+        raise InvalidArgumentError(f"dust_threshold is a voxel count >= 0, got {dust_threshold!r}")
     started = time.time()
     job = label_job(source, ids, mip, bbox, SKELETON)
     params = {**TEASAR, **(teasar or {})}
@@ -188,6 +191,7 @@ def skeleton(source: Any, ids: Iterable[int] | None = None, *, mip: int | None =
         parts = pieces_by_label(job, units, skeleton_unit, (params, dust_threshold), executor, progress, journal, pool)
     skels = {i: _join(i, pieces) for i, pieces in parts.items()
              if sum(p[3] for p in pieces) >= dust_threshold and any(len(p[0]) for p in pieces)}
+    warn_missing(job, skels, "skeleton", f" (or fewer voxels than dust_threshold={dust_threshold})" if dust_threshold else "")
     if output is not None:
         write_skeletons(skels, output, format, sharded)
         record_output(job, output, "skeleton", {"format": format, "sharded": sharded, "teasar": params,

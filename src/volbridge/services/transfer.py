@@ -51,7 +51,9 @@ def _destination(dst: Any, src: VolumeArray, box: Box, chunk_shape, encoding, co
     if isinstance(dst, VolumeArray):
         return dst, dst.mip_level, False
     if volume_exists(dst):
-        return array(dst, mode="r+"), 0, False
+        out = array(dst, mode="r+")
+        _check_existing(out, chunk_shape, encoding)
+        return out, 0, False
     # Default chunks: the source's, at most 64 a side (a BossDB cuboid would make 4 MiB objects).
     chunk = tuple(chunk_shape) if chunk_shape is not None else tuple(min(c, 64) for c in src.chunk_shape[-3:])
     kw: dict = {}
@@ -84,6 +86,22 @@ def _destination(dst: Any, src: VolumeArray, box: Box, chunk_shape, encoding, co
         out = create(dst, bounds=(box.start[::-1], box.stop[::-1]), dtype=src.dtype, chunk_shape=chunk,
                      num_channels=src.num_channels, **kw)
     return out, 0, True
+
+
+def _check_existing(dst: VolumeArray, chunk_shape, encoding) -> None:
+    """Options that shape a new destination, given for an existing one that is shaped otherwise,
+    are refused: a copy asked as jpeg went in raw, reported as copied (a review found). The same
+    options as the destination has (a rerun to resume) pass."""
+    differ = []
+    have_chunks = tuple(dst.chunk_shape[-3:])
+    if chunk_shape is not None and tuple(chunk_shape) != have_chunks:
+        differ.append(f"chunk shape {tuple(chunk_shape)} (it has {have_chunks})")
+    have_encoding = dst.volume.meta.scales[dst.mip_level].encoding
+    if encoding is not None and encoding != have_encoding:
+        differ.append(f"encoding {encoding!r} (it has {have_encoding!r})")
+    if differ:
+        raise InvalidArgumentError(f"{dst.url} exists; asked for {' and '.join(differ)}: those options shape a new destination "
+                                   "and do not change one that exists. Leave them out to copy into it, or copy to a new one")
 
 
 def transfer(source: Any, destination: Any, *, bbox: tuple[Sequence[int], Sequence[int]] | None = None, mip: int = 0,
