@@ -204,3 +204,26 @@ def test_an_upstream_refusing_the_relay_is_a_502_not_the_client_s_400(start_rela
                                headers={"Accept": "application/npygz"})
         doc = error_body(body)
         assert status == 502 and "upstream" in doc["message"] and says in doc["message"], (channel, status, doc)
+
+
+def test_the_quick_start_serves_a_multichannel_volume(tmp_path):
+    """(review) 'view rgb.zarr' and 'serve rgb.zarr' refused every multi-channel volume, asking
+    for a 'channel = N' the quick start has no config to take. The BossDB channel is channel 0;
+    the precomputed face serves all of them (CloudVolume as the oracle)."""
+    from cloudvolume import CloudVolume
+
+    from volbridge.relay import RelayConfig
+    from volbridge.relay.serve import RelayServer
+
+    data = np.random.default_rng(7).integers(0, 255, (3, 8, 64, 64), dtype=np.uint8)
+    url = f"ome-zarr://{tmp_path / 'rgb.zarr'}"
+    vb.create(url, shape=(8, 64, 64), dtype="uint8", chunk_shape=(8, 32, 32), num_channels=3)[...] = data
+    server = RelayServer(RelayConfig.from_urls([url], host="127.0.0.1", port=0), log_level="warning").start()
+    try:
+        boss = vb.array(f"bossdb://{server.url}/volbridge/rgb/rgb")
+        np.testing.assert_array_equal(boss[...], data[0])
+        cv = CloudVolume(f"precomputed://{server.url}/volbridge/rgb/rgb", fill_missing=False, progress=False)
+        assert cv.num_channels == 3
+        np.testing.assert_array_equal(np.asarray(cv[:, :, :]).transpose(3, 2, 1, 0), data)
+    finally:
+        server.stop()

@@ -88,6 +88,10 @@ class SourceConfig:
     token: str | None = None
     channel: int | None = None
     description: str = ""
+    #: Made by the quick start (``serve URL``, ``view URL``): a multi-channel volume's BossDB
+    #: channel is its channel 0 (its precomputed face serves every channel), not an error the
+    #: user has no config to answer (a review found ``view`` refusing every RGB volume).
+    quick_start: bool = False
 
     @property
     def parts(self) -> tuple[str, str, str]:
@@ -156,7 +160,7 @@ class RelayConfig:
             while name in sources:
                 n += 1
                 name = f"volbridge/{base}_{n}/{base}_{n}"
-            sources[name] = SourceConfig(name, url, public=True, writable=writable, public_write=writable)
+            sources[name] = SourceConfig(name, url, public=True, writable=writable, public_write=writable, quick_start=True)
         return cls(sources=sources, **server)
 
     @classmethod

@@ -50,7 +50,7 @@ class Relay:
         for name, src in self.sources.items():
             nch = src.meta.num_channels
             chosen = config.sources[name].channel
-            if chosen is None and nch > 1:
+            if chosen is None and nch > 1 and not config.sources[name].quick_start:
                 raise VolbridgeError(f"source {name} has {nch} channels; say which one it serves with channel = N")
             if not 0 <= src.channel < nch:
                 raise VolbridgeError(f"source {name}: channel = {chosen}, but the source has channels 0..{nch - 1}")
