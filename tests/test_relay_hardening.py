@@ -227,3 +227,28 @@ def test_the_quick_start_serves_a_multichannel_volume(tmp_path):
         np.testing.assert_array_equal(np.asarray(cv[:, :, :]).transpose(3, 2, 1, 0), data)
     finally:
         server.stop()
+
+
+def test_an_upstream_deleted_while_the_relay_runs_is_an_error_not_zeros(start_relay, tmp_path, monkeypatch):
+    """(review) Its chunks were absent, so every read of it came back as zeros (and was cached
+    as such). An all-absent read now looks for the upstream's metadata; an empty region of a
+    volume that is there still reads as zeros."""
+    from volbridge.relay import source
+
+    monkeypatch.setattr(source, "RECHECK_SECONDS", 0.0)
+    url = f"precomputed://{tmp_path / 'up'}"
+    a = vb.create(url, shape=(16, 128, 128), dtype="uint8", chunk_shape=(16, 64, 64))
+    a[:, :64, :] = 9  # the rest stays empty
+    relay = start_relay({"sources": {"lab/em/v": {"url": url, "public": True}}, "cache": {"memory_bytes": 0}})
+
+    def get(y0, y1):
+        status, body, _ = http("GET", f"{relay.url}/v1/cutout/lab/em/v/0/0:128/{y0}:{y1}/0:16/",
+                               headers={"Accept": "application/npygz"})
+        return status, body
+
+    status, body = get(64, 128)
+    assert status == 200 and not np.load(__import__("io").BytesIO(zlib.decompress(body))).any()
+    shutil.rmtree(tmp_path / "up")
+    status, body = get(64, 128)
+    assert status == 502, status  # (was 200: zeros)
+    assert "metadata is gone" in error_body(body)["message"]

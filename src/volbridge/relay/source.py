@@ -18,6 +18,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
@@ -36,6 +37,9 @@ from ..kv.cache_tier import ABSENT
 #: A cuboid is the upstream chunk, doubled along x, y, z in turn until it holds at least this many
 #: voxels: small zarr chunks (32^3) would otherwise cost more in bookkeeping than in bytes.
 CUBOID_MIN_VOXELS = 2**18
+
+#: How long an upstream's metadata, once seen, is trusted before an all-absent read looks again.
+RECHECK_SECONDS = 5.0
 
 _INT = r"(-?[0-9]{1,19})"  # ASCII digits, within int64 (Python's int() takes other digits, and 4300 of them)
 _KEY = re.compile(rf"([0-9]{{1,4}})/{_INT}-{_INT}_{_INT}-{_INT}_{_INT}-{_INT}")
@@ -101,6 +105,7 @@ class CuboidStore(KVStore):
         self.stats = StoreStats()
         self.io_concurrency = 16
         self._info_bytes = json.dumps(info).encode()
+        self._seen_at = time.monotonic()  # when the upstream's metadata was last seen there
         self.grids = []
         for s in volume.meta.scales:
             chunk = cuboid_shape(s.chunk_shape, s.bounds.shape)
@@ -134,8 +139,26 @@ class CuboidStore(KVStore):
         data = self.volume.read(box, scale)
         self.stats.add(requests=1, bytes_read=data.nbytes)
         if not data.any():
+            self._check_still_there()
             return None
         return data.tobytes(order="F")
+
+    def _check_still_there(self) -> None:
+        """An all-absent read of a chunked upstream whose metadata is gone (the volume deleted
+        while the relay runs) is an error, not zeros (a review found them served, and cached).
+        Checked at most every :data:`RECHECK_SECONDS` (one metadata lookup): an empty region
+        of a sparse volume stays cheap."""
+        store = getattr(self.volume, "store", None)
+        if store is None or time.monotonic() - self._seen_at < RECHECK_SECONDS:
+            return
+        from ..remotes.registry import FORMATS
+
+        entry = FORMATS.get(self.volume.format_name)
+        if entry is None or entry.detect(store):
+            self._seen_at = time.monotonic()
+            return
+        raise StoreError(f"{self.url}: the upstream's metadata is gone (was the volume deleted?); its chunks are "
+                         "not served as zeros")
 
     def exists(self, key: str) -> bool:
         return key == "info" or self.parse_key(key) is not None
