@@ -497,3 +497,16 @@ def test_runs_that_would_do_nothing_say_so(capsys, seg_url, tmp_path):
     pytest.importorskip("kimimaro")
     rc, out, err = invoke(capsys, "skeleton", seg_url, tmp_path / "s", "--dust", "-5")
     assert_clean_error(rc, out, err, "dust_threshold")
+
+
+def test_view_on_a_taken_viewer_port_names_it(capsys, image_url):
+    """(review) 'error: Address already in use', without saying which of its two ports."""
+    import socket
+
+    pytest.importorskip("neuroglancer")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        rc, out, err = invoke(capsys, "view", image_url, "--viewer-port", str(port))
+    assert_clean_error(rc, out, err, f"127.0.0.1:{port}")

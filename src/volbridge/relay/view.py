@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from ..errors import UnsupportedError
+from ..errors import StoreError, UnsupportedError
 from .config import RelayConfig
 from .serve import RelayServer
 
@@ -44,10 +44,14 @@ def start_viewer(config: RelayConfig, *, viewer_port: int = 0, bind: str = "127.
     except ImportError as e:  # pragma: no cover - the extra is installed in tests
         raise UnsupportedError("volbridge view needs neuroglancer: pip install 'volbridge[view]'") from e
     relay = RelayServer(config, log_level="warning").start()
-    neuroglancer.set_server_bind_address(bind, bind_port=viewer_port)
-    viewer = neuroglancer.Viewer()
-    with viewer.txn() as state:
-        for name, kind, source in layer_sources(relay):
-            layer = neuroglancer.SegmentationLayer if kind == "segmentation" else neuroglancer.ImageLayer
-            state.layers[name] = layer(source=source)
-    return ViewSession(relay, viewer, viewer.get_viewer_url())
+    try:
+        neuroglancer.set_server_bind_address(bind, bind_port=viewer_port)
+        viewer = neuroglancer.Viewer()
+        with viewer.txn() as state:
+            for name, kind, source in layer_sources(relay):
+                layer = neuroglancer.SegmentationLayer if kind == "segmentation" else neuroglancer.ImageLayer
+                state.layers[name] = layer(source=source)
+        return ViewSession(relay, viewer, viewer.get_viewer_url())
+    except OSError as e:  # the viewer's port taken: name it (the relay's own start already does)
+        relay.stop()
+        raise StoreError(f"cannot serve the neuroglancer client on {bind}:{viewer_port}: {e.strerror or e}") from e
