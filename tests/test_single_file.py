@@ -144,3 +144,21 @@ def test_an_hdf5_file_open_in_h5py_in_this_process_still_opens(tmp_path):
         f.create_dataset("raw", data=data)
     with h5py.File(tmp_path / "a.h5", "r"):
         np.testing.assert_array_equal(vb.array(f"h5://{tmp_path}/a.h5#/raw")[...], data)
+
+
+def test_a_tiff_written_a_slice_at_a_time_reads_every_slice(tmp_path):
+    """(review) A file of one series per page (TiffWriter in a loop, imwrite(append=True)) read
+    as its first slice only, with no error."""
+    data = np.random.default_rng(6).integers(0, 255, (5, 12, 16), dtype=np.uint8)
+    with tifffile.TiffWriter(tmp_path / "loop.tif") as w:
+        for plane in data:
+            w.write(plane)
+    for plane in data:
+        tifffile.imwrite(tmp_path / "appended.tif", plane, append=True)
+    for name in ("loop.tif", "appended.tif"):
+        assert len(tifffile.TiffFile(tmp_path / name).series) == 5
+        np.testing.assert_array_equal(vb.array(f"tiff://{tmp_path}/{name}")[...], data)
+    tifffile.imwrite(tmp_path / "odd.tif", data[0])
+    tifffile.imwrite(tmp_path / "odd.tif", data[1, :6], append=True)  # a second series of other pages: refused
+    with pytest.raises(URLError, match="series of .*odd.tif differ"):
+        vb.array(f"tiff://{tmp_path}/odd.tif")

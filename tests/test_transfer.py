@@ -130,3 +130,13 @@ def test_options_for_a_new_destination_are_refused_where_an_existing_one_differs
     np.testing.assert_array_equal(vb.array(dst)[...], before)
     transfer(a, dst, chunk_shape=(8, 16, 16), encoding="raw")  # as it is: copies
     np.testing.assert_array_equal(vb.array(dst)[...], data)
+    at_0 = vb.create(f"precomputed://{tmp_path / 'at0'}", shape=data.shape, dtype=data.dtype, chunk_shape=(8, 16, 16))
+    at_0[...] = data  # (zarr and N5 arrays start at 0)
+    for fmt in ("zarr3", "zarr2", "n5", "ome-zarr"):  # (review) their scales say 'zarr v3', 'n5': a rerun was refused
+        other = f"{fmt}://{tmp_path / fmt}"
+        vb.create(other, shape=data.shape, dtype=data.dtype, chunk_shape=(8, 16, 16))
+        for _ in range(2):
+            transfer(at_0, other, encoding="raw")
+        np.testing.assert_array_equal(vb.array(other)[...], data)
+        with pytest.raises(vb.errors.InvalidArgumentError, match="encoding 'jpeg'"):
+            transfer(at_0, other, encoding="jpeg")

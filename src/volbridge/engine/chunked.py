@@ -84,7 +84,8 @@ class ChunkedVolume(Volume):
 
     def instance_id(self, stamp: bool) -> str | None:
         from .identity import document_instance
-        return document_instance(self.store, *self.dataset.instance_location, stamp and "write" in self.capabilities)
+        return document_instance(self.store, *self.dataset.instance_location, stamp and "write" in self.capabilities,
+                                 self.dataset.version_key)
 
     def grid(self, scale: int = 0):
         return self.dataset.layout(scale).grid

@@ -53,9 +53,10 @@ def instance_id(volume, *, stamp: bool = False) -> str | None:
     return volume.instance_id(stamp)
 
 
-def document_instance(store, key: str, inner: str | None, stamp: bool) -> str | None:
+def document_instance(store, key: str, inner: str | None, stamp: bool, version_key: str | None = None) -> str | None:
     """:func:`instance_id` of a volume whose id lives in JSON document ``key`` of ``store``
-    (``inner``: in that member of it)."""
+    (``inner``: in that member of it); without one, the version of ``version_key`` (default
+    ``key``) stands in."""
     def found(raw: bytes | None) -> str | None:
         if raw is None:
             return None
@@ -71,7 +72,7 @@ def document_instance(store, key: str, inner: str | None, stamp: bool) -> str | 
     if have is not None:
         return have
     if not stamp:
-        st = store.stat(key)
+        st = store.stat(version_key or key)
         version = None if st is None else (st.etag or st.version)
         return None if version is None else f"version:{version}"
 

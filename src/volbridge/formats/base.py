@@ -40,10 +40,26 @@ class ScaleMeta:
 
 
 #: Length units -> nanometres: UDUNITS names (OME-Zarr) and the abbreviations N5 writers use
-#: (tensorstore's "nm"/"um", n5-viewer's "um"/"µm"). None: no unit given, read as nanometres.
+#: (tensorstore's "nm"/"um", n5-viewer's "um"/"µm"); see :func:`unit_nm` for no unit.
 UNITS_NM = {"angstrom": 0.1, "picometer": 1e-3, "nanometer": 1.0, "micrometer": 1e3, "micron": 1e3,
-            "millimeter": 1e6, "centimeter": 1e7, "meter": 1e9, None: 1.0,
+            "millimeter": 1e6, "centimeter": 1e7, "meter": 1e9,
             "pm": 1e-3, "nm": 1.0, "um": 1e3, "\u00b5m": 1e3, "\u03bcm": 1e3, "mm": 1e6, "cm": 1e7, "m": 1e9}
+#: Units that say the numbers carry none (ImageJ's default for an uncalibrated image): read as nm.
+NO_UNIT = ("", "pixel", "pixels", "px", "voxel", "voxels")
+
+
+def unit_nm(unit) -> float | None:
+    """Nanometres per ``unit`` (case and a plural 's' aside: 'Microns', 'nanometers'); 1.0 for
+    no unit or a unit-less one ('pixel'); None when it is no length unit known here."""
+    if unit is None:
+        return 1.0
+    if not isinstance(unit, str):
+        return None
+    u = unit.strip()
+    if u.lower() in NO_UNIT:
+        return 1.0
+    names = [u, u.lower()] + ([u.lower()[:-1]] if u.lower().endswith("s") and len(u) > 3 else [])  # (not ms -> m)
+    return next((UNITS_NM[n] for n in names if n in UNITS_NM), None)
 
 
 @dataclass(frozen=True)
@@ -214,3 +230,9 @@ class ChunkedDataset(ABC):
         """Where the volume's instance id lives (:mod:`volbridge.engine.identity`): a document
         every tool rewrites when it creates the volume. The attributes, where they are that."""
         return self.attributes_location
+
+    @property
+    def version_key(self) -> str:
+        """The document whose version stands in for an instance id where there is none: the one
+        that always exists (zarr v2's .zattrs may not; its .zarray does)."""
+        return self.instance_location[0]

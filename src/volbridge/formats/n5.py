@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import warnings
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ from ..codecs.zarr_pipeline import v2_compressor
 from ..errors import ChunkDecodeError, MetadataError, UnsupportedError
 from ..geometry import Box, Cell, ChunkGrid
 from ..kv import KVStore
-from .base import UNITS_NM, ChunkedDataset, ScaleLayout, ScaleMeta, VolumeMeta, clear_for_overwrite, naming, read_doc, read_docs
+from .base import ChunkedDataset, ScaleLayout, ScaleMeta, VolumeMeta, clear_for_overwrite, naming, read_doc, read_docs, unit_nm
 
 ATTRS = "attributes.json"
 _TYPES = ("uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "float32", "float64")
@@ -177,10 +178,12 @@ def _resolution_nm(root: dict, where: str) -> list[float]:
         raise MetadataError(f"{where}: 'units' must list a unit per dimension, got {units!r}")
     factors = []
     for u in (units or [None] * 3)[:3]:
-        u = u or None  # "" is no unit
-        if u not in UNITS_NM:
-            raise UnsupportedError(f"{where}: spatial unit {u!r} is not a length unit volbridge knows")
-        factors.append(UNITS_NM[u])
+        nm = unit_nm(u)
+        if nm is None:  # N5 has no unit vocabulary: what opened before still opens, said
+            warnings.warn(f"{where}: unit {u!r} is not a length unit volbridge knows; its numbers are taken as nm",
+                          stacklevel=4)
+            nm = 1.0
+        factors.append(nm)
     return [float(v) * f for v, f in zip(values[:3], factors)]
 
 

@@ -16,7 +16,7 @@ from ..errors import MetadataError, UnsupportedError
 from ..geometry import Box
 from ..kv import KVStore, MemoryStore
 from . import zarr
-from .base import UNITS_NM, ChunkedDataset, VolumeMeta, clear_for_overwrite, read_doc, read_docs
+from .base import ChunkedDataset, VolumeMeta, clear_for_overwrite, read_doc, read_docs, unit_nm
 
 
 
@@ -82,7 +82,7 @@ class OmeZarrDataset(ChunkedDataset):
         channel_axis = next((i for i, a in enumerate(axes[:-3]) if a.get("type") == "channel" or a.get("name") == "c"), None)
         units = [a.get("unit") for a in axes[-3:]][::-1]  # x, y, z
         for u in units:
-            if u not in UNITS_NM:
+            if unit_nm(u) is None:
                 raise UnsupportedError(f"{where}: spatial unit {u!r} is not a length unit volbridge knows")
         top_scale, top_trans = _transforms(m.get("coordinateTransformations"), where, len(axes))
         datasets = m.get("datasets")
@@ -100,7 +100,7 @@ class OmeZarrDataset(ChunkedDataset):
             arr = self._array(path)
             if len(arr.shape) != len(axes):
                 raise MetadataError(f"{where}: dataset {path!r} has {len(arr.shape)} dimensions for {len(axes)} axes")
-            res = tuple(s * UNITS_NM[u] for s, u in zip(scale[-3:][::-1], units))
+            res = tuple(s * unit_nm(u) for s, u in zip(scale[-3:][::-1], units))
             offset = tuple(round(t / s) if s else 0 for t, s in zip(trans[-3:][::-1], scale[-3:][::-1]))
             self.layouts.append(zarr.ZarrLayout(arr, res, offset, channel_axis=channel_axis, key_prefix=path))
         self._docs = None  # read at this open only: later reads ask the store

@@ -402,10 +402,23 @@ class PrecomputedDataset(ChunkedDataset):
         new.update(key=scale_key(res), size=[b - a for a, b in zip(start, stop)], voxel_offset=start, resolution=res)
         if any(s.key == new["key"] for s in self.info["scales"]):
             raise MetadataError(f"a scale with key {new['key']!r} exists already")
-        doc = {**self.metadata_json()}
-        doc["scales"] = [*doc["scales"], new]
-        parse_info(doc, "new info")
-        self.store.put(INFO_KEY, json.dumps(doc, indent=2).encode())
+        mine = [sc.key for sc in self.info["scales"]]
+
+        def merge(old: bytes | None) -> bytes:
+            # the stored info, not this handle's copy: members written since (an instance id
+            # stamped by a job, another tool's) are kept (a review found the id erased so)
+            try:
+                doc = json.loads(old) if old else {**self.metadata_json()}
+            except ValueError as e:
+                raise MetadataError(f"{self.store.url}/{INFO_KEY} is not JSON: {e}") from e
+            if [sc.get("key") for sc in doc.get("scales", [])] != mine:
+                raise MetadataError(f"{self.store.url}/{INFO_KEY} changed since it was opened (its scales differ); "
+                                    "open the volume again to add a scale")
+            doc["scales"] = [*doc["scales"], new]
+            parse_info(doc, "new info")
+            return json.dumps(doc, indent=2).encode()
+
+        self.store.update(INFO_KEY, merge)
         self.__init__(self.store)  # type: ignore[misc]
 
     @classmethod

@@ -354,6 +354,10 @@ class ZarrDataset(ChunkedDataset):
     def attributes_location(self) -> tuple[str, str | None]:  # type: ignore[override]
         return (V3_META, "attributes") if self.arr.zarr_format == 3 else (".zattrs", None)
 
+    @property
+    def version_key(self) -> str:  # type: ignore[override]
+        return V3_META if self.arr.zarr_format == 3 else V2_META
+
     @classmethod
     def create(cls, store: KVStore, *, bounds: Box, dtype, chunk_shape, num_channels: int = 1, zarr_format: int = 3,
                compression: str | None = "zstd", fill_value=0, overwrite: bool = False,

@@ -28,19 +28,38 @@ _PLANE_AXES = "ZIQ"
 
 def _planes(path: str, url: str):
     """The planes of one file in z order, as (page indices, one per channel), with the pages'
-    layout, channel count, dtype and (height, width). From tifffile's first series and its axes,
+    layout, channel count, dtype and (height, width). From tifffile's series and their axes,
     so ImageJ/OME hyperstacks (ZCYX, CZYX) give channels, not z (a review found them folded
-    into z, channels alternating), and planar RGB pages keep their channels."""
+    into z, channels alternating), and planar RGB pages keep their channels. Several series
+    (a file written a slice at a time, ``append=True``) follow each other in z; series of
+    other pages are refused, not dropped."""
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tf:
-            series = tf.series[0]
-            page = tf.pages[0]
-            layout, axes, shape, dtype, npages = page.axes, series.axes, series.shape, series.dtype, len(tf.pages)
-            page_shape = page.shape
+            found = [(s.axes, s.shape, s.dtype, s.pages[0].index, s.pages[0].axes, s.pages[0].shape) for s in tf.series]
+            npages = len(tf.pages)
     except (OSError, IndexError, tifffile.TiffFileError) as e:
         raise StoreError(f"{url}: cannot read {path}: {e}") from e
+    if not found:
+        raise StoreError(f"{url}: no image pages in {path}")
+    planes: list[tuple[int, ...]] = []
+    kind = None
+    for axes, shape, dtype, first, layout, page_shape in found:
+        these, this_kind = _series_planes(axes, shape, dtype, first, layout, page_shape, npages, path, url)
+        if kind is not None and this_kind != kind:
+            raise URLError(f"{url!r}: the series of {path} differ ({kind[0]} pages of {kind[2]}x{kind[3]}, "
+                           f"{kind[1]} channel(s) of {kind[4]}; then {this_kind[0]}, {this_kind[2]}x{this_kind[3]}, "
+                           f"{this_kind[1]}, {this_kind[4]}); a volume needs equal pages")
+        kind = this_kind
+        planes += these
+    layout, channels, height, width, dtype = kind
+    return planes, layout, channels, dtype, (height, width)
+
+
+def _series_planes(axes, shape, dtype, first: int, layout: str, page_shape, npages: int, path: str, url: str):
+    """The planes of one series starting at page ``first`` and its kind (layout, channels,
+    height, width, dtype)."""
     if layout not in _PAGE_LAYOUTS:
         raise UnsupportedError(f"{url}: the pages of {path} have axes {layout}; volbridge reads 2-D pages (YX), RGB(A) (YXS) "
                                "or planar RGB(A) (SYX)")
@@ -50,16 +69,16 @@ def _planes(path: str, url: str):
         raise UnsupportedError(f"{url}: {path} holds axes {axes} (shape {shape}); volbridge reads z-stacks of pages with "
                                "channels as C or as samples of a page, not " + (", ".join(extra) or "both"))
     count = int(np.prod(lead_shape, dtype=np.int64))
-    if count > npages:
-        raise UnsupportedError(f"{url}: {path} stores its {axes} series in fewer pages ({npages}) than planes ({count})")
+    if first + count > npages:
+        raise UnsupportedError(f"{url}: {path} stores its {axes} series in fewer pages ({npages - first}) than planes ({count})")
     c_axis = lead_axes.find("C")
     channels = lead_shape[c_axis] if c_axis >= 0 else (page_shape[layout.index("S")] if "S" in layout else 1)
     planes: dict[tuple, list[int]] = {}
     for index, at in enumerate(np.ndindex(*lead_shape)):  # pages in the series' (C) order
         z = tuple(i for d, i in enumerate(at) if d != c_axis)
-        planes.setdefault(z, []).append(index)
-    hw = (page_shape[layout.index("Y")], page_shape[layout.index("X")])
-    return [tuple(keys) for _, keys in sorted(planes.items())], layout, channels, np.dtype(dtype), hw
+        planes.setdefault(z, []).append(first + index)
+    kind = (layout, channels, page_shape[layout.index("Y")], page_shape[layout.index("X")], np.dtype(dtype))
+    return [tuple(keys) for _, keys in sorted(planes.items())], kind
 
 
 class TiffVolume(Volume):

@@ -17,6 +17,7 @@ own server-side service instead.
 from __future__ import annotations
 
 import math
+import numbers
 import threading
 import time
 from typing import Any, Callable
@@ -360,16 +361,16 @@ def downsample(source: Any, *, num_mips: int | None = None, factor: tuple[int, i
     if executor not in (None, PROCESSES) and not isinstance(source, str):
         raise InvalidArgumentError("on a cluster, give the source as a URL: the workers open it themselves")
     volume = vol.volume
-    if num_mips is not None and (isinstance(num_mips, bool) or not isinstance(num_mips, int) or num_mips < 0):
+    if num_mips is not None and (isinstance(num_mips, bool) or not isinstance(num_mips, numbers.Integral) or num_mips < 0):
         raise InvalidArgumentError(f"num_mips is a count of scales above 0, got {num_mips!r}")
     if num_mips is not None:
         if DOWNSAMPLE.native(volume):
             raise UnsupportedError(f"{volume.url} builds its pyramid on the server, with the levels its experiment has")
-        added = range(len(volume.meta.scales), num_mips + 1)
+        added = range(len(volume.meta.scales), int(num_mips) + 1)
         for _ in added:
             volume.add_scale(tuple(factor)[::-1])
         if mips is None:
-            mips = range(1, num_mips + 1)
+            mips = range(1, int(num_mips) + 1)
     n = len(volume.meta.scales)
     mips = list(range(1, n) if mips is None else mips)
     if any(not 1 <= m < n for m in mips):

@@ -17,6 +17,7 @@ Outputs: ``{id: Mesh}``; OBJ or PLY files; neuroglancer legacy meshes (one fragm
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import time
 from dataclasses import dataclass
@@ -180,7 +181,7 @@ def mesh(source: Any, ids: Iterable[int] | None = None, *, mip: int | None = Non
     finished units are journaled until the job completes, so rerunning the same call after a
     failure meshes only what is left (change nothing in between). ``simplification``: keep about
     1/n of the triangles (zmesh's quadric reduction, after welding and smoothing)."""
-    if isinstance(smoothing, bool) or not isinstance(smoothing, int) or smoothing < 0:
+    if isinstance(smoothing, bool) or not isinstance(smoothing, numbers.Integral) or smoothing < 0:
         raise InvalidArgumentError(f"smoothing is a number of iterations >= 0, got {smoothing!r}")
     if not isinstance(simplification, int) or simplification < 1:
         raise InvalidArgumentError(f"simplification is a reduction factor >= 1, got {simplification!r}")

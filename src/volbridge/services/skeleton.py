@@ -14,6 +14,7 @@ directory when the output sits inside it).
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import struct
 import time
@@ -180,7 +181,7 @@ def skeleton(source: Any, ids: Iterable[int] | None = None, *, mip: int | None =
         raise InvalidArgumentError("only precomputed skeletons can be sharded, not swc")
     if format not in ("precomputed", "swc"):
         raise InvalidArgumentError(f"format must be precomputed or swc, got {format!r}")
-    if isinstance(dust_threshold, bool) or not isinstance(dust_threshold, int) or dust_threshold < 0:
+    if isinstance(dust_threshold, bool) or not isinstance(dust_threshold, numbers.Integral) or dust_threshold < 0:
         raise InvalidArgumentError(f"dust_threshold is a voxel count >= 0, got {dust_threshold!r}")
     started = time.time()
     job = label_job(source, ids, mip, bbox, SKELETON)

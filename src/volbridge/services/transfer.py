@@ -96,7 +96,8 @@ def _check_existing(dst: VolumeArray, chunk_shape, encoding) -> None:
     have_chunks = tuple(dst.chunk_shape[-3:])
     if chunk_shape is not None and tuple(chunk_shape) != have_chunks:
         differ.append(f"chunk shape {tuple(chunk_shape)} (it has {have_chunks})")
-    have_encoding = dst.volume.meta.scales[dst.mip_level].encoding
+    # encodings are precomputed's; every other format stores chunks "raw" (under its compressor)
+    have_encoding = dst.volume.meta.scales[dst.mip_level].encoding if dst.volume.format_name == "precomputed" else "raw"
     if encoding is not None and encoding != have_encoding:
         differ.append(f"encoding {encoding!r} (it has {have_encoding!r})")
     if differ:
