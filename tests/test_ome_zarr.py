@@ -55,9 +55,11 @@ def test_v05_pyramid_created_by_volbridge(tmp_path):
     assert ome["version"] == "0.5"
     ms = ome["multiscales"][0]
     assert [a["name"] for a in ms["axes"]] == ["c", "z", "y", "x"]
+    # voxel 0 of level 1 starts at (-8, 4) x 16 nm in y, x; its centre, which the translation
+    # names (as neuroglancer and ome-zarr-py read it), lies (16 - 8) / 2 = 4 nm further
     assert ms["datasets"][1]["coordinateTransformations"] == [
         {"type": "scale", "scale": [1.0, 40.0, 16.0, 16.0]},
-        {"type": "translation", "translation": [0.0, -160.0, -128.0, 64.0]}]
+        {"type": "translation", "translation": [0.0, -160.0, -124.0, 68.0]}]
     for level in range(3):  # each level is a zarr v3 array with dimension_names, as 0.5 requires
         meta = json.loads((tmp_path / "p.zarr" / str(level) / "zarr.json").read_text())
         assert meta["dimension_names"] == ["c", "z", "y", "x"]
@@ -119,9 +121,10 @@ def test_v04_pyramid_created_by_volbridge(tmp_path):
         kinds = [t["type"] for t in d["coordinateTransformations"]]
         assert kinds == ["scale", "translation"]
         assert all(len(t[t["type"]]) == 4 for t in d["coordinateTransformations"])
-    assert ms[0]["datasets"][1]["coordinateTransformations"] == [
+    assert ms[0]["datasets"][1]["coordinateTransformations"] == [  # (voxel centres: see the 0.5 test)
         {"type": "scale", "scale": [1.0, 40.0, 16.0, 16.0]},
-        {"type": "translation", "translation": [0.0, -160.0, -128.0, 64.0]}]
+        {"type": "translation", "translation": [0.0, -160.0, -124.0, 68.0]}]
+    assert ms[0]["datasets"][2]["coordinateTransformations"][1]["translation"] == [0.0, -160.0, -128.0 + 12.0, 64.0 + 12.0]
     # volbridge
     again = vb.array(str(path))
     assert again.format == "ome-zarr" and len(again.scales) == 3
@@ -161,3 +164,26 @@ def test_v04_segmentation_and_version_switch(tmp_path):
     vol[...] = np.arange(256, dtype=np.uint32).reshape(4, 8, 8)
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "s.zarr" / "0"), mode="r")[...],
                                   np.arange(256, dtype=np.uint32).reshape(4, 8, 8))
+
+
+def test_levels_added_to_an_ome_zarr_py_pyramid_follow_its_voxel_centres(tmp_path):
+    """(review) ome-zarr-py writes level k's translation as (s_k - s_0) / 2 (voxel centres, as
+    neuroglancer reads them); a level volbridge added had translation 0: shifted (2^k - 1) / 2
+    fine voxels from the others. Levels read back at the bounds their corners give."""
+    root = tmp_path / "p.zarr"
+    grp = zarr.open_group(str(root), mode="w", zarr_format=2)
+    datasets = []
+    for k in range(3):
+        n = 64 >> k
+        grp.create_array(str(k), shape=(4, n, n), chunks=(4, 16, 16), dtype="uint8", fill_value=0)[...] = k + 1
+        s = 8.0 * 2**k
+        datasets.append({"path": str(k), "coordinateTransformations": [
+            {"type": "scale", "scale": [40.0, s, s]}, {"type": "translation", "translation": [0.0, (s - 8) / 2, (s - 8) / 2]}]})
+    grp.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": a, "type": "space", "unit": "nanometer"} for a in "zyx"],
+                                 "datasets": datasets}]
+    vol = vb.array(f"ome-zarr://{root}", mode="r+")
+    assert [vol.mip(k).bounds for k in range(3)] == [((0, 0, 0), (4, 64 >> k, 64 >> k)) for k in range(3)]
+    vol.volume.add_scale((2, 2, 1))
+    ms = json.loads((root / ".zattrs").read_text())["multiscales"][0]
+    assert ms["datasets"][3]["coordinateTransformations"][1]["translation"] == [0.0, 28.0, 28.0]  # (64 - 8) / 2
+    assert vb.array(f"ome-zarr://{root}").mip(3).bounds == ((0, 0, 0), (4, 8, 8))

@@ -317,3 +317,15 @@ def test_workers_reopen_a_volume_whose_metadata_changed(client, tmp_path, monkey
         np.testing.assert_array_equal(vb.array(dst)[...], a[...])
     with pytest.raises(vb.errors.ReadOnlyError):
         vb.array(url).downsample(executor=client)
+
+
+def test_a_memory_volume_on_a_cluster_and_a_job_of_no_scales_are_named(client, tmp_path):
+    """(review) a mem:// volume given to a cluster failed on a worker with 'no volume found';
+    num_mips=0 said the volume had no scale above 0."""
+    vb.create("mem://cluster-refused", shape=(8, 32, 32), dtype="uint8", chunk_shape=(8, 16, 16))[...] = 5
+    with pytest.raises(vb.errors.InvalidArgumentError, match="lives in this process's memory"):
+        downsample("mem://cluster-refused", num_mips=1, executor=client)
+    url = f"precomputed://{tmp_path / 'two'}"
+    vb.create(url, shape=(8, 32, 32), dtype="uint8", num_scales=2)
+    with pytest.raises(vb.errors.InvalidArgumentError, match="num_mips=0 .* select no scale"):
+        downsample(url, num_mips=0)

@@ -131,7 +131,8 @@ class OmeZarrDataset(ChunkedDataset):
     def add_scale(self, factor) -> None:
         """Append a dataset ``factor`` (x, y, z) coarser than the last: the last array's metadata
         (codecs, shards, chunks, fill) with ``ceil`` shape, its scale transform times ``factor``
-        and a translation placing voxel 0 at ``floor(start / factor)``, as precomputed does."""
+        and a translation placing voxel 0 at ``floor(start / factor)``, as precomputed does (the
+        translation names that voxel's centre, as the file's readers take it)."""
         f = [int(v) for v in factor]
         if len(f) != 3 or any(v < 1 for v in f):
             raise MetadataError(f"a downsampling factor is 3 integers >= 1, got {tuple(factor)}")
@@ -146,8 +147,11 @@ class OmeZarrDataset(ChunkedDataset):
         start = [math.floor(a / k) for a, k in zip(last.meta.bounds.start, f)]  # x, y, z voxels
         stop = [math.ceil(b / k) for b, k in zip(last.meta.bounds.stop, f)]
         start_arr = [0] * (n_axes - 3) + start[::-1]
-        # the final translation (dataset * top + top) must equal start * final scale
-        new_trans = [a * s - tt / ts if ts else 0.0 for a, s, tt, ts in zip(start_arr, new_scale, top_trans, top_scale)]
+        scale0, _ = _transforms(m["datasets"][0].get("coordinateTransformations"), "first dataset", n_axes)
+        # the final translation (dataset * top + top) must place voxel 0's centre: its corner,
+        # start * final scale, plus half the way from a level-0 voxel's centre to its own
+        new_trans = [(a * s * ts + (s - s0) * ts / 2 - tt) / ts if ts else 0.0
+                     for a, s, s0, tt, ts in zip(start_arr, new_scale, scale0, top_trans, top_scale)]
         path = str(len(m["datasets"]))
         while any(d.get("path") == path for d in m["datasets"]):
             path += "_"
@@ -206,7 +210,10 @@ class OmeZarrDataset(ChunkedDataset):
             stop = [math.ceil(b / fi) for b, fi in zip(bounds.stop, f)]
             res = [r * fi for r, fi in zip(resolution, f)]
             scale_array(store.child(str(level)), [b - a for a, b in zip(start, stop)])
-            origin_nm = [float(a * r) for a, r in zip(start[::-1], res[::-1])]  # z, y, x
+            # z, y, x; voxel centres (neuroglancer's and ome-zarr-py's reading): a coarser voxel's
+            # centre lies (r - r0) / 2 past its corner (a review found levels placed by corners
+            # shifted (2^k - 1) / 2 fine voxels in neuroglancer and napari)
+            origin_nm = [float(a * r + (r - r0) / 2) for a, r, r0 in zip(start[::-1], res[::-1], list(resolution)[::-1])]
             datasets.append({"path": str(level), "coordinateTransformations": [
                 {"type": "scale", "scale": lead + [float(r) for r in res[::-1]]},
                 {"type": "translation", "translation": [0.0] * len(lead) + origin_nm}]})

@@ -5,8 +5,8 @@ Each scale ``m`` is computed from scale ``m - 1`` with the integer factor their 
 scale's chunks, so no two units ever write the same object and units run in parallel with no
 read-modify-write between them. A destination voxel ``i`` covers source voxels
 ``[i * f, (i + 1) * f)``; where that block runs past the source's bounds (odd edges, offsets not
-a multiple of the factor) the edge voxels are repeated, so a 2x2 block with one missing column
-averages the two that exist, as CloudVolume and the precomputed scale bounds (``ceil``) expect.
+a multiple of the factor) it is reduced over the voxels that exist (a 3-wide block with two
+reads their mean), as CloudVolume does and the precomputed scale bounds (``ceil``) expect.
 
 Methods: ``mean`` (images; integers rounded half up), ``mode`` (segmentations: the most frequent
 label; never an invented one), ``min``, ``max``, ``nearest`` (the block's first voxel), and
@@ -16,6 +16,7 @@ own server-side service instead.
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 import threading
@@ -199,13 +200,49 @@ KERNELS: dict[str, Callable[[np.ndarray, tuple[int, int, int]], np.ndarray]] = {
 
 
 def downsample_array(a: np.ndarray, factor: tuple[int, int, int], method: str = "mean") -> np.ndarray:
-    """``a`` (x, y, z) reduced by ``factor`` (x, y, z), its odd edges repeated: ``ceil(n / f)`` out."""
+    """``a`` (x, y, z) reduced by ``factor`` (x, y, z), its odd edges reduced over the voxels
+    that exist: ``ceil(n / f)`` out."""
     if not a.size:  # nothing to reduce (and no edge to repeat)
         return np.empty(tuple(-(-n // k) for n, k in zip(a.shape, factor)), a.dtype)
-    pad = [(0, -n % k) for n, k in zip(a.shape, factor)]
-    if any(p[1] for p in pad):
-        a = np.pad(a, pad, mode="edge")
-    return KERNELS[method](a, tuple(factor))  # type: ignore[arg-type]
+    return _reduce_edges(a, (0, 0, 0), tuple(factor), KERNELS[method])  # type: ignore[arg-type]
+
+
+def _segments(n: int, lead: int, f: int) -> list[tuple[int, int, int]]:
+    """(start, stop, block) runs of an axis of ``n`` voxels whose first block lacks ``lead``:
+    a partial first block, the whole blocks, a partial last block."""
+    segs, i = [], 0
+    if lead:
+        i = min(n, f - lead)
+        segs.append((0, i, i))
+    whole = (n - i) // f * f
+    if whole:
+        segs.append((i, i + whole, f))
+        i += whole
+    if i < n:
+        segs.append((i, n, n - i))
+    return segs
+
+
+def _reduce_edges(a: np.ndarray, lead: tuple[int, int, int], f: tuple[int, int, int], kernel) -> np.ndarray:
+    """``kernel`` over blocks of ``f`` of ``a`` (x, y, z), the first lacking ``lead`` voxels a
+    side and the last what the size leaves. Where repeating edge voxels weighs a partial block's
+    voxels alike (a side of 1, or 2 of 2, as in CloudVolume's pyramids), the edges are repeated
+    and the kernel runs once; otherwise (factor 3 and up: '0 0 0 0 90' by 3 gave 60, and mode
+    counted the repeated voxel twice) each run of equal blocks is reduced over the voxels that
+    exist (the mean of 0 and 90 is 45)."""
+    segs = [_segments(n, lo, k) for n, lo, k in zip(a.shape, lead, f)]
+    if all(b in (1, k) for sg, k in zip(segs, f) for _, _, b in sg):
+        pad = [(lo, -(lo + n) % k) for n, lo, k in zip(a.shape, lead, f)]
+        if any(p != (0, 0) for p in pad):
+            a = np.pad(a, pad, mode="edge")
+        return kernel(a, f)
+    out = np.empty(tuple(sum((t - s) // b for s, t, b in sg) for sg in segs), a.dtype, order="F")
+    starts = [np.cumsum([0] + [(t - s) // b for s, t, b in sg]) for sg in segs]
+    for combo in itertools.product(*(list(enumerate(sg)) for sg in segs)):
+        src = a[tuple(slice(s, t) for _, (s, t, _) in combo)]
+        dst = tuple(slice(st[j], st[j + 1]) for st, (j, _) in zip(starts, combo))
+        out[dst] = kernel(src, tuple(b for _, (_, _, b) in combo))
+    return out
 
 
 def reduce_box(read: Callable[[Box], np.ndarray], src_bounds: Box, dst: Box, f: tuple[int, int, int], kernel) -> np.ndarray:
@@ -215,14 +252,12 @@ def reduce_box(read: Callable[[Box], np.ndarray], src_bounds: Box, dst: Box, f: 
     if have.empty:
         raise VolbridgeError(f"destination box {dst} has no source voxels in {src_bounds}")
     data = read(have)
-    pad = [(a - w, v - b) for a, b, w, v in zip(have.start, have.stop, want.start, want.stop)]
-    if any(p != (0, 0) for p in pad):
-        data = np.pad(data, pad + [(0, 0)] * (data.ndim - 3), mode="edge")
+    lead = tuple(a - w for a, w in zip(have.start, want.start))
     if data.ndim == 3:
-        return kernel(data, f)
+        return _reduce_edges(data, lead, f, kernel)
     if data.shape[3] == 1:  # a view with the channel axis: no copy
-        return kernel(data[..., 0], f)[..., None]
-    return np.stack([kernel(data[..., c], f) for c in range(data.shape[3])], axis=-1)
+        return _reduce_edges(data[..., 0], lead, f, kernel)[..., None]
+    return np.stack([_reduce_edges(data[..., c], lead, f, kernel) for c in range(data.shape[3])], axis=-1)
 
 
 def factor_between(fine: tuple, coarse: tuple) -> tuple[int, int, int]:
@@ -376,6 +411,8 @@ def downsample(source: Any, *, num_mips: int | None = None, factor: tuple[int, i
     if any(not 1 <= m < n for m in mips):
         raise InvalidArgumentError(f"mips must lie in 1..{n - 1} (the volume's scales; add scales first), got {mips}")
     if not mips:  # (a review found the CLI reporting 'downsampled: scales  of 1' for this)
+        if num_mips == 0 or n > 1:
+            raise InvalidArgumentError(f"nothing to fill: num_mips={num_mips} and mips={list(mips)} select no scale of {volume.url}")
         raise InvalidArgumentError(f"{volume.url} has no scale above 0 to fill; give num_mips (--num-mips) to add scales")
     DOWNSAMPLE.check(volume)
     if DOWNSAMPLE.native(volume):

@@ -81,7 +81,11 @@ def volume_url(volume) -> str:
 def volume_ref(volume) -> tuple[str, str]:
     """What a worker needs to open ``volume`` itself: its absolute URL and a digest of its
     metadata (:func:`open_cached` checks it)."""
-    return volume_url(volume), metadata_digest(volume)
+    url = volume_url(volume)
+    if "mem://" in url or url.startswith("mem:"):  # (a worker said 'no volume found at mem://m1')
+        raise InvalidArgumentError(f"{url} lives in this process's memory: workers elsewhere cannot open it; run the "
+                                   "job on local threads (executor=None), or keep the volume in a store the workers reach")
+    return url, metadata_digest(volume)
 
 
 def open_ref(ref, mode: str):
