@@ -252,3 +252,20 @@ def test_label_cutouts_compressed_on_request_decode_to_the_plain_ones(dvid_relay
     assert zlib.decompress(gz, 31) == plain and len(gz) < len(plain) // 4
     status, lz, _ = http("GET", url + "?compression=lz4", token=TOKEN)
     assert status == 200 and imagecodecs.lz4_decode(lz, header=False, out=len(plain)) == plain
+
+
+@pytest.mark.parametrize("block", [(128, 128, 128), (48, 48, 48), (16, 100, 100)])
+def test_the_client_writes_instances_of_any_block_size(versioned, block):
+    """(review) the client split writes on a fixed 256x256x64 grid: instances whose blocks do not
+    divide it (128^3, 48^3) refused every write as not block-aligned."""
+    from volbridge.remotes import dvid
+
+    root = dvid.create_repo(versioned.url, f"b{block[0]}", token=TOKEN)
+    url = dvid.create_instance(versioned.url, root, "grey", "uint8blk", bounds=((0, 0, 0), (150, 300, 300)),
+                               block_size=block, token=TOKEN)
+    vol = vb.array(url, mode="r+", token=TOKEN)
+    data = np.random.default_rng(block[0]).integers(1, 255, vol.shape, dtype=np.uint8)
+    vol[...] = data
+    vol[3:70, 5:200, 7:299] = 0  # unaligned: blocks read, merged, written whole
+    data[3:70, 5:200, 7:299] = 0
+    np.testing.assert_array_equal(vb.array(url, token=TOKEN)[...], data)

@@ -28,7 +28,8 @@ from .http_client import HTTPClient
 LABEL_TYPES = ("labelblk", "labelarray", "labelmap")
 UNIT_NM = {"nanometers": 1.0, "nanometer": 1.0, "nm": 1.0, "micrometers": 1e3, "microns": 1e3, "um": 1e3,
            "millimeters": 1e6, "mm": 1e6}
-#: Blocks of one request (x, y, z), a multiple of any DVID block size up to 64.
+#: Voxels of one request (x, y, z) at least; each instance rounds it up to whole blocks of its
+#: own (writes must be block-aligned: a review found 128^3 and 48^3 instances unwritable).
 REQUEST = (256, 256, 64)
 CONCURRENCY = 16
 
@@ -54,6 +55,7 @@ class DVIDVolume(Volume):
         self.capabilities = frozenset({"write", "versions"} if writable else {"versions"})
         self.info = self.client.json(f"node/{self.uuid}/{self.instance}/info", f"data instance {self.instance!r} at {self.uuid}")
         self.meta, self.block = self._meta(self.info)
+        self.request = tuple(b * max(1, -(-r // b)) for r, b in zip(REQUEST, self.block))
         self.typename = self.info["Base"]["TypeName"]
 
     def _resolve(self, spec: str) -> str:
@@ -113,7 +115,7 @@ class DVIDVolume(Volume):
         return np.frombuffer(body, dtype).reshape(b.shape[::-1])
 
     def _blocks(self, box: Box, grid_bounds: Box) -> list[Box]:
-        grid = ChunkGrid(grid_bounds, REQUEST, (0, 0, 0))
+        grid = ChunkGrid(grid_bounds, self.request, (0, 0, 0))
         return [c.box for c in grid.cells(box)]
 
     def read(self, box: Box, scale: int = 0) -> np.ndarray:
@@ -125,7 +127,7 @@ class DVIDVolume(Volume):
         def task(b: Box) -> None:
             out[b.slices(box.start) + (0,)] = self._get(b).T
 
-        run_bounded(task, self._blocks(region, region), 3 * math.prod(REQUEST) * self.meta.dtype.itemsize, CONCURRENCY)
+        run_bounded(task, self._blocks(region, region), 3 * math.prod(self.request) * self.meta.dtype.itemsize, CONCURRENCY)
         return out
 
     def write(self, box: Box, data: np.ndarray, scale: int = 0, channels: slice | None = None) -> None:
@@ -147,7 +149,7 @@ class DVIDVolume(Volume):
                 zyx = merged
             self.client.request("POST", self._path(b), body=zyx.tobytes(), headers={"Content-Type": "application/octet-stream"})
 
-        run_bounded(task, self._blocks(box, wide), 3 * math.prod(REQUEST) * self.meta.dtype.itemsize, CONCURRENCY)
+        run_bounded(task, self._blocks(box, wide), 3 * math.prod(self.request) * self.meta.dtype.itemsize, CONCURRENCY)
 
 
     # -- labels ---------------------------------------------------------------------------------
