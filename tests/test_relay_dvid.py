@@ -269,3 +269,61 @@ def test_the_client_writes_instances_of_any_block_size(versioned, block):
     vol[3:70, 5:200, 7:299] = 0  # unaligned: blocks read, merged, written whole
     data[3:70, 5:200, 7:299] = 0
     np.testing.assert_array_equal(vb.array(url, token=TOKEN)[...], data)
+
+
+def test_dvid_options_the_relay_does_not_apply_are_refused_not_ignored(dvid_relay, relay_volumes):
+    """(review) scale=1, roi=, a sparsevol's minz/maxz and compression were ignored: other data,
+    status 200. '1_0' read as label 10; a float label lookup was truncated."""
+    base = f"{dvid_relay.url}/api/node/{UUID}"
+    label = int(np.unique(relay_volumes["seg"])[-1])
+    for path, says in ((f"seg/raw/0_1_2/64_64_16/0_0_0?scale=1", "scale='1'"),
+                       (f"seg/raw/0_1_2/64_64_16/0_0_0?roi=nosuchroi", "roi"),
+                       (f"seg/sparsevol/{label}?minz=20&maxz=20", "maxz, minz"),
+                       (f"seg/sparsevol/{label}?compression=lz4", "compression"),
+                       ("seg/sparsevol/1_0", "label"),
+                       ("image/label/1_2_3", "label lookups are for label types")):
+        status, body, _ = http("GET", f"{base}/{path}", token=TOKEN)
+        assert status == 400 and says in error_body(body)["message"], (path, status, body[:200])
+    status, body, _ = http("GET", f"{base}/seg/raw/0_1_2/64_64_16/0_0_0?scale=0&u=someone", token=TOKEN)
+    assert status == 200  # scale 0, and who asks, change nothing
+
+
+def test_crafted_dvid_bodies_are_400s(versioned):
+    """(review) 1e400 in /labels or /extents and a list as typename were 500s; a null note was
+    kept as 'None'; a huge MaxPoint was taken."""
+    from volbridge.remotes import dvid
+
+    root = dvid.create_repo(versioned.url, "crafted", token=TOKEN)
+    dvid.create_instance(versioned.url, root, "seg", "labelmap", bounds=((0, 0, 0), (64, 64, 64)), token=TOKEN)
+    base = f"{versioned.url}/api/node/{root}"
+    for path, body in (("seg/labels", b"[[1e400, 2, 3]]"), ("seg/labels", b"[[2.5, 2, 3]]"),
+                       ("seg/extents", b'{"MinPoint": [0, 0, 0], "MaxPoint": [1e400, 0, 0]}'),
+                       ("seg/extents", b'{"MinPoint": [0, 0, 0], "MaxPoint": [99999999999999999999999, 0, 0]}')):
+        status, answer, _ = http("GET" if path.endswith("labels") else "POST", f"{base}/{path}", token=TOKEN, body=body)
+        assert status == 400, (path, body, status, answer[:200])
+    status, answer, _ = http("POST", f"{versioned.url}/api/repo/{root}/instance", token=TOKEN,
+                             body=b'{"typename": ["uint8blk"], "dataname": "x"}')
+    assert status == 400 and "typename" in error_body(answer)["message"]
+    status, answer, _ = http("POST", f"{base}/commit", token=TOKEN, body=b'{"note": {"x": 1}}')
+    assert status == 400 and "note must be a string" in error_body(answer)["message"]
+
+
+def test_a_multi_member_gzip_body_is_written_and_trailing_junk_refused(versioned):
+    """(review) gzip of several members (valid; DVID's Go reader takes it) was refused; bytes
+    after the stream were taken silently."""
+    import gzip
+
+    from volbridge.remotes import dvid
+
+    root = dvid.create_repo(versioned.url, "gz", token=TOKEN)
+    dvid.create_instance(versioned.url, root, "seg", "labelmap", bounds=((0, 0, 0), (64, 64, 64)), token=TOKEN)
+    base = f"{versioned.url}/api/node/{root}/seg/raw/0_1_2/64_64_64/0_0_0?compression=gzip"
+    data = np.random.default_rng(3).integers(1, 2**40, (64, 64, 64), dtype=np.uint64)
+    raw = data.tobytes()
+    half = len(raw) // 2
+    status, body, _ = http("POST", base, token=TOKEN, body=gzip.compress(raw[:half]) + gzip.compress(raw[half:]))
+    assert status == 200, body
+    status, body, _ = http("GET", base.replace("?compression=gzip", ""), token=TOKEN)
+    assert status == 200 and body == raw
+    status, body, _ = http("POST", base, token=TOKEN, body=gzip.compress(raw) + b"junk")
+    assert status == 400 and "gzip" in error_body(body)["message"]

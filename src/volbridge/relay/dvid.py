@@ -194,7 +194,7 @@ async def commit(request: Request):
         return JSONResponse({"Locked": locked})
     repos = n.managed_only("commit")
     doc = await json_object(request)
-    done = await run_in_threadpool(repos.commit, n.uuid, str(doc.get("note", "")), string_list(doc.get("log"), "log"))
+    done = await run_in_threadpool(repos.commit, n.uuid, _note(doc), string_list(doc.get("log"), "log"))
     return JSONResponse({"committed": done})
 
 
@@ -205,7 +205,7 @@ async def branch(request: Request):
     name = doc.get("branch")
     if not isinstance(name, str) or not re.fullmatch(r"[\w.-]+", name):
         raise RelayError(400, BAD_REQUEST, "a branch needs a name: {\"branch\": \"name\"}")
-    child = await run_in_threadpool(repos.child, n.uuid, name, str(doc.get("note", "")))
+    child = await run_in_threadpool(repos.child, n.uuid, name, _note(doc))
     return JSONResponse({"child": child})
 
 
@@ -213,7 +213,7 @@ async def newversion(request: Request):
     n = node(request)
     repos = n.managed_only("newversion")
     doc = await json_object(request)
-    child = await run_in_threadpool(repos.child, n.uuid, None, str(doc.get("note", "")))
+    child = await run_in_threadpool(repos.child, n.uuid, None, _note(doc))
     return JSONResponse({"child": child})
 
 
@@ -263,6 +263,24 @@ def _raw_box(request: Request, inst: Instance) -> Box:
     return box
 
 
+#: Query parameters DVID clients send that change nothing a relay answers: who asks (u, app),
+#: throttling, mutation bookkeeping, and supervoxels (no agglomeration here: they are the labels).
+_HARMLESS = {"u", "app", "throttle", "mutate", "supervoxels"}
+
+
+def _only(request: Request, allowed: set[str], what: str) -> None:
+    """Refuse query parameters the relay does not apply (scale=1, roi=, minz=, ...): DVID answers
+    them, and a relay answering as if they were not there returned other data with a 200 (a
+    review found scale=1 serving scale 0, and a sparsevol ignoring its z range)."""
+    q = request.query_params
+    if q.get("scale", "0") != "0":
+        raise RelayError(400, BAD_REQUEST, f"{what}: scale={q['scale']!r}: the relay serves scale 0 of DVID instances "
+                                           "(its other scales through the BossDB and precomputed faces)")
+    extra = sorted(set(q) - allowed - _HARMLESS - {"scale"})
+    if extra:
+        raise RelayError(400, BAD_REQUEST, f"{what}: the relay does not apply {', '.join(extra)}; ask without it")
+
+
 def _compression(request: Request, inst: Instance) -> str | None:
     comp = request.query_params.get("compression")
     if comp in (None, "", "none", "uncompressed"):
@@ -279,6 +297,7 @@ async def raw_get(request: Request):
     fmt = request.path_params.get("format", "octet-stream")
     if fmt not in ("octet-stream", "raw"):
         raise RelayError(400, BAD_REQUEST, f"format {fmt!r}: the relay sends octet-stream 3-D cutouts")
+    _only(request, {"compression"}, "raw")
     box = _raw_box(request, inst)
     comp = _compression(request, inst)
 
@@ -295,6 +314,7 @@ async def raw_get(request: Request):
 
 async def raw_post(request: Request):
     inst = instance(request, "write")
+    _only(request, {"compression"}, "raw")
     box = _raw_box(request, inst)
     comp = _compression(request, inst)
     if any(o % b or n % b for o, n, b in zip(box.start, box.shape, inst.block)):
@@ -307,9 +327,8 @@ async def raw_post(request: Request):
         try:
             if comp == "lz4":
                 raw = imagecodecs.lz4_decode(body, header=False, out=nbytes)
-            elif comp == "gzip":  # inflated at most one byte past the size expected: no gzip bombs
-                d = zlib.decompressobj(31)
-                raw = d.decompress(body, nbytes + 1)
+            elif comp == "gzip":
+                raw = _gunzip_bounded(body, nbytes)
         except Exception as e:  # noqa: BLE001 - a codec library's own error type
             raise RelayError(400, BAD_REQUEST, f"the body is not a valid {comp} stream: {e}") from e
         if len(raw) != nbytes:
@@ -318,6 +337,22 @@ async def raw_post(request: Request):
 
     await run_in_threadpool(work)
     return Response(status_code=200)
+
+
+def _gunzip_bounded(body: bytes, nbytes: int) -> bytes:
+    """A gzip body of one member or several (valid gzip; Go's reader, DVID's, takes them: a
+    review found them refused), inflated at most one byte past the ``nbytes`` expected (no gzip
+    bombs). A truncated stream, or bytes after the last member that are no gzip, raise."""
+    out, rest = b"", body
+    while rest and len(out) <= nbytes:
+        d = zlib.decompressobj(31)
+        out += d.decompress(rest, nbytes + 1 - len(out))
+        if not d.eof:
+            if len(out) > nbytes:
+                break  # more than the cutout holds: the size check says so
+            raise ValueError("the gzip stream ends early")
+        rest = d.unused_data
+    return out
 
 
 async def extents(request: Request):
@@ -333,21 +368,39 @@ def _voxel(inst: Instance, p: tuple[int, int, int]) -> int:
     return int(inst.read(Box(p, (p[0] + 1, p[1] + 1, p[2] + 1)))[0, 0, 0])
 
 
-async def label_at(request: Request):
+def _note(doc: dict) -> str:
+    """A commit's or branch's note: a string (null and absent are none; a review found them kept
+    as 'None' and a dict's Python text)."""
+    note = doc.get("note")
+    if note is None:
+        return ""
+    if not isinstance(note, str):
+        raise RelayError(400, BAD_REQUEST, f"note must be a string, got {type(note).__name__}")
+    return note
+
+
+def _label_instance(request: Request) -> Instance:
     inst = instance(request, "read")
+    if not inst.is_label:  # (a float32blk voxel of 2.75 answered {"Label": 2})
+        raise RelayError(400, BAD_REQUEST, f"label lookups are for label types, not {inst.typename}")
+    return inst
+
+
+async def label_at(request: Request):
+    inst = _label_instance(request)
     point = _triple(request.path_params["point"], "point")
     return JSONResponse({"Label": await run_in_threadpool(_voxel, inst, point)})
 
 
 async def labels_at(request: Request):
-    inst = instance(request, "read")
+    inst = _label_instance(request)
     points = parse_json(await read_body(request, 1 << 20))
-    try:
-        pts = [tuple(int(v) for v in p) for p in points]
-        if any(len(p) != 3 or any(abs(v) > 2**40 for v in p) for p in pts):
-            raise ValueError
-    except (ValueError, TypeError):
-        raise RelayError(400, BAD_REQUEST, "the body must be a JSON list of [x, y, z] integer points") from None
+    # integers only: int() truncated 2.5 and overflowed on 1e400 (a 500)
+    if not isinstance(points, list) or not all(
+            isinstance(p, list) and len(p) == 3 and all(isinstance(v, int) and not isinstance(v, bool) and abs(v) <= 2**40 for v in p)
+            for p in points):
+        raise RelayError(400, BAD_REQUEST, "the body must be a JSON list of [x, y, z] integer points")
+    pts = [tuple(p) for p in points]
     return JSONResponse(await run_in_threadpool(lambda: [_voxel(inst, p) for p in pts]))
 
 
@@ -385,11 +438,15 @@ async def sparsevol(request: Request):
     if not inst.is_label:
         raise RelayError(400, BAD_REQUEST, f"sparsevol is for label types, not {inst.typename}")
     try:
-        label = int(request.path_params["label"])
+        text = request.path_params["label"]
+        if not re.fullmatch(r"[0-9]{1,20}", text):  # (int() takes '1_0' as 10, and other digits)
+            raise ValueError
+        label = int(text)
         if not 0 < label < 2**64:
             raise ValueError
     except ValueError:
         raise RelayError(400, BAD_REQUEST, f"label {request.path_params['label']!r} must be a positive 64-bit integer") from None
+    _only(request, {"format"}, "sparsevol")
     fmt = request.query_params.get("format", "rles")
     if fmt not in ("rles", "srles"):
         raise RelayError(400, BAD_REQUEST, f"format {fmt!r}: the relay sends rles or srles")

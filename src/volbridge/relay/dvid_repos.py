@@ -178,7 +178,7 @@ class RepoStore:
         root, node = self._mutate(node)
         typename = spec.get("typename")
         name = spec.get("dataname")
-        if typename not in TYPES:
+        if not isinstance(typename, str) or typename not in TYPES:  # (a list was a 500: unhashable)
             raise RelayError(400, BAD_REQUEST, f"typename {typename!r} is not one the relay stores ({', '.join(TYPES)})")
         if not isinstance(name, str) or not DATANAME.fullmatch(name):
             raise RelayError(400, BAD_REQUEST, f"dataname {name!r} must be 1 to 128 letters, digits, _, - and . (not first)")
@@ -236,12 +236,12 @@ class RepoStore:
 
     def set_extents(self, root: str, name: str, lo, hi) -> None:
         """DVID's ``POST /extents``: MinPoint and MaxPoint (inclusive), as given."""
-        try:
-            lo, hi = [int(v) for v in lo], [int(v) for v in hi]
-        except (TypeError, ValueError):
-            raise RelayError(400, BAD_REQUEST, "extents need MinPoint and MaxPoint, each [x, y, z] integers") from None
+        if not all(isinstance(p, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in p) for p in (lo, hi)):
+            raise RelayError(400, BAD_REQUEST, "extents need MinPoint and MaxPoint, each [x, y, z] integers")
         if len(lo) != 3 or len(hi) != 3 or any(a > b for a, b in zip(lo, hi)):
             raise RelayError(400, BAD_REQUEST, f"extents MinPoint {lo} and MaxPoint {hi} must be 3 integers each, MinPoint <= MaxPoint")
+        if any(abs(v) > REACH for v in (*lo, *hi)):  # (1e20 was taken, and shown by info)
+            raise RelayError(400, BAD_REQUEST, f"extents {lo}..{hi} reach past the relay's +-{REACH} voxels")
         with self.document.changing() as doc:
             inst = doc[root]["DataInstances"][name]
             inst["MinPoint"], inst["MaxPoint"] = lo, hi
