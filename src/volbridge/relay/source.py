@@ -14,6 +14,7 @@ are the chunks of a synthetic raw precomputed volume:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -246,6 +247,32 @@ class SourceRouter(KVStore):
         raise ReadOnlyError("the relay's cuboids are written through their sources")
 
 
+class OverlapLock:
+    """Writes of overlapping boxes (of one scale) run one at a time, others at once: a write
+    that spans several upstream chunks updates each on its own, so two overlapping writes at
+    once could leave some chunks of one and some of the other (a review found DVID blocks so
+    torn: half of one POST, half of another, a state no request wrote). Within this relay
+    process; writers elsewhere have the store's per-chunk atomicity only."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active: list[tuple[int, Box]] = []
+
+    @contextlib.contextmanager
+    def hold(self, scale: int, box: Box):
+        entry = (scale, box)
+        with self._cond:
+            while any(s == scale and not b.intersect(box).empty for s, b in self._active):
+                self._cond.wait()
+            self._active.append(entry)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active.remove(entry)
+                self._cond.notify_all()
+
+
 class RelaySource:
     """A configured channel: its upstream volume and the cached view the relay reads."""
 
@@ -271,6 +298,7 @@ class RelaySource:
         self.on_status: Callable[["RelaySource"], None] | None = None
         #: Writes per scale so far (a downsample job checks that none came in while it ran).
         self.writes: dict[int, int] = {}
+        self._writing = OverlapLock()
         self._reserve_lock = threading.Lock()
         self._reserve_lock_scan = threading.Lock()
 
@@ -320,7 +348,8 @@ class RelaySource:
                     fresh[key] = part.tobytes(order="F") if part.any() else ABSENT
             return fresh
 
-        self.store.write_through([k for k, _ in cuboids], op)
+        with self._writing.hold(scale, box):
+            self.store.write_through([k for k, _ in cuboids], op)
         with self._reserve_lock:
             self.writes[scale] = self.writes.get(scale, 0) + 1
         if scale == 0 and len(self.meta.scales) > 1 and self.downsample_status != "NOT_DOWNSAMPLED":
