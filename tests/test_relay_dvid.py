@@ -347,3 +347,16 @@ def test_concurrent_posts_of_one_block_never_tear_it(start_relay, tmp_path):
             assert set(pool.map(post, range(8 * trial + 1, 8 * trial + 9))) == {200}
         values = np.unique(vb.array(url)[...])
         assert len(values) == 1, (trial, values)
+
+
+def test_dvid_endpoints_the_relay_lacks_are_named(versioned):
+    """(review) GET maxlabel got another face's 'no channel api/node/...'; DELETE of instance l
+    said 'l is not supported'."""
+    from volbridge.remotes import dvid
+
+    root = dvid.create_repo(versioned.url, "lacks", token=TOKEN)
+    dvid.create_instance(versioned.url, root, "seg", "labelmap", bounds=((0, 0, 0), (64, 64, 64)), token=TOKEN)
+    for method, path in (("GET", f"/api/node/{root}/seg/maxlabel"), ("DELETE", f"/api/repo/{root}/seg?imsure=true")):
+        status, body, _ = http(method, versioned.url + path, token=TOKEN)
+        message = error_body(body)["message"]
+        assert status == 400 and f"{method} {path.split('?')[0]} is not supported" in message, (status, message)

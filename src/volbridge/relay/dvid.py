@@ -229,9 +229,11 @@ async def log(request: Request):
 
 
 async def unsupported(request: Request):
+    """DVID endpoints the relay does not serve: said so, naming the request (a review found
+    'l is not supported' for DELETE of instance l, and a maxlabel answered by another face's
+    'no channel')."""
     node(request)
-    op = request.path_params["op"]
-    raise RelayError(400, BAD_REQUEST, f"{op} is not supported by this relay's DVID dialect")
+    raise RelayError(400, BAD_REQUEST, f"{request.method} {request.url.path} is not supported by this relay's DVID dialect")
 
 
 # -- instances --------------------------------------------------------------------------------------
@@ -493,4 +495,6 @@ def routes() -> list[Route]:
         Route(node_ + "/label/{point}", label_at),
         Route(node_ + "/labels", labels_at, methods=["GET", "POST"]),
         Route(node_ + "/sparsevol/{label}", sparsevol, methods=["GET", "HEAD"]),
+        Route("/api/node/{uuid}/{data}/{op:path}", unsupported, methods=["GET", "POST", "DELETE", "HEAD"]),
+        Route("/api/repo/{uuid}/{data}/{op:path}", unsupported, methods=["GET", "POST", "DELETE"]),
     ]
