@@ -187,3 +187,23 @@ def test_levels_added_to_an_ome_zarr_py_pyramid_follow_its_voxel_centres(tmp_pat
     ms = json.loads((root / ".zattrs").read_text())["multiscales"][0]
     assert ms["datasets"][3]["coordinateTransformations"][1]["translation"] == [0.0, 28.0, 28.0]  # (64 - 8) / 2
     assert vb.array(f"ome-zarr://{root}").mip(3).bounds == ((0, 0, 0), (4, 8, 8))
+
+
+def test_a_level_added_to_a_5d_pyramid_keeps_its_time_and_channel_translation(tmp_path):
+    """(review) the top-level translation of t (5 s) came out 0 on the added level."""
+    root = tmp_path / "five.zarr"
+    grp = zarr.open_group(str(root), mode="w", zarr_format=2)
+    grp.create_array("0", shape=(1, 2, 8, 16, 16), chunks=(1, 1, 8, 8, 8), dtype="uint16")
+    axes = [{"name": "t", "type": "time", "unit": "second"}, {"name": "c", "type": "channel"}] + [
+        {"name": n, "type": "space", "unit": "micrometer"} for n in "zyx"]
+    grp.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": [
+        {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1, 1, 1, 1, 1]}]}],
+        "coordinateTransformations": [{"type": "scale", "scale": [2.0, 1, 0.5, 0.5, 0.5]},
+                                      {"type": "translation", "translation": [5.0, 0, 10, 10, 10]}]}]
+    vb.array(str(root), mode="r+").volume.add_scale((2, 2, 1))
+    ms = json.loads((root / ".zattrs").read_text())["multiscales"][0]
+    top_scale, top_trans = (t[t["type"]] for t in ms["coordinateTransformations"])
+    scale, trans = (t[t["type"]] for t in ms["datasets"][1]["coordinateTransformations"])
+    final = [t * s + tt for t, s, tt in zip(trans, top_scale, top_trans)]
+    assert final == [5.0, 0.0, 10.0, 10.25, 10.25]  # t, c kept; y, x at the centre of voxel 10 of 1 um
+    assert vb.array(str(root)).mip(1).bounds == ((20, 10, 10), (28, 18, 18))

@@ -323,8 +323,13 @@ def test_a_memory_volume_on_a_cluster_and_a_job_of_no_scales_are_named(client, t
     """(review) a mem:// volume given to a cluster failed on a worker with 'no volume found';
     num_mips=0 said the volume had no scale above 0."""
     vb.create("mem://cluster-refused", shape=(8, 32, 32), dtype="uint8", chunk_shape=(8, 16, 16))[...] = 5
-    with pytest.raises(vb.errors.InvalidArgumentError, match="lives in this process's memory"):
+    with pytest.raises(vb.errors.InvalidArgumentError, match="lives in the memory of the process that made it"):
         downsample("mem://cluster-refused", num_mips=1, executor=client)
+    from concurrent.futures import ThreadPoolExecutor  # workers in this process reach it (a review found them refused)
+
+    with ThreadPoolExecutor(2) as pool:
+        transfer("mem://cluster-refused", "mem://cluster-copy", executor=pool)
+    assert (vb.array("mem://cluster-copy")[...] == 5).all()
     url = f"precomputed://{tmp_path / 'two'}"
     vb.create(url, shape=(8, 32, 32), dtype="uint8", num_scales=2)
     with pytest.raises(vb.errors.InvalidArgumentError, match="num_mips=0 .* select no scale"):

@@ -140,7 +140,7 @@ class OmeZarrDataset(ChunkedDataset):
         n_axes = len(self.layouts[0].arr.shape)
         last_ds = m["datasets"][-1]
         last = self.layouts[-1]
-        scale, _ = _transforms(last_ds.get("coordinateTransformations"), "last dataset", n_axes)
+        scale, last_trans = _transforms(last_ds.get("coordinateTransformations"), "last dataset", n_axes)
         top_scale, top_trans = _transforms(m.get("coordinateTransformations"), "multiscale", n_axes)
         spatial = [1] * (n_axes - 3) + f[::-1]  # array order: [t] [c] z y x
         new_scale = [s * k for s, k in zip(scale, spatial)]
@@ -152,6 +152,7 @@ class OmeZarrDataset(ChunkedDataset):
         # start * final scale, plus half the way from a level-0 voxel's centre to its own
         new_trans = [(a * s * ts + (s - s0) * ts / 2 - tt) / ts if ts else 0.0
                      for a, s, s0, tt, ts in zip(start_arr, new_scale, scale0, top_trans, top_scale)]
+        new_trans[: n_axes - 3] = last_trans[: n_axes - 3]  # t, c: where the levels below have them
         path = str(len(m["datasets"]))
         while any(d.get("path") == path for d in m["datasets"]):
             path += "_"

@@ -223,16 +223,22 @@ def _segments(n: int, lead: int, f: int) -> list[tuple[int, int, int]]:
     return segs
 
 
-def _reduce_edges(a: np.ndarray, lead: tuple[int, int, int], f: tuple[int, int, int], kernel) -> np.ndarray:
+def _reduce_edges(a: np.ndarray, lead: tuple[int, int, int], f: tuple[int, int, int], kernel,
+                  trail: tuple[int, int, int] | None = None) -> np.ndarray:
     """``kernel`` over blocks of ``f`` of ``a`` (x, y, z), the first lacking ``lead`` voxels a
     side and the last what the size leaves. Where repeating edge voxels weighs a partial block's
     voxels alike (a side of 1, or 2 of 2, as in CloudVolume's pyramids), the edges are repeated
     and the kernel runs once; otherwise (factor 3 and up: '0 0 0 0 90' by 3 gave 60, and mode
     counted the repeated voxel twice) each run of equal blocks is reduced over the voxels that
     exist (the mean of 0 and 90 is 45)."""
-    segs = [_segments(n, lo, k) for n, lo, k in zip(a.shape, lead, f)]
-    if all(b in (1, k) for sg, k in zip(segs, f) for _, _, b in sg):
-        pad = [(lo, -(lo + n) % k) for n, lo, k in zip(a.shape, lead, f)]
+    if trail is None:  # (the voxels missing after the last block; default: to a whole block)
+        trail = tuple(-(lo + n) % k for n, lo, k in zip(a.shape, lead, f))
+    pad = list(zip(lead, trail))
+    # blocks with no source voxel at all (a coarse scale's bounds wider than the scale below
+    # implies, as another tool may write them) have nothing to reduce: edges repeated, as before
+    beyond = any(lo >= k or after >= k for (lo, after), k in zip(pad, f))
+    segs = [] if beyond else [_segments(n, lo, k) for n, lo, k in zip(a.shape, lead, f)]
+    if beyond or all(b in (1, k) for sg, k in zip(segs, f) for _, _, b in sg):
         if any(p != (0, 0) for p in pad):
             a = np.pad(a, pad, mode="edge")
         return kernel(a, f)
@@ -253,11 +259,12 @@ def reduce_box(read: Callable[[Box], np.ndarray], src_bounds: Box, dst: Box, f: 
         raise VolbridgeError(f"destination box {dst} has no source voxels in {src_bounds}")
     data = read(have)
     lead = tuple(a - w for a, w in zip(have.start, want.start))
+    trail = tuple(v - b for v, b in zip(want.stop, have.stop))
     if data.ndim == 3:
-        return _reduce_edges(data, lead, f, kernel)
+        return _reduce_edges(data, lead, f, kernel, trail)
     if data.shape[3] == 1:  # a view with the channel axis: no copy
-        return _reduce_edges(data[..., 0], lead, f, kernel)[..., None]
-    return np.stack([_reduce_edges(data[..., c], lead, f, kernel) for c in range(data.shape[3])], axis=-1)
+        return _reduce_edges(data[..., 0], lead, f, kernel, trail)[..., None]
+    return np.stack([_reduce_edges(data[..., c], lead, f, kernel, trail) for c in range(data.shape[3])], axis=-1)
 
 
 def factor_between(fine: tuple, coarse: tuple) -> tuple[int, int, int]:

@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 
 from ..engine.identity import metadata_digest
 from ..engine.parallel import cores, run_bounded
-from ..errors import InvalidArgumentError, VersionChangedError, VolbridgeError
+from ..errors import InvalidArgumentError, URLError, VersionChangedError, VolbridgeError
 
 #: Where journals live (``VOLBRIDGE_JOBS_DIR`` overrides).
 JOBS_DIR = Path(os.environ.get("VOLBRIDGE_JOBS_DIR", "~/.cache/volbridge/jobs")).expanduser()
@@ -40,7 +40,14 @@ def open_cached(url: str, mode: str, mip: int = 0, version: str = ""):
     scale added, the volume recreated with other chunks), nor reuses a handle opened before."""
     from ..api import array
 
-    arr = array(url, mode=mode, mip=mip)
+    try:
+        arr = array(url, mode=mode, mip=mip)
+    except URLError as e:
+        if "mem://" in url or url.startswith("mem:"):  # (a worker said 'no volume found at mem://m1')
+            raise InvalidArgumentError(f"{url} lives in the memory of the process that made it: workers in other "
+                                       "processes cannot open it; run the job on local threads (executor=None) or in "
+                                       "this process, or keep the volume in a store the workers reach") from e
+        raise
     if version and metadata_digest(arr.volume) != version:
         raise VersionChangedError(f"{url} changed since the job started (its metadata differ from what the job "
                                   "was planned on); run the job again")
@@ -81,11 +88,7 @@ def volume_url(volume) -> str:
 def volume_ref(volume) -> tuple[str, str]:
     """What a worker needs to open ``volume`` itself: its absolute URL and a digest of its
     metadata (:func:`open_cached` checks it)."""
-    url = volume_url(volume)
-    if "mem://" in url or url.startswith("mem:"):  # (a worker said 'no volume found at mem://m1')
-        raise InvalidArgumentError(f"{url} lives in this process's memory: workers elsewhere cannot open it; run the "
-                                   "job on local threads (executor=None), or keep the volume in a store the workers reach")
-    return url, metadata_digest(volume)
+    return volume_url(volume), metadata_digest(volume)
 
 
 def open_ref(ref, mode: str):
