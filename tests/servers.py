@@ -900,6 +900,13 @@ class _StaticHandler(http.server.BaseHTTPRequestHandler):
             self.send_header(k, v)
         if status in (404, 416) and not (headers or {}).get("Content-Type"):
             self.send_header("Content-Type", "text/plain")
+        if self.server.owner.chunked and status == 200 and not head:  # as nginx with gzip, CDNs
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(0, len(body), 4096):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(body[i:i + 4096]), body[i:i + 4096]))
+            self.wfile.write(b"0\r\n\r\n")
+            return
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if not head:
@@ -932,15 +939,17 @@ class StaticHTTPServer(_BackgroundServer):
     ``gzip_as_content_encoding``, a request for ``name`` that exists only as ``name.gz`` gets
     the ``.gz`` bytes with ``Content-Encoding: gzip`` (how CloudFiles and neuroglancer serve
     precomputed over HTTP); ranges then address the encoded bytes, as HTTP says.
-    ``requests`` records ``(method, path, range header, status)`` for each request.
+    ``requests`` records ``(method, path, range header, status)`` for each request. ``chunked``:
+    whole bodies (200) go with ``Transfer-Encoding: chunked`` and no ``Content-Length``.
     """
 
     class _Server(_QuietThreadingHTTPServer):
         owner: "StaticHTTPServer"
 
-    def __init__(self, root: str | os.PathLike, *, gzip_as_content_encoding: bool = True):
+    def __init__(self, root: str | os.PathLike, *, gzip_as_content_encoding: bool = True, chunked: bool = False):
         self.root = Path(root)
         self.gzip_as_content_encoding = gzip_as_content_encoding
+        self.chunked = chunked
         self.requests: list[tuple[str, str, str | None, int]] = []
         self._lock = threading.Lock()
         self._httpd = self._Server((LOOPBACK, 0), _StaticHandler)
@@ -971,12 +980,12 @@ class HTTPServerInfo:
 
 @pytest.fixture
 def serve_dir() -> Iterator[Callable[..., str]]:
-    """Factory: ``serve_dir(path, gzip_as_content_encoding=True)`` serves ``path`` and returns the
+    """Factory: ``serve_dir(path, gzip_as_content_encoding=True, chunked=False)`` serves ``path`` and returns the
     base URL (no trailing slash). Every server it started is stopped when the test ends."""
     servers: list[StaticHTTPServer] = []
 
-    def start(path: str | os.PathLike, gzip_as_content_encoding: bool = True) -> str:
-        srv = StaticHTTPServer(path, gzip_as_content_encoding=gzip_as_content_encoding)
+    def start(path: str | os.PathLike, gzip_as_content_encoding: bool = True, chunked: bool = False) -> str:
+        srv = StaticHTTPServer(path, gzip_as_content_encoding=gzip_as_content_encoding, chunked=chunked)
         servers.append(srv)
         return srv.url
 

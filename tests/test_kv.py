@@ -90,8 +90,13 @@ def test_file_store_failed_write_leaves_old_value(tmp_path):
         s.update("a", lambda old: (_ for _ in ()).throw(RuntimeError("boom")))
     assert s.get("a") == b"old"
     (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "k").write_bytes(b"kept")
     with pytest.raises(StoreError, match="'d'"):
-        s.put("d", b"x")  # a directory is in the way
+        s.put("d", b"x")  # a directory holding keys is in the way
+    assert s.get("d/k") == b"kept"
+    s.delete("d/k")  # an empty directory is what deleted keys leave: not a key, so not in the way
+    s.put("d", b"x")
+    assert s.get("d") == b"x"
 
 
 def test_open_store_urls(tmp_path):

@@ -272,3 +272,26 @@ def test_zarr_python_reads_through_the_adapter_what_volbridge_wrote(tmp_path):
     a = zarr.open_array(store=ZarrStore(FileStore(path), read_only=True), mode="r")
     np.testing.assert_array_equal(a[...], h[...])
     np.testing.assert_array_equal(a[1:16, 4:24, 9:34], data)
+
+
+def test_an_array_overwritten_with_fewer_dimensions_writes_where_old_chunk_dirs_were(tmp_path):
+    """(review) delete_dir unlinks files and leaves their emptied directories; a 1-D array's
+    chunk c/1 then landed on the 2-D array's directory c/1/: 'Is a directory'. LocalStore is the
+    oracle."""
+    import zarr
+    from zarr.storage import LocalStore
+
+    from volbridge.kv.file import FileStore
+    from volbridge.kv.zarr_store import ZarrStore
+
+    for store in (LocalStore(str(tmp_path / "local")), ZarrStore(FileStore(str(tmp_path / "vb")))):
+        zarr.create_array(store, shape=(4, 4), chunks=(2, 2), dtype="u1", fill_value=0)[:] = 1
+        zarr.create_array(store, shape=(4,), chunks=(2,), dtype="u1", fill_value=0, overwrite=True)[:] = 7
+        assert zarr.open_array(store)[:].tolist() == [7, 7, 7, 7]
+    (tmp_path / "vb" / "d").mkdir()
+    (tmp_path / "vb" / "d" / "keep").write_bytes(b"x")  # a directory still holding a file stays one
+    from volbridge.errors import StoreError
+
+    with pytest.raises(StoreError, match="'d'"):
+        FileStore(str(tmp_path / "vb")).put("d", b"y")
+    assert (tmp_path / "vb" / "d" / "keep").read_bytes() == b"x"
