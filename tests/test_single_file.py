@@ -111,6 +111,9 @@ def test_tiff_axes_follow_tifffile(tmp_path):
         tifffile.imwrite(tmp_path / "unpadded" / f"s_{z}.tif", np.full((4, 4), z, np.uint8))
     stack = vb.array(f"tiff://{tmp_path}/unpadded/s_*.tif")
     assert stack[:, 0, 0].tolist() == list(range(12))
+    from volbridge.remotes.tiff import _natural  # a name with a non-ASCII digit sorts, not raises
+
+    assert sorted(["s1²2.tif", "s10.tif", "s2.tif"], key=_natural) == ["s1²2.tif", "s2.tif", "s10.tif"]
 
 
 def test_a_big_endian_hdf5_dataset_reads_writes_and_copies_as_native(tmp_path):

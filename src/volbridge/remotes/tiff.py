@@ -141,7 +141,8 @@ class TiffVolume(Volume):
 def _natural(name: str) -> list:
     """Sort key putting s_2.tif before s_10.tif (numbers by value), as microscope software names
     slices; plain name order read such stacks out of z order (a review found)."""
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"([0-9]+)", name)]
+    # the odd parts are the [0-9] runs (isdigit would also take '²', which int() refuses)
+    return [(0, int(part), "") if i % 2 else (1, 0, part) for i, part in enumerate(re.split(r"([0-9]+)", name))]
 
 
 def open_tiff(url: str, writable: bool) -> TiffVolume:
