@@ -122,6 +122,10 @@ def test_mesh_command(seg, tmp_path, capsys):
     assert (tmp_path / "ply" / "7.ply").read_bytes().startswith(b"ply")
     assert run(["mesh", str(root / "seg"), str(tmp_path / "x"), "--ids", "seven"]) == 1
     assert "labels" in capsys.readouterr().err
+    for flag, closed in (([], True), (["--open-edges"], False)):
+        out = tmp_path / f"obj{closed}"
+        assert run(["mesh", str(root / "seg"), str(out), "--ids", "7", "--format", "obj", *flag]) == 0
+        assert '"close_edges": %s' % str(closed).lower() in (out / "provenance").read_text()
 
 
 @pytest.mark.parametrize("service", ["mesh", "skeleton"])
@@ -272,3 +276,49 @@ def test_handles_signed_labels_relative_paths_and_axis_orders(tmp_path, monkeypa
     monkeypatch.setattr(module, "mesh_unit", real)
     monkeypatch.chdir(tmp_path / "B")
     assert sorted(mesh("seg", smoothing=0)) == [21]
+
+
+def _zmesh_of(labels_zyx: np.ndarray, label: int, close: bool, res=(1.0, 1.0, 1.0)) -> Mesh:
+    """zmesh's own mesh of a whole (z, y, x) block: the oracle. With ``close`` it pads one voxel
+    on every side and leaves the vertices in the padded frame, so they are moved back by one."""
+    import zmesh
+
+    m = zmesh.Mesher(res)
+    m.mesh(np.asfortranarray(labels_zyx.transpose(2, 1, 0)), close=close)
+    z = m.get(label, normals=False)
+    return Mesh(z.vertices - (np.asarray(res, np.float32) if close else 0), z.faces)
+
+
+@pytest.mark.parametrize("unit", [(4096, 4096, 4096), (8, 8, 8), (16, 8, 4)])
+def test_labels_cut_by_the_region_are_closed_there(tmp_path, monkeypatch, unit):
+    """A label cut by a face of the volume, or of a bbox, is capped half a voxel out (where its
+    voxels end), as igneous closes meshes at dataset edges: watertight, and the same triangles as
+    zmesh's ``close=True`` on the whole region, at any unit size and at a negative offset.
+    ``close_edges=False`` gives zmesh's open mesh instead."""
+    import volbridge.services.mesh as module
+
+    labels = np.zeros((20, 30, 40), np.uint32)  # z, y, x
+    labels[:, 5:25, 10:40] = 3  # through both z faces and the high x face
+    labels[0:4, 0:3, 0:5] = 5  # in the low corner
+    offset = (-7, 3, -20)
+    url = f"precomputed://{tmp_path / 'cut'}"
+    seg = vb.create(url, bounds=(offset, tuple(o + s for o, s in zip(offset, labels.shape))), dtype="uint32",
+                    chunk_shape=(8, 16, 16), layer_type="segmentation")
+    seg[...] = labels
+    monkeypatch.setattr(module, "UNIT", unit)
+    shift = np.array(offset[::-1], np.float32)  # x, y, z voxels of the volume's corner
+    for close in (True, False):
+        got = mesh(url, smoothing=0, close_edges=close, resume=False)
+        for i in (3, 5):
+            want = _zmesh_of(labels, i, close)
+            assert got[i].is_watertight() is close
+            assert _triangles(got[i]) == _triangles(Mesh(want.vertices + shift, want.faces))
+    # a bbox (z, y, x corners) cuts label 3 on all four of its other faces too
+    lo, hi = (-5, 8, -14), (11, 27, 15)
+    got = mesh(url, smoothing=0, bbox=(lo, hi), resume=False)
+    inner = labels[tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, offset))]
+    want = _zmesh_of(inner, 3, True)
+    assert got[3].is_watertight()
+    assert _triangles(got[3]) == _triangles(Mesh(want.vertices + np.array(lo[::-1], np.float32), want.faces))
+    with pytest.raises(vb.errors.InvalidArgumentError, match="close_edges"):
+        mesh(url, close_edges="yes")

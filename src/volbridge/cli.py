@@ -453,6 +453,8 @@ def mesh(
     smoothing: int = typer.Option(40, "--smoothing", help="Taubin smoothing iterations (0: raw marching cubes)."),
     simplification: int = typer.Option(1, "--simplification", help="Keep about 1/N of the triangles (1: all)."),
     sharded: bool = typer.Option(False, "--sharded", help="multires only: store segments in shard files."),
+    open_edges: bool = typer.Option(False, "--open-edges", help="Leave labels cut by the volume's faces open there "
+                                    "(default: capped, every mesh closed)."),
     dask: Optional[str] = DASK_OPTION,
 ) -> None:
     """Mesh segmentation labels (marching cubes per chunk, welded, smoothed, simplified) in nm."""
@@ -462,7 +464,7 @@ def mesh(
         raise typer.BadParameter("--sharded applies to --format multires (legacy meshes have no sharded form)")
     extra = {"multires": {"sharded": True}} if sharded else {}
     _label_service(run_mesh, "meshed", url, output, ids, mip, format, dask, smoothing=smoothing,
-                   simplification=simplification, **extra)
+                   simplification=simplification, close_edges=not open_edges, **extra)
 
 
 @app.command()

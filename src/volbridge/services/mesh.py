@@ -143,13 +143,27 @@ def taubin(vertices: np.ndarray, faces: np.ndarray, iterations: int, lam: float 
     return v.astype(np.float32)
 
 
-def mesh_unit(volume, scale: int, region: Box, ids, res, box: Box) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """The raw marching-cubes fragments of ``box`` (plus one voxel on its high sides), in nm."""
+def mesh_unit(volume, scale: int, region: Box, ids, res, close_edges: bool, box: Box) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """The raw marching-cubes fragments of ``box`` (plus one voxel on its high sides), in nm.
+
+    ``close_edges``: where ``box`` reaches a face of ``region``, a layer of background is laid
+    outside it, so a label cut by that face gets a cap half a voxel out (where its voxels end),
+    as igneous closes meshes at dataset edges. Only the unit that owns the cubes there adds it:
+    the low layer to units starting at the region's start, the high one to units ending at its
+    stop (not grown past it), so no cube is meshed twice."""
     zmesh = _zmesh()
     grown = Box(box.start, tuple(min(b + 1, r) for b, r in zip(box.stop, region.stop)))
     labels = volume.read(grown, scale)[..., 0]
     if not labels.any():
         return {}
+    start = np.array(grown.start, dtype=np.float64)
+    if close_edges:
+        pad = [(int(b == r0), int(e == r1)) for b, e, r0, r1 in zip(box.start, box.stop, region.start, region.stop)]
+        if any(lo or hi for lo, hi in pad):
+            framed = np.zeros(tuple(n + lo + hi for n, (lo, hi) in zip(labels.shape, pad)), labels.dtype, order="F")
+            framed[tuple(slice(lo, lo + n) for n, (lo, _) in zip(labels.shape, pad))] = labels  # (x, y, z), as the Box
+            labels = framed
+            start -= [lo for lo, _ in pad]
     mesher = zmesh.Mesher(tuple(float(r) for r in res))
     mesher.mesh(np.asfortranarray(labels), close=False)
     # the labels present come from the mesher (a np.unique of the unit cost as much as meshing);
@@ -157,7 +171,7 @@ def mesh_unit(volume, scale: int, region: Box, ids, res, box: Box) -> dict[int, 
     raw = np.array(sorted(mesher.ids()), dtype=np.uint64)
     labels_of = raw.astype(labels.dtype).tolist()
     out = {}
-    offset = np.array(grown.start, dtype=np.float64) * np.array(res, dtype=np.float64)
+    offset = start * np.array(res, dtype=np.float64)
     for key, label in zip(raw.tolist(), labels_of):
         if label == 0 or (ids is not None and label not in ids):
             continue
@@ -170,7 +184,8 @@ def mesh_unit(volume, scale: int, region: Box, ids, res, box: Box) -> dict[int, 
 
 def mesh(source: Any, ids: Iterable[int] | None = None, *, mip: int | None = None, bbox=None, output: str | None = None,
          format: str = "precomputed", smoothing: int = 40, simplification: int = 1, multires=None, executor=None,
-         progress: Callable[[int, int], None] | None = None, resume: bool = True) -> dict[int, Mesh] | None:
+         progress: Callable[[int, int], None] | None = None, resume: bool = True,
+         close_edges: bool = True) -> dict[int, Mesh] | None:
     """Meshes of ``ids`` (default: every label) of a segmentation (a URL, a VolumeArray or an
     ndarray (z, y, x), 1 nm voxels), within ``bbox`` (z, y, x corners) of scale ``mip``.
 
@@ -180,7 +195,10 @@ def mesh(source: Any, ids: Iterable[int] | None = None, *, mip: int | None = Non
     record beside them, and returns None. ``progress(done, total)`` after each unit. ``resume``:
     finished units are journaled until the job completes, so rerunning the same call after a
     failure meshes only what is left (change nothing in between). ``simplification``: keep about
-    1/n of the triangles (zmesh's quadric reduction, after welding and smoothing)."""
+    1/n of the triangles (zmesh's quadric reduction, after welding and smoothing). ``close_edges``:
+    labels cut by a face of the region (the volume's bounds, or ``bbox``) are capped there, half a
+    voxel out, so every mesh is closed (igneous's ``closed_dataset_edges``); False leaves them open
+    there, for meshes of neighbouring boxes that are to be joined later."""
     if isinstance(smoothing, bool) or not isinstance(smoothing, numbers.Integral) or smoothing < 0:
         raise InvalidArgumentError(f"smoothing is a number of iterations >= 0, got {smoothing!r}")
     if not isinstance(simplification, int) or simplification < 1:
@@ -192,9 +210,11 @@ def mesh(source: Any, ids: Iterable[int] | None = None, *, mip: int | None = Non
     started = time.time()
     job = label_job(source, ids, mip, bbox, MESH)
     units = label_units(job, UNIT)
-    journal = label_journal(job, "mesh", units, {}, resume)
+    if not isinstance(close_edges, bool):
+        raise InvalidArgumentError(f"close_edges is True or False, got {close_edges!r}")
+    journal = label_journal(job, "mesh", units, {"close_edges": close_edges}, resume)
     with label_pool(job, units, executor) as pool:
-        parts = pieces_by_label(job, units, mesh_unit, (), executor, progress, journal, pool)
+        parts = pieces_by_label(job, units, mesh_unit, (close_edges,), executor, progress, journal, pool)
         # smoothing is the costly part of a weld; without it, shipping the pieces to the workers
         # and back costs more than welding them here
         grid = unit_grid(job, UNIT)
@@ -213,7 +233,7 @@ def mesh(source: Any, ids: Iterable[int] | None = None, *, mip: int | None = Non
         write_meshes(meshes, output, format)
     opts = dict(vars(multires)) if hasattr(multires, "__dict__") else multires
     record_output(job, output, "mesh", {"format": format, "smoothing": smoothing, "simplification": simplification,
-                                        "multires": opts}, started)
+                                        "close_edges": close_edges, "multires": opts}, started)
     if journal is not None:
         journal.finish()
     return None
@@ -250,14 +270,16 @@ def _merge_shared(verts: np.ndarray, faces: np.ndarray, sizes: list[int], half: 
     if seams is None:
         cand = np.arange(n)
     else:
-        # a fragment lies in its unit, grown by one voxel on the high sides: its seam vertices are
-        # those on the unit's low or high planes (2 * voxel on the lattice), found by comparisons
+        # a fragment lies in its unit, grown by one voxel on the high sides (or half a voxel out
+        # on a closed region face, either side): its seam vertices are those on the unit's low or
+        # high planes (2 * voxel on the lattice), found by comparisons. The unit is found from the
+        # fragment's highest vertex, which lies above the unit's low plane (a cap below it may not)
         origin, unit = (2 * np.asarray(a, dtype=np.int64) for a in seams)
         on_seam = np.empty(n, dtype=bool)
         start = 0
         for size in sizes:
             part = lattice[:, start:start + size]
-            low = origin + (part.min(axis=1) - origin) // unit * unit
+            low = origin + (part.max(axis=1) - origin - 1) // unit * unit
             hit = on_seam[start:start + size]
             np.equal(part[0], low[0], out=hit)
             for axis in range(3):
