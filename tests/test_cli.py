@@ -476,8 +476,21 @@ def test_a_copy_of_an_offset_volume_into_a_format_starting_at_0_says_what_to_use
     """(review) 'a zarr array starts at 0: give shape=, or bounds starting at (0, 0, 0)': advice
     a cp user cannot follow, after a warning about metadata not copied."""
     rc, out, err = invoke(capsys, "cp", image_url, f"{scheme}://{tmp_path / 'dst'}")
-    assert_clean_error(rc, out, err, "starts at (-32, -256, 1024)", "ome-zarr://", "precomputed://")
+    assert_clean_error(rc, out, err, "starts at (-32, -256, 1024)", "--to-origin", "ome-zarr://", "precomputed://")
     assert "UserWarning" not in out + err and not (tmp_path / "dst").exists()
+    # as the message says: the copy lands at the origin, every voxel of it
+    dst = f"{scheme}://{tmp_path / 'dst'}"
+    assert run(["cp", image_url, dst, "--to-origin", "--verify"]) == 0
+    src = vb.array(image_url)
+    assert vb.array(dst).bounds == ((0, 0, 0), src.shape)
+    np.testing.assert_array_equal(vb.array(dst)[...], src[...])
+    # --at in x, y, z with --axis-order xyz; and not both
+    rc, out, err = invoke(capsys, "cp", image_url, tmp_path / "moved", "--bbox=1030,-250,-32,1050,-240,-28", "--at", "5,-3,2",
+                          "--axis-order", "xyz")
+    assert rc == 0, err
+    np.testing.assert_array_equal(vb.array(str(tmp_path / "moved"))[2:6, -3:7, 5:25], src[-32:-28, -250:-240, 1030:1050])
+    rc, out, err = invoke(capsys, "cp", image_url, tmp_path / "both", "--at", "0,0,0", "--to-origin")
+    assert_clean_error(rc, out, err, "not both")
 
 
 def test_runs_that_would_do_nothing_say_so(capsys, seg_url, tmp_path):

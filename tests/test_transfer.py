@@ -3,6 +3,8 @@ are honoured, destinations are created from the source's metadata, and wrong tar
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -39,6 +41,33 @@ def test_whole_volume_to_every_format(tmp_path, source, dst_fmt):
     out = transfer(a.url, url, chunk_shape=(4, 16, 16), verify=True)
     assert out.bounds == a.bounds and out.resolution == a.resolution and out.chunk_shape == (4, 16, 16)
     np.testing.assert_array_equal(vb.array(url)[...], data)
+
+
+@pytest.mark.parametrize("dst_fmt", ["zarr3", "h5", "precomputed"])
+def test_a_box_lands_where_at_says(tmp_path, source, dst_fmt):
+    """``at`` moves the copy: a cutout of an offset volume into a format that starts at 0, or
+    into another place of an existing volume; units follow the destination's chunks, and
+    verify and resume compare and key the moved boxes."""
+    a, data = source
+    url = f"h5://{tmp_path / 'dst.h5'}#/em" if dst_fmt == "h5" else f"{dst_fmt}://{tmp_path / 'dst'}"
+    box = ((-3, -33, 20), (9, 50, 101))  # z, y, x: off every chunk grid, partly outside the source
+    want = np.zeros((12, 83, 81), np.uint16)
+    want[:, :, :] = a[-3:9, -33:50, 20:101]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a plain zarr array keeps no resolution
+        out = transfer(a, url, bbox=box, at=(0, 0, 0), chunk_shape=(4, 16, 16), verify=True)
+    assert out.bounds == ((0, 0, 0), (12, 83, 81))
+    np.testing.assert_array_equal(vb.array(url)[...], want)
+    # into an existing volume at another place: only that box changes
+    transfer(a, url, bbox=((0, 0, 30), (4, 10, 40)), at=(8, 70, 71), verify=True)
+    want[8:12, 70:80, 71:81] = data[5:9, 40:50, 23:33]
+    np.testing.assert_array_equal(vb.array(url)[...], want)
+    with pytest.raises(vb.errors.BoundsError):  # outside the destination: refused before any work
+        transfer(a, url, bbox=((0, 0, 30), (4, 10, 40)), at=(9, 0, 0))
+    np.testing.assert_array_equal(vb.array(url)[...], want)
+    for bad in ((0, 0), 5, (0, 0, 0.5), "0,0,0", (True, 0, 0)):
+        with pytest.raises(vb.errors.InvalidArgumentError, match="at is a start corner"):
+            transfer(a, url, bbox=((0, 0, 30), (4, 10, 40)), at=bad)
 
 
 def test_a_box_of_a_coarser_scale_into_an_existing_volume(tmp_path, source):

@@ -366,15 +366,16 @@ def _int_list(text: Optional[str], option: str, what: str) -> Optional[list[int]
         raise _BadValue(f"expected comma-separated {what}, got {text!r}", param_hint=f"'{option}'") from None
 
 
-def _triple_option(text: Optional[str], what: str, axis_order: str) -> Optional[tuple[int, int, int]]:
+def _triple_option(text: Optional[str], what: str, axis_order: str, positive: bool = True) -> Optional[tuple[int, int, int]]:
     if text is None:
         return None
     try:
         values = tuple(int(v) for v in text.split(","))
     except ValueError:
         values = ()
-    if len(values) != 3 or any(v <= 0 for v in values):
-        raise _BadValue(f"expected 3 positive integers {','.join(axis_order)}, got {text!r}", param_hint=f"'{what}'")
+    if len(values) != 3 or positive and any(v <= 0 for v in values):
+        kind = "positive integers" if positive else "integers"
+        raise _BadValue(f"expected 3 {kind} {','.join(axis_order)}, got {text!r}", param_hint=f"'{what}'")
     return values if axis_order == "zyx" else values[::-1]
 
 
@@ -384,6 +385,9 @@ def cp(
     destination: str = typer.Argument(..., help="Destination URL or path; created from the source's metadata when absent."),
     bbox: Optional[str] = typer.Option(None, "--bbox", help="z0,y0,x0,z1,y1,x1 to copy (default: the whole scale)."),
     mip: int = typer.Option(0, "--mip", help="Source scale to copy."),
+    at: Optional[str] = typer.Option(None, "--at", help="z,y,x where the box's start lands in the destination "
+                                     "(default: where it is in the source)."),
+    to_origin: bool = typer.Option(False, "--to-origin", help="The same as --at 0,0,0: a cutout into a plain zarr, N5 or HDF5."),
     chunk_shape: Optional[str] = typer.Option(None, "--chunk-shape", help="Chunks of a new destination, z,y,x."),
     encoding: Optional[str] = typer.Option(None, "--encoding", help="Encoding of a new destination (raw, gzip, jpeg, ...)."),
     compression: Optional[str] = typer.Option(None, "--compression", help="Compression of a new destination (gzip, zstd)."),
@@ -399,9 +403,12 @@ def cp(
     box = _parse_bbox(bbox, axis_order.value) if bbox else None
     if box is not None and axis_order.value == "xyz":
         box = (box[0][::-1], box[1][::-1])
+    if at is not None and to_origin:
+        raise typer.BadParameter("give --at or --to-origin, not both")
+    corner = _triple_option(at, "--at", axis_order.value, positive=False) if at is not None else (0, 0, 0) if to_origin else None
     _open(source, mip)  # the scale must exist: a clear error before anything is created
     with _executor(dask) as executor, _progress_bar() as progress:
-        out = transfer(source, destination, bbox=box, mip=mip,
+        out = transfer(source, destination, bbox=box, mip=mip, at=corner,
                        chunk_shape=_triple_option(chunk_shape, "--chunk-shape", axis_order.value),
                        encoding=encoding, compression=compression, checksum=checksum, verify=verify, executor=executor,
                        progress=lambda done, total: progress("copy", done, total))

@@ -44,7 +44,7 @@ def _open_source(source: Any, mip: int) -> VolumeArray:
 def _destination(dst: Any, src: VolumeArray, box: Box, chunk_shape, encoding, compression,
                  checksum: bool = False) -> tuple[VolumeArray, int, bool]:
     """(writable destination handle, its scale, whether it was created here) for ``dst``,
-    created when absent."""
+    created when absent, to hold ``box`` (where the copy lands in it)."""
     from ..api import array, create
     from ..remotes.registry import volume_exists
 
@@ -67,8 +67,9 @@ def _destination(dst: Any, src: VolumeArray, box: Box, chunk_shape, encoding, co
 
     def no_offset(e: UnsupportedError) -> UnsupportedError:
         return UnsupportedError(
-            f"{dst} cannot hold the box copied, which starts at {box.start[::-1]} (z, y, x): {e}. Copy into "
-            "ome-zarr:// or precomputed:// (they keep a volume's offset), or copy a box that starts at 0")
+            f"{dst} cannot hold the box copied, which starts at {box.start[::-1]} (z, y, x): {e}. Copy it to the "
+            "origin (at=(0, 0, 0); volbridge cp --to-origin), or into ome-zarr:// or precomputed:// (they keep "
+            "a volume's offset)")
 
     try:
         out = create(dst, bounds=(box.start[::-1], box.stop[::-1]), dtype=src.dtype, chunk_shape=chunk,
@@ -106,11 +107,15 @@ def _check_existing(dst: VolumeArray, chunk_shape, encoding) -> None:
 
 
 def transfer(source: Any, destination: Any, *, bbox: tuple[Sequence[int], Sequence[int]] | None = None, mip: int = 0,
+             at: Sequence[int] | None = None,
              chunk_shape: Sequence[int] | None = None, encoding: str | None = None, compression: str | None = None,
              checksum: bool = False, verify: bool = False, executor=None, resume: bool = True,
              progress: Callable[[int, int], None] | None = None) -> VolumeArray:
     """Copy ``bbox`` (z, y, x start and stop corners; default: the whole scale) of scale ``mip`` of
     ``source`` into ``destination`` (a URL or a writable VolumeArray); the destination handle.
+    ``at``: where the box's start corner lands in the destination (z, y, x; default: where it is
+    in the source; ``(0, 0, 0)`` puts a cutout at the origin of a plain zarr array, an N5
+    dataset or an HDF5 file, which start at 0).
     ``chunk_shape``, ``encoding``, ``compression`` and ``checksum`` (as for
     :func:`~volbridge.create`) apply to a destination this call creates.
     ``executor`` and ``resume`` as for :func:`~volbridge.services.downsample.downsample`."""
@@ -128,7 +133,9 @@ def transfer(source: Any, destination: Any, *, bbox: tuple[Sequence[int], Sequen
                          f"({bounds.start[::-1]} to {bounds.stop[::-1]}): there is nothing to copy")
     if math.prod(box.shape) * sv.meta.num_channels * np.dtype(sv.meta.dtype).itemsize > np.iinfo(np.intp).max:
         raise ShapeError(f"the box {bbox} (z, y, x) holds more bytes than any volume can address")
-    dst, dscale, created = _destination(destination, src, box, chunk_shape, encoding, compression, checksum)
+    shift = _shift(at, box)
+    dbox = box.translate(shift)  # where the copy lands
+    dst, dscale, created = _destination(destination, src, dbox, chunk_shape, encoding, compression, checksum)
     dv = dst.volume
     TRANSFER.check(sv, dv)
     if dv.meta.dtype != sv.meta.dtype:
@@ -137,33 +144,34 @@ def transfer(source: Any, destination: Any, *, bbox: tuple[Sequence[int], Sequen
         raise ShapeError(f"{dv.url} has {dv.meta.num_channels} channel(s), the source {sv.meta.num_channels}")
     if not created:
         _check_resolution(sv, src.mip_level, dv, dscale)
-    dv.check_write(box, _probe(box, dv), dscale, None)  # bounds, before any work
+    dv.check_write(dbox, _probe(dbox, dv), dscale, None)  # bounds, before any work
     grid: ChunkGrid = dv.write_grid(dscale)
-    units = [c.box.intersect(box) for c in grid.cells(box)]
+    units = [c.box.intersect(dbox) for c in grid.cells(dbox)]  # destination boxes
     per_unit = math.prod(grid.chunk_shape) * sv.meta.num_channels * np.dtype(sv.meta.dtype).itemsize * 3
     if executor is not None:
         if not isinstance(source, str) or not isinstance(destination, str):
             raise InvalidArgumentError("on a cluster, give source and destination as URLs: the workers open them")
-        targets = (volume_ref(sv), src.mip_level, volume_ref(dv), dscale)
+        targets = (volume_ref(sv), src.mip_level, volume_ref(dv), dscale, shift)
     else:
-        targets = (sv, src.mip_level, dv, dscale)
+        targets = (sv, src.mip_level, dv, dscale, shift)
     # Absolute URLs (the same relative path in another directory is another job) and the
     # volumes' instances (one deleted and created again since has none of the finished units, or
     # other voxels to copy); a destination made by this call has no finished units, whatever a
     # journal of an earlier run says.
     journal = Journal({"service": "transfer", "src": volume_url(sv), "src_instance": instance_id(sv), "mip": src.mip_level,
                        "dst": volume_url(dv), "dst_instance": instance_id(dv, stamp=True), "scale": dscale,
-                       "box": [box.start, box.stop], "units": len(units)}) if resume else None
+                       "box": [box.start, box.stop], "units": len(units),
+                       **({"shift": list(shift)} if any(shift) else {})}) if resume else None
     if journal is not None and created:
         journal.start_over()
     started = time.time()
     run_units(units, transfer_unit, targets, executor=executor, journal=journal, bytes_per_unit=per_unit, progress=progress)
     if verify:
-        _verify(sv, src.mip_level, dv, dscale, units)
+        _verify(sv, src.mip_level, dv, dscale, units, shift)
     provenance.append(dv, provenance.record(
         "transfer", {"chunk_shape": chunk_shape and list(chunk_shape), "encoding": encoding, "compression": compression,
-                     "checksum": checksum, "verify": verify}, volume_url(sv), box=(box.start[::-1], box.stop[::-1]), scale=src.mip_level,
-        started=started, ended=time.time()))
+                     "checksum": checksum, "verify": verify, "at": list(dbox.start[::-1])},
+        volume_url(sv), box=(box.start[::-1], box.stop[::-1]), scale=src.mip_level, started=started, ended=time.time()))
     return dst
 
 
@@ -180,13 +188,26 @@ def _check_resolution(sv, smip: int, dv, dscale: int) -> None:
             f"mip {smip} ({want}): give a destination at that resolution, or a new one")
 
 
-def transfer_unit(src, smip: int, dst, dscale: int, box: Box) -> None:
-    """One unit: ``box`` read from the source, written to the destination (volumes, or URLs a
-    cluster worker opens once)."""
+def _shift(at: Sequence[int] | None, box: Box) -> tuple[int, ...]:
+    """How far (x, y, z) the copy of ``box`` moves to start at ``at`` (z, y, x)."""
+    if at is None:
+        return (0,) * box.ndim
+    try:
+        corner = tuple(at) if not isinstance(at, (str, bytes)) else ()
+    except TypeError:
+        corner = ()
+    if len(corner) != box.ndim or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in corner):
+        raise InvalidArgumentError(f"at is a start corner (z, y, x) of {box.ndim} whole numbers, got {at!r}")
+    return tuple(int(a) - b for a, b in zip(corner[::-1], box.start))
+
+
+def transfer_unit(src, smip: int, dst, dscale: int, shift: tuple[int, ...], box: Box) -> None:
+    """One unit: ``box`` of the destination written from the source's box ``shift`` before it
+    (volumes, or URLs a cluster worker opens once)."""
     from .units import open_ref
 
     sv, dv = open_ref(src, "r"), open_ref(dst, "r+")
-    dv.write(box, sv.read(box, smip), dscale)
+    dv.write(box, sv.read(box.translate([-d for d in shift]), smip), dscale)
 
 
 def _probe(box: Box, dv) -> np.ndarray:
@@ -194,11 +215,11 @@ def _probe(box: Box, dv) -> np.ndarray:
     return np.broadcast_to(np.zeros((), dv.meta.dtype), (*box.shape, dv.meta.num_channels))
 
 
-def _verify(sv, sscale: int, dv, dscale: int, units: list[Box]) -> None:
+def _verify(sv, sscale: int, dv, dscale: int, units: list[Box], shift: tuple[int, ...]) -> None:
     bad: list[Box] = []
 
     def check(b: Box) -> None:
-        if not np.array_equal(sv.read(b, sscale), dv.read(b, dscale)):
+        if not np.array_equal(sv.read(b.translate([-d for d in shift]), sscale), dv.read(b, dscale)):
             bad.append(b)
 
     run_bounded(check, units, 1)
