@@ -173,3 +173,21 @@ def test_schemathesis_finds_no_server_error(secured, tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
     assert " 0 generated" not in done.stdout and "passed" in done.stdout
+
+
+def test_upstream_credentials_never_reach_a_client(start_relay, serve_dir, tmp_path):
+    """(review) An upstream URL with user info in the config came back whole, password and all,
+    in the 502 of a corrupt chunk, to an anonymous client of a public channel."""
+    a = vb.create(f"precomputed://{tmp_path / 'leak'}", shape=(16, 64, 64), dtype="uint8", chunk_shape=(8, 32, 32))
+    a[...] = 1
+    chunk = sorted((tmp_path / "leak" / "1_1_1").iterdir())[0]
+    chunk.write_bytes(b"garbage")
+    host = serve_dir(tmp_path).removeprefix("http://")
+    relay = start_relay({"sources": {
+        "lab/l/img": {"url": f"precomputed://http://user:SECRETPW@{host}/leak", "public": True}}})
+    code, body, _ = http("GET", relay.url + "/v1/cutout/lab/l/img/0/0:64/0:64/0:16/")
+    text = body.decode()
+    assert code == 502 and "upstream" in error_body(body)["message"], text
+    assert "SECRET" not in text and "user:" not in text and f"http://{host}/leak" in text
+    code, body, _ = http("GET", relay.url + "/", headers={"Accept": "application/json"})
+    assert code == 200 and "SECRET" not in body.decode()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import logging
-import re
 import time
 
 from starlette.applications import Starlette
@@ -18,17 +17,11 @@ from starlette.routing import Route
 from ..errors import VolbridgeError
 from . import boss, dvid, openapi, precomputed_http
 from .config import RelayConfig
-from .errors import INTERNAL, RelayError, error_response, from_library
+from .errors import INTERNAL, RelayError, error_response, from_library, redact
 from .requests import token_of
 from .state import Relay
 
 log = logging.getLogger("volbridge.relay")
-
-
-def _redact(url: str) -> str:
-    """A URL for display: no user info, no query (where credentials hide)."""
-    url = re.sub(r"//[^/@]*@", "//", url)
-    return url.split("?", 1)[0]
 
 
 #: Request kinds counted in /metrics; anything else is "other", so a client cannot add labels.
@@ -70,7 +63,7 @@ def status_json(relay: Relay, token: str | None) -> dict:
         if name not in visible:
             continue
         st = src.upstream.stats
-        sources.append({"name": name, "upstream": _redact(src.url), "format": src.volume.format_name, "dtype": str(src.meta.dtype),
+        sources.append({"name": name, "upstream": redact(src.url), "format": src.volume.format_name, "dtype": str(src.meta.dtype),
                         "scales": src.scale_count(), "public": relay.allowed(None, "read", name), "writable": src.writable,
                         "upstream_requests": st.requests, "upstream_bytes": st.bytes_read})
     return {"uptime_s": round(time.time() - relay.started, 1), "tiers": tiers, "sources": sources,

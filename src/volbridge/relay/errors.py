@@ -3,10 +3,13 @@
 Library errors map to statuses by what they mean for the client: its own mistake (400), missing
 rights (401/403), a failing upstream (502, or 504 when it timed out), a bug of ours (500). The
 message is the library's own, which names what was wrong; upstream credentials never appear in
-them (stores name URLs, not keys).
+them: stores name URLs, not keys, and every message is :func:`redact`-ed on its way out (a URL's
+user info and query, where credentials hide in a config's upstream URLs, are cut).
 """
 
 from __future__ import annotations
+
+import re
 
 from starlette.responses import JSONResponse
 
@@ -29,8 +32,18 @@ UPSTREAM_TIMEOUT = 5001
 INTERNAL = 5999
 
 
+_USER_INFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"]*@")
+_QUERY = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"?]*)\?[^\s'\"]*")
+
+
+def redact(text: str) -> str:
+    """``text`` (a URL, or a message naming URLs) with every URL's user info and query cut."""
+    return _QUERY.sub(r"\1", _USER_INFO.sub(r"\1", text))
+
+
 class RelayError(Exception):
     def __init__(self, status: int, code: int, message: str):
+        message = redact(message)
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
 
