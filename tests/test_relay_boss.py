@@ -349,10 +349,84 @@ def test_accept_weights_choose_the_media_type():
     assert negotiate("application/npygz, application/blosc") == "application/npygz"  # equal weights: the first
     assert negotiate("image/jpeg;q=0.5, */*;q=0.8") == "application/blosc"
     assert negotiate("") == "application/blosc"
-    for accept in ("application/npygz;q=0", "text/csv"):
+    for accept in ("application/npygz;q=0", "text/csv", "image/*"):
         with pytest.raises(RelayError) as e:
             negotiate(accept)
         assert e.value.status == 406
+    # (review) a type's own q=0 is not overridden by */*; JPEG goes to uint8 channels only, the
+    # next acceptable type to others; a wildcard never stands for JPEG or a pickle
+    assert negotiate("application/blosc;q=0, */*") == "application/npygz"
+    assert negotiate("application/npygz;q=0.5, */*;q=0.9") == "application/blosc"
+    assert negotiate("application/npygz;q=0.5, application/*;q=0.2, */*;q=0.9") == "application/npygz"
+    assert negotiate("image/jpeg, application/blosc;q=0.5", np.uint16) == "application/blosc"
+    assert negotiate("image/jpeg, */*;q=0.8", np.uint16) == "application/blosc"
+    assert negotiate("image/jpeg, */*;q=0.8", np.uint8) == "image/jpeg"
+    assert negotiate("*/*") == "application/blosc"
+    with pytest.raises(RelayError, match="uint8 channels") as e:
+        negotiate("image/jpeg", np.uint16)
+    assert e.value.status == 406
+
+
+def test_one_experiment_one_frame(start_relay, tmp_path):
+    """(review) The frame of an experiment is every client's: cutouts of any box of it are
+    served on each channel (zeros where it has none; they were 400s), a writer cannot create a
+    frame of the same name (it replaced the configured one for everyone), and two experiments
+    whose names join alike ('a_b'/'c', 'a'/'b_c') get frames of their own (one showed the
+    other's). A cached read and a raw one agree past the scale's bounds (the upstream's fill
+    value; the cache gave 0)."""
+    a = vb.create(f"precomputed://{tmp_path / 'a'}", bounds=((0, 0, 0), (8, 48, 64)), dtype="uint8", chunk_shape=(8, 16, 16),
+                  resolution=(40, 4, 4))
+    a[...] = 1
+    b = vb.create(f"precomputed://{tmp_path / 'b'}", bounds=((-5, -20, -33), (3, 28, 31)), dtype="uint8",
+                  chunk_shape=(8, 16, 16), resolution=(40, 4, 4))
+    b[...] = 2
+    filled = vb.create(f"ome-zarr://{tmp_path / 'f'}", shape=(8, 32, 32), dtype="uint8", chunk_shape=(8, 16, 16),
+                       resolution=(40, 4, 4), num_scales=2, ome_version="0.4")
+    for meta in (tmp_path / "f").glob("*/.zarray"):  # nothing written: every chunk absent, read as 7
+        meta.write_text(json.dumps({**json.loads(meta.read_text()), "fill_value": 7}))
+    W = "writer"
+    relay = start_relay({"boss": {"data_dir": str(tmp_path / "boss")},
+                         "sources": {"lab/em/a": {"url": a.url, "public": True}, "lab/em/b": {"url": b.url, "public": True},
+                                     "a_b/c/img": {"url": a.url, "public": True}, "a/b_c/img": {"url": b.url, "public": True},
+                                     "lab/fill/img": {"url": f"ome-zarr://{tmp_path / 'f'}", "public": True}},
+                         "tokens": [{"token": W, "write": ["scratch/*"]}]})
+    frame = json.loads(http("GET", relay.url + "/v1/coord/lab_em/")[1])
+    assert (frame["x_start"], frame["x_stop"], frame["y_start"], frame["y_stop"], frame["z_start"], frame["z_stop"]) == (-33, 64, -20, 48, -5, 8)
+    for ch, inside in (("a", 1), ("b", 2)):
+        code, body, _ = http("GET", relay.url + f"/v1/cutout/lab/em/{ch}/0/-33:64/-20:48/-5:8/", headers={"Accept": "application/npygz"})
+        assert code == 200, body
+        got = np.load(io.BytesIO(zlib.decompress(body)))
+        assert got.shape == (13, 68, 97) and set(np.unique(got)) == {0, inside}
+    names = {e: json.loads(http("GET", relay.url + f"/v1/collection/{c}/experiment/{e}/")[1])["coord_frame"]
+             for c, e in (("a_b", "c"), ("a", "b_c"))}
+    assert len(set(names.values())) == 2
+    for e, want in (("c", 0), ("b_c", -33)):
+        assert json.loads(http("GET", relay.url + f"/v1/coord/{names[e]}/")[1])["x_start"] == want
+    listed = json.loads(http("GET", relay.url + "/v1/coord/")[1])["coords"]
+    assert set(names.values()) | {"lab_em"} <= set(listed)
+    body = json.dumps({"x_stop": 5, "y_stop": 5, "z_stop": 5, "x_voxel_size": 1000, "y_voxel_size": 1, "z_voxel_size": 1}).encode()
+    code, reply, _ = http("POST", relay.url + "/v1/coord/lab_em/", token=W, body=body, headers={"Content-Type": "application/json"})
+    assert code == 400 and "frame of experiment lab/em" in error_body(reply)["message"]
+    assert json.loads(http("GET", relay.url + "/v1/coord/lab_em/")[1])["x_voxel_size"] == 4
+    bodies = [http("GET", relay.url + f"/v1/cutout/lab/fill/img/1/0:32/0:32/0:8/{q}", headers={"Accept": "application/npygz"})
+              for q in ("", "?access-mode=raw", "")]
+    got = [np.load(io.BytesIO(zlib.decompress(r[1]))) for r in bodies]
+    assert (got[0] == 7).all() and (got[1] == 7).all() and (got[2] == 7).all()
+
+
+def test_a_cutout_past_what_blosc_holds_is_413_before_any_read(start_relay, tmp_path):
+    """(review) A uint64 cutout counted within the limit (BossDB counts uint64 at a quarter)
+    but past 2 GiB, blosc's most, was read whole and then a 500."""
+    seg = vb.create(f"precomputed://{tmp_path / 'seg'}", shape=(260, 1024, 1024), dtype="uint64", chunk_shape=(64, 256, 256),
+                    layer_type="segmentation")
+    relay = start_relay({"server": {"max_cutout_bytes": "1 GiB"}, "sources": {"lab/em/seg": {"url": seg.url, "public": True}}})
+    code, body, _ = http("GET", relay.url + "/v1/cutout/lab/em/seg/0/0:1024/0:1024/0:260/")
+    assert code == 413 and "npygz" in error_body(body)["message"]
+    assert relay_requests(relay) == 0
+
+
+def relay_requests(relay) -> int:
+    return sum(s["upstream_requests"] for s in json.loads(http("GET", relay.url + "/", headers={"Accept": "application/json"})[1])["sources"])
 
 
 def test_channels_placed_apart_in_one_experiment_keep_their_own_bounds_through_a_chain(tmp_path):

@@ -24,6 +24,8 @@ NPYGZ = "application/npygz"
 JPEG = "image/jpeg"
 #: What a server may send and a client may ask for, the server's default first.
 GET_TYPES = (BLOSC, BLOSC_PYTHON, NPYGZ, JPEG)
+#: The most bytes one blosc frame holds (c-blosc 1: INT_MAX less its 16-byte header).
+BLOSC_MAX_BYTES = 2**31 - 1 - 16
 #: What a server accepts in a POST: blosc-python is a pickle, never loaded from a request.
 POST_TYPES = (BLOSC, NPYGZ)
 

@@ -10,6 +10,7 @@ read as zeros (intern never shrinks z, whatever the pyramid does).
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 import numpy as np
@@ -51,16 +52,47 @@ def parse_resolution(text: str, src: RelaySource) -> int:
     return res
 
 
-def frame_box(src: RelaySource) -> Box:
-    return src.meta.scales[0].bounds
+def _experiment_channels(relay: Relay, c: str, e: str) -> list[RelaySource]:
+    """Every channel of experiment ``c/e``, whoever asks (a frame is the same for everyone)."""
+    return [s for n, s in sorted(relay.snapshot().items()) if n.startswith(f"{c}/{e}/")]
 
 
-def check_ranges(src: RelaySource, res: int, xs, ys, zs) -> Box:
-    """The requested box at ``res``. BossDB checks ranges against the base-resolution frame (so
-    intern, which never shrinks z, can read coarse isotropic scales); a frame whose start is not 0
-    moves at coarser scales, so the scale's own bounds are allowed too. Outside the scale's bounds
-    reads are zeros, and writes are refused."""
-    frame = frame_box(src)
+def experiment_frame(relay: Relay, c: str, e: str) -> Box:
+    """The coordinate frame of an experiment of configured channels: the union of their
+    base-resolution bounds (they share one voxel size: the relay refuses a config mixing them)."""
+    boxes = [s.meta.scales[0].bounds for s in _experiment_channels(relay, c, e)]
+    return Box(tuple(min(b.start[i] for b in boxes) for i in range(3)), tuple(max(b.stop[i] for b in boxes) for i in range(3)))
+
+
+def derived_frames(relay: Relay) -> dict[str, tuple[str, str]]:
+    """{frame name: (collection, experiment)} of the experiments of configured channels (one
+    created over HTTP names its own frame). A name is ``<collection>_<experiment>``, unless two
+    experiments would share it ('a_b'/'c' and 'a'/'b_c': one showed the other's extents and
+    voxel size) or a frame created over HTTP has it: then each gets a digest of its path too."""
+    owners: dict[str, list[tuple[str, str]]] = {}
+    for name in relay.snapshot():
+        c, e, _ = name.split("/")
+        if _managed(relay, c, e) is None and (c, e) not in owners.get(f"{c}_{e}", []):
+            owners.setdefault(f"{c}_{e}", []).append((c, e))
+    created = set(relay.boss.doc()["coords"]) if relay.boss is not None else set()
+    out = {}
+    for name, exps in owners.items():
+        for c, e in exps:
+            unique = len(exps) == 1 and name not in created
+            out[name if unique else f"{name}_{hashlib.sha1(f'{c}/{e}'.encode()).hexdigest()[:8]}"] = (c, e)
+    return out
+
+
+def frame_name(relay: Relay, c: str, e: str) -> str:
+    return next(n for n, owner in derived_frames(relay).items() if owner == (c, e))
+
+
+def check_ranges(src: RelaySource, res: int, xs, ys, zs, frame: Box) -> Box:
+    """The requested box at ``res``. BossDB checks ranges against the base-resolution frame of
+    the experiment (so intern, which never shrinks z, can read coarse isotropic scales; and any
+    box of the frame it was told of is served, zeros where this channel has no data); a frame
+    whose start is not 0 moves at coarser scales, so the scale's own bounds are allowed too.
+    Outside the scale's bounds reads are zeros, and writes are refused."""
     scale = src.meta.scales[res].bounds
     for (a, b), f0, f1, s0, s1, axis in zip((xs, ys, zs), frame.start, frame.stop, scale.start, scale.stop, "xyz"):
         lo, hi = min(f0, s0), max(f1, s1)
@@ -96,20 +128,44 @@ def check_scan(relay: Relay, src: RelaySource, res: int) -> None:
                          f"the relay scans at most {relay.config.max_scan_bytes} (try a coarser resolution)")
 
 
-def negotiate(accept: str) -> str:
-    """The media type of a GET response from its Accept header (blosc for */* or none): the one
-    the client weighs highest (``q``, RFC 9110), the first listed among equals; ``q=0`` is
-    never sent (a client taking npygz but not JPEG must not get a lossy JPEG)."""
+#: What a wildcard (``*/*``, ``application/*``) stands for, in the server's order: never JPEG
+#: (lossy) or blosc-python (a pickle), which go only to clients that name them.
+WILDCARD_TYPES = (cutout.BLOSC, cutout.NPYGZ)
+
+
+def negotiate(accept: str, dtype=np.uint8) -> str:
+    """The media type of a GET response from its Accept header (blosc for none): the one the
+    client weighs highest (``q``, RFC 9110 12.5.1: a type's own entry over ``application/*``
+    over ``*/*``), the first listed among equals, then the server's order; ``q=0`` is never
+    sent (a client taking npygz but not JPEG must not get a lossy JPEG), nor JPEG for a channel
+    that is not uint8 (the next acceptable type is)."""
     if not accept.strip():
         return cutout.BLOSC
-    best, best_q = None, 0.0
+    own: dict[str, float] = {}
+    wild: dict[str, float] = {}
     for kind, q in weighted(accept, "Accept"):
-        if kind in ("*/*", "application/*"):
-            kind = cutout.BLOSC
-        if kind in cutout.GET_TYPES and q > best_q:
+        if kind in ("*/*", "application/*", "image/*"):
+            wild.setdefault(kind, q)
+        else:
+            own.setdefault(kind, q)
+
+    def weight(kind: str) -> float:
+        if kind in own:
+            return own[kind]
+        if kind not in WILDCARD_TYPES:
+            return 0.0
+        return wild.get(f"{kind.split('/')[0]}/*", wild.get("*/*", 0.0))
+
+    jpeg_ok = np.dtype(dtype) == np.uint8
+    order = [k for k in own if k in cutout.GET_TYPES] + [k for k in cutout.GET_TYPES if k not in own]
+    best, best_q = None, 0.0
+    for kind in order:
+        q = weight(kind)
+        if q > best_q and (kind != cutout.JPEG or jpeg_ok):
             best, best_q = kind, q
     if best is None:
-        raise RelayError(406, UNSUPPORTED_MEDIA, f"cannot send {accept!r}; ask for one of {', '.join(cutout.GET_TYPES)}")
+        why = f" (image/jpeg cutouts are for uint8 channels, not {np.dtype(dtype)})" if own.get(cutout.JPEG, 0) > 0 and not jpeg_ok else ""
+        raise RelayError(406, UNSUPPORTED_MEDIA, f"cannot send {accept!r}{why}; ask for one of {', '.join(cutout.GET_TYPES)}")
     return best
 
 
@@ -179,7 +235,7 @@ def experiment_json(relay: Relay, token, c: str, e: str) -> dict:
     srcs = _experiment_sources(relay, token, c, e)
     first = srcs[0]
     return {
-        "name": e, "description": "", "collection": c, "coord_frame": f"{c}_{e}",
+        "name": e, "description": "", "collection": c, "coord_frame": frame_name(relay, c, e),
         "num_hierarchy_levels": max(s.scale_count() for s in srcs), "hierarchy_method": _hierarchy(first),
         "num_time_samples": 1, "time_step": 0, "time_step_unit": "nanoseconds",
         "creator": "volbridge", "public": all(relay.allowed(None, "read", s.name) for s in srcs),
@@ -188,20 +244,21 @@ def experiment_json(relay: Relay, token, c: str, e: str) -> dict:
 
 
 def coord_json(relay: Relay, token, frame: str) -> dict:
-    if relay.boss is not None and relay.boss.coord(frame) is not None:
-        return relay.boss.coord(frame)
-    for c, exps in _visible_tree(relay, token).items():
-        for e in exps:
-            if f"{c}_{e}" == frame:
-                srcs = _experiment_sources(relay, token, c, e)
-                lo = [min(frame_box(s).start[i] for s in srcs) for i in range(3)]
-                hi = [max(frame_box(s).stop[i] for s in srcs) for i in range(3)]
-                vx = srcs[0].meta.scales[0].resolution
-                return {
-                    "name": frame, "description": f"frame of {c}/{e}",
-                    "x_start": lo[0], "x_stop": hi[0], "y_start": lo[1], "y_stop": hi[1], "z_start": lo[2], "z_stop": hi[2],
-                    "x_voxel_size": vx[0], "y_voxel_size": vx[1], "z_voxel_size": vx[2], "voxel_unit": "nanometers",
-                }
+    owner = derived_frames(relay).get(frame)
+    if owner is None:
+        if relay.boss is not None and relay.boss.coord(frame) is not None:
+            return relay.boss.coord(frame)
+    else:
+        c, e = owner
+        if e in _visible_tree(relay, token).get(c, {}):
+            box = experiment_frame(relay, c, e)
+            lo, hi = box.start, box.stop
+            vx = _experiment_channels(relay, c, e)[0].meta.scales[0].resolution
+            return {
+                "name": frame, "description": f"frame of {c}/{e}",
+                "x_start": lo[0], "x_stop": hi[0], "y_start": lo[1], "y_stop": hi[1], "z_start": lo[2], "z_stop": hi[2],
+                "x_voxel_size": vx[0], "y_voxel_size": vx[1], "z_voxel_size": vx[2], "voxel_unit": "nanometers",
+            }
     raise RelayError(404, 4000, f"no coordinate frame {frame} on this relay")
 
 
@@ -273,7 +330,7 @@ async def get_channel(request: Request):
 async def list_coords(request: Request):
     relay = _relay(request)
     tree = _visible_tree(relay, token_of(request))
-    names = {f"{c}_{e}" for c, exps in tree.items() for e, chans in exps.items() if chans and _managed(relay, c, e) is None}
+    names = {n for n, (c, e) in derived_frames(relay).items() if tree.get(c, {}).get(e)}
     if relay.boss is not None:
         names |= set(relay.boss.doc()["coords"])
     return JSONResponse({"coords": sorted(names)})
@@ -289,7 +346,8 @@ def _cutout_source(request: Request, action: str) -> tuple[Relay, RelaySource, i
     src = relay.source(p["c"], p["e"], p["ch"])
     relay.authorize(token_of(request), action, src.name)
     res = parse_resolution(p["res"], src)
-    box = check_ranges(src, res, parse_range(p["x"], "x"), parse_range(p["y"], "y"), parse_range(p["z"], "z"))
+    box = check_ranges(src, res, parse_range(p["x"], "x"), parse_range(p["y"], "y"), parse_range(p["z"], "z"),
+                       experiment_frame(relay, p["c"], p["e"]))
     t = check_time(p.get("t"))
     return relay, src, res, box, t
 
@@ -323,10 +381,13 @@ async def cutout_get(request: Request):
         top = np.iinfo(src.meta.dtype).max if np.dtype(src.meta.dtype).kind in "ui" else None
         if top is not None and ids.size and int(ids.max()) > top:  # cast down, it would wrap onto another id
             raise RelayError(400, BAD_REQUEST, f"filter id {int(ids.max())} is beyond what this {src.meta.dtype} channel holds (at most {top})")
-    media = negotiate(request.headers.get("accept", ""))
+    media = negotiate(request.headers.get("accept", ""), src.meta.dtype)
     if media == cutout.JPEG and (box.shape[0] > 65500 or box.shape[1] * box.shape[2] * ((t[1] - t[0]) if t else 1) > 65500):
         raise RelayError(413, TOO_LARGE, "a JPEG cutout stacks z along y and holds at most 65500 rows; ask for fewer z or y")
-    check_size(relay, box, src.meta.dtype, t)
+    nbytes = check_size(relay, box, src.meta.dtype, t)
+    if media in (cutout.BLOSC, cutout.BLOSC_PYTHON) and nbytes > cutout.BLOSC_MAX_BYTES:
+        raise RelayError(413, TOO_LARGE, f"the cutout is {nbytes} bytes uncompressed, more than one blosc body holds "
+                         f"({cutout.BLOSC_MAX_BYTES}); ask for a smaller box, or for application/npygz")
 
     def work() -> bytes:
         zyx = _read_zyx(src, box, res, raw=mode == "raw")
@@ -406,7 +467,8 @@ async def ids_in_region(request: Request):
     relay, src = _annotation(request)
     p = request.path_params
     res = parse_resolution(p["res"], src)
-    box = check_ranges(src, res, parse_range(p["x"], "x"), parse_range(p["y"], "y"), parse_range(p["z"], "z"))
+    box = check_ranges(src, res, parse_range(p["x"], "x"), parse_range(p["y"], "y"), parse_range(p["z"], "z"),
+                       experiment_frame(relay, p["c"], p["e"]))
     t = check_time(p.get("t"))
     check_size(relay, box, src.meta.dtype, t)
 

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .boss import channel_json, collection_json, experiment_json
+from .boss import channel_json, collection_json, derived_frames, experiment_json
 from .errors import BAD_REQUEST, RelayError
 from .requests import json_object, token_of
 from .state import Relay
@@ -83,6 +83,9 @@ async def coord(request: Request):
     store = _store(relay, f"coordinate frame {name}")
     _check(relay, token, (), f"coordinate frame {name}")
     if request.method == "POST":
+        owner = derived_frames(relay).get(name)
+        if owner is not None:  # (a writer's frame shadowed a configured experiment's for every client)
+            raise RelayError(400, BAD_REQUEST, f"coordinate frame {name} exists: it is the frame of experiment {owner[0]}/{owner[1]}")
         return JSONResponse(await run_in_threadpool(store.create_coord, name, await json_object(request), "volbridge"), status_code=201)
     if request.method == "PUT":
         if store.coord(name) is None:

@@ -314,9 +314,19 @@ class RelaySource:
             raise InvalidIndexError(f"{self.name} has resolutions 0..{len(self.meta.scales) - 1}, not {scale}")
 
     def read(self, box: Box, scale: int) -> np.ndarray:
-        """``(x, y, z, c)`` Fortran-ordered voxels of ``box``, through the cache tiers."""
+        """``(x, y, z, c)`` Fortran-ordered voxels of ``box``, through the cache tiers; outside
+        the scale's bounds the upstream's fill value, as a read past the caches (``raw``) gives."""
         self.check_scale(scale)
-        return self.reader.read(box, scale)
+        out = self.reader.read(box, scale)
+        fill, bounds = self.meta.fill_value, self.meta.scales[scale].bounds
+        if fill is None or bounds.contains(box) or not any(np.asarray(fill, out.dtype).tobytes()):
+            return out  # (the cuboids' precomputed view fills with 0)
+        inner = box.intersect(bounds)
+        kept = out[inner.slices(box.start)].copy() if not inner.empty else None
+        out[...] = fill
+        if kept is not None:
+            out[inner.slices(box.start)] = kept
+        return out
 
     def cuboid(self, scale: int, name: str) -> tuple[Box, bytes | None] | None:
         """(box, raw bytes or None when all zeros) of one cuboid by its precomputed chunk name;

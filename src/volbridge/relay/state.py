@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter
@@ -14,6 +15,8 @@ from ..remotes import open_volume
 from .config import RelayConfig, SourceConfig
 from .errors import RelayError
 from .source import RelaySource, open_sources
+
+log = logging.getLogger("volbridge.relay")
 
 
 def _cache_factory(cfg: RelayConfig) -> Callable[[KVStore], KVStore]:
@@ -38,6 +41,22 @@ def _opener(src: SourceConfig) -> Callable:
     return open_it
 
 
+def _check_shared_frames(sources: dict[str, RelaySource]) -> None:
+    """The channels of one experiment share its coordinate frame in the BossDB dialect, and so
+    its voxel size (the first channel's). A channel at another (a segmentation at half the
+    image's resolution) is served at its own scales, but a client that places channels by the
+    frame's voxel size (neuroglancer) draws it at the wrong scale: say so. (BossDB itself would
+    give such a channel a base_resolution above 0, which this relay does not map yet.)"""
+    first: dict[str, RelaySource] = {}
+    for name, src in sorted(sources.items()):
+        other = first.setdefault(name.rsplit("/", 1)[0], src)
+        a, b = other.meta.scales[0].resolution, src.meta.scales[0].resolution
+        if tuple(a) != tuple(b):
+            log.warning("sources %s and %s are at %s and %s nm (x, y, z) but share their experiment's coordinate frame, "
+                        "whose voxel size is the first's: clients that place channels by the frame draw %s at the wrong scale",
+                        other.name, name, tuple(a), tuple(b), name)
+
+
 class Relay:
     def __init__(self, config: RelayConfig):
         config.validate()
@@ -54,6 +73,7 @@ class Relay:
                 raise VolbridgeError(f"source {name} has {nch} channels; say which one it serves with channel = N")
             if not 0 <= src.channel < nch:
                 raise VolbridgeError(f"source {name}: channel = {chosen}, but the source has channels 0..{nch - 1}")
+        _check_shared_frames(self.sources)
         #: Versioned DVID repos created over HTTP, when the config gives them a directory.
         self.repos = None
         if config.dvid_dir:
