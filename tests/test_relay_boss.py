@@ -380,7 +380,7 @@ def test_one_experiment_one_frame(start_relay, tmp_path):
     b = vb.create(f"precomputed://{tmp_path / 'b'}", bounds=((-5, -20, -33), (3, 28, 31)), dtype="uint8",
                   chunk_shape=(8, 16, 16), resolution=(40, 4, 4))
     b[...] = 2
-    filled = vb.create(f"ome-zarr://{tmp_path / 'f'}", shape=(8, 32, 32), dtype="uint8", chunk_shape=(8, 16, 16),
+    vb.create(f"ome-zarr://{tmp_path / 'f'}", shape=(8, 32, 32), dtype="uint8", chunk_shape=(8, 16, 16),
                        resolution=(40, 4, 4), num_scales=2, ome_version="0.4")
     for meta in (tmp_path / "f").glob("*/.zarray"):  # nothing written: every chunk absent, read as 7
         meta.write_text(json.dumps({**json.loads(meta.read_text()), "fill_value": 7}))
