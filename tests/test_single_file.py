@@ -165,3 +165,16 @@ def test_a_tiff_written_a_slice_at_a_time_reads_every_slice(tmp_path):
     tifffile.imwrite(tmp_path / "odd.tif", data[1, :6], append=True)  # a second series of other pages: refused
     with pytest.raises(URLError, match="series of .*odd.tif differ"):
         vb.array(f"tiff://{tmp_path}/odd.tif")
+
+
+def test_an_hdf5_datasets_fill_value_is_read_outside_its_bounds(tmp_path):
+    """(review) h5py gives a dataset's fill value for unwritten chunks inside, volbridge gave 0
+    outside and reported fill_value 0: one read mixed both."""
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        f.create_dataset("raw", shape=(4, 5, 6), dtype="uint16", chunks=(2, 2, 2), fillvalue=7)
+        f.create_dataset("nan", shape=(2, 2, 2), dtype="float32", fillvalue=np.nan)
+    a = vb.array(f"h5://{tmp_path / 'f.h5'}#/raw")
+    assert a.fill_value == 7
+    np.testing.assert_array_equal(a[-1:1, 0, -2:2], np.full((2, 4), 7))
+    b = vb.array(f"h5://{tmp_path / 'f.h5'}#/nan")
+    assert np.isnan(b[-1:3, 0, 0]).all()

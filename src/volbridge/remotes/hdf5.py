@@ -59,8 +59,10 @@ class HDF5Volume(Volume):
             chunks = tuple(min(64, s) for s in bounds.shape) if d.chunks is None else tuple(d.chunks[-3:][::-1])
             # native byte order: h5py converts on read and write, and '>u2' would refuse every
             # uint16 write and transfer (as the zarr and N5 readers already do)
+            # the dataset's own fill value (what h5py gives for unwritten chunks) outside the bounds too
+            fill = d.fillvalue.item() if d.fillvalue is not None else 0
             self.meta = VolumeMeta(np.dtype(d.dtype).newbyteorder("="), self.channels, "segmentation" if d.attrs.get("layer_type") == "segmentation" else "image",
-                                   (ScaleMeta(dataset, bounds, res, chunks, "hdf5"),), 0)
+                                   (ScaleMeta(dataset, bounds, res, chunks, "hdf5"),), fill)
 
     @contextmanager
     def _open(self, mode: str):
@@ -123,7 +125,7 @@ class HDF5Volume(Volume):
         return sp if self.ndim == 3 else (slice(None), *sp)
 
     def read(self, box: Box, scale: int = 0) -> np.ndarray:
-        out = np.zeros((*box.shape, self.channels), dtype=self.meta.dtype, order="F")
+        out = np.full((*box.shape, self.channels), self.meta.fill_value, dtype=self.meta.dtype, order="F")
         inter = box.intersect(self.meta.scales[0].bounds)
         if inter.empty:
             return out
