@@ -154,6 +154,17 @@ def test_scalar_writes_follow_the_volume_dtype(tmp_path):
     for bad in (2.0, 40000, True + 0.5):
         with pytest.raises(vb.errors.DTypeError, match="not representable"):
             i[0] = bad
+    # (review) Python ints past 64 bits: numpy's own TypeError / OverflowError came out, and
+    # floats that hold them were refused
+    f[0] = 10**30
+    assert f[0, 0, 0] == np.float32(1e30)
+    u = vb.create(f"precomputed://{tmp_path}/u", shape=(2, 2, 2), chunk_shape=(2, 2, 2), dtype="uint64")
+    u[0] = 2**64 - 1
+    assert u[0, 0, 0] == 2**64 - 1
+    for vol, bad in ((u, 2**70), (u, -2**70), (i, 2**64 + 1), (f, 10**40), (f, 10**400)):
+        with pytest.raises(vb.errors.DTypeError, match="not representable"):
+            vol[1] = bad
+    assert u[1, 0, 0] == 0 and np.isnan(f[1, 0, 0])
 
 
 @pytest.mark.parametrize("fmt,shard", [("precomputed", None), ("zarr3", (8, 16, 16)), ("n5", None)])

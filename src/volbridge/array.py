@@ -224,6 +224,15 @@ class VolumeArray:
             if value.dtype != self.dtype:
                 raise DTypeError(f"cannot write {value.dtype} data into a {self.dtype} volume ({self.url}); convert it first")
             return value
+        if isinstance(value, int) and not isinstance(value, bool) and not -2**63 <= value < 2**64:
+            # a Python int past 64 bits is an object array to numpy, which neither check takes
+            if self.dtype.kind in "fc":
+                try:
+                    value = float(value)
+                except OverflowError:
+                    raise DTypeError(f"{value!r} is not representable as {self.dtype} ({self.url})") from None
+            else:
+                raise DTypeError(f"{value!r} is not representable as {self.dtype} ({self.url})")
         if isinstance(value, (numbers.Number, np.generic)):
             arr = np.asarray(value)
             if arr.dtype == self.dtype:
