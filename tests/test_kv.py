@@ -76,6 +76,36 @@ def test_file_store_hides_its_lock_and_temp_files(tmp_path):
     assert len(os.listdir(tmp_path / ".volbridge-locks")) == 1
 
 
+@pytest.mark.parametrize("group_doc", ["zarr.json", ".zgroup", "attributes.json"])
+def test_file_store_locks_a_file_however_a_handle_reaches_it(tmp_path, group_doc):
+    """(review) The lock was the handle's: an OME-Zarr image handle and a handle on its scale
+    array (root one level down) took different locks for one shard, and lost each other's
+    updates. A lock now sits above the whole hierarchy and is keyed by the file's path there,
+    so an update through one handle waits for the other's (and through a symlinked path too)."""
+    img = tmp_path / "img.zarr"
+    (img / "0").mkdir(parents=True)
+    (img / group_doc).write_text("{}")
+    (tmp_path / "link").symlink_to(img)
+    top, inner, linked = FileStore(img), FileStore(img / "0"), FileStore(tmp_path / "link" / "0")
+    assert top._lock_path("0/c/0/0") == inner._lock_path("c/0/0") == linked._lock_path("c/0/0")
+    assert FileStore(tmp_path / "plain")._lock_path("c/0") == str(tmp_path / "plain" / ".volbridge-locks" / os.path.basename(
+        FileStore(tmp_path / "plain")._lock_path("c/0")))  # no group above: at the root, as before
+    inside, order = threading.Event(), []
+
+    def slow(old):
+        inside.set()
+        time.sleep(0.3)
+        order.append("top")
+        return b"top"
+
+    t = threading.Thread(target=top.update, args=("0/c/0/0", slow))
+    t.start()
+    assert inside.wait(10)
+    inner.update("c/0/0", lambda old: order.append(("inner saw", old)) or b"inner")
+    t.join()
+    assert order == ["top", ("inner saw", b"top")] and top.get("0/c/0/0") == b"inner"
+
+
 def test_file_store_rejects_escaping_keys(tmp_path):
     s = FileStore(tmp_path)
     for bad in ("../x", "/etc/passwd", "a//b", "a/./b"):

@@ -8,6 +8,13 @@ open file descriptions, and every update opens its own. Keys are hashed onto a f
 files, so a volume of millions of chunks does not grow millions of lock files; a key always maps
 to the same lock, and two keys share one rarely (and then only wait for each other).
 
+A lock belongs to the file, not to the handle's spelling of it: one array is reached from its
+own directory (``zarr3://img.zarr/0``) and from a group above it (``ome-zarr://img.zarr``), and
+two such handles took different locks for one shard and lost each other's updates (a review
+found 40 of 150 rounds torn). So the lock directory sits at the top of the hierarchy the root
+belongs to (the outermost directory up from it holding a group document, :data:`GROUP_DOCUMENTS`)
+and keys are hashed by their path from there, symlinks resolved.
+
 Transport compression follows CloudFiles' local convention: the object for ``key`` compressed
 with gzip is the file ``key.gz`` (``.br``, ``.zstd``, ``.xz``, ``.bz2`` likewise). Reads try the
 plain name first, then the suffixed ones, and decompress. A write removes the key's other
@@ -35,6 +42,9 @@ from .ranges import RangeReader, part_bounds
 from .scratch import scratch
 
 LOCK_DIR = ".volbridge-locks"
+#: Documents that make a directory a group of a hierarchy whose members may be opened as roots of
+#: their own (zarr v3 and v2 groups, N5 containers and groups): the lock directory goes above them.
+GROUP_DOCUMENTS = ("zarr.json", ".zgroup", "attributes.json")
 LOCK_STRIPES = 256
 _TMP_MARK = ".vbtmp-"
 _O_BINARY = getattr(os, "O_BINARY", 0)
@@ -339,8 +349,17 @@ class FileStore(KVStore):
 
     def _lock_path(self, key: str) -> str:
         self._writable_key(key)  # validates the key
-        stripe = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest(), "little") % LOCK_STRIPES
-        return os.path.join(self._root, LOCK_DIR, f"{stripe:02x}.lock")
+        top, rel = self._identity[len("file://"):], key
+        # looked up on every update (a few cached stats): a group made above the root after the
+        # handle was opened moves the lock as it does for every other handle
+        while True:
+            parent = os.path.dirname(top)
+            if parent == top or not any(os.path.isfile(os.path.join(parent, d)) for d in GROUP_DOCUMENTS):
+                break
+            rel = os.path.basename(top) + "/" + rel
+            top = parent
+        stripe = int.from_bytes(hashlib.blake2b(rel.encode(), digest_size=4).digest(), "little") % LOCK_STRIPES
+        return os.path.join(top, LOCK_DIR, f"{stripe:02x}.lock")
 
     def update(self, key: str, fn: Updater, *, needs_old: bool = True, content_encoding: str | None = None) -> bytes:
         lock_path = self._lock_path(key)
