@@ -893,6 +893,22 @@ def test_disk_cache_keeps_two_services_of_one_url_apart(tmp_path, monkeypatch):
     assert open_object_store("az://container/vol").identity != az1
 
 
+def test_every_spelling_of_an_object_store_url_is_one_identity(monkeypatch):
+    """(review) s3://b//vol and S3://b/vol open the objects of s3://b/vol but were other
+    identities, so a cache shared by two such handles served one's stale copy after the other
+    wrote; gs:// and gcs://, az:// and azure:// likewise."""
+    from volbridge.kv.cloud import open_object_store
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_NAME", "acct")
+    for urls in (("s3://b/vol", "s3://b//vol", "S3://b/vol/", "s3://b/vol//"),
+                 ("gs://b/vol", "gcs://b/vol", "GS://b//vol"), ("az://c/vol", "azure://c/vol", "AZ://c/vol/")):
+        ids = {open_object_store(u).identity for u in urls}
+        assert len(ids) == 1, ids
+        assert open_object_store(urls[0]).child("k").identity == open_object_store(urls[0] + "/k").identity
+    assert open_object_store("s3://b/vol").identity != open_object_store("s3://b/vol2").identity
+
+
 def test_disk_cache_sees_one_directory_through_any_path(tmp_path):
     (tmp_path / "data" / "vol").mkdir(parents=True)
     (tmp_path / "link").symlink_to(tmp_path / "data")

@@ -466,6 +466,53 @@ def test_array_with_disk_and_memory_cache_over_s3(s3env, s3_bucket, tmp_path):
         np.testing.assert_array_equal(vb.array(url)[...], data)  # and reached S3
 
 
+def _read_in_fork(url, q):
+    try:
+        q.put(np.unique(vb.array(url)[...]).tolist())
+    except Exception as e:  # noqa: BLE001 - the message is what the test checks
+        q.put(f"{type(e).__name__}: {e}")
+
+
+def _read_handle_in_fork(arr, q):
+    try:
+        q.put(np.unique(arr[...]).tolist())
+    except Exception as e:  # noqa: BLE001
+        q.put(f"{type(e).__name__}: {e}")
+
+
+def test_a_forked_child_is_told_to_spawn_instead_of_hanging(s3env, s3_bucket):
+    """(review) A forked child (multiprocessing's default on Linux before Python 3.14) hung for
+    ever on its first request: obstore's runtime threads stay in the parent, for old clients and
+    new alike (obstore is not fork safe). Such a child now gets an error that says what to do,
+    with new handles and with handles opened before the fork; the parent carries on."""
+    import multiprocessing as mp
+
+    url = f"precomputed://s3://{s3_bucket}/forked"
+    vb.create(url, shape=(16, 16, 16), dtype="uint8", chunk_shape=(8, 8, 8))[...] = 5
+    parent = vb.array(url)
+    assert np.unique(parent[...]).tolist() == [5]
+    ctx = mp.get_context("fork")
+    for target, arg in ((_read_in_fork, url), (_read_handle_in_fork, parent)):
+        q = ctx.Queue()
+        p = ctx.Process(target=target, args=(arg, q))
+        p.start()
+        p.join(60)
+        hung = p.is_alive()
+        if hung:
+            p.kill()
+            p.join()
+        assert not hung
+        said = q.get(timeout=5)
+        assert said == [5] or "forked" in said and "spawn" in said, said
+    spawned = mp.get_context("spawn")
+    q = spawned.Queue()
+    p = spawned.Process(target=_read_in_fork, args=(url, q))
+    p.start()
+    p.join(120)
+    assert q.get(timeout=5) == [5]
+    assert np.unique(parent[...]).tolist() == [5]  # the parent's handle still works
+
+
 def test_opening_a_bare_url_asks_for_the_metadata_in_few_round_trips(s3env, s3_bucket, monkeypatch):
     """Format detection asks for every marker document at once, and OME-Zarr for its scales'
     arrays at once: over a network store each question asked alone is a round trip (a bare

@@ -234,7 +234,13 @@ def open_object_store(url: str, retry: RetryPolicy | None = None) -> ObjectStore
         service = " ".join(f"{k}={azenv[k]}" for k in sorted(azenv) if k in _AZURE_SERVICE_VARS) or "azure"
     else:
         raise URLError(f"unsupported object store scheme {scheme!r} in {url!r}")
-    return ObjectStore(store, url, prefix=prefix, retry=retry, service=service, getter=getter, putter=putter)
+    canonical = f"{_CANONICAL_SCHEME[scheme]}://{bucket}/{prefix}"
+    return ObjectStore(store, url, prefix=prefix, retry=retry, service=service, getter=getter, putter=putter,
+                       canonical_url=canonical)
+
+
+#: One spelling of each object-store scheme, for identities.
+_CANONICAL_SCHEME = {"s3": "s3", "gs": "gs", "gcs": "gs", "az": "az", "azure": "az"}
 
 
 #: The AWS_* variables whose meaning _s3_curl reproduces (through s3_config or as obstore

@@ -13,6 +13,7 @@ retry and applies :class:`RetryPolicy`; transport compression uses the ``Content
 from __future__ import annotations
 
 import functools
+import os
 import re
 from concurrent.futures import Future
 from datetime import timedelta
@@ -45,6 +46,19 @@ from .retry import NOT_TLS, OLD_TLS, RetryPolicy, certificate_advice, gave_up, r
 
 T = TypeVar("T")
 
+#: How many forks this process descends from (bumped in each child), and at which of them
+#: obstore's runtime was first used (None: not yet).
+_FORKS = [0]
+_RUNTIME_FORK: list[int | None] = [None]
+
+
+def _count_fork() -> None:
+    _FORKS[0] += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_count_fork)
+
 #: obstore raises the builtin FileNotFoundError for a 404 on some paths, NotFoundError on others.
 _NOT_FOUND = (oe.NotFoundError, FileNotFoundError)
 #: Errors that no retry can fix; everything else (5xx, 429, timeouts, resets) is retried.
@@ -60,6 +74,7 @@ _FINAL = (
     oe.UnknownConfigurationKeyError,
     TypeError,  # a malformed call (bad options), not a transport failure
     ValueError,  # a key object_store cannot parse ("a//b", "a/../b")
+    UnsupportedError,  # no request made (an obstore client in a forked child)
 )
 _STATUS = re.compile(r"status code: (\d{3})")
 
@@ -121,14 +136,17 @@ class ObjectStore(KVStore):
 
     def __init__(self, store: Any, url: str, *, prefix: str = "", retry: RetryPolicy | None = None,
                  read_only: bool = False, io_concurrency: int | None = None, service: str | None = None,
-                 getter: CurlGetter | None = None, putter: CurlPutter | None = None):
-        self.store = store
+                 getter: CurlGetter | None = None, putter: CurlPutter | None = None, canonical_url: str | None = None):
+        self._store = store
         self.url = url.rstrip("/")
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         # The URL leaves out what else decides which objects it names (an S3 endpoint, an Azure
         # account): ``service`` says it, for caches that must not mix two services' objects.
+        # ``canonical_url``: the URL spelled one way for every spelling of these objects
+        # (S3://b//vol and s3://b/vol), so a cache sees one store's writes through any of them.
         # (the URL last, so that a child's identity, base + "/" + prefix, is the sub-URL's own)
-        self._identity = self.url if service is None else f"{service} | {self.url}"
+        named = (canonical_url or self.url).rstrip("/")
+        self._identity = named if service is None else f"{service} | {named}"
         self.retry = retry or RetryPolicy()
         self.read_only = read_only
         self.stats = StoreStats()
@@ -143,6 +161,20 @@ class ObjectStore(KVStore):
     @property
     def identity(self) -> str:
         return self._identity
+
+    @property
+    def store(self) -> Any:
+        """The obstore client, for a request. obstore runs every request on one tokio runtime per
+        process, whose threads do not survive a fork: a child forked after the parent's first
+        request hung for ever on its own first one (a review found), so it is refused instead."""
+        if _RUNTIME_FORK[0] != _FORKS[0]:
+            if _RUNTIME_FORK[0] is not None:
+                raise UnsupportedError(
+                    f"{self.url}: this process was forked after its parent had used S3, GCS, Azure or HTTP volumes, "
+                    "and their client (obstore) cannot run in such a child. Start worker processes with "
+                    "multiprocessing.get_context('spawn') or 'forkserver' (or fork before the first such read)")
+            _RUNTIME_FORK[0] = _FORKS[0]
+        return self._store
 
     # -- plumbing -----------------------------------------------------------------------------
     def _where(self, key: str) -> str:
