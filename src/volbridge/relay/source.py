@@ -19,7 +19,6 @@ import hashlib
 import json
 import re
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
@@ -38,9 +37,6 @@ from ..kv.cache_tier import ABSENT
 #: A cuboid is the upstream chunk, doubled along x, y, z in turn until it holds at least this many
 #: voxels: small zarr chunks (32^3) would otherwise cost more in bookkeeping than in bytes.
 CUBOID_MIN_VOXELS = 2**18
-
-#: How long an upstream's metadata, once seen, is trusted before an all-absent read looks again.
-RECHECK_SECONDS = 5.0
 
 _INT = r"(-?[0-9]{1,19})"  # ASCII digits, within int64 (Python's int() takes other digits, and 4300 of them)
 _KEY = re.compile(rf"([0-9]{{1,4}})/{_INT}-{_INT}_{_INT}-{_INT}_{_INT}-{_INT}")
@@ -106,7 +102,6 @@ class CuboidStore(KVStore):
         self.stats = StoreStats()
         self.io_concurrency = 16
         self._info_bytes = json.dumps(info).encode()
-        self._seen_at = time.monotonic()  # when the upstream's metadata was last seen there
         self.grids = []
         for s in volume.meta.scales:
             chunk = cuboid_shape(s.chunk_shape, s.bounds.shape)
@@ -147,16 +142,16 @@ class CuboidStore(KVStore):
     def _check_still_there(self) -> None:
         """An all-absent read of a chunked upstream whose metadata is gone (the volume deleted
         while the relay runs) is an error, not zeros (a review found them served, and cached).
-        Checked at most every :data:`RECHECK_SECONDS` (one metadata lookup): an empty region
-        of a sparse volume stays cheap."""
+        Checked on every such read (one metadata lookup beside the chunks' own): an absence is
+        cached once made, so an empty region costs it once; checked only every few seconds, a
+        deletion within them was read, and cached, as zeros (a review found)."""
         store = getattr(self.volume, "store", None)
-        if store is None or time.monotonic() - self._seen_at < RECHECK_SECONDS:
+        if store is None:
             return
         from ..remotes.registry import FORMATS
 
         entry = FORMATS.get(self.volume.format_name)
         if entry is None or entry.detect(store):
-            self._seen_at = time.monotonic()
             return
         raise StoreError(f"{self.url}: the upstream's metadata is gone (was the volume deleted?); its chunks are "
                          "not served as zeros")
