@@ -5,6 +5,7 @@ the wrong dtype. All against the relay's BossDB dialect with resources it keeps 
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -58,6 +59,17 @@ def test_resources_metadata_and_restart(managed, start_relay):
     seg = vb.array(url, mode="r+", token=TOKEN)
     assert seg.bounds == ((0, -64, 0), (16, 64, 256)) and seg.layer_type == "segmentation"
     assert seg.mip(1).resolution == (60, 16, 16)  # isotropic: z halves too
+    # (review) a frame in micrometers: BossDB gives the levels' voxel sizes in the frame's unit,
+    # the relay gave nm, and clients read them 1000x too coarse
+    p.create_coord_frame("um_frame", bounds=((0, 0, 0), (8, 32, 32)), voxel_size=(0.05, 0.004, 0.004), voxel_unit="micrometers")
+    p.create_experiment("lab", "um", "um_frame", num_hierarchy_levels=2, hierarchy_method="anisotropic")
+    um = vb.array(p.create_channel("lab", "um", "img", datatype="uint16"), token=TOKEN)
+    assert um.resolution == pytest.approx((50, 4, 4)) and um.mip(1).resolution == pytest.approx((50, 8, 8))
+    status, body, _ = http("GET", f"{managed.url}/v1/downsample/lab/um/img/", token=TOKEN)
+    assert status == 200 and json.loads(body)["voxel_size"]["0"] == pytest.approx([0.004, 0.004, 0.05])
+    p.delete_channel("lab", "um", "img")
+    p.delete_experiment("lab", "um")
+    p.delete_coord_frame("um_frame")
     seg[2:9, -30:40, 10:200] = 77
     # metadata, with characters intern would not encode
     meta = p.metadata("lab", "em", "seg")
@@ -196,3 +208,15 @@ def test_token_and_host_come_from_intern_settings(tmp_path, monkeypatch):
     assert parse_url("bossdb://c/e/ch") == ("https://env-host/v1", "from-env", ("c", "e", "ch"))
     with pytest.raises(URLError, match="collection/experiment/channel"):
         parse_url("bossdb://c/e")
+
+
+def test_server_urls_take_any_case_of_their_schemes():
+    """(review) The registry routed BOSSDB:// (and DVID://) here by its lower-cased scheme, and the
+    parser then refused it as not a bossdb:// URL."""
+    from volbridge.remotes import bossdb, dvid
+
+    assert bossdb.parse_url("BOSSDB://HTTP://h:1/a/b/c", token="t") == ("http://h:1/v1", "t", ("a", "b", "c"))
+    assert bossdb.parse_url("bossdb://http://h:1/a/b/c", token="t") == ("http://h:1/v1", "t", ("a", "b", "c"))
+    assert dvid.parse_url("DVID://Http://h:8000/abc:master/grey") == ("http://h:8000", "abc:master", "grey")
+    with pytest.raises(URLError):
+        bossdb.parse_url("s3://a/b/c")

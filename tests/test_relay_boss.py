@@ -406,7 +406,7 @@ def test_one_experiment_one_frame(start_relay, tmp_path):
     assert set(names.values()) | {"lab_em"} <= set(listed)
     body = json.dumps({"x_stop": 5, "y_stop": 5, "z_stop": 5, "x_voxel_size": 1000, "y_voxel_size": 1, "z_voxel_size": 1}).encode()
     code, reply, _ = http("POST", relay.url + "/v1/coord/lab_em/", token=W, body=body, headers={"Content-Type": "application/json"})
-    assert code == 400 and "frame of experiment lab/em" in error_body(reply)["message"]
+    assert code == 400 and "exists" in error_body(reply)["message"] and "lab/em" not in error_body(reply)["message"]
     assert json.loads(http("GET", relay.url + "/v1/coord/lab_em/")[1])["x_voxel_size"] == 4
     bodies = [http("GET", relay.url + f"/v1/cutout/lab/fill/img/1/0:32/0:32/0:8/{q}", headers={"Accept": "application/npygz"})
               for q in ("", "?access-mode=raw", "")]

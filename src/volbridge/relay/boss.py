@@ -23,6 +23,7 @@ from ..codecs import cutout
 from ..errors import ChunkDecodeError, UnsupportedError
 from ..geometry import Box
 from ..remotes.bossdb import access_mode
+from .boss_resources import UNIT_NM
 from .errors import BAD_REQUEST, TOO_LARGE, UNSUPPORTED_MEDIA, RelayError
 from .requests import read_body, token_of, weighted
 from .source import RelaySource
@@ -282,10 +283,16 @@ def channel_json(relay: Relay, token, c: str, e: str, ch: str) -> dict:
 
 def downsample_json(relay: Relay, src: RelaySource) -> dict:
     levels = range(src.scale_count())
+    # voxel sizes in the unit of the experiment's frame, as BossDB gives them (a channel created
+    # in a micrometer frame was reported in nm, and read 1000x too coarse by clients)
+    c, e, _ = src.name.split("/")
+    exp = _managed(relay, c, e)
+    frame = relay.boss.coord(exp["coord_frame"]) if exp is not None else None
+    unit = UNIT_NM.get(frame.get("voxel_unit", "nanometers"), 1) if frame else 1
     return {
         "status": src.downsample_status,
         "num_hierarchy_levels": src.scale_count(),
-        "voxel_size": {str(i): list(src.meta.scales[i].resolution) for i in levels},
+        "voxel_size": {str(i): [r / unit for r in src.meta.scales[i].resolution] for i in levels},
         "extent": {str(i): list(src.meta.scales[i].bounds.shape) for i in levels},
         "cuboid_size": {str(i): list(src.upstream.grids[i].chunk_shape) for i in levels},
         # Not BossDB's: where each level starts. The experiment's frame starts where its first

@@ -85,7 +85,7 @@ async def coord(request: Request):
     if request.method == "POST":
         owner = derived_frames(relay).get(name)
         if owner is not None:  # (a writer's frame shadowed a configured experiment's for every client)
-            raise RelayError(400, BAD_REQUEST, f"coordinate frame {name} exists: it is the frame of experiment {owner[0]}/{owner[1]}")
+            raise RelayError(400, BAD_REQUEST, f"coordinate frame {name} exists (the frame of a configured experiment)")
         return JSONResponse(await run_in_threadpool(store.create_coord, name, await json_object(request), "volbridge"), status_code=201)
     if request.method == "PUT":
         if store.coord(name) is None:

@@ -72,8 +72,9 @@ def _server(rest: str, token: str | None) -> tuple[str, str, str]:
     settings = intern_settings()
     conf_proto = settings.get("protocol") or DEFAULT_PROTOCOL
     conf_host = settings.get("host") or DEFAULT_HOST
-    if rest.startswith(("http://", "https://")):
+    if rest.lower().startswith(("http://", "https://")):
         proto, _, rest = rest.partition("://")
+        proto = proto.lower()
         host, _, path = rest.partition("/")
         same = host == conf_host and proto == conf_proto
     else:
@@ -87,7 +88,7 @@ def _server(rest: str, token: str | None) -> tuple[str, str, str]:
 
 def parse_url(url: str, token: str | None = None) -> tuple[str, str, tuple[str, str, str]]:
     """(base URL ``proto://host/v1``, token, (collection, experiment, channel))."""
-    if not url.startswith("bossdb://"):
+    if not url[:9].lower() == "bossdb://":  # schemes are case-insensitive (the registry routes BOSSDB:// here)
         raise URLError(f"{url!r} is not a bossdb:// URL")
     base, token, path = _server(url[len("bossdb://"):], token)
     parts = [p for p in path.split("/") if p]

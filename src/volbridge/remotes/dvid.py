@@ -36,10 +36,11 @@ CONCURRENCY = 16
 
 def parse_url(url: str) -> tuple[str, str, str]:
     """(server ``http://host:port``, uuid spec, instance)."""
-    m = re.fullmatch(r"dvid://(https?://[^/]+)/([0-9a-fA-F]+(?::[\w.-]+)?)/([^/]+)/?", url)
+    # schemes are case-insensitive (the registry routes DVID:// here)
+    m = re.fullmatch(r"(?i:dvid://(https?)://)([^/]+)/([0-9a-fA-F]+(?::[\w.-]+)?)/([^/]+)/?", url)
     if m is None:
         raise URLError(f"{url!r} must be dvid://http(s)://host:port/<uuid>[:branch]/<instance>")
-    return m.group(1), m.group(2), m.group(3)
+    return f"{m.group(1).lower()}://{m.group(2)}", m.group(3), m.group(4)
 
 
 class DVIDVolume(Volume):
