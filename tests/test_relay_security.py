@@ -191,3 +191,8 @@ def test_upstream_credentials_never_reach_a_client(start_relay, serve_dir, tmp_p
     assert "SECRET" not in text and "user:" not in text and f"http://{host}/leak" in text
     code, body, _ = http("GET", relay.url + "/", headers={"Accept": "application/json"})
     assert code == 200 and "SECRET" not in body.decode()
+    from volbridge.relay.errors import redact
+
+    for secret in ("SEC'RET", "SEC@RET", 'SE"C@R@ET', "SECRET"):  # (review) cut at a quote, or at the first '@'
+        said = redact(f"chunk 'c' in 'precomputed://http://user:{secret}@host:1/a@b/x?sig=SECRET' failed")
+        assert "SEC" not in said and "RET" not in said and "precomputed://http://host:1/a@b/x'" in said, said

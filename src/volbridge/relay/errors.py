@@ -32,7 +32,8 @@ UPSTREAM_TIMEOUT = 5001
 INTERNAL = 5999
 
 
-_USER_INFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"]*@")
+# user info runs to the last '@' before the path (a password may hold '@' and quotes)
+_USER_INFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s]*@")
 _QUERY = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"?]*)\?[^\s'\"]*")
 
 
