@@ -106,6 +106,40 @@ def test_file_store_locks_a_file_however_a_handle_reaches_it(tmp_path, group_doc
     assert order == ["top", ("inner saw", b"top")] and top.get("0/c/0/0") == b"inner"
 
 
+def test_file_store_locks_follow_a_symlinked_array_and_fall_back_from_a_read_only_top(tmp_path, monkeypatch):
+    """(review) A scale array that is a symlink to another directory: the image handle locked
+    at the image's top, the array's own handle where the link leads, and lost updates. And a top
+    this user cannot write made every update fail, where the root's own lock had worked."""
+    img, elsewhere = tmp_path / "img.zarr", tmp_path / "elsewhere" / "arr0"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "zarr.json").write_text("{}")
+    img.mkdir()
+    (img / "zarr.json").write_text("{}")
+    (img / "0").symlink_to(elsewhere)
+    top, inner = FileStore(img), FileStore(img / "0")
+    assert top._lock_path("0/c/0/0") == inner._lock_path("c/0/0") == FileStore(elsewhere)._lock_path("c/0/0")
+    real_open = FileStore._open_lock
+
+    def no_top(self, key, at_root):
+        if not at_root and os.path.dirname(self._lock_path(key)) != os.path.join(self._identity[7:], ".volbridge-locks"):
+            raise PermissionError(13, "Permission denied", self._lock_path(key))
+        return real_open(self, key, at_root)
+
+    monkeypatch.setattr(FileStore, "_open_lock", no_top)
+    (img / "labels").mkdir()
+    labels = FileStore(img / "labels")
+    assert labels.update("c/0", lambda old: b"1") == b"1" and labels.get("c/0") == b"1"
+    assert (img / "labels" / ".volbridge-locks").is_dir() and not (img / ".volbridge-locks").exists()
+
+    def broken(self, key, at_root):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(FileStore, "_open_lock", broken)
+    with pytest.raises(StoreError, match="cannot lock"):
+        labels.update("c/0", lambda old: b"2")
+    assert labels.get("c/0") == b"1"
+
+
 def test_file_store_rejects_escaping_keys(tmp_path):
     s = FileStore(tmp_path)
     for bad in ("../x", "/etc/passwd", "a//b", "a/./b"):

@@ -45,6 +45,8 @@ LOCK_DIR = ".volbridge-locks"
 #: Documents that make a directory a group of a hierarchy whose members may be opened as roots of
 #: their own (zarr v3 and v2 groups, N5 containers and groups): the lock directory goes above them.
 GROUP_DOCUMENTS = ("zarr.json", ".zgroup", "attributes.json")
+#: Documents at the root of an array (where a symlinked path's lock starts looking up).
+ARRAY_DOCUMENTS = ("zarr.json", ".zarray", ".zgroup", "attributes.json", "info")
 LOCK_STRIPES = 256
 _TMP_MARK = ".vbtmp-"
 _O_BINARY = getattr(os, "O_BINARY", 0)
@@ -347,27 +349,54 @@ class FileStore(KVStore):
                     seen.add(key)
                     yield key
 
-    def _lock_path(self, key: str) -> str:
+    def _lock_path(self, key: str, *, at_root: bool = False) -> str:
+        """The lock file of ``key``: at the top of the hierarchy the file lies in (see the module
+        doc), or (``at_root``) at this store's root, where a top not writable sends it."""
         self._writable_key(key)  # validates the key
-        top, rel = self._identity[len("file://"):], key
+        root = self._identity[len("file://"):]
+        head, _, name = key.rpartition("/")
+        where = os.path.realpath(os.path.join(root, head)) if head else root
+        if at_root:
+            top = root
+        elif where == root or where.startswith(root + os.sep):
+            top = root
+        else:  # a symlink inside the key's path leads out of the root: start where it leads
+            top = where
+            while not any(os.path.isfile(os.path.join(top, d)) for d in ARRAY_DOCUMENTS):
+                up = os.path.dirname(top)
+                if up == top:
+                    top = where
+                    break
+                top = up
         # looked up on every update (a few cached stats): a group made above the root after the
         # handle was opened moves the lock as it does for every other handle
-        while True:
+        while not at_root:
             parent = os.path.dirname(top)
             if parent == top or not any(os.path.isfile(os.path.join(parent, d)) for d in GROUP_DOCUMENTS):
                 break
-            rel = os.path.basename(top) + "/" + rel
             top = parent
+        rel = os.path.relpath(os.path.join(where, name), top).replace(os.sep, "/")
         stripe = int.from_bytes(hashlib.blake2b(rel.encode(), digest_size=4).digest(), "little") % LOCK_STRIPES
         return os.path.join(top, LOCK_DIR, f"{stripe:02x}.lock")
 
-    def update(self, key: str, fn: Updater, *, needs_old: bool = True, content_encoding: str | None = None) -> bytes:
-        lock_path = self._lock_path(key)
+    def _open_lock(self, key: str, at_root: bool) -> int:
+        lock_path = self._lock_path(key, at_root=at_root)
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+            return os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
         except FileNotFoundError:
             os.makedirs(os.path.dirname(lock_path), exist_ok=True)
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+            return os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+
+    def update(self, key: str, fn: Updater, *, needs_old: bool = True, content_encoding: str | None = None) -> bytes:
+        try:
+            try:
+                fd = self._open_lock(key, at_root=False)
+            except OSError as e:
+                if not (isinstance(e, PermissionError) or e.errno == errno.EROFS):
+                    raise
+                # a group above that this user cannot write (a shared image, one's own labels
+                # array in it): the root's own lock, which writers who share the top do not see
+                fd = self._open_lock(key, at_root=True)
         except OSError as e:
             raise StoreError(f"cannot lock {key!r} in {self.url}: {e}") from e
         try:
