@@ -100,6 +100,38 @@ def test_to_dask(em):
     assert int(d.sum().compute()) == int(data.sum(dtype=np.int64))
 
 
+def test_dask_arrays_see_writes_and_write_back_at_their_place(tmp_path):
+    """(review) to_dask() named its graph by the URL alone, so an array taken after a write got
+    the blocks of one persisted before it; and a volume given to da.store as its target took
+    dask's 0-based regions as absolute, writing every block shifted off a volume whose bounds
+    start elsewhere. ``vol[box] = dask_array`` writes each block at its place, after checking
+    the box."""
+    import dask.array as da
+
+    url = f"precomputed://{tmp_path / 'v'}"
+    v = vb.create(url, bounds=((-3, 10, -16), (5, 42, 16)), dtype="uint16", chunk_shape=(4, 16, 16))
+    v[...] = 1
+    before = v.to_dask().persist()
+    v[...] = 7
+    after = v.to_dask()
+    assert before.name != after.name and int((after - before).max().compute()) == 6
+    base = np.random.default_rng(3).integers(0, 1000, v.shape).astype(np.uint16)
+    v[...] = base
+    v[...] = v.to_dask() * np.uint16(2)  # blocks of 4 x 16 x 16 over a negative offset
+    np.testing.assert_array_equal(v[...], base * 2)
+    part = da.from_array(np.full((3, 20, 9), 5, np.uint16), chunks=(2, 7, 4))  # unaligned blocks
+    v[-2:1, 15:35, -4:5] = part
+    want = base * 2
+    want[1:4, 5:25, 12:21] = 5
+    np.testing.assert_array_equal(v[...], want)
+    for sel, bad, err in (((slice(-2, 1), slice(15, 35), slice(-4, 5)), part.astype(np.uint8), vb.errors.DTypeError),
+                          ((slice(-2, 1), slice(15, 35), slice(-4, 6)), part, vb.errors.ShapeError),
+                          ((slice(3, 6), slice(15, 35), slice(-4, 5)), part, vb.errors.BoundsError)):
+        with pytest.raises(err):
+            v[sel] = bad
+    np.testing.assert_array_equal(v[...], want)  # nothing written by the refused ones
+
+
 def test_bigarrays_layout(tmp_path):
     """BigArrays.jl: gzip bytes under 'raw', double hyphens for negative keys, no resolution field."""
     root = tmp_path / "ba"

@@ -53,6 +53,25 @@ def test_downsample_and_transfer_on_a_cluster_equal_the_local_run(client, pyrami
     np.testing.assert_array_equal(vb.array(f"ome-zarr://{pyramid / 'cluster.zarr'}")[...], vb.array(str(pyramid / "a")).mip(1)[...])
 
 
+def test_to_dask_arrays_and_handles_run_on_a_cluster(client, pyramid):
+    """(review) A to_dask() graph held the handle, whose stores hold locks: nothing of it could
+    go to a cluster. A handle now travels as its volume's URL and layout digest; one of a volume
+    kept in memory says why it cannot."""
+    a = vb.array(str(pyramid / "a"))
+    d = a.mip(1).to_dask()
+    assert int(client.compute(d.sum()).result()) == int(a.mip(1)[...].sum(dtype=np.int64))
+    out = vb.array(str(pyramid / "b"), mode="r+")
+    client.compute(d.map_blocks(lambda b: b, dtype=d.dtype).sum()).result()
+    stored = client.submit(lambda h: h.mip_level, a.mip(1)).result()
+    assert stored == 1
+    import pickle
+
+    mem = vb.create("precomputed://mem://cluster-mem", shape=(4, 4, 4), overwrite=True)
+    with pytest.raises(vb.errors.InvalidArgumentError, match="memory"):
+        pickle.dumps(mem)
+    assert out.mode == "r+" and pickle.loads(pickle.dumps(out)).mode == "r+"
+
+
 def test_downsample_in_worker_processes_equals_the_threaded_run(pyramid, monkeypatch):
     from concurrent.futures import Executor
 

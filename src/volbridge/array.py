@@ -9,13 +9,23 @@ returns (shape, bounds, resolution, chunk_shape) is in its axis order.
 from __future__ import annotations
 
 import numbers
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .engine import Volume
-from .errors import DTypeError, InvalidArgumentError, InvalidIndexError, ReadOnlyError, ShapeError, UnsupportedError
+from .engine.identity import metadata_digest, volume_url
+from .errors import (
+    DTypeError,
+    InvalidArgumentError,
+    InvalidIndexError,
+    ReadOnlyError,
+    ShapeError,
+    UnsupportedError,
+    VersionChangedError,
+)
 from .geometry import Box
 from .geometry.index import AxisSpec, IndexPlan, normalize_index
 
@@ -203,6 +213,9 @@ class VolumeArray:
         if plan.needs_stride:
             raise UnsupportedError("strided writes (a slice step other than 1) are not supported")
         box, ch = self._split(plan)
+        if hasattr(value, "__dask_graph__") and hasattr(value, "chunks"):
+            self._store_dask(plan, box, ch, value)
+            return
         value = self._checked_value(value)
         kept = tuple(a.length for a in plan.axes if not a.drop)
         try:
@@ -218,6 +231,26 @@ class VolumeArray:
         data = value.T if self.axis_order == "zyx" else value
         channels = slice(ch.start, ch.stop) if ch is not None else None
         self.volume.write(box, data, self._mip, channels)
+
+    def _store_dask(self, plan, box, ch, value) -> None:
+        """``self[selection] = dask_array``: each block written at its own absolute place (a
+        VolumeArray given to ``dask.array.store`` as a target gets dask's 0-based regions, which
+        on a volume whose bounds start elsewhere wrote every block shifted, a review found).
+        The selection's bounds, shape and dtype are checked before any block is computed."""
+        if value.dtype != self.dtype:
+            raise DTypeError(f"cannot write {value.dtype} data into a {self.dtype} volume ({self.url}); convert it first")
+        if any(a.drop for a in plan.axes):
+            raise UnsupportedError("a dask array is written into a box of slices (no integer index)")
+        want = tuple(a.length for a in plan.axes)
+        if tuple(value.shape) != want:
+            raise ShapeError(f"dask array of shape {tuple(value.shape)} cannot be written to a selection of shape {want} "
+                             f"({self.axis_order} order{', channel axis included' if self.has_channel_axis else ''})")
+        channels = slice(ch.start, ch.stop) if ch is not None else None
+        nch = (ch.stop - ch.start) if ch is not None else self.num_channels
+        self.volume.check_write(box, np.broadcast_to(np.zeros((), self.dtype), (*box.shape, nch)), self._mip, channels)
+        import dask.array as da
+
+        da.store(value, _ZeroBased(self, [a.start for a in plan.axes]), lock=False)
 
     def _checked_value(self, value: Any) -> np.ndarray:
         if isinstance(value, np.ndarray):
@@ -248,6 +281,16 @@ class VolumeArray:
                 raise DTypeError(f"{value!r} is not representable as {self.dtype} ({self.url})")
             return converted
         raise DTypeError(f"cannot write a {type(value).__name__}; give a numpy array of dtype {self.dtype} or a scalar")
+
+    def __reduce__(self):
+        """Pickled as its volume's URL (absolute, for a local path) and how it is viewed, so a
+        to_dask() array runs on a dask cluster (the stores' locks and pools cannot travel);
+        volumes kept in this process's memory cannot go."""
+        url = volume_url(self.volume)
+        if url.startswith("mem:") or "://mem:" in url or url == "ndarray":
+            raise InvalidArgumentError(f"{url} lives in the memory of this process: a handle on it cannot be sent to "
+                                       "another process (a dask cluster); keep the volume in a store the workers reach")
+        return _reopened, (url, self.mode, self._mip, self.axis_order, self.has_channel_axis, metadata_digest(self.volume))
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         out = self[...]
@@ -303,7 +346,9 @@ class VolumeArray:
         chunks = self._o(tuple(spatial_chunks))
         if self.has_channel_axis:
             chunks = ((self.num_channels,), *chunks) if self.axis_order == "zyx" else (*chunks, (self.num_channels,))
-        name = "volbridge-" + tokenize(self.url, self._mip, self.axis_order, self.has_channel_axis)
+        # a name of its own per call: the same URL later holds other voxels (a write, a volume
+        # made again), and dask would take the blocks of an earlier array of that name (review)
+        name = "volbridge-" + tokenize(self.url, self._mip, self.axis_order, self.has_channel_axis, uuid.uuid4().hex)
         return da.from_array(
             _ZeroBased(self), chunks=chunks, name=name, asarray=False, fancy=False, lock=False,
             meta=np.empty((0,) * self.ndim, dtype=self.dtype),
@@ -311,14 +356,15 @@ class VolumeArray:
 
 
 class _ZeroBased:
-    """Adapter giving dask 0-based indexing over a handle with absolute coordinates."""
+    """Adapter giving dask 0-based indexing over a handle with absolute coordinates: reads of a
+    scale (``to_dask``), or writes into a box starting at ``offsets`` (``self[box] = dask``)."""
 
-    def __init__(self, arr: VolumeArray):
+    def __init__(self, arr: VolumeArray, offsets: list[int] | None = None):
         self.arr = arr
         self.shape, self.dtype, self.ndim = arr.shape, arr.dtype, arr.ndim
-        self.offsets = [0 if a.is_channel else a.lo for a in arr._axes()]
+        self.offsets = offsets if offsets is not None else [0 if a.is_channel else a.lo for a in arr._axes()]
 
-    def __getitem__(self, index):
+    def _shift(self, index) -> tuple:
         index = index if isinstance(index, tuple) else (index,)
         shifted = []
         for item, off in zip(index, self.offsets):
@@ -328,4 +374,22 @@ class _ZeroBased:
                 shifted.append(slice(start, None if stop is None else stop + off, item.step))
             else:
                 shifted.append(item + off)
-        return self.arr[tuple(shifted)]
+        return tuple(shifted)
+
+    def __getitem__(self, index):
+        return self.arr[self._shift(index)]
+
+    def __setitem__(self, index, value) -> None:
+        self.arr[self._shift(index)] = value
+
+
+def _reopened(url: str, mode: str, mip: int, axis_order: str, channel_axis: bool, digest: str) -> VolumeArray:
+    """A handle unpickled in another process (a dask worker): the volume opened by its URL, and
+    refused if its layout is no longer the one the sender saw."""
+    from .api import array
+
+    arr = array(url, mip=mip, axis_order=axis_order, mode=mode)
+    if metadata_digest(arr.volume) != digest:
+        raise VersionChangedError(f"{url} changed since this handle was sent (its metadata differ); open it again")
+    arr.has_channel_axis = channel_axis
+    return arr

@@ -85,3 +85,34 @@ def document_instance(store, key: str, inner: str | None, stamp: bool, version_k
         return json.dumps(doc, indent=2).encode()
 
     return found(store.update(key, merge))
+
+
+def volume_url(volume) -> str:
+    """A URL that opens ``volume`` from any working directory: a local volume's absolute path
+    (given as a path, which is never unescaped: a ``file://`` URL of a name with ``%`` or ``#``
+    would open another volume), else the volume's own URL."""
+    directory = _local_directory(getattr(volume, "store", None))
+    fmt = getattr(volume, "format_name", None)
+    if directory is not None and fmt:
+        return f"{fmt}://{directory}"
+    return volume.url
+
+
+def _local_directory(store) -> str | None:
+    """The absolute directory of a store on this machine's file system (through cache tiers and
+    prefixes), or None."""
+    from ..kv.cache_tier import CacheTier
+    from ..kv.file import FileStore
+    from ..kv.prefixed import PrefixedStore
+
+    suffix = ""
+    while True:
+        if isinstance(store, FileStore):
+            return store._root + ("/" + suffix if suffix else "")
+        if isinstance(store, PrefixedStore):
+            suffix = store.prefix.rstrip("/") + ("/" + suffix if suffix else "")
+            store = store.base
+        elif isinstance(store, CacheTier):
+            store = store.backing
+        else:
+            return None

@@ -67,12 +67,18 @@ def append_beside(output: str, rec: dict) -> None:
     append_at(open_store(output), "provenance", None, rec)
 
 
+def _ours(rec: Any) -> bool:
+    """A record volbridge wrote: other tools' entries share CloudVolume's ``processing`` list
+    (CloudVolume's own have a ``method`` too, a string), are kept in the file, and left out."""
+    return isinstance(rec, dict) and isinstance(rec.get("method"), dict) and "service" in rec["method"]
+
+
 def read_beside(output: str) -> list[dict]:
     """The records :func:`append_beside` left in an output directory, oldest first."""
     from ..kv import open_store
 
     raw = open_store(output).get("provenance")
-    return [] if raw is None else [r for r in json.loads(raw).get("processing", []) if isinstance(r, dict) and "method" in r]
+    return [] if raw is None else [r for r in json.loads(raw).get("processing", []) if _ours(r)]
 
 
 def append_at(store, key: str, inner: str | None, rec: dict) -> None:
@@ -114,6 +120,6 @@ def read(source: Any) -> list[dict]:
         return []
     doc = json.loads(raw)
     if key == "provenance":
-        return [r for r in doc.get("processing", []) if isinstance(r, dict) and "method" in r]
+        return [r for r in doc.get("processing", []) if _ours(r)]
     attrs = doc.get(inner, {}) if inner else doc
-    return list(attrs.get(KEY, []))
+    return [r for r in attrs.get(KEY, []) if _ours(r)]

@@ -37,6 +37,11 @@ from .units import Journal, run_units, volume_ref, volume_url
 def _open_source(source: Any, mip: int) -> VolumeArray:
     from ..api import array
 
+    if isinstance(source, np.ndarray):  # (it failed with an AttributeError)
+        raise InvalidArgumentError("transfer copies from a volume (a URL or a VolumeArray); write an ndarray with "
+                                   "volbridge.create(destination, shape=..., dtype=...)[...] = array")
+    if not isinstance(source, (str, VolumeArray)):
+        raise InvalidArgumentError(f"transfer copies from a volume (a URL or a VolumeArray), not a {type(source).__name__}")
     arr = array(source) if isinstance(source, str) else source
     return arr.mip(mip) if mip else arr
 

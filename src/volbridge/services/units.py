@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 
-from ..engine.identity import metadata_digest
+from ..engine.identity import metadata_digest, volume_url
 from ..engine.parallel import cores, run_bounded
 from ..errors import InvalidArgumentError, URLError, VersionChangedError, VolbridgeError
 
@@ -52,37 +52,6 @@ def open_cached(url: str, mode: str, mip: int = 0, version: str = ""):
         raise VersionChangedError(f"{url} changed since the job started (its metadata differ from what the job "
                                   "was planned on); run the job again")
     return arr
-
-
-def _local_directory(store) -> str | None:
-    """The absolute directory of a store on this machine's file system (through cache tiers and
-    prefixes), or None."""
-    from ..kv.cache_tier import CacheTier
-    from ..kv.file import FileStore
-    from ..kv.prefixed import PrefixedStore
-
-    suffix = ""
-    while True:
-        if isinstance(store, FileStore):
-            return store._root + ("/" + suffix if suffix else "")
-        if isinstance(store, PrefixedStore):
-            suffix = store.prefix.rstrip("/") + ("/" + suffix if suffix else "")
-            store = store.base
-        elif isinstance(store, CacheTier):
-            store = store.backing
-        else:
-            return None
-
-
-def volume_url(volume) -> str:
-    """A URL that opens ``volume`` from any working directory: a local volume's absolute path
-    (given as a path, which is never unescaped: a ``file://`` URL of a name with ``%`` or ``#``
-    would open another volume), else the volume's own URL."""
-    directory = _local_directory(getattr(volume, "store", None))
-    fmt = getattr(volume, "format_name", None)
-    if directory is not None and fmt:
-        return f"{fmt}://{directory}"
-    return volume.url
 
 
 def volume_ref(volume) -> tuple[str, str]:
