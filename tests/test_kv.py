@@ -142,9 +142,20 @@ def test_file_store_locks_follow_a_symlinked_array_and_fall_back_from_a_read_onl
 
 def test_file_store_rejects_escaping_keys(tmp_path):
     s = FileStore(tmp_path)
-    for bad in ("../x", "/etc/passwd", "a//b", "a/./b"):
+    for bad in ("../x", "/etc/passwd", "a//b", "a/./b", "a\0b", ".vbtmp-x", "d/.vbtmp-y", ".volbridge-locks/00.lock"):
         with pytest.raises(URLError):
             s.get(bad)
+        with pytest.raises(URLError):
+            s.put(bad, b"x")
+
+
+def test_file_store_takes_names_as_long_as_the_file_system_does(tmp_path):
+    """(review) A name of 216-255 bytes could not be written: its temporary name passed the
+    255-byte limit. Names of many-byte characters too."""
+    s = FileStore(tmp_path)
+    for name in ("a" * 255, "é" * 127, "d/" + "x" * 250):
+        s.put(name, b"v")
+        assert s.get(name) == b"v" and name in set(s.list())
 
 
 def test_file_store_failed_write_leaves_old_value(tmp_path):

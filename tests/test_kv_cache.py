@@ -1544,3 +1544,88 @@ def test_metadata_written_through_a_cache_before_any_open_keeps_its_digest():
 
     assert out.stdout.strip() == str([("info", hashlib.sha256(b"{}").hexdigest()),
                                       ("s0/attributes.json", hashlib.sha256(b"[]").hexdigest())])
+
+
+def test_hits_of_a_process_that_never_closed_its_cache_count_for_lru(tmp_path):
+    """(review) Access times waited in memory for the next transaction, and a process that hit
+    an entry and exited without close() (every vb.array(url, cache=dir) script) lost them: the
+    next process evicted the entry just used as if least recently used."""
+    import subprocess
+    import sys
+    import textwrap
+
+    prog = textwrap.dedent(f"""
+        import sys
+        from volbridge.kv import DiskCache, FileStore
+        back = FileStore({str(tmp_path / 'back')!r})
+        c = DiskCache(back, {str(tmp_path / 'cache')!r}, 3000)
+        if sys.argv[1] == "1":
+            for i in range(4):
+                back.put(f"k{{i}}", bytes([i]) * 1000)
+            for i in range(3):
+                c.get(f"k{{i}}")
+            c.close()
+        elif sys.argv[1] == "2":
+            c.get("k0")  # a hit, then exit without close()
+        else:
+            c.get("k3")
+            print(sorted(k for k in ("k0", "k1", "k2", "k3") if c.cached([k])))
+    """)
+    out = [subprocess.run([sys.executable, "-c", prog, step], check=True, capture_output=True, text=True).stdout
+           for step in "123"]
+    assert out[2].strip() == "['k0', 'k2', 'k3']"
+
+
+def test_an_entry_left_by_a_killed_fill_goes_with_the_others(tmp_path):
+    """(review) A process killed between moving an entry in and committing its row left a file
+    no row names: reads served it, and clear()/invalidate() (a volume made again behind the
+    cache) kept it, so the old bytes were served for the new volume."""
+    back = FileStore(tmp_path / "back")
+    back.put("k", b"old")
+    c = DiskCache(back, tmp_path / "cache", 1 << 20)
+    assert c.get("k") == b"old"
+    orphan = c.entry_path("k")
+    c.close()
+    c = DiskCache(back, tmp_path / "cache", 1 << 20)
+    with c._tx() as db:  # the row gone, the file kept: what a kill before COMMIT leaves
+        db.execute("DELETE FROM entries")
+        db.execute("UPDATE meta SET value = 0 WHERE key IN ('bytes', 'count')")
+    back.put("k", b"new")
+    assert orphan.exists()
+    c.invalidate()
+    assert not orphan.exists() and c.get("k") == b"new"
+    c.close()
+
+
+def test_the_documented_cache_directory_opens_beside_volbridges_own(tmp_path):
+    """(review) README's cache="~/.cache/volbridge" was refused once a job had journaled there
+    (jobs/) or native kernels were built (native/): files that are not a cache's."""
+    root = tmp_path / "volbridge"
+    (root / "jobs").mkdir(parents=True)
+    (root / "jobs" / "x.journal").write_text("{}")
+    (root / "native").mkdir()
+    back = MemoryStore()
+    back.put("k", b"v")
+    c = DiskCache(back, root, 1 << 20)
+    assert c.get("k") == b"v"
+    c.clear()
+    c.close()
+    assert (root / "jobs" / "x.journal").exists()
+    (root / "mine.txt").write_text("a user's file")
+    with pytest.raises(StoreError, match="not a volbridge cache"):
+        DiskCache(back, root, 1 << 20)
+
+
+def test_anonymous_memory_stores_never_share_an_identity(tmp_path):
+    """(review) An anonymous MemoryStore was named by id(), which a new store reuses once the
+    old one is freed, and a disk cache then served the freed store's value for the new one."""
+    seen = set()
+    for i in range(50):
+        s = MemoryStore()
+        assert s.identity not in seen
+        seen.add(s.identity)
+        c = DiskCache(s, tmp_path / "c", 1 << 20)
+        s.put("k", str(i).encode())
+        assert c.get("k") == str(i).encode()
+        c.close()
+        del s, c

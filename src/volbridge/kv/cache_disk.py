@@ -170,6 +170,17 @@ class _Handles:
         self.inherited: list[sqlite3.Connection] = []
         self.init_fd = -1
         self.open_fd = -1
+        #: Access times not yet in the index (entry name -> time): here, not on the cache, so a
+        #: handle never closed still writes them when collected or at exit (a process that hit
+        #: an entry and exited lost the hits, and a restart evicted that entry first).
+        self.touches: dict[str, int] = {}
+        self.touch_lock = threading.Lock()
+
+    def take_touches(self) -> dict[str, int]:
+        with self.touch_lock:
+            touches = dict(self.touches)
+            self.touches.clear()
+        return touches
 
     def close(self, graceful: bool = True, wait: bool = True) -> None:
         """Unregister this opener and release everything. ``graceful=False`` leaves the
@@ -192,6 +203,9 @@ class _Handles:
                     last = False
                 try:
                     self.db.execute("BEGIN IMMEDIATE")
+                    touches = self.take_touches()
+                    if touches:
+                        self.db.executemany("UPDATE entries SET atime = ? WHERE name = ?", [(t, n) for n, t in touches.items()])
                     self.db.execute("UPDATE meta SET value = value - 1 WHERE key = 'opens'")
                     if last:
                         # Clean only if every opener since the last reconcile closed like this
@@ -241,11 +255,11 @@ class DiskCache(CacheTier):
         # entries are named by what they hold, not by the handle that fetched them
         self._prefix = backing.identity.rstrip("/") + "/"
         self._db_lock = threading.Lock()  # one index connection per process, one user at a time
-        self._touch_lock = threading.Lock()
-        self._touches: dict[str, int] = {}  # entry name -> access time, not yet in the index
         self._touched_at = time.monotonic()
         self._clock_last = 0
         self._handles = _Handles(self._dir)
+        self._touch_lock = self._handles.touch_lock
+        self._touches = self._handles.touches  # entry name -> access time, not yet in the index
         self._finalizer = weakref.finalize(self, self._handles.close, True, False)
         self._open()
 
@@ -503,9 +517,8 @@ class DiskCache(CacheTier):
                 log.warning("cache %s: could not record access times: %s", self._dir, e)
 
     def _flush_touches_locked(self, db: sqlite3.Connection) -> None:
-        with self._touch_lock:
-            touches, self._touches = self._touches, {}
-            self._touched_at = time.monotonic()
+        touches = self._handles.take_touches()
+        self._touched_at = time.monotonic()
         if touches:
             db.executemany("UPDATE entries SET atime = ? WHERE name = ?", [(t, n) for n, t in touches.items()])
 
@@ -757,9 +770,21 @@ class DiskCache(CacheTier):
             self._clear(db)
 
     def _clear(self, db) -> None:
+        """Every entry file goes, listed or not: a process killed between moving an entry in
+        and committing its row left a file no row names, which reads still served (stale, after
+        the volume it came from was made again: a review found). Installs happen inside the
+        index's write lock, held here, so no entry is half made meanwhile."""
         tally = _Tally(db)
         for (name,) in db.execute("SELECT name FROM entries").fetchall():
             _unlink(self._path(name))
+        try:
+            subdirs = [d for d in os.scandir(self._entries_dir) if d.is_dir(follow_symlinks=False) and _ENTRY_DIR.fullmatch(d.name)]
+        except FileNotFoundError:
+            subdirs = []
+        for sub in subdirs:
+            for f in os.scandir(sub.path):
+                if f.is_file(follow_symlinks=False) and _ENTRY_NAME.fullmatch(sub.name + f.name):
+                    _unlink(f.path)
         db.execute("DELETE FROM entries")
         tally.bytes = tally.count = 0
         tally.save(db)
@@ -786,9 +811,11 @@ class DiskCache(CacheTier):
         return f"DiskCache({self.backing!r}, {self._dir!r}, max_bytes={self.max_bytes})"
 
 
-#: What a cache directory holds at its top (the index with SQLite's WAL and journal files).
+#: What a cache directory holds at its top (the index with SQLite's WAL and journal files), and
+#: what volbridge itself keeps in ~/.cache/volbridge beside a cache made there (jobs' journals,
+#: native kernels), which a cache never touches.
 _OWN_NAMES = frozenset({"entries", "tmp", "init.lock", "open.lock", "index.sqlite3", "index.sqlite3-wal",
-                        "index.sqlite3-shm", "index.sqlite3-journal"})
+                        "index.sqlite3-shm", "index.sqlite3-journal", "jobs", "native"})
 _ENTRY_DIR = re.compile(r"[0-9a-f]{2}")
 _ENTRY_NAME = re.compile(r"[0-9a-f]{40}")  # _entry_name's digest
 _TMP_NAME = re.compile(r"[0-9a-f]{40}\.\d+\.[0-9a-f]{8}\.[0-9a-f]+\.\d+")  # an entry name, then _tmp_suffix()

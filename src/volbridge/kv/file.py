@@ -95,8 +95,11 @@ class FileStore(KVStore):
         return self._identity
 
     def _path(self, key: str) -> str:
-        if not key or key[0] == "/" or key[-1] == "/" or "//" in key or ("." in key and _has_dot_part(key)):
+        if not key or key[0] == "/" or key[-1] == "/" or "//" in key or ("." in key and _has_dot_part(key)) or "\0" in key:
             raise URLError(f"invalid key {key!r} for {self.url}: keys are relative '/'-paths")
+        if ".v" in key and _reserved(key):  # (written, they were then hidden from list())
+            raise URLError(f"invalid key {key!r} for {self.url}: names starting {_TMP_MARK!r} and {LOCK_DIR!r} "
+                           "are the store's own (temporary files, locks)")
         return self._root + "/" + key if os.sep == "/" else os.path.join(self._root, *key.split("/"))
 
     # -- reading ------------------------------------------------------------------------------
@@ -110,6 +113,8 @@ class FileStore(KVStore):
         except StoreError:
             raise
         except OSError as e:
+            if e.errno == errno.ENAMETOOLONG:  # no such file can exist (a long name's '.gz' copy)
+                return None
             raise StoreError(f"cannot read {key!r} from {self.url}: {e}") from e
         self.stats.add(requests=1, bytes_read=len(data))
         return data
@@ -281,7 +286,9 @@ class FileStore(KVStore):
 
     def _write_file(self, path: str, key: str, value: bytes) -> None:
         head, name = os.path.split(path)
-        tmp = os.path.join(head, f"{_TMP_MARK}{name}.{_tmp_suffix()}")
+        # the name cut short: with the mark and suffix, a long one passed the 255-byte limit
+        short = name if len(name) <= 24 else name.encode()[:96].decode(errors="ignore")
+        tmp = os.path.join(head, f"{_TMP_MARK}{short}.{_tmp_suffix()}")
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY
         try:
             try:
@@ -320,7 +327,8 @@ class FileStore(KVStore):
             except (FileNotFoundError, NotADirectoryError):
                 pass
             except OSError as e:
-                raise StoreError(f"cannot delete {p!r} in {self.url}: {e}") from e
+                if e.errno != errno.ENAMETOOLONG:  # (no such file can exist)
+                    raise StoreError(f"cannot delete {p!r} in {self.url}: {e}") from e
 
     def delete(self, key: str) -> None:
         path = self._path(key)
@@ -412,6 +420,10 @@ class FileStore(KVStore):
             return new
         finally:
             os.close(fd)  # closing the descriptor releases the lock
+
+
+def _reserved(key: str) -> bool:
+    return any(part.startswith(_TMP_MARK) or part == LOCK_DIR for part in key.split("/"))
 
 
 def _has_dot_part(key: str) -> bool:

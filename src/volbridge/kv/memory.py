@@ -7,6 +7,7 @@ space for tests and for volumes that never need to touch disk.
 from __future__ import annotations
 
 import threading
+import uuid
 from typing import Iterable, Iterator
 
 from .base import KVStore, ObjectStat, StoreStats, Updater
@@ -17,7 +18,9 @@ _named_lock = threading.Lock()
 
 class MemoryStore(KVStore):
     def __init__(self, name: str | None = None):
-        self.name = name or f"anon-{id(self):x}"
+        # unique for good: id() is reused once a store is freed, and a disk cache keyed by the
+        # name then served a freed store's values for the new one (a review found)
+        self.name = name or f"anon-{uuid.uuid4().hex}"
         self.url = f"mem://{self.name}"
         self.stats = StoreStats()
         self._data: dict[str, bytes] = {}
