@@ -188,8 +188,9 @@ def test_downsample_runs_on_the_server(managed):
 
 
 def test_token_and_host_come_from_intern_settings(tmp_path, monkeypatch):
-    """intern's settings: INTERN_* variables, else ~/.intern/intern.cfg; the configured token is
-    sent only to the configured host, never to another server named in the URL."""
+    """intern's settings, as intern reads them: ~/.intern/intern.cfg's [Volume Service], else its
+    [Default], else (no file) the INTERN_* variables; the configured token is sent only to the
+    configured host, never to another server named in the URL."""
     from volbridge.remotes.bossdb import parse_url
 
     for k in ("INTERN_PROTOCOL", "INTERN_HOST", "INTERN_TOKEN", "INTERN_CONFIG"):
@@ -205,7 +206,16 @@ def test_token_and_host_come_from_intern_settings(tmp_path, monkeypatch):
     monkeypatch.setenv("INTERN_PROTOCOL", "https")
     monkeypatch.setenv("INTERN_HOST", "env-host")
     monkeypatch.setenv("INTERN_TOKEN", "from-env")
+    # (review) a config file wins over the variables, and its [Volume Service] over [Default], as in intern
+    assert parse_url("bossdb://c/e/ch") == ("http://lab:8080/v1", "from-file", ("c", "e", "ch"))
+    (tmp_path / ".intern" / "intern.cfg").write_text(
+        "[Default]\nprotocol = https\nhost = api.bossdb.io\ntoken = public\n"
+        "[Volume Service]\nprotocol = http\nhost = relay:8000\ntoken = vol\n")
+    assert parse_url("bossdb://c/e/ch") == ("http://relay:8000/v1", "vol", ("c", "e", "ch"))
+    (tmp_path / ".intern" / "intern.cfg").unlink()
     assert parse_url("bossdb://c/e/ch") == ("https://env-host/v1", "from-env", ("c", "e", "ch"))
+    monkeypatch.delenv("INTERN_HOST")  # all three or none
+    assert parse_url("bossdb://c/e/ch") == ("https://api.bossdb.io/v1", "public", ("c", "e", "ch"))
     with pytest.raises(URLError, match="collection/experiment/channel"):
         parse_url("bossdb://c/e")
 

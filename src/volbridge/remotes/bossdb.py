@@ -1,8 +1,9 @@
 """BossDB, or any server that speaks its REST dialect (a volbridge relay too), as a Volume.
 
-``bossdb://collection/experiment/channel`` uses the host of intern's settings (``INTERN_PROTOCOL``,
-``INTERN_HOST``, ``INTERN_TOKEN``, else ``~/.intern/intern.cfg``, else https://api.bossdb.io with
-the anonymous token ``public``). ``bossdb://https://host:port/collection/experiment/channel`` names
+``bossdb://collection/experiment/channel`` uses the host of intern's settings, read as intern
+reads them (``~/.intern/intern.cfg``'s [Volume Service], else its [Default]; without the file, the
+``INTERN_PROTOCOL``, ``INTERN_HOST`` and ``INTERN_TOKEN`` variables), else https://api.bossdb.io with
+the anonymous token ``public``. ``bossdb://https://host:port/collection/experiment/channel`` names
 the server; intern's configured token is sent there only when it is the configured host, so a token
 never leaks to another server (pass ``token=`` for that).
 
@@ -52,18 +53,25 @@ UNIT_NM = {"nanometers": 1.0, "micrometers": 1e3, "millimeters": 1e6, "centimete
 
 
 def intern_settings() -> dict:
-    """intern's own settings: its environment variables, else its config file's [Default]."""
-    env = {k: os.environ.get(f"INTERN_{k.upper()}") for k in ("protocol", "host", "token")}
-    if all(env.values()):
-        return env
+    """intern's own settings, as intern reads them for cutouts: its config file's [Volume
+    Service] section, else its [Default]; without a config file, the INTERN_PROTOCOL, _HOST and
+    _TOKEN variables (all three, or none). (The variables had overridden the file, and the
+    service sections were not read: the same config sent intern and volbridge to two servers.)"""
+    keys = ("protocol", "host", "token")
     path = os.path.expanduser(os.environ.get("INTERN_CONFIG", "~/.intern/intern.cfg"))
     cfg = configparser.ConfigParser()
     try:
-        cfg.read(path)
+        found = cfg.read(path)
     except configparser.Error as e:
         raise URLError(f"cannot parse intern's config {path}: {e}") from e
-    section = dict(cfg["Default"]) if cfg.has_section("Default") else {}
-    return {k: env.get(k) or section.get(k) for k in ("protocol", "host", "token")}
+    if not found:
+        env = {k: os.environ.get(f"INTERN_{k.upper()}") for k in keys}
+        return env if all(env.values()) else {k: None for k in keys}
+    for name in ("Volume Service", "Default"):
+        if cfg.has_section(name):
+            section = dict(cfg[name])
+            return {k: section.get(k) for k in keys}
+    return {k: None for k in keys}
 
 
 def _server(rest: str, token: str | None) -> tuple[str, str, str]:
