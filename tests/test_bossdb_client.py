@@ -187,6 +187,70 @@ def test_downsample_runs_on_the_server(managed):
     assert v.volume.downsample_status()["status"] == "NOT_DOWNSAMPLED"  # a write at res 0, as BossDB
 
 
+def test_redirects_are_followed_and_the_token_stays_with_its_host(start_relay, relay_volumes):
+    """(review) A server that redirects (http to https, a moved host) was an error, where intern
+    follows it. As intern does, the token is not sent on to another host or port."""
+    import http.server
+    import threading
+
+    managed = start_relay({"sources": {"cfg/em/seg": {"url": f"precomputed://{relay_volumes['seg_path']}", "public": True}}})
+    seen = []
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(301)
+            self.send_header("Location", managed.url + self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        moved = f"http://127.0.0.1:{httpd.server_address[1]}"
+        want = vb.array(f"bossdb://{managed.url}/cfg/em/seg", token=TOKEN)
+        got = vb.array(f"bossdb://{moved}/cfg/em/seg", token=TOKEN)
+        assert got.bounds == want.bounds and seen and all(h == f"Token {TOKEN}" for h in seen)
+        assert got.scales == want.scales
+        np.testing.assert_array_equal(got[0:4, 0:40, 0:50], want[0:4, 0:40, 0:50])
+    finally:
+        httpd.shutdown()
+    from volbridge.remotes.http_client import HTTPClient
+
+    class Echo(http.server.BaseHTTPRequestHandler):  # another host (localhost, not 127.0.0.1): no token
+        def do_GET(self):
+            body = (self.headers.get("Authorization") or "none").encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    echo = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=echo.serve_forever, daemon=True).start()
+
+    class Elsewhere(Redirect):
+        def do_GET(self):
+            self.send_response(302)
+            self.send_header("Location", f"http://localhost:{echo.server_address[1]}/x")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    hop = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Elsewhere)
+    threading.Thread(target=hop.serve_forever, daemon=True).start()
+    try:
+        client = HTTPClient(f"http://127.0.0.1:{hop.server_address[1]}", {"Authorization": f"Token {TOKEN}"})
+        assert client.request("GET", "v1/anything") == b"none"
+    finally:
+        hop.shutdown()
+        echo.shutdown()
+
+
 def test_token_and_host_come_from_intern_settings(tmp_path, monkeypatch):
     """intern's settings, as intern reads them: ~/.intern/intern.cfg's [Volume Service], else its
     [Default], else (no file) the INTERN_* variables; the configured token is sent only to the

@@ -64,9 +64,16 @@ class HTTPClient:
                 self.policy.sleep(attempt - 1)
             self.requests += 1
             try:
-                r = self.http.request(method, url, body=body, headers=hdrs, preload_content=True, decode_content=True)
+                # redirects followed as intern (requests) follows them: http to https, a moved
+                # server; Authorization is dropped when one leads to another host (urllib3's rule)
+                r = self.http.request(method, url, body=body, headers=hdrs, preload_content=True, decode_content=True,
+                                      retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=10))
             except urllib3.exceptions.TimeoutError as e:
                 last = StoreTimeoutError(f"{method} {url} timed out after {attempt} attempt(s): {e}")
+                continue
+            except urllib3.exceptions.MaxRetryError as e:  # (the error of the one attempt, or too many redirects)
+                kind = StoreTimeoutError if isinstance(e.reason, urllib3.exceptions.TimeoutError) else StoreError
+                last = kind(f"{method} {url} failed after {attempt} attempt(s): {e.reason}")
                 continue
             except urllib3.exceptions.HTTPError as e:  # refused, reset, truncated body
                 last = StoreError(f"{method} {url} failed after {attempt} attempt(s): {e}")
