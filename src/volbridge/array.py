@@ -263,9 +263,9 @@ class VolumeArray:
                 try:
                     value = float(value)
                 except OverflowError:
-                    raise DTypeError(f"{value!r} is not representable as {self.dtype} ({self.url})") from None
+                    raise DTypeError(f"{_shown(value)} is not representable as {self.dtype} ({self.url})") from None
             else:
-                raise DTypeError(f"{value!r} is not representable as {self.dtype} ({self.url})")
+                raise DTypeError(f"{_shown(value)} is not representable as {self.dtype} ({self.url})")
         if isinstance(value, (numbers.Number, np.generic)):
             arr = np.asarray(value)
             if arr.dtype == self.dtype:
@@ -278,7 +278,7 @@ class VolumeArray:
             else:  # integers and bool: the exact value must survive
                 ok = converted is not None and arr.dtype.kind in "biu" and bool(converted == arr)
             if not ok:
-                raise DTypeError(f"{value!r} is not representable as {self.dtype} ({self.url})")
+                raise DTypeError(f"{_shown(value)} is not representable as {self.dtype} ({self.url})")
             return converted
         raise DTypeError(f"cannot write a {type(value).__name__}; give a numpy array of dtype {self.dtype} or a scalar")
 
@@ -353,6 +353,12 @@ class VolumeArray:
             _ZeroBased(self), chunks=chunks, name=name, asarray=False, fancy=False, lock=False,
             meta=np.empty((0,) * self.ndim, dtype=self.dtype),
         )
+
+
+def _shown(value) -> str:
+    """A value for a message: a 400-digit int is shown by its size."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:12]}...({len(text)} digits)"
 
 
 class _ZeroBased:
