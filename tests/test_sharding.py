@@ -232,6 +232,27 @@ def _random_box(draw, start, stop):
     return lo, hi
 
 
+def test_a_sharded_pyramid_grows_sharded_scales(tmp_path):
+    """(review) downsample(num_mips=...) of a sharded precomputed volume added unsharded scales:
+    a large dataset's coarse scales as millions of small files. New scales now carry the last
+    scale's shard shape (identity hash, spatial blocks), and tensorstore reads them as written."""
+    from volbridge.services import downsample
+
+    a = vb.create(f"precomputed://{tmp_path / 'v'}", bounds=((-3, 5, -40), (61, 200, 300)), dtype="uint8",
+                  chunk_shape=(16, 32, 32), shard_shape=(64, 128, 128), compression="gzip")
+    a[...] = np.random.default_rng(0).integers(0, 255, a.shape, dtype=np.uint8)
+    downsample(vb.array(str(tmp_path / "v"), mode="r+"), num_mips=3, factor=(2, 2, 2))
+    scales = json.loads((tmp_path / "v" / "info").read_text())["scales"]
+    assert all(s.get("sharding", {}).get("hash") == "identity" for s in scales)
+    assert scales[1]["sharding"]["preshift_bits"] + scales[1]["sharding"]["minishard_bits"] == 6  # 4 x 4 x 4 chunks a shard
+    v = vb.array(str(tmp_path / "v"))
+    for m in range(1, 4):
+        t = ts.open({"driver": "neuroglancer_precomputed", "kvstore": f"file://{tmp_path / 'v'}", "scale_index": m}).result()
+        np.testing.assert_array_equal(np.asarray(t.read().result())[..., 0].T, v.mip(m)[...])
+    files = [p for p in (tmp_path / "v" / scales[1]["key"]).iterdir()]
+    assert files and all(p.suffix == ".shard" for p in files)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(spec=precomputed_sharded(), data=st.data())
 def test_precomputed_random_sharding_specs(tmp_path_factory, spec, data):

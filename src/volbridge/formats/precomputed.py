@@ -257,6 +257,20 @@ def sharding_for(size: Sequence[int], chunk_shape: Sequence[int], shard_shape: S
             "minishard_index_encoding": "gzip", "data_encoding": data_encoding}
 
 
+def _shard_shape_of(spec: dict, size: Sequence[int], chunk_shape: Sequence[int]) -> list[int] | None:
+    """The shard shape (voxels, x y z) of a scale sharded as :func:`sharding_for` lays shards out
+    (identity hash, shards aligned blocks of chunk_shape * 2**b), or None for any other spec
+    (a hashed one has no spatial shape to carry on)."""
+    if spec.get("hash") != "identity":
+        return None
+    low = spec.get("preshift_bits", 0) + spec.get("minishard_bits", 0)
+    grid_bits = [max(0, math.ceil(math.log2(math.ceil(n / c)))) for n, c in zip(size, chunk_shape)]
+    for b in range(0, 33):
+        if sum(min(b, g) for g in grid_bits) == low:
+            return [c * 2**b for c in chunk_shape]
+    return None
+
+
 def _codec_for(encoding, dtype, num_channels, block_size, jpeg_quality, png_level=None) -> ChunkCodec:
     if encoding == "raw":
         return RawCodec()
@@ -400,6 +414,11 @@ class PrecomputedDataset(ChunkedDataset):
         res = [int(r) if float(r).is_integer() else float(r) for r in res]
         new = {k: v for k, v in last.raw.items() if k not in ("key", "size", "voxel_offset", "resolution", "sharding")}
         new.update(key=scale_key(res), size=[b - a for a, b in zip(start, stop)], voxel_offset=start, resolution=res)
+        spec = last.raw.get("sharding")
+        shard = _shard_shape_of(spec, last.size, last.chunk_size) if spec else None
+        if shard is not None:  # sharded as the last scale (a sharded pyramid grew unsharded scales of small files)
+            new["sharding"] = {**sharding_for(new["size"], last.chunk_size, shard, data_encoding=spec.get("data_encoding", "raw")),
+                               "minishard_index_encoding": spec.get("minishard_index_encoding", "raw")}
         if any(s.key == new["key"] for s in self.info["scales"]):
             raise MetadataError(f"a scale with key {new['key']!r} exists already")
         mine = [sc.key for sc in self.info["scales"]]
