@@ -402,9 +402,12 @@ class FileStore(KVStore):
             except OSError as e:
                 if not (isinstance(e, PermissionError) or e.errno == errno.EROFS):
                     raise
-                # a group above that this user cannot write (a shared image, one's own labels
-                # array in it): the root's own lock, which writers who share the top do not see
-                fd = self._open_lock(key, at_root=True)
+                try:  # a lock file another user made there: flock needs no write access to it
+                    fd = os.open(self._lock_path(key), os.O_RDONLY)
+                except OSError:
+                    # none, and a top this user cannot write (a shared image, one's own labels
+                    # array in it): the root's own lock, which writers through the top do not see
+                    fd = self._open_lock(key, at_root=True)
         except OSError as e:
             raise StoreError(f"cannot lock {key!r} in {self.url}: {e}") from e
         try:
