@@ -132,6 +132,27 @@ def test_dask_arrays_see_writes_and_write_back_at_their_place(tmp_path):
     np.testing.assert_array_equal(v[...], want)  # nothing written by the refused ones
 
 
+def test_a_pickled_handle_keeps_its_cache_and_a_copy_shares_its_volume(tmp_path):
+    """(review) A handle pickled for a dask worker reopened without its cache= tier, so a write
+    there left the writer's disk cache stale; copy.copy of a memory volume's handle raised."""
+    import copy
+    import pickle
+
+    a = vb.create(f"precomputed://{tmp_path / 'v'}", shape=(8, 32, 32), dtype="uint8", chunk_shape=(8, 16, 16))
+    a[...] = 1
+    for cache in (str(tmp_path / "cache"), 2**20):
+        h = vb.array(str(tmp_path / "v"), mode="r+", cache=cache)
+        assert (h[...] == 1).all()
+        w = pickle.loads(pickle.dumps(h))
+        assert type(w.volume.store) is type(h.volume.store)
+        w[...] = 7
+        assert (h[...] == 7).all()
+        w[...] = 1
+    m = vb.create("precomputed://mem://copied", shape=(4, 4, 4), overwrite=True)
+    for c in (copy.copy(m), copy.deepcopy(m)):
+        assert c.volume is m.volume and c.shape == m.shape
+
+
 def test_bigarrays_layout(tmp_path):
     """BigArrays.jl: gzip bytes under 'raw', double hyphens for negative keys, no resolution field."""
     root = tmp_path / "ba"

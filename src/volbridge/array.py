@@ -8,6 +8,7 @@ returns (shape, bounds, resolution, chunk_shape) is in its axis order.
 
 from __future__ import annotations
 
+import functools
 import numbers
 import uuid
 from dataclasses import dataclass
@@ -283,14 +284,22 @@ class VolumeArray:
         raise DTypeError(f"cannot write a {type(value).__name__}; give a numpy array of dtype {self.dtype} or a scalar")
 
     def __reduce__(self):
-        """Pickled as its volume's URL (absolute, for a local path) and how it is viewed, so a
-        to_dask() array runs on a dask cluster (the stores' locks and pools cannot travel);
-        volumes kept in this process's memory cannot go."""
+        """Pickled as its volume's URL (absolute, for a local path), how it is viewed, its cache
+        tier and a server's token, so a to_dask() array runs on a dask cluster (the stores' locks
+        and pools cannot travel) and writes there keep the cache current; volumes kept in this
+        process's memory cannot go. (copy.copy shares the volume instead.)"""
         url = volume_url(self.volume)
         if url.startswith("mem:") or "://mem:" in url or url == "ndarray":
             raise InvalidArgumentError(f"{url} lives in the memory of this process: a handle on it cannot be sent to "
                                        "another process (a dask cluster); keep the volume in a store the workers reach")
-        return _reopened, (url, self.mode, self._mip, self.axis_order, self.has_channel_axis, metadata_digest(self.volume))
+        return _reopened, (url, self.mode, self._mip, self.axis_order, self.has_channel_axis, metadata_digest(self.volume),
+                           getattr(self.volume, "token", None), _cache_spec(getattr(self.volume, "store", None)))
+
+    def __copy__(self) -> "VolumeArray":
+        return VolumeArray(self.volume, self._mip, self.axis_order, self.mode, self.has_channel_axis)
+
+    def __deepcopy__(self, memo) -> "VolumeArray":
+        return self.__copy__()  # a handle's state is its volume's, which a copy shares
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         out = self[...]
@@ -389,12 +398,25 @@ class _ZeroBased:
         self.arr[self._shift(index)] = value
 
 
-def _reopened(url: str, mode: str, mip: int, axis_order: str, channel_axis: bool, digest: str) -> VolumeArray:
+def _cache_spec(store):
+    """What ``cache=`` makes the cache tier over ``store`` again in another process (None: no
+    tier, or one of the caller's own making)."""
+    from .kv import DiskCache, MemoryCache
+
+    if isinstance(store, DiskCache):
+        return functools.partial(DiskCache, directory=str(store.directory), max_bytes=store.max_bytes)
+    if isinstance(store, MemoryCache):
+        return store.max_bytes
+    return None
+
+
+def _reopened(url: str, mode: str, mip: int, axis_order: str, channel_axis: bool, digest: str,
+              token: str | None = None, cache=None) -> VolumeArray:
     """A handle unpickled in another process (a dask worker): the volume opened by its URL, and
     refused if its layout is no longer the one the sender saw."""
     from .api import array
 
-    arr = array(url, mip=mip, axis_order=axis_order, mode=mode)
+    arr = array(url, mip=mip, axis_order=axis_order, mode=mode, token=token, cache=cache)
     if metadata_digest(arr.volume) != digest:
         raise VersionChangedError(f"{url} changed since this handle was sent (its metadata differ); open it again")
     arr.has_channel_axis = channel_axis

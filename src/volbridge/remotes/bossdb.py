@@ -133,6 +133,7 @@ class BossVolume(Volume):
         self.url = url
         base, token, (c, e, ch) = parse_url(url, token)
         self.collection, self.experiment, self.channel = c, e, ch
+        self.token = token  # (a handle pickled for a cluster worker reopens with it)
         self.client = client or HTTPClient(base, {"Authorization": f"Token {token}"}, concurrency=CONCURRENCY)
         # BossDB builds pyramids itself: the downsample service asks it to (when writable).
         self.capabilities = frozenset({"write", "native_downsample"} if writable else ())

@@ -49,7 +49,7 @@ class DVIDVolume(Volume):
     def __init__(self, url: str, writable: bool = False, token: str | None = None):
         self.url = url
         server, spec, self.instance = parse_url(url)
-        self._token = token
+        self._token = self.token = token
         headers = {"Authorization": f"Token {token}"} if token else {}
         self.client = HTTPClient(f"{server}/api", headers, concurrency=CONCURRENCY)
         self.uuid = self._resolve(spec)

@@ -10,6 +10,7 @@ InvalidArgumentError carrying the server's own message. Nothing turns into an em
 from __future__ import annotations
 
 import json as _json
+from urllib.parse import urljoin, urlsplit
 
 from ..errors import (
     AuthError,
@@ -28,6 +29,22 @@ def server_message(data: bytes) -> str:
         return str(_json.loads(data).get("message", ""))
     except (ValueError, AttributeError):  # not JSON, or JSON without a message
         return data[:200].decode("utf-8", "replace").strip()
+
+
+#: Redirects one request follows (requests' own limit is 30; a loop fails sooner).
+MAX_REDIRECTS = 10
+
+
+def _keeps_credentials(old: str, new: str) -> bool:
+    """Whether a redirect from ``old`` to ``new`` may carry the token: the same host and port,
+    or http to https on the default ports (requests' rule, which intern follows)."""
+    a, b = urlsplit(old), urlsplit(new)
+    if a.hostname != b.hostname:
+        return False
+    if a.scheme == "http" and b.scheme == "https" and a.port in (None, 80) and b.port in (None, 443):
+        return True
+    return a.scheme == b.scheme and (a.port or {"http": 80, "https": 443}.get(a.scheme)) == (
+        b.port or {"http": 80, "https": 443}.get(b.scheme))
 
 
 class HTTPClient:
@@ -64,16 +81,9 @@ class HTTPClient:
                 self.policy.sleep(attempt - 1)
             self.requests += 1
             try:
-                # redirects followed as intern (requests) follows them: http to https, a moved
-                # server; Authorization is dropped when one leads to another host (urllib3's rule)
-                r = self.http.request(method, url, body=body, headers=hdrs, preload_content=True, decode_content=True,
-                                      retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=10))
+                r = self._follow(method, url, body, hdrs)
             except urllib3.exceptions.TimeoutError as e:
                 last = StoreTimeoutError(f"{method} {url} timed out after {attempt} attempt(s): {e}")
-                continue
-            except urllib3.exceptions.MaxRetryError as e:  # (the error of the one attempt, or too many redirects)
-                kind = StoreTimeoutError if isinstance(e.reason, urllib3.exceptions.TimeoutError) else StoreError
-                last = kind(f"{method} {url} failed after {attempt} attempt(s): {e.reason}")
                 continue
             except urllib3.exceptions.HTTPError as e:  # refused, reset, truncated body
                 last = StoreError(f"{method} {url} failed after {attempt} attempt(s): {e}")
@@ -92,6 +102,25 @@ class HTTPClient:
             raise InvalidArgumentError(f"{method} {url}: HTTP {r.status}: {message}")
         assert last is not None
         raise last
+
+    def _follow(self, method: str, url: str, body, hdrs: dict):
+        """One request, its redirects followed as intern's (requests') are: up to
+        :data:`MAX_REDIRECTS`; a 303, and a 301/302 of a POST, become a GET without the body; the
+        token goes along to the same host (and from http to https on the default ports) and to no
+        other. Too many is an error at once, not retried."""
+        for _ in range(MAX_REDIRECTS + 1):
+            r = self.http.request(method, url, body=body, headers=hdrs, preload_content=True, decode_content=True,
+                                  redirect=False)
+            target = r.headers.get("Location") if r.status in (301, 302, 303, 307, 308) else None
+            if not target:
+                return r
+            new = urljoin(url, target)
+            if r.status == 303 or (r.status in (301, 302) and method == "POST"):
+                method, body = "GET", None
+            if not _keeps_credentials(url, new):
+                hdrs = {k: v for k, v in hdrs.items() if k.lower() not in ("authorization", "cookie")}
+            url = new
+        raise URLError(f"{url}: more than {MAX_REDIRECTS} redirects (a loop?)")
 
     def json(self, path: str, what: str = "", *, method: str = "GET", body=None, ok=(200,)):
         data = self.request(method, path, headers={"Accept": "application/json"},
