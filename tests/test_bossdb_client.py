@@ -310,6 +310,9 @@ def test_token_and_host_come_from_intern_settings(tmp_path, monkeypatch):
         "[Default]\nprotocol = https\nhost = api.bossdb.io\ntoken = public\n"
         "[Volume Service]\nprotocol = http\nhost = relay:8000\ntoken = vol\n")
     assert parse_url("bossdb://c/e/ch") == ("http://relay:8000/v1", "vol", ("c", "e", "ch"))
+    (tmp_path / ".intern" / "intern.cfg").write_text("[Project Service]\nprotocol = http\nhost = x\ntoken = t\n")
+    with pytest.raises(URLError, match="neither"):
+        parse_url("bossdb://c/e/ch")
     (tmp_path / ".intern" / "intern.cfg").unlink()
     assert parse_url("bossdb://c/e/ch") == ("https://env-host/v1", "from-env", ("c", "e", "ch"))
     monkeypatch.delenv("INTERN_HOST")  # all three or none

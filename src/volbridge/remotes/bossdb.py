@@ -71,7 +71,8 @@ def intern_settings() -> dict:
         if cfg.has_section(name):
             section = dict(cfg[name])
             return {k: section.get(k) for k in keys}
-    return {k: None for k in keys}
+    # (intern refuses such a file too, rather than going to api.bossdb.io as 'public')
+    raise URLError(f"intern's config {path} has neither a [Volume Service] nor a [Default] section")
 
 
 def _server(rest: str, token: str | None) -> tuple[str, str, str]:
