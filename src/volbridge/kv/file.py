@@ -86,6 +86,7 @@ class FileStore(KVStore):
         self.url = "file://" + self._root
         # symlinks and '..' resolved: every path to the directory names the same objects
         self._identity = "file://" + os.path.realpath(self._root)
+        self._real_dirs: dict[str, str] = {}  # a key's directory -> its resolved path (locks)
         self.stats = StoreStats()
         #: fsync each object before the rename: durable across power loss, slower.
         self.fsync = fsync
@@ -363,7 +364,11 @@ class FileStore(KVStore):
         self._writable_key(key)  # validates the key
         root = self._identity[len("file://"):]
         head, _, name = key.rpartition("/")
-        where = os.path.realpath(os.path.join(root, head)) if head else root
+        where = self._real_dirs.get(head) if head else root
+        if where is None:  # (realpath costs a syscall per path part: ~100 us deep down; kept per directory)
+            if len(self._real_dirs) > 4096:
+                self._real_dirs.clear()
+            where = self._real_dirs[head] = os.path.realpath(os.path.join(root, head))
         if at_root:
             top = root
         elif where == root or where.startswith(root + os.sep):
