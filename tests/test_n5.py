@@ -245,3 +245,79 @@ def test_an_unknown_unit_still_opens_with_a_warning(tmp_path):
          "resolution": [4, 4, 40], "units": ["furlong"] * 3}))
     with pytest.warns(UserWarning, match="'furlong' is not a length unit"):
         assert vb.array(f"n5://{tmp_path}").resolution == (40, 4, 4)
+
+
+def _n5(path, attrs: dict) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "attributes.json").write_text(json.dumps(attrs))
+
+
+def test_n5_pyramid_conventions_and_added_levels(tmp_path):
+    """(review) n5-viewer's root 'scales' list (the same as downsamplingFactors) was missed by
+    add_scale, which gave the new level the last one's factor (and downsample filled it with a
+    crop); each level's own 'resolution' (tensorstore's) was copied to the new level; a level's
+    own pixelResolution (N5-Spark) was ignored (1 nm); a short root list was an IndexError; and a
+    dataset labelled z, y, x was read transposed."""
+    from volbridge.services import downsample
+
+    level = {"blockSize": [16, 16, 8], "dataType": "uint8", "compression": {"type": "raw"}}
+    root = tmp_path / "scales.n5"
+    _n5(root, {"n5": "2.0.0", "resolution": [4, 4, 40], "units": ["nm"] * 3, "scales": [[1, 1, 1], [2, 2, 1]]})
+    _n5(root / "s0", {**level, "dimensions": [64, 64, 16]})
+    _n5(root / "s1", {**level, "dimensions": [32, 32, 16]})
+    v = vb.array(str(root), mode="r+")
+    data = np.random.default_rng(0).integers(0, 255, v.shape, dtype=np.uint8)
+    v[...] = data
+    downsample(v, mips=[1])
+    downsample(vb.array(str(root), mode="r+"), num_mips=2, factor=(1, 2, 2))
+    v = vb.array(str(root))
+    assert [s.resolution for s in v.scales] == [(40, 4, 4), (40, 8, 8), (40, 16, 16)]
+    s1 = v.mip(1)[...].astype(float)
+    np.testing.assert_allclose(v.mip(2)[...], np.floor((s1[:, ::2, ::2] + s1[:, 1::2, ::2] + s1[:, ::2, 1::2] + s1[:, 1::2, 1::2]) / 4 + 0.5), atol=1)
+    assert json.loads((root / "attributes.json").read_text())["scales"][-1] == [4, 4, 1]
+    # each level's own resolution (tensorstore): the added level's is its own
+    own = tmp_path / "own.n5"
+    _n5(own, {"n5": "2.0.0"})
+    _n5(own / "s0", {**level, "dimensions": [64, 64, 16], "resolution": [4, 4, 40], "units": ["nm"] * 3})
+    _n5(own / "s1", {**level, "dimensions": [32, 32, 16], "resolution": [8, 8, 40], "units": ["nm"] * 3})
+    ds = vb.array(str(own), mode="r+")
+    ds.volume.dataset.add_scale((2, 2, 1))
+    assert json.loads((own / "s2" / "attributes.json").read_text())["resolution"] == [16, 16, 40]
+    assert vb.array(str(own)).mip(2).resolution == (40, 16, 16)
+    t = ts.open({"driver": "n5", "kvstore": f"file://{own}/s2"}).result()
+    assert [u.multiplier for u in t.dimension_units] == [16, 16, 40]
+    # a level's own pixelResolution is the base, times its factors (N5-Spark)
+    spark = tmp_path / "spark.n5"
+    _n5(spark, {"n5": "2.0.0"})
+    for i, f in enumerate(([1, 1, 1], [2, 2, 1])):
+        _n5(spark / f"s{i}", {**level, "dimensions": [64 // f[0], 64 // f[1], 16], "downsamplingFactors": f,
+                              "pixelResolution": {"unit": "um", "dimensions": [0.004, 0.004, 0.04]}})
+    assert [s.resolution for s in vb.array(str(spark)).scales] == [(40, 4, 4), (40, 8, 8)]
+    short = tmp_path / "short.n5"
+    _n5(short, {"n5": "2.0.0", "downsamplingFactors": [[1, 1, 1]]})
+    _n5(short / "s0", {**level, "dimensions": [64, 64, 16]})
+    _n5(short / "s1", {**level, "dimensions": [32, 32, 16]})
+    with pytest.raises(MetadataError, match="lists 1 scales"):
+        vb.array(str(short))
+    zyx = tmp_path / "zyx.n5"
+    ts.open({"driver": "n5", "kvstore": f"file://{zyx}", "create": True,
+             "metadata": {"dimensions": [8, 16, 32], "blockSize": [4, 8, 8], "dataType": "uint8", "compression": {"type": "raw"}},
+             "schema": {"domain": {"labels": ["z", "y", "x"]}}}).result()
+    with pytest.raises(UnsupportedError, match="axes"):
+        vb.array(str(zyx))
+
+
+def test_a_segmentation_copied_to_n5_keeps_its_resolution(tmp_path):
+    """(review) transfer dropped the resolution along with the layer type N5 cannot hold."""
+    import warnings
+
+    from volbridge.services import transfer
+
+    src = vb.create(f"precomputed://{tmp_path / 'seg'}", shape=(8, 32, 32), chunk_shape=(8, 16, 16), dtype="uint32",
+                    resolution=(40, 8, 8), layer_type="segmentation")
+    src[...] = 5
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = transfer(src, f"n5://{tmp_path / 'seg.n5'}")
+    assert out.resolution == (40, 8, 8) and (out[...] == 5).all()
+    assert any("layer type" in str(w.message) and "resolution" not in str(w.message).split(";")[0] for w in caught)

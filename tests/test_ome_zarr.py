@@ -207,3 +207,37 @@ def test_a_level_added_to_a_5d_pyramid_keeps_its_time_and_channel_translation(tm
     final = [t * s + tt for t, s, tt in zip(trans, top_scale, top_trans)]
     assert final == [5.0, 0.0, 10.0, 10.25, 10.25]  # t, c kept; y, x at the centre of voxel 10 of 1 um
     assert vb.array(str(root)).mip(1).bounds == ((20, 10, 10), (28, 18, 18))
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_levels_added_through_an_open_handle_keep_what_was_written_since(tmp_path, version):
+    """(review) add_scale rewrote the group's attributes from the copy read at open: omero added
+    by another tool, earlier provenance records and the instance id were lost. And a downsample
+    refused for a non-integer factor had already added empty levels (black in viewers)."""
+    from volbridge.services import downsample, provenance
+
+    url = f"ome-zarr://{tmp_path / 'img.zarr'}"
+    v = vb.create(url, shape=(8, 64, 64), dtype="uint8", chunk_shape=(8, 32, 32), ome_version=version)
+    v[...] = 3
+    g = zarr.open_group(str(tmp_path / "img.zarr"), mode="r+")
+    if version == "0.4":
+        g.attrs["omero"] = {"channels": [{"label": "em"}]}
+    else:
+        g.attrs["ome"] = {**g.attrs["ome"], "omero": {"channels": [{"label": "em"}]}}
+    for n in (1, 2):
+        downsample(v, num_mips=n)
+    ome = dict(zarr.open_group(str(tmp_path / "img.zarr"), mode="r").attrs)
+    ome = ome if version == "0.4" else ome["ome"]
+    assert ome["omero"] == {"channels": [{"label": "em"}]} and len(ome["multiscales"][0]["datasets"]) == 3
+    assert len(provenance.read(url)) == 2
+    before = (tmp_path / "img.zarr").stat().st_mtime_ns, sorted(p.name for p in (tmp_path / "img.zarr").iterdir())
+    meta = tmp_path / "img.zarr" / (".zattrs" if version == "0.4" else "zarr.json")
+    doc = json.loads(meta.read_text())
+    ms = (doc if version == "0.4" else doc["attributes"]["ome"])["multiscales"][0]
+    ms["datasets"][1]["coordinateTransformations"][0]["scale"] = [1.0, 2.05, 2.0]
+    meta.write_text(json.dumps(doc))
+    with pytest.raises(vb.errors.UnsupportedError, match="integer multiple"):
+        downsample(vb.array(url, mode="r+"), num_mips=4)
+    doc = json.loads(meta.read_text())
+    assert len((doc if version == "0.4" else doc["attributes"]["ome"])["multiscales"][0]["datasets"]) == 3
+    assert before[1] == sorted(p.name for p in (tmp_path / "img.zarr").iterdir())

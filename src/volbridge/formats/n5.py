@@ -105,6 +105,11 @@ class N5Layout(ScaleLayout):
             raise UnsupportedError(f"{where}: N5 dataset of {len(dims)} dimensions: volbridge reads (x, y, z) or (x, y, z, c)")
         if len(dims) == 4 and block[3] != dims[3]:
             raise UnsupportedError(f"{where}: channel dimension blocked by {block[3]} of {dims[3]}: every channel must be in one block")
+        axes = attrs.get("axes")  # tensorstore's labels, in the order of 'dimensions'
+        if isinstance(axes, list) and len(axes) >= 3 and [str(v).lower() for v in axes[:3]] != ["x", "y", "z"]:
+            # (a dataset labelled z, y, x was read transposed, data and resolution: a review found)
+            raise UnsupportedError(f"{where}: axes {axes!r}: volbridge reads N5 dimensions x, y, z (fastest first)"
+                                   "[, c]; write the dataset in that order")
         dtype = attrs.get("dataType")
         if dtype not in _TYPES:
             raise UnsupportedError(f"{where}: dataType {dtype!r} is not supported (one of {', '.join(_TYPES)})")
@@ -201,17 +206,43 @@ class N5Dataset(ChunkedDataset):
             prefixes = [f"s{i}" for i in range(len(docs))]
             if not prefixes:
                 raise MetadataError(f"no N5 dataset at {store.url} (no 'dimensions' in {ATTRS}, no s0/{ATTRS})")
-        base_res = _resolution_nm(root, f"{store.url}/{ATTRS}")
         self.layouts = []
         for i, (p, attrs) in enumerate(zip(prefixes, docs)):
-            factors = attrs.get("downsamplingFactors") or (root.get("downsamplingFactors") or root.get("scales") or [[1, 1, 1]] * len(prefixes))[i] if p else [1, 1, 1]
-            res = tuple(float(r) * float(f) for r, f in zip(base_res[:3], list(factors)[:3]))
-            self.layouts.append(N5Layout(attrs, f"{store.url}/{p + '/' if p else ''}{ATTRS}", p, res))
+            where = f"{store.url}/{p + '/' if p else ''}{ATTRS}"
+            self.layouts.append(N5Layout(attrs, where, p, tuple(self._resolution(i, attrs, bool(p), where))))
         first = self.layouts[0]
         for lay in self.layouts[1:]:
             if lay.dtype != first.dtype or lay.num_channels != first.num_channels:
                 raise MetadataError(f"{store.url}: N5 scales differ in data type or channels")
         self.meta = VolumeMeta(first.dtype, first.num_channels, "image", tuple(l.meta for l in self.layouts), first.fill_value)
+
+    def _factors(self, i: int, attrs: dict, where: str) -> list:
+        """Scale ``i``'s downsampling factors: its own ``downsamplingFactors``, else the root's
+        ``downsamplingFactors`` or ``scales`` (n5-viewer's two names for one list); s0 is 1."""
+        if attrs.get("downsamplingFactors") is not None:
+            return list(attrs["downsamplingFactors"])
+        for name in ("downsamplingFactors", "scales"):
+            listed = self.root.get(name)
+            if isinstance(listed, list):
+                if i >= len(listed):  # (an IndexError came out)
+                    raise MetadataError(f"{self.store.url}/{ATTRS}: '{name}' lists {len(listed)} scales, s{i} has none")
+                return list(listed[i])
+        if i == 0:
+            return [1, 1, 1]
+        raise MetadataError(f"{where}: no downsamplingFactors for s{i} (nor in the root's list): its voxel size is unknown")
+
+    def _resolution(self, i: int, attrs: dict, scaled: bool, where: str) -> list[float]:
+        """Scale ``i``'s voxel size (nm): its own ``resolution`` (tensorstore writes each level's
+        own), else a ``pixelResolution`` (its own or the root's) or the root's ``resolution`` times
+        its factors (n5-viewer; N5-Spark puts pixelResolution on each level)."""
+        if scaled and attrs.get("resolution") is not None:
+            return _resolution_nm(attrs, where)
+        base = attrs if scaled and isinstance(attrs.get("pixelResolution"), dict) else self.root
+        res = _resolution_nm(base, where)
+        factors = self._factors(i, attrs, where) if scaled else [1, 1, 1]
+        if len(factors) < 3 or not all(isinstance(f, (int, float)) and f > 0 for f in factors[:3]):
+            raise MetadataError(f"{where}: downsampling factors {factors!r} are not three positive numbers")
+        return [float(r) * float(f) for r, f in zip(res[:3], factors[:3])]
 
     def layout(self, scale: int) -> N5Layout:
         return self.layouts[scale]
@@ -231,16 +262,36 @@ class N5Dataset(ChunkedDataset):
                 "(create it with num_scales >= 2, or write the pyramid beside it)"
             )
         n = len(self.layouts)
+        where = f"{self.store.url}/s{n - 1}/{ATTRS}"
         last = _read_json(self.store, f"s{n - 1}/{ATTRS}")
-        prev = last.get("downsamplingFactors") or (self.root.get("downsamplingFactors") or [[1, 1, 1]] * n)[n - 1]
+        if last is None or self.store.get(f"s{n}/{ATTRS}") is not None:
+            raise MetadataError(f"{self.store.url} changed since it was opened (its scales differ); open it again to add a scale")
+        try:  # (the root's 'scales' list was missed: a level at the wrong factor)
+            prev = self._factors(n - 1, last, where)
+        except MetadataError:
+            if not isinstance(last.get("resolution"), list):
+                raise
+            prev = None  # levels that say only their own voxel size (tensorstore's): the new one too
         dims = list(last["dimensions"])
         dims[:3] = [math.ceil(d / k) for d, k in zip(dims[:3], f)]
-        spatial = [int(a * k) for a, k in zip(prev[:3], f)]
-        new = {**last, "dimensions": dims, "downsamplingFactors": spatial + [1] * (len(dims) - 3)}  # channels too
+        new = {**last, "dimensions": dims}
+        spatial = None if prev is None else [int(a * k) for a, k in zip(prev[:3], f)]
+        if spatial is not None:
+            new["downsamplingFactors"] = spatial + [1] * (len(dims) - 3)  # channels too
+        if isinstance(last.get("resolution"), list):  # a level's own voxel size (tensorstore's), not the last one's
+            new["resolution"] = [r * k for r, k in zip(last["resolution"][:3], f)] + list(last["resolution"][3:])
         self.store.put(f"s{n}/{ATTRS}", json.dumps(new).encode())
-        if isinstance(self.root.get("downsamplingFactors"), list):
-            root = {**self.root, "downsamplingFactors": [*self.root["downsamplingFactors"], spatial]}
-            self.store.put(ATTRS, json.dumps(root).encode())
+
+        def merge(old: bytes | None) -> bytes:
+            # the stored root, not this handle's copy: what was written since it was opened stays
+            root = _parse_json(self.store, ATTRS, old) or {}
+            for name in ("downsamplingFactors", "scales"):
+                if isinstance(root.get(name), list) and len(root[name]) == n:
+                    root[name] = [*root[name], spatial]
+            return json.dumps(root).encode()
+
+        if spatial is not None and self.store.get(ATTRS) is not None:
+            self.store.update(ATTRS, merge)
         self.__init__(self.store)  # type: ignore[misc]
 
     @classmethod

@@ -160,15 +160,28 @@ class OmeZarrDataset(ChunkedDataset):
         doc["shape"] = list(last.arr.shape[:-3]) + [b - a for a, b in zip(start, stop)][::-1]
         meta_key = zarr.V3_META if last.arr.zarr_format == 3 else zarr.V2_META
         self.store.put(f"{path}/{meta_key}", json.dumps(doc, indent=2).encode())
-        m = {**m, "datasets": [*m["datasets"], {"path": path, "coordinateTransformations": [
-            {"type": "scale", "scale": new_scale}, {"type": "translation", "translation": new_trans}]}]}
-        attrs = {**self.attrs, "multiscales": [m, *self.attrs["multiscales"][1:]]}
-        if self.zarr_format == 3:
-            group = json.loads(self.store.get(zarr.V3_META))
-            group["attributes"]["ome"] = attrs
-            self.store.put(zarr.V3_META, json.dumps(group, indent=2).encode())
-        else:
-            self.store.put(".zattrs", json.dumps(attrs, indent=2).encode())
+        entry = {"path": path, "coordinateTransformations": [
+            {"type": "scale", "scale": new_scale}, {"type": "translation", "translation": new_trans}]}
+        seen = [d.get("path") for d in m["datasets"]]
+        key = zarr.V3_META if self.zarr_format == 3 else ".zattrs"
+
+        def merge(old: bytes | None) -> bytes:
+            # into the stored document, not this handle's copy: what was written since it was
+            # opened (omero, provenance, an instance id) stays (a review found them erased)
+            try:
+                stored = json.loads(old) if old else None
+            except ValueError as e:
+                raise MetadataError(f"{self.store.url}/{key} is not JSON: {e}") from e
+            ome = (stored or {}).get("attributes", {}).get("ome") if self.zarr_format == 3 else stored
+            multiscales = ome.get("multiscales") if isinstance(ome, dict) else None
+            if not isinstance(multiscales, list) or not multiscales or [
+                    d.get("path") for d in multiscales[0].get("datasets", [])] != seen:
+                raise MetadataError(f"{self.store.url}/{key} changed since it was opened (its levels differ); "
+                                    "open the volume again to add a level")
+            multiscales[0]["datasets"].append(entry)
+            return json.dumps(stored, indent=2).encode()
+
+        self.store.update(key, merge)
         self.__init__(self.store)  # type: ignore[misc]
 
     @property

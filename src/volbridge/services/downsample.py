@@ -408,7 +408,14 @@ def downsample(source: Any, *, num_mips: int | None = None, factor: tuple[int, i
     if num_mips is not None:
         if DOWNSAMPLE.native(volume):
             raise UnsupportedError(f"{volume.url} builds its pyramid on the server, with the levels its experiment has")
-        added = range(len(volume.meta.scales), int(num_mips) + 1)
+        # everything that can refuse the job does so before a scale is added: a refusal after
+        # left empty levels in the pyramid, which viewers show black (a review found)
+        DOWNSAMPLE.check(volume)
+        have = len(volume.meta.scales)
+        for m in range(1, int(num_mips) + 1) if mips is None else mips:
+            if isinstance(m, numbers.Integral) and 1 <= m < have:
+                factor_between(volume.meta.scales[m - 1].resolution, volume.meta.scales[m].resolution)
+        added = range(have, int(num_mips) + 1)
         for _ in added:
             volume.add_scale(tuple(factor)[::-1])
         if mips is None:

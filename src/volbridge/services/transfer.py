@@ -86,11 +86,16 @@ def _destination(dst: Any, src: VolumeArray, box: Box, chunk_shape, encoding, co
             raise
         if any(box.start):  # (a plain zarr array or N5 dataset starts at 0: no warning for a copy refused)
             raise no_offset(UnsupportedError("a plain zarr array or an N5 dataset starts at 0")) from e
-        # A plain zarr array or N5 dataset has nowhere to keep a resolution or a layer type: the
-        # user chose that format, so the voxels go and the rest is dropped, with a warning.
-        warnings.warn(f"{dst} keeps no resolution or layer type; the source's {meta} are not copied", stacklevel=3)
+        # A plain zarr array has nowhere to keep a resolution or a layer type, an N5 dataset no
+        # layer type (its resolution it keeps: a review found it dropped): the user chose that
+        # format, so the voxels go and what it cannot hold is dropped, with a warning.
+        n5 = "N5 has no layer type" in str(e)
+        kept = {"resolution": meta["resolution"]} if n5 else {}
+        lost = "layer type" if n5 else "resolution or layer type"
+        warnings.warn(f"{dst} keeps no {lost}; the source's {({k: v for k, v in meta.items() if k not in kept})} "
+                      "are not copied", stacklevel=3)
         out = create(dst, bounds=(box.start[::-1], box.stop[::-1]), dtype=src.dtype, chunk_shape=chunk,
-                     num_channels=src.num_channels, **kw)
+                     num_channels=src.num_channels, **kept, **kw)
     return out, 0, True
 
 
