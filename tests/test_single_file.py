@@ -178,3 +178,57 @@ def test_an_hdf5_datasets_fill_value_is_read_outside_its_bounds(tmp_path):
     np.testing.assert_array_equal(a[-1:1, 0, -2:2], np.full((2, 4), 7))
     b = vb.array(f"h5://{tmp_path / 'f.h5'}#/nan")
     assert np.isnan(b[-1:3, 0, 0]).all()
+
+
+def test_tiff_planes_follow_the_files_mapping_and_names_are_names(tmp_path):
+    """(review) An OME-TIFF whose IFD mapping stores planes out of order was read in file order
+    (z scrambled); two images in one file were stacked into z (the first is read now, as
+    tifffile.imread does, with a warning); 'scan[1].tif' was taken as a pattern and another file
+    read in its place."""
+    planes = [np.full((8, 10), 10 * (z + 1), np.uint8) for z in range(4)]
+    order = [0, 2, 1, 3]  # IFD i stores plane order[i]
+    tds = "".join(f'<TiffData IFD="{i}" FirstZ="{z}" FirstC="0" FirstT="0" PlaneCount="1"/>' for i, z in enumerate(order))
+    xml = ('<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">'
+           '<Image ID="Image:0" Name="x"><Pixels ID="Pixels:0" DimensionOrder="XYZCT" Type="uint8" SizeX="10" SizeY="8" '
+           f'SizeZ="4" SizeC="1" SizeT="1"><Channel ID="Channel:0:0" SamplesPerPixel="1"/>{tds}</Pixels></Image></OME>')
+    with tifffile.TiffWriter(tmp_path / "map.ome.tif") as tw:
+        for i, z in enumerate(order):
+            tw.write(planes[z], description=xml if i == 0 else None, metadata=None, contiguous=False)
+    np.testing.assert_array_equal(vb.array(f"tiff://{tmp_path / 'map.ome.tif'}")[...], tifffile.imread(tmp_path / "map.ome.tif"))
+    with tifffile.TiffWriter(tmp_path / "two.tif") as tw:
+        tw.write(np.full((5, 8, 10), 1, np.uint8), photometric="minisblack", metadata={"axes": "ZYX"})
+        tw.write(np.full((5, 8, 10), 2, np.uint8), photometric="minisblack", metadata={"axes": "ZYX"})
+    with pytest.warns(UserWarning, match="2 images"):
+        two = vb.array(f"tiff://{tmp_path / 'two.tif'}")
+    assert two.shape == (5, 8, 10) and (two[...] == 1).all()
+    tifffile.imwrite(tmp_path / "scan[1].tif", np.full((2, 4, 4), 77, np.uint8))
+    tifffile.imwrite(tmp_path / "scan1.tif", np.full((2, 4, 4), 11, np.uint8))
+    assert (vb.array(str(tmp_path / "scan[1].tif"))[...] == 77).all()
+    assert (vb.array(f"tiff://{tmp_path}/scan*.tif")[...] != 0).all()  # a pattern is still a pattern
+
+
+def test_hdf5_files_hold_several_volumes_and_refuse_what_they_cannot_store(tmp_path):
+    """(review) A transfer into a new dataset of an existing file opened it as if it existed
+    (raw and labels in one file, as CREMI ships); create took no lock (a create beside another
+    process's writes corrupted the file) and kept it per path as written (a symlink had another);
+    zstd was stored as gzip and jpeg as raw; a .tif path made a precomputed directory."""
+    from volbridge.services import transfer
+
+    src = vb.create(f"precomputed://{tmp_path / 'src'}", shape=(4, 16, 16), dtype="uint8", resolution=(40, 4, 4))
+    src[...] = 9
+    transfer(src, f"h5://{tmp_path / 'f.h5'}#/volumes/raw")
+    transfer(src, f"h5://{tmp_path / 'f.h5'}#/volumes/labels")
+    with h5py.File(tmp_path / "f.h5", "r") as f:
+        assert set(f["volumes"]) == {"raw", "labels"} and (f["volumes/labels"][...] == 9).all()
+    from volbridge.remotes.hdf5 import _file_lock
+
+    (tmp_path / "link.h5").symlink_to(tmp_path / "f.h5")
+    with _file_lock(str(tmp_path / "link.h5"), True):
+        assert (tmp_path / "f.h5.volbridge-lock").exists() and not (tmp_path / "link.h5.volbridge-lock").exists()
+    for kw, what in (({"compression": "zstd"}, "compression"), ({"encoding": "jpeg"}, "jpeg")):
+        with pytest.raises(vb.errors.UnsupportedError, match=what):
+            vb.create(f"h5://{tmp_path / 'g.h5'}#/x", shape=(2, 4, 4), dtype="uint8", **kw)
+    for url in (str(tmp_path / "new.tif"), f"tiff://{tmp_path / 'new2.tif'}"):
+        with pytest.raises(vb.errors.UnsupportedError, match="read-only"):
+            vb.create(url, shape=(2, 4, 4), dtype="uint8")
+    assert not (tmp_path / "new.tif").exists()

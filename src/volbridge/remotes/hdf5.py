@@ -67,34 +67,8 @@ class HDF5Volume(Volume):
     @contextmanager
     def _open(self, mode: str):
         h5py = _h5py()
-        lock_path = self.path + ".volbridge-lock"
-        fd = None
-        try:
-            try:
-                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
-                fcntl.flock(fd, fcntl.LOCK_EX if mode != "r" else fcntl.LOCK_SH)
-            except OSError:
-                if mode != "r":
-                    raise
-                fd = None  # a read-only directory: read without the lock
-            try:
-                try:
-                    f = h5py.File(self.path, mode, locking=False)
-                except OSError as e:
-                    if "locking flag" not in str(e):
-                        raise
-                    # the file is open elsewhere in this process (h5py's default locking, a notebook
-                    # that looked at it): HDF5 shares that handle only with the same flags
-                    f = h5py.File(self.path, mode)
-            except FileNotFoundError as e:
-                raise StoreError(f"{self.url}: file {self.path} does not exist") from e
-            except OSError as e:
-                raise StoreError(f"{self.url}: cannot open {self.path}: {e}") from e
-            with f:
-                yield f
-        finally:
-            if fd is not None:
-                os.close(fd)
+        with _file_lock(self.path, mode != "r"), _h5_file(h5py, self.path, mode, self.url) as f:
+            yield f
 
     def metadata_json(self) -> dict:
         with self._open("r") as f:
@@ -164,17 +138,77 @@ class HDF5Volume(Volume):
         chunks = tuple(min(c, s) for c, s in zip(chunk_shape[::-1], shape))  # HDF5 chunks fit the dataset
         if num_channels > 1:
             shape, chunks = (num_channels, *shape), (num_channels, *chunks)
+        comp = {"gzip": "gzip", None: None, "lzf": "lzf"}
+        if compression not in comp:  # (zstd was stored as gzip: the other creators refuse what they cannot honour)
+            raise UnsupportedError(f"HDF5 compression {compression!r}: volbridge writes gzip, lzf or None")
+        if ignored.get("encoding") not in (None, "raw"):
+            raise UnsupportedError(f"an HDF5 dataset stores raw elements, not {ignored['encoding']!r} chunks")
         h5py = _h5py()
-        with h5py.File(path, "a", locking=False) as f:
+        # under the file's lock: a create beside another process's writes had corrupted the file
+        with _file_lock(path, True), _h5_file(h5py, path, "a", url) as f:
             if dataset in f:
                 if not overwrite:
                     raise MetadataError(f"dataset {dataset!r} already exists in {path} (pass overwrite=True)")
                 del f[dataset]
-            d = f.create_dataset(dataset, shape=shape, dtype=np.dtype(dtype), chunks=chunks,
-                                 compression={"gzip": "gzip", None: None, "lzf": "lzf"}.get(compression, "gzip"))
+            d = f.create_dataset(dataset, shape=shape, dtype=np.dtype(dtype), chunks=chunks, compression=comp[compression])
             d.attrs["resolution"] = list(resolution)[::-1]
             d.attrs["layer_type"] = layer_type
         return cls(url, path, dataset, True)
+
+
+@contextmanager
+def _file_lock(path: str, exclusive: bool):
+    """The lock volbridge's processes share for one HDF5 file: a flock on ``<file>.volbridge-lock``
+    beside the file its path resolves to (a symlinked path had another lock, and two writers
+    corrupted the file). A reader in a directory it cannot write reads without it."""
+    fd = None
+    try:
+        try:
+            fd = os.open(os.path.realpath(path) + ".volbridge-lock", os.O_RDWR | os.O_CREAT, 0o666)
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        except OSError as e:
+            if fd is not None:
+                os.close(fd)
+                fd = None
+            if exclusive:
+                raise StoreError(f"cannot lock {path} for writing: {e}") from e
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+@contextmanager
+def _h5_file(h5py, path: str, mode: str, url: str):
+    """``path`` opened by h5py, its errors volbridge's. HDF5's own file locking is off: the lock
+    above serialises volbridge's processes, and HDF5's would refuse a file this process has
+    open elsewhere."""
+    try:
+        try:
+            f = h5py.File(path, mode, locking=False)
+        except OSError as e:
+            if "locking flag" not in str(e):
+                raise
+            # the file is open elsewhere in this process (h5py's default locking, a notebook
+            # that looked at it): HDF5 shares that handle only with the same flags
+            f = h5py.File(path, mode)
+    except FileNotFoundError as e:
+        raise StoreError(f"{url}: file {path} does not exist") from e
+    except OSError as e:
+        raise StoreError(f"{url}: cannot open {path}: {e}") from e
+    with f:
+        yield f
+
+
+def dataset_exists(url: str) -> bool:
+    """Whether the file of an h5:// URL holds its dataset (or, with none named, exists)."""
+    path, dataset, _ = parse_file_url(url)
+    if not os.path.exists(path):
+        return False
+    if not dataset:
+        return True
+    with _file_lock(path, False), _h5_file(_h5py(), path, "r", url) as f:
+        return dataset in f
 
 
 def open_hdf5(url: str, writable: bool) -> HDF5Volume:

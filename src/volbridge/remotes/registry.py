@@ -293,9 +293,13 @@ def volume_exists(url: str) -> bool:
     if server in _server_remotes():
         return True
     remote = _file_remote_scheme(url)
+    if remote in ("h5", "hdf5"):  # the dataset, not the file: a file holds several (raw and labels)
+        from .hdf5 import dataset_exists
+
+        return dataset_exists(_as_remote_url(url, "h5"))
     if remote is not None:
         path = _as_remote_url(url, remote).split("://", 1)[1].split("#", 1)[0].split("?", 1)[0]
-        return os.path.exists(path) if "*" not in path else bool(__import__("glob").glob(path))
+        return os.path.exists(path) if not any(c in path for c in "*?[") else bool(__import__("glob").glob(path))
     fmt, location = split_url(url)
     store = open_store(location)
     entries = [FORMATS[fmt]] if fmt else list(FORMATS.values())
@@ -317,6 +321,9 @@ def create_volume(url: str, **kw) -> Volume:
             raise UnsupportedError("an HDF5 dataset has no shards, chunk checksums or OME version: "
                                    "leave shard_shape, checksum and ome_version unset")
         return HDF5Volume.create(_as_remote_url(url, "h5"), **kw)
+    if _file_remote_scheme(url) is not None:  # (a .tif path made a precomputed directory of that name)
+        raise UnsupportedError(f"{url!r}: TIFF files are read-only in volbridge; create another format (precomputed://, "
+                               "zarr3://, ome-zarr://, n5://, h5://) and transfer into it")
     fmt, location = split_url(url)
     fmt = fmt or "precomputed"
     if sharded and fmt not in SHARDED_FORMATS:

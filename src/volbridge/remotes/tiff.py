@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import warnings
 
 import numpy as np
 
@@ -30,23 +31,31 @@ def _planes(path: str, url: str):
     """The planes of one file in z order, as (page indices, one per channel), with the pages'
     layout, channel count, dtype and (height, width). From tifffile's series and their axes,
     so ImageJ/OME hyperstacks (ZCYX, CZYX) give channels, not z (a review found them folded
-    into z, channels alternating), and planar RGB pages keep their channels. Several series
-    (a file written a slice at a time, ``append=True``) follow each other in z; series of
-    other pages are refused, not dropped."""
+    into z, channels alternating), and planar RGB pages keep their channels. A series' planes
+    are the pages tifffile maps to it, in its order (an OME-TIFF's IFD mapping may store them in
+    any order: they were read in file order, z scrambled). Series of one page each (a file
+    written a slice at a time, ``append=True``) follow each other in z; of several series of
+    stacks (an OME-TIFF's images, other positions) the first is read, as tifffile.imread does,
+    with a warning (they were stacked into z)."""
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tf:
-            found = [(s.axes, s.shape, s.dtype, s.pages[0].index, s.pages[0].axes, s.pages[0].shape) for s in tf.series]
-            npages = len(tf.pages)
-    except (OSError, IndexError, tifffile.TiffFileError) as e:
+            found = [(s.axes, s.shape, s.dtype, [None if p is None else p.index for p in s.pages],
+                      s.pages[0].axes, s.pages[0].shape) for s in tf.series]
+    except (OSError, IndexError, AttributeError, tifffile.TiffFileError) as e:
         raise StoreError(f"{url}: cannot read {path}: {e}") from e
     if not found:
         raise StoreError(f"{url}: no image pages in {path}")
+    if len(found) > 1 and any(len(f[3]) > 1 for f in found):
+        shapes = ", ".join(f"{a} {tuple(sh)}" for a, sh, *_ in found[:4])
+        warnings.warn(f"{url}: {path} holds {len(found)} images ({shapes}{', ...' if len(found) > 4 else ''}); "
+                      "volbridge reads the first, as tifffile.imread does", stacklevel=4)
+        found = found[:1]
     planes: list[tuple[int, ...]] = []
     kind = None
-    for axes, shape, dtype, first, layout, page_shape in found:
-        these, this_kind = _series_planes(axes, shape, dtype, first, layout, page_shape, npages, path, url)
+    for axes, shape, dtype, pages, layout, page_shape in found:
+        these, this_kind = _series_planes(axes, shape, dtype, pages, layout, page_shape, path, url)
         if kind is not None and this_kind != kind:
             raise URLError(f"{url!r}: the series of {path} differ ({kind[0]} pages of {kind[2]}x{kind[3]}, "
                            f"{kind[1]} channel(s) of {kind[4]}; then {this_kind[0]}, {this_kind[2]}x{this_kind[3]}, "
@@ -57,9 +66,9 @@ def _planes(path: str, url: str):
     return planes, layout, channels, dtype, (height, width)
 
 
-def _series_planes(axes, shape, dtype, first: int, layout: str, page_shape, npages: int, path: str, url: str):
-    """The planes of one series starting at page ``first`` and its kind (layout, channels,
-    height, width, dtype)."""
+def _series_planes(axes, shape, dtype, pages: list, layout: str, page_shape, path: str, url: str):
+    """The planes of one series whose pages are the file's ``pages`` (indices, in the series'
+    order) and its kind (layout, channels, height, width, dtype)."""
     if layout not in _PAGE_LAYOUTS:
         raise UnsupportedError(f"{url}: the pages of {path} have axes {layout}; volbridge reads 2-D pages (YX), RGB(A) (YXS) "
                                "or planar RGB(A) (SYX)")
@@ -69,14 +78,15 @@ def _series_planes(axes, shape, dtype, first: int, layout: str, page_shape, npag
         raise UnsupportedError(f"{url}: {path} holds axes {axes} (shape {shape}); volbridge reads z-stacks of pages with "
                                "channels as C or as samples of a page, not " + (", ".join(extra) or "both"))
     count = int(np.prod(lead_shape, dtype=np.int64))
-    if first + count > npages:
-        raise UnsupportedError(f"{url}: {path} stores its {axes} series in fewer pages ({npages - first}) than planes ({count})")
+    if len(pages) != count or any(p is None for p in pages):
+        missing = sum(p is None for p in pages) + max(0, count - len(pages))
+        raise UnsupportedError(f"{url}: {path} stores {missing} of the {count} planes of its {axes} series in no page")
     c_axis = lead_axes.find("C")
     channels = lead_shape[c_axis] if c_axis >= 0 else (page_shape[layout.index("S")] if "S" in layout else 1)
     planes: dict[tuple, list[int]] = {}
     for index, at in enumerate(np.ndindex(*lead_shape)):  # pages in the series' (C) order
         z = tuple(i for d, i in enumerate(at) if d != c_axis)
-        planes.setdefault(z, []).append(first + index)
+        planes.setdefault(z, []).append(pages[index])
     kind = (layout, channels, page_shape[layout.index("Y")], page_shape[layout.index("X")], np.dtype(dtype))
     return [tuple(keys) for _, keys in sorted(planes.items())], kind
 
@@ -149,7 +159,12 @@ def open_tiff(url: str, writable: bool) -> TiffVolume:
     if writable:
         raise ReadOnlyError(f"{url}: TIFF volumes are read-only; transfer them to another format to write")
     pattern, _, options = parse_file_url(url)
-    files = sorted(glob.glob(pattern), key=_natural) if any(c in pattern for c in "*?[") else [pattern]
+    # a file of that very name first: 'scan[1].tif' is a name, and as a pattern it matched
+    # another file ('scan1.tif'), read in its place (a review found)
+    if os.path.isfile(pattern) or not any(c in pattern for c in "*?["):
+        files = [pattern]
+    else:
+        files = sorted((f for f in glob.glob(pattern) if os.path.isfile(f)), key=_natural)
     if not files or not all(os.path.isfile(f) for f in files):
         raise URLError(f"{url!r}: no TIFF file matches {pattern}")
     return TiffVolume(url, files, triple(options.get("resolution"), "resolution", url))
