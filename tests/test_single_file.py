@@ -232,3 +232,19 @@ def test_hdf5_files_hold_several_volumes_and_refuse_what_they_cannot_store(tmp_p
         with pytest.raises(vb.errors.UnsupportedError, match="read-only"):
             vb.create(url, shape=(2, 4, 4), dtype="uint8")
     assert not (tmp_path / "new.tif").exists()
+
+
+def test_hdf5_voxel_sizes_in_the_usual_attributes(tmp_path):
+    """(review) Fiji's and ilastik's element_size_um was ignored (1 nm), a scalar resolution
+    was a TypeError, a dangling link a KeyError."""
+    with h5py.File(tmp_path / "r.h5", "w") as f:
+        f.create_dataset("um", data=np.zeros((2, 3, 4), np.uint8)).attrs["element_size_um"] = [1.5, 0.25, 0.25]
+        f.create_dataset("iso", data=np.zeros((2, 3, 4), np.uint8)).attrs["resolution"] = 4.0
+        f.create_dataset("bad", data=np.zeros((2, 3, 4), np.uint8)).attrs["resolution"] = [1, 2]
+        f["gone"] = h5py.SoftLink("/nowhere")
+    assert vb.array(f"h5://{tmp_path / 'r.h5'}#/um").resolution == (1500, 250, 250)
+    assert vb.array(f"h5://{tmp_path / 'r.h5'}#/iso").resolution == (4, 4, 4)
+    with pytest.raises(MetadataError, match="voxel size"):
+        vb.array(f"h5://{tmp_path / 'r.h5'}#/bad")
+    with pytest.raises(MetadataError, match="no dataset"):
+        vb.array(f"h5://{tmp_path / 'r.h5'}#/gone")

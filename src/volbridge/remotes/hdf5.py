@@ -11,6 +11,7 @@ nm, as CREMI writes it), else ``?resolution=z,y,x`` in the URL, else 1.
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 from contextlib import contextmanager
 
@@ -44,15 +45,17 @@ class HDF5Volume(Volume):
                 if len(names) != 1:
                     raise URLError(f"{url!r}: name the dataset after '#' (datasets here: {', '.join(names[:10]) or 'none'})")
                 self.dataset = dataset = "/" + names[0]
-            if dataset not in f or not isinstance(f[dataset], _h5py().Dataset):
+            try:
+                d = f[dataset] if dataset in f else None
+            except KeyError:  # a dangling link
+                d = None
+            if not isinstance(d, _h5py().Dataset):
                 raise MetadataError(f"{url!r}: no dataset {dataset!r} in {path}")
-            d = f[dataset]
             if d.ndim not in (3, 4):
                 raise UnsupportedError(f"{url!r}: dataset of {d.ndim} dimensions; volbridge reads (z, y, x) or (c, z, y, x)")
             if d.dtype.kind not in "biuf":
                 raise UnsupportedError(f"{url!r}: dtype {d.dtype} is not numeric")
-            attr_res = d.attrs.get("resolution")
-            res = resolution or (tuple(float(r) for r in attr_res)[::-1] if attr_res is not None and len(attr_res) == 3 else (1.0, 1.0, 1.0))
+            res = resolution or _attr_resolution(d.attrs, url)
             self.channels = d.shape[0] if d.ndim == 4 else 1
             self.ndim = d.ndim
             bounds = Box((0, 0, 0), tuple(d.shape[-3:][::-1]))
@@ -154,6 +157,26 @@ class HDF5Volume(Volume):
             d.attrs["resolution"] = list(resolution)[::-1]
             d.attrs["layer_type"] = layer_type
         return cls(url, path, dataset, True)
+
+
+def _attr_resolution(attrs, url: str) -> tuple[float, float, float]:
+    """The (x, y, z) voxel size in nm a dataset's attributes give: volbridge's ``resolution``
+    (z, y, x nm; one number for all three), else ``element_size_um`` (z, y, x micrometres, as
+    Fiji and ilastik write it), else 1 nm. (A scalar 'resolution' was a TypeError, and
+    element_size_um was ignored: a review found.)"""
+    for name, unit in (("resolution", 1.0), ("element_size_um", 1000.0)):
+        value = attrs.get(name)
+        if value is None:
+            continue
+        v = np.atleast_1d(np.asarray(value, dtype=object)).ravel()
+        try:
+            nums = [float(x) for x in (list(v) * 3 if len(v) == 1 else list(v))]
+        except (TypeError, ValueError):
+            nums = []
+        if len(nums) != 3 or not all(x > 0 and math.isfinite(x) for x in nums):
+            raise MetadataError(f"{url!r}: the attribute {name!r} = {value!r} is not a voxel size (z, y, x)")
+        return tuple(x * unit for x in nums[::-1])  # type: ignore[return-value]
+    return (1.0, 1.0, 1.0)
 
 
 @contextmanager
