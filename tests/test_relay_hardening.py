@@ -260,3 +260,44 @@ def test_an_upstream_deleted_while_the_relay_runs_is_an_error_not_zeros(start_re
     for _ in range(2):
         status, body, _ = http("GET", path.format("896:1024"))  # another cuboid than the one read
         assert status == 502 and "metadata is gone" in error_body(body)["message"]
+
+
+def test_chained_relays_serve_what_the_bottom_holds(start_relay, tmp_path):
+    """(review) Relay B over relay A over a jpeg volume kept the bytes written through B, which
+    no upstream holds (jpeg is lossy further down); B's disk cache served a volume made again
+    under A after both restarted (A's info carried no instance id); a deleted zarr upstream with
+    fill 7 read as 7s where one with fill 0 was a 502; an HDF5 dataset removed was a 500 with
+    no CORS header, so a browser saw a CORS failure."""
+    src = f"precomputed://{tmp_path / 'img'}"
+    vb.create(src, shape=(16, 64, 64), dtype="uint8", chunk_shape=(16, 64, 64), resolution=(40, 4, 4), encoding="jpeg")[...] = 100
+    a = start_relay({"sources": {"c/e/img": {"url": src, "public": True, "writable": True, "public_write": True}}})
+    b = start_relay({"sources": {"c/e/img": {"url": f"bossdb://{a.url}/c/e/img", "public": True, "writable": True,
+                                             "public_write": True}}})
+    data = np.random.default_rng(0).integers(0, 256, (16, 64, 64), dtype=np.uint8)
+    vb.array(f"bossdb://{b.url}/c/e/img", mode="r+")[...] = data
+    truth = vb.array(src)[...]
+    assert not np.array_equal(truth, data)  # (jpeg)
+    for relay in (a, b):
+        status, body, _ = http("GET", f"{relay.url}/c/e/img/0/0-64_0-64_0-16")
+        assert status == 200 and np.array_equal(np.frombuffer(body, np.uint8).reshape(16, 64, 64), truth)
+    # the served info names the upstream's instance
+    info = json.loads(http("GET", f"{a.url}/c/e/img/info")[1])
+    assert info["volbridge_instance"] == vb.array(src).volume.instance_id(False)
+    # a zarr upstream with fill 7, deleted
+    z = vb.create(f"zarr3://{tmp_path / 'f7.zarr'}", shape=(8, 64, 64), dtype="uint8", chunk_shape=(8, 32, 32))
+    meta = tmp_path / "f7.zarr" / "zarr.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "fill_value": 7}))
+    r = start_relay({"sources": {"c/e/f": {"url": z.url, "public": True}}})
+    shutil.rmtree(tmp_path / "f7.zarr")
+    status, body, _ = http("GET", f"{r.url}/v1/cutout/c/e/f/0/32:64/32:64/0:8/")
+    assert status == 502 and "metadata is gone" in error_body(body)["message"]
+    import h5py
+
+    with h5py.File(tmp_path / "c.h5", "w") as f:
+        f.create_dataset("raw", data=np.ones((8, 64, 64), np.uint8))
+    h = start_relay({"sources": {"c/e/h": {"url": f"h5://{tmp_path / 'c.h5'}#/raw", "public": True}}})
+    with h5py.File(tmp_path / "c.h5", "a") as f:
+        del f["raw"]
+    status, body, headers = http("GET", f"{h.url}/c/e/h/0/0-64_0-64_0-8", headers={"Origin": "http://viewer"})
+    assert status == 502 and "no longer" in error_body(body)["message"]
+    assert {k.lower(): v for k, v in headers.items()}.get("access-control-allow-origin") == "*"

@@ -156,7 +156,11 @@ async def http_exception(request: Request, exc):
 
 async def internal_error(request: Request, exc: Exception):
     log.exception("internal error on %s %s", request.method, request.url.path)
-    return error_response(RelayError(500, INTERNAL, f"internal error: {type(exc).__name__}: {exc}"))
+    response = error_response(RelayError(500, INTERNAL, f"internal error: {type(exc).__name__}: {exc}"))
+    # this handler answers outside the CORS middleware: without the header a browser (neuroglancer)
+    # saw a CORS failure instead of the error (a review found)
+    response.headers["Access-Control-Allow-Origin"] = "*"
+    return response
 
 
 class CountingMiddleware:

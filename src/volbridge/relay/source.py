@@ -24,10 +24,10 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 
 from ..engine.chunked import ChunkedVolume
-from ..engine.identity import instance_id, metadata_digest
+from ..engine.identity import INSTANCE_KEY, instance_id, metadata_digest
 from ..engine.parallel import run_bounded
 from ..engine.volume import Volume
-from ..errors import InvalidArgumentError, InvalidIndexError, ReadOnlyError, StoreError
+from ..errors import InvalidArgumentError, InvalidIndexError, ReadOnlyError, StoreError, VolbridgeError
 from ..formats.precomputed import PrecomputedDataset
 from ..geometry import Box, ChunkGrid
 from ..kv import KVStore
@@ -75,13 +75,29 @@ def relay_info(volume: Volume) -> dict:
             "chunk_sizes": [list(cuboid_shape(s.chunk_shape, s.bounds.shape))],
             "encoding": "raw",
         })
-    return {
+    info = {
         "@type": "neuroglancer_multiscale_volume",
         "type": meta.layer_type,
         "data_type": np.dtype(meta.dtype).name,
         "num_channels": int(meta.num_channels),
         "scales": scales,
     }
+    # the upstream's instance, so a relay chained to this one (and its disk cache) sees a volume
+    # made again under this relay as another one (a review found a kept disk cache serving the old)
+    try:
+        instance = volume.instance_id(False)
+    except VolbridgeError:
+        instance = None
+    if instance:
+        info[INSTANCE_KEY] = instance
+    return info
+
+
+def _all_fill(data: np.ndarray, fill) -> bool:
+    fill = np.asarray(fill, dtype=data.dtype)
+    if data.dtype.kind in "fc" and np.isnan(fill):
+        return bool(np.isnan(data).all())
+    return bool((data == fill).all())
 
 
 class CuboidStore(KVStore):
@@ -137,6 +153,9 @@ class CuboidStore(KVStore):
         if not data.any():
             self._check_still_there()
             return None
+        fill = self.volume.meta.fill_value
+        if fill is not None and _all_fill(data, fill):  # (missing chunks of a deleted zarr with fill 7 read as 7s)
+            self._check_still_there()
         return data.tobytes(order="F")
 
     def _check_still_there(self) -> None:
@@ -342,7 +361,10 @@ class RelaySource:
         self.check_scale(scale)
         self.volume.check_write(box, data, scale, channels)
         cuboids = self.cuboid_keys(box, scale)
-        exact = (channels is None or data.shape[3] == self.meta.num_channels) and self.meta.scales[scale].encoding != "jpeg"
+        # a server upstream (another relay, BossDB, DVID) may keep the voxels lossily further
+        # down (a chained relay over a jpeg volume served the bytes sent, not those stored)
+        exact = ((channels is None or data.shape[3] == self.meta.num_channels) and self.meta.scales[scale].encoding != "jpeg"
+                 and self.volume.format_name not in ("bossdb", "dvid"))
 
         def op() -> dict:
             self.volume.write(box, data, scale, channels)

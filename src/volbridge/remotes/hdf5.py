@@ -73,9 +73,21 @@ class HDF5Volume(Volume):
         with _file_lock(self.path, mode != "r"), _h5_file(h5py, self.path, mode, self.url) as f:
             yield f
 
+    def _dataset(self, f):
+        """The dataset in the open file, or a StoreError: one removed or replaced while this
+        handle lives (a raw KeyError reached a relay's clients as a 500, a review found)."""
+        try:
+            d = f[self.dataset]
+        except KeyError as e:
+            raise StoreError(f"{self.url}: the dataset {self.dataset!r} is no longer in {self.path}") from e
+        if np.dtype(d.dtype).newbyteorder("=") != self.meta.dtype or d.shape[-3:] != tuple(self.meta.scales[0].bounds.shape[::-1]):
+            raise StoreError(f"{self.url}: the dataset {self.dataset!r} changed since it was opened "
+                             f"({d.dtype} {d.shape}); open it again")
+        return d
+
     def metadata_json(self) -> dict:
         with self._open("r") as f:
-            d = f[self.dataset]
+            d = self._dataset(f)
             return {"path": self.path, "dataset": self.dataset, "shape": list(d.shape), "dtype": str(d.dtype),
                     "chunks": list(d.chunks) if d.chunks else None, "compression": d.compression,
                     "attrs": {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in d.attrs.items()}}
@@ -84,12 +96,12 @@ class HDF5Volume(Volume):
         from ..engine.identity import INSTANCE_KEY, new_instance_id
 
         with self._open("r") as f:
-            have = f[self.dataset].attrs.get(INSTANCE_KEY)
+            have = self._dataset(f).attrs.get(INSTANCE_KEY)
         if isinstance(have, str) and have:
             return have
         if stamp and self.writable:
             with self._open("r+") as f:  # under the write lock: a stamp made meanwhile is kept
-                attrs = f[self.dataset].attrs
+                attrs = self._dataset(f).attrs
                 if not isinstance(attrs.get(INSTANCE_KEY), str):
                     attrs[INSTANCE_KEY] = new_instance_id()
                 return str(attrs[INSTANCE_KEY])
@@ -110,7 +122,7 @@ class HDF5Volume(Volume):
         dest_sel = self._sel(inter.translate([-a for a in box.start]))
         with self._open("r") as f:
             try:
-                f[self.dataset].read_direct(dest, source_sel=self._sel(inter), dest_sel=dest_sel)
+                self._dataset(f).read_direct(dest, source_sel=self._sel(inter), dest_sel=dest_sel)
             except OSError as e:
                 raise StoreError(f"{self.url}: reading {inter} failed: {e}") from e
         return out
@@ -125,7 +137,7 @@ class HDF5Volume(Volume):
         if self.ndim == 4 and channels is not None:
             sel = (channels, *sel[1:])
         with self._open("r+") as f:
-            f[self.dataset][sel] = (data[..., 0] if self.ndim == 3 else data).T
+            self._dataset(f)[sel] = (data[..., 0] if self.ndim == 3 else data).T
 
     @classmethod
     def create(cls, url: str, *, bounds: Box, dtype, chunk_shape, resolution=(1, 1, 1), num_channels: int = 1,
