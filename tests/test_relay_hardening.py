@@ -301,3 +301,13 @@ def test_chained_relays_serve_what_the_bottom_holds(start_relay, tmp_path):
     status, body, headers = http("GET", f"{h.url}/c/e/h/0/0-64_0-64_0-8", headers={"Origin": "http://viewer"})
     assert status == 502 and "no longer" in error_body(body)["message"]
     assert {k.lower(): v for k, v in headers.items()}.get("access-control-allow-origin") == "*"
+
+
+def test_a_bool_source_is_refused_by_name(tmp_path):
+    """(review) A bool zarr source stopped the relay with a message about the relay's own info."""
+    from volbridge.relay import RelayConfig
+    from volbridge.relay.state import Relay
+
+    z = vb.create(f"zarr3://{tmp_path / 'b.zarr'}", shape=(4, 4, 4), dtype="bool")
+    with pytest.raises(vb.errors.InvalidArgumentError, match="c/e/b.*bool"):
+        Relay(RelayConfig.from_dict({"sources": {"c/e/b": {"url": z.url}}}))
