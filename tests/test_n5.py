@@ -305,6 +305,12 @@ def test_n5_pyramid_conventions_and_added_levels(tmp_path):
              "schema": {"domain": {"labels": ["z", "y", "x"]}}}).result()
     with pytest.raises(UnsupportedError, match="axes"):
         vb.array(str(zyx))
+    for labels in (["x", "", ""], ["", "", ""], ["x", "y", "z"]):  # unlabelled or in order: read as before
+        part = tmp_path / f"part{''.join(labels)}.n5"
+        ts.open({"driver": "n5", "kvstore": f"file://{part}", "create": True,
+                 "metadata": {"dimensions": [32, 16, 8], "blockSize": [8, 8, 4], "dataType": "uint8", "compression": {"type": "raw"}},
+                 "schema": {"domain": {"labels": labels}}}).result()
+        assert vb.array(str(part)).shape == (8, 16, 32)
 
 
 def test_a_segmentation_copied_to_n5_keeps_its_resolution(tmp_path):

@@ -105,8 +105,9 @@ class N5Layout(ScaleLayout):
             raise UnsupportedError(f"{where}: N5 dataset of {len(dims)} dimensions: volbridge reads (x, y, z) or (x, y, z, c)")
         if len(dims) == 4 and block[3] != dims[3]:
             raise UnsupportedError(f"{where}: channel dimension blocked by {block[3]} of {dims[3]}: every channel must be in one block")
-        axes = attrs.get("axes")  # tensorstore's labels, in the order of 'dimensions'
-        if isinstance(axes, list) and len(axes) >= 3 and [str(v).lower() for v in axes[:3]] != ["x", "y", "z"]:
+        axes = attrs.get("axes")  # tensorstore's labels, in the order of 'dimensions' (empty: unlabelled)
+        labels = [str(v).lower() for v in axes] if isinstance(axes, list) else []
+        if any(name in ("x", "y", "z") and (i > 2 or name != "xyz"[i]) for i, name in enumerate(labels)):
             # (a dataset labelled z, y, x was read transposed, data and resolution: a review found)
             raise UnsupportedError(f"{where}: axes {axes!r}: volbridge reads N5 dimensions x, y, z (fastest first)"
                                    "[, c]; write the dataset in that order")
