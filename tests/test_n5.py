@@ -305,6 +305,13 @@ def test_n5_pyramid_conventions_and_added_levels(tmp_path):
              "schema": {"domain": {"labels": ["z", "y", "x"]}}}).result()
     with pytest.raises(UnsupportedError, match="axes"):
         vb.array(str(zyx))
+    # (review) a pyramid of levels with no downsamplingFactors (tensorstore's plain writes) opened
+    # before: their factors are the ratio of the dimensions now (they were refused for a moment)
+    plain = tmp_path / "plain.n5"
+    _n5(plain, {"n5": "2.0.0", "resolution": [4, 4, 40], "units": ["nm"] * 3})
+    _n5(plain / "s0", {**level, "dimensions": [64, 64, 16]})
+    _n5(plain / "s1", {**level, "dimensions": [32, 32, 16]})
+    assert [s.resolution for s in vb.array(str(plain)).scales] == [(40, 4, 4), (40, 8, 8)]
     for labels in (["x", "", ""], ["", "", ""], ["x", "y", "z"]):  # unlabelled or in order: read as before
         part = tmp_path / f"part{''.join(labels)}.n5"
         ts.open({"driver": "n5", "kvstore": f"file://{part}", "create": True,

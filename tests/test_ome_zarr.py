@@ -238,6 +238,8 @@ def test_levels_added_through_an_open_handle_keep_what_was_written_since(tmp_pat
     meta.write_text(json.dumps(doc))
     with pytest.raises(vb.errors.UnsupportedError, match="integer multiple"):
         downsample(vb.array(url, mode="r+"), num_mips=4)
+    with pytest.raises(vb.errors.InvalidArgumentError, match="mips must lie"):  # (review) nor for mips out of range
+        downsample(vb.array(url, mode="r+"), num_mips=4, mips=[7])
     doc = json.loads(meta.read_text())
     assert len((doc if version == "0.4" else doc["attributes"]["ome"])["multiscales"][0]["datasets"]) == 3
     assert before[1] == sorted(p.name for p in (tmp_path / "img.zarr").iterdir())

@@ -195,12 +195,17 @@ def test_tiff_planes_follow_the_files_mapping_and_names_are_names(tmp_path):
         for i, z in enumerate(order):
             tw.write(planes[z], description=xml if i == 0 else None, metadata=None, contiguous=False)
     np.testing.assert_array_equal(vb.array(f"tiff://{tmp_path / 'map.ome.tif'}")[...], tifffile.imread(tmp_path / "map.ome.tif"))
-    with tifffile.TiffWriter(tmp_path / "two.tif") as tw:
+    with tifffile.TiffWriter(tmp_path / "two.ome.tif", ome=True) as tw:  # two positions
         tw.write(np.full((5, 8, 10), 1, np.uint8), photometric="minisblack", metadata={"axes": "ZYX"})
         tw.write(np.full((5, 8, 10), 2, np.uint8), photometric="minisblack", metadata={"axes": "ZYX"})
     with pytest.warns(UserWarning, match="2 images"):
-        two = vb.array(f"tiff://{tmp_path / 'two.tif'}")
+        two = vb.array(f"tiff://{tmp_path / 'two.ome.tif'}")
     assert two.shape == (5, 8, 10) and (two[...] == 1).all()
+    with tifffile.TiffWriter(tmp_path / "slabs.tif") as tw:  # (review) slabs appended: one volume, as before
+        for v in (1, 2):
+            tw.write(np.full((5, 8, 10), v, np.uint8), photometric="minisblack", metadata={"axes": "ZYX"})
+    slabs = vb.array(f"tiff://{tmp_path / 'slabs.tif'}")
+    assert slabs.shape == (10, 8, 10) and (slabs[:5] == 1).all() and (slabs[5:] == 2).all()
     tifffile.imwrite(tmp_path / "scan[1].tif", np.full((2, 4, 4), 77, np.uint8))
     tifffile.imwrite(tmp_path / "scan1.tif", np.full((2, 4, 4), 11, np.uint8))
     assert (vb.array(str(tmp_path / "scan[1].tif"))[...] == 77).all()

@@ -230,7 +230,16 @@ class N5Dataset(ChunkedDataset):
                 return list(listed[i])
         if i == 0:
             return [1, 1, 1]
-        raise MetadataError(f"{where}: no downsamplingFactors for s{i} (nor in the root's list): its voxel size is unknown")
+        # none written (tensorstore's plain pyramids): the ratio of s0's dimensions to this level's
+        # (they opened before at factor 1, every level at s0's voxel size)
+        dims0, dims = self._dims(0), attrs.get("dimensions")
+        if not (isinstance(dims0, list) and isinstance(dims, list) and all(isinstance(d, int) and d > 0 for d in dims[:3])):
+            raise MetadataError(f"{where}: no downsamplingFactors for s{i} and no dimensions to infer them from")
+        return [max(1, round(a / b)) for a, b in zip(dims0[:3], dims[:3])]
+
+    def _dims(self, i: int):
+        doc = self.root if i == 0 and "dimensions" in self.root else _read_json(self.store, f"s{i}/{ATTRS}") or {}
+        return doc.get("dimensions")
 
     def _resolution(self, i: int, attrs: dict, scaled: bool, where: str) -> list[float]:
         """Scale ``i``'s voxel size (nm): its own ``resolution`` (tensorstore writes each level's

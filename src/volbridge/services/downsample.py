@@ -412,8 +412,12 @@ def downsample(source: Any, *, num_mips: int | None = None, factor: tuple[int, i
         # left empty levels in the pyramid, which viewers show black (a review found)
         DOWNSAMPLE.check(volume)
         have = len(volume.meta.scales)
+        will = max(have, int(num_mips) + 1)
+        if mips is not None and any(not isinstance(m, numbers.Integral) or not 1 <= m < will for m in mips):
+            raise InvalidArgumentError(f"mips must lie in 1..{will - 1} (the volume's scales once num_mips={num_mips} "
+                                       f"are added), got {list(mips)}")
         for m in range(1, int(num_mips) + 1) if mips is None else mips:
-            if isinstance(m, numbers.Integral) and 1 <= m < have:
+            if 1 <= m < have:
                 factor_between(volume.meta.scales[m - 1].resolution, volume.meta.scales[m].resolution)
         added = range(have, int(num_mips) + 1)
         for _ in added:
