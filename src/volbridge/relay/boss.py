@@ -60,7 +60,8 @@ def _experiment_channels(relay: Relay, c: str, e: str) -> list[RelaySource]:
 
 def experiment_frame(relay: Relay, c: str, e: str) -> Box:
     """The coordinate frame of an experiment of configured channels: the union of their
-    base-resolution bounds (they share one voxel size: the relay refuses a config mixing them)."""
+    base-resolution bounds, in the first channel's voxels (channels at other voxel sizes are
+    logged at start: base_resolution is not mapped)."""
     boxes = [s.meta.scales[0].bounds for s in _experiment_channels(relay, c, e)]
     return Box(tuple(min(b.start[i] for b in boxes) for i in range(3)), tuple(max(b.stop[i] for b in boxes) for i in range(3)))
 
