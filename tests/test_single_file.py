@@ -253,3 +253,67 @@ def test_hdf5_voxel_sizes_in_the_usual_attributes(tmp_path):
         vb.array(f"h5://{tmp_path / 'r.h5'}#/bad")
     with pytest.raises(MetadataError, match="no dataset"):
         vb.array(f"h5://{tmp_path / 'r.h5'}#/gone")
+
+
+def test_tiff_voxel_sizes_come_from_ome_and_imagej_metadata(tmp_path):
+    """Voxel sizes were 1 nm whatever the file said: Fiji's calibration and OME's PhysicalSize
+    are read now (nm, as Fiji shows them), the URL's ?resolution= still wins, and a plain TIFF's
+    72 dpi is not taken for a voxel size."""
+    data = np.arange(3 * 4 * 5, dtype=np.uint8).reshape(3, 4, 5)
+    for unit in ("um", "micron", "\\u00B5m"):  # (tifffile writes no non-ASCII ImageJ text)
+        tifffile.imwrite(tmp_path / "ij.tif", data, imagej=True, resolution=(1 / 0.25, 1 / 0.5),
+                         metadata={"spacing": 2.0, "unit": unit, "axes": "ZYX"})
+        assert vb.array(f"tiff://{tmp_path}/ij.tif").resolution == pytest.approx((2000.0, 500.0, 250.0)), unit
+    assert vb.array(f"tiff://{tmp_path}/ij.tif?resolution=30,4,4").resolution == (30.0, 4.0, 4.0)
+    tifffile.imwrite(tmp_path / "nm.tif", data, imagej=True, resolution=(1 / 4, 1 / 4), metadata={"unit": "nm", "axes": "ZYX"})
+    assert vb.array(f"tiff://{tmp_path}/nm.tif").resolution == pytest.approx((1.0, 4.0, 4.0))  # no spacing: 1 unit, as Fiji
+    tifffile.imwrite(tmp_path / "px.tif", data, imagej=True, resolution=(2.0, 2.0), metadata={"unit": "pixel", "axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "dpi.tif", data, photometric="minisblack", resolution=(72, 72), resolutionunit="INCH")
+    for name in ("px.tif", "dpi.tif"):
+        assert vb.array(f"tiff://{tmp_path}/{name}").resolution == (1.0, 1.0, 1.0)
+    tifffile.imwrite(tmp_path / "o.ome.tif", data, ome=True,
+                     metadata={"axes": "ZYX", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.5, "PhysicalSizeZ": 30, "PhysicalSizeZUnit": "nm"})
+    assert vb.array(f"tiff://{tmp_path}/o.ome.tif").resolution == pytest.approx((30.0, 500.0, 250.0))
+    tifffile.imwrite(tmp_path / "xy.ome.tif", data, ome=True, metadata={"axes": "ZYX", "PhysicalSizeX": 8, "PhysicalSizeXUnit": "nm",
+                                                                       "PhysicalSizeY": 8, "PhysicalSizeYUnit": "nm"})
+    assert vb.array(f"tiff://{tmp_path}/xy.ome.tif").resolution == pytest.approx((1.0, 8.0, 8.0))
+    tifffile.imwrite(tmp_path / "odd.ome.tif", data, ome=True, metadata={"axes": "ZYX", "PhysicalSizeX": 1, "PhysicalSizeXUnit": "pc",
+                                                                        "PhysicalSizeY": 1})
+    with pytest.raises(vb.errors.UnsupportedError, match="PhysicalSizeX in 'pc'"):
+        vb.array(f"tiff://{tmp_path}/odd.ome.tif")
+    assert vb.array(f"tiff://{tmp_path}/odd.ome.tif?resolution=1,2,3").resolution == (1.0, 2.0, 3.0)
+    (tmp_path / "st").mkdir()  # a stack of files: the first file's calibration
+    for z in range(3):
+        tifffile.imwrite(tmp_path / "st" / f"{z}.tif", data[z], imagej=True, resolution=(1 / 0.1, 1 / 0.1), metadata={"unit": "um"})
+    assert vb.array(f"tiff://{tmp_path}/st/*.tif").resolution == pytest.approx((1000.0, 100.0, 100.0))
+
+
+def test_tiff_series_option_reads_one_image(tmp_path):
+    """?series=N reads image N of an OME-TIFF of several positions (with its own voxel size), or
+    one slab of a file written a slab at a time; tifffile's own reading is the oracle."""
+    first, second = np.full((5, 8, 10), 1, np.uint8), np.arange(3 * 6 * 7, dtype=np.uint8).reshape(3, 6, 7)
+    with tifffile.TiffWriter(tmp_path / "two.ome.tif", ome=True) as tw:
+        tw.write(first, photometric="minisblack", metadata={"axes": "ZYX", "PhysicalSizeX": 4, "PhysicalSizeXUnit": "nm",
+                                                            "PhysicalSizeY": 4, "PhysicalSizeYUnit": "nm"})
+        tw.write(second, photometric="minisblack", metadata={"axes": "ZYX", "PhysicalSizeX": 8, "PhysicalSizeXUnit": "nm",
+                                                             "PhysicalSizeY": 8, "PhysicalSizeYUnit": "nm",
+                                                             "PhysicalSizeZ": 40, "PhysicalSizeZUnit": "nm"})
+    one = vb.array(f"tiff://{tmp_path}/two.ome.tif?series=1")
+    np.testing.assert_array_equal(one[...], tifffile.imread(tmp_path / "two.ome.tif", series=1))
+    assert one.resolution == pytest.approx((40.0, 8.0, 8.0))
+    zero = vb.array(f"tiff://{tmp_path}/two.ome.tif?series=0")
+    assert zero.shape == (5, 8, 10) and zero.resolution == pytest.approx((1.0, 4.0, 4.0))
+    with tifffile.TiffWriter(tmp_path / "slabs.tif") as tw:
+        for v in (1, 2, 3):
+            tw.write(np.full((2, 4, 4), v, np.uint8), photometric="minisblack", metadata={"axes": "ZYX"})
+    slab = vb.array(f"tiff://{tmp_path}/slabs.tif?series=2")
+    assert slab.shape == (2, 4, 4) and (slab[...] == 3).all()
+    with pytest.raises(URLError, match="holds 3 series"):
+        vb.array(f"tiff://{tmp_path}/slabs.tif?series=3")
+    for bad in ("-1", "x", "1.0", ""):
+        with pytest.raises(URLError, match="series must be"):
+            vb.array(f"tiff://{tmp_path}/slabs.tif?series={bad}")
+    with pytest.raises(URLError, match="unknown option.*serie; this volume takes resolution, series"):
+        vb.array(f"tiff://{tmp_path}/slabs.tif?serie=2")  # (it read all three slabs)
+    with pytest.raises(URLError, match="unknown option"):
+        vb.array(f"h5://{tmp_path}/x.h5?res=4,4,4#/raw")

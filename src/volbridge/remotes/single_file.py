@@ -7,15 +7,19 @@ from urllib.parse import parse_qs, unquote, urlparse
 from ..errors import URLError
 
 
-def parse_file_url(url: str) -> tuple[str, str, dict[str, str]]:
-    """``scheme:///path/file?key=v#/inner`` -> (path, inner, options)."""
+def parse_file_url(url: str, known: tuple[str, ...] = ("resolution",)) -> tuple[str, str, dict[str, str]]:
+    """``scheme:///path/file?key=v#/inner`` -> (path, inner, options); an option not among
+    ``known`` is refused (a misspelt ``?serie=1`` read another image than the one asked for)."""
     parsed = urlparse(url)
     if parsed.netloc not in ("", "localhost"):
         raise URLError(f"{url!r}: single-file volumes are local paths (scheme:///absolute/path)")
     path = unquote(parsed.path)
     if not path:
         raise URLError(f"{url!r} names no file")
-    options = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+    options = {k: v[-1] for k, v in parse_qs(parsed.query, keep_blank_values=True).items()}
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise URLError(f"{url!r}: unknown option(s) {', '.join(unknown)}; this volume takes {', '.join(known)}")
     return path, unquote(parsed.fragment), options
 
 

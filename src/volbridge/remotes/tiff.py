@@ -1,16 +1,27 @@
 """TIFF volumes, read-only: a multipage file (``tiff:///data/stack.tif``, pages are z) or a
 z-stack of files (``tiff:///data/slices/*.tif``, sorted by name with numbers by value: s_2 before
 s_10). Only the pages a read needs are decoded. RGB(A) samples (interleaved or planar) and the C
-axis of ImageJ/OME hyperstacks become channels; time series are refused. Resolution from
-``?resolution=z,y,x``, else 1.
+axis of ImageJ/OME hyperstacks become channels; time series are refused.
+
+Voxel sizes (nm) from ``?resolution=z,y,x``, else the first file's metadata as Fiji shows it:
+an OME-TIFF's ``PhysicalSize{X,Y,Z}`` (and their units, micrometres by default), or ImageJ's
+calibration (X/YResolution in pixels per ``unit``, z ``spacing``); a z size the metadata lacks is
+1 of the x unit (Fiji's default). Other TIFFs (no such metadata, or ImageJ's ``pixel``) are 1 nm:
+a plain TIFF's XResolution is most often a scanner's 72 dpi, not a voxel size.
+
+``?series=N`` reads image N of a file holding several (an OME-TIFF's other positions; a file
+written a slab at a time): without it an OME-TIFF's first image is read and the series of other
+files follow each other in z.
 """
 
 from __future__ import annotations
 
 import glob
+import math
 import os
 import re
 import warnings
+import xml.etree.ElementTree as ET
 
 import numpy as np
 
@@ -27,16 +38,87 @@ _PAGE_LAYOUTS = ("YX", "YXS", "SYX")
 _PLANE_AXES = "ZIQ"
 
 
-def _planes(path: str, url: str):
+#: Nanometres per unit of length, by the names OME (UnitsLength) and ImageJ (``unit``) use.
+_NM_PER_UNIT = {"m": 1e9, "dm": 1e8, "cm": 1e7, "mm": 1e6, "µm": 1e3, "μm": 1e3, "um": 1e3, "micron": 1e3,
+                "microns": 1e3, "micrometer": 1e3, "micrometre": 1e3, "nm": 1.0, "nanometer": 1.0, "pm": 1e-3,
+                "Å": 0.1, "angstrom": 0.1}
+
+
+def _nm_per(unit: str | None) -> float | None:
+    """Nanometres in one ``unit`` (ImageJ writes µ as ``\\u00B5`` too); None when not a length."""
+    if unit is None:
+        return None
+    unit = unit.strip().replace("\\u00B5", "µ").replace("\\u00b5", "µ")
+    return _NM_PER_UNIT.get(unit, _NM_PER_UNIT.get(unit.lower()))
+
+
+def _ome_voxel(xml: str, image: int, path: str, url: str) -> tuple[float, float, float] | None:
+    """(x, y, z) nm of OME image ``image``'s Pixels, None without PhysicalSizeX/Y."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as e:
+        warnings.warn(f"{url}: the OME-XML of {path} does not parse ({e}); its voxel sizes are not read", stacklevel=5)
+        return None
+    images = [el for el in root if el.tag.rsplit("}", 1)[-1] == "Image"]
+    pixels = [el for el in images[image]] if image < len(images) else []
+    pixels = next((el for el in pixels if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    if pixels is None:
+        return None
+    sizes = []
+    for axis in "XYZ":
+        text, unit = pixels.get(f"PhysicalSize{axis}"), pixels.get(f"PhysicalSize{axis}Unit", "µm")
+        if text is None:
+            sizes.append(None)
+            continue
+        scale = _nm_per(unit)
+        if scale is None:
+            raise UnsupportedError(f"{url}: {path} gives PhysicalSize{axis} in {unit!r}, not a unit of length volbridge knows; "
+                                   "give the voxel size as ?resolution=z,y,x")
+        sizes.append(_size(text, f"PhysicalSize{axis}", path, url) * scale)
+    if sizes[0] is None or sizes[1] is None:
+        return None
+    z = sizes[2] if sizes[2] is not None else _nm_per(pixels.get("PhysicalSizeXUnit", "µm"))
+    return sizes[0], sizes[1], z
+
+
+def _imagej_voxel(meta: dict, page, path: str, url: str) -> tuple[float, float, float] | None:
+    """(x, y, z) nm from ImageJ's calibration: pixels per ``unit`` in the X/YResolution tags,
+    z ``spacing`` in ``unit``; None when uncalibrated (no unit, or ``pixel``)."""
+    scale = _nm_per(meta.get("unit"))
+    if scale is None:
+        return None
+    sizes = []
+    for tag in ("XResolution", "YResolution"):
+        value = page.tags.get(tag)
+        if value is None:
+            return None
+        num, den = value.value
+        sizes.append(_size(den / num if num else math.inf, tag, path, url) * scale)
+    return sizes[0], sizes[1], _size(meta.get("spacing", 1.0), "spacing", path, url) * scale
+
+
+def _size(value, what: str, path: str, url: str) -> float:
+    try:
+        size = float(value)
+    except (TypeError, ValueError):
+        size = math.nan
+    if not (math.isfinite(size) and size > 0):
+        raise UnsupportedError(f"{url}: {path} gives {what} {value!r}, not a positive voxel size; "
+                               "give the voxel size as ?resolution=z,y,x")
+    return size
+
+
+def _planes(path: str, url: str, series: int | None = None, voxel_size: bool = True):
     """The planes of one file in z order, as (page indices, one per channel), with the pages'
-    layout, channel count, dtype and (height, width). From tifffile's series and their axes,
+    layout, channel count, dtype, (height, width) and the voxel size its metadata gives (x, y,
+    z nm, or None; not read unless ``voxel_size``). From tifffile's series and their axes,
     so ImageJ/OME hyperstacks (ZCYX, CZYX) give channels, not z (a review found them folded
     into z, channels alternating), and planar RGB pages keep their channels. A series' planes
     are the pages tifffile maps to it, in its order (an OME-TIFF's IFD mapping may store them in
     any order: they were read in file order, z scrambled). Several series of one layout (a file
     written a slice or a slab at a time, ``append=True``) follow each other in z; of an
     OME-TIFF's several images (other positions) the first is read, as tifffile.imread does, with
-    a warning (they were stacked into z)."""
+    a warning (they were stacked into z). ``series``: read that one only."""
     import tifffile
 
     try:
@@ -49,16 +131,28 @@ def _planes(path: str, url: str):
                       list(range(s.pages[0].index, s.pages[0].index + _plane_count(s.axes, s.shape, s.pages[0].axes))),
                       s.pages[0].axes, s.pages[0].shape) for s in tf.series]
             npages = len(tf.pages)
+            if series is not None and not series < len(found):
+                raise URLError(f"{url!r}: series={series}, but {path} holds {len(found)} series (0..{len(found) - 1})")
+            chosen, voxel = series or 0, None
+            if not voxel_size:
+                pass
+            elif ome:
+                voxel = _ome_voxel(tf.ome_metadata, chosen, path, url)
+            else:
+                meta = tf.imagej_metadata
+                voxel = _imagej_voxel(meta, tf.series[chosen].pages[0], path, url) if meta else None
     except (OSError, IndexError, AttributeError, tifffile.TiffFileError) as e:
         raise StoreError(f"{url}: cannot read {path}: {e}") from e
     if not found:
         raise StoreError(f"{url}: no image pages in {path}")
+    if series is not None:
+        found = found[series:series + 1]
     if any(p is not None and p >= npages for f in found for p in f[3]):
         raise UnsupportedError(f"{url}: {path} stores its series in fewer pages ({npages}) than planes")
     if len(found) > 1 and ome:
         shapes = ", ".join(f"{a} {tuple(sh)}" for a, sh, *_ in found[:4])
         warnings.warn(f"{url}: {path} holds {len(found)} images ({shapes}{', ...' if len(found) > 4 else ''}); "
-                      "volbridge reads the first, as tifffile.imread does", stacklevel=4)
+                      "volbridge reads the first, as tifffile.imread does (?series=N reads image N)", stacklevel=4)
         found = found[:1]
     planes: list[tuple[int, ...]] = []
     kind = None
@@ -71,7 +165,7 @@ def _planes(path: str, url: str):
         kind = this_kind
         planes += these
     layout, channels, height, width, dtype = kind
-    return planes, layout, channels, dtype, (height, width)
+    return planes, layout, channels, dtype, (height, width), voxel
 
 
 def _plane_count(axes: str, shape, layout: str) -> int:
@@ -107,12 +201,14 @@ def _series_planes(axes, shape, dtype, pages: list, layout: str, page_shape, pat
 class TiffVolume(Volume):
     format_name = "tiff"
 
-    def __init__(self, url: str, files: list[str], resolution=None):
+    def __init__(self, url: str, files: list[str], resolution=None, series: int | None = None):
         self.url, self.files = url, files
         self.pages: list[tuple[str, tuple[int, ...], str]] = []  # per z: file, its pages (one per channel), layout
         kinds = {}
-        for path in files:
-            planes, layout, channels, dtype, hw = _planes(path, url)
+        voxel = None
+        for i, path in enumerate(files):
+            planes, layout, channels, dtype, hw, found = _planes(path, url, series, voxel_size=i == 0 and not resolution)
+            voxel = found if i == 0 else voxel
             kinds.setdefault((hw, channels, dtype), path)
             self.pages += [(path, keys, layout) for keys in planes]
         if not self.pages:
@@ -122,7 +218,7 @@ class TiffVolume(Volume):
             raise URLError(f"{url!r}: its files differ in page shape, channels or dtype ({seen}); a volume needs them equal")
         (height, width), self.channels, dtype = next(iter(kinds))
         bounds = Box((0, 0, 0), (width, height, len(self.pages)))
-        res = resolution or (1.0, 1.0, 1.0)
+        res = resolution or voxel or (1.0, 1.0, 1.0)
         self.meta = VolumeMeta(dtype, self.channels, "image", (ScaleMeta("", bounds, res, (width, height, 1), "tiff"),), 0)
         self.capabilities = frozenset()
 
@@ -171,7 +267,7 @@ def _natural(name: str) -> list:
 def open_tiff(url: str, writable: bool) -> TiffVolume:
     if writable:
         raise ReadOnlyError(f"{url}: TIFF volumes are read-only; transfer them to another format to write")
-    pattern, _, options = parse_file_url(url)
+    pattern, _, options = parse_file_url(url, ("resolution", "series"))
     # a file of that very name first: 'scan[1].tif' is a name, and as a pattern it matched
     # another file ('scan1.tif'), read in its place (a review found)
     if os.path.isfile(pattern) or not any(c in pattern for c in "*?["):
@@ -180,4 +276,7 @@ def open_tiff(url: str, writable: bool) -> TiffVolume:
         files = sorted((f for f in glob.glob(pattern) if os.path.isfile(f)), key=_natural)
     if not files or not all(os.path.isfile(f) for f in files):
         raise URLError(f"{url!r}: no TIFF file matches {pattern}")
-    return TiffVolume(url, files, triple(options.get("resolution"), "resolution", url))
+    series = options.get("series")
+    if series is not None and not re.fullmatch(r"[0-9]{1,9}", series):
+        raise URLError(f"{url!r}: series must be a series index (0, 1, ...), got {series!r}")
+    return TiffVolume(url, files, triple(options.get("resolution"), "resolution", url), None if series is None else int(series))
