@@ -364,3 +364,65 @@ def test_dvid_endpoints_the_relay_lacks_are_named(versioned):
         status, body, _ = http(method, versioned.url + path, token=TOKEN)
         message = error_body(body)["message"]
         assert status == 400 and f"{method} {path.split('?')[0]} is not supported" in message, (status, message)
+
+
+def test_labelmap_scales_through_the_relay_and_the_client(start_relay, tmp_path):
+    """DVID served and read scale 0 only: a labelmap's MaxDownresLevel was 0 whatever pyramid
+    its source had, ?scale=N was refused, and dvid:// had no mips. A source whose levels halve
+    every axis is served at each (coordinates of that scale, as DVID's labelmap), read back by
+    the client at every mip equal to the source's own mips; an anisotropic pyramid is scale 0."""
+    rng = np.random.default_rng(5)
+    labels = np.kron(rng.integers(0, 4, (5, 6, 7)).astype(np.uint64) + np.uint64(2**33), np.ones((6, 7, 9), np.uint64))
+    shape = labels.shape  # (30, 42, 63): odd edges at every level
+    iso = vb.create(f"precomputed://{tmp_path / 'iso'}", bounds=((-7, 5, 3), (-7 + shape[0], 5 + shape[1], 3 + shape[2])),
+                    dtype="uint64", chunk_shape=(16, 16, 16), resolution=(8, 8, 8), layer_type="segmentation",
+                    num_scales=3, factor=(2, 2, 2))
+    iso[...] = labels
+    from volbridge.services import downsample
+
+    downsample(iso, mips=range(1, 3), factor=(2, 2, 2))
+    aniso = vb.create(f"precomputed://{tmp_path / 'aniso'}", shape=shape, dtype="uint64", resolution=(40, 8, 8),
+                      layer_type="segmentation", num_scales=2, factor=(1, 2, 2))
+    aniso[...] = labels
+    relay = start_relay({"sources": {"lab/em/iso": {"url": f"precomputed://{tmp_path / 'iso'}", "writable": True},
+                                     "lab/em/aniso": {"url": f"precomputed://{tmp_path / 'aniso'}"}},
+                         "tokens": [{"token": TOKEN, "write": ["lab/*"]}]})
+    base = f"{relay.url}/api/node/{UUID}"
+    info = json.loads(http("GET", f"{base}/iso/info", token=TOKEN)[1])
+    assert info["Extended"]["MaxDownresLevel"] == 2
+    assert json.loads(http("GET", f"{base}/aniso/info", token=TOKEN)[1])["Extended"]["MaxDownresLevel"] == 0
+    client = f"dvid://{relay.url}/{UUID}/iso"
+    for mip in range(3):
+        src, d = vb.array(f"precomputed://{tmp_path / 'iso'}", mip=mip), vb.array(client, mip=mip, token=TOKEN)
+        assert d.bounds == src.bounds and d.resolution == src.resolution, mip
+        np.testing.assert_array_equal(d[...], src[...])
+        (z0, y0, x0), _ = src.bounds
+        np.testing.assert_array_equal(d[z0 + 1:z0 + 5, y0 - 3:y0 + 9, x0 + 2:x0 + 11], src[z0 + 1:z0 + 5, y0 - 3:y0 + 9, x0 + 2:x0 + 11])
+    two = vb.array(f"precomputed://{tmp_path / 'iso'}", mip=2)
+    (z0, y0, x0), _ = two.bounds
+    status, body, _ = http("GET", f"{base}/iso/raw/0_1_2/5_4_3/{x0 + 1}_{y0}_{z0 + 2}?scale=2", token=TOKEN)
+    assert status == 200
+    np.testing.assert_array_equal(np.frombuffer(body, "<u8").reshape(3, 4, 5), two[z0 + 2:z0 + 5, y0:y0 + 4, x0 + 1:x0 + 6])
+    one = vb.array(f"precomputed://{tmp_path / 'iso'}", mip=1)
+    (z1, y1, x1), _ = one.bounds
+    label = int(one[z1 + 3, y1 + 4, x1 + 5])
+    assert json.loads(http("GET", f"{base}/iso/label/{x1 + 5}_{y1 + 4}_{z1 + 3}?scale=1", token=TOKEN)[1]) == {"Label": label}
+    pts = json.dumps([[x1 + 5, y1 + 4, z1 + 3], [x1, y1, z1]]).encode()
+    assert json.loads(http("POST", f"{base}/iso/labels?scale=1", token=TOKEN, body=pts)[1]) == [label, int(one[z1, y1, x1])]
+    status, body, _ = http("GET", f"{base}/iso/sparsevol/{label}?scale=1", token=TOKEN)
+    n = int.from_bytes(body[8:12], "little")
+    spans = np.frombuffer(body[12:], "<i4").reshape(n, 4)
+    voxels = {(int(x + i), int(y), int(z)) for x, y, z, length in spans for i in range(length)}
+    zs, ys, xs = np.nonzero(one[...] == label)
+    assert voxels == {(int(x + x1), int(y + y1), int(z + z1)) for z, y, x in zip(zs, ys, xs)}
+    for path, says in (("iso/raw/0_1_2/4_4_4/0_0_0?scale=3", "iso has scales 0..2"),
+                       ("aniso/raw/0_1_2/4_4_4/0_0_0?scale=1", "aniso has scale 0 only"),
+                       ("iso/raw/0_1_2/4_4_4/0_0_0?scale=-1", "scale='-1'")):
+        status, body, _ = http("GET", f"{base}/{path}", token=TOKEN)
+        assert status == 400 and says in error_body(body)["message"], (path, status, body[:200])
+    status, body, _ = http("POST", f"{base}/iso/raw/0_1_2/64_64_64/0_0_0?scale=1", token=TOKEN, body=bytes(64**3 * 8))
+    assert status == 400 and "scale='1'" in error_body(body)["message"]
+    d1 = vb.array(client, mip=1, token=TOKEN, mode="r+")
+    with pytest.raises(vb.errors.UnsupportedError, match="computes scale 1"):
+        d1[z1, y1, x1] = np.uint64(1)
+    assert len(vb.array(f"dvid://{relay.url}/{UUID}/aniso", token=TOKEN).scales) == 1

@@ -270,17 +270,23 @@ def _raw_box(request: Request, inst: Instance) -> Box:
 _HARMLESS = {"u", "app", "throttle", "mutate", "supervoxels"}
 
 
-def _only(request: Request, allowed: set[str], what: str) -> None:
-    """Refuse query parameters the relay does not apply (scale=1, roi=, minz=, ...): DVID answers
-    them, and a relay answering as if they were not there returned other data with a 200 (a
-    review found scale=1 serving scale 0, and a sparsevol ignoring its z range)."""
+def _only(request: Request, allowed: set[str], what: str, inst: Instance | None = None) -> int:
+    """Refuse query parameters the relay does not apply (roi=, minz=, ...): DVID answers them,
+    and a relay answering as if they were not there returned other data with a 200 (a review
+    found scale=1 serving scale 0, and a sparsevol ignoring its z range). Returns the ``scale``
+    asked for, one ``inst`` serves (its MaxDownresLevel; any but 0 is refused without one)."""
     q = request.query_params
-    if q.get("scale", "0") != "0":
-        raise RelayError(400, BAD_REQUEST, f"{what}: scale={q['scale']!r}: the relay serves scale 0 of DVID instances "
-                                           "(its other scales through the BossDB and precomputed faces)")
+    text = q.get("scale", "0")
+    top = inst.max_downres if inst is not None else 0
+    if not re.fullmatch(r"[0-9]{1,2}", text) or int(text) > top:
+        held = f"scales 0..{top}" if top else "scale 0 only"
+        why = f"{inst.name} has {held}" if inst is not None else "the relay writes scale 0 (DVID computes the others)"
+        raise RelayError(400, BAD_REQUEST, f"{what}: scale={text!r}: {why}"
+                         + ("" if top else " (a source's other scales: through the BossDB and precomputed faces)"))
     extra = sorted(set(q) - allowed - _HARMLESS - {"scale"})
     if extra:
         raise RelayError(400, BAD_REQUEST, f"{what}: the relay does not apply {', '.join(extra)}; ask without it")
+    return int(text)
 
 
 def _compression(request: Request, inst: Instance) -> str | None:
@@ -299,12 +305,12 @@ async def raw_get(request: Request):
     fmt = request.path_params.get("format", "octet-stream")
     if fmt not in ("octet-stream", "raw"):
         raise RelayError(400, BAD_REQUEST, f"format {fmt!r}: the relay sends octet-stream 3-D cutouts")
-    _only(request, {"compression"}, "raw")
+    scale = _only(request, {"compression"}, "raw", inst)
     box = _raw_box(request, inst)
     comp = _compression(request, inst)
 
     def work() -> bytes:
-        data = np.ascontiguousarray(inst.read(box).T).tobytes()
+        data = np.ascontiguousarray(inst.read(box, scale).T).tobytes()
         if comp == "lz4":
             return imagecodecs.lz4_encode(data, header=False)
         if comp == "gzip":
@@ -373,8 +379,8 @@ async def extents(request: Request):
     return Response(status_code=200)
 
 
-def _voxel(inst: Instance, p: tuple[int, int, int]) -> int:
-    return int(inst.read(Box(p, (p[0] + 1, p[1] + 1, p[2] + 1)))[0, 0, 0])
+def _voxel(inst: Instance, p: tuple[int, int, int], scale: int = 0) -> int:
+    return int(inst.read(Box(p, (p[0] + 1, p[1] + 1, p[2] + 1)), scale)[0, 0, 0])
 
 
 def _note(doc: dict) -> str:
@@ -397,14 +403,14 @@ def _label_instance(request: Request) -> Instance:
 
 async def label_at(request: Request):
     inst = _label_instance(request)
-    _only(request, {"supervoxels"}, "label")
+    scale = _only(request, {"supervoxels"}, "label", inst)
     point = _triple(request.path_params["point"], "point")
-    return JSONResponse({"Label": await run_in_threadpool(_voxel, inst, point)})
+    return JSONResponse({"Label": await run_in_threadpool(_voxel, inst, point, scale)})
 
 
 async def labels_at(request: Request):
     inst = _label_instance(request)
-    _only(request, {"supervoxels"}, "labels")
+    scale = _only(request, {"supervoxels"}, "labels", inst)
     points = parse_json(await read_body(request, 1 << 20))
     # integers only: int() truncated 2.5 and overflowed on 1e400 (a 500)
     if not isinstance(points, list) or not all(
@@ -412,11 +418,11 @@ async def labels_at(request: Request):
             for p in points):
         raise RelayError(400, BAD_REQUEST, "the body must be a JSON list of [x, y, z] integer points")
     pts = [tuple(p) for p in points]
-    return JSONResponse(await run_in_threadpool(lambda: [_voxel(inst, p) for p in pts]))
+    return JSONResponse(await run_in_threadpool(lambda: [_voxel(inst, p, scale) for p in pts]))
 
 
-def sparsevol_spans(inst: Instance, label: int) -> list[tuple[int, int, int, int]]:
-    """(x, y, z, length) runs along x of ``label``, sorted by z, y, x and merged."""
+def sparsevol_spans(inst: Instance, label: int, scale: int = 0) -> list[tuple[int, int, int, int]]:
+    """(x, y, z, length) runs along x of ``label`` at ``scale``, sorted by z, y, x and merged."""
     spans: list[tuple[int, int, int, int]] = []
     lock = threading.Lock()
 
@@ -432,7 +438,7 @@ def sparsevol_spans(inst: Instance, label: int) -> list[tuple[int, int, int, int
         with lock:
             spans.extend(out)
 
-    inst.scan(fn)
+    inst.scan(fn, scale)
     spans.sort(key=lambda s: (s[2], s[1], s[0]))
     merged: list[tuple[int, int, int, int]] = []
     for s in spans:
@@ -457,16 +463,16 @@ async def sparsevol(request: Request):
             raise ValueError
     except ValueError:
         raise RelayError(400, BAD_REQUEST, f"label {request.path_params['label']!r} must be a positive 64-bit integer") from None
-    _only(request, {"format"}, "sparsevol")
+    scale = _only(request, {"format"}, "sparsevol", inst)
     fmt = request.query_params.get("format", "rles")
     if fmt not in ("rles", "srles"):
         raise RelayError(400, BAD_REQUEST, f"format {fmt!r}: the relay sends rles or srles")
-    ext = inst.extents()
+    ext = inst.extents(scale)
     nbytes = 0 if ext is None else ext.size * inst.dtype.itemsize
     limit = _relay(request).config.max_scan_bytes
     if nbytes > limit:
         raise RelayError(413, TOO_LARGE, f"a sparse volume of {inst.name} scans {nbytes} bytes; the relay scans at most {limit}")
-    spans = await run_in_threadpool(sparsevol_spans, inst, label)
+    spans = await run_in_threadpool(sparsevol_spans, inst, label, scale)
     if request.method == "HEAD":
         return Response(status_code=200 if spans else 204)
     if not spans:

@@ -42,25 +42,29 @@ class Instance(ABC):
     #: The relay's access-control name: c/e/ch, or dvid/<repo root>/<instance>.
     access_name: str
 
+    #: Scales above 0 it serves (DVID's ``MaxDownresLevel``: labelmap's ``?scale=N``, each level
+    #: half the one before on every axis).
+    max_downres = 0
+
     @property
     def is_label(self) -> bool:
         return self.typename in LABELS
 
     @abstractmethod
-    def extents(self) -> Box | None:
-        """The written or source bounds (x, y, z), or None before anything is written."""
+    def extents(self, scale: int = 0) -> Box | None:
+        """The written or source bounds (x, y, z) at ``scale``, or None before anything is written."""
 
     @abstractmethod
-    def read(self, box: Box) -> np.ndarray:
-        """(x, y, z) voxels of ``box``; zeros where nothing was written."""
+    def read(self, box: Box, scale: int = 0) -> np.ndarray:
+        """(x, y, z) voxels of ``box`` at ``scale``; zeros where nothing was written."""
 
     @abstractmethod
     def write(self, box: Box, xyz: np.ndarray) -> None:
         """Store (x, y, z) voxels of ``box`` (block-aligned, checked by the caller)."""
 
     @abstractmethod
-    def scan(self, fn: Callable[[Box, np.ndarray], None]) -> None:
-        """``fn(box, (x, y, z) voxels)`` over everything written, in pieces."""
+    def scan(self, fn: Callable[[Box, np.ndarray], None], scale: int = 0) -> None:
+        """``fn(box, (x, y, z) voxels)`` over everything written at ``scale``, in pieces."""
 
     def info(self) -> dict:
         ext = self.extents()
@@ -75,7 +79,7 @@ class Instance(ABC):
             "Background": 0, "ScaleLevel": 0,
         }
         if self.typename == "labelmap":
-            extended.update({"IndexedLabels": False, "MaxDownresLevel": 0})
+            extended.update({"IndexedLabels": False, "MaxDownresLevel": self.max_downres})
         return {
             "Base": {"TypeName": self.typename, "TypeURL": f"github.com/janelia-flyem/dvid/datatype/{self.typename}",
                      "TypeVersion": "0.1", "DataUUID": hashlib.md5(f"{self.repo_root}/{self.name}".encode()).hexdigest(),
@@ -103,12 +107,14 @@ class ConfiguredInstance(Instance):
         else:
             raise RelayError(400, BAD_REQUEST, f"{src.name} holds {self.dtype}, which no DVID data type stores")
         self.block = (64, 64, 64) if self.typename == "labelmap" else (32, 32, 32)
+        if self.typename == "labelmap":
+            self.max_downres = _halvings(src)
 
-    def extents(self) -> Box:
-        return self.src.meta.scales[0].bounds
+    def extents(self, scale: int = 0) -> Box:
+        return self.src.meta.scales[scale].bounds
 
-    def read(self, box: Box) -> np.ndarray:
-        return self.src.read(box, 0)[..., self.src.channel]
+    def read(self, box: Box, scale: int = 0) -> np.ndarray:
+        return self.src.read(box, scale)[..., self.src.channel]
 
     def write(self, box: Box, xyz: np.ndarray) -> None:
         """Stores the part inside the source's bounds; the rest must be zeros (a block-aligned
@@ -124,8 +130,26 @@ class ConfiguredInstance(Instance):
             ch = self.src.channel
             self.src.write(inside, xyz[inside.slices(box.start)][..., None], 0, slice(ch, ch + 1))
 
-    def scan(self, fn: Callable[[Box, np.ndarray], None]) -> None:
-        self.src.scan(0, fn)
+    def scan(self, fn: Callable[[Box, np.ndarray], None], scale: int = 0) -> None:
+        self.src.scan(scale, fn)
+
+
+def _halvings(src: RelaySource) -> int:
+    """How many of the source's scales after the first are DVID's: each voxel 2^N times scale
+    0's on every axis, its box scale 0's divided so (the start down; the stop up or down, as
+    pyramids round it: what lies past it reads as background). A pyramid of other factors
+    (anisotropic 2, 2, 1) stops there: DVID clients compute each level's size and place from
+    scale 0 and N, and would read another level's voxels at the wrong place."""
+    scales = src.meta.scales
+    base, res = scales[0].bounds, scales[0].resolution
+    n = 0
+    for level, scale in enumerate(scales[1:], 1):
+        f = 2**level
+        stops_ok = all(b // f <= s <= -(-b // f) for b, s in zip(base.stop, scale.bounds.stop))
+        if scale.bounds.start != tuple(a // f for a in base.start) or not stops_ok or any(abs(r * f - s) > 1e-6 * r * f for r, s in zip(res, scale.resolution)):
+            break
+        n = level
+    return n
 
 
 class ManagedInstance(Instance):
@@ -143,19 +167,19 @@ class ManagedInstance(Instance):
         self.dtype = np.dtype(self.volume.meta.dtype)
         self._meta = meta
 
-    def extents(self) -> Box | None:
+    def extents(self, scale: int = 0) -> Box | None:
         lo, hi = self._meta["MinPoint"], self._meta["MaxPoint"]
         if lo is None:
             return None
         return Box(tuple(lo), tuple(v + 1 for v in hi))
 
-    def read(self, box: Box) -> np.ndarray:
+    def read(self, box: Box, scale: int = 0) -> np.ndarray:
         return self.volume.read(box, 0)[..., 0]
 
     def write(self, box: Box, xyz: np.ndarray) -> None:
         self.store.write(self.repo, self.node, self.name, box, xyz)
 
-    def scan(self, fn: Callable[[Box, np.ndarray], None]) -> None:
+    def scan(self, fn: Callable[[Box, np.ndarray], None], scale: int = 0) -> None:
         ext = self.extents()
         if ext is None:
             return

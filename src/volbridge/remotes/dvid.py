@@ -2,7 +2,9 @@
 
 The UUID may be a unique prefix, or ``<uuid>:<branch>`` for the leaf of a branch. Metadata comes
 from the instance's ``info``: type, value dtype, block size, voxel size (in nm) and the extents,
-whose ``MaxPoint`` is inclusive. Reads are 3-D raw cutouts (ZYX bytes, x fastest; label types
+whose ``MaxPoint`` is inclusive. A labelmap (or labelarray) with ``MaxDownresLevel`` N has
+mips 1..N, read with DVID's ``?scale=``: each half the one before on every axis, its box scale
+0's divided so (outward); DVID computes them itself, so they are read-only. Reads are 3-D raw cutouts (ZYX bytes, x fastest; label types
 fetched lz4-compressed), split into blocks fetched in parallel. DVID accepts only block-aligned
 writes, so a write is widened to whole blocks: the blocks it covers partly are read first and
 merged (DVID has no conditional writes, so two clients writing the same block at once can still
@@ -20,12 +22,14 @@ import numpy as np
 
 from ..engine import Volume
 from ..engine.parallel import run_bounded
-from ..errors import ChunkDecodeError, InvalidArgumentError, MetadataError, ReadOnlyError, URLError
+from ..errors import ChunkDecodeError, InvalidArgumentError, MetadataError, ReadOnlyError, UnsupportedError, URLError
 from ..formats.base import ScaleMeta, VolumeMeta
 from ..geometry import Box, ChunkGrid
 from .http_client import HTTPClient
 
 LABEL_TYPES = ("labelblk", "labelarray", "labelmap")
+#: The types whose reads take ``?scale=N`` (up to their ``MaxDownresLevel``).
+SCALED_TYPES = ("labelarray", "labelmap")
 UNIT_NM = {"nanometers": 1.0, "nanometer": 1.0, "nm": 1.0, "micrometers": 1e3, "microns": 1e3, "um": 1e3,
            "millimeters": 1e6, "mm": 1e6}
 #: Voxels of one request (x, y, z) at least; each instance rounds it up to whole blocks of its
@@ -80,16 +84,23 @@ class DVIDVolume(Volume):
             units = ext.get("VoxelUnits") or ["nanometers"] * 3
             unit = UNIT_NM.get(units[0] if isinstance(units, list) else units)
             res = tuple(float(v) * (unit or 1.0) for v in (ext.get("VoxelSize") or (8, 8, 8)))
+            levels = int(ext.get("MaxDownresLevel") or 0) if base.get("TypeName") in SCALED_TYPES else 0
+            if not 0 <= levels <= 20:
+                raise ValueError(f"MaxDownresLevel {levels}")
         except (KeyError, IndexError, TypeError, ValueError) as e:
             raise MetadataError(f"{where} is not a DVID instance description: {e!r}") from e
         if lo is None or hi is None:
             raise MetadataError(f"{where} has no extents (MinPoint/MaxPoint): nothing has been written yet")
         bounds = Box(tuple(int(v) for v in lo), tuple(int(v) + 1 for v in hi))  # MaxPoint is inclusive
         label = base.get("TypeName") in LABEL_TYPES
-        res = tuple(int(v) if float(v).is_integer() else v for v in res)
-        scale = ScaleMeta("0", bounds, res, block, "dvid")  # type: ignore[arg-type]
+        scales = []
+        for n in range(levels + 1):
+            f = 2**n
+            level = Box(tuple(a // f for a in bounds.start), tuple(-(-b // f) for b in bounds.stop))
+            voxel = tuple(int(v * f) if float(v * f).is_integer() else v * f for v in res)
+            scales.append(ScaleMeta(str(n), level, voxel, block, "dvid"))  # type: ignore[arg-type]
         return VolumeMeta(dtype=dtype, num_channels=1, layer_type="segmentation" if label else "image",
-                          scales=(scale,), fill_value=0), block  # type: ignore[return-value]
+                          scales=tuple(scales), fill_value=0), block  # type: ignore[return-value]
 
     def metadata_json(self) -> dict:
         return self.info
@@ -100,12 +111,13 @@ class DVIDVolume(Volume):
         off = "_".join(str(v) for v in b.start)
         return f"node/{self.uuid}/{self.instance}/raw/0_1_2/{size}/{off}"
 
-    def _get(self, b: Box) -> np.ndarray:
-        """(z, y, x) voxels of ``b`` from the server."""
+    def _get(self, b: Box, scale: int = 0) -> np.ndarray:
+        """(z, y, x) voxels of ``b`` at ``scale`` from the server."""
         dtype = self.meta.dtype
         nbytes = b.size * dtype.itemsize
         label = self.typename in LABEL_TYPES
-        body = self.client.request("GET", self._path(b) + ("?compression=lz4" if label else ""))
+        query = [q for q, wanted in (("compression=lz4", label), (f"scale={scale}", scale)) if wanted]
+        body = self.client.request("GET", self._path(b) + ("?" + "&".join(query) if query else ""))
         if label:
             try:
                 body = imagecodecs.lz4_decode(body, header=False, out=nbytes)
@@ -121,12 +133,12 @@ class DVIDVolume(Volume):
 
     def read(self, box: Box, scale: int = 0) -> np.ndarray:
         out = np.zeros((*box.shape, 1), dtype=self.meta.dtype, order="F")
-        region = box.intersect(self.meta.scales[0].bounds)
+        region = box.intersect(self.meta.scales[scale].bounds)
         if region.empty:
             return out
 
         def task(b: Box) -> None:
-            out[b.slices(box.start) + (0,)] = self._get(b).T
+            out[b.slices(box.start) + (0,)] = self._get(b, scale).T
 
         run_bounded(task, self._blocks(region, region), 3 * math.prod(self.request) * self.meta.dtype.itemsize, CONCURRENCY)
         return out
@@ -134,6 +146,8 @@ class DVIDVolume(Volume):
     def write(self, box: Box, data: np.ndarray, scale: int = 0, channels: slice | None = None) -> None:
         if "write" not in self.capabilities:
             raise ReadOnlyError(f"{self.url} is open read-only; open it with mode='r+' to write")
+        if scale:
+            raise UnsupportedError(f"{self.url}: DVID computes scale {scale} from scale 0 itself; write scale 0")
         self.check_write(box, data, scale, channels)
         bs = self.block
         start = tuple(a // b * b for a, b in zip(box.start, bs))
