@@ -1901,12 +1901,13 @@ def _find_or_install_azurite() -> list[str]:
 
 
 def _azure_shared_key_request(
-    endpoint: str, method: str, path: str, query: dict[str, str], account: str = AZURITE_ACCOUNT, key: str = AZURITE_KEY
+    endpoint: str, method: str, path: str, query: dict[str, str], account: str = AZURITE_ACCOUNT, key: str = AZURITE_KEY,
+    ms_headers: dict[str, str] | None = None,
 ) -> int:
     """One SharedKey-signed request to a path-style Azure endpoint (``endpoint`` = http://host:port,
-    ``path`` = /account/container...) with an empty body; returns the HTTP status."""
+    ``path`` = /account/container...) with an empty body and extra ``x-ms-*`` headers; returns the HTTP status."""
     date = email.utils.formatdate(usegmt=True)
-    ms = {"x-ms-date": date, "x-ms-version": "2021-08-06"}
+    ms = {"x-ms-date": date, "x-ms-version": "2021-08-06", **(ms_headers or {})}
     canon_headers = "".join(f"{k}:{v}\n" for k, v in sorted(ms.items()))
     canon_resource = f"/{account}{path}" + "".join(f"\n{k.lower()}:{v}" for k, v in sorted(query.items()))
     # VERB, Content-Encoding, -Language, -Length, -MD5, -Type, Date, If-Modified-Since, If-Match,

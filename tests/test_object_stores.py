@@ -390,6 +390,77 @@ def azenv(azurite, monkeypatch):
     return azurite
 
 
+@pytest.mark.parametrize("var", ["AWS_ENDPOINT_URL", "GOOGLE_BASE_URL", "AZURE_STORAGE_ENDPOINT"])
+def test_an_endpoint_without_a_scheme_is_named_not_a_panic(var, monkeypatch):
+    """(review) AWS_ENDPOINT_URL=127.0.0.1:9000 made obstore's Rust layer panic: a
+    PanicException (no Exception: `except Exception` and the CLI missed it) and a Rust backtrace."""
+    from volbridge.kv import cloud
+
+    monkeypatch.setattr(cloud, "_clients", {})
+    monkeypatch.setenv(var, "127.0.0.1:9")
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_NAME", "acct")
+    scheme = {"AWS_ENDPOINT_URL": "s3", "GOOGLE_BASE_URL": "gs", "AZURE_STORAGE_ENDPOINT": "az"}[var]
+    with pytest.raises(URLError, match=f"{var}='127.0.0.1:9' is not an endpoint URL"):
+        vb.array(f"zarr3://{scheme}://bucket/vol")
+
+
+def test_cloud_settings_that_build_no_client_name_the_url(monkeypatch, tmp_path):
+    """(review) A key file that is not there, an Azure key that is no key, an Azure URL with no
+    account: obstore's raw GenericError with a debug dump, naming no volume."""
+    from volbridge.kv import cloud
+
+    monkeypatch.setattr(cloud, "_clients", {})
+    for k in [k for k in os.environ if k.startswith(("GOOGLE_", "AZURE_", "STORAGE_EMULATOR"))]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
+    with pytest.raises(URLError, match=r"gs://bucket/vol.*cannot set up the gs client") as info:
+        vb.array("zarr3://gs://bucket/vol")
+    assert "Debug source" not in str(info.value)
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS")
+    with pytest.raises(URLError, match="no Azure storage account"):
+        vb.array("zarr3://az://container/vol")
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_NAME", "acct")
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_KEY", "not base64 !")
+    with pytest.raises(URLError, match=r"az://container/vol.*cannot set up the az client"):
+        vb.array("zarr3://az://container/vol")
+    monkeypatch.delenv("AZURE_STORAGE_ACCOUNT_KEY")
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", "AccountKey")
+    with pytest.raises(URLError, match="CONNECTION_STRING: 'AccountKey'... is not a Name=value"):
+        vb.array("zarr3://az://container/vol")
+
+
+def test_azure_connection_string_and_anonymous_public_containers(azurite, monkeypatch):
+    """AZURE_STORAGE_CONNECTION_STRING (the Azure tools' variable) was read nowhere; with no
+    credentials an az:// read asked the VM metadata service (169.254.169.254) for a token
+    instead of reading a public container unsigned, as S3 and GCS do."""
+    from servers import _azure_shared_key_request
+
+    from volbridge.kv import cloud
+
+    monkeypatch.setattr(cloud, "_clients", {})
+    for k in [k for k in os.environ if k.startswith("AZURE_")]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    container = azurite.new_container()
+    url = f"precomputed://az://{container}/pub"
+    vol = vb.create(url, shape=(4, 8, 8), dtype="uint16", chunk_shape=(4, 4, 4))
+    data = np.arange(4 * 8 * 8, dtype=np.uint16).reshape(4, 8, 8)
+    vol[...] = data
+    np.testing.assert_array_equal(vb.array(url)[...], data)
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING")
+    monkeypatch.setattr(cloud, "_clients", {})
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_NAME", azurite.account_name)
+    monkeypatch.setenv("AZURE_STORAGE_ENDPOINT", azurite.endpoint)
+    with pytest.raises(StoreError):  # private still: an unsigned read is refused, and says so
+        vb.array(url)
+    base = azurite.endpoint.rsplit("/", 1)[0]
+    assert _azure_shared_key_request(base, "PUT", f"/{azurite.account_name}/{container}", {"restype": "container", "comp": "acl"},
+                                     ms_headers={"x-ms-blob-public-access": "container"}) == 200
+    np.testing.assert_array_equal(vb.array(url)[...], data)
+    with pytest.raises(StoreError):  # and unsigned writes are refused by the server
+        vb.array(url, mode="r+")[0, 0, 0] = np.uint16(1)
+
+
 def test_azure_store_and_volume(azenv):
     container = azenv.new_container()
     s = open_store(f"az://{container}/kv")

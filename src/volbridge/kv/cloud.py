@@ -18,8 +18,19 @@
   than decompressed by GCS's decompressive transcoding, whose responses lack the Content-Length
   and ETag that object_store requires.
 * ``az://container/prefix`` (also ``azure://``): ``AZURE_STORAGE_ACCOUNT_NAME`` with
-  ``AZURE_STORAGE_ACCOUNT_KEY`` or a SAS/token, and ``AZURE_STORAGE_USE_EMULATOR`` for Azurite.
+  ``AZURE_STORAGE_ACCOUNT_KEY`` or a SAS/token (or the other ``AZURE_*`` variables object_store
+  reads: a service principal, a managed identity's ``AZURE_MSI_ENDPOINT``/``AZURE_CLIENT_ID``,
+  ``AZURE_USE_AZURE_CLI``), ``AZURE_STORAGE_CONNECTION_STRING`` (the Azure tools' variable:
+  AccountName, AccountKey, SharedAccessSignature, BlobEndpoint or DefaultEndpointsProtocol +
+  EndpointSuffix, UseDevelopmentStorage), ``AZURE_STORAGE_USE_EMULATOR`` for Azurite. With no
+  credentials at all, requests go unsigned (public containers), as on S3 and GCS: object_store
+  would ask the instance metadata service of an Azure VM for a token.
 * ``http://`` and ``https://``: read-only.
+
+Endpoints (``AWS_ENDPOINT_URL``, ``GOOGLE_BASE_URL``, ``AZURE_STORAGE_ENDPOINT``, ...) must be
+http(s) URLs: object_store's Rust layer panicked on a bare ``host:port``. A client object_store
+cannot build from the settings (a key that is no key, a missing key file) is a URLError naming
+the volume's URL.
 """
 
 from __future__ import annotations
@@ -37,7 +48,7 @@ from ..errors import URLError
 from . import curl_get
 from .curl_get import CurlGetter, S3Signer
 from .curl_put import CurlPutter
-from .object_store import ObjectStore, obstore_options
+from .object_store import ObjectStore, _short, obstore_options
 from .retry import RetryPolicy
 
 SCHEMES = ("s3", "gs", "gcs", "az", "azure", "http", "https")
@@ -66,12 +77,24 @@ def _aws_profile() -> dict:
     return out
 
 
+def _endpoint(name: str, value: str | None) -> str | None:
+    """``value`` (from ``name``) as an endpoint: an http(s) URL with a host."""
+    if not value:
+        return None
+    parsed = urlparse(value.strip())
+    if parsed.scheme.lower() not in ("http", "https") or not parsed.netloc:
+        raise URLError(f"{name}={value!r} is not an endpoint URL: expected http://host:port or https://host")
+    return value.strip()
+
+
 def s3_config(env: dict | None = None) -> dict:
     env = os.environ if env is None else env
     cfg = _aws_profile()
-    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or cfg.get("endpoint")
+    endpoint = next(((n, env[n]) for n in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL") if env.get(n)), None)
+    if endpoint is None and cfg.get("endpoint"):
+        endpoint = ("endpoint_url in the AWS config file", cfg["endpoint"])
     if endpoint:
-        cfg["endpoint"] = endpoint
+        cfg["endpoint"] = _endpoint(*endpoint)
         cfg["virtual_hosted_style_request"] = False
     if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
         cfg["access_key_id"] = env["AWS_ACCESS_KEY_ID"]
@@ -105,10 +128,10 @@ def gcs_config(env: dict | None = None) -> dict:
     """GCSStore settings beyond what object_store reads from ``GOOGLE_*`` itself (see the module doc)."""
     env = os.environ if env is None else env
     cfg: dict = {}
-    base = env.get("GOOGLE_BASE_URL")
+    base = _endpoint("GOOGLE_BASE_URL", env.get("GOOGLE_BASE_URL"))
     emulator = (env.get("STORAGE_EMULATOR_HOST") or "").strip().rstrip("/")
     if emulator and not base:
-        base = emulator if "://" in emulator else f"http://{emulator}"
+        base = _endpoint("STORAGE_EMULATOR_HOST", emulator if "://" in emulator else f"http://{emulator}")
     if base:
         cfg["base_url"] = base
     explicit = any(env.get(k) for k in _GCS_CREDENTIAL_VARS)
@@ -126,6 +149,51 @@ def gcs_config(env: dict | None = None) -> dict:
 #: The variables that decide which Azure storage account (or emulator) a container URL means.
 _AZURE_SERVICE_VARS = ("AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_ENDPOINT",
                        "AZURE_STORAGE_USE_EMULATOR", "AZURE_ENDPOINT")
+#: Variables that give object_store an Azure credential (or a way to get one): any of them set,
+#: requests are signed.
+_AZURE_CREDENTIAL_VARS = (
+    "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_ACCESS_KEY", "AZURE_STORAGE_MASTER_KEY", "AZURE_STORAGE_SAS_KEY",
+    "AZURE_STORAGE_SAS_TOKEN", "AZURE_STORAGE_TOKEN", "AZURE_STORAGE_CLIENT_ID", "AZURE_CLIENT_ID",
+    "AZURE_STORAGE_CLIENT_SECRET", "AZURE_CLIENT_SECRET", "AZURE_FEDERATED_TOKEN_FILE", "AZURE_USE_AZURE_CLI",
+    "AZURE_MSI_ENDPOINT", "AZURE_IDENTITY_ENDPOINT", "AZURE_OBJECT_ID", "AZURE_MSI_RESOURCE_ID", "AZURE_CREDENTIAL_TYPE",
+    "AZURE_SKIP_SIGNATURE")
+#: AZURE_STORAGE_CONNECTION_STRING's settings, by their (case-insensitive) names: AzureStore's.
+_CONNECTION_KEYS = {"accountname": "account_name", "accountkey": "account_key", "sharedaccesssignature": "sas_key",
+                    "blobendpoint": "endpoint"}
+
+
+def azure_config(env: dict | None = None) -> dict:
+    """AzureStore settings beyond what object_store reads from ``AZURE_*`` itself (see the
+    module doc): the connection string's, and anonymous access without credentials."""
+    env = os.environ if env is None else env
+    cfg: dict = {}
+    for name in ("AZURE_STORAGE_ENDPOINT", "AZURE_ENDPOINT"):
+        _endpoint(name, env.get(name))  # (object_store reads it; a bare host:port made it fail)
+    text = env.get("AZURE_STORAGE_CONNECTION_STRING")
+    if text:
+        parts: dict[str, str] = {}
+        for item in filter(None, (p.strip() for p in text.split(";"))):
+            key, eq, value = item.partition("=")
+            if not eq:  # (the value is never echoed: it may be a key)
+                raise URLError(f"AZURE_STORAGE_CONNECTION_STRING: {key[:40]!r}... is not a Name=value setting")
+            parts[key.strip().lower()] = value.strip()
+        if _true(parts.get("usedevelopmentstorage")):
+            cfg["use_emulator"] = True
+        for key, setting in _CONNECTION_KEYS.items():
+            if parts.get(key):
+                cfg[setting] = parts[key]
+        if "endpoint" in cfg:
+            cfg["endpoint"] = _endpoint("BlobEndpoint of AZURE_STORAGE_CONNECTION_STRING", cfg["endpoint"])
+        elif parts.get("endpointsuffix") and cfg.get("account_name"):
+            protocol = parts.get("defaultendpointsprotocol", "https").lower()
+            cfg["endpoint"] = _endpoint("AZURE_STORAGE_CONNECTION_STRING", f"{protocol}://{cfg['account_name']}.blob.{parts['endpointsuffix']}")
+        if not cfg:
+            raise URLError("AZURE_STORAGE_CONNECTION_STRING names no AccountName, AccountKey, SharedAccessSignature, "
+                           "BlobEndpoint or UseDevelopmentStorage")
+    signed = any(env.get(k) for k in _AZURE_CREDENTIAL_VARS) or "account_key" in cfg or "sas_key" in cfg
+    if not signed and not cfg.get("use_emulator") and not _true(env.get("AZURE_STORAGE_USE_EMULATOR")):
+        cfg["skip_signature"] = True  # anonymous: public containers
+    return cfg
 
 
 def _ca_file(path: str | None) -> tuple[tuple, str] | None:
@@ -166,12 +234,22 @@ _clients: dict[str, object] = {}
 _clients_lock = threading.Lock()
 
 
-def _shared(kind, key_parts: tuple, build):
+def _shared(kind, key_parts: tuple, build, url: str | None = None):
+    """The one client of these settings; ``url`` (the volume's): named by the URLError a client
+    that cannot be built from them raises."""
     key = json.dumps([kind, *key_parts], sort_keys=True, default=str)
     with _clients_lock:
         client = _clients.get(key)
         if client is None:
-            client = _clients[key] = build()
+            try:
+                client = build()
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except URLError:
+                raise
+            except BaseException as e:  # obstore's errors, and pyo3's PanicException (a BaseException)
+                raise URLError(f"{url or kind}: cannot set up the {kind} client from these settings: {_short(e)}") from e
+            _clients[key] = client
         return client
 
 
@@ -189,7 +267,7 @@ def open_object_store(url: str, retry: RetryPolicy | None = None) -> ObjectStore
             raise URLError(f"{url!r} names no host")
         opts["client_options"]["allow_http"] = True
         base = f"{scheme}://{parsed.netloc}"
-        client = _shared("http", (base, repr(retry)), lambda: HTTPStore.from_url(base, **opts))
+        client = _shared("http", (base, repr(retry)), lambda: HTTPStore.from_url(base, **opts), url)
         getter = _shared("http-curl", (base, repr(retry)), lambda: CurlGetter(base, "/", None, retry)) if curl_get.available() else None
         # obstore percent-encodes the path it is given: give it the decoded one (my%20data -> 'my data')
         return ObjectStore(client, url, prefix=unquote(parsed.path), retry=retry, read_only=True, getter=getter)
@@ -212,7 +290,7 @@ def open_object_store(url: str, retry: RetryPolicy | None = None) -> ObjectStore
         key = (bucket, cfg, repr(retry), kw["client_options"], ca and ca[0])
         if ca is not None:
             kw["client_options"] = dict(kw["client_options"], root_certificate=ca[1])
-        store = _shared("s3", key, lambda: S3Store(bucket, **cfg, **kw))
+        store = _shared("s3", key, lambda: S3Store(bucket, **cfg, **kw), url)
         service = cfg.get("endpoint") or "aws"
         getter, putter = _s3_curl(bucket, cfg, retry) or (None, None)
     elif scheme in ("gs", "gcs"):
@@ -221,16 +299,21 @@ def open_object_store(url: str, retry: RetryPolicy | None = None) -> ObjectStore
             kw["client_options"]["allow_http"] = True
         kw["client_options"]["default_headers"] = {"Accept-Encoding": "gzip"}
         env = {k: v for k, v in os.environ.items() if k.startswith("GOOGLE_")}
-        store = _shared("gs", (bucket, cfg, env, repr(retry), kw["client_options"]), lambda: GCSStore(bucket, **cfg, **kw))
+        store = _shared("gs", (bucket, cfg, env, repr(retry), kw["client_options"]), lambda: GCSStore(bucket, **cfg, **kw), url)
         service = cfg.get("base_url") or "google"
         getter = _gcs_getter(bucket, cfg, retry)
     elif scheme in ("az", "azure"):
         env = os.environ
-        if (_true(env.get("AZURE_STORAGE_USE_EMULATOR")) or _true(env.get("AZURE_ALLOW_HTTP"))
-                or env.get("AZURE_STORAGE_ENDPOINT", "").startswith("http://")):
+        cfg = azure_config()
+        if (_true(env.get("AZURE_STORAGE_USE_EMULATOR")) or cfg.get("use_emulator") or _true(env.get("AZURE_ALLOW_HTTP"))
+                or env.get("AZURE_STORAGE_ENDPOINT", "").startswith("http://") or str(cfg.get("endpoint", "")).startswith("http://")):
             kw["client_options"]["allow_http"] = True
+        if not (cfg.get("account_name") or cfg.get("use_emulator") or any(
+                env.get(k) for k in ("AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_USE_EMULATOR"))):
+            raise URLError(f"{url!r}: no Azure storage account: set AZURE_STORAGE_ACCOUNT_NAME (with a key, SAS or token "
+                           "for private containers) or AZURE_STORAGE_CONNECTION_STRING")
         azenv = {k: v for k, v in env.items() if k.startswith("AZURE_")}
-        store = _shared("az", (bucket, azenv, repr(retry), kw["client_options"]), lambda: AzureStore(bucket, **kw))
+        store = _shared("az", (bucket, azenv, repr(retry), kw["client_options"]), lambda: AzureStore(bucket, **cfg, **kw), url)
         service = " ".join(f"{k}={azenv[k]}" for k in sorted(azenv) if k in _AZURE_SERVICE_VARS) or "azure"
     else:
         raise URLError(f"unsupported object store scheme {scheme!r} in {url!r}")
