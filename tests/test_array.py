@@ -144,7 +144,7 @@ def test_a_pickled_handle_keeps_its_cache_and_a_copy_shares_its_volume(tmp_path)
         h = vb.array(str(tmp_path / "v"), mode="r+", cache=cache)
         assert (h[...] == 1).all()
         w = pickle.loads(pickle.dumps(h))
-        assert type(w.volume.store) is type(h.volume.store)
+        assert type(w.volume.store) is type(h.volume.store)  # here (a memory tier: in this process only)
         w[...] = 7
         assert (h[...] == 7).all()
         w[...] = 1

@@ -353,3 +353,51 @@ def test_a_memory_volume_on_a_cluster_and_a_job_of_no_scales_are_named(client, t
     vb.create(url, shape=(8, 32, 32), dtype="uint8", num_scales=2)
     with pytest.raises(vb.errors.InvalidArgumentError, match="num_mips=0 .* select no scale"):
         downsample(url, num_mips=0)
+
+
+def test_dask_writes_on_a_cluster_leave_no_memory_cache_stale(client, tmp_path):
+    """(review) A handle with a memory cache sent its tier to the workers: each worker kept its
+    own copy of chunks the other rewrote (reads differed from storage after partial writes), and
+    the client's own tier still held what the workers had overwritten."""
+    import dask.array as da
+
+    url = f"precomputed://{tmp_path / 'p'}"
+    v = vb.create(url, shape=(16, 32, 32), dtype="uint8", chunk_shape=(8, 16, 16))
+    v[...] = 1
+    h = vb.array(url, mode="r+", cache=1 << 26)
+    assert (h[...] == 1).all()  # the client's tier holds every chunk
+    h[...] = da.full((16, 32, 32), 7, dtype="uint8", chunks=(8, 16, 16))
+    assert (h[...] == 7).all() and (vb.array(url, cache=1 << 26)[...] == 7).all()
+    for i in range(3):  # one worker writes part of a chunk the other has read
+        client.compute(h.to_dask()).result()
+        h[0:8, 0:16, 0:4] = da.full((8, 16, 4), 20 + i, dtype="uint8", chunks=(8, 16, 2))
+        truth = vb.array(url)[...]
+        assert (truth[0:8, 0:16, 0:4] == 20 + i).all()
+        np.testing.assert_array_equal(client.compute(h.to_dask()).result(), truth)
+        np.testing.assert_array_equal(h[...], truth)
+
+
+def test_dask_store_into_an_offset_volume_and_a_changed_volume_on_a_cluster(client, tmp_path):
+    """(review) dask.array.store(x, vol) into a volume starting at z=-8 wrote block 0 at z 0..7
+    and then raised BoundsError, the shifted block kept; a to_dask() graph over a volume changed
+    since gave distributed's 'Error during deserialization of the task graph' (handles were
+    reopened when the scheduler unpickled the graph), not volbridge's error."""
+    import dask.array as da
+
+    url = f"precomputed://{tmp_path / 'o'}"
+    vb.create(url, bounds=((-8, 0, 0), (8, 16, 16)), dtype="uint8", chunk_shape=(8, 16, 16))
+    x = da.from_array(np.arange(1, 17, dtype=np.uint8)[:, None, None].repeat(16, 1).repeat(16, 2), chunks=(8, 16, 16))
+    for scheduler in (client, "sync"):
+        with pytest.raises(vb.errors.UnsupportedError, match="0-based regions.*vol\\[...\\] = dask_array"):
+            da.store(x, vb.array(url, mode="r+"), lock=False, scheduler=scheduler)
+        assert not vb.array(url)[...].any()  # nothing written
+    vb.array(url, mode="r+")[...] = x  # the way that places each block
+    np.testing.assert_array_equal(vb.array(url)[:, 0, 0], np.arange(1, 17))
+    z = vb.create(f"precomputed://{tmp_path / 'z'}", shape=(16, 16, 16), dtype="uint8", chunk_shape=(8, 16, 16))
+    z[...] = 3
+    da.store(x, z, lock=False, scheduler=client)  # a volume starting at 0: dask's regions are its own
+    np.testing.assert_array_equal(z[:, 0, 0], np.arange(1, 17))
+    d = vb.array(url).to_dask()
+    vb.create(url, bounds=((-8, 0, 0), (8, 16, 16)), dtype="uint8", chunk_shape=(4, 16, 16), overwrite=True)
+    with pytest.raises(vb.errors.VersionChangedError, match="changed since this handle was sent"):
+        client.compute(d.sum()).result()

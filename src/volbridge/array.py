@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import functools
 import numbers
+import os
+import sys
+import threading
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -65,11 +68,22 @@ class VolumeArray:
             raise InvalidIndexError(f"mip {mip!r} does not exist: {volume.url} has scales 0..{n - 1}")
         if mode not in ("r", "r+"):
             raise InvalidArgumentError(f"mode must be 'r' or 'r+', got {mode!r}")
-        self.volume = volume
+        self._volume: Volume | None = volume
+        self._pending: tuple | None = None  # a handle unpickled elsewhere: _reopened's arguments until opened
         self._mip = int(mip)
         self.axis_order = axis_order
         self.mode = mode
         self.has_channel_axis = volume.meta.num_channels > 1 if channel_axis is None else bool(channel_axis)
+
+    @property
+    def volume(self) -> Volume:
+        """The volume: for a handle unpickled in another process, opened on first use (see
+        :func:`_reopened`)."""
+        if self._volume is None:
+            with self._open_lock:
+                if self._volume is None:
+                    self._volume = _open_pending(*self._pending)
+        return self._volume
 
     # -- metadata -----------------------------------------------------------------------------
     def _o(self, xyz: tuple) -> tuple:
@@ -208,6 +222,13 @@ class VolumeArray:
         return out
 
     def __setitem__(self, index: Any, value: Any) -> None:
+        if any(self.bounds[0]) and _called_by_dask_store():
+            raise UnsupportedError(
+                f"dask.array.store gives 0-based regions, but {self.url} starts at {self.bounds[0]} ({self.axis_order}): its "
+                "blocks would land shifted; write `vol[...] = dask_array` (each block at its absolute place) instead")
+        self._write(index, value)
+
+    def _write(self, index: Any, value: Any) -> None:
         if self.mode != "r+":
             raise ReadOnlyError(f"{self.url} is open read-only; use volbridge.array(url, mode='r+') to write")
         plan = normalize_index(index, self._axes())
@@ -251,7 +272,12 @@ class VolumeArray:
         self.volume.check_write(box, np.broadcast_to(np.zeros((), self.dtype), (*box.shape, nch)), self._mip, channels)
         import dask.array as da
 
-        da.store(value, _ZeroBased(self, [a.start for a in plan.axes]), lock=False)
+        try:
+            da.store(value, _ZeroBased(self, [a.start for a in plan.axes]), lock=False)
+        finally:
+            # Other processes (a cluster's workers) may have written: this process's memory tier
+            # must not keep what it had (a disk tier is shared and kept current by each writer).
+            _forget_memory_tier(self.volume)
 
     def _checked_value(self, value: Any) -> np.ndarray:
         if isinstance(value, np.ndarray):
@@ -288,6 +314,8 @@ class VolumeArray:
         tier and a server's token, so a to_dask() array runs on a dask cluster (the stores' locks
         and pools cannot travel) and writes there keep the cache current; volumes kept in this
         process's memory cannot go. (copy.copy shares the volume instead.)"""
+        if self._volume is None:  # unpickled here and not used: passed on as it came
+            return _reopened, self._pending
         url = volume_url(self.volume)
         if url.startswith("mem:") or "://mem:" in url or url == "ndarray":
             raise InvalidArgumentError(f"{url} lives in the memory of this process: a handle on it cannot be sent to "
@@ -370,6 +398,19 @@ def _shown(value) -> str:
     return text if len(text) <= 40 else f"{text[:12]}...({len(text)} digits)"
 
 
+def _called_by_dask_store() -> bool:
+    """Whether this write is dask.array.store putting one block of its target (a handle given to
+    it straight): the caller's frames, a few up, are dask.array.core's chunk storing."""
+    frame = sys._getframe(2)
+    for _ in range(4):
+        if frame is None:
+            return False
+        if frame.f_code.co_name in ("store_chunk", "load_store_chunk") and frame.f_globals.get("__name__") == "dask.array.core":
+            return True
+        frame = frame.f_back
+    return False
+
+
 class _ZeroBased:
     """Adapter giving dask 0-based indexing over a handle with absolute coordinates: reads of a
     scale (``to_dask``), or writes into a box starting at ``offsets`` (``self[box] = dask``)."""
@@ -395,29 +436,56 @@ class _ZeroBased:
         return self.arr[self._shift(index)]
 
     def __setitem__(self, index, value) -> None:
-        self.arr[self._shift(index)] = value
+        self.arr._write(self._shift(index), value)
 
 
 def _cache_spec(store):
-    """What ``cache=`` makes the cache tier over ``store`` again in another process (None: no
-    tier, or one of the caller's own making)."""
+    """What ``cache=`` makes the cache tier over ``store`` again where the handle is unpickled
+    (None: no tier, or one of the caller's own making). A disk tier is shared by directory. A
+    memory tier, (bytes, this pid), is one again only in this process (where its state is
+    shared): in another it would be one per process, none seeing what the others write (a
+    cluster's workers wrote parts of one chunk and read the others' old copies back, a review
+    found)."""
     from .kv import DiskCache, MemoryCache
 
     if isinstance(store, DiskCache):
         return functools.partial(DiskCache, directory=str(store.directory), max_bytes=store.max_bytes)
     if isinstance(store, MemoryCache):
-        return store.max_bytes
+        return store.max_bytes, os.getpid()
     return None
+
+
+def _forget_memory_tier(volume) -> None:
+    """Drop what a memory cache tier over ``volume``'s store holds."""
+    from .kv import MemoryCache
+
+    store = getattr(volume, "store", None)
+    if isinstance(store, MemoryCache):
+        store.invalidate()
 
 
 def _reopened(url: str, mode: str, mip: int, axis_order: str, channel_axis: bool, digest: str,
               token: str | None = None, cache=None) -> VolumeArray:
-    """A handle unpickled in another process (a dask worker): the volume opened by its URL, and
-    refused if its layout is no longer the one the sender saw."""
+    """A handle unpickled in another process (a dask worker), whose volume is opened by its URL
+    on first use, not here: dask.distributed unpickles task graphs on its scheduler too, where a
+    volume changed meanwhile became 'Error during deserialization of the task graph' (the
+    VersionChangedError only its cause) and every handle's volume was opened for nothing."""
+    arr = VolumeArray.__new__(VolumeArray)
+    arr._volume, arr._pending = None, (url, mode, mip, axis_order, channel_axis, digest, token, cache)
+    arr._open_lock = threading.Lock()
+    arr._mip, arr.axis_order, arr.mode, arr.has_channel_axis = mip, axis_order, mode, channel_axis
+    return arr
+
+
+def _open_pending(url: str, mode: str, mip: int, axis_order: str, channel_axis: bool, digest: str,
+                  token: str | None = None, cache=None) -> Volume:
+    """The volume of a handle :func:`_reopened` made, refused if its layout is no longer the
+    one the sender saw."""
     from .api import array
 
-    arr = array(url, mip=mip, axis_order=axis_order, mode=mode, token=token, cache=cache)
-    if metadata_digest(arr.volume) != digest:
+    if isinstance(cache, tuple):  # a memory tier: here only in the process that sent it
+        cache = cache[0] if cache[1] == os.getpid() else None
+    volume = array(url, mip=mip, axis_order=axis_order, mode=mode, token=token, cache=cache).volume
+    if metadata_digest(volume) != digest:
         raise VersionChangedError(f"{url} changed since this handle was sent (its metadata differ); open it again")
-    arr.has_channel_axis = channel_axis
-    return arr
+    return volume
