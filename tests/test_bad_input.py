@@ -262,6 +262,13 @@ def test_bad_retry_policies_are_refused():
 def test_bad_urls(tmp_path):
     with pytest.raises(URLError, match="no volume found"):
         vb.array(str(tmp_path))
+    import zarr  # (review) a zarr group: 'none of ... zarr.json ... is there' of the zarr.json just read
+
+    for version, says in ((3, "its zarr.json describes a zarr group"), (2, "its .zattrs and .zgroup describe a zarr group")):
+        zarr.open_group(str(tmp_path / f"g{version}.zarr"), mode="w", zarr_format=version).create_array("raw", shape=(2, 2, 2), dtype="u1")
+        with pytest.raises(URLError, match=f"{says}, not an array.*g{version}.zarr/<name>"):
+            vb.array(str(tmp_path / f"g{version}.zarr"))
+        assert vb.array(str(tmp_path / f"g{version}.zarr" / "raw")).shape == (2, 2, 2)
     with pytest.raises(URLError, match="unsupported storage scheme 'ftp'"):
         vb.array("ftp://host/x")
     with pytest.raises(URLError, match="names no location"):

@@ -192,3 +192,15 @@ def test_view_command_prints_a_working_link(volumes, tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(10)
+
+
+def test_view_refuses_voxel_types_neuroglancer_cannot_show(tmp_path, capsys):
+    """(review) a float64 (or int64) volume was served to neuroglancer, which never showed it (no
+    dimensions, no screenshot, tensorstore refuses the info too): a clear error at start now."""
+    from volbridge.cli import run
+
+    for dtype in ("float64", "int64"):
+        vb.create(f"zarr3://{tmp_path / dtype}", shape=(4, 8, 8), dtype=dtype, chunk_shape=(4, 8, 8))
+        assert run(["view", str(tmp_path / dtype)]) == 1
+        err = capsys.readouterr().err
+        assert f"holds {dtype} voxels, which neuroglancer cannot show" in err and "Traceback" not in err

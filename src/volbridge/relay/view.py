@@ -10,9 +10,16 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..errors import StoreError, UnsupportedError
 from .config import RelayConfig
 from .serve import RelayServer
+
+
+#: The voxel types of neuroglancer's precomputed source (float64 and int64 volumes never
+#: loaded: no dimensions, no screenshot; tensorstore refuses them too).
+NEUROGLANCER_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "float32")
 
 
 @dataclass
@@ -44,6 +51,13 @@ def start_viewer(config: RelayConfig, *, viewer_port: int = 0, bind: str = "127.
     except ImportError as e:  # pragma: no cover - the extra is installed in tests
         raise UnsupportedError("volbridge view needs neuroglancer: pip install 'volbridge[view]'") from e
     relay = RelayServer(config, log_level="warning").start()
+    shown = [(name, src.meta.dtype) for name, src in relay.relay.sources.items()
+             if np.dtype(src.meta.dtype).name not in NEUROGLANCER_DTYPES]
+    if shown:
+        relay.stop()
+        name, dtype = shown[0]
+        raise UnsupportedError(f"{name} holds {np.dtype(dtype).name} voxels, which neuroglancer cannot show (it reads "
+                               f"{', '.join(NEUROGLANCER_DTYPES)}); transfer it into a volume of one of those first")
     try:
         neuroglancer.set_server_bind_address(bind, bind_port=viewer_port)
         viewer = neuroglancer.Viewer()

@@ -7,6 +7,8 @@ whose format is found from its metadata files. A new format registers one :class
 
 from __future__ import annotations
 
+import json
+
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -284,7 +286,24 @@ def _detect(store: KVStore, url: str, docs: dict | None = None, batch: bool = Tr
     for entry in FORMATS.values():
         if entry.detect(probe):
             return entry.name, docs
-    raise URLError(f"no volume found at {url!r}: none of the metadata files {', '.join(markers)} is there")
+    found = [k for k in markers if probe.exists(k)]
+    if not found:
+        raise URLError(f"no volume found at {url!r}: none of the metadata files {', '.join(markers)} is there")
+    # (it said the files it had just read were not there, a review found)
+    if probe.exists(".zgroup"):
+        found.append(".zgroup")
+    group = "zarr.json" in found and _node_type(probe.get("zarr.json")) == "group" or ".zgroup" in found
+    what = ("a zarr group, not an array or an OME-Zarr image" if group else
+            "an N5 group, not a dataset" if found == ["attributes.json"] else "no volume volbridge reads")
+    raise URLError(f"no volume at {url!r}: its {' and '.join(found)} {'describe' if len(found) > 1 else 'describes'} {what}; "
+                   f"name one of its arrays ({url.rstrip('/')}/<name>)")
+
+
+def _node_type(doc) -> str | None:
+    try:
+        return json.loads(doc).get("node_type") if doc is not None else None
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        return None
 
 
 def volume_exists(url: str) -> bool:
