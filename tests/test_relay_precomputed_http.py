@@ -141,3 +141,48 @@ def test_a_chunk_is_gzipped_only_where_the_client_takes_gzip(served, relay_volum
     assert (headers.get("content-encoding") == "gzip") == gzipped
     raw = np.frombuffer(gzip.decompress(body) if gzipped else body, np.uint8).reshape(cz, cy, cx)
     np.testing.assert_array_equal(raw, relay_volumes["image"][0][:cz, :cy, :cx])
+
+
+def test_meshes_and_skeletons_of_a_precomputed_source_are_served(start_relay, tmp_path):
+    """The relay's precomputed view had no mesh or skeletons (README: info + chunks only):
+    volbridge view showed a segmentation without its meshes. A precomputed source's mesh,
+    skeleton and segment-properties directories are served as stored, ranges too (sharded
+    meshes are read by ranges); CloudVolume reads the same meshes through the relay as from disk."""
+    from cloudvolume import CloudVolume
+
+    from volbridge.services.mesh import mesh
+    from volbridge.services.mesh_multires import MultiresOptions
+    from volbridge.services.skeleton import skeleton
+
+    labels = np.zeros((12, 40, 40), np.uint32)
+    labels[2:10, 5:25, 8:30], labels[3:9, 26:36, 10:20] = 7, 9
+    for name, fmt, extra in (("legacy", "precomputed", {}),
+                             ("sharded", "multires", {"multires": MultiresOptions(chunk_shape=(16, 16, 8), sharded=True)})):
+        seg = vb.create(f"precomputed://{tmp_path / name}", shape=labels.shape, dtype="uint32", resolution=(40, 4, 4),
+                        layer_type="segmentation", chunk_shape=(12, 20, 20))
+        seg[...] = labels
+        mesh(seg, output=str(tmp_path / name / "mesh"), format=fmt, **extra)
+    skeleton(vb.array(str(tmp_path / "legacy")), output=str(tmp_path / "legacy" / "skeletons"), format="precomputed")
+    relay = start_relay({"sources": {f"pub/em/{n}": {"url": f"precomputed://{tmp_path / n}", "public": True}
+                                     for n in ("legacy", "sharded")}})
+    for name in ("legacy", "sharded"):
+        info = json.loads(http("GET", f"{relay.url}/pub/em/{name}/info")[1])
+        assert info["mesh"] == "mesh" and (name == "sharded" or info["skeletons"] == "skeletons")
+        here, there = (CloudVolume(u, progress=False) for u in (f"file://{tmp_path / name}", f"precomputed://{relay.url}/pub/em/{name}"))
+        for segid in (7, 9):
+            a, b = (m[segid] if isinstance(m, dict) else m for m in (here.mesh.get(segid), there.mesh.get(segid)))
+            assert len(a.faces) > 10
+            np.testing.assert_array_equal(a.vertices, b.vertices)
+            np.testing.assert_array_equal(a.faces, b.faces)
+    a, b = (CloudVolume(u, progress=False).skeleton.get(7) for u in (f"file://{tmp_path / 'legacy'}", f"precomputed://{relay.url}/pub/em/legacy"))
+    assert len(a.vertices) > 3
+    np.testing.assert_array_equal(a.vertices, b.vertices)
+    shard = next(p.name for p in (tmp_path / "sharded" / "mesh").glob("*.shard"))
+    whole = (tmp_path / "sharded" / "mesh" / shard).read_bytes()
+    for rng, want in (("bytes=3-10", whole[3:11]), ("bytes=5-", whole[5:]), ("bytes=-4", whole[-4:])):
+        status, body, headers = http("GET", f"{relay.url}/pub/em/sharded/mesh/{shard}", headers={"Range": rng})
+        assert status == 206 and body == want, rng
+    for path, status_wanted in (("mesh/nothing", 404), ("mesh/../info", 404), ("other/x", 404), ("0/nope", 404)):
+        assert http("GET", f"{relay.url}/pub/em/legacy/{path}")[0] == status_wanted, path
+    status, _, _ = http("GET", f"{relay.url}/pub/em/sharded/mesh/{shard}", headers={"Range": "bytes=99999999-"})
+    assert status == 416

@@ -203,7 +203,7 @@ def create_app(config: RelayConfig | Relay) -> Starlette:
     middleware = [
         Middleware(CountingMiddleware, relay=relay),
         Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST", "PUT", "OPTIONS"], allow_headers=["*"],
-                   expose_headers=["Content-Encoding", "Content-Length"]),
+                   expose_headers=["Content-Encoding", "Content-Length", "Content-Range"]),
     ]
     app = Starlette(
         routes=routes,

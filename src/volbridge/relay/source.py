@@ -62,6 +62,29 @@ def cuboid_shape(chunk: tuple[int, int, int], extent: tuple[int, int, int]) -> t
     return tuple(shape)  # type: ignore[return-value]
 
 
+#: Keys of a precomputed ``info`` that name directories of files beside the scales (meshes,
+#: skeletons, segment properties): a precomputed upstream's are served as stored.
+PASSED_DIRS = ("mesh", "skeletons", "segment_properties")
+
+
+def passed_dirs(volume: Volume) -> dict[str, str]:
+    """{info key: directory} of what a precomputed upstream keeps beside its scales (a relative
+    path of plain names: no URL, no '..', none a scale key of the relay's info)."""
+    if getattr(volume, "format_name", None) != "precomputed" or getattr(volume, "store", None) is None:
+        return {}
+    try:
+        doc = volume.metadata_json()
+    except VolbridgeError:
+        return {}
+    out = {}
+    for key in PASSED_DIRS:
+        d = doc.get(key)
+        if isinstance(d, str) and re.fullmatch(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*", d) and ".." not in d.split("/") \
+                and not re.fullmatch(r"[0-9]+|info|provenance", d.split("/")[0]):
+            out[key] = d
+    return out
+
+
 def relay_info(volume: Volume) -> dict:
     """The ``info`` of the raw precomputed volume that stands for ``volume`` (scale keys "0", "1"...)."""
     meta = volume.meta
@@ -90,6 +113,7 @@ def relay_info(volume: Volume) -> dict:
         instance = None
     if instance:
         info[INSTANCE_KEY] = instance
+    info.update(passed_dirs(volume))
     return info
 
 
@@ -299,6 +323,8 @@ class RelaySource:
             raise InvalidArgumentError(f"source {name}: {url} holds bool voxels, which neither the BossDB nor the precomputed "
                                        "dialect carries; store it as uint8 to serve it")
         self.info = relay_info(volume)
+        #: Directories of the upstream's own files served as they are (meshes, skeletons, ...).
+        self.passed = tuple(passed_dirs(volume).values())
         self.prefix = source_key(url, volume)
         self.upstream = CuboidStore(volume, self.info, url)
         router.add(self.prefix, self.upstream)
