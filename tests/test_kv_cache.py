@@ -217,7 +217,7 @@ def test_contract_over_s3(kind, s3env, s3_bucket, tmp_path):
     c.close()
 
 
-def test_a_volume_reads_and_writes_through_a_cache(kind, tmp_path):
+def test_a_volume_reads_and_writes_through_a_cache(kind, tmp_path, monkeypatch):
     url = f"precomputed://file://{tmp_path}/vol"
     vb.create(url, shape=(40, 32, 32), chunk_shape=(16, 16, 16), dtype="uint16", compression="gzip")
     data = np.random.default_rng(0).integers(0, 1000, (40, 32, 32), dtype=np.uint16)
@@ -232,7 +232,12 @@ def test_a_volume_reads_and_writes_through_a_cache(kind, tmp_path):
     # request for both of their names (chunk by chunk), or for the standard name among a group's
     # chunks and then for neuroglancer-scripts' deep name (grouped reads, engine/grouped.py)
     assert cache.stats.hits == hits + 8 and cache.stats.reads - reads in (4, 8)
-    vol[3:20, 5:9, 0:30] = 7  # partial chunks: read-modify-write through the backing's update
+    # partial chunks: read-modify-write through the backing's update. One at a time: a write
+    # that overlaps another in its bucket of the cache is not kept (the cache cannot tell which
+    # is the latest), so written chunks are re-read at random under load (a CI run saw 6 reads)
+    with monkeypatch.context() as m:
+        m.setenv("VOLBRIDGE_THREADS", "1")
+        vol[3:20, 5:9, 0:30] = 7
     data[3:20, 5:9, 0:30] = 7
     reads = cache.stats.reads
     np.testing.assert_array_equal(vol[...], data)
