@@ -391,12 +391,28 @@ def test_dask_store_into_an_offset_volume_and_a_changed_volume_on_a_cluster(clie
         with pytest.raises(vb.errors.UnsupportedError, match="0-based regions.*vol\\[...\\] = dask_array"):
             da.store(x, vb.array(url, mode="r+"), lock=False, scheduler=scheduler)
         assert not vb.array(url)[...].any()  # nothing written
+
+    class Shifted:  # (review) a caller's own adapter, shifting dask's index as it must, is let through
+        def __init__(self, vol):
+            self.vol, self.shape, self.dtype, self.ndim = vol, vol.shape, vol.dtype, vol.ndim
+
+        def __setitem__(self, index, value):
+            z = index[0]
+            self.vol[(slice(z.start - 8, z.stop - 8), *index[1:])] = value
+
+    da.store(x, Shifted(vb.array(url, mode="r+")), lock=False, scheduler="sync")
+    np.testing.assert_array_equal(vb.array(url)[:, 0, 0], np.arange(1, 17))
+    vb.array(url, mode="r+")[...] = np.zeros((16, 16, 16), np.uint8)
     vb.array(url, mode="r+")[...] = x  # the way that places each block
     np.testing.assert_array_equal(vb.array(url)[:, 0, 0], np.arange(1, 17))
-    z = vb.create(f"precomputed://{tmp_path / 'z'}", shape=(16, 16, 16), dtype="uint8", chunk_shape=(8, 16, 16))
+    vb.create(f"precomputed://{tmp_path / 'z'}", shape=(16, 16, 16), dtype="uint8", chunk_shape=(8, 16, 16))
+    z = vb.array(f"precomputed://{tmp_path / 'z'}", mode="r+", cache=1 << 24)
     z[...] = 3
+    assert (z[...] == 3).all()  # in the memory tier
     da.store(x, z, lock=False, scheduler=client)  # a volume starting at 0: dask's regions are its own
+    # (review) the workers' writes never reached the sender's memory tier, which served the 3s
     np.testing.assert_array_equal(z[:, 0, 0], np.arange(1, 17))
+    np.testing.assert_array_equal(vb.array(f"precomputed://{tmp_path / 'z'}", cache=1 << 24)[:, 0, 0], np.arange(1, 17))
     d = vb.array(url).to_dask()
     vb.create(url, bounds=((-8, 0, 0), (8, 16, 16)), dtype="uint8", chunk_shape=(4, 16, 16), overwrite=True)
     with pytest.raises(vb.errors.VersionChangedError, match="changed since this handle was sent"):

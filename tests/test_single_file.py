@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import h5py
 import numpy as np
 import pytest
@@ -279,9 +281,40 @@ def test_tiff_voxel_sizes_come_from_ome_and_imagej_metadata(tmp_path):
     assert vb.array(f"tiff://{tmp_path}/xy.ome.tif").resolution == pytest.approx((1.0, 8.0, 8.0))
     tifffile.imwrite(tmp_path / "odd.ome.tif", data, ome=True, metadata={"axes": "ZYX", "PhysicalSizeX": 1, "PhysicalSizeXUnit": "pc",
                                                                         "PhysicalSizeY": 1})
-    with pytest.raises(vb.errors.UnsupportedError, match="PhysicalSizeX in 'pc'"):
-        vb.array(f"tiff://{tmp_path}/odd.ome.tif")
+    with pytest.warns(UserWarning, match="PhysicalSizeX in 'pc'"):  # (review) opened uncalibrated, as Fiji does
+        assert vb.array(f"tiff://{tmp_path}/odd.ome.tif").resolution == (1.0, 1.0, 1.0)
     assert vb.array(f"tiff://{tmp_path}/odd.ome.tif?resolution=1,2,3").resolution == (1.0, 2.0, 3.0)
+    # (review) what Fiji opens opened no more: a negative ImageJ spacing (ImageJ takes its size),
+    # a zero one, a zero OME size, OME 'pixel' units
+    tifffile.imwrite(tmp_path / "neg.tif", data, imagej=True, resolution=(1 / 0.25, 1 / 0.25),
+                     metadata={"spacing": -0.5, "unit": "um", "axes": "ZYX"})
+    assert vb.array(f"tiff://{tmp_path}/neg.tif").resolution == pytest.approx((500.0, 250.0, 250.0))
+    tifffile.imwrite(tmp_path / "zero.tif", data, imagej=True, resolution=(1 / 0.25, 1 / 0.25),
+                     metadata={"spacing": 0, "unit": "um", "axes": "ZYX"})
+    with pytest.warns(UserWarning, match="spacing 0"):
+        assert vb.array(f"tiff://{tmp_path}/zero.tif").resolution == pytest.approx((1000.0, 250.0, 250.0))
+    tifffile.imwrite(tmp_path / "z0.ome.tif", data, ome=True, metadata={"axes": "ZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5,
+                                                                       "PhysicalSizeZ": 0})
+    with pytest.warns(UserWarning, match="PhysicalSizeZ '0'"):
+        assert vb.array(f"tiff://{tmp_path}/z0.ome.tif").resolution == pytest.approx((1000.0, 500.0, 500.0))
+    tifffile.imwrite(tmp_path / "pix.ome.tif", data, ome=True, metadata={"axes": "ZYX", "PhysicalSizeX": 1, "PhysicalSizeXUnit": "pixel",
+                                                                        "PhysicalSizeY": 1, "PhysicalSizeYUnit": "pixel"})
+    assert vb.array(f"tiff://{tmp_path}/pix.ome.tif").resolution == (1.0, 1.0, 1.0)
+    # (review) an OME Image with no planes in this file: tifffile's series 0 is the next Image
+    xml = ('<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06" '
+           'UUID="urn:uuid:11111111-1111-1111-1111-111111111111">'
+           '<Image ID="Image:0"><Pixels ID="Pixels:0" DimensionOrder="XYZCT" Type="uint8" SizeX="8" SizeY="8" SizeZ="2" SizeC="1" '
+           'SizeT="1" PhysicalSizeX="5" PhysicalSizeY="5" PhysicalSizeZ="50"><Channel ID="Channel:0:0" SamplesPerPixel="1"/>'
+           '<TiffData IFD="0" PlaneCount="2"><UUID FileName="other.ome.tif">urn:uuid:22222222-2222-2222-2222-222222222222</UUID>'
+           '</TiffData></Pixels></Image><Image ID="Image:1"><Pixels ID="Pixels:1" DimensionOrder="XYZCT" Type="uint8" SizeX="8" '
+           'SizeY="8" SizeZ="2" SizeC="1" SizeT="1" PhysicalSizeX="0.1" PhysicalSizeY="0.1" PhysicalSizeZ="0.3">'
+           '<Channel ID="Channel:1:0" SamplesPerPixel="1"/><TiffData IFD="0" PlaneCount="2"/></Pixels></Image></OME>')
+    with tifffile.TiffWriter(tmp_path / "skip.ome.tif") as tw:
+        for i in range(2):
+            tw.write(np.full((8, 8), i, np.uint8), description=xml if i == 0 else None, metadata=None, contiguous=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (tifffile's own about the missing file)
+        assert vb.array(f"tiff://{tmp_path}/skip.ome.tif").resolution == pytest.approx((300.0, 100.0, 100.0))
     (tmp_path / "st").mkdir()  # a stack of files: the first file's calibration
     for z in range(3):
         tifffile.imwrite(tmp_path / "st" / f"{z}.tif", data[z], imagej=True, resolution=(1 / 0.1, 1 / 0.1), metadata={"unit": "um"})

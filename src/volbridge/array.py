@@ -32,6 +32,7 @@ from .errors import (
 )
 from .geometry import Box
 from .geometry.index import AxisSpec, IndexPlan, normalize_index
+from .kv import MemoryCache
 
 AXIS_ORDERS = ("zyx", "xyz")
 
@@ -225,7 +226,8 @@ class VolumeArray:
         if any(self.bounds[0]) and _called_by_dask_store():
             raise UnsupportedError(
                 f"dask.array.store gives 0-based regions, but {self.url} starts at {self.bounds[0]} ({self.axis_order}): its "
-                "blocks would land shifted; write `vol[...] = dask_array` (each block at its absolute place) instead")
+                "blocks would land shifted; write `vol[...] = dask_array` (each block at its absolute place) instead, or "
+                "`vol[box] = dask_array` for a store with regions= (volbridge cannot tell them from dask's own)")
         self._write(index, value)
 
     def _write(self, index: Any, value: Any) -> None:
@@ -272,12 +274,7 @@ class VolumeArray:
         self.volume.check_write(box, np.broadcast_to(np.zeros((), self.dtype), (*box.shape, nch)), self._mip, channels)
         import dask.array as da
 
-        try:
-            da.store(value, _ZeroBased(self, [a.start for a in plan.axes]), lock=False)
-        finally:
-            # Other processes (a cluster's workers) may have written: this process's memory tier
-            # must not keep what it had (a disk tier is shared and kept current by each writer).
-            _forget_memory_tier(self.volume)
+        da.store(value, _ZeroBased(self, [a.start for a in plan.axes]), lock=False)
 
     def _checked_value(self, value: Any) -> np.ndarray:
         if isinstance(value, np.ndarray):
@@ -320,8 +317,14 @@ class VolumeArray:
         if url.startswith("mem:") or "://mem:" in url or url == "ndarray":
             raise InvalidArgumentError(f"{url} lives in the memory of this process: a handle on it cannot be sent to "
                                        "another process (a dask cluster); keep the volume in a store the workers reach")
+        store = getattr(self.volume, "store", None)
+        if self.mode == "r+" and isinstance(store, MemoryCache):
+            # Sent writable to another process (a cluster's workers; dask's processes scheduler):
+            # what it writes never reaches this process's memory tier, which would serve the old
+            # voxels (a review found da.store through such a handle left it stale). It stops.
+            store.stop()
         return _reopened, (url, self.mode, self._mip, self.axis_order, self.has_channel_axis, metadata_digest(self.volume),
-                           getattr(self.volume, "token", None), _cache_spec(getattr(self.volume, "store", None)))
+                           getattr(self.volume, "token", None), _cache_spec(store))
 
     def __copy__(self) -> "VolumeArray":
         return VolumeArray(self.volume, self._mip, self.axis_order, self.mode, self.has_channel_axis)
@@ -400,15 +403,13 @@ def _shown(value) -> str:
 
 def _called_by_dask_store() -> bool:
     """Whether this write is dask.array.store putting one block of its target (a handle given to
-    it straight): the caller's frames, a few up, are dask.array.core's chunk storing."""
-    frame = sys._getframe(2)
-    for _ in range(4):
-        if frame is None:
-            return False
-        if frame.f_code.co_name in ("store_chunk", "load_store_chunk") and frame.f_globals.get("__name__") == "dask.array.core":
-            return True
-        frame = frame.f_back
-    return False
+    it straight): the caller of ``__setitem__`` is dask.array.core's chunk storing. (An adapter
+    of the caller's own in between, shifting the index as :class:`_ZeroBased` does, is not.)"""
+    try:
+        frame = sys._getframe(2)
+    except ValueError:  # __setitem__ called first thing in a thread: no caller
+        return False
+    return frame.f_code.co_name in ("store_chunk", "load_store_chunk") and frame.f_globals.get("__name__") == "dask.array.core"
 
 
 class _ZeroBased:
@@ -446,22 +447,22 @@ def _cache_spec(store):
     shared): in another it would be one per process, none seeing what the others write (a
     cluster's workers wrote parts of one chunk and read the others' old copies back, a review
     found)."""
-    from .kv import DiskCache, MemoryCache
+    from .kv import DiskCache
 
     if isinstance(store, DiskCache):
         return functools.partial(DiskCache, directory=str(store.directory), max_bytes=store.max_bytes)
     if isinstance(store, MemoryCache):
-        return store.max_bytes, os.getpid()
+        return store.max_bytes, _this_process()
     return None
 
 
-def _forget_memory_tier(volume) -> None:
-    """Drop what a memory cache tier over ``volume``'s store holds."""
-    from .kv import MemoryCache
+#: This process, as a memory tier's spec names it: a pid alone is shared by processes of other
+#: hosts or containers (pid 1), a random token by a forked child.
+_PROCESS = uuid.uuid4().hex
 
-    store = getattr(volume, "store", None)
-    if isinstance(store, MemoryCache):
-        store.invalidate()
+
+def _this_process() -> tuple[str, int]:
+    return _PROCESS, os.getpid()
 
 
 def _reopened(url: str, mode: str, mip: int, axis_order: str, channel_axis: bool, digest: str,
@@ -484,7 +485,7 @@ def _open_pending(url: str, mode: str, mip: int, axis_order: str, channel_axis: 
     from .api import array
 
     if isinstance(cache, tuple):  # a memory tier: here only in the process that sent it
-        cache = cache[0] if cache[1] == os.getpid() else None
+        cache = cache[0] if tuple(cache[1]) == _this_process() else None
     volume = array(url, mip=mip, axis_order=axis_order, mode=mode, token=token, cache=cache).volume
     if metadata_digest(volume) != digest:
         raise VersionChangedError(f"{url} changed since this handle was sent (its metadata differ); open it again")

@@ -31,7 +31,7 @@ def _bucket(key: str) -> int:
 class _State:
     """What a memory cache holds, apart from its backing store."""
 
-    __slots__ = ("identity", "lock", "stats", "entries", "gens", "inflight", "stamp", "__weakref__")
+    __slots__ = ("identity", "lock", "stats", "entries", "gens", "inflight", "stamp", "stopped", "__weakref__")
 
     def __init__(self, identity: str):
         self.identity = identity.rstrip("/") + "/"  # keys are named under it
@@ -43,6 +43,7 @@ class _State:
         self.gens = [0] * BUCKETS  # per bucket: bumped when a write begins and when it ends
         self.inflight = [0] * BUCKETS  # per bucket: writes between begin and end
         self.stamp: dict[str, str] = {}  # CacheTier.document_stamp: {key: digest}
+        self.stopped = False  # MemoryCache.stop: nothing is cached any more
 
     def begin_foreign_write(self, keys: list[str]) -> None:
         """Another shared cache writes these keys' objects: drop them here, and refuse fills of
@@ -185,6 +186,8 @@ class MemoryCache(CacheTier):
 
     def _install_locked(self, key: str, value: bytes | _Absent) -> None:
         self._remove_locked(key)
+        if self._state.stopped:
+            return
         charge = self._charge(value)
         st = self._stats
         entries = self._entries
@@ -196,6 +199,14 @@ class MemoryCache(CacheTier):
         entries[key] = value
         st.bytes_cached += charge
         st.entries += 1
+
+    def stop(self) -> None:
+        """Drop every entry and keep none from now on, in every cache sharing this one's state:
+        another process may write these objects now (a writable handle was sent to one), and
+        no write there reaches this process's memory."""
+        with self._lock:
+            self._state.stopped = True
+        self.invalidate()
 
     def invalidate(self) -> None:
         """Drop every entry, and refuse every fill that began before (its bucket moved on); in

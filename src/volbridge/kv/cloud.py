@@ -77,14 +77,20 @@ def _aws_profile() -> dict:
     return out
 
 
-def _endpoint(name: str, value: str | None) -> str | None:
-    """``value`` (from ``name``) as an endpoint: an http(s) URL with a host."""
+def _endpoint(name: str, value: str | None, echo: bool = True) -> str | None:
+    """``value`` (from ``name``; named in an error if ``echo``) as an endpoint: an http(s) URL
+    with a host, its scheme in lower case (object_store's own http check is case-sensitive)."""
     if not value:
         return None
     parsed = urlparse(value.strip())
     if parsed.scheme.lower() not in ("http", "https") or not parsed.netloc:
-        raise URLError(f"{name}={value!r} is not an endpoint URL: expected http://host:port or https://host")
-    return value.strip()
+        shown = f"{name}={value!r}" if echo else name
+        raise URLError(f"{shown} is not an endpoint URL: expected http://host:port or https://host")
+    return parsed._replace(scheme=parsed.scheme.lower()).geturl()
+
+
+def _is_http(url) -> bool:
+    return str(url or "").strip().lower().startswith("http://")
 
 
 def s3_config(env: dict | None = None) -> dict:
@@ -156,7 +162,8 @@ _AZURE_CREDENTIAL_VARS = (
     "AZURE_STORAGE_SAS_TOKEN", "AZURE_STORAGE_TOKEN", "AZURE_STORAGE_CLIENT_ID", "AZURE_CLIENT_ID",
     "AZURE_STORAGE_CLIENT_SECRET", "AZURE_CLIENT_SECRET", "AZURE_FEDERATED_TOKEN_FILE", "AZURE_USE_AZURE_CLI",
     "AZURE_MSI_ENDPOINT", "AZURE_IDENTITY_ENDPOINT", "AZURE_OBJECT_ID", "AZURE_MSI_RESOURCE_ID", "AZURE_CREDENTIAL_TYPE",
-    "AZURE_SKIP_SIGNATURE")
+    "AZURE_SKIP_SIGNATURE", "AZURE_FABRIC_TOKEN_SERVICE_URL", "AZURE_FABRIC_WORKLOAD_HOST", "AZURE_FABRIC_SESSION_TOKEN",
+    "AZURE_FABRIC_CLUSTER_IDENTIFIER")
 #: AZURE_STORAGE_CONNECTION_STRING's settings, by their (case-insensitive) names: AzureStore's.
 _CONNECTION_KEYS = {"accountname": "account_name", "accountkey": "account_key", "sharedaccesssignature": "sas_key",
                     "blobendpoint": "endpoint"}
@@ -167,27 +174,30 @@ def azure_config(env: dict | None = None) -> dict:
     module doc): the connection string's, and anonymous access without credentials."""
     env = os.environ if env is None else env
     cfg: dict = {}
-    for name in ("AZURE_STORAGE_ENDPOINT", "AZURE_ENDPOINT"):
-        _endpoint(name, env.get(name))  # (object_store reads it; a bare host:port made it fail)
+    for name in ("AZURE_STORAGE_ENDPOINT", "AZURE_ENDPOINT"):  # (a bare host:port made object_store fail)
+        if env.get(name):
+            cfg["endpoint"] = _endpoint(name, env[name])
+            break
     text = env.get("AZURE_STORAGE_CONNECTION_STRING")
     if text:
         parts: dict[str, str] = {}
-        for item in filter(None, (p.strip() for p in text.split(";"))):
+        for i, item in enumerate(filter(None, (p.strip() for p in text.split(";")))):
             key, eq, value = item.partition("=")
-            if not eq:  # (the value is never echoed: it may be a key)
-                raise URLError(f"AZURE_STORAGE_CONNECTION_STRING: {key[:40]!r}... is not a Name=value setting")
+            if not eq:  # (nothing of it is echoed: it may be a key)
+                raise URLError(f"AZURE_STORAGE_CONNECTION_STRING: its setting {i + 1} is not Name=value")
             parts[key.strip().lower()] = value.strip()
         if _true(parts.get("usedevelopmentstorage")):
             cfg["use_emulator"] = True
         for key, setting in _CONNECTION_KEYS.items():
-            if parts.get(key):
+            if parts.get(key) and setting != "endpoint":
                 cfg[setting] = parts[key]
-        if "endpoint" in cfg:
-            cfg["endpoint"] = _endpoint("BlobEndpoint of AZURE_STORAGE_CONNECTION_STRING", cfg["endpoint"])
+        if parts.get("blobendpoint"):  # (the connection string's settings win over the other variables')
+            cfg["endpoint"] = _endpoint("BlobEndpoint of AZURE_STORAGE_CONNECTION_STRING", parts["blobendpoint"], echo=False)
         elif parts.get("endpointsuffix") and cfg.get("account_name"):
             protocol = parts.get("defaultendpointsprotocol", "https").lower()
-            cfg["endpoint"] = _endpoint("AZURE_STORAGE_CONNECTION_STRING", f"{protocol}://{cfg['account_name']}.blob.{parts['endpointsuffix']}")
-        if not cfg:
+            cfg["endpoint"] = _endpoint("AZURE_STORAGE_CONNECTION_STRING's protocol and suffix",
+                                        f"{protocol}://{cfg['account_name']}.blob.{parts['endpointsuffix']}", echo=False)
+        if not parts.keys() & {"usedevelopmentstorage", *_CONNECTION_KEYS}:
             raise URLError("AZURE_STORAGE_CONNECTION_STRING names no AccountName, AccountKey, SharedAccessSignature, "
                            "BlobEndpoint or UseDevelopmentStorage")
     signed = any(env.get(k) for k in _AZURE_CREDENTIAL_VARS) or "account_key" in cfg or "sas_key" in cfg
@@ -283,7 +293,7 @@ def open_object_store(url: str, retry: RetryPolicy | None = None) -> ObjectStore
     getter = putter = None
     if scheme == "s3":
         cfg = s3_config()
-        if str(cfg.get("endpoint", "")).startswith("http://") or _true(os.environ.get("AWS_ALLOW_HTTP")):
+        if _is_http(cfg.get("endpoint")) or _true(os.environ.get("AWS_ALLOW_HTTP")):
             kw["client_options"]["allow_http"] = True
         ca = _ca_file(os.environ.get("AWS_CA_BUNDLE"))  # libcurl's requests trust it (_s3_curl): obstore's too
         # the shared client is keyed by the bundle's identity (path, size, mtime), not its PEM text
@@ -295,7 +305,7 @@ def open_object_store(url: str, retry: RetryPolicy | None = None) -> ObjectStore
         getter, putter = _s3_curl(bucket, cfg, retry) or (None, None)
     elif scheme in ("gs", "gcs"):
         cfg = gcs_config()
-        if str(cfg.get("base_url", "")).startswith("http://"):
+        if _is_http(cfg.get("base_url")):
             kw["client_options"]["allow_http"] = True
         kw["client_options"]["default_headers"] = {"Accept-Encoding": "gzip"}
         env = {k: v for k, v in os.environ.items() if k.startswith("GOOGLE_")}
@@ -306,7 +316,7 @@ def open_object_store(url: str, retry: RetryPolicy | None = None) -> ObjectStore
         env = os.environ
         cfg = azure_config()
         if (_true(env.get("AZURE_STORAGE_USE_EMULATOR")) or cfg.get("use_emulator") or _true(env.get("AZURE_ALLOW_HTTP"))
-                or env.get("AZURE_STORAGE_ENDPOINT", "").startswith("http://") or str(cfg.get("endpoint", "")).startswith("http://")):
+                or any(_is_http(v) for v in (env.get("AZURE_STORAGE_ENDPOINT"), env.get("AZURE_ENDPOINT"), cfg.get("endpoint")))):
             kw["client_options"]["allow_http"] = True
         if not (cfg.get("account_name") or cfg.get("use_emulator") or any(
                 env.get(k) for k in ("AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_USE_EMULATOR"))):
@@ -314,7 +324,11 @@ def open_object_store(url: str, retry: RetryPolicy | None = None) -> ObjectStore
                            "for private containers) or AZURE_STORAGE_CONNECTION_STRING")
         azenv = {k: v for k, v in env.items() if k.startswith("AZURE_")}
         store = _shared("az", (bucket, azenv, repr(retry), kw["client_options"]), lambda: AzureStore(bucket, **cfg, **kw), url)
-        service = " ".join(f"{k}={azenv[k]}" for k in sorted(azenv) if k in _AZURE_SERVICE_VARS) or "azure"
+        # which account: the caches key their entries by it (a connection string's account was
+        # left out, and two accounts' containers of one name shared a disk cache, a review found)
+        named = {**{k: azenv[k] for k in azenv if k in _AZURE_SERVICE_VARS},
+                 **{f"connection string {k}": str(cfg[k]) for k in ("account_name", "endpoint", "use_emulator") if k in cfg}}
+        service = " ".join(f"{k}={v}" for k, v in sorted(named.items())) or "azure"
     else:
         raise URLError(f"unsupported object store scheme {scheme!r} in {url!r}")
     canonical = f"{_CANONICAL_SCHEME[scheme]}://{bucket}/{prefix}"

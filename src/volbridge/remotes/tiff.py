@@ -7,7 +7,9 @@ Voxel sizes (nm) from ``?resolution=z,y,x``, else the first file's metadata as F
 an OME-TIFF's ``PhysicalSize{X,Y,Z}`` (and their units, micrometres by default), or ImageJ's
 calibration (X/YResolution in pixels per ``unit``, z ``spacing``); a z size the metadata lacks is
 1 of the x unit (Fiji's default). Other TIFFs (no such metadata, or ImageJ's ``pixel``) are 1 nm:
-a plain TIFF's XResolution is most often a scanner's 72 dpi, not a voxel size.
+a plain TIFF's XResolution is most often a scanner's 72 dpi, not a voxel size. A size that is no
+positive number, or in a unit volbridge does not know, is not read (a warning says so): Fiji and
+Bio-Formats open such files too.
 
 ``?series=N`` reads image N of a file holding several (an OME-TIFF's other positions; a file
 written a slab at a time): without it an OME-TIFF's first image is read and the series of other
@@ -52,38 +54,68 @@ def _nm_per(unit: str | None) -> float | None:
     return _NM_PER_UNIT.get(unit, _NM_PER_UNIT.get(unit.lower()))
 
 
-def _ome_voxel(xml: str, image: int, path: str, url: str) -> tuple[float, float, float] | None:
-    """(x, y, z) nm of OME image ``image``'s Pixels, None without PhysicalSizeX/Y."""
+def _ome_voxel(xml: str, first_ifd: int | None, image: int, path: str, url: str) -> tuple[float, float, float] | None:
+    """(x, y, z) nm of the OME Image whose planes start at IFD ``first_ifd`` (tifffile leaves
+    out Images with no planes in the file, so its series number is not the Image's), else of
+    Image ``image``; None without a usable PhysicalSizeX/Y."""
     try:
         root = ET.fromstring(xml)
     except ET.ParseError as e:
         warnings.warn(f"{url}: the OME-XML of {path} does not parse ({e}); its voxel sizes are not read", stacklevel=5)
         return None
-    images = [el for el in root if el.tag.rsplit("}", 1)[-1] == "Image"]
-    pixels = [el for el in images[image]] if image < len(images) else []
-    pixels = next((el for el in pixels if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    images = [_child(el, "Pixels") for el in root if _local(el.tag) == "Image"]
+    here = (root.get("UUID"), os.path.basename(path))
+    pixels = next((px for px in images if px is not None and first_ifd is not None and _holds_ifd(px, first_ifd, here)), None)
+    if pixels is None:
+        pixels = images[image] if image < len(images) else None
     if pixels is None:
         return None
     sizes = []
     for axis in "XYZ":
         text, unit = pixels.get(f"PhysicalSize{axis}"), pixels.get(f"PhysicalSize{axis}Unit", "µm")
-        if text is None:
-            sizes.append(None)
-            continue
         scale = _nm_per(unit)
-        if scale is None:
-            raise UnsupportedError(f"{url}: {path} gives PhysicalSize{axis} in {unit!r}, not a unit of length volbridge knows; "
-                                   "give the voxel size as ?resolution=z,y,x")
-        sizes.append(_size(text, f"PhysicalSize{axis}", path, url) * scale)
+        if text is not None and scale is None and unit.strip().lower() != "pixel":
+            warnings.warn(f"{url}: {path} gives PhysicalSize{axis} in {unit!r}, not a unit of length volbridge knows: "
+                          "not read (give the voxel size as ?resolution=z,y,x)", stacklevel=5)
+        size = _size(text, f"PhysicalSize{axis}", path, url) if text is not None and scale is not None else None
+        sizes.append(None if size is None else size * scale)
     if sizes[0] is None or sizes[1] is None:
         return None
+    # no z size: 1 of x's unit, as Bio-Formats shows it
     z = sizes[2] if sizes[2] is not None else _nm_per(pixels.get("PhysicalSizeXUnit", "µm"))
     return sizes[0], sizes[1], z
 
 
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _child(el, name: str):
+    return next((c for c in el if _local(c.tag) == name), None)
+
+
+def _holds_ifd(pixels, ifd: int, here: tuple[str | None, str]) -> bool:
+    """Whether an OME Pixels element maps a plane to IFD ``ifd`` (TiffData IFD, PlaneCount) of
+    this file (``here``: its UUID and name; a TiffData naming another file's is not)."""
+    for td in (c for c in pixels if _local(c.tag) == "TiffData"):
+        ref = _child(td, "UUID")
+        if ref is not None and ((here[0] and (ref.text or "").strip() != here[0])
+                                or (ref.get("FileName") and ref.get("FileName") != here[1])):
+            continue
+        try:
+            first = int(td.get("IFD", 0))
+            count = int(td.get("PlaneCount", 1 if "IFD" in td.attrib else 2**31))
+        except ValueError:
+            continue
+        if first <= ifd < first + count:
+            return True
+    return False
+
+
 def _imagej_voxel(meta: dict, page, path: str, url: str) -> tuple[float, float, float] | None:
     """(x, y, z) nm from ImageJ's calibration: pixels per ``unit`` in the X/YResolution tags,
-    z ``spacing`` in ``unit``; None when uncalibrated (no unit, or ``pixel``)."""
+    z ``spacing`` in ``unit`` (its size, as ImageJ takes a negative one; 1 when none); None
+    when uncalibrated (no unit, or ``pixel``)."""
     scale = _nm_per(meta.get("unit"))
     if scale is None:
         return None
@@ -93,18 +125,26 @@ def _imagej_voxel(meta: dict, page, path: str, url: str) -> tuple[float, float, 
         if value is None:
             return None
         num, den = value.value
-        sizes.append(_size(den / num if num else math.inf, tag, path, url) * scale)
-    return sizes[0], sizes[1], _size(meta.get("spacing", 1.0), "spacing", path, url) * scale
+        size = _size(den / num if num else math.inf, tag, path, url)
+        if size is None:
+            return None
+        sizes.append(size * scale)
+    spacing = meta.get("spacing", 1.0)
+    z = _size(abs(spacing) if isinstance(spacing, (int, float)) else spacing, "spacing", path, url)
+    return sizes[0], sizes[1], (z if z is not None else 1.0) * scale
 
 
-def _size(value, what: str, path: str, url: str) -> float:
+def _size(value, what: str, path: str, url: str) -> float | None:
+    """A voxel size from the metadata, None (with a warning) when it is no positive number:
+    Fiji and Bio-Formats open such files uncalibrated, so volbridge does too."""
     try:
         size = float(value)
     except (TypeError, ValueError):
         size = math.nan
     if not (math.isfinite(size) and size > 0):
-        raise UnsupportedError(f"{url}: {path} gives {what} {value!r}, not a positive voxel size; "
-                               "give the voxel size as ?resolution=z,y,x")
+        warnings.warn(f"{url}: {path} gives {what} {value!r}, not a positive voxel size: not read "
+                      "(give the voxel size as ?resolution=z,y,x)", stacklevel=5)
+        return None
     return size
 
 
@@ -137,7 +177,8 @@ def _planes(path: str, url: str, series: int | None = None, voxel_size: bool = T
             if not voxel_size:
                 pass
             elif ome:
-                voxel = _ome_voxel(tf.ome_metadata, chosen, path, url)
+                first = tf.series[chosen].pages[0] if tf.series[chosen].pages else None
+                voxel = _ome_voxel(tf.ome_metadata, None if first is None else first.index, chosen, path, url)
             else:
                 meta = tf.imagej_metadata
                 voxel = _imagej_voxel(meta, tf.series[chosen].pages[0], path, url) if meta else None
