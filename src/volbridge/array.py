@@ -443,7 +443,7 @@ class _ZeroBased:
 def _cache_spec(store):
     """What ``cache=`` makes the cache tier over ``store`` again where the handle is unpickled
     (None: no tier, or one of the caller's own making). A disk tier is shared by directory. A
-    memory tier, (bytes, this pid), is one again only in this process (where its state is
+    memory tier, (bytes, this process), is one again only in this process (where its state is
     shared): in another it would be one per process, none seeing what the others write (a
     cluster's workers wrote parts of one chunk and read the others' old copies back, a review
     found)."""
