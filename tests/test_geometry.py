@@ -91,3 +91,17 @@ def test_index_channel_axis_is_numpy_like():
 def test_index_errors(bad):
     with pytest.raises(IndexError):
         normalize_index(bad, AX)
+
+
+@given(st.lists(st.integers(-10**6, 10**6), min_size=3, max_size=3), st.lists(st.integers(0, 5000), min_size=3, max_size=3),
+       st.lists(st.integers(1, 9), min_size=3, max_size=3))
+def test_a_reduced_box_covers_its_voxels_at_the_coarser_scale(start, shape, factor):
+    import math
+
+    box = Box.from_shape(shape, start)
+    r = box.reduced(factor)
+    assert r.start == tuple(math.floor(a / k) for a, k in zip(box.start, factor))
+    assert r.stop == tuple(math.ceil(b / k) for b, k in zip(box.stop, factor))
+    # every voxel of the box lies in a coarse voxel of the reduced box, and every coarse voxel holds one
+    assert all(r.start[i] * factor[i] <= box.start[i] and box.stop[i] <= r.stop[i] * factor[i] for i in range(3))
+    assert all(box.empty or (r.stop[i] - 1) * factor[i] < box.stop[i] for i in range(3))

@@ -10,7 +10,6 @@ pyramid whose levels are offset for centring keeps its voxels in register. Axes 
 from __future__ import annotations
 
 import json
-import math
 
 from ..errors import MetadataError, UnsupportedError
 from ..geometry import Box
@@ -144,8 +143,8 @@ class OmeZarrDataset(ChunkedDataset):
         top_scale, top_trans = _transforms(m.get("coordinateTransformations"), "multiscale", n_axes)
         spatial = [1] * (n_axes - 3) + f[::-1]  # array order: [t] [c] z y x
         new_scale = [s * k for s, k in zip(scale, spatial)]
-        start = [math.floor(a / k) for a, k in zip(last.meta.bounds.start, f)]  # x, y, z voxels
-        stop = [math.ceil(b / k) for b, k in zip(last.meta.bounds.stop, f)]
+        reduced = last.meta.bounds.reduced(f)  # x, y, z voxels
+        start, stop = list(reduced.start), list(reduced.stop)
         start_arr = [0] * (n_axes - 3) + start[::-1]
         scale0, _ = _transforms(m["datasets"][0].get("coordinateTransformations"), "first dataset", n_axes)
         # the final translation (dataset * top + top) must place voxel 0's centre: its corner,
@@ -220,8 +219,8 @@ class OmeZarrDataset(ChunkedDataset):
         datasets = []
         for level in range(num_scales):
             f = [fi**level for fi in factor]
-            start = [math.floor(a / fi) for a, fi in zip(bounds.start, f)]
-            stop = [math.ceil(b / fi) for b, fi in zip(bounds.stop, f)]
+            reduced = bounds.reduced(f)
+            start, stop = list(reduced.start), list(reduced.stop)
             res = [r * fi for r, fi in zip(resolution, f)]
             scale_array(store.child(str(level)), [b - a for a, b in zip(start, stop)])
             # z, y, x; voxel centres (neuroglancer's and ome-zarr-py's reading): a coarser voxel's

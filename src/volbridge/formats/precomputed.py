@@ -197,8 +197,8 @@ def build_info(
     scales = []
     for level in range(num_scales):
         f = [fi**level for fi in factor]
-        start = [math.floor(a / fi) for a, fi in zip(bounds.start, f)]
-        stop = [math.ceil(b / fi) for b, fi in zip(bounds.stop, f)]
+        reduced = bounds.reduced(f)
+        start, stop = list(reduced.start), list(reduced.stop)
         res = [r * fi for r, fi in zip(resolution, f)]
         res = [int(r) if float(r).is_integer() else float(r) for r in res]
         s: dict[str, Any] = {
@@ -408,8 +408,8 @@ class PrecomputedDataset(ChunkedDataset):
         f = [int(v) for v in factor]
         if len(f) != 3 or any(v < 1 for v in f):
             raise MetadataError(f"a downsampling factor is 3 integers >= 1, got {tuple(factor)}")
-        start = [math.floor(a / k) for a, k in zip(last.voxel_offset, f)]
-        stop = [math.ceil((a + n) / k) for a, n, k in zip(last.voxel_offset, last.size, f)]
+        reduced = Box.from_shape(last.size, last.voxel_offset).reduced(f)
+        start, stop = list(reduced.start), list(reduced.stop)
         res = [r * k for r, k in zip(last.resolution, f)]
         res = [int(r) if float(r).is_integer() else float(r) for r in res]
         new = {k: v for k, v in last.raw.items() if k not in ("key", "size", "voxel_offset", "resolution", "sharding")}

@@ -72,6 +72,11 @@ class Box:
             tuple(b + d for b, d in zip(self.stop, delta)),
         )
 
+    def reduced(self, factor: Sequence[int]) -> "Box":
+        """The box of the scale ``factor`` times coarser that covers this one: the start rounded
+        down, the stop up (as CloudVolume, DVID and volbridge's pyramids round)."""
+        return Box(tuple(a // k for a, k in zip(self.start, factor)), tuple(-(-b // k) for b, k in zip(self.stop, factor)))
+
     def slices(self, origin: Sequence[int] | None = None) -> tuple[slice, ...]:
         """Slices that select this box from an array whose element 0 sits at ``origin``."""
         if origin is None:

@@ -145,8 +145,9 @@ def _halvings(src: RelaySource) -> int:
     n = 0
     for level, scale in enumerate(scales[1:], 1):
         f = 2**level
-        stops_ok = all(b // f <= s <= -(-b // f) for b, s in zip(base.stop, scale.bounds.stop))
-        if scale.bounds.start != tuple(a // f for a in base.start) or not stops_ok or any(abs(r * f - s) > 1e-6 * r * f for r, s in zip(res, scale.resolution)):
+        want = base.reduced((f, f, f))
+        stops_ok = all(b // f <= s <= w for b, s, w in zip(base.stop, scale.bounds.stop, want.stop))
+        if scale.bounds.start != want.start or not stops_ok or any(abs(r * f - s) > 1e-6 * r * f for r, s in zip(res, scale.resolution)):
             break
         n = level
     return n

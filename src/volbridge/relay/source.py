@@ -324,7 +324,7 @@ class RelaySource:
                                        "dialect carries; store it as uint8 to serve it")
         self.info = relay_info(volume)
         #: Directories of the upstream's own files served as they are (meshes, skeletons, ...).
-        self.passed = tuple(passed_dirs(volume).values())
+        self.passed = tuple(self.info[k] for k in PASSED_DIRS if k in self.info)
         self.prefix = source_key(url, volume)
         self.upstream = CuboidStore(volume, self.info, url)
         router.add(self.prefix, self.upstream)

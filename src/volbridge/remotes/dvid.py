@@ -96,7 +96,7 @@ class DVIDVolume(Volume):
         scales = []
         for n in range(levels + 1):
             f = 2**n
-            level = Box(tuple(a // f for a in bounds.start), tuple(-(-b // f) for b in bounds.stop))
+            level = bounds.reduced((f, f, f))
             voxel = tuple(int(v * f) if float(v * f).is_integer() else v * f for v in res)
             scales.append(ScaleMeta(str(n), level, voxel, block, "dvid"))  # type: ignore[arg-type]
         return VolumeMeta(dtype=dtype, num_channels=1, layer_type="segmentation" if label else "image",

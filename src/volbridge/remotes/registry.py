@@ -8,7 +8,6 @@ whose format is found from its metadata files. A new format registers one :class
 from __future__ import annotations
 
 import json
-
 import os
 from dataclasses import dataclass
 from typing import Callable
