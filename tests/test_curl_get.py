@@ -14,12 +14,28 @@ import pytest
 
 import volbridge as vb
 from volbridge.errors import ChunkDecodeError, StoreError
-from volbridge.kv import curl_get, object_store, open_store
+from volbridge.engine import place
+from volbridge.kv import curl_body, curl_get, object_store, open_store
 from volbridge.kv.cloud import open_object_store
 from volbridge.kv.curl_get import S3Signer
 from volbridge.kv.retry import RetryPolicy
 
 from servers import tls_pair
+
+
+@pytest.fixture(autouse=True, params=["native", "pycurl"])
+def body_path(request, monkeypatch):
+    """Every test twice: bodies written by the engine's compiled callback (kv.curl_body), and by
+    pycurl's Python callbacks (the path before the loops are built, or where pycurl's layout is
+    not the one known)."""
+    monkeypatch.setattr(curl_body, "_curl", [None])
+    if request.param == "native":
+        place.load()
+        assert curl_body.curl() is not None, "the native body path is not available here"
+    else:
+        monkeypatch.setenv("VOLBRIDGE_CURL_NATIVE", "0")
+        assert curl_body.curl() is None
+    return request.param
 
 
 def fetched(store, keys, heavy=False):
@@ -153,10 +169,19 @@ class _Routes(http.server.BaseHTTPRequestHandler):
         self.send_response(status)
         for k, v in headers.items():
             self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
+        chunked = headers.get("Transfer-Encoding") == "chunked"  # no length announced
+        if not chunked:
+            self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        if self.command != "HEAD":
+        if self.command == "HEAD":
+            return
+        if not chunked:
             self.wfile.write(body)
+            return
+        for at in range(0, len(body), 100_000):
+            piece = body[at:at + 100_000]
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        self.wfile.write(b"0\r\n\r\n")
 
     do_HEAD = do_GET
 
@@ -176,6 +201,30 @@ def scripted():
     yield f"http://127.0.0.1:{server.server_address[1]}", routes
     server.shutdown()
     server.server_close()
+
+
+@pytest.mark.parametrize("heavy", [False, True])
+def test_bodies_of_any_size_with_or_without_a_length(scripted, body_path, heavy, monkeypatch):
+    """Bodies around and far past the first buffer's size (64 KiB), announced or sent chunked
+    (the buffer then grows without knowing the end), arrive whole, one request each; on the
+    native path no byte goes through Python."""
+    base, routes = scripted
+    if body_path == "native":
+        def no_python(*_):
+            raise AssertionError("a body went through pycurl's Python callback")
+        monkeypatch.setattr(curl_get._Request, "write", no_python)
+    rng = np.random.default_rng(1)
+    want = {}
+    for size in (0, 1, (64 << 10) - 1, 64 << 10, (64 << 10) + 1, (1 << 20) + 3, 5 << 20):
+        for chunked in (False, True):
+            key = f"{'chunked' if chunked else 'sized'}-{size}"
+            want[key] = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+            routes[f"/{key}"] = (200, {"Transfer-Encoding": "chunked"} if chunked else {}, want[key])
+    s = open_store(base + "/")
+    assert s.getter is not None
+    got = fetched(s, list(want), heavy)
+    assert got == want
+    assert s.stats.requests == len(want) and s.stats.retries == 0
 
 
 def test_bytes_in_flight_stay_bounded(scripted, monkeypatch):

@@ -31,7 +31,10 @@ from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import quote, urlsplit
 
+import numpy as np
+
 from ..errors import StoreError
+from . import curl_body
 from .retry import NOT_TLS, RetryPolicy, certificate_advice, gave_up, retryable_status
 
 try:
@@ -152,12 +155,14 @@ _signing_keys: dict[tuple[str, str, str], bytes] = {}
 
 
 class _Request:
-    __slots__ = ("key", "buf", "size", "headers", "attempt")
+    __slots__ = ("key", "buf", "size", "headers", "attempt", "sink", "encoding")
     buf: bytearray | None  # the body so far, in ``buf[:size]``
-    headers: list[bytes]
+    headers: list[bytes]  # the response's header lines, when pycurl's callbacks receive them
 
     def __init__(self, key: str):
         self.key, self.attempt, self.buf, self.size = key, 0, None, 0
+        self.sink: curl_body.Sink | None = None  # where libcurl writes the body itself, if it does
+        self.encoding = ""  # the response's Content-Encoding, once it is known
 
     def write(self, data: bytes) -> None:
         """libcurl's write callback: the next piece of the body, into a buffer that, reused, is
@@ -250,6 +255,9 @@ class _ThreadState:
         self.busy = False  # a transfer loop runs on it (one called from inside it gets its own)
         self.poller = select.poll()  # the sockets libcurl waits on, as it last said
         self.ready: list[tuple[int, int]] = []  # (socket, poll events) the last wait found
+        # handles whose bodies libcurl writes itself (curl_body), by id; None: pycurl's callbacks
+        self.sinks: dict[int, curl_body.Sink | None] = {}
+        self.pauses = np.zeros(1, np.int64)  # transfers paused for room since the driver last looked
         # (the callback holds the poller, not this state: no cycle through the multi handle)
         self.multi.setopt(pycurl.M_SOCKETFUNCTION, functools.partial(_on_socket, self.poller))
 
@@ -417,9 +425,38 @@ class CurlGetter(CurlClient):
     def _idle(self, st: _ThreadState, c) -> None:
         # the callbacks hold the request and its buffer: an idle handle must not (a request
         # finished but not yet answered when a failure ended the fetch would keep its body)
-        c.setopt(pycurl.WRITEFUNCTION, _discard)
-        c.setopt(pycurl.HEADERFUNCTION, _discard)
+        sink = st.sinks.get(id(c))
+        if sink is not None:
+            sink.stop()
+        else:
+            c.setopt(pycurl.WRITEFUNCTION, _discard)
+            c.setopt(pycurl.HEADERFUNCTION, _discard)
         st.idle.append(c)
+
+    def _finish(self, st: _ThreadState, c, active: dict):
+        req = active[id(c)][1]
+        if req.sink is not None:  # what the handle knows of the response, before it is reused
+            req.size, req.encoding = req.sink.size(), req.sink.content_encoding()
+            req.sink = None
+        return super()._finish(st, c, active)
+
+    @staticmethod
+    def _sink(st: _ThreadState, c) -> curl_body.Sink | None:
+        """Handle ``c``'s native sink, set up on its first request where that can be done."""
+        sink = st.sinks.get(id(c))
+        if sink is None and curl_body.curl() is not None:
+            sink = st.sinks[id(c)] = curl_body.sink_for(c, st.pauses)
+        return sink
+
+    @staticmethod
+    def _resume_paused(st: _ThreadState, active: dict) -> None:
+        """Give the transfers that paused for room (a body outgrew its buffer) a bigger one."""
+        st.pauses[0] = 0
+        for c, req in active.values():
+            if req.sink is not None:
+                bigger = req.sink.grow(c, req.buf)
+                if bigger is not None:
+                    req.buf = bigger
 
     def _configure(self, c) -> None:
         # Bodies are received up to 512 KiB a call, as TensorStore's libcurl does, not 16 KiB:
@@ -434,14 +471,16 @@ class CurlGetter(CurlClient):
             c.setopt(pycurl.MAXREDIRS, 10)
 
     def fetch(self, keys: list[str], done: Callable[[str, bytes | None, str], None], *, where: Callable[[str], str],
-              stats, max_in_flight: int, heavy: bool = False) -> None:
+              stats, max_in_flight: int, heavy: bool = False, expect: int = 0) -> None:
         """Call ``done(key, body, content_encoding)`` for each of ``keys`` as it arrives (body None
         when the object is absent). It runs in this thread, or on worker loops when the work
         behind it is heavy: ``heavy`` (say, chunks to decompress) or a body that needs decoding.
         A key that still fails after the retry policy's attempts raises StoreError naming its
-        URL; the other keys may or may not have been done by then."""
+        URL; the other keys may or may not have been done by then. ``expect``: about how many
+        bytes a body has (a chunk's), for the size of the buffers it is received into."""
         if not keys:
             return
+        expect = max(curl_body.FIRST_BYTES, min(expect + expect // 64 + 4096, KEPT_BUFFER_BYTES))
         st = self._state()
         st.busy = True
         pending = collections.deque(_Request(k) for k in keys)
@@ -470,7 +509,7 @@ class CurlGetter(CurlClient):
                 while delayed and delayed[0][0] <= now:
                     pending.append(heapq.heappop(delayed)[2])
                 while pending and len(active) + (workers.backlog() if workers else 0) < max_in_flight:
-                    self._start(st, pending.popleft(), active)
+                    self._start(st, pending.popleft(), active, expect)
                 if workers is not None:
                     workers.check()
                 if not active:  # waiting for a retry's backoff, or for the workers to catch up
@@ -481,6 +520,8 @@ class CurlGetter(CurlClient):
                         time.sleep(wait)
                     continue
                 completed = self._completed(st, active)
+                if st.pauses[0]:
+                    self._resume_paused(st, active)
                 for req, status, error in completed:
                     stats.add(requests=1, bytes_read=req.size if status is not None and 200 <= status < 300 else 0)
                     self._answer(req, status, error, delayed, where, stats, deliver)
@@ -498,24 +539,29 @@ class CurlGetter(CurlClient):
             if workers is not None:
                 workers.close(raise_errors=False)
 
-    def _start(self, st: _ThreadState, req: _Request, active: dict) -> None:
+    def _start(self, st: _ThreadState, req: _Request, active: dict, expect: int = curl_body.FIRST_BYTES) -> None:
         c = self._handle(st)
         path = self._path(req.key)
         headers = self.signer.headers(self.host, path) + self.headers if self.signer is not None else self.headers
         buffers = _process_buffers()
         buffers.give(req.buf)  # a retry's first attempt
-        req.buf, req.size, req.headers = buffers.take(), 0, []
+        req.size, req.headers, req.encoding = 0, [], ""
         c.setopt(pycurl.URL, self.base + path)
         c.setopt(pycurl.HTTPHEADER, headers)
-        c.setopt(pycurl.WRITEFUNCTION, req.write)
-        c.setopt(pycurl.HEADERFUNCTION, req.headers.append)
+        sink = req.sink = self._sink(st, c)
+        if sink is not None:
+            req.buf = sink.start(buffers.take(), expect)
+        else:
+            req.buf = buffers.take()
+            c.setopt(pycurl.WRITEFUNCTION, req.write)
+            c.setopt(pycurl.HEADERFUNCTION, req.headers.append)
         active[id(c)] = (c, req)
         st.multi.add_handle(c)
 
     def _answer(self, req: _Request, status: int | None, error, delayed: list, where, stats, deliver) -> None:
         req.attempt += 1
         if status is not None and 200 <= status < 300:  # as obstore: any success is the value
-            deliver(req, True, _header(req.headers, b"content-encoding:"))
+            deliver(req, True, req.encoding or _header(req.headers, b"content-encoding:"))
             return
         if status == 404:
             deliver(req, False, "")
