@@ -34,7 +34,9 @@ _INFO_PRIVATE, _INFO_CONTENT_LENGTH = 0x100015, 0x600000 + 15  # CURLINFO_PRIVAT
 _CURLH_HEADER = 1  # curl_easy_header's origin: response headers (not trailers, 1xx or CONNECT)
 _SLOT = {name: j for j, name in enumerate(native.BODY_SINK_SLOTS)}
 
-#: A body's first buffer when nothing better is known; it grows to the announced length.
+#: The least buffer a body starts in; a body that outgrows it gets one of the length announced.
+#: (Not a chunk's decoded size: compressed bodies are often far smaller, and the buffers kept
+#: for reuse settle at the sizes that came.)
 FIRST_BYTES = 64 << 10
 
 
@@ -129,11 +131,11 @@ class Sink:
         if not ok:
             raise RuntimeError("libcurl refused volbridge's write callback")
 
-    def start(self, buf: bytearray, expect: int) -> bytearray:
-        """Receive the next body into ``buf`` (a new buffer of ``expect`` bytes where it is
+    def start(self, buf: bytearray) -> bytearray:
+        """Receive the next body into ``buf`` (a new buffer of :data:`FIRST_BYTES` where it is
         smaller); returns the buffer in use."""
-        if len(buf) < expect:
-            buf = bytearray(expect)  # (zero pages until written: no copy of the old contents)
+        if len(buf) < FIRST_BYTES:
+            buf = bytearray(FIRST_BYTES)
         self._point(buf, 0)
         return buf
 

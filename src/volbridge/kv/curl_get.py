@@ -471,16 +471,14 @@ class CurlGetter(CurlClient):
             c.setopt(pycurl.MAXREDIRS, 10)
 
     def fetch(self, keys: list[str], done: Callable[[str, bytes | None, str], None], *, where: Callable[[str], str],
-              stats, max_in_flight: int, heavy: bool = False, expect: int = 0) -> None:
+              stats, max_in_flight: int, heavy: bool = False) -> None:
         """Call ``done(key, body, content_encoding)`` for each of ``keys`` as it arrives (body None
         when the object is absent). It runs in this thread, or on worker loops when the work
         behind it is heavy: ``heavy`` (say, chunks to decompress) or a body that needs decoding.
         A key that still fails after the retry policy's attempts raises StoreError naming its
-        URL; the other keys may or may not have been done by then. ``expect``: about how many
-        bytes a body has (a chunk's), for the size of the buffers it is received into."""
+        URL; the other keys may or may not have been done by then."""
         if not keys:
             return
-        expect = max(curl_body.FIRST_BYTES, min(expect + expect // 64 + 4096, KEPT_BUFFER_BYTES))
         st = self._state()
         st.busy = True
         pending = collections.deque(_Request(k) for k in keys)
@@ -509,7 +507,7 @@ class CurlGetter(CurlClient):
                 while delayed and delayed[0][0] <= now:
                     pending.append(heapq.heappop(delayed)[2])
                 while pending and len(active) + (workers.backlog() if workers else 0) < max_in_flight:
-                    self._start(st, pending.popleft(), active, expect)
+                    self._start(st, pending.popleft(), active)
                 if workers is not None:
                     workers.check()
                 if not active:  # waiting for a retry's backoff, or for the workers to catch up
@@ -539,7 +537,7 @@ class CurlGetter(CurlClient):
             if workers is not None:
                 workers.close(raise_errors=False)
 
-    def _start(self, st: _ThreadState, req: _Request, active: dict, expect: int = curl_body.FIRST_BYTES) -> None:
+    def _start(self, st: _ThreadState, req: _Request, active: dict) -> None:
         c = self._handle(st)
         path = self._path(req.key)
         headers = self.signer.headers(self.host, path) + self.headers if self.signer is not None else self.headers
@@ -550,7 +548,7 @@ class CurlGetter(CurlClient):
         c.setopt(pycurl.HTTPHEADER, headers)
         sink = req.sink = self._sink(st, c)
         if sink is not None:
-            req.buf = sink.start(buffers.take(), expect)
+            req.buf = sink.start(buffers.take())
         else:
             req.buf = buffers.take()
             c.setopt(pycurl.WRITEFUNCTION, req.write)

@@ -284,7 +284,7 @@ class ObjectStore(KVStore):
         # the engine's bound on bytes in flight holds here too (queued bodies count against it)
         in_flight = max(1, min(self.io_concurrency, MAX_BYTES_IN_FLIGHT // max(1, nbytes)))
         self.getter.fetch([self.prefix + k for k in keys], done, where=lambda k: self._where(k[n:]), stats=self.stats,
-                          max_in_flight=in_flight, heavy=heavy, expect=nbytes)
+                          max_in_flight=in_flight, heavy=heavy)
 
     def range_reader(self, key: str) -> RangeReader:
         self._check_key(key)
